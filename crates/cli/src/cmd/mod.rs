@@ -1,0 +1,5 @@
+//! One module per subcommand: its clap arguments and its `run` function.
+
+pub mod data;
+pub mod doctor;
+pub mod schedule;

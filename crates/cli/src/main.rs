@@ -1,0 +1,38 @@
+//! `ddpm`: train, sample, evaluate and inspect denoising diffusion models (Ho et al. 2020).
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Denoising diffusion probabilistic models on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "ddpm", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the libtorch installation, CUDA and cuDNN.
+    Doctor(cmd::doctor::DoctorArgs),
+    /// Print or plot a noise schedule's tables.
+    Schedule(cmd::schedule::ScheduleArgs),
+    /// Inspect datasets: image grids and statistics.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Schedule(args) => cmd::schedule::run(args),
+        Command::Data(command) => cmd::data::run(command),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+fn main() { build_support::link_libtorch() }

@@ -1,0 +1,71 @@
+//! `cargo xtask …`: libtorch set-up, dataset downloads, the test suite and benchmarks
+//! (the cargo-xtask pattern, as in rust-analyzer). It never links libtorch itself, so it
+//! builds on a machine that has none yet.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod fetch;
+mod setup;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Provide libtorch 2.11.0 ($LIBTORCH, a python3 with torch, or a new .venv) and link it as `.libtorch`.
+    Setup,
+    /// Set up, then run the whole test suite (extra arguments go to `cargo test`).
+    Test {
+        /// Also run the CUDA tests (needs a GPU).
+        #[arg(long)]
+        cuda: bool,
+        /// Arguments passed through to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    #[command(flatten)]
+    Fetch(fetch::FetchCommand),
+}
+
+/// The repository root (the parent of this crate's directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+/// A `cargo` command that is the same cargo that runs us.
+pub fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command and fails with its name when it fails.
+pub fn run_checked(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot start {cmd:?}: {e}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed with {status}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::setup(&root()).map(|_| ()),
+        Command::Test { cuda, args } => {
+            setup::setup(&root())?;
+            // The end-to-end tests drive the `ddpm` binary: build it first.
+            run_checked(cargo().args(["build", "-p", "cli", "--bin", "ddpm"]))?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace"]);
+            if cuda {
+                cmd.args(["--features", "cli/cuda-tests,model/cuda-tests,train/cuda-tests"]);
+            }
+            run_checked(cmd.args(args))
+        }
+        Command::Fetch(command) => fetch::run(command),
+    }
+}
