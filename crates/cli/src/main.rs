@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod plot;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Debug, Parser)]
