@@ -1,0 +1,275 @@
+//! Checkpoints: a directory per step, written atomically, the last K kept.
+//!
+//! ```text
+//! <run>/checkpoints/step-00001000/
+//!     model.safetensors       live weights (diffusers key names)
+//!     ema.safetensors         averaged weights
+//!     optimizer.safetensors   Adam moments, `exp_avg.<param>` and `exp_avg_sq.<param>`
+//!     state.json              step, epoch, data position, seed, counters, the resolved config
+//! ```
+//!
+//! A checkpoint is first written to `step-N.tmp`, every file fsynced, then renamed into place
+//! and the parent directory fsynced: a crash at any moment leaves either the old set of
+//! checkpoints or the new one, never a half-written directory under a final name.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{nn::VarStore, Tensor};
+
+use crate::TrainError;
+
+/// The version of the checkpoint layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything but the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointState {
+    /// [`FORMAT_VERSION`] at writing.
+    pub format_version: u32,
+    /// Optimizer steps taken (the next step's 0-based index).
+    pub step: u64,
+    /// The epoch the next batch belongs to.
+    pub epoch: u64,
+    /// The index of the next batch within that epoch.
+    pub batch_in_epoch: u64,
+    /// The run's seed. Every step reseeds libtorch from (seed, step), so the seed and the step
+    /// are the complete random state.
+    pub seed: u64,
+    /// EMA updates so far.
+    pub ema_updates: u64,
+    /// Steps skipped for a non-finite loss or gradient so far.
+    pub skipped_steps: u64,
+    /// The resolved training configuration.
+    pub config: serde_json::Value,
+}
+
+/// Names of the files in a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The averaged weights.
+pub const EMA_FILE: &str = "ema.safetensors";
+/// The optimizer moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The JSON state.
+pub const STATE_FILE: &str = "state.json";
+
+/// The checkpoint directory name for a step.
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+fn io_err(path: &Path, err: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {err}", path.display()))
+}
+
+/// The named tensors of a var store, in name order.
+pub fn named_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+fn all_finite(named: &[(String, Tensor)]) -> Result<(), TrainError> {
+    for (name, t) in named {
+        if t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+            return Err(TrainError::NonFinite(format!("weight `{name}` is not finite; refusing to write it")));
+        }
+    }
+    Ok(())
+}
+
+fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<(), TrainError> {
+    // safetensors wants contiguous CPU tensors; copies of device tensors are made here only.
+    let cpu: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&cpu, path).map_err(|e| io_err(path, e))?;
+    fsync(path)
+}
+
+fn fsync(path: &Path) -> Result<(), TrainError> {
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| io_err(path, e))
+}
+
+/// What goes into one checkpoint.
+pub struct CheckpointContents<'a> {
+    /// The JSON state.
+    pub state: &'a CheckpointState,
+    /// Live weights.
+    pub model: &'a VarStore,
+    /// Averaged weights.
+    pub ema: &'a VarStore,
+    /// Optimizer moments.
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+/// Writes a checkpoint for `contents.state.step` under `root` atomically, then deletes all but
+/// the newest `keep_last` (at least 1). Returns the new directory.
+///
+/// # Errors
+/// [`TrainError::NonFinite`] when a weight is NaN or infinite (nothing is written);
+/// [`TrainError::Checkpoint`] on IO errors, naming the file.
+pub fn save(root: &Path, contents: &CheckpointContents<'_>, keep_last: usize) -> Result<PathBuf, TrainError> {
+    let model = named_tensors(contents.model);
+    let ema = named_tensors(contents.ema);
+    all_finite(&model)?;
+    all_finite(&ema)?;
+    fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+    let name = dir_name(contents.state.step);
+    let final_dir = root.join(&name);
+    let tmp = root.join(format!("{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let pause = fault_injection_pause();
+    write_tensors(&tmp.join(MODEL_FILE), &model)?;
+    pause();
+    write_tensors(&tmp.join(EMA_FILE), &ema)?;
+    pause();
+    write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer)?;
+    let state_path = tmp.join(STATE_FILE);
+    let json = serde_json::to_vec_pretty(contents.state).map_err(|e| io_err(&state_path, e))?;
+    let mut f = fs::File::create(&state_path).map_err(|e| io_err(&state_path, e))?;
+    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| io_err(&state_path, e))?;
+    fsync(&tmp)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
+    }
+    fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, e))?;
+    fsync(root)?;
+    prune(root, keep_last.max(1))?;
+    Ok(final_dir)
+}
+
+/// Tests of crash safety set `DDPM_FAULT_CHECKPOINT_PAUSE_MS` to widen the window in which a
+/// checkpoint is half-written, so that a `kill -9` lands inside it.
+fn fault_injection_pause() -> impl Fn() {
+    let ms = std::env::var("DDPM_FAULT_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    move || {
+        if let Some(ms) = ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+}
+
+/// Complete checkpoint directories under `root`, oldest first.
+pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().join(STATE_FILE).exists().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint under `root`.
+pub fn latest(root: &Path) -> Option<PathBuf> {
+    list(root).pop().map(|(_, p)| p)
+}
+
+fn prune(root: &Path, keep_last: usize) -> Result<(), TrainError> {
+    let all = list(root);
+    let excess = all.len().saturating_sub(keep_last);
+    for (_, dir) in all.into_iter().take(excess) {
+        fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// Reads `state.json` of a checkpoint directory.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] naming the file when it is missing or malformed.
+pub fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
+    let path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(io_err(
+            &path,
+            format!("checkpoint format {} is not supported (this build reads {FORMAT_VERSION})", state.format_version),
+        ));
+    }
+    Ok(state)
+}
+
+/// Reads the named tensors of a safetensors file onto the CPU.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] naming the file when it is missing or corrupt.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, TrainError> {
+    if !path.exists() {
+        return Err(io_err(path, "no such file"));
+    }
+    Tensor::read_safetensors(path).map_err(|e| io_err(path, format!("corrupt or unreadable safetensors file ({e})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn, Device};
+
+    fn store(value: f32) -> VarStore {
+        let vs = nn::VarStore::new(Device::Cpu);
+        vs.root().var_copy("w", &Tensor::from_slice(&[value, value]));
+        vs
+    }
+
+    fn state(step: u64) -> CheckpointState {
+        CheckpointState {
+            format_version: FORMAT_VERSION,
+            step,
+            epoch: 0,
+            batch_in_epoch: step,
+            seed: 7,
+            ema_updates: step,
+            skipped_steps: 0,
+            config: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_and_ignores_partial_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, ema) = (store(1.0), store(2.0));
+        for step in [10, 20, 30] {
+            let contents = CheckpointContents { state: &state(step), model: &model, ema: &ema, optimizer: vec![] };
+            save(dir.path(), &contents, 2).unwrap();
+        }
+        fs::create_dir(dir.path().join("step-00000040.tmp")).unwrap();
+        let steps: Vec<u64> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![20, 30]);
+        let newest = latest(dir.path()).unwrap();
+        assert_eq!(read_state(&newest).unwrap(), state(30));
+        let ema_back = read_tensors(&newest.join(EMA_FILE)).unwrap();
+        assert_eq!(ema_back[0].1.double_value(&[1]), 2.0);
+    }
+
+    #[test]
+    fn refuses_to_write_nan_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = store(f32::NAN);
+        let contents = CheckpointContents { state: &state(1), model: &model, ema: &store(0.0), optimizer: vec![] };
+        let err = save(dir.path(), &contents, 1).unwrap_err();
+        assert!(matches!(err, TrainError::NonFinite(_)), "{err}");
+        assert!(list(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn corrupt_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        fs::write(&path, b"not a safetensors file").unwrap();
+        let err = read_tensors(&path).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+        let err = read_state(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}
