@@ -20,6 +20,8 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Print or plot a noise schedule's tables.
     Schedule(cmd::schedule::ScheduleArgs),
+    /// Train a diffusion model (default: the `seed` preset, the teaching notebook).
+    Train(Box<cmd::train::TrainArgs>),
     /// Inspect datasets: image grids and statistics.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
@@ -31,6 +33,7 @@ fn main() {
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Schedule(args) => cmd::schedule::run(args),
         Command::Data(command) => cmd::data::run(command),
+        Command::Train(args) => cmd::train::run(*args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,17 +1,292 @@
 //! Plots and text on images (plotters' bitmap backend with an embedded DejaVu Sans, so no
-//! system fonts are needed).
+//! system fonts are needed): line charts of one or more panels stacked vertically, for schedules
+//! and loss curves.
 
+use std::path::Path;
 use std::sync::Once;
+
+use anyhow::{anyhow, bail, Context, Result};
+use plotters::prelude::*;
 
 /// Registers DejaVu Sans as plotters' "sans-serif" font. Call before drawing any text.
 pub fn ensure_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in and valid, so registration cannot fail on user input.
-        if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, dejavu::sans::regular())
-            .is_err()
+        if plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_err()
         {
             panic!("embedded DejaVu Sans failed to register");
         }
     });
+}
+
+/// One line of a chart: its legend label and its (x, y) points, in drawing order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The legend entry; legends are drawn only for charts with more than one series.
+    pub label: String,
+    /// The points. Non-finite ones (a NaN loss, the log of 0) leave a gap in the line.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One panel: a title, axis labels and the series drawn in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Chart<'a> {
+    /// Drawn above the panel.
+    pub title: &'a str,
+    /// Below the x axis.
+    pub x_label: &'a str,
+    /// Beside the y axis.
+    pub y_label: &'a str,
+    /// The lines, coloured in order from a fixed palette.
+    pub series: &'a [Series],
+}
+
+/// Width of a chart image, and height of each panel, in pixels.
+const WIDTH: u32 = 960;
+const PANEL_HEIGHT: u32 = 420;
+
+/// Line colours: the first six of matplotlib's "tab10", readable on white.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Draws `charts` as panels stacked top to bottom into one image at `path` (960 pixels wide,
+/// 420 high per panel). The format follows the extension; use `.png`.
+///
+/// # Errors
+///
+/// When a chart has no finite point to draw, or the file cannot be written; the message names
+/// the chart or the file.
+pub fn line_charts(path: &Path, charts: &[Chart<'_>]) -> Result<()> {
+    if charts.is_empty() {
+        bail!("no chart to draw into {}", path.display());
+    }
+    ensure_font();
+    let n_panels = u32::try_from(charts.len()).context("too many panels")?;
+    let root = BitMapBackend::new(path, (WIDTH, PANEL_HEIGHT * n_panels)).into_drawing_area();
+    let draw_error = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| draw_error(&e))?;
+    for (area, chart) in root.split_evenly((charts.len(), 1)).iter().zip(charts) {
+        draw_panel(area, chart).map_err(|e| anyhow!("chart \"{}\": {e}", chart.title))?;
+    }
+    root.present().map_err(|e| draw_error(&e))?;
+    Ok(())
+}
+
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    chart: &Chart<'_>,
+) -> Result<()> {
+    let finite = || {
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    };
+    let Some((x_range, y_range)) = bounds(finite()) else {
+        bail!("nothing to plot: every point is missing or not finite");
+    };
+    let x_label = tick_formatter(x_range.end - x_range.start);
+    let y_label = tick_formatter(y_range.end - y_range.start);
+    let mut cc = ChartBuilder::on(area)
+        .caption(chart.title, ("sans-serif", 22))
+        .margin(14)
+        .x_label_area_size(46)
+        .y_label_area_size(78)
+        .build_cartesian_2d(x_range, y_range)?;
+    cc.configure_mesh()
+        .x_desc(chart.x_label)
+        .y_desc(chart.y_label)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(RGBColor(235, 235, 235))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .draw()?;
+    for (idx, series) in chart.series.iter().enumerate() {
+        let color = PALETTE[idx % PALETTE.len()];
+        let style = color.stroke_width(2);
+        // Split at non-finite points, so that a gap shows where values are missing.
+        let runs = series
+            .points
+            .split(|(x, y)| !(x.is_finite() && y.is_finite()));
+        let mut labelled = false;
+        for run in runs.filter(|run| !run.is_empty()) {
+            let drawn = cc.draw_series(LineSeries::new(run.iter().copied(), style))?;
+            if !labelled {
+                drawn
+                    .label(series.label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+                labelled = true;
+            }
+        }
+    }
+    if chart.series.len() > 1 {
+        cc.configure_series_labels()
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// The x and y ranges of `points`, y padded by 4% so that lines do not run along the frame;
+/// `None` when there are no points.
+#[allow(clippy::type_complexity)]
+fn bounds<'a>(
+    points: impl Iterator<Item = &'a (f64, f64)>,
+) -> Option<(std::ops::Range<f64>, std::ops::Range<f64>)> {
+    let (mut x_min, mut x_max, mut y_min, mut y_max) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in points {
+        (x_min, x_max, y_min, y_max) = (x_min.min(x), x_max.max(x), y_min.min(y), y_max.max(y));
+    }
+    let pad = |lo: f64, hi: f64, margin: f64| {
+        if hi > lo {
+            (lo - margin * (hi - lo))..(hi + margin * (hi - lo))
+        } else {
+            // A single value gets a band around it as wide as the value (at least 1).
+            let half = 0.5 * lo.abs().max(1.0);
+            (lo - half)..(hi + half)
+        }
+    };
+    (x_min <= x_max).then(|| (pad(x_min, x_max, 0.0), pad(y_min, y_max, 0.04)))
+}
+
+/// Tick labels for an axis spanning `span`, without float noise: "100" rather than "100.0",
+/// "0.3" rather than "0.30000000000000004", "0" for a tick a rounding error away from zero, and
+/// scientific notation for very small or very large spans.
+fn tick_formatter(span: f64) -> impl Fn(&f64) -> String {
+    move |&value| {
+        if value.abs() <= span * 1e-9 {
+            return "0".to_string();
+        }
+        if !(1e-3..1e6).contains(&span) {
+            return format!("{value:.2e}");
+        }
+        // Three significant digits of the span are enough to tell ticks apart.
+        let decimals = (3 - span.log10().floor() as i32).max(0) as usize;
+        let text = format!("{value:.decimals$}");
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn non_white_rows(path: &Path) -> (u32, u32, Vec<u32>) {
+        let image = image::open(path).unwrap().to_rgb8();
+        let rows = (0..image.height())
+            .map(|y| {
+                (0..image.width())
+                    .filter(|&x| image.get_pixel(x, y).0 != [255, 255, 255])
+                    .count() as u32
+            })
+            .collect();
+        (image.width(), image.height(), rows)
+    }
+
+    #[test]
+    fn two_panels_are_drawn_one_above_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chart.png");
+        let up = [Series {
+            label: "up".into(),
+            points: (0..50).map(|i| (i as f64, i as f64)).collect(),
+        }];
+        let down = [
+            Series {
+                label: "down".into(),
+                points: (0..50).map(|i| (i as f64, -(i as f64))).collect(),
+            },
+            Series {
+                label: "gap".into(),
+                points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, 2.0)],
+            },
+        ];
+        let charts = [
+            Chart {
+                title: "up",
+                x_label: "step",
+                y_label: "value",
+                series: &up,
+            },
+            Chart {
+                title: "down",
+                x_label: "step",
+                y_label: "value",
+                series: &down,
+            },
+        ];
+        line_charts(&path, &charts).unwrap();
+        let (width, height, rows) = non_white_rows(&path);
+        assert_eq!((width, height), (WIDTH, 2 * PANEL_HEIGHT));
+        let half = rows.len() / 2;
+        assert!(
+            rows[..half].iter().sum::<u32>() > 1000,
+            "the top panel is blank"
+        );
+        assert!(
+            rows[half..].iter().sum::<u32>() > 1000,
+            "the bottom panel is blank"
+        );
+    }
+
+    #[test]
+    fn a_chart_without_finite_points_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = [Series {
+            label: "nan".into(),
+            points: vec![(0.0, f64::NAN)],
+        }];
+        let charts = [Chart {
+            title: "loss",
+            x_label: "step",
+            y_label: "loss",
+            series: &empty,
+        }];
+        let err = line_charts(&dir.path().join("x.png"), &charts).unwrap_err();
+        assert!(err.to_string().contains("chart \"loss\""), "{err}");
+    }
+
+    #[test]
+    fn tick_labels_hide_float_noise() {
+        let unit = tick_formatter(1.0);
+        assert_eq!(
+            [unit(&0.30000000000000004), unit(&1.0), unit(&-1e-17)],
+            ["0.3", "1", "0"]
+        );
+        assert_eq!(tick_formatter(1000.0)(&100.0), "100");
+        assert_eq!(tick_formatter(0.02)(&0.0125), "0.0125");
+        assert_eq!(tick_formatter(1e-5)(&2e-6), "2.00e-6");
+    }
+
+    #[test]
+    fn flat_and_single_point_series_get_a_visible_range() {
+        let (x, y) = bounds([(3.0, 5.0)].iter()).unwrap();
+        assert!(x.start < 3.0 && x.end > 3.0 && y.start < 5.0 && y.end > 5.0);
+        assert!(bounds(std::iter::empty()).is_none());
+    }
 }

@@ -25,21 +25,121 @@ pub const CIFAR10_RECORD_LEN: usize = 1 + CIFAR_IMAGE_LEN;
 pub const CIFAR100_RECORD_LEN: usize = 2 + CIFAR_IMAGE_LEN;
 
 /// CIFAR-10 class names, indexed by label (`batches.meta.txt`).
-pub const CIFAR10_CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// CIFAR-100 fine class names, indexed by fine label (`fine_label_names.txt`).
 pub const CIFAR100_FINE_CLASSES: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ];
 
 /// CIFAR-100 coarse (superclass) names, indexed by coarse label (`coarse_label_names.txt`).
@@ -85,6 +185,10 @@ pub enum Split {
 
 impl Split {
     /// The name used in configs and on the command line: `train`, `test` or `train+test`.
+    ///
+    /// ```
+    /// assert_eq!(data::Split::TrainTest.as_str(), "train+test");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -124,7 +228,9 @@ impl FromStr for Split {
             "train" => Ok(Split::Train),
             "test" => Ok(Split::Test),
             "train+test" => Ok(Split::TrainTest),
-            _ => Err(DataError::Config(format!("unknown split `{s}`: use train, test or train+test"))),
+            _ => Err(DataError::Config(format!(
+                "unknown split `{s}`: use train, test or train+test"
+            ))),
         }
     }
 }
@@ -151,14 +257,21 @@ pub enum Cifar100Label {
 ///
 /// ```
 /// let mut record = vec![7u8];
-/// record.extend(std::iter::repeat(200).take(3072));
+/// record.extend([200; 3072]);
 /// let ds = data::cifar::parse_cifar10(&record, "one.bin".as_ref())?;
 /// assert_eq!((ds.len(), ds.label(0), ds.shape()), (1, 7, [1, 3, 32, 32]));
 /// assert_eq!(ds.class_name(7), Some("horse"));
 /// # Ok::<(), data::DataError>(())
 /// ```
 pub fn parse_cifar10(bytes: &[u8], path: &Path) -> Result<Dataset> {
-    parse_records(bytes, path, 1, &[(0, CIFAR10_CLASSES.len())], 0, &CIFAR10_CLASSES)
+    parse_records(
+        bytes,
+        path,
+        1,
+        &[(0, CIFAR10_CLASSES.len())],
+        0,
+        &CIFAR10_CLASSES,
+    )
 }
 
 /// Parses CIFAR-100 records held in memory, keeping the `label` kind; `path` names the source in
@@ -175,7 +288,7 @@ pub fn parse_cifar10(bytes: &[u8], path: &Path) -> Result<Dataset> {
 /// ```
 /// use data::cifar::{parse_cifar100, Cifar100Label};
 /// let mut record = vec![19u8, 99];
-/// record.extend(std::iter::repeat(0).take(3072));
+/// record.extend([0; 3072]);
 /// let fine = parse_cifar100(&record, "r.bin".as_ref(), Cifar100Label::Fine)?;
 /// let coarse = parse_cifar100(&record, "r.bin".as_ref(), Cifar100Label::Coarse)?;
 /// assert_eq!((fine.label(0), fine.class_name(99)), (99, Some("worm")));
@@ -183,9 +296,14 @@ pub fn parse_cifar10(bytes: &[u8], path: &Path) -> Result<Dataset> {
 /// # Ok::<(), data::DataError>(())
 /// ```
 pub fn parse_cifar100(bytes: &[u8], path: &Path, label: Cifar100Label) -> Result<Dataset> {
-    let ranges = [(0, CIFAR100_COARSE_CLASSES.len()), (1, CIFAR100_FINE_CLASSES.len())];
+    let ranges = [
+        (0, CIFAR100_COARSE_CLASSES.len()),
+        (1, CIFAR100_FINE_CLASSES.len()),
+    ];
     match label {
-        Cifar100Label::Coarse => parse_records(bytes, path, 2, &ranges, 0, &CIFAR100_COARSE_CLASSES),
+        Cifar100Label::Coarse => {
+            parse_records(bytes, path, 2, &ranges, 0, &CIFAR100_COARSE_CLASSES)
+        }
         Cifar100Label::Fine => parse_records(bytes, path, 2, &ranges, 1, &CIFAR100_FINE_CLASSES),
     }
 }
@@ -245,7 +363,9 @@ pub fn load_cifar100(dir: &Path, split: Split, label: Cifar100Label) -> Result<D
     if split.has_test() {
         names.push("test.bin".into());
     }
-    load_files(&dir, &names, CIFAR100_HINT, |path| read_cifar100_file(path, label))
+    load_files(&dir, &names, CIFAR100_HINT, |path| {
+        read_cifar100_file(path, label)
+    })
 }
 
 const CIFAR10_HINT: &str =
@@ -257,9 +377,15 @@ const CIFAR100_HINT: &str =
 pub(crate) fn read_file(path: &Path, hint: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::Missing { path: path.to_path_buf(), hint: hint.to_string() }
+            DataError::Missing {
+                path: path.to_path_buf(),
+                hint: hint.to_string(),
+            }
         } else {
-            DataError::Io { path: path.to_path_buf(), source }
+            DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })
 }
@@ -272,15 +398,26 @@ pub(crate) fn resolve_dir(dir: &Path, sub: &str, hint: &str) -> Result<PathBuf> 
     } else if dir.is_dir() {
         Ok(dir.to_path_buf())
     } else {
-        Err(DataError::Missing { path: dir.to_path_buf(), hint: hint.to_string() })
+        Err(DataError::Missing {
+            path: dir.to_path_buf(),
+            hint: hint.to_string(),
+        })
     }
 }
 
 /// Reads `names` under `dir` in order and joins them; checks that all exist before reading any.
-fn load_files(dir: &Path, names: &[String], hint: &str, read: impl Fn(&Path) -> Result<Dataset>) -> Result<Dataset> {
+fn load_files(
+    dir: &Path,
+    names: &[String],
+    hint: &str,
+    read: impl Fn(&Path) -> Result<Dataset>,
+) -> Result<Dataset> {
     let paths: Vec<PathBuf> = names.iter().map(|name| dir.join(name)).collect();
     if let Some(missing) = paths.iter().find(|path| !path.is_file()) {
-        return Err(DataError::Missing { path: missing.clone(), hint: hint.to_string() });
+        return Err(DataError::Missing {
+            path: missing.clone(),
+            hint: hint.to_string(),
+        });
     }
     let mut joined: Option<Dataset> = None;
     for path in &paths {
@@ -307,7 +444,7 @@ fn parse_records(
 ) -> Result<Dataset> {
     let record_len = n_label_bytes + CIFAR_IMAGE_LEN;
     let n_records = bytes.len() / record_len;
-    if bytes.len() % record_len != 0 {
+    if bytes.len() != n_records * record_len {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             len: bytes.len() as u64,
@@ -316,7 +453,10 @@ fn parse_records(
         });
     }
     if n_records == 0 {
-        return Err(DataError::Empty { path: path.to_path_buf(), reason: "the file is empty, with no records".into() });
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            reason: "the file is empty, with no records".into(),
+        });
     }
     let mut images = Vec::with_capacity(n_records * CIFAR_IMAGE_LEN);
     let mut labels = Vec::with_capacity(n_records);
@@ -344,7 +484,10 @@ mod tests {
     use super::*;
 
     /// The first 20 records of the real CIFAR-10 test batch (README beside the file).
-    const FIRST20: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/cifar10/test_batch_first20.bin");
+    const FIRST20: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/cifar10/test_batch_first20.bin"
+    );
 
     /// A record whose pixels are `pixel(record, byte)`, after `labels`.
     fn record(labels: &[u8], pixel: impl Fn(usize) -> u8) -> Vec<u8> {
@@ -357,27 +500,46 @@ mod tests {
     fn real_first20_has_the_published_labels_and_exact_pixel_sums() {
         let ds = read_cifar10_file(Path::new(FIRST20)).unwrap();
         assert_eq!(ds.shape(), [20, 3, 32, 32]);
-        assert_eq!(ds.labels(), &[3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
+        assert_eq!(
+            ds.labels(),
+            &[3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
+        );
         assert_eq!(ds.class_name(ds.label(0)), Some("cat"));
         // numpy: r = np.fromfile(path, np.uint8).reshape(-1, 3073); x = r[:, 1:].reshape(-1, 3, 32, 32)
         let total: u64 = ds.images().iter().map(|&v| u64::from(v)).sum();
         assert_eq!(total, 7_387_458); // x.sum(); mean 120.2386 as in the README
-        let per_image: Vec<u64> = (0..20).map(|i| ds.image(i).iter().map(|&v| u64::from(v)).sum()).collect();
+        let per_image: Vec<u64> = (0..20)
+            .map(|i| ds.image(i).iter().map(|&v| u64::from(v)).sum())
+            .collect();
         assert_eq!(
             per_image,
             [
-                332962, 476499, 407252, 475573, 329838, 300475, 232311, 266512, 490777, 442889, 431128, 405748,
-                285070, 225520, 336535, 390988, 392550, 402776, 427311, 334744
+                332962, 476499, 407252, 475573, 329838, 300475, 232311, 266512, 490777, 442889,
+                431128, 405748, 285070, 225520, 336535, 390988, 392550, 402776, 427311, 334744
             ]
         );
-        let per_channel: Vec<u64> =
-            (0..3).map(|c| (0..20).map(|i| ds.image(i)[c * 1024..(c + 1) * 1024].iter().map(|&v| u64::from(v)).sum::<u64>()).sum()).collect();
+        let per_channel: Vec<u64> = (0..3)
+            .map(|c| {
+                (0..20)
+                    .map(|i| {
+                        ds.image(i)[c * 1024..(c + 1) * 1024]
+                            .iter()
+                            .map(|&v| u64::from(v))
+                            .sum::<u64>()
+                    })
+                    .sum()
+            })
+            .collect();
         assert_eq!(per_channel, [2_557_598, 2_477_306, 2_352_554]);
         // Planes are R, G, B: the top-left pixel of image 0 is (158, 112, 49).
         let first = ds.image(0);
         assert_eq!([first[0], first[1024], first[2048]], [158, 112, 49]);
         let stats = ds.stats();
-        assert!((stats.mean[0] - 124.88271484375).abs() < 1e-9, "{:?}", stats.mean);
+        assert!(
+            (stats.mean[0] - 124.88271484375).abs() < 1e-9,
+            "{:?}",
+            stats.mean
+        );
         assert!((stats.std[2] - 66.88667908).abs() < 1e-6, "{:?}", stats.std);
         assert_eq!(stats.label_counts, [2, 2, 0, 2, 0, 2, 4, 2, 4, 2]);
     }
@@ -391,7 +553,10 @@ mod tests {
         bytes.truncate(2 * CIFAR10_RECORD_LEN - 100);
         std::fs::write(&path, &bytes).unwrap();
         let err = read_cifar10_file(&path).unwrap_err();
-        assert!(matches!(err, DataError::Truncated { offset: 3073, .. }), "{err:?}");
+        assert!(
+            matches!(err, DataError::Truncated { offset: 3073, .. }),
+            "{err:?}"
+        );
         assert_eq!(
             err.to_string(),
             format!(
@@ -407,7 +572,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.bin");
         let err = read_cifar10_file(&path).unwrap_err();
-        assert_eq!(err.to_string(), format!("cannot find {}: {CIFAR10_HINT}", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot find {}: {CIFAR10_HINT}", path.display())
+        );
     }
 
     #[test]
@@ -416,13 +584,20 @@ mod tests {
         let base = dir.path().join("cifar-10-batches-bin");
         std::fs::create_dir(&base).unwrap();
         for k in [1, 2, 4, 5] {
-            std::fs::write(base.join(format!("data_batch_{k}.bin")), record(&[0], |_| 0)).unwrap();
+            std::fs::write(
+                base.join(format!("data_batch_{k}.bin")),
+                record(&[0], |_| 0),
+            )
+            .unwrap();
         }
         std::fs::write(base.join("test_batch.bin"), record(&[9], |_| 0)).unwrap();
         // The parent folder is accepted: the archive's top folder is found inside it.
         let err = load_cifar10(dir.path(), Split::Train).unwrap_err();
         let missing = base.join("data_batch_3.bin");
-        assert_eq!(err.to_string(), format!("cannot find {}: {CIFAR10_HINT}", missing.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot find {}: {CIFAR10_HINT}", missing.display())
+        );
         assert_eq!(load_cifar10(&base, Split::Test).unwrap().labels(), &[9]);
         let err = load_cifar10(&dir.path().join("absent"), Split::Test).unwrap_err();
         assert!(matches!(err, DataError::Missing { .. }), "{err:?}");
@@ -436,7 +611,13 @@ mod tests {
         bytes.extend(record(&[10], |_| 0));
         std::fs::write(&path, &bytes).unwrap();
         let err = read_cifar10_file(&path).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}: label 10 at byte 3073 is out of range 0..10", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: label 10 at byte 3073 is out of range 0..10",
+                path.display()
+            )
+        );
     }
 
     #[test]
@@ -463,7 +644,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("cifar-100-binary");
         std::fs::create_dir(&base).unwrap();
-        let train = [record(&[4, 30], |i| (i / 1024) as u8), record(&[19, 99], |i| (i % 32) as u8)].concat();
+        let train = [
+            record(&[4, 30], |i| (i / 1024) as u8),
+            record(&[19, 99], |i| (i % 32) as u8),
+        ]
+        .concat();
         std::fs::write(base.join("train.bin"), train).unwrap();
         std::fs::write(base.join("test.bin"), record(&[0, 0], |_| 255)).unwrap();
         let fine = load_cifar100(dir.path(), Split::TrainTest, Cifar100Label::Fine).unwrap();
@@ -471,7 +656,10 @@ mod tests {
         assert_eq!(fine.labels(), &[30, 99, 0]);
         assert_eq!(fine.class_name(30), Some("dolphin"));
         // The pixels start after both label bytes: image 0's planes are 0, 1, 2.
-        assert_eq!([fine.image(0)[0], fine.image(0)[1024], fine.image(0)[3071]], [0, 1, 2]);
+        assert_eq!(
+            [fine.image(0)[0], fine.image(0)[1024], fine.image(0)[3071]],
+            [0, 1, 2]
+        );
         assert_eq!(&fine.image(1)[..3], &[0, 1, 2]);
         let coarse = load_cifar100(&base, Split::Train, Cifar100Label::Coarse).unwrap();
         assert_eq!(coarse.labels(), &[4, 19]);
@@ -485,19 +673,44 @@ mod tests {
         let bytes = [record(&[0, 0], |_| 0), record(&[3, 100], |_| 0)].concat();
         std::fs::write(&path, bytes).unwrap();
         let err = read_cifar100_file(&path, Cifar100Label::Coarse).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}: label 100 at byte 3075 is out of range 0..100", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: label 100 at byte 3075 is out of range 0..100",
+                path.display()
+            )
+        );
         std::fs::write(&path, record(&[20, 0], |_| 0)).unwrap();
         let err = read_cifar100_file(&path, Cifar100Label::Fine).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}: label 20 at byte 0 is out of range 0..20", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: label 20 at byte 0 is out of range 0..20",
+                path.display()
+            )
+        );
         std::fs::write(&path, &record(&[0, 0], |_| 0)[..3073]).unwrap();
         let err = read_cifar100_file(&path, Cifar100Label::Fine).unwrap_err();
-        assert!(matches!(err, DataError::Truncated { record_len: 3074, offset: 0, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                DataError::Truncated {
+                    record_len: 3074,
+                    offset: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn empty_file_is_an_error() {
         let err = parse_cifar10(&[], Path::new("empty.bin")).unwrap_err();
-        assert_eq!(err.to_string(), "empty.bin: the file is empty, with no records");
+        assert_eq!(
+            err.to_string(),
+            "empty.bin: the file is empty, with no records"
+        );
     }
 
     #[test]

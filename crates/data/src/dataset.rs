@@ -64,12 +64,23 @@ impl Dataset {
             )));
         }
         let n_classes = class_names.len().max(1);
-        if let Some((idx, &label)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= n_classes) {
+        if let Some((idx, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| usize::from(l) >= n_classes)
+        {
             return Err(DataError::Config(format!(
                 "label {label} of image {idx} is out of range 0..{n_classes}"
             )));
         }
-        Ok(Self { images, labels, channels, height, width, class_names })
+        Ok(Self {
+            images,
+            labels,
+            channels,
+            height,
+            width,
+            class_names,
+        })
     }
 
     /// The number of images.
@@ -198,7 +209,9 @@ impl Dataset {
             )));
         }
         if other.class_names != self.class_names {
-            return Err(DataError::Config("cannot join datasets with different class names".into()));
+            return Err(DataError::Config(
+                "cannot join datasets with different class names".into(),
+            ));
         }
         self.images.extend_from_slice(&other.images);
         self.labels.extend_from_slice(&other.labels);
@@ -245,7 +258,13 @@ impl Dataset {
                 (n2_var as f64).sqrt() / n_pixels as f64
             })
             .collect();
-        let n_bins = self.n_classes().max(self.labels.iter().map(|&l| usize::from(l) + 1).max().unwrap_or(0));
+        let n_bins = self.n_classes().max(
+            self.labels
+                .iter()
+                .map(|&l| usize::from(l) + 1)
+                .max()
+                .unwrap_or(0),
+        );
         let mut label_counts = vec![0u64; n_bins];
         for &label in &self.labels {
             label_counts[usize::from(label)] += 1;
@@ -288,12 +307,23 @@ mod tests {
     #[test]
     fn new_rejects_a_pixel_count_that_does_not_match_the_labels() {
         let err = Dataset::new(vec![0; 5], vec![0, 0], 1, 1, 2, vec![]).unwrap_err();
-        assert_eq!(err.to_string(), "5 pixel bytes do not make 2 images of 1x1x2");
+        assert_eq!(
+            err.to_string(),
+            "5 pixel bytes do not make 2 images of 1x1x2"
+        );
     }
 
     #[test]
     fn new_rejects_labels_outside_the_classes() {
-        let err = Dataset::new(vec![0; 2], vec![0, 2], 1, 1, 1, vec!["a".into(), "b".into()]).unwrap_err();
+        let err = Dataset::new(
+            vec![0; 2],
+            vec![0, 2],
+            1,
+            1,
+            1,
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "label 2 of image 1 is out of range 0..2");
         let err = Dataset::new(vec![0; 1], vec![1], 1, 1, 1, vec![]).unwrap_err();
         assert_eq!(err.to_string(), "label 1 of image 0 is out of range 0..1");
@@ -303,19 +333,38 @@ mod tests {
     fn append_refuses_other_shapes() {
         let mut a = Dataset::new(vec![0; 4], vec![0], 1, 2, 2, vec![]).unwrap();
         let b = Dataset::new(vec![0; 4], vec![0], 1, 1, 4, vec![]).unwrap();
-        assert_eq!(a.append(b).unwrap_err().to_string(), "cannot join 1x2x2 images with 1x1x4 images");
+        assert_eq!(
+            a.append(b).unwrap_err().to_string(),
+            "cannot join 1x2x2 images with 1x1x4 images"
+        );
     }
 
     #[test]
     fn stats_match_numpy_on_two_channels() {
         // numpy: x = np.array([0, 10, 20, 30, 255, 255, 1, 3]).reshape(2, 2, 1, 2);
         // x.mean(axis=(0, 2, 3)) = [130, 13.5]; x.std(axis=(0, 2, 3)) = [125.049990003998, 12.05197079319395]
-        let ds = Dataset::new(vec![0, 10, 20, 30, 255, 255, 1, 3], vec![0, 0], 2, 1, 2, vec![]).unwrap();
+        let ds = Dataset::new(
+            vec![0, 10, 20, 30, 255, 255, 1, 3],
+            vec![0, 0],
+            2,
+            1,
+            2,
+            vec![],
+        )
+        .unwrap();
         let stats = ds.stats();
         assert_eq!(stats.count, 2);
         assert_eq!(stats.mean, vec![130.0, 13.5]);
-        assert!((stats.std[0] - 125.049990003998).abs() < 1e-12, "{:?}", stats.std);
-        assert!((stats.std[1] - 12.05197079319395).abs() < 1e-12, "{:?}", stats.std);
+        assert!(
+            (stats.std[0] - 125.049990003998).abs() < 1e-12,
+            "{:?}",
+            stats.std
+        );
+        assert!(
+            (stats.std[1] - 12.05197079319395).abs() < 1e-12,
+            "{:?}",
+            stats.std
+        );
         assert_eq!(stats.label_counts, vec![2]);
     }
 }

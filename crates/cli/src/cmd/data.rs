@@ -1,10 +1,391 @@
-//! `ddpm data`: inspect datasets.
+//! `ddpm data`: inspect datasets. `show` writes a grid of the first images in file order with
+//! their labels (the notebook's first figure); `stats` prints the count, the shape, per-channel
+//! mean and standard deviation, and the label histogram.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use data::cifar::{Cifar100Label, Split};
+use data::folder::{Fit, FolderConfig, FolderReport, OnError};
+use data::grid::{make_grid, GridSpec};
+use data::{Dataset, DatasetSpec};
+use plotters::prelude::*;
 
 /// Subcommands of `ddpm data`.
 #[derive(Debug, clap::Subcommand)]
-pub enum DataCommand {}
+pub enum DataCommand {
+    /// Write a PNG grid of the first images, in file order, labelled with their classes.
+    Show(ShowArgs),
+    /// Print the count, shape, per-channel mean and std (0..255) and the label histogram.
+    Stats(StatsArgs),
+}
 
 /// Runs `ddpm data …`.
-pub fn run(command: DataCommand) -> anyhow::Result<()> {
-    match command {}
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Show(args) => show(&args),
+        DataCommand::Stats(args) => stats(&args),
+    }
+}
+
+/// Dataset kinds on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetKind {
+    /// CIFAR-10, binary version (a folder, or one .bin file).
+    Cifar10,
+    /// CIFAR-100, binary version (a folder, or one .bin file).
+    Cifar100,
+    /// MNIST, IDX files (.gz or raw).
+    Mnist,
+    /// Fashion-MNIST, IDX files (.gz or raw).
+    FashionMnist,
+    /// A folder of images (PNG, JPEG, GIF, BMP), class sub-folders as labels.
+    Folder,
+}
+
+/// How images of another size fit `--size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FitArg {
+    /// Stretch to the size (bilinear, as tf.image.resize).
+    Resize,
+    /// Keep the aspect ratio: crop the centre, then resize.
+    CenterCrop,
+}
+
+/// CIFAR-100 labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelArg {
+    /// The 100 classes.
+    Fine,
+    /// The 20 superclasses.
+    Coarse,
+}
+
+/// Which dataset to read.
+#[derive(Debug, clap::Args)]
+pub struct DatasetArgs {
+    /// The dataset's format.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetKind,
+    /// The dataset's folder (for CIFAR, one binary file works too).
+    #[arg(long)]
+    pub path: PathBuf,
+    /// train, test or train+test (default train); not for a single file or an image folder.
+    #[arg(long)]
+    pub split: Option<Split>,
+    /// CIFAR-100: which label to show and count.
+    #[arg(long, value_enum, default_value = "fine")]
+    pub label: LabelArg,
+    /// Image folder: the side of the stored square images, in pixels.
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Image folder: how images of another size fit.
+    #[arg(long, value_enum, default_value = "center-crop")]
+    pub fit: FitArg,
+    /// Image folder: read images as grayscale.
+    #[arg(long)]
+    pub gray: bool,
+    /// Image folder: no class sub-folders; take every image under the path, unlabelled.
+    #[arg(long)]
+    pub no_classes: bool,
+    /// Image folder: skip images that do not decode (listed on stderr) instead of stopping.
+    #[arg(long)]
+    pub skip_unreadable: bool,
+}
+
+/// Arguments of `ddpm data show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// How many images, from the first.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Images per row.
+    #[arg(long, default_value_t = 8)]
+    pub nrow: usize,
+    /// Pixels per image pixel (default: enough for tiles of at least 64 pixels).
+    #[arg(long)]
+    pub scale: Option<usize>,
+    /// The PNG to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `ddpm data stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DatasetArgs {
+    /// The library's description of the dataset these flags name.
+    fn spec(&self) -> Result<DatasetSpec> {
+        let single_file = self.path.is_file();
+        if let Some(split) = self.split {
+            if self.dataset == DatasetKind::Folder {
+                bail!("--split {split} does not apply to --dataset folder");
+            }
+            if single_file {
+                bail!(
+                    "--split {split} applies to a dataset folder, but {} is a single file",
+                    self.path.display()
+                );
+            }
+        }
+        let split = self.split.unwrap_or(Split::Train);
+        Ok(match self.dataset {
+            DatasetKind::Cifar10 => DatasetSpec::Cifar10 { split },
+            DatasetKind::Cifar100 => DatasetSpec::Cifar100 {
+                split,
+                label: match self.label {
+                    LabelArg::Fine => Cifar100Label::Fine,
+                    LabelArg::Coarse => Cifar100Label::Coarse,
+                },
+            },
+            DatasetKind::Mnist => DatasetSpec::Mnist { split },
+            DatasetKind::FashionMnist => DatasetSpec::FashionMnist { split },
+            DatasetKind::Folder => DatasetSpec::Folder {
+                config: FolderConfig {
+                    size: [self.size, self.size],
+                    channels: if self.gray { 1 } else { 3 },
+                    fit: match self.fit {
+                        FitArg::Resize => Fit::Resize,
+                        FitArg::CenterCrop => Fit::CenterCrop,
+                    },
+                    class_subfolders: !self.no_classes,
+                    on_error: if self.skip_unreadable {
+                        OnError::Skip
+                    } else {
+                        OnError::Fail
+                    },
+                },
+            },
+        })
+    }
+
+    /// Reads the dataset and reports skipped and ignored files on stderr.
+    fn load(&self) -> Result<(Dataset, FolderReport)> {
+        let spec = self.spec()?;
+        let (dataset, report) = spec.load(&self.path).with_context(|| {
+            format!(
+                "cannot load --dataset {} from {}",
+                self.dataset_name(),
+                self.path.display()
+            )
+        })?;
+        for skipped in &report.skipped {
+            eprintln!(
+                "warning: skipped {}: {}",
+                skipped.path.display(),
+                skipped.reason
+            );
+        }
+        if let Some(first) = report.ignored.first() {
+            eprintln!(
+                "note: ignored {} file(s) that are not images in class folders, e.g. {} ({})",
+                report.ignored.len(),
+                first.path.display(),
+                first.reason
+            );
+        }
+        Ok((dataset, report))
+    }
+
+    fn dataset_name(&self) -> &'static str {
+        match self.dataset {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Folder => "folder",
+        }
+    }
+}
+
+/// Caption font size and band height, in pixels.
+const FONT_PX: u32 = 12;
+const CAPTION_PX: usize = 16;
+
+fn show(args: &ShowArgs) -> Result<()> {
+    if args.n == 0 || args.nrow == 0 {
+        bail!("--n and --nrow must be at least 1");
+    }
+    let (dataset, _) = args.dataset.load()?;
+    let n = args.n.min(dataset.len());
+    let shown = dataset.slice(0..n);
+    let [_, c, h, w] = shown.shape();
+    let scale = args
+        .scale
+        .unwrap_or_else(|| 64usize.div_ceil(w.min(h)).max(1));
+    if scale == 0 {
+        bail!("--scale must be at least 1");
+    }
+    let labelled = dataset.n_classes() > 0;
+    let spec = GridSpec {
+        nrow: args.nrow,
+        padding: 2,
+        pad_value: 255,
+        scale,
+        caption_height: if labelled { CAPTION_PX } else { 0 },
+    };
+    let grid = make_grid(shown.images(), [n, c, h, w], &spec)?;
+    let mut rgb = grid.to_rgb();
+    if labelled {
+        let captions: Vec<String> = shown
+            .labels()
+            .iter()
+            .map(|&label| {
+                shown
+                    .class_name(label)
+                    .map_or_else(|| label.to_string(), str::to_string)
+            })
+            .collect();
+        draw_captions(&mut rgb, &grid, &captions)?;
+    }
+    let (width, height) = (u32::try_from(grid.width)?, u32::try_from(grid.height)?);
+    image::save_buffer_with_format(
+        &args.out,
+        &rgb,
+        width,
+        height,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("cannot write --out {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} images of {}x{}x{}, {}x{} pixels)",
+        args.out.display(),
+        n,
+        c,
+        h,
+        w,
+        grid.width,
+        grid.height
+    );
+    Ok(())
+}
+
+/// Writes each caption in the band under its tile, shortened with "…" to the tile's width.
+fn draw_captions(rgb: &mut [u8], grid: &data::grid::Grid, captions: &[String]) -> Result<()> {
+    crate::plot::ensure_font();
+    let size = (u32::try_from(grid.width)?, u32::try_from(grid.height)?);
+    let root = BitMapBackend::with_buffer(rgb, size).into_drawing_area();
+    let style = TextStyle::from(("sans-serif", FONT_PX).into_font()).color(&BLACK);
+    let draw_err = |err| anyhow!("cannot draw labels: {err}");
+    for (cell, caption) in grid.cells.iter().zip(captions) {
+        let text = fit_text(caption, cell.width as u32, |t| {
+            root.estimate_text_size(t, &style).map(|(w, _)| w)
+        })
+        .map_err(draw_err)?;
+        let y = cell.y + cell.height + (CAPTION_PX - FONT_PX as usize) / 2;
+        root.draw_text(&text, &style, (cell.x as i32, y as i32))
+            .map_err(draw_err)?;
+    }
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// `text`, or its longest prefix followed by "…" whose width fits `max_width`.
+fn fit_text<E>(
+    text: &str,
+    max_width: u32,
+    width_of: impl Fn(&str) -> Result<u32, E>,
+) -> Result<String, E> {
+    if width_of(text)? <= max_width {
+        return Ok(text.to_string());
+    }
+    let chars: Vec<char> = text.chars().collect();
+    for keep in (0..chars.len()).rev() {
+        let candidate: String = chars[..keep].iter().chain(std::iter::once(&'…')).collect();
+        if width_of(&candidate)? <= max_width {
+            return Ok(candidate);
+        }
+    }
+    Ok(String::new())
+}
+
+fn stats(args: &StatsArgs) -> Result<()> {
+    let (dataset, report) = args.dataset.load()?;
+    let stats = dataset.stats();
+    let labels: Vec<serde_json::Value> = stats
+        .label_counts
+        .iter()
+        .enumerate()
+        .map(|(label, &count)| {
+            serde_json::json!({
+                "label": label,
+                "name": dataset.class_name(label as u16),
+                "count": count,
+            })
+        })
+        .collect();
+    if args.json {
+        let json = serde_json::json!({
+            "dataset": args.dataset.dataset_name(),
+            "path": args.dataset.path,
+            "count": stats.count,
+            "shape": [stats.channels, stats.height, stats.width],
+            "mean": stats.mean,
+            "std": stats.std,
+            "labels": labels,
+            "skipped": report.skipped.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let fmt = |xs: &[f64]| {
+        xs.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "dataset  {} ({})",
+        args.dataset.dataset_name(),
+        args.dataset.path.display()
+    );
+    println!("count    {}", stats.count);
+    println!(
+        "shape    {}x{}x{} (C x H x W)",
+        stats.channels, stats.height, stats.width
+    );
+    println!("mean     {} (per channel, on 0..255)", fmt(&stats.mean));
+    println!("std      {}", fmt(&stats.std));
+    if !report.skipped.is_empty() {
+        println!("skipped  {} unreadable image(s)", report.skipped.len());
+    }
+    if dataset.n_classes() == 0 {
+        println!("labels   none");
+        return Ok(());
+    }
+    println!("labels");
+    let name_width = dataset
+        .class_names()
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (label, &count) in stats.label_counts.iter().enumerate() {
+        let name = dataset.class_name(label as u16).unwrap_or("");
+        println!("  {label:>3} {name:<name_width$} {count:>8}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_text_shortens_with_an_ellipsis() {
+        let width = |t: &str| Ok::<u32, ()>(t.chars().count() as u32 * 10);
+        assert_eq!(fit_text("cat", 30, width).unwrap(), "cat");
+        assert_eq!(fit_text("aquarium_fish", 50, width).unwrap(), "aqua…");
+        assert_eq!(fit_text("x", 0, width).unwrap(), "");
+    }
 }

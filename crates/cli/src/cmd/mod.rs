@@ -3,3 +3,4 @@
 pub mod data;
 pub mod doctor;
 pub mod schedule;
+pub mod train;

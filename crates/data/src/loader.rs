@@ -1,0 +1,790 @@
+//! Batches for training: a seeded per-epoch shuffle of images, the [`Transform`] on each image,
+//! contiguous f32 NCHW batches with i64 labels, made ahead by background threads.
+//!
+//! The notebook batched first and shuffled whole batches (`data.batch(128).shuffle(10000)`), so
+//! the same 128 images always met in one batch; here images are shuffled, every epoch anew.
+//!
+//! Every batch is a pure function of (seed, epoch, batch index): the permutation comes from a
+//! generator seeded by (seed, epoch) and each batch's flips from one seeded by (seed, epoch,
+//! index). So the batches do not depend on the number of worker threads, and training resumed at
+//! step `s` sees exactly the batches it would have seen ([`Loader::position`],
+//! [`Loader::epoch_from`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+use crate::transform::{Transform, TransformConfig};
+
+/// How to cut a dataset into batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Shuffle the images every epoch; when false, batches follow file order.
+    pub shuffle: bool,
+    /// Drop the last batch of an epoch when it is smaller than `batch_size`.
+    pub drop_last: bool,
+    /// Seeds the shuffle and the flips.
+    pub seed: u64,
+    /// Background threads that make batches; 0 makes them on the calling thread when asked.
+    /// Batches are the same whatever the number.
+    pub n_workers: usize,
+    /// The most batches made ahead of the consumer, ready or in progress (at least `n_workers`
+    /// and at least 1 are used).
+    pub prefetch: usize,
+}
+
+impl LoaderConfig {
+    /// The seed notebook's loader: batches of 128 (`BATCH_SIZE = 128`), incomplete last batch
+    /// dropped (`drop_remainder=True`), shuffled; two workers and four batches of prefetch.
+    pub fn seed_cifar10(seed: u64) -> Self {
+        Self {
+            batch_size: 128,
+            shuffle: true,
+            drop_last: true,
+            seed,
+            n_workers: 2,
+            prefetch: 4,
+        }
+    }
+}
+
+/// One batch: `shape = [N, C, H, W]`, `images` NCHW contiguous (`N * C * H * W` values), one label
+/// per image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Pixels, NCHW, on [-1, 1] when the transform normalizes.
+    pub images: Vec<f32>,
+    /// Class labels (i64, as class-index tensors want them).
+    pub labels: Vec<i64>,
+    /// `[N, C, H, W]`; N is below the batch size only for an epoch's last batch without drop-last.
+    pub shape: [usize; 4],
+    /// The epoch this batch belongs to.
+    pub epoch: u64,
+    /// The batch's index within its epoch.
+    pub index: usize,
+}
+
+/// Makes batches of a dataset; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    transform: Arc<Transform>,
+    config: LoaderConfig,
+}
+
+impl Loader {
+    /// A loader over `dataset` (a [`Dataset`] or an `Arc` of one, shared without copying).
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::Config`] when `batch_size` is 0, when the dataset is empty or, with drop-last,
+    /// smaller than one batch (an epoch would have no batches), or when the transform is invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use data::{Dataset, Loader, LoaderConfig, TransformConfig};
+    /// let ds = Dataset::new(vec![0; 10 * 4], vec![0; 10], 1, 2, 2, vec![])?;
+    /// let config = LoaderConfig { batch_size: 4, shuffle: true, drop_last: true, seed: 7, n_workers: 1, prefetch: 2 };
+    /// let loader = Loader::new(ds, &TransformConfig::plain(), config)?;
+    /// assert_eq!(loader.batches_per_epoch(), 2);
+    /// let shapes: Vec<[usize; 4]> = loader.epoch(0).map(|b| b.shape).collect();
+    /// assert_eq!(shapes, [[4, 1, 2, 2], [4, 1, 2, 2]]);
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    pub fn new(
+        dataset: impl Into<Arc<Dataset>>,
+        transform: &TransformConfig,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        let dataset = dataset.into();
+        if config.batch_size == 0 {
+            return Err(DataError::Config("batch_size must be at least 1".into()));
+        }
+        if dataset.is_empty() {
+            return Err(DataError::Config("the dataset has no images".into()));
+        }
+        if config.drop_last && dataset.len() < config.batch_size {
+            return Err(DataError::Config(format!(
+                "the dataset has {} images, fewer than one batch of {} with drop_last: lower batch_size or turn drop_last off",
+                dataset.len(),
+                config.batch_size
+            )));
+        }
+        if u32::try_from(dataset.len()).is_err() {
+            return Err(DataError::Config(format!(
+                "{} images are more than the loader indexes",
+                dataset.len()
+            )));
+        }
+        let transform = Transform::new(
+            transform,
+            dataset.channels(),
+            [dataset.height(), dataset.width()],
+        )?;
+        Ok(Self {
+            dataset,
+            transform: Arc::new(transform),
+            config,
+        })
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// The transform, bound to the dataset's shape.
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// Batches in one epoch: `len / batch_size`, rounded down with drop-last, up without.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.dataset.len(), self.config.batch_size);
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// `[batch_size, C, H, W]` of a full batch.
+    pub fn batch_shape(&self) -> [usize; 4] {
+        let [c, h, w] = self.transform.out_shape();
+        [self.config.batch_size, c, h, w]
+    }
+
+    /// Where global step `step` (0-based, one batch per step, epochs back to back) falls:
+    /// `(epoch, batch index)`. Resume training at step `s` with `epoch_from(position(s))`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use data::{Dataset, Loader, LoaderConfig, TransformConfig};
+    /// let ds = Dataset::new(vec![0; 10], vec![0; 10], 1, 1, 1, vec![])?;
+    /// let config = LoaderConfig { batch_size: 4, n_workers: 0, ..LoaderConfig::seed_cifar10(0) };
+    /// let loader = Loader::new(ds, &TransformConfig::plain(), config)?; // 2 batches per epoch
+    /// assert_eq!(loader.position(5), (2, 1));
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    pub fn position(&self, step: u64) -> (u64, usize) {
+        let per_epoch = self.batches_per_epoch() as u64;
+        (step / per_epoch, (step % per_epoch) as usize)
+    }
+
+    /// The order in which epoch `epoch` visits the images: a seeded permutation of `0..len` with
+    /// shuffling, `0..len` without.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use data::{Dataset, Loader, LoaderConfig, TransformConfig};
+    /// let ds = Dataset::new(vec![0; 6], vec![0; 6], 1, 1, 1, vec![])?;
+    /// let loader = Loader::new(ds, &TransformConfig::plain(), LoaderConfig { batch_size: 2, ..LoaderConfig::seed_cifar10(1) })?;
+    /// let mut order = loader.order(0);
+    /// assert_eq!(order, loader.order(0)); // seeded
+    /// order.sort();
+    /// assert_eq!(order, [0, 1, 2, 3, 4, 5]); // a permutation
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    pub fn order(&self, epoch: u64) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.dataset.len() as u32).collect();
+        if self.config.shuffle {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(derive_seed(self.config.seed, STREAM_ORDER, epoch, 0));
+            order.shuffle(&mut rng);
+        }
+        order
+    }
+
+    /// Batch `index` of epoch `epoch`, made on the calling thread.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= batches_per_epoch()`.
+    pub fn batch(&self, epoch: u64, index: usize) -> Batch {
+        assert!(
+            index < self.batches_per_epoch(),
+            "batch {index} of {}",
+            self.batches_per_epoch()
+        );
+        make_batch(&self.plan(epoch), index, &mut Vec::new())
+    }
+
+    /// All batches of epoch `epoch`, in order; see [`Loader::epoch_from`].
+    pub fn epoch(&self, epoch: u64) -> Batches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `start` on (to resume mid-epoch), made ahead by
+    /// `n_workers` background threads. Dropping the iterator stops the threads.
+    ///
+    /// # Panics
+    ///
+    /// When `start > batches_per_epoch()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use data::{Dataset, Loader, LoaderConfig, TransformConfig};
+    /// let ds = Dataset::new((0..12).collect(), vec![0; 12], 1, 1, 1, vec![])?;
+    /// let loader = Loader::new(ds, &TransformConfig::plain(), LoaderConfig { batch_size: 3, ..LoaderConfig::seed_cifar10(5) })?;
+    /// let whole: Vec<_> = loader.epoch(4).collect();
+    /// let resumed: Vec<_> = loader.epoch_from(4, 2).collect();
+    /// assert_eq!(resumed, whole[2..]);
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> Batches {
+        let end = self.batches_per_epoch();
+        assert!(
+            start <= end,
+            "start batch {start} is past the epoch's {end} batches"
+        );
+        let plan = Arc::new(self.plan(epoch));
+        let capacity = self.config.prefetch.max(self.config.n_workers).max(1);
+        if self.config.n_workers == 0 {
+            return Batches {
+                plan,
+                next: start,
+                end,
+                workers: None,
+                scratch: Vec::new(),
+            };
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_claim: start,
+                next_yield: start,
+                ready: BTreeMap::new(),
+                stop: false,
+                panicked: false,
+            }),
+            batch_ready: Condvar::new(),
+            space_free: Condvar::new(),
+        });
+        let handles = (0..self.config.n_workers)
+            .map(|worker_idx| {
+                let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+                std::thread::Builder::new()
+                    .name(format!("data-worker-{worker_idx}"))
+                    .spawn(move || worker(&plan, &shared, end, capacity))
+                    .expect("cannot spawn a data loader thread")
+            })
+            .collect();
+        Batches {
+            plan,
+            next: start,
+            end,
+            workers: Some(Workers { shared, handles }),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn plan(&self, epoch: u64) -> EpochPlan {
+        EpochPlan {
+            dataset: Arc::clone(&self.dataset),
+            transform: Arc::clone(&self.transform),
+            order: self.order(epoch),
+            batch_size: self.config.batch_size,
+            seed: self.config.seed,
+            epoch,
+        }
+    }
+}
+
+/// Separate random streams for the permutation and for the flips.
+const STREAM_ORDER: u64 = 0x006f_7264_6572; // "order"
+const STREAM_FLIP: u64 = 0x0000_666c_6970; // "flip"
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A generator seed for one (seed, stream, epoch, batch) so that no two share a stream.
+fn derive_seed(seed: u64, stream: u64, epoch: u64, index: u64) -> u64 {
+    let mut h = mix64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    for word in [stream, epoch, index] {
+        h = mix64(h ^ word.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    }
+    h
+}
+
+/// Everything a worker needs to make any batch of one epoch.
+#[derive(Debug)]
+struct EpochPlan {
+    dataset: Arc<Dataset>,
+    transform: Arc<Transform>,
+    order: Vec<u32>,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+}
+
+fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Batch {
+    let start = index * plan.batch_size;
+    let end = (start + plan.batch_size).min(plan.order.len());
+    let members = &plan.order[start..end];
+    let out_len = plan.transform.out_len();
+    let mut images = vec![0.0f32; members.len() * out_len];
+    let mut labels = Vec::with_capacity(members.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
+        plan.seed,
+        STREAM_FLIP,
+        plan.epoch,
+        index as u64,
+    ));
+    for (&image_idx, dst) in members.iter().zip(images.chunks_exact_mut(out_len)) {
+        let image_idx = image_idx as usize;
+        // Draw for every image, flipping or not, so each image's draw depends only on its position.
+        let flip = plan.transform.flips(rng.gen::<f64>());
+        plan.transform
+            .apply_into(plan.dataset.image(image_idx), flip, dst, scratch);
+        labels.push(i64::from(plan.dataset.label(image_idx)));
+    }
+    let [c, h, w] = plan.transform.out_shape();
+    Batch {
+        images,
+        labels,
+        shape: [members.len(), c, h, w],
+        epoch: plan.epoch,
+        index,
+    }
+}
+
+/// State shared by the consumer and the workers of one epoch.
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a batch lands in `ready` or a worker dies.
+    batch_ready: Condvar,
+    /// Signalled when the consumer takes a batch (room for one more) or asks the workers to stop.
+    space_free: Condvar,
+}
+
+struct State {
+    /// The next batch index a worker will make.
+    next_claim: usize,
+    /// The next batch index the consumer will take.
+    next_yield: usize,
+    /// Finished batches not yet taken, by index (they finish out of order).
+    ready: BTreeMap<usize, Batch>,
+    stop: bool,
+    panicked: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock, so a poisoned lock still holds consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Reports a worker's panic to the consumer instead of leaving it waiting forever.
+struct PanicGuard<'a>(&'a Shared);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().panicked = true;
+            self.0.batch_ready.notify_all();
+        }
+    }
+}
+
+fn worker(plan: &EpochPlan, shared: &Shared, end: usize, capacity: usize) {
+    let _guard = PanicGuard(shared);
+    let mut scratch = Vec::new();
+    loop {
+        let index = {
+            let mut state = shared.lock();
+            loop {
+                if state.stop || state.next_claim >= end {
+                    return;
+                }
+                // Bounded prefetch: at most `capacity` batches claimed but not yet taken.
+                if state.next_claim < state.next_yield + capacity {
+                    break;
+                }
+                state = shared
+                    .space_free
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.next_claim += 1;
+            state.next_claim - 1
+        };
+        let batch = make_batch(plan, index, &mut scratch);
+        shared.lock().ready.insert(index, batch);
+        shared.batch_ready.notify_all();
+    }
+}
+
+struct Workers {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// The batches of one epoch, in order; made by [`Loader::epoch`] and [`Loader::epoch_from`].
+pub struct Batches {
+    plan: Arc<EpochPlan>,
+    next: usize,
+    end: usize,
+    workers: Option<Workers>,
+    scratch: Vec<f32>,
+}
+
+impl Batches {
+    /// The index of the batch that `next()` returns.
+    pub fn next_index(&self) -> usize {
+        self.next
+    }
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("epoch", &self.plan.epoch)
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .field(
+                "n_workers",
+                &self.workers.as_ref().map_or(0, |w| w.handles.len()),
+            )
+            .finish()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.end {
+            return None;
+        }
+        let index = self.next;
+        self.next += 1;
+        let Some(workers) = &self.workers else {
+            return Some(make_batch(&self.plan, index, &mut self.scratch));
+        };
+        let shared = &workers.shared;
+        let mut state = shared.lock();
+        loop {
+            if let Some(batch) = state.ready.remove(&index) {
+                state.next_yield = index + 1;
+                drop(state);
+                shared.space_free.notify_all();
+                return Some(batch);
+            }
+            if state.panicked {
+                panic!("a data loader worker thread panicked");
+            }
+            state = shared
+                .batch_ready
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.end - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Batches {}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        if let Some(workers) = self.workers.take() {
+            workers.shared.lock().stop = true;
+            workers.shared.space_free.notify_all();
+            for handle in workers.handles {
+                // A worker's panic was already reported through `next`; nothing more to do here.
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` grayscale 2x3 images; image `i` holds `i` in every pixel, label `i % 10`.
+    fn numbered(n: usize) -> Dataset {
+        let images = (0..n)
+            .flat_map(|i| std::iter::repeat_n(i as u8, 6))
+            .collect();
+        let labels = (0..n).map(|i| (i % 10) as u16).collect();
+        let names = (0..10).map(|k| k.to_string()).collect();
+        Dataset::new(images, labels, 1, 2, 3, names).unwrap()
+    }
+
+    fn config(batch_size: usize, n_workers: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            shuffle: true,
+            drop_last: true,
+            seed: 42,
+            n_workers,
+            prefetch: 2,
+        }
+    }
+
+    /// The dataset index each image of a batch came from (the value of its pixels, unnormalized).
+    fn members(batch: &Batch) -> Vec<usize> {
+        let len = batch.shape[1..].iter().product::<usize>();
+        batch
+            .images
+            .chunks(len)
+            .map(|img| img[0] as usize)
+            .collect()
+    }
+
+    #[test]
+    fn an_epoch_visits_every_image_once_in_a_seeded_order_that_changes_per_epoch() {
+        let transform = TransformConfig {
+            normalize: false,
+            ..TransformConfig::plain()
+        };
+        let loader = Loader::new(numbered(100), &transform, config(10, 0)).unwrap();
+        let epoch0: Vec<usize> = loader.epoch(0).flat_map(|b| members(&b)).collect();
+        let mut sorted = epoch0.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(epoch0, (0..100).collect::<Vec<_>>(), "not shuffled");
+        let epoch1: Vec<usize> = loader.epoch(1).flat_map(|b| members(&b)).collect();
+        assert_ne!(epoch0, epoch1, "the same order twice");
+        let again: Vec<usize> = loader.epoch(0).flat_map(|b| members(&b)).collect();
+        assert_eq!(epoch0, again);
+        let other_seed = Loader::new(
+            numbered(100),
+            &transform,
+            LoaderConfig {
+                seed: 43,
+                ..config(10, 0)
+            },
+        )
+        .unwrap();
+        assert_ne!(
+            epoch0,
+            other_seed
+                .epoch(0)
+                .flat_map(|b| members(&b))
+                .collect::<Vec<_>>()
+        );
+        // Labels travel with their images.
+        for batch in loader.epoch(3) {
+            let expected: Vec<i64> = members(&batch).iter().map(|&i| (i % 10) as i64).collect();
+            assert_eq!(batch.labels, expected);
+        }
+    }
+
+    #[test]
+    fn batches_are_identical_whatever_the_number_of_workers() {
+        let dataset = Arc::new(numbered(203));
+        let transform = TransformConfig {
+            size: Some([3, 5]),
+            flip_p: 0.5,
+            normalize: true,
+        };
+        let reference: Vec<Batch> = Loader::new(Arc::clone(&dataset), &transform, config(16, 0))
+            .unwrap()
+            .epoch(5)
+            .collect();
+        assert_eq!(reference.len(), 12);
+        for n_workers in [1, 3] {
+            let loader =
+                Loader::new(Arc::clone(&dataset), &transform, config(16, n_workers)).unwrap();
+            let batches: Vec<Batch> = loader.epoch(5).collect();
+            assert_eq!(batches, reference, "{n_workers} workers");
+        }
+    }
+
+    #[test]
+    fn resuming_mid_epoch_gives_the_same_batches() {
+        let transform = TransformConfig::ho2020();
+        for n_workers in [0, 2] {
+            let loader = Loader::new(numbered(50), &transform, config(8, n_workers)).unwrap();
+            let full: Vec<Batch> = loader.epoch(2).collect();
+            let resumed: Vec<Batch> = loader.epoch_from(2, 4).collect();
+            assert_eq!(resumed, full[4..]);
+            assert_eq!(loader.batch(2, 5), full[5]);
+            assert_eq!(resumed[0].index, 4);
+            assert_eq!(loader.epoch_from(2, 6).count(), 0);
+        }
+        let loader = Loader::new(numbered(50), &transform, config(8, 0)).unwrap();
+        assert_eq!(loader.batches_per_epoch(), 6);
+        assert_eq!(loader.position(0), (0, 0));
+        assert_eq!(loader.position(13), (2, 1));
+    }
+
+    #[test]
+    fn drop_last_decides_the_short_final_batch() {
+        let transform = TransformConfig {
+            normalize: false,
+            ..TransformConfig::plain()
+        };
+        let keep = LoaderConfig {
+            drop_last: false,
+            shuffle: false,
+            ..config(8, 2)
+        };
+        let loader = Loader::new(numbered(20), &transform, keep).unwrap();
+        let batches: Vec<Batch> = loader.epoch(0).collect();
+        assert_eq!(
+            batches.iter().map(|b| b.shape[0]).collect::<Vec<_>>(),
+            [8, 8, 4]
+        );
+        assert_eq!(
+            members(&batches[2]),
+            [16, 17, 18, 19],
+            "unshuffled batches follow file order"
+        );
+        assert_eq!(batches[2].labels, [6, 7, 8, 9]);
+        let drop = Loader::new(numbered(20), &transform, config(8, 2)).unwrap();
+        assert_eq!(
+            drop.epoch(0).map(|b| b.shape[0]).collect::<Vec<_>>(),
+            [8, 8]
+        );
+        let err = Loader::new(numbered(5), &transform, config(8, 0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the dataset has 5 images, fewer than one batch of 8 with drop_last: lower batch_size or turn drop_last off"
+        );
+        assert!(Loader::new(
+            numbered(5),
+            &transform,
+            LoaderConfig {
+                batch_size: 0,
+                ..config(8, 0)
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn batches_are_contiguous_nchw_with_flips_near_half_and_seeded() {
+        // One 2x3 image whose columns differ, so a flip shows.
+        let ds = Dataset::new(
+            [10, 20, 30, 40, 50, 60].repeat(1000),
+            vec![0; 1000],
+            1,
+            2,
+            3,
+            vec![],
+        )
+        .unwrap();
+        let transform = TransformConfig {
+            size: None,
+            flip_p: 0.5,
+            normalize: true,
+        };
+        let loader = Loader::new(ds, &transform, config(100, 2)).unwrap();
+        let plain: Vec<f32> = [10u8, 20, 30, 40, 50, 60]
+            .iter()
+            .map(|&v| crate::normalize(v))
+            .collect();
+        let flipped: Vec<f32> = [30u8, 20, 10, 60, 50, 40]
+            .iter()
+            .map(|&v| crate::normalize(v))
+            .collect();
+        let mut n_flipped = 0;
+        for batch in loader.epoch(0) {
+            assert_eq!(batch.shape, [100, 1, 2, 3]);
+            assert_eq!(batch.images.len(), 100 * 6);
+            for image in batch.images.chunks(6) {
+                if image == flipped {
+                    n_flipped += 1;
+                } else {
+                    assert_eq!(image, plain);
+                }
+            }
+        }
+        // Binomial(1000, 0.5): 500 ± 16; 440..560 is beyond 3.7 sigma.
+        assert!(
+            (440..560).contains(&n_flipped),
+            "{n_flipped} of 1000 flipped"
+        );
+        let again: usize = loader
+            .epoch(0)
+            .map(|b| b.images.chunks(6).filter(|img| *img == flipped).count())
+            .sum();
+        assert_eq!(again, n_flipped);
+    }
+
+    #[test]
+    fn dropping_an_epoch_early_stops_its_workers() {
+        let loader = Loader::new(
+            numbered(100),
+            &TransformConfig::plain(),
+            LoaderConfig {
+                prefetch: 1,
+                ..config(2, 3)
+            },
+        )
+        .unwrap();
+        let mut batches = loader.epoch(0);
+        assert_eq!(batches.len(), 50);
+        let first = batches.next().unwrap();
+        assert_eq!(batches.next_index(), 1);
+        assert_eq!(first, loader.batch(0, 0));
+        drop(batches); // must not hang
+    }
+
+    #[test]
+    fn prefetch_is_bounded() {
+        let loader = Loader::new(
+            numbered(100),
+            &TransformConfig::plain(),
+            LoaderConfig {
+                prefetch: 3,
+                ..config(2, 2)
+            },
+        )
+        .unwrap();
+        let batches = loader.epoch(0);
+        let shared = &batches.workers.as_ref().unwrap().shared;
+        // Nobody consumes: the workers fill the window of 3 batches and must stop there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let state = shared.lock();
+            assert!(
+                state.next_claim <= 3,
+                "workers claimed {} batches with a prefetch of 3",
+                state.next_claim
+            );
+            if state.ready.len() == 3 {
+                break;
+            }
+            drop(state);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "workers never filled the prefetch window"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(shared.lock().next_claim, 3);
+    }
+}

@@ -1,0 +1,141 @@
+//! One config value that names a dataset kind and how to read it, so that training configs and
+//! the command line load any dataset with one call, [`DatasetSpec::load`]. Paths stay arguments.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cifar::{self, Cifar100Label, Split};
+use crate::dataset::Dataset;
+use crate::error::Result;
+use crate::folder::{self, FolderConfig, FolderReport};
+use crate::idx::{self, MnistKind};
+
+/// Which dataset to read, and how.
+///
+/// In JSON: `{"kind": "cifar10", "split": "train+test"}`,
+/// `{"kind": "cifar100", "split": "train", "label": "fine"}`, `{"kind": "fashion-mnist", "split":
+/// "test"}`, or `{"kind": "folder", "config": {…}}` with a [`FolderConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DatasetSpec {
+    /// CIFAR-10, binary version.
+    Cifar10 {
+        /// Which files.
+        split: Split,
+    },
+    /// CIFAR-100, binary version.
+    Cifar100 {
+        /// Which files.
+        split: Split,
+        /// Fine or coarse labels.
+        label: Cifar100Label,
+    },
+    /// MNIST digits, IDX files.
+    Mnist {
+        /// Which files.
+        split: Split,
+    },
+    /// Fashion-MNIST, IDX files.
+    FashionMnist {
+        /// Which files.
+        split: Split,
+    },
+    /// A folder of image files.
+    Folder {
+        /// Size, channels, fit, labels and error handling.
+        config: FolderConfig,
+    },
+}
+
+impl DatasetSpec {
+    /// The seed notebook's data: all of CIFAR-10, train then test (`split='train+test'`).
+    pub fn seed_cifar10() -> Self {
+        DatasetSpec::Cifar10 {
+            split: Split::TrainTest,
+        }
+    }
+
+    /// Reads the dataset at `path`: the dataset's folder, or, for CIFAR, also a single binary
+    /// file (read whole; the split does not apply). The report lists the files an image folder
+    /// left out; it is empty for the other kinds.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`cifar::load_cifar10`], [`cifar::load_cifar100`], [`idx::load_mnist`] and
+    /// [`folder::load_folder`].
+    pub fn load(&self, path: &Path) -> Result<(Dataset, FolderReport)> {
+        let dataset = match self {
+            DatasetSpec::Cifar10 { .. } | DatasetSpec::Cifar100 { .. } if path.is_file() => {
+                match self {
+                    DatasetSpec::Cifar100 { label, .. } => cifar::read_cifar100_file(path, *label)?,
+                    _ => cifar::read_cifar10_file(path)?,
+                }
+            }
+            DatasetSpec::Cifar10 { split } => cifar::load_cifar10(path, *split)?,
+            DatasetSpec::Cifar100 { split, label } => cifar::load_cifar100(path, *split, *label)?,
+            DatasetSpec::Mnist { split } => idx::load_mnist(path, *split, MnistKind::Mnist)?,
+            DatasetSpec::FashionMnist { split } => {
+                idx::load_mnist(path, *split, MnistKind::FashionMnist)?
+            }
+            DatasetSpec::Folder { config } => return folder::load_folder(path, config),
+        };
+        Ok((dataset, FolderReport::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST20: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/cifar10/test_batch_first20.bin"
+    );
+
+    #[test]
+    fn json_names_every_kind_and_rejects_unknown_fields() {
+        let spec: DatasetSpec =
+            serde_json::from_str(r#"{"kind": "cifar10", "split": "train+test"}"#).unwrap();
+        assert_eq!(spec, DatasetSpec::seed_cifar10());
+        let spec: DatasetSpec =
+            serde_json::from_str(r#"{"kind": "cifar100", "split": "test", "label": "coarse"}"#)
+                .unwrap();
+        assert_eq!(
+            spec,
+            DatasetSpec::Cifar100 {
+                split: Split::Test,
+                label: Cifar100Label::Coarse
+            }
+        );
+        let spec: DatasetSpec =
+            serde_json::from_str(r#"{"kind": "fashion-mnist", "split": "train"}"#).unwrap();
+        assert_eq!(
+            spec,
+            DatasetSpec::FashionMnist {
+                split: Split::Train
+            }
+        );
+        let folder = DatasetSpec::Folder {
+            config: FolderConfig::new([64, 64]),
+        };
+        let json = serde_json::to_string(&folder).unwrap();
+        assert_eq!(serde_json::from_str::<DatasetSpec>(&json).unwrap(), folder);
+        let err = serde_json::from_str::<DatasetSpec>(
+            r#"{"kind": "cifar10", "split": "train", "path": "x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `path`"), "{err}");
+    }
+
+    #[test]
+    fn a_single_cifar_file_loads_whatever_the_split() {
+        let (ds, report) = DatasetSpec::Cifar10 {
+            split: Split::Train,
+        }
+        .load(Path::new(FIRST20))
+        .unwrap();
+        assert_eq!(ds.len(), 20);
+        assert_eq!(report, FolderReport::default());
+    }
+}

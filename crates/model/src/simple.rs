@@ -1,0 +1,456 @@
+//! The seed notebook's `SimpleUnet` (FIT3181 DDPM notebook, itself after DeepFindr's PyTorch
+//! "Diffusion models from scratch" tutorial), on libtorch.
+//!
+//! The architecture, per block and in the notebook's order:
+//!
+//! - time: sinusoidal embedding (dim 32) → Linear(32) → ReLU, computed once;
+//! - `conv0`: 3×3 conv to `down_channels[0]`;
+//! - down block: conv 3×3 → ReLU → BatchNorm; add ReLU(Linear(t)) over the image;
+//!   conv 3×3 → ReLU → BatchNorm; 4×4 stride-2 conv;
+//! - up block: the same on `cat([x, skip], channels)`, ending in a 4×4 stride-2 transposed conv;
+//! - `output`: 1×1 conv.
+//!
+//! Keras semantics are reproduced exactly: "same" padding (see [`keras_same_padding`]),
+//! `glorot_uniform` kernels with zero biases, BatchNorm with eps 1e-3 and momentum 0.99 (PyTorch's
+//! momentum is the weight of the new batch, so 0.01). Two things the notebook gets wrong are fixed:
+//! BatchNorm runs in train mode while training and in eval mode otherwise (the notebook never
+//! updates its running statistics), and the output conv has `out_channels` filters instead of a
+//! hard-coded 3. Parameter names follow the PyTorch port (`downs.0.conv1.weight`,
+//! `downs.0.bnorm1.running_mean`, `time_mlp.1.weight`, ...), so its `state_dict` loads one to one.
+
+use crate::error::{invalid, ModelError};
+use crate::init::fan_avg_uniform;
+use crate::memory_format::{is_channels_last, to_memory_format, MemoryFormat};
+use crate::{batch_timesteps, timestep_embedding, Denoiser};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init, Module, ModuleT};
+use tch::{Kind, Tensor};
+
+const ARCH: &str = "simple";
+
+/// Hyper-parameters of the notebook's [`SimpleUnet`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimpleUnetConfig {
+    /// Image channels in (3 for RGB, 1 for grayscale).
+    pub in_channels: i64,
+    /// Channels of the predicted noise; equal to `in_channels` for ε-prediction.
+    pub out_channels: i64,
+    /// Image height and width; divisible by `2^(down_channels.len() - 1)`.
+    pub image_size: i64,
+    /// `conv0`'s width, then each down block's width.
+    pub down_channels: Vec<i64>,
+    /// The bottleneck width (equal to the last down width), then each up block's width.
+    pub up_channels: Vec<i64>,
+    /// Width of the sinusoidal time embedding and of its Linear layer.
+    pub time_emb_dim: i64,
+    /// BatchNorm's epsilon (Keras' default 1e-3).
+    pub batch_norm_eps: f64,
+    /// Weight of a new batch in BatchNorm's running statistics (PyTorch convention: Keras'
+    /// momentum 0.99 is 0.01 here).
+    pub batch_norm_momentum: f64,
+}
+
+impl SimpleUnetConfig {
+    /// The notebook's CIFAR-10 model: 28×28×3, down (28, 128, 256), up (256, 128, 28), time
+    /// embedding 32, Keras BatchNorm. 3,482,231 trainable parameters, the notebook's count.
+    pub fn seed_cifar10() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            image_size: 28,
+            down_channels: vec![28, 128, 256],
+            up_channels: vec![256, 128, 28],
+            time_emb_dim: 32,
+            batch_norm_eps: 1e-3,
+            batch_norm_momentum: 0.01,
+        }
+    }
+
+    /// The notebook's larger (`stanford_dogs`) model: down (28, 128, 256, 512, 1024) and the mirrored
+    /// up path. Four stride-2 levels need a size divisible by 16, so it runs at 64×64, the size of
+    /// the DeepFindr tutorial this branch comes from (the notebook's 28 cannot work with it).
+    pub fn seed_large() -> Self {
+        Self {
+            image_size: 64,
+            down_channels: vec![28, 128, 256, 512, 1024],
+            up_channels: vec![1024, 512, 256, 128, 28],
+            ..Self::seed_cifar10()
+        }
+    }
+
+    /// A grayscale variant for Fashion-MNIST (28×28×1), narrow enough — down (32, 64, 128) —
+    /// to train for about 15 epochs in half an hour on two CPU cores at batch 128.
+    pub fn fashion_mnist() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 1,
+            down_channels: vec![32, 64, 128],
+            up_channels: vec![128, 64, 32],
+            ..Self::seed_cifar10()
+        }
+    }
+
+    /// The number of down (and of up) blocks.
+    pub fn n_blocks(&self) -> usize {
+        self.down_channels.len().saturating_sub(1)
+    }
+
+    /// Checks that the configuration describes a network that can be built and run.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] naming the offending field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.in_channels < 1 || self.out_channels < 1 {
+            return Err(invalid(ARCH, "in_channels and out_channels must be at least 1"));
+        }
+        if self.down_channels.len() < 2 {
+            return Err(invalid(ARCH, "down_channels needs conv0's width and at least one block's width"));
+        }
+        if self.up_channels.len() != self.down_channels.len() {
+            return Err(invalid(
+                ARCH,
+                format!(
+                    "up_channels has {} entries but down_channels has {}: the up path mirrors the down path",
+                    self.up_channels.len(),
+                    self.down_channels.len()
+                ),
+            ));
+        }
+        if self.down_channels.iter().chain(&self.up_channels).any(|&c| c < 1) {
+            return Err(invalid(ARCH, "every entry of down_channels and up_channels must be at least 1"));
+        }
+        if self.up_channels[0] != self.down_channels[self.n_blocks()] {
+            return Err(invalid(
+                ARCH,
+                format!(
+                    "up_channels[0] ({}) must equal the last down_channels entry ({}): it is the bottleneck width",
+                    self.up_channels[0],
+                    self.down_channels[self.n_blocks()]
+                ),
+            ));
+        }
+        if self.time_emb_dim < 4 || self.time_emb_dim % 2 != 0 {
+            return Err(invalid(ARCH, format!("time_emb_dim must be even and at least 4, got {}", self.time_emb_dim)));
+        }
+        let factor = 1i64 << self.n_blocks();
+        if self.image_size < factor || self.image_size % factor != 0 {
+            return Err(invalid(
+                ARCH,
+                format!(
+                    "image_size {} must be a multiple of {factor}: {} stride-2 blocks halve it and the up path \
+                     concatenates each level with its skip",
+                    self.image_size,
+                    self.n_blocks()
+                ),
+            ));
+        }
+        if !(self.batch_norm_eps > 0.0) {
+            return Err(invalid(ARCH, "batch_norm_eps must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.batch_norm_momentum) {
+            return Err(invalid(ARCH, "batch_norm_momentum must lie in [0, 1] (PyTorch convention, Keras 0.99 is 0.01)"));
+        }
+        Ok(())
+    }
+
+    /// Validates the configuration and creates the network's variables under `vs`.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] from [`Self::validate`].
+    pub fn build(&self, vs: &nn::Path) -> Result<SimpleUnet, ModelError> {
+        self.validate()?;
+        SimpleUnet::new(vs, self.clone())
+    }
+}
+
+/// TensorFlow's "same" padding `(before, after)` along one axis of a convolution.
+///
+/// TF pads `total = max((ceil(n / s) - 1) · s + k - n, 0)` and puts the odd element after. For
+/// the notebook's layers on even sizes this is symmetric: 3×3 stride 1 gives (1, 1), and 4×4
+/// stride 2 gives (1, 1) as well (`(n/2 - 1)·2 + 4 - n = 2`), so PyTorch's `padding=1` is exact.
+/// A transposed conv with "same" padding is the adjoint of the conv that maps its output size to
+/// its input size, so its padding is `keras_same_padding(2n, 4, 2) = (1, 1)`: PyTorch's
+/// `ConvTranspose2d(k=4, s=2, padding=1)`, whose output is `2n` like Keras'.
+pub fn keras_same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
+    let output = (input + stride - 1) / stride;
+    let total = ((output - 1) * stride + kernel - input).max(0);
+    (total / 2, total - total / 2)
+}
+
+/// The symmetric padding of a Keras "same" layer, which [`SimpleUnetConfig::validate`] guarantees.
+fn symmetric_same_padding(input: i64, kernel: i64, stride: i64) -> i64 {
+    let (before, after) = keras_same_padding(input, kernel, stride);
+    assert_eq!(before, after, "asymmetric same padding on size {input}: the config validation missed it");
+    before
+}
+
+/// A Keras-initialised convolution: `glorot_uniform` kernel, zero bias.
+fn conv2d(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding,
+        ws_init: fan_avg_uniform(&[c_out, c_in, kernel, kernel], 1.0),
+        bs_init: Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(vs, c_in, c_out, kernel, config)
+}
+
+/// A Keras-initialised dense layer: `glorot_uniform` kernel, zero bias.
+fn linear(vs: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: fan_avg_uniform(&[d_out, d_in], 1.0),
+        bs_init: Some(Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(vs, d_in, d_out, config)
+}
+
+/// `BatchNorm2d` with PyTorch's state: it counts the batches it was trained on, as
+/// `num_batches_tracked` does, so that its variables are exactly a PyTorch `state_dict`'s.
+#[derive(Debug)]
+struct BatchNorm {
+    inner: nn::BatchNorm,
+    num_batches_tracked: Tensor,
+}
+
+impl BatchNorm {
+    fn new(vs: nn::Path, channels: i64, config: &SimpleUnetConfig) -> Self {
+        let bn_config = nn::BatchNormConfig {
+            eps: config.batch_norm_eps,
+            momentum: config.batch_norm_momentum,
+            ws_init: Init::Const(1.0),
+            bs_init: Init::Const(0.0),
+            ..Default::default()
+        };
+        let inner = nn::batch_norm2d(&vs, channels, bn_config);
+        let counter = Tensor::zeros([], (Kind::Int64, vs.device()));
+        let num_batches_tracked = vs.add("num_batches_tracked", counter, false);
+        Self { inner, num_batches_tracked }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            tch::no_grad(|| {
+                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+            });
+        }
+        self.inner.forward_t(xs, train)
+    }
+}
+
+/// The last layer of a block: down-sampling conv or up-sampling transposed conv.
+#[derive(Debug)]
+enum Transform {
+    Down(nn::Conv2D),
+    Up(nn::ConvTranspose2D),
+}
+
+/// One down or up block of the notebook.
+#[derive(Debug)]
+struct Block {
+    time_mlp: nn::Linear,
+    conv1: nn::Conv2D,
+    transform: Transform,
+    conv2: nn::Conv2D,
+    bnorm1: BatchNorm,
+    bnorm2: BatchNorm,
+}
+
+impl Block {
+    /// A block on `size`×`size` inputs of `c_in` channels (the concatenation, for up blocks).
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, size: i64, up: bool, config: &SimpleUnetConfig) -> Self {
+        let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out);
+        let pad3 = symmetric_same_padding(size, 3, 1);
+        let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3);
+        let transform = if up {
+            // The adjoint of a "same" 4×4 stride-2 conv from 2·size to size.
+            let padding = symmetric_same_padding(2 * size, 4, 2);
+            let config = nn::ConvTransposeConfig {
+                stride: 2,
+                padding,
+                ws_init: fan_avg_uniform(&[c_out, c_out, 4, 4], 1.0),
+                bs_init: Init::Const(0.0),
+                ..Default::default()
+            };
+            Transform::Up(nn::conv_transpose2d(&vs / "transform", c_out, c_out, 4, config))
+        } else {
+            let padding = symmetric_same_padding(size, 4, 2);
+            Transform::Down(conv2d(&vs / "transform", c_out, c_out, 4, 2, padding))
+        };
+        let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3);
+        let bnorm1 = BatchNorm::new(&vs / "bnorm1", c_out, config);
+        let bnorm2 = BatchNorm::new(&vs / "bnorm2", c_out, config);
+        Self { time_mlp, conv1, transform, conv2, bnorm1, bnorm2 }
+    }
+
+    /// # Shapes
+    /// `xs`: `[N, c_in, s, s]`, `t_emb`: `[N, time_emb_dim]` → `[N, c_out, s/2, s/2]` (down) or
+    /// `[N, c_out, 2s, 2s]` (up).
+    fn forward(&self, xs: &Tensor, t_emb: &Tensor, train: bool) -> Tensor {
+        let h = self.bnorm1.forward_t(&xs.apply(&self.conv1).relu(), train);
+        let time = t_emb.apply(&self.time_mlp).relu();
+        let h = h + time.unsqueeze(-1).unsqueeze(-1);
+        let h = self.bnorm2.forward_t(&h.apply(&self.conv2).relu(), train);
+        match &self.transform {
+            Transform::Down(conv) => h.apply(conv),
+            Transform::Up(conv) => h.apply(conv),
+        }
+    }
+}
+
+/// The notebook's U-Net: ε_θ(x_t, t) with BatchNorm, ReLU and a concatenating skip per level.
+#[derive(Debug)]
+pub struct SimpleUnet {
+    config: SimpleUnetConfig,
+    time_mlp: nn::Linear,
+    conv0: nn::Conv2D,
+    downs: Vec<Block>,
+    ups: Vec<Block>,
+    output: nn::Conv2D,
+}
+
+impl SimpleUnet {
+    fn new(vs: &nn::Path, config: SimpleUnetConfig) -> Result<Self, ModelError> {
+        let c = &config;
+        let n = c.n_blocks();
+        // The notebook's `time_mlp` is `Sequential(embedding, Dense, ReLU)`: the Dense is item 1.
+        let time_mlp = linear(vs / "time_mlp" / 1, c.time_emb_dim, c.time_emb_dim);
+        let conv0 = conv2d(vs / "conv0", c.in_channels, c.down_channels[0], 3, 1, 1);
+        let downs = (0..n)
+            .map(|i| {
+                let size = c.image_size >> i;
+                Block::new(vs / "downs" / i, c.down_channels[i], c.down_channels[i + 1], size, false, c)
+            })
+            .collect();
+        let ups = (0..n)
+            .map(|i| {
+                // The input is the previous output concatenated with the skip of the same size.
+                let size = c.image_size >> (n - i);
+                let c_in = c.up_channels[i] + c.down_channels[n - i];
+                Block::new(vs / "ups" / i, c_in, c.up_channels[i + 1], size, true, c)
+            })
+            .collect();
+        let output = conv2d(vs / "output", c.up_channels[n], c.out_channels, 1, 1, 0);
+        Ok(Self { config, time_mlp, conv0, downs, ups, output })
+    }
+
+    /// The configuration the network was built from.
+    pub fn config(&self) -> &SimpleUnetConfig {
+        &self.config
+    }
+}
+
+impl Denoiser for SimpleUnet {
+    fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+        let format =
+            if is_channels_last(&self.conv0.ws) { MemoryFormat::ChannelsLast } else { MemoryFormat::Contiguous };
+        let x = to_memory_format(xs, format);
+        let timesteps = batch_timesteps(timesteps, xs.size()[0]);
+        let t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
+            .to_kind(self.time_mlp.ws.kind())
+            .apply(&self.time_mlp)
+            .relu();
+        let mut x = x.apply(&self.conv0);
+        let mut skips = Vec::with_capacity(self.downs.len());
+        for down in &self.downs {
+            x = down.forward(&x, &t_emb, train);
+            skips.push(x.shallow_clone());
+        }
+        for up in &self.ups {
+            let skip = skips.pop().expect("one skip per up block");
+            x = up.forward(&Tensor::cat(&[&x, &skip], 1), &t_emb, train);
+        }
+        let out = self.output.forward(&x);
+        if out.kind() == xs.kind() {
+            out
+        } else {
+            out.to_kind(xs.kind())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::Device;
+
+    #[test]
+    fn keras_same_padding_matches_tensorflow() {
+        // TF: out = ceil(n / s), total = max((out - 1) * s + k - n, 0), the odd pixel after.
+        assert_eq!(keras_same_padding(28, 3, 1), (1, 1));
+        assert_eq!(keras_same_padding(28, 4, 2), (1, 1));
+        assert_eq!(keras_same_padding(14, 4, 2), (1, 1));
+        assert_eq!(keras_same_padding(7, 4, 2), (1, 2));
+        assert_eq!(keras_same_padding(28, 1, 1), (0, 0));
+        assert_eq!(keras_same_padding(5, 2, 2), (0, 1));
+    }
+
+    #[test]
+    fn seed_cifar10_has_the_notebooks_parameter_count() {
+        let vs = VarStore::new(Device::Cpu);
+        let config = SimpleUnetConfig::seed_cifar10();
+        let _net = config.build(&vs.root()).unwrap();
+        assert_eq!(crate::parameter_count(&vs), 3_482_231);
+        // The BatchNorm statistics are buffers, not parameters: 4 per block, 2 blocks each way.
+        assert_eq!(vs.variables().len() - vs.trainable_variables().len(), 3 * 2 * 2 * 2);
+    }
+
+    #[test]
+    fn grayscale_preset_keeps_its_channel_count() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = SimpleUnetConfig::fashion_mnist().build(&vs.root()).unwrap();
+        let xs = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let out = net.forward_t(&xs, &Tensor::from_slice(&[0i64, 299]), false);
+        assert_eq!(out.size(), [2, 1, 28, 28]);
+    }
+
+    #[test]
+    fn batch_norm_statistics_move_only_in_train_mode() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = SimpleUnetConfig::fashion_mnist().build(&vs.root()).unwrap();
+        let running_mean = vs.variables()["downs.0.bnorm1.running_mean"].copy();
+        let counter = vs.variables()["downs.0.bnorm1.num_batches_tracked"].shallow_clone();
+        let xs = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let ts = Tensor::from_slice(&[1i64, 2, 3, 4]);
+        let eval_a = net.forward_t(&xs, &ts, false);
+        assert!(vs.variables()["downs.0.bnorm1.running_mean"].equal(&running_mean));
+        assert_eq!(counter.int64_value(&[]), 0);
+        let _ = net.forward_t(&xs, &ts, true);
+        assert!(!vs.variables()["downs.0.bnorm1.running_mean"].equal(&running_mean));
+        assert_eq!(counter.int64_value(&[]), 1);
+        // Eval mode is deterministic and uses the (now updated) running statistics.
+        let eval_b = net.forward_t(&xs, &ts, false);
+        assert!(!eval_a.equal(&eval_b));
+        assert!(eval_b.equal(&net.forward_t(&xs, &ts, false)));
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected_with_the_field_named() {
+        let check = |config: SimpleUnetConfig, needle: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        };
+        let base = SimpleUnetConfig::seed_cifar10();
+        check(SimpleUnetConfig { image_size: 30, ..base.clone() }, "image_size 30 must be a multiple of 4");
+        check(SimpleUnetConfig { image_size: 28, ..SimpleUnetConfig::seed_large() }, "multiple of 16");
+        check(SimpleUnetConfig { up_channels: vec![256, 128], ..base.clone() }, "up_channels has 2 entries");
+        check(SimpleUnetConfig { up_channels: vec![512, 128, 28], ..base.clone() }, "bottleneck");
+        check(SimpleUnetConfig { time_emb_dim: 7, ..base.clone() }, "time_emb_dim");
+        check(SimpleUnetConfig { in_channels: 0, ..base.clone() }, "in_channels");
+        check(SimpleUnetConfig { batch_norm_momentum: 0.99 + 1.0, ..base.clone() }, "batch_norm_momentum");
+        check(SimpleUnetConfig { down_channels: vec![28], up_channels: vec![28], ..base }, "down_channels");
+    }
+
+    #[test]
+    fn the_large_preset_builds_and_runs() {
+        let vs = VarStore::new(Device::Cpu);
+        let config = SimpleUnetConfig::seed_large();
+        let net = config.build(&vs.root()).unwrap();
+        let xs = Tensor::randn([1, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| net.forward_t(&xs, &Tensor::from_slice(&[10i64]), false));
+        assert_eq!(out.size(), [1, 3, 64, 64]);
+    }
+}

@@ -1,0 +1,305 @@
+//! Weights on disk in the `.safetensors` format, checked key by key, and the parameter table
+//! that `ddpm model summary` prints.
+//!
+//! Files hold a model's full state: the trainable parameters and the buffers (BatchNorm running
+//! statistics), under the reference PyTorch names, so that a diffusers `UNet2DModel` or a PyTorch
+//! `state_dict` loads here one to one and the other way round.
+
+use crate::error::{ModelError, ShapeMismatch, WeightMismatch};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// The number of trainable scalars in a var store (buffers such as running statistics excluded).
+pub fn parameter_count(vs: &VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+/// One tensor of a var store, as the parameter table lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterInfo {
+    /// The dotted name (`down_blocks.0.resnets.1.conv1.weight`).
+    pub name: String,
+    /// The shape.
+    pub shape: Vec<i64>,
+    /// The number of scalars.
+    pub numel: i64,
+    /// False for buffers (BatchNorm statistics), which the optimizer does not update.
+    pub trainable: bool,
+}
+
+/// Every tensor of a var store in creation order, which the networks make equal to the reference
+/// PyTorch module's `state_dict` order; buffers follow the parameters of their module.
+pub fn parameters(vs: &VarStore) -> Vec<ParameterInfo> {
+    let named = vs.variables();
+    let by_ptr: HashMap<usize, &String> = named.iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
+    let mut trainable: Vec<&String> = vs
+        .trainable_variables()
+        .iter()
+        .filter_map(|t| by_ptr.get(&(t.data_ptr() as usize)).copied())
+        .collect();
+    let module_of = |name: &str| name.rsplit_once('.').map_or(String::new(), |(module, _)| module.to_string());
+    // tch creates a layer's bias before its weight; PyTorch lists the weight first.
+    let leaf_rank = |name: &str| match name.rsplit('.').next() {
+        Some("weight") => 0,
+        Some("bias") => 1,
+        _ => 2,
+    };
+    let mut start = 0;
+    while start < trainable.len() {
+        let module = module_of(trainable[start]);
+        let end = (start..trainable.len()).find(|&i| module_of(trainable[i]) != module).unwrap_or(trainable.len());
+        trainable[start..end].sort_by_key(|name| leaf_rank(name));
+        start = end;
+    }
+    let mut buffers: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+    for name in named.keys().filter(|name| !trainable.contains(name)) {
+        buffers.entry(module_of(name)).or_default().push(name);
+    }
+    // PyTorch's BatchNorm order.
+    let rank = |name: &str| match name.rsplit('.').next() {
+        Some("running_mean") => 0,
+        Some("running_var") => 1,
+        Some("num_batches_tracked") => 2,
+        _ => 3,
+    };
+    for names in buffers.values_mut() {
+        names.sort_by_key(|name| (rank(name), name.to_string()));
+    }
+    let info = |name: &String, trainable: bool| {
+        let tensor = &named[name];
+        ParameterInfo { name: name.clone(), shape: tensor.size(), numel: tensor.numel() as i64, trainable }
+    };
+    let mut out = Vec::with_capacity(named.len());
+    for (i, name) in trainable.iter().enumerate() {
+        out.push(info(name, true));
+        let module = module_of(name);
+        let module_ends = trainable.get(i + 1).is_none_or(|next| module_of(next) != module);
+        if module_ends {
+            for buffer in buffers.remove(&module).unwrap_or_default() {
+                out.push(info(buffer, false));
+            }
+        }
+    }
+    for buffer in buffers.into_values().flatten() {
+        out.push(info(buffer, false));
+    }
+    out
+}
+
+/// Formats `1234567` as `1,234,567`.
+fn thousands(n: i64) -> String {
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// The layer table: one row per trainable tensor (name, shape, parameters), then the totals.
+pub fn parameter_table(vs: &VarStore) -> String {
+    let params = parameters(vs);
+    let shape_of = |p: &ParameterInfo| format!("{:?}", p.shape);
+    let rows: Vec<&ParameterInfo> = params.iter().filter(|p| p.trainable).collect();
+    let name_w = rows.iter().map(|p| p.name.len()).max().unwrap_or(0).max(4);
+    let shape_w = rows.iter().map(|p| shape_of(p).len()).max().unwrap_or(0).max(5);
+    let total = parameter_count(vs);
+    let count_w = thousands(total).len().max(6);
+    let mut out = format!("{:<name_w$}  {:<shape_w$}  {:>count_w$}\n", "name", "shape", "params");
+    out.push_str(&format!("{}\n", "-".repeat(name_w + shape_w + count_w + 4)));
+    for p in &rows {
+        out.push_str(&format!("{:<name_w$}  {:<shape_w$}  {:>count_w$}\n", p.name, shape_of(p), thousands(p.numel)));
+    }
+    out.push_str(&format!("{}\n", "-".repeat(name_w + shape_w + count_w + 4)));
+    let bytes = total * 4;
+    out.push_str(&format!(
+        "trainable parameters: {} in {} tensors ({:.1} MiB as f32)\n",
+        thousands(total),
+        rows.len(),
+        bytes as f64 / (1024.0 * 1024.0)
+    ));
+    let buffers: Vec<&ParameterInfo> = params.iter().filter(|p| !p.trainable).collect();
+    if !buffers.is_empty() {
+        let n: i64 = buffers.iter().map(|p| p.numel).sum();
+        out.push_str(&format!(
+            "buffers (not trained, e.g. BatchNorm running statistics): {} in {} tensors\n",
+            thousands(n),
+            buffers.len()
+        ));
+    }
+    out
+}
+
+/// Whether a tensor of `dtype` in a file can fill a variable of `kind`: floats from floats,
+/// integers from integers.
+fn dtype_fits(dtype: Dtype, kind: Kind) -> Option<Kind> {
+    let file_kind = match dtype {
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        _ => return None,
+    };
+    let float = |k: Kind| matches!(k, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double);
+    (float(file_kind) == float(kind)).then_some(file_kind)
+}
+
+/// Loads every variable of `vs` from a `.safetensors` file.
+///
+/// The file must hold exactly the var store's tensors: a missing, unexpected or mis-shaped key,
+/// or an integer tensor for a float variable, is an error that lists them all, and nothing is
+/// loaded then. Floating-point data is converted to each variable's kind (an f16 or bf16 file
+/// loads into f32 variables), and copied onto its device and memory format.
+///
+/// # Errors
+/// [`ModelError::Read`] when the file cannot be read, [`ModelError::Corrupt`] when it is not
+/// valid safetensors, [`ModelError::Mismatch`] when its keys do not fit.
+pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|err| ModelError::Corrupt { path: path.to_path_buf(), reason: format!("{err:?}") })?;
+    let variables = vs.variables();
+    let mut mismatch = WeightMismatch::default();
+    let mut plan = Vec::with_capacity(variables.len());
+    for (name, var) in &variables {
+        let Ok(view) = file.tensor(name) else {
+            mismatch.missing.push(name.clone());
+            continue;
+        };
+        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if found != var.size() {
+            mismatch.wrong_shape.push(ShapeMismatch { name: name.clone(), expected: var.size(), found });
+            continue;
+        }
+        match dtype_fits(view.dtype(), var.kind()) {
+            Some(kind) => plan.push((name, var, view, kind)),
+            None => mismatch.wrong_dtype.push((name.clone(), format!("{:?} for a {:?} variable", view.dtype(), var.kind()))),
+        }
+    }
+    mismatch.unexpected = file.names().into_iter().filter(|name| !variables.contains_key(*name)).cloned().collect();
+    mismatch.missing.sort();
+    mismatch.unexpected.sort();
+    mismatch.wrong_shape.sort_by(|a, b| a.name.cmp(&b.name));
+    mismatch.wrong_dtype.sort();
+    if !mismatch.is_empty() {
+        return Err(ModelError::Mismatch { path: path.to_path_buf(), mismatch });
+    }
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (_, var, view, kind) in plan {
+            let src = Tensor::f_from_data_size(view.data(), &var.size(), kind)?;
+            var.shallow_clone().f_copy_(&src)?;
+        }
+        Ok(())
+    })
+}
+
+/// A CPU tensor in standard layout, serialised on demand.
+struct TensorBytes {
+    tensor: Tensor,
+    shape: Vec<usize>,
+    dtype: Dtype,
+}
+
+impl View for TensorBytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let mut data = vec![0u8; self.data_len()];
+        self.tensor.copy_data_u8(&mut data, self.tensor.numel());
+        Cow::Owned(data)
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// Saves every variable of `vs` (parameters and buffers) to a `.safetensors` file, in standard
+/// (NCHW) layout whatever the var store's memory format, with the `{"format": "pt"}` metadata that
+/// Hugging Face loaders expect. The file is written next to its destination and renamed into
+/// place, so an interrupted save never leaves a truncated file under `path`.
+///
+/// # Errors
+/// [`ModelError::Write`] naming the file.
+pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
+    let write_err = |reason: String| ModelError::Write { path: path.to_path_buf(), reason };
+    let mut tensors = Vec::new();
+    for (name, var) in vs.variables() {
+        let dtype = dtype_of(var.kind()).ok_or_else(|| write_err(format!("{name} has an unsupported kind {:?}", var.kind())))?;
+        let tensor = tch::no_grad(|| var.detach().to_device(Device::Cpu).contiguous());
+        let shape = tensor.size().iter().map(|&d| d as usize).collect();
+        tensors.push((name, TensorBytes { tensor, shape, dtype }));
+    }
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".partial");
+    let tmp = path.with_file_name(tmp_name);
+    safetensors::serialize_to_file(tensors, &metadata, &tmp).map_err(|err| {
+        let _ = std::fs::remove_file(&tmp);
+        write_err(format!("{err:?}"))
+    })?;
+    std::fs::rename(&tmp, path).map_err(|err| write_err(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(3_482_231), "3,482,231");
+        assert_eq!(thousands(35_746_307), "35,746,307");
+        assert_eq!(thousands(-1000), "-1,000");
+    }
+
+    #[test]
+    fn buffers_follow_their_module_in_creation_order() {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _a = tch::nn::conv2d(&root / "conv", 1, 2, 3, Default::default());
+        let _bn = tch::nn::batch_norm2d(&root / "bn", 2, Default::default());
+        let _b = tch::nn::linear(&root / "fc", 2, 2, Default::default());
+        let names: Vec<String> = parameters(&vs).into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "fc.weight", "fc.bias"]
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! The training objective (Ho et al. 2020, Alg. 1): draw t and ε, form x_t in closed form
+//! (Eq. 4), and regress the network's output on its target.
+//!
+//! - Targets: ε (the paper), x_0, or v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022).
+//! - Losses: L1 (the notebook), L2 (the paper's L_simple), Huber.
+//! - Optional min-SNR-γ weighting (Hang et al. 2023), expressed for each target so that all
+//!   three weight the equivalent x_0 error by min(SNR, γ).
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use model::Denoiser;
+use schedule::tensor::{extract, ScheduleTensors};
+
+use crate::TrainError;
+
+/// What the network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The noise ε (Ho et al. 2020).
+    Eps,
+    /// The clean image x_0.
+    X0,
+    /// The velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0.
+    V,
+}
+
+/// The per-element loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Mean absolute error (the notebook).
+    L1,
+    /// Mean squared error (the paper's L_simple).
+    L2,
+    /// Huber with threshold `huber_delta`.
+    Huber,
+}
+
+/// The objective's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// The network's target.
+    pub prediction: Prediction,
+    /// The loss.
+    pub loss: LossKind,
+    /// The Huber threshold (used by `huber` only).
+    pub huber_delta: f64,
+    /// γ of min-SNR-γ weighting; `null` for uniform weights.
+    pub min_snr_gamma: Option<f64>,
+}
+
+impl ObjectiveConfig {
+    /// The notebook: ε-prediction with an L1 loss.
+    pub fn seed_notebook() -> Self {
+        Self { prediction: Prediction::Eps, loss: LossKind::L1, huber_delta: 1.0, min_snr_gamma: None }
+    }
+
+    /// The paper: ε-prediction with L_simple (L2).
+    pub fn ho2020() -> Self {
+        Self { loss: LossKind::L2, ..Self::seed_notebook() }
+    }
+
+    /// Checks the numeric fields, naming the bad one.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`].
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if !(self.huber_delta > 0.0) {
+            return Err(TrainError::Config(format!(
+                "objective.huber_delta = {} is invalid: it must be positive",
+                self.huber_delta
+            )));
+        }
+        if let Some(g) = self.min_snr_gamma {
+            if !(g > 0.0) {
+                return Err(TrainError::Config(format!(
+                    "objective.min_snr_gamma = {g} is invalid: it must be positive, or null"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The loss of one batch as a 0-d f32 tensor: the mean over samples of each sample's mean
+/// element loss (times its min-SNR weight).
+///
+/// # Shapes
+/// `x_0`, `noise`: `[N, C, H, W]`; `t`: `[N]` int64, all on the model's device.
+pub fn training_loss(
+    model: &dyn Denoiser,
+    sched: &ScheduleTensors,
+    config: &ObjectiveConfig,
+    x_0: &Tensor,
+    noise: &Tensor,
+    t: &Tensor,
+    autocast: bool,
+) -> Tensor {
+    let x_t = sched.add_noise(x_0, noise, t);
+    let output = crate::forward(model, &x_t, t, true, autocast);
+    let target = match config.prediction {
+        Prediction::Eps => noise.shallow_clone(),
+        Prediction::X0 => x_0.shallow_clone(),
+        Prediction::V => {
+            extract(&sched.sqrt_alphas_cumprod, t, 4) * noise - extract(&sched.sqrt_one_minus_alphas_cumprod, t, 4) * x_0
+        }
+    };
+    let element = match config.loss {
+        LossKind::L1 => (&output - &target).abs(),
+        LossKind::L2 => (&output - &target).square(),
+        LossKind::Huber => output.huber_loss(&target, Reduction::None, config.huber_delta),
+    };
+    let per_sample = element.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+    match config.min_snr_gamma {
+        None => per_sample.mean(Kind::Float),
+        Some(gamma) => {
+            let snr = sched.snr.index_select(0, t);
+            let clipped = snr.clamp_max(gamma);
+            let weight = match config.prediction {
+                Prediction::Eps => &clipped / &snr,
+                Prediction::X0 => clipped,
+                Prediction::V => &clipped / (&snr + 1.0),
+            };
+            (per_sample * weight).mean(Kind::Float)
+        }
+    }
+}

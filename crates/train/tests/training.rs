@@ -1,0 +1,175 @@
+//! The training loop on tiny synthetic data (CPU): learning, exact resume, the NaN guard.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use data::{Dataset, DatasetSpec, Split, TransformConfig};
+use model::{ModelConfig, SimpleUnetConfig};
+use schedule::BetaSchedule;
+use tch::Device;
+use train::config::{Precision, TrainConfig};
+use train::ema::EmaConfig;
+use train::objective::ObjectiveConfig;
+use train::optim::OptimConfig;
+use train::trainer::{MetricsRecord, NoHooks};
+use train::{RunEnd, TrainError, Trainer};
+
+/// 64 gray 8×8 images of two kinds (bright top half or bright left half): easy to learn.
+fn toy_dataset() -> Dataset {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..64u32 {
+        for y in 0..8 {
+            for x in 0..8 {
+                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
+                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8);
+            }
+        }
+        labels.push((i % 2) as u16);
+    }
+    Dataset::new(pixels, labels, 1, 8, 8, vec!["top".into(), "left".into()]).unwrap()
+}
+
+fn tiny_config() -> TrainConfig {
+    TrainConfig {
+        dataset: DatasetSpec::FashionMnist { split: Split::Train },
+        transform: TransformConfig { size: None, flip_p: 0.5, normalize: true },
+        batch_size: 16,
+        n_workers: 1,
+        schedule: BetaSchedule::Linear { n_steps: 50, start: 1e-4, end: 0.2 },
+        model: ModelConfig::Simple(SimpleUnetConfig {
+            in_channels: 1,
+            out_channels: 1,
+            image_size: 8,
+            down_channels: vec![8, 16],
+            up_channels: vec![16, 8],
+            time_emb_dim: 16,
+            ..SimpleUnetConfig::seed_cifar10()
+        }),
+        objective: ObjectiveConfig::ho2020(),
+        optim: OptimConfig { lr: 3e-3, grad_clip: Some(1.0), ..OptimConfig::seed_notebook() },
+        ema: EmaConfig { decay: 0.99, warmup: true },
+        precision: Precision::F32,
+        seed: 3,
+        epochs: Some(3),
+        max_steps: None,
+        checkpoint_every: 4,
+        keep_last: 10,
+        sample_every_epochs: 0,
+        n_sample_images: 4,
+        log_every: 1,
+        max_nonfinite_in_a_row: 3,
+    }
+}
+
+/// libtorch's random generator is global to the process and every step reseeds it, so
+/// trainers in parallel test threads would draw from each other's streams: run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn loss_decreases_on_a_learnable_toy_set() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig { epochs: Some(25), checkpoint_every: 1000, ..tiny_config() };
+    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let end = trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    assert_eq!(end, RunEnd::Finished);
+    let records = metrics(dir.path());
+    assert_eq!(records.len(), 100, "4 batches per epoch x 25 epochs, one line per step");
+    let mean = |rs: &[MetricsRecord]| rs.iter().map(|r| r.loss).sum::<f64>() / rs.len() as f64;
+    let (first, last) = (mean(&records[..10]), mean(&records[90..]));
+    assert!(last < 0.7 * first, "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}");
+    // The run leaves its final checkpoint.
+    let latest = train::checkpoint::latest(&dir.path().join("checkpoints")).unwrap();
+    assert_eq!(train::checkpoint::read_state(&latest).unwrap().step, 100);
+}
+
+#[test]
+fn resume_replays_the_uninterrupted_run_exactly() {
+    let _serial = serial();
+    let full = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), full.path(), Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    let uninterrupted = metrics(full.path());
+    assert_eq!(uninterrupted.len(), 12);
+
+    // Continue from the checkpoint at step 4 (mid-epoch 1) in another directory.
+    let resumed_dir = tempfile::tempdir().unwrap();
+    let ckpt = full.path().join("checkpoints").join(train::checkpoint::dir_name(4));
+    let mut resumed = Trainer::resume(resumed_dir.path(), Some(&ckpt), None, toy_dataset(), Device::Cpu).unwrap();
+    assert_eq!(resumed.step(), 4);
+    resumed.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    let replayed = metrics(resumed_dir.path());
+    assert_eq!(replayed.len(), 8);
+    for (a, b) in uninterrupted[4..].iter().zip(&replayed) {
+        assert_eq!((a.step, a.epoch), (b.step, b.epoch));
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {}: {} vs {}", a.step, a.loss, b.loss);
+        assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits(), "step {}", a.step);
+        assert_eq!(a.lr, b.lr);
+    }
+    // And the final weights agree bit for bit, EMA included.
+    let last = |dir: &Path, file: &str| {
+        let ckpt = train::checkpoint::latest(&dir.join("checkpoints")).unwrap();
+        let mut tensors = train::checkpoint::read_tensors(&ckpt.join(file)).unwrap();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    };
+    for file in [train::checkpoint::MODEL_FILE, train::checkpoint::EMA_FILE, train::checkpoint::OPTIMIZER_FILE] {
+        for ((na, ta), (nb, tb)) in last(full.path(), file).iter().zip(&last(resumed_dir.path(), file)) {
+            assert_eq!(na, nb);
+            assert!(ta.equal(tb), "{file}: {na} differs after resume");
+        }
+    }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_then_abort_the_run() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let good = trainer.loader().batch(0, 0);
+    let mut poisoned = good.clone();
+    poisoned.images[5] = f32::NAN;
+    let before = train::checkpoint::named_tensors(trainer.model_vs());
+    let before: Vec<tch::Tensor> = before.iter().map(|(_, t)| t.copy()).collect();
+
+    for _ in 0..2 {
+        let outcome = trainer.train_step(&poisoned).unwrap();
+        assert!(outcome.skipped && outcome.loss.is_nan());
+    }
+    // Weights are untouched by skipped steps.
+    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs()).iter().zip(&before) {
+        assert!(now.equal(was), "{name} changed during a skipped step");
+    }
+    // A finite step resets the count ...
+    assert!(!trainer.train_step(&good).unwrap().skipped);
+    // ... and three non-finite steps in a row abort with a clear error.
+    let _ = trainer.train_step(&poisoned).unwrap();
+    let _ = trainer.train_step(&poisoned).unwrap();
+    let err = trainer.train_step(&poisoned).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite(_)), "{err}");
+    assert!(err.to_string().contains("3 steps in a row"), "{err}");
+}
+
+#[test]
+fn mismatched_data_and_model_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.model = ModelConfig::Simple(SimpleUnetConfig { image_size: 16, ..SimpleUnetConfig::fashion_mnist() });
+    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("images are 8x8 after the transform but the model expects 16x16"), "{err}");
+    let config = TrainConfig { batch_size: 100, ..tiny_config() };
+    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("fewer than one batch"), "{err}");
+}
