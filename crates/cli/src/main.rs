@@ -25,6 +25,9 @@ enum Command {
     /// Inspect datasets: image grids and statistics.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Inspect the networks: layer tables, parameter counts, preset configs.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Schedule(args) => cmd::schedule::run(args),
         Command::Data(command) => cmd::data::run(command),
+        Command::Model(command) => cmd::model::run(command),
         Command::Train(args) => cmd::train::run(*args),
     };
     if let Err(err) = result {

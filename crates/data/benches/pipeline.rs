@@ -8,6 +8,9 @@
 //! ```text
 //! cargo bench -p data --bench pipeline
 //! ```
+//!
+//! With a relative `CARGO_TARGET_DIR`, criterion writes its reports under `crates/data/`, where
+//! they are git-ignored.
 
 use std::hint::black_box;
 use std::path::Path;

@@ -1,1 +1,155 @@
-fn main() {}
+//! Forward and training-step time of both networks at their standard shapes, in both memory
+//! formats: the notebook's SimpleUnet at batch 128, 28×28×3, and the paper's U-Net at batch 16,
+//! 32×32×3 (its CPU shape).
+//!
+//! `forward` is inference (eval mode, no autograd); `train_step` is forward in train mode, an MSE
+//! loss against a fixed target, backward, and an Adam update written here on plain tensors in
+//! `torch.optim.Adam`'s single-tensor form (the default on CPU), with the gradients returned by
+//! `run_backward` (like `torch.autograd.grad`, so no zeroing pass). `scripts/bench/model_pytorch.py`
+//! runs the same models and steps in PyTorch eager on the same libtorch; compare the two as a
+//! ratio measured on the same machine in the same session.
+//!
+//! ```text
+//! cargo bench -p model --bench unet -- --warm-up-time 2 --measurement-time 10
+//! DDPM_BENCH_THREADS=2 DDPM_BENCH_DEVICE=cuda cargo bench -p model --bench unet
+//! ```
+//!
+//! Threads default to 2 (the reference machine's cores); `DDPM_BENCH_DEVICE=cuda` runs on the GPU
+//! (synchronising before the clock is read) and adds bf16-autocast variants.
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use model::{autocast_bf16, set_memory_format, Denoiser, MemoryFormat, ModelConfig, SimpleUnetConfig, UNetConfig};
+use std::time::Duration;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Adam (Kingma & Ba 2015, Alg. 1) as `torch.optim.Adam` computes it without `foreach`.
+struct Adam {
+    params: Vec<Tensor>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: i32,
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+}
+
+impl Adam {
+    fn new(vs: &VarStore, lr: f64) -> Self {
+        let params = vs.trainable_variables();
+        let zeros = || params.iter().map(Tensor::zeros_like).collect::<Vec<_>>();
+        Self { exp_avg: zeros(), exp_avg_sq: zeros(), params, step: 0, lr, betas: (0.9, 0.999), eps: 1e-8 }
+    }
+
+    fn update(&mut self, grads: &[Tensor]) {
+        self.step += 1;
+        let (b1, b2) = self.betas;
+        let step_size = self.lr / (1.0 - b1.powi(self.step));
+        let bias_correction2_sqrt = (1.0 - b2.powi(self.step)).sqrt();
+        tch::no_grad(|| {
+            for (((p, m), v), g) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq).zip(grads) {
+                let _ = m.lerp_(g, 1.0 - b1);
+                let _ = v.g_mul_scalar_(b2).addcmul_(&(g * (1.0 - b2)), g);
+                let denom = v.sqrt().g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(self.eps);
+                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+            }
+        });
+    }
+}
+
+struct Case {
+    name: &'static str,
+    config: ModelConfig,
+    batch: i64,
+}
+
+fn device() -> Device {
+    match std::env::var("DDPM_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn bench_case(c: &mut Criterion, case: &Case, format: MemoryFormat, autocast: bool) {
+    let device = device();
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let net: Box<dyn Denoiser> = case.config.build(&vs.root()).unwrap();
+    set_memory_format(&vs, format);
+    let (ch, size) = (case.config.in_channels(), case.config.image_size());
+    let xs = Tensor::randn([case.batch, ch, size, size], (Kind::Float, device));
+    let target = Tensor::randn([case.batch, ch, size, size], (Kind::Float, device));
+    let ts = Tensor::randint(1000, [case.batch], (Kind::Int64, device));
+    let run = |train: bool| {
+        let f = || net.forward_t(&xs, &ts, train);
+        if autocast {
+            autocast_bf16(device, f)
+        } else {
+            f()
+        }
+    };
+    let mut group = c.benchmark_group(format!("{}/batch{}", case.name, case.batch));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    let id = |what: &str| {
+        let layout = match format {
+            MemoryFormat::Contiguous => "nchw",
+            MemoryFormat::ChannelsLast => "channels_last",
+        };
+        format!("{what}/{layout}{}", if autocast { "/bf16" } else { "" })
+    };
+    group.bench_function(id("forward"), |b| {
+        b.iter(|| {
+            let out = tch::no_grad(|| run(false));
+            sync(device);
+            out
+        })
+    });
+    let mut adam = Adam::new(&vs, 1e-4);
+    let params = vs.trainable_variables();
+    group.bench_function(id("train_step"), |b| {
+        b.iter(|| {
+            let loss = run(true).to_kind(Kind::Float).mse_loss(&target, Reduction::Mean);
+            let grads = Tensor::run_backward(&[&loss], &params, false, false);
+            adam.update(&grads);
+            sync(device);
+            loss
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let threads = std::env::var("DDPM_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    tch::set_num_threads(threads);
+    let gpu = device().is_cuda();
+    let cases = [
+        Case { name: "simple_unet", config: ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()), batch: 128 },
+        Case { name: "ddpm_unet", config: ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()), batch: if gpu { 128 } else { 16 } },
+    ];
+    let only = std::env::var("DDPM_BENCH_FORMAT").ok();
+    for case in &cases {
+        for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
+            let name = if format == MemoryFormat::ChannelsLast { "channels_last" } else { "nchw" };
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            bench_case(c, case, format, false);
+            if gpu {
+                bench_case(c, case, format, true);
+            }
+        }
+    }
+}
+
+criterion_group! {
+    name = unet;
+    config = Criterion::default().warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    targets = benches
+}
+criterion_main!(unet);

@@ -3,9 +3,9 @@
 //! A [`BetaSchedule`] (serde configuration) gives β_t; [`Schedule::new`] computes every table
 //! that training and sampling read; [`Timesteps`] picks the steps a faster sampler visits, and
 //! [`Schedule::ddim_coefficients`] gives the scalars of one DDIM step. Everything here is host
-//! arithmetic in f64 without libtorch. The optional `tch` feature adds [`tensor`], which uploads
-//! the tables once as f32 tensors and implements `add_noise` (Eq. 4) and the reverse step
-//! (Alg. 2 / Eq. 11) on them.
+//! arithmetic in f64 without libtorch. The optional `tch` feature adds the `tensor` module, which
+//! uploads the tables once as f32 tensors (`tensor::ScheduleTensors`) and implements `add_noise`
+//! (Eq. 4), the reverse step (Alg. 2 / Eq. 11) and the DDIM step on them.
 //!
 //! # Timesteps
 //!

@@ -2,5 +2,6 @@
 
 pub mod data;
 pub mod doctor;
+pub mod model;
 pub mod schedule;
 pub mod train;

@@ -1,0 +1,160 @@
+//! `ddpm model`: inspect the denoising networks — their layer tables, parameter counts and preset
+//! configurations.
+
+use anyhow::{bail, Context, Result};
+use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use std::path::PathBuf;
+use tch::nn::VarStore;
+
+/// Subcommands of `ddpm model`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Print a network's layer table (name, shape, parameters) and its parameter count.
+    Summary(SummaryArgs),
+    /// Print a preset's configuration as JSON, a starting point for `--config` files.
+    Config(ConfigArgs),
+}
+
+/// A network preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// The notebook's SimpleUnet for CIFAR-10 (28×28×3, 3,482,231 parameters).
+    Simple,
+    /// The notebook's larger SimpleUnet, down (28, 128, 256, 512, 1024) at 64×64×3.
+    SimpleLarge,
+    /// The SimpleUnet for Fashion-MNIST (28×28×1).
+    FashionMnist,
+    /// The DDPM paper's U-Net for CIFAR-10 (32×32×3, 35,746,307 parameters).
+    Ddpm,
+}
+
+impl Arch {
+    fn preset(self) -> ModelConfig {
+        match self {
+            Arch::Simple => ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()),
+            Arch::SimpleLarge => ModelConfig::Simple(SimpleUnetConfig::seed_large()),
+            Arch::FashionMnist => ModelConfig::Simple(SimpleUnetConfig::fashion_mnist()),
+            Arch::Ddpm => ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()),
+        }
+    }
+}
+
+/// Arguments of `ddpm model summary`.
+#[derive(Debug, clap::Args)]
+pub struct SummaryArgs {
+    /// The network preset; with --config, the architecture the file must describe.
+    #[arg(long, value_enum, required_unless_present = "config")]
+    pub arch: Option<Arch>,
+    /// A model config JSON (`ddpm model config` prints one) or a diffusers UNet2DModel config.json.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `ddpm model config`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The network preset.
+    #[arg(long, value_enum)]
+    pub arch: Arch,
+    /// Print the diffusers UNet2DModel config.json instead (ddpm only).
+    #[arg(long)]
+    pub diffusers: bool,
+}
+
+/// Runs `ddpm model …`.
+pub fn run(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Summary(args) => {
+            let config = resolve(args.arch, args.config.as_deref())?;
+            print!("{}", summary(&config)?);
+            Ok(())
+        }
+        ModelCommand::Config(args) => {
+            println!("{}", config_json(args.arch, args.diffusers)?);
+            Ok(())
+        }
+    }
+}
+
+/// The configuration named by `--arch` and `--config`: the file when given (checked against
+/// `--arch`), else the preset.
+fn resolve(arch: Option<Arch>, file: Option<&std::path::Path>) -> Result<ModelConfig> {
+    let Some(file) = file else {
+        return Ok(arch.expect("clap requires --arch without --config").preset());
+    };
+    let config = ModelConfig::from_json_file(file)?;
+    if let Some(arch) = arch {
+        let wanted = arch.preset().arch();
+        if config.arch() != wanted {
+            bail!(
+                "--arch {} asks for a {wanted} model but {} describes a {} model: drop --arch or pass the matching one",
+                clap::ValueEnum::to_possible_value(&arch).expect("no skipped variants").get_name(),
+                file.display(),
+                config.arch()
+            );
+        }
+    }
+    Ok(config)
+}
+
+/// The text `ddpm model summary` prints: the configuration, then the layer table and totals.
+fn summary(config: &ModelConfig) -> Result<String> {
+    let vs = VarStore::new(tch::Device::Cpu);
+    config.build(&vs.root()).context("building the model")?;
+    let (c, size) = (config.in_channels(), config.image_size());
+    let mut out = format!(
+        "{} model, {size}×{size}×{c} in, {} channels out\nconfig: {}\n\n",
+        config.arch(),
+        config.out_channels(),
+        serde_json::to_string(config)?
+    );
+    out.push_str(&model::parameter_table(&vs));
+    Ok(out)
+}
+
+/// A preset's configuration as pretty JSON, ours or diffusers'.
+fn config_json(arch: Arch, diffusers: bool) -> Result<String> {
+    match (arch.preset(), diffusers) {
+        (config, false) => Ok(config.to_json()),
+        (ModelConfig::Ddpm(config), true) => Ok(serde_json::to_string_pretty(&config.to_diffusers_config())?),
+        (ModelConfig::Simple(_), true) => bail!("--diffusers needs --arch ddpm: diffusers has no SimpleUnet"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_list_layers_and_the_papers_counts() {
+        let text = summary(&Arch::Simple.preset()).unwrap();
+        assert!(text.starts_with("simple model, 28×28×3 in, 3 channels out\n"), "{text}");
+        assert!(text.contains("downs.0.conv1.weight"), "{text}");
+        assert!(text.contains("[128, 28, 3, 3]"), "{text}");
+        assert!(text.contains("trainable parameters: 3,482,231"), "{text}");
+        assert!(text.contains("buffers (not trained"), "{text}");
+        let text = summary(&Arch::Ddpm.preset()).unwrap();
+        assert!(text.contains("down_blocks.1.attentions.0.to_q.weight"), "{text}");
+        assert!(text.contains("trainable parameters: 35,746,307"), "{text}");
+    }
+
+    #[test]
+    fn config_files_are_read_and_checked_against_arch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fmnist.json");
+        std::fs::write(&path, config_json(Arch::FashionMnist, false).unwrap()).unwrap();
+        let config = resolve(None, Some(&path)).unwrap();
+        assert_eq!(config, Arch::FashionMnist.preset());
+        assert_eq!(resolve(Some(Arch::Simple), Some(&path)).unwrap(), config);
+        let err = resolve(Some(Arch::Ddpm), Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("--arch ddpm asks for a ddpm model") && err.contains("fmnist.json"), "{err}");
+
+        let diffusers = dir.path().join("config.json");
+        std::fs::write(&diffusers, config_json(Arch::Ddpm, true).unwrap()).unwrap();
+        assert_eq!(resolve(Some(Arch::Ddpm), Some(&diffusers)).unwrap(), Arch::Ddpm.preset());
+
+        let err = resolve(None, Some(&dir.path().join("absent.json"))).unwrap_err().to_string();
+        assert!(err.contains("absent.json"), "{err}");
+        assert!(config_json(Arch::Simple, true).is_err());
+    }
+}
