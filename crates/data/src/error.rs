@@ -107,6 +107,15 @@ pub enum DataError {
         /// Why nothing was found.
         reason: String,
     },
+    /// A `.npy`/`.npz` file that is not a well-formed NumPy array file, or holds an array of
+    /// another type or shape than the caller needs.
+    #[error("{}: {message}", path.display())]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A configuration or argument that cannot work.
     #[error("{0}")]
     Config(String),

@@ -30,6 +30,7 @@ pub mod folder;
 pub mod grid;
 pub mod idx;
 pub mod loader;
+pub mod npz;
 pub mod resize;
 mod spec;
 pub mod transform;
