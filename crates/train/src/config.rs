@@ -229,7 +229,16 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::Config`] naming an unknown key (with its dotted path) or a bad value.
     pub fn resolve(preset: Preset, file: Option<&Value>, sets: &[(String, Value)]) -> Result<Self, TrainError> {
-        let mut value = serde_json::to_value(preset.config()).expect("configs serialise");
+        preset.config().with_overrides(file, sets)
+    }
+
+    /// This configuration with a config file's JSON and `key=value` overrides applied, validated
+    /// (how `--resume` changes a saved run's settings).
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming an unknown key (with its dotted path) or a bad value.
+    pub fn with_overrides(&self, file: Option<&Value>, sets: &[(String, Value)]) -> Result<Self, TrainError> {
+        let mut value = serde_json::to_value(self).expect("configs serialise");
         if let Some(file) = file {
             merge(&mut value, file, "")?;
         }

@@ -63,8 +63,13 @@ pub struct TrainArgs {
     offline: bool,
 }
 
-fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
-    let preset = Preset::from_name(&args.preset).context("--preset")?;
+/// The preset (or, on resume, the saved config) with `--config`, `--set` and the shortcut flags
+/// applied.
+fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
+    let base = match base {
+        Some(config) => config,
+        None => Preset::from_name(&args.preset).context("--preset")?.config(),
+    };
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
@@ -76,23 +81,15 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let json = |v: serde_json::Value| v;
-    if let Some(v) = args.epochs {
-        sets.push(("epochs".into(), json(v.into())));
-    }
-    if let Some(v) = args.max_steps {
-        sets.push(("max_steps".into(), json(v.into())));
-    }
-    if let Some(v) = args.batch_size {
-        sets.push(("batch_size".into(), json(v.into())));
-    }
-    if let Some(v) = args.lr {
-        sets.push(("optim.lr".into(), json(v.into())));
-    }
-    if let Some(v) = args.seed {
-        sets.push(("seed".into(), json(v.into())));
-    }
-    let config = TrainConfig::resolve(preset, file.as_ref(), &sets);
+    let shortcuts: [(&str, Option<serde_json::Value>); 5] = [
+        ("epochs", args.epochs.map(Into::into)),
+        ("max_steps", args.max_steps.map(Into::into)),
+        ("batch_size", args.batch_size.map(Into::into)),
+        ("optim.lr", args.lr.map(Into::into)),
+        ("seed", args.seed.map(Into::into)),
+    ];
+    sets.extend(shortcuts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
+    let config = base.with_overrides(file.as_ref(), &sets);
     match &args.config {
         Some(path) => config.with_context(|| format!("in --config {} or the flags", path.display())),
         None => config.context("in the flags"),
@@ -211,6 +208,9 @@ impl TrainHooks for CliHooks {
 /// Draws `loss_curve.png` from `metrics.jsonl`.
 pub fn draw_loss_curve(run_dir: &Path) -> Result<()> {
     let path = run_dir.join("metrics.jsonl");
+    if !path.exists() {
+        return Ok(());
+    }
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let points: Vec<(f64, f64)> = text
         .lines()
@@ -233,31 +233,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let device = args.device.resolve()?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| Path::new("runs").join(&args.preset));
-    let has_checkpoints = !train::checkpoint::list(&run_dir.join("checkpoints")).is_empty();
-    let resume_config = if args.resume {
-        if !has_checkpoints {
-            bail!("--resume: no checkpoint under {}/checkpoints", run_dir.display());
+    let checkpoints = run_dir.join("checkpoints");
+    let latest = train::checkpoint::latest(&checkpoints);
+    let config = match (&latest, args.resume) {
+        (None, true) => bail!("--resume: no checkpoint under {}", checkpoints.display()),
+        (Some(_), false) => bail!(
+            "{} already holds checkpoints: pass --resume to continue it, or another --run-dir",
+            run_dir.display()
+        ),
+        (Some(dir), true) => {
+            let state = train::checkpoint::read_state(dir)?;
+            let saved: TrainConfig = serde_json::from_value(state.config)
+                .with_context(|| format!("the config saved in {}", dir.display()))?;
+            resolve_config(&args, Some(saved))?
         }
-        let explicit = args.config.is_some() || !args.sets.is_empty() || args.epochs.is_some() || args.max_steps.is_some();
-        // Without explicit overrides the checkpoint's own configuration is used.
-        explicit.then(|| resolve_config(&args)).transpose()?
-    } else {
-        if has_checkpoints {
-            bail!(
-                "{} already holds checkpoints: pass --resume to continue it, or another --run-dir",
-                run_dir.display()
-            );
-        }
-        None
-    };
-    let config = match (&resume_config, args.resume) {
-        (Some(c), _) => c.clone(),
-        (None, true) => {
-            let latest = train::checkpoint::latest(&run_dir.join("checkpoints")).expect("checked above");
-            let state = train::checkpoint::read_state(&latest)?;
-            serde_json::from_value(state.config).context("the checkpoint's config")?
-        }
-        (None, false) => resolve_config(&args)?,
+        (None, false) => resolve_config(&args, None)?,
     };
     let data_dir = ensure_data(&config.dataset, args.data.as_deref(), args.offline)?;
     let (dataset, report) =
@@ -267,7 +257,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let batch_size = config.batch_size;
     let mut trainer = if args.resume {
-        Trainer::resume(&run_dir, None, resume_config, dataset, device)?
+        Trainer::resume(&run_dir, None, Some(config), dataset, device)?
     } else {
         Trainer::new(config, dataset, &run_dir, device)?
     };
