@@ -1,0 +1,87 @@
+//! The full training step against the bare model step, in one run, so their ratio is measured
+//! on the same machine state (the loop's overhead target: ≤ 1.05×).
+//!
+//! - `bare`: forward (train mode), the loss, backward, and the same Adam update, on one batch
+//!   already on the device — what `crates/model/benches/unet.rs` times.
+//! - `trainer`: `Trainer::train_step` on batches from the loader (background workers), with the
+//!   per-step reseeding, t and ε draws, the NaN guard's one host read, and the EMA update.
+//!
+//! ```text
+//! cargo bench -p train --bench step                         # fashion-mnist preset's model
+//! DDPM_BENCH_PRESET=seed cargo bench -p train --bench step  # the notebook's model, batch 128
+//! ```
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use data::Dataset;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+use train::objective::training_loss;
+use train::optim::Adam;
+use train::{Preset, TrainConfig, Trainer};
+
+fn config() -> TrainConfig {
+    let name = std::env::var("DDPM_BENCH_PRESET").unwrap_or_else(|_| "fashion-mnist".into());
+    let mut config = Preset::from_name(&name).expect("DDPM_BENCH_PRESET").config();
+    config.precision = train::Precision::F32;
+    config
+}
+
+/// Random images of the preset's shape, enough for a few epochs of batches.
+fn dataset(config: &TrainConfig) -> Dataset {
+    let c = config.model.in_channels() as usize;
+    let s = config.transform.size.map_or(config.model.image_size() as usize, |[h, _]| h);
+    // Store at the model's size when the transform does not resize, else at CIFAR's 32.
+    let stored = if config.transform.size.is_some() { 32 } else { s };
+    let n = config.batch_size * 8;
+    tch::manual_seed(0);
+    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(256, [(n * c * stored * stored) as i64], (Kind::Uint8, Device::Cpu))).unwrap();
+    Dataset::new(pixels, vec![0; n], c, stored, stored, vec!["x".into()]).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("DDPM_BENCH_THREADS") {
+        tch::set_num_threads(n.parse().expect("DDPM_BENCH_THREADS"));
+    }
+    let config = config();
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(15));
+
+    // The bare step: everything but data, reseeding, the host read and EMA.
+    let schedule = schedule::Schedule::new(&config.schedule).unwrap();
+    let sched = schedule::tensor::ScheduleTensors::new(&schedule, device);
+    let vs = VarStore::new(device);
+    let net = config.model.build(&vs.root()).unwrap();
+    let mut adam = Adam::new(&vs, config.optim.clone());
+    let (ch, size) = (config.model.in_channels(), config.model.image_size());
+    let b = config.batch_size as i64;
+    let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
+    let noise = Tensor::randn_like(&x_0);
+    let t = Tensor::randint(schedule.n_steps() as i64, [b], (Kind::Int64, device));
+    group.bench_function("bare", |bencher| {
+        bencher.iter(|| {
+            adam.zero_grad();
+            let loss = training_loss(net.as_ref(), &sched, &config.objective, &x_0, &noise, &t, false);
+            loss.backward();
+            adam.step(config.optim.lr);
+        })
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(config.clone(), dataset(&config), dir.path(), device).unwrap();
+    // A second loader like the trainer's: its workers make batches while the steps run, as in
+    // `Trainer::run`.
+    let loader = data::Loader::new(dataset(&config), &config.transform, trainer.loader().config().clone()).unwrap();
+    let mut source = (0u64..).flat_map(|e| loader.epoch(e));
+    group.bench_function("trainer", |bencher| {
+        bencher.iter(|| {
+            let batch = source.next().expect("endless epochs");
+            trainer.train_step(&batch).unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
