@@ -1,1 +1,3 @@
-fn main() { build_support::link_libtorch() }
+fn main() {
+    build_support::link_libtorch()
+}

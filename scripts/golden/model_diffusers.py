@@ -16,7 +16,8 @@ repository root:
 It writes to crates/model/tests/fixtures/:
 
 * unet_tiny/config.json, unet_tiny/diffusion_pytorch_model.safetensors   (save_pretrained)
-* unet_tiny_io.safetensors        x [3, 3, 16, 16], timesteps [0, 500, 999], eval-mode output
+* unet_tiny_io.safetensors        x [3, 3, 16, 16], timesteps [0, 500, 999], the eval-mode output,
+                                  and the gradients of sum(out * probe) for a few parameters
 * ddpm_cifar10_keys.json          every state-dict key and shape, in order, of the full
                                   google/ddpm-cifar10-32 configuration (35,746,307 parameters)
 
@@ -69,6 +70,24 @@ TINY = dict(
 )
 
 
+# Parameters whose gradients the fixture records: one of each kind of layer, ends and middle.
+GRAD_NAMES = [
+    "conv_in.weight",
+    "time_embedding.linear_1.weight",
+    "down_blocks.0.resnets.0.norm1.weight",
+    "down_blocks.0.downsamplers.0.conv.weight",
+    "down_blocks.1.attentions.1.to_q.weight",
+    "down_blocks.1.resnets.0.conv_shortcut.weight",
+    "mid_block.attentions.0.to_out.0.bias",
+    "mid_block.resnets.1.time_emb_proj.weight",
+    "up_blocks.1.attentions.2.group_norm.bias",
+    "up_blocks.1.upsamplers.0.conv.weight",
+    "up_blocks.2.resnets.2.conv_shortcut.weight",
+    "conv_norm_out.weight",
+    "conv_out.bias",
+]
+
+
 def perturb_(model, gen):
     """Every parameter moves: norms away from (1, 0), weights and biases by a little noise."""
     with torch.no_grad():
@@ -99,9 +118,13 @@ def write_fixtures():
 
     x = torch.randn(3, 3, 16, 16, generator=gen)
     t = torch.tensor([0, 500, 999], dtype=torch.int64)
-    with torch.no_grad():
-        out = model(x, t).sample
-    save_file({"x": x, "timesteps": t, "out": out.contiguous()}, OUT / "unet_tiny_io.safetensors")
+    out = model(x, t).sample
+    # Gradients of sum(out * probe), in eval mode (no dropout), check the backward pass too.
+    probe = torch.randn(out.shape, generator=gen)
+    (out * probe).sum().backward()
+    grads = {f"grad.{name}": model.get_parameter(name).grad.clone() for name in GRAD_NAMES}
+    io = {"x": x, "timesteps": t, "out": out.detach().contiguous(), "probe": probe, **grads}
+    save_file(io, OUT / "unet_tiny_io.safetensors")
     n = sum(p.numel() for p in model.parameters())
     print(f"ddpm: full config {n_full} parameters; tiny {n} parameters, |out| max {out.abs().max():.3f}")
 

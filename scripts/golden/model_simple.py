@@ -29,8 +29,9 @@ It writes to crates/model/tests/fixtures/:
 
 * simple_tiny_config.json      the `ModelConfig` JSON (`"arch": "simple"`)
 * simple_tiny.safetensors      the port's state_dict (parameters, running stats, batch counters)
-* simple_tiny_io.safetensors   x, timesteps, the eval-mode output, the train-mode output and the
-                               running statistics of one BatchNorm after that train-mode pass
+* simple_tiny_io.safetensors   x, timesteps, the eval-mode output, the train-mode output, the
+                               running statistics of BatchNorms after that train-mode pass, and
+                               the gradients of sum(out * probe) in that pass for a few parameters
 
 `--verify DIR` checks the other direction: DIR holds a model saved by the Rust code
 (`cargo test -p model --test simple_parity -- --ignored export`), which must load into the port
@@ -172,6 +173,21 @@ TINY = dict(
 )
 
 
+# Parameters whose gradients the fixture records: one of each kind of layer, ends and middle.
+GRAD_NAMES = [
+    "time_mlp.1.weight",
+    "conv0.weight",
+    "downs.0.conv1.weight",
+    "downs.0.bnorm1.weight",
+    "downs.1.time_mlp.bias",
+    "downs.2.transform.weight",
+    "ups.0.conv1.weight",
+    "ups.1.bnorm2.bias",
+    "ups.2.transform.weight",
+    "output.bias",
+]
+
+
 def perturb_(model, gen):
     """Moves BatchNorm away from its identity initialisation and gives every bias a value."""
     with torch.no_grad():
@@ -207,9 +223,13 @@ def write_fixtures():
         native = SimpleUnet(TINY, exact=False).eval()
         native.load_state_dict(state)
         assert torch.allclose(native(x, t), out_eval, atol=1e-6, rtol=0)
+    # A train-mode pass with gradients: the loss sum(out * probe) checks the backward pass too.
     model.train()
-    with torch.no_grad():
-        out_train = model(x, t)
+    probe = torch.randn(out_eval.shape, generator=gen)
+    out_train = model(x, t)
+    (out_train * probe).sum().backward()
+    out_train = out_train.detach()
+    grads = {f"grad.{name}": model.get_parameter(name).grad.clone() for name in GRAD_NAMES}
     io = {
         "x": x,
         "timesteps": t,
@@ -218,6 +238,8 @@ def write_fixtures():
         "downs.0.bnorm1.running_mean": model.downs[0].bnorm1.running_mean.clone(),
         "downs.0.bnorm1.running_var": model.downs[0].bnorm1.running_var.clone(),
         "ups.2.bnorm2.running_var": model.ups[2].bnorm2.running_var.clone(),
+        "probe": probe,
+        **grads,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     save_file(state, OUT / "simple_tiny.safetensors", metadata={"format": "pt"})

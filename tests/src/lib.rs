@@ -10,9 +10,16 @@ use std::process::{Command, Output};
 pub fn ddpm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/ddpm
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
     let bin = profile_dir.join("ddpm");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p cli` (cargo xtask test does it)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cli` (cargo xtask test does it)",
+        bin.display()
+    );
     bin
 }
 

@@ -35,19 +35,25 @@ enum Command {
 
 /// The repository root (the parent of this crate's directory).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 /// A `cargo` command that is the same cargo that runs us.
 pub fn cargo() -> std::process::Command {
-    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
 }
 
 /// Runs a command and fails with its name when it fails.
 pub fn run_checked(cmd: &mut std::process::Command) -> Result<()> {
-    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot start {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start {cmd:?}: {e}"))?;
     anyhow::ensure!(status.success(), "{cmd:?} failed with {status}");
     Ok(())
 }
@@ -62,7 +68,10 @@ fn main() -> Result<()> {
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]);
             if cuda {
-                cmd.args(["--features", "cli/cuda-tests,model/cuda-tests,train/cuda-tests"]);
+                cmd.args([
+                    "--features",
+                    "cli/cuda-tests,model/cuda-tests,train/cuda-tests",
+                ]);
             }
             run_checked(cmd.args(args))
         }

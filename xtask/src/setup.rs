@@ -23,7 +23,8 @@ pub fn setup(root: &Path) -> Result<PathBuf> {
     let current = std::fs::read_link(&link).ok();
     if current.as_deref() != Some(dir.as_path()) {
         if link.symlink_metadata().is_ok() {
-            std::fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+            std::fs::remove_file(&link)
+                .with_context(|| format!("cannot replace {}", link.display()))?;
         }
         std::os::unix::fs::symlink(&dir, &link)
             .with_context(|| format!("cannot link {} -> {}", link.display(), dir.display()))?;
@@ -60,7 +61,10 @@ fn find_or_install(root: &Path, link: &Path) -> Result<PathBuf> {
         }
     } else {
         eprintln!("setup: creating .venv");
-        let status = Command::new("python3").args(["-m", "venv"]).arg(root.join(".venv")).status();
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root.join(".venv"))
+            .status();
         match status {
             Ok(s) if s.success() => {}
             Ok(_) => bail!(
@@ -75,7 +79,14 @@ fn find_or_install(root: &Path, link: &Path) -> Result<PathBuf> {
     }
     eprintln!("setup: installing torch=={TORCH_VERSION} into .venv (a large download, once)");
     let status = Command::new(&venv_python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", &format!("torch=={TORCH_VERSION}"), "numpy"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            &format!("torch=={TORCH_VERSION}"),
+            "numpy",
+        ])
         .status()
         .with_context(|| format!("cannot run {}", venv_python.display()))?;
     if !status.success() {
@@ -90,7 +101,10 @@ fn find_or_install(root: &Path, link: &Path) -> Result<PathBuf> {
 /// The torch package directory of a Python interpreter, when its torch is 2.11.0.
 fn python_torch(python: &Path) -> Result<PathBuf> {
     let out = Command::new(python)
-        .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .args([
+            "-c",
+            "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))",
+        ])
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
@@ -102,7 +116,10 @@ fn python_torch(python: &Path) -> Result<PathBuf> {
         bail!("unexpected output from {}: {text}", python.display())
     };
     if base_version(version) != TORCH_VERSION {
-        bail!("{} has torch {version}, but tch 0.24.0 needs {TORCH_VERSION}", python.display());
+        bail!(
+            "{} has torch {version}, but tch 0.24.0 needs {TORCH_VERSION}",
+            python.display()
+        );
     }
     let dir = PathBuf::from(dir);
     check_libtorch(&dir)?;
@@ -112,10 +129,17 @@ fn python_torch(python: &Path) -> Result<PathBuf> {
 /// Checks that `dir` holds a libtorch 2.11.0 (a pip torch package or a libtorch archive).
 pub fn check_libtorch(dir: &Path) -> Result<()> {
     if !dir.join("lib/libtorch_cpu.so").exists() || !dir.join("include").is_dir() {
-        bail!("{} is not a libtorch directory (no lib/libtorch_cpu.so and include/)", dir.display());
+        bail!(
+            "{} is not a libtorch directory (no lib/libtorch_cpu.so and include/)",
+            dir.display()
+        );
     }
-    let version = read_version(dir)
-        .with_context(|| format!("cannot tell the libtorch version in {} (no version.py or build-version)", dir.display()))?;
+    let version = read_version(dir).with_context(|| {
+        format!(
+            "cannot tell the libtorch version in {} (no version.py or build-version)",
+            dir.display()
+        )
+    })?;
     if base_version(&version) != TORCH_VERSION {
         bail!(
             "{} holds libtorch {version}, but tch 0.24.0 needs {TORCH_VERSION}: `pip install torch=={TORCH_VERSION}` \
@@ -128,10 +152,20 @@ pub fn check_libtorch(dir: &Path) -> Result<()> {
 
 fn read_version(dir: &Path) -> Option<String> {
     if let Ok(text) = std::fs::read_to_string(dir.join("version.py")) {
-        let line = text.lines().find(|l| l.trim_start().starts_with("__version__"))?;
-        return Some(line.split_once('=')?.1.trim().trim_matches(['\'', '"']).to_string());
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("__version__"))?;
+        return Some(
+            line.split_once('=')?
+                .1
+                .trim()
+                .trim_matches(['\'', '"'])
+                .to_string(),
+        );
     }
-    std::fs::read_to_string(dir.join("build-version")).ok().map(|v| v.trim().to_string())
+    std::fs::read_to_string(dir.join("build-version"))
+        .ok()
+        .map(|v| v.trim().to_string())
 }
 
 fn base_version(version: &str) -> &str {
@@ -161,7 +195,10 @@ mod tests {
     fn rejects_another_version_with_the_fix() {
         let dir = fake_libtorch("__version__ = '2.5.1+cpu'\n");
         let err = format!("{:#}", check_libtorch(dir.path()).unwrap_err());
-        assert!(err.contains("libtorch 2.5.1+cpu, but tch 0.24.0 needs 2.11.0"), "{err}");
+        assert!(
+            err.contains("libtorch 2.5.1+cpu, but tch 0.24.0 needs 2.11.0"),
+            "{err}"
+        );
         assert!(err.contains("pip install torch==2.11.0"), "{err}");
     }
 

@@ -28,6 +28,13 @@ enum Command {
     /// Inspect the networks: layer tables, parameter counts, preset configs.
     #[command(subcommand)]
     Model(cmd::model::ModelCommand),
+    /// Evaluate samples: FID and KID against a dataset or reference statistics.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
+    /// Draw images from a checkpoint: grids, PNGs, strips, GIFs of chains, .npz.
+    Sample(Box<cmd::sample::SampleArgs>),
+    /// Draw the forward process q(x_t | x_0) of real images as a strip.
+    Forward(cmd::forward::ForwardArgs),
 }
 
 fn main() {
@@ -38,6 +45,9 @@ fn main() {
         Command::Data(command) => cmd::data::run(command),
         Command::Model(command) => cmd::model::run(command),
         Command::Train(args) => cmd::train::run(*args),
+        Command::Sample(args) => cmd::sample::run(*args),
+        Command::Forward(args) => cmd::forward::run(args),
+        Command::Eval(command) => cmd::eval::run(command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

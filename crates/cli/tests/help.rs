@@ -3,7 +3,10 @@
 
 #[test]
 fn help_lists_the_subcommands() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm")).arg("--help").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for sub in ["doctor", "schedule", "data"] {

@@ -67,7 +67,10 @@ impl NpyArray {
     pub fn new(shape: Vec<usize>, data: NpyData) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(DataError::Config(format!("array of shape {shape:?} needs {n} values, got {}", data.len())));
+            return Err(DataError::Config(format!(
+                "array of shape {shape:?} needs {n} values, got {}",
+                data.len()
+            )));
         }
         Ok(Self { shape, data })
     }
@@ -84,9 +87,19 @@ impl NpyArray {
     pub fn to_npy_bytes(&self) -> Vec<u8> {
         let shape = match self.shape.len() {
             1 => format!("({},)", self.shape[0]),
-            _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            _ => format!(
+                "({})",
+                self.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
-        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", self.data.descr());
+        let mut header = format!(
+            "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+            self.data.descr()
+        );
         // magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64,
         // ending in a newline (the layout numpy writes).
         let unpadded = 10 + header.len() + 1;
@@ -98,9 +111,15 @@ impl NpyArray {
         out.extend_from_slice(header.as_bytes());
         match &self.data {
             NpyData::U8(v) => out.extend_from_slice(v),
-            NpyData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::F32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::F64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::I64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         }
         out
     }
@@ -111,13 +130,19 @@ impl NpyArray {
     /// [`DataError::Npy`] for a bad magic, header, unsupported dtype, Fortran order or a size
     /// that does not match the shape.
     pub fn from_npy_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let bad = |message: String| DataError::Npy { path: path.to_path_buf(), message };
+        let bad = |message: String| DataError::Npy {
+            path: path.to_path_buf(),
+            message,
+        };
         if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
             return Err(bad("not a .npy array (bad magic)".into()));
         }
         let (header_len, start) = match bytes[6] {
             1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
             v => return Err(bad(format!("unsupported .npy format version {v}"))),
         };
         let header = bytes
@@ -133,7 +158,9 @@ impl NpyArray {
             .and_then(|v| v.split('\'').next())
             .ok_or_else(|| bad(format!("no dtype in header {header:?}")))?;
         if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
-            return Err(bad("Fortran-ordered arrays are not supported: save with np.ascontiguousarray".into()));
+            return Err(bad(
+                "Fortran-ordered arrays are not supported: save with np.ascontiguousarray".into(),
+            ));
         }
         let shape_text = field("shape")
             .and_then(|v| v.strip_prefix('('))
@@ -143,21 +170,48 @@ impl NpyArray {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| bad(format!("bad shape ({shape_text})"))))
+            .map(|s| {
+                s.trim_end_matches('L')
+                    .parse::<usize>()
+                    .map_err(|_| bad(format!("bad shape ({shape_text})")))
+            })
             .collect::<Result<Vec<usize>>>()?;
         let n: usize = shape.iter().product();
         let body = &bytes[start + header_len..];
         let need = |size: usize| -> Result<&[u8]> {
             body.get(..n * size).ok_or_else(|| {
-                bad(format!("holds {} bytes of data, shape {shape:?} of {descr} needs {}", body.len(), n * size))
+                bad(format!(
+                    "holds {} bytes of data, shape {shape:?} of {descr} needs {}",
+                    body.len(),
+                    n * size
+                ))
             })
         };
         let data = match descr {
             "|u1" | "<u1" | "u1" | "|b1" => NpyData::U8(need(1)?.to_vec()),
-            "<f4" => NpyData::F32(need(4)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            "<f8" => NpyData::F64(need(8)?.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
-            "<i8" => NpyData::I64(need(8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            other => return Err(bad(format!("unsupported dtype {other} (supported: uint8, float32, float64, int64)"))),
+            "<f4" => NpyData::F32(
+                need(4)?
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            "<f8" => NpyData::F64(
+                need(8)?
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            "<i8" => NpyData::I64(
+                need(8)?
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            other => {
+                return Err(bad(format!(
+                    "unsupported dtype {other} (supported: uint8, float32, float64, int64)"
+                )))
+            }
         };
         Ok(Self { shape, data })
     }
@@ -179,17 +233,26 @@ impl NpyArray {
 /// # Ok::<(), data::DataError>(())
 /// ```
 pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
-    let err = |message: String| DataError::Write { path: path.to_path_buf(), message };
+    let err = |message: String| DataError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
     let tmp = path.with_extension("npz.tmp");
     let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
     // numpy.savez writes stored (uncompressed) entries; zip64 lets arrays exceed 4 GiB.
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
-        .large_file(arrays.iter().any(|(_, a)| a.data.len() * 8 > u32::MAX as usize / 2));
+        .large_file(
+            arrays
+                .iter()
+                .any(|(_, a)| a.data.len() * 8 > u32::MAX as usize / 2),
+        );
     for (name, array) in arrays {
-        zip.start_file(format!("{name}.npy"), options).map_err(|e| err(e.to_string()))?;
-        zip.write_all(&array.to_npy_bytes()).map_err(|e| err(e.to_string()))?;
+        zip.start_file(format!("{name}.npy"), options)
+            .map_err(|e| err(e.to_string()))?;
+        zip.write_all(&array.to_npy_bytes())
+            .map_err(|e| err(e.to_string()))?;
     }
     let mut inner = zip.finish().map_err(|e| err(e.to_string()))?;
     inner.flush().map_err(|e| err(e.to_string()))?;
@@ -204,18 +267,31 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
 /// zip of well-formed `.npy` entries.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::Missing { path: path.to_path_buf(), hint: "no such file".into() },
-        _ => DataError::Io { path: path.to_path_buf(), source: e },
+        std::io::ErrorKind::NotFound => DataError::Missing {
+            path: path.to_path_buf(),
+            hint: "no such file".into(),
+        },
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
-    let bad = |message: String| DataError::Npy { path: path.to_path_buf(), message };
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| bad(format!("not an .npz (zip) file: {e}")))?;
+    let bad = |message: String| DataError::Npy {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("not an .npz (zip) file: {e}")))?;
     let mut out = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
         let name = entry.name().trim_end_matches(".npy").to_string();
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(|e| bad(format!("entry {name}: {e}")))?;
-        let array = NpyArray::from_npy_bytes(&bytes, path).map_err(|e| bad(format!("entry {name}: {e}")))?;
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("entry {name}: {e}")))?;
+        let array = NpyArray::from_npy_bytes(&bytes, path)
+            .map_err(|e| bad(format!("entry {name}: {e}")))?;
         out.push((name, array));
     }
     Ok(out)
@@ -235,7 +311,16 @@ mod tests {
             NpyArray::new(vec![2, 2], NpyData::F64(vec![1e-300, 2.0, f64::MAX, -0.0])).unwrap(),
             NpyArray::new(vec![1], NpyData::I64(vec![-7])).unwrap(),
         ];
-        write_npz(&path, &[("arr_0", &arrays[0]), ("f", &arrays[1]), ("sigma", &arrays[2]), ("i", &arrays[3])]).unwrap();
+        write_npz(
+            &path,
+            &[
+                ("arr_0", &arrays[0]),
+                ("f", &arrays[1]),
+                ("sigma", &arrays[2]),
+                ("i", &arrays[3]),
+            ],
+        )
+        .unwrap();
         let back = read_npz(&path).unwrap();
         let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["arr_0", "f", "sigma", "i"]);
@@ -247,7 +332,9 @@ mod tests {
     /// Bytes numpy 1.x/2.x writes for `np.save(f, np.arange(6, dtype=np.uint8).reshape(2, 3))`.
     #[test]
     fn reads_numpy_written_bytes() {
-        let mut bytes = b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }".to_vec();
+        let mut bytes =
+            b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }"
+                .to_vec();
         bytes.extend(std::iter::repeat_n(b' ', 128 - 10 - bytes[10..].len() - 1));
         bytes.push(b'\n');
         bytes.extend([0u8, 1, 2, 3, 4, 5]);
@@ -264,14 +351,26 @@ mod tests {
         let path = dir.path().join("junk.npz");
         std::fs::write(&path, b"not a zip").unwrap();
         let err = read_npz(&path).unwrap_err().to_string();
-        assert!(err.contains("junk.npz") && err.contains("not an .npz"), "{err}");
-        let err = read_npz(&dir.path().join("none.npz")).unwrap_err().to_string();
+        assert!(
+            err.contains("junk.npz") && err.contains("not an .npz"),
+            "{err}"
+        );
+        let err = read_npz(&dir.path().join("none.npz"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("none.npz"), "{err}");
-        let short = NpyArray::new(vec![4], NpyData::F64(vec![1.0; 4])).unwrap().to_npy_bytes();
-        let err = NpyArray::from_npy_bytes(&short[..short.len() - 8], Path::new("s.npy")).unwrap_err().to_string();
+        let short = NpyArray::new(vec![4], NpyData::F64(vec![1.0; 4]))
+            .unwrap()
+            .to_npy_bytes();
+        let err = NpyArray::from_npy_bytes(&short[..short.len() - 8], Path::new("s.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("s.npy") && err.contains("needs 32"), "{err}");
-        let fortran = b"\x93NUMPY\x01\x00\x36\x00{'descr': '<f8', 'fortran_order': True, 'shape': (0,), }\n";
-        let err = NpyArray::from_npy_bytes(fortran, Path::new("f.npy")).unwrap_err().to_string();
+        let fortran =
+            b"\x93NUMPY\x01\x00\x36\x00{'descr': '<f8', 'fortran_order': True, 'shape': (0,), }\n";
+        let err = NpyArray::from_npy_bytes(fortran, Path::new("f.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Fortran"), "{err}");
     }
 }

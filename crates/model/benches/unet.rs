@@ -18,44 +18,17 @@
 //! (synchronising before the clock is read) and adds bf16-autocast variants.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use model::{autocast_bf16, set_memory_format, Denoiser, MemoryFormat, ModelConfig, SimpleUnetConfig, UNetConfig};
+use model::{
+    autocast_bf16, set_memory_format, Denoiser, MemoryFormat, ModelConfig, SimpleUnetConfig,
+    UNetConfig,
+};
 use std::time::Duration;
+
+#[path = "support/adam.rs"]
+mod adam;
+use adam::Adam;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
-
-/// Adam (Kingma & Ba 2015, Alg. 1) as `torch.optim.Adam` computes it without `foreach`.
-struct Adam {
-    params: Vec<Tensor>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
-    step: i32,
-    lr: f64,
-    betas: (f64, f64),
-    eps: f64,
-}
-
-impl Adam {
-    fn new(vs: &VarStore, lr: f64) -> Self {
-        let params = vs.trainable_variables();
-        let zeros = || params.iter().map(Tensor::zeros_like).collect::<Vec<_>>();
-        Self { exp_avg: zeros(), exp_avg_sq: zeros(), params, step: 0, lr, betas: (0.9, 0.999), eps: 1e-8 }
-    }
-
-    fn update(&mut self, grads: &[Tensor]) {
-        self.step += 1;
-        let (b1, b2) = self.betas;
-        let step_size = self.lr / (1.0 - b1.powi(self.step));
-        let bias_correction2_sqrt = (1.0 - b2.powi(self.step)).sqrt();
-        tch::no_grad(|| {
-            for (((p, m), v), g) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq).zip(grads) {
-                let _ = m.lerp_(g, 1.0 - b1);
-                let _ = v.g_mul_scalar_(b2).addcmul_(&(g * (1.0 - b2)), g);
-                let denom = v.sqrt().g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(self.eps);
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
-            }
-        });
-    }
-}
 
 struct Case {
     name: &'static str,
@@ -114,7 +87,9 @@ fn bench_case(c: &mut Criterion, case: &Case, format: MemoryFormat, autocast: bo
     let params = vs.trainable_variables();
     group.bench_function(id("train_step"), |b| {
         b.iter(|| {
-            let loss = run(true).to_kind(Kind::Float).mse_loss(&target, Reduction::Mean);
+            let loss = run(true)
+                .to_kind(Kind::Float)
+                .mse_loss(&target, Reduction::Mean);
             let grads = Tensor::run_backward(&[&loss], &params, false, false);
             adam.update(&grads);
             sync(device);
@@ -125,17 +100,32 @@ fn bench_case(c: &mut Criterion, case: &Case, format: MemoryFormat, autocast: bo
 }
 
 fn benches(c: &mut Criterion) {
-    let threads = std::env::var("DDPM_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads = std::env::var("DDPM_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     tch::set_num_threads(threads);
     let gpu = device().is_cuda();
     let cases = [
-        Case { name: "simple_unet", config: ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()), batch: 128 },
-        Case { name: "ddpm_unet", config: ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()), batch: if gpu { 128 } else { 16 } },
+        Case {
+            name: "simple_unet",
+            config: ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()),
+            batch: 128,
+        },
+        Case {
+            name: "ddpm_unet",
+            config: ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()),
+            batch: if gpu { 128 } else { 16 },
+        },
     ];
     let only = std::env::var("DDPM_BENCH_FORMAT").ok();
     for case in &cases {
         for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
-            let name = if format == MemoryFormat::ChannelsLast { "channels_last" } else { "nchw" };
+            let name = if format == MemoryFormat::ChannelsLast {
+                "channels_last"
+            } else {
+                "nchw"
+            };
             if only.as_deref().is_some_and(|o| o != name) {
                 continue;
             }

@@ -96,7 +96,10 @@ mod tests {
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
         let err = "tpu".parse::<DeviceSpec>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown device `tpu`: use auto, cpu, cuda or cuda:N");
+        assert_eq!(
+            err.to_string(),
+            "unknown device `tpu`: use auto, cpu, cuda or cuda:N"
+        );
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 

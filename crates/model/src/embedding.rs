@@ -20,16 +20,33 @@ const MAX_PERIOD: f64 = 10_000.0;
 ///
 /// # Panics
 /// When `timesteps` is not one-dimensional, or when `dim / 2 <= freq_shift` (no frequencies).
-pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {
-    assert_eq!(timesteps.dim(), 1, "timesteps must be one-dimensional, got shape {:?}", timesteps.size());
+pub fn timestep_embedding(
+    timesteps: &Tensor,
+    dim: i64,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Tensor {
+    assert_eq!(
+        timesteps.dim(),
+        1,
+        "timesteps must be one-dimensional, got shape {:?}",
+        timesteps.size()
+    );
     let half_dim = dim / 2;
-    assert!(half_dim as f64 > freq_shift, "embedding dim {dim} is too small for freq_shift {freq_shift}");
+    assert!(
+        half_dim as f64 > freq_shift,
+        "embedding dim {dim} is too small for freq_shift {freq_shift}"
+    );
     let exponent = Tensor::arange(half_dim, (Kind::Float, timesteps.device())) * (-MAX_PERIOD.ln());
     let exponent = exponent / (half_dim as f64 - freq_shift);
     let frequencies = exponent.exp();
     let phases = timesteps.to_kind(Kind::Float).unsqueeze(1) * frequencies.unsqueeze(0);
     let (sin, cos) = (phases.sin(), phases.cos());
-    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], -1) } else { Tensor::cat(&[sin, cos], -1) };
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], -1)
+    } else {
+        Tensor::cat(&[sin, cos], -1)
+    };
     if dim % 2 == 1 {
         emb.constant_pad_nd([0, 1])
     } else {
@@ -46,7 +63,11 @@ mod tests {
         let half = dim / 2;
         let scale = MAX_PERIOD.ln() / (half as f64 - 1.0);
         let phases: Vec<f64> = (0..half).map(|i| t * (-(i as f64) * scale).exp()).collect();
-        phases.iter().map(|p| p.sin()).chain(phases.iter().map(|p| p.cos())).collect()
+        phases
+            .iter()
+            .map(|p| p.sin())
+            .chain(phases.iter().map(|p| p.cos()))
+            .collect()
     }
 
     #[test]
@@ -78,6 +99,9 @@ mod tests {
     fn odd_dims_get_a_zero_column() {
         let emb = timestep_embedding(&Tensor::from_slice(&[5i64, 9]), 7, false, 1.0);
         assert_eq!(emb.size(), [2, 7]);
-        assert_eq!(emb.select(1, 6).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(
+            emb.select(1, 6).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
     }
 }

@@ -99,10 +99,18 @@ impl fmt::Display for WeightMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
-            parts.push(format!("{} missing ({})", self.missing.len(), self.missing.join(", ")));
+            parts.push(format!(
+                "{} missing ({})",
+                self.missing.len(),
+                self.missing.join(", ")
+            ));
         }
         if !self.unexpected.is_empty() {
-            parts.push(format!("{} unexpected ({})", self.unexpected.len(), self.unexpected.join(", ")));
+            parts.push(format!(
+                "{} unexpected ({})",
+                self.unexpected.len(),
+                self.unexpected.join(", ")
+            ));
         }
         if !self.wrong_shape.is_empty() {
             let items: Vec<String> = self
@@ -113,9 +121,16 @@ impl fmt::Display for WeightMismatch {
             parts.push(format!("{} mis-shaped ({})", items.len(), items.join("; ")));
         }
         if !self.wrong_dtype.is_empty() {
-            let items: Vec<String> =
-                self.wrong_dtype.iter().map(|(name, dtype)| format!("{name}: {dtype}")).collect();
-            parts.push(format!("{} of an unusable dtype ({})", items.len(), items.join(", ")));
+            let items: Vec<String> = self
+                .wrong_dtype
+                .iter()
+                .map(|(name, dtype)| format!("{name}: {dtype}"))
+                .collect();
+            parts.push(format!(
+                "{} of an unusable dtype ({})",
+                items.len(),
+                items.join(", ")
+            ));
         }
         if parts.is_empty() {
             write!(f, "no differences")
@@ -127,5 +142,8 @@ impl fmt::Display for WeightMismatch {
 
 /// Shorthand for an [`ModelError::InvalidConfig`].
 pub(crate) fn invalid(arch: &'static str, reason: impl Into<String>) -> ModelError {
-    ModelError::InvalidConfig { arch, reason: reason.into() }
+    ModelError::InvalidConfig {
+        arch,
+        reason: reason.into(),
+    }
 }

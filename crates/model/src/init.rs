@@ -19,7 +19,10 @@ pub(crate) fn fan_avg_uniform(dims: &[i64], scale: f64) -> Init {
     let receptive_field: i64 = dims.iter().skip(2).product();
     let fan_sum = (dims[0] + dims[1]) * receptive_field;
     let limit = (6.0 * scale / fan_sum as f64).sqrt();
-    Init::Uniform { lo: -limit, up: limit }
+    Init::Uniform {
+        lo: -limit,
+        up: limit,
+    }
 }
 
 #[cfg(test)]
@@ -29,7 +32,9 @@ mod tests {
     #[test]
     fn glorot_limit_for_a_conv_kernel() {
         // Keras: fan_in = 3*3*28, fan_out = 3*3*128, limit = sqrt(6 / (fan_in + fan_out)).
-        let Init::Uniform { lo, up } = fan_avg_uniform(&[128, 28, 3, 3], 1.0) else { panic!() };
+        let Init::Uniform { lo, up } = fan_avg_uniform(&[128, 28, 3, 3], 1.0) else {
+            panic!()
+        };
         let expected = (6.0f64 / (9.0 * 28.0 + 9.0 * 128.0)).sqrt();
         assert!((up - expected).abs() < 1e-15 && (lo + expected).abs() < 1e-15);
     }

@@ -38,7 +38,9 @@ pub use memory_format::{is_channels_last, set_memory_format, to_memory_format, M
 pub use precision::{autocast_bf16, cuda_autocast_kind};
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
 pub use unet::{UNet, UNetConfig};
-pub use weights::{load_safetensors, parameter_count, parameter_table, parameters, save_safetensors, ParameterInfo};
+pub use weights::{
+    load_safetensors, parameter_count, parameter_table, parameters, save_safetensors, ParameterInfo,
+};
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -149,9 +151,14 @@ impl ModelConfig {
     /// # Errors
     /// [`ModelError::ConfigFile`] naming the file.
     pub fn from_json_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| ModelError::ConfigFile { path: path.to_path_buf(), reason: err.to_string() })?;
-        Self::from_json(&text).map_err(|err| ModelError::ConfigFile { path: path.to_path_buf(), reason: err.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|err| ModelError::ConfigFile {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })?;
+        Self::from_json(&text).map_err(|err| ModelError::ConfigFile {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })
     }
 
     /// The configuration as pretty-printed JSON, which [`Self::from_json`] reads back.
@@ -180,27 +187,41 @@ mod tests {
             ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()),
         ] {
             let json = config.to_json();
-            assert!(json.contains(&format!("\"arch\": \"{}\"", config.arch())), "{json}");
+            assert!(
+                json.contains(&format!("\"arch\": \"{}\"", config.arch())),
+                "{json}"
+            );
             assert_eq!(ModelConfig::from_json(&json).unwrap(), config);
         }
     }
 
     #[test]
     fn unknown_fields_and_invalid_values_are_rejected() {
-        let mut value = serde_json::to_value(ModelConfig::Simple(SimpleUnetConfig::seed_cifar10())).unwrap();
+        let mut value =
+            serde_json::to_value(ModelConfig::Simple(SimpleUnetConfig::seed_cifar10())).unwrap();
         value["dropout"] = serde_json::json!(0.1);
-        let err = ModelConfig::from_json(&value.to_string()).unwrap_err().to_string();
+        let err = ModelConfig::from_json(&value.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `dropout`"), "{err}");
-        let mut value = serde_json::to_value(ModelConfig::Ddpm(UNetConfig::ho2020_cifar10())).unwrap();
+        let mut value =
+            serde_json::to_value(ModelConfig::Ddpm(UNetConfig::ho2020_cifar10())).unwrap();
         value["image_size"] = serde_json::json!(30);
-        let err = ModelConfig::from_json(&value.to_string()).unwrap_err().to_string();
+        let err = ModelConfig::from_json(&value.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("image_size 30"), "{err}");
     }
 
     #[test]
     fn a_diffusers_config_json_is_recognised() {
-        let text = UNetConfig::ho2020_cifar10().to_diffusers_config().to_string();
-        assert_eq!(ModelConfig::from_json(&text).unwrap(), ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()));
+        let text = UNetConfig::ho2020_cifar10()
+            .to_diffusers_config()
+            .to_string();
+        assert_eq!(
+            ModelConfig::from_json(&text).unwrap(),
+            ModelConfig::Ddpm(UNetConfig::ho2020_cifar10())
+        );
     }
 
     #[test]
@@ -218,6 +239,10 @@ mod tests {
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let net = config.build(&vs.root()).unwrap();
         let xs = Tensor::zeros([2, 1, 28, 28], (tch::Kind::Float, tch::Device::Cpu));
-        assert_eq!(net.forward_t(&xs, &Tensor::from_slice(&[5i64]), false).size(), [2, 1, 28, 28]);
+        assert_eq!(
+            net.forward_t(&xs, &Tensor::from_slice(&[5i64]), false)
+                .size(),
+            [2, 1, 28, 28]
+        );
     }
 }

@@ -58,13 +58,18 @@ impl RuntimeInfo {
         // Touch libtorch first so that its libraries are certainly mapped.
         let cpu_threads = tch::get_num_threads();
         let cuda_available = tch::Cuda::is_available();
-        let cuda_device_count = if cuda_available { tch::Cuda::device_count() as usize } else { 0 };
+        let cuda_device_count = if cuda_available {
+            tch::Cuda::device_count() as usize
+        } else {
+            0
+        };
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let libtorch_dir = loaded_library(&maps, "libtorch_cpu.so")
             .and_then(|lib| lib.parent()?.parent().map(Path::to_path_buf));
         let libtorch_version = libtorch_dir.as_deref().and_then(read_libtorch_version);
-        let libtorch_has_cuda =
-            libtorch_dir.as_deref().is_some_and(|d| d.join("lib/libtorch_cuda.so").exists());
+        let libtorch_has_cuda = libtorch_dir
+            .as_deref()
+            .is_some_and(|d| d.join("lib/libtorch_cuda.so").exists());
         Self {
             tch_version: TCH_VERSION.to_string(),
             libtorch_version,
@@ -75,7 +80,11 @@ impl RuntimeInfo {
             libtorch_cuda_loaded: loaded_library(&maps, "libtorch_cuda.so").is_some(),
             cuda_available,
             cuda_device_count,
-            cuda_devices: if cuda_available { cuda_devices() } else { Vec::new() },
+            cuda_devices: if cuda_available {
+                cuda_devices()
+            } else {
+                Vec::new()
+            },
             cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
             cpu_threads,
         }
@@ -126,11 +135,15 @@ fn loaded_library(maps: &str, file_name: &str) -> Option<PathBuf> {
 /// Reads the version from a pip torch's `version.py` or a libtorch archive's `build-version`.
 pub fn read_libtorch_version(dir: &Path) -> Option<String> {
     if let Ok(text) = std::fs::read_to_string(dir.join("version.py")) {
-        let line = text.lines().find(|l| l.trim_start().starts_with("__version__"))?;
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("__version__"))?;
         let value = line.split_once('=')?.1.trim();
         return Some(value.trim_matches(|c| c == '\'' || c == '"').to_string());
     }
-    std::fs::read_to_string(dir.join("build-version")).ok().map(|v| v.trim().to_string())
+    std::fs::read_to_string(dir.join("build-version"))
+        .ok()
+        .map(|v| v.trim().to_string())
 }
 
 /// Device names from the CUDA driver API. libtorch does not expose them through tch, and the
@@ -142,7 +155,9 @@ fn cuda_devices() -> Vec<CudaDevice> {
     type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
     // SAFETY: the signatures match the CUDA driver API (cuda.h); every call checks its status.
     unsafe {
-        let Ok(lib) = libloading::Library::new("libcuda.so.1") else { return Vec::new() };
+        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
+            return Vec::new();
+        };
         let (Ok(init), Ok(count_fn), Ok(name_fn), Ok(mem_fn)) = (
             lib.get::<CuInit>(b"cuInit\0"),
             lib.get::<CuDeviceGetCount>(b"cuDeviceGetCount\0"),
@@ -159,13 +174,23 @@ fn cuda_devices() -> Vec<CudaDevice> {
             .map(|ordinal| {
                 let mut buf = [0 as std::ffi::c_char; 256];
                 let name = if name_fn(buf.as_mut_ptr(), buf.len() as i32, ordinal) == 0 {
-                    std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+                    std::ffi::CStr::from_ptr(buf.as_ptr())
+                        .to_string_lossy()
+                        .into_owned()
                 } else {
                     "unknown".to_string()
                 };
                 let mut bytes = 0usize;
-                let total_memory_bytes = if mem_fn(&mut bytes, ordinal) == 0 { bytes as u64 } else { 0 };
-                CudaDevice { index: ordinal as usize, name, total_memory_bytes }
+                let total_memory_bytes = if mem_fn(&mut bytes, ordinal) == 0 {
+                    bytes as u64
+                } else {
+                    0
+                };
+                CudaDevice {
+                    index: ordinal as usize,
+                    name,
+                    total_memory_bytes,
+                }
             })
             .collect()
     }
@@ -179,29 +204,48 @@ mod tests {
     fn finds_mapped_libraries_by_file_name() {
         let maps = "7f00-7f01 r-xp 00000000 08:01 42 /opt/torch/lib/libtorch_cpu.so\n\
                     7f02-7f03 r--p 00000000 08:01 43 /opt/torch/lib/libtorch_cuda_linalg.so\n";
-        assert_eq!(loaded_library(maps, "libtorch_cpu.so"), Some(PathBuf::from("/opt/torch/lib/libtorch_cpu.so")));
+        assert_eq!(
+            loaded_library(maps, "libtorch_cpu.so"),
+            Some(PathBuf::from("/opt/torch/lib/libtorch_cpu.so"))
+        );
         assert_eq!(loaded_library(maps, "libtorch_cuda.so"), None);
     }
 
     #[test]
     fn reads_versions_from_pip_and_archive_layouts() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("version.py"), "from typing import Optional\n__version__ = '2.11.0+cu130'\ngit_version = 'x'\n").unwrap();
-        assert_eq!(read_libtorch_version(dir.path()).as_deref(), Some("2.11.0+cu130"));
+        std::fs::write(
+            dir.path().join("version.py"),
+            "from typing import Optional\n__version__ = '2.11.0+cu130'\ngit_version = 'x'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_libtorch_version(dir.path()).as_deref(),
+            Some("2.11.0+cu130")
+        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("build-version"), "2.11.0+cpu\n").unwrap();
-        assert_eq!(read_libtorch_version(dir.path()).as_deref(), Some("2.11.0+cpu"));
+        assert_eq!(
+            read_libtorch_version(dir.path()).as_deref(),
+            Some("2.11.0+cpu")
+        );
         assert_eq!(base_version("2.11.0+cpu"), "2.11.0");
     }
 
     #[test]
     fn this_process_runs_on_the_expected_libtorch() {
         let info = RuntimeInfo::collect();
-        assert!(info.libtorch_dir.is_some(), "libtorch_cpu.so not found in /proc/self/maps");
+        assert!(
+            info.libtorch_dir.is_some(),
+            "libtorch_cpu.so not found in /proc/self/maps"
+        );
         assert_eq!(info.problems(), Vec::<String>::new());
         // The acceptance point of the foundation: a libtorch with CUDA is really linked.
         if info.libtorch_has_cuda {
-            assert!(info.libtorch_cuda_loaded, "libtorch_cuda.so was dropped by the linker");
+            assert!(
+                info.libtorch_cuda_loaded,
+                "libtorch_cuda.so was dropped by the linker"
+            );
         }
     }
 }

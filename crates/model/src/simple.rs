@@ -102,10 +102,16 @@ impl SimpleUnetConfig {
     /// [`ModelError::InvalidConfig`] naming the offending field.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.in_channels < 1 || self.out_channels < 1 {
-            return Err(invalid(ARCH, "in_channels and out_channels must be at least 1"));
+            return Err(invalid(
+                ARCH,
+                "in_channels and out_channels must be at least 1",
+            ));
         }
         if self.down_channels.len() < 2 {
-            return Err(invalid(ARCH, "down_channels needs conv0's width and at least one block's width"));
+            return Err(invalid(
+                ARCH,
+                "down_channels needs conv0's width and at least one block's width",
+            ));
         }
         if self.up_channels.len() != self.down_channels.len() {
             return Err(invalid(
@@ -117,8 +123,16 @@ impl SimpleUnetConfig {
                 ),
             ));
         }
-        if self.down_channels.iter().chain(&self.up_channels).any(|&c| c < 1) {
-            return Err(invalid(ARCH, "every entry of down_channels and up_channels must be at least 1"));
+        if self
+            .down_channels
+            .iter()
+            .chain(&self.up_channels)
+            .any(|&c| c < 1)
+        {
+            return Err(invalid(
+                ARCH,
+                "every entry of down_channels and up_channels must be at least 1",
+            ));
         }
         if self.up_channels[0] != self.down_channels[self.n_blocks()] {
             return Err(invalid(
@@ -131,7 +145,13 @@ impl SimpleUnetConfig {
             ));
         }
         if self.time_emb_dim < 4 || self.time_emb_dim % 2 != 0 {
-            return Err(invalid(ARCH, format!("time_emb_dim must be even and at least 4, got {}", self.time_emb_dim)));
+            return Err(invalid(
+                ARCH,
+                format!(
+                    "time_emb_dim must be even and at least 4, got {}",
+                    self.time_emb_dim
+                ),
+            ));
         }
         let factor = 1i64 << self.n_blocks();
         if self.image_size < factor || self.image_size % factor != 0 {
@@ -149,7 +169,10 @@ impl SimpleUnetConfig {
             return Err(invalid(ARCH, "batch_norm_eps must be positive"));
         }
         if !(0.0..=1.0).contains(&self.batch_norm_momentum) {
-            return Err(invalid(ARCH, "batch_norm_momentum must lie in [0, 1] (PyTorch convention, Keras 0.99 is 0.01)"));
+            return Err(invalid(
+                ARCH,
+                "batch_norm_momentum must lie in [0, 1] (PyTorch convention, Keras 0.99 is 0.01)",
+            ));
         }
         Ok(())
     }
@@ -181,12 +204,22 @@ pub fn keras_same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
 /// The symmetric padding of a Keras "same" layer, which [`SimpleUnetConfig::validate`] guarantees.
 fn symmetric_same_padding(input: i64, kernel: i64, stride: i64) -> i64 {
     let (before, after) = keras_same_padding(input, kernel, stride);
-    assert_eq!(before, after, "asymmetric same padding on size {input}: the config validation missed it");
+    assert_eq!(
+        before, after,
+        "asymmetric same padding on size {input}: the config validation missed it"
+    );
     before
 }
 
 /// A Keras-initialised convolution: `glorot_uniform` kernel, zero bias.
-fn conv2d(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> nn::Conv2D {
+fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,
@@ -227,7 +260,10 @@ impl BatchNorm {
         let inner = nn::batch_norm2d(&vs, channels, bn_config);
         let counter = Tensor::zeros([], (Kind::Int64, vs.device()));
         let num_batches_tracked = vs.add("num_batches_tracked", counter, false);
-        Self { inner, num_batches_tracked }
+        Self {
+            inner,
+            num_batches_tracked,
+        }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -260,7 +296,14 @@ struct Block {
 
 impl Block {
     /// A block on `size`×`size` inputs of `c_in` channels (the concatenation, for up blocks).
-    fn new(vs: nn::Path, c_in: i64, c_out: i64, size: i64, up: bool, config: &SimpleUnetConfig) -> Self {
+    fn new(
+        vs: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        size: i64,
+        up: bool,
+        config: &SimpleUnetConfig,
+    ) -> Self {
         let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out);
         let pad3 = symmetric_same_padding(size, 3, 1);
         let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3);
@@ -274,7 +317,13 @@ impl Block {
                 bs_init: Init::Const(0.0),
                 ..Default::default()
             };
-            Transform::Up(nn::conv_transpose2d(&vs / "transform", c_out, c_out, 4, config))
+            Transform::Up(nn::conv_transpose2d(
+                &vs / "transform",
+                c_out,
+                c_out,
+                4,
+                config,
+            ))
         } else {
             let padding = symmetric_same_padding(size, 4, 2);
             Transform::Down(conv2d(&vs / "transform", c_out, c_out, 4, 2, padding))
@@ -282,17 +331,32 @@ impl Block {
         let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3);
         let bnorm1 = BatchNorm::new(&vs / "bnorm1", c_out, config);
         let bnorm2 = BatchNorm::new(&vs / "bnorm2", c_out, config);
-        Self { time_mlp, conv1, transform, conv2, bnorm1, bnorm2 }
+        Self {
+            time_mlp,
+            conv1,
+            transform,
+            conv2,
+            bnorm1,
+            bnorm2,
+        }
     }
 
     /// # Shapes
     /// `xs`: `[N, c_in, s, s]`, `t_emb`: `[N, time_emb_dim]` → `[N, c_out, s/2, s/2]` (down) or
     /// `[N, c_out, 2s, 2s]` (up).
+    ///
+    /// ReLU and the time addition run in place: a convolution's backward needs its input, not its
+    /// output, and BatchNorm's needs its input and batch statistics, so overwriting those outputs
+    /// is safe for autograd and saves three image-sized allocations per block.
     fn forward(&self, xs: &Tensor, t_emb: &Tensor, train: bool) -> Tensor {
-        let h = self.bnorm1.forward_t(&xs.apply(&self.conv1).relu(), train);
+        let mut h = xs.apply(&self.conv1);
+        let _ = h.relu_();
+        let mut h = self.bnorm1.forward_t(&h, train);
         let time = t_emb.apply(&self.time_mlp).relu();
-        let h = h + time.unsqueeze(-1).unsqueeze(-1);
-        let h = self.bnorm2.forward_t(&h.apply(&self.conv2).relu(), train);
+        let _ = h.g_add_(&time.unsqueeze(-1).unsqueeze(-1));
+        let mut h = h.apply(&self.conv2);
+        let _ = h.relu_();
+        let h = self.bnorm2.forward_t(&h, train);
         match &self.transform {
             Transform::Down(conv) => h.apply(conv),
             Transform::Up(conv) => h.apply(conv),
@@ -321,7 +385,14 @@ impl SimpleUnet {
         let downs = (0..n)
             .map(|i| {
                 let size = c.image_size >> i;
-                Block::new(vs / "downs" / i, c.down_channels[i], c.down_channels[i + 1], size, false, c)
+                Block::new(
+                    vs / "downs" / i,
+                    c.down_channels[i],
+                    c.down_channels[i + 1],
+                    size,
+                    false,
+                    c,
+                )
             })
             .collect();
         let ups = (0..n)
@@ -333,7 +404,14 @@ impl SimpleUnet {
             })
             .collect();
         let output = conv2d(vs / "output", c.up_channels[n], c.out_channels, 1, 1, 0);
-        Ok(Self { config, time_mlp, conv0, downs, ups, output })
+        Ok(Self {
+            config,
+            time_mlp,
+            conv0,
+            downs,
+            ups,
+            output,
+        })
     }
 
     /// The configuration the network was built from.
@@ -344,8 +422,11 @@ impl SimpleUnet {
 
 impl Denoiser for SimpleUnet {
     fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
-        let format =
-            if is_channels_last(&self.conv0.ws) { MemoryFormat::ChannelsLast } else { MemoryFormat::Contiguous };
+        let format = if is_channels_last(&self.conv0.ws) {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        };
         let x = to_memory_format(xs, format);
         let timesteps = batch_timesteps(timesteps, xs.size()[0]);
         let t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
@@ -395,7 +476,10 @@ mod tests {
         let _net = config.build(&vs.root()).unwrap();
         assert_eq!(crate::parameter_count(&vs), 3_482_231);
         // The BatchNorm statistics are buffers, not parameters: 4 per block, 2 blocks each way.
-        assert_eq!(vs.variables().len() - vs.trainable_variables().len(), 3 * 2 * 2 * 2);
+        assert_eq!(
+            vs.variables().len() - vs.trainable_variables().len(),
+            3 * 2 * 2 * 2
+        );
     }
 
     #[test]
@@ -434,14 +518,63 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         };
         let base = SimpleUnetConfig::seed_cifar10();
-        check(SimpleUnetConfig { image_size: 30, ..base.clone() }, "image_size 30 must be a multiple of 4");
-        check(SimpleUnetConfig { image_size: 28, ..SimpleUnetConfig::seed_large() }, "multiple of 16");
-        check(SimpleUnetConfig { up_channels: vec![256, 128], ..base.clone() }, "up_channels has 2 entries");
-        check(SimpleUnetConfig { up_channels: vec![512, 128, 28], ..base.clone() }, "bottleneck");
-        check(SimpleUnetConfig { time_emb_dim: 7, ..base.clone() }, "time_emb_dim");
-        check(SimpleUnetConfig { in_channels: 0, ..base.clone() }, "in_channels");
-        check(SimpleUnetConfig { batch_norm_momentum: 0.99 + 1.0, ..base.clone() }, "batch_norm_momentum");
-        check(SimpleUnetConfig { down_channels: vec![28], up_channels: vec![28], ..base }, "down_channels");
+        check(
+            SimpleUnetConfig {
+                image_size: 30,
+                ..base.clone()
+            },
+            "image_size 30 must be a multiple of 4",
+        );
+        check(
+            SimpleUnetConfig {
+                image_size: 28,
+                ..SimpleUnetConfig::seed_large()
+            },
+            "multiple of 16",
+        );
+        check(
+            SimpleUnetConfig {
+                up_channels: vec![256, 128],
+                ..base.clone()
+            },
+            "up_channels has 2 entries",
+        );
+        check(
+            SimpleUnetConfig {
+                up_channels: vec![512, 128, 28],
+                ..base.clone()
+            },
+            "bottleneck",
+        );
+        check(
+            SimpleUnetConfig {
+                time_emb_dim: 7,
+                ..base.clone()
+            },
+            "time_emb_dim",
+        );
+        check(
+            SimpleUnetConfig {
+                in_channels: 0,
+                ..base.clone()
+            },
+            "in_channels",
+        );
+        check(
+            SimpleUnetConfig {
+                batch_norm_momentum: 0.99 + 1.0,
+                ..base.clone()
+            },
+            "batch_norm_momentum",
+        );
+        check(
+            SimpleUnetConfig {
+                down_channels: vec![28],
+                up_channels: vec![28],
+                ..base
+            },
+            "down_channels",
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl UNetConfig {
 
     /// The width of each level (diffusers' `block_out_channels`).
     pub fn block_out_channels(&self) -> Vec<i64> {
-        self.channel_mult.iter().map(|m| m * self.channels).collect()
+        self.channel_mult
+            .iter()
+            .map(|m| m * self.channels)
+            .collect()
     }
 
     /// The width of the time embedding MLP, `4 · channels`.
@@ -104,7 +107,8 @@ impl UNetConfig {
 
     /// Whether the resnets of level `level` are followed by self-attention.
     pub fn has_attention(&self, level: usize) -> bool {
-        self.attention_resolutions.contains(&self.level_resolution(level))
+        self.attention_resolutions
+            .contains(&self.level_resolution(level))
     }
 
     /// `(in, out)` widths of the resnets of up level `i` (0 is the deepest), following the skip
@@ -131,9 +135,15 @@ impl UNetConfig {
     /// [`ModelError::InvalidConfig`] naming the offending field.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.in_channels < 1 || self.out_channels < 1 {
-            return Err(invalid(ARCH, "in_channels and out_channels must be at least 1"));
+            return Err(invalid(
+                ARCH,
+                "in_channels and out_channels must be at least 1",
+            ));
         }
-        if self.channels < 1 || self.channel_mult.is_empty() || self.channel_mult.iter().any(|&m| m < 1) {
+        if self.channels < 1
+            || self.channel_mult.is_empty()
+            || self.channel_mult.iter().any(|&m| m < 1)
+        {
             return Err(invalid(ARCH, "channels and every channel_mult entry must be at least 1, with one entry per level"));
         }
         if self.layers_per_block < 1 {
@@ -151,14 +161,23 @@ impl UNetConfig {
             ));
         }
         let resolutions: Vec<i64> = (0..levels).map(|l| self.level_resolution(l)).collect();
-        if let Some(r) = self.attention_resolutions.iter().find(|r| !resolutions.contains(r)) {
+        if let Some(r) = self
+            .attention_resolutions
+            .iter()
+            .find(|r| !resolutions.contains(r))
+        {
             return Err(invalid(
                 ARCH,
-                format!("attention resolution {r} is none of the levels' resolutions {resolutions:?}"),
+                format!(
+                    "attention resolution {r} is none of the levels' resolutions {resolutions:?}"
+                ),
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(invalid(ARCH, format!("dropout must lie in [0, 1), got {}", self.dropout)));
+            return Err(invalid(
+                ARCH,
+                format!("dropout must lie in [0, 1), got {}", self.dropout),
+            ));
         }
         if !(self.norm_eps > 0.0) {
             return Err(invalid(ARCH, "norm_eps must be positive"));
@@ -166,32 +185,53 @@ impl UNetConfig {
         if !(self.freq_shift >= 0.0 && (self.channels / 2) as f64 > self.freq_shift) {
             return Err(invalid(
                 ARCH,
-                format!("freq_shift {} must be at least 0 and below channels / 2 = {}", self.freq_shift, self.channels / 2),
+                format!(
+                    "freq_shift {} must be at least 0 and below channels / 2 = {}",
+                    self.freq_shift,
+                    self.channels / 2
+                ),
             ));
         }
         if self.downsample_padding != 0 && self.downsample_padding != 1 {
-            return Err(invalid(ARCH, "downsample_padding must be 0 (TF \"same\") or 1"));
+            return Err(invalid(
+                ARCH,
+                "downsample_padding must be 0 (TF \"same\") or 1",
+            ));
         }
         let widths = self.block_out_channels();
         let mut normalized: Vec<i64> = widths.clone();
-        normalized.extend((0..levels).flat_map(|i| self.up_resnet_channels(i)).map(|(c_in, _)| c_in));
+        normalized.extend(
+            (0..levels)
+                .flat_map(|i| self.up_resnet_channels(i))
+                .map(|(c_in, _)| c_in),
+        );
         if self.norm_num_groups < 1 {
             return Err(invalid(ARCH, "norm_num_groups must be at least 1"));
         }
         if let Some(c) = normalized.iter().find(|&&c| c % self.norm_num_groups != 0) {
             return Err(invalid(
                 ARCH,
-                format!("norm_num_groups {} does not divide the width {c} of a GroupNorm", self.norm_num_groups),
+                format!(
+                    "norm_num_groups {} does not divide the width {c} of a GroupNorm",
+                    self.norm_num_groups
+                ),
             ));
         }
         if let Some(head_dim) = self.attention_head_dim {
-            let attended =
-                (0..levels).filter(|&l| self.has_attention(l)).map(|l| widths[l]).chain([widths[levels - 1]]);
+            let attended = (0..levels)
+                .filter(|&l| self.has_attention(l))
+                .map(|l| widths[l])
+                .chain([widths[levels - 1]]);
             if head_dim < 1 {
                 return Err(invalid(ARCH, "attention_head_dim must be at least 1"));
             }
             if let Some(c) = attended.into_iter().find(|c| c % head_dim != 0) {
-                return Err(invalid(ARCH, format!("attention_head_dim {head_dim} does not divide the attention width {c}")));
+                return Err(invalid(
+                    ARCH,
+                    format!(
+                        "attention_head_dim {head_dim} does not divide the attention width {c}"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -210,11 +250,24 @@ impl UNetConfig {
     /// builds a model that loads this network's weights (see [`crate::save_safetensors`]).
     pub fn to_diffusers_config(&self) -> Value {
         let levels = self.channel_mult.len();
-        let down: Vec<&str> =
-            (0..levels).map(|l| if self.has_attention(l) { "AttnDownBlock2D" } else { "DownBlock2D" }).collect();
+        let down: Vec<&str> = (0..levels)
+            .map(|l| {
+                if self.has_attention(l) {
+                    "AttnDownBlock2D"
+                } else {
+                    "DownBlock2D"
+                }
+            })
+            .collect();
         let up: Vec<&str> = (0..levels)
             .rev()
-            .map(|l| if self.has_attention(l) { "AttnUpBlock2D" } else { "UpBlock2D" })
+            .map(|l| {
+                if self.has_attention(l) {
+                    "AttnUpBlock2D"
+                } else {
+                    "UpBlock2D"
+                }
+            })
             .collect();
         json!({
             "_class_name": "UNet2DModel",
@@ -252,32 +305,45 @@ impl UNetConfig {
     /// block types, Fourier or learned time embeddings, class conditioning, scale-shift norms, ...)
     /// or when the result fails [`Self::validate`].
     pub fn from_diffusers_config(config: &Value) -> Result<Self, ModelError> {
-        let obj = config.as_object().ok_or_else(|| invalid(ARCH, "a diffusers config must be a JSON object"))?;
+        let obj = config
+            .as_object()
+            .ok_or_else(|| invalid(ARCH, "a diffusers config must be a JSON object"))?;
         let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
         let int = |key: &str, default: i64| -> Result<i64, ModelError> {
             match get(key) {
                 None => Ok(default),
-                Some(v) => v.as_i64().ok_or_else(|| invalid(ARCH, format!("diffusers key `{key}` must be an integer"))),
+                Some(v) => v.as_i64().ok_or_else(|| {
+                    invalid(ARCH, format!("diffusers key `{key}` must be an integer"))
+                }),
             }
         };
         let float = |key: &str, default: f64| -> Result<f64, ModelError> {
             match get(key) {
                 None => Ok(default),
-                Some(v) => v.as_f64().ok_or_else(|| invalid(ARCH, format!("diffusers key `{key}` must be a number"))),
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    invalid(ARCH, format!("diffusers key `{key}` must be a number"))
+                }),
             }
         };
         let string = |key: &str| get(key).and_then(Value::as_str);
         let strings = |key: &str| -> Result<Option<Vec<String>>, ModelError> {
             get(key)
                 .map(|v| {
-                    serde_json::from_value::<Vec<String>>(v.clone())
-                        .map_err(|_| invalid(ARCH, format!("diffusers key `{key}` must be a list of strings")))
+                    serde_json::from_value::<Vec<String>>(v.clone()).map_err(|_| {
+                        invalid(
+                            ARCH,
+                            format!("diffusers key `{key}` must be a list of strings"),
+                        )
+                    })
                 })
                 .transpose()
         };
         if let Some(class) = string("_class_name") {
             if class != "UNet2DModel" {
-                return Err(invalid(ARCH, format!("a {class} config is not a UNet2DModel config")));
+                return Err(invalid(
+                    ARCH,
+                    format!("a {class} config is not a UNet2DModel config"),
+                ));
             }
         }
         // Features this network does not implement must be at their off/default setting.
@@ -290,7 +356,10 @@ impl UNetConfig {
             if found == wanted {
                 Ok(())
             } else {
-                Err(invalid(ARCH, format!("diffusers `{key}` = {found} is not supported (only {wanted})")))
+                Err(invalid(
+                    ARCH,
+                    format!("diffusers `{key}` = {found} is not supported (only {wanted})"),
+                ))
             }
         };
         expect("time_embedding_type", "positional", "positional")?;
@@ -306,32 +375,68 @@ impl UNetConfig {
         expect("time_embedding_dim", "null", "null")?;
         expect("attn_norm_num_groups", "null", "null")?;
         if float("mid_block_scale_factor", 1.0)? != 1.0 {
-            return Err(invalid(ARCH, "diffusers `mid_block_scale_factor` other than 1 is not supported"));
+            return Err(invalid(
+                ARCH,
+                "diffusers `mid_block_scale_factor` other than 1 is not supported",
+            ));
         }
         let widths: Vec<i64> = match get("block_out_channels") {
             None => vec![224, 448, 672, 896],
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|_| invalid(ARCH, "diffusers key `block_out_channels` must be a list of integers"))?,
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                invalid(
+                    ARCH,
+                    "diffusers key `block_out_channels` must be a list of integers",
+                )
+            })?,
         };
-        let channels = *widths.first().ok_or_else(|| invalid(ARCH, "block_out_channels is empty"))?;
+        let channels = *widths
+            .first()
+            .ok_or_else(|| invalid(ARCH, "block_out_channels is empty"))?;
         if channels < 1 || widths.iter().any(|w| w % channels != 0) {
-            return Err(invalid(ARCH, format!("block_out_channels {widths:?} are not multiples of the first")));
+            return Err(invalid(
+                ARCH,
+                format!("block_out_channels {widths:?} are not multiples of the first"),
+            ));
         }
         let down = strings("down_block_types")?.unwrap_or_else(|| {
-            ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec()
+            [
+                "DownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec()
         });
         let up = strings("up_block_types")?.unwrap_or_else(|| {
-            ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec()
+            [
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "UpBlock2D",
+            ]
+            .map(String::from)
+            .to_vec()
         });
         if down.len() != widths.len() || up.len() != widths.len() {
-            return Err(invalid(ARCH, "down_block_types, up_block_types and block_out_channels differ in length"));
+            return Err(invalid(
+                ARCH,
+                "down_block_types, up_block_types and block_out_channels differ in length",
+            ));
         }
         let image_size = match get("sample_size") {
-            Some(Value::Array(sizes)) if sizes.len() == 2 && sizes[0] == sizes[1] => sizes[0].as_i64(),
+            Some(Value::Array(sizes)) if sizes.len() == 2 && sizes[0] == sizes[1] => {
+                sizes[0].as_i64()
+            }
             Some(v) => v.as_i64(),
             None => None,
         }
-        .ok_or_else(|| invalid(ARCH, "diffusers key `sample_size` must be one integer (square images)"))?;
+        .ok_or_else(|| {
+            invalid(
+                ARCH,
+                "diffusers key `sample_size` must be one integer (square images)",
+            )
+        })?;
         let mut attention_resolutions = Vec::new();
         for (level, (d, u)) in down.iter().zip(up.iter().rev()).enumerate() {
             let attn = match (d.as_str(), u.as_str()) {
@@ -351,7 +456,12 @@ impl UNetConfig {
         let attention_head_dim = match get("attention_head_dim") {
             None if obj.contains_key("attention_head_dim") => None,
             None => Some(8),
-            Some(v) => Some(v.as_i64().ok_or_else(|| invalid(ARCH, "diffusers `attention_head_dim` must be an integer or null"))?),
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                invalid(
+                    ARCH,
+                    "diffusers `attention_head_dim` must be an integer or null",
+                )
+            })?),
         };
         let config = Self {
             in_channels: int("in_channels", 3)?,
@@ -368,7 +478,9 @@ impl UNetConfig {
             freq_shift: float("freq_shift", 0.0)?,
             flip_sin_to_cos: match get("flip_sin_to_cos") {
                 None => true,
-                Some(v) => v.as_bool().ok_or_else(|| invalid(ARCH, "diffusers `flip_sin_to_cos` must be a boolean"))?,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    invalid(ARCH, "diffusers `flip_sin_to_cos` must be a boolean")
+                })?,
             },
             downsample_padding: int("downsample_padding", 1)?,
         };
@@ -378,7 +490,15 @@ impl UNetConfig {
 }
 
 /// A convolution with the official DDPM initialisation.
-fn conv2d(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, scale: f64) -> nn::Conv2D {
+fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    scale: f64,
+) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,
@@ -400,7 +520,10 @@ fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64) -> nn::Linear {
 }
 
 fn group_norm(vs: nn::Path, channels: i64, config: &UNetConfig) -> nn::GroupNorm {
-    let gn_config = nn::GroupNormConfig { eps: config.norm_eps, ..Default::default() };
+    let gn_config = nn::GroupNormConfig {
+        eps: config.norm_eps,
+        ..Default::default()
+    };
     nn::group_norm(vs, config.norm_num_groups, channels, gn_config)
 }
 
@@ -425,7 +548,8 @@ impl ResnetBlock {
             time_emb_proj: linear(&vs / "time_emb_proj", temb, c_out, 1.0),
             norm2: group_norm(&vs / "norm2", c_out, config),
             conv2: conv2d(&vs / "conv2", c_out, c_out, 3, 1, 1, ZERO_SCALE),
-            conv_shortcut: (c_in != c_out).then(|| conv2d(&vs / "conv_shortcut", c_in, c_out, 1, 1, 0, 1.0)),
+            conv_shortcut: (c_in != c_out)
+                .then(|| conv2d(&vs / "conv_shortcut", c_in, c_out, 1, 1, 0, 1.0)),
             dropout: config.dropout,
         }
     }
@@ -433,14 +557,26 @@ impl ResnetBlock {
     /// # Shapes
     /// `xs`: `[N, c_in, H, W]`, `temb_act`: SiLU of the time embedding, `[N, 4·ch]` →
     /// `[N, c_out, H, W]`.
+    ///
+    /// The additions run in place on convolution outputs, which no backward pass needs.
     fn forward(&self, xs: &Tensor, temb_act: &Tensor, train: bool) -> Tensor {
-        let h = xs.apply(&self.norm1).silu().apply(&self.conv1);
-        let h = h + temb_act.apply(&self.time_emb_proj).unsqueeze(-1).unsqueeze(-1);
-        let h = h.apply(&self.norm2).silu().dropout(self.dropout, train).apply(&self.conv2);
-        match &self.conv_shortcut {
-            Some(conv) => xs.apply(conv) + h,
-            None => xs + h,
-        }
+        let mut h = xs.apply(&self.norm1).silu().apply(&self.conv1);
+        let _ = h.g_add_(
+            &temb_act
+                .apply(&self.time_emb_proj)
+                .unsqueeze(-1)
+                .unsqueeze(-1),
+        );
+        let mut h = h
+            .apply(&self.norm2)
+            .silu()
+            .dropout(self.dropout, train)
+            .apply(&self.conv2);
+        let _ = match &self.conv_shortcut {
+            Some(conv) => h.g_add_(&xs.apply(conv)),
+            None => h.g_add_(xs),
+        };
+        h
     }
 }
 
@@ -475,14 +611,25 @@ impl AttentionBlock {
         let (n, c, h, w) = xs.size4().expect("attention takes NCHW input");
         let head_dim = c / self.heads;
         // [N, C, H, W] → [N, HW, C]: free for channels-last input.
-        let tokens = xs.apply(&self.group_norm).reshape([n, c, h * w]).transpose(1, 2);
+        let tokens = xs
+            .apply(&self.group_norm)
+            .reshape([n, c, h * w])
+            .transpose(1, 2);
         let split = |t: Tensor| t.reshape([n, h * w, self.heads, head_dim]).transpose(1, 2);
         let q = split(tokens.apply(&self.to_q));
         let k = split(tokens.apply(&self.to_k));
         let v = split(tokens.apply(&self.to_v));
-        let attended = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
-        let out = attended.transpose(1, 2).reshape([n, h * w, c]).apply(&self.to_out);
-        out.transpose(1, 2).reshape([n, c, h, w]) + xs
+        let attended = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
+        let out = attended
+            .transpose(1, 2)
+            .reshape([n, h * w, c])
+            .apply(&self.to_out);
+        // In place on the projection's output, which its backward does not need.
+        let mut out = out.transpose(1, 2).reshape([n, c, h, w]);
+        let _ = out.g_add_(xs);
+        out
     }
 }
 
@@ -538,17 +685,40 @@ impl UNet {
             let n_layers = c.layers_per_block as usize;
             // Attention blocks register before resnets in diffusers' AttnDownBlock2D.
             let attentions = if c.has_attention(level) {
-                (0..n_layers).map(|j| AttentionBlock::new(&p / "attentions" / j, width, c)).collect()
+                (0..n_layers)
+                    .map(|j| AttentionBlock::new(&p / "attentions" / j, width, c))
+                    .collect()
             } else {
                 Vec::new()
             };
             let resnets = (0..n_layers)
-                .map(|j| ResnetBlock::new(&p / "resnets" / j, if j == 0 { c_prev } else { width }, width, c))
+                .map(|j| {
+                    ResnetBlock::new(
+                        &p / "resnets" / j,
+                        if j == 0 { c_prev } else { width },
+                        width,
+                        c,
+                    )
+                })
                 .collect();
             let padding = c.downsample_padding;
-            let downsampler = (level + 1 < levels)
-                .then(|| conv2d(&p / "downsamplers" / 0 / "conv", width, width, 3, 2, padding, 1.0));
-            down_blocks.push(DownBlock { resnets, attentions, downsampler, downsample_padding: padding });
+            let downsampler = (level + 1 < levels).then(|| {
+                conv2d(
+                    &p / "downsamplers" / 0 / "conv",
+                    width,
+                    width,
+                    3,
+                    2,
+                    padding,
+                    1.0,
+                )
+            });
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+                downsample_padding: padding,
+            });
             c_prev = width;
         }
 
@@ -558,7 +728,9 @@ impl UNet {
             let p = vs / "up_blocks" / i;
             let channels = c.up_resnet_channels(i);
             let attentions = if c.has_attention(level) {
-                (0..channels.len()).map(|j| AttentionBlock::new(&p / "attentions" / j, widths[level], c)).collect()
+                (0..channels.len())
+                    .map(|j| AttentionBlock::new(&p / "attentions" / j, widths[level], c))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -567,9 +739,22 @@ impl UNet {
                 .enumerate()
                 .map(|(j, &(c_in, c_out))| ResnetBlock::new(&p / "resnets" / j, c_in, c_out, c))
                 .collect();
-            let upsampler = (level > 0)
-                .then(|| conv2d(&p / "upsamplers" / 0 / "conv", widths[level], widths[level], 3, 1, 1, 1.0));
-            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+            let upsampler = (level > 0).then(|| {
+                conv2d(
+                    &p / "upsamplers" / 0 / "conv",
+                    widths[level],
+                    widths[level],
+                    3,
+                    1,
+                    1,
+                    1.0,
+                )
+            });
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
         }
 
         let mid = vs / "mid_block";
@@ -577,7 +762,15 @@ impl UNet {
         let mid_attention = AttentionBlock::new(&mid / "attentions" / 0, bottom, c);
         let mid_resnets = [0, 1].map(|j| ResnetBlock::new(&mid / "resnets" / j, bottom, bottom, c));
         let conv_norm_out = group_norm(vs / "conv_norm_out", c.channels, c);
-        let conv_out = conv2d(vs / "conv_out", c.channels, c.out_channels, 3, 1, 1, ZERO_SCALE);
+        let conv_out = conv2d(
+            vs / "conv_out",
+            c.channels,
+            c.out_channels,
+            3,
+            1,
+            1,
+            ZERO_SCALE,
+        );
         Self {
             config,
             conv_in,
@@ -600,8 +793,11 @@ impl UNet {
 
 impl Denoiser for UNet {
     fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
-        let format =
-            if is_channels_last(&self.conv_in.ws) { MemoryFormat::ChannelsLast } else { MemoryFormat::Contiguous };
+        let format = if is_channels_last(&self.conv_in.ws) {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        };
         let x = to_memory_format(xs, format);
         let timesteps = batch_timesteps(timesteps, xs.size()[0]);
         let c = &self.config;
@@ -644,7 +840,9 @@ impl Denoiser for UNet {
             }
             if let Some(conv) = &block.upsampler {
                 let (_, _, height, width) = h.size4().expect("NCHW");
-                h = h.upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0).apply(conv);
+                h = h
+                    .upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0)
+                    .apply(conv);
             }
         }
         let out = h.apply(&self.conv_norm_out).silu().apply(&self.conv_out);
@@ -684,13 +882,22 @@ mod tests {
             ("conv_in.weight", vec![128, 3, 3, 3]),
             ("time_embedding.linear_1.weight", vec![512, 128]),
             ("down_blocks.1.attentions.0.to_q.weight", vec![256, 256]),
-            ("down_blocks.1.resnets.0.conv_shortcut.weight", vec![256, 128, 1, 1]),
-            ("down_blocks.0.downsamplers.0.conv.weight", vec![128, 128, 3, 3]),
+            (
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+                vec![256, 128, 1, 1],
+            ),
+            (
+                "down_blocks.0.downsamplers.0.conv.weight",
+                vec![128, 128, 3, 3],
+            ),
             ("mid_block.attentions.0.group_norm.weight", vec![256]),
             ("mid_block.resnets.1.conv2.bias", vec![256]),
             ("up_blocks.0.resnets.0.conv1.weight", vec![256, 512, 3, 3]),
             ("up_blocks.2.attentions.2.to_out.0.weight", vec![256, 256]),
-            ("up_blocks.3.resnets.2.conv_shortcut.weight", vec![128, 256, 1, 1]),
+            (
+                "up_blocks.3.resnets.2.conv_shortcut.weight",
+                vec![128, 256, 1, 1],
+            ),
             ("up_blocks.2.upsamplers.0.conv.weight", vec![256, 256, 3, 3]),
             ("conv_norm_out.weight", vec![128]),
             ("conv_out.weight", vec![3, 128, 3, 3]),
@@ -705,7 +912,10 @@ mod tests {
     /// fresh network ignores `t` and dropout; give those layers ordinary weights.
     fn wake_up(vs: &VarStore) {
         for (name, mut var) in vs.variables() {
-            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"].iter().any(|s| name.ends_with(s)) {
+            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
                 let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
             }
         }
@@ -723,7 +933,11 @@ mod tests {
     #[test]
     fn output_has_the_input_shape_and_depends_on_t() {
         let vs = VarStore::new(Device::Cpu);
-        let config = UNetConfig { in_channels: 1, out_channels: 1, ..tiny() };
+        let config = UNetConfig {
+            in_channels: 1,
+            out_channels: 1,
+            ..tiny()
+        };
         let net = config.build(&vs.root()).unwrap();
         wake_up(&vs);
         let xs = Tensor::randn([3, 1, 16, 16], (Kind::Float, Device::Cpu));
@@ -741,16 +955,31 @@ mod tests {
         wake_up(&vs);
         let xs = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
         let ts = Tensor::from_slice(&[3i64, 7]);
-        assert!(net.forward_t(&xs, &ts, false).equal(&net.forward_t(&xs, &ts, false)));
-        assert!(!net.forward_t(&xs, &ts, true).equal(&net.forward_t(&xs, &ts, true)));
+        assert!(net
+            .forward_t(&xs, &ts, false)
+            .equal(&net.forward_t(&xs, &ts, false)));
+        assert!(!net
+            .forward_t(&xs, &ts, true)
+            .equal(&net.forward_t(&xs, &ts, true)));
     }
 
     #[test]
     fn diffusers_config_round_trips() {
         let config = UNetConfig::ho2020_cifar10();
         let json = config.to_diffusers_config();
-        assert_eq!(json["down_block_types"], json!(["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"]));
-        assert_eq!(json["up_block_types"], json!(["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]));
+        assert_eq!(
+            json["down_block_types"],
+            json!([
+                "DownBlock2D",
+                "AttnDownBlock2D",
+                "DownBlock2D",
+                "DownBlock2D"
+            ])
+        );
+        assert_eq!(
+            json["up_block_types"],
+            json!(["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+        );
         assert_eq!(json["block_out_channels"], json!([128, 256, 256, 256]));
         assert_eq!(UNetConfig::from_diffusers_config(&json).unwrap(), config);
     }
@@ -775,11 +1004,15 @@ mod tests {
     fn unsupported_diffusers_features_are_named() {
         let mut json = UNetConfig::ho2020_cifar10().to_diffusers_config();
         json["resnet_time_scale_shift"] = json!("scale_shift");
-        let err = UNetConfig::from_diffusers_config(&json).unwrap_err().to_string();
+        let err = UNetConfig::from_diffusers_config(&json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("resnet_time_scale_shift"), "{err}");
         let mut json = UNetConfig::ho2020_cifar10().to_diffusers_config();
         json["down_block_types"][0] = json!("CrossAttnDownBlock2D");
-        let err = UNetConfig::from_diffusers_config(&json).unwrap_err().to_string();
+        let err = UNetConfig::from_diffusers_config(&json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CrossAttnDownBlock2D"), "{err}");
     }
 
@@ -790,13 +1023,62 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         };
         let base = UNetConfig::ho2020_cifar10();
-        check(UNetConfig { image_size: 36, ..base.clone() }, "image_size 36 must be a multiple of 8");
-        check(UNetConfig { attention_resolutions: vec![12], ..base.clone() }, "attention resolution 12");
-        check(UNetConfig { norm_num_groups: 48, ..base.clone() }, "norm_num_groups 48");
-        check(UNetConfig { attention_head_dim: Some(96), ..base.clone() }, "attention_head_dim 96");
-        check(UNetConfig { dropout: 1.0, ..base.clone() }, "dropout");
-        check(UNetConfig { downsample_padding: 2, ..base.clone() }, "downsample_padding");
-        check(UNetConfig { channel_mult: vec![], ..base.clone() }, "channel_mult");
-        check(UNetConfig { channels: 2, norm_num_groups: 1, ..base }, "freq_shift");
+        check(
+            UNetConfig {
+                image_size: 36,
+                ..base.clone()
+            },
+            "image_size 36 must be a multiple of 8",
+        );
+        check(
+            UNetConfig {
+                attention_resolutions: vec![12],
+                ..base.clone()
+            },
+            "attention resolution 12",
+        );
+        check(
+            UNetConfig {
+                norm_num_groups: 48,
+                ..base.clone()
+            },
+            "norm_num_groups 48",
+        );
+        check(
+            UNetConfig {
+                attention_head_dim: Some(96),
+                ..base.clone()
+            },
+            "attention_head_dim 96",
+        );
+        check(
+            UNetConfig {
+                dropout: 1.0,
+                ..base.clone()
+            },
+            "dropout",
+        );
+        check(
+            UNetConfig {
+                downsample_padding: 2,
+                ..base.clone()
+            },
+            "downsample_padding",
+        );
+        check(
+            UNetConfig {
+                channel_mult: vec![],
+                ..base.clone()
+            },
+            "channel_mult",
+        );
+        check(
+            UNetConfig {
+                channels: 2,
+                norm_num_groups: 1,
+                ..base
+            },
+            "freq_shift",
+        );
     }
 }

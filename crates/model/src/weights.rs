@@ -15,7 +15,10 @@ use tch::{Device, Kind, Tensor};
 
 /// The number of trainable scalars in a var store (buffers such as running statistics excluded).
 pub fn parameter_count(vs: &VarStore) -> i64 {
-    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
 }
 
 /// One tensor of a var store, as the parameter table lists it.
@@ -35,13 +38,19 @@ pub struct ParameterInfo {
 /// PyTorch module's `state_dict` order; buffers follow the parameters of their module.
 pub fn parameters(vs: &VarStore) -> Vec<ParameterInfo> {
     let named = vs.variables();
-    let by_ptr: HashMap<usize, &String> = named.iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
+    let by_ptr: HashMap<usize, &String> = named
+        .iter()
+        .map(|(name, t)| (t.data_ptr() as usize, name))
+        .collect();
     let mut trainable: Vec<&String> = vs
         .trainable_variables()
         .iter()
         .filter_map(|t| by_ptr.get(&(t.data_ptr() as usize)).copied())
         .collect();
-    let module_of = |name: &str| name.rsplit_once('.').map_or(String::new(), |(module, _)| module.to_string());
+    let module_of = |name: &str| {
+        name.rsplit_once('.')
+            .map_or(String::new(), |(module, _)| module.to_string())
+    };
     // tch creates a layer's bias before its weight; PyTorch lists the weight first.
     let leaf_rank = |name: &str| match name.rsplit('.').next() {
         Some("weight") => 0,
@@ -51,7 +60,9 @@ pub fn parameters(vs: &VarStore) -> Vec<ParameterInfo> {
     let mut start = 0;
     while start < trainable.len() {
         let module = module_of(trainable[start]);
-        let end = (start..trainable.len()).find(|&i| module_of(trainable[i]) != module).unwrap_or(trainable.len());
+        let end = (start..trainable.len())
+            .find(|&i| module_of(trainable[i]) != module)
+            .unwrap_or(trainable.len());
         trainable[start..end].sort_by_key(|name| leaf_rank(name));
         start = end;
     }
@@ -71,13 +82,20 @@ pub fn parameters(vs: &VarStore) -> Vec<ParameterInfo> {
     }
     let info = |name: &String, trainable: bool| {
         let tensor = &named[name];
-        ParameterInfo { name: name.clone(), shape: tensor.size(), numel: tensor.numel() as i64, trainable }
+        ParameterInfo {
+            name: name.clone(),
+            shape: tensor.size(),
+            numel: tensor.numel() as i64,
+            trainable,
+        }
     };
     let mut out = Vec::with_capacity(named.len());
     for (i, name) in trainable.iter().enumerate() {
         out.push(info(name, true));
         let module = module_of(name);
-        let module_ends = trainable.get(i + 1).is_none_or(|next| module_of(next) != module);
+        let module_ends = trainable
+            .get(i + 1)
+            .is_none_or(|next| module_of(next) != module);
         if module_ends {
             for buffer in buffers.remove(&module).unwrap_or_default() {
                 out.push(info(buffer, false));
@@ -95,7 +113,7 @@ fn thousands(n: i64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -113,13 +131,26 @@ pub fn parameter_table(vs: &VarStore) -> String {
     let shape_of = |p: &ParameterInfo| format!("{:?}", p.shape);
     let rows: Vec<&ParameterInfo> = params.iter().filter(|p| p.trainable).collect();
     let name_w = rows.iter().map(|p| p.name.len()).max().unwrap_or(0).max(4);
-    let shape_w = rows.iter().map(|p| shape_of(p).len()).max().unwrap_or(0).max(5);
+    let shape_w = rows
+        .iter()
+        .map(|p| shape_of(p).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let total = parameter_count(vs);
     let count_w = thousands(total).len().max(6);
-    let mut out = format!("{:<name_w$}  {:<shape_w$}  {:>count_w$}\n", "name", "shape", "params");
+    let mut out = format!(
+        "{:<name_w$}  {:<shape_w$}  {:>count_w$}\n",
+        "name", "shape", "params"
+    );
     out.push_str(&format!("{}\n", "-".repeat(name_w + shape_w + count_w + 4)));
     for p in &rows {
-        out.push_str(&format!("{:<name_w$}  {:<shape_w$}  {:>count_w$}\n", p.name, shape_of(p), thousands(p.numel)));
+        out.push_str(&format!(
+            "{:<name_w$}  {:<shape_w$}  {:>count_w$}\n",
+            p.name,
+            shape_of(p),
+            thousands(p.numel)
+        ));
     }
     out.push_str(&format!("{}\n", "-".repeat(name_w + shape_w + count_w + 4)));
     let bytes = total * 4;
@@ -171,9 +202,14 @@ fn dtype_fits(dtype: Dtype, kind: Kind) -> Option<Kind> {
 /// [`ModelError::Read`] when the file cannot be read, [`ModelError::Corrupt`] when it is not
 /// valid safetensors, [`ModelError::Mismatch`] when its keys do not fit.
 pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|err| ModelError::Corrupt { path: path.to_path_buf(), reason: format!("{err:?}") })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|err| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("{err:?}"),
+    })?;
     let variables = vs.variables();
     let mut mismatch = WeightMismatch::default();
     let mut plan = Vec::with_capacity(variables.len());
@@ -184,21 +220,36 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError
         };
         let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if found != var.size() {
-            mismatch.wrong_shape.push(ShapeMismatch { name: name.clone(), expected: var.size(), found });
+            mismatch.wrong_shape.push(ShapeMismatch {
+                name: name.clone(),
+                expected: var.size(),
+                found,
+            });
             continue;
         }
         match dtype_fits(view.dtype(), var.kind()) {
             Some(kind) => plan.push((name, var, view, kind)),
-            None => mismatch.wrong_dtype.push((name.clone(), format!("{:?} for a {:?} variable", view.dtype(), var.kind()))),
+            None => mismatch.wrong_dtype.push((
+                name.clone(),
+                format!("{:?} for a {:?} variable", view.dtype(), var.kind()),
+            )),
         }
     }
-    mismatch.unexpected = file.names().into_iter().filter(|name| !variables.contains_key(*name)).cloned().collect();
+    mismatch.unexpected = file
+        .names()
+        .into_iter()
+        .filter(|name| !variables.contains_key(*name))
+        .cloned()
+        .collect();
     mismatch.missing.sort();
     mismatch.unexpected.sort();
     mismatch.wrong_shape.sort_by(|a, b| a.name.cmp(&b.name));
     mismatch.wrong_dtype.sort();
     if !mismatch.is_empty() {
-        return Err(ModelError::Mismatch { path: path.to_path_buf(), mismatch });
+        return Err(ModelError::Mismatch {
+            path: path.to_path_buf(),
+            mismatch,
+        });
     }
     tch::no_grad(|| -> Result<(), ModelError> {
         for (_, var, view, kind) in plan {
@@ -257,13 +308,24 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 /// # Errors
 /// [`ModelError::Write`] naming the file.
 pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
-    let write_err = |reason: String| ModelError::Write { path: path.to_path_buf(), reason };
+    let write_err = |reason: String| ModelError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut tensors = Vec::new();
     for (name, var) in vs.variables() {
-        let dtype = dtype_of(var.kind()).ok_or_else(|| write_err(format!("{name} has an unsupported kind {:?}", var.kind())))?;
+        let dtype = dtype_of(var.kind())
+            .ok_or_else(|| write_err(format!("{name} has an unsupported kind {:?}", var.kind())))?;
         let tensor = tch::no_grad(|| var.detach().to_device(Device::Cpu).contiguous());
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        tensors.push((name, TensorBytes { tensor, shape, dtype }));
+        tensors.push((
+            name,
+            TensorBytes {
+                tensor,
+                shape,
+                dtype,
+            },
+        ));
     }
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -299,7 +361,16 @@ mod tests {
         let names: Vec<String> = parameters(&vs).into_iter().map(|p| p.name).collect();
         assert_eq!(
             names,
-            ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "fc.weight", "fc.bias"]
+            [
+                "conv.weight",
+                "conv.bias",
+                "bn.weight",
+                "bn.bias",
+                "bn.running_mean",
+                "bn.running_var",
+                "fc.weight",
+                "fc.bias"
+            ]
         );
     }
 }

@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{export_dir, fixture, max_abs_diff, read_tensors};
+use common::{assert_gradients_match, export_dir, fixture, max_abs_diff, read_tensors};
 use model::{
-    load_safetensors, save_safetensors, set_memory_format, Denoiser, MemoryFormat, ModelConfig, UNet, UNetConfig,
+    load_safetensors, save_safetensors, set_memory_format, Denoiser, MemoryFormat, ModelConfig,
+    UNet, UNetConfig,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::VarStore;
@@ -27,7 +28,11 @@ fn tiny_from_fixture(format: MemoryFormat) -> (VarStore, UNet) {
     let mut vs = VarStore::new(Device::Cpu);
     let net = tiny_config().build(&vs.root()).unwrap();
     set_memory_format(&vs, format);
-    load_safetensors(&mut vs, &fixture("unet_tiny/diffusion_pytorch_model.safetensors")).unwrap();
+    load_safetensors(
+        &mut vs,
+        &fixture("unet_tiny/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     (vs, net)
 }
 
@@ -57,6 +62,18 @@ fn output_matches_diffusers_in_both_memory_formats() {
     }
 }
 
+/// Eval mode (no dropout) with autograd on: the backward pass, through the in-place additions,
+/// gives diffusers' gradients.
+#[test]
+fn gradients_match_diffusers_in_both_memory_formats() {
+    let io = read_tensors("unet_tiny_io.safetensors");
+    for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+        let (vs, net) = tiny_from_fixture(format);
+        let out = net.forward_t(&io["x"], &io["timesteps"], false);
+        assert_gradients_match(&vs.variables(), &out, &io, &format!("{format:?}"));
+    }
+}
+
 #[test]
 fn one_timestep_for_the_batch_equals_repeating_it() {
     let (_vs, net) = tiny_from_fixture(MemoryFormat::Contiguous);
@@ -72,11 +89,24 @@ fn the_paper_model_has_exactly_diffusers_state_dict() {
     let expected: Vec<(String, Vec<i64>)> = serde_json::from_str(&text).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let _net = UNetConfig::ho2020_cifar10().build(&vs.root()).unwrap();
-    let ours: Vec<(String, Vec<i64>)> = model::parameters(&vs).into_iter().map(|p| (p.name, p.shape)).collect();
-    let names = |list: &[(String, Vec<i64>)]| list.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>();
-    let missing: Vec<_> = names(&expected).difference(&names(&ours)).cloned().collect();
-    let extra: Vec<_> = names(&ours).difference(&names(&expected)).cloned().collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let ours: Vec<(String, Vec<i64>)> = model::parameters(&vs)
+        .into_iter()
+        .map(|p| (p.name, p.shape))
+        .collect();
+    let names =
+        |list: &[(String, Vec<i64>)]| list.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>();
+    let missing: Vec<_> = names(&expected)
+        .difference(&names(&ours))
+        .cloned()
+        .collect();
+    let extra: Vec<_> = names(&ours)
+        .difference(&names(&expected))
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
     // Same shapes, and listed in the same (state_dict) order.
     assert_eq!(ours, expected);
     assert_eq!(model::parameter_count(&vs), 35_746_307);
@@ -90,9 +120,16 @@ fn saved_weights_have_diffusers_keys_and_round_trip() {
     save_safetensors(&vs, &path).unwrap();
 
     let shapes = |file: &std::path::Path| -> BTreeMap<String, Vec<i64>> {
-        Tensor::read_safetensors(file).unwrap().into_iter().map(|(k, v)| (k, v.size())).collect()
+        Tensor::read_safetensors(file)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.size()))
+            .collect()
     };
-    assert_eq!(shapes(&path), shapes(&fixture("unet_tiny/diffusion_pytorch_model.safetensors")));
+    assert_eq!(
+        shapes(&path),
+        shapes(&fixture("unet_tiny/diffusion_pytorch_model.safetensors"))
+    );
     // Tensors are saved in standard layout even from a channels-last var store, with the values
     // of the file they came from.
     let saved = read_tensors_at(&path);
@@ -113,7 +150,10 @@ fn saved_weights_have_diffusers_keys_and_round_trip() {
 }
 
 fn read_tensors_at(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Writes a freshly initialised, perturbed tiny U-Net with its config and output for
@@ -134,12 +174,19 @@ fn export() {
     });
     let dir = export_dir("unet");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config.to_diffusers_config()).unwrap())
-        .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config.to_diffusers_config()).unwrap(),
+    )
+    .unwrap();
     save_safetensors(&vs, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     let xs = Tensor::randn([3, 3, 16, 16], (Kind::Float, Device::Cpu));
     let ts = Tensor::from_slice(&[1i64, 250, 998]);
     let out = net.forward_t(&xs, &ts, false);
-    Tensor::write_safetensors(&[("x", &xs), ("timesteps", &ts), ("out", &out)], dir.join("io.safetensors")).unwrap();
+    Tensor::write_safetensors(
+        &[("x", &xs), ("timesteps", &ts), ("out", &out)],
+        dir.join("io.safetensors"),
+    )
+    .unwrap();
     eprintln!("wrote {}", dir.display());
 }

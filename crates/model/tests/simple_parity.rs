@@ -6,8 +6,10 @@
 
 mod common;
 
-use common::{export_dir, fixture, max_abs_diff, read_tensors};
-use model::{load_safetensors, save_safetensors, set_memory_format, Denoiser, MemoryFormat, ModelConfig};
+use common::{assert_gradients_match, export_dir, fixture, max_abs_diff, read_tensors};
+use model::{
+    load_safetensors, save_safetensors, set_memory_format, Denoiser, MemoryFormat, ModelConfig,
+};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -34,22 +36,35 @@ fn eval_output_matches_the_pytorch_port() {
     }
 }
 
+/// Train mode: batch statistics, the running statistics' update, and the backward pass (whose
+/// in-place ReLU and additions must not disturb autograd).
 #[test]
-fn train_mode_uses_batch_statistics_and_updates_running_ones_like_pytorch() {
+fn train_mode_forward_backward_and_running_statistics_match_pytorch() {
     let io = read_tensors("simple_tiny_io.safetensors");
     for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
         let (vs, net) = tiny_from_fixture(format);
-        let out = tch::no_grad(|| net.forward_t(&io["x"], &io["timesteps"], true));
+        let out = net.forward_t(&io["x"], &io["timesteps"], true);
         let err = max_abs_diff(&out, &io["out_train"]);
         assert!(err <= TOLERANCE, "{format:?}: max abs error {err:e}");
         let vars = vs.variables();
-        for name in ["downs.0.bnorm1.running_mean", "downs.0.bnorm1.running_var", "ups.2.bnorm2.running_var"] {
+        assert_gradients_match(&vars, &out, &io, &format!("{format:?}"));
+        for name in [
+            "downs.0.bnorm1.running_mean",
+            "downs.0.bnorm1.running_var",
+            "ups.2.bnorm2.running_var",
+        ] {
             let err = max_abs_diff(&vars[name], &io[name]);
             assert!(err <= 1e-6, "{name}: max abs error {err:e}");
         }
         // The port's counters were 7 and PyTorch adds one per training pass.
-        assert_eq!(vars["downs.1.bnorm2.num_batches_tracked"].int64_value(&[]), 8);
-        assert_eq!(vars["downs.1.bnorm2.num_batches_tracked"].kind(), Kind::Int64);
+        assert_eq!(
+            vars["downs.1.bnorm2.num_batches_tracked"].int64_value(&[]),
+            8
+        );
+        assert_eq!(
+            vars["downs.1.bnorm2.num_batches_tracked"].kind(),
+            Kind::Int64
+        );
     }
 }
 
@@ -59,10 +74,19 @@ fn saved_weights_have_the_pytorch_key_set() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     save_safetensors(&vs, &path).unwrap();
-    let saved: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+    let saved: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect();
     let original: std::collections::BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(fixture("simple_tiny.safetensors")).unwrap().into_iter().collect();
-    assert_eq!(saved.keys().collect::<Vec<_>>(), original.keys().collect::<Vec<_>>());
+        Tensor::read_safetensors(fixture("simple_tiny.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(
+        saved.keys().collect::<Vec<_>>(),
+        original.keys().collect::<Vec<_>>()
+    );
     for (name, tensor) in &original {
         assert_eq!(saved[name].kind(), tensor.kind(), "{name}");
         assert!(saved[name].equal(tensor), "{name}");
@@ -86,6 +110,10 @@ fn export() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), config.to_json()).unwrap();
     save_safetensors(&vs, &dir.join("model.safetensors")).unwrap();
-    Tensor::write_safetensors(&[("x", &xs), ("timesteps", &ts), ("out", &out)], dir.join("io.safetensors")).unwrap();
+    Tensor::write_safetensors(
+        &[("x", &xs), ("timesteps", &ts), ("out", &out)],
+        dir.join("io.safetensors"),
+    )
+    .unwrap();
     eprintln!("wrote {}", dir.display());
 }

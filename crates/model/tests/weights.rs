@@ -18,7 +18,10 @@ fn tiny() -> (VarStore, Box<dyn model::Denoiser>) {
 }
 
 fn fixture_tensors() -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(fixture("simple_tiny.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(fixture("simple_tiny.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) {
@@ -28,12 +31,18 @@ fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) {
 
 /// A copy of every variable, to check that a failed load changed nothing.
 fn snapshot(vs: &VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect()
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect()
 }
 
 fn assert_unchanged(vs: &VarStore, before: &BTreeMap<String, Tensor>) {
     for (name, var) in vs.variables() {
-        assert!(var.equal(&before[&name]), "{name} changed although the load failed");
+        assert!(
+            var.equal(&before[&name]),
+            "{name} changed although the load failed"
+        );
     }
 }
 
@@ -44,17 +53,35 @@ fn every_kind_of_mismatch_is_listed_and_nothing_is_loaded() {
     let mut tensors = fixture_tensors();
     tensors.remove("downs.1.conv2.weight");
     tensors.remove("ups.0.bnorm1.running_var");
-    tensors.insert("downs.1.conv3.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)));
-    tensors.insert("output.weight".into(), Tensor::zeros([3, 4, 3, 3], (Kind::Float, Device::Cpu)));
-    tensors.insert("conv0.bias".into(), Tensor::zeros([4], (Kind::Int64, Device::Cpu)));
+    tensors.insert(
+        "downs.1.conv3.weight".into(),
+        Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+    );
+    tensors.insert(
+        "output.weight".into(),
+        Tensor::zeros([3, 4, 3, 3], (Kind::Float, Device::Cpu)),
+    );
+    tensors.insert(
+        "conv0.bias".into(),
+        Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+    );
     write(&path, &tensors);
 
     let (mut vs, _net) = tiny();
     let before = snapshot(&vs);
     let err = load_safetensors(&mut vs, &path).unwrap_err();
-    let ModelError::Mismatch { path: err_path, mismatch } = &err else { panic!("{err}") };
+    let ModelError::Mismatch {
+        path: err_path,
+        mismatch,
+    } = &err
+    else {
+        panic!("{err}")
+    };
     assert_eq!(err_path, &path);
-    assert_eq!(mismatch.missing, ["downs.1.conv2.weight", "ups.0.bnorm1.running_var"]);
+    assert_eq!(
+        mismatch.missing,
+        ["downs.1.conv2.weight", "ups.0.bnorm1.running_var"]
+    );
     assert_eq!(mismatch.unexpected, ["downs.1.conv3.weight"]);
     assert_eq!(mismatch.wrong_shape.len(), 1);
     assert_eq!(mismatch.wrong_shape[0].name, "output.weight");
@@ -100,16 +127,27 @@ fn corrupt_and_absent_files_are_named() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_safetensors(&mut vs, &truncated).unwrap_err();
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("truncated.safetensors is not a valid safetensors file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("truncated.safetensors is not a valid safetensors file"),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"definitely not a tensor file").unwrap();
     let err = load_safetensors(&mut vs, &garbage).unwrap_err();
-    assert!(matches!(err, ModelError::Corrupt { .. }) && err.to_string().contains("garbage.safetensors"), "{err}");
+    assert!(
+        matches!(err, ModelError::Corrupt { .. })
+            && err.to_string().contains("garbage.safetensors"),
+        "{err}"
+    );
 
     let absent = dir.path().join("absent.safetensors");
     let err = load_safetensors(&mut vs, &absent).unwrap_err();
-    assert!(matches!(err, ModelError::Read { .. }) && err.to_string().contains("absent.safetensors"), "{err}");
+    assert!(
+        matches!(err, ModelError::Read { .. }) && err.to_string().contains("absent.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -118,7 +156,13 @@ fn half_precision_files_load_into_f32_variables() {
     let path = dir.path().join("bf16.safetensors");
     let tensors: BTreeMap<String, Tensor> = fixture_tensors()
         .into_iter()
-        .map(|(k, v)| if v.is_floating_point() { (k, v.to_kind(Kind::BFloat16)) } else { (k, v) })
+        .map(|(k, v)| {
+            if v.is_floating_point() {
+                (k, v.to_kind(Kind::BFloat16))
+            } else {
+                (k, v)
+            }
+        })
         .collect();
     write(&path, &tensors);
     let (mut vs, _net) = tiny();
@@ -137,7 +181,9 @@ fn save_then_load_restores_every_variable() {
     save_safetensors(&vs, &path).unwrap();
     assert!(!dir.path().join("model.safetensors.partial").exists());
     let mut other = VarStore::new(Device::Cpu);
-    let _net2 = SimpleUnetConfig::fashion_mnist().build(&other.root()).unwrap();
+    let _net2 = SimpleUnetConfig::fashion_mnist()
+        .build(&other.root())
+        .unwrap();
     load_safetensors(&mut other, &path).unwrap();
     for (name, var) in vs.variables() {
         assert!(other.variables()[&name].equal(&var), "{name}");
@@ -153,8 +199,13 @@ fn save_then_load_restores_every_variable() {
         ..model::UNetConfig::ho2020_cifar10()
     };
     let _unet = tiny_unet.build(&unet_vs.root()).unwrap();
-    let err = load_safetensors(&mut unet_vs, &path).unwrap_err().to_string();
-    assert!(err.contains("missing (conv_in.bias") && err.contains("unexpected (conv0.bias"), "{err}");
+    let err = load_safetensors(&mut unet_vs, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing (conv_in.bias") && err.contains("unexpected (conv0.bias"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -164,5 +215,8 @@ fn writing_into_a_missing_directory_names_the_file() {
     let (vs, _net) = tiny();
     let err = save_safetensors(&vs, &path).unwrap_err();
     assert!(matches!(err, ModelError::Write { .. }), "{err}");
-    assert!(err.to_string().contains("no/such/dir/model.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains("no/such/dir/model.safetensors"),
+        "{err}"
+    );
 }

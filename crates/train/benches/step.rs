@@ -22,7 +22,9 @@ use train::{Preset, TrainConfig, Trainer};
 
 fn config() -> TrainConfig {
     let name = std::env::var("DDPM_BENCH_PRESET").unwrap_or_else(|_| "fashion-mnist".into());
-    let mut config = Preset::from_name(&name).expect("DDPM_BENCH_PRESET").config();
+    let mut config = Preset::from_name(&name)
+        .expect("DDPM_BENCH_PRESET")
+        .config();
     config.precision = train::Precision::F32;
     config
 }
@@ -30,12 +32,24 @@ fn config() -> TrainConfig {
 /// Random images of the preset's shape, enough for a few epochs of batches.
 fn dataset(config: &TrainConfig) -> Dataset {
     let c = config.model.in_channels() as usize;
-    let s = config.transform.size.map_or(config.model.image_size() as usize, |[h, _]| h);
+    let s = config
+        .transform
+        .size
+        .map_or(config.model.image_size() as usize, |[h, _]| h);
     // Store at the model's size when the transform does not resize, else at CIFAR's 32.
-    let stored = if config.transform.size.is_some() { 32 } else { s };
+    let stored = if config.transform.size.is_some() {
+        32
+    } else {
+        s
+    };
     let n = config.batch_size * 8;
     tch::manual_seed(0);
-    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(256, [(n * c * stored * stored) as i64], (Kind::Uint8, Device::Cpu))).unwrap();
+    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(
+        256,
+        [(n * c * stored * stored) as i64],
+        (Kind::Uint8, Device::Cpu),
+    ))
+    .unwrap();
     Dataset::new(pixels, vec![0; n], c, stored, stored, vec!["x".into()]).unwrap()
 }
 
@@ -46,7 +60,10 @@ fn bench(c: &mut Criterion) {
     let config = config();
     let device = Device::Cpu;
     let mut group = c.benchmark_group("train_step");
-    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(15));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(15));
 
     // The bare step: everything but data, reseeding, the host read and EMA.
     let schedule = schedule::Schedule::new(&config.schedule).unwrap();
@@ -62,7 +79,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("bare", |bencher| {
         bencher.iter(|| {
             adam.zero_grad();
-            let loss = training_loss(net.as_ref(), &sched, &config.objective, &x_0, &noise, &t, false);
+            let loss = training_loss(
+                net.as_ref(),
+                &sched,
+                &config.objective,
+                &x_0,
+                &noise,
+                &t,
+                false,
+            );
             loss.backward();
             adam.step(config.optim.lr);
         })
@@ -72,7 +97,12 @@ fn bench(c: &mut Criterion) {
     let mut trainer = Trainer::new(config.clone(), dataset(&config), dir.path(), device).unwrap();
     // A second loader like the trainer's: its workers make batches while the steps run, as in
     // `Trainer::run`.
-    let loader = data::Loader::new(dataset(&config), &config.transform, trainer.loader().config().clone()).unwrap();
+    let loader = data::Loader::new(
+        dataset(&config),
+        &config.transform,
+        trainer.loader().config().clone(),
+    )
+    .unwrap();
     let mut source = (0u64..).flat_map(|e| loader.epoch(e));
     group.bench_function("trainer", |bencher| {
         bencher.iter(|| {

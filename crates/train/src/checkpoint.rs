@@ -74,7 +74,9 @@ pub fn named_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
 fn all_finite(named: &[(String, Tensor)]) -> Result<(), TrainError> {
     for (name, t) in named {
         if t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
-            return Err(TrainError::NonFinite(format!("weight `{name}` is not finite; refusing to write it")));
+            return Err(TrainError::NonFinite(format!(
+                "weight `{name}` is not finite; refusing to write it"
+            )));
         }
     }
     Ok(())
@@ -82,14 +84,18 @@ fn all_finite(named: &[(String, Tensor)]) -> Result<(), TrainError> {
 
 fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<(), TrainError> {
     // safetensors wants contiguous CPU tensors; copies of device tensors are made here only.
-    let cpu: Vec<(String, Tensor)> =
-        named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
     Tensor::write_safetensors(&cpu, path).map_err(|e| io_err(path, e))?;
     fsync(path)
 }
 
 fn fsync(path: &Path) -> Result<(), TrainError> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| io_err(path, e))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(path, e))
 }
 
 /// What goes into one checkpoint.
@@ -110,7 +116,11 @@ pub struct CheckpointContents<'a> {
 /// # Errors
 /// [`TrainError::NonFinite`] when a weight is NaN or infinite (nothing is written);
 /// [`TrainError::Checkpoint`] on IO errors, naming the file.
-pub fn save(root: &Path, contents: &CheckpointContents<'_>, keep_last: usize) -> Result<PathBuf, TrainError> {
+pub fn save(
+    root: &Path,
+    contents: &CheckpointContents<'_>,
+    keep_last: usize,
+) -> Result<PathBuf, TrainError> {
     let model = named_tensors(contents.model);
     let ema = named_tensors(contents.ema);
     all_finite(&model)?;
@@ -132,7 +142,9 @@ pub fn save(root: &Path, contents: &CheckpointContents<'_>, keep_last: usize) ->
     let state_path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(contents.state).map_err(|e| io_err(&state_path, e))?;
     let mut f = fs::File::create(&state_path).map_err(|e| io_err(&state_path, e))?;
-    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| io_err(&state_path, e))?;
+    f.write_all(&json)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&state_path, e))?;
     fsync(&tmp)?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
@@ -146,7 +158,9 @@ pub fn save(root: &Path, contents: &CheckpointContents<'_>, keep_last: usize) ->
 /// Tests of crash safety set `DDPM_FAULT_CHECKPOINT_PAUSE_MS` to widen the window in which a
 /// checkpoint is half-written, so that a `kill -9` lands inside it.
 fn fault_injection_pause() -> impl Fn() {
-    let ms = std::env::var("DDPM_FAULT_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    let ms = std::env::var("DDPM_FAULT_CHECKPOINT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     move || {
         if let Some(ms) = ms {
             std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -156,7 +170,9 @@ fn fault_injection_pause() -> impl Fn() {
 
 /// Complete checkpoint directories under `root`, oldest first.
 pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
     let mut found: Vec<(u64, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -194,7 +210,10 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
     if state.format_version != FORMAT_VERSION {
         return Err(io_err(
             &path,
-            format!("checkpoint format {} is not supported (this build reads {FORMAT_VERSION})", state.format_version),
+            format!(
+                "checkpoint format {} is not supported (this build reads {FORMAT_VERSION})",
+                state.format_version
+            ),
         ));
     }
     Ok(state)
@@ -208,7 +227,12 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, TrainError> {
     if !path.exists() {
         return Err(io_err(path, "no such file"));
     }
-    Tensor::read_safetensors(path).map_err(|e| io_err(path, format!("corrupt or unreadable safetensors file ({e})")))
+    Tensor::read_safetensors(path).map_err(|e| {
+        io_err(
+            path,
+            format!("corrupt or unreadable safetensors file ({e})"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -218,7 +242,9 @@ mod tests {
 
     fn store(value: f32) -> VarStore {
         let vs = nn::VarStore::new(Device::Cpu);
-        vs.root().var_copy("w", &Tensor::from_slice(&[value, value]));
+        let _ = vs
+            .root()
+            .var_copy("w", &Tensor::from_slice(&[value, value]));
         vs
     }
 
@@ -240,7 +266,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (model, ema) = (store(1.0), store(2.0));
         for step in [10, 20, 30] {
-            let contents = CheckpointContents { state: &state(step), model: &model, ema: &ema, optimizer: vec![] };
+            let contents = CheckpointContents {
+                state: &state(step),
+                model: &model,
+                ema: &ema,
+                optimizer: vec![],
+            };
             save(dir.path(), &contents, 2).unwrap();
         }
         fs::create_dir(dir.path().join("step-00000040.tmp")).unwrap();
@@ -256,7 +287,12 @@ mod tests {
     fn refuses_to_write_nan_weights() {
         let dir = tempfile::tempdir().unwrap();
         let model = store(f32::NAN);
-        let contents = CheckpointContents { state: &state(1), model: &model, ema: &store(0.0), optimizer: vec![] };
+        let contents = CheckpointContents {
+            state: &state(1),
+            model: &model,
+            ema: &store(0.0),
+            optimizer: vec![],
+        };
         let err = save(dir.path(), &contents, 1).unwrap_err();
         assert!(matches!(err, TrainError::NonFinite(_)), "{err}");
         assert!(list(dir.path()).is_empty());
@@ -268,7 +304,10 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         fs::write(&path, b"not a safetensors file").unwrap();
         let err = read_tensors(&path).unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("corrupt"),
+            "{err}"
+        );
         let err = read_state(dir.path()).unwrap_err().to_string();
         assert!(err.contains("state.json"), "{err}");
     }

@@ -105,10 +105,16 @@ impl Preset {
     /// # Errors
     /// [`TrainError::Config`] listing the valid names.
     pub fn from_name(name: &str) -> Result<Self, TrainError> {
-        Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
-            TrainError::Config(format!("unknown preset `{name}`: use one of {}", names.join(", ")))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                TrainError::Config(format!(
+                    "unknown preset `{name}`: use one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     /// The preset's configuration.
@@ -124,7 +130,10 @@ impl Preset {
                 objective: ObjectiveConfig::seed_notebook(),
                 optim: OptimConfig::seed_notebook(),
                 // The notebook has no EMA; a mild one costs little and sampling uses it.
-                ema: EmaConfig { decay: 0.999, warmup: true },
+                ema: EmaConfig {
+                    decay: 0.999,
+                    warmup: true,
+                },
                 precision: Precision::Bf16,
                 seed: 0,
                 epochs: Some(100),
@@ -137,7 +146,9 @@ impl Preset {
                 max_nonfinite_in_a_row: 20,
             },
             Preset::DdpmCifar10 => TrainConfig {
-                dataset: DatasetSpec::Cifar10 { split: Split::Train },
+                dataset: DatasetSpec::Cifar10 {
+                    split: Split::Train,
+                },
                 transform: TransformConfig::ho2020(),
                 schedule: BetaSchedule::ho2020(),
                 model: ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()),
@@ -151,8 +162,14 @@ impl Preset {
                 ..Preset::Seed.config()
             },
             Preset::FashionMnist => TrainConfig {
-                dataset: DatasetSpec::FashionMnist { split: Split::Train },
-                transform: TransformConfig { size: None, flip_p: 0.5, normalize: true },
+                dataset: DatasetSpec::FashionMnist {
+                    split: Split::Train,
+                },
+                transform: TransformConfig {
+                    size: None,
+                    flip_p: 0.5,
+                    normalize: true,
+                },
                 batch_size: 64,
                 // A quarter of the notebook's widths: ~16x fewer FLOPs per image, so that a
                 // 2-core CPU makes a few thousand steps in half an hour.
@@ -163,8 +180,16 @@ impl Preset {
                 }),
                 schedule: BetaSchedule::seed_notebook(),
                 objective: ObjectiveConfig::ho2020(),
-                optim: OptimConfig { lr: 2e-3, warmup_steps: 200, grad_clip: Some(1.0), ..OptimConfig::seed_notebook() },
-                ema: EmaConfig { decay: 0.995, warmup: true },
+                optim: OptimConfig {
+                    lr: 2e-3,
+                    warmup_steps: 200,
+                    grad_clip: Some(1.0),
+                    ..OptimConfig::seed_notebook()
+                },
+                ema: EmaConfig {
+                    decay: 0.995,
+                    warmup: true,
+                },
                 epochs: Some(3),
                 checkpoint_every: 500,
                 sample_every_epochs: 1,
@@ -214,9 +239,13 @@ impl TrainConfig {
             return bad("max_nonfinite_in_a_row = 0 is invalid: it must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.transform.flip_p) {
-            return bad(format!("transform.flip_p = {} is invalid: it must be in [0, 1]", self.transform.flip_p));
+            return bad(format!(
+                "transform.flip_p = {} is invalid: it must be in [0, 1]",
+                self.transform.flip_p
+            ));
         }
-        schedule::Schedule::new(&self.schedule).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        schedule::Schedule::new(&self.schedule)
+            .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         self.objective.validate()?;
         self.optim.validate()?;
         self.ema.validate()?;
@@ -235,7 +264,11 @@ impl TrainConfig {
     ///
     /// # Errors
     /// [`TrainError::Config`] naming an unknown key (with its dotted path) or a bad value.
-    pub fn resolve(preset: Preset, file: Option<&Value>, sets: &[(String, Value)]) -> Result<Self, TrainError> {
+    pub fn resolve(
+        preset: Preset,
+        file: Option<&Value>,
+        sets: &[(String, Value)],
+    ) -> Result<Self, TrainError> {
         preset.config().with_overrides(file, sets)
     }
 
@@ -244,7 +277,11 @@ impl TrainConfig {
     ///
     /// # Errors
     /// [`TrainError::Config`] naming an unknown key (with its dotted path) or a bad value.
-    pub fn with_overrides(&self, file: Option<&Value>, sets: &[(String, Value)]) -> Result<Self, TrainError> {
+    pub fn with_overrides(
+        &self,
+        file: Option<&Value>,
+        sets: &[(String, Value)],
+    ) -> Result<Self, TrainError> {
         let mut value = serde_json::to_value(self).expect("configs serialise");
         if let Some(file) = file {
             merge(&mut value, file, "")?;
@@ -266,14 +303,20 @@ const TAGS: [&str; 2] = ["kind", "arch"];
 fn merge(base: &mut Value, over: &Value, path: &str) -> Result<(), TrainError> {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
-            let switches_variant =
-                TAGS.iter().any(|tag| o.get(*tag).is_some_and(|v| b.get(*tag).is_some_and(|bv| bv != v)));
+            let switches_variant = TAGS.iter().any(|tag| {
+                o.get(*tag)
+                    .is_some_and(|v| b.get(*tag).is_some_and(|bv| bv != v))
+            });
             if switches_variant {
                 *b = o.clone();
                 return Ok(());
             }
             for (key, v) in o {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 match b.get_mut(key) {
                     Some(slot) => merge(slot, v, &child)?,
                     None => {
@@ -310,9 +353,11 @@ fn set_path(root: &mut Value, dotted: &str, value: Value) -> Result<(), TrainErr
 /// # Errors
 /// [`TrainError::Config`] when there is no `=`.
 pub fn parse_set(text: &str) -> Result<(String, Value), TrainError> {
-    let (key, raw) = text
-        .split_once('=')
-        .ok_or_else(|| TrainError::Config(format!("--set {text}: expected key=value, e.g. optim.lr=2e-4")))?;
+    let (key, raw) = text.split_once('=').ok_or_else(|| {
+        TrainError::Config(format!(
+            "--set {text}: expected key=value, e.g. optim.lr=2e-4"
+        ))
+    })?;
     let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     Ok((key.trim().to_string(), value))
 }
@@ -325,7 +370,9 @@ mod tests {
     fn presets_are_valid_and_round_trip() {
         for preset in Preset::ALL {
             let config = preset.config();
-            config.validate().unwrap_or_else(|e| panic!("{}: {e}", preset.name()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.name()));
             let json = serde_json::to_string(&config).unwrap();
             let back: TrainConfig = serde_json::from_str(&json).unwrap();
             assert_eq!(back, config);
@@ -347,15 +394,31 @@ mod tests {
     #[test]
     fn overrides_merge_and_unknown_keys_are_named() {
         let file = serde_json::json!({"optim": {"lr": 2e-4}, "epochs": 3});
-        let sets = vec![parse_set("batch_size=16").unwrap(), parse_set("optim.grad_clip=0.5").unwrap()];
+        let sets = vec![
+            parse_set("batch_size=16").unwrap(),
+            parse_set("optim.grad_clip=0.5").unwrap(),
+        ];
         let c = TrainConfig::resolve(Preset::Seed, Some(&file), &sets).unwrap();
-        assert_eq!((c.optim.lr, c.epochs, c.batch_size, c.optim.grad_clip), (2e-4, Some(3), 16, Some(0.5)));
+        assert_eq!(
+            (c.optim.lr, c.epochs, c.batch_size, c.optim.grad_clip),
+            (2e-4, Some(3), 16, Some(0.5))
+        );
 
-        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("optim.lrr=1").unwrap()]).unwrap_err();
-        assert!(err.to_string().contains("unknown config key `optim.lrr`"), "{err}");
-        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("optim.lr=-1").unwrap()]).unwrap_err();
+        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("optim.lrr=1").unwrap()])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown config key `optim.lrr`"),
+            "{err}"
+        );
+        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("optim.lr=-1").unwrap()])
+            .unwrap_err();
         assert!(err.to_string().contains("optim.lr = -1"), "{err}");
-        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("batch_size=\"x\"").unwrap()]).unwrap_err();
+        let err = TrainConfig::resolve(
+            Preset::Seed,
+            None,
+            &[parse_set("batch_size=\"x\"").unwrap()],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
         assert!(parse_set("novalue").is_err());
     }

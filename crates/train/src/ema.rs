@@ -21,7 +21,10 @@ pub struct EmaConfig {
 impl EmaConfig {
     /// Ho et al. 2020: decay 0.9999.
     pub fn ho2020() -> Self {
-        Self { decay: 0.9999, warmup: true }
+        Self {
+            decay: 0.9999,
+            warmup: true,
+        }
     }
 
     /// Checks that the decay is in [0, 1].
@@ -30,7 +33,10 @@ impl EmaConfig {
     /// [`TrainError::Config`] naming `ema.decay`.
     pub fn validate(&self) -> Result<(), TrainError> {
         if !(0.0..=1.0).contains(&self.decay) {
-            return Err(TrainError::Config(format!("ema.decay = {} is invalid: it must be in [0, 1]", self.decay)));
+            return Err(TrainError::Config(format!(
+                "ema.decay = {} is invalid: it must be in [0, 1]",
+                self.decay
+            )));
         }
         Ok(())
     }
@@ -61,7 +67,11 @@ impl Ema {
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] when the two stores do not hold the same names and shapes.
-    pub fn new(config: EmaConfig, ema_vs: &VarStore, model_vs: &VarStore) -> Result<Self, TrainError> {
+    pub fn new(
+        config: EmaConfig,
+        ema_vs: &VarStore,
+        model_vs: &VarStore,
+    ) -> Result<Self, TrainError> {
         let live = model_vs.variables();
         let mut shadow: Vec<(String, Tensor)> = ema_vs.variables().into_iter().collect();
         shadow.sort_by(|a, b| a.0.cmp(&b.0));
@@ -74,11 +84,13 @@ impl Ema {
         }
         let (mut averaged, mut copied) = (Vec::new(), Vec::new());
         for (name, mut e) in shadow {
-            let p = live
-                .get(&name)
-                .ok_or_else(|| TrainError::Checkpoint(format!("the model lacks EMA tensor `{name}`")))?;
+            let p = live.get(&name).ok_or_else(|| {
+                TrainError::Checkpoint(format!("the model lacks EMA tensor `{name}`"))
+            })?;
             if p.size() != e.size() {
-                return Err(TrainError::Checkpoint(format!("EMA tensor `{name}` has another shape than the model's")));
+                return Err(TrainError::Checkpoint(format!(
+                    "EMA tensor `{name}` has another shape than the model's"
+                )));
             }
             tch::no_grad(|| e.copy_(p));
             if p.requires_grad() {
@@ -87,7 +99,12 @@ impl Ema {
                 copied.push((e, p.shallow_clone()));
             }
         }
-        Ok(Self { config, averaged, copied, updates: 0 })
+        Ok(Self {
+            config,
+            averaged,
+            copied,
+            updates: 0,
+        })
     }
 
     /// The number of updates so far.
@@ -126,9 +143,17 @@ mod tests {
         let mut w = model.root().var_copy("w", &Tensor::from_slice(&[1.0f32]));
         let mut b = model.root().zeros_no_train("running_mean", &[1]);
         let shadow = nn::VarStore::new(Device::Cpu);
-        shadow.root().zeros("w", &[1]);
-        shadow.root().zeros_no_train("running_mean", &[1]);
-        let mut ema = Ema::new(EmaConfig { decay: 0.9, warmup: false }, &shadow, &model).unwrap();
+        let _ = shadow.root().zeros("w", &[1]);
+        let _ = shadow.root().zeros_no_train("running_mean", &[1]);
+        let mut ema = Ema::new(
+            EmaConfig {
+                decay: 0.9,
+                warmup: false,
+            },
+            &shadow,
+            &model,
+        )
+        .unwrap();
         tch::no_grad(|| {
             w.copy_(&Tensor::from_slice(&[2.0f32]));
             b.copy_(&Tensor::from_slice(&[5.0f32]));
@@ -142,10 +167,18 @@ mod tests {
 
     #[test]
     fn warmup_decay_grows_towards_the_target() {
-        let c = EmaConfig { decay: 0.9999, warmup: true };
+        let c = EmaConfig {
+            decay: 0.9999,
+            warmup: true,
+        };
         assert!((c.decay_at(0) - 0.1).abs() < 1e-12);
         assert!(c.decay_at(100) < c.decay_at(1000));
         assert_eq!(c.decay_at(10_000_000), 0.9999);
-        assert!(EmaConfig { decay: 1.5, warmup: false }.validate().is_err());
+        assert!(EmaConfig {
+            decay: 1.5,
+            warmup: false
+        }
+        .validate()
+        .is_err());
     }
 }

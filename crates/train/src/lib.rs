@@ -6,12 +6,13 @@
 //! - [`optim`]: Adam/AdamW with warm-up, cosine decay and clipping; moments are checkpointed.
 //! - [`ema`]: the weight average sampling uses.
 //! - [`checkpoint`]: atomic checkpoint directories.
-//! - [`sample`]: DDPM ancestral sampling and DDIM.
+//! - [`sample`]: DDPM ancestral sampling, DDIM and DPM-Solver++(2M), batched and seeded.
 //! - [`trainer`]: the loop.
 
 pub mod checkpoint;
 pub mod config;
 pub mod ema;
+pub mod fid;
 pub mod images;
 pub mod objective;
 pub mod optim;
@@ -23,9 +24,19 @@ pub use trainer::{MetricsRecord, RunEnd, StepOutcome, TrainHooks, Trainer};
 
 /// Runs the network, under bf16 autocast when `autocast` is set (CUDA only), and returns its
 /// output in f32: losses and samplers always compute in f32.
-pub fn forward(model: &dyn model::Denoiser, xs: &tch::Tensor, t: &tch::Tensor, train: bool, autocast: bool) -> tch::Tensor {
+pub fn forward(
+    model: &dyn model::Denoiser,
+    xs: &tch::Tensor,
+    t: &tch::Tensor,
+    train: bool,
+    autocast: bool,
+) -> tch::Tensor {
     let run = || model.forward_t(xs, t, train);
-    let out = if autocast { model::autocast_bf16(xs.device(), run) } else { run() };
+    let out = if autocast {
+        model::autocast_bf16(xs.device(), run)
+    } else {
+        run()
+    };
     out.to_kind(tch::Kind::Float)
 }
 

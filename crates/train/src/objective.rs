@@ -55,12 +55,20 @@ pub struct ObjectiveConfig {
 impl ObjectiveConfig {
     /// The notebook: ε-prediction with an L1 loss.
     pub fn seed_notebook() -> Self {
-        Self { prediction: Prediction::Eps, loss: LossKind::L1, huber_delta: 1.0, min_snr_gamma: None }
+        Self {
+            prediction: Prediction::Eps,
+            loss: LossKind::L1,
+            huber_delta: 1.0,
+            min_snr_gamma: None,
+        }
     }
 
     /// The paper: ε-prediction with L_simple (L2).
     pub fn ho2020() -> Self {
-        Self { loss: LossKind::L2, ..Self::seed_notebook() }
+        Self {
+            loss: LossKind::L2,
+            ..Self::seed_notebook()
+        }
     }
 
     /// Checks the numeric fields, naming the bad one.
@@ -105,7 +113,8 @@ pub fn training_loss(
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),
         Prediction::V => {
-            extract(&sched.sqrt_alphas_cumprod, t, 4) * noise - extract(&sched.sqrt_one_minus_alphas_cumprod, t, 4) * x_0
+            extract(&sched.sqrt_alphas_cumprod, t, 4) * noise
+                - extract(&sched.sqrt_one_minus_alphas_cumprod, t, 4) * x_0
         }
     };
     let element = match config.loss {

@@ -75,7 +75,13 @@ impl OptimConfig {
 
     /// Ho et al. 2020, App. B: Adam 2e-4, 5000 warm-up steps, gradients clipped to norm 1.
     pub fn ho2020() -> Self {
-        Self { lr: 2e-4, eps: 1e-8, warmup_steps: 5000, grad_clip: Some(1.0), ..Self::seed_notebook() }
+        Self {
+            lr: 2e-4,
+            eps: 1e-8,
+            warmup_steps: 5000,
+            grad_clip: Some(1.0),
+            ..Self::seed_notebook()
+        }
     }
 
     /// Checks ranges, naming the bad field.
@@ -84,7 +90,9 @@ impl OptimConfig {
     /// [`TrainError::Config`] for a non-positive learning rate, betas outside [0, 1), and so on.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |field: &str, value: f64, want: &str| {
-            Err(TrainError::Config(format!("optim.{field} = {value} is invalid: {want}")))
+            Err(TrainError::Config(format!(
+                "optim.{field} = {value} is invalid: {want}"
+            )))
         };
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr, "it must be positive");
@@ -106,7 +114,11 @@ impl OptimConfig {
         }
         if let Some(clip) = self.grad_clip {
             if !(clip > 0.0) {
-                return bad("grad_clip", clip, "it must be positive, or null for no clipping");
+                return bad(
+                    "grad_clip",
+                    clip,
+                    "it must be positive, or null for no clipping",
+                );
             }
         }
         Ok(())
@@ -122,7 +134,10 @@ impl OptimConfig {
             LrDecay::Cosine => {
                 let span = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
                 let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+                self.min_lr
+                    + 0.5
+                        * (self.lr - self.min_lr)
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
             }
         }
     }
@@ -142,14 +157,24 @@ pub struct Adam {
 impl Adam {
     /// An optimizer for every trainable variable of `vs`, in name order.
     pub fn new(vs: &VarStore, config: OptimConfig) -> Self {
-        let mut named: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, params): (Vec<_>, Vec<_>) = named.into_iter().unzip();
         let zeros = |p: &Tensor| Tensor::zeros_like(p).set_requires_grad(false);
         let exp_avg = params.iter().map(zeros).collect();
         let exp_avg_sq = params.iter().map(zeros).collect();
-        Self { config, names, params, exp_avg, exp_avg_sq, step: 0 }
+        Self {
+            config,
+            names,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+        }
     }
 
     /// The number of updates applied so far.
@@ -210,7 +235,12 @@ impl Adam {
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            for ((p, m), v) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.exp_avg)
+                .zip(&mut self.exp_avg_sq)
+            {
                 let mut g = p.grad();
                 if !g.defined() {
                     continue;
@@ -235,7 +265,11 @@ impl Adam {
     /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.names.len());
-        for (name, (m, v)) in self.names.iter().zip(self.exp_avg.iter().zip(&self.exp_avg_sq)) {
+        for (name, (m, v)) in self
+            .names
+            .iter()
+            .zip(self.exp_avg.iter().zip(&self.exp_avg_sq))
+        {
             out.push((format!("exp_avg.{name}"), m.shallow_clone()));
             out.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
         }
@@ -246,15 +280,24 @@ impl Adam {
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] when a moment is missing or has the wrong shape.
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<(), TrainError> {
-        let map: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    pub fn load_state(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        step: u64,
+    ) -> Result<(), TrainError> {
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         tch::no_grad(|| {
-            for (name, (m, v)) in self.names.iter().zip(self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut())) {
+            for (name, (m, v)) in self
+                .names
+                .iter()
+                .zip(self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut()))
+            {
                 for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
                     let key = format!("{prefix}.{name}");
-                    let src = map
-                        .get(key.as_str())
-                        .ok_or_else(|| TrainError::Checkpoint(format!("optimizer state lacks `{key}`")))?;
+                    let src = map.get(key.as_str()).ok_or_else(|| {
+                        TrainError::Checkpoint(format!("optimizer state lacks `{key}`"))
+                    })?;
                     if src.size() != dst.size() {
                         return Err(TrainError::Checkpoint(format!(
                             "optimizer state `{key}` has shape {:?}, the model needs {:?}",
@@ -282,13 +325,24 @@ mod tests {
     #[test]
     fn first_adam_step_moves_by_lr_times_sign() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let p = vs.root().var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
-        let mut opt = Adam::new(&vs, OptimConfig { eps: 1e-12, ..OptimConfig::seed_notebook() });
+        let p = vs
+            .root()
+            .var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let mut opt = Adam::new(
+            &vs,
+            OptimConfig {
+                eps: 1e-12,
+                ..OptimConfig::seed_notebook()
+            },
+        );
         let loss = (&p * Tensor::from_slice(&[0.5f32, 0.1])).sum(Kind::Float);
         loss.backward();
         opt.step(0.01);
         let got: Vec<f32> = Vec::try_from(&p).unwrap();
-        assert!((got[0] - 0.99).abs() < 1e-6 && (got[1] + 2.01).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 0.99).abs() < 1e-6 && (got[1] + 2.01).abs() < 1e-6,
+            "{got:?}"
+        );
         assert_eq!(opt.step_count(), 1);
     }
 
@@ -297,8 +351,17 @@ mod tests {
     #[test]
     fn three_steps_match_torch_adam() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let p = vs.root().var_copy("p", &Tensor::from_slice(&[1.0f32, -0.5]));
-        let mut opt = Adam::new(&vs, OptimConfig { lr: 0.1, eps: 1e-8, ..OptimConfig::seed_notebook() });
+        let p = vs
+            .root()
+            .var_copy("p", &Tensor::from_slice(&[1.0f32, -0.5]));
+        let mut opt = Adam::new(
+            &vs,
+            OptimConfig {
+                lr: 0.1,
+                eps: 1e-8,
+                ..OptimConfig::seed_notebook()
+            },
+        );
         for _ in 0..3 {
             opt.zero_grad();
             (&p * &p).sum(Kind::Float).g_mul_scalar(0.5).backward();
@@ -314,7 +377,13 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let c = OptimConfig { warmup_steps: 10, decay: LrDecay::Cosine, min_lr: 0.0, lr: 1.0, ..OptimConfig::seed_notebook() };
+        let c = OptimConfig {
+            warmup_steps: 10,
+            decay: LrDecay::Cosine,
+            min_lr: 0.0,
+            lr: 1.0,
+            ..OptimConfig::seed_notebook()
+        };
         assert!((c.lr_at(0, 110) - 0.1).abs() < 1e-12);
         assert!((c.lr_at(9, 110) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(10, 110) - 1.0).abs() < 1e-12);
@@ -341,13 +410,20 @@ mod tests {
         let mut opt = Adam::new(&vs, OptimConfig::seed_notebook());
         (&p * &p).sum(Kind::Float).backward();
         opt.step(0.1);
-        let saved: Vec<(String, Tensor)> = opt.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let saved: Vec<(String, Tensor)> = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
         let mut fresh = Adam::new(&vs, OptimConfig::seed_notebook());
         fresh.load_state(&saved, 1).unwrap();
         for ((_, a), (_, b)) in fresh.state_tensors().iter().zip(&saved) {
             assert!(a.equal(b));
         }
-        let bad = vec![("exp_avg.p".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu)))];
+        let bad = vec![(
+            "exp_avg.p".to_string(),
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+        )];
         let err = fresh.load_state(&bad, 1).unwrap_err().to_string();
         assert!(err.contains("exp_avg.p") && err.contains("[3]"), "{err}");
     }

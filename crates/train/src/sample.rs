@@ -1,14 +1,32 @@
-//! Samplers: DDPM ancestral sampling (Ho et al. 2020, Alg. 2) and DDIM (Song et al. 2021).
+//! Samplers: DDPM ancestral sampling (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021, Eq. 12)
+//! and DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2, multistep second order in the
+//! data-prediction form, as diffusers' `DPMSolverMultistepScheduler` with
+//! `algorithm_type="dpmsolver++"`, `solver_order=2`, `lower_order_final=True` and
+//! `final_sigmas_type="zero"`).
 //!
-//! Both take the network and the schedule as arguments, run in f32 whatever precision the
-//! network uses, and draw all their randomness from a seed, so a fixed seed gives fixed images
-//! on the CPU.
+//! The samplers take the network and the schedule as arguments and run in f32 whatever precision
+//! the network uses. [`Sampler`] is one reverse step on given tensors (noise is an argument, so a
+//! fixed input gives a fixed output); [`sample`] runs whole chains for one batch and
+//! [`sample_batches`] for any number of images, batch by batch.
+//!
+//! # Randomness
+//!
+//! All noise comes from libtorch's generator, which is global to the process: [`sample`] seeds
+//! it with `seed`, and batch `b` of [`sample_batches`] with [`batch_seed`]`(seed, b)`. On one
+//! device, with the same libtorch build and thread count, the same checkpoint, sampler, seed,
+//! batch size and image count give bit-identical images. A batch's images do not depend on how
+//! many batches follow it, so the first `k · batch_size` images of a larger request are
+//! bit-identical to a request for `k · batch_size`. A last, partial batch draws its noise at the
+//! full batch size and keeps the leading rows, so every image's noise is a function of
+//! (seed, batch size, index) alone; its pixels then match a larger request's up to the rounding
+//! of the network, which libtorch may run with other kernels at another batch size. A different
+//! `batch_size`, or another device, gives other images.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use model::Denoiser;
-use schedule::tensor::ScheduleTensors;
+use schedule::tensor::{ScheduleTensors, StepOutput};
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
 use crate::objective::Prediction;
@@ -23,13 +41,24 @@ pub enum SamplerConfig {
         /// The reverse variance.
         variance: VarianceType,
     },
-    /// DDIM over `steps` of the T steps; η = 0 is deterministic, η = 1 matches DDPM's β̃.
+    /// DDIM over `steps` of the T steps; η = 0 is deterministic, η = 1 over all T steps is
+    /// DDPM with σ_t² = β̃_t.
     Ddim {
         /// Number of sampling steps (≤ T).
         steps: usize,
-        /// η of Song et al. 2021, Eq. 16.
+        /// η of Song et al. 2021, Eq. 16, in [0, 1].
         eta: f64,
         /// How the steps are spread over 0..T.
+        spacing: TimestepSpacing,
+    },
+    /// DPM-Solver++(2M): deterministic, second order; 15–25 steps give samples close to DDPM's
+    /// with 1000 (Lu et al. 2022, §6). The first step is first order (no history yet) and the
+    /// last goes to σ = 0, that is to x̂_0 (diffusers' `final_sigmas_type="zero"`).
+    DpmSolverPp {
+        /// Number of sampling steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread over 0..T; `trailing` starts from t = T − 1, as diffusers'
+        /// default `linspace` (over T + 1 points) nearly does.
         spacing: TimestepSpacing,
     },
 }
@@ -37,28 +66,40 @@ pub enum SamplerConfig {
 impl SamplerConfig {
     /// The notebook's sampler: ancestral, σ_t² = β̃_t (its `posterior_variance`).
     pub fn seed_notebook() -> Self {
-        SamplerConfig::Ddpm { variance: VarianceType::FixedSmall }
+        SamplerConfig::Ddpm {
+            variance: VarianceType::FixedSmall,
+        }
     }
-}
 
-/// The result of sampling.
-#[derive(Debug)]
-pub struct SampleOutput {
-    /// Final samples, `[N, C, H, W]` f32 on the model's device, clamped to [-1, 1].
-    pub images: Tensor,
-    /// `(t, x_t)` at evenly spaced points of the chain (the last is the final sample), for
-    /// reverse-process strips and GIFs; each `[N, C, H, W]` f32 on the CPU.
-    pub snapshots: Vec<(usize, Tensor)>,
-}
-
-/// Converts a network output to ε_θ according to what the network predicts.
-fn to_eps(output: &Tensor, prediction: Prediction, sched: &ScheduleTensors, t: usize, x_t: &Tensor) -> Tensor {
-    let s = sched.schedule();
-    let (a, b) = (s.sqrt_alphas_cumprod()[t], s.sqrt_one_minus_alphas_cumprod()[t]);
-    match prediction {
-        Prediction::Eps => output.shallow_clone(),
-        Prediction::X0 => (x_t - output * a) / b,
-        Prediction::V => output * a + x_t * b,
+    /// The timesteps this sampler visits on a schedule of `n_train_steps`, in sampling order.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, or `eta`
+    /// when it is outside [0, 1].
+    pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, TrainError> {
+        let sub = |steps: usize, spacing| {
+            Timesteps::new(n_train_steps, steps, spacing).map_err(|_| {
+                TrainError::Config(format!(
+                    "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
+                ))
+            })
+        };
+        match self {
+            SamplerConfig::Ddpm { .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddim {
+                steps,
+                eta,
+                spacing,
+            } => {
+                if !(0.0..=1.0).contains(eta) {
+                    return Err(TrainError::Config(format!(
+                        "eta = {eta} is invalid: it must be in [0, 1]"
+                    )));
+                }
+                sub(*steps, *spacing)
+            }
+            SamplerConfig::DpmSolverPp { steps, spacing } => sub(*steps, *spacing),
+        }
     }
 }
 
@@ -75,12 +116,280 @@ pub struct SampleOptions {
     pub autocast: bool,
 }
 
-/// Draws `shape[0]` samples.
+/// The result of sampling.
+#[derive(Debug)]
+pub struct SampleOutput {
+    /// Final samples, `[N, C, H, W]` f32 on the model's device, clamped to [-1, 1].
+    pub images: Tensor,
+    /// `(t, x)` after `min(n_snapshots, steps)` evenly spaced steps, where `x` is the sample
+    /// after the step at timestep `t`; the last is the final sample. For reverse-process strips
+    /// and GIFs; each `[M, C, H, W]` f32 on the CPU, clamped to [-1, 1], where M is every image
+    /// for [`sample`] and the images of [`BatchPlan::n_chains`] for [`sample_batches`].
+    pub snapshots: Vec<(usize, Tensor)>,
+}
+
+/// One reverse step of a sampler on given tensors.
 ///
-/// `on_step(i, n)` is called after each of the n steps (for progress bars).
+/// Steps are numbered by their index `i` in [`Sampler::timesteps`], in sampling order. DDPM and
+/// DDIM steps are independent of one another; DPM-Solver++(2M) remembers x̂_0 of the previous
+/// step, so its steps must be taken in order from `i = 0` for one chain (a step whose previous
+/// index was not the last one taken falls back to first order).
+#[derive(Debug)]
+pub struct Sampler<'a> {
+    sched: &'a ScheduleTensors,
+    config: SamplerConfig,
+    prediction: Prediction,
+    clip_x0: bool,
+    timesteps: Timesteps,
+    /// DPM-Solver++: the index of the last step taken and its x̂_0.
+    previous: Option<(usize, Tensor)>,
+}
+
+impl<'a> Sampler<'a> {
+    /// A sampler for `config` on `sched`, for a network that predicts `prediction`, clamping
+    /// x̂_0 to [-1, 1] when `clip_x0` is set.
+    ///
+    /// # Errors
+    /// As [`SamplerConfig::timesteps`].
+    pub fn new(
+        sched: &'a ScheduleTensors,
+        config: &SamplerConfig,
+        prediction: Prediction,
+        clip_x0: bool,
+    ) -> Result<Self, TrainError> {
+        let timesteps = config.timesteps(sched.schedule().n_steps())?;
+        Ok(Self {
+            sched,
+            config: config.clone(),
+            prediction,
+            clip_x0,
+            timesteps,
+            previous: None,
+        })
+    }
+
+    /// The timesteps, in sampling order; step `i` runs the network at `timesteps()[i]`.
+    pub fn timesteps(&self) -> &[usize] {
+        self.timesteps.as_slice()
+    }
+
+    /// Whether step `i` adds noise, so that [`Sampler::step`] needs a `noise` tensor.
+    ///
+    /// # Panics
+    /// When `i` is not a step index.
+    pub fn needs_noise(&self, i: usize) -> bool {
+        let t = self.timesteps()[i];
+        match &self.config {
+            SamplerConfig::Ddpm { .. } => t > 0,
+            SamplerConfig::Ddim { eta, .. } => {
+                *eta > 0.0 && self.timesteps.prev_timestep(t).is_some()
+            }
+            SamplerConfig::DpmSolverPp { .. } => false,
+        }
+    }
+
+    /// x̂_0 and ε̂ from the network's output at `t` (Eq. 4 solved for the missing one), with
+    /// x̂_0 clamped and ε̂ re-derived from it when clipping, so that the step stays consistent
+    /// (diffusers' `use_clipped_model_output`).
+    fn x0_and_eps(&self, model_output: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, Tensor) {
+        let s = self.sched.schedule();
+        let (a, b) = (
+            s.sqrt_alphas_cumprod()[t],
+            s.sqrt_one_minus_alphas_cumprod()[t],
+        );
+        let (x0, eps) = match self.prediction {
+            Prediction::Eps => (
+                self.sched.pred_x0(model_output, t, x_t),
+                model_output.shallow_clone(),
+            ),
+            Prediction::X0 => (model_output.shallow_clone(), (x_t - model_output * a) / b),
+            // v = √ᾱ ε − √(1 − ᾱ) x_0 and x_t = √ᾱ x_0 + √(1 − ᾱ) ε.
+            Prediction::V => (x_t * a - model_output * b, model_output * a + x_t * b),
+        };
+        if self.clip_x0 {
+            let x0 = x0.clamp(-1.0, 1.0);
+            let eps = (x_t - &x0 * a) / b;
+            (x0, eps)
+        } else {
+            (x0, eps)
+        }
+    }
+
+    /// One step from `x_t` at `timesteps()[i]` to the next timestep (or to x_0 after the last),
+    /// given the network's output there.
+    ///
+    /// - DDPM: x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z (Alg. 2 with the mean of Eq. 7; Eq. 11 without
+    ///   clipping), no noise at t = 0.
+    /// - DDIM: Eq. 12 with σ_t(η) of Eq. 16.
+    /// - DPM-Solver++(2M), with λ = ln(α/σ), α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), h = λ_t − λ_s:
+    ///   x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D with D = x̂_0(s) at the first step, and
+    ///   D = x̂_0(s) + (1/(2 r)) (x̂_0(s) − x̂_0(s′)), r = (λ_s − λ_{s′})/h, after it (Lu et al.
+    ///   2022, Alg. 2, the `midpoint` form); the last step returns x̂_0.
+    ///
+    /// # Shapes
+    /// `model_output`, `x_t` and `noise` (z ~ N(0, I)): `[N, C, H, W]` f32. Both outputs
+    /// `[N, C, H, W]`.
+    ///
+    /// # Panics
+    /// When `i` is not a step index, or `noise` is `None` where [`Sampler::needs_noise`].
+    pub fn step(
+        &mut self,
+        i: usize,
+        model_output: &Tensor,
+        x_t: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> StepOutput {
+        let t = self.timesteps()[i];
+        let t_prev = self.timesteps.prev_timestep(t);
+        let noise = || {
+            noise.unwrap_or_else(|| panic!("step {i} (t = {t}) adds noise: pass a noise tensor"))
+        };
+        match &self.config {
+            SamplerConfig::Ddpm { variance } => {
+                if self.prediction == Prediction::Eps && !self.clip_x0 {
+                    // Eq. 11 as `schedule` writes it; `noise` is unused at t = 0.
+                    return self.sched.step(
+                        model_output,
+                        t,
+                        x_t,
+                        if t > 0 { noise() } else { x_t },
+                        *variance,
+                    );
+                }
+                let (x0, _) = self.x0_and_eps(model_output, x_t, t);
+                let mean = self.sched.posterior_mean(&x0, x_t, t);
+                let prev_sample = match t {
+                    0 => mean,
+                    _ => {
+                        mean + noise() * self.sched.schedule().reverse_variance(t, *variance).sqrt()
+                    }
+                };
+                StepOutput {
+                    prev_sample,
+                    pred_x0: x0,
+                }
+            }
+            SamplerConfig::Ddim { eta, .. } => {
+                let (x0, eps) = self.x0_and_eps(model_output, x_t, t);
+                let noise = if self.needs_noise(i) { noise() } else { x_t };
+                let out = self
+                    .sched
+                    .ddim_step(&eps, t, t_prev, x_t, noise, *eta)
+                    .expect("the timesteps and eta were checked in Sampler::new");
+                StepOutput {
+                    prev_sample: out.prev_sample,
+                    pred_x0: x0,
+                }
+            }
+            SamplerConfig::DpmSolverPp { .. } => {
+                let (x0, _) = self.x0_and_eps(model_output, x_t, t);
+                let previous = self
+                    .previous
+                    .take()
+                    .filter(|(idx, _)| i > 0 && *idx == i - 1);
+                let prev_sample = match t_prev {
+                    // σ = 0 at the end: x_0 = x̂_0 (first order, as diffusers' lower_order_final).
+                    None => x0.shallow_clone(),
+                    Some(t_next) => {
+                        let s = self.sched.schedule();
+                        let lambda = |t: usize| {
+                            0.5 * s.alphas_cumprod()[t].ln()
+                                - 0.5 * (1.0 - s.alphas_cumprod()[t]).ln()
+                        };
+                        let h = lambda(t_next) - lambda(t);
+                        let sigma_ratio = s.sqrt_one_minus_alphas_cumprod()[t_next]
+                            / s.sqrt_one_minus_alphas_cumprod()[t];
+                        let d_coef = -s.sqrt_alphas_cumprod()[t_next] * (-h).exp_m1();
+                        let d = match &previous {
+                            None => x0.shallow_clone(),
+                            Some((prev_idx, prev_x0)) => {
+                                let t_before = self.timesteps()[*prev_idx];
+                                let r = (lambda(t) - lambda(t_before)) / h;
+                                &x0 * (1.0 + 0.5 / r) - prev_x0 * (0.5 / r)
+                            }
+                        };
+                        x_t * sigma_ratio + d * d_coef
+                    }
+                };
+                self.previous = Some((i, x0.shallow_clone()));
+                StepOutput {
+                    prev_sample,
+                    pred_x0: x0,
+                }
+            }
+        }
+    }
+}
+
+/// The indices of the steps after which a chain of `n_steps` is snapshotted: `n` evenly spaced
+/// ones, `n = min(n_snapshots, n_steps)`, the last being the final step.
+fn snapshot_steps(n_steps: usize, n_snapshots: usize) -> Vec<usize> {
+    let n = n_snapshots.min(n_steps);
+    (1..=n).map(|k| k * n_steps / n - 1).collect()
+}
+
+/// Runs `shape[0]` chains. Noise is drawn `noise_rows ≥ shape[0]` rows at a time and the leading
+/// rows kept; snapshots keep the first `snapshot_rows` images.
+#[allow(clippy::too_many_arguments)]
+fn run_chains(
+    model: &dyn Denoiser,
+    sched: &ScheduleTensors,
+    config: &SamplerConfig,
+    options: &SampleOptions,
+    shape: [i64; 4],
+    noise_rows: i64,
+    snapshot_rows: i64,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput, TrainError> {
+    let mut sampler = Sampler::new(sched, config, options.prediction, options.clip_x0)?;
+    let steps = sampler.timesteps().to_vec();
+    let n = steps.len();
+    let snapshot_at = snapshot_steps(n, options.n_snapshots);
+    let device = sched.device();
+    let [n_images, c, h, w] = shape;
+    let randn = || {
+        let xs = Tensor::randn([noise_rows, c, h, w], (Kind::Float, device));
+        if noise_rows == n_images {
+            xs
+        } else {
+            xs.narrow(0, 0, n_images)
+        }
+    };
+    tch::no_grad(|| {
+        let mut x = randn();
+        let mut snapshots = Vec::with_capacity(snapshot_at.len());
+        for (i, &t) in steps.iter().enumerate() {
+            let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
+            let out = crate::forward(model, &x, &t_batch, false, options.autocast);
+            let noise = sampler.needs_noise(i).then(randn);
+            x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;
+            if snapshot_at.contains(&i) && snapshot_rows > 0 {
+                snapshots.push((
+                    t,
+                    x.narrow(0, 0, snapshot_rows)
+                        .clamp(-1.0, 1.0)
+                        .to_device(Device::Cpu),
+                ));
+            }
+            on_step(i + 1, n);
+        }
+        Ok(SampleOutput {
+            images: x.clamp(-1.0, 1.0),
+            snapshots,
+        })
+    })
+}
+
+/// Draws `shape[0]` samples with libtorch's generator seeded with `seed`.
+///
+/// `on_step(i, n)` is called after each of the n steps (for progress bars). Equal to batch 0
+/// of [`sample_batches`] with the same seed and `batch_size = shape[0]`.
+///
+/// # Shapes
+/// `shape`: `[N, C, H, W]` of the images; returns `[N, C, H, W]` (see [`SampleOutput`]).
 ///
 /// # Errors
-/// [`TrainError::Config`] for impossible settings (more DDIM steps than T, η < 0).
+/// [`TrainError::Config`] for impossible settings (more steps than T, η outside [0, 1]).
 pub fn sample(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
@@ -90,76 +399,282 @@ pub fn sample(
     seed: u64,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<SampleOutput, TrainError> {
-    let n_train = sched.schedule().n_steps();
-    let timesteps = match config {
-        SamplerConfig::Ddpm { .. } => Timesteps::full(n_train),
-        SamplerConfig::Ddim { steps, eta, spacing } => {
-            if !(*eta >= 0.0) {
-                return Err(TrainError::Config(format!("--eta {eta} is invalid: it must be >= 0")));
-            }
-            Timesteps::new(n_train, *steps, *spacing).map_err(|e| TrainError::Config(format!("--steps: {e}")))?
-        }
-    };
-    let steps: Vec<usize> = timesteps.as_slice().to_vec();
-    let n = steps.len();
-    // Snapshot after step i when i is a multiple of n / n_snapshots counted from the end, so
-    // the last snapshot is the final sample (the notebook's `i % stepsize == 0`).
-    let stride = if options.n_snapshots == 0 { usize::MAX } else { (n / options.n_snapshots).max(1) };
-    let device = sched.device();
+    // Check before seeding, so that an error leaves the generator alone.
+    config.timesteps(sched.schedule().n_steps())?;
     tch::manual_seed(seed as i64);
-    let output = tch::no_grad(|| -> Result<SampleOutput, TrainError> {
-        let mut x = Tensor::randn(shape, (Kind::Float, device));
-        let mut snapshots = Vec::new();
-        for (i, &t) in steps.iter().enumerate() {
-            let t_batch = Tensor::full([shape[0]], t as i64, (Kind::Int64, device));
-            let out = crate::forward(model, &x, &t_batch, false, options.autocast);
-            let mut eps = to_eps(&out, options.prediction, sched, t, &x);
-            let noise = Tensor::randn_like(&x);
-            x = match config {
-                SamplerConfig::Ddpm { variance } => {
-                    if options.clip_x0 {
-                        let x0 = sched.pred_x0(&eps, t, &x).clamp(-1.0, 1.0);
-                        let mean = sched.posterior_mean(&x0, &x, t);
-                        match t {
-                            0 => mean,
-                            _ => mean + noise * sched.schedule().reverse_variance(t, *variance).sqrt(),
-                        }
-                    } else {
-                        sched.step(&eps, t, &x, &noise, *variance).prev_sample
-                    }
-                }
-                SamplerConfig::Ddim { eta, .. } => {
-                    let t_prev = timesteps.prev_timestep(t);
-                    if options.clip_x0 {
-                        // Re-derive ε from the clipped x̂_0 so the step stays on the DDIM path.
-                        let x0 = sched.pred_x0(&eps, t, &x).clamp(-1.0, 1.0);
-                        let s = sched.schedule();
-                        eps = (&x * s.sqrt_recip_alphas_cumprod()[t] - x0) / s.sqrt_recipm1_alphas_cumprod()[t];
-                    }
-                    sched
-                        .ddim_step(&eps, t, t_prev, &x, &noise, *eta)
-                        .map_err(|e| TrainError::Config(e.to_string()))?
-                        .prev_sample
-                }
-            };
-            let remaining = n - 1 - i;
-            if remaining % stride == 0 && snapshots.len() < options.n_snapshots {
-                snapshots.push((t, x.clamp(-1.0, 1.0).to_device(tch::Device::Cpu)));
-            }
-            on_step(i + 1, n);
+    run_chains(
+        model,
+        sched,
+        config,
+        options,
+        shape,
+        shape[0],
+        shape[0],
+        &mut on_step,
+    )
+}
+
+/// The seed of batch `batch_idx` of a request seeded with `seed`: `seed + batch_idx · K` (mod
+/// 2⁶⁴) with K = ⌊2⁶⁴/φ⌋, odd. Batch 0 uses `seed` itself; libtorch's CPU generator reads only
+/// the low 32 bits of a seed, on which `batch_idx ↦ batch_seed` is one to one for 2³² batches,
+/// and small seeds 0, 1, 2, … would need billions of batches to meet each other's streams.
+///
+/// ```
+/// use train::sample::batch_seed;
+///
+/// assert_eq!(batch_seed(7, 0), 7);
+/// assert_ne!(batch_seed(7, 1) as u32, batch_seed(7, 2) as u32);
+/// ```
+pub fn batch_seed(seed: u64, batch_idx: usize) -> u64 {
+    seed.wrapping_add((batch_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// How many images to draw, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// Images in all.
+    pub n_images: usize,
+    /// Images per batch (bounds memory); the last batch may be smaller.
+    pub batch_size: usize,
+    /// `[C, H, W]` of one image.
+    pub image_shape: [i64; 3],
+    /// Seeds batch `b` with [`batch_seed`]`(seed, b)`.
+    pub seed: u64,
+    /// Keep the snapshots of the first `n_chains` images of the request (for strips and GIFs).
+    pub n_chains: usize,
+}
+
+impl BatchPlan {
+    /// The number of batches.
+    pub fn n_batches(&self) -> usize {
+        self.n_images.div_ceil(self.batch_size.max(1))
+    }
+
+    fn validate(&self) -> Result<(), TrainError> {
+        if self.n_images == 0 {
+            return Err(TrainError::Config(
+                "n_images = 0: ask for at least one image".into(),
+            ));
         }
-        Ok(SampleOutput { images: x.clamp(-1.0, 1.0), snapshots })
-    })?;
-    Ok(output)
+        if self.batch_size == 0 {
+            return Err(TrainError::Config(
+                "batch_size = 0: it must be at least 1".into(),
+            ));
+        }
+        if self.image_shape.iter().any(|&d| d < 1) {
+            return Err(TrainError::Config(format!(
+                "image_shape {:?} has an empty dimension",
+                self.image_shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One batch of a [`sample_batches`] request.
+#[derive(Debug)]
+pub struct SampledBatch {
+    /// The batch's index, from 0.
+    pub batch_idx: usize,
+    /// The index of its first image in the request.
+    pub first_image: usize,
+    /// Its images, and the snapshots of those among the first [`BatchPlan::n_chains`] images
+    /// of the request (empty snapshots otherwise).
+    pub output: SampleOutput,
+}
+
+/// The batches of a request, generated lazily, in order (see [`sample_batches`]).
+pub struct SampleBatches<'a, F: FnMut(usize, usize)> {
+    model: &'a dyn Denoiser,
+    sched: &'a ScheduleTensors,
+    config: SamplerConfig,
+    options: SampleOptions,
+    plan: BatchPlan,
+    next_batch: usize,
+    on_step: F,
+}
+
+impl<F: FnMut(usize, usize)> std::fmt::Debug for SampleBatches<'_, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleBatches")
+            .field("plan", &self.plan)
+            .field("next_batch", &self.next_batch)
+            .finish()
+    }
+}
+
+impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
+    type Item = Result<SampledBatch, TrainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch_idx = self.next_batch;
+        if batch_idx >= self.plan.n_batches() {
+            return None;
+        }
+        self.next_batch += 1;
+        let first_image = batch_idx * self.plan.batch_size;
+        let rows = self.plan.batch_size.min(self.plan.n_images - first_image);
+        let snapshot_rows = self.plan.n_chains.saturating_sub(first_image).min(rows);
+        let [c, h, w] = self.plan.image_shape;
+        tch::manual_seed(batch_seed(self.plan.seed, batch_idx) as i64);
+        let output = run_chains(
+            self.model,
+            self.sched,
+            &self.config,
+            &self.options,
+            [rows as i64, c, h, w],
+            self.plan.batch_size as i64,
+            snapshot_rows as i64,
+            &mut self.on_step,
+        );
+        Some(output.map(|output| SampledBatch {
+            batch_idx,
+            first_image,
+            output,
+        }))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.plan.n_batches() - self.next_batch;
+        (left, Some(left))
+    }
+}
+
+/// Draws `plan.n_images` images, `plan.batch_size` at a time, each batch seeded from
+/// (`plan.seed`, batch index) (see the module docs for what is reproducible). Iterate the result
+/// to run the batches; `on_step(i, n)` is called after each of the n steps of every batch.
+///
+/// # Errors
+/// [`TrainError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps` or `eta` when
+/// the request is impossible; this is checked here, before any batch runs.
+pub fn sample_batches<'a, F: FnMut(usize, usize)>(
+    model: &'a dyn Denoiser,
+    sched: &'a ScheduleTensors,
+    config: &SamplerConfig,
+    options: &SampleOptions,
+    plan: BatchPlan,
+    on_step: F,
+) -> Result<SampleBatches<'a, F>, TrainError> {
+    plan.validate()?;
+    config.timesteps(sched.schedule().n_steps())?;
+    Ok(SampleBatches {
+        model,
+        sched,
+        config: config.clone(),
+        options: options.clone(),
+        plan,
+        next_batch: 0,
+        on_step,
+    })
 }
 
 /// Converts `[N, C, H, W]` f32 images on [-1, 1] to u8 NCHW bytes on the CPU.
 pub fn to_u8_nchw(images: &Tensor) -> Vec<u8> {
+    to_u8(images, false)
+}
+
+/// Converts `[N, C, H, W]` f32 images on [-1, 1] to u8 NHWC bytes on the CPU, the layout of the
+/// `.npz` files FID tools read.
+pub fn to_u8_nhwc(images: &Tensor) -> Vec<u8> {
+    to_u8(images, true)
+}
+
+fn to_u8(images: &Tensor, channels_last: bool) -> Vec<u8> {
     let bytes = ((images.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5)
         .round()
-        .to_kind(Kind::Uint8)
-        .to_device(tch::Device::Cpu)
-        .contiguous()
-        .view([-1]);
+        .to_kind(Kind::Uint8);
+    let bytes = if channels_last {
+        bytes.permute([0, 2, 3, 1])
+    } else {
+        bytes
+    };
+    let bytes = bytes.to_device(Device::Cpu).contiguous().view([-1]);
     Vec::<u8>::try_from(&bytes).expect("u8 tensor")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schedule::{BetaSchedule, Schedule};
+
+    fn sched(n_steps: usize) -> ScheduleTensors {
+        let s = Schedule::new(&BetaSchedule::Linear {
+            n_steps,
+            start: 1e-4,
+            end: 0.02,
+        })
+        .unwrap();
+        ScheduleTensors::new(&s, Device::Cpu)
+    }
+
+    #[test]
+    fn snapshots_are_evenly_spaced_and_end_at_the_final_sample() {
+        assert_eq!(
+            snapshot_steps(300, 10),
+            (1..=10).map(|k| 30 * k - 1).collect::<Vec<_>>()
+        );
+        assert_eq!(snapshot_steps(1000, 3), [332, 665, 999]);
+        assert_eq!(snapshot_steps(4, 10), [0, 1, 2, 3]);
+        assert!(snapshot_steps(50, 0).is_empty());
+    }
+
+    #[test]
+    fn impossible_settings_name_the_field() {
+        let st = sched(100);
+        let err = |config: SamplerConfig| {
+            Sampler::new(&st, &config, Prediction::Eps, false)
+                .unwrap_err()
+                .to_string()
+        };
+        let too_many = err(SamplerConfig::Ddim {
+            steps: 101,
+            eta: 0.0,
+            spacing: TimestepSpacing::Leading,
+        });
+        assert!(
+            too_many.contains("steps = 101") && too_many.contains("T = 100"),
+            "{too_many}"
+        );
+        let zero = err(SamplerConfig::DpmSolverPp {
+            steps: 0,
+            spacing: TimestepSpacing::Trailing,
+        });
+        assert!(zero.contains("steps = 0"), "{zero}");
+        let eta = err(SamplerConfig::Ddim {
+            steps: 10,
+            eta: 1.5,
+            spacing: TimestepSpacing::Leading,
+        });
+        assert!(eta.contains("eta = 1.5"), "{eta}");
+    }
+
+    #[test]
+    fn only_stochastic_steps_need_noise() {
+        let st = sched(10);
+        let ddpm =
+            Sampler::new(&st, &SamplerConfig::seed_notebook(), Prediction::Eps, false).unwrap();
+        assert_eq!(
+            (0..10).filter(|&i| ddpm.needs_noise(i)).count(),
+            9,
+            "all but t = 0"
+        );
+        let ddim = |eta| {
+            let config = SamplerConfig::Ddim {
+                steps: 5,
+                eta,
+                spacing: TimestepSpacing::Leading,
+            };
+            let s = Sampler::new(&st, &config, Prediction::Eps, false).unwrap();
+            (0..5).filter(|&i| s.needs_noise(i)).count()
+        };
+        assert_eq!((ddim(0.0), ddim(0.5)), (0, 4));
+    }
+
+    #[test]
+    fn u8_layouts() {
+        // One 2×1×2 image: channel 0 is [-1, 1], channel 1 is [0, 0.5].
+        let xs = Tensor::from_slice(&[-1.0f32, 1.0, 0.0, 0.5]).reshape([1, 2, 1, 2]);
+        assert_eq!(to_u8_nchw(&xs), [0, 255, 128, 191]);
+        assert_eq!(to_u8_nhwc(&xs), [0, 128, 255, 191]);
+    }
 }

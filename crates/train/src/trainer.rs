@@ -92,7 +92,10 @@ impl TrainHooks for NoHooks {}
 /// The seed of step `step` of a run seeded with `seed` (SplitMix64 of the pair), so that every
 /// step's randomness is independent of the steps before it.
 pub fn step_seed(seed: u64, step: u64) -> i64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x6A09_E667_F3BC_C908);
+    let mut z = seed
+        ^ step
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x6A09_E667_F3BC_C908);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
@@ -121,7 +124,10 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("run_dir", &self.run_dir).field("step", &self.step).finish()
+        f.debug_struct("Trainer")
+            .field("run_dir", &self.run_dir)
+            .field("step", &self.step)
+            .finish()
     }
 }
 
@@ -132,7 +138,12 @@ impl Trainer {
     /// # Errors
     /// [`TrainError::Config`] when the dataset does not fit the model (channels, size) or the
     /// config is invalid; [`TrainError::Checkpoint`] when the run directory cannot be written.
-    pub fn new(config: TrainConfig, dataset: Dataset, run_dir: &Path, device: Device) -> Result<Self, TrainError> {
+    pub fn new(
+        config: TrainConfig,
+        dataset: Dataset,
+        run_dir: &Path,
+        device: Device,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
         if dataset.channels() as i64 != config.model.in_channels() {
             return Err(TrainError::Config(format!(
@@ -141,7 +152,10 @@ impl Trainer {
                 config.model.in_channels()
             )));
         }
-        let out_size = config.transform.size.map_or([dataset.height(), dataset.width()], |s| s);
+        let out_size = config
+            .transform
+            .size
+            .map_or([dataset.height(), dataset.width()], |s| s);
         let size = config.model.image_size();
         if out_size != [size as usize, size as usize] {
             return Err(TrainError::Config(format!(
@@ -157,7 +171,8 @@ impl Trainer {
             n_workers: config.n_workers,
             prefetch: 2 * config.n_workers.max(1),
         };
-        let loader = Loader::new(dataset, &config.transform, loader_config).map_err(|e| TrainError::Config(e.to_string()))?;
+        let loader = Loader::new(dataset, &config.transform, loader_config)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         if loader.batches_per_epoch() == 0 {
             return Err(TrainError::Config(format!(
                 "the dataset has {} images, fewer than one batch of {}: lower batch_size",
@@ -165,13 +180,20 @@ impl Trainer {
                 config.batch_size
             )));
         }
-        let schedule = Schedule::new(&config.schedule).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        let schedule = Schedule::new(&config.schedule)
+            .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
         tch::manual_seed(config.seed as i64);
         let model_vs = VarStore::new(device);
-        let model = config.model.build(&model_vs.root()).map_err(|e| TrainError::Config(e.to_string()))?;
+        let model = config
+            .model
+            .build(&model_vs.root())
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         let ema_vs = VarStore::new(device);
-        let ema_model = config.model.build(&ema_vs.root()).map_err(|e| TrainError::Config(e.to_string()))?;
+        let ema_model = config
+            .model
+            .build(&ema_vs.root())
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         let ema = Ema::new(config.ema.clone(), &ema_vs, &model_vs)?;
         let optim = Adam::new(&model_vs, config.optim.clone());
         let buffers = checkpoint::named_tensors(&model_vs)
@@ -182,10 +204,12 @@ impl Trainer {
                 (t, backup)
             })
             .collect();
-        fs::create_dir_all(run_dir).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", run_dir.display())))?;
+        fs::create_dir_all(run_dir)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", run_dir.display())))?;
         let config_path = run_dir.join("config.json");
         let json = serde_json::to_vec_pretty(&config).expect("configs serialise");
-        fs::write(&config_path, json).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", config_path.display())))?;
+        fs::write(&config_path, json)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", config_path.display())))?;
         Ok(Self {
             config,
             run_dir: run_dir.to_path_buf(),
@@ -230,15 +254,23 @@ impl Trainer {
         let state = checkpoint::read_state(&dir)?;
         let config = match config {
             Some(c) => c,
-            None => serde_json::from_value(state.config.clone())
-                .map_err(|e| TrainError::Checkpoint(format!("{}: config: {e}", dir.join(checkpoint::STATE_FILE).display())))?,
+            None => serde_json::from_value(state.config.clone()).map_err(|e| {
+                TrainError::Checkpoint(format!(
+                    "{}: config: {e}",
+                    dir.join(checkpoint::STATE_FILE).display()
+                ))
+            })?,
         };
         let mut trainer = Self::new(config, dataset, run_dir, device)?;
         trainer.load_weights(&dir)?;
         let optim_state = checkpoint::read_tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-        let optim_state: Vec<(String, Tensor)> =
-            optim_state.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
-        trainer.optim.load_state(&optim_state, state.step - state.skipped_steps)?;
+        let optim_state: Vec<(String, Tensor)> = optim_state
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(device)))
+            .collect();
+        trainer
+            .optim
+            .load_state(&optim_state, state.step - state.skipped_steps)?;
         trainer.ema.set_updates(state.ema_updates);
         trainer.step = state.step;
         trainer.skipped_steps = state.skipped_steps;
@@ -257,13 +289,18 @@ impl Trainer {
     /// Drops metrics lines past the current step (written after the checkpoint we resume from).
     fn truncate_metrics(&self) -> Result<(), TrainError> {
         let path = self.run_dir.join("metrics.jsonl");
-        let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(());
+        };
         let kept: String = text
             .lines()
-            .filter(|line| serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| r.step <= self.step))
+            .filter(|line| {
+                serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| r.step <= self.step)
+            })
             .map(|line| format!("{line}\n"))
             .collect();
-        fs::write(&path, kept).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        fs::write(&path, kept)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
     }
 
     /// The resolved configuration.
@@ -323,7 +360,9 @@ impl Trainer {
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         tch::manual_seed(step_seed(self.config.seed, self.step));
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
-        let x_0 = Tensor::from_slice(&batch.images).view(shape.as_slice()).to_device(self.device);
+        let x_0 = Tensor::from_slice(&batch.images)
+            .view(shape.as_slice())
+            .to_device(self.device);
         let n_train = self.sched.schedule().n_steps() as i64;
         let t = Tensor::randint(n_train, [shape[0]], (Kind::Int64, self.device));
         let noise = Tensor::randn_like(&x_0);
@@ -333,14 +372,26 @@ impl Trainer {
                 backup.copy_(live);
             }
         });
-        let loss = training_loss(self.model.as_ref(), &self.sched, &self.config.objective, &x_0, &noise, &t, self.autocast());
+        let loss = training_loss(
+            self.model.as_ref(),
+            &self.sched,
+            &self.config.objective,
+            &x_0,
+            &noise,
+            &t,
+            self.autocast(),
+        );
         loss.backward();
         let norm = self.optim.grad_norm();
         // One device-to-host read per step, for both numbers.
-        let stats = Vec::<f64>::try_from(Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double))
-            .expect("two scalars");
+        let stats =
+            Vec::<f64>::try_from(Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double))
+                .expect("two scalars");
         let (loss_value, grad_norm) = (stats[0], stats[1]);
-        let lr = self.config.optim.lr_at(self.step - self.skipped_steps, self.total_steps());
+        let lr = self
+            .config
+            .optim
+            .lr_at(self.step - self.skipped_steps, self.total_steps());
         let skipped = !loss_value.is_finite() || !grad_norm.is_finite();
         if skipped {
             self.skipped_steps += 1;
@@ -367,7 +418,12 @@ impl Trainer {
             self.ema.update();
         }
         self.step += 1;
-        Ok(StepOutcome { loss: loss_value, grad_norm, lr, skipped })
+        Ok(StepOutcome {
+            loss: loss_value,
+            grad_norm,
+            lr,
+            skipped,
+        })
     }
 
     /// Writes a checkpoint for the current step and returns its directory.
@@ -386,9 +442,17 @@ impl Trainer {
             skipped_steps: self.skipped_steps,
             config: serde_json::to_value(&self.config).expect("configs serialise"),
         };
-        let contents =
-            CheckpointContents { state: &state, model: &self.model_vs, ema: &self.ema_vs, optimizer: self.optim.state_tensors() };
-        checkpoint::save(&self.run_dir.join("checkpoints"), &contents, self.config.keep_last)
+        let contents = CheckpointContents {
+            state: &state,
+            model: &self.model_vs,
+            ema: &self.ema_vs,
+            optimizer: self.optim.state_tensors(),
+        };
+        checkpoint::save(
+            &self.run_dir.join("checkpoints"),
+            &contents,
+            self.config.keep_last,
+        )
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
@@ -416,10 +480,15 @@ impl Trainer {
             |_, _| {},
         )?;
         let dir = self.run_dir.join("samples");
-        fs::create_dir_all(&dir).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         let grid_path = dir.join(format!("{tag}-grid.png"));
         crate::images::save_grid(&out.images, 8, &grid_path)?;
-        let strip: Vec<Tensor> = out.snapshots.iter().map(|(_, x)| x.narrow(0, 0, 1)).collect();
+        let strip: Vec<Tensor> = out
+            .snapshots
+            .iter()
+            .map(|(_, x)| x.narrow(0, 0, 1))
+            .collect();
         let strip_path = dir.join(format!("{tag}-strip.png"));
         crate::images::save_grid(&Tensor::cat(&strip, 0), strip.len().max(1), &strip_path)?;
         Ok(vec![grid_path, strip_path])
@@ -433,7 +502,8 @@ impl Trainer {
             .open(&path)
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
         let line = serde_json::to_string(record).expect("records serialise");
-        writeln!(f, "{line}").map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        writeln!(f, "{line}")
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
     }
 
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
@@ -442,7 +512,11 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors.
-    pub fn run(&mut self, hooks: &mut dyn TrainHooks, stop: &AtomicBool) -> Result<RunEnd, TrainError> {
+    pub fn run(
+        &mut self,
+        hooks: &mut dyn TrainHooks,
+        stop: &AtomicBool,
+    ) -> Result<RunEnd, TrainError> {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
         hooks.on_start(total, self.step, per_epoch);
@@ -454,7 +528,11 @@ impl Trainer {
                 if stop.load(Ordering::SeqCst) {
                     let dir = self.save_checkpoint()?;
                     hooks.on_checkpoint(&dir);
-                    hooks.message(&format!("interrupted: checkpoint at step {} in {}", self.step, dir.display()));
+                    hooks.message(&format!(
+                        "interrupted: checkpoint at step {} in {}",
+                        self.step,
+                        dir.display()
+                    ));
                     return Ok(RunEnd::Interrupted);
                 }
                 let outcome = self.train_step(&batch)?;
@@ -465,21 +543,26 @@ impl Trainer {
                     window.1 += 1;
                     last_norm = outcome.grad_norm;
                 }
-                if self.step % self.config.log_every == 0 || self.step == total {
+                if self.step.is_multiple_of(self.config.log_every) || self.step == total {
                     let record = MetricsRecord {
                         step: self.step,
                         epoch,
-                        loss: if window.1 > 0 { window.0 / window.1 as f64 } else { f64::NAN },
+                        loss: if window.1 > 0 {
+                            window.0 / window.1 as f64
+                        } else {
+                            f64::NAN
+                        },
                         lr: outcome.lr,
                         grad_norm: last_norm,
-                        images_per_sec: window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9),
+                        images_per_sec: window.2 as f64
+                            / window.3.elapsed().as_secs_f64().max(1e-9),
                         skipped_steps: self.skipped_steps,
                     };
                     self.append_metrics(&record)?;
                     hooks.on_metrics(&record);
                     window = (0.0, 0, 0, Instant::now());
                 }
-                if self.step % self.config.checkpoint_every == 0 && self.step < total {
+                if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
                     let dir = self.save_checkpoint()?;
                     hooks.on_checkpoint(&dir);
                 }

@@ -32,11 +32,21 @@ fn toy_dataset() -> Dataset {
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
-        dataset: DatasetSpec::FashionMnist { split: Split::Train },
-        transform: TransformConfig { size: None, flip_p: 0.5, normalize: true },
+        dataset: DatasetSpec::FashionMnist {
+            split: Split::Train,
+        },
+        transform: TransformConfig {
+            size: None,
+            flip_p: 0.5,
+            normalize: true,
+        },
         batch_size: 16,
         n_workers: 1,
-        schedule: BetaSchedule::Linear { n_steps: 50, start: 1e-4, end: 0.2 },
+        schedule: BetaSchedule::Linear {
+            n_steps: 50,
+            start: 1e-4,
+            end: 0.2,
+        },
         model: ModelConfig::Simple(SimpleUnetConfig {
             in_channels: 1,
             out_channels: 1,
@@ -47,8 +57,15 @@ fn tiny_config() -> TrainConfig {
             ..SimpleUnetConfig::seed_cifar10()
         }),
         objective: ObjectiveConfig::ho2020(),
-        optim: OptimConfig { lr: 3e-3, grad_clip: Some(1.0), ..OptimConfig::seed_notebook() },
-        ema: EmaConfig { decay: 0.99, warmup: true },
+        optim: OptimConfig {
+            lr: 3e-3,
+            grad_clip: Some(1.0),
+            ..OptimConfig::seed_notebook()
+        },
+        ema: EmaConfig {
+            decay: 0.99,
+            warmup: true,
+        },
         precision: Precision::F32,
         seed: 3,
         epochs: Some(3),
@@ -81,15 +98,26 @@ fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
 fn loss_decreases_on_a_learnable_toy_set() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig { epochs: Some(25), checkpoint_every: 1000, ..tiny_config() };
+    let config = TrainConfig {
+        epochs: Some(25),
+        checkpoint_every: 1000,
+        ..tiny_config()
+    };
     let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let end = trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     assert_eq!(end, RunEnd::Finished);
     let records = metrics(dir.path());
-    assert_eq!(records.len(), 100, "4 batches per epoch x 25 epochs, one line per step");
+    assert_eq!(
+        records.len(),
+        100,
+        "4 batches per epoch x 25 epochs, one line per step"
+    );
     let mean = |rs: &[MetricsRecord]| rs.iter().map(|r| r.loss).sum::<f64>() / rs.len() as f64;
     let (first, last) = (mean(&records[..10]), mean(&records[90..]));
-    assert!(last < 0.7 * first, "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}");
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}"
+    );
     // The run leaves its final checkpoint.
     let latest = train::checkpoint::latest(&dir.path().join("checkpoints")).unwrap();
     assert_eq!(train::checkpoint::read_state(&latest).unwrap().step, 100);
@@ -106,16 +134,38 @@ fn resume_replays_the_uninterrupted_run_exactly() {
 
     // Continue from the checkpoint at step 4 (mid-epoch 1) in another directory.
     let resumed_dir = tempfile::tempdir().unwrap();
-    let ckpt = full.path().join("checkpoints").join(train::checkpoint::dir_name(4));
-    let mut resumed = Trainer::resume(resumed_dir.path(), Some(&ckpt), None, toy_dataset(), Device::Cpu).unwrap();
+    let ckpt = full
+        .path()
+        .join("checkpoints")
+        .join(train::checkpoint::dir_name(4));
+    let mut resumed = Trainer::resume(
+        resumed_dir.path(),
+        Some(&ckpt),
+        None,
+        toy_dataset(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(resumed.step(), 4);
     resumed.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     let replayed = metrics(resumed_dir.path());
     assert_eq!(replayed.len(), 8);
     for (a, b) in uninterrupted[4..].iter().zip(&replayed) {
         assert_eq!((a.step, a.epoch), (b.step, b.epoch));
-        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {}: {} vs {}", a.step, a.loss, b.loss);
-        assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits(), "step {}", a.step);
+        assert_eq!(
+            a.loss.to_bits(),
+            b.loss.to_bits(),
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!(
+            a.grad_norm.to_bits(),
+            b.grad_norm.to_bits(),
+            "step {}",
+            a.step
+        );
         assert_eq!(a.lr, b.lr);
     }
     // And the final weights agree bit for bit, EMA included.
@@ -125,8 +175,15 @@ fn resume_replays_the_uninterrupted_run_exactly() {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         tensors
     };
-    for file in [train::checkpoint::MODEL_FILE, train::checkpoint::EMA_FILE, train::checkpoint::OPTIMIZER_FILE] {
-        for ((na, ta), (nb, tb)) in last(full.path(), file).iter().zip(&last(resumed_dir.path(), file)) {
+    for file in [
+        train::checkpoint::MODEL_FILE,
+        train::checkpoint::EMA_FILE,
+        train::checkpoint::OPTIMIZER_FILE,
+    ] {
+        for ((na, ta), (nb, tb)) in last(full.path(), file)
+            .iter()
+            .zip(&last(resumed_dir.path(), file))
+        {
             assert_eq!(na, nb);
             assert!(ta.equal(tb), "{file}: {na} differs after resume");
         }
@@ -149,7 +206,10 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
         assert!(outcome.skipped && outcome.loss.is_nan());
     }
     // Weights are untouched by skipped steps.
-    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs()).iter().zip(&before) {
+    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs())
+        .iter()
+        .zip(&before)
+    {
         assert!(now.equal(was), "{name} changed during a skipped step");
     }
     // A finite step resets the count ...
@@ -166,10 +226,23 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
 fn mismatched_data_and_model_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_config();
-    config.model = ModelConfig::Simple(SimpleUnetConfig { image_size: 16, ..SimpleUnetConfig::fashion_mnist() });
-    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("images are 8x8 after the transform but the model expects 16x16"), "{err}");
-    let config = TrainConfig { batch_size: 100, ..tiny_config() };
-    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap_err().to_string();
+    config.model = ModelConfig::Simple(SimpleUnetConfig {
+        image_size: 16,
+        ..SimpleUnetConfig::fashion_mnist()
+    });
+    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("images are 8x8 after the transform but the model expects 16x16"),
+        "{err}"
+    );
+    let config = TrainConfig {
+        batch_size: 100,
+        ..tiny_config()
+    };
+    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("fewer than one batch"), "{err}");
 }

@@ -42,7 +42,8 @@ pub fn run(args: DoctorArgs) -> Result<()> {
 
 fn print_text(info: &RuntimeInfo, device: Option<tch::Device>) {
     let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref().map_or("not found".to_string(), |p| p.display().to_string())
+        p.as_ref()
+            .map_or("not found".to_string(), |p| p.display().to_string())
     };
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     println!("tch                 {}", info.tch_version);
@@ -54,11 +55,23 @@ fn print_text(info: &RuntimeInfo, device: Option<tch::Device>) {
     println!("libtorch dir        {}", path(&info.libtorch_dir));
     println!("linked against      {}", path(&info.build_libtorch_dir));
     println!("libtorch has CUDA   {}", yes_no(info.libtorch_has_cuda));
-    println!("libtorch_cuda.so    {}", if info.libtorch_cuda_loaded { "loaded" } else { "not loaded" });
+    println!(
+        "libtorch_cuda.so    {}",
+        if info.libtorch_cuda_loaded {
+            "loaded"
+        } else {
+            "not loaded"
+        }
+    );
     println!("CUDA available      {}", yes_no(info.cuda_available));
     println!("CUDA devices        {}", info.cuda_device_count);
     for d in &info.cuda_devices {
-        println!("  cuda:{}            {} ({:.1} GiB)", d.index, d.name, d.total_memory_bytes as f64 / (1u64 << 30) as f64);
+        println!(
+            "  cuda:{}            {} ({:.1} GiB)",
+            d.index,
+            d.name,
+            d.total_memory_bytes as f64 / (1u64 << 30) as f64
+        );
     }
     println!("cuDNN available     {}", yes_no(info.cudnn_available));
     println!("CPU threads         {}", info.cpu_threads);

@@ -2,6 +2,9 @@
 
 pub mod data;
 pub mod doctor;
+pub mod eval;
+pub mod forward;
 pub mod model;
+pub mod sample;
 pub mod schedule;
 pub mod train;

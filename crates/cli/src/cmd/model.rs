@@ -80,7 +80,9 @@ pub fn run(command: ModelCommand) -> Result<()> {
 /// `--arch`), else the preset.
 fn resolve(arch: Option<Arch>, file: Option<&std::path::Path>) -> Result<ModelConfig> {
     let Some(file) = file else {
-        return Ok(arch.expect("clap requires --arch without --config").preset());
+        return Ok(arch
+            .expect("clap requires --arch without --config")
+            .preset());
     };
     let config = ModelConfig::from_json_file(file)?;
     if let Some(arch) = arch {
@@ -116,8 +118,12 @@ fn summary(config: &ModelConfig) -> Result<String> {
 fn config_json(arch: Arch, diffusers: bool) -> Result<String> {
     match (arch.preset(), diffusers) {
         (config, false) => Ok(config.to_json()),
-        (ModelConfig::Ddpm(config), true) => Ok(serde_json::to_string_pretty(&config.to_diffusers_config())?),
-        (ModelConfig::Simple(_), true) => bail!("--diffusers needs --arch ddpm: diffusers has no SimpleUnet"),
+        (ModelConfig::Ddpm(config), true) => {
+            Ok(serde_json::to_string_pretty(&config.to_diffusers_config())?)
+        }
+        (ModelConfig::Simple(_), true) => {
+            bail!("--diffusers needs --arch ddpm: diffusers has no SimpleUnet")
+        }
     }
 }
 
@@ -128,13 +134,19 @@ mod tests {
     #[test]
     fn summaries_list_layers_and_the_papers_counts() {
         let text = summary(&Arch::Simple.preset()).unwrap();
-        assert!(text.starts_with("simple model, 28×28×3 in, 3 channels out\n"), "{text}");
+        assert!(
+            text.starts_with("simple model, 28×28×3 in, 3 channels out\n"),
+            "{text}"
+        );
         assert!(text.contains("downs.0.conv1.weight"), "{text}");
         assert!(text.contains("[128, 28, 3, 3]"), "{text}");
         assert!(text.contains("trainable parameters: 3,482,231"), "{text}");
         assert!(text.contains("buffers (not trained"), "{text}");
         let text = summary(&Arch::Ddpm.preset()).unwrap();
-        assert!(text.contains("down_blocks.1.attentions.0.to_q.weight"), "{text}");
+        assert!(
+            text.contains("down_blocks.1.attentions.0.to_q.weight"),
+            "{text}"
+        );
         assert!(text.contains("trainable parameters: 35,746,307"), "{text}");
     }
 
@@ -146,14 +158,24 @@ mod tests {
         let config = resolve(None, Some(&path)).unwrap();
         assert_eq!(config, Arch::FashionMnist.preset());
         assert_eq!(resolve(Some(Arch::Simple), Some(&path)).unwrap(), config);
-        let err = resolve(Some(Arch::Ddpm), Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("--arch ddpm asks for a ddpm model") && err.contains("fmnist.json"), "{err}");
+        let err = resolve(Some(Arch::Ddpm), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--arch ddpm asks for a ddpm model") && err.contains("fmnist.json"),
+            "{err}"
+        );
 
         let diffusers = dir.path().join("config.json");
         std::fs::write(&diffusers, config_json(Arch::Ddpm, true).unwrap()).unwrap();
-        assert_eq!(resolve(Some(Arch::Ddpm), Some(&diffusers)).unwrap(), Arch::Ddpm.preset());
+        assert_eq!(
+            resolve(Some(Arch::Ddpm), Some(&diffusers)).unwrap(),
+            Arch::Ddpm.preset()
+        );
 
-        let err = resolve(None, Some(&dir.path().join("absent.json"))).unwrap_err().to_string();
+        let err = resolve(None, Some(&dir.path().join("absent.json")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent.json"), "{err}");
         assert!(config_json(Arch::Simple, true).is_err());
     }

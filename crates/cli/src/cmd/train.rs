@@ -68,12 +68,18 @@ pub struct TrainArgs {
 fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
     let base = match base {
         Some(config) => config,
-        None => Preset::from_name(&args.preset).context("--preset")?.config(),
+        None => Preset::from_name(&args.preset)
+            .context("--preset")?
+            .config(),
     };
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
-            Some(serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{} is not valid JSON", path.display()))?)
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .with_context(|| format!("{} is not valid JSON", path.display()))?,
+            )
         }
         None => None,
     };
@@ -88,10 +94,16 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
     ];
-    sets.extend(shortcuts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
+    sets.extend(
+        shortcuts
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+    );
     let config = base.with_overrides(file.as_ref(), &sets);
     match &args.config {
-        Some(path) => config.with_context(|| format!("in --config {} or the flags", path.display())),
+        Some(path) => {
+            config.with_context(|| format!("in --config {} or the flags", path.display()))
+        }
         None => config.context("in the flags"),
     }
 }
@@ -181,13 +193,18 @@ impl TrainHooks for CliHooks {
         self.bar.set_message(format!(
             "epoch {epoch} loss {:.4} {rate:.0} img/s{}",
             self.smoothed.unwrap_or(f64::NAN),
-            if outcome.skipped { " (skipped non-finite step)" } else { "" }
+            if outcome.skipped {
+                " (skipped non-finite step)"
+            } else {
+                ""
+            }
         ));
     }
 
     fn on_checkpoint(&mut self, dir: &Path) {
         if let Err(err) = draw_loss_curve(&self.run_dir) {
-            self.bar.println(format!("warning: loss curve not drawn: {err:#}"));
+            self.bar
+                .println(format!("warning: loss curve not drawn: {err:#}"));
         }
         self.bar.println(format!("checkpoint {}", dir.display()));
     }
@@ -211,7 +228,8 @@ pub fn draw_loss_curve(run_dir: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let points: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<MetricsRecord>(l).ok())
@@ -221,8 +239,16 @@ pub fn draw_loss_curve(run_dir: &Path) -> Result<()> {
     if points.len() < 2 {
         return Ok(());
     }
-    let series = [crate::plot::Series { label: "loss".into(), points }];
-    let chart = crate::plot::Chart { title: "training loss", x_label: "step", y_label: "loss", series: &series };
+    let series = [crate::plot::Series {
+        label: "loss".into(),
+        points,
+    }];
+    let chart = crate::plot::Chart {
+        title: "training loss",
+        x_label: "step",
+        y_label: "loss",
+        series: &series,
+    };
     crate::plot::line_charts(&run_dir.join("loss_curve.png"), &[chart])
 }
 
@@ -232,7 +258,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         tch::set_num_threads(n);
     }
     let device = args.device.resolve()?;
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| Path::new("runs").join(&args.preset));
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&args.preset));
     let checkpoints = run_dir.join("checkpoints");
     let latest = train::checkpoint::latest(&checkpoints);
     let config = match (&latest, args.resume) {
@@ -250,8 +279,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, false) => resolve_config(&args, None)?,
     };
     let data_dir = ensure_data(&config.dataset, args.data.as_deref(), args.offline)?;
-    let (dataset, report) =
-        config.dataset.load(&data_dir).with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
+    let (dataset, report) = config
+        .dataset
+        .load(&data_dir)
+        .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
     for skipped in &report.skipped {
         eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
     }
@@ -276,16 +307,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] step {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] step {pos}/{len} {msg} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
-    let mut hooks = CliHooks { bar, run_dir: run_dir.clone(), smoothed: None, started: Instant::now(), images: 0, batch_size };
+    let mut hooks = CliHooks {
+        bar,
+        run_dir: run_dir.clone(),
+        smoothed: None,
+        started: Instant::now(),
+        images: 0,
+        batch_size,
+    };
     let end = trainer.run(&mut hooks, &stop)?;
     hooks.bar.finish_and_clear();
     draw_loss_curve(&run_dir)?;
     match end {
-        RunEnd::Finished => eprintln!("done: {} steps; run directory {}", trainer.step(), run_dir.display()),
+        RunEnd::Finished => eprintln!(
+            "done: {} steps; run directory {}",
+            trainer.step(),
+            run_dir.display()
+        ),
         RunEnd::Interrupted => eprintln!(
             "stopped at step {}; continue with `ddpm train --resume --run-dir {}`",
             trainer.step(),

@@ -1,0 +1,652 @@
+//! `ddpm eval`: FID and KID of samples (an `.npz`, an image folder, a dataset, or fresh samples
+//! from a checkpoint) against reference statistics or a dataset, and `ddpm eval stats` to cache
+//! a dataset's statistics. The metrics themselves live in [`train::fid`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use data::fetch::{Algorithm, Checksum};
+use data::npz::{read_npz, write_npz, NpyArray, NpyData};
+use data::DatasetSpec;
+use model::device::DeviceSpec;
+use schedule::{Schedule, TimestepSpacing, VarianceType};
+use train::fid::{
+    self, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
+};
+use train::sample::{SampleOptions, SamplerConfig};
+use train::{Precision, TrainConfig};
+
+/// Where `cargo xtask fetch-inception` puts the FID Inception.
+const DEFAULT_INCEPTION: &str = "data/inception/default_1.pt";
+
+/// Subcommands of `ddpm eval`.
+#[derive(Debug, clap::Subcommand)]
+pub enum EvalCommand {
+    /// FID and KID of samples against a reference; prints both and writes a JSON result.
+    Fid(Box<FidArgs>),
+    /// Inception statistics (`mu`, `sigma`) of a dataset or a sample set, as an .npz.
+    Stats(Box<StatsArgs>),
+}
+
+/// The Inception network and how images reach it.
+#[derive(Debug, clap::Args)]
+pub struct InceptionArgs {
+    /// The FID Inception TorchScript (from `cargo xtask fetch-inception`).
+    #[arg(long, default_value = DEFAULT_INCEPTION)]
+    inception: PathBuf,
+    /// Skip the sha256 check of --inception: for another feature network, whose scores do not
+    /// compare with published FIDs.
+    #[arg(long)]
+    no_verify: bool,
+    /// The network's input height and width (299 for the FID Inception).
+    #[arg(long, default_value_t = fid::INCEPTION_INPUT_SIZE)]
+    input_size: i64,
+    /// Bilinear resize: tf (TF1 ResizeBilinear, as the TF FID graph; comparable with published
+    /// FIDs) or pytorch (upsample_bilinear2d, align_corners=False, as pytorch-fid).
+    #[arg(long, default_value = "tf")]
+    resize: String,
+    /// Images per Inception forward pass.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// libtorch intra-op CPU threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+/// A dataset named on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatasetArgs {
+    /// cifar10, cifar100, mnist or fashion-mnist.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// train, test or train+test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// The dataset directory (default: data/<dataset>, fetched when missing).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Do not download a missing dataset; fail instead.
+    #[arg(long)]
+    offline: bool,
+}
+
+/// Arguments of `ddpm eval fid`.
+#[derive(Debug, clap::Args)]
+pub struct FidArgs {
+    /// Samples: an .npz of uint8 NHWC images (`arr_0` or the first array) or a folder of images.
+    #[arg(long, conflicts_with_all = ["checkpoint", "samples_dataset"])]
+    samples: Option<PathBuf>,
+    /// Draw the samples from a checkpoint: a run directory (its newest checkpoint) or one
+    /// checkpoint directory. The EMA weights are used.
+    #[arg(long, conflicts_with = "samples_dataset")]
+    checkpoint: Option<PathBuf>,
+    /// Samples from a dataset instead (e.g. a test split, for the FID floor of real data).
+    #[arg(long)]
+    samples_dataset: Option<String>,
+    /// The split of --samples-dataset.
+    #[arg(long, default_value = "test")]
+    samples_split: String,
+    /// The directory of --samples-dataset (default: data/<dataset>).
+    #[arg(long)]
+    samples_data: Option<PathBuf>,
+    /// Reference: statistics (.npz with `mu`, `sigma`; FID only), or sample images (.npz or
+    /// folder; FID and KID).
+    #[arg(long = "ref", conflicts_with = "dataset")]
+    reference: Option<PathBuf>,
+    #[command(flatten)]
+    ref_dataset: DatasetArgs,
+    /// Use the first N images of each side (with --checkpoint: draw N samples).
+    #[arg(long)]
+    n: Option<usize>,
+    /// The sampler for --checkpoint: ddpm or ddim.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// DDIM step spacing: linspace, leading or trailing.
+    #[arg(long, default_value = "leading")]
+    spacing: String,
+    /// DDPM reverse variance: fixed_large (σ² = β, Ho et al.'s CIFAR-10 FIDs) or fixed_small.
+    #[arg(long, default_value = "fixed_large")]
+    variance: String,
+    /// Samples per sampler batch.
+    #[arg(long, default_value_t = 256)]
+    sample_batch_size: usize,
+    /// Seeds the sampler (batch i uses seed + i) and the KID subsets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the drawn samples as uint8 NHWC `arr_0`.
+    #[arg(long)]
+    save_samples: Option<PathBuf>,
+    /// KID subsets (clean-fid and torch-fidelity use 100).
+    #[arg(long, default_value_t = 100)]
+    kid_subsets: usize,
+    /// Images per KID subset (capped at the smaller set).
+    #[arg(long, default_value_t = 1000)]
+    kid_subset_size: usize,
+    /// Write the result here as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    inception: InceptionArgs,
+}
+
+/// Arguments of `ddpm eval stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Sample images (.npz or folder) instead of a dataset.
+    #[arg(long, conflicts_with = "dataset")]
+    samples: Option<PathBuf>,
+    /// Use the first N images.
+    #[arg(long)]
+    n: Option<usize>,
+    /// The .npz to write (`mu` float64 [D], `sigma` float64 [D, D]).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    inception: InceptionArgs,
+}
+
+/// Runs `ddpm eval`.
+pub fn run(command: EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Fid(args) => run_fid(*args),
+        EvalCommand::Stats(args) => run_stats(*args),
+    }
+}
+
+/// Parses `--dataset NAME --split SPLIT` into a [`DatasetSpec`].
+fn dataset_spec(name: &str, split: &str) -> Result<DatasetSpec> {
+    let split: data::Split = split.parse().context("--split")?;
+    let kind = match name {
+        "cifar10" | "cifar-10" => "cifar10",
+        "cifar100" | "cifar-100" => "cifar100",
+        "mnist" => "mnist",
+        "fashion-mnist" | "fashion_mnist" | "fmnist" => "fashion-mnist",
+        _ => bail!("unknown dataset `{name}`: use cifar10, cifar100, mnist or fashion-mnist"),
+    };
+    let mut value = json!({"kind": kind, "split": split.as_str()});
+    if kind == "cifar100" {
+        value["label"] = json!("fine");
+    }
+    Ok(serde_json::from_value(value).expect("a valid dataset spec"))
+}
+
+/// Loads a named dataset's images (fetching it when missing, as `ddpm train` does).
+fn load_dataset(
+    name: &str,
+    split: &str,
+    dir: Option<&Path>,
+    offline: bool,
+) -> Result<(Images, String)> {
+    let spec = dataset_spec(name, split)?;
+    let dir = crate::cmd::train::ensure_data(&spec, dir, offline)?;
+    let (dataset, _) = spec
+        .load(&dir)
+        .with_context(|| format!("cannot load {name} from {}", dir.display()))?;
+    Ok((
+        Images::from_dataset(&dataset),
+        format!("{name} {split} ({})", dir.display()),
+    ))
+}
+
+/// Reads every image file in a folder (sorted by name), as RGB, or as one channel when all
+/// are grayscale.
+fn read_image_dir(dir: &Path) -> Result<Images> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            ["png", "jpg", "jpeg", "bmp", "gif"].contains(&ext.as_str())
+        })
+        .collect();
+    paths.sort();
+    let mut decoded = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let img = image::open(path).with_context(|| format!("cannot decode {}", path.display()))?;
+        decoded.push(img);
+    }
+    let gray = decoded
+        .iter()
+        .all(|img| matches!(img.color(), image::ColorType::L8 | image::ColorType::L16));
+    let channels = if gray { 1 } else { 3 };
+    let mut pixels = Vec::new();
+    let mut size: Option<(u32, u32, &Path)> = None;
+    for (img, path) in decoded.iter().zip(&paths) {
+        let (w, h) = (img.width(), img.height());
+        match size {
+            None => size = Some((w, h, path)),
+            Some((w0, h0, first)) if (w0, h0) != (w, h) => {
+                return Err(FidError::MixedSizes {
+                    what: dir.display().to_string(),
+                    message: format!(
+                        "{} is {w}×{h} but {} is {w0}×{h0}: images of one set must share a size",
+                        path.display(),
+                        first.display()
+                    ),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        let (w, h) = (w as usize, h as usize);
+        let buf = if gray {
+            img.to_luma8().into_raw()
+        } else {
+            img.to_rgb8().into_raw()
+        };
+        // HWC → CHW.
+        let start = pixels.len();
+        pixels.resize(start + buf.len(), 0);
+        for (px_idx, px) in buf.chunks_exact(channels).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                pixels[start + ch * h * w + px_idx] = v;
+            }
+        }
+    }
+    let (w, h) = size
+        .map(|(w, h, _)| (w as usize, h as usize))
+        .unwrap_or((0, 0));
+    Ok(Images::new(pixels, [paths.len(), channels, h, w])?)
+}
+
+/// What an `.npz` or folder holds.
+enum Source {
+    Images(Images),
+    Statistics(Statistics),
+}
+
+/// Reads images from an `.npz` or folder, or statistics from an `.npz` with `mu` and `sigma`.
+fn read_source(path: &Path, allow_stats: bool) -> Result<Source> {
+    if path.is_dir() {
+        return Ok(Source::Images(read_image_dir(path)?));
+    }
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    let names: Vec<String> = read_npz(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    if names.iter().any(|n| n == "mu" || n == "sigma") {
+        if !allow_stats {
+            bail!(
+                "{} holds statistics (`mu`, `sigma`), not images: pass it as --ref",
+                path.display()
+            );
+        }
+        return Ok(Source::Statistics(Statistics::read_npz(path)?));
+    }
+    Ok(Source::Images(Images::read_npz(path)?))
+}
+
+/// Keeps the first `n` images and requires at least two.
+fn limit(images: Images, n: Option<usize>, what: &str) -> Result<Images> {
+    let images = match n {
+        Some(n) if n < images.len() => images.take(n),
+        _ => images,
+    };
+    if images.len() < 2 {
+        return Err(FidError::TooFewImages {
+            what: what.to_string(),
+            n: images.len(),
+        }
+        .into());
+    }
+    Ok(images)
+}
+
+/// Loads the extractor, verifying the file's sha256 unless told not to.
+fn load_extractor(args: &InceptionArgs) -> Result<(InceptionExtractor, bool)> {
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let path = &args.inception;
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask fetch-inception` or pass --inception PATH",
+            path.display()
+        );
+    }
+    if !args.no_verify {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let actual = Checksum::compute(Algorithm::Sha256, std::io::BufReader::new(file))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if actual.hex() != fid::INCEPTION_SHA256 {
+            bail!(
+                "{}: sha256 {} is not the FID Inception's {}: run `cargo xtask fetch-inception` \
+                 to get it, or pass --no-verify to use another network (its scores do not compare \
+                 with published FIDs)",
+                path.display(),
+                actual.hex(),
+                fid::INCEPTION_SHA256
+            );
+        }
+    }
+    let device = args.device.resolve()?;
+    let resize: Resize = args.resize.parse().context("--resize")?;
+    let extractor = InceptionExtractor::load(path, device)?
+        .with_input_size(args.input_size)
+        .with_resize(resize)
+        .with_batch_size(args.batch_size)?;
+    Ok((extractor, !args.no_verify))
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Inception features of a set of images, with a progress bar.
+fn extract(extractor: &InceptionExtractor, images: &Images, what: &str) -> Result<Features> {
+    let bar = progress_bar(
+        images.len() as u64,
+        &format!("Inception features of {what}"),
+    );
+    let started = Instant::now();
+    let features = extractor.extract(images, |done, _| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    let features = features.with_context(|| format!("features of {what}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "features of {what}: {} images in {secs:.1} s ({:.1} images/s)",
+        images.len(),
+        images.len() as f64 / secs.max(1e-9)
+    );
+    Ok(features)
+}
+
+/// Finds the checkpoint directory: the path itself when it holds `state.json`, else the newest
+/// checkpoint under `<path>/checkpoints` (a run directory).
+fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
+    if path.join(train::checkpoint::STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    train::checkpoint::latest(&path.join("checkpoints")).with_context(|| {
+        format!(
+            "{} is neither a checkpoint (no state.json) nor a run directory with checkpoints/",
+            path.display()
+        )
+    })
+}
+
+/// Draws `n` samples from a checkpoint's EMA weights.
+fn sample_checkpoint(
+    args: &FidArgs,
+    path: &Path,
+    device: tch::Device,
+) -> Result<(Images, serde_json::Value)> {
+    let dir = checkpoint_dir(path)?;
+    let state = train::checkpoint::read_state(&dir)?;
+    let config: TrainConfig = serde_json::from_value(state.config)
+        .with_context(|| format!("the config in {}", dir.display()))?;
+    let n = args.n.unwrap_or(10_000);
+    if n < 2 {
+        return Err(FidError::TooFewImages {
+            what: "--n".into(),
+            n,
+        }
+        .into());
+    }
+    if args.sample_batch_size == 0 {
+        bail!("--sample-batch-size must be at least 1");
+    }
+    let sampler = match args.sampler.as_str() {
+        "ddpm" => SamplerConfig::Ddpm {
+            variance: serde_json::from_value::<VarianceType>(json!(args.variance))
+                .context("--variance: use fixed_large or fixed_small")?,
+        },
+        "ddim" => SamplerConfig::Ddim {
+            steps: args.steps,
+            eta: args.eta,
+            spacing: serde_json::from_value::<TimestepSpacing>(json!(args.spacing))
+                .context("--spacing: use linspace, leading or trailing")?,
+        },
+        other => bail!("unknown --sampler `{other}`: use ddpm or ddim"),
+    };
+    let mut vs = tch::nn::VarStore::new(device);
+    let net = config
+        .model
+        .build(&vs.root())
+        .context("building the checkpoint's model")?;
+    let weights = dir.join(train::checkpoint::EMA_FILE);
+    model::load_safetensors(&mut vs, &weights)
+        .with_context(|| format!("cannot load {}", weights.display()))?;
+    let schedule = Schedule::new(&config.schedule).context("the checkpoint's schedule")?;
+    let sched = schedule::tensor::ScheduleTensors::new(&schedule, device);
+    let options = SampleOptions {
+        prediction: config.objective.prediction,
+        clip_x0: true,
+        n_snapshots: 0,
+        autocast: config.precision == Precision::Bf16 && device.is_cuda(),
+    };
+    let (c, s) = (config.model.in_channels(), config.model.image_size());
+    let bar = progress_bar(n as u64, "samples");
+    let started = Instant::now();
+    let mut images: Option<Images> = None;
+    let mut batch_idx = 0u64;
+    while images.as_ref().map_or(0, Images::len) < n {
+        let b = args
+            .sample_batch_size
+            .min(n - images.as_ref().map_or(0, Images::len));
+        let out = train::sample::sample(
+            net.as_ref(),
+            &sched,
+            &sampler,
+            &options,
+            [b as i64, c, s, s],
+            args.seed + batch_idx,
+            |_, _| {},
+        )?;
+        let batch = Images::from_tensor(&out.images)?;
+        match images.as_mut() {
+            Some(all) => all.append(&batch)?,
+            None => images = Some(batch),
+        }
+        batch_idx += 1;
+        bar.set_position(images.as_ref().map_or(0, Images::len) as u64);
+    }
+    bar.finish_and_clear();
+    let images = images.expect("n >= 2");
+    eprintln!(
+        "sampled {n} images from {} in {:.1} s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(out) = &args.save_samples {
+        write_samples_npz(&images, out)?;
+        eprintln!("samples written to {}", out.display());
+    }
+    let meta = json!({
+        "checkpoint": dir.display().to_string(),
+        "step": state.step,
+        "sampler": serde_json::to_value(&sampler).expect("serialisable"),
+        "seed": args.seed,
+    });
+    Ok((images, meta))
+}
+
+/// Writes images as uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`.
+fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
+    let [n, c, h, w] = images.shape();
+    let mut nhwc = vec![0u8; n * c * h * w];
+    for (src, dst) in images
+        .pixels()
+        .chunks_exact(c * h * w)
+        .zip(nhwc.chunks_exact_mut(c * h * w))
+    {
+        for ch in 0..c {
+            for px in 0..h * w {
+                dst[px * c + ch] = src[ch * h * w + px];
+            }
+        }
+    }
+    let array = NpyArray::new(vec![n, h, w, c], NpyData::U8(nhwc))?;
+    write_npz(path, &[("arr_0", &array)])
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn run_fid(args: FidArgs) -> Result<()> {
+    let started = Instant::now();
+    let (extractor, verified) = load_extractor(&args.inception)?;
+    // The samples.
+    let (samples, samples_what, samples_meta) =
+        match (&args.samples, &args.checkpoint, &args.samples_dataset) {
+            (Some(path), _, _) => match read_source(path, false)? {
+                Source::Images(images) => (
+                    images,
+                    path.display().to_string(),
+                    json!({"path": path.display().to_string()}),
+                ),
+                Source::Statistics(_) => unreachable!("refused by read_source"),
+            },
+            (None, Some(path), _) => {
+                let (images, meta) = sample_checkpoint(&args, path, extractor.device())?;
+                (images, format!("samples of {}", path.display()), meta)
+            }
+            (None, None, Some(name)) => {
+                let (images, what) = load_dataset(
+                    name,
+                    &args.samples_split,
+                    args.samples_data.as_deref(),
+                    args.ref_dataset.offline,
+                )?;
+                (images, what.clone(), json!({"dataset": what}))
+            }
+            (None, None, None) => {
+                bail!("pass --samples FILE_OR_DIR, --checkpoint DIR or --samples-dataset NAME")
+            }
+        };
+    let samples = limit(samples, args.n, &samples_what)?;
+    // The reference.
+    let reference = match (&args.reference, &args.ref_dataset.dataset) {
+        (Some(path), _) => (read_source(path, true)?, path.display().to_string()),
+        (None, Some(name)) => {
+            let (images, what) = load_dataset(
+                name,
+                &args.ref_dataset.split,
+                args.ref_dataset.data.as_deref(),
+                args.ref_dataset.offline,
+            )?;
+            (Source::Images(images), what)
+        }
+        (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
+    };
+    let (reference, ref_what) = reference;
+
+    let samples_features = extract(&extractor, &samples, &samples_what)?;
+    let samples_stats = Statistics::from_features(&samples_features)?;
+    let (ref_stats, ref_features, ref_n) = match reference {
+        Source::Statistics(stats) => (stats, None, None),
+        Source::Images(images) => {
+            let images = limit(images, args.n, &ref_what)?;
+            let features = extract(&extractor, &images, &ref_what)?;
+            (
+                Statistics::from_features(&features)?,
+                Some(features),
+                Some(images.len()),
+            )
+        }
+    };
+    let fid_value = fid::frechet_distance(&samples_stats, &ref_stats)
+        .with_context(|| format!("FID of {samples_what} against {ref_what}"))?;
+    let kid: Option<Kid> = match &ref_features {
+        Some(ref_features) => {
+            let config = KidConfig {
+                n_subsets: args.kid_subsets,
+                subset_size: args.kid_subset_size,
+                seed: args.seed,
+            };
+            Some(fid::kid(&samples_features, ref_features, &config)?)
+        }
+        None => None,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    println!("FID {fid_value:.4}");
+    match &kid {
+        Some(k) => println!(
+            "KID {:.6} ± {:.6} ({} subsets of {})",
+            k.mean, k.std, k.n_subsets, k.subset_size
+        ),
+        None => {
+            println!("KID n/a (the reference is statistics only; pass images or --dataset for KID)")
+        }
+    }
+    eprintln!(
+        "{} samples against {ref_what} in {seconds:.1} s",
+        samples.len()
+    );
+    if let Some(out) = &args.out {
+        let result = json!({
+            "fid": fid_value,
+            "kid": kid,
+            "samples": {"source": samples_what, "n": samples.len(), "details": samples_meta},
+            "reference": {"source": ref_what, "n": ref_n},
+            "inception": {
+                "path": extractor.path().display().to_string(),
+                "sha256_verified": verified,
+                "input_size": extractor.input_size(),
+                "resize": extractor.resize().name(),
+                "dim": samples_features.dim(),
+            },
+            "seconds": seconds,
+        });
+        let text = serde_json::to_string_pretty(&result).expect("serialisable") + "\n";
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn run_stats(args: StatsArgs) -> Result<()> {
+    let (extractor, _) = load_extractor(&args.inception)?;
+    let (images, what) = match (&args.samples, &args.dataset.dataset) {
+        (Some(path), _) => match read_source(path, false)? {
+            Source::Images(images) => (images, path.display().to_string()),
+            Source::Statistics(_) => unreachable!("refused by read_source"),
+        },
+        (None, Some(name)) => load_dataset(
+            name,
+            &args.dataset.split,
+            args.dataset.data.as_deref(),
+            args.dataset.offline,
+        )?,
+        (None, None) => bail!("pass --dataset NAME [--split SPLIT] or --samples FILE_OR_DIR"),
+    };
+    let images = limit(images, args.n, &what)?;
+    let features = extract(&extractor, &images, &what)?;
+    let stats = Statistics::from_features(&features)?;
+    stats.write_npz(&args.out)?;
+    eprintln!(
+        "statistics of {} images of {what} ({}-d) written to {}",
+        images.len(),
+        stats.dim(),
+        args.out.display()
+    );
+    Ok(())
+}

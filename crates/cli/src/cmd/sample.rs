@@ -1,0 +1,604 @@
+//! `ddpm sample`: draw images from a checkpoint (its EMA weights by default) with DDPM, DDIM or
+//! DPM-Solver++(2M), in batches, and write a PNG grid, one PNG per image, the notebook's
+//! reverse-process strip, an animated GIF of chains and an `.npz` of uint8 NHWC images (the
+//! format FID tools read).
+//!
+//! Every flag, output path and the checkpoint are checked before sampling starts, so a mistake
+//! costs seconds, not a sampling run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::nn::VarStore;
+
+use data::grid::{make_grid, GridSpec};
+use data::npz::{write_npz, NpyArray, NpyData};
+use model::device::DeviceSpec;
+use schedule::tensor::ScheduleTensors;
+use schedule::{Schedule, TimestepSpacing, VarianceType};
+use train::checkpoint;
+use train::sample::{
+    sample_batches, to_u8_nchw, to_u8_nhwc, BatchPlan, SampleOptions, SamplerConfig,
+};
+use train::TrainConfig;
+
+/// Which reverse process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerKind {
+    /// Ancestral sampling over all T steps (Ho et al. 2020, Alg. 2).
+    Ddpm,
+    /// DDIM over --steps steps with --eta (Song et al. 2021).
+    Ddim,
+    /// DPM-Solver++(2M) over --steps steps (Lu et al. 2022): good samples in 15-25 steps.
+    #[value(name = "dpm-solver++")]
+    DpmSolverPp,
+}
+
+/// The reverse variance of DDPM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VarianceArg {
+    /// σ_t² = β_t, as the official DDPM code samples CIFAR-10.
+    Large,
+    /// σ_t² = β̃_t, the posterior variance (the notebook's).
+    Small,
+}
+
+/// How DDIM and DPM-Solver++ spread their steps over 0..T.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpacingArg {
+    /// Evenly from T − 1 down to 0.
+    Linspace,
+    /// Multiples of ⌊T/steps⌋ from 0 (the DDIM paper's choice).
+    Leading,
+    /// Evenly from T − 1 down, stopping short of 0 (Lin et al. 2024).
+    Trailing,
+}
+
+/// Which weights of the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    /// The exponential moving average (what papers sample with).
+    Ema,
+    /// The live training weights.
+    Model,
+}
+
+/// Arguments of `ddpm sample`.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// A checkpoint directory (runs/NAME/checkpoints/step-N), or a run directory (its newest
+    /// checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which weights to sample with.
+    #[arg(long, value_enum, default_value = "ema")]
+    weights: WeightsArg,
+    /// The sampler.
+    #[arg(long, value_enum, default_value = "ddpm")]
+    sampler: SamplerKind,
+    /// DDPM's reverse variance.
+    #[arg(long, value_enum, default_value = "large")]
+    variance: VarianceArg,
+    /// DDIM and DPM-Solver++: sampling steps, at most T (default 50 for DDIM, 20 for
+    /// DPM-Solver++).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DDIM: η in [0, 1]; 0 is deterministic, 1 is DDPM-like.
+    #[arg(long)]
+    eta: Option<f64>,
+    /// DDIM and DPM-Solver++: how the steps are spread (default leading for DDIM, trailing for
+    /// DPM-Solver++).
+    #[arg(long, value_enum)]
+    spacing: Option<SpacingArg>,
+    /// Do not clamp the predicted x0 to [-1, 1] at each step.
+    #[arg(long)]
+    no_clip: bool,
+    /// How many images.
+    #[arg(long, short = 'n', default_value_t = 64)]
+    n_images: usize,
+    /// Images per batch: bounds memory; the images depend on it (see --seed).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seed: batch b is seeded from (seed, b), so with the same --batch, a run's first batches
+    /// are those of any larger run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// libtorch intra-op CPU threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Write a PNG grid of the first --grid-n images.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Images in the grid.
+    #[arg(long, default_value_t = 64)]
+    grid_n: usize,
+    /// Images per grid row.
+    #[arg(long, default_value_t = 8)]
+    nrow: usize,
+    /// Write one PNG per image into this directory (000000.png, …).
+    #[arg(long)]
+    png_dir: Option<PathBuf>,
+    /// Write the reverse-process strip of the first image (evenly spaced snapshots of its
+    /// chain, the last being the sample).
+    #[arg(long)]
+    strip: Option<PathBuf>,
+    /// Snapshots in the strip.
+    #[arg(long, default_value_t = 10)]
+    strip_len: usize,
+    /// Write an animated GIF of the chains of the first --gif-chains images.
+    #[arg(long)]
+    gif: Option<PathBuf>,
+    /// GIF frames, evenly spaced along the chain (fewer when the sampler has fewer steps).
+    #[arg(long, default_value_t = 40)]
+    gif_frames: usize,
+    /// Chains shown in the GIF.
+    #[arg(long, default_value_t = 16)]
+    gif_chains: usize,
+    /// Milliseconds per GIF frame (the last frame is held for a second).
+    #[arg(long, default_value_t = 80)]
+    gif_delay_ms: u32,
+    /// Write every image as an .npz holding `arr_0`, uint8 [N, H, W, C] (as FID tools read).
+    #[arg(long)]
+    npz: Option<PathBuf>,
+    /// Pixels per image pixel in the grid, strip and GIF.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+}
+
+/// Finds the checkpoint directory `given` names: a checkpoint itself, a run directory or its
+/// `checkpoints/` folder (the newest checkpoint).
+pub fn resolve_checkpoint(given: &Path) -> Result<PathBuf> {
+    if !given.exists() {
+        bail!("--checkpoint {} does not exist", given.display());
+    }
+    if given.join(checkpoint::STATE_FILE).is_file() {
+        return Ok(given.to_path_buf());
+    }
+    for root in [given.join("checkpoints"), given.to_path_buf()] {
+        if let Some(latest) = checkpoint::latest(&root) {
+            return Ok(latest);
+        }
+    }
+    bail!(
+        "--checkpoint {}: no {} there and no checkpoint under it; pass a checkpoint directory \
+         (RUN/checkpoints/step-N) or a run directory",
+        given.display(),
+        checkpoint::STATE_FILE
+    )
+}
+
+/// Reads the training configuration a checkpoint was written with.
+pub fn read_config(dir: &Path) -> Result<TrainConfig> {
+    let state = checkpoint::read_state(dir)?;
+    let path = dir.join(checkpoint::STATE_FILE);
+    serde_json::from_value(state.config).with_context(|| {
+        format!(
+            "{}: `config` is not a valid training configuration",
+            path.display()
+        )
+    })
+}
+
+/// Checks that `path` can be written, creating its parent directories, without leaving a file
+/// behind.
+fn check_writable_file(path: &Path, flag: &str) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("{flag} {}: cannot write there: {e}", path.display())
+    };
+    if path.is_dir() {
+        bail!("{flag} {} is a directory: pass a file name", path.display());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| fail(&e))?;
+    }
+    let existed = path.exists();
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| fail(&e))?;
+    if !existed {
+        fs::remove_file(path).map_err(|e| fail(&e))?;
+    }
+    Ok(())
+}
+
+fn check_writable_dir(dir: &Path, flag: &str) -> Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("{flag} {}: cannot create the directory", dir.display()))?;
+    check_writable_file(&dir.join(".ddpm-write-test"), flag)
+}
+
+/// The sampler the flags describe, checked against the checkpoint's T.
+fn sampler_config(args: &SampleArgs, n_train_steps: usize) -> Result<SamplerConfig> {
+    let spacing = |default| match args.spacing.unwrap_or(default) {
+        SpacingArg::Linspace => TimestepSpacing::Linspace,
+        SpacingArg::Leading => TimestepSpacing::Leading,
+        SpacingArg::Trailing => TimestepSpacing::Trailing,
+    };
+    let steps = |default: usize| -> Result<usize> {
+        let steps = args.steps.unwrap_or(default.min(n_train_steps));
+        if steps == 0 || steps > n_train_steps {
+            bail!("--steps {steps} is impossible: the checkpoint's schedule has T = {n_train_steps} steps, so use 1 to {n_train_steps}");
+        }
+        Ok(steps)
+    };
+    if args.sampler != SamplerKind::Ddim && args.eta.is_some() {
+        bail!("--eta applies to --sampler ddim only");
+    }
+    let config = match args.sampler {
+        SamplerKind::Ddpm => {
+            if args.steps.is_some() || args.spacing.is_some() {
+                bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
+            }
+            let variance = match args.variance {
+                VarianceArg::Large => VarianceType::FixedLarge,
+                VarianceArg::Small => VarianceType::FixedSmall,
+            };
+            SamplerConfig::Ddpm { variance }
+        }
+        SamplerKind::Ddim => {
+            let eta = args.eta.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&eta) {
+                bail!("--eta {eta} is invalid: it must be in [0, 1]");
+            }
+            SamplerConfig::Ddim {
+                steps: steps(50)?,
+                eta,
+                spacing: spacing(SpacingArg::Leading),
+            }
+        }
+        SamplerKind::DpmSolverPp => SamplerConfig::DpmSolverPp {
+            steps: steps(20)?,
+            spacing: spacing(SpacingArg::Trailing),
+        },
+    };
+    config
+        .timesteps(n_train_steps)
+        .context("the sampler flags")?;
+    Ok(config)
+}
+
+/// Checks the counts and the outputs.
+fn check_args(args: &SampleArgs) -> Result<()> {
+    for (value, flag) in [
+        (args.n_images, "--n-images"),
+        (args.batch, "--batch"),
+        (args.grid_n, "--grid-n"),
+        (args.nrow, "--nrow"),
+        (args.strip_len, "--strip-len"),
+        (args.gif_frames, "--gif-frames"),
+        (args.gif_chains, "--gif-chains"),
+        (args.scale, "--scale"),
+    ] {
+        if value == 0 {
+            bail!("{flag} 0: it must be at least 1");
+        }
+    }
+    if args.grid.is_none()
+        && args.png_dir.is_none()
+        && args.strip.is_none()
+        && args.gif.is_none()
+        && args.npz.is_none()
+    {
+        bail!("nothing to write: pass --grid, --png-dir, --strip, --gif or --npz");
+    }
+    for (path, flag) in [
+        (&args.grid, "--grid"),
+        (&args.strip, "--strip"),
+        (&args.gif, "--gif"),
+        (&args.npz, "--npz"),
+    ] {
+        if let Some(path) = path {
+            check_writable_file(path, flag)?;
+        }
+    }
+    if let Some(dir) = &args.png_dir {
+        check_writable_dir(dir, "--png-dir")?;
+    }
+    Ok(())
+}
+
+/// A grid of u8 NCHW images as RGB pixels: (width, height, HWC RGB).
+fn rgb_grid(
+    images: &[u8],
+    shape: [usize; 4],
+    nrow: usize,
+    scale: usize,
+) -> Result<(u32, u32, Vec<u8>)> {
+    let spec = GridSpec {
+        nrow,
+        scale,
+        ..GridSpec::default()
+    };
+    let grid = make_grid(images, shape, &spec)?;
+    Ok((grid.width as u32, grid.height as u32, grid.to_rgb()))
+}
+
+/// Writes `frames` (u8 NCHW each, of `shape`) as a looping GIF, each frame a grid.
+fn write_gif(
+    path: &Path,
+    frames: &[Vec<u8>],
+    shape: [usize; 4],
+    scale: usize,
+    delay_ms: u32,
+) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    use image::{Delay, Frame, RgbaImage};
+    let nrow = (shape[0] as f64).sqrt().ceil() as usize;
+    let file = fs::File::create(path)
+        .with_context(|| format!("--gif {}: cannot create", path.display()))?;
+    let mut encoder = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
+    encoder
+        .set_repeat(Repeat::Infinite)
+        .with_context(|| format!("--gif {}", path.display()))?;
+    for (k, frame) in frames.iter().enumerate() {
+        let (w, h, rgb) = rgb_grid(frame, shape, nrow, scale)?;
+        let rgba: Vec<u8> = rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let image = RgbaImage::from_raw(w, h, rgba).expect("grid size");
+        let ms = if k + 1 == frames.len() {
+            1000
+        } else {
+            delay_ms
+        };
+        encoder
+            .encode_frame(Frame::from_parts(
+                image,
+                0,
+                0,
+                Delay::from_numer_denom_ms(ms, 1),
+            ))
+            .with_context(|| format!("--gif {}: cannot write frame {k}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes one PNG (gray or RGB) from u8 CHW.
+fn write_png(path: &Path, chw: &[u8], [c, h, w]: [usize; 3]) -> Result<()> {
+    let pixels: Vec<u8> = (0..h * w)
+        .flat_map(|p| (0..c).map(move |ch| chw[ch * h * w + p]))
+        .collect();
+    data::grid::save_png(path, &pixels, w, h, c)?;
+    Ok(())
+}
+
+/// `n` indices spread evenly over `0..len`, ending at `len - 1` (as the sampler's snapshots).
+fn evenly(len: usize, n: usize) -> Vec<usize> {
+    let n = n.min(len);
+    (1..=n).map(|k| k * len / n - 1).collect()
+}
+
+/// Runs `ddpm sample`.
+pub fn run(args: SampleArgs) -> Result<()> {
+    check_args(&args)?;
+    let dir = resolve_checkpoint(&args.checkpoint)?;
+    let config = read_config(&dir)?;
+    let state_path = dir.join(checkpoint::STATE_FILE);
+    let schedule = Schedule::new(&config.schedule)
+        .with_context(|| format!("{}: schedule", state_path.display()))?;
+    let sampler = sampler_config(&args, schedule.n_steps())?;
+    config
+        .model
+        .validate()
+        .with_context(|| format!("{}: model", state_path.display()))?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let device = args.device.resolve()?;
+    let mut vs = VarStore::new(device);
+    let net = config
+        .model
+        .build(&vs.root())
+        .with_context(|| format!("{}: model", state_path.display()))?;
+    let weights = dir.join(match args.weights {
+        WeightsArg::Ema => checkpoint::EMA_FILE,
+        WeightsArg::Model => checkpoint::MODEL_FILE,
+    });
+    model::load_safetensors(&mut vs, &weights).with_context(|| {
+        format!(
+            "cannot load the weights: does {} match the model in {}?",
+            weights.display(),
+            state_path.display()
+        )
+    })?;
+    let sched = ScheduleTensors::new(&schedule, device);
+
+    let (c, s) = (config.model.in_channels(), config.model.image_size());
+    let n = args.n_images;
+    let n_chains = match (args.gif.is_some(), args.strip.is_some()) {
+        (true, _) => args.gif_chains.min(n),
+        (false, true) => 1,
+        (false, false) => 0,
+    };
+    let n_snapshots = match (args.gif.is_some(), args.strip.is_some()) {
+        (true, _) => args.gif_frames,
+        (false, true) => args.strip_len,
+        (false, false) => 0,
+    };
+    let options = SampleOptions {
+        prediction: config.objective.prediction,
+        clip_x0: !args.no_clip,
+        n_snapshots,
+        autocast: device.is_cuda() && config.precision == train::Precision::Bf16,
+    };
+    let plan = BatchPlan {
+        n_images: n,
+        batch_size: args.batch.min(n),
+        image_shape: [c, s, s],
+        seed: args.seed,
+        n_chains,
+    };
+    let n_steps = sampler.timesteps(schedule.n_steps())?.len();
+    let bar = ProgressBar::new((plan.n_batches() * n_steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    eprintln!(
+        "sampling {n} images of {c}x{s}x{s} from {} ({}), {sampler:?}, {n_steps} steps, batches of {}, on {device:?}",
+        dir.display(),
+        weights.file_name().and_then(|f| f.to_str()).unwrap_or_default(),
+        plan.batch_size
+    );
+    let started = std::time::Instant::now();
+    let n_batches = plan.n_batches();
+    let image_len = (c * s * s) as usize;
+    let shape_of = |count: usize| [count, c as usize, s as usize, s as usize];
+    let mut grid_images: Vec<u8> = Vec::new();
+    let mut npz_images: Vec<u8> = Vec::new();
+    // frames[k]: snapshot k of the kept chains, u8 NCHW.
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut done = 0usize;
+    let batches = sample_batches(net.as_ref(), &sched, &sampler, &options, plan, |_, _| {
+        bar.inc(1)
+    })?;
+    for batch in batches {
+        let batch = batch?;
+        let images = to_u8_nchw(&batch.output.images);
+        let count = images.len() / image_len;
+        let want = args
+            .grid_n
+            .min(n)
+            .saturating_sub(grid_images.len() / image_len)
+            .min(count);
+        grid_images.extend_from_slice(&images[..want * image_len]);
+        if args.npz.is_some() {
+            npz_images.extend(to_u8_nhwc(&batch.output.images));
+        }
+        if let Some(png_dir) = &args.png_dir {
+            for (k, chw) in images.chunks_exact(image_len).enumerate() {
+                let path = png_dir.join(format!("{:06}.png", batch.first_image + k));
+                write_png(&path, chw, [c as usize, s as usize, s as usize])?;
+            }
+        }
+        for (k, (_, xs)) in batch.output.snapshots.iter().enumerate() {
+            if frames.len() <= k {
+                frames.push(Vec::new());
+            }
+            frames[k].extend(to_u8_nchw(xs));
+        }
+        done += count;
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "batch {}/{n_batches}, {done}/{n} images, {rate:.2} img/s",
+            batch.batch_idx + 1
+        ));
+    }
+    bar.finish_and_clear();
+    let mut written = Vec::new();
+    if let Some(path) = &args.grid {
+        let count = grid_images.len() / image_len;
+        let spec = GridSpec {
+            nrow: args.nrow,
+            scale: args.scale,
+            ..GridSpec::default()
+        };
+        make_grid(&grid_images, shape_of(count), &spec)?
+            .save_png(path)
+            .with_context(|| format!("--grid {}", path.display()))?;
+        written.push(path.clone());
+    }
+    if let Some(path) = &args.strip {
+        let picked = evenly(frames.len(), args.strip_len);
+        let strip: Vec<u8> = picked
+            .iter()
+            .flat_map(|&k| frames[k][..image_len].iter().copied())
+            .collect();
+        let spec = GridSpec {
+            nrow: picked.len(),
+            scale: args.scale,
+            ..GridSpec::default()
+        };
+        make_grid(&strip, shape_of(picked.len()), &spec)?
+            .save_png(path)
+            .with_context(|| format!("--strip {}", path.display()))?;
+        written.push(path.clone());
+    }
+    if let Some(path) = &args.gif {
+        write_gif(
+            path,
+            &frames,
+            shape_of(n_chains),
+            args.scale,
+            args.gif_delay_ms,
+        )?;
+        written.push(path.clone());
+    }
+    if let Some(path) = &args.npz {
+        let array = NpyArray::new(
+            vec![n, s as usize, s as usize, c as usize],
+            NpyData::U8(npz_images),
+        )?;
+        write_npz(path, &[("arr_0", &array)])
+            .with_context(|| format!("--npz {}", path.display()))?;
+        written.push(path.clone());
+    }
+    if let Some(dir) = &args.png_dir {
+        written.push(dir.clone());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{n} images in {secs:.1} s ({:.2} img/s)",
+        n as f64 / secs.max(1e-9)
+    );
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evenly_spread_indices_end_at_the_last() {
+        assert_eq!(evenly(40, 10), [3, 7, 11, 15, 19, 23, 27, 31, 35, 39]);
+        assert_eq!(evenly(5, 10), [0, 1, 2, 3, 4]);
+        assert!(evenly(0, 10).is_empty());
+    }
+
+    #[test]
+    fn a_gif_has_one_frame_per_snapshot_and_decodes() {
+        use image::AnimationDecoder;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chains.gif");
+        let shape = [4, 3, 2, 2];
+        let frames: Vec<Vec<u8>> = (0..7u8).map(|k| vec![k * 30; 48]).collect();
+        write_gif(&path, &frames, shape, 1, 50).unwrap();
+        let decoder = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+            fs::File::open(&path).unwrap(),
+        ))
+        .unwrap();
+        let decoded = decoder.into_frames().collect_frames().unwrap();
+        assert_eq!(decoded.len(), 7);
+        // 2×2 tiles of 2 pixels with 2 pixels of padding: 10×10.
+        assert_eq!(decoded[0].buffer().dimensions(), (10, 10));
+        assert_eq!(decoded[3].buffer().get_pixel(2, 2).0, [90, 90, 90, 255]);
+    }
+
+    #[test]
+    fn unwritable_outputs_are_refused_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        // A path under a regular file can never be created.
+        let err = check_writable_file(&file.join("grid.png"), "--grid").unwrap_err();
+        assert!(format!("{err:#}").starts_with("--grid "), "{err:#}");
+        let err = check_writable_file(dir.path(), "--npz").unwrap_err();
+        assert!(format!("{err:#}").contains("is a directory"), "{err:#}");
+        // A writable path is left as it was.
+        let ok = dir.path().join("sub/out.png");
+        check_writable_file(&ok, "--grid").unwrap();
+        assert!(!ok.exists() && ok.parent().unwrap().is_dir());
+    }
+}

@@ -1,0 +1,567 @@
+//! The samplers against diffusers (golden fixtures), against each other in distribution on a
+//! model whose ε_θ is exact, and their reproducibility from a seed.
+
+use std::path::Path;
+
+use model::{Denoiser, ModelConfig, SimpleUnetConfig};
+use schedule::tensor::{extract, ScheduleTensors};
+use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
+use serde::Deserialize;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use train::objective::Prediction;
+use train::sample::{sample, sample_batches, BatchPlan, SampleOptions, Sampler, SamplerConfig};
+
+/// libtorch's random generator is global to the process: tests that seed it and compare what
+/// it draws run one at a time. One intra-op thread each: the tests' small elementwise ops run
+/// many times slower when several tests' thread pools share a loaded machine's cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    tch::set_num_threads(1);
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn values(xs: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(xs.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden steps from scripts/golden/sampler.py.
+
+#[derive(Deserialize)]
+struct Fixture {
+    schedule: BetaSchedule,
+    shape: [i64; 4],
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    config: SamplerConfig,
+    prediction: Prediction,
+    clip_x0: bool,
+    steps: Vec<GoldenStep>,
+}
+
+#[derive(Deserialize)]
+struct GoldenStep {
+    index: usize,
+    t: usize,
+    x_t: Vec<f64>,
+    model_output: Vec<f64>,
+    noise: Option<Vec<f64>>,
+    prev_sample: Vec<f64>,
+    pred_x0: Vec<f64>,
+}
+
+/// Every sampler step, including DPM-Solver++(2M)'s first-order first step, second-order middle
+/// steps and final step to x̂_0, matches diffusers' schedulers run in float64 on the same inputs
+/// (which the script checks against numpy closed forms to 1e-9).
+#[test]
+fn one_step_matches_diffusers_for_every_sampler() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler_golden.json");
+    let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let st = ScheduleTensors::new(&Schedule::new(&fixture.schedule).unwrap(), Device::Cpu);
+    let tensor = |v: &[f64]| {
+        Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<_>>()).reshape(fixture.shape)
+    };
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in &fixture.cases {
+        let mut sampler = Sampler::new(&st, &case.config, case.prediction, case.clip_x0).unwrap();
+        for step in &case.steps {
+            assert_eq!(
+                sampler.timesteps()[step.index],
+                step.t,
+                "{}: timestep of step {}",
+                case.name,
+                step.index
+            );
+            assert_eq!(
+                sampler.needs_noise(step.index),
+                step.noise.is_some(),
+                "{}: t = {}",
+                case.name,
+                step.t
+            );
+            let noise = step.noise.as_deref().map(tensor);
+            let out = sampler.step(
+                step.index,
+                &tensor(&step.model_output),
+                &tensor(&step.x_t),
+                noise.as_ref(),
+            );
+            // f32 arithmetic on values up to 1/√ᾱ_999 ≈ 157 times the inputs: a relative
+            // tolerance of 1e-5 is 100 f32 ulps, an absolute one of 2e-5 covers values near 0.
+            for (what, ours, expected) in [
+                ("prev_sample", &out.prev_sample, &step.prev_sample),
+                ("pred_x0", &out.pred_x0, &step.pred_x0),
+            ] {
+                for (k, (a, b)) in values(ours).iter().zip(expected).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-5 + 1e-5 * b.abs(),
+                        "{}: step {} (t = {}) {what}[{k}]: {a} vs diffusers {b}",
+                        case.name,
+                        step.index,
+                        step.t
+                    );
+                }
+            }
+        }
+        kinds.insert(format!("{:?}", std::mem::discriminant(&case.config)));
+    }
+    assert_eq!(
+        kinds.len(),
+        3,
+        "the fixture covers DDPM, DDIM and DPM-Solver++"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A model with the exact ε_θ for Gaussian data.
+
+/// x_0 ~ N(μ, s²) in every pixel, independently. Then x_t ~ N(√ᾱ μ, ᾱ s² + 1 − ᾱ) and the
+/// optimal (MMSE) ε̂ = E[ε | x_t] = √(1 − ᾱ) (x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ): a denoiser with no
+/// training error, so the samplers alone decide what comes out.
+#[derive(Debug)]
+struct GaussianDenoiser {
+    mu: f64,
+    var: f64,
+    sqrt_alphas_cumprod: Tensor,
+    sqrt_one_minus_alphas_cumprod: Tensor,
+}
+
+impl GaussianDenoiser {
+    fn new(st: &ScheduleTensors, mu: f64, var: f64) -> Self {
+        Self {
+            mu,
+            var,
+            sqrt_alphas_cumprod: st.sqrt_alphas_cumprod.shallow_clone(),
+            sqrt_one_minus_alphas_cumprod: st.sqrt_one_minus_alphas_cumprod.shallow_clone(),
+        }
+    }
+}
+
+impl Denoiser for GaussianDenoiser {
+    fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, _train: bool) -> Tensor {
+        let a = extract(&self.sqrt_alphas_cumprod, timesteps, 4);
+        let b = extract(&self.sqrt_one_minus_alphas_cumprod, timesteps, 4);
+        let marginal_var = &a * &a * self.var + &b * &b;
+        b * (xs - &a * self.mu) / marginal_var
+    }
+}
+
+/// μ and s² of the toy data: [-1, 1], where outputs are clamped, is μ − 5.5 s to μ + 4.5 s, so
+/// clamping changes about 0.2 of the 65 536 pixels and no moment measurably.
+const MU: f64 = 0.1;
+const VAR: f64 = 0.04;
+
+/// T = 100 linear steps from 1e-4 to 0.2: ᾱ_T ≈ e^−10, so x_T ~ N(0, I) is the right start.
+fn toy_schedule() -> ScheduleTensors {
+    let s = Schedule::new(&BetaSchedule::Linear {
+        n_steps: 100,
+        start: 1e-4,
+        end: 0.2,
+    })
+    .unwrap();
+    ScheduleTensors::new(&s, Device::Cpu)
+}
+
+fn options() -> SampleOptions {
+    SampleOptions {
+        prediction: Prediction::Eps,
+        clip_x0: false,
+        n_snapshots: 0,
+        autocast: false,
+    }
+}
+
+/// 4096 images of 4×4: 65 536 independent pixels.
+const TOY_SHAPE: [i64; 4] = [4096, 1, 4, 4];
+
+fn mean_var(xs: &Tensor) -> (f64, f64) {
+    let v = values(xs);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (
+        mean,
+        v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0),
+    )
+}
+
+fn toy_samples(st: &ScheduleTensors, config: &SamplerConfig, seed: u64) -> Tensor {
+    let model = GaussianDenoiser::new(st, MU, VAR);
+    sample(&model, st, config, &options(), TOY_SHAPE, seed, |_, _| {})
+        .unwrap()
+        .images
+}
+
+/// The exact law of DDPM(β̃) samples on the Gaussian toy: with x̂_0 = μ + k_t (x_t − √ᾱ_t μ),
+/// k_t = √ᾱ_t s²/(ᾱ_t s² + 1 − ᾱ_t), each step x_{t−1} = c1 x̂_0 + c2 x_t + σ_t z is affine in x_t,
+/// so mean and variance propagate in closed form from N(0, 1). (β̃_t leaves Var[x_0 | x_t] out of
+/// each step, so the result is a little narrower than the data: that is the sampler, not a bug.)
+fn ddpm_posterior_variance_law(st: &ScheduleTensors) -> (f64, f64) {
+    let s = st.schedule();
+    let (mut mean, mut var) = (0.0, 1.0);
+    for t in (0..s.n_steps()).rev() {
+        let (a, ab) = (s.sqrt_alphas_cumprod()[t], s.alphas_cumprod()[t]);
+        let k = a * VAR / (ab * VAR + 1.0 - ab);
+        let (c1, c2) = (s.posterior_mean_coef1()[t], s.posterior_mean_coef2()[t]);
+        let gain = c1 * k + c2;
+        mean = c1 * (MU + k * (mean - a * MU)) + c2 * mean;
+        var = gain * gain * var
+            + if t > 0 {
+                s.posterior_variance()[t]
+            } else {
+                0.0
+            };
+    }
+    (mean, var)
+}
+
+/// DDIM with η = 1 over all T steps is, step by step, DDPM with σ_t² = β̃_t (Song et al. 2021,
+/// §4.1): independent samples of the two have the same mean and variance, and both have the
+/// exact law of that process.
+///
+/// With N = 65 536 independent pixels of variance about s², the standard error of a mean is
+/// s/√N and of a variance s²·√(2/N) (0.55 % of s²); a difference of two independent estimates
+/// has √2 times that. The tolerances are 5 standard errors, which a correct sampler exceeds with
+/// probability below 1e-6, and which a DDIM σ_t of β_t instead of β̃_t or a missing noise term
+/// would break many times over.
+#[test]
+fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distribution() {
+    let _serial = serial();
+    let st = ScheduleTensors::new(
+        &Schedule::new(&BetaSchedule::ho2020()).unwrap(),
+        Device::Cpu,
+    );
+    let ddpm = toy_samples(
+        &st,
+        &SamplerConfig::Ddpm {
+            variance: VarianceType::FixedSmall,
+        },
+        1,
+    );
+    let ddim = toy_samples(
+        &st,
+        &SamplerConfig::Ddim {
+            steps: 1000,
+            eta: 1.0,
+            spacing: TimestepSpacing::Leading,
+        },
+        2,
+    );
+    let ((m1, v1), (m2, v2)) = (mean_var(&ddpm), mean_var(&ddim));
+    let (law_mean, law_var) = ddpm_posterior_variance_law(&st);
+    let n = (TOY_SHAPE.iter().product::<i64>()) as f64;
+    let se_mean = (VAR / n).sqrt();
+    let se_var = VAR * (2.0 / n).sqrt();
+    let sqrt2 = 2f64.sqrt();
+    assert!(
+        (m1 - m2).abs() < 5.0 * sqrt2 * se_mean,
+        "means: DDPM {m1:.5}, DDIM η=1 {m2:.5}"
+    );
+    assert!(
+        (v1 - v2).abs() < 5.0 * sqrt2 * se_var,
+        "variances: DDPM {v1:.5}, DDIM η=1 {v2:.5}"
+    );
+    for (name, m, v) in [("DDPM", m1, v1), ("DDIM η=1", m2, v2)] {
+        assert!(
+            (m - law_mean).abs() < 5.0 * se_mean,
+            "{name} mean {m:.5} vs exact {law_mean:.5}"
+        );
+        assert!(
+            (v - law_var).abs() < 5.0 * se_var,
+            "{name} variance {v:.5} vs exact {law_var:.5}"
+        );
+    }
+    // The law is close to the data's (within 10 % of s²), and the two really are independent
+    // draws, not one chain twice.
+    assert!(
+        (law_var / VAR - 1.0).abs() < 0.1 && (law_mean - MU).abs() < 0.01,
+        "{law_mean} {law_var}"
+    );
+    assert!(f64::try_from((&ddpm - &ddim).abs().max()).unwrap() > 0.1);
+}
+
+/// With the same noise the two are the same chain: DDIM(η = 1, all steps) reproduces DDPM(β̃)
+/// pixel for pixel, up to f32 rounding.
+#[test]
+fn ddim_with_eta_1_over_all_steps_is_the_ddpm_chain_for_the_same_noise() {
+    let _serial = serial();
+    let st = toy_schedule();
+    let ddpm = toy_samples(
+        &st,
+        &SamplerConfig::Ddpm {
+            variance: VarianceType::FixedSmall,
+        },
+        5,
+    );
+    let ddim = toy_samples(
+        &st,
+        &SamplerConfig::Ddim {
+            steps: 100,
+            eta: 1.0,
+            spacing: TimestepSpacing::Leading,
+        },
+        5,
+    );
+    let diff = f64::try_from((&ddpm - &ddim).abs().max()).unwrap();
+    assert!(diff < 1e-3, "max |DDPM − DDIM| = {diff}");
+}
+
+/// DPM-Solver++(2M) is a second-order solver of the probability-flow ODE and DDIM (η = 0) a
+/// first-order one (Lu et al. 2022, Thm. 3.2 of DPM-Solver; Song et al. 2021, §4.3). From the same
+/// x_T, on the exact ε_θ, the largest error against a 1000-step solution must shrink about 4× (at
+/// least 3×) when the steps double for DPM-Solver++, and about 2× (at most 2.5×) for DDIM. On
+/// this toy numpy gives 0.044, 0.0083, 0.0015 for DPM-Solver++ at 50, 100, 200 steps and 0.105,
+/// 0.054, 0.028 for DDIM; f32 rounding (about 1e-6) is far below all of them.
+#[test]
+fn dpm_solver_pp_converges_at_second_order_and_ddim_at_first() {
+    let _serial = serial();
+    let st = ScheduleTensors::new(
+        &Schedule::new(&BetaSchedule::ho2020()).unwrap(),
+        Device::Cpu,
+    );
+    let model = GaussianDenoiser::new(&st, MU, VAR);
+    let run = |config: SamplerConfig| {
+        sample(
+            &model,
+            &st,
+            &config,
+            &options(),
+            [256, 1, 4, 4],
+            9,
+            |_, _| {},
+        )
+        .unwrap()
+        .images
+    };
+    let reference = run(SamplerConfig::DpmSolverPp {
+        steps: 1000,
+        spacing: TimestepSpacing::Trailing,
+    });
+    let error =
+        |config: SamplerConfig| f64::try_from((run(config) - &reference).abs().max()).unwrap();
+    let dpm: Vec<f64> = [50, 100, 200]
+        .map(|steps| {
+            error(SamplerConfig::DpmSolverPp {
+                steps,
+                spacing: TimestepSpacing::Trailing,
+            })
+        })
+        .to_vec();
+    let ddim: Vec<f64> = [50, 100, 200]
+        .map(|steps| {
+            error(SamplerConfig::Ddim {
+                steps,
+                eta: 0.0,
+                spacing: TimestepSpacing::Trailing,
+            })
+        })
+        .to_vec();
+    for k in 0..2 {
+        assert!(
+            dpm[k] / dpm[k + 1] > 3.0,
+            "DPM-Solver++ errors {dpm:?} do not fall at second order"
+        );
+        let ratio = ddim[k] / ddim[k + 1];
+        assert!(
+            (1.5..2.5).contains(&ratio),
+            "DDIM errors {ddim:?} do not fall at first order"
+        );
+    }
+    assert!(
+        dpm[1] < ddim[1] / 4.0,
+        "DPM-Solver++ {dpm:?} vs DDIM {ddim:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproducibility with a real network.
+
+fn tiny_unet() -> (VarStore, Box<dyn Denoiser>) {
+    let config = ModelConfig::Simple(SimpleUnetConfig {
+        in_channels: 3,
+        out_channels: 3,
+        image_size: 8,
+        down_channels: vec![8, 16],
+        up_channels: vec![16, 8],
+        time_emb_dim: 16,
+        ..SimpleUnetConfig::seed_cifar10()
+    });
+    tch::manual_seed(11);
+    let vs = VarStore::new(Device::Cpu);
+    let net = config.build(&vs.root()).unwrap();
+    (vs, net)
+}
+
+fn small_schedule() -> ScheduleTensors {
+    ScheduleTensors::new(
+        &Schedule::new(&BetaSchedule::Linear {
+            n_steps: 20,
+            start: 1e-4,
+            end: 0.2,
+        })
+        .unwrap(),
+        Device::Cpu,
+    )
+}
+
+fn bits(xs: &Tensor) -> Vec<u32> {
+    Vec::<f32>::try_from(xs.reshape([-1]))
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_images_and_another_seed_others() {
+    let _serial = serial();
+    let (_vs, net) = tiny_unet();
+    let st = small_schedule();
+    let options = SampleOptions {
+        n_snapshots: 4,
+        clip_x0: true,
+        ..options()
+    };
+    for config in [
+        SamplerConfig::Ddpm {
+            variance: VarianceType::FixedLarge,
+        },
+        SamplerConfig::Ddim {
+            steps: 5,
+            eta: 0.5,
+            spacing: TimestepSpacing::Trailing,
+        },
+        SamplerConfig::DpmSolverPp {
+            steps: 5,
+            spacing: TimestepSpacing::Trailing,
+        },
+    ] {
+        let run = |seed| {
+            sample(
+                net.as_ref(),
+                &st,
+                &config,
+                &options,
+                [3, 3, 8, 8],
+                seed,
+                |_, _| {},
+            )
+            .unwrap()
+        };
+        let (a, b, c) = (run(7), run(7), run(8));
+        assert_eq!(bits(&a.images), bits(&b.images), "{config:?}: same seed");
+        assert_ne!(bits(&a.images), bits(&c.images), "{config:?}: another seed");
+        assert_eq!(a.snapshots.len(), 4);
+        for ((ta, xa), (tb, xb)) in a.snapshots.iter().zip(&b.snapshots) {
+            assert_eq!((ta, bits(xa)), (tb, bits(xb)));
+            assert_eq!(xa.size(), [3, 3, 8, 8]);
+        }
+        // The last snapshot is the final sample.
+        assert_eq!(bits(&a.snapshots[3].1), bits(&a.images));
+    }
+}
+
+#[test]
+fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
+    let _serial = serial();
+    let (_vs, net) = tiny_unet();
+    let st = small_schedule();
+    let config = SamplerConfig::Ddim {
+        steps: 4,
+        eta: 1.0,
+        spacing: TimestepSpacing::Leading,
+    };
+    let options = SampleOptions {
+        n_snapshots: 3,
+        ..options()
+    };
+    let run = |n_images, n_chains| {
+        let plan = BatchPlan {
+            n_images,
+            batch_size: 4,
+            image_shape: [3, 8, 8],
+            seed: 42,
+            n_chains,
+        };
+        let mut steps = 0;
+        let batches: Vec<_> = sample_batches(net.as_ref(), &st, &config, &options, plan, |_, _| {
+            steps += 1
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+        (batches, steps)
+    };
+    let (six, steps) = run(6, 5);
+    assert_eq!(steps, 8, "4 steps in each of 2 batches");
+    assert_eq!(six.len(), 2);
+    assert_eq!((six[1].batch_idx, six[1].first_image), (1, 4));
+    assert_eq!(
+        six[1].output.images.size(),
+        [2, 3, 8, 8],
+        "the last batch holds the rest"
+    );
+    // Snapshots of the first 5 images: 4 from batch 0, 1 from batch 1.
+    assert_eq!(six[0].output.snapshots[0].1.size()[0], 4);
+    assert_eq!(six[1].output.snapshots.len(), 3);
+    assert_eq!(six[1].output.snapshots[0].1.size()[0], 1);
+
+    let (eight, _) = run(8, 0);
+    assert!(eight[0].output.snapshots.is_empty() && eight[1].output.snapshots.is_empty());
+    // Full batches are bit-identical whatever follows them.
+    assert_eq!(bits(&six[0].output.images), bits(&eight[0].output.images));
+    // The partial batch has the same noise as the first rows of a full one, so the same images
+    // up to the rounding of the network at another batch size.
+    let partial = &six[1].output.images;
+    let full = eight[1].output.images.narrow(0, 0, 2);
+    let diff = f64::try_from((partial - &full).abs().max()).unwrap();
+    assert!(diff < 1e-4, "partial vs full batch: {diff}");
+    // Batches differ from one another, and batch 0 is `sample` with the same seed.
+    assert_ne!(bits(&eight[0].output.images), bits(&eight[1].output.images));
+    let single = sample(
+        net.as_ref(),
+        &st,
+        &config,
+        &options,
+        [4, 3, 8, 8],
+        42,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(bits(&single.images), bits(&eight[0].output.images));
+}
+
+#[test]
+fn impossible_requests_fail_before_any_work() {
+    let (_vs, net) = tiny_unet();
+    let st = small_schedule();
+    let plan = |n_images, batch_size| BatchPlan {
+        n_images,
+        batch_size,
+        image_shape: [3, 8, 8],
+        seed: 0,
+        n_chains: 0,
+    };
+    let mut called = false;
+    let err = |config: &SamplerConfig, plan: BatchPlan, called: &mut bool| {
+        sample_batches(net.as_ref(), &st, config, &options(), plan, |_, _| {
+            *called = true
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let ddpm = SamplerConfig::seed_notebook();
+    assert!(err(&ddpm, plan(0, 4), &mut called).contains("n_images = 0"));
+    assert!(err(&ddpm, plan(4, 0), &mut called).contains("batch_size = 0"));
+    let ddim = SamplerConfig::Ddim {
+        steps: 21,
+        eta: 0.0,
+        spacing: TimestepSpacing::Leading,
+    };
+    assert!(err(&ddim, plan(4, 4), &mut called).contains("T = 20"));
+    assert!(!called);
+}

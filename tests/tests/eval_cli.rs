@@ -1,0 +1,237 @@
+//! `ddpm eval fid` and `ddpm eval stats` with the tiny TorchScript stand-in for the Inception
+//! (`crates/train/tests/fixtures/tiny_inception.pt`, 16×16 input, 32 features) on the real
+//! 20-record CIFAR-10 file and on synthesized image folders; and the errors a user meets.
+
+use std::path::{Path, PathBuf};
+
+use e2e::{run, shared_dir};
+
+fn first20() -> String {
+    shared_dir()
+        .join("data/cifar10/test_batch_first20.bin")
+        .display()
+        .to_string()
+}
+
+fn tiny_inception() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/train/tests/fixtures/tiny_inception.pt")
+        .display()
+        .to_string()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// `ddpm eval SUB ARGS… --inception tiny --no-verify --input-size 16 --device cpu`.
+fn eval(sub: &str, args: &[&str]) -> std::process::Output {
+    let tiny = tiny_inception();
+    let mut all = vec!["eval", sub];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--inception",
+        &tiny,
+        "--no-verify",
+        "--input-size",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    run(&all)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `n` w×h RGB PNGs whose pixels depend on `seed`.
+fn png_folder(dir: &Path, n: usize, w: u32, h: u32, seed: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n as u32 {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = (x * 37 + y * 11 + i * 53 + seed * 101) % 256;
+            image::Rgb([v as u8, (v * 3 % 256) as u8, (255 - v) as u8])
+        });
+        img.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn fid_of_two_folders_prints_fid_and_kid_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    png_folder(&a, 12, 32, 32, 0);
+    png_folder(&b, 10, 32, 32, 7);
+    let out_json = dir.path().join("result.json");
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            p(&a),
+            "--ref",
+            p(&b),
+            "--out",
+            p(&out_json),
+            "--kid-subset-size",
+            "8",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("FID ") && text.contains("KID "), "{text}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    let fid = result["fid"].as_f64().unwrap();
+    assert!(fid > 0.0, "different folders have a positive FID: {result}");
+    assert_eq!(result["kid"]["subset_size"], 8);
+    assert_eq!(result["samples"]["n"], 12);
+    assert_eq!(result["reference"]["n"], 10);
+    assert_eq!(result["inception"]["sha256_verified"], false);
+    assert_eq!(result["inception"]["resize"], "tf");
+    // A folder against itself is at distance zero.
+    let same = eval(
+        "fid",
+        &["--samples", p(&a), "--ref", p(&a), "--out", p(&out_json)],
+    );
+    assert!(same.status.success(), "{}", stderr(&same));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    assert!(
+        result["fid"].as_f64().unwrap().abs() < 1e-6 * fid,
+        "{result}"
+    );
+}
+
+#[test]
+fn cached_statistics_give_the_same_fid_as_the_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("ref.npz");
+    let data = first20();
+    let out = eval(
+        "stats",
+        &["--dataset", "cifar10", "--data", &data, "--out", p(&stats)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let samples = dir.path().join("samples");
+    png_folder(&samples, 8, 32, 32, 3);
+    let fid_of = |args: &[&str]| -> f64 {
+        let json = dir.path().join("r.json");
+        let mut all = vec!["--samples", p(&samples), "--out", p(&json)];
+        all.extend_from_slice(args);
+        let out = eval("fid", &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        result["fid"].as_f64().unwrap()
+    };
+    let from_stats = fid_of(&["--ref", p(&stats)]);
+    let from_dataset = fid_of(&["--dataset", "cifar10", "--data", &data]);
+    assert!(
+        (from_stats - from_dataset).abs() <= 1e-9 * from_dataset,
+        "{from_stats} vs {from_dataset}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = first20();
+    // One image.
+    let one = dir.path().join("one");
+    png_folder(&one, 1, 32, 32, 0);
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            p(&one),
+            "--dataset",
+            "cifar10",
+            "--data",
+            &data,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(p(&one)) && stderr(&out).contains("at least 2"),
+        "{}",
+        stderr(&out)
+    );
+    // Mixed sizes.
+    let mixed = dir.path().join("mixed");
+    png_folder(&mixed, 2, 32, 32, 0);
+    image::RgbImage::new(16, 32)
+        .save(mixed.join("999.png"))
+        .unwrap();
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            p(&mixed),
+            "--dataset",
+            "cifar10",
+            "--data",
+            &data,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("999.png") && stderr(&out).contains("share a size"),
+        "{}",
+        stderr(&out)
+    );
+    // A file that is not statistics nor samples.
+    let junk = dir.path().join("junk.npz");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    let good = dir.path().join("good");
+    png_folder(&good, 3, 32, 32, 0);
+    let out = eval("fid", &["--samples", p(&good), "--ref", p(&junk)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("junk.npz"), "{}", stderr(&out));
+    // The wrong network without --no-verify: the checksum names the file.
+    let tiny = tiny_inception();
+    let out = run(&[
+        "eval",
+        "fid",
+        "--samples-dataset",
+        "cifar10",
+        "--samples-data",
+        &data,
+        "--dataset",
+        "cifar10",
+        "--data",
+        &data,
+        "--inception",
+        &tiny,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tiny_inception.pt") && stderr(&out).contains("sha256"),
+        "{}",
+        stderr(&out)
+    );
+    // No network at all: say how to get it.
+    let absent = dir.path().join("absent.pt");
+    let out = run(&[
+        "eval",
+        "stats",
+        "--dataset",
+        "cifar10",
+        "--data",
+        &data,
+        "--out",
+        "x.npz",
+        "--inception",
+        p(&absent),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cargo xtask fetch-inception") && stderr(&out).contains("absent.pt"),
+        "{}",
+        stderr(&out)
+    );
+}

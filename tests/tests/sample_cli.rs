@@ -1,0 +1,427 @@
+//! `ddpm sample` from a checkpoint that `ddpm train` wrote (tiny model, CPU), its outputs, its
+//! errors, and `ddpm forward` on a real CIFAR-10 image.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use e2e::{run, shared_dir};
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// A CIFAR-10 binary file with `n` records of smooth images.
+fn synthetic_cifar(dir: &Path, n: usize) -> PathBuf {
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        for c in 0..3 {
+            for p in 0..1024 {
+                bytes.push(((p / 32 + p % 32) * (c + 1) * 3 + i * 17) as u8);
+            }
+        }
+    }
+    let path = dir.join("synthetic_batch.bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Trains the seed preset, made tiny (a 2-level SimpleUnet, T = 50, 2 steps), into `run_dir`.
+fn train_tiny(dir: &Path) -> PathBuf {
+    let data = synthetic_cifar(dir, 16);
+    let run_dir = dir.join("run");
+    let model = r#"{"arch":"simple","in_channels":3,"out_channels":3,"image_size":28,"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}"#;
+    let out = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--run-dir",
+        s(&run_dir),
+        "--max-steps",
+        "2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={model}"),
+        "--set",
+        r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "ddpm train failed: {}",
+        stderr_of(&out)
+    );
+    run_dir
+}
+
+fn sample(checkpoint: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sample",
+        "--checkpoint",
+        s(checkpoint),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn png_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn sample_writes_every_output_from_a_trained_checkpoint_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let out_dir = dir.path().join("out");
+    let (grid, strip, gif, npz, pngs) = (
+        out_dir.join("grid.png"),
+        out_dir.join("strip.png"),
+        out_dir.join("chains.gif"),
+        out_dir.join("x.npz"),
+        out_dir.join("pngs"),
+    );
+    // 5 images in batches of 2 (the last batch holds 1), DDIM over 10 of the 50 steps.
+    let common = [
+        "-n",
+        "5",
+        "--batch",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--eta",
+        "0.5",
+        "--seed",
+        "3",
+    ];
+    let mut args = common.to_vec();
+    args.extend_from_slice(&[
+        "--grid",
+        s(&grid),
+        "--png-dir",
+        s(&pngs),
+        "--strip",
+        s(&strip),
+        "--gif",
+        s(&gif),
+    ]);
+    args.extend_from_slice(&["--gif-frames", "6", "--gif-chains", "3", "--npz", s(&npz)]);
+    let out = sample(&run_dir, &args);
+    assert!(
+        out.status.success(),
+        "ddpm sample failed: {}",
+        stderr_of(&out)
+    );
+
+    // The grid: 5 tiles of 28 + 2 padding in one row.
+    let grid_image = image::open(&grid).expect("the grid decodes");
+    assert_eq!((grid_image.width(), grid_image.height()), (5 * 30 + 2, 32));
+    // One PNG per image.
+    let files = png_files(&pngs);
+    assert_eq!(
+        files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "000000.png",
+            "000001.png",
+            "000002.png",
+            "000003.png",
+            "000004.png"
+        ]
+    );
+    for (name, _) in &files {
+        let img = image::open(pngs.join(name)).expect("each PNG decodes");
+        assert_eq!((img.width(), img.height()), (28, 28));
+    }
+    // The strip takes 10 evenly spaced snapshots of the GIF's 6 frames: all 6.
+    let strip_image = image::open(&strip).expect("the strip decodes");
+    assert_eq!(
+        (strip_image.width(), strip_image.height()),
+        (6 * 30 + 2, 32)
+    );
+    // The GIF: one frame per snapshot, each a 2×2 grid of the 3 chains.
+    {
+        use image::AnimationDecoder;
+        let file = std::io::BufReader::new(std::fs::File::open(&gif).unwrap());
+        let frames = image::codecs::gif::GifDecoder::new(file)
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap();
+        assert_eq!(frames.len(), 6);
+        assert_eq!(frames[0].buffer().dimensions(), (2 * 30 + 2, 2 * 30 + 2));
+        // The last frame is the final samples: image 1 sits in the top-right tile. GIF
+        // quantises to 256 colours, so compare the tiles' mean colours.
+        let last = frames[5].buffer();
+        let png1 = image::open(pngs.join("000001.png")).unwrap().to_rgb8();
+        for k in 0..3 {
+            let mut gif_mean = 0.0;
+            let mut png_mean = 0.0;
+            for y in 0..28 {
+                for x in 0..28 {
+                    gif_mean += last.get_pixel(32 + x, 2 + y).0[k] as f64 / 784.0;
+                    png_mean += png1.get_pixel(x, y).0[k] as f64 / 784.0;
+                }
+            }
+            assert!(
+                (gif_mean - png_mean).abs() < 8.0,
+                "channel {k}: GIF tile mean {gif_mean} vs PNG {png_mean}"
+            );
+        }
+    }
+    // The .npz: a stored zip entry arr_0.npy of uint8 [5, 28, 28, 3], pixels as in the PNGs.
+    let bytes = std::fs::read(&npz).unwrap();
+    assert_eq!(&bytes[..2], b"PK");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("arr_0.npy"), "no arr_0 entry");
+    assert!(
+        text.contains("'descr': '|u1'") && text.contains("'shape': (5, 28, 28, 3)"),
+        "npy header"
+    );
+    let png0 = image::open(pngs.join("000000.png")).unwrap().to_rgb8();
+    let header_end = text.find("}").unwrap();
+    let data_start = bytes[header_end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap()
+        + header_end
+        + 1;
+    assert_eq!(
+        &bytes[data_start..data_start + 28 * 28 * 3],
+        png0.as_raw().as_slice(),
+        "npz image 0 (NHWC) = 000000.png"
+    );
+
+    // The same seed gives the same images; another seed others.
+    let again = out_dir.join("again");
+    let mut args = common.to_vec();
+    args.extend_from_slice(&["--png-dir", s(&again)]);
+    assert!(sample(&run_dir, &args).status.success());
+    assert_eq!(png_files(&again), files);
+    let other = out_dir.join("other");
+    let mut args = common.to_vec();
+    let last = args.len() - 1;
+    args[last] = "4";
+    args.extend_from_slice(&["--png-dir", s(&other)]);
+    assert!(sample(&run_dir, &args).status.success());
+    assert_ne!(png_files(&other), files);
+
+    // DDPM and DPM-Solver++ run from the same checkpoint directory.
+    let ckpt = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for extra in [
+        ["--sampler", "ddpm", "--variance", "small"],
+        ["--sampler", "dpm-solver++", "--steps", "5"],
+    ] {
+        let grid = out_dir.join(format!("{}.png", extra[1]));
+        let mut args = vec!["-n", "2", "--weights", "model", "--grid", s(&grid)];
+        args.extend_from_slice(&extra);
+        let out = sample(&ckpt, &args);
+        assert!(out.status.success(), "{extra:?}: {}", stderr_of(&out));
+        assert!(image::open(&grid).is_ok());
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let ckpt = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let grid = dir.path().join("grid.png");
+    let fails = |checkpoint: &Path, extra: &[&str], expected: &[&str]| {
+        let mut args = extra.to_vec();
+        if !args.contains(&"--grid") {
+            args.extend_from_slice(&["--grid", s(&grid)]);
+        }
+        let out = sample(checkpoint, &args);
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        for e in expected {
+            assert!(err.contains(e), "{extra:?}: expected `{e}` in: {err}");
+        }
+        assert!(
+            !err.contains("sampling "),
+            "{extra:?}: the error came after sampling started: {err}"
+        );
+        assert!(!grid.exists(), "{extra:?} wrote the grid");
+    };
+    // Missing checkpoint; a directory that holds none.
+    fails(
+        &dir.path().join("nope"),
+        &[],
+        &["--checkpoint", "nope", "does not exist"],
+    );
+    fails(dir.path(), &[], &["--checkpoint", "no state.json"]);
+    // Corrupt weights.
+    let corrupt = dir.path().join("corrupt");
+    copy_dir(&ckpt, &corrupt);
+    std::fs::write(corrupt.join("ema.safetensors"), b"not safetensors").unwrap();
+    fails(&corrupt, &[], &["ema.safetensors"]);
+    // The weights are fine but --weights model is missing.
+    std::fs::remove_file(corrupt.join("model.safetensors")).unwrap();
+    fails(&corrupt, &["--weights", "model"], &["model.safetensors"]);
+    // A config that does not match the weights: wider channels.
+    let mismatch = dir.path().join("mismatch");
+    copy_dir(&ckpt, &mismatch);
+    let state_path = mismatch.join("state.json");
+    let state = std::fs::read_to_string(&state_path).unwrap().replace(
+        "\"down_channels\": [\n        8,",
+        "\"down_channels\": [\n        12,",
+    );
+    assert!(state.contains("12,"), "edited the config");
+    std::fs::write(&state_path, state).unwrap();
+    fails(&mismatch, &[], &["ema.safetensors", "state.json"]);
+    // A corrupt state.json.
+    std::fs::write(&state_path, "{").unwrap();
+    fails(&mismatch, &[], &["state.json"]);
+    // Impossible settings.
+    fails(
+        &ckpt,
+        &["--sampler", "ddim", "--steps", "51"],
+        &["--steps 51", "T = 50"],
+    );
+    fails(
+        &ckpt,
+        &["--sampler", "dpm-solver++", "--steps", "0"],
+        &["--steps 0"],
+    );
+    fails(&ckpt, &["--sampler", "ddim", "--eta", "2"], &["--eta 2"]);
+    fails(&ckpt, &["-n", "0"], &["--n-images 0"]);
+    fails(&ckpt, &["--batch", "0"], &["--batch 0"]);
+    fails(&ckpt, &["--sampler", "ddpm", "--steps", "10"], &["--steps"]);
+    // Unwritable output paths: under a regular file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = file.join("grid.png");
+    fails(&ckpt, &["--grid", s(&under_file)], &["--grid", "a-file"]);
+    fails(&ckpt, &["--npz", s(&under_file)], &["--npz"]);
+    fails(&ckpt, &["--png-dir", s(&file.join("pngs"))], &["--png-dir"]);
+    // Nothing to write.
+    let out = sample(&ckpt, &[]);
+    assert!(
+        stderr_of(&out).contains("nothing to write"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn forward_draws_the_closed_form_noising_of_a_real_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let strip = dir.path().join("strip.png");
+    let data = shared_dir().join("data/cifar10/test_batch_first20.bin");
+    let out = run(&[
+        "forward",
+        "--dataset",
+        "cifar10",
+        "--data",
+        s(&data),
+        "--index",
+        "3",
+        "--rows",
+        "2",
+        "--scale",
+        "1",
+        "--out",
+        s(&strip),
+    ]);
+    assert!(
+        out.status.success(),
+        "ddpm forward failed: {}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("t = [0, 33, 66, 100, 133, 166, 199, 233, 266, 299]"),
+        "{}",
+        stderr_of(&out)
+    );
+    // The seed preset: 28×28 images; x_0 and 10 noisy columns, 2 rows.
+    let img = image::open(&strip).expect("the strip decodes").to_rgb8();
+    assert_eq!(img.dimensions(), (11 * 30 + 2, 2 * 30 + 2));
+    // Roughness (mean |difference| of horizontal neighbours) grows along the strip: the clean
+    // image is smooth and x_299 is nearly pure noise.
+    let roughness = |col: u32| {
+        let (x0, y0) = (2 + col * 30, 2);
+        let mut sum = 0.0;
+        for y in y0..y0 + 28 {
+            for x in x0..x0 + 27 {
+                let (a, b) = (img.get_pixel(x, y).0, img.get_pixel(x + 1, y).0);
+                sum += (0..3)
+                    .map(|k| (a[k] as f64 - b[k] as f64).abs())
+                    .sum::<f64>();
+            }
+        }
+        sum / (28.0 * 27.0 * 3.0)
+    };
+    assert!(
+        roughness(0) < roughness(1) && roughness(1) < roughness(10),
+        "{} {} {}",
+        roughness(0),
+        roughness(1),
+        roughness(10)
+    );
+    assert!(roughness(10) > 60.0, "x_299 is noise: {}", roughness(10));
+    // Bad flags are named.
+    let out = run(&[
+        "forward",
+        "--dataset",
+        "cifar10",
+        "--data",
+        s(&data),
+        "--index",
+        "19",
+        "--rows",
+        "2",
+        "--out",
+        s(&strip),
+    ]);
+    assert!(
+        !out.status.success() && stderr_of(&out).contains("--index 19"),
+        "{}",
+        stderr_of(&out)
+    );
+}
