@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`sample`]: DDPM ancestral sampling, DDIM and DPM-Solver++(2M), batched and seeded.
 //! - [`trainer`]: the loop.
+//! - [`fid`]: Inception features, FID and KID.
 
 pub mod checkpoint;
 pub mod config;
