@@ -210,9 +210,15 @@ def write_fixtures():
     # Copies: the train-mode pass below updates the running statistics in place.
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    # The seed preset's count, the notebook's `model.summary()` total.
-    n_seed = sum(p.numel() for p in SimpleUnet(seed_cifar10_config()).parameters())
-    assert n_seed == 3_482_231, n_seed
+    # The seed preset's count is the notebook's `model.summary()` total; the other two presets'
+    # counts are asserted by the Rust tests.
+    count = lambda config: sum(p.numel() for p in SimpleUnet(config).parameters())  # noqa: E731
+    assert count(seed_cifar10_config()) == 3_482_231
+    fashion = dict(seed_cifar10_config(), in_channels=1, out_channels=1, down_channels=[16, 32, 64],
+                   up_channels=[64, 32, 16])
+    large = dict(seed_cifar10_config(), image_size=64, down_channels=[28, 128, 256, 512, 1024],
+                 up_channels=[1024, 512, 256, 128, 28])
+    assert count(fashion) == 236_113 and count(large) == 62_229_111
 
     x = torch.randn(3, 3, 16, 16, generator=gen)
     t = torch.tensor([0, 150, 299], dtype=torch.int64)

@@ -5,6 +5,9 @@
 //! cargo run --release -p model --example step_time -- --only simple_unet --layout channels_last
 //! ```
 //!
+//! `--compare-layouts CASE` alternates steps of the channels-last and NCHW variants of one case
+//! in one process, the fair way to choose a layout on a machine whose load drifts.
+//!
 //! With `--serve CASE LAYOUT` it builds one case and then runs one step per line of stdin
 //! (`forward` or `train`), answering each with its milliseconds. `model_pytorch.py --lockstep`
 //! drives it that way, alternating Rust and PyTorch steps, so that on a shared, noisy machine
@@ -136,6 +139,53 @@ fn serve(case: &str, layout: &str) {
     }
 }
 
+/// Alternates single steps of the two layouts of one case (CL, NCHW, NCHW, CL, ...), so that
+/// the comparison does not depend on how the machine's load drifts.
+fn compare_layouts(case: &str, iters: usize) {
+    let (_, config, batch) = cases()
+        .into_iter()
+        .find(|(name, _, _)| *name == case)
+        .expect("unknown case");
+    let mut cl = Bench::new(&config, batch, MemoryFormat::ChannelsLast);
+    let mut nchw = Bench::new(&config, batch, MemoryFormat::Contiguous);
+    let timed = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    for train in [false, true] {
+        let step = |b: &mut Bench| if train { b.train_step() } else { b.forward() };
+        for _ in 0..2 {
+            step(&mut cl);
+            step(&mut nchw);
+        }
+        let (mut cl_ms, mut nchw_ms) = (Vec::new(), Vec::new());
+        for i in 0..iters {
+            if i % 2 == 0 {
+                cl_ms.push(timed(&mut || step(&mut cl)));
+                nchw_ms.push(timed(&mut || step(&mut nchw)));
+            } else {
+                nchw_ms.push(timed(&mut || step(&mut nchw)));
+                cl_ms.push(timed(&mut || step(&mut cl)));
+            }
+        }
+        let mut ratios: Vec<f64> = cl_ms.iter().zip(&nchw_ms).map(|(a, b)| a / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{case}/batch{batch}/{}: channels_last median {:.1} ms, nchw median {:.1} ms, \
+             channels_last/nchw median ratio {:.3} ({iters} rounds)",
+            if train { "train_step" } else { "forward" },
+            median(&mut cl_ms),
+            median(&mut nchw_ms),
+            ratios[ratios.len() / 2]
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
@@ -148,6 +198,9 @@ fn main() {
     tch::set_num_threads(threads);
     if let Some(i) = args.iter().position(|a| a == "--serve") {
         return serve(&args[i + 1], &args[i + 2]);
+    }
+    if let Some(case) = flag("--compare-layouts") {
+        return compare_layouts(&case, iters);
     }
     let only = flag("--only");
     let layout = flag("--layout");

@@ -233,6 +233,32 @@ mod tests {
     }
 
     #[test]
+    fn bf16_var_stores_take_and_return_bf16_images() {
+        for config in [
+            ModelConfig::Simple(SimpleUnetConfig::fashion_mnist()),
+            ModelConfig::Ddpm(UNetConfig {
+                in_channels: 1,
+                out_channels: 1,
+                image_size: 8,
+                channels: 8,
+                channel_mult: vec![1, 2],
+                attention_resolutions: vec![4],
+                norm_num_groups: 4,
+                ..UNetConfig::ho2020_cifar10()
+            }),
+        ] {
+            let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let net = config.build(&vs.root()).unwrap();
+            vs.bfloat16();
+            let size = config.image_size();
+            let xs = Tensor::randn([2, 1, size, size], (tch::Kind::BFloat16, tch::Device::Cpu));
+            let out = net.forward_t(&xs, &Tensor::from_slice(&[3i64, 4]), true);
+            assert_eq!(out.kind(), tch::Kind::BFloat16, "{}", config.arch());
+            assert_eq!(out.size(), xs.size());
+        }
+    }
+
+    #[test]
     fn build_returns_a_working_denoiser_and_reports_sizes() {
         let config = ModelConfig::Simple(SimpleUnetConfig::fashion_mnist());
         assert_eq!((config.in_channels(), config.image_size()), (1, 28));

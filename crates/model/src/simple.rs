@@ -20,7 +20,7 @@
 
 use crate::error::{invalid, ModelError};
 use crate::init::fan_avg_uniform;
-use crate::memory_format::{is_channels_last, to_memory_format, MemoryFormat};
+use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
 use crate::{batch_timesteps, timestep_embedding, Denoiser};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module, ModuleT};
@@ -79,14 +79,16 @@ impl SimpleUnetConfig {
         }
     }
 
-    /// A grayscale variant for Fashion-MNIST (28×28×1), narrow enough — down (32, 64, 128) —
-    /// to train for about 15 epochs in half an hour on two CPU cores at batch 128.
+    /// A grayscale variant for Fashion-MNIST (28×28×1), the notebook's architecture at a
+    /// quarter of its deeper widths — down (16, 32, 64) — for about 14× fewer FLOPs per image
+    /// (34 M multiply-adds instead of 483 M), so that two CPU cores make thousands of training
+    /// steps in half an hour. 236,113 parameters.
     pub fn fashion_mnist() -> Self {
         Self {
             in_channels: 1,
             out_channels: 1,
-            down_channels: vec![32, 64, 128],
-            up_channels: vec![128, 64, 32],
+            down_channels: vec![16, 32, 64],
+            up_channels: vec![64, 32, 16],
             ..Self::seed_cifar10()
         }
     }
@@ -177,13 +179,33 @@ impl SimpleUnetConfig {
         Ok(())
     }
 
-    /// Validates the configuration and creates the network's variables under `vs`.
+    /// Validates the configuration and creates the network's variables under `vs`, with the
+    /// kernels in [`Self::preferred_memory_format`] for the var store's device.
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] from [`Self::validate`].
     pub fn build(&self, vs: &nn::Path) -> Result<SimpleUnet, ModelError> {
         self.validate()?;
-        SimpleUnet::new(vs, self.clone())
+        let net = SimpleUnet::new(vs, self.clone());
+        let format = self.preferred_memory_format(vs.device());
+        for kernel in net.conv_kernels() {
+            convert_in_place(kernel, format);
+        }
+        Ok(net)
+    }
+
+    /// The memory format this network trains fastest in on `device`.
+    ///
+    /// Channels-last on the CPU: at the notebook's shape (batch 128, 28×28×3, 2 threads) a
+    /// training step takes about 0.75× the NCHW time, here and in PyTorch (oneDNN's NHWC
+    /// convolutions skip the reorders of its NCHW path). NCHW on CUDA, where it has not been
+    /// measured (`DDPM_BENCH_DEVICE=cuda cargo bench -p model` compares both).
+    pub fn preferred_memory_format(&self, device: tch::Device) -> MemoryFormat {
+        if device.is_cuda() {
+            MemoryFormat::Contiguous
+        } else {
+            MemoryFormat::ChannelsLast
+        }
     }
 }
 
@@ -288,6 +310,7 @@ enum Transform {
 struct Block {
     time_mlp: nn::Linear,
     conv1: nn::Conv2D,
+    conv1_padding: i64,
     transform: Transform,
     conv2: nn::Conv2D,
     bnorm1: BatchNorm,
@@ -334,6 +357,7 @@ impl Block {
         Self {
             time_mlp,
             conv1,
+            conv1_padding: pad3,
             transform,
             conv2,
             bnorm1,
@@ -348,8 +372,21 @@ impl Block {
     /// ReLU and the time addition run in place: a convolution's backward needs its input, not its
     /// output, and BatchNorm's needs its input and batch statistics, so overwriting those outputs
     /// is safe for autograd and saves three image-sized allocations per block.
-    fn forward(&self, xs: &Tensor, t_emb: &Tensor, train: bool) -> Tensor {
-        let mut h = xs.apply(&self.conv1);
+    ///
+    /// `doubled` means that the block's input is `cat([xs, xs], channels)`, which the first up
+    /// block always gets (the notebook concatenates the bottleneck with itself: its last skip is
+    /// the current `x`). A convolution over two copies of `xs` is one convolution over `xs` with
+    /// the two halves of the kernel summed, at half the cost; autograd gives each half the same
+    /// gradient, as the concatenation would.
+    fn forward(&self, xs: &Tensor, doubled: bool, t_emb: &Tensor, train: bool) -> Tensor {
+        let mut h = if doubled {
+            let half = self.conv1.ws.size()[1] / 2;
+            let kernel = self.conv1.ws.narrow(1, 0, half) + self.conv1.ws.narrow(1, half, half);
+            let padding = [self.conv1_padding; 2];
+            xs.conv2d(&kernel, self.conv1.bs.as_ref(), [1, 1], padding, [1, 1], 1)
+        } else {
+            xs.apply(&self.conv1)
+        };
         let _ = h.relu_();
         let mut h = self.bnorm1.forward_t(&h, train);
         let time = t_emb.apply(&self.time_mlp).relu();
@@ -376,7 +413,7 @@ pub struct SimpleUnet {
 }
 
 impl SimpleUnet {
-    fn new(vs: &nn::Path, config: SimpleUnetConfig) -> Result<Self, ModelError> {
+    fn new(vs: &nn::Path, config: SimpleUnetConfig) -> Self {
         let c = &config;
         let n = c.n_blocks();
         // The notebook's `time_mlp` is `Sequential(embedding, Dense, ReLU)`: the Dense is item 1.
@@ -404,14 +441,30 @@ impl SimpleUnet {
             })
             .collect();
         let output = conv2d(vs / "output", c.up_channels[n], c.out_channels, 1, 1, 0);
-        Ok(Self {
+        Self {
             config,
             time_mlp,
             conv0,
             downs,
             ups,
             output,
-        })
+        }
+    }
+
+    /// Every convolution kernel: the tensors whose layout is the memory format.
+    fn conv_kernels(&self) -> Vec<&Tensor> {
+        let blocks = self.downs.iter().chain(&self.ups);
+        let block_kernels = blocks.flat_map(|b| {
+            let transform = match &b.transform {
+                Transform::Down(conv) => &conv.ws,
+                Transform::Up(conv) => &conv.ws,
+            };
+            [&b.conv1.ws, &b.conv2.ws, transform]
+        });
+        std::iter::once(&self.conv0.ws)
+            .chain(block_kernels)
+            .chain([&self.output.ws])
+            .collect()
     }
 
     /// The configuration the network was built from.
@@ -436,12 +489,15 @@ impl Denoiser for SimpleUnet {
         let mut x = x.apply(&self.conv0);
         let mut skips = Vec::with_capacity(self.downs.len());
         for down in &self.downs {
-            x = down.forward(&x, &t_emb, train);
+            x = down.forward(&x, false, &t_emb, train);
             skips.push(x.shallow_clone());
         }
-        for up in &self.ups {
+        // The last skip is the bottleneck itself: the first up block sees cat([x, x]).
+        skips.pop();
+        x = self.ups[0].forward(&x, true, &t_emb, train);
+        for up in &self.ups[1..] {
             let skip = skips.pop().expect("one skip per up block");
-            x = up.forward(&Tensor::cat(&[&x, &skip], 1), &t_emb, train);
+            x = up.forward(&Tensor::cat(&[&x, &skip], 1), false, &t_emb, train);
         }
         let out = self.output.forward(&x);
         if out.kind() == xs.kind() {
@@ -480,6 +536,30 @@ mod tests {
             vs.variables().len() - vs.trainable_variables().len(),
             3 * 2 * 2 * 2
         );
+    }
+
+    #[test]
+    fn kernels_are_channels_last_on_the_cpu_and_every_kernel_is_listed() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = SimpleUnetConfig::seed_cifar10().build(&vs.root()).unwrap();
+        let n_kernels = vs.variables().values().filter(|v| v.dim() == 4).count();
+        assert_eq!(net.conv_kernels().len(), n_kernels);
+        for (name, var) in vs.variables() {
+            assert_eq!(is_channels_last(&var), var.dim() == 4, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_presets_have_the_pytorch_ports_parameter_counts() {
+        // Counted by scripts/golden/model_simple.py's independent port.
+        for (config, expected) in [
+            (SimpleUnetConfig::fashion_mnist(), 236_113),
+            (SimpleUnetConfig::seed_large(), 62_229_111),
+        ] {
+            let vs = VarStore::new(Device::Cpu);
+            let _net = config.build(&vs.root()).unwrap();
+            assert_eq!(crate::parameter_count(&vs), expected, "{config:?}");
+        }
     }
 
     #[test]

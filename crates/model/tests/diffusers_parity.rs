@@ -57,6 +57,7 @@ fn output_matches_diffusers_in_both_memory_formats() {
         let (_vs, net) = tiny_from_fixture(format);
         let out = tch::no_grad(|| net.forward_t(&io["x"], &io["timesteps"], false));
         let err = max_abs_diff(&out, &io["out"]);
+        eprintln!("{format:?}: max abs error {err:e}");
         assert!(err <= TOLERANCE, "{format:?}: max abs error {err:e}");
         assert_eq!(out.kind(), Kind::Float);
     }

@@ -32,6 +32,7 @@ fn eval_output_matches_the_pytorch_port() {
         let (_vs, net) = tiny_from_fixture(format);
         let out = tch::no_grad(|| net.forward_t(&io["x"], &io["timesteps"], false));
         let err = max_abs_diff(&out, &io["out_eval"]);
+        eprintln!("{format:?}: max abs error {err:e}");
         assert!(err <= TOLERANCE, "{format:?}: max abs error {err:e}");
     }
 }
@@ -45,6 +46,7 @@ fn train_mode_forward_backward_and_running_statistics_match_pytorch() {
         let (vs, net) = tiny_from_fixture(format);
         let out = net.forward_t(&io["x"], &io["timesteps"], true);
         let err = max_abs_diff(&out, &io["out_train"]);
+        eprintln!("{format:?}: max abs error {err:e}");
         assert!(err <= TOLERANCE, "{format:?}: max abs error {err:e}");
         let vars = vs.variables();
         assert_gradients_match(&vars, &out, &io, &format!("{format:?}"));

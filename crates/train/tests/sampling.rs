@@ -537,6 +537,8 @@ fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
 
 #[test]
 fn impossible_requests_fail_before_any_work() {
+    // Building the network draws its initial weights from libtorch's global generator.
+    let _serial = serial();
     let (_vs, net) = tiny_unet();
     let st = small_schedule();
     let plan = |n_images, batch_size| BatchPlan {

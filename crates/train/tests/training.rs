@@ -224,6 +224,8 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
 
 #[test]
 fn mismatched_data_and_model_are_config_errors() {
+    // Trainer::new seeds libtorch's global generator and may build the network.
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_config();
     config.model = ModelConfig::Simple(SimpleUnetConfig {
