@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod bench;
 mod fetch;
 mod setup;
 
@@ -29,6 +30,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run every benchmark, with PyTorch eager side by side, and write a JSON + markdown report.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Fetch(fetch::FetchCommand),
 }
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
             }
             run_checked(cmd.args(args))
         }
+        Command::Bench(args) => bench::run(args),
         Command::Fetch(command) => fetch::run(command),
     }
 }

@@ -5,9 +5,8 @@
 //! `forward` is inference (eval mode, no autograd); `train_step` is forward in train mode, an MSE
 //! loss against a fixed target, backward, and an Adam update written here on plain tensors in
 //! `torch.optim.Adam`'s single-tensor form (the default on CPU), with the gradients returned by
-//! `run_backward` (like `torch.autograd.grad`, so no zeroing pass). `scripts/bench/model_pytorch.py`
-//! runs the same models and steps in PyTorch eager on the same libtorch; compare the two as a
-//! ratio measured on the same machine in the same session.
+//! `run_backward` (like `torch.autograd.grad`, so no zeroing pass). `cargo xtask bench` runs the
+//! same models beside PyTorch eager on the same libtorch, step by step, and reports the ratios.
 //!
 //! ```text
 //! cargo bench -p model --bench unet -- --warm-up-time 2 --measurement-time 10

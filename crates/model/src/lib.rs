@@ -16,9 +16,10 @@
 //! `t = 1`) and return a tensor of the image's shape and kind.
 //!
 //! # Speed
-//! On the 2-core CPU reference machine, one training step (forward, backward, Adam) takes, against
-//! PyTorch eager on the same libtorch (`benches/unet.rs`, `scripts/bench/model_pytorch.py`):
-//! see the crate's benchmark notes in the issue; channels-last is the faster layout for both.
+//! `cargo xtask bench` times forward and training steps of both networks against PyTorch eager
+//! on the same libtorch, alternating step by step, and writes the ratios to
+//! `xtask/bench/results/`; `benches/unet.rs` times both memory formats with criterion. Each
+//! network is built in the layout it measured fastest in ([`MemoryFormat`]).
 
 pub mod device;
 pub mod runtime;

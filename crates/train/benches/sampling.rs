@@ -3,8 +3,8 @@
 //! SimpleUnet at batch 128, 28×28×3, and the paper's U-Net at batch 4, 32×32×3 (a small CPU
 //! batch), both on the Ho et al. 2020 schedule at t = 500.
 //!
-//! `scripts/bench/sampling_pytorch.py` runs the same networks and the same step in PyTorch eager
-//! on the same libtorch; compare the two as a ratio measured in the same session.
+//! `cargo xtask bench` runs the same step beside PyTorch eager on the same libtorch
+//! (`examples/bench_serve.rs`, `scripts/bench/peer.py`), alternating, and reports the ratios.
 //!
 //! ```text
 //! cargo bench -p train --bench sampling

@@ -1,0 +1,234 @@
+//! The Rust side of `cargo xtask bench`'s side-by-side timings: builds one benchmark case, then
+//! runs one step per line of stdin and answers each with its wall time in milliseconds.
+//!
+//! ```text
+//! bench_serve --case simple_unet|ddpm_unet --batch N [--device cpu|cuda] [--threads N] [--bf16]
+//! stdin:  forward | train_step | loop_step | ddpm_step | ddim_step | quit
+//! stdout: `ready <layout>` (nchw or channels_last), then one number (ms) per request
+//! ```
+//!
+//! `scripts/bench/peer.py` serves the same requests (all but `loop_step`) from PyTorch eager on
+//! the same libtorch, and the xtask alternates single requests between the two, so that both are
+//! timed under the same machine load.
+//!
+//! - `forward`: eval mode, no autograd.
+//! - `train_step`: the bare step: the closed-form x_t, a train-mode forward, the preset's loss
+//!   (L1 for the notebook's model, L2 for the paper's), backward and the Adam update, on one batch
+//!   already on the device.
+//! - `loop_step`: `Trainer::train_step` on the next batch of a loader with background workers, as
+//!   `Trainer::run` gets it: the bare step plus data, the per-step reseeding and t/ε draws, the
+//!   NaN guard's one host read, gradient clipping where the preset clips, and the EMA update.
+//! - `ddpm_step` / `ddim_step`: one sampling step at t = 500 (Ho et al. Alg. 2 with σ² = β; DDIM
+//!   η = 0 with 50 leading-spaced steps): an eval forward, a noise draw and the update.
+//!
+//! Each answer is taken after the device has finished the step (CUDA is synchronised).
+
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+use data::Dataset;
+use model::Denoiser;
+use schedule::tensor::ScheduleTensors;
+use schedule::{Schedule, TimestepSpacing, VarianceType};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use train::objective::{training_loss, Prediction};
+use train::optim::Adam;
+use train::sample::{Sampler, SamplerConfig};
+use train::{Precision, Preset, TrainConfig, Trainer};
+
+struct Args {
+    case: String,
+    batch: usize,
+    device: Device,
+    threads: Option<i32>,
+    bf16: bool,
+}
+
+fn parse_args() -> Args {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter().position(|a| a == name).map(|i| {
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("{name} needs a value"))
+                .clone()
+        })
+    };
+    let device = match value("--device").as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(other) => panic!("--device {other}: expected cpu or cuda"),
+    };
+    Args {
+        case: value("--case").expect("--case simple_unet|ddpm_unet"),
+        batch: value("--batch")
+            .expect("--batch N")
+            .parse()
+            .expect("--batch: a number"),
+        device,
+        threads: value("--threads").map(|n| n.parse().expect("--threads: a number")),
+        bf16: args.iter().any(|a| a == "--bf16"),
+    }
+}
+
+/// The training configuration of a case: the preset its model comes from, at `batch`.
+fn case_config(args: &Args) -> TrainConfig {
+    let preset = match args.case.as_str() {
+        "simple_unet" => Preset::Seed,
+        "ddpm_unet" => Preset::DdpmCifar10,
+        other => panic!("--case {other}: expected simple_unet or ddpm_unet"),
+    };
+    let mut config = preset.config();
+    config.batch_size = args.batch;
+    config.precision = if args.bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    config
+}
+
+/// Random u8 images stored at the size the preset's transform reads (CIFAR's 32×32 when it
+/// resizes), enough for eight batches.
+fn dataset(config: &TrainConfig) -> Dataset {
+    let c = config.model.in_channels() as usize;
+    let stored = if config.transform.size.is_some() {
+        32
+    } else {
+        config.model.image_size() as usize
+    };
+    let n = config.batch_size * 8;
+    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(
+        256,
+        [(n * c * stored * stored) as i64],
+        (Kind::Uint8, Device::Cpu),
+    ))
+    .expect("u8 pixels");
+    Dataset::new(pixels, vec![0; n], c, stored, stored, vec!["x".into()]).expect("a dataset")
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let device = args.device;
+    let config = case_config(&args);
+    let autocast = args.bf16 && device.is_cuda();
+    tch::manual_seed(0);
+
+    let schedule = Schedule::new(&config.schedule).expect("the preset's schedule");
+    let sched = ScheduleTensors::new(&schedule, device);
+    let vs = VarStore::new(device);
+    let net = config.model.build(&vs.root()).expect("the preset's model");
+    let mut adam = Adam::new(&vs, config.optim.clone());
+    let (ch, size) = (config.model.in_channels(), config.model.image_size());
+    let b = config.batch_size as i64;
+    let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
+    let noise = Tensor::randn_like(&x_0);
+    let t = Tensor::randint(schedule.n_steps() as i64, [b], (Kind::Int64, device));
+
+    // The sampling steps run on the ho2020 schedule (T = 1000) at t = 500 for both cases.
+    let sampling_sched = ScheduleTensors::new(
+        &Schedule::new(&schedule::BetaSchedule::ho2020()).expect("ho2020"),
+        device,
+    );
+    let ddpm = SamplerConfig::Ddpm {
+        variance: VarianceType::FixedLarge,
+    };
+    let ddim = SamplerConfig::Ddim {
+        steps: 50,
+        eta: 0.0,
+        spacing: TimestepSpacing::Leading,
+    };
+    let mut samplers: Vec<(Sampler, usize)> = [ddpm, ddim]
+        .iter()
+        .map(|c| {
+            let sampler =
+                Sampler::new(&sampling_sched, c, Prediction::Eps, false).expect("sampler");
+            let i = sampler
+                .timesteps()
+                .iter()
+                .position(|&t| t <= 500)
+                .expect("t <= 500");
+            (sampler, i)
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().expect("a temporary run directory");
+    let mut trainer =
+        Trainer::new(config.clone(), dataset(&config), dir.path(), device).expect("a trainer");
+    // A loader like the trainer's own, whose workers make batches while the steps run.
+    let loader = data::Loader::new(
+        dataset(&config),
+        &config.transform,
+        trainer.loader().config().clone(),
+    )
+    .expect("a loader");
+    let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
+
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut sample_step = |which: usize, net: &dyn Denoiser| {
+        let (sampler, i) = &mut samplers[which];
+        let t = sampler.timesteps()[*i];
+        tch::no_grad(|| {
+            let t_batch = Tensor::full([b], t as i64, (Kind::Int64, device));
+            let eps = train::forward(net, &x_0, &t_batch, false, autocast);
+            let z = sampler.needs_noise(*i).then(|| Tensor::randn_like(&x_0));
+            sampler.step(*i, &eps, &x_0, z.as_ref()).prev_sample
+        })
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // The layout the model chose (its measured preference), for the peer to use the same.
+    let layout = if vs.variables().values().any(model::is_channels_last) {
+        "channels_last"
+    } else {
+        "nchw"
+    };
+    writeln!(out, "ready {layout}").unwrap();
+    out.flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let request = line.expect("a request line");
+        let start = Instant::now();
+        match request.trim() {
+            "forward" => {
+                let _ = tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+            }
+            "train_step" => {
+                adam.zero_grad();
+                let loss = training_loss(
+                    net.as_ref(),
+                    &sched,
+                    &config.objective,
+                    &x_0,
+                    &noise,
+                    &t,
+                    autocast,
+                );
+                loss.backward();
+                adam.step(config.optim.lr);
+            }
+            "loop_step" => {
+                let batch = batches.next().expect("endless epochs");
+                trainer.train_step(&batch).expect("a finite step");
+            }
+            "ddpm_step" => {
+                let _ = sample_step(0, net.as_ref());
+            }
+            "ddim_step" => {
+                let _ = sample_step(1, net.as_ref());
+            }
+            "quit" | "" => break,
+            other => panic!("unknown request {other:?}"),
+        }
+        sync();
+        writeln!(out, "{:.4}", start.elapsed().as_secs_f64() * 1e3).unwrap();
+        out.flush().unwrap();
+    }
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""PyTorch eager peer of `crates/train/examples/bench_serve.rs`, for `cargo xtask bench`.
+
+Builds one benchmark case, prints `ready`, then runs one step per line of stdin (`forward`,
+`train_step`, `ddpm_step`, `ddim_step`; `quit` ends) and answers each with its wall time in ms.
+The xtask alternates single requests between this process and the Rust one, so both are timed
+under the same machine load, and the ratio of the two measures the bindings and the Rust code
+around libtorch, not the kernels: the .venv torch is the libtorch the Rust code links.
+
+The same work as the Rust side, step for step:
+
+* simple_unet: the notebook's SimpleUnet (the independent port in scripts/golden/model_simple.py,
+  PyTorch's symmetric padding, which equals Keras' 'same' at the even sizes this network sees),
+  with the first up block's cat([x, x]) folded into one convolution with summed kernel halves,
+  as the Rust model does (the same function; see `crates/model/src/simple.rs`); L1 loss, Adam;
+  T = 300 linear schedule for training.
+* ddpm_unet: diffusers' UNet2DModel with the google/ddpm-cifar10-32 configuration (dropout 0.1);
+  L2 loss, Adam; T = 1000.
+
+`train_step`: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, a train-mode forward, the loss,
+backward, `torch.optim.Adam.step` (its default implementation for the device) and `zero_grad`
+(set to None). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
+T = 1000 linear schedule: DDPM (Ho et al. 2020, Alg. 2, sigma^2 = beta) and DDIM (eta = 0, 50
+leading-spaced steps, to t = 480), with float64 coefficients from the host.
+
+    .venv/bin/python scripts/bench/peer.py --case simple_unet --batch 128 --layout channels_last
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
+from model_diffusers import DDPM_CIFAR10  # noqa: E402
+from model_simple import SimpleUnet, seed_cifar10_config  # noqa: E402
+
+
+class FoldedSimpleUnet(SimpleUnet):
+    """SimpleUnet whose first up block convolves x once with the two kernel halves summed
+    instead of convolving cat([x, x]): the same function at a lower cost."""
+
+    def forward(self, x, timestep):
+        t = self.time_mlp(timestep)
+        x = self.conv0(x)
+        residual_inputs = []
+        for down in self.downs:
+            x = down(x, t)
+            residual_inputs.append(x)
+        residual_inputs.pop()
+        first = self.ups[0]
+        half = first.conv1.weight.shape[1] // 2
+        kernel = first.conv1.weight[:, :half] + first.conv1.weight[:, half:]
+        h = F.conv2d(x, kernel, first.conv1.bias, padding=1)
+        h = first.bnorm1(first.relu(h))
+        h = h + first.relu(first.time_mlp(t))[:, :, None, None]
+        h = first.bnorm2(first.relu(first.conv2(h)))
+        x = first.transform(h)
+        for up in self.ups[1:]:
+            x = up(torch.cat((x, residual_inputs.pop()), dim=1), t)
+        return self.output(x)
+
+
+class DiffusersEps(torch.nn.Module):
+    """UNet2DModel returning the tensor, so both models are called alike."""
+
+    def __init__(self):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.unet = UNet2DModel(**DDPM_CIFAR10)
+
+    def forward(self, x, t):
+        return self.unet(x, t).sample
+
+
+def linear_alphas_cumprod(n_steps):
+    return np.cumprod(1.0 - np.linspace(1e-4, 0.02, n_steps, dtype=np.float64))
+
+
+# name: (model, image size, training T, loss)
+CASES = {
+    "simple_unet": (lambda: FoldedSimpleUnet(seed_cifar10_config(), exact=False), 28, 300, "l1"),
+    "ddpm_unet": (DiffusersEps, 32, 1000, "l2"),
+}
+SAMPLING_ABAR = linear_alphas_cumprod(1000)
+
+
+class Case:
+    def __init__(self, name, batch, layout, device, bf16):
+        make, size, n_train, loss = CASES[name]
+        torch.manual_seed(0)
+        self.device = torch.device(device)
+        self.model = make().to(self.device)
+        self.loss = loss
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.x0 = (torch.rand(batch, 3, size, size, device=self.device) * 2 - 1).contiguous(
+            memory_format=self.memory_format
+        )
+        self.noise = torch.randn_like(self.x0)
+        self.t = torch.randint(0, n_train, (batch,), device=self.device)
+        abar = torch.tensor(linear_alphas_cumprod(n_train), dtype=torch.float32, device=self.device)
+        self.sqrt_abar, self.sqrt_one_minus_abar = abar.sqrt(), (1 - abar).sqrt()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+
+    def net(self, x, t):
+        if self.bf16:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.model(x, t).float()
+        return self.model(x, t)
+
+    def forward(self):
+        self.model.eval()
+        with torch.no_grad():
+            return self.net(self.x0, self.t)
+
+    def train_step(self):
+        self.model.train()
+        a = self.sqrt_abar[self.t].view(-1, 1, 1, 1)
+        s = self.sqrt_one_minus_abar[self.t].view(-1, 1, 1, 1)
+        out = self.net(a * self.x0 + s * self.noise, self.t)
+        diff = out - self.noise
+        loss = diff.abs().mean() if self.loss == "l1" else diff.square().mean()
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def ddpm_step(self, t=500):
+        self.model.eval()
+        abar, abar_prev = SAMPLING_ABAR[t], SAMPLING_ABAR[t - 1]
+        beta = 1.0 - abar / abar_prev
+        with torch.no_grad():
+            t_batch = torch.full((self.x0.shape[0],), t, dtype=torch.int64, device=self.device)
+            eps = self.net(self.x0, t_batch).float()
+            noise = torch.randn_like(self.x0)
+            mean = (self.x0 - eps * (beta / math.sqrt(1.0 - abar))) * (1.0 / math.sqrt(1.0 - beta))
+            return mean + noise * math.sqrt(beta)
+
+    def ddim_step(self, t=500, t_prev=480):
+        self.model.eval()
+        abar, abar_prev = SAMPLING_ABAR[t], SAMPLING_ABAR[t_prev]
+        with torch.no_grad():
+            t_batch = torch.full((self.x0.shape[0],), t, dtype=torch.int64, device=self.device)
+            eps = self.net(self.x0, t_batch).float()
+            x0 = self.x0 * (1.0 / math.sqrt(abar)) - eps * math.sqrt(1.0 / abar - 1.0)
+            return x0 * math.sqrt(abar_prev) + eps * math.sqrt(1.0 - abar_prev)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=list(CASES), required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--layout", choices=["nchw", "channels_last"], default="nchw")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    case = Case(args.case, args.batch, args.layout, args.device, args.bf16)
+    steps = {
+        "forward": case.forward,
+        "train_step": case.train_step,
+        "ddpm_step": case.ddpm_step,
+        "ddim_step": case.ddim_step,
+    }
+    print(f"ready torch {torch.__version__}", flush=True)
+    for line in sys.stdin:
+        request = line.strip()
+        if request in ("quit", ""):
+            break
+        start = time.perf_counter()
+        steps[request]()
+        if case.device.type == "cuda":
+            torch.cuda.synchronize()
+        print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

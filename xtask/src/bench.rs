@@ -1,0 +1,689 @@
+//! `cargo xtask bench`: every benchmark in one command, with PyTorch eager beside ours.
+//!
+//! 1. The criterion benches (`data` pipeline, `model` U-Nets, `train` step and sampling): full
+//!    runs in the release profile, whose estimates go into the report; with `--quick`, each bench
+//!    runs once in the dev profile (`cargo test --benches`), a smoke test.
+//! 2. Side by side, step by step: the Rust server (`crates/train/examples/bench_serve.rs`) and the
+//!    PyTorch eager one (`scripts/bench/peer.py`, the set-up's torch, which is the libtorch the
+//!    Rust code links) each build the same case; single requests alternate between the two (in
+//!    both orders) so that both run under the same background load, and each round gives one
+//!    Rust/PyTorch ratio; the report gives the medians. Steps: inference forward, training step,
+//!    DDPM and DDIM sampling steps, for the notebook's SimpleUnet and the paper's U-Net; and the
+//!    full training loop's step (`Trainer::train_step` fed by the loader) against the bare step,
+//!    both in the Rust process.
+//! 3. FID feature extraction (TF resize to 299 + Inception-v3): `ddpm eval stats` against the
+//!    same TorchScript from Python torch (`scripts/bench/fid_pytorch.py`), alternating.
+//!
+//! Writes `xtask/bench/results/<date>-<device>.json` and `.md` (with `--quick`:
+//! `target/bench-quick/`, so that a smoke run never lands in the committed reports).
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::SystemTime;
+
+use crate::{cargo, root, run_checked};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A smoke run: dev profile, small batches, two rounds, criterion benches run once each.
+    #[arg(long)]
+    quick: bool,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Intra-op threads for both sides (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed rounds per step (default 10, or 2 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// bf16 autocast for the networks (CUDA only), both sides.
+    #[arg(long)]
+    bf16: bool,
+    /// Skip the criterion benches.
+    #[arg(long)]
+    no_criterion: bool,
+    /// Skip FID feature extraction.
+    #[arg(long)]
+    no_fid: bool,
+    /// Where the report goes (default: xtask/bench/results, or target/bench-quick with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One side-by-side case: a model at a batch size.
+struct Case {
+    name: &'static str,
+    batch: usize,
+}
+
+fn cases(quick: bool, cuda: bool) -> Vec<Case> {
+    let (simple, paper) = match (quick, cuda) {
+        (true, _) => (4, 1),
+        (false, false) => (128, 16),
+        (false, true) => (128, 128),
+    };
+    vec![
+        Case {
+            name: "simple_unet",
+            batch: simple,
+        },
+        Case {
+            name: "ddpm_unet",
+            batch: paper,
+        },
+    ]
+}
+
+/// A benchmark server speaking the one-request-per-line protocol.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The words after `ready` on its first line.
+    ready: String,
+    what: String,
+}
+
+impl Server {
+    fn start(mut cmd: Command, what: &str) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {what}: {cmd:?}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let ready = line
+            .trim()
+            .strip_prefix("ready")
+            .with_context(|| format!("{what} did not start (said {line:?}); see its stderr above"))?
+            .trim()
+            .to_string();
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            ready,
+            what: what.to_string(),
+        })
+    }
+
+    /// Runs one step and returns its milliseconds.
+    fn step(&mut self, request: &str) -> Result<f64> {
+        writeln!(self.stdin, "{request}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        line.trim().parse().with_context(|| {
+            format!(
+                "{} answered {line:?} to {request:?}; see its stderr above",
+                self.what
+            )
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Alternates `a` and `b` (a, b, then b, a, ...) after `warmup` untimed rounds; returns the two
+/// lists of milliseconds and the per-round ratios a/b.
+fn alternate(
+    warmup: usize,
+    rounds: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    for _ in 0..warmup {
+        a()?;
+        b()?;
+    }
+    let (mut a_ms, mut b_ms) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            a_ms.push(a()?);
+            b_ms.push(b()?);
+        } else {
+            b_ms.push(b()?);
+            a_ms.push(a()?);
+        }
+    }
+    let ratios = a_ms.iter().zip(&b_ms).map(|(x, y)| x / y).collect();
+    Ok((a_ms, b_ms, ratios))
+}
+
+/// The python that has the set-up's torch, with the peer's other packages installed.
+fn python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join(".venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let has = |module: &str| {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    ensure!(
+        has("torch"),
+        "{} cannot import torch: run `cargo xtask setup`",
+        python.display()
+    );
+    if !has("diffusers") || !has("numpy") {
+        eprintln!("== installing the PyTorch peer's packages (scripts/bench/requirements.txt)");
+        run_checked(
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "-r",
+                &root
+                    .join("scripts/bench/requirements.txt")
+                    .to_string_lossy(),
+            ]),
+        )
+        .context("the PyTorch peer needs diffusers and numpy")?;
+    }
+    Ok(python)
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days, H. Hinnant).
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The machine in words, and a short tag for the file name.
+fn describe_device(device: &str, threads: usize) -> (String, String) {
+    if device == "cuda" {
+        let name = Command::new("nvidia-smi")
+            .args(["--query-gpu=name", "--format=csv,noheader"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+            .unwrap_or_else(|| "CUDA GPU".into());
+        let tag = format!("cuda-{}", name.to_lowercase().replace([' ', '/'], "-"));
+        return (name, tag);
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (
+        format!("{model}, {cores} cores, {threads} threads"),
+        format!("cpu-{cores}core"),
+    )
+}
+
+fn git_commit(root: &Path) -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Criterion's estimates of every bench that ran since `since`, read from `target/criterion`.
+fn criterion_results(dir: &Path, since: SystemTime) -> Vec<Value> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "estimates.json")
+                && path.parent().is_some_and(|p| p.ends_with("new"))
+            {
+                let fresh = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since);
+                let read = |p: &Path| -> Option<Value> {
+                    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+                };
+                let (Some(estimates), Some(bench)) =
+                    (read(&path), read(&path.with_file_name("benchmark.json")))
+                else {
+                    continue;
+                };
+                if fresh {
+                    let ns = |key: &str| estimates[key]["point_estimate"].as_f64();
+                    let mean = ns("mean");
+                    let elements = bench["throughput"]["Elements"].as_f64();
+                    found.push(json!({
+                        "id": bench["full_id"],
+                        "mean_ms": mean.map(|v| v / 1e6),
+                        "median_ms": ns("median").map(|v| v / 1e6),
+                        "std_dev_ms": ns("std_dev").map(|v| v / 1e6),
+                        "elements_per_s": elements.zip(mean).map(|(e, m)| e / (m / 1e9)),
+                    }));
+                }
+            }
+        }
+    }
+    found.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_string());
+    found
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let root = root();
+    let cuda = match args.device.as_str() {
+        "cpu" => false,
+        "cuda" => true,
+        other => bail!("--device {other}: expected cpu or cuda"),
+    };
+    ensure!(
+        !args.bf16 || cuda,
+        "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
+    );
+    crate::setup::setup(&root)?;
+    let python = python(&root)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 10 });
+    let warmup = if args.quick { 1 } else { 2 };
+    let profile = if args.quick { "dev" } else { "release" };
+    let profile_dir = if args.quick { "debug" } else { "release" };
+    let (device_name, device_tag) = describe_device(&args.device, threads);
+    let started = SystemTime::now();
+
+    eprintln!("== building ({profile} profile)");
+    run_checked(cargo().args([
+        "build",
+        "--profile",
+        profile,
+        "-p",
+        "train",
+        "--example",
+        "bench_serve",
+        "-p",
+        "cli",
+        "--bin",
+        "ddpm",
+    ]))?;
+    let bin_dir = root.join("target").join(profile_dir);
+
+    let mut criterion = Value::Null;
+    if !args.no_criterion {
+        let mut cmd = cargo();
+        if args.quick {
+            eprintln!("== criterion benches, once each (smoke)");
+            cmd.args([
+                "test",
+                "--benches",
+                "-p",
+                "data",
+                "-p",
+                "model",
+                "-p",
+                "train",
+            ]);
+        } else {
+            eprintln!("== criterion benches");
+            cmd.args(["bench", "--benches", "-p", "data", "-p", "model", "-p", "train"]);
+        }
+        cmd.env("DDPM_BENCH_THREADS", threads.to_string())
+            .env("DDPM_BENCH_DEVICE", &args.device);
+        run_checked(&mut cmd)?;
+        criterion = if args.quick {
+            json!("ran once each (smoke)")
+        } else {
+            Value::Array(criterion_results(&root.join("target/criterion"), started))
+        };
+    }
+
+    let mut side_by_side = Vec::new();
+    let mut loop_overhead = Vec::new();
+    let mut torch_version = String::new();
+    for case in cases(args.quick, cuda) {
+        eprintln!(
+            "== {} at batch {}: Rust and PyTorch, alternating",
+            case.name, case.batch
+        );
+        let mut rust_cmd = Command::new(bin_dir.join("examples/bench_serve"));
+        rust_cmd.args([
+            "--case",
+            case.name,
+            "--batch",
+            &case.batch.to_string(),
+            "--device",
+            &args.device,
+            "--threads",
+            &threads.to_string(),
+        ]);
+        if args.bf16 {
+            rust_cmd.arg("--bf16");
+        }
+        let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
+        let layout = rust.ready.clone();
+        let mut peer_cmd = Command::new(&python);
+        peer_cmd.arg(root.join("scripts/bench/peer.py")).args([
+            "--case",
+            case.name,
+            "--batch",
+            &case.batch.to_string(),
+            "--device",
+            &args.device,
+            "--threads",
+            &threads.to_string(),
+            "--layout",
+            &layout,
+        ]);
+        if args.bf16 {
+            peer_cmd.arg("--bf16");
+        }
+        let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
+        torch_version = peer.ready.clone();
+        let rust_cell = std::cell::RefCell::new(&mut rust);
+        for step in ["forward", "train_step", "ddpm_step", "ddim_step"] {
+            let (rust_ms, peer_ms, ratios) = alternate(
+                warmup,
+                rounds,
+                || rust_cell.borrow_mut().step(step),
+                || peer.step(step),
+            )?;
+            let (r, p) = (median(&rust_ms), median(&peer_ms));
+            let record = json!({
+                "case": case.name,
+                "step": step,
+                "batch": case.batch,
+                "layout": layout,
+                "rust_ms_median": r,
+                "pytorch_ms_median": p,
+                "rust_images_per_s": case.batch as f64 / (r / 1e3),
+                "pytorch_images_per_s": case.batch as f64 / (p / 1e3),
+                "ratio_median": median(&ratios),
+                "ratio_of_sums": rust_ms.iter().sum::<f64>() / peer_ms.iter().sum::<f64>(),
+                "rounds": rounds,
+                "rust_ms": rust_ms,
+                "pytorch_ms": peer_ms,
+            });
+            eprintln!(
+                "   {step}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
+                record["ratio_median"].as_f64().unwrap_or(f64::NAN)
+            );
+            side_by_side.push(record);
+        }
+        drop(peer);
+        // The loop against the bare step, both in the Rust process.
+        let (loop_ms, bare_ms, ratios) = alternate(
+            warmup,
+            rounds,
+            || rust_cell.borrow_mut().step("loop_step"),
+            || rust_cell.borrow_mut().step("train_step"),
+        )?;
+        let record = json!({
+            "case": case.name,
+            "batch": case.batch,
+            "loop_ms_median": median(&loop_ms),
+            "bare_ms_median": median(&bare_ms),
+            "ratio_median": median(&ratios),
+            "ratio_of_sums": loop_ms.iter().sum::<f64>() / bare_ms.iter().sum::<f64>(),
+            "rounds": rounds,
+            "loop_ms": loop_ms,
+            "bare_ms": bare_ms,
+        });
+        eprintln!(
+            "   loop_step / train_step: {:.3}",
+            record["ratio_median"].as_f64().unwrap_or(f64::NAN)
+        );
+        loop_overhead.push(record);
+    }
+
+    let mut fid = Value::Null;
+    if !args.no_fid && !cuda {
+        eprintln!("== FID feature extraction: ddpm eval stats and Python torch, alternating");
+        crate::fetch::run(crate::fetch::FetchCommand::Inception {
+            dest: None,
+            url: None,
+        })?;
+        let json_out = root.join("target/bench-fid.json");
+        let n = if args.quick { 10 } else { 200 };
+        run_checked(
+            Command::new(&python)
+                .arg(root.join("scripts/bench/fid_pytorch.py"))
+                .args([
+                    "--n",
+                    &n.to_string(),
+                    "--rounds",
+                    &(if args.quick { 1 } else { 3 }).to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                    "--ddpm",
+                    &bin_dir.join("ddpm").to_string_lossy(),
+                    "--json",
+                    &json_out.to_string_lossy(),
+                ])
+                .current_dir(&root),
+        )?;
+        fid = serde_json::from_str(&std::fs::read_to_string(&json_out)?)?;
+    }
+
+    let report = json!({
+        "date": today(),
+        "commit": git_commit(&root),
+        "device": device_name,
+        "mode": if args.quick { "quick" } else { "full" },
+        "profile": profile,
+        "threads": threads,
+        "bf16": args.bf16,
+        "pytorch": torch_version,
+        "rounds": rounds,
+        "side_by_side": side_by_side,
+        "loop_overhead": loop_overhead,
+        "fid_extraction": fid,
+        "criterion": criterion,
+    });
+    let out_dir = args.out.unwrap_or_else(|| {
+        if args.quick {
+            root.join("target/bench-quick")
+        } else {
+            root.join("xtask/bench/results")
+        }
+    });
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let stem = format!(
+        "{}-{device_tag}{}",
+        today(),
+        if args.bf16 { "-bf16" } else { "" }
+    );
+    let json_path = out_dir.join(format!("{stem}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let md_path = out_dir.join(format!("{stem}.md"));
+    std::fs::write(&md_path, markdown(&report))
+        .with_context(|| format!("cannot write {}", md_path.display()))?;
+    eprintln!("== wrote {} and {}", json_path.display(), md_path.display());
+    Ok(())
+}
+
+fn f(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The report as markdown tables.
+pub fn markdown(r: &Value) -> String {
+    let mut s = format!(
+        "# Benchmark report {} ({})\n\n- device: {}\n- commit: {}, {} profile, {} threads{}\n- PyTorch peer: torch {}, same libtorch as the Rust side\n- {} timed rounds per step after warm-up; Rust and PyTorch steps alternate (both orders), ratios are medians of per-round ratios\n\n",
+        r["date"].as_str().unwrap_or_default(),
+        r["mode"].as_str().unwrap_or_default(),
+        r["device"].as_str().unwrap_or_default(),
+        r["commit"].as_str().unwrap_or_default(),
+        r["profile"].as_str().unwrap_or_default(),
+        r["threads"],
+        if r["bf16"].as_bool() == Some(true) { ", bf16 autocast" } else { "" },
+        r["pytorch"].as_str().unwrap_or_default(),
+        r["rounds"],
+    );
+    s += "## Rust vs PyTorch eager, step by step\n\n| model | step | batch | layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---:|---|---:|---:|---:|---:|---:|\n";
+    for x in r["side_by_side"].as_array().into_iter().flatten() {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
+            x["case"].as_str().unwrap_or_default(),
+            x["step"].as_str().unwrap_or_default(),
+            x["batch"],
+            x["layout"].as_str().unwrap_or_default(),
+            f(&x["rust_ms_median"], 1),
+            f(&x["pytorch_ms_median"], 1),
+            f(&x["rust_images_per_s"], 1),
+            f(&x["pytorch_images_per_s"], 1),
+            f(&x["ratio_median"], 3),
+        );
+    }
+    s += "\n## The training loop against the bare step (Rust)\n\n`loop_step` is `Trainer::train_step` on loader batches (data, reseeding, t/ε draws, the NaN guard's host read, clipping, EMA); `train_step` is forward + loss + backward + Adam on a batch already in memory.\n\n| model | batch | loop ms | bare ms | loop/bare |\n|---|---:|---:|---:|---:|\n";
+    for x in r["loop_overhead"].as_array().into_iter().flatten() {
+        s += &format!(
+            "| {} | {} | {} | {} | **{}** |\n",
+            x["case"].as_str().unwrap_or_default(),
+            x["batch"],
+            f(&x["loop_ms_median"], 1),
+            f(&x["bare_ms_median"], 1),
+            f(&x["ratio_median"], 3),
+        );
+    }
+    let fid = &r["fid_extraction"];
+    if !fid.is_null() {
+        s += &format!(
+            "\n## FID feature extraction (TF resize to 299 + Inception-v3, batch {})\n\n| images | Rust img/s | Python torch img/s | Rust/Python |\n|---:|---:|---:|---:|\n| {} | {} | {} | **{}** |\n",
+            fid["batch_size"],
+            fid["n"],
+            f(&fid["rust_images_per_s_median"], 2),
+            f(&fid["python_images_per_s_median"], 2),
+            f(&fid["ratio_median"], 3),
+        );
+    }
+    match &r["criterion"] {
+        Value::Array(rows) => {
+            s += "\n## Criterion benches\n\n| bench | mean ms | median ms | elements/s |\n|---|---:|---:|---:|\n";
+            for x in rows {
+                s += &format!(
+                    "| {} | {} | {} | {} |\n",
+                    x["id"].as_str().unwrap_or_default(),
+                    f(&x["mean_ms"], 2),
+                    f(&x["median_ms"], 2),
+                    f(&x["elements_per_s"], 0),
+                );
+            }
+        }
+        Value::String(text) => s += &format!("\n## Criterion benches\n\n{text}\n"),
+        _ => {}
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn alternation_swaps_the_order_every_round() {
+        let log = std::cell::RefCell::new(Vec::new());
+        let (a, b, ratios) = alternate(
+            1,
+            3,
+            || {
+                log.borrow_mut().push('a');
+                Ok(2.0)
+            },
+            || {
+                log.borrow_mut().push('b');
+                Ok(4.0)
+            },
+        )
+        .unwrap();
+        assert_eq!(log.into_inner().iter().collect::<String>(), "ababbaab");
+        assert_eq!((a.len(), b.len()), (3, 3));
+        assert_eq!(ratios, [0.5; 3]);
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"), "{d}");
+    }
+
+    #[test]
+    fn the_markdown_shows_every_ratio() {
+        let report = json!({
+            "date": "2026-11-28", "mode": "full", "device": "cpu", "commit": "abc",
+            "profile": "release", "threads": 2, "bf16": false, "pytorch": "2.11.0", "rounds": 3,
+            "side_by_side": [{"case": "simple_unet", "step": "train_step", "batch": 128,
+                "layout": "nchw", "rust_ms_median": 900.0, "pytorch_ms_median": 1000.0,
+                "rust_images_per_s": 142.2, "pytorch_images_per_s": 128.0, "ratio_median": 0.9}],
+            "loop_overhead": [{"case": "simple_unet", "batch": 128, "loop_ms_median": 1010.0,
+                "bare_ms_median": 1000.0, "ratio_median": 1.01}],
+            "fid_extraction": {"n": 200, "batch_size": 50, "rust_images_per_s_median": 10.0,
+                "python_images_per_s_median": 9.5, "ratio_median": 1.053},
+            "criterion": [{"id": "data/pipeline", "mean_ms": 1.5, "median_ms": 1.4,
+                "elements_per_s": 90000.0}],
+        });
+        let md = markdown(&report);
+        for needle in [
+            "**0.900**",
+            "**1.010**",
+            "**1.053**",
+            "| data/pipeline | 1.50 |",
+        ] {
+            assert!(md.contains(needle), "{needle} missing from\n{md}");
+        }
+    }
+}
