@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: find the `ddpm` binary that cargo built beside us and run it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `ddpm` binary of the same profile as this test (`target/<profile>/ddpm`).
@@ -38,4 +38,60 @@ pub fn run(args: &[&str]) -> Output {
 /// The repository's `shared/` folder (a sibling of the checkout), holding small real data.
 pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// Writes a CIFAR-10 binary file `synthetic_batch.bin` in `dir` with `n` records of smooth
+/// images (labels `i % 10`) and returns its path.
+pub fn synthetic_cifar(dir: &Path, n: usize) -> PathBuf {
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        for c in 0..3 {
+            for p in 0..1024 {
+                bytes.push(((p / 32 + p % 32) * (c + 1) * 3 + i * 17) as u8);
+            }
+        }
+    }
+    let path = dir.join("synthetic_batch.bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The model override (`--set model=…`) that makes the seed preset tiny: a 2-level SimpleUnet.
+pub const TINY_MODEL: &str = r#"{"arch":"simple","in_channels":3,"out_channels":3,"image_size":28,"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}"#;
+
+/// Trains the seed preset, made tiny (the 2-level SimpleUnet, T = 50, 2 steps of batch 8 on
+/// 16 synthetic CIFAR images), into `dir/run`, and returns the run directory.
+pub fn train_tiny(dir: &Path) -> PathBuf {
+    let data = synthetic_cifar(dir, 16);
+    let run_dir = dir.join("run");
+    let out = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        data.to_str().expect("UTF-8 temporary paths"),
+        "--run-dir",
+        run_dir.to_str().expect("UTF-8 temporary paths"),
+        "--max-steps",
+        "2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={TINY_MODEL}"),
+        "--set",
+        r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "ddpm train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_dir
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e::{run, shared_dir};
+use e2e::{run, shared_dir, train_tiny};
 
 fn first20() -> String {
     shared_dir()
@@ -234,4 +234,113 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `ddpm eval fid --checkpoint` samples the run's EMA weights exactly as `ddpm sample` does: with
+/// the same sampler, seed and batch size it scores the very images `ddpm sample --npz` writes.
+#[test]
+fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let reference = dir.path().join("ref");
+    png_folder(&reference, 10, 28, 28, 3);
+    let npz = dir.path().join("samples.npz");
+    let sampled = run(&[
+        "sample",
+        "--checkpoint",
+        p(&run_dir),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "-n",
+        "6",
+        "--batch",
+        "4",
+        "--seed",
+        "11",
+        "--npz",
+        p(&npz),
+    ]);
+    assert!(sampled.status.success(), "{}", stderr(&sampled));
+    // --n applies to both sides: the reference is cut to 6 images too.
+    let common = [
+        "--n",
+        "6",
+        "--ref",
+        p(&reference),
+        "--kid-subset-size",
+        "4",
+        "--seed",
+        "11",
+    ];
+    let from_npz = dir.path().join("from_npz.json");
+    let mut args = vec!["--samples", p(&npz), "--out", p(&from_npz)];
+    args.extend_from_slice(&common);
+    let out = eval("fid", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let from_checkpoint = dir.path().join("from_checkpoint.json");
+    let saved = dir.path().join("saved.npz");
+    let mut args = vec![
+        "--checkpoint",
+        p(&run_dir),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "--sample-batch-size",
+        "4",
+        "--save-samples",
+        p(&saved),
+        "--out",
+        p(&from_checkpoint),
+    ];
+    args.extend_from_slice(&common);
+    let out = eval("fid", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(saved.is_file(), "--save-samples wrote nothing");
+
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&from_npz), read(&from_checkpoint));
+    let fid = a["fid"].as_f64().unwrap();
+    assert!(fid > 0.0, "{a}");
+    assert_eq!(b["fid"].as_f64().unwrap(), fid, "{a}\n{b}");
+    assert_eq!(b["kid"], a["kid"], "{a}\n{b}");
+    assert_eq!(
+        (b["samples"]["n"].as_u64(), b["reference"]["n"].as_u64()),
+        (Some(6), Some(6))
+    );
+    assert_eq!(b["samples"]["details"]["step"], 2, "{b}");
+    // Different samples score differently: the test can tell the two sources apart.
+    let other = dir.path().join("other_seed.json");
+    let args = [
+        "--checkpoint",
+        p(&run_dir),
+        "--n",
+        "6",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "--sample-batch-size",
+        "4",
+        "--seed",
+        "12",
+        "--ref",
+        p(&reference),
+        "--kid-subset-size",
+        "4",
+        "--out",
+        p(&other),
+    ];
+    let out = eval("fid", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(read(&other)["fid"].as_f64().unwrap(), fid);
 }

@@ -1,10 +1,10 @@
 //! `ddpm sample` from a checkpoint that `ddpm train` wrote (tiny model, CPU), its outputs, its
 //! errors, and `ddpm forward` on a real CIFAR-10 image.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use e2e::{run, shared_dir};
+use e2e::{run, shared_dir, train_tiny};
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -12,58 +12,6 @@ fn stderr_of(out: &Output) -> String {
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
-}
-
-/// A CIFAR-10 binary file with `n` records of smooth images.
-fn synthetic_cifar(dir: &Path, n: usize) -> PathBuf {
-    let mut bytes = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        for c in 0..3 {
-            for p in 0..1024 {
-                bytes.push(((p / 32 + p % 32) * (c + 1) * 3 + i * 17) as u8);
-            }
-        }
-    }
-    let path = dir.join("synthetic_batch.bin");
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-/// Trains the seed preset, made tiny (a 2-level SimpleUnet, T = 50, 2 steps), into `run_dir`.
-fn train_tiny(dir: &Path) -> PathBuf {
-    let data = synthetic_cifar(dir, 16);
-    let run_dir = dir.join("run");
-    let model = r#"{"arch":"simple","in_channels":3,"out_channels":3,"image_size":28,"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}"#;
-    let out = run(&[
-        "train",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        s(&data),
-        "--run-dir",
-        s(&run_dir),
-        "--max-steps",
-        "2",
-        "--set",
-        "batch_size=8",
-        "--set",
-        &format!("model={model}"),
-        "--set",
-        r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
-        "--set",
-        "sample_every_epochs=0",
-        "--set",
-        "n_workers=1",
-    ]);
-    assert!(
-        out.status.success(),
-        "ddpm train failed: {}",
-        stderr_of(&out)
-    );
-    run_dir
 }
 
 fn sample(checkpoint: &Path, extra: &[&str]) -> Output {

@@ -1,30 +1,13 @@
 //! `ddpm train` as a user runs it: interrupts, crashes mid-checkpoint, resume, bad flags.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ddpm, run};
-
-/// A CIFAR-10 binary file with `n` records of smooth random-ish images.
-fn synthetic_cifar(dir: &Path, n: usize) -> PathBuf {
-    let mut bytes = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        for c in 0..3 {
-            for p in 0..1024 {
-                bytes.push(((p / 32 + p % 32) * (c + 1) * 3 + i * 17) as u8);
-            }
-        }
-    }
-    let path = dir.join("synthetic_batch.bin");
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
+use e2e::{ddpm, run, synthetic_cifar, TINY_MODEL};
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling.
 fn tiny_args(data: &Path, run_dir: &Path) -> Vec<String> {
-    let model = r#"{"arch":"simple","in_channels":3,"out_channels":3,"image_size":28,"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}"#;
     [
         "train",
         "--device",
@@ -38,7 +21,7 @@ fn tiny_args(data: &Path, run_dir: &Path) -> Vec<String> {
         "--set",
         "batch_size=8",
         "--set",
-        &format!("model={model}"),
+        &format!("model={TINY_MODEL}"),
         "--set",
         "sample_every_epochs=0",
         "--set",

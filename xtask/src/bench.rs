@@ -259,7 +259,7 @@ fn describe_device(device: &str, threads: usize) -> (String, String) {
 
 fn git_commit(root: &Path) -> String {
     Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .current_dir(root)
         .output()
         .ok()
@@ -370,7 +370,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ]);
         } else {
             eprintln!("== criterion benches");
-            cmd.args(["bench", "--benches", "-p", "data", "-p", "model", "-p", "train"]);
+            cmd.args([
+                "bench",
+                "--benches",
+                "-p",
+                "data",
+                "-p",
+                "model",
+                "-p",
+                "train",
+            ]);
         }
         cmd.env("DDPM_BENCH_THREADS", threads.to_string())
             .env("DDPM_BENCH_DEVICE", &args.device);
@@ -556,7 +565,7 @@ fn f(v: &Value, digits: usize) -> String {
 /// The report as markdown tables.
 pub fn markdown(r: &Value) -> String {
     let mut s = format!(
-        "# Benchmark report {} ({})\n\n- device: {}\n- commit: {}, {} profile, {} threads{}\n- PyTorch peer: torch {}, same libtorch as the Rust side\n- {} timed rounds per step after warm-up; Rust and PyTorch steps alternate (both orders), ratios are medians of per-round ratios\n\n",
+        "# Benchmark report {} ({})\n\n- device: {}\n- commit: {}, {} profile, {} threads{}\n- PyTorch peer: {}, same libtorch as the Rust side\n- {} timed rounds per step after warm-up; Rust and PyTorch steps alternate (both orders), ratios are medians of per-round ratios\n\n",
         r["date"].as_str().unwrap_or_default(),
         r["mode"].as_str().unwrap_or_default(),
         r["device"].as_str().unwrap_or_default(),

@@ -17,7 +17,7 @@ use schedule::{Schedule, TimestepSpacing, VarianceType};
 use train::fid::{
     self, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
 };
-use train::sample::{SampleOptions, SamplerConfig};
+use train::sample::{sample_batches, BatchPlan, SampleOptions, SamplerConfig};
 use train::{Precision, TrainConfig};
 
 /// Where `cargo xtask fetch-inception` puts the FID Inception.
@@ -123,7 +123,8 @@ pub struct FidArgs {
     /// Samples per sampler batch.
     #[arg(long, default_value_t = 256)]
     sample_batch_size: usize,
-    /// Seeds the sampler (batch i uses seed + i) and the KID subsets.
+    /// Seeds the sampler (as `ddpm sample --seed`: with the same --sample-batch-size as its
+    /// --batch, the same images) and the KID subsets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write the drawn samples as uint8 NHWC `arr_0`.
@@ -447,29 +448,23 @@ fn sample_checkpoint(
         autocast: config.precision == Precision::Bf16 && device.is_cuda(),
     };
     let (c, s) = (config.model.in_channels(), config.model.image_size());
+    // The same batches, seeds and images as `ddpm sample --batch B --seed S` with this sampler.
+    let plan = BatchPlan {
+        n_images: n,
+        batch_size: args.sample_batch_size.min(n),
+        image_shape: [c, s, s],
+        seed: args.seed,
+        n_chains: 0,
+    };
     let bar = progress_bar(n as u64, "samples");
     let started = Instant::now();
     let mut images: Option<Images> = None;
-    let mut batch_idx = 0u64;
-    while images.as_ref().map_or(0, Images::len) < n {
-        let b = args
-            .sample_batch_size
-            .min(n - images.as_ref().map_or(0, Images::len));
-        let out = train::sample::sample(
-            net.as_ref(),
-            &sched,
-            &sampler,
-            &options,
-            [b as i64, c, s, s],
-            args.seed + batch_idx,
-            |_, _| {},
-        )?;
-        let batch = Images::from_tensor(&out.images)?;
+    for batch in sample_batches(net.as_ref(), &sched, &sampler, &options, plan, |_, _| {})? {
+        let batch = Images::from_tensor(&batch?.output.images)?;
         match images.as_mut() {
             Some(all) => all.append(&batch)?,
             None => images = Some(batch),
         }
-        batch_idx += 1;
         bar.set_position(images.as_ref().map_or(0, Images::len) as u64);
     }
     bar.finish_and_clear();
