@@ -92,8 +92,10 @@ SAMPLING_ABAR = linear_alphas_cumprod(1000)
 
 
 class Case:
-    def __init__(self, name, batch, layout, device, bf16):
+    def __init__(self, name, batch, layout, device, bf16, unfolded=False):
         make, size, n_train, loss = CASES[name]
+        if unfolded and name == "simple_unet":
+            make = lambda: SimpleUnet(seed_cifar10_config(), exact=False)  # noqa: E731
         torch.manual_seed(0)
         self.device = torch.device(device)
         self.model = make().to(self.device)
@@ -162,10 +164,13 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--unfolded", action="store_true", help="simple_unet: convolve cat([x, x]) as the notebook writes it"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = Case(args.case, args.batch, args.layout, args.device, args.bf16)
+    case = Case(args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded)
     steps = {
         "forward": case.forward,
         "train_step": case.train_step,

@@ -415,55 +415,76 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
         let layout = rust.ready.clone();
-        let mut peer_cmd = Command::new(&python);
-        peer_cmd.arg(root.join("scripts/bench/peer.py")).args([
-            "--case",
-            case.name,
-            "--batch",
-            &case.batch.to_string(),
-            "--device",
-            &args.device,
-            "--threads",
-            &threads.to_string(),
-            "--layout",
-            &layout,
-        ]);
-        if args.bf16 {
-            peer_cmd.arg("--bf16");
-        }
-        let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
-        torch_version = peer.ready.clone();
         let rust_cell = std::cell::RefCell::new(&mut rust);
-        for step in ["forward", "train_step", "ddpm_step", "ddim_step"] {
-            let (rust_ms, peer_ms, ratios) = alternate(
-                warmup,
-                rounds,
-                || rust_cell.borrow_mut().step(step),
-                || peer.step(step),
-            )?;
-            let (r, p) = (median(&rust_ms), median(&peer_ms));
-            let record = json!({
-                "case": case.name,
-                "step": step,
-                "batch": case.batch,
-                "layout": layout,
-                "rust_ms_median": r,
-                "pytorch_ms_median": p,
-                "rust_images_per_s": case.batch as f64 / (r / 1e3),
-                "pytorch_images_per_s": case.batch as f64 / (p / 1e3),
-                "ratio_median": median(&ratios),
-                "ratio_of_sums": rust_ms.iter().sum::<f64>() / peer_ms.iter().sum::<f64>(),
-                "rounds": rounds,
-                "rust_ms": rust_ms,
-                "pytorch_ms": peer_ms,
-            });
-            eprintln!(
-                "   {step}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
-                record["ratio_median"].as_f64().unwrap_or(f64::NAN)
-            );
-            side_by_side.push(record);
+        // The peer runs the same function as the Rust model; for the notebook's SimpleUnet,
+        // whose first up block the Rust model computes with one convolution instead of two
+        // (see `crates/model/src/simple.rs`), a second peer also times the notebook's own form.
+        let variants: &[(&str, &[&str])] = if case.name == "simple_unet" {
+            &[
+                ("", &["forward", "train_step", "ddpm_step", "ddim_step"]),
+                ("unfolded", &["forward", "train_step"]),
+            ]
+        } else {
+            &[("", &["forward", "train_step", "ddpm_step", "ddim_step"])]
+        };
+        for (variant, steps) in variants {
+            let mut peer_cmd = Command::new(&python);
+            peer_cmd.arg(root.join("scripts/bench/peer.py")).args([
+                "--case",
+                case.name,
+                "--batch",
+                &case.batch.to_string(),
+                "--device",
+                &args.device,
+                "--threads",
+                &threads.to_string(),
+                "--layout",
+                &layout,
+            ]);
+            if args.bf16 {
+                peer_cmd.arg("--bf16");
+            }
+            if !variant.is_empty() {
+                peer_cmd.arg(format!("--{variant}"));
+            }
+            let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
+            torch_version = peer.ready.clone();
+            for &step in *steps {
+                let (rust_ms, peer_ms, ratios) = alternate(
+                    warmup,
+                    rounds,
+                    || rust_cell.borrow_mut().step(step),
+                    || peer.step(step),
+                )?;
+                let (r, p) = (median(&rust_ms), median(&peer_ms));
+                let record = json!({
+                    "case": case.name,
+                    "step": step,
+                    "peer": if variant.is_empty() { "same function" } else { variant },
+                    "batch": case.batch,
+                    "layout": layout,
+                    "rust_ms_median": r,
+                    "pytorch_ms_median": p,
+                    "rust_images_per_s": case.batch as f64 / (r / 1e3),
+                    "pytorch_images_per_s": case.batch as f64 / (p / 1e3),
+                    "ratio_median": median(&ratios),
+                    "ratio_of_sums": rust_ms.iter().sum::<f64>() / peer_ms.iter().sum::<f64>(),
+                    "rounds": rounds,
+                    "rust_ms": rust_ms,
+                    "pytorch_ms": peer_ms,
+                });
+                eprintln!(
+                    "   {step}{}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
+                    if variant.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (PyTorch {variant})")
+                    },
+                    record["ratio_median"].as_f64().unwrap_or(f64::NAN)
+                );
+                side_by_side.push(record);
+            }
         }
-        drop(peer);
         // The loop against the bare step, both in the Rust process.
         let (loop_ms, bare_ms, ratios) = alternate(
             warmup,
@@ -576,12 +597,13 @@ pub fn markdown(r: &Value) -> String {
         r["pytorch"].as_str().unwrap_or_default(),
         r["rounds"],
     );
-    s += "## Rust vs PyTorch eager, step by step\n\n| model | step | batch | layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---:|---|---:|---:|---:|---:|---:|\n";
+    s += "## Rust vs PyTorch eager, step by step\n\nThe peer computes the same function as the Rust model; for the SimpleUnet, `unfolded` rows time the notebook's own form of its first up block (a convolution of cat([x, x])), which the Rust model computes as one convolution of x with the kernel halves summed.\n\n| model | step | peer | batch | layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---|---:|---|---:|---:|---:|---:|---:|\n";
     for x in r["side_by_side"].as_array().into_iter().flatten() {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
             x["case"].as_str().unwrap_or_default(),
             x["step"].as_str().unwrap_or_default(),
+            x["peer"].as_str().unwrap_or("same function"),
             x["batch"],
             x["layout"].as_str().unwrap_or_default(),
             f(&x["rust_ms_median"], 1),
