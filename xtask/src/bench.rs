@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// bf16 autocast for the networks (CUDA only), both sides.
     #[arg(long)]
     bf16: bool,
+    /// Only these side-by-side steps (comma-separated: forward, train_step, ddpm_step,
+    /// ddim_step, loop_step); default all.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<String>,
     /// Skip the criterion benches.
     #[arg(long)]
     no_criterion: bool,
@@ -427,7 +431,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             &[("", &["forward", "train_step", "ddpm_step", "ddim_step"])]
         };
+        let wanted = |step: &str| args.steps.is_empty() || args.steps.iter().any(|s| s == step);
         for (variant, steps) in variants {
+            let steps: Vec<&str> = steps.iter().copied().filter(|s| wanted(s)).collect();
+            if steps.is_empty() {
+                continue;
+            }
             let mut peer_cmd = Command::new(&python);
             peer_cmd.arg(root.join("scripts/bench/peer.py")).args([
                 "--case",
@@ -449,7 +458,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
             torch_version = peer.ready.clone();
-            for &step in *steps {
+            for &step in &steps {
                 let (rust_ms, peer_ms, ratios) = alternate(
                     warmup,
                     rounds,
@@ -484,6 +493,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 );
                 side_by_side.push(record);
             }
+        }
+        if !wanted("loop_step") {
+            continue;
         }
         // The loop against the bare step, both in the Rust process.
         let (loop_ms, bare_ms, ratios) = alternate(
@@ -549,6 +561,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bf16": args.bf16,
         "pytorch": torch_version,
         "rounds": rounds,
+        "steps_filter": args.steps,
         "side_by_side": side_by_side,
         "loop_overhead": loop_overhead,
         "fid_extraction": fid,
@@ -563,10 +576,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // A partial run (--steps) gets its own file, so it never replaces a full report.
     let stem = format!(
-        "{}-{device_tag}{}",
+        "{}-{device_tag}{}{}",
         today(),
-        if args.bf16 { "-bf16" } else { "" }
+        if args.bf16 { "-bf16" } else { "" },
+        if args.steps.is_empty() {
+            String::new()
+        } else {
+            format!("-{}", args.steps.join("+"))
+        }
     );
     let json_path = out_dir.join(format!("{stem}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
