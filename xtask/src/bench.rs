@@ -403,8 +403,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "== {} at batch {}: Rust and PyTorch, alternating",
             case.name, case.batch
         );
-        let mut rust_cmd = Command::new(bin_dir.join("examples/bench_serve"));
-        rust_cmd.args([
+        // The case as both servers take it.
+        let mut case_args: Vec<String> = [
             "--case",
             case.name,
             "--batch",
@@ -413,10 +413,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &args.device,
             "--threads",
             &threads.to_string(),
-        ]);
+        ]
+        .map(String::from)
+        .to_vec();
         if args.bf16 {
-            rust_cmd.arg("--bf16");
+            case_args.push("--bf16".into());
         }
+        let mut rust_cmd = Command::new(bin_dir.join("examples/bench_serve"));
+        rust_cmd.args(&case_args);
         let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
         let layout = rust.ready.clone();
         let rust_cell = std::cell::RefCell::new(&mut rust);
@@ -438,21 +442,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 continue;
             }
             let mut peer_cmd = Command::new(&python);
-            peer_cmd.arg(root.join("scripts/bench/peer.py")).args([
-                "--case",
-                case.name,
-                "--batch",
-                &case.batch.to_string(),
-                "--device",
-                &args.device,
-                "--threads",
-                &threads.to_string(),
-                "--layout",
-                &layout,
-            ]);
-            if args.bf16 {
-                peer_cmd.arg("--bf16");
-            }
+            peer_cmd
+                .arg(root.join("scripts/bench/peer.py"))
+                .args(&case_args)
+                .args(["--layout", &layout]);
             if !variant.is_empty() {
                 peer_cmd.arg(format!("--{variant}"));
             }

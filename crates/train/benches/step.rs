@@ -20,6 +20,10 @@ use train::objective::training_loss;
 use train::optim::Adam;
 use train::{Preset, TrainConfig, Trainer};
 
+#[path = "support/random_dataset.rs"]
+mod random_dataset;
+use random_dataset::random_dataset;
+
 fn config() -> TrainConfig {
     let name = std::env::var("DDPM_BENCH_PRESET").unwrap_or_else(|_| "fashion-mnist".into());
     let mut config = Preset::from_name(&name)
@@ -29,28 +33,10 @@ fn config() -> TrainConfig {
     config
 }
 
-/// Random images of the preset's shape, enough for a few epochs of batches.
-fn dataset(config: &TrainConfig) -> Dataset {
-    let c = config.model.in_channels() as usize;
-    let s = config
-        .transform
-        .size
-        .map_or(config.model.image_size() as usize, |[h, _]| h);
-    // Store at the model's size when the transform does not resize, else at CIFAR's 32.
-    let stored = if config.transform.size.is_some() {
-        32
-    } else {
-        s
-    };
-    let n = config.batch_size * 8;
+/// The same random images every time.
+fn seeded_dataset(config: &TrainConfig) -> Dataset {
     tch::manual_seed(0);
-    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(
-        256,
-        [(n * c * stored * stored) as i64],
-        (Kind::Uint8, Device::Cpu),
-    ))
-    .unwrap();
-    Dataset::new(pixels, vec![0; n], c, stored, stored, vec!["x".into()]).unwrap()
+    random_dataset(config)
 }
 
 fn bench(c: &mut Criterion) {
@@ -94,11 +80,12 @@ fn bench(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config.clone(), dataset(&config), dir.path(), device).unwrap();
+    let mut trainer =
+        Trainer::new(config.clone(), seeded_dataset(&config), dir.path(), device).unwrap();
     // A second loader like the trainer's: its workers make batches while the steps run, as in
     // `Trainer::run`.
     let loader = data::Loader::new(
-        dataset(&config),
+        seeded_dataset(&config),
         &config.transform,
         trainer.loader().config().clone(),
     )

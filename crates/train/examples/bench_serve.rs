@@ -26,7 +26,6 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use data::Dataset;
 use model::Denoiser;
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
@@ -36,6 +35,10 @@ use train::objective::{training_loss, Prediction};
 use train::optim::Adam;
 use train::sample::{Sampler, SamplerConfig};
 use train::{Precision, Preset, TrainConfig, Trainer};
+
+#[path = "../benches/support/random_dataset.rs"]
+mod random_dataset;
+use random_dataset::random_dataset;
 
 struct Args {
     case: String,
@@ -88,25 +91,6 @@ fn case_config(args: &Args) -> TrainConfig {
     config
 }
 
-/// Random u8 images stored at the size the preset's transform reads (CIFAR's 32×32 when it
-/// resizes), enough for eight batches.
-fn dataset(config: &TrainConfig) -> Dataset {
-    let c = config.model.in_channels() as usize;
-    let stored = if config.transform.size.is_some() {
-        32
-    } else {
-        config.model.image_size() as usize
-    };
-    let n = config.batch_size * 8;
-    let pixels: Vec<u8> = Vec::try_from(Tensor::randint(
-        256,
-        [(n * c * stored * stored) as i64],
-        (Kind::Uint8, Device::Cpu),
-    ))
-    .expect("u8 pixels");
-    Dataset::new(pixels, vec![0; n], c, stored, stored, vec!["x".into()]).expect("a dataset")
-}
-
 fn main() {
     let args = parse_args();
     if let Some(n) = args.threads {
@@ -156,11 +140,11 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("a temporary run directory");
-    let mut trainer =
-        Trainer::new(config.clone(), dataset(&config), dir.path(), device).expect("a trainer");
+    let mut trainer = Trainer::new(config.clone(), random_dataset(&config), dir.path(), device)
+        .expect("a trainer");
     // A loader like the trainer's own, whose workers make batches while the steps run.
     let loader = data::Loader::new(
-        dataset(&config),
+        random_dataset(&config),
         &config.transform,
         trainer.loader().config().clone(),
     )
