@@ -23,7 +23,7 @@ Run from the repository root:
 
     .venv/bin/python scripts/golden/fid.py
 
-It rewrites crates/train/tests/fixtures/fid_*.json, which are committed so that the tests need no
+It rewrites crates/eval/tests/fixtures/fid_*.json, which are committed so that the tests need no
 Python.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-OUT = Path(__file__).resolve().parents[2] / "crates" / "train" / "tests" / "fixtures"
+OUT = Path(__file__).resolve().parents[2] / "crates" / "eval" / "tests" / "fixtures"
 
 
 def stats(act):

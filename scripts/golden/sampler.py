@@ -21,7 +21,7 @@ Run from the repository root:
 
     .venv/bin/python scripts/golden/sampler.py
 
-It rewrites crates/train/tests/fixtures/sampler_golden.json, which is committed so that the
+It rewrites crates/sample/tests/fixtures/sampler_golden.json, which is committed so that the
 tests need no Python.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-OUT = Path(__file__).resolve().parents[2] / "crates" / "train" / "tests" / "fixtures"
+OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures"
 T = 1000
 BETAS = np.linspace(1e-4, 0.02, T, dtype=np.float64)  # Ho et al. 2020, the official code
 ALPHAS_CUMPROD = np.cumprod(1.0 - BETAS)

@@ -21,14 +21,14 @@ Run from the repository root:
 
     .venv/bin/python scripts/golden/tiny_inception.py
 
-It rewrites crates/train/tests/fixtures/tiny_inception.pt (about 18 KB) and
-crates/train/tests/fixtures/tiny_inception_features.json, which are committed so that the tests
+It rewrites crates/eval/tests/fixtures/tiny_inception.pt (about 18 KB) and
+crates/eval/tests/fixtures/tiny_inception_features.json, which are committed so that the tests
 need no Python.
 
 With `--real`, it also runs the real FID Inception (`data/inception/default_1.pt`, from
 `cargo xtask fetch-inception`) on the 20 CIFAR-10 test images in
 `../shared/data/cifar10/test_batch_first20.bin`, through the same preprocessing with the default
-`tf` resize, and writes crates/train/tests/fixtures/fid_inception_cifar20.json: per image the
+`tf` resize, and writes crates/eval/tests/fixtures/fid_inception_cifar20.json: per image the
 first 16 features, the sum, the sum of squares and four projections onto fixed vectors
 (v_k[j] = cos(0.37 (k + 1) j)), which the slow Rust test recomputes.
 """

@@ -1,5 +1,5 @@
 //! `ddpm eval fid` and `ddpm eval stats` with the tiny TorchScript stand-in for the Inception
-//! (`crates/train/tests/fixtures/tiny_inception.pt`, 16×16 input, 32 features) on the real
+//! (`crates/eval/tests/fixtures/tiny_inception.pt`, 16×16 input, 32 features) on the real
 //! 20-record CIFAR-10 file and on synthesized image folders; and the errors a user meets.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ fn first20() -> String {
 
 fn tiny_inception() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/train/tests/fixtures/tiny_inception.pt")
+        .join("../crates/eval/tests/fixtures/tiny_inception.pt")
         .display()
         .to_string()
 }

@@ -243,7 +243,7 @@ fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
         &[],
         &["--checkpoint", "nope", "does not exist"],
     );
-    fails(dir.path(), &[], &["--checkpoint", "no state.json"]);
+    fails(dir.path(), &[], &["--checkpoint", "neither a checkpoint"]);
     // Corrupt weights.
     let corrupt = dir.path().join("corrupt");
     copy_dir(&ckpt, &corrupt);

@@ -1,8 +1,8 @@
-//! `cargo xtask fetch-*`: dataset and weight downloads, a thin layer over `data::fetch`
+//! `cargo xtask fetch-*`: dataset and weight downloads, a thin layer over the `fetch` crate
 //! (which `ddpm train` also calls when CIFAR-10 is missing).
 
+use ::fetch::{FetchOptions, FileSet, Tarball, ZipMember};
 use anyhow::{Context, Result};
-use data::fetch::{FetchOptions, FileSet, Tarball, ZipMember};
 use std::path::PathBuf;
 
 /// The download subcommands.

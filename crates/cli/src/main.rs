@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod plot;
+mod runtime;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Debug, Parser)]
@@ -31,10 +32,12 @@ enum Command {
     /// Evaluate samples: FID and KID against a dataset or reference statistics.
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
-    /// Draw images from a checkpoint: grids, PNGs, strips, GIFs of chains, .npz.
+    /// Draw images from a checkpoint or a diffusers folder: grids, PNGs, strips, GIFs, .npz.
     Sample(Box<cmd::sample::SampleArgs>),
     /// Draw the forward process q(x_t | x_0) of real images as a strip.
     Forward(cmd::forward::ForwardArgs),
+    /// Write a run, checkpoint or diffusers folder as a diffusers folder (UNet2DModel).
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Sample(args) => cmd::sample::run(*args),
         Command::Forward(args) => cmd::forward::run(args),
         Command::Eval(command) => cmd::eval::run(command),
+        Command::Export(args) => cmd::export::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -42,7 +42,3 @@ pub use folder::FolderReport;
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use spec::DatasetSpec;
 pub use transform::{denormalize, denormalize_all, normalize, Transform, TransformConfig};
-
-/// Dataset downloads with checksums, resume and atomic extraction.
-#[cfg(feature = "fetch")]
-pub mod fetch;

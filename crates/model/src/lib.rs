@@ -10,7 +10,6 @@
 //! - [`set_memory_format`]: channels-last kernels, faster on CPU and CUDA;
 //!   [`autocast_bf16`]: bf16 mixed precision on CUDA.
 //! - [`device`]: the `--device auto|cpu|cuda[:N]` choice, resolved once and passed down.
-//! - [`runtime`]: what libtorch this process runs on (versions, CUDA, cuDNN), as `ddpm doctor` shows.
 //!
 //! Both networks take `[N, C, H, W]` images and `[N]` integer timesteps (`t = 0` is the paper's
 //! `t = 1`) and return a tensor of the image's shape and kind.
@@ -22,7 +21,6 @@
 //! network is built in the layout it measured fastest in ([`MemoryFormat`]).
 
 pub mod device;
-pub mod runtime;
 
 mod embedding;
 mod error;
@@ -40,7 +38,8 @@ pub use precision::{autocast_bf16, cuda_autocast_kind};
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
 pub use unet::{UNet, UNetConfig};
 pub use weights::{
-    load_safetensors, parameter_count, parameter_table, parameters, save_safetensors, ParameterInfo,
+    load_named_tensors, load_safetensors, load_safetensors_renamed, parameter_count,
+    parameter_table, parameters, save_safetensors, ParameterInfo,
 };
 
 use serde::{Deserialize, Serialize};

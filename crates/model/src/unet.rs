@@ -312,6 +312,41 @@ impl UNetConfig {
         })
     }
 
+    /// The modern name of a diffusers `UNet2DModel` state-dict key. Checkpoints saved before
+    /// diffusers 0.15 (the `google/ddpm-*` repositories among them) name the attention
+    /// projections `query`, `key`, `value` and `proj_attn`; diffusers renames them on load to
+    /// `to_q`, `to_k`, `to_v` and `to_out.0` (`_convert_deprecated_attention_blocks`), and so
+    /// does this. Other keys come back unchanged.
+    ///
+    /// ```
+    /// use model::UNetConfig;
+    ///
+    /// let key = UNetConfig::modern_diffusers_key("mid_block.attentions.0.proj_attn.weight");
+    /// assert_eq!(key, "mid_block.attentions.0.to_out.0.weight");
+    /// assert_eq!(UNetConfig::modern_diffusers_key("conv_in.bias"), "conv_in.bias");
+    /// ```
+    pub fn modern_diffusers_key(name: &str) -> String {
+        let parts: Vec<&str> = name.split('.').collect();
+        // `…attentions.<i>.<old>.<weight|bias>`: only attention blocks' projections are renamed.
+        if let [.., attentions, idx, old, _param] = parts.as_slice() {
+            if *attentions == "attentions" && idx.parse::<usize>().is_ok() {
+                let new = match *old {
+                    "query" => "to_q",
+                    "key" => "to_k",
+                    "value" => "to_v",
+                    "proj_attn" => "to_out.0",
+                    _ => return name.to_string(),
+                };
+                let n = parts.len();
+                let mut out: Vec<&str> = parts[..n - 2].to_vec();
+                out.push(new);
+                out.push(parts[n - 1]);
+                return out.join(".");
+            }
+        }
+        name.to_string()
+    }
+
     /// Reads a diffusers `UNet2DModel` `config.json` (e.g. `google/ddpm-cifar10-32`'s), with
     /// diffusers' defaults for absent keys.
     ///
@@ -460,7 +495,10 @@ impl UNetConfig {
                 (d, u) => {
                     return Err(invalid(
                         ARCH,
-                        format!("block types {d}/{u} at level {level} are not supported (DownBlock2D/UpBlock2D or AttnDownBlock2D/AttnUpBlock2D, mirrored)"),
+                        format!(
+                            "`down_block_types`[{level}] = {d} with `up_block_types`[{}] = {u} is not supported (DownBlock2D/UpBlock2D or AttnDownBlock2D/AttnUpBlock2D, mirrored)",
+                            down.len() - 1 - level
+                        ),
                     ))
                 }
             };

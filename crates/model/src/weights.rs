@@ -172,25 +172,6 @@ pub fn parameter_table(vs: &VarStore) -> String {
     out
 }
 
-/// Whether a tensor of `dtype` in a file can fill a variable of `kind`: floats from floats,
-/// integers from integers.
-fn dtype_fits(dtype: Dtype, kind: Kind) -> Option<Kind> {
-    let file_kind = match dtype {
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        Dtype::I8 => Kind::Int8,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I32 => Kind::Int,
-        Dtype::I64 => Kind::Int64,
-        _ => return None,
-    };
-    let float = |k: Kind| matches!(k, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double);
-    (float(file_kind) == float(kind)).then_some(file_kind)
-}
-
 /// Loads every variable of `vs` from a `.safetensors` file.
 ///
 /// The file must hold exactly the var store's tensors: a missing, unexpected or mis-shaped key,
@@ -202,6 +183,20 @@ fn dtype_fits(dtype: Dtype, kind: Kind) -> Option<Kind> {
 /// [`ModelError::Read`] when the file cannot be read, [`ModelError::Corrupt`] when it is not
 /// valid safetensors, [`ModelError::Mismatch`] when its keys do not fit.
 pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError> {
+    load_safetensors_renamed(vs, path, &|name| name.to_string())
+}
+
+/// [`load_safetensors`] with every key of the file passed through `rename` first, for files that
+/// use other names for the same tensors (e.g. [`crate::diffusers_legacy_key`]). Messages list
+/// the renamed keys.
+///
+/// # Errors
+/// As [`load_safetensors`].
+pub fn load_safetensors_renamed(
+    vs: &mut VarStore,
+    path: &Path,
+    rename: &dyn Fn(&str) -> String,
+) -> Result<(), ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
         path: path.to_path_buf(),
         source,
@@ -210,15 +205,94 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError
         path: path.to_path_buf(),
         reason: format!("{err:?}"),
     })?;
+    let entries = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = view.shape().iter().map(|&d| d as i64).collect();
+            let kind = file_kind(view.dtype());
+            (rename(&name), shape, kind, Source::View(view))
+        })
+        .collect();
+    load_entries(vs, path, entries)
+}
+
+/// Loads every variable of `vs` from named tensors read elsewhere (a PyTorch `state_dict`, say),
+/// with the checks of [`load_safetensors`]; `path` names their file in messages.
+///
+/// # Errors
+/// [`ModelError::Mismatch`] when the names, shapes or dtypes do not fit; nothing is loaded then.
+pub fn load_named_tensors(
+    vs: &mut VarStore,
+    path: &Path,
+    tensors: &[(String, Tensor)],
+) -> Result<(), ModelError> {
+    let entries = tensors
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                t.size(),
+                Ok(t.kind()),
+                Source::Tensor(t.shallow_clone()),
+            )
+        })
+        .collect();
+    load_entries(vs, path, entries)
+}
+
+/// Where a tensor's data comes from.
+enum Source<'a> {
+    View(safetensors::tensor::TensorView<'a>),
+    Tensor(Tensor),
+}
+
+/// The kind of a safetensors dtype, or its name when tch has no such kind.
+fn file_kind(dtype: Dtype) -> Result<Kind, String> {
+    Ok(match dtype {
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        other => return Err(format!("{other:?}")),
+    })
+}
+
+/// Whether a tensor of kind `found` can fill a variable of `kind`: floats from floats, integers
+/// from integers.
+fn kind_fits(found: Kind, kind: Kind) -> bool {
+    let float = |k: Kind| matches!(k, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double);
+    float(found) == float(kind)
+}
+
+type Entry<'a> = (String, Vec<i64>, Result<Kind, String>, Source<'a>);
+
+/// Checks `entries` against the variables of `vs` and, when every one fits, copies them in.
+fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Result<(), ModelError> {
     let variables = vs.variables();
+    let mut by_name: HashMap<String, (Vec<i64>, Result<Kind, String>, Source<'_>)> = HashMap::new();
     let mut mismatch = WeightMismatch::default();
+    for (name, shape, kind, source) in entries {
+        if !variables.contains_key(&name) {
+            mismatch.unexpected.push(name);
+        } else if by_name.contains_key(&name) {
+            // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
+            mismatch.unexpected.push(format!("{name} (a second time)"));
+        } else {
+            by_name.insert(name, (shape, kind, source));
+        }
+    }
     let mut plan = Vec::with_capacity(variables.len());
     for (name, var) in &variables {
-        let Ok(view) = file.tensor(name) else {
+        let Some((found, kind, source)) = by_name.remove(name) else {
             mismatch.missing.push(name.clone());
             continue;
         };
-        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if found != var.size() {
             mismatch.wrong_shape.push(ShapeMismatch {
                 name: name.clone(),
@@ -227,20 +301,18 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError
             });
             continue;
         }
-        match dtype_fits(view.dtype(), var.kind()) {
-            Some(kind) => plan.push((name, var, view, kind)),
-            None => mismatch.wrong_dtype.push((
+        match kind {
+            Ok(kind) if kind_fits(kind, var.kind()) => plan.push((var, source, kind)),
+            Ok(kind) => mismatch.wrong_dtype.push((
                 name.clone(),
-                format!("{:?} for a {:?} variable", view.dtype(), var.kind()),
+                format!("{kind:?} for a {:?} variable", var.kind()),
+            )),
+            Err(dtype) => mismatch.wrong_dtype.push((
+                name.clone(),
+                format!("{dtype} for a {:?} variable", var.kind()),
             )),
         }
     }
-    mismatch.unexpected = file
-        .names()
-        .into_iter()
-        .filter(|name| !variables.contains_key(*name))
-        .cloned()
-        .collect();
     mismatch.missing.sort();
     mismatch.unexpected.sort();
     mismatch.wrong_shape.sort_by(|a, b| a.name.cmp(&b.name));
@@ -252,8 +324,11 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError
         });
     }
     tch::no_grad(|| -> Result<(), ModelError> {
-        for (_, var, view, kind) in plan {
-            let src = Tensor::f_from_data_size(view.data(), &var.size(), kind)?;
+        for (var, source, kind) in plan {
+            let src = match source {
+                Source::View(view) => Tensor::f_from_data_size(view.data(), &var.size(), kind)?,
+                Source::Tensor(t) => t,
+            };
             var.shallow_clone().f_copy_(&src)?;
         }
         Ok(())

@@ -27,13 +27,14 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use model::Denoiser;
+use sample::Prediction;
+use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use train::objective::{training_loss, Prediction};
+use train::objective::training_loss;
 use train::optim::Adam;
-use train::sample::{Sampler, SamplerConfig};
 use train::{Precision, Preset, TrainConfig, Trainer};
 
 #[path = "../benches/support/random_dataset.rs"]

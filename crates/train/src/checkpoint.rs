@@ -20,8 +20,9 @@ use tch::{nn::VarStore, Tensor};
 
 use crate::TrainError;
 
-/// The version of the checkpoint layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub use sample::layout::{
+    dir_name, latest, list, EMA_FILE, FORMAT_VERSION, MODEL_FILE, STATE_FILE,
+};
 
 /// Everything but the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,22 +47,18 @@ pub struct CheckpointState {
     pub config: serde_json::Value,
 }
 
-/// Names of the files in a checkpoint directory.
-pub const MODEL_FILE: &str = "model.safetensors";
-/// The averaged weights.
-pub const EMA_FILE: &str = "ema.safetensors";
 /// The optimizer moments.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// The JSON state.
-pub const STATE_FILE: &str = "state.json";
 
-/// The checkpoint directory name for a step.
-pub fn dir_name(step: u64) -> String {
-    format!("step-{step:08}")
+fn io_err(path: &Path, err: std::io::Error) -> TrainError {
+    TrainError::io(path, err)
 }
 
-fn io_err(path: &Path, err: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint(format!("{}: {err}", path.display()))
+fn bad_file(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// The named tensors of a var store, in name order.
@@ -88,7 +85,8 @@ fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<(), TrainErr
         .iter()
         .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
         .collect();
-    Tensor::write_safetensors(&cpu, path).map_err(|e| io_err(path, e))?;
+    Tensor::write_safetensors(&cpu, path)
+        .map_err(|e| bad_file(path, format!("cannot write: {e}")))?;
     fsync(path)
 }
 
@@ -115,7 +113,7 @@ pub struct CheckpointContents<'a> {
 ///
 /// # Errors
 /// [`TrainError::NonFinite`] when a weight is NaN or infinite (nothing is written);
-/// [`TrainError::Checkpoint`] on IO errors, naming the file.
+/// [`TrainError::Io`] on IO errors, naming the file.
 pub fn save(
     root: &Path,
     contents: &CheckpointContents<'_>,
@@ -140,7 +138,7 @@ pub fn save(
     pause();
     write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer)?;
     let state_path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(contents.state).map_err(|e| io_err(&state_path, e))?;
+    let json = serde_json::to_vec_pretty(contents.state).expect("checkpoint states serialise");
     let mut f = fs::File::create(&state_path).map_err(|e| io_err(&state_path, e))?;
     f.write_all(&json)
         .and_then(|_| f.sync_all())
@@ -168,28 +166,6 @@ fn fault_injection_pause() -> impl Fn() {
     }
 }
 
-/// Complete checkpoint directories under `root`, oldest first.
-pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
-            e.path().join(STATE_FILE).exists().then(|| (step, e.path()))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-/// The newest complete checkpoint under `root`.
-pub fn latest(root: &Path) -> Option<PathBuf> {
-    list(root).pop().map(|(_, p)| p)
-}
-
 fn prune(root: &Path, keep_last: usize) -> Result<(), TrainError> {
     let all = list(root);
     let excess = all.len().saturating_sub(keep_last);
@@ -202,13 +178,15 @@ fn prune(root: &Path, keep_last: usize) -> Result<(), TrainError> {
 /// Reads `state.json` of a checkpoint directory.
 ///
 /// # Errors
-/// [`TrainError::Checkpoint`] naming the file when it is missing or malformed.
+/// [`TrainError::Io`] when it cannot be read, [`TrainError::Checkpoint`] when it is malformed;
+/// both name the file.
 pub fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| bad_file(&path, e.to_string()))?;
     if state.format_version != FORMAT_VERSION {
-        return Err(io_err(
+        return Err(bad_file(
             &path,
             format!(
                 "checkpoint format {} is not supported (this build reads {FORMAT_VERSION})",
@@ -222,13 +200,17 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
 /// Reads the named tensors of a safetensors file onto the CPU.
 ///
 /// # Errors
-/// [`TrainError::Checkpoint`] naming the file when it is missing or corrupt.
+/// [`TrainError::Io`] when it is missing, [`TrainError::Checkpoint`] when it is corrupt; both
+/// name the file.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, TrainError> {
     if !path.exists() {
-        return Err(io_err(path, "no such file"));
+        return Err(io_err(
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
     }
     Tensor::read_safetensors(path).map_err(|e| {
-        io_err(
+        bad_file(
             path,
             format!("corrupt or unreadable safetensors file ({e})"),
         )

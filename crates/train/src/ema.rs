@@ -66,7 +66,7 @@ impl Ema {
     /// Starts the average at the live weights.
     ///
     /// # Errors
-    /// [`TrainError::Checkpoint`] when the two stores do not hold the same names and shapes.
+    /// [`TrainError::Ema`] when the two stores do not hold the same names and shapes.
     pub fn new(
         config: EmaConfig,
         ema_vs: &VarStore,
@@ -76,7 +76,7 @@ impl Ema {
         let mut shadow: Vec<(String, Tensor)> = ema_vs.variables().into_iter().collect();
         shadow.sort_by(|a, b| a.0.cmp(&b.0));
         if shadow.len() != live.len() {
-            return Err(TrainError::Checkpoint(format!(
+            return Err(TrainError::Ema(format!(
                 "EMA model has {} tensors, the model {}",
                 shadow.len(),
                 live.len()
@@ -84,11 +84,11 @@ impl Ema {
         }
         let (mut averaged, mut copied) = (Vec::new(), Vec::new());
         for (name, mut e) in shadow {
-            let p = live.get(&name).ok_or_else(|| {
-                TrainError::Checkpoint(format!("the model lacks EMA tensor `{name}`"))
-            })?;
+            let p = live
+                .get(&name)
+                .ok_or_else(|| TrainError::Ema(format!("the model lacks EMA tensor `{name}`")))?;
             if p.size() != e.size() {
-                return Err(TrainError::Checkpoint(format!(
+                return Err(TrainError::Ema(format!(
                     "EMA tensor `{name}` has another shape than the model's"
                 )));
             }

@@ -10,21 +10,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
 use model::Denoiser;
+pub use sample::Prediction;
 use schedule::tensor::{extract, ScheduleTensors};
 
 use crate::TrainError;
-
-/// What the network predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prediction {
-    /// The noise ε (Ho et al. 2020).
-    Eps,
-    /// The clean image x_0.
-    X0,
-    /// The velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0.
-    V,
-}
 
 /// The per-element loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

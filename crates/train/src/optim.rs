@@ -279,7 +279,7 @@ impl Adam {
     /// Restores moments saved by [`Adam::state_tensors`] and the update count.
     ///
     /// # Errors
-    /// [`TrainError::Checkpoint`] when a moment is missing or has the wrong shape.
+    /// [`TrainError::OptimizerState`] when a moment is missing or has the wrong shape.
     pub fn load_state(
         &mut self,
         tensors: &[(String, Tensor)],
@@ -295,12 +295,12 @@ impl Adam {
             {
                 for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
                     let key = format!("{prefix}.{name}");
-                    let src = map.get(key.as_str()).ok_or_else(|| {
-                        TrainError::Checkpoint(format!("optimizer state lacks `{key}`"))
-                    })?;
+                    let src = map
+                        .get(key.as_str())
+                        .ok_or_else(|| TrainError::OptimizerState(format!("no moment `{key}`")))?;
                     if src.size() != dst.size() {
-                        return Err(TrainError::Checkpoint(format!(
-                            "optimizer state `{key}` has shape {:?}, the model needs {:?}",
+                        return Err(TrainError::OptimizerState(format!(
+                            "`{key}` has shape {:?}, the model needs {:?}",
                             src.size(),
                             dst.size()
                         )));

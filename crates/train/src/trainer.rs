@@ -25,8 +25,8 @@ use crate::config::{Precision, TrainConfig};
 use crate::ema::Ema;
 use crate::objective::training_loss;
 use crate::optim::Adam;
-use crate::sample::{sample, SampleOptions, SamplerConfig};
 use crate::TrainError;
+use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +137,7 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainError::Config`] when the dataset does not fit the model (channels, size) or the
-    /// config is invalid; [`TrainError::Checkpoint`] when the run directory cannot be written.
+    /// config is invalid; [`TrainError::Io`] when the run directory cannot be written.
     pub fn new(
         config: TrainConfig,
         dataset: Dataset,
@@ -204,12 +204,10 @@ impl Trainer {
                 (t, backup)
             })
             .collect();
-        fs::create_dir_all(run_dir)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", run_dir.display())))?;
+        fs::create_dir_all(run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
         let config_path = run_dir.join("config.json");
         let json = serde_json::to_vec_pretty(&config).expect("configs serialise");
-        fs::write(&config_path, json)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", config_path.display())))?;
+        fs::write(&config_path, json).map_err(|e| TrainError::io(&config_path, e))?;
         Ok(Self {
             config,
             run_dir: run_dir.to_path_buf(),
@@ -233,7 +231,9 @@ impl Trainer {
     /// directory), with the configuration saved in it unless `config` replaces it.
     ///
     /// # Errors
-    /// [`TrainError::Checkpoint`] when there is no checkpoint or it does not match the model.
+    /// [`TrainError::NoCheckpoint`] when there is none; [`TrainError::Checkpoint`],
+    /// [`TrainError::Model`] or [`TrainError::OptimizerState`] when it is unreadable or does not
+    /// match the model.
     pub fn resume(
         run_dir: &Path,
         from: Option<&Path>,
@@ -244,21 +244,19 @@ impl Trainer {
         let root = run_dir.join("checkpoints");
         let dir = match from {
             Some(dir) => dir.to_path_buf(),
-            None => checkpoint::latest(&root).ok_or_else(|| {
-                TrainError::Checkpoint(format!(
-                    "no checkpoint under {}: start a new run without --resume",
-                    root.display()
-                ))
+            None => checkpoint::latest(&root).ok_or_else(|| TrainError::NoCheckpoint {
+                dir: root.clone(),
+                hint: "start a new run without --resume",
             })?,
         };
         let state = checkpoint::read_state(&dir)?;
         let config = match config {
             Some(c) => c,
             None => serde_json::from_value(state.config.clone()).map_err(|e| {
-                TrainError::Checkpoint(format!(
-                    "{}: config: {e}",
-                    dir.join(checkpoint::STATE_FILE).display()
-                ))
+                TrainError::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    message: format!("config: {e}"),
+                }
             })?,
         };
         let mut trainer = Self::new(config, dataset, run_dir, device)?;
@@ -279,10 +277,8 @@ impl Trainer {
     }
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainError> {
-        model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))?;
+        model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
         Ok(())
     }
 
@@ -299,8 +295,7 @@ impl Trainer {
             })
             .map(|line| format!("{line}\n"))
             .collect();
-        fs::write(&path, kept)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        fs::write(&path, kept).map_err(|e| TrainError::io(&path, e))
     }
 
     /// The resolved configuration.
@@ -459,7 +454,8 @@ impl Trainer {
     /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook).
     ///
     /// # Errors
-    /// [`TrainError::Checkpoint`] when the images cannot be written.
+    /// [`TrainError::Io`] or [`TrainError::Sample`] naming the file when the images cannot be
+    /// written.
     pub fn write_samples(&self, tag: &str) -> Result<Vec<PathBuf>, TrainError> {
         let c = self.config.model.in_channels();
         let s = self.config.model.image_size();
@@ -480,17 +476,16 @@ impl Trainer {
             |_, _| {},
         )?;
         let dir = self.run_dir.join("samples");
-        fs::create_dir_all(&dir)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         let grid_path = dir.join(format!("{tag}-grid.png"));
-        crate::images::save_grid(&out.images, 8, &grid_path)?;
+        save_grid(&out.images, 8, &grid_path)?;
         let strip: Vec<Tensor> = out
             .snapshots
             .iter()
             .map(|(_, x)| x.narrow(0, 0, 1))
             .collect();
         let strip_path = dir.join(format!("{tag}-strip.png"));
-        crate::images::save_grid(&Tensor::cat(&strip, 0), strip.len().max(1), &strip_path)?;
+        save_grid(&Tensor::cat(&strip, 0), strip.len().max(1), &strip_path)?;
         Ok(vec![grid_path, strip_path])
     }
 
@@ -500,10 +495,9 @@ impl Trainer {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TrainError::io(&path, e))?;
         let line = serde_json::to_string(record).expect("records serialise");
-        writeln!(f, "{line}")
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        writeln!(f, "{line}").map_err(|e| TrainError::io(&path, e))
     }
 
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps

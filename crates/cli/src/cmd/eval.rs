@@ -1,6 +1,6 @@
 //! `ddpm eval`: FID and KID of samples (an `.npz`, an image folder, a dataset, or fresh samples
 //! from a checkpoint) against reference statistics or a dataset, and `ddpm eval stats` to cache
-//! a dataset's statistics. The metrics themselves live in [`train::fid`].
+//! a dataset's statistics. The metrics themselves live in the `eval` crate.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,16 +9,17 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use data::fetch::{Algorithm, Checksum};
 use data::npz::{read_npz, write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
-use model::device::DeviceSpec;
-use schedule::{Schedule, TimestepSpacing, VarianceType};
-use train::fid::{
-    self, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
+use eval::{
+    self as fid, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
 };
-use train::sample::{sample_batches, BatchPlan, SampleOptions, SamplerConfig};
-use train::{Precision, TrainConfig};
+use fetch::{Algorithm, Checksum};
+use model::device::DeviceSpec;
+use sample::{BatchPlan, Pipeline};
+use schedule::Schedule;
+
+use super::sampler_args::SamplerArgs;
 
 /// Where `cargo xtask fetch-inception` puts the FID Inception.
 const DEFAULT_INCEPTION: &str = "data/inception/default_1.pt";
@@ -83,8 +84,8 @@ pub struct FidArgs {
     /// Samples: an .npz of uint8 NHWC images (`arr_0` or the first array) or a folder of images.
     #[arg(long, conflicts_with_all = ["checkpoint", "samples_dataset"])]
     samples: Option<PathBuf>,
-    /// Draw the samples from a checkpoint: a run directory (its newest checkpoint) or one
-    /// checkpoint directory. The EMA weights are used.
+    /// Draw the samples from a run directory (its newest checkpoint), one checkpoint directory,
+    /// or a diffusers folder; --weights picks EMA (default) or live weights.
     #[arg(long, conflicts_with = "samples_dataset")]
     checkpoint: Option<PathBuf>,
     /// Samples from a dataset instead (e.g. a test split, for the FID floor of real data).
@@ -105,21 +106,9 @@ pub struct FidArgs {
     /// Use the first N images of each side (with --checkpoint: draw N samples).
     #[arg(long)]
     n: Option<usize>,
-    /// The sampler for --checkpoint: ddpm or ddim.
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
-    /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// DDIM η (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
-    /// DDIM step spacing: linspace, leading or trailing.
-    #[arg(long, default_value = "leading")]
-    spacing: String,
-    /// DDPM reverse variance: fixed_large (σ² = β, Ho et al.'s CIFAR-10 FIDs) or fixed_small.
-    #[arg(long, default_value = "fixed_large")]
-    variance: String,
+    /// The sampler for --checkpoint (the same flags as `ddpm sample`).
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Samples per sampler batch.
     #[arg(long, default_value_t = 256)]
     sample_batch_size: usize,
@@ -383,30 +372,12 @@ fn extract(extractor: &InceptionExtractor, images: &Images, what: &str) -> Resul
     Ok(features)
 }
 
-/// Finds the checkpoint directory: the path itself when it holds `state.json`, else the newest
-/// checkpoint under `<path>/checkpoints` (a run directory).
-fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
-    if path.join(train::checkpoint::STATE_FILE).is_file() {
-        return Ok(path.to_path_buf());
-    }
-    train::checkpoint::latest(&path.join("checkpoints")).with_context(|| {
-        format!(
-            "{} is neither a checkpoint (no state.json) nor a run directory with checkpoints/",
-            path.display()
-        )
-    })
-}
-
 /// Draws `n` samples from a checkpoint's EMA weights.
 fn sample_checkpoint(
     args: &FidArgs,
     path: &Path,
     device: tch::Device,
 ) -> Result<(Images, serde_json::Value)> {
-    let dir = checkpoint_dir(path)?;
-    let state = train::checkpoint::read_state(&dir)?;
-    let config: TrainConfig = serde_json::from_value(state.config)
-        .with_context(|| format!("the config in {}", dir.display()))?;
     let n = args.n.unwrap_or(10_000);
     if n < 2 {
         return Err(FidError::TooFewImages {
@@ -418,48 +389,25 @@ fn sample_checkpoint(
     if args.sample_batch_size == 0 {
         bail!("--sample-batch-size must be at least 1");
     }
-    let sampler = match args.sampler.as_str() {
-        "ddpm" => SamplerConfig::Ddpm {
-            variance: serde_json::from_value::<VarianceType>(json!(args.variance))
-                .context("--variance: use fixed_large or fixed_small")?,
-        },
-        "ddim" => SamplerConfig::Ddim {
-            steps: args.steps,
-            eta: args.eta,
-            spacing: serde_json::from_value::<TimestepSpacing>(json!(args.spacing))
-                .context("--spacing: use linspace, leading or trailing")?,
-        },
-        other => bail!("unknown --sampler `{other}`: use ddpm or ddim"),
-    };
-    let mut vs = tch::nn::VarStore::new(device);
-    let net = config
-        .model
-        .build(&vs.root())
-        .context("building the checkpoint's model")?;
-    let weights = dir.join(train::checkpoint::EMA_FILE);
-    model::load_safetensors(&mut vs, &weights)
-        .with_context(|| format!("cannot load {}", weights.display()))?;
-    let schedule = Schedule::new(&config.schedule).context("the checkpoint's schedule")?;
-    let sched = schedule::tensor::ScheduleTensors::new(&schedule, device);
-    let options = SampleOptions {
-        prediction: config.objective.prediction,
-        clip_x0: true,
-        n_snapshots: 0,
-        autocast: config.precision == Precision::Bf16 && device.is_cuda(),
-    };
-    let (c, s) = (config.model.in_channels(), config.model.image_size());
+    let spec = args.sampler.resolve(path)?;
+    let schedule = Schedule::new(&spec.schedule)
+        .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
+    let sampler = args.sampler.config(schedule.n_steps())?;
+    let pipe = Pipeline::from_spec(spec, device)
+        .with_context(|| format!("--checkpoint {}", path.display()))?;
+    let options = pipe.options(args.sampler.clip_x0(), 0);
     // The same batches, seeds and images as `ddpm sample --batch B --seed S` with this sampler.
     let plan = BatchPlan {
         n_images: n,
         batch_size: args.sample_batch_size.min(n),
-        image_shape: [c, s, s],
+        image_shape: pipe.image_shape(),
         seed: args.seed,
         n_chains: 0,
     };
     let bar = progress_bar(n as u64, "samples");
     let started = Instant::now();
     let mut images: Option<Images> = None;
-    for batch in sample_batches(net.as_ref(), &sched, &sampler, &options, plan, |_, _| {})? {
+    for batch in pipe.sample_batches(&sampler, &options, plan, |_, _| {})? {
         let batch = Images::from_tensor(&batch?.output.images)?;
         match images.as_mut() {
             Some(all) => all.append(&batch)?,
@@ -471,7 +419,7 @@ fn sample_checkpoint(
     let images = images.expect("n >= 2");
     eprintln!(
         "sampled {n} images from {} in {:.1} s",
-        dir.display(),
+        pipe.spec.dir.display(),
         started.elapsed().as_secs_f64()
     );
     if let Some(out) = &args.save_samples {
@@ -479,8 +427,8 @@ fn sample_checkpoint(
         eprintln!("samples written to {}", out.display());
     }
     let meta = json!({
-        "checkpoint": dir.display().to_string(),
-        "step": state.step,
+        "checkpoint": pipe.spec.dir.display().to_string(),
+        "step": pipe.spec.step,
         "sampler": serde_json::to_value(&sampler).expect("serialisable"),
         "seed": args.seed,
     });

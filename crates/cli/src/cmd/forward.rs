@@ -13,9 +13,9 @@ use tch::{Device, Kind, Tensor};
 
 use data::grid::{make_grid, GridSpec};
 use data::{DatasetSpec, Split, Transform};
+use sample::to_u8_nchw;
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, Timesteps};
-use train::sample::to_u8_nchw;
 use train::{Preset, TrainConfig};
 
 use super::data::DatasetKind;
@@ -27,7 +27,8 @@ pub struct ForwardArgs {
     /// fashion-mnist.
     #[arg(long, default_value = "seed")]
     preset: String,
-    /// Take them from a checkpoint (or run directory) instead.
+    /// Take them from a run, a checkpoint or a diffusers folder instead (a diffusers folder has
+    /// no dataset: pass --dataset).
     #[arg(long, conflicts_with = "preset")]
     checkpoint: Option<PathBuf>,
     /// The dataset's format (default: the preset's or checkpoint's dataset).
@@ -88,15 +89,52 @@ fn spec_of(kind: DatasetKind, split: Option<Split>) -> Result<DatasetSpec> {
     })
 }
 
-fn config_of(args: &ForwardArgs) -> Result<TrainConfig> {
-    match &args.checkpoint {
-        Some(given) => {
-            let dir = super::sample::resolve_checkpoint(given)?;
-            super::sample::read_config(&dir)
+/// What the strip needs from a preset or a checkpoint.
+struct ForwardConfig {
+    schedule: schedule::BetaSchedule,
+    /// `None` for a diffusers folder, which names no dataset.
+    dataset: Option<DatasetSpec>,
+    transform: data::TransformConfig,
+}
+
+fn config_of(args: &ForwardArgs) -> Result<ForwardConfig> {
+    let from_train = |config: TrainConfig| ForwardConfig {
+        schedule: config.schedule,
+        dataset: Some(config.dataset),
+        transform: config.transform,
+    };
+    let Some(given) = &args.checkpoint else {
+        return Ok(from_train(
+            Preset::from_name(&args.preset)
+                .context("--preset")?
+                .config(),
+        ));
+    };
+    let spec = sample::PipelineSpec::resolve(given, sample::Weights::Ema)
+        .with_context(|| format!("--checkpoint {}", given.display()))?;
+    match spec.kind {
+        sample::SourceKind::Checkpoint => {
+            let state = train::checkpoint::read_state(&spec.dir)?;
+            let config: TrainConfig = serde_json::from_value(state.config).with_context(|| {
+                format!(
+                    "{}: `config` is not a valid training configuration",
+                    spec.config_file.display()
+                )
+            })?;
+            Ok(from_train(config))
         }
-        None => Ok(Preset::from_name(&args.preset)
-            .context("--preset")?
-            .config()),
+        sample::SourceKind::Diffusers { .. } => {
+            let size = spec.model.image_size() as usize;
+            Ok(ForwardConfig {
+                schedule: spec.schedule,
+                dataset: None,
+                transform: data::TransformConfig {
+                    size: Some([size, size]),
+                    flip_p: 0.0,
+                    normalize: true,
+                },
+            })
+        }
     }
 }
 
@@ -125,10 +163,17 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             "the configuration does not normalise images to [-1, 1] (transform.normalize = false)"
         );
     }
-    let spec = match args.dataset {
-        Some(kind) => spec_of(kind, args.split)?,
-        None if args.split.is_some() => bail!("--split applies with --dataset"),
-        None => config.dataset.clone(),
+    let spec = match (args.dataset, &config.dataset) {
+        (Some(kind), _) => spec_of(kind, args.split)?,
+        (None, _) if args.split.is_some() => bail!("--split applies with --dataset"),
+        (None, Some(dataset)) => dataset.clone(),
+        (None, None) => bail!(
+            "--checkpoint {} is a diffusers folder, which names no dataset: pass --dataset",
+            args.checkpoint
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        ),
     };
     let data_dir = super::train::ensure_data(&spec, args.data.as_deref(), args.offline)?;
     let (dataset, _) = spec

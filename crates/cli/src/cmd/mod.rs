@@ -3,8 +3,10 @@
 pub mod data;
 pub mod doctor;
 pub mod eval;
+pub mod export;
 pub mod forward;
 pub mod model;
 pub mod sample;
+pub mod sampler_args;
 pub mod schedule;
 pub mod train;

@@ -43,11 +43,15 @@ impl Arch {
 #[derive(Debug, clap::Args)]
 pub struct SummaryArgs {
     /// The network preset; with --config, the architecture the file must describe.
-    #[arg(long, value_enum, required_unless_present = "config")]
+    #[arg(long, value_enum, required_unless_present_any = ["config", "checkpoint"])]
     pub arch: Option<Arch>,
     /// A model config JSON (`ddpm model config` prints one) or a diffusers UNet2DModel config.json.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "checkpoint")]
     pub config: Option<PathBuf>,
+    /// The network of a run, a checkpoint or a diffusers folder, with its weights loaded (and
+    /// checked against it).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Arguments of `ddpm model config`.
@@ -65,6 +69,14 @@ pub struct ConfigArgs {
 pub fn run(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Summary(args) => {
+            if let Some(path) = &args.checkpoint {
+                let pipe = sample::Pipeline::load(path, sample::Weights::Ema, tch::Device::Cpu)
+                    .with_context(|| format!("--checkpoint {}", path.display()))?;
+                check_arch(args.arch, &pipe.spec.model, &pipe.spec.config_file)?;
+                println!("weights: {}", pipe.spec.weights_file.display());
+                print!("{}", summary_of(&pipe.spec.model, &pipe.vs)?);
+                return Ok(());
+            }
             let config = resolve(args.arch, args.config.as_deref())?;
             print!("{}", summary(&config)?);
             Ok(())
@@ -85,6 +97,12 @@ fn resolve(arch: Option<Arch>, file: Option<&std::path::Path>) -> Result<ModelCo
             .preset());
     };
     let config = ModelConfig::from_json_file(file)?;
+    check_arch(arch, &config, file)?;
+    Ok(config)
+}
+
+/// Fails when `--arch` names another architecture than `config`, read from `file`.
+fn check_arch(arch: Option<Arch>, config: &ModelConfig, file: &std::path::Path) -> Result<()> {
     if let Some(arch) = arch {
         let wanted = arch.preset().arch();
         if config.arch() != wanted {
@@ -96,13 +114,18 @@ fn resolve(arch: Option<Arch>, file: Option<&std::path::Path>) -> Result<ModelCo
             );
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 /// The text `ddpm model summary` prints: the configuration, then the layer table and totals.
 fn summary(config: &ModelConfig) -> Result<String> {
     let vs = VarStore::new(tch::Device::Cpu);
     config.build(&vs.root()).context("building the model")?;
+    summary_of(config, &vs)
+}
+
+/// The summary of a network built from `config` in `vs`.
+fn summary_of(config: &ModelConfig, vs: &VarStore) -> Result<String> {
     let (c, size) = (config.in_channels(), config.image_size());
     let mut out = format!(
         "{} model, {size}×{size}×{c} in, {} channels out\nconfig: {}\n\n",
@@ -110,7 +133,7 @@ fn summary(config: &ModelConfig) -> Result<String> {
         config.out_channels(),
         serde_json::to_string(config)?
     );
-    out.push_str(&model::parameter_table(&vs));
+    out.push_str(&model::parameter_table(vs));
     Ok(out)
 }
 

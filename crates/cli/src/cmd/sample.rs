@@ -1,4 +1,5 @@
-//! `ddpm sample`: draw images from a checkpoint (its EMA weights by default) with DDPM, DDIM or
+//! `ddpm sample`: draw images from a checkpoint (its EMA weights by default) or a diffusers folder,
+//! through [`sample::Pipeline`], with DDPM, DDIM or
 //! DPM-Solver++(2M), in batches, and write a PNG grid, one PNG per image, the notebook's
 //! reverse-process strip, an animated GIF of chains and an `.npz` of uint8 NHWC images (the
 //! format FID tools read).
@@ -11,90 +12,24 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use tch::nn::VarStore;
 
 use data::grid::{make_grid, GridSpec};
 use data::npz::{write_npz, NpyArray, NpyData};
 use model::device::DeviceSpec;
-use schedule::tensor::ScheduleTensors;
-use schedule::{Schedule, TimestepSpacing, VarianceType};
-use train::checkpoint;
-use train::sample::{
-    sample_batches, to_u8_nchw, to_u8_nhwc, BatchPlan, SampleOptions, SamplerConfig,
-};
-use train::TrainConfig;
+use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, Pipeline};
+use schedule::Schedule;
 
-/// Which reverse process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SamplerKind {
-    /// Ancestral sampling over all T steps (Ho et al. 2020, Alg. 2).
-    Ddpm,
-    /// DDIM over --steps steps with --eta (Song et al. 2021).
-    Ddim,
-    /// DPM-Solver++(2M) over --steps steps (Lu et al. 2022): good samples in 15-25 steps.
-    #[value(name = "dpm-solver++")]
-    DpmSolverPp,
-}
-
-/// The reverse variance of DDPM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum VarianceArg {
-    /// σ_t² = β_t, as the official DDPM code samples CIFAR-10.
-    Large,
-    /// σ_t² = β̃_t, the posterior variance (the notebook's).
-    Small,
-}
-
-/// How DDIM and DPM-Solver++ spread their steps over 0..T.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SpacingArg {
-    /// Evenly from T − 1 down to 0.
-    Linspace,
-    /// Multiples of ⌊T/steps⌋ from 0 (the DDIM paper's choice).
-    Leading,
-    /// Evenly from T − 1 down, stopping short of 0 (Lin et al. 2024).
-    Trailing,
-}
-
-/// Which weights of the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WeightsArg {
-    /// The exponential moving average (what papers sample with).
-    Ema,
-    /// The live training weights.
-    Model,
-}
+use super::sampler_args::{describe, SamplerArgs};
 
 /// Arguments of `ddpm sample`.
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
-    /// A checkpoint directory (runs/NAME/checkpoints/step-N), or a run directory (its newest
-    /// checkpoint).
+    /// A run directory (its newest checkpoint), a checkpoint directory
+    /// (runs/NAME/checkpoints/step-N), or a diffusers model or pipeline folder.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Which weights to sample with.
-    #[arg(long, value_enum, default_value = "ema")]
-    weights: WeightsArg,
-    /// The sampler.
-    #[arg(long, value_enum, default_value = "ddpm")]
-    sampler: SamplerKind,
-    /// DDPM's reverse variance.
-    #[arg(long, value_enum, default_value = "large")]
-    variance: VarianceArg,
-    /// DDIM and DPM-Solver++: sampling steps, at most T (default 50 for DDIM, 20 for
-    /// DPM-Solver++).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// DDIM: η in [0, 1]; 0 is deterministic, 1 is DDPM-like.
-    #[arg(long)]
-    eta: Option<f64>,
-    /// DDIM and DPM-Solver++: how the steps are spread (default leading for DDIM, trailing for
-    /// DPM-Solver++).
-    #[arg(long, value_enum)]
-    spacing: Option<SpacingArg>,
-    /// Do not clamp the predicted x0 to [-1, 1] at each step.
-    #[arg(long)]
-    no_clip: bool,
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// How many images.
     #[arg(long, short = 'n', default_value_t = 64)]
     n_images: usize,
@@ -150,40 +85,6 @@ pub struct SampleArgs {
     scale: usize,
 }
 
-/// Finds the checkpoint directory `given` names: a checkpoint itself, a run directory or its
-/// `checkpoints/` folder (the newest checkpoint).
-pub fn resolve_checkpoint(given: &Path) -> Result<PathBuf> {
-    if !given.exists() {
-        bail!("--checkpoint {} does not exist", given.display());
-    }
-    if given.join(checkpoint::STATE_FILE).is_file() {
-        return Ok(given.to_path_buf());
-    }
-    for root in [given.join("checkpoints"), given.to_path_buf()] {
-        if let Some(latest) = checkpoint::latest(&root) {
-            return Ok(latest);
-        }
-    }
-    bail!(
-        "--checkpoint {}: no {} there and no checkpoint under it; pass a checkpoint directory \
-         (RUN/checkpoints/step-N) or a run directory",
-        given.display(),
-        checkpoint::STATE_FILE
-    )
-}
-
-/// Reads the training configuration a checkpoint was written with.
-pub fn read_config(dir: &Path) -> Result<TrainConfig> {
-    let state = checkpoint::read_state(dir)?;
-    let path = dir.join(checkpoint::STATE_FILE);
-    serde_json::from_value(state.config).with_context(|| {
-        format!(
-            "{}: `config` is not a valid training configuration",
-            path.display()
-        )
-    })
-}
-
 /// Checks that `path` can be written, creating its parent directories, without leaving a file
 /// behind.
 fn check_writable_file(path: &Path, flag: &str) -> Result<()> {
@@ -212,56 +113,6 @@ fn check_writable_dir(dir: &Path, flag: &str) -> Result<()> {
     fs::create_dir_all(dir)
         .with_context(|| format!("{flag} {}: cannot create the directory", dir.display()))?;
     check_writable_file(&dir.join(".ddpm-write-test"), flag)
-}
-
-/// The sampler the flags describe, checked against the checkpoint's T.
-fn sampler_config(args: &SampleArgs, n_train_steps: usize) -> Result<SamplerConfig> {
-    let spacing = |default| match args.spacing.unwrap_or(default) {
-        SpacingArg::Linspace => TimestepSpacing::Linspace,
-        SpacingArg::Leading => TimestepSpacing::Leading,
-        SpacingArg::Trailing => TimestepSpacing::Trailing,
-    };
-    let steps = |default: usize| -> Result<usize> {
-        let steps = args.steps.unwrap_or(default.min(n_train_steps));
-        if steps == 0 || steps > n_train_steps {
-            bail!("--steps {steps} is impossible: the checkpoint's schedule has T = {n_train_steps} steps, so use 1 to {n_train_steps}");
-        }
-        Ok(steps)
-    };
-    if args.sampler != SamplerKind::Ddim && args.eta.is_some() {
-        bail!("--eta applies to --sampler ddim only");
-    }
-    let config = match args.sampler {
-        SamplerKind::Ddpm => {
-            if args.steps.is_some() || args.spacing.is_some() {
-                bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
-            }
-            let variance = match args.variance {
-                VarianceArg::Large => VarianceType::FixedLarge,
-                VarianceArg::Small => VarianceType::FixedSmall,
-            };
-            SamplerConfig::Ddpm { variance }
-        }
-        SamplerKind::Ddim => {
-            let eta = args.eta.unwrap_or(0.0);
-            if !(0.0..=1.0).contains(&eta) {
-                bail!("--eta {eta} is invalid: it must be in [0, 1]");
-            }
-            SamplerConfig::Ddim {
-                steps: steps(50)?,
-                eta,
-                spacing: spacing(SpacingArg::Leading),
-            }
-        }
-        SamplerKind::DpmSolverPp => SamplerConfig::DpmSolverPp {
-            steps: steps(20)?,
-            spacing: spacing(SpacingArg::Trailing),
-        },
-    };
-    config
-        .timesteps(n_train_steps)
-        .context("the sampler flags")?;
-    Ok(config)
 }
 
 /// Checks the counts and the outputs.
@@ -379,39 +230,18 @@ fn evenly(len: usize, n: usize) -> Vec<usize> {
 /// Runs `ddpm sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
     check_args(&args)?;
-    let dir = resolve_checkpoint(&args.checkpoint)?;
-    let config = read_config(&dir)?;
-    let state_path = dir.join(checkpoint::STATE_FILE);
-    let schedule = Schedule::new(&config.schedule)
-        .with_context(|| format!("{}: schedule", state_path.display()))?;
-    let sampler = sampler_config(&args, schedule.n_steps())?;
-    config
-        .model
-        .validate()
-        .with_context(|| format!("{}: model", state_path.display()))?;
+    let spec = args.sampler.resolve(&args.checkpoint)?;
+    let schedule = Schedule::new(&spec.schedule)
+        .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
+    let sampler = args.sampler.config(schedule.n_steps())?;
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
     let device = args.device.resolve()?;
-    let mut vs = VarStore::new(device);
-    let net = config
-        .model
-        .build(&vs.root())
-        .with_context(|| format!("{}: model", state_path.display()))?;
-    let weights = dir.join(match args.weights {
-        WeightsArg::Ema => checkpoint::EMA_FILE,
-        WeightsArg::Model => checkpoint::MODEL_FILE,
-    });
-    model::load_safetensors(&mut vs, &weights).with_context(|| {
-        format!(
-            "cannot load the weights: does {} match the model in {}?",
-            weights.display(),
-            state_path.display()
-        )
-    })?;
-    let sched = ScheduleTensors::new(&schedule, device);
-
-    let (c, s) = (config.model.in_channels(), config.model.image_size());
+    let (dir, weights_name) = describe(&spec);
+    let pipe = Pipeline::from_spec(spec, device)
+        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
+    let [c, s, _] = pipe.image_shape();
     let n = args.n_images;
     let n_chains = match (args.gif.is_some(), args.strip.is_some()) {
         (true, _) => args.gif_chains.min(n),
@@ -423,12 +253,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         (false, true) => args.strip_len,
         (false, false) => 0,
     };
-    let options = SampleOptions {
-        prediction: config.objective.prediction,
-        clip_x0: !args.no_clip,
-        n_snapshots,
-        autocast: device.is_cuda() && config.precision == train::Precision::Bf16,
-    };
+    let options = pipe.options(args.sampler.clip_x0(), n_snapshots);
     let plan = BatchPlan {
         n_images: n,
         batch_size: args.batch.min(n),
@@ -446,7 +271,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     eprintln!(
         "sampling {n} images of {c}x{s}x{s} from {} ({}), {sampler:?}, {n_steps} steps, batches of {}, on {device:?}",
         dir.display(),
-        weights.file_name().and_then(|f| f.to_str()).unwrap_or_default(),
+        weights_name,
         plan.batch_size
     );
     let started = std::time::Instant::now();
@@ -458,9 +283,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     // frames[k]: snapshot k of the kept chains, u8 NCHW.
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut done = 0usize;
-    let batches = sample_batches(net.as_ref(), &sched, &sampler, &options, plan, |_, _| {
-        bar.inc(1)
-    })?;
+    let batches = pipe.sample_batches(&sampler, &options, plan, |_, _| bar.inc(1))?;
     for batch in batches {
         let batch = batch?;
         let images = to_u8_nchw(&batch.output.images);

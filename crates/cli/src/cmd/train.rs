@@ -135,19 +135,19 @@ pub fn ensure_data(spec: &DatasetSpec, given: Option<&Path>, offline: bool) -> R
         return Ok(dir);
     }
     let dest = Path::new("data");
-    let options = data::fetch::FetchOptions::default();
+    let options = fetch::FetchOptions::default();
     let fetched = match spec {
         DatasetSpec::Cifar10 { .. } if !offline => {
             eprintln!("{} is missing: fetching CIFAR-10 (as `cargo xtask fetch-cifar`)", dir.display());
-            data::fetch::Tarball::cifar10().fetch(dest, &options)
+            fetch::Tarball::cifar10().fetch(dest, &options)
         }
         DatasetSpec::Cifar100 { .. } if !offline => {
             eprintln!("{} is missing: fetching CIFAR-100", dir.display());
-            data::fetch::Tarball::cifar100().fetch(dest, &options)
+            fetch::Tarball::cifar100().fetch(dest, &options)
         }
         DatasetSpec::FashionMnist { .. } if !offline => {
             eprintln!("{} is missing: fetching Fashion-MNIST", dir.display());
-            data::fetch::FileSet::fashion_mnist().fetch(dest, &options)
+            fetch::FileSet::fashion_mnist().fetch(dest, &options)
         }
         _ => bail!(
             "{} is missing: run `cargo xtask fetch-cifar` (or fetch-fashion-mnist), or pass --data DIR",

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use data::npz::{write_npz, NpyArray, NpyData};
+use eval::{self as fid, Features, FidError, Images, InceptionExtractor, Resize, Statistics};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use train::fid::{self, Features, FidError, Images, InceptionExtractor, Resize, Statistics};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

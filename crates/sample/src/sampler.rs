@@ -29,8 +29,7 @@ use model::Denoiser;
 use schedule::tensor::{ScheduleTensors, StepOutput};
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
-use crate::objective::Prediction;
-use crate::TrainError;
+use crate::{Prediction, SampleError};
 
 /// Which reverse process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,12 +73,12 @@ impl SamplerConfig {
     /// The timesteps this sampler visits on a schedule of `n_train_steps`, in sampling order.
     ///
     /// # Errors
-    /// [`TrainError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, or `eta`
+    /// [`SampleError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, or `eta`
     /// when it is outside [0, 1].
-    pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, TrainError> {
+    pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
         let sub = |steps: usize, spacing| {
             Timesteps::new(n_train_steps, steps, spacing).map_err(|_| {
-                TrainError::Config(format!(
+                SampleError::Config(format!(
                     "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
                 ))
             })
@@ -92,7 +91,7 @@ impl SamplerConfig {
                 spacing,
             } => {
                 if !(0.0..=1.0).contains(eta) {
-                    return Err(TrainError::Config(format!(
+                    return Err(SampleError::Config(format!(
                         "eta = {eta} is invalid: it must be in [0, 1]"
                     )));
                 }
@@ -156,7 +155,7 @@ impl<'a> Sampler<'a> {
         config: &SamplerConfig,
         prediction: Prediction,
         clip_x0: bool,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, SampleError> {
         let timesteps = config.timesteps(sched.schedule().n_steps())?;
         Ok(Self {
             sched,
@@ -340,7 +339,7 @@ fn run_chains(
     noise_rows: i64,
     snapshot_rows: i64,
     on_step: &mut dyn FnMut(usize, usize),
-) -> Result<SampleOutput, TrainError> {
+) -> Result<SampleOutput, SampleError> {
     let mut sampler = Sampler::new(sched, config, options.prediction, options.clip_x0)?;
     let steps = sampler.timesteps().to_vec();
     let n = steps.len();
@@ -389,7 +388,7 @@ fn run_chains(
 /// `shape`: `[N, C, H, W]` of the images; returns `[N, C, H, W]` (see [`SampleOutput`]).
 ///
 /// # Errors
-/// [`TrainError::Config`] for impossible settings (more steps than T, η outside [0, 1]).
+/// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1]).
 pub fn sample(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
@@ -398,7 +397,7 @@ pub fn sample(
     shape: [i64; 4],
     seed: u64,
     mut on_step: impl FnMut(usize, usize),
-) -> Result<SampleOutput, TrainError> {
+) -> Result<SampleOutput, SampleError> {
     // Check before seeding, so that an error leaves the generator alone.
     config.timesteps(sched.schedule().n_steps())?;
     tch::manual_seed(seed as i64);
@@ -420,7 +419,7 @@ pub fn sample(
 /// and small seeds 0, 1, 2, … would need billions of batches to meet each other's streams.
 ///
 /// ```
-/// use train::sample::batch_seed;
+/// use sample::batch_seed;
 ///
 /// assert_eq!(batch_seed(7, 0), 7);
 /// assert_ne!(batch_seed(7, 1) as u32, batch_seed(7, 2) as u32);
@@ -450,19 +449,19 @@ impl BatchPlan {
         self.n_images.div_ceil(self.batch_size.max(1))
     }
 
-    fn validate(&self) -> Result<(), TrainError> {
+    fn validate(&self) -> Result<(), SampleError> {
         if self.n_images == 0 {
-            return Err(TrainError::Config(
+            return Err(SampleError::Config(
                 "n_images = 0: ask for at least one image".into(),
             ));
         }
         if self.batch_size == 0 {
-            return Err(TrainError::Config(
+            return Err(SampleError::Config(
                 "batch_size = 0: it must be at least 1".into(),
             ));
         }
         if self.image_shape.iter().any(|&d| d < 1) {
-            return Err(TrainError::Config(format!(
+            return Err(SampleError::Config(format!(
                 "image_shape {:?} has an empty dimension",
                 self.image_shape
             )));
@@ -504,7 +503,7 @@ impl<F: FnMut(usize, usize)> std::fmt::Debug for SampleBatches<'_, F> {
 }
 
 impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
-    type Item = Result<SampledBatch, TrainError>;
+    type Item = Result<SampledBatch, SampleError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let batch_idx = self.next_batch;
@@ -545,7 +544,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
 /// to run the batches; `on_step(i, n)` is called after each of the n steps of every batch.
 ///
 /// # Errors
-/// [`TrainError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps` or `eta` when
+/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps` or `eta` when
 /// the request is impossible; this is checked here, before any batch runs.
 pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     model: &'a dyn Denoiser,
@@ -554,7 +553,7 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     options: &SampleOptions,
     plan: BatchPlan,
     on_step: F,
-) -> Result<SampleBatches<'a, F>, TrainError> {
+) -> Result<SampleBatches<'a, F>, SampleError> {
     plan.validate()?;
     config.timesteps(sched.schedule().n_steps())?;
     Ok(SampleBatches {
@@ -566,30 +565,6 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
         next_batch: 0,
         on_step,
     })
-}
-
-/// Converts `[N, C, H, W]` f32 images on [-1, 1] to u8 NCHW bytes on the CPU.
-pub fn to_u8_nchw(images: &Tensor) -> Vec<u8> {
-    to_u8(images, false)
-}
-
-/// Converts `[N, C, H, W]` f32 images on [-1, 1] to u8 NHWC bytes on the CPU, the layout of the
-/// `.npz` files FID tools read.
-pub fn to_u8_nhwc(images: &Tensor) -> Vec<u8> {
-    to_u8(images, true)
-}
-
-fn to_u8(images: &Tensor, channels_last: bool) -> Vec<u8> {
-    let bytes = ((images.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5)
-        .round()
-        .to_kind(Kind::Uint8);
-    let bytes = if channels_last {
-        bytes.permute([0, 2, 3, 1])
-    } else {
-        bytes
-    };
-    let bytes = bytes.to_device(Device::Cpu).contiguous().view([-1]);
-    Vec::<u8>::try_from(&bytes).expect("u8 tensor")
 }
 
 #[cfg(test)]
@@ -668,13 +643,5 @@ mod tests {
             (0..5).filter(|&i| s.needs_noise(i)).count()
         };
         assert_eq!((ddim(0.0), ddim(0.5)), (0, 4));
-    }
-
-    #[test]
-    fn u8_layouts() {
-        // One 2×1×2 image: channel 0 is [-1, 1], channel 1 is [0, 0.5].
-        let xs = Tensor::from_slice(&[-1.0f32, 1.0, 0.0, 0.5]).reshape([1, 2, 1, 2]);
-        assert_eq!(to_u8_nchw(&xs), [0, 255, 128, 191]);
-        assert_eq!(to_u8_nhwc(&xs), [0, 128, 255, 191]);
     }
 }

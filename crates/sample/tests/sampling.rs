@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use model::{Denoiser, ModelConfig, SimpleUnetConfig};
+use sample::Prediction;
+use sample::{sample, sample_batches, BatchPlan, SampleOptions, Sampler, SamplerConfig};
 use schedule::tensor::{extract, ScheduleTensors};
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
 use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use train::objective::Prediction;
-use train::sample::{sample, sample_batches, BatchPlan, SampleOptions, Sampler, SamplerConfig};
 
 /// libtorch's random generator is global to the process: tests that seed it and compare what
 /// it draws run one at a time. One intra-op thread each: the tests' small elementwise ops run

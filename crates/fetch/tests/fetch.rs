@@ -1,8 +1,8 @@
-//! `data::fetch` against a loopback HTTP server (127.0.0.1, ephemeral port) that serves small
+//! `fetch` against a loopback HTTP server (127.0.0.1, ephemeral port) that serves small
 //! synthetic archives, drops connections, ignores `Range` or fails on request. No test touches
 //! an external address.
 
-use data::fetch::{
+use fetch::{
     Algorithm, Checksum, FetchError, FetchOptions, FileSet, RemoteFile, Tarball, ZipMember,
 };
 use std::collections::BTreeMap;

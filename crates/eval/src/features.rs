@@ -87,7 +87,7 @@ impl Images {
             size[2] as usize,
             size[3] as usize,
         ];
-        Self::new(crate::sample::to_u8_nchw(xs), shape)
+        Self::new(sample::to_u8_nchw(xs), shape)
     }
 
     /// Reads samples from an `.npz`: the array `arr_0` (what `numpy.savez(path, x)` writes), or

@@ -7,8 +7,8 @@
 //! (`examples/bench_serve.rs`, `scripts/bench/peer.py`), alternating, and reports the ratios.
 //!
 //! ```text
-//! cargo bench -p train --bench sampling
-//! DDPM_BENCH_THREADS=2 DDPM_BENCH_DEVICE=cuda cargo bench -p train --bench sampling
+//! cargo bench -p sample --bench sampling
+//! DDPM_BENCH_THREADS=2 DDPM_BENCH_DEVICE=cuda cargo bench -p sample --bench sampling
 //! ```
 //!
 //! A whole DDPM sample is T = 1000 of these steps and a DDIM-50 sample 50, so images/s follow
@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use model::{Denoiser, ModelConfig, SimpleUnetConfig, UNetConfig};
+use sample::Prediction;
+use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use train::objective::Prediction;
-use train::sample::{Sampler, SamplerConfig};
 
 fn device() -> Device {
     match std::env::var("DDPM_BENCH_DEVICE").as_deref() {
@@ -63,7 +63,7 @@ fn bench_model(
             b.iter(|| {
                 let prev = tch::no_grad(|| {
                     let t_batch = Tensor::full([batch], t as i64, (Kind::Int64, device));
-                    let out = train::forward(net.as_ref(), &x, &t_batch, false, false);
+                    let out = sample::forward(net.as_ref(), &x, &t_batch, false, false);
                     let noise = sampler.needs_noise(i).then(|| Tensor::randn_like(&x));
                     sampler.step(i, &out, &x, noise.as_ref()).prev_sample
                 });

@@ -29,19 +29,19 @@
 //! Making sure CIFAR-10 is there before training:
 //!
 //! ```no_run
-//! use data::fetch::{FetchOptions, Tarball};
+//! use fetch::{FetchOptions, Tarball};
 //! use std::path::Path;
 //!
 //! let dir = Tarball::cifar10().fetch(Path::new("data"), &FetchOptions::default())?;
 //! assert!(dir.join("data_batch_1.bin").is_file());
-//! # Ok::<(), data::fetch::FetchError>(())
+//! # Ok::<(), fetch::FetchError>(())
 //! ```
 //!
-//! [`Tarball::cifar10`]: crate::fetch::Tarball::cifar10
-//! [`Tarball::cifar100`]: crate::fetch::Tarball::cifar100
-//! [`FileSet::fashion_mnist`]: crate::fetch::FileSet::fashion_mnist
-//! [`ZipMember::fid_inception`]: crate::fetch::ZipMember::fid_inception
-//! [`FetchOptions`]: crate::fetch::FetchOptions
+//! [`Tarball::cifar10`]: crate::Tarball::cifar10
+//! [`Tarball::cifar100`]: crate::Tarball::cifar100
+//! [`FileSet::fashion_mnist`]: crate::FileSet::fashion_mnist
+//! [`ZipMember::fid_inception`]: crate::ZipMember::fid_inception
+//! [`FetchOptions`]: crate::FetchOptions
 
 use std::fs;
 use std::io::{self, Read};
@@ -92,7 +92,7 @@ impl Checksum {
     /// When `hex` is not 32 hex digits: checksums are constants of the program.
     ///
     /// ```
-    /// use data::fetch::{Algorithm, Checksum};
+    /// use fetch::{Algorithm, Checksum};
     ///
     /// let md5 = Checksum::md5("C32A1D4AB5D03F1284B67883E8D87530");
     /// assert_eq!(md5.algorithm(), Algorithm::Md5);
@@ -131,7 +131,7 @@ impl Checksum {
     /// The reader's IO error.
     ///
     /// ```
-    /// use data::fetch::{Algorithm, Checksum};
+    /// use fetch::{Algorithm, Checksum};
     ///
     /// let digest = Checksum::compute(Algorithm::Md5, &b"abc"[..]).unwrap();
     /// assert_eq!(digest, Checksum::md5("900150983cd24fb0d6963f7d28e17f72"));
@@ -341,7 +341,7 @@ impl Tarball {
     /// Where the dataset lives: `dest/<dir_name>`.
     ///
     /// ```
-    /// use data::fetch::Tarball;
+    /// use fetch::Tarball;
     /// use std::path::Path;
     ///
     /// let cifar10 = Tarball::cifar10().with_url("http://mirror.example/cifar-10-binary.tar.gz");
@@ -456,7 +456,7 @@ impl FileSet {
     /// The same files from another base address: each URL becomes `<base_url>/<file_name>`.
     ///
     /// ```
-    /// use data::fetch::FileSet;
+    /// use fetch::FileSet;
     ///
     /// let fashion = FileSet::fashion_mnist().with_base_url("http://mirror.example/fashion/");
     /// assert_eq!(
@@ -574,7 +574,7 @@ impl ZipMember {
     /// Where the member lands: `dest/<dir_name>/<file_name>`.
     ///
     /// ```
-    /// use data::fetch::ZipMember;
+    /// use fetch::ZipMember;
     /// use std::path::Path;
     ///
     /// let inception = ZipMember::fid_inception();

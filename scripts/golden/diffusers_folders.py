@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Diffusers model folders for `sample::Pipeline` and `ddpm export`, made by diffusers itself.
+
+Two tiny `UNet2DModel`s with the DDPM paper's block structure (attention at the second level):
+
+* `legacy_pipeline/`: a diffusers *pipeline* folder as the `google/ddpm-*` repositories are laid out,
+  `unet/config.json` with the key set diffusers 0.0.x wrote, `unet/diffusion_pytorch_model.bin`
+  (a `torch.save`d state dict) with the deprecated attention names `query`, `key`, `value` and
+  `proj_attn`, and `scheduler/scheduler_config.json` (DDPMScheduler, linear betas, T = 1000);
+* `modern/`: a *model* folder from `save_pretrained` (modern names, safetensors) with a
+  `scheduler_config.json` beside it (scaled_linear betas, T = 500, v-prediction, no clipping);
+* `not_a_state_dict.bin`: `torch.save` of a list, for the error path;
+* `io.safetensors`: fixed inputs `x` [2, 3, 8, 8] and `timesteps` [3, 700], with each model's
+  eval-mode output `out_legacy` and `out_modern`.
+
+The script also checks that diffusers loads the legacy folder (renaming the attention keys) to
+the same output. Run from the repository root:
+
+    .venv/bin/python scripts/golden/diffusers_folders.py                 # rewrite the fixtures
+    .venv/bin/python scripts/golden/diffusers_folders.py --verify-export DIR IO
+
+`--verify-export DIR IO` checks a folder written by `ddpm export`: `UNet2DModel.from_pretrained(DIR)`
+must load with no missing, unexpected or mismatched keys, `DDPMScheduler.from_pretrained(DIR)` must
+load, and the model's output on IO's `x`/`timesteps` must equal IO's `out` (the Rust network's)
+to 1e-5. It prints the largest difference and exits non-zero on a mismatch.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
+
+TINY = dict(
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+    norm_eps=1e-6,
+    freq_shift=1,
+    flip_sin_to_cos=False,
+    downsample_padding=0,
+    attention_head_dim=None,
+    act_fn="silu",
+    time_embedding_type="positional",
+)
+
+# The keys diffusers 0.0.4 wrote into google/ddpm-cifar10-32's unet/config.json.
+LEGACY_KEYS = [
+    "act_fn", "attention_head_dim", "block_out_channels", "center_input_sample", "down_block_types",
+    "downsample_padding", "flip_sin_to_cos", "freq_shift", "in_channels", "layers_per_block",
+    "mid_block_scale_factor", "norm_eps", "norm_num_groups", "out_channels", "sample_size",
+    "time_embedding_type", "up_block_types",
+]
+
+DEPRECATED = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+def legacy_name(key):
+    for new, old in DEPRECATED.items():
+        marker = f".{new}."
+        if ".attentions." in key and marker in key:
+            return key.replace(marker, f".{old}.")
+    return key
+
+
+def perturbed(seed):
+    torch.manual_seed(seed)
+    model = UNet2DModel(**TINY)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.add_(0.02 * noise)
+    return model.eval()
+
+
+def write_fixtures():
+    OUT.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    t = torch.tensor([3, 700], dtype=torch.int64)
+
+    legacy = perturbed(10)
+    unet_dir = OUT / "legacy_pipeline" / "unet"
+    unet_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in legacy.config.items() if k in LEGACY_KEYS}
+    config = {"_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", **config}
+    (unet_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {legacy_name(k): v for k, v in legacy.state_dict().items()}
+    assert any(".query." in k for k in state) and any(".proj_attn." in k for k in state)
+    torch.save(state, unet_dir / "diffusion_pytorch_model.bin")
+    sched_dir = OUT / "legacy_pipeline" / "scheduler"
+    sched_dir.mkdir(parents=True, exist_ok=True)
+    (sched_dir / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
+        "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True,
+        "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_small",
+    }, indent=2) + "\n")
+    (OUT / "legacy_pipeline" / "model_index.json").write_text(json.dumps({
+        "_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }, indent=2) + "\n")
+
+    # diffusers itself must read this legacy folder back to the same network.
+    reloaded = UNet2DModel.from_pretrained(unet_dir).eval()
+    with torch.no_grad():
+        out_legacy = legacy(x, t).sample
+        err = (reloaded(x, t).sample - out_legacy).abs().max().item()
+    assert err == 0.0, f"diffusers reads the legacy folder differently: {err}"
+
+    modern = perturbed(20)
+    modern.save_pretrained(OUT / "modern", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012, prediction_type="v_prediction",
+                  clip_sample=False).save_pretrained(OUT / "modern")
+    with torch.no_grad():
+        out_modern = modern(x, t).sample
+
+    torch.save([1, 2, 3], OUT / "not_a_state_dict.bin")
+    save_file({"x": x, "timesteps": t, "out_legacy": out_legacy.contiguous(),
+               "out_modern": out_modern.contiguous()}, OUT / "io.safetensors")
+    n = sum(p.numel() for p in legacy.parameters())
+    print(f"{n} parameters each; |out| max {out_legacy.abs().max():.3f}, {out_modern.abs().max():.3f}")
+
+
+def verify_export(directory, io_file):
+    directory = Path(directory)
+    model, info = UNet2DModel.from_pretrained(directory, output_loading_info=True)
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        if info[kind]:
+            sys.exit(f"{kind}: {info[kind]}")
+    scheduler = DDPMScheduler.from_pretrained(directory)
+    io = load_file(io_file)
+    with torch.no_grad():
+        out = model.eval()(io["x"], io["timesteps"]).sample
+    err = (out - io["out"]).abs().max().item()
+    print(f"diffusers vs Rust output: max abs error {err:.3e}; scheduler T = "
+          f"{scheduler.config.num_train_timesteps}, {scheduler.config.beta_schedule}, "
+          f"{scheduler.config.prediction_type}")
+    if "betas" in io:
+        berr = (scheduler.betas.double() - io["betas"].double()).abs().max().item()
+        print(f"scheduler betas vs Rust: max abs error {berr:.3e}")
+        if berr > 1e-6:
+            sys.exit("scheduler mismatch")
+    if err > 1e-5:
+        sys.exit("mismatch")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--verify-export", nargs=2, metavar=("DIR", "IO"))
+    args = parser.parse_args()
+    verify_export(*args.verify_export) if args.verify_export else write_fixtures()
