@@ -16,6 +16,9 @@ fn the_layout_has_every_layer() {
         "crates/schedule",
         "crates/data",
         "crates/model",
+        "crates/sample",
+        "crates/eval",
+        "crates/fetch",
         "crates/train",
         "crates/cli",
         "xtask",
@@ -34,25 +37,80 @@ fn the_layout_has_every_layer() {
     assert!(config.contains("xtask = "), "the `cargo xtask` alias");
 }
 
+/// `cargo tree -e normal -p PACKAGE`: the package's normal (not dev, not build) dependencies.
+fn tree(package: &str) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(root())
+        .args(["tree", "--offline", "-e", "normal", "-p", package])
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(tree.starts_with(package), "unexpected output: {tree}");
+    tree
+}
+
+/// Whether `tree` lists the workspace crate `name` (as `name v0.1.0 (/path)`).
+fn has_crate(tree: &str, name: &str) -> bool {
+    tree.lines().any(|line| {
+        line.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .starts_with(&format!("{name} v"))
+    })
+}
+
 #[test]
 fn schedule_and_data_do_not_depend_on_libtorch() {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for package in ["schedule", "data"] {
-        let out = Command::new(&cargo)
-            .current_dir(root())
-            .args(["tree", "--offline", "-e", "normal", "-p", package])
-            .output()
-            .expect("run cargo tree");
-        assert!(
-            out.status.success(),
-            "cargo tree -p {package}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tree = String::from_utf8_lossy(&out.stdout);
-        assert!(tree.starts_with(package), "unexpected output: {tree}");
+        let tree = tree(package);
         assert!(
             !tree.contains("tch ") && !tree.contains("torch-sys"),
             "{package} pulls libtorch in:\n{tree}"
+        );
+    }
+}
+
+#[test]
+fn dependencies_point_down() {
+    // Sampling and scoring link neither the training loop nor the optimizer.
+    for package in ["sample", "eval"] {
+        let tree = tree(package);
+        assert!(!has_crate(&tree, "train"), "{package} depends on train:\n{tree}");
+    }
+    // The dataset library holds no HTTP client; the network crate no doctor code.
+    let data = tree("data");
+    for http in ["ureq", "tar", "indicatif"] {
+        assert!(!has_crate(&data, http), "data depends on {http}:\n{data}");
+    }
+    let model = tree("model");
+    assert!(!has_crate(&model, "libloading"), "model depends on libloading:\n{model}");
+    for lower in ["sample", "eval", "train", "fetch"] {
+        assert!(!has_crate(&model, lower), "model depends on {lower}:\n{model}");
+    }
+    let eval = tree("eval");
+    assert!(has_crate(&eval, "sample") && !has_crate(&eval, "fetch"), "{eval}");
+    let train = tree("train");
+    assert!(has_crate(&train, "sample") && !has_crate(&train, "eval"), "{train}");
+}
+
+#[test]
+fn every_crate_inherits_the_declared_rust_version() {
+    let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(workspace.contains("rust-version = \"1.87\""), "[workspace.package] rust-version");
+    let mut manifests = vec![root().join("xtask/Cargo.toml"), root().join("tests/Cargo.toml")];
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        manifests.push(entry.unwrap().path().join("Cargo.toml"));
+    }
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.contains("rust-version.workspace = true"),
+            "{} does not inherit rust-version",
+            manifest.display()
         );
     }
 }

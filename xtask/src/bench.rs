@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: every benchmark in one command, with PyTorch eager beside ours.
 //!
-//! 1. The criterion benches (`data` pipeline, `model` U-Nets, `train` step and sampling): full
+//! 1. The criterion benches (`data` pipeline, `model` U-Nets, `train` step, `sample` steps): full
 //!    runs in the release profile, whose estimates go into the report; with `--quick`, each bench
 //!    runs once in the dev profile (`cargo test --benches`), a smoke test.
 //! 2. Side by side, step by step: the Rust server (`crates/train/examples/bench_serve.rs`) and the
@@ -180,7 +180,7 @@ fn alternate(
 }
 
 /// The python that has the set-up's torch, with the peer's other packages installed.
-fn python(root: &Path) -> Result<PathBuf> {
+pub(crate) fn python(root: &Path) -> Result<PathBuf> {
     let venv = root.join(".venv/bin/python");
     let python = if venv.exists() {
         venv
@@ -370,6 +370,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "-p",
                 "model",
                 "-p",
+                "sample",
+                "-p",
                 "train",
             ]);
         } else {
@@ -381,6 +383,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "data",
                 "-p",
                 "model",
+                "-p",
+                "sample",
                 "-p",
                 "train",
             ]);

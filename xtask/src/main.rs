@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Provide libtorch 2.11.0 ($LIBTORCH, a python3 with torch, or a new .venv) and link it as `.libtorch`.
     Setup,
-    /// Set up, then run the whole test suite (extra arguments go to `cargo test`).
+    /// Set up (libtorch, and diffusers for the fixture scripts), then run the whole test suite
+    /// (extra arguments go to `cargo test`).
     Test {
         /// Also run the CUDA tests (needs a GPU).
         #[arg(long)]
@@ -66,9 +67,13 @@ fn main() -> Result<()> {
         Command::Setup => setup::setup(&root()).map(|_| ()),
         Command::Test { cuda, args } => {
             setup::setup(&root())?;
+            // Tests that check exports against diffusers run the checked-in Python scripts: make
+            // sure the set-up's python has diffusers, and tell the tests which python that is.
+            let python = bench::python(&root())?;
             // The end-to-end tests drive the `ddpm` binary: build it first.
             run_checked(cargo().args(["build", "-p", "cli", "--bin", "ddpm"]))?;
             let mut cmd = cargo();
+            cmd.env("DDPM_PYTHON", &python);
             cmd.args(["test", "--workspace"]);
             if cuda {
                 cmd.args([
