@@ -72,7 +72,10 @@ build-support = {{ path = "{build_support}" }}
     // The workspace's lock file pins the same versions, so the build needs no network.
     std::fs::copy(root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
 
-    let libtorch = root().join(".libtorch").canonicalize().expect("run `cargo xtask setup`");
+    let libtorch = root()
+        .join(".libtorch")
+        .canonicalize()
+        .expect("run `cargo xtask setup`");
     let grid = dir.path().join("grid.png");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let started = std::time::Instant::now();

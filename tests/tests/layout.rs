@@ -79,7 +79,10 @@ fn dependencies_point_down() {
     // Sampling and scoring link neither the training loop nor the optimizer.
     for package in ["sample", "eval"] {
         let tree = tree(package);
-        assert!(!has_crate(&tree, "train"), "{package} depends on train:\n{tree}");
+        assert!(
+            !has_crate(&tree, "train"),
+            "{package} depends on train:\n{tree}"
+        );
     }
     // The dataset library holds no HTTP client; the network crate no doctor code.
     let data = tree("data");
@@ -87,21 +90,39 @@ fn dependencies_point_down() {
         assert!(!has_crate(&data, http), "data depends on {http}:\n{data}");
     }
     let model = tree("model");
-    assert!(!has_crate(&model, "libloading"), "model depends on libloading:\n{model}");
+    assert!(
+        !has_crate(&model, "libloading"),
+        "model depends on libloading:\n{model}"
+    );
     for lower in ["sample", "eval", "train", "fetch"] {
-        assert!(!has_crate(&model, lower), "model depends on {lower}:\n{model}");
+        assert!(
+            !has_crate(&model, lower),
+            "model depends on {lower}:\n{model}"
+        );
     }
     let eval = tree("eval");
-    assert!(has_crate(&eval, "sample") && !has_crate(&eval, "fetch"), "{eval}");
+    assert!(
+        has_crate(&eval, "sample") && !has_crate(&eval, "fetch"),
+        "{eval}"
+    );
     let train = tree("train");
-    assert!(has_crate(&train, "sample") && !has_crate(&train, "eval"), "{train}");
+    assert!(
+        has_crate(&train, "sample") && !has_crate(&train, "eval"),
+        "{train}"
+    );
 }
 
 #[test]
 fn every_crate_inherits_the_declared_rust_version() {
     let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
-    assert!(workspace.contains("rust-version = \"1.87\""), "[workspace.package] rust-version");
-    let mut manifests = vec![root().join("xtask/Cargo.toml"), root().join("tests/Cargo.toml")];
+    assert!(
+        workspace.contains("rust-version = \"1.87\""),
+        "[workspace.package] rust-version"
+    );
+    let mut manifests = vec![
+        root().join("xtask/Cargo.toml"),
+        root().join("tests/Cargo.toml"),
+    ];
     for entry in std::fs::read_dir(root().join("crates")).unwrap() {
         manifests.push(entry.unwrap().path().join("Cargo.toml"));
     }

@@ -211,7 +211,12 @@ pub fn load_safetensors_renamed(
         .map(|(name, view)| {
             let shape = view.shape().iter().map(|&d| d as i64).collect();
             let kind = file_kind(view.dtype());
-            (rename(&name), shape, kind, Source::View(view))
+            Entry {
+                name: rename(&name),
+                shape,
+                kind,
+                source: Source::View(view),
+            }
         })
         .collect();
     load_entries(vs, path, entries)
@@ -229,13 +234,11 @@ pub fn load_named_tensors(
 ) -> Result<(), ModelError> {
     let entries = tensors
         .iter()
-        .map(|(name, t)| {
-            (
-                name.clone(),
-                t.size(),
-                Ok(t.kind()),
-                Source::Tensor(t.shallow_clone()),
-            )
+        .map(|(name, t)| Entry {
+            name: name.clone(),
+            shape: t.size(),
+            kind: Ok(t.kind()),
+            source: Source::Tensor(t.shallow_clone()),
         })
         .collect();
     load_entries(vs, path, entries)
@@ -270,26 +273,43 @@ fn kind_fits(found: Kind, kind: Kind) -> bool {
     float(found) == float(kind)
 }
 
-type Entry<'a> = (String, Vec<i64>, Result<Kind, String>, Source<'a>);
+/// One tensor of a file: its (possibly renamed) key, shape, kind and data.
+struct Entry<'a> {
+    name: String,
+    shape: Vec<i64>,
+    kind: Result<Kind, String>,
+    source: Source<'a>,
+}
 
 /// Checks `entries` against the variables of `vs` and, when every one fits, copies them in.
 fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Result<(), ModelError> {
     let variables = vs.variables();
-    let mut by_name: HashMap<String, (Vec<i64>, Result<Kind, String>, Source<'_>)> = HashMap::new();
+    let mut by_name: HashMap<String, Entry<'_>> = HashMap::new();
     let mut mismatch = WeightMismatch::default();
-    for (name, shape, kind, source) in entries {
-        if !variables.contains_key(&name) {
-            mismatch.unexpected.push(name);
-        } else if by_name.contains_key(&name) {
+    for entry in entries {
+        if !variables.contains_key(&entry.name) {
+            mismatch.unexpected.push(entry.name);
+            continue;
+        }
+        match by_name.entry(entry.name.clone()) {
             // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
-            mismatch.unexpected.push(format!("{name} (a second time)"));
-        } else {
-            by_name.insert(name, (shape, kind, source));
+            std::collections::hash_map::Entry::Occupied(e) => mismatch
+                .unexpected
+                .push(format!("{} (a second time)", e.key())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(entry);
+            }
         }
     }
     let mut plan = Vec::with_capacity(variables.len());
     for (name, var) in &variables {
-        let Some((found, kind, source)) = by_name.remove(name) else {
+        let Some(Entry {
+            shape: found,
+            kind,
+            source,
+            ..
+        }) = by_name.remove(name)
+        else {
             mismatch.missing.push(name.clone());
             continue;
         };

@@ -81,7 +81,7 @@ pub enum SampleError {
     },
     /// A network that cannot be built, or a weights file that cannot be written.
     #[error(transparent)]
-    Model(#[from] model::ModelError),
+    Model(Box<model::ModelError>),
     /// Weights that cannot be read or do not fit the network (the error names the file and
     /// every bad key); `config` is the file the network's configuration came from.
     #[error("{source} (the model is described by {})", config.display())]
@@ -90,7 +90,7 @@ pub enum SampleError {
         config: PathBuf,
         /// The loading error.
         #[source]
-        source: model::ModelError,
+        source: Box<model::ModelError>,
     },
     /// An image file that cannot be made or written.
     #[error("{}: {message}", path.display())]
@@ -100,4 +100,10 @@ pub enum SampleError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<model::ModelError> for SampleError {
+    fn from(err: model::ModelError) -> Self {
+        Self::Model(Box::new(err))
+    }
 }
