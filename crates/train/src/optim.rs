@@ -417,6 +417,7 @@ mod tests {
             .collect();
         let mut fresh = Adam::new(&vs, OptimConfig::seed_notebook());
         fresh.load_state(&saved, 1).unwrap();
+        assert_eq!(fresh.state_tensors().len(), saved.len());
         for ((_, a), (_, b)) in fresh.state_tensors().iter().zip(&saved) {
             assert!(a.equal(b));
         }
