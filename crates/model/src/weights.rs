@@ -270,21 +270,32 @@ fn kind_fits(found: Kind, kind: Kind) -> bool {
     float(found) == float(kind)
 }
 
+/// A tensor of the file as found: its shape, its kind (or why it has none we can use), and
+/// where its data is.
+type Found<'a> = (Vec<i64>, Result<Kind, String>, Source<'a>);
+
 type Entry<'a> = (String, Vec<i64>, Result<Kind, String>, Source<'a>);
 
 /// Checks `entries` against the variables of `vs` and, when every one fits, copies them in.
 fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Result<(), ModelError> {
+    use std::collections::hash_map::Entry as Slot;
+
     let variables = vs.variables();
-    let mut by_name: HashMap<String, (Vec<i64>, Result<Kind, String>, Source<'_>)> = HashMap::new();
+    let mut by_name: HashMap<String, Found<'_>> = HashMap::new();
     let mut mismatch = WeightMismatch::default();
     for (name, shape, kind, source) in entries {
         if !variables.contains_key(&name) {
             mismatch.unexpected.push(name);
-        } else if by_name.contains_key(&name) {
+            continue;
+        }
+        match by_name.entry(name) {
             // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
-            mismatch.unexpected.push(format!("{name} (a second time)"));
-        } else {
-            by_name.insert(name, (shape, kind, source));
+            Slot::Occupied(slot) => mismatch
+                .unexpected
+                .push(format!("{} (a second time)", slot.key())),
+            Slot::Vacant(slot) => {
+                slot.insert((shape, kind, source));
+            }
         }
     }
     let mut plan = Vec::with_capacity(variables.len());

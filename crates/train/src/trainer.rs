@@ -204,7 +204,7 @@ impl Trainer {
                 (t, backup)
             })
             .collect();
-        fs::create_dir_all(run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
+        fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         let config_path = run_dir.join("config.json");
         let json = serde_json::to_vec_pretty(&config).expect("configs serialise");
         fs::write(&config_path, json).map_err(|e| TrainError::io(&config_path, e))?;
