@@ -233,6 +233,7 @@ mod tests {
     fn same_size_is_the_identity() {
         let src: Vec<u8> = (0..=255).collect();
         let out = resize_bilinear(&src, 1, [16, 16], [16, 16]).unwrap();
+        assert_eq!(out.len(), src.len());
         assert!(out.iter().zip(&src).all(|(&o, &s)| o == f32::from(s)));
     }
 

@@ -77,6 +77,7 @@ fn notebook_transform_is_the_golden_resize_scaled_to_unit_range() {
         .unwrap();
     let transform = Transform::new(&TransformConfig::seed_cifar10(), 3, [32, 32]).unwrap();
     let out = transform.apply(&case.input, false);
+    assert_eq!(out.len(), case.expected.len());
     for (&got, &want) in out.iter().zip(&case.expected) {
         // tf: tf.image.resize(...) / 127.5 - 1.0
         assert!(

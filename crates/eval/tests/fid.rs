@@ -67,6 +67,7 @@ fn statistics_and_fid_match_scipy() {
             (s2.sigma(), &g["sigma2"]),
         ] {
             let theirs = floats(theirs);
+            assert_eq!(ours.len(), theirs.len(), "{name}: statistics size");
             let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
             let worst = ours
                 .iter()
@@ -304,6 +305,7 @@ fn tiny_inception_features_match_python_for_both_resizes() {
             assert_eq!((feats.len(), feats.dim()), (shape[0], dim));
             assert_eq!(calls, vec![(shape[0], shape[0])]);
             let expected = floats(&case["features"][resize.name()]);
+            assert_eq!(feats.as_slice().len(), expected.len(), "{}", case["name"]);
             let worst = feats
                 .as_slice()
                 .iter()
@@ -357,6 +359,7 @@ fn features_do_not_depend_on_the_batch_size() {
         .unwrap();
     assert_eq!(progress, vec![(50, 60), (60, 60)]);
     assert_eq!((a.len(), a.dim()), (60, 32));
+    assert_eq!((b.len(), b.dim()), (60, 32));
     let worst = a
         .as_slice()
         .iter()

@@ -79,6 +79,7 @@ mod tests {
         for (row, &t) in ts.iter().enumerate() {
             let expected = notebook_embedding(t as f64, 32);
             let got = Vec::<f32>::try_from(emb.get(row as i64)).unwrap();
+            assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
                 // Phases up to 299 rad carry f32 rounding of ~3e-5.
                 assert!((*g as f64 - e).abs() < 1e-4, "t={t}: {g} vs {e}");

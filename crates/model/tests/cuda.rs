@@ -129,6 +129,7 @@ fn training_steps_run_under_autocast_and_weights_round_trip_through_the_gpu() {
     let loss = out.mse_loss(&xs, tch::Reduction::Mean);
     let params = vs.trainable_variables();
     let grads = Tensor::run_backward(&[&loss], &params, false, false);
+    assert_eq!(grads.len(), params.len(), "one gradient per parameter");
     for (p, g) in params.iter().zip(&grads) {
         assert_eq!(
             g.kind(),

@@ -96,7 +96,7 @@ fn every_kind_of_mismatch_is_listed_and_nothing_is_loaded() {
         "2 missing (downs.1.conv2.weight, ups.0.bnorm1.running_var)",
         "1 unexpected (downs.1.conv3.weight)",
         "output.weight: model [3, 4, 1, 1], file [3, 4, 3, 3]",
-        "conv0.bias: I64",
+        "conv0.bias: Int64 for a Float variable",
     ] {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }

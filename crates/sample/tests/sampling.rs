@@ -97,7 +97,9 @@ fn one_step_matches_diffusers_for_every_sampler() {
                 ("prev_sample", &out.prev_sample, &step.prev_sample),
                 ("pred_x0", &out.pred_x0, &step.pred_x0),
             ] {
-                for (k, (a, b)) in values(ours).iter().zip(expected).enumerate() {
+                let ours = values(ours);
+                assert_eq!(ours.len(), expected.len(), "{}: {what} size", case.name);
+                for (k, (a, b)) in ours.iter().zip(expected).enumerate() {
                     assert!(
                         (a - b).abs() <= 2e-5 + 1e-5 * b.abs(),
                         "{}: step {} (t = {}) {what}[{k}]: {a} vs diffusers {b}",
@@ -456,6 +458,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
         assert_eq!(bits(&a.images), bits(&b.images), "{config:?}: same seed");
         assert_ne!(bits(&a.images), bits(&c.images), "{config:?}: another seed");
         assert_eq!(a.snapshots.len(), 4);
+        assert_eq!(b.snapshots.len(), 4);
         for ((ta, xa), (tb, xb)) in a.snapshots.iter().zip(&b.snapshots) {
             assert_eq!((ta, bits(xa)), (tb, bits(xb)));
             assert_eq!(xa.size(), [3, 3, 8, 8]);

@@ -58,6 +58,7 @@ proptest! {
     fn posterior_variance_is_between_zero_and_beta(config in beta_schedule()) {
         let schedule = Schedule::new(&config).unwrap();
         prop_assert_eq!(schedule.posterior_variance()[0], 0.0);
+        prop_assert_eq!(schedule.posterior_variance().len(), schedule.betas().len());
         for (t, (&pv, &beta)) in schedule.posterior_variance().iter().zip(schedule.betas()).enumerate() {
             prop_assert!((0.0..=beta).contains(&pv), "β̃[{}] = {:e} > β[{}] = {:e}", t, pv, t, beta);
         }

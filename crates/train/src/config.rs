@@ -391,6 +391,74 @@ mod tests {
         assert_eq!(c.sample_every_epochs, 5);
     }
 
+    /// `ddpm-cifar10` against Ho et al. 2020, App. B (CIFAR-10), and the defaults of the official
+    /// code's `scripts/run_cifar.py` (hojonathanho/diffusion), which spell out the same values
+    /// together with the warm-up and the gradient clip.
+    #[test]
+    fn ddpm_cifar10_preset_is_the_papers_setup() {
+        use crate::objective::{LossKind, Prediction};
+        use crate::optim::{LrDecay, OptimizerKind};
+
+        let c = Preset::DdpmCifar10.config();
+        // CIFAR-10's 50k training images at their own 32×32, random horizontal flips
+        // (`randflip=1`), scaled to [-1, 1].
+        assert_eq!(
+            c.dataset,
+            DatasetSpec::Cifar10 {
+                split: Split::Train
+            }
+        );
+        assert_eq!(c.transform.size, None);
+        assert_eq!(c.transform.flip_p, 0.5);
+        assert!(c.transform.normalize);
+        // Batch 128 (`total_bs=128`), 800k steps.
+        assert_eq!(c.batch_size, 128);
+        assert_eq!(c.max_steps, Some(800_000));
+        assert_eq!(c.epochs, None);
+        assert_eq!(c.total_steps(50_000 / 128), 800_000);
+        // T = 1000, β linear from 1e-4 to 0.02 (§4, `beta_schedule='linear'`).
+        assert_eq!(
+            c.schedule,
+            BetaSchedule::Linear {
+                n_steps: 1000,
+                start: 1e-4,
+                end: 0.02
+            }
+        );
+        // L_simple: the L2 loss on ε (Eq. 14, `model_mean_type='eps'`, `loss_type='mse'`),
+        // unweighted.
+        assert_eq!(c.objective.prediction, Prediction::Eps);
+        assert_eq!(c.objective.loss, LossKind::L2);
+        assert_eq!(c.objective.min_snr_gamma, None);
+        // Adam at 2e-4 (`lr=2e-4`) with TF's Adam defaults (β = 0.9, 0.999; the code passes
+        // ε = 1e-8), no weight decay, 5000 linear warm-up steps (`warmup=5000`), then constant;
+        // gradients clipped to global norm 1 (`grad_clip=1.`).
+        let o = &c.optim;
+        assert_eq!(o.kind, OptimizerKind::Adam);
+        assert_eq!((o.lr, o.beta1, o.beta2, o.eps), (2e-4, 0.9, 0.999, 1e-8));
+        assert_eq!(o.weight_decay, 0.0);
+        assert_eq!(o.warmup_steps, 5000);
+        assert_eq!(o.decay, LrDecay::Constant);
+        assert_eq!(o.grad_clip, Some(1.0));
+        assert!(o.lr_at(0, 800_000) < 2e-4 * 1e-3);
+        assert_eq!(o.lr_at(4999, 800_000), 2e-4);
+        assert_eq!(o.lr_at(799_999, 800_000), 2e-4);
+        // EMA of the weights with decay 0.9999. (`ema.warmup`, min(d, (1 + n)/(10 + n)), is not
+        // the paper's: the official code's `make_ema` uses 0.9999 from the second update on.)
+        assert_eq!(c.ema.decay, 0.9999);
+        // The 35.7M-parameter U-Net: ch 128, ch_mult (1, 2, 2, 2), two residual blocks per
+        // level, self-attention at 16×16, dropout 0.1.
+        let ModelConfig::Ddpm(m) = &c.model else {
+            panic!("ddpm-cifar10 must use the paper's U-Net, got {:?}", c.model);
+        };
+        assert_eq!((m.in_channels, m.out_channels, m.image_size), (3, 3, 32));
+        assert_eq!(m.channels, 128);
+        assert_eq!(m.channel_mult, [1, 2, 2, 2]);
+        assert_eq!(m.layers_per_block, 2);
+        assert_eq!(m.attention_resolutions, [16]);
+        assert_eq!(m.dropout, 0.1);
+    }
+
     #[test]
     fn overrides_merge_and_unknown_keys_are_named() {
         let file = serde_json::json!({"optim": {"lr": 2e-4}, "epochs": 3});

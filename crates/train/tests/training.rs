@@ -180,10 +180,10 @@ fn resume_replays_the_uninterrupted_run_exactly() {
         train::checkpoint::EMA_FILE,
         train::checkpoint::OPTIMIZER_FILE,
     ] {
-        for ((na, ta), (nb, tb)) in last(full.path(), file)
-            .iter()
-            .zip(&last(resumed_dir.path(), file))
-        {
+        let (uninterrupted, resumed) = (last(full.path(), file), last(resumed_dir.path(), file));
+        assert!(!uninterrupted.is_empty(), "{file}: no tensors");
+        assert_eq!(uninterrupted.len(), resumed.len(), "{file}: tensor count");
+        for ((na, ta), (nb, tb)) in uninterrupted.iter().zip(&resumed) {
             assert_eq!(na, nb);
             assert!(ta.equal(tb), "{file}: {na} differs after resume");
         }
@@ -206,10 +206,9 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
         assert!(outcome.skipped && outcome.loss.is_nan());
     }
     // Weights are untouched by skipped steps.
-    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs())
-        .iter()
-        .zip(&before)
-    {
+    let after = train::checkpoint::named_tensors(trainer.model_vs());
+    assert_eq!(after.len(), before.len());
+    for ((name, now), was) in after.iter().zip(&before) {
         assert!(now.equal(was), "{name} changed during a skipped step");
     }
     // A finite step resets the count ...
