@@ -46,6 +46,21 @@ pub enum ModelError {
         /// Every key that is missing, unexpected, mis-shaped or of an unusable dtype.
         mismatch: WeightMismatch,
     },
+    /// A weight file whose values are not all finite; nothing was loaded.
+    #[error(
+        "{path}: tensor `{tensor}` holds {n_bad} NaN or infinite value(s) of {numel}: the file is \
+         damaged or was saved from a diverged run; use another checkpoint"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor (in name order) with a non-finite value.
+        tensor: String,
+        /// How many of its values are NaN or infinite.
+        n_bad: i64,
+        /// Its number of values.
+        numel: usize,
+    },
     /// Writing a weight file failed.
     #[error("cannot write weights {path}: {reason}")]
     Write {
@@ -53,6 +68,15 @@ pub enum ModelError {
         path: PathBuf,
         /// The IO or serialisation error.
         reason: String,
+    },
+    /// The file system failed while a weight file was written (a full disk, say).
+    #[error("cannot write weights {path}: {source}")]
+    WriteIo {
+        /// The file.
+        path: PathBuf,
+        /// The IO error; its kind tells a full disk (`StorageFull`) from other failures.
+        #[source]
+        source: std::io::Error,
     },
     /// libtorch reported an error.
     #[error(transparent)]

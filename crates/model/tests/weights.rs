@@ -96,7 +96,7 @@ fn every_kind_of_mismatch_is_listed_and_nothing_is_loaded() {
         "2 missing (downs.1.conv2.weight, ups.0.bnorm1.running_var)",
         "1 unexpected (downs.1.conv3.weight)",
         "output.weight: model [3, 4, 1, 1], file [3, 4, 3, 3]",
-        "conv0.bias: I64",
+        "conv0.bias: Int64",
     ] {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }
@@ -214,9 +214,43 @@ fn writing_into_a_missing_directory_names_the_file() {
     let path = dir.path().join("no/such/dir/model.safetensors");
     let (vs, _net) = tiny();
     let err = save_safetensors(&vs, &path).unwrap_err();
-    assert!(matches!(err, ModelError::Write { .. }), "{err}");
+    assert!(
+        matches!(&err, ModelError::WriteIo { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("no/such/dir/model.safetensors"),
         "{err}"
     );
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nan.safetensors");
+    let mut tensors = fixture_tensors();
+    let name = "time_mlp.1.bias";
+    let poisoned = tensors[name].copy();
+    let _ = poisoned.get(0).fill_(f64::NAN);
+    let _ = poisoned.get(1).fill_(f64::INFINITY);
+    tensors.insert(name.to_string(), poisoned);
+    write(&path, &tensors);
+    let (mut vs, _net) = tiny();
+    let before = snapshot(&vs);
+    let err = load_safetensors(&mut vs, &path).unwrap_err();
+    assert!(matches!(err, ModelError::NonFinite { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("nan.safetensors")
+            && message.contains("`time_mlp.1.bias`")
+            && message.contains("holds 2 NaN or infinite"),
+        "{message}"
+    );
+    assert_unchanged(&vs, &before);
+    // The in-memory check names the same tensor, and passes on the fixture's own weights.
+    let named: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    let err = model::check_finite_named(&named, &path).unwrap_err();
+    assert!(err.to_string().contains("`time_mlp.1.bias`"), "{err}");
+    load_safetensors(&mut vs, &fixture("simple_tiny.safetensors")).unwrap();
+    model::check_finite(&vs, &path).unwrap();
 }
