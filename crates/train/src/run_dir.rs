@@ -93,6 +93,25 @@ impl RunDir {
             .collect()
     }
 
+    /// Checks that the directory holds none of the [`RUN_FILES`], as a fresh run needs.
+    ///
+    /// # Errors
+    /// [`TrainError::RunExists`] listing the files found.
+    pub fn ensure_fresh(&self) -> Result<(), TrainError> {
+        let files = self.run_files();
+        if files.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::RunExists {
+            dir: self.path.clone(),
+            files: files
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+        })
+    }
+
     /// Deletes the [`RUN_FILES`] (what `ddpm train --overwrite` does); other files stay.
     ///
     /// # Errors

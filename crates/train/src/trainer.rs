@@ -165,20 +165,30 @@ impl Trainer {
         dataset: impl Into<Arc<Dataset>>,
         device: Device,
     ) -> Result<Self, TrainError> {
-        let files = run.run_files();
-        if !files.is_empty() {
-            return Err(TrainError::RunExists {
-                dir: run.path().to_path_buf(),
-                files: files
-                    .iter()
-                    .filter_map(|p| p.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect(),
-            });
-        }
+        run.ensure_fresh()?;
         let trainer = Self::build(run, config, dataset.into(), device)?;
         trainer.write_config()?;
         Ok(trainer)
+    }
+
+    /// A fresh run in the locked directory `run` that replaces an earlier one: its
+    /// [`crate::run_dir::RUN_FILES`] are deleted once the configuration and the dataset have
+    /// been checked (so a mistake in them costs no run), then `config.json` is written. Returns
+    /// the trainer and the deleted paths.
+    ///
+    /// # Errors
+    /// As [`Trainer::create`], and [`TrainError::Io`] when a file cannot be deleted.
+    pub fn overwrite(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+    ) -> Result<(Self, Vec<PathBuf>), TrainError> {
+        let trainer = Self::build(run, config, dataset.into(), device)?;
+        let deleted = trainer.run.run_files();
+        trainer.run.clear()?;
+        trainer.write_config()?;
+        Ok((trainer, deleted))
     }
 
     /// Everything but the files: the network, EMA, optimizer, schedule and loader.
