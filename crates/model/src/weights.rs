@@ -379,7 +379,13 @@ where
     let device = flags[0].device();
     let flags: Vec<Tensor> = flags
         .into_iter()
-        .map(|f| if f.device() == device { f } else { f.to_device(device) })
+        .map(|f| {
+            if f.device() == device {
+                f
+            } else {
+                f.to_device(device)
+            }
+        })
         .collect();
     let flags = Tensor::stack(&flags, 0);
     if bool::try_from(flags.all()).unwrap_or(false) {

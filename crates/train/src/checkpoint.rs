@@ -159,7 +159,8 @@ fn write_dir(
     write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer, root)?;
     let state_path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(contents.state).expect("checkpoint states serialise");
-    let mut f = fs::File::create(&state_path).map_err(|e| TrainError::write(&state_path, e, root))?;
+    let mut f =
+        fs::File::create(&state_path).map_err(|e| TrainError::write(&state_path, e, root))?;
     f.write_all(&json)
         .and_then(|_| f.sync_all())
         .map_err(|e| TrainError::write(&state_path, e, root))?;

@@ -577,9 +577,14 @@ mod tests {
             ("batch_size=64", "batch_size"),
             ("seed=1", "seed"),
             ("optim.grad_clip=0.5", "optim.grad_clip"),
-            (r#"dataset={"kind":"fashion-mnist","split":"test"}"#, "dataset"),
+            (
+                r#"dataset={"kind":"fashion-mnist","split":"test"}"#,
+                "dataset",
+            ),
         ] {
-            let given = saved.with_overrides(None, &[parse_set(set).unwrap()]).unwrap();
+            let given = saved
+                .with_overrides(None, &[parse_set(set).unwrap()])
+                .unwrap();
             let err = saved.check_resume(&given).unwrap_err();
             match &err {
                 TrainError::ResumeChange { key: k, .. } => assert_eq!(k, key, "{set}"),

@@ -396,12 +396,11 @@ impl Trainer {
     /// A checkpoint's state and the configuration saved in it.
     fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), TrainError> {
         let state = checkpoint::read_state(dir)?;
-        let config = serde_json::from_value(state.config.clone()).map_err(|e| {
-            TrainError::Checkpoint {
+        let config =
+            serde_json::from_value(state.config.clone()).map_err(|e| TrainError::Checkpoint {
                 path: dir.join(checkpoint::STATE_FILE),
                 message: format!("config: {e}"),
-            }
-        })?;
+            })?;
         Ok((state, config))
     }
 
@@ -417,15 +416,17 @@ impl Trainer {
             .into_iter()
             .map(|(n, t)| (n, t.to_device(self.device)))
             .collect();
-        let adam_steps = state.step.checked_sub(state.skipped_steps).ok_or_else(|| {
-            TrainError::Checkpoint {
-                path: dir.join(checkpoint::STATE_FILE),
-                message: format!(
-                    "skipped_steps {} is more than step {}",
-                    state.skipped_steps, state.step
-                ),
-            }
-        })?;
+        let adam_steps =
+            state
+                .step
+                .checked_sub(state.skipped_steps)
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    message: format!(
+                        "skipped_steps {} is more than step {}",
+                        state.skipped_steps, state.step
+                    ),
+                })?;
         self.optim.load_state(&optim_state, adam_steps)?;
         self.ema.set_updates(state.ema_updates);
         self.step = state.step;

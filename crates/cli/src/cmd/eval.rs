@@ -256,8 +256,8 @@ fn read_image_dir(dir: &Path) -> Result<Images> {
 
 /// Image files under `dir`, recursively; links to folders are not followed.
 fn collect_images(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read the folder {}", dir.display()))?;
         let path = entry.path();
@@ -482,7 +482,9 @@ fn run_fid(args: FidArgs) -> Result<()> {
     let started = Instant::now();
     // Everything that can be checked is checked before any image is sampled or scored.
     if args.kid_subsets == 0 {
-        bail!("--kid-subsets 0: KID needs at least 1 subset (clean-fid and torch-fidelity use 100)");
+        bail!(
+            "--kid-subsets 0: KID needs at least 1 subset (clean-fid and torch-fidelity use 100)"
+        );
     }
     if args.kid_subset_size < 2 {
         bail!(

@@ -269,7 +269,9 @@ impl TrainHooks for CliHooks {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(step);
-                bar.set_message(format!("epoch {epoch} loss {loss:.4} {rate:.0} img/s{skipped}"));
+                bar.set_message(format!(
+                    "epoch {epoch} loss {loss:.4} {rate:.0} img/s{skipped}"
+                ));
             }
             None => {
                 let first = step == self.start_step + 1;
@@ -375,7 +377,10 @@ fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig> {
     let root = run_dir.join(train::checkpoint::CHECKPOINTS_DIR);
     let all = train::checkpoint::list(&root);
     if all.is_empty() {
-        bail!("--resume: no checkpoint under {}: start a new run without --resume", root.display());
+        bail!(
+            "--resume: no checkpoint under {}: start a new run without --resume",
+            root.display()
+        );
     }
     let mut tried = Vec::new();
     for (_, dir) in all.into_iter().rev() {
@@ -403,10 +408,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     let device = args.device.resolve()?;
-    let run_dir = args
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET)));
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
+    });
     // A fresh run's flags are checked before anything touches the disk.
     let fresh = if resume {
         None
