@@ -82,9 +82,11 @@ pub enum SampleError {
     /// A network that cannot be built, or a weights file that cannot be written.
     #[error(transparent)]
     Model(#[from] model::ModelError),
-    /// Weights that cannot be read or do not fit the network (the error names the file and
-    /// every bad key); `config` is the file the network's configuration came from.
-    #[error("{source} (the model is described by {})", config.display())]
+    /// Weights that cannot be read, do not fit the network or are not finite (the source error
+    /// names the file and every bad key); `config` is the file the network's configuration came
+    /// from. The message leaves the details to the source, so that a printed chain (`{:#}`)
+    /// says them once.
+    #[error("cannot load the weights of the model described by {}", config.display())]
     Weights {
         /// `state.json` or the diffusers `config.json`.
         config: PathBuf,
