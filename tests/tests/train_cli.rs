@@ -792,3 +792,41 @@ fn a_full_disk_is_reported_readably_and_the_previous_checkpoint_survives() {
     ]);
     assert!(sampled.status.success(), "{}", stderr_of(&sampled));
 }
+
+/// `nohup ddpm train …` asked to survive the terminal's hangup: SIGHUP stays ignored there.
+#[test]
+fn under_nohup_sighup_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 64);
+    let run_dir = dir.path().join("run");
+    let args = args_with(
+        &data,
+        &run_dir,
+        &["--max-steps", "100000", "--epochs", "100000"],
+    );
+    let mut child = std::process::Command::new("nohup")
+        .arg(e2e::ddpm_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nohup ddpm train");
+    wait_for("the first checkpoint", Duration::from_secs(120), || {
+        !complete_checkpoints(&run_dir).is_empty()
+    });
+    signal(&child, "-HUP");
+    let after_hup = complete_checkpoints(&run_dir).last().unwrap().clone();
+    wait_for("a checkpoint after SIGHUP", Duration::from_secs(60), || {
+        complete_checkpoints(&run_dir).last().unwrap() > &after_hup
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped a nohup run"
+    );
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(60), "SIGINT");
+    let stderr = stderr_of(&child.wait_with_output().unwrap());
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("SIGHUP"), "{stderr}");
+    assert!(stderr.contains("Ctrl-C (SIGINT): finishing"), "{stderr}");
+}

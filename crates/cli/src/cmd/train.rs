@@ -19,7 +19,7 @@ use train::{Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = RESUME_HELP)]
+#[command(after_long_help = resume_help())]
 pub struct TrainArgs {
     /// The starting configuration: seed (the notebook; the default), ddpm-cifar10 (the paper),
     /// fashion-mnist. Not with --resume: a run keeps the configuration it started with.
@@ -80,14 +80,17 @@ pub struct TrainArgs {
 }
 
 /// The rules of `--resume`, at the end of `ddpm train --help`.
-const RESUME_HELP: &str = "\
-Interrupting and resuming:
+fn resume_help() -> String {
+    format!(
+        "Interrupting and resuming:
   SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGUSR1 finish the current step, write a checkpoint and
-  exit 0; a second one exits at once. `--resume` continues from the newest checkpoint that loads
-  (a damaged newer one is skipped with a warning); `--resume-from DIR` picks one.
-  On resume, only these settings may change: max_steps, epochs, optim.lr, optim.warmup_steps,
-  optim.decay, optim.min_lr, checkpoint_every, keep_last, log_every, sample_every_epochs,
-  n_sample_images, n_workers, max_nonfinite_in_a_row, and the flags --device and --threads.";
+  exit 0; a second one exits at once. The run directory is locked: a second `ddpm train` on it
+  fails. `--resume` continues from the newest checkpoint that loads (a damaged newer one is
+  skipped with a warning); `--resume-from DIR` picks one.
+  On resume only these settings may change: {}, and the flags --device and --threads.",
+        train::config::RESUME_MUTABLE.join(", ")
+    )
+}
 
 /// The preset without --preset.
 const DEFAULT_PRESET: &str = "seed";
