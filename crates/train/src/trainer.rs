@@ -731,7 +731,10 @@ impl Trainer {
             }
             let finished_epoch = self.loader.position(self.step).1 == 0;
             let k = self.config.sample_every_epochs;
-            if finished_epoch && k > 0 && (epoch + 1) % k == 0 && self.step < total {
+            // A stop request skips the preview: sampling can take longer than a job's grace
+            // period after SIGTERM, and the checkpoint comes first.
+            let stopping = stop.load(Ordering::SeqCst);
+            if finished_epoch && k > 0 && (epoch + 1) % k == 0 && self.step < total && !stopping {
                 let files = self.write_samples(&format!("epoch-{:04}", epoch + 1))?;
                 hooks.on_samples(&files);
             }

@@ -414,6 +414,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
     });
+    if resume && !run_dir.is_dir() {
+        bail!(
+            "--resume: no checkpoint under {} ({} does not exist): pass the --run-dir of the run \
+             to continue, or start a new run without --resume",
+            run_dir.join(train::checkpoint::CHECKPOINTS_DIR).display(),
+            run_dir.display()
+        );
+    }
     // A fresh run's flags are checked before anything touches the disk.
     let fresh = if resume {
         None
