@@ -43,8 +43,9 @@ pub enum ModelError {
     Mismatch {
         /// The file.
         path: PathBuf,
-        /// Every key that is missing, unexpected, mis-shaped or of an unusable dtype.
-        mismatch: WeightMismatch,
+        /// Every key that is missing, unexpected, mis-shaped or of an unusable dtype (boxed: it
+        /// is four lists, and errors travel in every `Result`).
+        mismatch: Box<WeightMismatch>,
     },
     /// A weight file whose values are not all finite; nothing was loaded.
     #[error(

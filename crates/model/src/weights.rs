@@ -276,20 +276,30 @@ fn kind_fits(found: Kind, kind: Kind) -> bool {
 
 type Entry<'a> = (String, Vec<i64>, Result<Kind, String>, Source<'a>);
 
+/// A file tensor's shape, kind (or its dtype's name) and data.
+type Found<'a> = (Vec<i64>, Result<Kind, String>, Source<'a>);
+
 /// Checks `entries` against the variables of `vs` and, when every one fits and is finite, copies
 /// them in.
 fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Result<(), ModelError> {
     let variables = vs.variables();
-    let mut by_name: HashMap<String, (Vec<i64>, Result<Kind, String>, Source<'_>)> = HashMap::new();
+    let mut by_name: HashMap<String, Found<'_>> = HashMap::new();
     let mut mismatch = WeightMismatch::default();
     for (name, shape, kind, source) in entries {
         if !variables.contains_key(&name) {
             mismatch.unexpected.push(name);
-        } else if by_name.contains_key(&name) {
-            // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
-            mismatch.unexpected.push(format!("{name} (a second time)"));
-        } else {
-            by_name.insert(name, (shape, kind, source));
+            continue;
+        }
+        match by_name.entry(name) {
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
+                mismatch
+                    .unexpected
+                    .push(format!("{} (a second time)", slot.key()));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((shape, kind, source));
+            }
         }
     }
     let mut plan = Vec::with_capacity(variables.len());
@@ -325,7 +335,7 @@ fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Resu
     if !mismatch.is_empty() {
         return Err(ModelError::Mismatch {
             path: path.to_path_buf(),
-            mismatch,
+            mismatch: Box::new(mismatch),
         });
     }
     tch::no_grad(|| -> Result<(), ModelError> {
