@@ -95,3 +95,34 @@ pub fn train_tiny(dir: &Path) -> PathBuf {
     );
     run_dir
 }
+
+/// Overwrites the first value of the tensor `name` in a safetensors file with NaN (the tensor
+/// must be float32); `None` picks the first float32 tensor in name order. Returns the tensor's
+/// name. Written against the file format (an 8-byte header length, a JSON header, the data), so
+/// the tests need no libtorch.
+pub fn poison_safetensors(path: &Path, name: Option<&str>) -> String {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut names: Vec<&String> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .map(|(k, _)| k)
+        .collect();
+    names.sort();
+    let name = match name {
+        Some(n) => names
+            .into_iter()
+            .find(|k| *k == n)
+            .expect("a float32 tensor of that name"),
+        None => names[0],
+    }
+    .clone();
+    let begin = header[&name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + header_len + begin;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+    name
+}

@@ -315,3 +315,34 @@ fn folder_unreadable_images_are_fatal_unless_skipped_and_always_named() {
         serde_json::json!([broken.display().to_string()])
     );
 }
+
+#[test]
+fn an_idx_file_of_another_rank_is_refused_by_its_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    // Magic 00 00 08 07 and seven dimensions whose product disagrees with the data.
+    write_idx(
+        &dir.path().join("t10k-images-idx3-ubyte"),
+        &[2, 3, 4, 5, 6, 7, 8],
+        &[0; 10],
+    );
+    write_idx(&dir.path().join("t10k-labels-idx1-ubyte"), &[2], &[0, 1]);
+    let out = run(&[
+        "data",
+        "stats",
+        "--dataset",
+        "fashion-mnist",
+        "--path",
+        path_arg(dir.path()),
+        "--split",
+        "test",
+    ]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("t10k-images-idx3-ubyte")
+            && stderr.contains("00 00 08 07")
+            && stderr.contains("rank 7 is not supported")
+            && !stderr.contains("data bytes"),
+        "{stderr}"
+    );
+}

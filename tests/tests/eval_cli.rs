@@ -344,3 +344,76 @@ fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_ne!(read(&other)["fid"].as_f64().unwrap(), fid);
 }
+
+#[test]
+fn image_folders_with_class_subfolders_are_read_recursively() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples");
+    png_folder(&samples.join("cat"), 4, 32, 32, 0);
+    png_folder(&samples.join("dog"), 5, 32, 32, 1);
+    let reference = dir.path().join("ref");
+    png_folder(&reference, 6, 32, 32, 2);
+    let json = dir.path().join("r.json");
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            p(&samples),
+            "--ref",
+            p(&reference),
+            "--kid-subset-size",
+            "4",
+            "--out",
+            p(&json),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(result["samples"]["n"], 9, "{result}");
+}
+
+/// Bad KID settings and reference statistics of another dimension are refused before any
+/// Inception feature is computed.
+#[test]
+fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples");
+    png_folder(&samples, 4, 32, 32, 0);
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            p(&samples),
+            "--ref",
+            p(&samples),
+            "--kid-subsets",
+            "0",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--kid-subsets 0") && !stderr(&out).contains("images/s"),
+        "{}",
+        stderr(&out)
+    );
+    // Statistics of 3-dimensional features against the stand-in network's 32.
+    let stats = dir.path().join("stats3.npz");
+    let mu = data::npz::NpyArray::new(vec![3], data::npz::NpyData::F64(vec![0.0; 3])).unwrap();
+    let mut eye = vec![0.0; 9];
+    for i in 0..3 {
+        eye[i * 4] = 1.0;
+    }
+    let sigma = data::npz::NpyArray::new(vec![3, 3], data::npz::NpyData::F64(eye)).unwrap();
+    data::npz::write_npz(&stats, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
+    let out = eval("fid", &["--samples", p(&samples), "--ref", p(&stats)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("stats3.npz")
+            && stderr(&out).contains("statistics of dimension 3")
+            && stderr(&out).contains("32-dimensional")
+            && !stderr(&out).contains("images/s"),
+        "{}",
+        stderr(&out)
+    );
+}

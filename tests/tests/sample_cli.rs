@@ -373,3 +373,59 @@ fn forward_draws_the_closed_form_noising_of_a_real_image() {
         stderr_of(&out)
     );
 }
+
+/// NaN in a checkpoint's EMA weights: sampling fails naming the file and the tensor instead of
+/// writing black images, and so does a resume (not later, at the next checkpoint's write).
+#[test]
+fn nan_weights_fail_naming_the_file_and_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let ema = run_dir.join("checkpoints/step-00000002/ema.safetensors");
+    let tensor = e2e::poison_safetensors(&ema, None);
+    let grid = dir.path().join("grid.png");
+    let out = sample(
+        &run_dir,
+        &[
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "-n",
+            "2",
+            "--grid",
+            s(&grid),
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "sampled NaN weights: {stderr}");
+    assert!(
+        stderr.contains(&ema.display().to_string())
+            && stderr.contains(&format!("tensor `{tensor}`"))
+            && stderr.contains("NaN"),
+        "{stderr}"
+    );
+    assert!(!grid.exists(), "an image was written");
+    let data = dir.path().join("synthetic_batch.bin");
+    let out = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--run-dir",
+        s(&run_dir),
+        "--resume",
+        "--max-steps",
+        "3",
+    ]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&ema.display().to_string())
+            && stderr.contains(&format!("tensor `{tensor}`"))
+            && !stderr.contains("refusing to write"),
+        "{stderr}"
+    );
+}

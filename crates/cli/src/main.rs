@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod plot;
 mod runtime;
+mod signals;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Debug, Parser)]

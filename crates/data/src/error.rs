@@ -21,6 +21,14 @@ pub enum DataError {
         /// What the user can do about it.
         hint: String,
     },
+    /// A file where the dataset needs the folder that holds its files.
+    #[error("{} is a file, not a folder: {hint}", path.display())]
+    NotAFolder {
+        /// The path given.
+        path: PathBuf,
+        /// Which folder to pass instead.
+        hint: String,
+    },
     /// Reading a file failed for another reason than its absence.
     #[error("cannot read {}: {source}", path.display())]
     Io {

@@ -219,9 +219,28 @@ pub fn read_idx_pair(
 ///
 /// # Errors
 ///
+/// [`DataError::NotAFolder`] when `dir` is a file (one of the four, say);
 /// [`DataError::Missing`] naming the first absent file (as `.gz`; the raw name is accepted too),
 /// checked before anything is read, then as [`read_idx_pair`].
 pub fn load_mnist(dir: &Path, split: Split, kind: MnistKind) -> Result<Dataset> {
+    if dir.is_file() {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return Err(DataError::NotAFolder {
+            path: dir.to_path_buf(),
+            hint: format!(
+                "{} is read from the folder that holds its four IDX files (train-images-idx3-ubyte.gz \
+                 and so on): pass that folder, here {}",
+                match kind {
+                    MnistKind::Mnist => "MNIST",
+                    MnistKind::FashionMnist => "Fashion-MNIST",
+                },
+                parent.display()
+            ),
+        });
+    }
     if !dir.is_dir() {
         return Err(DataError::Missing {
             path: dir.to_path_buf(),
@@ -302,8 +321,19 @@ fn parse_raw(bytes: &[u8], path: &Path, decompressed: bool) -> Result<IdxArray> 
         });
     }
     let rank = usize::from(found[3]);
+    // The rank is checked from the magic alone, before any dimension is read: a rank-7 header
+    // is no MNIST file, whatever its dimensions multiply to.
+    if rank != 1 && rank != 3 {
+        return Err(DataError::BadMagic {
+            path: path.to_path_buf(),
+            found,
+            reason: format!(
+                "rank {rank} is not supported: images have rank 3 (count, rows, columns), labels rank 1"
+            ),
+        });
+    }
     let header_len = 4 + 4 * rank;
-    if rank == 0 || bytes.len() < header_len {
+    if bytes.len() < header_len {
         return Err(DataError::Dims {
             path: path.to_path_buf(),
             message: format!(
@@ -430,6 +460,33 @@ mod tests {
             err.to_string(),
             "f.idx: bad IDX magic number 00 00 0d 01: data type 0x0d is not supported, only unsigned bytes (0x08) \
              (expected 00 00 08 03 for images or 00 00 08 01 for labels)"
+        );
+    }
+
+    #[test]
+    fn unsupported_ranks_are_refused_from_the_magic_alone() {
+        // Rank 7 with a header cut short: the rank is the error, not the header's length or
+        // the product of dimensions that are not there.
+        let err = parse_idx(&[0, 0, 8, 7, 0, 0, 0, 9], Path::new("r7")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "r7: bad IDX magic number 00 00 08 07: rank 7 is not supported: images have rank 3 \
+             (count, rows, columns), labels rank 1 (expected 00 00 08 03 for images or 00 00 08 01 for labels)"
+        );
+    }
+
+    #[test]
+    fn a_file_given_for_the_folder_names_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist(dir.path(), true);
+        let file = dir.path().join("train-images-idx3-ubyte.gz");
+        let err = load_mnist(&file, Split::Train, MnistKind::FashionMnist)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{} is a file, not a folder", file.display()))
+                && err.contains(&format!("pass that folder, here {}", dir.path().display())),
+            "{err}"
         );
     }
 

@@ -444,6 +444,18 @@ impl InceptionExtractor {
         (xs - 128.0) / 128.0
     }
 
+    /// The feature dimension D, from one forward pass of one blank image: cheap next to a set
+    /// of images, so callers check reference statistics against it before extracting anything.
+    ///
+    /// # Errors
+    /// As [`InceptionExtractor::forward`].
+    pub fn feature_dim(&self) -> Result<usize, FidError> {
+        let s = self.input_size;
+        let xs = Tensor::zeros([1, 3, s, s], (Kind::Float, self.device));
+        let out = self.forward(&xs)?;
+        Ok(out.size()[1] as usize)
+    }
+
     /// Runs the network on one preprocessed batch.
     ///
     /// # Shapes

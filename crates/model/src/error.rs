@@ -43,8 +43,24 @@ pub enum ModelError {
     Mismatch {
         /// The file.
         path: PathBuf,
-        /// Every key that is missing, unexpected, mis-shaped or of an unusable dtype.
-        mismatch: WeightMismatch,
+        /// Every key that is missing, unexpected, mis-shaped or of an unusable dtype (boxed: it
+        /// is four lists, and errors travel in every `Result`).
+        mismatch: Box<WeightMismatch>,
+    },
+    /// A weight file whose values are not all finite; nothing was loaded.
+    #[error(
+        "{path}: tensor `{tensor}` holds {n_bad} NaN or infinite value(s) of {numel}: the file is \
+         damaged or was saved from a diverged run; use another checkpoint"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor (in name order) with a non-finite value.
+        tensor: String,
+        /// How many of its values are NaN or infinite.
+        n_bad: i64,
+        /// Its number of values.
+        numel: usize,
     },
     /// Writing a weight file failed.
     #[error("cannot write weights {path}: {reason}")]
@@ -53,6 +69,15 @@ pub enum ModelError {
         path: PathBuf,
         /// The IO or serialisation error.
         reason: String,
+    },
+    /// The file system failed while a weight file was written (a full disk, say).
+    #[error("cannot write weights {path}: {source}")]
+    WriteIo {
+        /// The file.
+        path: PathBuf,
+        /// The IO error; its kind tells a full disk (`StorageFull`) from other failures.
+        #[source]
+        source: std::io::Error,
     },
     /// libtorch reported an error.
     #[error(transparent)]

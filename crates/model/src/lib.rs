@@ -38,8 +38,9 @@ pub use precision::{autocast_bf16, cuda_autocast_kind};
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
 pub use unet::{UNet, UNetConfig};
 pub use weights::{
-    load_named_tensors, load_safetensors, load_safetensors_renamed, parameter_count,
-    parameter_table, parameters, save_safetensors, ParameterInfo,
+    check_finite, check_finite_named, first_non_finite, load_named_tensors, load_safetensors,
+    load_safetensors_renamed, parameter_count, parameter_table, parameters, save_named_safetensors,
+    save_safetensors, ParameterInfo,
 };
 
 use serde::{Deserialize, Serialize};

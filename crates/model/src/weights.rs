@@ -177,11 +177,14 @@ pub fn parameter_table(vs: &VarStore) -> String {
 /// The file must hold exactly the var store's tensors: a missing, unexpected or mis-shaped key,
 /// or an integer tensor for a float variable, is an error that lists them all, and nothing is
 /// loaded then. Floating-point data is converted to each variable's kind (an f16 or bf16 file
-/// loads into f32 variables), and copied onto its device and memory format.
+/// loads into f32 variables), and copied onto its device and memory format. A floating-point
+/// tensor that holds a NaN or an infinity is refused too, before anything is copied (one fused
+/// reduction, see [`first_non_finite`]).
 ///
 /// # Errors
 /// [`ModelError::Read`] when the file cannot be read, [`ModelError::Corrupt`] when it is not
-/// valid safetensors, [`ModelError::Mismatch`] when its keys do not fit.
+/// valid safetensors, [`ModelError::Mismatch`] when its keys do not fit,
+/// [`ModelError::NonFinite`] naming the first tensor with a NaN or an infinity.
 pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError> {
     load_safetensors_renamed(vs, path, &|name| name.to_string())
 }
@@ -211,12 +214,7 @@ pub fn load_safetensors_renamed(
         .map(|(name, view)| {
             let shape = view.shape().iter().map(|&d| d as i64).collect();
             let kind = file_kind(view.dtype());
-            Entry {
-                name: rename(&name),
-                shape,
-                kind,
-                source: Source::View(view),
-            }
+            (rename(&name), shape, kind, Source::View(view))
         })
         .collect();
     load_entries(vs, path, entries)
@@ -226,7 +224,8 @@ pub fn load_safetensors_renamed(
 /// with the checks of [`load_safetensors`]; `path` names their file in messages.
 ///
 /// # Errors
-/// [`ModelError::Mismatch`] when the names, shapes or dtypes do not fit; nothing is loaded then.
+/// [`ModelError::Mismatch`] when the names, shapes or dtypes do not fit,
+/// [`ModelError::NonFinite`] when a value is NaN or infinite; nothing is loaded then.
 pub fn load_named_tensors(
     vs: &mut VarStore,
     path: &Path,
@@ -234,11 +233,13 @@ pub fn load_named_tensors(
 ) -> Result<(), ModelError> {
     let entries = tensors
         .iter()
-        .map(|(name, t)| Entry {
-            name: name.clone(),
-            shape: t.size(),
-            kind: Ok(t.kind()),
-            source: Source::Tensor(t.shallow_clone()),
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                t.size(),
+                Ok(t.kind()),
+                Source::Tensor(t.shallow_clone()),
+            )
         })
         .collect();
     load_entries(vs, path, entries)
@@ -273,43 +274,37 @@ fn kind_fits(found: Kind, kind: Kind) -> bool {
     float(found) == float(kind)
 }
 
-/// One tensor of a file: its (possibly renamed) key, shape, kind and data.
-struct Entry<'a> {
-    name: String,
-    shape: Vec<i64>,
-    kind: Result<Kind, String>,
-    source: Source<'a>,
-}
+type Entry<'a> = (String, Vec<i64>, Result<Kind, String>, Source<'a>);
 
-/// Checks `entries` against the variables of `vs` and, when every one fits, copies them in.
+/// A file tensor's shape, kind (or its dtype's name) and data.
+type Found<'a> = (Vec<i64>, Result<Kind, String>, Source<'a>);
+
+/// Checks `entries` against the variables of `vs` and, when every one fits and is finite, copies
+/// them in.
 fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Result<(), ModelError> {
     let variables = vs.variables();
-    let mut by_name: HashMap<String, Entry<'_>> = HashMap::new();
+    let mut by_name: HashMap<String, Found<'_>> = HashMap::new();
     let mut mismatch = WeightMismatch::default();
-    for entry in entries {
-        if !variables.contains_key(&entry.name) {
-            mismatch.unexpected.push(entry.name);
+    for (name, shape, kind, source) in entries {
+        if !variables.contains_key(&name) {
+            mismatch.unexpected.push(name);
             continue;
         }
-        match by_name.entry(entry.name.clone()) {
-            // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
-            std::collections::hash_map::Entry::Occupied(e) => mismatch
-                .unexpected
-                .push(format!("{} (a second time)", e.key())),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(entry);
+        match by_name.entry(name) {
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                // Two keys of the file renamed to one (e.g. both `query` and `to_q`).
+                mismatch
+                    .unexpected
+                    .push(format!("{} (a second time)", slot.key()));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((shape, kind, source));
             }
         }
     }
     let mut plan = Vec::with_capacity(variables.len());
     for (name, var) in &variables {
-        let Some(Entry {
-            shape: found,
-            kind,
-            source,
-            ..
-        }) = by_name.remove(name)
-        else {
+        let Some((found, kind, source)) = by_name.remove(name) else {
             mismatch.missing.push(name.clone());
             continue;
         };
@@ -322,7 +317,7 @@ fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Resu
             continue;
         }
         match kind {
-            Ok(kind) if kind_fits(kind, var.kind()) => plan.push((var, source, kind)),
+            Ok(kind) if kind_fits(kind, var.kind()) => plan.push((name, var, source, kind)),
             Ok(kind) => mismatch.wrong_dtype.push((
                 name.clone(),
                 format!("{kind:?} for a {:?} variable", var.kind()),
@@ -340,19 +335,112 @@ fn load_entries(vs: &mut VarStore, path: &Path, entries: Vec<Entry<'_>>) -> Resu
     if !mismatch.is_empty() {
         return Err(ModelError::Mismatch {
             path: path.to_path_buf(),
-            mismatch,
+            mismatch: Box::new(mismatch),
         });
     }
     tch::no_grad(|| -> Result<(), ModelError> {
-        for (var, source, kind) in plan {
+        let mut loaded = Vec::with_capacity(plan.len());
+        for (name, var, source, kind) in plan {
             let src = match source {
                 Source::View(view) => Tensor::f_from_data_size(view.data(), &var.size(), kind)?,
                 Source::Tensor(t) => t,
             };
+            loaded.push((name.clone(), var, src));
+        }
+        // Checked before anything is copied, so that a damaged file leaves the model untouched.
+        if let Some(name) = first_non_finite(loaded.iter().map(|(name, _, src)| (name, src))) {
+            let src = &loaded.iter().find(|(n, _, _)| n == &name).expect("named").2;
+            return Err(ModelError::NonFinite {
+                path: path.to_path_buf(),
+                tensor: name,
+                n_bad: non_finite_count(src),
+                numel: src.numel(),
+            });
+        }
+        for (_, var, src) in loaded {
             var.shallow_clone().f_copy_(&src)?;
         }
         Ok(())
     })
+}
+
+/// The name of the first floating-point tensor that holds a NaN or an infinity, if any.
+///
+/// One reduction for all of them: each tensor's `isfinite().all()` is computed where the tensor
+/// lives, the flags are stacked and reduced, and a single boolean crosses to the host. Only
+/// when that says something is wrong are the flags read back to find the name.
+pub fn first_non_finite<'a, N, I>(named: I) -> Option<String>
+where
+    N: AsRef<str> + 'a,
+    I: IntoIterator<Item = (N, &'a Tensor)>,
+{
+    let (names, flags): (Vec<N>, Vec<Tensor>) = named
+        .into_iter()
+        .filter(|(_, t)| t.is_floating_point() && t.numel() > 0)
+        .map(|(name, t)| {
+            let flag = tch::no_grad(|| t.isfinite().all());
+            // Tensors on different devices are reduced on the CPU (a 1-element copy each).
+            (name, flag)
+        })
+        .unzip();
+    if flags.is_empty() {
+        return None;
+    }
+    let device = flags[0].device();
+    let flags: Vec<Tensor> = flags
+        .into_iter()
+        .map(|f| {
+            if f.device() == device {
+                f
+            } else {
+                f.to_device(device)
+            }
+        })
+        .collect();
+    let flags = Tensor::stack(&flags, 0);
+    if bool::try_from(flags.all()).unwrap_or(false) {
+        return None;
+    }
+    let flags = Vec::<bool>::try_from(flags.to_device(Device::Cpu)).unwrap_or_default();
+    flags
+        .iter()
+        .position(|ok| !ok)
+        .map(|idx| names[idx].as_ref().to_string())
+}
+
+/// How many values of `t` are NaN or infinite.
+fn non_finite_count(t: &Tensor) -> i64 {
+    tch::no_grad(|| t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]))
+}
+
+/// Checks that every floating-point variable of `vs` is finite; `path` names where the values
+/// came from in the error.
+///
+/// # Errors
+/// [`ModelError::NonFinite`] naming the file and the first bad tensor.
+pub fn check_finite(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    check_finite_named(&named, path)
+}
+
+/// [`check_finite`] for named tensors read elsewhere (optimizer moments, say).
+///
+/// # Errors
+/// [`ModelError::NonFinite`] naming the file and the first bad tensor.
+pub fn check_finite_named(named: &[(String, Tensor)], path: &Path) -> Result<(), ModelError> {
+    match first_non_finite(named.iter().map(|(n, t)| (n, t))) {
+        None => Ok(()),
+        Some(name) => {
+            let t = &named.iter().find(|(n, _)| n == &name).expect("named").1;
+            Err(ModelError::NonFinite {
+                path: path.to_path_buf(),
+                tensor: name,
+                n_bad: non_finite_count(t),
+                numel: t.numel(),
+            })
+        }
+    }
 }
 
 /// A CPU tensor in standard layout, serialised on demand.
@@ -401,20 +489,34 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 /// place, so an interrupted save never leaves a truncated file under `path`.
 ///
 /// # Errors
-/// [`ModelError::Write`] naming the file.
+/// [`ModelError::Write`] naming the file; [`ModelError::WriteIo`] when the file system fails
+/// (a full disk, say), with the IO error.
 pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
+    let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    save_named_safetensors(&named, path)
+}
+
+/// [`save_safetensors`] for named tensors that are not a var store (optimizer moments, say).
+///
+/// # Errors
+/// As [`save_safetensors`].
+pub fn save_named_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<(), ModelError> {
     let write_err = |reason: String| ModelError::Write {
         path: path.to_path_buf(),
         reason,
     };
+    let io_err = |source: std::io::Error| ModelError::WriteIo {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut tensors = Vec::new();
-    for (name, var) in vs.variables() {
+    for (name, var) in named {
         let dtype = dtype_of(var.kind())
             .ok_or_else(|| write_err(format!("{name} has an unsupported kind {:?}", var.kind())))?;
         let tensor = tch::no_grad(|| var.detach().to_device(Device::Cpu).contiguous());
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
         tensors.push((
-            name,
+            name.clone(),
             TensorBytes {
                 tensor,
                 shape,
@@ -428,9 +530,12 @@ pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
     let tmp = path.with_file_name(tmp_name);
     safetensors::serialize_to_file(tensors, &metadata, &tmp).map_err(|err| {
         let _ = std::fs::remove_file(&tmp);
-        write_err(format!("{err:?}"))
+        match err {
+            safetensors::SafeTensorError::IoError(source) => io_err(source),
+            other => write_err(format!("{other:?}")),
+        }
     })?;
-    std::fs::rename(&tmp, path).map_err(|err| write_err(err.to_string()))
+    std::fs::rename(&tmp, path).map_err(io_err)
 }
 
 #[cfg(test)]

@@ -81,16 +81,18 @@ pub enum SampleError {
     },
     /// A network that cannot be built, or a weights file that cannot be written.
     #[error(transparent)]
-    Model(Box<model::ModelError>),
-    /// Weights that cannot be read or do not fit the network (the error names the file and
-    /// every bad key); `config` is the file the network's configuration came from.
-    #[error("{source} (the model is described by {})", config.display())]
+    Model(#[from] model::ModelError),
+    /// Weights that cannot be read, do not fit the network or are not finite (the source error
+    /// names the file and every bad key); `config` is the file the network's configuration came
+    /// from. The message leaves the details to the source, so that a printed chain (`{:#}`)
+    /// says them once.
+    #[error("cannot load the weights of the model described by {}", config.display())]
     Weights {
         /// `state.json` or the diffusers `config.json`.
         config: PathBuf,
         /// The loading error.
         #[source]
-        source: Box<model::ModelError>,
+        source: model::ModelError,
     },
     /// An image file that cannot be made or written.
     #[error("{}: {message}", path.display())]
@@ -100,10 +102,4 @@ pub enum SampleError {
         /// What went wrong.
         message: String,
     },
-}
-
-impl From<model::ModelError> for SampleError {
-    fn from(err: model::ModelError) -> Self {
-        Self::Model(Box::new(err))
-    }
 }

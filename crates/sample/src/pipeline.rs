@@ -569,7 +569,7 @@ impl Pipeline {
         };
         loaded.map_err(|source| SampleError::Weights {
             config: spec.config_file.clone(),
-            source: Box::new(source),
+            source,
         })?;
         let sched = ScheduleTensors::new(&schedule, device);
         Ok(Self {

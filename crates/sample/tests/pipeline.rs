@@ -214,9 +214,12 @@ fn weights_that_do_not_fit_the_config_name_the_file_and_keys() {
     std::fs::write(&config_path, config.to_string()).unwrap();
     // The config is valid on its own, so the spec resolves; the weights are refused on load.
     PipelineSpec::resolve(&folder, Weights::Ema).unwrap();
-    let err = Pipeline::load(&folder, Weights::Ema, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = Pipeline::load(&folder, Weights::Ema, Device::Cpu).unwrap_err();
+    // The details are in the source, as `{:#}` prints the chain.
+    let err = format!(
+        "{err}: {}",
+        std::error::Error::source(&err).expect("a source error")
+    );
     assert!(
         err.contains(DIFFUSERS_SAFETENSORS) && err.contains("down_blocks.1.resnets.0.conv1.weight"),
         "{err}"

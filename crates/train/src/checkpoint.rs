@@ -21,7 +21,7 @@ use tch::{nn::VarStore, Tensor};
 use crate::TrainError;
 
 pub use sample::layout::{
-    dir_name, latest, list, EMA_FILE, FORMAT_VERSION, MODEL_FILE, STATE_FILE,
+    dir_name, latest, list, CHECKPOINTS_DIR, EMA_FILE, FORMAT_VERSION, MODEL_FILE, STATE_FILE,
 };
 
 /// Everything but the tensors.
@@ -69,31 +69,28 @@ pub fn named_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
 }
 
 fn all_finite(named: &[(String, Tensor)]) -> Result<(), TrainError> {
-    for (name, t) in named {
-        if t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
-            return Err(TrainError::NonFinite(format!(
-                "weight `{name}` is not finite; refusing to write it"
-            )));
-        }
+    match model::first_non_finite(named.iter().map(|(n, t)| (n, t))) {
+        None => Ok(()),
+        Some(name) => Err(TrainError::NonFinite(format!(
+            "weight `{name}` is not finite; refusing to write it"
+        ))),
     }
-    Ok(())
 }
 
-fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<(), TrainError> {
-    // safetensors wants contiguous CPU tensors; copies of device tensors are made here only.
-    let cpu: Vec<(String, Tensor)> = named
-        .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&cpu, path)
-        .map_err(|e| bad_file(path, format!("cannot write: {e}")))?;
-    fsync(path)
+/// Writes named tensors as safetensors and fsyncs the file; `root` is the checkpoints folder,
+/// which a full-disk error names the newest checkpoint of.
+fn write_tensors(path: &Path, named: &[(String, Tensor)], root: &Path) -> Result<(), TrainError> {
+    model::save_named_safetensors(named, path).map_err(|e| match e {
+        model::ModelError::WriteIo { source, .. } => TrainError::write(path, source, root),
+        other => bad_file(path, format!("cannot write: {other}")),
+    })?;
+    fsync(path, root)
 }
 
-fn fsync(path: &Path) -> Result<(), TrainError> {
+fn fsync(path: &Path, root: &Path) -> Result<(), TrainError> {
     fs::File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(path, e))
+        .map_err(|e| TrainError::write(path, e, root))
 }
 
 /// What goes into one checkpoint.
@@ -113,7 +110,8 @@ pub struct CheckpointContents<'a> {
 ///
 /// # Errors
 /// [`TrainError::NonFinite`] when a weight is NaN or infinite (nothing is written);
-/// [`TrainError::Io`] on IO errors, naming the file.
+/// [`TrainError::DiskFull`] when the disk fills up (the partial checkpoint is removed, the older
+/// ones are untouched); [`TrainError::Io`] on other IO errors, naming the file.
 pub fn save(
     root: &Path,
     contents: &CheckpointContents<'_>,
@@ -123,34 +121,50 @@ pub fn save(
     let ema = named_tensors(contents.ema);
     all_finite(&model)?;
     all_finite(&ema)?;
-    fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+    fs::create_dir_all(root).map_err(|e| TrainError::write(root, e, root))?;
     let name = dir_name(contents.state.step);
     let final_dir = root.join(&name);
     let tmp = root.join(format!("{name}.tmp"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
-    fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let pause = fault_injection_pause();
-    write_tensors(&tmp.join(MODEL_FILE), &model)?;
-    pause();
-    write_tensors(&tmp.join(EMA_FILE), &ema)?;
-    pause();
-    write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer)?;
-    let state_path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(contents.state).expect("checkpoint states serialise");
-    let mut f = fs::File::create(&state_path).map_err(|e| io_err(&state_path, e))?;
-    f.write_all(&json)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&state_path, e))?;
-    fsync(&tmp)?;
+    fs::create_dir(&tmp).map_err(|e| TrainError::write(&tmp, e, root))?;
+    if let Err(err) = write_dir(&tmp, contents, &model, &ema, root) {
+        // A half-written checkpoint is of no use, and on a full disk its space is needed.
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(err);
+    }
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
     }
     fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, e))?;
-    fsync(root)?;
+    fsync(root, root)?;
     prune(root, keep_last.max(1))?;
     Ok(final_dir)
+}
+
+/// The files of a checkpoint, into the temporary directory `tmp`.
+fn write_dir(
+    tmp: &Path,
+    contents: &CheckpointContents<'_>,
+    model: &[(String, Tensor)],
+    ema: &[(String, Tensor)],
+    root: &Path,
+) -> Result<(), TrainError> {
+    let pause = fault_injection_pause();
+    write_tensors(&tmp.join(MODEL_FILE), model, root)?;
+    pause();
+    write_tensors(&tmp.join(EMA_FILE), ema, root)?;
+    pause();
+    write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer, root)?;
+    let state_path = tmp.join(STATE_FILE);
+    let json = serde_json::to_vec_pretty(contents.state).expect("checkpoint states serialise");
+    let mut f =
+        fs::File::create(&state_path).map_err(|e| TrainError::write(&state_path, e, root))?;
+    f.write_all(&json)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| TrainError::write(&state_path, e, root))?;
+    fsync(tmp, root)
 }
 
 /// Tests of crash safety set `DDPM_FAULT_CHECKPOINT_PAUSE_MS` to widen the window in which a

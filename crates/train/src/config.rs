@@ -289,10 +289,128 @@ impl TrainConfig {
         for (key, v) in sets {
             set_path(&mut value, key, v.clone())?;
         }
-        let config: TrainConfig =
-            serde_json::from_value(value).map_err(|e| TrainError::Config(format!("{e}")))?;
+        // The path names the key of a value of the wrong type (`optim.lr: invalid type: …`).
+        let config: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path.is_empty() || path == "." {
+                TrainError::Config(e.inner().to_string())
+            } else {
+                TrainError::Config(format!("`{path}`: {}", e.inner()))
+            }
+        })?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The settings that `ddpm train --resume` may change, as dotted config keys (a key covers
+/// everything under it). They decide how long and how fast the run goes on, how often it writes,
+/// and how it reads data, but not what it learns: the model, the schedule, the objective, the
+/// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
+/// The device and threads are flags, not config keys, and may always change.
+pub const RESUME_MUTABLE: [&str; 13] = [
+    "max_steps",
+    "epochs",
+    "optim.lr",
+    "optim.warmup_steps",
+    "optim.decay",
+    "optim.min_lr",
+    "checkpoint_every",
+    "keep_last",
+    "log_every",
+    "sample_every_epochs",
+    "n_sample_images",
+    "n_workers",
+    "max_nonfinite_in_a_row",
+];
+
+/// One setting that differs between two configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigChange {
+    /// The dotted key (`optim.lr`); an object's key when it changes variant (`model`).
+    pub key: String,
+    /// The value before, as JSON.
+    pub saved: Value,
+    /// The value after, as JSON.
+    pub given: Value,
+}
+
+impl ConfigChange {
+    /// Whether [`RESUME_MUTABLE`] lets a resume make this change.
+    pub fn allowed_on_resume(&self) -> bool {
+        RESUME_MUTABLE.iter().any(|k| {
+            self.key == *k
+                || self
+                    .key
+                    .strip_prefix(k)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+impl std::fmt::Display for ConfigChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.saved, self.given)
+    }
+}
+
+impl TrainConfig {
+    /// Every setting that differs from `self` in `other`, in key order.
+    pub fn changes(&self, other: &TrainConfig) -> Vec<ConfigChange> {
+        let a = serde_json::to_value(self).expect("configs serialise");
+        let b = serde_json::to_value(other).expect("configs serialise");
+        let mut out = Vec::new();
+        diff(&a, &b, "", &mut out);
+        out
+    }
+
+    /// The changes from the saved configuration `self` to `given` when a run resumes, all of
+    /// them in [`RESUME_MUTABLE`].
+    ///
+    /// # Errors
+    /// [`TrainError::ResumeChange`] naming the first other key that changes, with both values.
+    pub fn check_resume(&self, given: &TrainConfig) -> Result<Vec<ConfigChange>, TrainError> {
+        let changes = self.changes(given);
+        if let Some(bad) = changes.iter().find(|c| !c.allowed_on_resume()) {
+            return Err(TrainError::ResumeChange {
+                key: bad.key.clone(),
+                saved: bad.saved.to_string(),
+                given: bad.given.to_string(),
+            });
+        }
+        Ok(changes)
+    }
+}
+
+fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<ConfigChange>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y))
+            if !TAGS.iter().any(|tag| x.get(*tag) != y.get(*tag)) =>
+        {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let null = Value::Null;
+                diff(
+                    x.get(key).unwrap_or(&null),
+                    y.get(key).unwrap_or(&null),
+                    &child,
+                    out,
+                );
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(ConfigChange {
+            key: path.to_string(),
+            saved: a.clone(),
+            given: b.clone(),
+        }),
     }
 }
 
@@ -489,6 +607,61 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
         assert!(parse_set("novalue").is_err());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let err = TrainConfig::resolve(Preset::Seed, None, &[parse_set("optim.lr=abc").unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`optim.lr`") && err.contains("invalid type: string \"abc\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resume_accepts_only_the_listed_changes() {
+        let saved = Preset::Seed.config();
+        let given = saved
+            .with_overrides(
+                None,
+                &[
+                    parse_set("optim.lr=5e-4").unwrap(),
+                    parse_set("max_steps=10").unwrap(),
+                    parse_set("optim.decay=\"cosine\"").unwrap(),
+                ],
+            )
+            .unwrap();
+        let keys: Vec<String> = saved
+            .check_resume(&given)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
+        assert_eq!(keys, ["max_steps", "optim.decay", "optim.lr"]);
+        for (set, key) in [
+            ("schedule.n_steps=1000", "schedule.n_steps"),
+            ("batch_size=64", "batch_size"),
+            ("seed=1", "seed"),
+            ("optim.grad_clip=0.5", "optim.grad_clip"),
+            (
+                r#"dataset={"kind":"fashion-mnist","split":"test"}"#,
+                "dataset",
+            ),
+        ] {
+            let given = saved
+                .with_overrides(None, &[parse_set(set).unwrap()])
+                .unwrap();
+            let err = saved.check_resume(&given).unwrap_err();
+            match &err {
+                TrainError::ResumeChange { key: k, .. } => assert_eq!(k, key, "{set}"),
+                other => panic!("{set}: {other}"),
+            }
+        }
+        let ddpm = Preset::DdpmCifar10.config();
+        let err = saved.check_resume(&ddpm).unwrap_err().to_string();
+        assert!(err.contains("--resume cannot change `"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`optim`]: Adam/AdamW with warm-up, cosine decay and clipping; moments are checkpointed.
 //! - [`ema`]: the weight average sampling uses.
 //! - [`checkpoint`]: atomic checkpoint directories.
+//! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`trainer`]: the loop.
 
 pub mod checkpoint;
@@ -14,9 +15,11 @@ pub mod config;
 pub mod ema;
 pub mod objective;
 pub mod optim;
+pub mod run_dir;
 pub mod trainer;
 
-pub use config::{Precision, Preset, TrainConfig};
+pub use config::{ConfigChange, Precision, Preset, TrainConfig};
+pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, TrainHooks, Trainer};
 
 pub use sample::forward;
@@ -71,6 +74,91 @@ pub enum TrainError {
     /// NaN or infinity where a finite value is required.
     #[error("non-finite values: {0}")]
     NonFinite(String),
+    /// Another process trains in the run directory (it holds the directory's lock).
+    #[error(
+        "{} is in use by another `ddpm train` ({}): wait for it to finish or stop it, or pass another --run-dir",
+        dir.display(),
+        pid.map_or_else(|| "PID unknown".to_string(), |p| format!("PID {p}"))
+    )]
+    Locked {
+        /// The run directory.
+        dir: PathBuf,
+        /// The holder's PID, as written in the lock file.
+        pid: Option<u32>,
+    },
+    /// A fresh run into a directory that already holds a run's files.
+    #[error(
+        "{} already holds a run ({}): pass --resume to continue it, --overwrite to delete those files and start over, or another --run-dir",
+        dir.display(),
+        files.join(", ")
+    )]
+    RunExists {
+        /// The run directory.
+        dir: PathBuf,
+        /// The run files found there.
+        files: Vec<String>,
+    },
+    /// A resume that would change a setting that must stay fixed for the whole run.
+    #[error(
+        "--resume cannot change `{key}`: the run has {saved}, this command gives {given}; \
+         only {} may change on resume: start a new run (another --run-dir) to change it",
+        config::RESUME_MUTABLE.join(", ")
+    )]
+    ResumeChange {
+        /// The dotted config key.
+        key: String,
+        /// Its value in the checkpoint, as JSON.
+        saved: String,
+        /// The value asked for, as JSON.
+        given: String,
+    },
+    /// The file system is full (or the quota is used up) while the run writes a file.
+    #[error(
+        "{reason} while writing {}; {}",
+        path.display(),
+        match previous {
+            Some(step) => format!("the previous checkpoint (step {step}) is intact: free some space and resume"),
+            None => "no checkpoint was written before it: free some space and start again".to_string(),
+        }
+    )]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+        /// "no space left on device" or "disk quota exceeded".
+        reason: &'static str,
+        /// The step of the newest complete checkpoint, if there is one.
+        previous: Option<u64>,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--resume` found checkpoints, but none of them loads.
+    #[error(
+        "no checkpoint under {} loads:\n  {}",
+        dir.display(),
+        tried.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n  ")
+    )]
+    NoLoadableCheckpoint {
+        /// The checkpoints folder.
+        dir: PathBuf,
+        /// Each checkpoint tried, newest first, with why it did not load.
+        tried: Vec<SkippedCheckpoint>,
+    },
+}
+
+/// A checkpoint that `--resume` passed over because it does not load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedCheckpoint {
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// Why it does not load.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.dir.display(), self.reason)
+    }
 }
 
 impl TrainError {
@@ -78,6 +166,23 @@ impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// An IO error on `path` while a run writes it: [`TrainError::DiskFull`] when the disk is
+    /// full or the quota used up (naming the newest complete checkpoint under
+    /// `checkpoints`), else [`TrainError::Io`].
+    pub fn write(path: &Path, source: std::io::Error, checkpoints: &Path) -> Self {
+        let reason = match source.kind() {
+            std::io::ErrorKind::StorageFull => "no space left on device",
+            std::io::ErrorKind::QuotaExceeded => "disk quota exceeded",
+            _ => return Self::io(path, source),
+        };
+        Self::DiskFull {
+            path: path.to_path_buf(),
+            reason,
+            previous: checkpoint::list(checkpoints).last().map(|(step, _)| *step),
             source,
         }
     }

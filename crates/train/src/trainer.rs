@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,8 @@ use crate::config::{Precision, TrainConfig};
 use crate::ema::Ema;
 use crate::objective::training_loss;
 use crate::optim::Adam;
-use crate::TrainError;
+use crate::run_dir::RunDir;
+use crate::{SkippedCheckpoint, TrainError};
 use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
 /// One line of `metrics.jsonl`.
@@ -101,9 +103,10 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// A training run in progress.
+/// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
 pub struct Trainer {
     config: TrainConfig,
+    run: RunDir,
     run_dir: PathBuf,
     device: Device,
     model_vs: VarStore,
@@ -120,6 +123,8 @@ pub struct Trainer {
     /// Non-trainable tensors the forward pass updates (BatchNorm running statistics), and a
     /// copy from before the current step: a skipped step must not leave NaN statistics behind.
     buffers: Vec<(Tensor, Tensor)>,
+    /// Newer checkpoints that [`Trainer::resume`] passed over because they do not load.
+    skipped_checkpoints: Vec<SkippedCheckpoint>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -132,16 +137,65 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// A fresh run of `config` on `dataset`, writing to `run_dir` (created; `config.json` is
-    /// written there).
+    /// A fresh run of `config` on `dataset`, writing to `run_dir`: takes the directory's lock
+    /// ([`RunDir::lock`]), then [`Trainer::create`].
     ///
     /// # Errors
-    /// [`TrainError::Config`] when the dataset does not fit the model (channels, size) or the
-    /// config is invalid; [`TrainError::Io`] when the run directory cannot be written.
+    /// [`TrainError::Locked`] when another trainer holds the directory, then as
+    /// [`Trainer::create`].
     pub fn new(
         config: TrainConfig,
-        dataset: Dataset,
+        dataset: impl Into<Arc<Dataset>>,
         run_dir: &Path,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        Self::create(RunDir::lock(run_dir)?, config, dataset, device)
+    }
+
+    /// A fresh run in the locked directory `run`; `config.json` is written there.
+    ///
+    /// # Errors
+    /// [`TrainError::RunExists`] when the directory already holds run files (see
+    /// [`RunDir::clear`]); [`TrainError::Config`] when the dataset does not fit the model
+    /// (channels, size) or the config is invalid; [`TrainError::Io`] when the run directory
+    /// cannot be written.
+    pub fn create(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        run.ensure_fresh()?;
+        let trainer = Self::build(run, config, dataset.into(), device)?;
+        trainer.write_config()?;
+        Ok(trainer)
+    }
+
+    /// A fresh run in the locked directory `run` that replaces an earlier one: its
+    /// [`crate::run_dir::RUN_FILES`] are deleted once the configuration and the dataset have
+    /// been checked (so a mistake in them costs no run), then `config.json` is written. Returns
+    /// the trainer and the deleted paths.
+    ///
+    /// # Errors
+    /// As [`Trainer::create`], and [`TrainError::Io`] when a file cannot be deleted.
+    pub fn overwrite(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+    ) -> Result<(Self, Vec<PathBuf>), TrainError> {
+        let trainer = Self::build(run, config, dataset.into(), device)?;
+        let deleted = trainer.run.run_files();
+        trainer.run.clear()?;
+        trainer.write_config()?;
+        Ok((trainer, deleted))
+    }
+
+    /// Everything but the files: the network, EMA, optimizer, schedule and loader.
+    fn build(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
         device: Device,
     ) -> Result<Self, TrainError> {
         config.validate()?;
@@ -163,6 +217,15 @@ impl Trainer {
                 out_size[0], out_size[1]
             )));
         }
+        // Checked here, before the loader, whose message would speak of its `drop_last`: training
+        // always drops the last partial batch, and that is no config key.
+        if dataset.len() < config.batch_size {
+            return Err(TrainError::Config(format!(
+                "the dataset has {} images, fewer than one batch of {}: lower batch_size (--batch-size)",
+                dataset.len(),
+                config.batch_size
+            )));
+        }
         let loader_config = LoaderConfig {
             batch_size: config.batch_size,
             shuffle: true,
@@ -173,13 +236,6 @@ impl Trainer {
         };
         let loader = Loader::new(dataset, &config.transform, loader_config)
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        if loader.batches_per_epoch() == 0 {
-            return Err(TrainError::Config(format!(
-                "the dataset has {} images, fewer than one batch of {}: lower batch_size",
-                loader.dataset().len(),
-                config.batch_size
-            )));
-        }
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
@@ -204,13 +260,11 @@ impl Trainer {
                 (t, backup)
             })
             .collect();
-        fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-        let config_path = run_dir.join("config.json");
-        let json = serde_json::to_vec_pretty(&config).expect("configs serialise");
-        fs::write(&config_path, json).map_err(|e| TrainError::io(&config_path, e))?;
+        let run_dir = run.path().to_path_buf();
         Ok(Self {
             config,
-            run_dir: run_dir.to_path_buf(),
+            run,
+            run_dir,
             device,
             model_vs,
             model,
@@ -224,62 +278,166 @@ impl Trainer {
             skipped_steps: 0,
             nonfinite_in_a_row: 0,
             buffers,
+            skipped_checkpoints: Vec::new(),
         })
     }
 
-    /// Continues the run in `run_dir` from its newest checkpoint (or `from`, a checkpoint
-    /// directory), with the configuration saved in it unless `config` replaces it.
+    /// An IO error while writing `path`, naming the newest checkpoint when the disk is full.
+    fn write_err(&self, path: &Path, e: std::io::Error) -> TrainError {
+        TrainError::write(path, e, &self.run_dir.join(checkpoint::CHECKPOINTS_DIR))
+    }
+
+    fn write_config(&self) -> Result<(), TrainError> {
+        let config_path = self.run_dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&self.config).expect("configs serialise");
+        fs::write(&config_path, json).map_err(|e| self.write_err(&config_path, e))
+    }
+
+    /// Continues the run in `run_dir` (taking its lock, [`RunDir::lock`]); see
+    /// [`Trainer::resume_in`].
     ///
     /// # Errors
-    /// [`TrainError::NoCheckpoint`] when there is none; [`TrainError::Checkpoint`],
-    /// [`TrainError::Model`] or [`TrainError::OptimizerState`] when it is unreadable or does not
-    /// match the model.
+    /// [`TrainError::Locked`] when another trainer holds the directory, then as
+    /// [`Trainer::resume_in`].
     pub fn resume(
         run_dir: &Path,
         from: Option<&Path>,
         config: Option<TrainConfig>,
-        dataset: Dataset,
+        dataset: impl Into<Arc<Dataset>>,
         device: Device,
     ) -> Result<Self, TrainError> {
-        let root = run_dir.join("checkpoints");
-        let dir = match from {
-            Some(dir) => dir.to_path_buf(),
-            None => checkpoint::latest(&root).ok_or_else(|| TrainError::NoCheckpoint {
-                dir: root.clone(),
-                hint: "start a new run without --resume",
-            })?,
-        };
-        let state = checkpoint::read_state(&dir)?;
-        let config = match config {
-            Some(c) => c,
-            None => serde_json::from_value(state.config.clone()).map_err(|e| {
-                TrainError::Checkpoint {
-                    path: dir.join(checkpoint::STATE_FILE),
-                    message: format!("config: {e}"),
-                }
-            })?,
-        };
-        let mut trainer = Self::new(config, dataset, run_dir, device)?;
-        trainer.load_weights(&dir)?;
-        let optim_state = checkpoint::read_tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-        let optim_state: Vec<(String, Tensor)> = optim_state
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(device)))
-            .collect();
-        trainer
-            .optim
-            .load_state(&optim_state, state.step - state.skipped_steps)?;
-        trainer.ema.set_updates(state.ema_updates);
-        trainer.step = state.step;
-        trainer.skipped_steps = state.skipped_steps;
-        trainer.truncate_metrics()?;
-        Ok(trainer)
+        Self::resume_in(RunDir::lock(run_dir)?, from, config, dataset, device)
     }
 
-    fn load_weights(&mut self, dir: &Path) -> Result<(), TrainError> {
+    /// Continues the run in the locked directory `run` from the checkpoint directory `from`, or
+    /// from its newest checkpoint that loads: a newer one that does not (a truncated or damaged
+    /// file, non-finite weights) is passed over and listed in
+    /// [`Trainer::skipped_checkpoints`].
+    ///
+    /// The configuration is the one saved in the checkpoint unless `config` replaces it; then
+    /// only the settings in [`crate::config::RESUME_MUTABLE`] may differ. `config.json` is
+    /// rewritten, and `metrics.jsonl` cut back to the checkpoint's step, only once the
+    /// checkpoint has loaded: a refused resume leaves the run's files as they were.
+    ///
+    /// # Errors
+    /// [`TrainError::NoCheckpoint`] when there is none; [`TrainError::ResumeChange`] when
+    /// `config` changes a setting that must stay fixed; [`TrainError::NoLoadableCheckpoint`]
+    /// when none loads; with `from`, the error of that checkpoint ([`TrainError::Checkpoint`],
+    /// [`TrainError::Model`], [`TrainError::OptimizerState`], …).
+    pub fn resume_in(
+        run: RunDir,
+        from: Option<&Path>,
+        config: Option<TrainConfig>,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let dataset = dataset.into();
+        let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
+        let candidates: Vec<PathBuf> = match from {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => checkpoint::list(&root)
+                .into_iter()
+                .rev()
+                .map(|(_, dir)| dir)
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(TrainError::NoCheckpoint {
+                dir: root,
+                hint: "start a new run without --resume",
+            });
+        }
+        let explicit = from.is_some();
+        let mut skipped = Vec::new();
+        let mut run = run;
+        for dir in candidates {
+            let state = match Self::read_resume_state(&dir) {
+                Ok(state) => state,
+                Err(err) if !explicit => {
+                    skipped.push(SkippedCheckpoint {
+                        dir,
+                        reason: err.to_string(),
+                    });
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let resolved = match &config {
+                Some(given) => {
+                    state.1.check_resume(given)?;
+                    given.clone()
+                }
+                None => state.1.clone(),
+            };
+            let mut trainer = Self::build(run, resolved, dataset.clone(), device)?;
+            match trainer.load_checkpoint(&dir, &state.0) {
+                Ok(()) => {
+                    trainer.skipped_checkpoints = skipped;
+                    trainer.write_config()?;
+                    trainer.truncate_metrics()?;
+                    return Ok(trainer);
+                }
+                Err(err) if !explicit => {
+                    skipped.push(SkippedCheckpoint {
+                        dir,
+                        reason: err.to_string(),
+                    });
+                    run = trainer.run;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(TrainError::NoLoadableCheckpoint {
+            dir: root,
+            tried: skipped,
+        })
+    }
+
+    /// A checkpoint's state and the configuration saved in it.
+    fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), TrainError> {
+        let state = checkpoint::read_state(dir)?;
+        let config =
+            serde_json::from_value(state.config.clone()).map_err(|e| TrainError::Checkpoint {
+                path: dir.join(checkpoint::STATE_FILE),
+                message: format!("config: {e}"),
+            })?;
+        Ok((state, config))
+    }
+
+    /// Loads weights, EMA weights, optimizer moments and counters; every tensor is checked to
+    /// be finite.
+    fn load_checkpoint(&mut self, dir: &Path, state: &CheckpointState) -> Result<(), TrainError> {
         model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))?;
         model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
+        let optim_path = dir.join(checkpoint::OPTIMIZER_FILE);
+        let optim_state = checkpoint::read_tensors(&optim_path)?;
+        model::check_finite_named(&optim_state, &optim_path)?;
+        let optim_state: Vec<(String, Tensor)> = optim_state
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(self.device)))
+            .collect();
+        let adam_steps =
+            state
+                .step
+                .checked_sub(state.skipped_steps)
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    message: format!(
+                        "skipped_steps {} is more than step {}",
+                        state.skipped_steps, state.step
+                    ),
+                })?;
+        self.optim.load_state(&optim_state, adam_steps)?;
+        self.ema.set_updates(state.ema_updates);
+        self.step = state.step;
+        self.skipped_steps = state.skipped_steps;
         Ok(())
+    }
+
+    /// Newer checkpoints that [`Trainer::resume`] passed over because they do not load, newest
+    /// first.
+    pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
+        &self.skipped_checkpoints
     }
 
     /// Drops metrics lines past the current step (written after the checkpoint we resume from).
@@ -295,7 +453,12 @@ impl Trainer {
             })
             .map(|line| format!("{line}\n"))
             .collect();
-        fs::write(&path, kept).map_err(|e| TrainError::io(&path, e))
+        fs::write(&path, kept).map_err(|e| self.write_err(&path, e))
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
     }
 
     /// The resolved configuration.
@@ -476,7 +639,7 @@ impl Trainer {
             |_, _| {},
         )?;
         let dir = self.run_dir.join("samples");
-        fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        fs::create_dir_all(&dir).map_err(|e| self.write_err(&dir, e))?;
         let grid_path = dir.join(format!("{tag}-grid.png"));
         save_grid(&out.images, 8, &grid_path)?;
         let strip: Vec<Tensor> = out
@@ -495,9 +658,11 @@ impl Trainer {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| TrainError::io(&path, e))?;
-        let line = serde_json::to_string(record).expect("records serialise");
-        writeln!(f, "{line}").map_err(|e| TrainError::io(&path, e))
+            .map_err(|e| self.write_err(&path, e))?;
+        // One write of the whole line, so that a reader never sees half of one.
+        let line = serde_json::to_string(record).expect("records serialise") + "\n";
+        f.write_all(line.as_bytes())
+            .map_err(|e| self.write_err(&path, e))
     }
 
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
@@ -566,7 +731,10 @@ impl Trainer {
             }
             let finished_epoch = self.loader.position(self.step).1 == 0;
             let k = self.config.sample_every_epochs;
-            if finished_epoch && k > 0 && (epoch + 1) % k == 0 && self.step < total {
+            // A stop request skips the preview: sampling can take longer than a job's grace
+            // period after SIGTERM, and the checkpoint comes first.
+            let stopping = stop.load(Ordering::SeqCst);
+            if finished_epoch && k > 0 && (epoch + 1) % k == 0 && self.step < total && !stopping {
                 let files = self.write_samples(&format!("epoch-{:04}", epoch + 1))?;
                 hooks.on_samples(&files);
             }

@@ -247,3 +247,47 @@ fn mismatched_data_and_model_are_config_errors() {
         .to_string();
     assert!(err.contains("fewer than one batch"), "{err}");
 }
+
+#[test]
+fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    // The trainer holds the directory: a second one is refused until it is dropped.
+    let err = Trainer::resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap_err();
+    assert!(matches!(err, TrainError::Locked { .. }), "{err}");
+    drop(trainer);
+
+    let checkpoints = dir.path().join("checkpoints");
+    let newest = checkpoints.join(train::checkpoint::dir_name(12));
+    let ema = newest.join(train::checkpoint::EMA_FILE);
+    let bytes = std::fs::read(&ema).unwrap();
+    std::fs::write(&ema, &bytes[..bytes.len() / 3]).unwrap();
+    let config_path = dir.path().join("config.json");
+    let config_before = std::fs::read(&config_path).unwrap();
+
+    // Picked explicitly, the damaged checkpoint is an error naming the file.
+    let err =
+        Trainer::resume(dir.path(), Some(&newest), None, toy_dataset(), Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("ema.safetensors"), "{err}");
+    // A setting that must stay fixed is refused, and config.json is left as it was.
+    let config = TrainConfig {
+        batch_size: 8,
+        ..tiny_config()
+    };
+    let err =
+        Trainer::resume(dir.path(), None, Some(config), toy_dataset(), Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::ResumeChange { key, .. } if key == "batch_size"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&config_path).unwrap(), config_before);
+    // Picked automatically, it is passed over for the one before.
+    let resumed = Trainer::resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap();
+    assert_eq!(resumed.step(), 8);
+    let skipped = resumed.skipped_checkpoints();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].dir, newest);
+    assert!(skipped[0].reason.contains("ema.safetensors"), "{skipped:?}");
+}

@@ -193,21 +193,17 @@ fn load_dataset(
     ))
 }
 
-/// Reads every image file in a folder (sorted by name), as RGB, or as one channel when all
-/// are grayscale.
+/// Reads every image file under a folder, searched recursively as the training reader does (so
+/// class sub-folders work), sorted by path, as RGB, or as one channel when all are grayscale.
 fn read_image_dir(dir: &Path) -> Result<Images> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let ext = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            ["png", "jpg", "jpeg", "bmp", "gif"].contains(&ext.as_str())
-        })
-        .collect();
+    let mut paths = Vec::new();
+    collect_images(dir, &mut paths)?;
+    if paths.is_empty() {
+        bail!(
+            "{}: no image files (.png, .jpg, .jpeg, .bmp, .gif) in it or its sub-folders",
+            dir.display()
+        );
+    }
     paths.sort();
     let mut decoded = Vec::with_capacity(paths.len());
     for path in &paths {
@@ -256,6 +252,33 @@ fn read_image_dir(dir: &Path) -> Result<Images> {
         .map(|(w, h, _)| (w as usize, h as usize))
         .unwrap_or((0, 0));
     Ok(Images::new(pixels, [paths.len(), channels, h, w])?)
+}
+
+/// Image files under `dir`, recursively; links to folders are not followed.
+fn collect_images(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read the folder {}", dir.display()))?;
+        let path = entry.path();
+        let is_dir = entry
+            .file_type()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .is_dir();
+        if is_dir {
+            collect_images(&path, paths)?;
+            continue;
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ["png", "jpg", "jpeg", "bmp", "gif"].contains(&ext.as_str()) {
+            paths.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// What an `.npz` or folder holds.
@@ -457,7 +480,55 @@ fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
 
 fn run_fid(args: FidArgs) -> Result<()> {
     let started = Instant::now();
+    // Everything that can be checked is checked before any image is sampled or scored.
+    if args.kid_subsets == 0 {
+        bail!(
+            "--kid-subsets 0: KID needs at least 1 subset (clean-fid and torch-fidelity use 100)"
+        );
+    }
+    if args.kid_subset_size < 2 {
+        bail!(
+            "--kid-subset-size {}: a KID subset needs at least 2 images",
+            args.kid_subset_size
+        );
+    }
+    if args.samples.is_none() && args.checkpoint.is_none() && args.samples_dataset.is_none() {
+        bail!("pass --samples FILE_OR_DIR, --checkpoint DIR or --samples-dataset NAME");
+    }
     let (extractor, verified) = load_extractor(&args.inception)?;
+    // The reference first: cheap to read, and statistics of another network's dimension are
+    // refused before the samples are drawn.
+    let reference = match (&args.reference, &args.ref_dataset.dataset) {
+        (Some(path), _) => (read_source(path, true)?, path.display().to_string()),
+        (None, Some(name)) => {
+            let (images, what) = load_dataset(
+                name,
+                &args.ref_dataset.split,
+                args.ref_dataset.data.as_deref(),
+                args.ref_dataset.offline,
+            )?;
+            (Source::Images(images), what)
+        }
+        (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
+    };
+    let (reference, ref_what) = reference;
+    let reference = match reference {
+        Source::Statistics(stats) => {
+            let d = extractor
+                .feature_dim()
+                .with_context(|| format!("{}", extractor.path().display()))?;
+            if stats.dim() != d {
+                bail!(
+                    "{ref_what}: statistics of dimension {} cannot be compared with the {d}-dimensional \
+                     features of {}: make them with this network (`ddpm eval stats`)",
+                    stats.dim(),
+                    extractor.path().display()
+                );
+            }
+            Source::Statistics(stats)
+        }
+        Source::Images(images) => Source::Images(limit(images, args.n, &ref_what)?),
+    };
     // The samples.
     let (samples, samples_what, samples_meta) =
         match (&args.samples, &args.checkpoint, &args.samples_dataset) {
@@ -482,33 +553,15 @@ fn run_fid(args: FidArgs) -> Result<()> {
                 )?;
                 (images, what.clone(), json!({"dataset": what}))
             }
-            (None, None, None) => {
-                bail!("pass --samples FILE_OR_DIR, --checkpoint DIR or --samples-dataset NAME")
-            }
+            (None, None, None) => unreachable!("checked above"),
         };
     let samples = limit(samples, args.n, &samples_what)?;
-    // The reference.
-    let reference = match (&args.reference, &args.ref_dataset.dataset) {
-        (Some(path), _) => (read_source(path, true)?, path.display().to_string()),
-        (None, Some(name)) => {
-            let (images, what) = load_dataset(
-                name,
-                &args.ref_dataset.split,
-                args.ref_dataset.data.as_deref(),
-                args.ref_dataset.offline,
-            )?;
-            (Source::Images(images), what)
-        }
-        (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
-    };
-    let (reference, ref_what) = reference;
 
     let samples_features = extract(&extractor, &samples, &samples_what)?;
     let samples_stats = Statistics::from_features(&samples_features)?;
     let (ref_stats, ref_features, ref_n) = match reference {
         Source::Statistics(stats) => (stats, None, None),
         Source::Images(images) => {
-            let images = limit(images, args.n, &ref_what)?;
             let features = extract(&extractor, &images, &ref_what)?;
             (
                 Statistics::from_features(&features)?,

@@ -1,10 +1,12 @@
 //! `ddpm train`: train a preset, optionally overridden by a config file and flags, with a
-//! progress bar, Ctrl-C that checkpoints, a loss curve and sample pictures in the run directory.
+//! progress bar (plain progress lines when stderr is not a terminal), stop signals that
+//! checkpoint, a locked run directory, a loss curve and sample pictures.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,14 +15,16 @@ use data::DatasetSpec;
 use model::device::DeviceSpec;
 use train::config::parse_set;
 use train::trainer::{MetricsRecord, StepOutcome, TrainHooks};
-use train::{Preset, RunEnd, TrainConfig, Trainer};
+use train::{Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = resume_help())]
 pub struct TrainArgs {
-    /// The starting configuration: seed (the notebook), ddpm-cifar10 (the paper), fashion-mnist.
-    #[arg(long, default_value = "seed")]
-    preset: String,
+    /// The starting configuration: seed (the notebook; the default), ddpm-cifar10 (the paper),
+    /// fashion-mnist. Not with --resume: a run keeps the configuration it started with.
+    #[arg(long)]
+    preset: Option<String>,
     /// A JSON file whose keys override the preset's (deep-merged; unknown keys are errors).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -31,12 +35,20 @@ pub struct TrainArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Where the run writes config.json, metrics.jsonl, checkpoints/ and samples/
-    /// (default: runs/<preset>).
+    /// (default: runs/<preset>). One trainer at a time: the directory is locked.
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Continue the run in --run-dir from its newest checkpoint.
-    #[arg(long)]
+    /// Continue the run in --run-dir from its newest checkpoint that loads.
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Continue the run in --run-dir from this checkpoint directory (a path, or a name under
+    /// <run>/checkpoints such as step-00001000); implies --resume.
+    #[arg(long, value_name = "DIR", conflicts_with = "overwrite")]
+    resume_from: Option<PathBuf>,
+    /// Start afresh in a --run-dir that holds an earlier run, deleting its config.json,
+    /// metrics.jsonl, loss_curve.png, checkpoints/ and samples/.
+    #[arg(long)]
+    overwrite: bool,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
@@ -58,17 +70,37 @@ pub struct TrainArgs {
     /// libtorch intra-op CPU threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
+    /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
+    /// steps instead of the progress bar.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    progress_every: u64,
     /// Do not download a missing dataset; fail instead.
     #[arg(long)]
     offline: bool,
 }
+
+/// The rules of `--resume`, at the end of `ddpm train --help`.
+fn resume_help() -> String {
+    format!(
+        "Interrupting and resuming:
+  SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGUSR1 finish the current step, write a checkpoint and
+  exit 0; a second one exits at once. The run directory is locked: a second `ddpm train` on it
+  fails. `--resume` continues from the newest checkpoint that loads (a damaged newer one is
+  skipped with a warning); `--resume-from DIR` picks one.
+  On resume only these settings may change: {}, and the flags --device and --threads.",
+        train::config::RESUME_MUTABLE.join(", ")
+    )
+}
+
+/// The preset without --preset.
+const DEFAULT_PRESET: &str = "seed";
 
 /// The preset (or, on resume, the saved config) with `--config`, `--set` and the shortcut flags
 /// applied.
 fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
     let base = match base {
         Some(config) => config,
-        None => Preset::from_name(&args.preset)
+        None => Preset::from_name(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
             .context("--preset")?
             .config(),
     };
@@ -157,22 +189,63 @@ pub fn ensure_data(spec: &DatasetSpec, given: Option<&Path>, offline: bool) -> R
     fetched.with_context(|| format!("{} is missing and could not be fetched", dir.display()))
 }
 
-/// Progress bar, loss curve and messages.
+/// Progress bar (or, when stderr is not a terminal, plain progress lines), loss curve and
+/// messages.
 struct CliHooks {
-    bar: ProgressBar,
+    /// The progress bar on a terminal; `None` when stderr is a file or a pipe, where indicatif
+    /// draws nothing and prints nothing.
+    bar: Option<ProgressBar>,
     run_dir: PathBuf,
     smoothed: Option<f64>,
     started: Instant,
     images: u64,
     batch_size: usize,
+    /// Plain progress lines every this many steps.
+    progress_every: u64,
+    total_steps: u64,
+    start_step: u64,
+}
+
+impl CliHooks {
+    /// A line for the user: above the bar on a terminal, else straight to stderr.
+    fn say(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `1h02m03s`, `4m05s` or `6s`.
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
 }
 
 impl TrainHooks for CliHooks {
     fn on_start(&mut self, total_steps: u64, start_step: u64, batches_per_epoch: usize) {
-        self.bar.set_length(total_steps);
-        self.bar.set_position(start_step);
-        self.bar.reset_eta();
-        self.bar.println(format!(
+        self.total_steps = total_steps;
+        self.start_step = start_step;
+        self.started = Instant::now();
+        if let Some(bar) = &self.bar {
+            bar.set_length(total_steps);
+            bar.set_position(start_step);
+            bar.reset_eta();
+        }
+        self.say(&format!(
             "training {} steps ({} per epoch), from step {start_step}; run directory {}",
             total_steps,
             batches_per_epoch,
@@ -188,37 +261,59 @@ impl TrainHooks for CliHooks {
                 None => outcome.loss,
             });
         }
-        let rate = self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_position(step);
-        self.bar.set_message(format!(
-            "epoch {epoch} loss {:.4} {rate:.0} img/s{}",
-            self.smoothed.unwrap_or(f64::NAN),
-            if outcome.skipped {
-                " (skipped non-finite step)"
-            } else {
-                ""
+        let elapsed = self.started.elapsed();
+        let rate = self.images as f64 / elapsed.as_secs_f64().max(1e-9);
+        let skipped = if outcome.skipped {
+            " (skipped non-finite step)"
+        } else {
+            ""
+        };
+        let loss = self.smoothed.unwrap_or(f64::NAN);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step);
+                bar.set_message(format!(
+                    "epoch {epoch} loss {loss:.4} {rate:.0} img/s{skipped}"
+                ));
             }
-        ));
+            None => {
+                let first = step == self.start_step + 1;
+                if first
+                    || step == self.total_steps
+                    || step.is_multiple_of(self.progress_every.max(1))
+                {
+                    let done = step - self.start_step;
+                    let left = self.total_steps.saturating_sub(step);
+                    let eta = elapsed.mul_f64(left as f64 / done.max(1) as f64);
+                    eprintln!(
+                        "step {step}/{} ({:.1}%) epoch {epoch} loss {loss:.4} {rate:.0} img/s elapsed {} ETA {}{skipped}",
+                        self.total_steps,
+                        100.0 * step as f64 / self.total_steps.max(1) as f64,
+                        format_duration(elapsed),
+                        format_duration(eta),
+                    );
+                }
+            }
+        }
     }
 
     fn on_checkpoint(&mut self, dir: &Path) {
         if let Err(err) = draw_loss_curve(&self.run_dir) {
-            self.bar
-                .println(format!("warning: loss curve not drawn: {err:#}"));
+            self.say(&format!("warning: loss curve not drawn: {err:#}"));
         }
-        self.bar.println(format!("checkpoint {}", dir.display()));
+        self.say(&format!("checkpoint {}", dir.display()));
     }
 
     fn on_metrics(&mut self, _record: &MetricsRecord) {}
 
     fn on_samples(&mut self, files: &[PathBuf]) {
         for f in files {
-            self.bar.println(format!("samples {}", f.display()));
+            self.say(&format!("samples {}", f.display()));
         }
     }
 
     fn message(&mut self, text: &str) {
-        self.bar.println(text);
+        self.say(text);
     }
 }
 
@@ -252,31 +347,108 @@ pub fn draw_loss_curve(run_dir: &Path) -> Result<()> {
     crate::plot::line_charts(&run_dir.join("loss_curve.png"), &[chart])
 }
 
+/// `--resume-from DIR` as a checkpoint directory: the path itself, or a name under
+/// `<run>/checkpoints`.
+fn resume_from_dir(dir: &Path, run_dir: &Path) -> Result<PathBuf> {
+    if dir.is_dir() {
+        return Ok(dir.to_path_buf());
+    }
+    let under = run_dir.join(train::checkpoint::CHECKPOINTS_DIR).join(dir);
+    if dir.is_relative() && under.is_dir() {
+        return Ok(under);
+    }
+    bail!(
+        "--resume-from {}: no such checkpoint directory (nor {})",
+        dir.display(),
+        under.display()
+    )
+}
+
+/// The configuration saved in `from`, or in the newest checkpoint under `run_dir` whose
+/// `state.json` reads (the trainer then loads that one or an older one).
+fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig> {
+    let parse = |dir: &Path| -> Result<TrainConfig, TrainError> {
+        let state = train::checkpoint::read_state(dir)?;
+        serde_json::from_value(state.config).map_err(|e| TrainError::Checkpoint {
+            path: dir.join(train::checkpoint::STATE_FILE),
+            message: format!("config: {e}"),
+        })
+    };
+    if let Some(dir) = from {
+        return Ok(parse(dir)?);
+    }
+    let root = run_dir.join(train::checkpoint::CHECKPOINTS_DIR);
+    let all = train::checkpoint::list(&root);
+    if all.is_empty() {
+        bail!(
+            "--resume: no checkpoint under {}: start a new run without --resume",
+            root.display()
+        );
+    }
+    let mut tried = Vec::new();
+    for (_, dir) in all.into_iter().rev() {
+        match parse(&dir) {
+            Ok(config) => return Ok(config),
+            Err(err) => tried.push(train::SkippedCheckpoint {
+                dir,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    Err(TrainError::NoLoadableCheckpoint { dir: root, tried }.into())
+}
+
 /// Runs `ddpm train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
+    let resume = args.resume || args.resume_from.is_some();
+    if resume && args.preset.is_some() {
+        bail!(
+            "--preset cannot be combined with --resume: a resumed run keeps the configuration it \
+             started with (see `ddpm train --help` for the settings that may change)"
+        );
+    }
     let device = args.device.resolve()?;
-    let run_dir = args
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| Path::new("runs").join(&args.preset));
-    let checkpoints = run_dir.join("checkpoints");
-    let latest = train::checkpoint::latest(&checkpoints);
-    let config = match (&latest, args.resume) {
-        (None, true) => bail!("--resume: no checkpoint under {}", checkpoints.display()),
-        (Some(_), false) => bail!(
-            "{} already holds checkpoints: pass --resume to continue it, or another --run-dir",
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
+    });
+    if resume && !run_dir.is_dir() {
+        bail!(
+            "--resume: no checkpoint under {} ({} does not exist): pass the --run-dir of the run \
+             to continue, or start a new run without --resume",
+            run_dir.join(train::checkpoint::CHECKPOINTS_DIR).display(),
             run_dir.display()
-        ),
-        (Some(dir), true) => {
-            let state = train::checkpoint::read_state(dir)?;
-            let saved: TrainConfig = serde_json::from_value(state.config)
-                .with_context(|| format!("the config saved in {}", dir.display()))?;
-            resolve_config(&args, Some(saved))?
+        );
+    }
+    // A fresh run's flags are checked before anything touches the disk.
+    let fresh = if resume {
+        None
+    } else {
+        Some(resolve_config(&args, None)?)
+    };
+    // The lock comes before anything is written, and before the run's files are looked at.
+    let run = RunDir::lock(&run_dir)?;
+    let (config, from) = match fresh {
+        Some(config) => {
+            if !args.overwrite {
+                run.ensure_fresh()?;
+            }
+            (config, None)
         }
-        (None, false) => resolve_config(&args, None)?,
+        None => {
+            let from = match &args.resume_from {
+                Some(dir) => Some(resume_from_dir(dir, &run_dir)?),
+                None => None,
+            };
+            let saved = saved_config(&run_dir, from.as_deref())?;
+            let config = resolve_config(&args, Some(saved.clone()))?;
+            for change in saved.check_resume(&config)? {
+                eprintln!("resume changes {change}");
+            }
+            (config, from)
+        }
     };
     let data_dir = ensure_data(&config.dataset, args.data.as_deref(), args.offline)?;
     let (dataset, report) = config
@@ -287,32 +459,49 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
     }
     let batch_size = config.batch_size;
-    let mut trainer = if args.resume {
-        Trainer::resume(&run_dir, None, Some(config), dataset, device)?
+    let mut trainer = if resume {
+        Trainer::resume_in(run, from.as_deref(), Some(config), dataset, device)?
     } else {
-        Trainer::new(config, dataset, &run_dir, device)?
+        if args.overwrite {
+            let (trainer, deleted) = Trainer::overwrite(run, config, dataset, device)?;
+            if !deleted.is_empty() {
+                let names: Vec<String> = deleted
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect();
+                eprintln!(
+                    "--overwrite: deleted {} of the earlier run in {}",
+                    names.join(", "),
+                    run_dir.display()
+                );
+            }
+            trainer
+        } else {
+            Trainer::create(run, config, dataset, device)?
+        }
     };
+    for skipped in trainer.skipped_checkpoints() {
+        eprintln!(
+            "warning: skipped checkpoint {}, which does not load: {}",
+            skipped.dir.display(),
+            skipped.reason
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)");
-        })
-        .context("cannot install the Ctrl-C handler")?;
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] step {pos}/{len} {msg} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    crate::signals::stop_on_signals(stop.clone())?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] step {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
     let mut hooks = CliHooks {
         bar,
         run_dir: run_dir.clone(),
@@ -320,9 +509,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         started: Instant::now(),
         images: 0,
         batch_size,
+        progress_every: args.progress_every,
+        total_steps: 0,
+        start_step: 0,
     };
-    let end = trainer.run(&mut hooks, &stop)?;
-    hooks.bar.finish_and_clear();
+    let end = trainer.run(&mut hooks, &stop);
+    hooks.finish();
+    let end = end?;
     draw_loss_curve(&run_dir)?;
     match end {
         RunEnd::Finished => eprintln!(

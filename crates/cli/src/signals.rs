@@ -1,0 +1,67 @@
+//! Stop requests for a training run: SIGINT (Ctrl-C), SIGTERM (SLURM, Kubernetes and systemd
+//! stop jobs with it), SIGHUP (the terminal went away) and SIGUSR1 (SLURM's `--signal=USR1@90`
+//! warning) all ask the run to finish its step, write a checkpoint and exit 0. A second request
+//! exits at once, without a checkpoint, with status 128 + the signal's number (as the shell
+//! reports a death by that signal); checkpoints are written atomically, so this loses only the
+//! steps since the previous one.
+//!
+//! A SIGHUP that is ignored when the process starts (`nohup ddpm train …`) stays ignored: a
+//! user who asked to survive the terminal's hangup gets that.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+fn name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "Ctrl-C (SIGINT)",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "a signal",
+    }
+}
+
+/// Whether `signal` is ignored (`SIG_IGN`), as `nohup` leaves SIGHUP.
+fn is_ignored(signal: i32) -> bool {
+    // SAFETY: a null `act` makes sigaction only read the current disposition into `old`, which
+    // is a valid, zeroed struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Sets `stop` on the first stop signal (printing what happens next) and exits on the second.
+///
+/// # Errors
+/// When the handlers cannot be installed.
+pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
+    if !is_ignored(SIGHUP) {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = Signals::new(&wanted).context("cannot install the signal handlers")?;
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("second {}: exiting now without a checkpoint", name(signal));
+                    // `_exit`: no atexit handlers or static destructors while the main thread
+                    // may be inside libtorch.
+                    signal_hook::low_level::exit(128 + signal);
+                }
+                eprintln!(
+                    "{}: finishing the current step and writing a checkpoint (send it again to quit now)",
+                    name(signal)
+                );
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
