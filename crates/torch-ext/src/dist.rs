@@ -13,10 +13,26 @@
 //!
 //! # Launching
 //!
-//! Under `torchrun --no-python`, ranks read `RANK`, `WORLD_SIZE`, `MASTER_ADDR` and
-//! `MASTER_PORT`; rank 0 hosts the store ([`TcpStore::new`] with `is_server`), unless
-//! `TORCHELASTIC_USE_AGENT_STORE=True`, where torchrun's agent hosts it and every rank connects
-//! as a client ([`TcpStore::connect`]).
+//! Under `torchrun --no-python --nproc_per_node=N ./program`, [`LaunchEnv::from_env`] reads
+//! `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` and friends, and [`LaunchEnv::store`]
+//! makes the store as `torch.distributed` does: rank 0 hosts it ([`TcpStore::new`] with
+//! `is_server`), unless `TORCHELASTIC_USE_AGENT_STORE=True`, where torchrun's agent hosts it and
+//! every rank connects as a client ([`TcpStore::connect`]). A typical start:
+//!
+//! ```no_run
+//! # fn main() -> torch_ext::Result<()> {
+//! use std::time::Duration;
+//! use torch_ext::{LaunchEnv, ProcessGroup};
+//! if let Some(env) = LaunchEnv::from_env()? {
+//!     let timeout = Duration::from_secs(300);
+//!     let store = env.store(timeout)?;
+//!     let group = ProcessGroup::gloo(&store, env.rank, env.world_size, timeout)?;
+//!     // broadcast_coalesced the parameters from rank 0, then train with a Reducer or
+//!     // allreduce_bucketed after each backward.
+//! #   let _ = group;
+//! }
+//! # Ok(()) }
+//! ```
 
 use crate::ffi::{self, CGroup, CReducer, CStore};
 use crate::{Error, Result};
@@ -57,6 +73,104 @@ fn c_int_of(what: &str, value: usize) -> Result<c_int> {
 fn i64_of(what: &str, value: usize) -> Result<i64> {
     i64::try_from(value)
         .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
+}
+
+/// Where this process stands in a run launched by torchrun (or anything that sets the same
+/// variables): `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
+/// `MASTER_PORT` and `TORCHELASTIC_USE_AGENT_STORE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchEnv {
+    /// This process's rank among all processes.
+    pub rank: usize,
+    /// The number of processes.
+    pub world_size: usize,
+    /// This process's rank on its machine (its GPU index, one process per GPU).
+    pub local_rank: usize,
+    /// The number of processes on this machine.
+    pub local_world_size: usize,
+    /// The store's host.
+    pub master_addr: String,
+    /// The store's port.
+    pub master_port: u16,
+    /// torchrun's agent hosts the store: every rank, rank 0 included, connects as a client.
+    pub agent_store: bool,
+}
+
+impl LaunchEnv {
+    /// Reads the launch variables of this process. `None` when the process runs alone
+    /// (`WORLD_SIZE` unset or 1), as a plain `cargo run` does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `WORLD_SIZE` > 1 but a variable is missing or malformed.
+    pub fn from_env() -> Result<Option<Self>> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`LaunchEnv::from_env`] with the variables looked up by `var`.
+    ///
+    /// # Errors
+    /// As [`LaunchEnv::from_env`].
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let parse = |name: &str| -> Result<Option<usize>> {
+            match var(name) {
+                None => Ok(None),
+                Some(value) => value.trim().parse().map(Some).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "{name}={value:?} is not a non-negative integer"
+                    ))
+                }),
+            }
+        };
+        let required = |name: &str| -> Result<usize> {
+            parse(name)?.ok_or_else(|| {
+                Error::InvalidArgument(format!("WORLD_SIZE is set but {name} is not"))
+            })
+        };
+        let world_size = match parse("WORLD_SIZE")? {
+            None | Some(1) => return Ok(None),
+            Some(0) => return Err(Error::InvalidArgument("WORLD_SIZE=0".into())),
+            Some(n) => n,
+        };
+        let rank = required("RANK")?;
+        check_rank(rank, world_size)?;
+        let master_addr = var("MASTER_ADDR")
+            .filter(|addr| !addr.trim().is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument("WORLD_SIZE is set but MASTER_ADDR is not".into())
+            })?;
+        let port = required("MASTER_PORT")?;
+        let master_port = u16::try_from(port)
+            .map_err(|_| Error::InvalidArgument(format!("MASTER_PORT={port} is not a port")))?;
+        Ok(Some(Self {
+            rank,
+            world_size,
+            local_rank: parse("LOCAL_RANK")?.unwrap_or(rank),
+            local_world_size: parse("LOCAL_WORLD_SIZE")?.unwrap_or(world_size),
+            master_addr: master_addr.trim().to_string(),
+            master_port,
+            agent_store: var("TORCHELASTIC_USE_AGENT_STORE")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        }))
+    }
+
+    /// The store this rank meets the others through, as `torch.distributed` makes it: a
+    /// client of torchrun's agent store when there is one, otherwise hosted by rank 0.
+    ///
+    /// # Errors
+    /// As [`TcpStore::new`].
+    pub fn store(&self, timeout: Duration) -> Result<TcpStore> {
+        if self.agent_store {
+            TcpStore::connect(&self.master_addr, self.master_port, timeout)
+        } else {
+            TcpStore::new(
+                &self.master_addr,
+                self.master_port,
+                self.world_size,
+                self.rank == 0,
+                timeout,
+            )
+        }
+    }
 }
 
 /// A c10d `TCPStore`: the key-value store ranks meet through.
@@ -1045,6 +1159,42 @@ mod tests {
     }
 
     #[test]
+    fn a_collective_times_out_when_the_peer_stalls() {
+        let test = "a_collective_times_out_when_the_peer_stalls";
+        let timeout = Duration::from_secs(2);
+        let options = GlooOptions {
+            device: GlooDevice::Hostname(HOST.into()),
+            ..GlooOptions::new(timeout)
+        };
+        if let Some((rank, port)) = as_peer() {
+            let store = TcpStore::new(HOST, port, 2, false, TIMEOUT).unwrap();
+            let group = ProcessGroup::gloo_with_options(&store, rank, 2, &options).unwrap();
+            group.barrier().unwrap();
+            // Alive, connected, and never joining the next collective (rank 0 kills us).
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        let port = free_port();
+        let _peer = spawn_peer(test, port);
+        let store = TcpStore::new(HOST, port, 2, true, TIMEOUT).unwrap();
+        let group = ProcessGroup::gloo_with_options(&store, 0, 2, &options).unwrap();
+        group.barrier().unwrap();
+        let start = Instant::now();
+        let mut xs = vec![Tensor::ones([4], (Kind::Float, Device::Cpu))];
+        let err = group.allreduce(&mut xs, ReduceOp::Sum).unwrap_err();
+        let elapsed = start.elapsed();
+        assert!(matches!(err, Error::Distributed { .. }), "{err}");
+        assert!(
+            elapsed >= timeout - Duration::from_millis(100),
+            "failed before the timeout ({elapsed:?}): {err}"
+        );
+        assert!(
+            elapsed < timeout + Duration::from_secs(3),
+            "took {elapsed:?}: {err}"
+        );
+    }
+
+    #[test]
     fn the_rendezvous_fails_within_the_timeout_when_the_peer_never_starts() {
         if as_peer().is_some() {
             return;
@@ -1095,6 +1245,82 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn the_launch_environment_is_read_like_torchrun_writes_it() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(LaunchEnv::from_vars(vars(&[])).unwrap(), None);
+        assert_eq!(
+            LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "1"), ("RANK", "0")])).unwrap(),
+            None
+        );
+        let env = LaunchEnv::from_vars(vars(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "3"),
+            ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            env,
+            LaunchEnv {
+                rank: 3,
+                world_size: 4,
+                local_rank: 1,
+                local_world_size: 2,
+                master_addr: "node0".into(),
+                master_port: 29500,
+                agent_store: true,
+            }
+        );
+        let env = LaunchEnv::from_vars(vars(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "1234"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (env.local_rank, env.local_world_size, env.agent_store),
+            (1, 2, false)
+        );
+        for bad in [
+            &[
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "a"),
+                ("MASTER_PORT", "1"),
+            ][..],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "2"),
+                ("MASTER_ADDR", "a"),
+                ("MASTER_PORT", "1"),
+            ],
+            &[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "1")],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "0"),
+                ("MASTER_ADDR", "a"),
+                ("MASTER_PORT", "70000"),
+            ],
+            &[("WORLD_SIZE", "two")],
+        ] {
+            let err = LaunchEnv::from_vars(vars(bad)).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub mod pickle;
 
 pub use autocast::{get_autocast_dtype, set_autocast_dtype, AutocastDtypeGuard};
 pub use dist::{
-    GlooDevice, GlooOptions, ProcessGroup, ReduceOp, Reducer, ReducerOptions, TcpStore,
+    GlooDevice, GlooOptions, LaunchEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, TcpStore,
 };
 pub use foreach::{AdamConfig, AdamTensors};
 pub use generator::Generator;
