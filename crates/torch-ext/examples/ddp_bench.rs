@@ -176,10 +176,6 @@ fn main() -> torch_ext::Result<()> {
             ("MASTER_PORT", port.to_string()),
         ]
     };
-    let mut peer = Command::new(std::env::current_exe().expect("the example's path"))
-        .envs(vars(1))
-        .spawn()
-        .expect("starting rank 1");
     let get = |name: &str| {
         vars(0)
             .iter()
@@ -187,6 +183,10 @@ fn main() -> torch_ext::Result<()> {
             .map(|(_, v)| v.clone())
     };
     let env = LaunchEnv::from_vars(get)?.expect("two ranks");
+    let mut peer = Command::new(std::env::current_exe().expect("the example's path"))
+        .envs(vars(1))
+        .spawn()
+        .expect("starting rank 1");
     let result = run(&env);
     let status = peer.wait().expect("waiting for rank 1");
     assert!(status.success(), "rank 1 failed: {status}");
