@@ -19,10 +19,16 @@
 typedef at::Tensor* te_tensor;
 typedef char* te_error;
 
+// Returned when even the copy of a message cannot be allocated; `te_free_error` skips it.
+inline char* te_out_of_memory_error() {
+  static char message[] = "out of memory (while reporting a C++ exception)";
+  return message;
+}
+
 inline char* te_make_error(const char* message) {
   // strdup uses malloc: the Rust side frees it with `te_free_error` (free).
   char* copy = strdup(message == nullptr ? "unknown error" : message);
-  return copy;
+  return copy != nullptr ? copy : te_out_of_memory_error();
 }
 
 // A non-null message: an exception whose message is empty still reports failure.

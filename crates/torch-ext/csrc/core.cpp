@@ -11,13 +11,16 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 
+#include <fstream>
 #include <mutex>
 #include <sstream>
 #include <utility>
 
 extern "C" {
 
-void te_free_error(char* error) { free(error); }
+void te_free_error(char* error) {
+  if (error != te_out_of_memory_error()) free(error);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Devices and dtypes. tch's `Kind` codes are private to tch, so a dtype crosses the boundary
@@ -524,9 +527,7 @@ static std::string te_rewrite_pickle(const std::string& pickle) {
 
 // What torch::jit::pickle_load does for a zip archive (readArchiveAndTensors), with the
 // OrderedDict rewrite above and every storage mapped to the CPU (`map_location="cpu"`).
-static c10::IValue te_unpickle_zip(const char* data, size_t len) {
-  caffe2::serialize::PyTorchStreamReader reader(
-      std::make_unique<caffe2::serialize::MemoryReadAdapter>(data, static_cast<off_t>(len)));
+static c10::IValue te_unpickle_zip(caffe2::serialize::PyTorchStreamReader& reader) {
   TORCH_CHECK(reader.hasRecord("data.pkl"), "the zip archive has no data.pkl: not a torch.save file");
   auto [pickle_ptr, pickle_size] = reader.getRecord("data.pkl");
   std::string pickle =
@@ -558,12 +559,41 @@ static std::string te_describe(const c10::IValue& value) {
   return "a value of type " + value.tagKind();
 }
 
-te_error te_load_state_dict(const char* data, size_t len, te_named_tensors** out) {
-  TE_TRY
+static void te_check_zip_magic(const char* data, size_t len) {
   TORCH_CHECK(len >= 4 && data[0] == 'P' && data[1] == 'K' && data[2] == 3 && data[3] == 4,
               "not a zip archive (torch.save's default format since torch 1.6); files written with "
               "`_use_new_zipfile_serialization=False` or by another program are not supported");
-  c10::IValue value = te_unpickle_zip(data, len);
+}
+
+static te_error te_state_dict_from(caffe2::serialize::PyTorchStreamReader& reader, te_named_tensors** out);
+
+te_error te_load_state_dict(const char* data, size_t len, te_named_tensors** out) {
+  TE_TRY
+  te_check_zip_magic(data, len);
+  caffe2::serialize::PyTorchStreamReader reader(
+      std::make_unique<caffe2::serialize::MemoryReadAdapter>(data, static_cast<off_t>(len)));
+  return te_state_dict_from(reader, out);
+  TE_CATCH
+}
+
+// Reads records straight from the file: only the tensors' storages are held in memory.
+te_error te_load_state_dict_file(const char* path, te_named_tensors** out) {
+  TE_TRY
+  char magic[4] = {0, 0, 0, 0};
+  {
+    std::ifstream file(path, std::ios::binary);
+    TORCH_CHECK(file.good(), "cannot open the file");
+    file.read(magic, 4);
+    te_check_zip_magic(magic, static_cast<size_t>(file.gcount()));
+  }
+  caffe2::serialize::PyTorchStreamReader reader{std::string(path)};
+  return te_state_dict_from(reader, out);
+  TE_CATCH
+}
+
+static te_error te_state_dict_from(caffe2::serialize::PyTorchStreamReader& reader, te_named_tensors** out) {
+  TE_TRY
+  c10::IValue value = te_unpickle_zip(reader);
   TORCH_CHECK(value.isGenericDict(), "expected a dict of str -> tensor (a state dict), found ",
               te_describe(value));
   auto result = std::make_unique<te_named_tensors>();

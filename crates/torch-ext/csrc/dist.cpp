@@ -1,7 +1,10 @@
 // torch-ext c10d: the TCP store, Gloo (and, with USE_C10D_NCCL, NCCL) process groups, the
 // collectives on tensor lists, flat-bucket gradient all-reduce, `broadcast_coalesced`, and
 // DDP's `c10d::Reducer`. Gloo is linked statically inside libtorch_cpu; this file only needs
-// its headers (Debian's libgloo-dev, fetched by `cargo xtask setup`).
+// its headers (Debian's libgloo-dev, fetched by `cargo xtask setup`). That these need not be
+// the exact Gloo libtorch was built with rests on ProcessGroupGloo and its Options holding Gloo
+// types only behind smart pointers (their layout, which this file allocates, does not depend
+// on Gloo's), and on this file calling no inline Gloo code.
 #include "common.h"
 
 #include <ATen/ATen.h>
@@ -47,6 +50,16 @@ static void te_check_group(const te_group* group) {
   TORCH_CHECK(!group->shut_down, "the process group was shut down");
 }
 
+// Gloo's AVG is a SUM and a division, which integer tensors cannot take: refuse before any
+// collective starts (every rank refuses alike, so none is left waiting).
+static void te_check_avg(const te_group* group, const std::vector<at::Tensor>& tensors, int op) {
+  if (op != TE_REDUCE_AVG || !group->is_gloo) return;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(at::isFloatingType(tensors[i].scalar_type()) || at::isComplexType(tensors[i].scalar_type()),
+                "ReduceOp::Avg needs floating-point tensors, tensor ", i, " is ", tensors[i].scalar_type());
+  }
+}
+
 // Waits for `work`, bounded by the group's timeout for Gloo: Gloo enforces the same timeout on
 // its sockets, and the extra second lets its more precise error win the race. NCCL's `wait()`
 // only makes the current CUDA stream wait (no host sync); its watchdog enforces the timeout.
@@ -62,6 +75,7 @@ static void te_wait(const te_group* group, const c10::intrusive_ptr<c10d::Work>&
 // in flight at once, then waited for in order.
 static void te_allreduce(const te_group* group, std::vector<at::Tensor>& tensors, int op) {
   TORCH_CHECK(op == TE_REDUCE_SUM || op == TE_REDUCE_AVG, "unknown reduce op code ", op);
+  te_check_avg(group, tensors, op);
   c10d::AllreduceOptions options;
   // Gloo has no AVG: sum, then divide by the world size.
   bool divide = op == TE_REDUCE_AVG && group->is_gloo;
@@ -263,6 +277,7 @@ te_error te_group_allreduce_bucketed(te_group* group, const te_tensor* tensors, 
     TORCH_CHECK(list[i].defined(), "tensor ", i, " is undefined (a parameter without a gradient?)");
     TORCH_CHECK(list[i].layout() == at::kStrided, "tensor ", i, " is not dense");
   }
+  te_check_avg(group, list, op);
   // Assign buckets.
   struct Bucket {
     std::vector<size_t> members;

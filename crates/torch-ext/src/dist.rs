@@ -891,6 +891,18 @@ mod tests {
             group.allreduce(&mut ys, ReduceOp::Avg).unwrap();
             let expected: Vec<f64> = (0..6).map(|i| 1.5 * i as f64).collect();
             assert_eq!(values(&ys[0]), expected);
+
+            // An integer mean is refused on both ranks before anything is sent, and the group
+            // still works afterwards.
+            let mut ints = vec![contribution(rank, &[2], Kind::Int64)];
+            let err = group.allreduce(&mut ints, ReduceOp::Avg).unwrap_err();
+            assert!(err.to_string().contains("floating-point"), "{err}");
+            assert_eq!(
+                values(&ints[0]),
+                values(&contribution(rank, &[2], Kind::Int64))
+            );
+            group.allreduce(&mut ints, ReduceOp::Sum).unwrap();
+            assert_eq!(values(&ints[0]), [0.0, 3.0]);
         });
     }
 

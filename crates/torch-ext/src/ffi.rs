@@ -155,6 +155,10 @@ extern "C" {
         len: usize,
         out: *mut *mut CNamedTensors,
     ) -> CError;
+    pub(crate) fn te_load_state_dict_file(
+        path: *const c_char,
+        out: *mut *mut CNamedTensors,
+    ) -> CError;
     pub(crate) fn te_named_tensors_len(named: *const CNamedTensors) -> usize;
     pub(crate) fn te_named_tensors_get(
         named: *const CNamedTensors,

@@ -6,7 +6,7 @@
 
 use crate::ffi;
 use crate::{Error, Result};
-use std::ffi::c_char;
+use std::ffi::{c_char, CString};
 use std::path::Path;
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -20,17 +20,32 @@ use torch_sys::C_tensor;
 /// what was found: a list, a dict with a non-tensor value at some key, ...).
 pub fn load_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    // Opened here first, for an IO error that carries the path; libtorch then reads the records
+    // it needs straight from the file, so only the tensors themselves are held in memory.
+    std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    load_state_dict_from_bytes(&bytes).map_err(|err| match err {
+    let c_path = {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            Error::InvalidArgument(format!("{} contains a NUL byte", path.display()))
+        })?
+    };
+    let mut named = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    let result = ffi::torch("load_state_dict", unsafe {
+        ffi::te_load_state_dict_file(c_path.as_ptr(), &mut named)
+    });
+    let to_state_dict_error = |err| match err {
         Error::Torch { message, .. } => Error::StateDict {
             path: path.to_path_buf(),
             message,
         },
         other => other,
-    })
+    };
+    result.map_err(to_state_dict_error)?;
+    collect(named).map_err(to_state_dict_error)
 }
 
 /// [`load_state_dict`] from the bytes of such a file.
@@ -43,7 +58,11 @@ pub fn load_state_dict_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>>
     ffi::torch("load_state_dict", unsafe {
         ffi::te_load_state_dict(bytes.as_ptr().cast::<c_char>(), bytes.len(), &mut named)
     })?;
-    // Freed on every path below, also if a `get` fails half-way.
+    collect(named)
+}
+
+/// Takes the shim's named tensors apart (and frees them, also if a `get` fails half-way).
+fn collect(named: *mut ffi::CNamedTensors) -> Result<Vec<(String, Tensor)>> {
     struct Owned(*mut ffi::CNamedTensors);
     impl Drop for Owned {
         fn drop(&mut self) {
@@ -52,7 +71,7 @@ pub fn load_state_dict_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>>
         }
     }
     let named = Owned(named);
-    // SAFETY: a live object from te_load_state_dict.
+    // SAFETY: a live object from the shim.
     let len = unsafe { ffi::te_named_tensors_len(named.0) };
     let mut out = Vec::with_capacity(len);
     for index in 0..len {
@@ -106,6 +125,20 @@ mod tests {
         assert_eq!(values(b_bias), [0.25, -0.25]);
         let (_, steps) = &named[3];
         assert_eq!((steps.kind(), steps.int64_value(&[])), (Kind::Int64, 7));
+    }
+
+    #[test]
+    fn reading_bytes_gives_what_reading_the_file_gives() {
+        let path = fixture("state_dict.pt");
+        let from_file = load_state_dict(&path).unwrap();
+        let from_bytes = load_state_dict_from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(from_file.len(), from_bytes.len());
+        for ((n1, t1), (n2, t2)) in from_file.iter().zip(&from_bytes) {
+            assert_eq!(n1, n2);
+            assert!(t1.equal(t2), "{n1}");
+        }
+        let err = load_state_dict_from_bytes(b"nope").unwrap_err();
+        assert!(matches!(err, Error::Torch { .. }), "{err}");
     }
 
     #[test]
