@@ -625,6 +625,41 @@ mod tests {
     }
 
     #[test]
+    fn grad_scale_divides_the_gradients_first() {
+        let mut gen = Generator::cpu(8);
+        let params: Vec<Tensor> = [vec![6i64], vec![3, 2]]
+            .iter()
+            .map(|s| gen.randn(s, CPU_F32).unwrap())
+            .collect();
+        let grads: Vec<Tensor> = params.iter().map(|p| gen.randn_like(p).unwrap()).collect();
+        let config = AdamConfig::default();
+        let mut plain = FusedState::new(&params);
+        plain.step(&grads, &config, false, None);
+
+        let mut scaled = FusedState::new(&params);
+        foreach_add_scalar_(&mut scaled.steps, 1.0).unwrap();
+        let mut scaled_grads: Vec<Tensor> = grads.iter().map(|g| g * 1024.0).collect();
+        let grad_scale = Tensor::from_slice(&[1024.0f32]);
+        let tensors = AdamTensors {
+            params: &mut scaled.params,
+            grads: &mut scaled_grads,
+            exp_avgs: &mut scaled.m,
+            exp_avg_sqs: &mut scaled.v,
+            max_exp_avg_sqs: &mut [],
+            state_steps: &mut scaled.steps,
+        };
+        fused_adam_(tensors, &config, Some(&grad_scale), None).unwrap();
+        for i in 0..params.len() {
+            assert!(max_abs_diff(&scaled.params[i], &plain.params[i]) < 1e-6);
+            assert!(max_abs_diff(&scaled.m[i], &plain.m[i]) < 1e-6);
+        }
+        // The kernel unscales the gradients in place, as AdamTensors documents.
+        for (s, g) in scaled_grads.iter().zip(&grads) {
+            assert!(max_abs_diff(s, g) < 1e-6);
+        }
+    }
+
+    #[test]
     fn fused_adam_checks_its_lists() {
         let mut params = vec![Tensor::zeros([2], CPU_F32)];
         let mut grads = vec![];
