@@ -8,9 +8,16 @@
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype` | bf16 autocast on CUDA |
-//! | [`pickle`] | `torch::jit::pickle_load` | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
-//! | [`dist`] | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer` | data-parallel training, as DDP does it |
-//! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph`, CUDA stream pool and guards | capturing and replaying a step |
+//! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
+//! | [`dist`] | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables | data-parallel training, as DDP does it |
+//! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph`, CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
+//!
+//! # Features
+//!
+//! - `nccl`: `ProcessGroup::nccl` (compiled with `USE_C10D_NCCL`, linked against
+//!   libtorch_cuda);
+//! - `cuda`: the `cuda` module;
+//! - `cuda-tests`: both, plus the tests that need a GPU (`cargo xtask test --cuda`).
 //!
 //! # Safety model
 //!
