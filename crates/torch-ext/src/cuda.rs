@@ -24,12 +24,20 @@ pub struct CudaGraph {
 }
 
 impl CudaGraph {
-    /// An empty graph. `keep_graph` keeps the captured `cudaGraph_t` after instantiation
-    /// (needed only to instantiate or inspect it again).
+    /// An empty graph (`torch.cuda.CUDAGraph()`).
     ///
     /// # Errors
     /// [`Error::Torch`] when CUDA is unavailable.
-    pub fn new(keep_graph: bool) -> Result<Self> {
+    pub fn new() -> Result<Self> {
+        Self::with_keep_graph(false)
+    }
+
+    /// An empty graph that keeps the captured `cudaGraph_t` after instantiation
+    /// (`keep_graph=True`: needed only to instantiate or inspect it again).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] when CUDA is unavailable.
+    pub fn with_keep_graph(keep_graph: bool) -> Result<Self> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: a valid out-pointer.
         ffi::torch("CudaGraph::new", unsafe {
@@ -248,7 +256,7 @@ mod tests {
         let current = CudaStream::current(0).unwrap();
         assert_ne!(side.id().unwrap(), current.id().unwrap());
         side.wait_stream(&current).unwrap();
-        let mut graph = CudaGraph::new(false).unwrap();
+        let mut graph = CudaGraph::new().unwrap();
         let output = {
             let _guard = side.guard().unwrap();
             // Warm-up, then capture, on the side stream.
@@ -271,7 +279,7 @@ mod tests {
 
     #[test]
     fn capturing_on_the_default_stream_is_an_error() {
-        let mut graph = CudaGraph::new(false).unwrap();
+        let mut graph = CudaGraph::new().unwrap();
         assert!(graph.capture_begin().is_err());
     }
 }

@@ -1367,6 +1367,31 @@ mod tests {
         assert_eq!(store.add("n", 3).unwrap(), 5);
     }
 
+    #[cfg(feature = "cuda-tests")]
+    #[test]
+    fn a_single_rank_nccl_group_runs_collectives_on_the_gpu() {
+        if as_peer().is_some() {
+            return;
+        }
+        // One GPU: NCCL allows one rank per device, so a world of one.
+        let store = TcpStore::new(HOST, free_port(), 1, true, TIMEOUT).unwrap();
+        let mut group = ProcessGroup::nccl(&store, 0, 1, 0, TIMEOUT).unwrap();
+        assert_eq!(group.backend(), Backend::Nccl);
+        let cuda = (Kind::Float, Device::Cuda(0));
+        let mut xs = vec![Tensor::arange(6, cuda), Tensor::ones([3, 3], cuda)];
+        group.allreduce(&mut xs, ReduceOp::Avg).unwrap();
+        group
+            .allreduce_bucketed(&mut xs, ReduceOp::Sum, 16)
+            .unwrap();
+        group
+            .broadcast_coalesced(&mut xs, 0, DEFAULT_BROADCAST_BYTES)
+            .unwrap();
+        group.barrier().unwrap();
+        assert_eq!(values(&xs[0]), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(xs[1].device(), Device::Cuda(0));
+        group.shutdown().unwrap();
+    }
+
     #[test]
     fn a_single_rank_group_reduces_to_itself() {
         if as_peer().is_some() {

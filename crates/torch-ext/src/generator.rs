@@ -405,6 +405,24 @@ mod tests {
         assert!(gen.bernoulli_(&mut xs, 1.5).is_err());
     }
 
+    #[cfg(feature = "cuda-tests")]
+    #[test]
+    fn cuda_generators_are_reproducible_and_restorable() {
+        let cuda = (Kind::Float, Device::Cuda(0));
+        let draw = |gen: &mut Generator| values(&gen.randn(&[1000], cuda).unwrap());
+        let mut a = Generator::cuda(7, 0).unwrap();
+        let mut b = Generator::cuda(7, 0).unwrap();
+        let first = draw(&mut a);
+        assert_eq!(first, draw(&mut b));
+        let state = a.get_state();
+        let next = draw(&mut a);
+        assert_ne!(first, next);
+        b.set_state(&state).unwrap();
+        assert_eq!(draw(&mut b), next);
+        // A CPU generator cannot fill a CUDA tensor.
+        assert!(Generator::cpu(0).randn(&[2], cuda).is_err());
+    }
+
     #[test]
     fn a_cuda_generator_needs_cuda() {
         match Generator::cuda(0, 0) {

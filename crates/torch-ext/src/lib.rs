@@ -46,6 +46,8 @@
 //! Executables that use this crate call `build_support::link_libtorch()` from their `build.rs`,
 //! as every executable of the workspace does.
 
+#![warn(missing_docs)]
+
 pub mod autocast;
 #[cfg(feature = "cuda")]
 pub mod cuda;
