@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Provide libtorch 2.11.0 ($LIBTORCH, a python3 with torch, or a new .venv) and link it as `.libtorch`.
+    /// Provide libtorch 2.11.0 ($LIBTORCH, a python3 with torch, or a new .venv) and link it as `.libtorch`;
+    /// fetch the Gloo (and CUDA) headers torch-ext compiles against into `.deps/`.
     Setup,
     /// Set up (libtorch, and diffusers for the fixture scripts), then run the whole test suite
     /// (extra arguments go to `cargo test`).
@@ -78,7 +79,7 @@ fn main() -> Result<()> {
             if cuda {
                 cmd.args([
                     "--features",
-                    "cli/cuda-tests,model/cuda-tests,train/cuda-tests",
+                    "cli/cuda-tests,model/cuda-tests,train/cuda-tests,torch-ext/cuda-tests",
                 ]);
             }
             run_checked(cmd.args(args))

@@ -1,0 +1,132 @@
+//! The dtype autocast casts to (`at::autocast::{set,get}_autocast_dtype`), per device type.
+//!
+//! `tch::autocast` turns autocast on but cannot choose its dtype; libtorch's defaults are f16 on
+//! CUDA and bf16 on CPU. These are thread-local settings of libtorch_cpu: they can be read and
+//! written without a GPU, for the CUDA device type too, and each thread has its own.
+
+use crate::ffi;
+use crate::Result;
+use tch::{Device, Kind};
+use torch_sys::C_tensor;
+
+/// Sets the dtype autocast uses on `device`'s device type, for the calling thread (the device
+/// index is ignored: the setting is per type).
+///
+/// # Errors
+/// [`Error::Torch`](crate::Error::Torch) when libtorch refuses the dtype for that device type.
+pub fn set_autocast_dtype(device: Device, kind: Kind) -> Result<()> {
+    let carrier = ffi::dtype_carrier(kind);
+    // SAFETY: a live tensor handle; the shim only reads its dtype.
+    ffi::torch("set_autocast_dtype", unsafe {
+        ffi::te_set_autocast_dtype(ffi::device_type(device), ffi::handle(&carrier))
+    })
+}
+
+/// The dtype autocast uses on `device`'s device type, for the calling thread.
+///
+/// # Errors
+/// [`Error::Torch`](crate::Error::Torch) when libtorch has no autocast setting for that device type.
+pub fn get_autocast_dtype(device: Device) -> Result<Kind> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer; on success it holds a new handle that we own.
+    ffi::torch("get_autocast_dtype", unsafe {
+        ffi::te_get_autocast_dtype(ffi::device_type(device), &mut out)
+    })?;
+    let carrier = unsafe { ffi::from_handle(out) };
+    Ok(carrier.kind())
+}
+
+/// Sets the autocast dtype of a device type and restores the previous one when dropped (also
+/// when unwinding from a panic).
+///
+/// ```no_run
+/// # fn main() -> torch_ext::Result<()> {
+/// use tch::{Device, Kind};
+/// let _bf16 = torch_ext::AutocastDtypeGuard::new(Device::Cuda(0), Kind::BFloat16)?;
+/// let ys = tch::autocast(true, || { /* forward pass */ });
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "the previous dtype is restored when the guard is dropped"]
+pub struct AutocastDtypeGuard {
+    device: Device,
+    previous: Kind,
+}
+
+impl AutocastDtypeGuard {
+    /// Sets `kind` for `device`'s type on this thread and remembers the dtype it replaces.
+    ///
+    /// # Errors
+    /// As [`set_autocast_dtype`] and [`get_autocast_dtype`].
+    pub fn new(device: Device, kind: Kind) -> Result<Self> {
+        let previous = get_autocast_dtype(device)?;
+        set_autocast_dtype(device, kind)?;
+        Ok(Self { device, previous })
+    }
+
+    /// The dtype that is restored on drop.
+    pub fn previous(&self) -> Kind {
+        self.previous
+    }
+}
+
+impl Drop for AutocastDtypeGuard {
+    fn drop(&mut self) {
+        // Restoring a dtype that was in effect before cannot be refused.
+        if let Err(err) = set_autocast_dtype(self.device, self.previous) {
+            debug_assert!(false, "restoring the autocast dtype failed: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_setting_round_trips_without_a_gpu() {
+        // Tests run on their own threads, and the setting is thread-local: this thread starts
+        // from libtorch's default.
+        assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::Half);
+        set_autocast_dtype(Device::Cuda(0), Kind::BFloat16).unwrap();
+        assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::BFloat16);
+        assert_eq!(
+            get_autocast_dtype(Device::Cuda(3)).unwrap(),
+            Kind::BFloat16,
+            "per type, not per index"
+        );
+        // The CPU setting is separate.
+        assert_eq!(get_autocast_dtype(Device::Cpu).unwrap(), Kind::BFloat16);
+        set_autocast_dtype(Device::Cpu, Kind::Half).unwrap();
+        assert_eq!(get_autocast_dtype(Device::Cpu).unwrap(), Kind::Half);
+        assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::BFloat16);
+        set_autocast_dtype(Device::Cuda(0), Kind::Half).unwrap();
+        set_autocast_dtype(Device::Cpu, Kind::BFloat16).unwrap();
+    }
+
+    #[test]
+    fn the_setting_is_per_thread() {
+        set_autocast_dtype(Device::Cuda(0), Kind::BFloat16).unwrap();
+        let other = std::thread::spawn(|| get_autocast_dtype(Device::Cuda(0)).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(other, Kind::Half);
+        set_autocast_dtype(Device::Cuda(0), Kind::Half).unwrap();
+    }
+
+    #[test]
+    fn the_guard_restores_the_previous_dtype_also_on_panic() {
+        {
+            let guard = AutocastDtypeGuard::new(Device::Cuda(0), Kind::BFloat16).unwrap();
+            assert_eq!(guard.previous(), Kind::Half);
+            assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::BFloat16);
+        }
+        assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::Half);
+        let result = std::panic::catch_unwind(|| {
+            let _guard = AutocastDtypeGuard::new(Device::Cuda(0), Kind::BFloat16).unwrap();
+            panic!("inside the guard");
+        });
+        assert!(result.is_err());
+        assert_eq!(get_autocast_dtype(Device::Cuda(0)).unwrap(), Kind::Half);
+    }
+}

@@ -1,0 +1,114 @@
+//! The parts of libtorch's C++ API that tch 0.24 does not bind, behind a safe Rust API over
+//! [`tch::Tensor`].
+//!
+//! # What is bound
+//!
+//! | module | libtorch | for |
+//! | --- | --- | --- |
+//! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
+//! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
+//! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype` | bf16 autocast on CUDA |
+//! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
+//! | [`dist`] | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables | data-parallel training, as DDP does it |
+//! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph`, CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
+//!
+//! # Features
+//!
+//! - `nccl`: `ProcessGroup::nccl` (compiled with `USE_C10D_NCCL`, linked against
+//!   libtorch_cuda);
+//! - `cuda`: the `cuda` module;
+//! - `cuda-tests`: both, plus the tests that need a GPU (`cargo xtask test --cuda`).
+//!
+//! # Safety model
+//!
+//! The C++ shim lives in `csrc/` and exposes `extern "C"` functions only. Tensors cross the
+//! boundary as tch's own raw handles (`tch::Tensor::as_ptr`, which point at a heap-allocated
+//! `at::Tensor`); tensors the shim creates come back as new handles that tch owns
+//! (`Tensor::from_ptr`, freed by tch's `Drop`). Every C++ entry point runs its body inside
+//! `try`/`catch` and returns a heap-allocated message on failure, which the Rust side turns into
+//! an [`Error`] and frees: no C++ exception and no Rust panic crosses the boundary. Shim objects
+//! (generators, stores, process groups, reducers, CUDA graphs) are owned by Rust types that free
+//! them in `Drop`. dtypes cross as 0-element "carrier" tensors of that dtype, so the mapping
+//! between tch's `Kind` and `c10::ScalarType` is tch's own and nothing here hard-codes it.
+//!
+//! # Building
+//!
+//! `build.rs` compiles the shim with the `cc` crate against the libtorch that torch-sys links
+//! (`DEP_TCH_LIBTORCH_LIB`), with `-DUSE_DISTRIBUTED -DUSE_C10D_GLOO`. libtorch has Gloo linked
+//! in but ships no Gloo headers: `cargo xtask setup` fetches them (Debian's `libgloo-dev`,
+//! `apt-get download` + `dpkg -x`, no root needed) into `.deps/gloo/`; `DDPM_GLOO_INCLUDE`
+//! overrides the location. The `nccl` and `cuda` features also need CUDA and NCCL headers: the
+//! torch pip wheel brings `nvidia/{cu13,nccl}/include`, and `cargo xtask setup` installs the
+//! missing `crt/` and `nv/target` headers (`nvidia-cuda-crt`, `nvidia-cuda-cccl` from PyPI)
+//! into `.deps/cuda-headers/`; `DDPM_CUDA_INCLUDE` (a `:`-separated list) overrides them. Both
+//! features build on a machine without a GPU.
+//!
+//! Executables that use this crate call `build_support::link_libtorch()` from their `build.rs`,
+//! as every executable of the workspace does.
+
+#![warn(missing_docs)]
+
+pub mod autocast;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod dist;
+mod ffi;
+pub mod foreach;
+pub mod generator;
+pub mod pickle;
+
+pub use autocast::{get_autocast_dtype, set_autocast_dtype, AutocastDtypeGuard};
+pub use dist::{
+    GlooDevice, GlooOptions, LaunchEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, TcpStore,
+};
+pub use foreach::{AdamConfig, AdamTensors};
+pub use generator::Generator;
+pub use pickle::load_state_dict;
+
+use std::path::PathBuf;
+
+/// Errors of this crate. Messages from libtorch are its C++ exception messages, without the
+/// C++ backtrace.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A libtorch call threw: `op` names the shim function, `message` is libtorch's.
+    #[error("{op}: {message}")]
+    Torch {
+        /// The operation that failed, e.g. `"fused_adam_"`.
+        op: &'static str,
+        /// The C++ exception's message.
+        message: String,
+    },
+    /// A c10d call (store, process group, collective, reducer) threw or timed out.
+    #[error("{op}: {message}")]
+    Distributed {
+        /// The operation that failed, e.g. `"allreduce"`.
+        op: &'static str,
+        /// The C++ exception's message.
+        message: String,
+    },
+    /// An argument was rejected before reaching libtorch.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a `torch.save`d dict of str -> tensor.
+    #[error("{path}: {message}")]
+    StateDict {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
