@@ -512,12 +512,13 @@ impl DiffusersScheduler {
     }
 }
 
-/// The tensors of a `torch.save`d state dict.
+/// The tensors of a `torch.save`d state dict, through libtorch's own unpickler (`torch-ext`).
 fn read_state_dict(file: &Path) -> Result<Vec<(String, Tensor)>, SampleError> {
-    Err(source_err(
-        file,
-        "reading .bin state dicts needs the torch-ext crate, not built in yet",
-    ))
+    torch_ext::load_state_dict(file).map_err(|e| match e {
+        // These name the file already.
+        torch_ext::Error::StateDict { path, message } => source_err(&path, message),
+        other => source_err(file, other.to_string()),
+    })
 }
 
 /// A network with its weights, schedule and prediction type, on one device.

@@ -1,0 +1,188 @@
+//! `ddpm sample` on diffusers folders and the `ddpm export` round trip: a toolkit run with the
+//! paper's U-Net (tiny) and a legacy diffusers folder go out as diffusers folders, come back
+//! through `sample::Pipeline` bit for bit, and load in diffusers to the same outputs (≤ 1e-5)
+//! when the set-up's python has diffusers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e::{run, synthetic_cifar};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/sample/tests/fixtures/diffusers")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary paths")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ddpm {args:?} failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["legacy_pipeline", "modern"] {
+        let grid = dir.path().join(format!("{folder}.png"));
+        let npz = dir.path().join(format!("{folder}.npz"));
+        ok(&[
+            "sample",
+            "--checkpoint",
+            s(&fixtures().join(folder)),
+            "--device",
+            "cpu",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "-n",
+            "4",
+            "--grid",
+            s(&grid),
+            "--npz",
+            s(&npz),
+        ]);
+        let img = image::open(&grid).unwrap();
+        assert!(
+            img.width() >= 16 && img.height() >= 16,
+            "{folder}: {}x{}",
+            img.width(),
+            img.height()
+        );
+        assert!(npz.is_file());
+    }
+    // The layer table of a diffusers folder, with its weights checked.
+    let out = run(&[
+        "model",
+        "summary",
+        "--checkpoint",
+        s(&fixtures().join("legacy_pipeline")),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("down_blocks.1.attentions.0.to_q.weight"),
+        "{stdout}"
+    );
+}
+
+/// The outputs of a source's network on fixed inputs.
+fn outputs(path: &Path, x: &Tensor, t: &Tensor) -> Tensor {
+    let pipe = sample::Pipeline::load(path, sample::Weights::Ema, Device::Cpu).unwrap();
+    tch::no_grad(|| pipe.net.forward_t(x, t, false))
+}
+
+fn python_with_diffusers() -> Option<PathBuf> {
+    let python = std::env::var_os("DDPM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    Command::new(&python)
+        .args(["-c", "import diffusers"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(python)
+}
+
+/// Exports `source` to `out`, checks the export against the source here and in diffusers.
+fn export_round_trip(source: &Path, out: &Path, x: &Tensor, t: &Tensor) {
+    ok(&["export", "--checkpoint", s(source), "--diffusers", s(out)]);
+    let expected = outputs(source, x, t);
+    let back = outputs(out, x, t);
+    assert!(back.equal(&expected), "the export differs from its source");
+    let Some(python) = python_with_diffusers() else {
+        eprintln!("skipped: the diffusers half of the export round trip (no python with diffusers; `cargo xtask test` installs it)");
+        return;
+    };
+    let io = out.with_extension("io.safetensors");
+    Tensor::write_safetensors(&[("x", x), ("timesteps", t), ("out", &expected)], &io).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
+    let result = Command::new(python)
+        .arg(script)
+        .arg("--verify-export")
+        .arg(out)
+        .arg(&io)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    eprintln!("{}: {stdout}", source.display());
+    assert!(
+        result.status.success(),
+        "diffusers refused the export of {}: {stdout}{}",
+        source.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    // A run of the paper's U-Net, tiny: 2 levels, attention at 14×14, 28×28 inputs.
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let model = r#"{"arch":"ddpm","in_channels":3,"out_channels":3,"image_size":28,"channels":8,"channel_mult":[1,2],"layers_per_block":1,"attention_resolutions":[14],"dropout":0.0,"norm_num_groups":4,"norm_eps":1e-6,"attention_head_dim":null,"freq_shift":1.0,"flip_sin_to_cos":false,"downsample_padding":0}"#;
+    let out = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--run-dir",
+        s(&run_dir),
+        "--max-steps",
+        "2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={model}"),
+        "--set",
+        r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "ddpm train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = Tensor::randn([2, 3, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[4i64, 45]);
+    export_round_trip(&run_dir, &dir.path().join("run-export"), &x, &t);
+
+    let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 700]);
+    export_round_trip(
+        &fixtures().join("legacy_pipeline"),
+        &dir.path().join("legacy-export"),
+        &x,
+        &t,
+    );
+
+    // An existing folder is not overwritten.
+    let err = run(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir),
+        "--diffusers",
+        s(&dir.path().join("run-export")),
+    ]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}
