@@ -39,6 +39,6 @@ pub use cifar::Split;
 pub use dataset::{Dataset, Stats};
 pub use error::{DataError, Result};
 pub use folder::FolderReport;
-pub use loader::{Batch, Batches, Loader, LoaderConfig};
+pub use loader::{Batch, Batches, Loader, LoaderConfig, Shard};
 pub use spec::DatasetSpec;
 pub use transform::{denormalize, denormalize_all, normalize, Transform, TransformConfig};

@@ -9,6 +9,14 @@
 //! index). So the batches do not depend on the number of worker threads, and training resumed at
 //! step `s` sees exactly the batches it would have seen ([`Loader::position`],
 //! [`Loader::epoch_from`]).
+//!
+//! # Sharding for data-parallel training
+//!
+//! [`Loader::sharded`] makes rank `r` of `W` ranks see slice `r` of every batch: the batch size
+//! stays the *global* batch, the permutation and the flips are those of the unsharded loader,
+//! and rank `r` keeps images `[r·n/W, (r+1)·n/W)` of each batch of `n`. So the ranks together
+//! see every image once per epoch, in the same global batches whatever the world size, and one
+//! rank with batch `B` sees exactly the images that `W` ranks see with `B / W` each.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -80,6 +88,29 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     transform: Arc<Transform>,
     config: LoaderConfig,
+    shard: Shard,
+}
+
+/// Which slice of every batch a loader yields: rank `rank` of `world_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank, in `0..world_size`.
+    pub rank: usize,
+    /// The number of ranks that share each batch.
+    pub world_size: usize,
+}
+
+impl Shard {
+    /// The whole batch: one rank of one.
+    pub const WHOLE: Shard = Shard {
+        rank: 0,
+        world_size: 1,
+    };
+
+    /// The positions `[start, end)` this rank keeps of a batch of `n` images.
+    pub fn range(self, n: usize) -> std::ops::Range<usize> {
+        (self.rank * n / self.world_size)..((self.rank + 1) * n / self.world_size)
+    }
 }
 
 impl Loader {
@@ -136,7 +167,53 @@ impl Loader {
             dataset,
             transform: Arc::new(transform),
             config,
+            shard: Shard::WHOLE,
         })
+    }
+
+    /// This loader for rank `rank` of `world_size` data-parallel ranks: every batch keeps its
+    /// global size in [`LoaderConfig::batch_size`], [`Loader::batches_per_epoch`] and
+    /// [`Loader::position`], and yields only this rank's slice of `batch_size / world_size`
+    /// images (see the [module docs](self#sharding-for-data-parallel-training)).
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::Config`] when `rank >= world_size` or `world_size` does not divide the batch
+    /// size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use data::{Dataset, Loader, LoaderConfig, TransformConfig};
+    /// let ds = Dataset::new((0..8).collect(), vec![0; 8], 1, 1, 1, vec![])?;
+    /// let config = LoaderConfig { batch_size: 4, n_workers: 0, ..LoaderConfig::seed_cifar10(3) };
+    /// let whole = Loader::new(ds, &TransformConfig::plain(), config)?;
+    /// let (rank0, rank1) = (whole.clone().sharded(0, 2)?, whole.clone().sharded(1, 2)?);
+    /// let (b, b0, b1) = (whole.batch(1, 0), rank0.batch(1, 0), rank1.batch(1, 0));
+    /// assert_eq!((b0.shape[0], rank0.batches_per_epoch()), (2, 2));
+    /// assert_eq!([b0.labels, b1.labels].concat(), b.labels);
+    /// assert_eq!([b0.images, b1.images].concat(), b.images);
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    pub fn sharded(mut self, rank: usize, world_size: usize) -> Result<Self> {
+        if world_size == 0 || rank >= world_size {
+            return Err(DataError::Config(format!(
+                "rank {rank} is outside a world of {world_size}"
+            )));
+        }
+        if !self.config.batch_size.is_multiple_of(world_size) {
+            return Err(DataError::Config(format!(
+                "the batch of {} images does not split over {world_size} ranks: pick a batch size divisible by {world_size}",
+                self.config.batch_size
+            )));
+        }
+        self.shard = Shard { rank, world_size };
+        Ok(self)
+    }
+
+    /// The slice of every batch this loader yields ([`Shard::WHOLE`] unless [`Loader::sharded`]).
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     /// The dataset.
@@ -164,10 +241,11 @@ impl Loader {
         }
     }
 
-    /// `[batch_size, C, H, W]` of a full batch.
+    /// `[batch_size, C, H, W]` of a full batch, as this loader yields it (this rank's slice
+    /// when [sharded](Loader::sharded)).
     pub fn batch_shape(&self) -> [usize; 4] {
         let [c, h, w] = self.transform.out_shape();
-        [self.config.batch_size, c, h, w]
+        [self.config.batch_size / self.shard.world_size, c, h, w]
     }
 
     /// Where global step `step` (0-based, one batch per step, epochs back to back) falls:
@@ -304,6 +382,7 @@ impl Loader {
             batch_size: self.config.batch_size,
             seed: self.config.seed,
             epoch,
+            shard: self.shard,
         }
     }
 }
@@ -337,22 +416,32 @@ struct EpochPlan {
     batch_size: usize,
     seed: u64,
     epoch: u64,
+    shard: Shard,
 }
 
 fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Batch {
     let start = index * plan.batch_size;
     let end = (start + plan.batch_size).min(plan.order.len());
     let members = &plan.order[start..end];
+    let keep = plan.shard.range(members.len());
     let out_len = plan.transform.out_len();
-    let mut images = vec![0.0f32; members.len() * out_len];
-    let mut labels = Vec::with_capacity(members.len());
+    let mut images = vec![0.0f32; keep.len() * out_len];
+    let mut labels = Vec::with_capacity(keep.len());
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
         plan.seed,
         STREAM_FLIP,
         plan.epoch,
         index as u64,
     ));
-    for (&image_idx, dst) in members.iter().zip(images.chunks_exact_mut(out_len)) {
+    // The draws of the images before this rank's slice, so that each image's flip is the one the
+    // unsharded batch gives it.
+    for _ in 0..keep.start {
+        rng.gen::<f64>();
+    }
+    for (&image_idx, dst) in members[keep.clone()]
+        .iter()
+        .zip(images.chunks_exact_mut(out_len))
+    {
         let image_idx = image_idx as usize;
         // Draw for every image, flipping or not, so each image's draw depends only on its position.
         let flip = plan.transform.flips(rng.gen::<f64>());
@@ -364,7 +453,7 @@ fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Batch {
     Batch {
         images,
         labels,
-        shape: [members.len(), c, h, w],
+        shape: [keep.len(), c, h, w],
         epoch: plan.epoch,
         index,
     }
@@ -619,6 +708,72 @@ mod tests {
             let batches: Vec<Batch> = loader.epoch(5).collect();
             assert_eq!(batches, reference, "{n_workers} workers");
         }
+    }
+
+    #[test]
+    fn sharded_loaders_split_every_global_batch_with_its_flips() {
+        // Image `i` holds `5i + x` in column `x`: a flip shows, and `value / 5` names the image.
+        let images = (0..50u8)
+            .flat_map(|i| [0u8, 1, 2, 0, 1, 2].map(|x| 5 * i + x))
+            .collect();
+        let dataset = Arc::new(Dataset::new(images, vec![0; 50], 1, 2, 3, vec![]).unwrap());
+        let image_of = |b: &Batch| -> Vec<usize> {
+            b.images.chunks(6).map(|img| img[0] as usize / 5).collect()
+        };
+        let flipped = |b: &Batch| b.images.chunks(6).filter(|img| img[0] > img[2]).count();
+        let transform = TransformConfig {
+            size: None,
+            flip_p: 0.5,
+            normalize: false,
+        };
+        let whole = Loader::new(Arc::clone(&dataset), &transform, config(12, 0)).unwrap();
+        for world in [2usize, 3, 4] {
+            let ranks: Vec<Loader> = (0..world)
+                .map(|r| {
+                    Loader::new(Arc::clone(&dataset), &transform, config(12, r % 2))
+                        .unwrap()
+                        .sharded(r, world)
+                        .unwrap()
+                })
+                .collect();
+            for loader in &ranks {
+                assert_eq!(loader.batches_per_epoch(), 4, "global batches per epoch");
+                assert_eq!(loader.batch_shape()[0], 12 / world);
+                assert_eq!(loader.position(9), whole.position(9));
+            }
+            let mut seen = Vec::new();
+            let n_flipped: usize = whole.epoch(2).map(|b| flipped(&b)).sum();
+            assert!((10..38).contains(&n_flipped), "{n_flipped} of 48 flipped");
+            for (index, global) in whole.epoch(2).enumerate() {
+                let parts: Vec<Batch> = ranks.iter().map(|l| l.batch(2, index)).collect();
+                let images: Vec<f32> = parts.iter().flat_map(|b| b.images.clone()).collect();
+                let labels: Vec<i64> = parts.iter().flat_map(|b| b.labels.clone()).collect();
+                assert_eq!(images, global.images, "world {world}, batch {index}");
+                assert_eq!(labels, global.labels, "world {world}, batch {index}");
+                for part in &parts {
+                    assert_eq!(part.shape[0], 12 / world);
+                    assert_eq!((part.epoch, part.index), (2, index));
+                    seen.extend(image_of(part));
+                }
+            }
+            // The ranks' iterators agree with their `batch`, and no image appears twice.
+            for (r, loader) in ranks.iter().enumerate() {
+                let via_epoch: Vec<Batch> = loader.epoch(2).collect();
+                let via_batch: Vec<Batch> = (0..4).map(|i| loader.batch(2, i)).collect();
+                assert_eq!(via_epoch, via_batch, "rank {r} of {world}");
+            }
+            let n_seen = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!((seen.len(), n_seen), (48, 48), "world {world}");
+        }
+        let bad = Loader::new(Arc::clone(&dataset), &transform, config(12, 0)).unwrap();
+        let err = bad.clone().sharded(0, 5).unwrap_err();
+        assert!(
+            err.to_string().contains("does not split over 5 ranks"),
+            "{err}"
+        );
+        assert!(bad.sharded(2, 2).is_err());
     }
 
     #[test]
