@@ -45,6 +45,14 @@ pub struct CheckpointState {
     pub skipped_steps: u64,
     /// The resolved training configuration.
     pub config: serde_json::Value,
+    /// The number of data-parallel ranks that trained up to this checkpoint (1 in checkpoints
+    /// written before data-parallel training existed).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The optimizer moments.
@@ -254,6 +262,7 @@ mod tests {
             ema_updates: step,
             skipped_steps: 0,
             config: serde_json::json!({}),
+            world_size: 1,
         }
     }
 

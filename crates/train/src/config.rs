@@ -12,6 +12,7 @@ use data::{DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
 
+use crate::distributed::DistConfig;
 use crate::ema::EmaConfig;
 use crate::objective::ObjectiveConfig;
 use crate::optim::OptimConfig;
@@ -36,7 +37,7 @@ pub struct TrainConfig {
     pub dataset: DatasetSpec,
     /// Resize, flip and normalisation.
     pub transform: TransformConfig,
-    /// Images per step.
+    /// Images per step: the global batch, split evenly over the ranks of a data-parallel run.
     pub batch_size: usize,
     /// Background threads making batches.
     pub n_workers: usize,
@@ -70,6 +71,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Abort after this many consecutive steps with a non-finite loss or gradient.
     pub max_nonfinite_in_a_row: u32,
+    /// Data-parallel settings (timeout, gradient all-reduce); ignored by a run in one process.
+    /// Absent from configurations saved before data-parallel training existed.
+    #[serde(default)]
+    pub distributed: DistConfig,
 }
 
 /// The named starting points for `ddpm train --preset`.
@@ -144,6 +149,7 @@ impl Preset {
                 n_sample_images: 64,
                 log_every: 10,
                 max_nonfinite_in_a_row: 20,
+                distributed: DistConfig::default(),
             },
             Preset::DdpmCifar10 => TrainConfig {
                 dataset: DatasetSpec::Cifar10 {
@@ -249,6 +255,7 @@ impl TrainConfig {
         self.objective.validate()?;
         self.optim.validate()?;
         self.ema.validate()?;
+        self.distributed.validate()?;
         if let Some([h, w]) = self.transform.size {
             let size = self.model.image_size();
             if h as i64 != size || w as i64 != size {
@@ -307,8 +314,9 @@ impl TrainConfig {
 /// everything under it). They decide how long and how fast the run goes on, how often it writes,
 /// and how it reads data, but not what it learns: the model, the schedule, the objective, the
 /// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
-/// The device and threads are flags, not config keys, and may always change.
-pub const RESUME_MUTABLE: [&str; 13] = [
+/// The device and threads are flags, not config keys, and may always change; so may the
+/// data-parallel settings (`distributed`), and the number of ranks.
+pub const RESUME_MUTABLE: [&str; 14] = [
     "max_steps",
     "epochs",
     "optim.lr",
@@ -322,6 +330,7 @@ pub const RESUME_MUTABLE: [&str; 13] = [
     "n_sample_images",
     "n_workers",
     "max_nonfinite_in_a_row",
+    "distributed",
 ];
 
 /// One setting that differs between two configurations.

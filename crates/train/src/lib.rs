@@ -9,9 +9,12 @@
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`trainer`]: the loop.
+//! - [`distributed`]: data-parallel training over c10d (Gloo, NCCL), launched like torchrun; its
+//!   docs say what changes when a run spans several processes.
 
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod ema;
 pub mod objective;
 pub mod optim;
@@ -19,6 +22,7 @@ pub mod run_dir;
 pub mod trainer;
 
 pub use config::{ConfigChange, Precision, Preset, TrainConfig};
+pub use distributed::{DistConfig, Distributed, GradSync};
 pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, TrainHooks, Trainer};
 
@@ -131,6 +135,40 @@ pub enum TrainError {
         /// The IO error.
         #[source]
         source: std::io::Error,
+    },
+    /// A collective of a data-parallel run failed or timed out: another rank exited, crashed or
+    /// hangs. `rank` is the rank that reports it.
+    #[error(
+        "rank {rank} of {world_size}: {op} failed ({message}): {}",
+        distributed::peer_hint(*rank, *world_size, *timeout_secs)
+    )]
+    Distributed {
+        /// The rank that reports the failure.
+        rank: usize,
+        /// The number of ranks.
+        world_size: usize,
+        /// What the ranks were doing, e.g. "the all-reduce of the gradients at step 12".
+        op: String,
+        /// c10d's message, first line.
+        message: String,
+        /// How long collectives wait.
+        timeout_secs: u64,
+    },
+    /// The ranks of a data-parallel run could not meet (before training starts).
+    #[error(
+        "{}{message}",
+        match (rank, world_size) {
+            (Some(r), Some(w)) => format!("rank {r} of {w}: "),
+            _ => String::new(),
+        }
+    )]
+    Rendezvous {
+        /// The rank that reports it, when known.
+        rank: Option<usize>,
+        /// The number of ranks, when known.
+        world_size: Option<usize>,
+        /// What went wrong and what to do.
+        message: String,
     },
     /// `--resume` found checkpoints, but none of them loads.
     #[error(

@@ -35,12 +35,13 @@ pub const RUN_FILES: [&str; 5] = [
     "samples",
 ];
 
-/// A run directory whose exclusive lock this process holds (released on drop).
+/// A run directory whose exclusive lock this process holds (released on drop), or, on the
+/// ranks other than 0 of a data-parallel run, one that rank 0 holds ([`RunDir::follow`]).
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
-    /// Holding the open file is holding the lock.
-    _lock: fs::File,
+    /// Holding the open file is holding the lock; `None` for a follower.
+    lock: Option<fs::File>,
 }
 
 impl RunDir {
@@ -75,8 +76,23 @@ impl RunDir {
             .map_err(|e| TrainError::io(&lock_path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            _lock: file,
+            lock: Some(file),
         })
+    }
+
+    /// The run directory as a rank other than 0 of a data-parallel run sees it: rank 0 holds
+    /// the lock and writes every file; a trainer given this reads checkpoints (to resume) and
+    /// writes nothing. Takes no lock and touches nothing.
+    pub fn follow(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            lock: None,
+        }
+    }
+
+    /// Whether this process holds the directory's lock (false for [`RunDir::follow`]).
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// The directory.

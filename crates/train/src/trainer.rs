@@ -5,10 +5,15 @@
 //! dropout masks, and the loader's batches are a pure function of (seed, epoch, index). So the
 //! complete random state of a run is its seed and its step, and a resumed run on the CPU
 //! replays the uninterrupted run's losses exactly.
+//!
+//! Data-parallel: the `*_distributed` constructors make one rank of a run over several processes
+//! ([`Distributed`]); [`crate::distributed`] says what each rank does and what stays the same.
+//! Without a [`Distributed`] (or with one rank) the loop is the single-process one, unchanged.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,9 +25,11 @@ use data::{Batch, Dataset, Loader, LoaderConfig};
 use model::Denoiser;
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
+use torch_ext::{Reducer, ReducerOptions};
 
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
 use crate::config::{Precision, TrainConfig};
+use crate::distributed::{Distributed, GradSync};
 use crate::ema::Ema;
 use crate::objective::training_loss;
 use crate::optim::Adam;
@@ -47,6 +54,13 @@ pub struct MetricsRecord {
     pub images_per_sec: f64,
     /// Steps skipped for non-finite values since the start of the run.
     pub skipped_steps: u64,
+    /// The number of data-parallel ranks (1 in records written before they existed).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What one step did.
@@ -103,6 +117,11 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
+/// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
+fn rank_stream(rank: usize) -> u64 {
+    (rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
 /// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
 pub struct Trainer {
     config: TrainConfig,
@@ -125,6 +144,17 @@ pub struct Trainer {
     buffers: Vec<(Tensor, Tensor)>,
     /// Newer checkpoints that [`Trainer::resume`] passed over because they do not load.
     skipped_checkpoints: Vec<SkippedCheckpoint>,
+    /// The data-parallel run this process is a rank of; `None` alone.
+    dist: Option<Rc<Distributed>>,
+    /// The trainable parameters in the order the network made them: the gradients the ranks
+    /// average.
+    params: Vec<Tensor>,
+    /// This process's stop request, sent with the next step's all-reduce.
+    stop_local: bool,
+    /// Whether some rank asked to stop, as the last step's all-reduce told.
+    stop_agreed: bool,
+    /// The world size of the checkpoint this run resumed from.
+    resumed_world_size: Option<usize>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -165,9 +195,34 @@ impl Trainer {
         dataset: impl Into<Arc<Dataset>>,
         device: Device,
     ) -> Result<Self, TrainError> {
-        run.ensure_fresh()?;
-        let trainer = Self::build(run, config, dataset.into(), device)?;
+        Self::create_distributed(run, config, dataset, device, None)
+    }
+
+    /// [`Trainer::create`] for one rank of a data-parallel run (`None`: alone, as `create`).
+    /// Rank 0 passes the locked directory ([`RunDir::lock`]) and checks and writes the files;
+    /// the other ranks pass [`RunDir::follow`]. Every rank calls it at the same time: it ends by
+    /// broadcasting rank 0's weights.
+    ///
+    /// # Errors
+    /// As [`Trainer::create`]; [`TrainError::Config`] when the world size does not divide
+    /// `batch_size`; [`TrainError::Distributed`] when the broadcast fails.
+    ///
+    /// # Panics
+    /// When rank 0's `run` is not locked.
+    pub fn create_distributed(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+        dist: Option<Distributed>,
+    ) -> Result<Self, TrainError> {
+        let dist = dist.map(Rc::new);
+        if dist.as_deref().is_none_or(Distributed::is_main) {
+            run.ensure_fresh()?;
+        }
+        let mut trainer = Self::build(run, config, dataset.into(), device, dist)?;
         trainer.write_config()?;
+        trainer.sync_start()?;
         Ok(trainer)
     }
 
@@ -184,10 +239,33 @@ impl Trainer {
         dataset: impl Into<Arc<Dataset>>,
         device: Device,
     ) -> Result<(Self, Vec<PathBuf>), TrainError> {
-        let trainer = Self::build(run, config, dataset.into(), device)?;
-        let deleted = trainer.run.run_files();
-        trainer.run.clear()?;
+        Self::overwrite_distributed(run, config, dataset, device, None)
+    }
+
+    /// [`Trainer::overwrite`] for one rank of a data-parallel run, as
+    /// [`Trainer::create_distributed`]; only rank 0 deletes files (the others return an empty
+    /// list).
+    ///
+    /// # Errors
+    /// As [`Trainer::overwrite`] and [`Trainer::create_distributed`].
+    ///
+    /// # Panics
+    /// When rank 0's `run` is not locked.
+    pub fn overwrite_distributed(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+        dist: Option<Distributed>,
+    ) -> Result<(Self, Vec<PathBuf>), TrainError> {
+        let mut trainer = Self::build(run, config, dataset.into(), device, dist.map(Rc::new))?;
+        let mut deleted = Vec::new();
+        if trainer.is_writer() {
+            deleted = trainer.run.run_files();
+            trainer.run.clear()?;
+        }
         trainer.write_config()?;
+        trainer.sync_start()?;
         Ok((trainer, deleted))
     }
 
@@ -197,8 +275,24 @@ impl Trainer {
         config: TrainConfig,
         dataset: Arc<Dataset>,
         device: Device,
+        dist: Option<Rc<Distributed>>,
     ) -> Result<Self, TrainError> {
+        assert!(
+            !dist.as_deref().is_none_or(Distributed::is_main) || run.is_locked(),
+            "the trainer that writes the run (rank 0) must hold the run directory's lock"
+        );
         config.validate()?;
+        if let Some(dist) = &dist {
+            if !config.batch_size.is_multiple_of(dist.world_size()) {
+                return Err(TrainError::Config(format!(
+                    "batch_size = {} is the global batch and does not split over {} ranks: \
+                     pick a multiple of {} (--batch-size)",
+                    config.batch_size,
+                    dist.world_size(),
+                    dist.world_size()
+                )));
+            }
+        }
         if dataset.channels() as i64 != config.model.in_channels() {
             return Err(TrainError::Config(format!(
                 "the dataset has {} channel(s) but model.in_channels is {}: pick a matching model",
@@ -234,8 +328,13 @@ impl Trainer {
             n_workers: config.n_workers,
             prefetch: 2 * config.n_workers.max(1),
         };
-        let loader = Loader::new(dataset, &config.transform, loader_config)
+        let mut loader = Loader::new(dataset, &config.transform, loader_config)
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(dist) = &dist {
+            loader = loader
+                .sharded(dist.rank(), dist.world_size())
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+        }
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
@@ -261,6 +360,7 @@ impl Trainer {
             })
             .collect();
         let run_dir = run.path().to_path_buf();
+        let params = model_vs.trainable_variables();
         Ok(Self {
             config,
             run,
@@ -279,7 +379,65 @@ impl Trainer {
             nonfinite_in_a_row: 0,
             buffers,
             skipped_checkpoints: Vec::new(),
+            dist,
+            params,
+            stop_local: false,
+            stop_agreed: false,
+            resumed_world_size: None,
         })
+    }
+
+    /// Whether this process writes the run's files: alone, or rank 0.
+    fn is_writer(&self) -> bool {
+        self.dist.as_deref().is_none_or(Distributed::is_main)
+    }
+
+    /// The number of data-parallel ranks (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_deref().map_or(1, Distributed::world_size)
+    }
+
+    /// The data-parallel run this trainer is a rank of; `None` alone.
+    pub fn distributed(&self) -> Option<&Distributed> {
+        self.dist.as_deref()
+    }
+
+    /// The world size of the run up to the checkpoint this one resumed from; `None` for a fresh
+    /// run.
+    pub fn resumed_world_size(&self) -> Option<usize> {
+        self.resumed_world_size
+    }
+
+    /// Makes every rank start from rank 0's state: checks that the ranks resumed at the same
+    /// step, then broadcasts rank 0's weights, buffers and EMA weights.
+    fn sync_start(&mut self) -> Result<(), TrainError> {
+        let Some(dist) = self.dist.clone() else {
+            return Ok(());
+        };
+        let counters = [self.step, self.skipped_steps, self.ema.updates()].map(|v| v as i64);
+        let mut rank0 = vec![Tensor::from_slice(&counters).to_device(self.device)];
+        dist.broadcast(&mut rank0, "the broadcast of rank 0's step at the start")?;
+        let rank0 = Vec::<i64>::try_from(&rank0[0].to_device(Device::Cpu)).expect("3 counters");
+        if rank0 != counters {
+            return Err(TrainError::Rendezvous {
+                rank: Some(dist.rank()),
+                world_size: Some(dist.world_size()),
+                message: format!(
+                    "this rank starts at step {} but rank 0 at step {}: every rank must resume from \
+                     the same checkpoint (one run directory, on a file system they share)",
+                    self.step, rank0[0]
+                ),
+            });
+        }
+        let mut tensors: Vec<Tensor> = checkpoint::named_tensors(&self.model_vs)
+            .into_iter()
+            .chain(checkpoint::named_tensors(&self.ema_vs))
+            .map(|(_, t)| t)
+            .collect();
+        dist.broadcast(
+            &mut tensors,
+            "the broadcast of rank 0's weights at the start",
+        )
     }
 
     /// An IO error while writing `path`, naming the newest checkpoint when the disk is full.
@@ -288,6 +446,9 @@ impl Trainer {
     }
 
     fn write_config(&self) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         let config_path = self.run_dir.join("config.json");
         let json = serde_json::to_vec_pretty(&self.config).expect("configs serialise");
         fs::write(&config_path, json).map_err(|e| self.write_err(&config_path, e))
@@ -331,6 +492,30 @@ impl Trainer {
         dataset: impl Into<Arc<Dataset>>,
         device: Device,
     ) -> Result<Self, TrainError> {
+        Self::resume_distributed(run, from, config, dataset, device, None)
+    }
+
+    /// [`Trainer::resume_in`] for one rank of a data-parallel run, as
+    /// [`Trainer::create_distributed`]: every rank reads the checkpoint, only rank 0 rewrites
+    /// `config.json` and `metrics.jsonl`, and the ranks then check that they resumed at the same
+    /// step and take rank 0's weights. The world size may differ from the checkpoint's (see
+    /// [`crate::distributed`] for what that changes).
+    ///
+    /// # Errors
+    /// As [`Trainer::resume_in`] and [`Trainer::create_distributed`]; [`TrainError::Rendezvous`]
+    /// when the ranks resumed at different steps.
+    ///
+    /// # Panics
+    /// When rank 0's `run` is not locked.
+    pub fn resume_distributed(
+        run: RunDir,
+        from: Option<&Path>,
+        config: Option<TrainConfig>,
+        dataset: impl Into<Arc<Dataset>>,
+        device: Device,
+        dist: Option<Distributed>,
+    ) -> Result<Self, TrainError> {
+        let dist = dist.map(Rc::new);
         let dataset = dataset.into();
         let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
         let candidates: Vec<PathBuf> = match from {
@@ -369,12 +554,14 @@ impl Trainer {
                 }
                 None => state.1.clone(),
             };
-            let mut trainer = Self::build(run, resolved, dataset.clone(), device)?;
+            let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.clone())?;
             match trainer.load_checkpoint(&dir, &state.0) {
                 Ok(()) => {
                     trainer.skipped_checkpoints = skipped;
+                    trainer.resumed_world_size = Some(state.0.world_size);
                     trainer.write_config()?;
                     trainer.truncate_metrics()?;
+                    trainer.sync_start()?;
                     return Ok(trainer);
                 }
                 Err(err) if !explicit => {
@@ -442,6 +629,9 @@ impl Trainer {
 
     /// Drops metrics lines past the current step (written after the checkpoint we resume from).
     fn truncate_metrics(&self) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         let path = self.run_dir.join("metrics.jsonl");
         let Ok(text) = fs::read_to_string(&path) else {
             return Ok(());
@@ -513,23 +703,93 @@ impl Trainer {
     /// One optimizer step on `batch` (Alg. 1): draws t and ε from the step's seed, updates the
     /// weights and the EMA unless the loss or gradient is not finite.
     ///
+    /// In a data-parallel run `batch` is this rank's share of the global batch (what
+    /// [`Trainer::loader`] yields), every rank calls this together, and the gradients are
+    /// averaged with [`crate::GradSync::Bucketed`] whatever the configuration (the `Reducer`
+    /// lives in [`Trainer::run`]).
+    ///
     /// # Errors
-    /// [`TrainError::NonFinite`] after `max_nonfinite_in_a_row` skipped steps in a row.
+    /// [`TrainError::NonFinite`] after `max_nonfinite_in_a_row` skipped steps in a row;
+    /// [`TrainError::Distributed`] when a collective fails; [`TrainError::Config`] when a rank's
+    /// batch is not its share of the global batch.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
+        self.step_with(batch, None)
+    }
+
+    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given.
+    fn step_with(
+        &mut self,
+        batch: &Batch,
+        mut reducer: Option<&mut Reducer<'_>>,
+    ) -> Result<StepOutcome, TrainError> {
         tch::manual_seed(step_seed(self.config.seed, self.step));
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
         let x_0 = Tensor::from_slice(&batch.images)
             .view(shape.as_slice())
             .to_device(self.device);
         let n_train = self.sched.schedule().n_steps() as i64;
-        let t = Tensor::randint(n_train, [shape[0]], (Kind::Int64, self.device));
-        let noise = Tensor::randn_like(&x_0);
+        let dist = self.dist.clone();
+        let (t, noise) = match &dist {
+            None => {
+                let t = Tensor::randint(n_train, [shape[0]], (Kind::Int64, self.device));
+                let noise = Tensor::randn_like(&x_0);
+                (t, noise)
+            }
+            Some(dist) => {
+                // The draws of the whole global batch, as one process makes them; this rank
+                // keeps its slice, the one its images come from.
+                let global = self.config.batch_size as i64;
+                let local = shape[0];
+                if local * dist.world_size() as i64 != global {
+                    return Err(TrainError::Config(format!(
+                        "rank {} got a batch of {local} images, not its share of the global batch \
+                         of {global} over {} ranks",
+                        dist.rank(),
+                        dist.world_size()
+                    )));
+                }
+                let start = dist.rank() as i64 * local;
+                let t = Tensor::randint(n_train, [global], (Kind::Int64, self.device))
+                    .narrow(0, start, local);
+                let mut global_shape = shape.clone();
+                global_shape[0] = global;
+                let noise = Tensor::randn(global_shape.as_slice(), (x_0.kind(), self.device))
+                    .narrow(0, start, local);
+                // Dropout masks: a stream of this rank's own, so that ranks do not share masks.
+                tch::manual_seed(step_seed(
+                    self.config.seed ^ rank_stream(dist.rank()),
+                    self.step,
+                ));
+                (t, noise)
+            }
+        };
         self.optim.zero_grad();
+        if let Some(dist) = &dist {
+            if !self.buffers.is_empty() {
+                // DDP's broadcast_buffers: BatchNorm's running statistics are rank 0's.
+                let mut live: Vec<Tensor> = self
+                    .buffers
+                    .iter()
+                    .map(|(l, _)| l.shallow_clone())
+                    .collect();
+                dist.broadcast(
+                    &mut live,
+                    &format!("the broadcast of rank 0's buffers at step {}", self.step),
+                )?;
+            }
+        }
         tch::no_grad(|| {
             for (live, backup) in &mut self.buffers {
                 backup.copy_(live);
             }
         });
+        let step = self.step;
+        let collective = |op: &str| format!("{op} at step {step}");
+        if let (Some(reducer), Some(dist)) = (reducer.as_deref_mut(), &dist) {
+            reducer
+                .prepare_for_forward()
+                .map_err(|e| dist.error(collective("the Reducer's bucket rebuild"), &e))?;
+        }
         let loss = training_loss(
             self.model.as_ref(),
             &self.sched,
@@ -539,13 +799,53 @@ impl Trainer {
             &t,
             self.autocast(),
         );
+        if let (Some(reducer), Some(dist)) = (reducer.as_deref_mut(), &dist) {
+            reducer
+                .prepare_for_backward(&[&loss])
+                .map_err(|e| dist.error(collective("the Reducer's backward setup"), &e))?;
+        }
         loss.backward();
+        if let Some(dist) = &dist {
+            if reducer.is_none() {
+                let mut grads: Vec<Tensor> = self
+                    .params
+                    .iter()
+                    .map(Tensor::grad)
+                    .filter(Tensor::defined)
+                    .collect();
+                dist.average(&mut grads, &collective("the all-reduce of the gradients"))?;
+            }
+        }
         let norm = self.optim.grad_norm();
-        // One device-to-host read per step, for both numbers.
-        let stats =
-            Vec::<f64>::try_from(Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double))
+        let (loss_value, grad_norm) = match &dist {
+            None => {
+                // One device-to-host read per step, for both numbers.
+                let stats = Vec::<f64>::try_from(
+                    Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double),
+                )
                 .expect("two scalars");
-        let (loss_value, grad_norm) = (stats[0], stats[1]);
+                (stats[0], stats[1])
+            }
+            Some(dist) => {
+                // The loss and the stop requests of every rank, in one small all-reduce, so that
+                // all ranks see the same mean loss (and take the same NaN-guard decision) and stop
+                // after the same step.
+                let stop =
+                    Tensor::from(f32::from(u8::from(self.stop_local))).to_device(self.device);
+                let mut shared = vec![Tensor::stack(
+                    &[loss.detach().to_kind(Kind::Float), stop],
+                    0,
+                )];
+                dist.sum(&mut shared, &collective("the all-reduce of the losses"))?;
+                let stats = Vec::<f64>::try_from(
+                    Tensor::cat(&[&shared[0], &norm.to_kind(Kind::Float).reshape([1])], 0)
+                        .to_kind(Kind::Double),
+                )
+                .expect("three scalars");
+                self.stop_agreed = stats[1] > 0.0;
+                (stats[0] / dist.world_size() as f64, stats[2])
+            }
+        };
         let lr = self
             .config
             .optim
@@ -584,11 +884,29 @@ impl Trainer {
         })
     }
 
-    /// Writes a checkpoint for the current step and returns its directory.
+    /// Writes a checkpoint for the current step and returns its directory. In a data-parallel
+    /// run rank 0 writes it while the others wait at a barrier (and return the directory's
+    /// name).
     ///
     /// # Errors
-    /// As [`checkpoint::save`].
+    /// As [`checkpoint::save`]; [`TrainError::Distributed`] when the barrier fails.
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let root = self.run_dir.join(checkpoint::CHECKPOINTS_DIR);
+        let dir = if self.is_writer() {
+            self.write_checkpoint(&root)?
+        } else {
+            root.join(checkpoint::dir_name(self.step))
+        };
+        if let Some(dist) = &self.dist {
+            dist.barrier(&format!(
+                "the barrier after rank 0's checkpoint at step {}",
+                self.step
+            ))?;
+        }
+        Ok(dir)
+    }
+
+    fn write_checkpoint(&self, root: &Path) -> Result<PathBuf, TrainError> {
         let (epoch, batch_in_epoch) = self.loader.position(self.step);
         let state = CheckpointState {
             format_version: checkpoint::FORMAT_VERSION,
@@ -599,6 +917,7 @@ impl Trainer {
             ema_updates: self.ema.updates(),
             skipped_steps: self.skipped_steps,
             config: serde_json::to_value(&self.config).expect("configs serialise"),
+            world_size: self.world_size(),
         };
         let contents = CheckpointContents {
             state: &state,
@@ -606,15 +925,13 @@ impl Trainer {
             ema: &self.ema_vs,
             optimizer: self.optim.state_tensors(),
         };
-        checkpoint::save(
-            &self.run_dir.join("checkpoints"),
-            &contents,
-            self.config.keep_last,
-        )
+        checkpoint::save(root, &contents, self.config.keep_last)
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
-    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook).
+    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook). The
+    /// ranks of a data-parallel run other than 0 sample the same pictures and write nothing
+    /// (returning no files), so that none waits for another's sampling.
     ///
     /// # Errors
     /// [`TrainError::Io`] or [`TrainError::Sample`] naming the file when the images cannot be
@@ -638,6 +955,9 @@ impl Trainer {
             self.config.seed ^ 0x5A5A,
             |_, _| {},
         )?;
+        if !self.is_writer() {
+            return Ok(Vec::new());
+        }
         let dir = self.run_dir.join("samples");
         fs::create_dir_all(&dir).map_err(|e| self.write_err(&dir, e))?;
         let grid_path = dir.join(format!("{tag}-grid.png"));
@@ -653,6 +973,9 @@ impl Trainer {
     }
 
     fn append_metrics(&self, record: &MetricsRecord) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         let path = self.run_dir.join("metrics.jsonl");
         let mut f = fs::OpenOptions::new()
             .create(true)
@@ -667,10 +990,13 @@ impl Trainer {
 
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
     /// and at the end. When `stop` becomes true the current step finishes, a checkpoint is
-    /// written and the run returns [`RunEnd::Interrupted`].
+    /// written and the run returns [`RunEnd::Interrupted`]. In a data-parallel run every rank
+    /// calls this; a stop request on any rank travels with the next step's all-reduce, and all
+    /// ranks stop after that step, with one checkpoint from rank 0.
     ///
     /// # Errors
-    /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors.
+    /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors;
+    /// [`TrainError::Distributed`] when a collective fails.
     pub fn run(
         &mut self,
         hooks: &mut dyn TrainHooks,
@@ -681,10 +1007,25 @@ impl Trainer {
         hooks.on_start(total, self.step, per_epoch);
         let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, finite steps, images, since
         let mut last_norm = 0.0;
+        let dist = self.dist.clone();
+        let mut reducer = match &dist {
+            Some(d) if self.config.distributed.grad_sync == GradSync::Overlap => Some(
+                Reducer::new(d.group(), &self.params, ReducerOptions::default())
+                    .map_err(|e| d.error("setting up DDP's gradient Reducer", &e))?,
+            ),
+            _ => None,
+        };
+        self.stop_agreed = false;
+        // Alone, a stop request is acted on before the next step; in a data-parallel run, once
+        // the step's all-reduce has told every rank about it.
+        let stop_now = |trainer: &Self| match &dist {
+            None => stop.load(Ordering::SeqCst),
+            Some(_) => trainer.stop_agreed,
+        };
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
             for batch in self.loader.epoch_from(epoch, start) {
-                if stop.load(Ordering::SeqCst) {
+                if stop_now(self) {
                     let dir = self.save_checkpoint()?;
                     hooks.on_checkpoint(&dir);
                     hooks.message(&format!(
@@ -694,9 +1035,10 @@ impl Trainer {
                     ));
                     return Ok(RunEnd::Interrupted);
                 }
-                let outcome = self.train_step(&batch)?;
+                self.stop_local = stop.load(Ordering::SeqCst);
+                let outcome = self.step_with(&batch, reducer.as_mut())?;
                 hooks.on_step(self.step, epoch, &outcome);
-                window.2 += batch.shape[0] as u64;
+                window.2 += (batch.shape[0] * self.world_size()) as u64;
                 if !outcome.skipped {
                     window.0 += outcome.loss;
                     window.1 += 1;
@@ -716,6 +1058,7 @@ impl Trainer {
                         images_per_sec: window.2 as f64
                             / window.3.elapsed().as_secs_f64().max(1e-9),
                         skipped_steps: self.skipped_steps,
+                        world_size: self.world_size(),
                     };
                     self.append_metrics(&record)?;
                     hooks.on_metrics(&record);
@@ -733,7 +1076,7 @@ impl Trainer {
             let k = self.config.sample_every_epochs;
             // A stop request skips the preview: sampling can take longer than a job's grace
             // period after SIGTERM, and the checkpoint comes first.
-            let stopping = stop.load(Ordering::SeqCst);
+            let stopping = stop_now(self);
             if finished_epoch && k > 0 && (epoch + 1) % k == 0 && self.step < total && !stopping {
                 let files = self.write_samples(&format!("epoch-{:04}", epoch + 1))?;
                 hooks.on_samples(&files);
@@ -741,7 +1084,8 @@ impl Trainer {
         }
         let dir = self.save_checkpoint()?;
         hooks.on_checkpoint(&dir);
-        if self.config.sample_every_epochs > 0 {
+        // No rank waits on rank 0 after the last checkpoint: it samples alone.
+        if self.config.sample_every_epochs > 0 && self.is_writer() {
             let files = self.write_samples("final")?;
             hooks.on_samples(&files);
         }

@@ -76,6 +76,7 @@ fn tiny_config() -> TrainConfig {
         n_sample_images: 4,
         log_every: 1,
         max_nonfinite_in_a_row: 3,
+        distributed: train::DistConfig::default(),
     }
 }
 
