@@ -54,9 +54,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 use torch_ext::dist::{DEFAULT_BROADCAST_BYTES, DEFAULT_BUCKET_BYTES};
-use torch_ext::{GlooDevice, GlooOptions, LaunchEnv, ProcessGroup, ReduceOp, TcpStore};
+use torch_ext::{GlooDevice, GlooOptions, ProcessGroup, ReduceOp, TcpStore};
 
 use crate::TrainError;
+
+/// torchrun's variables, re-exported for the callers of [`Distributed::connect`].
+pub use torch_ext::LaunchEnv;
 
 /// The default of [`DistConfig::timeout_secs`].
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;

@@ -691,6 +691,11 @@ impl Trainer {
         &self.model_vs
     }
 
+    /// The EMA weights' var store.
+    pub fn ema_vs(&self) -> &VarStore {
+        &self.ema_vs
+    }
+
     /// The number of optimizer steps the run is configured for.
     pub fn total_steps(&self) -> u64 {
         self.config.total_steps(self.loader.batches_per_epoch())

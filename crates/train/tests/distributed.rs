@@ -1,0 +1,488 @@
+//! Data-parallel training with two processes over 127.0.0.1 and Gloo: the test binary runs
+//! itself again as rank 1 (environment `DDPM_TEST_RANK=1`, `--exact` the same test), and rank 0
+//! checks that rank 1 succeeded. Tiny networks, CPU, one thread per rank.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use data::{Dataset, DatasetSpec, Split, TransformConfig};
+use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use schedule::BetaSchedule;
+use tch::{Device, Kind, Tensor};
+use train::checkpoint::{self, named_tensors};
+use train::config::{Precision, TrainConfig};
+use train::distributed::LaunchEnv;
+use train::ema::EmaConfig;
+use train::objective::ObjectiveConfig;
+use train::optim::OptimConfig;
+use train::trainer::{MetricsRecord, NoHooks};
+use train::{DistConfig, Distributed, GradSync, RunDir, Trainer};
+
+const RANK_VAR: &str = "DDPM_TEST_RANK";
+const PORTS_VAR: &str = "DDPM_TEST_PORTS";
+const DIR_VAR: &str = "DDPM_TEST_DIR";
+/// Bounds the rendezvous: generous, for a loaded machine where rank 1 (a fresh copy of this
+/// binary, loading libtorch) starts slowly.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Kills rank 1 on every exit path of rank 0 (a failed assertion included).
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// libtorch's random generator is global to the process and every step reseeds it: trainers in
+/// parallel test threads would draw from each other's streams.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `body(rank, ports, dir)` on two ranks: here as rank 0, and in a child as rank 1. Each of
+/// the `n_ports` ports serves one rendezvous; `dir` is a temporary directory both share.
+fn two_ranks(test: &str, n_ports: usize, body: impl FnOnce(usize, &[u16], &Path)) {
+    tch::set_num_threads(1);
+    if let Ok(rank) = std::env::var(RANK_VAR) {
+        let ports: Vec<u16> = std::env::var(PORTS_VAR)
+            .unwrap()
+            .split(',')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let dir = PathBuf::from(std::env::var(DIR_VAR).unwrap());
+        body(rank.parse().unwrap(), &ports, &dir);
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..n_ports).map(|_| free_port()).collect();
+    let joined = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(RANK_VAR, "1")
+        .env(PORTS_VAR, &joined)
+        .env(DIR_VAR, dir.path())
+        .spawn()
+        .unwrap();
+    let mut peer = Peer(child);
+    body(0, &ports, dir.path());
+    let status = peer.0.wait().unwrap();
+    assert!(status.success(), "rank 1 failed: {status}");
+}
+
+/// Rank `rank` of two, meeting on `port`.
+fn connect(rank: usize, port: u16) -> Distributed {
+    let env = LaunchEnv {
+        rank,
+        world_size: 2,
+        local_rank: rank,
+        local_world_size: 2,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        agent_store: false,
+    };
+    Distributed::connect(env, Device::Cpu, TIMEOUT).unwrap()
+}
+
+/// Rank 0 holds the run directory `path`. Rank 1 follows a directory of its own that nobody
+/// makes (`<path>-rank1`), so that [`assert_rank1_wrote_nothing`] sees any file it writes.
+fn run_dir(rank: usize, path: &Path) -> RunDir {
+    if rank == 0 {
+        RunDir::lock(path).unwrap()
+    } else {
+        RunDir::follow(&rank1_dir(path))
+    }
+}
+
+fn rank1_dir(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-rank1", path.display()))
+}
+
+fn assert_rank1_wrote_nothing(rank: usize, path: &Path) {
+    if rank == 1 {
+        assert!(
+            !rank1_dir(path).exists(),
+            "rank 1 wrote into its run directory"
+        );
+    }
+}
+
+/// 64 gray 8×8 images of two kinds, with per-image variation.
+fn toy_dataset() -> Dataset {
+    let mut pixels = Vec::new();
+    for i in 0..64u32 {
+        for y in 0..8 {
+            for x in 0..8 {
+                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
+                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8 + (x as u8 * 2));
+            }
+        }
+    }
+    let labels = (0..64).map(|i| (i % 2) as u16).collect();
+    Dataset::new(pixels, labels, 1, 8, 8, vec!["top".into(), "left".into()]).unwrap()
+}
+
+fn base_config(model: ModelConfig) -> TrainConfig {
+    TrainConfig {
+        dataset: DatasetSpec::FashionMnist {
+            split: Split::Train,
+        },
+        transform: TransformConfig {
+            size: None,
+            flip_p: 0.5,
+            normalize: true,
+        },
+        batch_size: 16,
+        n_workers: 1,
+        schedule: BetaSchedule::Linear {
+            n_steps: 50,
+            start: 1e-4,
+            end: 0.2,
+        },
+        model,
+        objective: ObjectiveConfig::ho2020(),
+        optim: OptimConfig {
+            lr: 3e-3,
+            // Binding, so that a rank clipping by its own gradient's norm would show.
+            grad_clip: Some(0.05),
+            warmup_steps: 0,
+            ..OptimConfig::ho2020()
+        },
+        ema: EmaConfig {
+            decay: 0.9,
+            warmup: false,
+        },
+        precision: Precision::F32,
+        seed: 11,
+        epochs: None,
+        max_steps: Some(3),
+        checkpoint_every: 1000,
+        keep_last: 10,
+        sample_every_epochs: 0,
+        n_sample_images: 4,
+        log_every: 1,
+        max_nonfinite_in_a_row: 3,
+        distributed: DistConfig::default(),
+    }
+}
+
+/// The paper's U-Net made tiny (two levels of 8 and 16 channels, attention at 4×4), without
+/// dropout: nothing random inside the network, no batch statistics.
+fn unet_config() -> TrainConfig {
+    base_config(ModelConfig::Ddpm(UNetConfig {
+        in_channels: 1,
+        out_channels: 1,
+        image_size: 8,
+        channels: 8,
+        channel_mult: vec![1, 2],
+        layers_per_block: 1,
+        attention_resolutions: vec![4],
+        dropout: 0.0,
+        norm_num_groups: 4,
+        ..UNetConfig::ho2020_cifar10()
+    }))
+}
+
+/// A 2-level SimpleUnet: BatchNorm, whose running statistics are buffers.
+fn simple_config() -> TrainConfig {
+    base_config(ModelConfig::Simple(SimpleUnetConfig {
+        in_channels: 1,
+        out_channels: 1,
+        image_size: 8,
+        down_channels: vec![8, 16],
+        up_channels: vec![16, 8],
+        time_emb_dim: 16,
+        ..SimpleUnetConfig::seed_cifar10()
+    }))
+}
+
+fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The tensors of `file` in the newest checkpoint under `run_dir`, in name order.
+fn last_checkpoint(run_dir: &Path, file: &str) -> Vec<(String, Tensor)> {
+    let ckpt = checkpoint::latest(&run_dir.join(checkpoint::CHECKPOINTS_DIR)).unwrap();
+    let mut tensors = checkpoint::read_tensors(&ckpt.join(file)).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// Checks, with an all-reduce of the weights' bit patterns, that every rank holds exactly the
+/// same live and EMA weights: Σ_ranks bits == 2 · own bits, elementwise, only when they agree.
+/// (BatchNorm's running statistics are not compared: each rank's hold its own last update
+/// until rank 0's are broadcast before the next forward pass.)
+fn assert_identical_across_ranks(trainer: &Trainer) {
+    let dist = trainer.distributed().unwrap();
+    for (what, vs) in [
+        ("weights", trainer.model_vs()),
+        ("EMA weights", trainer.ema_vs()),
+    ] {
+        let flat: Vec<Tensor> = named_tensors(vs)
+            .iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(_, t)| t.detach().flatten(0, -1))
+            .collect();
+        let bits = Tensor::cat(&flat, 0)
+            .view_dtype(Kind::Int)
+            .to_kind(Kind::Int64);
+        let mut sum = vec![bits.copy()];
+        dist.sum(&mut sum, "the consistency check").unwrap();
+        assert!(
+            sum[0].equal(&(&bits * 2)),
+            "rank {}: the ranks' {what} differ",
+            dist.rank()
+        );
+    }
+}
+
+/// `(max over tensors of ‖a − b‖ / ‖a‖, ‖a − b‖ / ‖a‖ over all values, max |a − b|)`.
+fn relative_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64, f64) {
+    let (worst, overall, max_abs, _) = relative_difference_named(a, b);
+    (worst, overall, max_abs)
+}
+
+/// [`relative_difference`] and the name of the tensor with the largest relative difference.
+fn relative_difference_named(
+    a: &[(String, Tensor)],
+    b: &[(String, Tensor)],
+) -> (f64, f64, f64, String) {
+    assert_eq!(a.len(), b.len());
+    let mut worst_name = String::new();
+    let (mut worst, mut diff_sq, mut norm_sq, mut max_abs) = (0.0f64, 0.0, 0.0, 0.0f64);
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).to_kind(Kind::Double);
+        let (dn, an) = (
+            d.norm().double_value(&[]),
+            ta.to_kind(Kind::Double).norm().double_value(&[]),
+        );
+        if an > 0.0 && dn / an > worst {
+            worst = dn / an;
+            worst_name = na.clone();
+        }
+        diff_sq += dn * dn;
+        norm_sq += an * an;
+        max_abs = max_abs.max(d.abs().max().double_value(&[]));
+    }
+    (worst, (diff_sq / norm_sq).sqrt(), max_abs, worst_name)
+}
+
+/// Trains `config` for its steps as one rank of two, in `dir`, and checks that both ranks end
+/// with the same weights. Returns the trainer (rank 0's has written the final checkpoint).
+fn train_two_ranks(rank: usize, port: u16, dir: &Path, config: TrainConfig) -> Trainer {
+    let mut trainer = Trainer::create_distributed(
+        run_dir(rank, dir),
+        config,
+        toy_dataset(),
+        Device::Cpu,
+        Some(connect(rank, port)),
+    )
+    .unwrap();
+    assert_eq!(trainer.world_size(), 2);
+    assert_eq!(
+        trainer.loader().batch_shape()[0],
+        8,
+        "each rank's share of 16"
+    );
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    assert_rank1_wrote_nothing(rank, dir);
+    trainer
+}
+
+#[test]
+fn two_ranks_with_half_batches_match_one_rank_with_the_whole_batch() {
+    two_ranks(
+        "two_ranks_with_half_batches_match_one_rank_with_the_whole_batch",
+        2,
+        |rank, ports, dir| {
+            let (bucketed, overlap) = (dir.join("bucketed"), dir.join("overlap"));
+            let trainer = train_two_ranks(rank, ports[0], &bucketed, unet_config());
+            assert_identical_across_ranks(&trainer);
+            drop(trainer);
+            let mut config = unet_config();
+            config.distributed.grad_sync = GradSync::Overlap;
+            let trainer = train_two_ranks(rank, ports[1], &overlap, config);
+            assert_identical_across_ranks(&trainer);
+            drop(trainer);
+            if rank == 1 {
+                return;
+            }
+
+            let single = dir.join("single");
+            let mut trainer =
+                Trainer::new(unet_config(), toy_dataset(), &single, Device::Cpu).unwrap();
+            trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+            drop(trainer);
+
+            let one = metrics(&single);
+            for (name, two) in [("bucketed", &bucketed), ("overlap", &overlap)] {
+                let two_metrics = metrics(two);
+                assert_eq!(two_metrics.len(), 3);
+                for (a, b) in one.iter().zip(&two_metrics) {
+                    assert_eq!((a.step, a.world_size, b.world_size), (b.step, 1, 2));
+                    let rel = (a.loss - b.loss).abs() / a.loss.abs();
+                    assert!(
+                        rel < 1e-5,
+                        "{name} step {}: loss {} vs {}",
+                        a.step,
+                        a.loss,
+                        b.loss
+                    );
+                    let rel = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
+                    assert!(
+                        rel < 1e-5,
+                        "{name} step {}: grad norm {} vs {}",
+                        a.step,
+                        a.grad_norm,
+                        b.grad_norm
+                    );
+                    assert!(
+                        a.grad_norm > 0.05,
+                        "the clip must bind: grad norm {}",
+                        a.grad_norm
+                    );
+                }
+                for file in [
+                    checkpoint::MODEL_FILE,
+                    checkpoint::EMA_FILE,
+                    checkpoint::OPTIMIZER_FILE,
+                ] {
+                    let (worst, overall, max_abs, worst_name) = relative_difference_named(
+                        &last_checkpoint(&single, file),
+                        &last_checkpoint(two, file),
+                    );
+                    eprintln!(
+                        "equivalence ({name}, {file}): ‖Δ‖/‖w‖ over all values {overall:.3e}, \
+                         max |Δ| {max_abs:.3e}; largest per-tensor ‖Δ‖/‖w‖ {worst:.3e} ({worst_name})"
+                    );
+                    assert!(
+                        overall < 1e-5,
+                        "{name} {file}: relative difference {overall:e}"
+                    );
+                }
+            }
+            // The weights moved: the comparison is not between two untouched copies.
+            let fresh = Trainer::new(
+                unet_config(),
+                toy_dataset(),
+                &dir.join("fresh"),
+                Device::Cpu,
+            )
+            .unwrap();
+            let (_, moved, _) = relative_difference(
+                &last_checkpoint(&single, checkpoint::MODEL_FILE),
+                &named_tensors(fresh.model_vs()),
+            );
+            assert!(moved > 1e-4, "the weights barely moved: {moved:e}");
+        },
+    );
+}
+
+#[test]
+fn resume_under_two_ranks_replays_the_uninterrupted_run_bit_for_bit() {
+    two_ranks(
+        "resume_under_two_ranks_replays_the_uninterrupted_run_bit_for_bit",
+        2,
+        |rank, ports, dir| {
+            // BatchNorm buffers, flips and the data order over 2 epochs (4 global batches each),
+            // checkpoints every 3 steps: the resume starts mid-epoch.
+            let config = TrainConfig {
+                max_steps: Some(7),
+                checkpoint_every: 3,
+                ..simple_config()
+            };
+            let (full, resumed) = (dir.join("full"), dir.join("resumed"));
+            drop(train_two_ranks(rank, ports[0], &full, config));
+            let from = full
+                .join(checkpoint::CHECKPOINTS_DIR)
+                .join(checkpoint::dir_name(3));
+            let mut trainer = Trainer::resume_distributed(
+                run_dir(rank, &resumed),
+                Some(&from),
+                None,
+                toy_dataset(),
+                Device::Cpu,
+                Some(connect(rank, ports[1])),
+            )
+            .unwrap();
+            assert_eq!((trainer.step(), trainer.resumed_world_size()), (3, Some(2)));
+            trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+            assert_identical_across_ranks(&trainer);
+            drop(trainer);
+            assert_rank1_wrote_nothing(rank, &resumed);
+            if rank == 1 {
+                return;
+            }
+
+            let (uninterrupted, replayed) = (metrics(&full), metrics(&resumed));
+            assert_eq!((uninterrupted.len(), replayed.len()), (7, 4));
+            for (a, b) in uninterrupted[3..].iter().zip(&replayed) {
+                assert_eq!((a.step, a.epoch, b.world_size), (b.step, b.epoch, 2));
+                assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {}", a.step);
+                assert_eq!(
+                    a.grad_norm.to_bits(),
+                    b.grad_norm.to_bits(),
+                    "step {}",
+                    a.step
+                );
+            }
+            for file in [
+                checkpoint::MODEL_FILE,
+                checkpoint::EMA_FILE,
+                checkpoint::OPTIMIZER_FILE,
+            ] {
+                let (a, b) = (
+                    last_checkpoint(&full, file),
+                    last_checkpoint(&resumed, file),
+                );
+                assert!(
+                    a.iter().any(|(n, _)| n.contains("running_mean"))
+                        || file != checkpoint::MODEL_FILE
+                );
+                assert_eq!(a.len(), b.len(), "{file}");
+                for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                    assert_eq!(na, nb);
+                    assert!(ta.equal(tb), "{file}: {na} differs after the resume");
+                }
+            }
+            let state = checkpoint::read_state(
+                &checkpoint::latest(&resumed.join(checkpoint::CHECKPOINTS_DIR)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!((state.step, state.world_size), (7, 2));
+
+            // Another world size resumes with the same global batch: here one process continues
+            // the two ranks' checkpoint (not bit for bit: BatchNorm sees 16 images, not 8).
+            let alone = dir.join("alone");
+            let mut trainer =
+                Trainer::resume(&alone, Some(&from), None, toy_dataset(), Device::Cpu).unwrap();
+            assert_eq!((trainer.step(), trainer.resumed_world_size()), (3, Some(2)));
+            assert_eq!(trainer.loader().batch_shape()[0], 16);
+            trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+            let alone_metrics = metrics(&alone);
+            assert_eq!(alone_metrics.len(), 4);
+            assert!(alone_metrics
+                .iter()
+                .all(|r| r.world_size == 1 && r.loss.is_finite()));
+        },
+    );
+}
