@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod launch;
 mod plot;
 mod runtime;
 mod signals;

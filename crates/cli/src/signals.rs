@@ -26,7 +26,7 @@ fn name(signal: i32) -> &'static str {
 }
 
 /// Whether `signal` is ignored (`SIG_IGN`), as `nohup` leaves SIGHUP.
-fn is_ignored(signal: i32) -> bool {
+pub(crate) fn is_ignored(signal: i32) -> bool {
     // SAFETY: a null `act` makes sigaction only read the current disposition into `old`, which
     // is a valid, zeroed struct.
     unsafe {
@@ -36,11 +36,12 @@ fn is_ignored(signal: i32) -> bool {
     }
 }
 
-/// Sets `stop` on the first stop signal (printing what happens next) and exits on the second.
+/// Sets `stop` on the first stop signal (printing what happens next when `announce`; the ranks
+/// of a data-parallel run other than 0 leave that to rank 0) and exits on the second.
 ///
 /// # Errors
 /// When the handlers cannot be installed.
-pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+pub fn stop_on_signals(stop: Arc<AtomicBool>, announce: bool) -> Result<()> {
     let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
     if !is_ignored(SIGHUP) {
         wanted.push(SIGHUP);
@@ -56,10 +57,12 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
                     // may be inside libtorch.
                     signal_hook::low_level::exit(128 + signal);
                 }
-                eprintln!(
-                    "{}: finishing the current step and writing a checkpoint (send it again to quit now)",
-                    name(signal)
-                );
+                if announce {
+                    eprintln!(
+                        "{}: finishing the current step and writing a checkpoint (send it again to quit now)",
+                        name(signal)
+                    );
+                }
             }
         })
         .context("cannot start the signal thread")?;

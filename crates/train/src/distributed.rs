@@ -153,14 +153,28 @@ fn is_loopback(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The first line of a c10d message, without Gloo's `[file.cc:123] ` prefix.
+/// The first line of a c10d message, without Gloo's `[path/file.cc:123] ` source locations.
 fn short(message: &str) -> String {
-    let line = message.lines().next().unwrap_or_default().trim();
-    let line = match line.strip_prefix('[') {
-        Some(rest) => rest.split_once("] ").map_or(line, |(_, tail)| tail),
-        None => line,
-    };
-    line.to_string()
+    let mut line = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    while let Some(start) = line.find('[') {
+        let Some(len) = line[start..].find("] ") else {
+            break;
+        };
+        let inside = &line[start + 1..start + len];
+        let is_location = [".cc:", ".cpp:", ".h:", ".hpp:"]
+            .iter()
+            .any(|ext| inside.contains(ext));
+        if !is_location {
+            break;
+        }
+        line.replace_range(start..start + len + 2, "");
+    }
+    line
 }
 
 impl Distributed {

@@ -1,6 +1,7 @@
 //! `ddpm train`: train a preset, optionally overridden by a config file and flags, with a
 //! progress bar (plain progress lines when stderr is not a terminal), stop signals that
-//! checkpoint, a locked run directory, a loss curve and sample pictures.
+//! checkpoint, a locked run directory, a loss curve and sample pictures; data-parallel over
+//! several processes under torchrun or `--nproc-per-node N` (see [`train::distributed`]).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use data::DatasetSpec;
 use model::device::DeviceSpec;
 use train::config::parse_set;
-use train::trainer::{MetricsRecord, StepOutcome, TrainHooks};
-use train::{Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
+use train::distributed::LaunchEnv;
+use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};
+use train::{Distributed, Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
@@ -67,9 +69,23 @@ pub struct TrainArgs {
     /// Shortcut for --set seed=N.
     #[arg(long)]
     seed: Option<u64>,
-    /// libtorch intra-op CPU threads (default: libtorch's choice).
+    /// libtorch intra-op CPU threads (default: libtorch's choice; in a data-parallel run on the
+    /// CPU, that divided by the number of ranks on this machine).
     #[arg(long)]
     threads: Option<i32>,
+    /// Data-parallel training on this machine: start N ranks (processes) on a free loopback
+    /// port, as `torchrun --nproc-per-node N` does; one GPU each on CUDA (cuda:0 … cuda:N-1),
+    /// threads/N CPU threads each on the CPU. --batch-size stays the global batch.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Seconds a data-parallel rank waits for the others (rendezvous, every collective) before
+    /// the run stops with an error. Shortcut for --set distributed.timeout_secs=N (default 300).
+    #[arg(long, value_name = "SECS")]
+    dist_timeout: Option<u64>,
+    /// How data-parallel ranks average gradients: bucketed (all-reduce after backward) or
+    /// overlap (DDP's Reducer, during backward). Shortcut for --set distributed.grad_sync=MODE.
+    #[arg(long, value_name = "MODE")]
+    grad_sync: Option<String>,
     /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -87,7 +103,15 @@ fn resume_help() -> String {
   exit 0; a second one exits at once. The run directory is locked: a second `ddpm train` on it
   fails. `--resume` continues from the newest checkpoint that loads (a damaged newer one is
   skipped with a warning); `--resume-from DIR` picks one.
-  On resume only these settings may change: {}, and the flags --device and --threads.",
+  On resume only these settings may change: {}, and the flags --device and --threads.
+
+Multiple processes (data-parallel):
+  `ddpm train --nproc-per-node N …` starts N ranks on this machine; under
+  `torchrun --no-python --nproc_per_node=N ddpm train …` (one or many machines) each process reads
+  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. --batch-size is the global batch;
+  rank 0 writes the run's files. A stop signal on any rank stops all of them after the same step,
+  with one checkpoint. When a rank dies or hangs, the others stop within --dist-timeout seconds.
+  --resume works with any number of ranks (bit for bit with the same number, on the CPU).",
         train::config::RESUME_MUTABLE.join(", ")
     )
 }
@@ -119,12 +143,20 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 5] = [
+    let shortcuts: [(&str, Option<serde_json::Value>); 7] = [
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
+        (
+            "distributed.timeout_secs",
+            args.dist_timeout.map(Into::into),
+        ),
+        (
+            "distributed.grad_sync",
+            args.grad_sync.clone().map(Into::into),
+        ),
     ];
     sets.extend(
         shortcuts
@@ -398,11 +430,94 @@ fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig> {
     Err(TrainError::NoLoadableCheckpoint { dir: root, tried }.into())
 }
 
-/// Runs `ddpm train`.
+/// Runs `ddpm train`: as the launcher of `--nproc-per-node` ranks, as one rank of a run that
+/// torchrun (or the launcher) started, or alone.
 pub fn run(args: TrainArgs) -> Result<()> {
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n);
+    let launched = crate::launch::is_launched_rank();
+    if let Some(n) = args.nproc_per_node {
+        if !launched {
+            return crate::launch::launch(n, args.device);
+        }
     }
+    let launch = LaunchEnv::from_env().context("the torchrun variables")?;
+    let Some(env) = launch else {
+        return run_rank(args, None);
+    };
+    let (rank, world) = (env.rank, env.world_size);
+    run_rank(args, Some(env)).map_err(|err| {
+        // Name the rank, unless the error already does.
+        let named = err.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<TrainError>(),
+                Some(TrainError::Distributed { .. } | TrainError::Rendezvous { rank: Some(_), .. })
+            )
+        });
+        if named {
+            err
+        } else {
+            err.context(format!("rank {rank} of {world}"))
+        }
+    })
+}
+
+/// The device of one rank: `cuda:LOCAL_RANK` for `--device cuda` or `auto` with CUDA, else the
+/// CPU.
+fn rank_device(spec: DeviceSpec, env: &LaunchEnv) -> Result<tch::Device> {
+    let cuda = match spec {
+        DeviceSpec::Cpu => false,
+        DeviceSpec::Auto => tch::Cuda::is_available(),
+        DeviceSpec::Cuda(0) => {
+            spec.resolve()?;
+            true
+        }
+        DeviceSpec::Cuda(index) => bail!(
+            "--device cuda:{index}: each rank of a data-parallel run takes cuda:LOCAL_RANK; pass \
+             --device cuda"
+        ),
+    };
+    if !cuda {
+        return Ok(tch::Device::Cpu);
+    }
+    let count = tch::Cuda::device_count() as usize;
+    if env.local_rank >= count || env.local_world_size > count {
+        bail!(
+            "{} ranks on this machine (LOCAL_WORLD_SIZE) need {} GPUs, one each, but only {count} \
+             CUDA device(s) are visible (this rank's LOCAL_RANK is {}): start fewer ranks per \
+             machine, or pass --device cpu",
+            env.local_world_size,
+            env.local_world_size,
+            env.local_rank
+        );
+    }
+    Ok(tch::Device::Cuda(env.local_rank))
+}
+
+/// One process of `ddpm train`; `env` places it in a data-parallel run.
+fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
+    if args.nproc_per_node.is_some_and(|n| n > 1)
+        && env.is_some()
+        && !crate::launch::is_launched_rank()
+    {
+        bail!(
+            "--nproc-per-node starts ranks itself, but WORLD_SIZE is set (torchrun?): drop \
+             --nproc-per-node, or run `ddpm train --nproc-per-node N` outside torchrun"
+        );
+    }
+    let device = match &env {
+        Some(env) => rank_device(args.device, env)?,
+        None => args.device.resolve()?,
+    };
+    match (args.threads, &env) {
+        (Some(n), _) => tch::set_num_threads(n),
+        // The machine's cores shared by its ranks.
+        (None, Some(env)) if device == tch::Device::Cpu => {
+            let per_rank = (tch::get_num_threads() as usize / env.local_world_size.max(1)).max(1);
+            tch::set_num_threads(per_rank as i32);
+        }
+        _ => {}
+    }
+    // Rank 0 (or a process alone) writes the run's files.
+    let writer = env.as_ref().is_none_or(|e| e.rank == 0);
     let resume = args.resume || args.resume_from.is_some();
     if resume && args.preset.is_some() {
         bail!(
@@ -410,7 +525,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
              started with (see `ddpm train --help` for the settings that may change)"
         );
     }
-    let device = args.device.resolve()?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
     });
@@ -428,11 +542,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         Some(resolve_config(&args, None)?)
     };
-    // The lock comes before anything is written, and before the run's files are looked at.
-    let run = RunDir::lock(&run_dir)?;
+    // The lock comes before anything is written, and before the run's files are looked at. The
+    // other ranks of a data-parallel run leave the directory to rank 0.
+    let run = if writer {
+        RunDir::lock(&run_dir)?
+    } else {
+        RunDir::follow(&run_dir)
+    };
     let (config, from) = match fresh {
         Some(config) => {
-            if !args.overwrite {
+            if writer && !args.overwrite {
                 run.ensure_fresh()?;
             }
             (config, None)
@@ -445,52 +564,92 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let saved = saved_config(&run_dir, from.as_deref())?;
             let config = resolve_config(&args, Some(saved.clone()))?;
             for change in saved.check_resume(&config)? {
-                eprintln!("resume changes {change}");
+                if writer {
+                    eprintln!("resume changes {change}");
+                }
             }
             (config, from)
         }
     };
-    let data_dir = ensure_data(&config.dataset, args.data.as_deref(), args.offline)?;
+    // The ranks of one machine would download into the same folder at once: a data-parallel
+    // run expects its data in place.
+    let offline = args.offline || env.is_some();
+    let data_dir = ensure_data(&config.dataset, args.data.as_deref(), offline)?;
     let (dataset, report) = config
         .dataset
         .load(&data_dir)
         .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
-    for skipped in &report.skipped {
-        eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
+    if writer {
+        for skipped in &report.skipped {
+            eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
+        }
+    }
+    let dist = match env {
+        Some(env) => Some(Distributed::connect(
+            env,
+            device,
+            config.distributed.timeout(),
+        )?),
+        None => None,
+    };
+    let world_size = dist.as_ref().map_or(1, Distributed::world_size);
+    if writer && world_size > 1 {
+        eprintln!(
+            "data-parallel: {world_size} ranks, {} images each per step (global batch {}), {}",
+            config.batch_size / world_size,
+            config.batch_size,
+            match device {
+                tch::Device::Cuda(_) => "NCCL, one GPU per rank".to_string(),
+                _ => format!("Gloo, {} CPU thread(s) per rank", tch::get_num_threads()),
+            }
+        );
     }
     let batch_size = config.batch_size;
     let mut trainer = if resume {
-        Trainer::resume_in(run, from.as_deref(), Some(config), dataset, device)?
-    } else {
-        if args.overwrite {
-            let (trainer, deleted) = Trainer::overwrite(run, config, dataset, device)?;
-            if !deleted.is_empty() {
-                let names: Vec<String> = deleted
-                    .iter()
-                    .filter_map(|p| p.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect();
-                eprintln!(
-                    "--overwrite: deleted {} of the earlier run in {}",
-                    names.join(", "),
-                    run_dir.display()
-                );
-            }
-            trainer
-        } else {
-            Trainer::create(run, config, dataset, device)?
+        Trainer::resume_distributed(run, from.as_deref(), Some(config), dataset, device, dist)?
+    } else if args.overwrite {
+        let (trainer, deleted) =
+            Trainer::overwrite_distributed(run, config, dataset, device, dist)?;
+        if !deleted.is_empty() {
+            let names: Vec<String> = deleted
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            eprintln!(
+                "--overwrite: deleted {} of the earlier run in {}",
+                names.join(", "),
+                run_dir.display()
+            );
         }
+        trainer
+    } else {
+        Trainer::create_distributed(run, config, dataset, device, dist)?
     };
-    for skipped in trainer.skipped_checkpoints() {
-        eprintln!(
-            "warning: skipped checkpoint {}, which does not load: {}",
-            skipped.dir.display(),
-            skipped.reason
-        );
+    if writer {
+        for skipped in trainer.skipped_checkpoints() {
+            eprintln!(
+                "warning: skipped checkpoint {}, which does not load: {}",
+                skipped.dir.display(),
+                skipped.reason
+            );
+        }
+        if let Some(before) = trainer.resumed_world_size().filter(|&w| w != world_size) {
+            eprintln!(
+                "resuming a run trained on {before} rank(s) with {world_size}: the global batch \
+                 ({batch_size}), the data order and the noise stay the same; the gradient sums \
+                 round differently, dropout masks and BatchNorm batch statistics change"
+            );
+        }
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    crate::signals::stop_on_signals(stop.clone())?;
+    crate::signals::stop_on_signals(stop.clone(), writer)?;
+    if !writer {
+        // Rank 0 reports progress, checkpoints and the summary for all ranks.
+        trainer.run(&mut NoHooks, &stop)?;
+        return Ok(());
+    }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(

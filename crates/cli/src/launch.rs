@@ -1,0 +1,232 @@
+//! `ddpm train --nproc-per-node N`: torchrun's job on one machine, without Python. Starts N
+//! copies of this command as ranks 0…N-1 of a data-parallel run (torchrun's variables, a free
+//! port on 127.0.0.1), forwards stop signals to them, and fails as a whole when one fails.
+//!
+//! - Each rank runs in a process group of its own, so that a terminal's Ctrl-C reaches the
+//!   launcher alone, which forwards it once to every rank (twice would make them quit without a
+//!   checkpoint). SIGINT, SIGTERM, SIGHUP (unless ignored, as under `nohup`) and SIGUSR1 are
+//!   forwarded; the ranks agree on the step to stop after, and rank 0 writes one checkpoint.
+//! - The ranks die with the launcher (`PR_SET_PDEATHSIG` with SIGTERM), even when it is killed
+//!   with SIGKILL.
+//! - When a rank exits with an error or is killed, the launcher names it, sends SIGTERM to the
+//!   others, SIGKILL after a grace period, and exits with status 1.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use model::device::DeviceSpec;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+/// Set in the environment of the ranks the launcher starts (to the rank): they ignore
+/// `--nproc-per-node`, which they inherit with the rest of the command line.
+const RANK_OF_LAUNCHER: &str = "DDPM_RANK_OF_LAUNCHER";
+
+/// How long the other ranks get to exit after one failed, before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Whether this process is a rank that `--nproc-per-node` started.
+pub fn is_launched_rank() -> bool {
+    std::env::var_os(RANK_OF_LAUNCHER).is_some()
+}
+
+/// `exited with status 1`, `was killed by signal 9 (SIGKILL)`.
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => {
+            let name = match signal {
+                SIGKILL => " (SIGKILL)",
+                SIGTERM => " (SIGTERM)",
+                SIGINT => " (SIGINT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                _ => "",
+            };
+            format!("was killed by signal {signal}{name}")
+        }
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// The ranks, killed if the launcher returns early (a failed spawn, an error).
+struct Ranks(Vec<Child>);
+
+impl Ranks {
+    fn signal_all(&self, signal: i32, except: Option<usize>) {
+        for (rank, child) in self.0.iter().enumerate() {
+            if Some(rank) != except {
+                // SAFETY: kill(2) on a PID we started; an exited child makes it fail harmlessly.
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            }
+        }
+    }
+}
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Runs this `ddpm train` command as `n` ranks on this machine and waits for them.
+///
+/// # Errors
+/// Before starting anything: `n` is 0, torchrun's variables are already set, or `n` exceeds
+/// the GPUs on CUDA. After: when a rank fails (naming it).
+pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
+    if n == 0 {
+        bail!("--nproc-per-node 0: start at least one rank");
+    }
+    if std::env::var_os("WORLD_SIZE").is_some() {
+        bail!(
+            "--nproc-per-node starts ranks itself, but WORLD_SIZE is set (torchrun?): drop \
+             --nproc-per-node, or run `ddpm train --nproc-per-node N` outside torchrun"
+        );
+    }
+    let cuda = match device {
+        DeviceSpec::Cpu => false,
+        DeviceSpec::Auto => tch::Cuda::is_available(),
+        DeviceSpec::Cuda(0) => {
+            device.resolve()?;
+            true
+        }
+        DeviceSpec::Cuda(index) => bail!(
+            "--device cuda:{index} with --nproc-per-node: rank r takes cuda:r; pass --device cuda"
+        ),
+    };
+    if cuda {
+        let count = tch::Cuda::device_count() as usize;
+        if n > count {
+            bail!(
+                "--nproc-per-node {n} on CUDA needs {n} GPUs, one per rank, but this machine has \
+                 {count}: lower --nproc-per-node, or pass --device cpu"
+            );
+        }
+    }
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .context("no free port on 127.0.0.1 for the ranks to meet on")?;
+    let exe = std::env::current_exe().context("cannot find the ddpm executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // SAFETY: getpid has no preconditions.
+    let launcher_pid = unsafe { libc::getpid() };
+    let mut ranks = Ranks(Vec::with_capacity(n));
+    for rank in 0..n {
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .env(RANK_OF_LAUNCHER, rank.to_string())
+            .stdin(Stdio::null());
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before prctl took effect.
+                if libc::getppid() != launcher_pid {
+                    return Err(std::io::Error::other("the launcher is gone"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
+        ranks.0.push(child);
+    }
+    let pids: Vec<String> = ranks
+        .0
+        .iter()
+        .enumerate()
+        .map(|(rank, c)| format!("rank {rank} PID {}", c.id()))
+        .collect();
+    eprintln!(
+        "--nproc-per-node {n}: ranks meet on 127.0.0.1:{port} ({})",
+        pids.join(", ")
+    );
+
+    let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
+    if !crate::signals::is_ignored(SIGHUP) {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = Signals::new(&wanted).context("cannot install the signal handlers")?;
+    let child_pids: Vec<libc::pid_t> = ranks.0.iter().map(|c| c.id() as libc::pid_t).collect();
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("forward-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                for &pid in &child_pids {
+                    // SAFETY: kill(2) on PIDs we started.
+                    unsafe { libc::kill(pid, signal) };
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+
+    let mut done: Vec<Option<ExitStatus>> = vec![None; n];
+    let failed = loop {
+        let mut failed = None;
+        for (rank, child) in ranks.0.iter_mut().enumerate() {
+            if done[rank].is_none() {
+                if let Some(status) = child.try_wait().context("waiting for the ranks")? {
+                    done[rank] = Some(status);
+                    if !status.success() && failed.is_none() {
+                        failed = Some((rank, status));
+                    }
+                }
+            }
+        }
+        if failed.is_some() || done.iter().all(Option::is_some) {
+            break failed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    handle.close();
+    let Some((rank, status)) = failed else {
+        return Ok(());
+    };
+    eprintln!(
+        "rank {rank} (PID {}) {}; stopping the other ranks",
+        ranks.0[rank].id(),
+        describe(status)
+    );
+    ranks.signal_all(SIGTERM, Some(rank));
+    let deadline = Instant::now() + GRACE;
+    for (other, child) in ranks.0.iter_mut().enumerate() {
+        while done[other].is_none() {
+            if let Some(status) = child.try_wait().context("waiting for the ranks")? {
+                done[other] = Some(status);
+            } else if Instant::now() > deadline {
+                eprintln!("rank {other} did not stop within {GRACE:?}: killing it");
+                let _ = child.kill();
+                done[other] = child.wait().ok();
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    bail!(
+        "data-parallel training failed: rank {rank} {}",
+        describe(status)
+    )
+}
