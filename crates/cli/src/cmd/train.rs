@@ -571,6 +571,17 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
             (config, from)
         }
     };
+    if let Some(env) = &env {
+        if !config.batch_size.is_multiple_of(env.world_size) {
+            bail!(
+                "--batch-size {} is the global batch and does not split over {} ranks: pick a \
+                 multiple of {}",
+                config.batch_size,
+                env.world_size,
+                env.world_size
+            );
+        }
+    }
     // The ranks of one machine would download into the same folder at once: a data-parallel
     // run expects its data in place.
     let offline = args.offline || env.is_some();
@@ -593,17 +604,6 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         None => None,
     };
     let world_size = dist.as_ref().map_or(1, Distributed::world_size);
-    if writer && world_size > 1 {
-        eprintln!(
-            "data-parallel: {world_size} ranks, {} images each per step (global batch {}), {}",
-            config.batch_size / world_size,
-            config.batch_size,
-            match device {
-                tch::Device::Cuda(_) => "NCCL, one GPU per rank".to_string(),
-                _ => format!("Gloo, {} CPU thread(s) per rank", tch::get_num_threads()),
-            }
-        );
-    }
     let batch_size = config.batch_size;
     let mut trainer = if resume {
         Trainer::resume_distributed(run, from.as_deref(), Some(config), dataset, device, dist)?
@@ -626,6 +626,17 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     } else {
         Trainer::create_distributed(run, config, dataset, device, dist)?
     };
+    if writer && world_size > 1 {
+        eprintln!(
+            "data-parallel: {world_size} ranks, {} images each per step (global batch {}), {}",
+            batch_size / world_size,
+            batch_size,
+            match device {
+                tch::Device::Cuda(_) => "NCCL, one GPU per rank".to_string(),
+                _ => format!("Gloo, {} CPU thread(s) per rank", tch::get_num_threads()),
+            }
+        );
+    }
     if writer {
         for skipped in trainer.skipped_checkpoints() {
             eprintln!(

@@ -1,0 +1,493 @@
+//! Data-parallel `ddpm train` as a user launches it: `--nproc-per-node 2` end to end, stop
+//! signals through the launcher, a rank that dies or hangs, and the errors that must come
+//! before training. Two ranks over 127.0.0.1 with Gloo, the tiny SimpleUnet, one thread each.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{ddpm, run, synthetic_cifar, TINY_MODEL};
+
+/// The tiny seed preset: batches of 8 (4 per rank), no sampling, a metrics line per step.
+fn tiny_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={TINY_MODEL}"),
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+        "--set",
+        "log_every=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A run that would go on for hours, unless stopped.
+const LONG: [&str; 6] = [
+    "--max-steps",
+    "100000",
+    "--epochs",
+    "100000",
+    "--set",
+    "checkpoint_every=100000",
+];
+
+fn command(args: &[String], envs: &[(&str, String)]) -> Command {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = ddpm(&args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` to exit, at most `timeout`; returns its output and how long it took.
+fn wait_exit(mut child: Child, timeout: Duration, what: &str) -> (Output, Duration) {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return (child.wait_with_output().unwrap(), start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what}: still running after {timeout:?}: {}",
+                stderr_of(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric_lines(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn complete_checkpoints(run_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still answers `kill -0`; its state in /proc says it is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')))
+}
+
+/// The PIDs the launcher prints: `rank 0 PID 123, rank 1 PID 124`.
+fn launcher_pids(stderr: &str) -> Option<Vec<u32>> {
+    let line = stderr.lines().find(|l| l.contains("ranks meet on"))?;
+    let pids: Vec<u32> = line
+        .split("PID ")
+        .skip(1)
+        .map(|rest| {
+            rest.trim_end_matches(')')
+                .split([',', ')'])
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    Some(pids)
+}
+
+/// Starts the launcher with stderr in a file (so that the test can read it while it runs).
+fn spawn_launcher(args: &[String], log: &Path) -> Child {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ddpm(&args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn nproc_per_node_2_trains_writes_one_set_of_files_and_sample_reads_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let args = tiny_args(
+        &data,
+        &run_dir,
+        &[
+            "--nproc-per-node",
+            "2",
+            "--max-steps",
+            "6",
+            "--set",
+            "checkpoint_every=3",
+        ],
+    );
+    let out = command(&args, &[]).output().unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("data-parallel: 2 ranks, 4 images each per step (global batch 8)"),
+        "{stderr}"
+    );
+    // Rank 0 alone reports: one summary, one line per checkpoint.
+    assert_eq!(stderr.matches("done: 6 steps").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("checkpoint ").count(), 2, "{stderr}");
+    assert_eq!(
+        complete_checkpoints(&run_dir),
+        ["step-00000003", "step-00000006"]
+    );
+    let records = metric_lines(&run_dir);
+    assert_eq!(records.len(), 6, "one line per step, written once");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["step"], i as u64 + 1);
+        assert_eq!(r["world_size"], 2, "{r}");
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&read(&run_dir.join("checkpoints/step-00000006/state.json"))).unwrap();
+    assert_eq!(
+        (state["step"].as_u64(), state["world_size"].as_u64()),
+        (Some(6), Some(2))
+    );
+    // 32 images, global batches of 8: 4 steps per epoch whatever the number of ranks.
+    assert_eq!(
+        (state["epoch"].as_u64(), state["batch_in_epoch"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    let grid = dir.path().join("grid.png");
+    let checkpoint = run_dir.join("checkpoints/step-00000006");
+    let out = run(&[
+        "sample",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-n",
+        "2",
+        "--steps",
+        "5",
+        "--sampler",
+        "ddim",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "ddpm sample: {}", stderr_of(&out));
+    let image = image::open(&grid).expect("the grid decodes");
+    assert_eq!((image.width(), image.height()), (2 * 30 + 2, 32));
+}
+
+#[test]
+fn sigint_to_the_launcher_stops_both_ranks_after_one_step_with_one_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let log = dir.path().join("launcher.log");
+    let mut extra = vec!["--nproc-per-node", "2", "--dist-timeout", "10"];
+    extra.extend(LONG);
+    let launcher = spawn_launcher(&tiny_args(&data, &run_dir, &extra), &log);
+    wait_for("the first metrics lines", Duration::from_secs(60), || {
+        metric_lines(&run_dir).len() >= 3
+    });
+    kill(launcher.id(), "-INT");
+    let (out, _) = wait_exit(
+        launcher,
+        Duration::from_secs(30),
+        "the launcher after SIGINT",
+    );
+    let stderr = read(&log);
+    assert!(out.status.success(), "exit status {}: {stderr}", out.status);
+    // Announced once (rank 0), one checkpoint, at the step every rank stopped after.
+    assert_eq!(
+        stderr
+            .matches("Ctrl-C (SIGINT): finishing the current step")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    let names = complete_checkpoints(&run_dir);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let step: u64 = names[0].trim_start_matches("step-").parse().unwrap();
+    assert!(
+        stderr.contains(&format!("interrupted: checkpoint at step {step}")),
+        "{stderr}"
+    );
+    assert_eq!(metric_lines(&run_dir).last().unwrap()["step"], step);
+
+    // It resumes under the launcher.
+    let resumed = tiny_args(
+        &data,
+        &run_dir,
+        &[
+            "--nproc-per-node",
+            "2",
+            "--resume",
+            "--max-steps",
+            &(step + 2).to_string(),
+        ],
+    );
+    let out = command(&resumed, &[]).output().unwrap();
+    assert!(out.status.success(), "resume: {}", stderr_of(&out));
+    assert_eq!(metric_lines(&run_dir).last().unwrap()["step"], step + 2);
+}
+
+#[test]
+fn the_launcher_names_a_killed_rank_and_stops_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let log = dir.path().join("launcher.log");
+    let mut extra = vec!["--nproc-per-node", "2", "--dist-timeout", "10"];
+    extra.extend(LONG);
+    let launcher = spawn_launcher(&tiny_args(&data, &run_dir, &extra), &log);
+    wait_for("the first metrics lines", Duration::from_secs(60), || {
+        metric_lines(&run_dir).len() >= 2
+    });
+    let pids = launcher_pids(&read(&log)).expect("the launcher prints the ranks' PIDs");
+    assert_eq!(pids.len(), 2);
+    kill(pids[1], "-KILL");
+    let (out, took) = wait_exit(launcher, Duration::from_secs(30), "the launcher");
+    let stderr = read(&log);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rank 1 (PID {}) was killed by signal 9 (SIGKILL); stopping the other ranks",
+            pids[1]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("data-parallel training failed: rank 1"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!alive(pids[0]), "rank 0 outlived the launcher");
+}
+
+/// Starts two ranks by hand, as torchrun would, with `--dist-timeout 5`.
+fn two_ranks_by_hand(dir: &Path, run_dir: &Path) -> (Child, Child) {
+    let data = synthetic_cifar(dir, 32);
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut extra = LONG.to_vec();
+    extra.extend(["--dist-timeout", "5", "--threads", "1"]);
+    let args = tiny_args(&data, run_dir, &extra);
+    let env = |rank: usize| {
+        vec![
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+    };
+    let rank0 = command(&args, &env(0)).spawn().unwrap();
+    let rank1 = command(&args, &env(1)).spawn().unwrap();
+    (rank0, rank1)
+}
+
+#[test]
+fn when_one_rank_is_killed_the_other_exits_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (rank0, mut rank1) = two_ranks_by_hand(dir.path(), &run_dir);
+    wait_for("the first metrics lines", Duration::from_secs(60), || {
+        metric_lines(&run_dir).len() >= 2
+    });
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let (out, took) = wait_exit(rank0, Duration::from_secs(30), "rank 0 after rank 1 died");
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: rank 0 of 2: ") && stderr.contains(" failed ("),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rank 1 (the other rank) exited"),
+        "{stderr}"
+    );
+    // A dead peer closes its connections: no need to wait for the timeout.
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+}
+
+#[test]
+fn when_one_rank_hangs_the_other_stops_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (rank0, mut rank1) = two_ranks_by_hand(dir.path(), &run_dir);
+    wait_for("the first metrics lines", Duration::from_secs(60), || {
+        metric_lines(&run_dir).len() >= 2
+    });
+    kill(rank1.id(), "-STOP");
+    let (out, took) = wait_exit(rank0, Duration::from_secs(30), "rank 0 after rank 1 hung");
+    kill(rank1.id(), "-KILL");
+    rank1.wait().unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: rank 0 of 2: "), "{stderr}");
+    assert!(stderr.contains("Timed out"), "{stderr}");
+    assert!(stderr.contains("at most 5 s, --dist-timeout"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "failed before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn setup_errors_are_reported_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let args = tiny_args(
+        &data,
+        &run_dir,
+        &["--max-steps", "2", "--dist-timeout", "3"],
+    );
+    let rank = |rank: usize, addr: &str, port: u16| {
+        vec![
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", addr.to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+    };
+    let check = |args: &[String], env: &[(&str, String)], expected: &[&str]| {
+        let start = Instant::now();
+        let out = command(args, env).output().unwrap();
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        for text in expected {
+            assert!(stderr.contains(text), "expected {text:?} in: {stderr}");
+        }
+        assert!(
+            !stderr.contains(" per epoch), from step"),
+            "training started: {stderr}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+    };
+
+    // The port is taken.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    check(
+        &args,
+        &rank(0, "127.0.0.1", port),
+        &[&format!("rank 0 of 2: cannot host the rendezvous store at 127.0.0.1:{port}: MASTER_PORT={port} is already in use")],
+    );
+    drop(taken);
+    // MASTER_ADDR does not resolve.
+    check(
+        &args,
+        &rank(1, "no-such-host.invalid", 29500),
+        &["rank 1 of 2: MASTER_ADDR=no-such-host.invalid does not resolve"],
+    );
+    // Nobody hosts the store.
+    let free = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    check(
+        &args,
+        &rank(1, "127.0.0.1", free),
+        &[&format!(
+            "rank 1 of 2: cannot reach the rendezvous store at 127.0.0.1:{free}"
+        )],
+    );
+    // The global batch does not split over the ranks.
+    let three = tiny_args(
+        &data,
+        &run_dir,
+        &["--max-steps", "2", "--nproc-per-node", "3"],
+    );
+    check(
+        &three,
+        &[],
+        &["--batch-size 8 is the global batch and does not split over 3 ranks: pick a multiple of 3"],
+    );
+    // --nproc-per-node under torchrun.
+    let nested = tiny_args(
+        &data,
+        &run_dir,
+        &["--max-steps", "2", "--nproc-per-node", "2"],
+    );
+    check(
+        &nested,
+        &rank(0, "127.0.0.1", 29500),
+        &["--nproc-per-node starts ranks itself, but WORLD_SIZE is set"],
+    );
+    // More ranks than GPUs (here: no GPU at all).
+    if !Path::new("/dev/nvidia0").exists() {
+        let cuda = tiny_args(&data, &run_dir, &["--nproc-per-node", "2"]);
+        let mut cuda: Vec<String> = cuda.into_iter().filter(|a| a != "cpu").collect();
+        let at = cuda.iter().position(|a| a == "--device").unwrap();
+        cuda.insert(at + 1, "cuda".into());
+        check(
+            &cuda,
+            &[],
+            &["--device cuda:0 was asked for but CUDA is not available"],
+        );
+    }
+    assert!(
+        !run_dir.join("metrics.jsonl").exists(),
+        "a failed setup wrote metrics"
+    );
+}
