@@ -35,6 +35,8 @@ use crate::objective::training_loss;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
 use crate::{SkippedCheckpoint, TrainError};
+
+mod data_parallel;
 use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
 /// One line of `metrics.jsonl`.
@@ -115,11 +117,6 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
-}
-
-/// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
-fn rank_stream(rank: usize) -> u64 {
-    (rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 /// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
@@ -385,59 +382,6 @@ impl Trainer {
             stop_agreed: false,
             resumed_world_size: None,
         })
-    }
-
-    /// Whether this process writes the run's files: alone, or rank 0.
-    fn is_writer(&self) -> bool {
-        self.dist.as_deref().is_none_or(Distributed::is_main)
-    }
-
-    /// The number of data-parallel ranks (1 alone).
-    pub fn world_size(&self) -> usize {
-        self.dist.as_deref().map_or(1, Distributed::world_size)
-    }
-
-    /// The data-parallel run this trainer is a rank of; `None` alone.
-    pub fn distributed(&self) -> Option<&Distributed> {
-        self.dist.as_deref()
-    }
-
-    /// The world size of the run up to the checkpoint this one resumed from; `None` for a fresh
-    /// run.
-    pub fn resumed_world_size(&self) -> Option<usize> {
-        self.resumed_world_size
-    }
-
-    /// Makes every rank start from rank 0's state: checks that the ranks resumed at the same
-    /// step, then broadcasts rank 0's weights, buffers and EMA weights.
-    fn sync_start(&mut self) -> Result<(), TrainError> {
-        let Some(dist) = self.dist.clone() else {
-            return Ok(());
-        };
-        let counters = [self.step, self.skipped_steps, self.ema.updates()].map(|v| v as i64);
-        let mut rank0 = vec![Tensor::from_slice(&counters).to_device(self.device)];
-        dist.broadcast(&mut rank0, "the broadcast of rank 0's step at the start")?;
-        let rank0 = Vec::<i64>::try_from(&rank0[0].to_device(Device::Cpu)).expect("3 counters");
-        if rank0 != counters {
-            return Err(TrainError::Rendezvous {
-                rank: Some(dist.rank()),
-                world_size: Some(dist.world_size()),
-                message: format!(
-                    "this rank starts at step {} but rank 0 at step {}: every rank must resume from \
-                     the same checkpoint (one run directory, on a file system they share)",
-                    self.step, rank0[0]
-                ),
-            });
-        }
-        let mut tensors: Vec<Tensor> = checkpoint::named_tensors(&self.model_vs)
-            .into_iter()
-            .chain(checkpoint::named_tensors(&self.ema_vs))
-            .map(|(_, t)| t)
-            .collect();
-        dist.broadcast(
-            &mut tensors,
-            "the broadcast of rank 0's weights at the start",
-        )
     }
 
     /// An IO error while writing `path`, naming the newest checkpoint when the disk is full.
@@ -733,68 +677,15 @@ impl Trainer {
             .view(shape.as_slice())
             .to_device(self.device);
         let n_train = self.sched.schedule().n_steps() as i64;
-        let dist = self.dist.clone();
-        let (t, noise) = match &dist {
-            None => {
-                let t = Tensor::randint(n_train, [shape[0]], (Kind::Int64, self.device));
-                let noise = Tensor::randn_like(&x_0);
-                (t, noise)
-            }
-            Some(dist) => {
-                // The draws of the whole global batch, as one process makes them; this rank
-                // keeps its slice, the one its images come from.
-                let global = self.config.batch_size as i64;
-                let local = shape[0];
-                if local * dist.world_size() as i64 != global {
-                    return Err(TrainError::Config(format!(
-                        "rank {} got a batch of {local} images, not its share of the global batch \
-                         of {global} over {} ranks",
-                        dist.rank(),
-                        dist.world_size()
-                    )));
-                }
-                let start = dist.rank() as i64 * local;
-                let t = Tensor::randint(n_train, [global], (Kind::Int64, self.device))
-                    .narrow(0, start, local);
-                let mut global_shape = shape.clone();
-                global_shape[0] = global;
-                let noise = Tensor::randn(global_shape.as_slice(), (x_0.kind(), self.device))
-                    .narrow(0, start, local);
-                // Dropout masks: a stream of this rank's own, so that ranks do not share masks.
-                tch::manual_seed(step_seed(
-                    self.config.seed ^ rank_stream(dist.rank()),
-                    self.step,
-                ));
-                (t, noise)
-            }
-        };
+        let (t, noise) = self.draw_t_and_noise(&x_0, n_train)?;
         self.optim.zero_grad();
-        if let Some(dist) = &dist {
-            if !self.buffers.is_empty() {
-                // DDP's broadcast_buffers: BatchNorm's running statistics are rank 0's.
-                let mut live: Vec<Tensor> = self
-                    .buffers
-                    .iter()
-                    .map(|(l, _)| l.shallow_clone())
-                    .collect();
-                dist.broadcast(
-                    &mut live,
-                    &format!("the broadcast of rank 0's buffers at step {}", self.step),
-                )?;
-            }
-        }
+        self.broadcast_buffers()?;
         tch::no_grad(|| {
             for (live, backup) in &mut self.buffers {
                 backup.copy_(live);
             }
         });
-        let step = self.step;
-        let collective = |op: &str| format!("{op} at step {step}");
-        if let (Some(reducer), Some(dist)) = (reducer.as_deref_mut(), &dist) {
-            reducer
-                .prepare_for_forward()
-                .map_err(|e| dist.error(collective("the Reducer's bucket rebuild"), &e))?;
-        }
+        self.before_forward(reducer.as_deref_mut())?;
         let loss = training_loss(
             self.model.as_ref(),
             &self.sched,
@@ -804,53 +695,17 @@ impl Trainer {
             &t,
             self.autocast(),
         );
-        if let (Some(reducer), Some(dist)) = (reducer.as_deref_mut(), &dist) {
-            reducer
-                .prepare_for_backward(&[&loss])
-                .map_err(|e| dist.error(collective("the Reducer's backward setup"), &e))?;
-        }
+        self.before_backward(reducer.as_deref_mut(), &loss)?;
         loss.backward();
-        if let Some(dist) = &dist {
-            if reducer.is_none() {
-                let mut grads: Vec<Tensor> = self
-                    .params
-                    .iter()
-                    .map(Tensor::grad)
-                    .filter(Tensor::defined)
-                    .collect();
-                dist.average(&mut grads, &collective("the all-reduce of the gradients"))?;
-            }
-        }
+        self.average_gradients(reducer.is_some())?;
         let norm = self.optim.grad_norm();
-        let (loss_value, grad_norm) = match &dist {
-            None => {
-                // One device-to-host read per step, for both numbers.
-                let stats = Vec::<f64>::try_from(
-                    Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double),
-                )
+        // Data-parallel: the mean over the ranks (and their stop requests travel along).
+        let loss_value = self.global_loss(&loss)?;
+        // One device-to-host read per step, for both numbers.
+        let stats =
+            Vec::<f64>::try_from(Tensor::stack(&[loss_value, norm], 0).to_kind(Kind::Double))
                 .expect("two scalars");
-                (stats[0], stats[1])
-            }
-            Some(dist) => {
-                // The loss and the stop requests of every rank, in one small all-reduce, so that
-                // all ranks see the same mean loss (and take the same NaN-guard decision) and stop
-                // after the same step.
-                let stop =
-                    Tensor::from(f32::from(u8::from(self.stop_local))).to_device(self.device);
-                let mut shared = vec![Tensor::stack(
-                    &[loss.detach().to_kind(Kind::Float), stop],
-                    0,
-                )];
-                dist.sum(&mut shared, &collective("the all-reduce of the losses"))?;
-                let stats = Vec::<f64>::try_from(
-                    Tensor::cat(&[&shared[0], &norm.to_kind(Kind::Float).reshape([1])], 0)
-                        .to_kind(Kind::Double),
-                )
-                .expect("three scalars");
-                self.stop_agreed = stats[1] > 0.0;
-                (stats[0] / dist.world_size() as f64, stats[2])
-            }
-        };
+        let (loss_value, grad_norm) = (stats[0], stats[1]);
         let lr = self
             .config
             .optim
@@ -896,22 +751,9 @@ impl Trainer {
     /// # Errors
     /// As [`checkpoint::save`]; [`TrainError::Distributed`] when the barrier fails.
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
-        let root = self.run_dir.join(checkpoint::CHECKPOINTS_DIR);
-        let dir = if self.is_writer() {
-            self.write_checkpoint(&root)?
-        } else {
-            root.join(checkpoint::dir_name(self.step))
-        };
-        if let Some(dist) = &self.dist {
-            dist.barrier(&format!(
-                "the barrier after rank 0's checkpoint at step {}",
-                self.step
-            ))?;
+        if !self.is_writer() {
+            return self.wait_for_checkpoint();
         }
-        Ok(dir)
-    }
-
-    fn write_checkpoint(&self, root: &Path) -> Result<PathBuf, TrainError> {
         let (epoch, batch_in_epoch) = self.loader.position(self.step);
         let state = CheckpointState {
             format_version: checkpoint::FORMAT_VERSION,
@@ -930,7 +772,13 @@ impl Trainer {
             ema: &self.ema_vs,
             optimizer: self.optim.state_tensors(),
         };
-        checkpoint::save(root, &contents, self.config.keep_last)
+        let dir = checkpoint::save(
+            &self.run_dir.join("checkpoints"),
+            &contents,
+            self.config.keep_last,
+        )?;
+        self.checkpoint_barrier()?;
+        Ok(dir)
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and

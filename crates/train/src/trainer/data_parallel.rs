@@ -1,0 +1,214 @@
+//! The data-parallel parts of [`Trainer`] (see [`crate::distributed`] for what they do and
+//! why): which rank writes, the start-of-run broadcast, each step's draws, buffer broadcast,
+//! gradient average and loss all-reduce, and the checkpoint barrier. Without a
+//! [`Distributed`] context every method here is the single-process behaviour or a no-op.
+
+use std::path::PathBuf;
+
+use tch::{Device, Kind, Tensor};
+use torch_ext::Reducer;
+
+use super::{step_seed, Trainer};
+use crate::checkpoint;
+use crate::distributed::Distributed;
+use crate::TrainError;
+
+/// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
+fn rank_stream(rank: usize) -> u64 {
+    (rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+impl Trainer {
+    /// Whether this process writes the run's files: alone, or rank 0.
+    pub(super) fn is_writer(&self) -> bool {
+        self.dist.as_deref().is_none_or(Distributed::is_main)
+    }
+
+    /// The number of data-parallel ranks (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_deref().map_or(1, Distributed::world_size)
+    }
+
+    /// The data-parallel run this trainer is a rank of; `None` alone.
+    pub fn distributed(&self) -> Option<&Distributed> {
+        self.dist.as_deref()
+    }
+
+    /// The world size of the run up to the checkpoint this one resumed from; `None` for a fresh
+    /// run.
+    pub fn resumed_world_size(&self) -> Option<usize> {
+        self.resumed_world_size
+    }
+
+    /// `op` at the current step, for error messages.
+    fn at_step(&self, op: &str) -> String {
+        format!("{op} at step {}", self.step)
+    }
+
+    /// Makes every rank start from rank 0's state: checks that the ranks resumed at the same
+    /// step, then broadcasts rank 0's weights, buffers and EMA weights.
+    pub(super) fn sync_start(&mut self) -> Result<(), TrainError> {
+        let Some(dist) = self.dist.clone() else {
+            return Ok(());
+        };
+        let counters = [self.step, self.skipped_steps, self.ema.updates()].map(|v| v as i64);
+        let mut rank0 = vec![Tensor::from_slice(&counters).to_device(self.device)];
+        dist.broadcast(&mut rank0, "the broadcast of rank 0's step at the start")?;
+        let rank0 = Vec::<i64>::try_from(&rank0[0].to_device(Device::Cpu)).expect("3 counters");
+        if rank0 != counters {
+            return Err(TrainError::Rendezvous {
+                rank: Some(dist.rank()),
+                world_size: Some(dist.world_size()),
+                message: format!(
+                    "this rank starts at step {} but rank 0 at step {}: every rank must resume from \
+                     the same checkpoint (one run directory, on a file system they share)",
+                    self.step, rank0[0]
+                ),
+            });
+        }
+        let mut tensors: Vec<Tensor> = checkpoint::named_tensors(&self.model_vs)
+            .into_iter()
+            .chain(checkpoint::named_tensors(&self.ema_vs))
+            .map(|(_, t)| t)
+            .collect();
+        dist.broadcast(
+            &mut tensors,
+            "the broadcast of rank 0's weights at the start",
+        )
+    }
+
+    /// The step's timesteps and noise for the images `x_0`, drawn after the step's reseed.
+    /// Data-parallel: the draws of the whole global batch, exactly as one process makes them,
+    /// of which this rank keeps its slice (the one its images come from); then the global
+    /// generator is reseeded with a stream of this rank's own, for its dropout masks.
+    pub(super) fn draw_t_and_noise(
+        &self,
+        x_0: &Tensor,
+        n_train: i64,
+    ) -> Result<(Tensor, Tensor), TrainError> {
+        let Some(dist) = &self.dist else {
+            let t = Tensor::randint(n_train, [x_0.size()[0]], (Kind::Int64, self.device));
+            let noise = Tensor::randn_like(x_0);
+            return Ok((t, noise));
+        };
+        let mut shape = x_0.size();
+        let (global, local) = (self.config.batch_size as i64, shape[0]);
+        if local * dist.world_size() as i64 != global {
+            return Err(TrainError::Config(format!(
+                "rank {} got a batch of {local} images, not its share of the global batch of \
+                 {global} over {} ranks",
+                dist.rank(),
+                dist.world_size()
+            )));
+        }
+        let start = dist.rank() as i64 * local;
+        shape[0] = global;
+        let t =
+            Tensor::randint(n_train, [global], (Kind::Int64, self.device)).narrow(0, start, local);
+        let noise =
+            Tensor::randn(shape.as_slice(), (x_0.kind(), self.device)).narrow(0, start, local);
+        tch::manual_seed(step_seed(
+            self.config.seed ^ rank_stream(dist.rank()),
+            self.step,
+        ));
+        Ok((t, noise))
+    }
+
+    /// DDP's `broadcast_buffers`: before each forward pass, BatchNorm's running statistics
+    /// become rank 0's.
+    pub(super) fn broadcast_buffers(&self) -> Result<(), TrainError> {
+        let Some(dist) = &self.dist else {
+            return Ok(());
+        };
+        let mut live: Vec<Tensor> = self
+            .buffers
+            .iter()
+            .map(|(l, _)| l.shallow_clone())
+            .collect();
+        dist.broadcast(
+            &mut live,
+            &self.at_step("the broadcast of rank 0's buffers"),
+        )
+    }
+
+    /// Before the forward pass: the Reducer's bookkeeping (and, after its first step, its one
+    /// bucket rebuild, a collective).
+    pub(super) fn before_forward(
+        &self,
+        reducer: Option<&mut Reducer<'_>>,
+    ) -> Result<(), TrainError> {
+        match (reducer, &self.dist) {
+            (Some(reducer), Some(dist)) => reducer
+                .prepare_for_forward()
+                .map(|_| ())
+                .map_err(|e| dist.error(self.at_step("the Reducer's bucket rebuild"), &e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before `backward()`: arms the Reducer's autograd hooks on the loss.
+    pub(super) fn before_backward(
+        &self,
+        reducer: Option<&mut Reducer<'_>>,
+        loss: &Tensor,
+    ) -> Result<(), TrainError> {
+        match (reducer, &self.dist) {
+            (Some(reducer), Some(dist)) => reducer
+                .prepare_for_backward(&[loss])
+                .map_err(|e| dist.error(self.at_step("the Reducer's backward setup"), &e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// After `backward()`: every gradient becomes its mean over the ranks, unless the Reducer
+    /// already made it so during backward (`overlapped`).
+    pub(super) fn average_gradients(&self, overlapped: bool) -> Result<(), TrainError> {
+        let Some(dist) = &self.dist else {
+            return Ok(());
+        };
+        if overlapped {
+            return Ok(());
+        }
+        let mut grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        dist.average(&mut grads, &self.at_step("the all-reduce of the gradients"))
+    }
+
+    /// The step's loss as the NaN guard and the metrics see it: alone, the loss; data-parallel,
+    /// its mean over the ranks, from one small all-reduce that also carries this rank's stop
+    /// request (so that every rank takes the same skip decision and stops after the same step).
+    pub(super) fn global_loss(&mut self, loss: &Tensor) -> Result<Tensor, TrainError> {
+        let Some(dist) = self.dist.clone() else {
+            return Ok(loss.detach());
+        };
+        let stop = Tensor::from(f32::from(u8::from(self.stop_local))).to_device(self.device);
+        let mut shared = vec![Tensor::stack(
+            &[loss.detach().to_kind(Kind::Float), stop],
+            0,
+        )];
+        dist.sum(&mut shared, &self.at_step("the all-reduce of the losses"))?;
+        self.stop_agreed = shared[0].double_value(&[1]) > 0.0;
+        Ok(shared[0].get(0) / dist.world_size() as f64)
+    }
+
+    /// The other ranks' part of [`Trainer::save_checkpoint`]: wait for rank 0 to write it.
+    pub(super) fn wait_for_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        self.checkpoint_barrier()?;
+        Ok(self
+            .run_dir
+            .join(checkpoint::CHECKPOINTS_DIR)
+            .join(checkpoint::dir_name(self.step)))
+    }
+
+    /// Every rank waits here while rank 0 writes a checkpoint.
+    pub(super) fn checkpoint_barrier(&self) -> Result<(), TrainError> {
+        match &self.dist {
+            Some(dist) => dist.barrier(&self.at_step("the barrier after rank 0's checkpoint")),
+            None => Ok(()),
+        }
+    }
+}
