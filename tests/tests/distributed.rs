@@ -491,3 +491,53 @@ fn setup_errors_are_reported_before_training() {
         "a failed setup wrote metrics"
     );
 }
+
+/// torchrun from the set-up's python (`.venv`, as `cargo xtask setup` makes it) or the PATH.
+fn torchrun() -> Option<std::path::PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/torchrun");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join("torchrun"))
+        .find(|p| p.is_file())
+}
+
+/// torchrun hosts the store in its agent (`TORCHELASTIC_USE_AGENT_STORE=True`): every rank,
+/// rank 0 included, joins it as a client.
+#[test]
+fn torchrun_no_python_runs_two_ranks_through_its_agent_store() {
+    let Some(torchrun) = torchrun() else {
+        eprintln!("skipped: no torchrun in .venv or on the PATH (cargo xtask setup installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(torchrun);
+    cmd.args([
+        "--no-python",
+        "--nproc_per_node=2",
+        &format!("--master_port={port}"),
+    ])
+    .arg(e2e::ddpm_bin())
+    .args(tiny_args(&data, &run_dir, &["--max-steps", "4"]));
+    let out = cmd.output().unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("data-parallel: 2 ranks, 4 images each per step"),
+        "{stderr}"
+    );
+    let records = metric_lines(&run_dir);
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| r["world_size"] == 2));
+    assert_eq!(complete_checkpoints(&run_dir), ["step-00000004"]);
+}
