@@ -541,3 +541,180 @@ fn torchrun_no_python_runs_two_ranks_through_its_agent_store() {
     assert!(records.iter().all(|r| r["world_size"] == 2));
     assert_eq!(complete_checkpoints(&run_dir), ["step-00000004"]);
 }
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sample_across_two_ranks_writes_the_files_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let sample_into = |out: &Path, extra: &[&str]| {
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let mut args: Vec<String> = [
+            "sample",
+            "--checkpoint",
+            &s(&run_dir),
+            "--device",
+            "cpu",
+            // 7 images in 4 batches: the last one short; chains in the first two.
+            "-n",
+            "7",
+            "--batch",
+            "2",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--seed",
+            "4",
+            "--gif-chains",
+            "3",
+            "--gif-frames",
+            "4",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        for (flag, file) in [
+            ("--grid", "grid.png"),
+            ("--png-dir", "pngs"),
+            ("--strip", "strip.png"),
+            ("--gif", "chains.gif"),
+            ("--npz", "x.npz"),
+        ] {
+            args.push(flag.into());
+            args.push(s(&out.join(file)));
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = command(&args, &[]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        stderr_of(&out)
+    };
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    sample_into(&one, &["--threads", "1"]);
+    let stderr = sample_into(&two, &["--nproc-per-node", "2"]);
+    assert!(
+        stderr.contains("(2 ranks, 3 batches on rank 0)"),
+        "{stderr}"
+    );
+    let (a, b) = (files(&one), files(&two));
+    assert_eq!(
+        a.len(),
+        11,
+        "grid, strip, gif, npz and 7 PNGs: {:?}",
+        a.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        b.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs between one process and two ranks");
+    }
+}
+
+#[test]
+fn fid_of_a_checkpoint_across_two_ranks_scores_the_same_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let reference = dir.path().join("ref.npz");
+    // The reference: a one-process sample with another seed.
+    let out = run(&[
+        "sample",
+        "--checkpoint",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-n",
+        "6",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "--seed",
+        "99",
+        "--npz",
+        reference.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/eval/tests/fixtures/tiny_inception.pt");
+    let fid = |name: &str, extra: &[&str]| -> (serde_json::Value, Vec<u8>) {
+        let json = dir.path().join(format!("{name}.json"));
+        let saved = dir.path().join(format!("{name}.npz"));
+        let mut args: Vec<String> = [
+            "eval",
+            "fid",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--n",
+            "6",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--sample-batch-size",
+            "2",
+            "--seed",
+            "3",
+            "--ref",
+            reference.to_str().unwrap(),
+            "--kid-subset-size",
+            "4",
+            "--inception",
+            tiny.to_str().unwrap(),
+            "--no-verify",
+            "--input-size",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            json.to_str().unwrap(),
+            "--save-samples",
+            saved.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = command(&args, &[]).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr_of(&out));
+        let result = serde_json::from_str(&read(&json)).unwrap();
+        (result, std::fs::read(&saved).unwrap())
+    };
+    let (one, one_samples) = fid("one", &["--threads", "1"]);
+    let (two, two_samples) = fid("two", &["--nproc-per-node", "2"]);
+    assert!(
+        one_samples == two_samples,
+        "the two ranks drew other samples"
+    );
+    assert!(one["fid"].as_f64().unwrap() > 0.0, "{one}");
+    assert_eq!(two["fid"], one["fid"], "{one}\n{two}");
+    assert_eq!(two["kid"], one["kid"], "{one}\n{two}");
+    assert_eq!(
+        (
+            one["samples"]["details"]["ranks"].as_u64(),
+            two["samples"]["details"]["ranks"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+}

@@ -1,6 +1,7 @@
-//! `ddpm train --nproc-per-node N`: torchrun's job on one machine, without Python. Starts N
-//! copies of this command as ranks 0…N-1 of a data-parallel run (torchrun's variables, a free
-//! port on 127.0.0.1), forwards stop signals to them, and fails as a whole when one fails.
+//! `--nproc-per-node N` (`ddpm train`, `ddpm sample`, `ddpm eval fid`): torchrun's job on one
+//! machine, without Python. Starts N copies of this command as ranks 0…N-1 (torchrun's
+//! variables, a free port on 127.0.0.1), forwards stop signals to them, and fails as a whole
+//! when one fails. Also the per-rank device and threads of a launch, however it was started.
 //!
 //! - Each rank runs in a process group of its own, so that a terminal's Ctrl-C reaches the
 //!   launcher alone, which forwards it once to every rank (twice would make them quit without a
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use model::device::DeviceSpec;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
+use train::distributed::LaunchEnv;
 
 /// Set in the environment of the ranks the launcher starts (to the rank): they ignore
 /// `--nproc-per-node`, which they inherit with the rest of the command line.
@@ -48,6 +50,58 @@ fn describe(status: ExitStatus) -> String {
             format!("was killed by signal {signal}{name}")
         }
         _ => format!("ended ({status})"),
+    }
+}
+
+/// The device of a process: `--device` alone; in a launch, `cuda:LOCAL_RANK` for `--device cuda`
+/// or `auto` with CUDA, else the CPU.
+///
+/// # Errors
+/// When CUDA is asked for and missing, `--device cuda:N` with N > 0 in a launch, or more ranks
+/// on this machine than GPUs.
+pub fn rank_device(spec: DeviceSpec, env: Option<&LaunchEnv>) -> Result<tch::Device> {
+    let Some(env) = env else {
+        return Ok(spec.resolve()?);
+    };
+    let cuda = match spec {
+        DeviceSpec::Cpu => false,
+        DeviceSpec::Auto => tch::Cuda::is_available(),
+        DeviceSpec::Cuda(0) => {
+            spec.resolve()?;
+            true
+        }
+        DeviceSpec::Cuda(index) => bail!(
+            "--device cuda:{index}: each rank of a data-parallel run takes cuda:LOCAL_RANK; pass \
+             --device cuda"
+        ),
+    };
+    if !cuda {
+        return Ok(tch::Device::Cpu);
+    }
+    let count = tch::Cuda::device_count() as usize;
+    if env.local_rank >= count || env.local_world_size > count {
+        bail!(
+            "{} ranks on this machine (LOCAL_WORLD_SIZE) need {} GPUs, one each, but only {count} \
+             CUDA device(s) are visible (this rank's LOCAL_RANK is {}): start fewer ranks per \
+             machine, or pass --device cpu",
+            env.local_world_size,
+            env.local_world_size,
+            env.local_rank
+        );
+    }
+    Ok(tch::Device::Cuda(env.local_rank))
+}
+
+/// Sets libtorch's intra-op threads: `--threads` when given; in a launch on the CPU, the
+/// machine's threads divided among its ranks (`LOCAL_WORLD_SIZE`), at least 1.
+pub fn set_rank_threads(threads: Option<i32>, env: Option<&LaunchEnv>, device: tch::Device) {
+    match (threads, env) {
+        (Some(n), _) => tch::set_num_threads(n),
+        (None, Some(env)) if device == tch::Device::Cpu => {
+            let per_rank = (tch::get_num_threads() as usize / env.local_world_size.max(1)).max(1);
+            tch::set_num_threads(per_rank as i32);
+        }
+        _ => {}
     }
 }
 

@@ -128,6 +128,14 @@ pub struct FidArgs {
     /// Write the result here as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// With --checkpoint: share the sampler's batches among N processes on this machine (as
+    /// `torchrun --nproc-per-node N`); rank 0 gathers the samples (the same as in one process)
+    /// and scores them.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Seconds a rank waits for the others (the rendezvous, the gathering of the samples).
+    #[arg(long, value_name = "SECS", default_value_t = super::ranks::SAMPLE_TIMEOUT_SECS)]
+    dist_timeout: u64,
     #[command(flatten)]
     inception: InceptionArgs,
 }
@@ -328,9 +336,13 @@ fn limit(images: Images, n: Option<usize>, what: &str) -> Result<Images> {
     Ok(images)
 }
 
-/// Loads the extractor, verifying the file's sha256 unless told not to.
-fn load_extractor(args: &InceptionArgs) -> Result<(InceptionExtractor, bool)> {
-    if let Some(n) = args.threads {
+/// Loads the extractor, verifying the file's sha256 unless told not to; on `device` when
+/// given (a rank's), else on `--device` with `--threads`.
+fn load_extractor(
+    args: &InceptionArgs,
+    device: Option<tch::Device>,
+) -> Result<(InceptionExtractor, bool)> {
+    if let (Some(n), None) = (args.threads, device) {
         tch::set_num_threads(n);
     }
     let path = &args.inception;
@@ -356,7 +368,10 @@ fn load_extractor(args: &InceptionArgs) -> Result<(InceptionExtractor, bool)> {
             );
         }
     }
-    let device = args.device.resolve()?;
+    let device = match device {
+        Some(device) => device,
+        None => args.device.resolve()?,
+    };
     let resize: Resize = args.resize.parse().context("--resize")?;
     let extractor = InceptionExtractor::load(path, device)?
         .with_input_size(args.input_size)
@@ -395,12 +410,14 @@ fn extract(extractor: &InceptionExtractor, images: &Images, what: &str) -> Resul
     Ok(features)
 }
 
-/// Draws `n` samples from a checkpoint's EMA weights.
+/// Draws `n` samples from a checkpoint's EMA weights; in a launch, shared among the ranks and
+/// gathered on rank 0 (the others get `None`).
 fn sample_checkpoint(
     args: &FidArgs,
     path: &Path,
     device: tch::Device,
-) -> Result<(Images, serde_json::Value)> {
+    dist: Option<&train::Distributed>,
+) -> Result<Option<(Images, serde_json::Value)>> {
     let n = args.n.unwrap_or(10_000);
     if n < 2 {
         return Err(FidError::TooFewImages {
@@ -427,10 +444,29 @@ fn sample_checkpoint(
         seed: args.seed,
         n_chains: 0,
     };
-    let bar = progress_bar(n as u64, "samples");
+    let main = dist.is_none_or(train::Distributed::is_main);
+    let bar = if main {
+        progress_bar(n as u64, "samples")
+    } else {
+        ProgressBar::hidden()
+    };
     let started = Instant::now();
     let mut images: Option<Images> = None;
-    for batch in pipe.sample_batches(&sampler, &options, plan, |_, _| {})? {
+    let batches: Box<dyn Iterator<Item = Result<sample::SampledBatch>>> = match dist {
+        None => Box::new(
+            pipe.sample_batches(&sampler, &options, plan, |_, _| {})?
+                .map(|b| b.map_err(anyhow::Error::from)),
+        ),
+        Some(dist) => Box::new(
+            super::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
+                .into_iter()
+                .map(Ok),
+        ),
+    };
+    if !main {
+        return Ok(None);
+    }
+    for batch in batches {
         let batch = Images::from_tensor(&batch?.output.images)?;
         match images.as_mut() {
             Some(all) => all.append(&batch)?,
@@ -454,8 +490,9 @@ fn sample_checkpoint(
         "step": pipe.spec.step,
         "sampler": serde_json::to_value(&sampler).expect("serialisable"),
         "seed": args.seed,
+        "ranks": dist.map_or(1, train::Distributed::world_size),
     });
-    Ok((images, meta))
+    Ok(Some((images, meta)))
 }
 
 /// Writes images as uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`.
@@ -479,6 +516,11 @@ fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
 }
 
 fn run_fid(args: FidArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        if !crate::launch::is_launched_rank() {
+            return crate::launch::launch(n, args.inception.device);
+        }
+    }
     let started = Instant::now();
     // Everything that can be checked is checked before any image is sampled or scored.
     if args.kid_subsets == 0 {
@@ -495,7 +537,19 @@ fn run_fid(args: FidArgs) -> Result<()> {
     if args.samples.is_none() && args.checkpoint.is_none() && args.samples_dataset.is_none() {
         bail!("pass --samples FILE_OR_DIR, --checkpoint DIR or --samples-dataset NAME");
     }
-    let (extractor, verified) = load_extractor(&args.inception)?;
+    let joined = super::ranks::join(
+        args.inception.device,
+        args.inception.threads,
+        std::time::Duration::from_secs(args.dist_timeout),
+    )?;
+    if !joined.is_main() {
+        // The other ranks draw their share of the samples; rank 0 does the rest.
+        if let Some(path) = &args.checkpoint {
+            sample_checkpoint(&args, path, joined.device, joined.dist.as_ref())?;
+        }
+        return Ok(());
+    }
+    let (extractor, verified) = load_extractor(&args.inception, Some(joined.device))?;
     // The reference first: cheap to read, and statistics of another network's dimension are
     // refused before the samples are drawn.
     let reference = match (&args.reference, &args.ref_dataset.dataset) {
@@ -541,7 +595,9 @@ fn run_fid(args: FidArgs) -> Result<()> {
                 Source::Statistics(_) => unreachable!("refused by read_source"),
             },
             (None, Some(path), _) => {
-                let (images, meta) = sample_checkpoint(&args, path, extractor.device())?;
+                let (images, meta) =
+                    sample_checkpoint(&args, path, extractor.device(), joined.dist.as_ref())?
+                        .expect("rank 0 gathers the samples");
                 (images, format!("samples of {}", path.display()), meta)
             }
             (None, None, Some(name)) => {
@@ -620,7 +676,7 @@ fn run_fid(args: FidArgs) -> Result<()> {
 }
 
 fn run_stats(args: StatsArgs) -> Result<()> {
-    let (extractor, _) = load_extractor(&args.inception)?;
+    let (extractor, _) = load_extractor(&args.inception, None)?;
     let (images, what) = match (&args.samples, &args.dataset.dataset) {
         (Some(path), _) => match read_source(path, false)? {
             Source::Images(images) => (images, path.display().to_string()),

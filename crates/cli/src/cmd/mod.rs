@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod forward;
 pub mod model;
+pub mod ranks;
 pub mod sample;
 pub mod sampler_args;
 pub mod schedule;

@@ -6,6 +6,10 @@
 //!
 //! Every flag, output path and the checkpoint are checked before sampling starts, so a mistake
 //! costs seconds, not a sampling run.
+//!
+//! Under a launch (torchrun, or `--nproc-per-node N`) the batches are shared out among the ranks
+//! and gathered on rank 0, which writes the outputs: the same images as in one process
+//! ([`super::ranks`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,9 +47,18 @@ pub struct SampleArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
-    /// libtorch intra-op CPU threads (default: libtorch's choice).
+    /// libtorch intra-op CPU threads (default: libtorch's choice; in a launch on the CPU, that
+    /// divided by the number of ranks on this machine).
     #[arg(long)]
     threads: Option<i32>,
+    /// Share the batches among N processes on this machine (a free loopback port, one GPU each
+    /// on CUDA), as `torchrun --nproc-per-node N` does; rank 0 gathers the images and writes
+    /// the outputs, which are those of one process.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Seconds a rank waits for the others (the rendezvous, the gathering of the images).
+    #[arg(long, value_name = "SECS", default_value_t = super::ranks::SAMPLE_TIMEOUT_SECS)]
+    dist_timeout: u64,
     /// Write a PNG grid of the first --grid-n images.
     #[arg(long)]
     grid: Option<PathBuf>,
@@ -229,15 +242,22 @@ fn evenly(len: usize, n: usize) -> Vec<usize> {
 
 /// Runs `ddpm sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        if !crate::launch::is_launched_rank() {
+            return crate::launch::launch(n, args.device);
+        }
+    }
     check_args(&args)?;
     let spec = args.sampler.resolve(&args.checkpoint)?;
     let schedule = Schedule::new(&spec.schedule)
         .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
     let sampler = args.sampler.config(schedule.n_steps())?;
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n);
-    }
-    let device = args.device.resolve()?;
+    let joined = super::ranks::join(
+        args.device,
+        args.threads,
+        std::time::Duration::from_secs(args.dist_timeout),
+    )?;
+    let (device, main) = (joined.device, joined.is_main());
     let (dir, weights_name) = describe(&spec);
     let pipe = Pipeline::from_spec(spec, device)
         .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
@@ -262,18 +282,34 @@ pub fn run(args: SampleArgs) -> Result<()> {
         n_chains,
     };
     let n_steps = sampler.timesteps(schedule.n_steps())?.len();
-    let bar = ProgressBar::new((plan.n_batches() * n_steps) as u64);
+    let own_batches = match &joined.dist {
+        Some(dist) => super::ranks::own_batches(&plan, dist.rank(), dist.world_size()),
+        None => plan.n_batches(),
+    };
+    let bar = if main {
+        ProgressBar::new((own_batches * n_steps) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {msg} ETA {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    eprintln!(
-        "sampling {n} images of {c}x{s}x{s} from {} ({}), {sampler:?}, {n_steps} steps, batches of {}, on {device:?}",
-        dir.display(),
-        weights_name,
-        plan.batch_size
-    );
+    if main {
+        let ranks = joined.dist.as_ref().map_or(String::new(), |d| {
+            format!(
+                " ({} ranks, {own_batches} batches on rank 0)",
+                d.world_size()
+            )
+        });
+        eprintln!(
+            "sampling {n} images of {c}x{s}x{s} from {} ({}), {sampler:?}, {n_steps} steps, batches of {}, on {device:?}{ranks}",
+            dir.display(),
+            weights_name,
+            plan.batch_size
+        );
+    }
     let started = std::time::Instant::now();
     let n_batches = plan.n_batches();
     let image_len = (c * s * s) as usize;
@@ -283,7 +319,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
     // frames[k]: snapshot k of the kept chains, u8 NCHW.
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut done = 0usize;
-    let batches = pipe.sample_batches(&sampler, &options, plan, |_, _| bar.inc(1))?;
+    let batches: Box<dyn Iterator<Item = Result<sample::SampledBatch>>> = match &joined.dist {
+        None => Box::new(
+            pipe.sample_batches(&sampler, &options, plan, |_, _| bar.inc(1))?
+                .map(|b| b.map_err(anyhow::Error::from)),
+        ),
+        Some(dist) => Box::new(
+            super::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
+                bar.inc(1)
+            })?
+            .into_iter()
+            .map(Ok),
+        ),
+    };
+    if !main {
+        // Rank 0 has the images and writes the outputs.
+        return Ok(());
+    }
     for batch in batches {
         let batch = batch?;
         let images = to_u8_nchw(&batch.output.images);

@@ -460,38 +460,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })
 }
 
-/// The device of one rank: `cuda:LOCAL_RANK` for `--device cuda` or `auto` with CUDA, else the
-/// CPU.
-fn rank_device(spec: DeviceSpec, env: &LaunchEnv) -> Result<tch::Device> {
-    let cuda = match spec {
-        DeviceSpec::Cpu => false,
-        DeviceSpec::Auto => tch::Cuda::is_available(),
-        DeviceSpec::Cuda(0) => {
-            spec.resolve()?;
-            true
-        }
-        DeviceSpec::Cuda(index) => bail!(
-            "--device cuda:{index}: each rank of a data-parallel run takes cuda:LOCAL_RANK; pass \
-             --device cuda"
-        ),
-    };
-    if !cuda {
-        return Ok(tch::Device::Cpu);
-    }
-    let count = tch::Cuda::device_count() as usize;
-    if env.local_rank >= count || env.local_world_size > count {
-        bail!(
-            "{} ranks on this machine (LOCAL_WORLD_SIZE) need {} GPUs, one each, but only {count} \
-             CUDA device(s) are visible (this rank's LOCAL_RANK is {}): start fewer ranks per \
-             machine, or pass --device cpu",
-            env.local_world_size,
-            env.local_world_size,
-            env.local_rank
-        );
-    }
-    Ok(tch::Device::Cuda(env.local_rank))
-}
-
 /// One process of `ddpm train`; `env` places it in a data-parallel run.
 fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     if args.nproc_per_node.is_some_and(|n| n > 1)
@@ -503,19 +471,8 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
              --nproc-per-node, or run `ddpm train --nproc-per-node N` outside torchrun"
         );
     }
-    let device = match &env {
-        Some(env) => rank_device(args.device, env)?,
-        None => args.device.resolve()?,
-    };
-    match (args.threads, &env) {
-        (Some(n), _) => tch::set_num_threads(n),
-        // The machine's cores shared by its ranks.
-        (None, Some(env)) if device == tch::Device::Cpu => {
-            let per_rank = (tch::get_num_threads() as usize / env.local_world_size.max(1)).max(1);
-            tch::set_num_threads(per_rank as i32);
-        }
-        _ => {}
-    }
+    let device = crate::launch::rank_device(args.device, env.as_ref())?;
+    crate::launch::set_rank_threads(args.threads, env.as_ref(), device);
     // Rank 0 (or a process alone) writes the run's files.
     let writer = env.as_ref().is_none_or(|e| e.rank == 0);
     let resume = args.resume || args.resume_from.is_some();

@@ -1,0 +1,135 @@
+//! `ddpm sample` and `ddpm eval fid --checkpoint` across the ranks of a launch (torchrun, or
+//! `--nproc-per-node N`): rank r draws batches r, r + W, r + 2W, … of the request, each seeded
+//! exactly as one process seeds it ([`sample::batch_seed`]), so the images are those of a run in
+//! one process, bit for bit; rank 0 then collects them in order (one broadcast from each batch's
+//! owner) and writes every output. The batches that keep reverse-process snapshots (strips,
+//! GIFs) are rank 0's, so snapshots never travel.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use sample::{
+    batch_seed, BatchPlan, Pipeline, SampleOptions, SampleOutput, SampledBatch, SamplerConfig,
+};
+use tch::{Kind, Tensor};
+use train::distributed::LaunchEnv;
+use train::Distributed;
+
+use model::device::DeviceSpec;
+
+/// The default of `--dist-timeout` for sampling: a rank waits for the others' last batch.
+pub const SAMPLE_TIMEOUT_SECS: u64 = 1800;
+
+/// This process's place in a launch, and its device.
+pub struct Joined {
+    /// `None` alone.
+    pub dist: Option<Distributed>,
+    /// `--device`, or `cuda:LOCAL_RANK` in a launch.
+    pub device: tch::Device,
+}
+
+impl Joined {
+    /// Whether this process writes the outputs: alone, or rank 0.
+    pub fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(Distributed::is_main)
+    }
+}
+
+/// Joins the launch this process is part of (torchrun's variables), or runs alone.
+///
+/// # Errors
+/// Malformed variables, a device a rank cannot have, or a rendezvous that fails.
+pub fn join(device: DeviceSpec, threads: Option<i32>, timeout: Duration) -> Result<Joined> {
+    let env = LaunchEnv::from_env()?;
+    let device = crate::launch::rank_device(device, env.as_ref())?;
+    crate::launch::set_rank_threads(threads, env.as_ref(), device);
+    let dist = match env {
+        Some(env) => Some(Distributed::connect(env, device, timeout)?),
+        None => None,
+    };
+    Ok(Joined { dist, device })
+}
+
+/// The rank that draws batch `b` of `plan` among `world_size`.
+fn owner(plan: &BatchPlan, b: usize, world_size: usize) -> usize {
+    if b * plan.batch_size < plan.n_chains {
+        0
+    } else {
+        b % world_size
+    }
+}
+
+/// How many batches of `plan` rank `rank` of `world_size` draws.
+pub fn own_batches(plan: &BatchPlan, rank: usize, world_size: usize) -> usize {
+    (0..plan.n_batches())
+        .filter(|&b| owner(plan, b, world_size) == rank)
+        .count()
+}
+
+/// The batches of `plan` drawn across the ranks: rank 0 gets all of them, in order (as
+/// [`Pipeline::sample_batches`] yields them, snapshots included); the other ranks get none.
+/// `on_step` counts this rank's own steps.
+///
+/// # Errors
+/// A sampling error, or a rank that fails or does not answer within the group's timeout.
+pub fn sample_sharded<F: FnMut(usize, usize)>(
+    pipe: &Pipeline,
+    sampler: &SamplerConfig,
+    options: &SampleOptions,
+    plan: &BatchPlan,
+    dist: &Distributed,
+    mut on_step: F,
+) -> Result<Vec<SampledBatch>> {
+    let (rank, world) = (dist.rank(), dist.world_size());
+    let n_batches = plan.n_batches();
+    let first = |b: usize| b * plan.batch_size;
+    let rows = |b: usize| plan.batch_size.min(plan.n_images - first(b));
+    let mut own = Vec::new();
+    for b in (0..n_batches).filter(|&b| owner(plan, b, world) == rank) {
+        // Batch b of the request is batch 0 of a request seeded with its seed.
+        let one = BatchPlan {
+            n_images: rows(b),
+            batch_size: plan.batch_size,
+            image_shape: plan.image_shape,
+            seed: batch_seed(plan.seed, b),
+            n_chains: plan.n_chains.saturating_sub(first(b)),
+        };
+        let batch = pipe
+            .sample_batches(sampler, options, one, &mut on_step)?
+            .next()
+            .expect("a request of one batch")?;
+        own.push(SampledBatch {
+            batch_idx: b,
+            first_image: first(b),
+            output: batch.output,
+        });
+    }
+    let [c, h, w] = plan.image_shape;
+    let mut own = own.into_iter();
+    let mut gathered = Vec::new();
+    for b in 0..n_batches {
+        let from = owner(plan, b, world);
+        let mine = (from == rank).then(|| own.next().expect("this rank's batch"));
+        let mut images = vec![match &mine {
+            Some(batch) => batch.output.images.shallow_clone(),
+            None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
+        }];
+        dist.group().broadcast(&mut images, from).map_err(|e| {
+            dist.error(
+                format!("gathering batch {b} of the samples from rank {from}"),
+                &e,
+            )
+        })?;
+        if rank == 0 {
+            gathered.push(mine.unwrap_or_else(|| SampledBatch {
+                batch_idx: b,
+                first_image: first(b),
+                output: SampleOutput {
+                    images: images.pop().expect("one tensor"),
+                    snapshots: Vec::new(),
+                },
+            }));
+        }
+    }
+    Ok(gathered)
+}
