@@ -372,6 +372,15 @@ fn rank(env: &LaunchEnv, batch: usize, steps: u64, tmp: &Path) -> Result<()> {
     }
 
     let mb = n_values as f64 * 4.0 / 1e6;
+    let fastest = |ts: &[Duration]| ms(*ts.iter().min().expect("rounds"));
+    println!(
+        "fastest of the rounds (ms): alone {:.1}, local {:.1}, bucketed {:.1} (all-reduce {:.1}), overlap {:.1}",
+        fastest(&t_alone),
+        fastest(&t_local),
+        fastest(&t_bucketed),
+        fastest(&t_comm),
+        fastest(&t_overlap)
+    );
     let (alone_ms, local_ms) = (ms(median(t_alone)), ms(median(t_local)));
     let (bucketed_ms, comm_ms, overlap_ms) = (
         ms(median(t_bucketed)),
