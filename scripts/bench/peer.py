@@ -37,7 +37,18 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
-from model_diffusers import DDPM_CIFAR10  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    from model_diffusers import DDPM_CIFAR10  # noqa: E402
+except ImportError:  # no diffusers: the same configuration, spelled out
+    DDPM_CIFAR10 = dict(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32, norm_eps=1e-6, dropout=0.1, freq_shift=1, flip_sin_to_cos=False,
+        downsample_padding=0, attention_head_dim=None,
+    )
 from model_simple import SimpleUnet, seed_cifar10_config  # noqa: E402
 
 
@@ -67,16 +78,27 @@ class FoldedSimpleUnet(SimpleUnet):
 
 
 class DiffusersEps(torch.nn.Module):
-    """UNet2DModel returning the tensor, so both models are called alike."""
+    """UNet2DModel returning the tensor, so both models are called alike. Without diffusers
+    (the lent GPU machine has torch alone) it is `unet_torch.UNet`, the same network in plain
+    PyTorch under the same state-dict names (`unet_torch.py --check`: 1.6e-6 from diffusers on
+    the full configuration)."""
 
     def __init__(self):
         super().__init__()
-        from diffusers import UNet2DModel
+        try:
+            from diffusers import UNet2DModel
 
-        self.unet = UNet2DModel(**DDPM_CIFAR10)
+            self.unet = UNet2DModel(**DDPM_CIFAR10)
+            self.diffusers = True
+        except ImportError:
+            from unet_torch import UNet
+
+            self.unet = UNet(**DDPM_CIFAR10)
+            self.diffusers = False
 
     def forward(self, x, t):
-        return self.unet(x, t).sample
+        out = self.unet(x, t)
+        return out.sample if self.diffusers else out
 
 
 def linear_alphas_cumprod(n_steps):
@@ -92,7 +114,7 @@ SAMPLING_ABAR = linear_alphas_cumprod(1000)
 
 
 class Case:
-    def __init__(self, name, batch, layout, device, bf16, unfolded=False):
+    def __init__(self, name, batch, layout, device, bf16, unfolded=False, fused_adam=False, compile_mode=None):
         make, size, n_train, loss = CASES[name]
         if unfolded and name == "simple_unet":
             make = lambda: SimpleUnet(seed_cifar10_config(), exact=False)  # noqa: E731
@@ -110,13 +132,15 @@ class Case:
         self.t = torch.randint(0, n_train, (batch,), device=self.device)
         abar = torch.tensor(linear_alphas_cumprod(n_train), dtype=torch.float32, device=self.device)
         self.sqrt_abar, self.sqrt_one_minus_abar = abar.sqrt(), (1 - abar).sqrt()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=fused_adam or None)
+        # torch.compile wraps the network only; the optimizer step stays eager (fused or not).
+        self.compiled = self.model if compile_mode is None else torch.compile(self.model, mode=compile_mode)
 
     def net(self, x, t):
         if self.bf16:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(x, t).float()
-        return self.model(x, t)
+                return self.compiled(x, t).float()
+        return self.compiled(x, t)
 
     def forward(self):
         self.model.eval()
@@ -167,10 +191,16 @@ def main():
     parser.add_argument(
         "--unfolded", action="store_true", help="simple_unet: convolve cat([x, x]) as the notebook writes it"
     )
+    parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
+    parser.add_argument(
+        "--compile", metavar="MODE", help="torch.compile the network (default, reduce-overhead, max-autotune)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = Case(args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded)
+    case = Case(
+        args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded, args.fused_adam, args.compile
+    )
     steps = {
         "forward": case.forward,
         "train_step": case.train_step,

@@ -52,6 +52,81 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         assert_eq!((img.width(), img.height()), (42, 12), "{folder}");
         assert!(npz.is_file());
     }
+    // The forward process with a diffusers folder's schedule, on a dataset named on the line.
+    let data = synthetic_cifar(dir.path(), 4);
+    let strip = dir.path().join("strip.png");
+    ok(&[
+        "forward",
+        "--checkpoint",
+        s(&fixtures().join("modern")),
+        "--dataset",
+        "cifar10",
+        "--data",
+        s(&data),
+        "--n-steps",
+        "3",
+        "--scale",
+        "1",
+        "--out",
+        s(&strip),
+    ]);
+    // x_0 and three x_t of 8×8 (the folder's sample size).
+    let img = image::open(&strip).unwrap();
+    assert_eq!((img.width(), img.height()), (4 * 8 + 5 * 2, 12));
+    let err = run(&[
+        "forward",
+        "--checkpoint",
+        s(&fixtures().join("modern")),
+        "--out",
+        s(&strip),
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("pass --dataset"));
+
+    // FID of samples drawn from a diffusers folder, with the tiny stand-in feature network.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/eval/tests/fixtures/tiny_inception.pt");
+    let json = dir.path().join("fid.json");
+    let reference = dir.path().join("ref");
+    std::fs::create_dir_all(&reference).unwrap();
+    for i in 0..4u8 {
+        let img = image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([x as u8 * 30, y as u8 * 30, i * 60])
+        });
+        img.save(reference.join(format!("{i}.png"))).unwrap();
+    }
+    ok(&[
+        "eval",
+        "fid",
+        "--checkpoint",
+        s(&fixtures().join("legacy_pipeline")),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--n",
+        "4",
+        "--ref",
+        s(&reference),
+        "--inception",
+        s(&tiny),
+        "--no-verify",
+        "--input-size",
+        "16",
+        "--device",
+        "cpu",
+        "--kid-subset-size",
+        "2",
+        "--out",
+        s(&json),
+    ]);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        result["fid"].as_f64().is_some_and(f64::is_finite),
+        "{result}"
+    );
+
     // The layer table of a diffusers folder, with its weights checked.
     let out = run(&[
         "model",

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod bench;
 mod fetch;
+mod gpu_bundle;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,8 @@ enum Command {
     },
     /// Run every benchmark, with PyTorch eager side by side, and write a JSON + markdown report.
     Bench(bench::BenchArgs),
+    /// Build the GPU check (binaries, CUDA tests, PyTorch peer, run.sh) into target/gpu-bundle.
+    GpuBundle(gpu_bundle::GpuBundleArgs),
     #[command(flatten)]
     Fetch(fetch::FetchCommand),
 }
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
             run_checked(cmd.args(args))
         }
         Command::Bench(args) => bench::run(args),
+        Command::GpuBundle(args) => gpu_bundle::run(args).map(|_| ()),
         Command::Fetch(command) => fetch::run(command),
     }
 }

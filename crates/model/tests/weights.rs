@@ -214,7 +214,7 @@ fn writing_into_a_missing_directory_names_the_file() {
     let path = dir.path().join("no/such/dir/model.safetensors");
     let (vs, _net) = tiny();
     let err = save_safetensors(&vs, &path).unwrap_err();
-    assert!(matches!(err, ModelError::Write { .. }), "{err}");
+    assert!(matches!(err, ModelError::WriteIo { .. }), "{err}");
     assert!(
         err.to_string().contains("no/such/dir/model.safetensors"),
         "{err}"
