@@ -13,7 +13,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,7 +141,7 @@ pub struct Trainer {
     /// Newer checkpoints that [`Trainer::resume`] passed over because they do not load.
     skipped_checkpoints: Vec<SkippedCheckpoint>,
     /// The data-parallel run this process is a rank of; `None` alone.
-    dist: Option<Rc<Distributed>>,
+    dist: Option<data_parallel::SharedDist>,
     /// The trainable parameters in the order the network made them: the gradients the ranks
     /// average.
     params: Vec<Tensor>,
@@ -213,11 +212,11 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
-        let dist = dist.map(Rc::new);
+        let dist = dist.map(data_parallel::SharedDist::new);
         if dist.as_deref().is_none_or(Distributed::is_main) {
             run.ensure_fresh()?;
         }
-        let mut trainer = Self::build(run, config, dataset.into(), device, dist)?;
+        let trainer = Self::build(run, config, dataset.into(), device, dist)?;
         trainer.write_config()?;
         trainer.sync_start()?;
         Ok(trainer)
@@ -255,7 +254,8 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<(Self, Vec<PathBuf>), TrainError> {
-        let mut trainer = Self::build(run, config, dataset.into(), device, dist.map(Rc::new))?;
+        let dist = dist.map(data_parallel::SharedDist::new);
+        let trainer = Self::build(run, config, dataset.into(), device, dist)?;
         let mut deleted = Vec::new();
         if trainer.is_writer() {
             deleted = trainer.run.run_files();
@@ -272,7 +272,7 @@ impl Trainer {
         config: TrainConfig,
         dataset: Arc<Dataset>,
         device: Device,
-        dist: Option<Rc<Distributed>>,
+        dist: Option<data_parallel::SharedDist>,
     ) -> Result<Self, TrainError> {
         assert!(
             !dist.as_deref().is_none_or(Distributed::is_main) || run.is_locked(),
@@ -459,7 +459,7 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
-        let dist = dist.map(Rc::new);
+        let mut dist = dist.map(data_parallel::SharedDist::new);
         let dataset = dataset.into();
         let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
         let candidates: Vec<PathBuf> = match from {
@@ -498,7 +498,7 @@ impl Trainer {
                 }
                 None => state.1.clone(),
             };
-            let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.clone())?;
+            let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.take())?;
             match trainer.load_checkpoint(&dir, &state.0) {
                 Ok(()) => {
                     trainer.skipped_checkpoints = skipped;
@@ -514,6 +514,7 @@ impl Trainer {
                         reason: err.to_string(),
                     });
                     run = trainer.run;
+                    dist = trainer.dist;
                 }
                 Err(err) => return Err(err),
             }
@@ -860,7 +861,9 @@ impl Trainer {
         hooks.on_start(total, self.step, per_epoch);
         let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, finite steps, images, since
         let mut last_norm = 0.0;
-        let dist = self.dist.clone();
+        // A handle of its own on the process group, which the Reducer borrows while the loop
+        // calls `&mut self` methods.
+        let dist = self.dist.as_ref().map(data_parallel::SharedDist::share);
         let mut reducer = match &dist {
             Some(d) if self.config.distributed.grad_sync == GradSync::Overlap => Some(
                 Reducer::new(d.group(), &self.params, ReducerOptions::default())

@@ -292,3 +292,9 @@ fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
     assert_eq!(skipped[0].dir, newest);
     assert!(skipped[0].reason.contains("ema.safetensors"), "{skipped:?}");
 }
+
+#[test]
+fn a_trainer_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Trainer>();
+}

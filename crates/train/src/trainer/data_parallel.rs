@@ -3,7 +3,9 @@
 //! gradient average and loss all-reduce, and the checkpoint barrier. Without a
 //! [`Distributed`] context every method here is the single-process behaviour or a no-op.
 
+use std::ops::Deref;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use tch::{Device, Kind, Tensor};
 use torch_ext::Reducer;
@@ -16,6 +18,36 @@ use crate::TrainError;
 /// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
 fn rank_stream(rank: usize) -> u64 {
     (rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// The trainer's [`Distributed`], shared with a local of [`Trainer::run`] that lends its
+/// process group to DDP's `Reducer` while the loop calls `&mut self` methods.
+pub(super) struct SharedDist(Rc<Distributed>);
+
+// SAFETY: `Distributed` is `Send`; only the reference count of the `Rc` could be touched from two
+// threads. Every other reference (`share`) lives in a local of a `Trainer` method and is dropped
+// before it returns (an `Rc` is not `Send`, so it cannot leave the thread), and `SharedDist` is
+// neither `Clone` nor handed out. So whenever a trainer can move to another thread, its
+// `SharedDist` holds the only reference.
+unsafe impl Send for SharedDist {}
+
+impl SharedDist {
+    pub(super) fn new(dist: Distributed) -> Self {
+        Self(Rc::new(dist))
+    }
+
+    /// Another reference, for a local of a method that must not outlive it.
+    pub(super) fn share(&self) -> Rc<Distributed> {
+        Rc::clone(&self.0)
+    }
+}
+
+impl Deref for SharedDist {
+    type Target = Distributed;
+
+    fn deref(&self) -> &Distributed {
+        &self.0
+    }
 }
 
 impl Trainer {
@@ -47,8 +79,8 @@ impl Trainer {
 
     /// Makes every rank start from rank 0's state: checks that the ranks resumed at the same
     /// step, then broadcasts rank 0's weights, buffers and EMA weights.
-    pub(super) fn sync_start(&mut self) -> Result<(), TrainError> {
-        let Some(dist) = self.dist.clone() else {
+    pub(super) fn sync_start(&self) -> Result<(), TrainError> {
+        let Some(dist) = self.dist.as_deref() else {
             return Ok(());
         };
         let counters = [self.step, self.skipped_steps, self.ema.updates()].map(|v| v as i64);
@@ -182,7 +214,7 @@ impl Trainer {
     /// its mean over the ranks, from one small all-reduce that also carries this rank's stop
     /// request (so that every rank takes the same skip decision and stops after the same step).
     pub(super) fn global_loss(&mut self, loss: &Tensor) -> Result<Tensor, TrainError> {
-        let Some(dist) = self.dist.clone() else {
+        let Some(dist) = self.dist.as_deref() else {
             return Ok(loss.detach());
         };
         let stop = Tensor::from(f32::from(u8::from(self.stop_local))).to_device(self.device);
@@ -191,8 +223,9 @@ impl Trainer {
             0,
         )];
         dist.sum(&mut shared, &self.at_step("the all-reduce of the losses"))?;
+        let mean = shared[0].get(0) / dist.world_size() as f64;
         self.stop_agreed = shared[0].double_value(&[1]) > 0.0;
-        Ok(shared[0].get(0) / dist.world_size() as f64)
+        Ok(mean)
     }
 
     /// The other ranks' part of [`Trainer::save_checkpoint`]: wait for rank 0 to write it.
