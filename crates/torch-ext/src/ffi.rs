@@ -101,6 +101,13 @@ extern "C" {
         n_ends: usize,
         weight: f64,
     ) -> CError;
+    pub(crate) fn te_foreach_lerp_tensor_(
+        xs: *const *mut C_tensor,
+        n: usize,
+        ends: *const *mut C_tensor,
+        n_ends: usize,
+        weight: *mut C_tensor,
+    ) -> CError;
     pub(crate) fn te_foreach_norm(
         xs: *const *mut C_tensor,
         n: usize,
@@ -135,6 +142,7 @@ extern "C" {
         state_steps: *const *mut C_tensor,
         n: usize,
         lr: f64,
+        lr_tensor: *mut C_tensor,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
