@@ -1,10 +1,21 @@
 //! The training loop (Ho et al. 2020, Alg. 1) with EMA, checkpoints, exact resume, a NaN
 //! guard, metrics and sample pictures.
 //!
-//! Reproducibility: every step reseeds libtorch from (seed, step) before drawing t, ε and
-//! dropout masks, and the loader's batches are a pure function of (seed, epoch, index). So the
-//! complete random state of a run is its seed and its step, and a resumed run on the CPU
-//! replays the uninterrupted run's losses exactly.
+//! Reproducibility: the run owns a generator on its device ([`torch_ext::Generator`]) and
+//! reseeds it from [`step_seed`]`(seed, step)` before drawing t and ε; the initial weights come
+//! from a CPU generator seeded with the run's seed; and the loader's batches are a pure function
+//! of (seed, epoch, index). So the complete random state of a run is its seed and its step, and a
+//! resumed run on the CPU replays the uninterrupted run's losses exactly. Because the generator's
+//! state at every step boundary is a function of (seed, step), checkpoints do not store it: the
+//! step counter in `state.json` restores it.
+//!
+//! The one exception is dropout inside the network: tch's `dropout` takes no generator and draws
+//! from libtorch's process-wide generator. For a network with dropout (the paper's U-Net), each
+//! step therefore also reseeds that global generator, from a stream of the step's seed separate
+//! from t and ε ([`dropout_seed`]). Resume stays exact, but a trainer of such a network shares
+//! the global generator with anything else in the process that draws from it: two of them on
+//! parallel threads can interleave each other's dropout masks. Networks without dropout never
+//! touch the global generator.
 
 use std::fs;
 use std::io::Write;
@@ -15,6 +26,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
+use torch_ext::Generator;
 
 use data::{Batch, Dataset, Loader, LoaderConfig};
 use model::Denoiser;
@@ -103,6 +115,12 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
+/// The seed of libtorch's global generator for the dropout masks of step `step` (see the module
+/// docs): [`step_seed`] of another run seed, so that the masks never reuse the t and ε stream.
+pub fn dropout_seed(seed: u64, step: u64) -> i64 {
+    step_seed(seed ^ 0xD40F_0E7A_5EED_0001, step)
+}
+
 /// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
 pub struct Trainer {
     config: TrainConfig,
@@ -117,6 +135,8 @@ pub struct Trainer {
     optim: Adam,
     sched: ScheduleTensors,
     loader: Loader,
+    /// Draws t and ε; reseeded from [`step_seed`] every step.
+    gen: Generator,
     step: u64,
     skipped_steps: u64,
     nonfinite_in_a_row: u32,
@@ -239,12 +259,15 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
-        tch::manual_seed(config.seed as i64);
+        let gen = Generator::new(config.seed, device)
+            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
-            .build(&model_vs.root())
+            .build_with(&model_vs.root(), &mut Generator::cpu(config.seed))
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        // The EMA network starts as a copy of the live one (Ema::new): its own initial weights
+        // never matter.
         let ema_vs = VarStore::new(device);
         let ema_model = config
             .model
@@ -274,6 +297,7 @@ impl Trainer {
             optim,
             sched,
             loader,
+            gen,
             step: 0,
             skipped_steps: 0,
             nonfinite_in_a_row: 0,
@@ -510,20 +534,33 @@ impl Trainer {
         self.config.precision == Precision::Bf16 && self.device.is_cuda()
     }
 
-    /// One optimizer step on `batch` (Alg. 1): draws t and ε from the step's seed, updates the
-    /// weights and the EMA unless the loss or gradient is not finite.
+    /// One optimizer step on `batch` (Alg. 1): draws t and ε from the run's generator reseeded
+    /// with [`step_seed`], updates the weights and the EMA unless the loss or gradient is not
+    /// finite.
     ///
     /// # Errors
     /// [`TrainError::NonFinite`] after `max_nonfinite_in_a_row` skipped steps in a row.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
-        tch::manual_seed(step_seed(self.config.seed, self.step));
+        self.gen
+            .set_seed(step_seed(self.config.seed, self.step) as u64);
+        if self.config.model.uses_dropout() {
+            // tch's dropout takes no generator: its masks come from libtorch's global one,
+            // reseeded here so that they too are a function of (seed, step) (see the module docs).
+            tch::manual_seed(dropout_seed(self.config.seed, self.step));
+        }
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
         let x_0 = Tensor::from_slice(&batch.images)
             .view(shape.as_slice())
             .to_device(self.device);
         let n_train = self.sched.schedule().n_steps() as i64;
-        let t = Tensor::randint(n_train, [shape[0]], (Kind::Int64, self.device));
-        let noise = Tensor::randn_like(&x_0);
+        let t = self
+            .gen
+            .randint(0, n_train, &[shape[0]], self.device)
+            .expect("the run's generator is on its device");
+        let noise = self
+            .gen
+            .randn_like(&x_0)
+            .expect("the run's generator is on its device");
         self.optim.zero_grad();
         tch::no_grad(|| {
             for (live, backup) in &mut self.buffers {
@@ -629,13 +666,15 @@ impl Trainer {
             n_snapshots: 10,
             autocast: self.autocast(),
         };
+        let mut gen = Generator::new(self.config.seed ^ 0x5A5A, self.device)
+            .map_err(sample::SampleError::from)?;
         let out = sample(
             self.ema_model.as_ref(),
             &self.sched,
             &SamplerConfig::seed_notebook(),
             &options,
             [n, c, s, s],
-            self.config.seed ^ 0x5A5A,
+            &mut gen,
             |_, _| {},
         )?;
         let dir = self.run_dir.join("samples");
