@@ -16,11 +16,12 @@ pub mod ema;
 pub mod objective;
 pub mod optim;
 pub mod run_dir;
+mod stats;
 pub mod trainer;
 
 pub use config::{ConfigChange, Precision, Preset, TrainConfig};
 pub use run_dir::RunDir;
-pub use trainer::{MetricsRecord, RunEnd, StepOutcome, TrainHooks, Trainer};
+pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
 
 pub use sample::forward;
 

@@ -39,6 +39,7 @@ use crate::ema::Ema;
 use crate::objective::training_loss;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
+use crate::stats::{DeviceStats, StatsRead};
 use crate::{SkippedCheckpoint, TrainError};
 use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
@@ -61,9 +62,21 @@ pub struct MetricsRecord {
     pub skipped_steps: u64,
 }
 
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What one step did, as 0-dim tensors on the device: [`Trainer::train_step`] returns before
+/// the device has finished the step, and nothing is read back until asked. The first of the
+/// accessors reads all four values in one transfer (a synchronisation) and keeps them.
+#[derive(Debug)]
 pub struct StepOutcome {
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: Tensor,
+    found_inf: Tensor,
+    values: std::cell::OnceCell<StepValues>,
+}
+
+/// The values of a [`StepOutcome`], on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepValues {
     /// The loss (NaN or infinite when skipped).
     pub loss: f64,
     /// The gradient norm before clipping.
@@ -72,6 +85,43 @@ pub struct StepOutcome {
     pub lr: f64,
     /// Whether the update was skipped for a non-finite loss or gradient.
     pub skipped: bool,
+}
+
+impl StepOutcome {
+    /// All four values (reads them from the device the first time).
+    pub fn values(&self) -> StepValues {
+        *self.values.get_or_init(|| {
+            let parts = [&self.loss, &self.grad_norm, &self.lr, &self.found_inf]
+                .map(|t| t.detach().to_kind(Kind::Double).reshape([]));
+            let v = Vec::<f64>::try_from(Tensor::stack(&parts, 0)).expect("four scalars");
+            StepValues {
+                loss: v[0],
+                grad_norm: v[1],
+                lr: v[2],
+                skipped: v[3] != 0.0,
+            }
+        })
+    }
+
+    /// The loss (NaN or infinite when skipped).
+    pub fn loss(&self) -> f64 {
+        self.values().loss
+    }
+
+    /// The gradient norm before clipping.
+    pub fn grad_norm(&self) -> f64 {
+        self.values().grad_norm
+    }
+
+    /// The learning rate used.
+    pub fn lr(&self) -> f64 {
+        self.values().lr
+    }
+
+    /// Whether the update was skipped for a non-finite loss or gradient.
+    pub fn skipped(&self) -> bool {
+        self.values().skipped
+    }
 }
 
 /// How a run ended.
@@ -87,7 +137,8 @@ pub enum RunEnd {
 pub trait TrainHooks {
     /// Before the first step: the total and the step the run starts from.
     fn on_start(&mut self, _total_steps: u64, _start_step: u64, _batches_per_epoch: usize) {}
-    /// After every step.
+    /// After every step. Reading the outcome's values waits for the device to finish the step:
+    /// a front end that shows the loss should take it from [`TrainHooks::on_metrics`].
     fn on_step(&mut self, _step: u64, _epoch: u64, _outcome: &StepOutcome) {}
     /// After a metrics line was written.
     fn on_metrics(&mut self, _record: &MetricsRecord) {}
@@ -138,8 +189,12 @@ pub struct Trainer {
     /// Draws t and ε; reseeded from [`step_seed`] every step.
     gen: Generator,
     step: u64,
+    /// Steps skipped so far, as of the last read of `stats`.
     skipped_steps: u64,
-    nonfinite_in_a_row: u32,
+    /// The NaN guard's counters, the window's loss and the last gradient norm, on the device.
+    stats: DeviceStats,
+    /// What the read at the current step found, for `run`'s metrics line.
+    last_read: Option<StatsRead>,
     /// Non-trainable tensors the forward pass updates (BatchNorm running statistics), and a
     /// copy from before the current step: a skipped step must not leave NaN statistics behind.
     buffers: Vec<(Tensor, Tensor)>,
@@ -300,7 +355,8 @@ impl Trainer {
             gen,
             step: 0,
             skipped_steps: 0,
-            nonfinite_in_a_row: 0,
+            stats: DeviceStats::new(device, 0, 0),
+            last_read: None,
             buffers,
             skipped_checkpoints: Vec::new(),
         })
@@ -455,6 +511,7 @@ impl Trainer {
         self.ema.set_updates(state.ema_updates);
         self.step = state.step;
         self.skipped_steps = state.skipped_steps;
+        self.stats = DeviceStats::new(self.device, state.step, state.skipped_steps);
         Ok(())
     }
 
@@ -538,8 +595,16 @@ impl Trainer {
     /// with [`step_seed`], updates the weights and the EMA unless the loss or gradient is not
     /// finite.
     ///
+    /// The step does not wait for the device: the non-finite check, the skip, gradient clipping,
+    /// the learning-rate schedule and the EMA decay are all decided on the device (the fused
+    /// Adam kernel and the EMA lerp read a `found_inf` flag), and the loss and norm accumulate
+    /// there. The statistics are read every `log_every` and `checkpoint_every` steps and at the
+    /// last step, and the NaN guard's rule is checked then: a run whose steps were non-finite
+    /// `max_nonfinite_in_a_row` times in a row stops at the first read after that.
+    ///
     /// # Errors
-    /// [`TrainError::NonFinite`] after `max_nonfinite_in_a_row` skipped steps in a row.
+    /// [`TrainError::NonFinite`] at a read that finds `max_nonfinite_in_a_row` skipped steps in
+    /// a row since the previous one.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         self.gen
             .set_seed(step_seed(self.config.seed, self.step) as u64);
@@ -549,9 +614,16 @@ impl Trainer {
             tch::manual_seed(dropout_seed(self.config.seed, self.step));
         }
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
-        let x_0 = Tensor::from_slice(&batch.images)
-            .view(shape.as_slice())
-            .to_device(self.device);
+        let images = Tensor::from_slice(&batch.images).view(shape.as_slice());
+        let x_0 = if self.device.is_cuda() {
+            // From pageable memory the copy would wait for the device to finish the previous
+            // step; from pinned memory it is queued behind it.
+            images
+                .pin_memory(self.device)
+                .to_device_(self.device, Kind::Float, true, false)
+        } else {
+            images
+        };
         let n_train = self.sched.schedule().n_steps() as i64;
         let t = self
             .gen
@@ -578,47 +650,61 @@ impl Trainer {
         );
         loss.backward();
         let norm = self.optim.grad_norm();
-        // One device-to-host read per step, for both numbers.
-        let stats =
-            Vec::<f64>::try_from(Tensor::stack(&[loss.detach(), norm], 0).to_kind(Kind::Double))
-                .expect("two scalars");
-        let (loss_value, grad_norm) = (stats[0], stats[1]);
+        // Everything below stays on the device (see the docs above); n = step − skipped steps.
         let lr = self
             .config
             .optim
-            .lr_at(self.step - self.skipped_steps, self.total_steps());
-        let skipped = !loss_value.is_finite() || !grad_norm.is_finite();
-        if skipped {
-            self.skipped_steps += 1;
-            self.nonfinite_in_a_row += 1;
-            self.optim.zero_grad();
-            tch::no_grad(|| {
-                for (live, backup) in &mut self.buffers {
-                    live.copy_(backup);
-                }
-            });
-            if self.nonfinite_in_a_row >= self.config.max_nonfinite_in_a_row {
-                return Err(TrainError::NonFinite(format!(
-                    "{} steps in a row had a non-finite loss or gradient (last at step {}, loss {loss_value}, grad norm {grad_norm}); \
-                     the run stops here: lower optim.lr, set optim.grad_clip, or check the data",
-                    self.nonfinite_in_a_row, self.step
-                )));
+            .lr_tensor(self.optim.steps_tensor(), self.total_steps());
+        let (found, found_inf) = self.stats.record(&loss, &norm, &lr);
+        let clip = self
+            .config
+            .optim
+            .grad_clip
+            .map(|max| Adam::clip_scale(&norm, max));
+        self.optim.step_on_device(&lr, &found_inf, clip.as_ref());
+        tch::no_grad(|| {
+            // A skipped step must not leave NaN statistics behind.
+            for (live, backup) in &mut self.buffers {
+                let restored = backup.where_self(&found, live);
+                live.copy_(&restored);
             }
-        } else {
-            self.nonfinite_in_a_row = 0;
-            if let Some(max) = self.config.optim.grad_clip {
-                self.optim.clip_grad_norm(grad_norm, max);
-            }
-            self.optim.step(lr);
-            self.ema.update();
-        }
+        });
+        self.ema.update_unless(Some(&found_inf));
         self.step += 1;
+        if self.reads_after_this_step() {
+            self.read_stats()?;
+        }
         Ok(StepOutcome {
-            loss: loss_value,
-            grad_norm,
+            loss: loss.detach(),
+            grad_norm: norm,
             lr,
-            skipped,
+            found_inf,
+            values: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Whether the step just taken ends with a read of the device statistics: at metrics lines,
+    /// checkpoints and the last step.
+    fn reads_after_this_step(&self) -> bool {
+        self.step.is_multiple_of(self.config.log_every)
+            || self.step.is_multiple_of(self.config.checkpoint_every)
+            || self.step >= self.total_steps()
+    }
+
+    /// Reads the device statistics and applies the NaN guard's abort rule.
+    fn read_stats(&mut self) -> Result<StatsRead, TrainError> {
+        let read = self.stats.read(self.step);
+        self.skipped_steps = read.skipped;
+        self.last_read = Some(read);
+        let max = self.config.max_nonfinite_in_a_row;
+        if read.worst_in_a_row >= u64::from(max) {
+            return Err(TrainError::NonFinite(format!(
+                "{} steps in a row had a non-finite loss or gradient (seen at step {}, {} skipped in all); \
+                 the run stops here: lower optim.lr, set optim.grad_clip, or check the data",
+                read.worst_in_a_row, self.step, read.skipped
+            )));
+        }
+        Ok(read)
     }
 
     /// Writes a checkpoint for the current step and returns its directory.
@@ -634,7 +720,7 @@ impl Trainer {
             batch_in_epoch: batch_in_epoch as u64,
             seed: self.config.seed,
             ema_updates: self.ema.updates(),
-            skipped_steps: self.skipped_steps,
+            skipped_steps: self.stats.skipped(),
             config: serde_json::to_value(&self.config).expect("configs serialise"),
         };
         let contents = CheckpointContents {
@@ -718,8 +804,7 @@ impl Trainer {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
         hooks.on_start(total, self.step, per_epoch);
-        let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, finite steps, images, since
-        let mut last_norm = 0.0;
+        let mut window = (0u64, Instant::now()); // images, since
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
             for batch in self.loader.epoch_from(epoch, start) {
@@ -735,30 +820,24 @@ impl Trainer {
                 }
                 let outcome = self.train_step(&batch)?;
                 hooks.on_step(self.step, epoch, &outcome);
-                window.2 += batch.shape[0] as u64;
-                if !outcome.skipped {
-                    window.0 += outcome.loss;
-                    window.1 += 1;
-                    last_norm = outcome.grad_norm;
-                }
+                window.0 += batch.shape[0] as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {
+                    // train_step read the device statistics at this step.
+                    let read = self.last_read.take().expect("a read at every metrics step");
                     let record = MetricsRecord {
                         step: self.step,
                         epoch,
-                        loss: if window.1 > 0 {
-                            window.0 / window.1 as f64
-                        } else {
-                            f64::NAN
-                        },
-                        lr: outcome.lr,
-                        grad_norm: last_norm,
-                        images_per_sec: window.2 as f64
-                            / window.3.elapsed().as_secs_f64().max(1e-9),
-                        skipped_steps: self.skipped_steps,
+                        loss: read.window_loss,
+                        lr: read.lr,
+                        grad_norm: read.last_norm,
+                        images_per_sec: window.0 as f64
+                            / window.1.elapsed().as_secs_f64().max(1e-9),
+                        skipped_steps: read.skipped,
                     };
+                    self.stats.start_window(self.step, read.skipped);
                     self.append_metrics(&record)?;
                     hooks.on_metrics(&record);
-                    window = (0.0, 0, 0, Instant::now());
+                    window = (0, Instant::now());
                 }
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
                     let dir = self.save_checkpoint()?;

@@ -193,7 +193,7 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
 
     for _ in 0..2 {
         let outcome = trainer.train_step(&poisoned).unwrap();
-        assert!(outcome.skipped && outcome.loss.is_nan());
+        assert!(outcome.skipped() && outcome.loss().is_nan());
     }
     // Weights are untouched by skipped steps.
     let after = train::checkpoint::named_tensors(trainer.model_vs());
@@ -202,7 +202,7 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
         assert!(now.equal(was), "{name} changed during a skipped step");
     }
     // A finite step resets the count ...
-    assert!(!trainer.train_step(&good).unwrap().skipped);
+    assert!(!trainer.train_step(&good).unwrap().skipped());
     // ... and three non-finite steps in a row abort with a clear error.
     let _ = trainer.train_step(&poisoned).unwrap();
     let _ = trainer.train_step(&poisoned).unwrap();
@@ -234,6 +234,53 @@ fn training_leaves_the_global_generator_alone() {
         expected,
         "the trainer drew from the global generator"
     );
+}
+
+/// With a metrics line every 4 steps the NaN guard counts on the device and checks at the reads:
+/// two bad steps in a row pass, three in a row abort at the next read even when the steps in
+/// between were finite; skipped steps update neither the weights, nor Adam's step count, nor the
+/// EMA.
+#[test]
+fn the_nan_guard_counts_on_the_device_and_checks_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        log_every: 4,
+        checkpoint_every: 1000,
+        ..tiny_config()
+    };
+    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let good = trainer.loader().batch(0, 0);
+    let mut poisoned = good.clone();
+    poisoned.images[3] = f32::INFINITY;
+    for batch in [&poisoned, &poisoned, &good, &good] {
+        trainer.train_step(batch).unwrap();
+    }
+    let ckpt = trainer.save_checkpoint().unwrap();
+    let state = train::checkpoint::read_state(&ckpt).unwrap();
+    assert_eq!(
+        (state.step, state.skipped_steps, state.ema_updates),
+        (4, 2, 2)
+    );
+    let optimizer = train::checkpoint::read_tensors(&ckpt.join(train::checkpoint::OPTIMIZER_FILE));
+    assert!(!optimizer.unwrap().is_empty());
+    // Three bad steps (5, 6, 7) are not reported until the read after step 8.
+    let before: Vec<tch::Tensor> = train::checkpoint::named_tensors(trainer.model_vs())
+        .iter()
+        .map(|(_, t)| t.copy())
+        .collect();
+    for _ in 0..3 {
+        let outcome = trainer.train_step(&poisoned).unwrap();
+        assert!(outcome.skipped());
+    }
+    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs())
+        .iter()
+        .zip(&before)
+    {
+        assert!(now.equal(was), "{name} changed during a skipped step");
+    }
+    let err = trainer.train_step(&good).unwrap_err();
+    assert!(err.to_string().contains("3 steps in a row"), "{err}");
+    assert!(err.to_string().contains("5 skipped in all"), "{err}");
 }
 
 #[test]

@@ -196,7 +196,11 @@ struct CliHooks {
     /// draws nothing and prints nothing.
     bar: Option<ProgressBar>,
     run_dir: PathBuf,
+    /// The loss of the metrics lines, smoothed.
     smoothed: Option<f64>,
+    /// The step of the last metrics line, and the steps skipped by then.
+    metrics_step: u64,
+    skipped_steps: u64,
     started: Instant,
     images: u64,
     batch_size: usize,
@@ -239,6 +243,7 @@ impl TrainHooks for CliHooks {
     fn on_start(&mut self, total_steps: u64, start_step: u64, batches_per_epoch: usize) {
         self.total_steps = total_steps;
         self.start_step = start_step;
+        self.metrics_step = start_step;
         self.started = Instant::now();
         if let Some(bar) = &self.bar {
             bar.set_length(total_steps);
@@ -253,20 +258,16 @@ impl TrainHooks for CliHooks {
         ));
     }
 
-    fn on_step(&mut self, step: u64, epoch: u64, outcome: &StepOutcome) {
+    fn on_step(&mut self, step: u64, epoch: u64, _outcome: &StepOutcome) {
+        // The loss and the skips come from the metrics lines (`on_metrics`): reading the step's
+        // outcome here would make every step wait for the device.
         self.images += self.batch_size as u64;
-        if outcome.loss.is_finite() {
-            self.smoothed = Some(match self.smoothed {
-                Some(s) => 0.98 * s + 0.02 * outcome.loss,
-                None => outcome.loss,
-            });
-        }
         let elapsed = self.started.elapsed();
         let rate = self.images as f64 / elapsed.as_secs_f64().max(1e-9);
-        let skipped = if outcome.skipped {
-            " (skipped non-finite step)"
+        let skipped = if self.skipped_steps > 0 {
+            format!(" ({} non-finite steps skipped)", self.skipped_steps)
         } else {
-            ""
+            String::new()
         };
         let loss = self.smoothed.unwrap_or(f64::NAN);
         match &self.bar {
@@ -304,7 +305,20 @@ impl TrainHooks for CliHooks {
         self.say(&format!("checkpoint {}", dir.display()));
     }
 
-    fn on_metrics(&mut self, _record: &MetricsRecord) {}
+    fn on_metrics(&mut self, record: &MetricsRecord) {
+        // The line's loss is the mean of its window of steps: weigh it as that many steps of a
+        // per-step average with a memory of about 50 steps.
+        let steps = record.step.saturating_sub(self.metrics_step).max(1);
+        self.metrics_step = record.step;
+        if record.loss.is_finite() {
+            let keep = 0.98f64.powi(steps.min(10_000) as i32);
+            self.smoothed = Some(match self.smoothed {
+                Some(s) => keep * s + (1.0 - keep) * record.loss,
+                None => record.loss,
+            });
+        }
+        self.skipped_steps = record.skipped_steps;
+    }
 
     fn on_samples(&mut self, files: &[PathBuf]) {
         for f in files {
@@ -506,6 +520,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bar,
         run_dir: run_dir.clone(),
         smoothed: None,
+        metrics_step: 0,
+        skipped_steps: 0,
         started: Instant::now(),
         images: 0,
         batch_size,
