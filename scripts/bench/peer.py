@@ -2,7 +2,8 @@
 """PyTorch eager peer of `crates/train/examples/bench_serve.rs`, for `cargo xtask bench`.
 
 Builds one benchmark case, prints `ready`, then runs one step per line of stdin (`forward`,
-`train_step`, `ddpm_step`, `ddim_step`; `quit` ends) and answers each with its wall time in ms.
+`train_step`, `optimizer_step`, `ddpm_step`, `ddim_step`; `quit` ends) and answers each with its
+wall time in ms.
 The xtask alternates single requests between this process and the Rust one, so both are timed
 under the same machine load, and the ratio of the two measures the bindings and the Rust code
 around libtorch, not the kernels: the .venv torch is the libtorch the Rust code links.
@@ -19,7 +20,11 @@ The same work as the Rust side, step for step:
 
 `train_step`: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, a train-mode forward, the loss,
 backward, `torch.optim.Adam.step` (its default implementation for the device) and `zero_grad`
-(set to None). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
+(set to None). `optimizer_step`: what a training loop runs after backward, on fixed gradients
+(N(0, 1e-6), as the Rust side's): `torch.nn.utils.clip_grad_norm_(params, 1.0)`, the Adam step of
+`--adam foreach` (`torch.optim.Adam(foreach=True)`) or `--adam fused` (`fused=True`), and an EMA
+of the weights with decay min(0.9999, (1 + n) / (10 + n)) by `torch._foreach_lerp_` (diffusers'
+`EMAModel` with `foreach=True`). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
 T = 1000 linear schedule: DDPM (Ho et al. 2020, Alg. 2, sigma^2 = beta) and DDIM (eta = 0, 50
 leading-spaced steps, to t = 480), with float64 coefficients from the host.
 
@@ -92,7 +97,7 @@ SAMPLING_ABAR = linear_alphas_cumprod(1000)
 
 
 class Case:
-    def __init__(self, name, batch, layout, device, bf16, unfolded=False):
+    def __init__(self, name, batch, layout, device, bf16, unfolded=False, adam="foreach"):
         make, size, n_train, loss = CASES[name]
         if unfolded and name == "simple_unet":
             make = lambda: SimpleUnet(seed_cifar10_config(), exact=False)  # noqa: E731
@@ -111,6 +116,18 @@ class Case:
         abar = torch.tensor(linear_alphas_cumprod(n_train), dtype=torch.float32, device=self.device)
         self.sqrt_abar, self.sqrt_one_minus_abar = abar.sqrt(), (1 - abar).sqrt()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.adam = adam
+
+    def setup_optimizer_step(self):
+        """The optimizer, EMA and gradients of `optimizer_step`, made on its first request."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        kind = {"foreach": {"foreach": True}, "fused": {"fused": True}}[self.adam]
+        self.step_opt = torch.optim.Adam(params, lr=2e-4, eps=1e-8, **kind)
+        self.ema_params = [p.detach().clone() for p in params]
+        self.step_params = params
+        self.ema_updates = 0
 
     def net(self, x, t):
         if self.bf16:
@@ -134,6 +151,16 @@ class Case:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss
+
+    def optimizer_step(self):
+        if not hasattr(self, "step_opt"):
+            self.setup_optimizer_step()
+        torch.nn.utils.clip_grad_norm_(self.step_params, 1.0)
+        self.step_opt.step()
+        decay = min(0.9999, (1 + self.ema_updates) / (10 + self.ema_updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.step_params, 1.0 - decay)
+        self.ema_updates += 1
 
     def ddpm_step(self, t=500):
         self.model.eval()
@@ -165,15 +192,28 @@ def main():
     parser.add_argument("--threads", type=int)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
+        "--adam",
+        choices=["foreach", "fused"],
+        default="foreach",
+        help="optimizer_step: torch.optim.Adam(foreach=True) or (fused=True)",
+    )
+    parser.add_argument("--adam-foreach", dest="adam", action="store_const", const="foreach")
+    parser.add_argument("--adam-fused", dest="adam", action="store_const", const="fused")
+    parser.add_argument(
+        "--cudnn-benchmark", choices=["true", "false"], default="true", help="CUDA: cuDNN's autotuner"
+    )
+    parser.add_argument(
         "--unfolded", action="store_true", help="simple_unet: convolve cat([x, x]) as the notebook writes it"
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = Case(args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == "true"
+    case = Case(args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded, args.adam)
     steps = {
         "forward": case.forward,
         "train_step": case.train_step,
+        "optimizer_step": case.optimizer_step,
         "ddpm_step": case.ddpm_step,
         "ddim_step": case.ddim_step,
     }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! bench_serve --case simple_unet|ddpm_unet --batch N [--device cpu|cuda] [--threads N] [--bf16]
-//! stdin:  forward | train_step | loop_step | ddpm_step | ddim_step | quit
+//!             [--cudnn-benchmark true|false]
+//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step | quit
 //! stdout: `ready <layout>` (nchw or channels_last), then one number (ms) per request
 //! ```
 //!
@@ -17,7 +18,14 @@
 //!   already on the device.
 //! - `loop_step`: `Trainer::train_step` on the next batch of a loader with background workers, as
 //!   `Trainer::run` gets it: the bare step plus data, the per-step reseeding and t/ε draws, the
-//!   NaN guard's one host read, gradient clipping where the preset clips, and the EMA update.
+//!   NaN guard's device-side check and counters, gradient clipping where the preset clips, and the
+//!   EMA update.
+//! - `optimizer_step`: what follows `backward()` in `Trainer::train_step`, on gradients that are
+//!   already there: the global gradient norm (`_foreach_norm`), the device-side non-finite flag,
+//!   the learning rate from the device step count, the fused Adam update with the clipping folded
+//!   into its `grad_scale`, and the EMA's multi-tensor lerp (decay 0.9999, warm-up on) — for the
+//!   paper's U-Net, 35.7M parameters. The peer times `clip_grad_norm_`, `torch.optim.Adam`
+//!   (`foreach=True` or `fused=True`) and `torch._foreach_lerp_` on the same parameter shapes.
 //! - `ddpm_step` / `ddim_step`: one sampling step at t = 500 (Ho et al. Alg. 2 with σ² = β; DDIM
 //!   η = 0 with 50 leading-spaced steps): an eval forward, a noise draw and the update.
 //!
@@ -33,6 +41,7 @@ use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use train::ema::{Ema, EmaConfig};
 use train::objective::training_loss;
 use train::optim::Adam;
 use train::{Precision, Preset, TrainConfig, Trainer};
@@ -47,6 +56,7 @@ struct Args {
     device: Device,
     threads: Option<i32>,
     bf16: bool,
+    cudnn_benchmark: bool,
 }
 
 fn parse_args() -> Args {
@@ -72,6 +82,8 @@ fn parse_args() -> Args {
         device,
         threads: value("--threads").map(|n| n.parse().expect("--threads: a number")),
         bf16: args.iter().any(|a| a == "--bf16"),
+        // As the `ddpm` commands: cuDNN's autotuner on unless told otherwise (CUDA only).
+        cudnn_benchmark: value("--cudnn-benchmark").is_none_or(|v| v == "true"),
     }
 }
 
@@ -98,15 +110,39 @@ fn main() {
         tch::set_num_threads(n);
     }
     let device = args.device;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
+    }
     let config = case_config(&args);
     let autocast = args.bf16 && device.is_cuda();
+    // The inputs (and the random dataset) from the global generator; the network from its own.
     tch::manual_seed(0);
 
     let schedule = Schedule::new(&config.schedule).expect("the preset's schedule");
     let sched = ScheduleTensors::new(&schedule, device);
     let vs = VarStore::new(device);
-    let net = config.model.build(&vs.root()).expect("the preset's model");
+    let net = config
+        .model
+        .build_with(&vs.root(), &mut sample::Generator::cpu(0))
+        .expect("the preset's model");
     let mut adam = Adam::new(&vs, config.optim.clone());
+    // For `optimizer_step`: an EMA of the weights, and gradients of a typical size (the request
+    // leaves them as they are, so every update sees the same ones).
+    let ema_vs = VarStore::new(device);
+    let _ema_net = config
+        .model
+        .build(&ema_vs.root())
+        .expect("the preset's model");
+    let mut ema = Ema::new(EmaConfig::ho2020(), &ema_vs, &vs).expect("an EMA of the model");
+    let total_steps = 800_000;
+    // d/dp Σ p·r = r: gradients N(0, 1e-6), whose global norm (about 6 for 35.7M of them) is
+    // clipped to 1 as in the paper's runs.
+    let surrogate = vs
+        .trainable_variables()
+        .iter()
+        .map(|p| (p * (p.randn_like() * 1e-3)).sum(Kind::Float))
+        .fold(Tensor::zeros([], (Kind::Float, device)), |acc, x| acc + x);
+    surrogate.backward();
     let (ch, size) = (config.model.in_channels(), config.model.image_size());
     let b = config.batch_size as i64;
     let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
@@ -202,6 +238,14 @@ fn main() {
             "loop_step" => {
                 let batch = batches.next().expect("endless epochs");
                 trainer.train_step(&batch).expect("a finite step");
+            }
+            "optimizer_step" => {
+                let norm = adam.grad_norm();
+                let lr = config.optim.lr_tensor(adam.steps_tensor(), total_steps);
+                let (_, found_inf) = train::stats::non_finite(&norm, &norm);
+                let scale = Adam::clip_scale(&norm, 1.0);
+                adam.step_on_device(&lr, &found_inf, Some(&scale));
+                ema.update_unless(Some(&found_inf));
             }
             "ddpm_step" => {
                 let _ = sample_step(0, net.as_ref());

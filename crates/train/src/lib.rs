@@ -8,6 +8,7 @@
 //! - [`ema`]: the weight average sampling uses.
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
+//! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
 //! - [`trainer`]: the loop.
 
 pub mod checkpoint;
@@ -16,7 +17,7 @@ pub mod ema;
 pub mod objective;
 pub mod optim;
 pub mod run_dir;
-mod stats;
+pub mod stats;
 pub mod trainer;
 
 pub use config::{ConfigChange, Precision, Preset, TrainConfig};

@@ -6,6 +6,20 @@
 
 use tch::{Device, Kind, Tensor};
 
+/// Whether a step's loss or gradient norm (0-dim tensors on the device) is NaN or infinite,
+/// decided on the device: a bool tensor, and the f32 `found_inf` (1 or 0) that the fused
+/// optimizer and the EMA read to skip the step.
+///
+/// `(s − s) ≠ 0` for `s = loss + norm` in f64 is true exactly when either is NaN or infinite
+/// (f32 values cannot overflow an f64 sum): a handful of small kernels, where `isfinite` on both
+/// would take more.
+pub fn non_finite(loss: &Tensor, norm: &Tensor) -> (Tensor, Tensor) {
+    let sum = loss.detach().to_kind(Kind::Double) + norm.to_kind(Kind::Double);
+    let found = (&sum - &sum).ne(0.0);
+    let found_inf = found.to_kind(Kind::Float);
+    (found, found_inf)
+}
+
 /// Accumulators on the device (0-dim f64 tensors), and the host-side bookkeeping of the current
 /// metrics window.
 #[derive(Debug)]
@@ -59,17 +73,11 @@ impl DeviceStats {
     }
 
     /// Records a step's loss, gradient norm and learning rate (0-dim tensors on the device) and
-    /// returns whether it is non-finite: as a bool tensor and as the f32 `found_inf` that the
-    /// fused optimizer reads.
-    ///
-    /// `(s − s) ≠ 0` for `s = loss + norm` in f64 is true exactly when either is NaN or
-    /// infinite: five small kernels, where `isfinite` on both would take more.
+    /// returns [`non_finite`] of the loss and norm.
     pub(crate) fn record(&mut self, loss: &Tensor, norm: &Tensor, lr: &Tensor) -> (Tensor, Tensor) {
         let loss = loss.detach().to_kind(Kind::Double);
         let norm = norm.to_kind(Kind::Double);
-        let sum = &loss + &norm;
-        let found = (&sum - &sum).ne(0.0);
-        let found_inf = found.to_kind(Kind::Float);
+        let (found, found_inf) = non_finite(&loss, &norm);
         let _ = self.skipped.g_add_(&found_inf);
         let _ = self.in_a_row.g_add_scalar_(1.0).g_mul_(&found_inf);
         let _ = self
