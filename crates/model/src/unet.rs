@@ -553,6 +553,8 @@ impl UNetConfig {
 }
 
 /// A convolution with the official DDPM initialisation.
+// The layer's shape, its init scale and the generator: nothing here groups naturally.
+#[allow(clippy::too_many_arguments)]
 fn conv2d(
     vs: nn::Path,
     c_in: i64,

@@ -149,7 +149,7 @@ impl Ema {
     pub fn update_unless(&mut self, skip: Option<&Tensor>) {
         let mut weight: Tensor = 1.0 - self.decay_tensor();
         if let Some(skip) = skip {
-            weight = weight * (1.0 - skip.to_kind(Kind::Double));
+            weight *= 1.0 - skip.to_kind(Kind::Double);
         }
         tch::no_grad(|| {
             if let Some(first) = self.averaged.first() {

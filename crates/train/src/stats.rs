@@ -10,12 +10,12 @@ use tch::{Device, Kind, Tensor};
 /// decided on the device: a bool tensor, and the f32 `found_inf` (1 or 0) that the fused
 /// optimizer and the EMA read to skip the step.
 ///
-/// `(s − s) ≠ 0` for `s = loss + norm` in f64 is true exactly when either is NaN or infinite
-/// (f32 values cannot overflow an f64 sum): a handful of small kernels, where `isfinite` on both
-/// would take more.
+/// `0·s ≠ 0` for `s = loss + norm` in f64 is true exactly when either is NaN or infinite (0·∞ is
+/// NaN, and f32 values cannot overflow an f64 sum): a handful of small kernels, where `isfinite`
+/// on both would take more.
 pub fn non_finite(loss: &Tensor, norm: &Tensor) -> (Tensor, Tensor) {
     let sum = loss.detach().to_kind(Kind::Double) + norm.to_kind(Kind::Double);
-    let found = (&sum - &sum).ne(0.0);
+    let found = (sum * 0.0).ne(0.0);
     let found_inf = found.to_kind(Kind::Float);
     (found, found_inf)
 }
