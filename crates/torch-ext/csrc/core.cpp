@@ -268,6 +268,20 @@ te_error te_set_autocast_dtype(int device_type, te_tensor dtype_carrier) {
   TE_CATCH
 }
 
+// Whether autocast keeps the casts of leaf tensors (weights) for the rest of the outermost
+// autocast region (`torch.autocast(cache_enabled=...)`); thread-local, like the dtypes.
+te_error te_set_autocast_cache_enabled(int enabled) {
+  TE_TRY
+  at::autocast::set_autocast_cache_enabled(enabled != 0);
+  TE_CATCH
+}
+
+te_error te_is_autocast_cache_enabled(int* out) {
+  TE_TRY
+  *out = at::autocast::is_autocast_cache_enabled() ? 1 : 0;
+  TE_CATCH
+}
+
 te_error te_get_autocast_dtype(int device_type, te_tensor* out_carrier) {
   TE_TRY
   at::ScalarType dtype = at::autocast::get_autocast_dtype(te_device_type_from(device_type));

@@ -56,6 +56,16 @@ te_error te_cuda_graph_capture_end(te_cuda_graph* graph) {
   TE_CATCH
 }
 
+// Registers a (non-default) CUDA generator with the graph, so that random ops drawn from it
+// during the capture read their seed and offset at each replay (libtorch registers the default
+// generator itself). Call it before `capture_begin`.
+te_error te_cuda_graph_register_generator(te_cuda_graph* graph, at::Generator* generator) {
+  TE_TRY
+  TORCH_CHECK(generator != nullptr, "null generator");
+  graph->graph->register_generator_state(*generator);
+  TE_CATCH
+}
+
 te_error te_cuda_graph_replay(te_cuda_graph* graph) {
   TE_TRY
   graph->graph->replay();

@@ -71,6 +71,25 @@ impl CudaGraph {
         })
     }
 
+    /// Registers `gen`, a CUDA generator, with the graph: random ops that draw from it during
+    /// the capture then read its seed and offset at every replay, so that reseeding it between
+    /// replays changes their numbers as it would change an eager step's. (libtorch registers the
+    /// default CUDA generator itself.) Call it before [`CudaGraph::capture_begin`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a CPU generator; [`Error::Torch`] when libtorch refuses.
+    pub fn register_generator(&mut self, gen: &crate::Generator) -> Result<()> {
+        if !gen.device().is_cuda() {
+            return Err(Error::InvalidArgument(
+                "only a CUDA generator can be registered with a CUDA graph".into(),
+            ));
+        }
+        // SAFETY: a live graph and a live generator.
+        ffi::torch("CudaGraph::register_generator", unsafe {
+            ffi::te_cuda_graph_register_generator(self.raw.as_ptr(), gen.ptr())
+        })
+    }
+
     /// Launches the captured work on the current stream.
     ///
     /// # Errors
@@ -275,6 +294,40 @@ mod tests {
             let got = output.double_value(&[7]);
             assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
         }
+    }
+
+    /// A registered generator's draws inside the graph follow its reseeds between replays, as
+    /// eager draws would.
+    #[test]
+    fn a_registered_generator_is_reseeded_between_replays() {
+        let device = Device::Cuda(0);
+        let mut gen = crate::Generator::cuda(0, 0).unwrap();
+        let eager = |gen: &mut crate::Generator, seed| {
+            gen.set_seed(seed);
+            gen.randn(&[256], (Kind::Float, device)).unwrap()
+        };
+        let expected: Vec<Tensor> = [5u64, 6].iter().map(|&s| eager(&mut gen, s)).collect();
+        let side = CudaStream::from_pool(0, false).unwrap();
+        let current = CudaStream::current(0).unwrap();
+        side.wait_stream(&current).unwrap();
+        let mut graph = CudaGraph::new().unwrap();
+        graph.register_generator(&gen).unwrap();
+        let output = {
+            let _guard = side.guard().unwrap();
+            let _ = gen.randn(&[256], (Kind::Float, device)).unwrap();
+            graph.capture_begin().unwrap();
+            let output = gen.randn(&[256], (Kind::Float, device)).unwrap();
+            graph.capture_end().unwrap();
+            output
+        };
+        current.wait_stream(&side).unwrap();
+        for (seed, want) in [5u64, 6].iter().zip(&expected) {
+            gen.set_seed(*seed);
+            graph.replay().unwrap();
+            current.synchronize().unwrap();
+            assert!(output.equal(want), "seed {seed}");
+        }
+        assert!(graph.register_generator(&crate::Generator::cpu(0)).is_err());
     }
 
     #[test]

@@ -156,6 +156,8 @@ extern "C" {
     // Autocast.
     pub(crate) fn te_set_autocast_dtype(device_type: c_int, carrier: *mut C_tensor) -> CError;
     pub(crate) fn te_get_autocast_dtype(device_type: c_int, out: *mut *mut C_tensor) -> CError;
+    pub(crate) fn te_set_autocast_cache_enabled(enabled: c_int) -> CError;
+    pub(crate) fn te_is_autocast_cache_enabled(out: *mut c_int) -> CError;
 
     // Pickle.
     pub(crate) fn te_load_state_dict(
@@ -282,6 +284,10 @@ extern "C" {
     pub(crate) fn te_cuda_graph_free(graph: *mut CCudaGraph);
     pub(crate) fn te_cuda_graph_capture_begin(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_graph_capture_end(graph: *mut CCudaGraph) -> CError;
+    pub(crate) fn te_cuda_graph_register_generator(
+        graph: *mut CCudaGraph,
+        gen: *mut CGenerator,
+    ) -> CError;
     pub(crate) fn te_cuda_graph_replay(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_graph_reset(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_stream_from_pool(

@@ -78,7 +78,7 @@ impl Generator {
         }
     }
 
-    fn ptr(&self) -> *mut CGenerator {
+    pub(crate) fn ptr(&self) -> *mut CGenerator {
         self.raw.as_ptr()
     }
 
