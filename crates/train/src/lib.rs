@@ -73,6 +73,9 @@ pub enum TrainError {
     /// Sampling preview images failed.
     #[error(transparent)]
     Sample(#[from] sample::SampleError),
+    /// A training step that cannot run as a CUDA graph, or a capture that failed.
+    #[error("CUDA graph: {0}")]
+    CudaGraph(String),
     /// NaN or infinity where a finite value is required.
     #[error("non-finite values: {0}")]
     NonFinite(String),

@@ -43,6 +43,9 @@ use crate::stats::{DeviceStats, StatsRead};
 use crate::{SkippedCheckpoint, TrainError};
 use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
+#[cfg(feature = "cuda")]
+mod graph;
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRecord {
@@ -72,6 +75,28 @@ pub struct StepOutcome {
     lr: Tensor,
     found_inf: Tensor,
     values: std::cell::OnceCell<StepValues>,
+}
+
+/// A step's outputs on the device: what [`Trainer::device_step`] returns and a captured graph
+/// overwrites at each replay.
+#[derive(Debug)]
+struct StepTensors {
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: Tensor,
+    found_inf: Tensor,
+}
+
+impl From<StepTensors> for StepOutcome {
+    fn from(t: StepTensors) -> Self {
+        Self {
+            loss: t.loss,
+            grad_norm: t.grad_norm,
+            lr: t.lr,
+            found_inf: t.found_inf,
+            values: std::cell::OnceCell::new(),
+        }
+    }
 }
 
 /// The values of a [`StepOutcome`], on the host.
@@ -172,6 +197,26 @@ pub fn dropout_seed(seed: u64, step: u64) -> i64 {
     step_seed(seed ^ 0xD40F_0E7A_5EED_0001, step)
 }
 
+/// Whether a run on `device` can train with [`Trainer::enable_cuda_graph`], checked without
+/// building anything (for a front end to refuse `--cuda-graph` before loading data).
+///
+/// # Errors
+/// [`TrainError::CudaGraph`] naming what is missing: a CUDA device, or this build's `cuda`
+/// feature.
+pub fn check_cuda_graph(device: Device) -> Result<(), TrainError> {
+    if !cfg!(feature = "cuda") {
+        return Err(TrainError::CudaGraph(
+            "this build has no CUDA graph support: build with `--features cuda` (the `cuda` feature of the train and cli crates)".into(),
+        ));
+    }
+    if !device.is_cuda() {
+        return Err(TrainError::CudaGraph(format!(
+            "CUDA graphs need a CUDA device, and this run is on {device:?}: pass --device cuda or drop --cuda-graph"
+        )));
+    }
+    Ok(())
+}
+
 /// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
 pub struct Trainer {
     config: TrainConfig,
@@ -195,6 +240,9 @@ pub struct Trainer {
     stats: DeviceStats,
     /// What the read at the current step found, for `run`'s metrics line.
     last_read: Option<StatsRead>,
+    /// The step as a CUDA graph, once [`Trainer::enable_cuda_graph`] was called.
+    #[cfg(feature = "cuda")]
+    graphed: Option<graph::GraphedStep>,
     /// Non-trainable tensors the forward pass updates (BatchNorm running statistics), and a
     /// copy from before the current step: a skipped step must not leave NaN statistics behind.
     buffers: Vec<(Tensor, Tensor)>,
@@ -357,6 +405,8 @@ impl Trainer {
             skipped_steps: 0,
             stats: DeviceStats::new(device, 0, 0),
             last_read: None,
+            #[cfg(feature = "cuda")]
+            graphed: None,
             buffers,
             skipped_checkpoints: Vec::new(),
         })
@@ -577,6 +627,31 @@ impl Trainer {
         &self.loader
     }
 
+    /// Runs every following step as one CUDA graph (`--cuda-graph`): a few eager warm-up
+    /// steps, then one captured step that later steps replay with a single launch. See the
+    /// `graph` module for what stays outside the graph. A run that cannot be captured is refused
+    /// here, before any step.
+    ///
+    /// # Errors
+    /// [`TrainError::CudaGraph`] when the run is not on a CUDA device, when this build has no
+    /// CUDA graph support (the `cuda` feature), or when CUDA fails.
+    pub fn enable_cuda_graph(&mut self) -> Result<(), TrainError> {
+        check_cuda_graph(self.device)?;
+        #[cfg(feature = "cuda")]
+        {
+            self.graphed = Some(graph::GraphedStep::new(self.device)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the steps run as a CUDA graph ([`Trainer::enable_cuda_graph`]).
+    pub fn uses_cuda_graph(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.graphed.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     /// The live weights' var store.
     pub fn model_vs(&self) -> &VarStore {
         &self.model_vs
@@ -624,14 +699,36 @@ impl Trainer {
         } else {
             images
         };
+        #[cfg(feature = "cuda")]
+        let outcome = match self.graphed.take() {
+            Some(mut graphed) => {
+                let outcome = graphed.step(self, x_0);
+                self.graphed = Some(graphed);
+                outcome?
+            }
+            None => StepOutcome::from(self.device_step(&x_0)),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let outcome = StepOutcome::from(self.device_step(&x_0));
+        self.step += 1;
+        if self.reads_after_this_step() {
+            self.read_stats()?;
+        }
+        Ok(outcome)
+    }
+
+    /// The device's part of a step on `x_0` (already on the device): every kernel from the t
+    /// and ε draws to the EMA update, with no host synchronisation and no host-side state
+    /// changed but the tensors' contents, so that a CUDA graph can capture it.
+    fn device_step(&mut self, x_0: &Tensor) -> StepTensors {
         let n_train = self.sched.schedule().n_steps() as i64;
         let t = self
             .gen
-            .randint(0, n_train, &[shape[0]], self.device)
+            .randint(0, n_train, &[x_0.size()[0]], self.device)
             .expect("the run's generator is on its device");
         let noise = self
             .gen
-            .randn_like(&x_0)
+            .randn_like(x_0)
             .expect("the run's generator is on its device");
         self.optim.zero_grad();
         tch::no_grad(|| {
@@ -643,7 +740,7 @@ impl Trainer {
             self.model.as_ref(),
             &self.sched,
             &self.config.objective,
-            &x_0,
+            x_0,
             &noise,
             &t,
             self.autocast(),
@@ -670,17 +767,12 @@ impl Trainer {
             }
         });
         self.ema.update_unless(Some(&found_inf));
-        self.step += 1;
-        if self.reads_after_this_step() {
-            self.read_stats()?;
-        }
-        Ok(StepOutcome {
+        StepTensors {
             loss: loss.detach(),
             grad_norm: norm,
             lr,
             found_inf,
-            values: std::cell::OnceCell::new(),
-        })
+        }
     }
 
     /// Whether the step just taken ends with a read of the device statistics: at metrics lines,

@@ -283,6 +283,23 @@ fn the_nan_guard_counts_on_the_device_and_checks_when_read() {
     assert!(err.to_string().contains("5 skipped in all"), "{err}");
 }
 
+/// `--cuda-graph` on the CPU is refused before any step, naming what is missing (the CUDA
+/// device, or, in a build without the `cuda` feature, the feature).
+#[test]
+fn cuda_graphs_are_refused_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let err = trainer.enable_cuda_graph().unwrap_err();
+    assert!(matches!(err, TrainError::CudaGraph(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("--device cuda") || text.contains("--features cuda"),
+        "{text}"
+    );
+    assert!(!trainer.uses_cuda_graph());
+    assert!(train::trainer::check_cuda_graph(Device::Cpu).is_err());
+}
+
 #[test]
 fn mismatched_data_and_model_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -74,6 +74,11 @@ pub struct TrainArgs {
     /// the fastest (faster steps; last-bit differences between processes). No effect on the CPU.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     cudnn_benchmark: bool,
+    /// Run each training step as one CUDA graph, replayed with a single launch after a few
+    /// eager warm-up steps (CUDA only; needs a build with the `cuda` feature; not with
+    /// distributed training).
+    #[arg(long)]
+    cuda_graph: bool,
     /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -430,6 +435,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let device = args.device.resolve()?;
     crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
+    if args.cuda_graph {
+        train::trainer::check_cuda_graph(device).context("--cuda-graph")?;
+        let world: usize = std::env::var("WORLD_SIZE")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1);
+        if world > 1 {
+            bail!("--cuda-graph: not with distributed training yet (WORLD_SIZE = {world}): drop --cuda-graph");
+        }
+    }
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         Path::new("runs").join(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
     });
@@ -506,6 +521,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             skipped.dir.display(),
             skipped.reason
         );
+    }
+    if args.cuda_graph {
+        trainer.enable_cuda_graph().context("--cuda-graph")?;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
