@@ -289,6 +289,8 @@ extern "C" {
         gen: *mut CGenerator,
     ) -> CError;
     pub(crate) fn te_cuda_graph_replay(graph: *mut CCudaGraph) -> CError;
+    pub(crate) fn te_cuda_memory_stats(device_index: i64, out: *mut i64) -> CError;
+    pub(crate) fn te_cuda_reset_peak_memory_stats(device_index: i64) -> CError;
     pub(crate) fn te_cuda_graph_reset(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_stream_from_pool(
         device_index: i64,
