@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod bench;
 mod fetch;
+mod gpu_bundle;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,10 @@ enum Command {
     },
     /// Run every benchmark, with PyTorch eager side by side, and write a JSON + markdown report.
     Bench(bench::BenchArgs),
+    /// Pack the release binaries, the CUDA test binaries, the PyTorch peer and a run.sh that
+    /// checks and times everything on a GPU machine without cargo into one archive; then
+    /// smoke-test the archive on the CPU.
+    GpuBundle(gpu_bundle::BundleArgs),
     #[command(flatten)]
     Fetch(fetch::FetchCommand),
 }
@@ -85,6 +90,7 @@ fn main() -> Result<()> {
             run_checked(cmd.args(args))
         }
         Command::Bench(args) => bench::run(args),
+        Command::GpuBundle(args) => gpu_bundle::run(args),
         Command::Fetch(command) => fetch::run(command),
     }
 }

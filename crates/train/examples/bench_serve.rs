@@ -4,9 +4,18 @@
 //! ```text
 //! bench_serve --case simple_unet|ddpm_unet --batch N [--device cpu|cuda] [--threads N] [--bf16]
 //!             [--cudnn-benchmark true|false]
-//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step | quit
-//! stdout: `ready <layout>` (nchw or channels_last), then one number (ms) per request
+//!             [--cuda-graph]
+//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step [COUNT]
+//!         | memory | quit
+//! stdout: `ready <layout>` (nchw or channels_last), then one number per request: the
+//!         milliseconds of COUNT (default 1) runs of the step, the device synchronised once at
+//!         the end; for `memory`, the peak bytes the CUDA caching allocator held in live
+//!         tensors since the previous `memory` request (NaN on the CPU)
 //! ```
+//!
+//! `--cuda-graph` (a build with train's `cuda` feature) runs `loop_step` as a CUDA graph
+//! (`Trainer::enable_cuda_graph`). `--loop-only` builds the trainer alone and serves only
+//! `loop_step` and `memory`, so that the peak memory is the training run's.
 //!
 //! `scripts/bench/peer.py` serves the same requests (all but `loop_step`) from PyTorch eager on
 //! the same libtorch, and the xtask alternates single requests between the two, so that both are
@@ -57,6 +66,8 @@ struct Args {
     threads: Option<i32>,
     bf16: bool,
     cudnn_benchmark: bool,
+    cuda_graph: bool,
+    loop_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -84,6 +95,8 @@ fn parse_args() -> Args {
         bf16: args.iter().any(|a| a == "--bf16"),
         // As the `ddpm` commands: cuDNN's autotuner on unless told otherwise (CUDA only).
         cudnn_benchmark: value("--cudnn-benchmark").is_none_or(|v| v == "true"),
+        cuda_graph: args.iter().any(|a| a == "--cuda-graph"),
+        loop_only: args.iter().any(|a| a == "--loop-only"),
     }
 }
 
@@ -104,6 +117,86 @@ fn case_config(args: &Args) -> TrainConfig {
     config
 }
 
+/// The peak bytes in live tensors on `device` since the last call (NaN off CUDA or without
+/// the `cuda` feature), and a restart of the peak.
+fn peak_memory(device: Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let stats = torch_ext::cuda::memory_stats(index).expect("CUDA memory stats");
+        torch_ext::cuda::reset_peak_memory_stats(index).expect("a reset of the peak");
+        return stats.peak_allocated as f64;
+    }
+    let _ = device;
+    f64::NAN
+}
+
+/// A trainer fed by a loader with background workers, as `Trainer::run` has it.
+fn loop_trainer(
+    args: &Args,
+    config: &TrainConfig,
+    dir: &std::path::Path,
+) -> (Trainer, data::Loader) {
+    let mut trainer =
+        Trainer::new(config.clone(), random_dataset(config), dir, args.device).expect("a trainer");
+    if args.cuda_graph {
+        if let Err(err) = trainer.enable_cuda_graph() {
+            eprintln!("bench_serve: --cuda-graph: {err}");
+            std::process::exit(2);
+        }
+    }
+    let loader = data::Loader::new(
+        random_dataset(config),
+        &config.transform,
+        trainer.loader().config().clone(),
+    )
+    .expect("a loader");
+    (trainer, loader)
+}
+
+/// `--loop-only`: the trainer alone, serving `loop_step [COUNT]` and `memory`.
+fn serve_loop_only(args: &Args, config: &TrainConfig) {
+    let dir = tempfile::tempdir().expect("a temporary run directory");
+    let (mut trainer, loader) = loop_trainer(args, config, dir.path());
+    let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
+    let layout = if trainer
+        .model_vs()
+        .variables()
+        .values()
+        .any(model::is_channels_last)
+    {
+        "channels_last"
+    } else {
+        "nchw"
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(out, "ready {layout}").unwrap();
+    out.flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("a request line");
+        let mut words = line.split_whitespace();
+        let answer = match (words.next().unwrap_or(""), words.next()) {
+            ("memory", _) => peak_memory(args.device),
+            ("loop_step", count) => {
+                let count: usize = count.map_or(1, |n| n.parse().expect("a count"));
+                let start = Instant::now();
+                for _ in 0..count {
+                    let batch = batches.next().expect("endless epochs");
+                    trainer.train_step(&batch).expect("a finite step");
+                }
+                if let Device::Cuda(i) = args.device {
+                    tch::Cuda::synchronize(i as i64);
+                }
+                start.elapsed().as_secs_f64() * 1e3
+            }
+            ("quit" | "", _) => return,
+            (other, _) => panic!("--loop-only serves loop_step and memory, not {other:?}"),
+        };
+        writeln!(out, "{answer:.4}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
 fn main() {
     let args = parse_args();
     if let Some(n) = args.threads {
@@ -114,6 +207,11 @@ fn main() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
     let config = case_config(&args);
+    if args.loop_only {
+        tch::manual_seed(0);
+        serve_loop_only(&args, &config);
+        return;
+    }
     let autocast = args.bf16 && device.is_cuda();
     // The inputs (and the random dataset) from the global generator; the network from its own.
     tch::manual_seed(0);
@@ -177,15 +275,8 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("a temporary run directory");
-    let mut trainer = Trainer::new(config.clone(), random_dataset(&config), dir.path(), device)
-        .expect("a trainer");
     // A loader like the trainer's own, whose workers make batches while the steps run.
-    let loader = data::Loader::new(
-        random_dataset(&config),
-        &config.transform,
-        trainer.loader().config().clone(),
-    )
-    .expect("a loader");
+    let (mut trainer, loader) = loop_trainer(&args, &config, dir.path());
     let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
 
     let sync = || {
@@ -215,46 +306,59 @@ fn main() {
     writeln!(out, "ready {layout}").unwrap();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
-        let request = line.expect("a request line");
+        let line = line.expect("a request line");
+        let mut words = line.split_whitespace();
+        let request = words.next().unwrap_or("");
+        let count: usize = words
+            .next()
+            .map_or(1, |n| n.parse().expect("a request's count is a number"));
+        if request == "memory" {
+            writeln!(out, "{}", peak_memory(device)).unwrap();
+            out.flush().unwrap();
+            continue;
+        }
         let start = Instant::now();
-        match request.trim() {
-            "forward" => {
-                let _ = tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+        for _ in 0..count {
+            match request {
+                "forward" => {
+                    let _ =
+                        tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+                }
+                "train_step" => {
+                    adam.zero_grad();
+                    let loss = training_loss(
+                        net.as_ref(),
+                        &sched,
+                        &config.objective,
+                        &x_0,
+                        &noise,
+                        &t,
+                        autocast,
+                    );
+                    loss.backward();
+                    adam.step(config.optim.lr);
+                }
+                "loop_step" => {
+                    let batch = batches.next().expect("endless epochs");
+                    trainer.train_step(&batch).expect("a finite step");
+                }
+                "optimizer_step" => {
+                    let norm = adam.grad_norm();
+                    let lr = config.optim.lr_tensor(adam.steps_tensor(), total_steps);
+                    let (_, found_inf) = train::stats::non_finite(&norm, &norm);
+                    let scale = Adam::clip_scale(&norm, 1.0);
+                    adam.step_on_device(&lr, &found_inf, Some(&scale));
+                    ema.update_unless(Some(&found_inf));
+                }
+                "ddpm_step" => {
+                    let _ = sample_step(0, net.as_ref());
+                }
+                "ddim_step" => {
+                    let _ = sample_step(1, net.as_ref());
+                }
+                "quit" | "" => return,
+                other => panic!("unknown request {other:?}"),
             }
-            "train_step" => {
-                adam.zero_grad();
-                let loss = training_loss(
-                    net.as_ref(),
-                    &sched,
-                    &config.objective,
-                    &x_0,
-                    &noise,
-                    &t,
-                    autocast,
-                );
-                loss.backward();
-                adam.step(config.optim.lr);
-            }
-            "loop_step" => {
-                let batch = batches.next().expect("endless epochs");
-                trainer.train_step(&batch).expect("a finite step");
-            }
-            "optimizer_step" => {
-                let norm = adam.grad_norm();
-                let lr = config.optim.lr_tensor(adam.steps_tensor(), total_steps);
-                let (_, found_inf) = train::stats::non_finite(&norm, &norm);
-                let scale = Adam::clip_scale(&norm, 1.0);
-                adam.step_on_device(&lr, &found_inf, Some(&scale));
-                ema.update_unless(Some(&found_inf));
-            }
-            "ddpm_step" => {
-                let _ = sample_step(0, net.as_ref());
-            }
-            "ddim_step" => {
-                let _ = sample_step(1, net.as_ref());
-            }
-            "quit" | "" => break,
-            other => panic!("unknown request {other:?}"),
         }
         sync();
         writeln!(out, "{:.4}", start.elapsed().as_secs_f64() * 1e3).unwrap();
