@@ -2,7 +2,9 @@
 """PyTorch eager peer of `crates/train/examples/bench_serve.rs`, for `cargo xtask bench`.
 
 Builds one benchmark case, prints `ready`, then runs one step per line of stdin (`forward`,
-`train_step`, `ddpm_step`, `ddim_step`; `quit` ends) and answers each with its wall time in ms.
+`train_step`, `loop_step`, `optimizer_step`, `ddpm_step`, `ddim_step`, each with an optional
+count: `train_step 30` runs 30 and synchronises once; `memory` answers the peak bytes in live CUDA
+tensors since the previous `memory`; `quit` ends) and answers each with its wall time in ms.
 The xtask alternates single requests between this process and the Rust one, so both are timed
 under the same machine load, and the ratio of the two measures the bindings and the Rust code
 around libtorch, not the kernels: the .venv torch is the libtorch the Rust code links.
@@ -19,7 +21,15 @@ The same work as the Rust side, step for step:
 
 `train_step`: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, a train-mode forward, the loss,
 backward, `torch.optim.Adam.step` (its default implementation for the device) and `zero_grad`
-(set to None). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
+(set to None). `optimizer_step`: what a training loop runs after backward, on fixed gradients
+(N(0, 1e-6), as the Rust side's): `torch.nn.utils.clip_grad_norm_(params, 1.0)`, the Adam step of
+`--adam foreach` (`torch.optim.Adam(foreach=True)`) or `--adam fused` (`fused=True`), and an EMA
+of the weights with decay min(0.9999, (1 + n) / (10 + n)) by `torch._foreach_lerp_` (diffusers'
+`EMAModel` with `foreach=True`). `loop_step`: a whole training iteration as a PyTorch loop writes
+it, to set beside the Rust `Trainer::train_step` (for `cargo xtask gpu-bundle`): fresh t and
+noise, the train step, `clip_grad_norm_(1.0)`, the step of `--train-adam` and the EMA update.
+`--train-adam default|foreach|fused` picks `train_step`'s and `loop_step`'s Adam;
+`--compile` wraps the network in `torch.compile` (default mode). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
 T = 1000 linear schedule: DDPM (Ho et al. 2020, Alg. 2, sigma^2 = beta) and DDIM (eta = 0, 50
 leading-spaced steps, to t = 480), with float64 coefficients from the host.
 
@@ -114,7 +124,9 @@ SAMPLING_ABAR = linear_alphas_cumprod(1000)
 
 
 class Case:
-    def __init__(self, name, batch, layout, device, bf16, unfolded=False, fused_adam=False, compile_mode=None):
+    def __init__(
+        self, name, batch, layout, device, bf16, unfolded=False, adam="foreach", train_adam="default", compile=False
+    ):
         make, size, n_train, loss = CASES[name]
         if unfolded and name == "simple_unet":
             make = lambda: SimpleUnet(seed_cifar10_config(), exact=False)  # noqa: E731
@@ -132,9 +144,24 @@ class Case:
         self.t = torch.randint(0, n_train, (batch,), device=self.device)
         abar = torch.tensor(linear_alphas_cumprod(n_train), dtype=torch.float32, device=self.device)
         self.sqrt_abar, self.sqrt_one_minus_abar = abar.sqrt(), (1 - abar).sqrt()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=fused_adam or None)
-        # torch.compile wraps the network only; the optimizer step stays eager (fused or not).
-        self.compiled = self.model if compile_mode is None else torch.compile(self.model, mode=compile_mode)
+        kind = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[train_adam]
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, **kind)
+        self.adam = adam
+        self.n_train = n_train
+        self.loop_ema = None
+        if compile:
+            self.model = torch.compile(self.model)
+
+    def setup_optimizer_step(self):
+        """The optimizer, EMA and gradients of `optimizer_step`, made on its first request."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        kind = {"foreach": {"foreach": True}, "fused": {"fused": True}}[self.adam]
+        self.step_opt = torch.optim.Adam(params, lr=2e-4, eps=1e-8, **kind)
+        self.ema_params = [p.detach().clone() for p in params]
+        self.step_params = params
+        self.ema_updates = 0
 
     def net(self, x, t):
         if self.bf16:
@@ -147,7 +174,7 @@ class Case:
         with torch.no_grad():
             return self.net(self.x0, self.t)
 
-    def train_step(self):
+    def train_step(self, zero_grad=True):
         self.model.train()
         a = self.sqrt_abar[self.t].view(-1, 1, 1, 1)
         s = self.sqrt_one_minus_abar[self.t].view(-1, 1, 1, 1)
@@ -155,9 +182,36 @@ class Case:
         diff = out - self.noise
         loss = diff.abs().mean() if self.loss == "l1" else diff.square().mean()
         loss.backward()
+        if zero_grad:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def loop_step(self):
+        self.t = torch.randint(0, self.n_train, self.t.shape, device=self.device)
+        self.noise = torch.randn_like(self.x0)
+        self.train_step(zero_grad=False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss
+        if self.loop_ema is None:
+            self.loop_ema = [p.detach().clone() for p in params]
+            self.loop_ema_updates = 0
+        decay = min(0.9999, (1 + self.loop_ema_updates) / (10 + self.loop_ema_updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.loop_ema, params, 1.0 - decay)
+        self.loop_ema_updates += 1
+
+    def optimizer_step(self):
+        if not hasattr(self, "step_opt"):
+            self.setup_optimizer_step()
+        torch.nn.utils.clip_grad_norm_(self.step_params, 1.0)
+        self.step_opt.step()
+        decay = min(0.9999, (1 + self.ema_updates) / (10 + self.ema_updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.step_params, 1.0 - decay)
+        self.ema_updates += 1
 
     def ddpm_step(self, t=500):
         self.model.eval()
@@ -189,6 +243,24 @@ def main():
     parser.add_argument("--threads", type=int)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
+        "--adam",
+        choices=["foreach", "fused"],
+        default="foreach",
+        help="optimizer_step: torch.optim.Adam(foreach=True) or (fused=True)",
+    )
+    parser.add_argument("--adam-foreach", dest="adam", action="store_const", const="foreach")
+    parser.add_argument("--adam-fused", dest="adam", action="store_const", const="fused")
+    parser.add_argument(
+        "--cudnn-benchmark", choices=["true", "false"], default="true", help="CUDA: cuDNN's autotuner"
+    )
+    parser.add_argument(
+        "--train-adam",
+        choices=["default", "foreach", "fused"],
+        default="default",
+        help="train_step and loop_step: torch.optim.Adam's implementation",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument(
         "--unfolded", action="store_true", help="simple_unet: convolve cat([x, x]) as the notebook writes it"
     )
     parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
@@ -198,23 +270,44 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == "true"
     case = Case(
-        args.case, args.batch, args.layout, args.device, args.bf16, args.unfolded, args.fused_adam, args.compile
+        args.case,
+        args.batch,
+        args.layout,
+        args.device,
+        args.bf16,
+        args.unfolded,
+        args.adam,
+        args.train_adam,
+        args.compile,
     )
     steps = {
         "forward": case.forward,
         "train_step": case.train_step,
+        "loop_step": case.loop_step,
+        "optimizer_step": case.optimizer_step,
         "ddpm_step": case.ddpm_step,
         "ddim_step": case.ddim_step,
     }
     print(f"ready torch {torch.__version__}", flush=True)
+    cuda = case.device.type == "cuda"
     for line in sys.stdin:
-        request = line.strip()
+        words = line.split()
+        request = words[0] if words else ""
         if request in ("quit", ""):
             break
+        if request == "memory":
+            peak = torch.cuda.max_memory_allocated(case.device) if cuda else float("nan")
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(case.device)
+            print(peak, flush=True)
+            continue
+        count = int(words[1]) if len(words) > 1 else 1
         start = time.perf_counter()
-        steps[request]()
-        if case.device.type == "cuda":
+        for _ in range(count):
+            steps[request]()
+        if cuda:
             torch.cuda.synchronize()
         print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
 

@@ -1,84 +1,85 @@
-//! `cargo xtask gpu-bundle`: everything a lent GPU machine needs to check the CUDA paths, built
-//! here, in one folder (and a `.tar.gz` of it): the `ddpm` and `bench_serve` binaries, the CUDA
-//! test binaries (`model`'s `cuda` tests; `torch-ext`'s unit tests with the `cuda-tests` feature:
-//! CUDA generators, CUDA graphs, a one-rank NCCL group), the PyTorch peer scripts and `run.sh`.
+//! `cargo xtask gpu-bundle`: everything a GPU machine without cargo needs to check and time this
+//! project in one run, as one archive.
 //!
-//! The GPU machine has python3 with torch 2.11.0 and no cargo: `run.sh` points
-//! `LD_LIBRARY_PATH` at that torch's `lib/` (the binaries' rpath names this machine's libtorch)
-//! and writes `out/report.json`. `bash run.sh --cpu-smoke` runs the same steps on the CPU at toy
-//! sizes, so that the script is tested here before a GPU is spent on it; `--dev` bundles the dev
-//! profile for that (the real bundle is release). Binaries are stripped of debug information so
-//! the folder stays small enough to carry.
+//! The archive (`target/gpu-bundle/ddpm-gpu-bundle.tar.gz`) unpacks to `ddpm-gpu-bundle/` with
+//!
+//! - `bin/ddpm`, `bin/bench_serve`: release builds with the `cuda` features (`ddpm train
+//!   --cuda-graph`, the CUDA memory counters);
+//! - `tests/`: the `cuda-tests` test binaries (torch-ext, the model's CUDA tests, CUDA-graph
+//!   training), `tests.json` the filters each one runs with, `fixtures/model/` the model tests'
+//!   fixtures (found through `DDPM_MODEL_FIXTURES`);
+//! - `scripts/`: the PyTorch peer (`bench/peer.py` and the `golden/` models it imports) and the
+//!   driver (`bundle/run.py`); `pylib/`: this machine's pure-Python packages that the peer needs
+//!   beyond torch (diffusers and its dependencies), used only where the GPU machine lacks them;
+//! - `run.sh`: sets `LD_LIBRARY_PATH` to the python's torch `lib/` and runs `run.py`, which
+//!   writes `gpu-report.json` within 10 minutes (see its docs). `run.sh --cpu-smoke` runs the
+//!   same pipeline on the CPU with tiny counts; `cargo xtask gpu-bundle` ends with that smoke run
+//!   of the unpacked archive unless `--no-smoke`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::{cargo, root, run_checked};
 
-/// Arguments of `cargo xtask gpu-bundle`.
-#[derive(Debug, clap::Args)]
-pub struct GpuBundleArgs {
-    /// Bundle the dev profile (fast to build; for `run.sh --cpu-smoke` here).
-    #[arg(long)]
-    dev: bool,
-    /// The folder to write (default target/gpu-bundle).
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Where the archive goes (default: target/gpu-bundle/ddpm-gpu-bundle.tar.gz).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Skip the final `run.sh --cpu-smoke` of the unpacked archive.
+    #[arg(long)]
+    no_smoke: bool,
 }
 
-/// The test executables a `cargo test --no-run --message-format=json` run reports.
-fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
-    let out = cargo()
-        .args([
-            "test",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        .args(args)
-        .output()
-        .context("cannot run cargo test --no-run")?;
-    if !out.status.success() {
-        bail!(
-            "cargo test --no-run {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let is_test = msg["profile"]["test"].as_bool() == Some(true);
-        if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
-            found.push(PathBuf::from(exe));
-        }
-    }
-    if found.is_empty() {
-        bail!("cargo test --no-run {args:?} reported no test executable");
-    }
-    Ok(found)
-}
+/// The test binaries the bundle carries: (package, target kind, target name, name in the
+/// bundle, the filters it runs with).
+const TESTS: [(&str, &str, &str, &str, &[&str]); 3] = [
+    (
+        "torch-ext",
+        "lib",
+        "torch_ext",
+        "torch_ext",
+        &["cuda", "nccl"],
+    ),
+    ("model", "test", "cuda", "model_cuda", &[]),
+    ("train", "test", "cuda_graph", "train_cuda_graph", &[]),
+];
 
-fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    // Debug sections only: the symbols stay, so a crash still names its function.
-    run_checked(Command::new("strip").arg("--strip-debug").arg(to))
-        .with_context(|| format!("strip {}", to.display()))
-}
+/// Python packages the peer imports beyond torch and its own dependencies; compiled ones
+/// (numpy, Pillow) are left to the GPU machine, whose python may be another version.
+const PYLIB: [&str; 17] = [
+    "diffusers",
+    "huggingface_hub",
+    "safetensors",
+    "packaging",
+    "filelock",
+    "tqdm",
+    "requests",
+    "urllib3",
+    "idna",
+    "certifi",
+    "charset_normalizer",
+    "yaml",
+    "httpx2",
+    "httpcore2",
+    "anyio",
+    "h11",
+    "truststore",
+];
 
-/// Builds the bundle and returns its folder.
-pub fn run(args: GpuBundleArgs) -> Result<PathBuf> {
+pub fn run(args: BundleArgs) -> Result<()> {
     let root = root();
     crate::setup::setup(&root)?;
-    let profile = if args.dev { "dev" } else { "release" };
-    let profile_dir = if args.dev { "debug" } else { "release" };
-    eprintln!("== building ddpm and bench_serve ({profile})");
+    let python = crate::bench::python(&root)?;
+
+    eprintln!("== building ddpm and bench_serve (release, feature cuda)");
     run_checked(cargo().args([
         "build",
-        "--profile",
-        profile,
+        "--release",
         "-p",
         "cli",
         "--bin",
@@ -87,98 +88,317 @@ pub fn run(args: GpuBundleArgs) -> Result<PathBuf> {
         "train",
         "--example",
         "bench_serve",
+        "--features",
+        "cli/cuda,train/cuda",
     ]))?;
-    eprintln!("== building the CUDA test binaries ({profile})");
-    let mut tests = test_executables(&[
-        "--profile",
-        profile,
-        "-p",
-        "model",
-        "--features",
-        "model/cuda-tests",
-        "--test",
-        "cuda",
-    ])?;
-    tests.extend(test_executables(&[
-        "--profile",
-        profile,
-        "-p",
-        "torch-ext",
-        "--features",
-        "torch-ext/cuda-tests",
-        "--lib",
-    ])?);
 
-    let out = args.out.unwrap_or_else(|| root.join("target/gpu-bundle"));
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    eprintln!("== building the cuda-tests test binaries");
+    let tests = test_binaries()?;
+
+    let staging_root = root.join("target/gpu-bundle");
+    let stage = staging_root.join("ddpm-gpu-bundle");
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)
+            .with_context(|| format!("cannot clear {}", stage.display()))?;
     }
-    for dir in [
-        "bin/tests",
-        "scripts/bench",
-        "scripts/golden",
-        "scripts/gpu",
-    ] {
-        std::fs::create_dir_all(out.join(dir))?;
-    }
-    let target = root.join("target").join(profile_dir);
-    copy_stripped(&target.join("ddpm"), &out.join("bin/ddpm"))?;
-    copy_stripped(
-        &target.join("examples/bench_serve"),
-        &out.join("bin/bench_serve"),
+    let release = root.join("target/release");
+    copy(&release.join("ddpm"), &stage.join("bin/ddpm"))?;
+    copy(
+        &release.join("examples/bench_serve"),
+        &stage.join("bin/bench_serve"),
     )?;
-    for exe in &tests {
-        // `model-<hash>` / `torch_ext-<hash>` -> `model` / `torch_ext`, by crate.
-        let name = exe
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.rsplit_once('-').map(|(stem, _)| stem.to_string()))
-            .unwrap_or_else(|| "test".into());
-        copy_stripped(exe, &out.join("bin/tests").join(name))?;
+    let mut filters = serde_json::Map::new();
+    for ((_, _, _, name, args), path) in TESTS.iter().zip(&tests) {
+        copy(path, &stage.join("tests").join(name))?;
+        filters.insert(name.to_string(), json!(args));
     }
+    write(
+        &stage.join("tests.json"),
+        &serde_json::to_string_pretty(&Value::Object(filters))?,
+    )?;
+    copy_dir(
+        &root.join("crates/model/tests/fixtures"),
+        &stage.join("fixtures/model"),
+    )?;
     for script in [
         "scripts/bench/peer.py",
         "scripts/bench/unet_torch.py",
         "scripts/golden/model_diffusers.py",
         "scripts/golden/model_simple.py",
-        "scripts/gpu/report.py",
+        "scripts/bundle/run.py",
+        "scripts/bundle/peer_with_fallback.py",
     ] {
-        std::fs::copy(root.join(script), out.join(script))
-            .with_context(|| format!("cannot copy {script}"))?;
+        copy(&root.join(script), &stage.join(script))?;
     }
-    // The entry point; it finds everything relative to itself.
-    std::fs::copy(root.join("scripts/gpu/run.sh"), out.join("run.sh"))?;
-    let tarball = out.with_extension("tar.gz");
+    copy(&root.join("scripts/bundle/run.sh"), &stage.join("run.sh"))?;
+    vendor_pylib(&python, &stage.join("pylib"))?;
+    write(
+        &stage.join("bundle.json"),
+        &serde_json::to_string_pretty(&json!({
+            "commit": git(&root, &["describe", "--always", "--dirty", "--abbrev=12"]),
+            "built_on": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            "libtorch": "2.11.0 (the build's .libtorch)",
+            "tests": TESTS.iter().map(|t| t.3).collect::<Vec<_>>(),
+        }))?,
+    )?;
+
+    let archive = args
+        .out
+        .unwrap_or_else(|| staging_root.join("ddpm-gpu-bundle.tar.gz"));
+    eprintln!("== packing {}", archive.display());
+    if let Some(dir) = archive.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     run_checked(
         Command::new("tar")
             .arg("-czf")
-            .arg(&tarball)
+            .arg(&archive)
             .arg("-C")
-            .arg(out.parent().expect("a parent"))
-            .arg(out.file_name().expect("a name")),
+            .arg(&staging_root)
+            .arg("ddpm-gpu-bundle"),
     )?;
-    let size: u64 = walk_size(&out);
+
+    if !args.no_smoke {
+        eprintln!("== run.sh --cpu-smoke on the unpacked archive");
+        let unpacked = tempfile::tempdir()?;
+        run_checked(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(unpacked.path()),
+        )?;
+        let dir = unpacked.path().join("ddpm-gpu-bundle");
+        let report = dir.join("gpu-report.json");
+        run_checked(
+            Command::new(dir.join("run.sh"))
+                // torch.compile of the U-Net takes minutes on a small CPU: the smoke leaves it out.
+                .args(["--cpu-smoke", "--skip-compile", "--out"])
+                .arg(&report)
+                .env("PYTHON", &python)
+                .env_remove("LD_LIBRARY_PATH"),
+        )?;
+        let text = std::fs::read_to_string(&report)?;
+        check_smoke_report(&serde_json::from_str(&text)?)?;
+        let kept = staging_root.join("cpu-smoke-report.json");
+        std::fs::write(&kept, &text)?;
+        eprintln!("== smoke run passed; its report: {}", kept.display());
+    }
     eprintln!(
-        "== wrote {} ({:.1} MiB) and {}",
-        out.display(),
-        size as f64 / (1024.0 * 1024.0),
-        tarball.display()
+        "== {} ({:.0} MiB): unpack it on the GPU machine and run ddpm-gpu-bundle/run.sh",
+        archive.display(),
+        std::fs::metadata(&archive)?.len() as f64 / (1 << 20) as f64
     );
-    Ok(out)
+    Ok(())
 }
 
-fn walk_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_size(&p)
-            } else {
-                e.metadata().map_or(0, |m| m.len())
+/// Every piece of a `--cpu-smoke` report ran: doctor, each test binary listed, the training and
+/// sampling servers answered (the CUDA graph one refuses the CPU with its clear error).
+fn check_smoke_report(report: &Value) -> Result<()> {
+    ensure!(report["mode"] == "cpu-smoke", "not a smoke report");
+    ensure!(
+        report["doctor"]["ok"] == true && report["doctor"]["json"]["libtorch_version"].is_string(),
+        "ddpm doctor failed or printed no JSON: {}",
+        report["doctor"]["output_tail"]
+    );
+    for (_, _, _, name, _) in TESTS {
+        ensure!(
+            report["cuda_tests"][name]["ok"] == true,
+            "test binary {name} did not start: {}",
+            report["cuda_tests"][name]["output_tail"]
+        );
+    }
+    for run in ["rust_eager", "pytorch_eager_fused_adam"] {
+        ensure!(
+            report["training"][run]["images_per_s"].is_number(),
+            "training run {run}: {}",
+            report["training"][run]
+        );
+    }
+    let graph = report["training"]["rust_cuda_graph"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        graph.contains("CUDA graphs need a CUDA device"),
+        "the CUDA-graph run should refuse the CPU clearly, said {graph:?}"
+    );
+    for run in ["rust", "pytorch"] {
+        ensure!(
+            report["ddim50_sampling"][run]["images_per_s"].is_number(),
+            "sampling run {run}: {}",
+            report["ddim50_sampling"][run]
+        );
+    }
+    Ok(())
+}
+
+/// Builds the `cuda-tests` test binaries and returns their paths, in [`TESTS`] order.
+fn test_binaries() -> Result<Vec<PathBuf>> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "torch-ext",
+        "-p",
+        "model",
+        "-p",
+        "train",
+        "--features",
+        "torch-ext/cuda-tests,model/cuda-tests,train/cuda-tests",
+    ])
+    .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("cannot start cargo test --no-run")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut found: Vec<Option<PathBuf>> = vec![None; TESTS.len()];
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact"
+            || !msg["profile"]["test"].as_bool().unwrap_or(false)
+        {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let package = msg["package_id"].as_str().unwrap_or_default();
+        for (i, (pkg, kind, name, _, _)) in TESTS.iter().enumerate() {
+            let kinds = &msg["target"]["kind"];
+            let is_kind = kinds
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == kind));
+            let is_package =
+                package.contains(&format!("/{pkg}#")) || package.contains(&format!("{pkg} "));
+            if is_kind && is_package && msg["target"]["name"] == *name {
+                found[i] = Some(PathBuf::from(exe));
             }
+        }
+    }
+    let status = child.wait()?;
+    ensure!(status.success(), "cargo test --no-run failed");
+    found
+        .into_iter()
+        .zip(TESTS)
+        .map(|(path, t)| {
+            path.with_context(|| format!("no test binary {} of {} was built", t.2, t.0))
         })
-        .sum()
+        .collect()
+}
+
+/// Copies the [`PYLIB`] packages (and their `.dist-info`, which diffusers' version checks read)
+/// from `python`'s site-packages.
+fn vendor_pylib(python: &Path, dest: &Path) -> Result<()> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import diffusers, os; print(os.path.dirname(os.path.dirname(diffusers.__file__)))",
+        ])
+        .output()
+        .context("cannot ask the set-up's python where diffusers is")?;
+    ensure!(out.status.success(), "the set-up's python has no diffusers");
+    let site = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    std::fs::create_dir_all(dest)?;
+    let entries: Vec<_> = std::fs::read_dir(&site)?.flatten().collect();
+    for package in PYLIB {
+        let dir = site.join(package);
+        if !dir.is_dir() {
+            bail!(
+                "{} has no {package}: install the peer's packages (scripts/bench/requirements.txt)",
+                site.display()
+            );
+        }
+        copy_dir(&dir, &dest.join(package))?;
+        // Distributions are named with dashes or underscores, in any case.
+        let wanted = package.replace('_', "-").to_lowercase();
+        for entry in &entries {
+            let name = entry
+                .file_name()
+                .to_string_lossy()
+                .to_lowercase()
+                .replace('_', "-");
+            if name.starts_with(&format!("{wanted}-")) && name.ends_with(".dist-info") {
+                copy_dir(&entry.path(), &dest.join(entry.file_name()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if entry.file_name() != "__pycache__" {
+                copy_dir(&path, &to.join(entry.file_name()))?;
+            }
+        } else {
+            copy(&path, &to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text.to_string() + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn git(root: &Path, args: &[&str]) -> String {
+    Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_smoke_report_needs_every_piece() {
+        let mut report = json!({
+            "mode": "cpu-smoke",
+            "doctor": {"ok": true, "json": {"libtorch_version": "2.11.0+cu130"}},
+            "cuda_tests": {"torch_ext": {"ok": true}, "model_cuda": {"ok": true}, "train_cuda_graph": {"ok": true}},
+            "training": {
+                "rust_eager": {"images_per_s": 3.0},
+                "rust_cuda_graph": {"error": "bench_serve: --cuda-graph: CUDA graph: CUDA graphs need a CUDA device, and this run is on Cpu"},
+                "pytorch_eager_fused_adam": {"images_per_s": 2.0},
+            },
+            "ddim50_sampling": {"rust": {"images_per_s": 1.0}, "pytorch": {"images_per_s": 1.0}},
+        });
+        check_smoke_report(&report).unwrap();
+        report["cuda_tests"]["model_cuda"]["ok"] = json!(false);
+        assert!(check_smoke_report(&report)
+            .unwrap_err()
+            .to_string()
+            .contains("model_cuda"));
+        report["cuda_tests"]["model_cuda"]["ok"] = json!(true);
+        report["training"]["rust_cuda_graph"]["error"] = json!("segfault");
+        assert!(check_smoke_report(&report).is_err());
+    }
 }

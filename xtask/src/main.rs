@@ -35,8 +35,10 @@ enum Command {
     },
     /// Run every benchmark, with PyTorch eager side by side, and write a JSON + markdown report.
     Bench(bench::BenchArgs),
-    /// Build the GPU check (binaries, CUDA tests, PyTorch peer, run.sh) into target/gpu-bundle.
-    GpuBundle(gpu_bundle::GpuBundleArgs),
+    /// Pack the release binaries, the CUDA test binaries, the PyTorch peer and a run.sh that
+    /// checks and times everything on a GPU machine without cargo into one archive; then
+    /// smoke-test the archive on the CPU.
+    GpuBundle(gpu_bundle::BundleArgs),
     #[command(flatten)]
     Fetch(fetch::FetchCommand),
 }
@@ -88,7 +90,7 @@ fn main() -> Result<()> {
             run_checked(cmd.args(args))
         }
         Command::Bench(args) => bench::run(args),
-        Command::GpuBundle(args) => gpu_bundle::run(args).map(|_| ()),
+        Command::GpuBundle(args) => gpu_bundle::run(args),
         Command::Fetch(command) => fetch::run(command),
     }
 }

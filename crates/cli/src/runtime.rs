@@ -7,6 +7,18 @@
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// Turns cuDNN's autotuner on or off for this process when `device` is a CUDA device
+/// (`torch.backends.cudnn.benchmark`). On, the first convolution of each shape times cuDNN's
+/// algorithms and keeps the fastest: faster steady-state steps for the fixed shapes of training
+/// and sampling, at the cost of a slower first step and of results that may differ in the last
+/// bits between processes (the chosen algorithm can change). The commands turn it on by default
+/// on CUDA (`--cudnn-benchmark false` turns it off); it does nothing on the CPU.
+pub fn configure_cudnn(device: tch::Device, benchmark: bool) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(benchmark);
+    }
+}
+
 /// The tch crate this workspace pins.
 pub const TCH_VERSION: &str = "0.24.0";
 /// The libtorch release that tch [`TCH_VERSION`] is built against; other versions are ABI-incompatible.

@@ -46,6 +46,7 @@ pub use weights::{
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Tensor;
+use torch_ext::Generator;
 
 /// ε_θ(x_t, t): a network that predicts the noise in a batch of images.
 pub trait Denoiser: std::fmt::Debug + Send {
@@ -76,15 +77,41 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
-    /// Validates the configuration and creates the network's variables under `vs`.
+    /// Validates the configuration and creates the network's variables under `vs`, initialised
+    /// from a CPU generator seeded with 0: the same weights every time, meant for networks whose
+    /// weights are loaded next. A run initialises its own with [`Self::build_with`].
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] naming the offending field.
     pub fn build(&self, vs: &tch::nn::Path) -> Result<Box<dyn Denoiser>, ModelError> {
+        self.build_with(vs, &mut Generator::cpu(0))
+    }
+
+    /// Validates the configuration and creates the network's variables under `vs`, drawing the
+    /// random initial weights from `gen` in construction order (libtorch's global generator is
+    /// not used). A CPU generator gives the same initial weights on every device; the draws are
+    /// copied to the var store's device.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] naming the offending field.
+    pub fn build_with(
+        &self,
+        vs: &tch::nn::Path,
+        gen: &mut Generator,
+    ) -> Result<Box<dyn Denoiser>, ModelError> {
         Ok(match self {
-            Self::Simple(config) => Box::new(config.build(vs)?),
-            Self::Ddpm(config) => Box::new(config.build(vs)?),
+            Self::Simple(config) => Box::new(config.build_with(vs, gen)?),
+            Self::Ddpm(config) => Box::new(config.build_with(vs, gen)?),
         })
+    }
+
+    /// Whether the network draws random numbers in training mode (dropout). tch's dropout takes
+    /// no generator: those draws come from libtorch's global generator.
+    pub fn uses_dropout(&self) -> bool {
+        match self {
+            Self::Simple(_) => false,
+            Self::Ddpm(config) => config.dropout > 0.0,
+        }
     }
 
     /// Checks the configuration without building anything.

@@ -19,12 +19,13 @@
 //! `downs.0.bnorm1.running_mean`, `time_mlp.1.weight`, ...), so its `state_dict` loads one to one.
 
 use crate::error::{invalid, ModelError};
-use crate::init::fan_avg_uniform;
+use crate::init::fan_avg_uniform_;
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
 use crate::{batch_timesteps, timestep_embedding, Denoiser};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module, ModuleT};
 use tch::{Kind, Tensor};
+use torch_ext::Generator;
 
 const ARCH: &str = "simple";
 
@@ -180,13 +181,22 @@ impl SimpleUnetConfig {
     }
 
     /// Validates the configuration and creates the network's variables under `vs`, with the
-    /// kernels in [`Self::preferred_memory_format`] for the var store's device.
+    /// kernels in [`Self::preferred_memory_format`] for the var store's device, initialised from
+    /// a CPU generator seeded with 0 (for weights that are loaded next; see [`Self::build_with`]).
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] from [`Self::validate`].
     pub fn build(&self, vs: &nn::Path) -> Result<SimpleUnet, ModelError> {
+        self.build_with(vs, &mut Generator::cpu(0))
+    }
+
+    /// As [`Self::build`], with the initial weights drawn from `gen` (see [`crate::ModelConfig::build_with`]).
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] from [`Self::validate`].
+    pub fn build_with(&self, vs: &nn::Path, gen: &mut Generator) -> Result<SimpleUnet, ModelError> {
         self.validate()?;
-        let net = SimpleUnet::new(vs, self.clone());
+        let net = SimpleUnet::new(vs, self.clone(), gen);
         let format = self.preferred_memory_format(vs.device());
         for kernel in net.conv_kernels() {
             convert_in_place(kernel, format);
@@ -241,25 +251,30 @@ fn conv2d(
     kernel: i64,
     stride: i64,
     padding: i64,
+    gen: &mut Generator,
 ) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,
-        ws_init: fan_avg_uniform(&[c_out, c_in, kernel, kernel], 1.0),
+        ws_init: Init::Const(0.0),
         bs_init: Init::Const(0.0),
         ..Default::default()
     };
-    nn::conv2d(vs, c_in, c_out, kernel, config)
+    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
+    fan_avg_uniform_(&conv.ws, 1.0, gen);
+    conv
 }
 
 /// A Keras-initialised dense layer: `glorot_uniform` kernel, zero bias.
-fn linear(vs: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
+fn linear(vs: nn::Path, d_in: i64, d_out: i64, gen: &mut Generator) -> nn::Linear {
     let config = nn::LinearConfig {
-        ws_init: fan_avg_uniform(&[d_out, d_in], 1.0),
+        ws_init: Init::Const(0.0),
         bs_init: Some(Init::Const(0.0)),
         bias: true,
     };
-    nn::linear(vs, d_in, d_out, config)
+    let linear = nn::linear(vs, d_in, d_out, config);
+    fan_avg_uniform_(&linear.ws, 1.0, gen);
+    linear
 }
 
 /// `BatchNorm2d` with PyTorch's state: it counts the batches it was trained on, as
@@ -326,32 +341,29 @@ impl Block {
         size: i64,
         up: bool,
         config: &SimpleUnetConfig,
+        gen: &mut Generator,
     ) -> Self {
-        let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out);
+        let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out, gen);
         let pad3 = symmetric_same_padding(size, 3, 1);
-        let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3);
+        let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3, gen);
         let transform = if up {
             // The adjoint of a "same" 4×4 stride-2 conv from 2·size to size.
             let padding = symmetric_same_padding(2 * size, 4, 2);
             let config = nn::ConvTransposeConfig {
                 stride: 2,
                 padding,
-                ws_init: fan_avg_uniform(&[c_out, c_out, 4, 4], 1.0),
+                ws_init: Init::Const(0.0),
                 bs_init: Init::Const(0.0),
                 ..Default::default()
             };
-            Transform::Up(nn::conv_transpose2d(
-                &vs / "transform",
-                c_out,
-                c_out,
-                4,
-                config,
-            ))
+            let conv = nn::conv_transpose2d(&vs / "transform", c_out, c_out, 4, config);
+            fan_avg_uniform_(&conv.ws, 1.0, gen);
+            Transform::Up(conv)
         } else {
             let padding = symmetric_same_padding(size, 4, 2);
-            Transform::Down(conv2d(&vs / "transform", c_out, c_out, 4, 2, padding))
+            Transform::Down(conv2d(&vs / "transform", c_out, c_out, 4, 2, padding, gen))
         };
-        let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3);
+        let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3, gen);
         let bnorm1 = BatchNorm::new(&vs / "bnorm1", c_out, config);
         let bnorm2 = BatchNorm::new(&vs / "bnorm2", c_out, config);
         Self {
@@ -413,12 +425,20 @@ pub struct SimpleUnet {
 }
 
 impl SimpleUnet {
-    fn new(vs: &nn::Path, config: SimpleUnetConfig) -> Self {
+    fn new(vs: &nn::Path, config: SimpleUnetConfig, gen: &mut Generator) -> Self {
         let c = &config;
         let n = c.n_blocks();
         // The notebook's `time_mlp` is `Sequential(embedding, Dense, ReLU)`: the Dense is item 1.
-        let time_mlp = linear(vs / "time_mlp" / 1, c.time_emb_dim, c.time_emb_dim);
-        let conv0 = conv2d(vs / "conv0", c.in_channels, c.down_channels[0], 3, 1, 1);
+        let time_mlp = linear(vs / "time_mlp" / 1, c.time_emb_dim, c.time_emb_dim, gen);
+        let conv0 = conv2d(
+            vs / "conv0",
+            c.in_channels,
+            c.down_channels[0],
+            3,
+            1,
+            1,
+            gen,
+        );
         let downs = (0..n)
             .map(|i| {
                 let size = c.image_size >> i;
@@ -429,6 +449,7 @@ impl SimpleUnet {
                     size,
                     false,
                     c,
+                    gen,
                 )
             })
             .collect();
@@ -437,10 +458,26 @@ impl SimpleUnet {
                 // The input is the previous output concatenated with the skip of the same size.
                 let size = c.image_size >> (n - i);
                 let c_in = c.up_channels[i] + c.down_channels[n - i];
-                Block::new(vs / "ups" / i, c_in, c.up_channels[i + 1], size, true, c)
+                Block::new(
+                    vs / "ups" / i,
+                    c_in,
+                    c.up_channels[i + 1],
+                    size,
+                    true,
+                    c,
+                    gen,
+                )
             })
             .collect();
-        let output = conv2d(vs / "output", c.up_channels[n], c.out_channels, 1, 1, 0);
+        let output = conv2d(
+            vs / "output",
+            c.up_channels[n],
+            c.out_channels,
+            1,
+            1,
+            0,
+            gen,
+        );
         Self {
             config,
             time_mlp,

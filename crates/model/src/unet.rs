@@ -17,13 +17,14 @@
 //! branch, the attention output projection and `conv_out`.
 
 use crate::error::{invalid, ModelError};
-use crate::init::{fan_avg_uniform, ZERO_SCALE};
+use crate::init::{fan_avg_uniform_, ZERO_SCALE};
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
 use crate::{batch_timesteps, timestep_embedding, Denoiser};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn::{self, Init};
 use tch::Tensor;
+use torch_ext::Generator;
 
 const ARCH: &str = "ddpm";
 
@@ -238,13 +239,22 @@ impl UNetConfig {
     }
 
     /// Validates the configuration and creates the network's variables under `vs`, with the
-    /// kernels in [`Self::preferred_memory_format`] for the var store's device.
+    /// kernels in [`Self::preferred_memory_format`] for the var store's device, initialised from
+    /// a CPU generator seeded with 0 (for weights that are loaded next; see [`Self::build_with`]).
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] from [`Self::validate`].
     pub fn build(&self, vs: &nn::Path) -> Result<UNet, ModelError> {
+        self.build_with(vs, &mut Generator::cpu(0))
+    }
+
+    /// As [`Self::build`], with the initial weights drawn from `gen` (see [`crate::ModelConfig::build_with`]).
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] from [`Self::validate`].
+    pub fn build_with(&self, vs: &nn::Path, gen: &mut Generator) -> Result<UNet, ModelError> {
         self.validate()?;
-        let net = UNet::new(vs, self.clone());
+        let net = UNet::new(vs, self.clone(), gen);
         let format = self.preferred_memory_format(vs.device());
         for kernel in net.conv_kernels() {
             convert_in_place(kernel, format);
@@ -543,6 +553,8 @@ impl UNetConfig {
 }
 
 /// A convolution with the official DDPM initialisation.
+// The layer's shape, its init scale and the generator: nothing here groups naturally.
+#[allow(clippy::too_many_arguments)]
 fn conv2d(
     vs: nn::Path,
     c_in: i64,
@@ -551,25 +563,30 @@ fn conv2d(
     stride: i64,
     padding: i64,
     scale: f64,
+    gen: &mut Generator,
 ) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,
-        ws_init: fan_avg_uniform(&[c_out, c_in, kernel, kernel], scale),
+        ws_init: Init::Const(0.0),
         bs_init: Init::Const(0.0),
         ..Default::default()
     };
-    nn::conv2d(vs, c_in, c_out, kernel, config)
+    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
+    fan_avg_uniform_(&conv.ws, scale, gen);
+    conv
 }
 
 /// A linear layer with the official DDPM initialisation.
-fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64) -> nn::Linear {
+fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64, gen: &mut Generator) -> nn::Linear {
     let config = nn::LinearConfig {
-        ws_init: fan_avg_uniform(&[d_out, d_in], scale),
+        ws_init: Init::Const(0.0),
         bs_init: Some(Init::Const(0.0)),
         bias: true,
     };
-    nn::linear(vs, d_in, d_out, config)
+    let linear = nn::linear(vs, d_in, d_out, config);
+    fan_avg_uniform_(&linear.ws, scale, gen);
+    linear
 }
 
 fn group_norm(vs: nn::Path, channels: i64, config: &UNetConfig) -> nn::GroupNorm {
@@ -593,16 +610,16 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(vs: nn::Path, c_in: i64, c_out: i64, config: &UNetConfig) -> Self {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, config: &UNetConfig, gen: &mut Generator) -> Self {
         let temb = config.time_embed_dim();
         Self {
             norm1: group_norm(&vs / "norm1", c_in, config),
-            conv1: conv2d(&vs / "conv1", c_in, c_out, 3, 1, 1, 1.0),
-            time_emb_proj: linear(&vs / "time_emb_proj", temb, c_out, 1.0),
+            conv1: conv2d(&vs / "conv1", c_in, c_out, 3, 1, 1, 1.0, gen),
+            time_emb_proj: linear(&vs / "time_emb_proj", temb, c_out, 1.0, gen),
             norm2: group_norm(&vs / "norm2", c_out, config),
-            conv2: conv2d(&vs / "conv2", c_out, c_out, 3, 1, 1, ZERO_SCALE),
+            conv2: conv2d(&vs / "conv2", c_out, c_out, 3, 1, 1, ZERO_SCALE, gen),
             conv_shortcut: (c_in != c_out)
-                .then(|| conv2d(&vs / "conv_shortcut", c_in, c_out, 1, 1, 0, 1.0)),
+                .then(|| conv2d(&vs / "conv_shortcut", c_in, c_out, 1, 1, 0, 1.0, gen)),
             dropout: config.dropout,
         }
     }
@@ -646,14 +663,14 @@ struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    fn new(vs: nn::Path, channels: i64, config: &UNetConfig) -> Self {
+    fn new(vs: nn::Path, channels: i64, config: &UNetConfig, gen: &mut Generator) -> Self {
         let head_dim = config.attention_head_dim.unwrap_or(channels);
         Self {
             group_norm: group_norm(&vs / "group_norm", channels, config),
-            to_q: linear(&vs / "to_q", channels, channels, 1.0),
-            to_k: linear(&vs / "to_k", channels, channels, 1.0),
-            to_v: linear(&vs / "to_v", channels, channels, 1.0),
-            to_out: linear(&vs / "to_out" / 0, channels, channels, ZERO_SCALE),
+            to_q: linear(&vs / "to_q", channels, channels, 1.0, gen),
+            to_k: linear(&vs / "to_k", channels, channels, 1.0, gen),
+            to_v: linear(&vs / "to_v", channels, channels, 1.0, gen),
+            to_out: linear(&vs / "to_out" / 0, channels, channels, ZERO_SCALE, gen),
             heads: channels / head_dim,
         }
     }
@@ -722,14 +739,20 @@ pub struct UNet {
 
 impl UNet {
     /// Creates the variables in diffusers' `state_dict` order, so that tables list them alike.
-    fn new(vs: &nn::Path, config: UNetConfig) -> Self {
+    fn new(vs: &nn::Path, config: UNetConfig, gen: &mut Generator) -> Self {
         let c = &config;
         let widths = c.block_out_channels();
         let levels = widths.len();
         let temb = c.time_embed_dim();
-        let conv_in = conv2d(vs / "conv_in", c.in_channels, c.channels, 3, 1, 1, 1.0);
-        let linear_1 = linear(vs / "time_embedding" / "linear_1", c.channels, temb, 1.0);
-        let linear_2 = linear(vs / "time_embedding" / "linear_2", temb, temb, 1.0);
+        let conv_in = conv2d(vs / "conv_in", c.in_channels, c.channels, 3, 1, 1, 1.0, gen);
+        let linear_1 = linear(
+            vs / "time_embedding" / "linear_1",
+            c.channels,
+            temb,
+            1.0,
+            gen,
+        );
+        let linear_2 = linear(vs / "time_embedding" / "linear_2", temb, temb, 1.0, gen);
 
         let mut down_blocks = Vec::with_capacity(levels);
         let mut c_prev = c.channels;
@@ -739,7 +762,7 @@ impl UNet {
             // Attention blocks register before resnets in diffusers' AttnDownBlock2D.
             let attentions = if c.has_attention(level) {
                 (0..n_layers)
-                    .map(|j| AttentionBlock::new(&p / "attentions" / j, width, c))
+                    .map(|j| AttentionBlock::new(&p / "attentions" / j, width, c, gen))
                     .collect()
             } else {
                 Vec::new()
@@ -751,6 +774,7 @@ impl UNet {
                         if j == 0 { c_prev } else { width },
                         width,
                         c,
+                        gen,
                     )
                 })
                 .collect();
@@ -764,6 +788,7 @@ impl UNet {
                     2,
                     padding,
                     1.0,
+                    gen,
                 )
             });
             down_blocks.push(DownBlock {
@@ -782,7 +807,7 @@ impl UNet {
             let channels = c.up_resnet_channels(i);
             let attentions = if c.has_attention(level) {
                 (0..channels.len())
-                    .map(|j| AttentionBlock::new(&p / "attentions" / j, widths[level], c))
+                    .map(|j| AttentionBlock::new(&p / "attentions" / j, widths[level], c, gen))
                     .collect()
             } else {
                 Vec::new()
@@ -790,7 +815,9 @@ impl UNet {
             let resnets = channels
                 .iter()
                 .enumerate()
-                .map(|(j, &(c_in, c_out))| ResnetBlock::new(&p / "resnets" / j, c_in, c_out, c))
+                .map(|(j, &(c_in, c_out))| {
+                    ResnetBlock::new(&p / "resnets" / j, c_in, c_out, c, gen)
+                })
                 .collect();
             let upsampler = (level > 0).then(|| {
                 conv2d(
@@ -801,6 +828,7 @@ impl UNet {
                     1,
                     1,
                     1.0,
+                    gen,
                 )
             });
             up_blocks.push(UpBlock {
@@ -812,8 +840,9 @@ impl UNet {
 
         let mid = vs / "mid_block";
         let bottom = widths[levels - 1];
-        let mid_attention = AttentionBlock::new(&mid / "attentions" / 0, bottom, c);
-        let mid_resnets = [0, 1].map(|j| ResnetBlock::new(&mid / "resnets" / j, bottom, bottom, c));
+        let mid_attention = AttentionBlock::new(&mid / "attentions" / 0, bottom, c, gen);
+        let mid_resnets =
+            [0, 1].map(|j| ResnetBlock::new(&mid / "resnets" / j, bottom, bottom, c, gen));
         let conv_norm_out = group_norm(vs / "conv_norm_out", c.channels, c);
         let conv_out = conv2d(
             vs / "conv_out",
@@ -823,6 +852,7 @@ impl UNet {
             1,
             1,
             ZERO_SCALE,
+            gen,
         );
         Self {
             config,

@@ -28,6 +28,8 @@ pub use sampler::{
     batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,
     SampledBatch, Sampler, SamplerConfig,
 };
+/// The generator the samplers draw from (re-exported so that callers need no torch-ext dependency).
+pub use torch_ext::Generator;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -94,6 +96,9 @@ pub enum SampleError {
         #[source]
         source: model::ModelError,
     },
+    /// A random generator for the sampling device cannot be made (CUDA unavailable).
+    #[error("random generator: {0}")]
+    Generator(#[from] torch_ext::Error),
     /// An image file that cannot be made or written.
     #[error("{}: {message}", path.display())]
     Image {

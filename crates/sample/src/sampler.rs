@@ -11,19 +11,25 @@
 //!
 //! # Randomness
 //!
-//! All noise comes from libtorch's generator, which is global to the process: [`sample`] seeds
-//! it with `seed`, and batch `b` of [`sample_batches`] with [`batch_seed`]`(seed, b)`. On one
-//! device, with the same libtorch build and thread count, the same checkpoint, sampler, seed,
-//! batch size and image count give bit-identical images. A batch's images do not depend on how
-//! many batches follow it, so the first `k · batch_size` images of a larger request are
-//! bit-identical to a request for `k · batch_size`. A last, partial batch draws its noise at the
-//! full batch size and keeps the leading rows, so every image's noise is a function of
-//! (seed, batch size, index) alone; its pixels then match a larger request's up to the rounding
-//! of the network, which libtorch may run with other kernels at another batch size. A different
-//! `batch_size`, or another device, gives other images.
+//! All noise comes from a generator the caller owns or the request makes
+//! ([`torch_ext::Generator`]), never from libtorch's process-wide one: [`sample`] draws from the
+//! generator it is given, and batch `b` of [`sample_batches`] from its own generator on the
+//! sampling device, seeded with [`batch_seed`]`(seed, b)`. Two samplers in one process, on any
+//! threads, therefore never disturb each other. A generator seeded with `s` draws what
+//! libtorch's global generator draws after `torch.manual_seed(s)` (the same engines), so seeds
+//! keep the images they gave before. On one device, with the same libtorch build and thread
+//! count, the same checkpoint, sampler, seed, batch size and image count give bit-identical
+//! images. A batch's images do not depend on how many batches follow it, so the first
+//! `k · batch_size` images of a larger request are bit-identical to a request for
+//! `k · batch_size`. A last, partial batch draws its noise at the full batch size and keeps the
+//! leading rows, so every image's noise is a function of (seed, batch size, index) alone; its
+//! pixels then match a larger request's up to the rounding of the network, which libtorch may run
+//! with other kernels at another batch size. A different `batch_size`, or another device, gives
+//! other images.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+use torch_ext::Generator;
 
 use model::Denoiser;
 use schedule::tensor::{ScheduleTensors, StepOutput};
@@ -338,6 +344,7 @@ fn run_chains(
     shape: [i64; 4],
     noise_rows: i64,
     snapshot_rows: i64,
+    gen: &mut Generator,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
     let mut sampler = Sampler::new(sched, config, options.prediction, options.clip_x0)?;
@@ -346,21 +353,21 @@ fn run_chains(
     let snapshot_at = snapshot_steps(n, options.n_snapshots);
     let device = sched.device();
     let [n_images, c, h, w] = shape;
-    let randn = || {
-        let xs = Tensor::randn([noise_rows, c, h, w], (Kind::Float, device));
-        if noise_rows == n_images {
+    let mut randn = || -> Result<Tensor, SampleError> {
+        let xs = gen.randn(&[noise_rows, c, h, w], (Kind::Float, device))?;
+        Ok(if noise_rows == n_images {
             xs
         } else {
             xs.narrow(0, 0, n_images)
-        }
+        })
     };
     tch::no_grad(|| {
-        let mut x = randn();
+        let mut x = randn()?;
         let mut snapshots = Vec::with_capacity(snapshot_at.len());
         for (i, &t) in steps.iter().enumerate() {
             let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
             let out = crate::forward(model, &x, &t_batch, false, options.autocast);
-            let noise = sampler.needs_noise(i).then(randn);
+            let noise = sampler.needs_noise(i).then(&mut randn).transpose()?;
             x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;
             if snapshot_at.contains(&i) && snapshot_rows > 0 {
                 snapshots.push((
@@ -379,28 +386,30 @@ fn run_chains(
     })
 }
 
-/// Draws `shape[0]` samples with libtorch's generator seeded with `seed`.
+/// Draws `shape[0]` samples, with all noise from `gen` (a generator for the schedule's device:
+/// [`Generator::new`]`(seed, device)`).
 ///
-/// `on_step(i, n)` is called after each of the n steps (for progress bars). Equal to batch 0
-/// of [`sample_batches`] with the same seed and `batch_size = shape[0]`.
+/// `on_step(i, n)` is called after each of the n steps (for progress bars). With a fresh
+/// generator seeded with `seed`, equal to batch 0 of [`sample_batches`] with that seed and
+/// `batch_size = shape[0]`.
 ///
 /// # Shapes
 /// `shape`: `[N, C, H, W]` of the images; returns `[N, C, H, W]` (see [`SampleOutput`]).
 ///
 /// # Errors
-/// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1]).
+/// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1]);
+/// [`SampleError::Generator`] when `gen` is not a generator of the schedule's device type.
 pub fn sample(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
     config: &SamplerConfig,
     options: &SampleOptions,
     shape: [i64; 4],
-    seed: u64,
+    gen: &mut Generator,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
-    // Check before seeding, so that an error leaves the generator alone.
+    // Check before drawing, so that an error leaves the generator alone.
     config.timesteps(sched.schedule().n_steps())?;
-    tch::manual_seed(seed as i64);
     run_chains(
         model,
         sched,
@@ -409,6 +418,7 @@ pub fn sample(
         shape,
         shape[0],
         shape[0],
+        gen,
         &mut on_step,
     )
 }
@@ -437,7 +447,7 @@ pub struct BatchPlan {
     pub batch_size: usize,
     /// `[C, H, W]` of one image.
     pub image_shape: [i64; 3],
-    /// Seeds batch `b` with [`batch_seed`]`(seed, b)`.
+    /// Batch `b` draws from a generator seeded with [`batch_seed`]`(seed, b)`.
     pub seed: u64,
     /// Keep the snapshots of the first `n_chains` images of the request (for strips and GIFs).
     pub n_chains: usize,
@@ -515,17 +525,22 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
         let rows = self.plan.batch_size.min(self.plan.n_images - first_image);
         let snapshot_rows = self.plan.n_chains.saturating_sub(first_image).min(rows);
         let [c, h, w] = self.plan.image_shape;
-        tch::manual_seed(batch_seed(self.plan.seed, batch_idx) as i64);
-        let output = run_chains(
-            self.model,
-            self.sched,
-            &self.config,
-            &self.options,
-            [rows as i64, c, h, w],
-            self.plan.batch_size as i64,
-            snapshot_rows as i64,
-            &mut self.on_step,
-        );
+        let seed = batch_seed(self.plan.seed, batch_idx);
+        let output = Generator::new(seed, self.sched.device())
+            .map_err(SampleError::from)
+            .and_then(|mut gen| {
+                run_chains(
+                    self.model,
+                    self.sched,
+                    &self.config,
+                    &self.options,
+                    [rows as i64, c, h, w],
+                    self.plan.batch_size as i64,
+                    snapshot_rows as i64,
+                    &mut gen,
+                    &mut self.on_step,
+                )
+            });
         Some(output.map(|output| SampledBatch {
             batch_idx,
             first_image,

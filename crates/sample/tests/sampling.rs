@@ -5,20 +5,18 @@ use std::path::Path;
 
 use model::{Denoiser, ModelConfig, SimpleUnetConfig};
 use sample::Prediction;
-use sample::{sample, sample_batches, BatchPlan, SampleOptions, Sampler, SamplerConfig};
+use sample::{sample, sample_batches, BatchPlan, Generator, SampleOptions, Sampler, SamplerConfig};
 use schedule::tensor::{extract, ScheduleTensors};
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
 use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-/// libtorch's random generator is global to the process: tests that seed it and compare what
-/// it draws run one at a time. One intra-op thread each: the tests' small elementwise ops run
-/// many times slower when several tests' thread pools share a loaded machine's cores.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One intra-op thread: the tests' small elementwise ops run many times slower when several
+/// tests' thread pools share a loaded machine's cores. (No lock: every sampler draws from its
+/// own generator, so tests on parallel threads cannot disturb each other's noise.)
+fn one_thread() {
     tch::set_num_threads(1);
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn values(xs: &Tensor) -> Vec<f64> {
@@ -193,9 +191,18 @@ fn mean_var(xs: &Tensor) -> (f64, f64) {
 
 fn toy_samples(st: &ScheduleTensors, config: &SamplerConfig, seed: u64) -> Tensor {
     let model = GaussianDenoiser::new(st, MU, VAR);
-    sample(&model, st, config, &options(), TOY_SHAPE, seed, |_, _| {})
-        .unwrap()
-        .images
+    let mut gen = Generator::cpu(seed);
+    sample(
+        &model,
+        st,
+        config,
+        &options(),
+        TOY_SHAPE,
+        &mut gen,
+        |_, _| {},
+    )
+    .unwrap()
+    .images
 }
 
 /// The exact law of DDPM(β̃) samples on the Gaussian toy: with x̂_0 = μ + k_t (x_t − √ᾱ_t μ),
@@ -232,7 +239,7 @@ fn ddpm_posterior_variance_law(st: &ScheduleTensors) -> (f64, f64) {
 /// would break many times over.
 #[test]
 fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distribution() {
-    let _serial = serial();
+    one_thread();
     let st = ScheduleTensors::new(
         &Schedule::new(&BetaSchedule::ho2020()).unwrap(),
         Device::Cpu,
@@ -290,7 +297,7 @@ fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distri
 /// pixel for pixel, up to f32 rounding.
 #[test]
 fn ddim_with_eta_1_over_all_steps_is_the_ddpm_chain_for_the_same_noise() {
-    let _serial = serial();
+    one_thread();
     let st = toy_schedule();
     let ddpm = toy_samples(
         &st,
@@ -320,7 +327,7 @@ fn ddim_with_eta_1_over_all_steps_is_the_ddpm_chain_for_the_same_noise() {
 /// 0.054, 0.028 for DDIM; f32 rounding (about 1e-6) is far below all of them.
 #[test]
 fn dpm_solver_pp_converges_at_second_order_and_ddim_at_first() {
-    let _serial = serial();
+    one_thread();
     let st = ScheduleTensors::new(
         &Schedule::new(&BetaSchedule::ho2020()).unwrap(),
         Device::Cpu,
@@ -333,7 +340,7 @@ fn dpm_solver_pp_converges_at_second_order_and_ddim_at_first() {
             &config,
             &options(),
             [256, 1, 4, 4],
-            9,
+            &mut Generator::cpu(9),
             |_, _| {},
         )
         .unwrap()
@@ -392,9 +399,10 @@ fn tiny_unet() -> (VarStore, Box<dyn Denoiser>) {
         time_emb_dim: 16,
         ..SimpleUnetConfig::seed_cifar10()
     });
-    tch::manual_seed(11);
     let vs = VarStore::new(Device::Cpu);
-    let net = config.build(&vs.root()).unwrap();
+    let net = config
+        .build_with(&vs.root(), &mut Generator::cpu(11))
+        .unwrap();
     (vs, net)
 }
 
@@ -420,7 +428,7 @@ fn bits(xs: &Tensor) -> Vec<u32> {
 
 #[test]
 fn the_same_seed_gives_the_same_images_and_another_seed_others() {
-    let _serial = serial();
+    one_thread();
     let (_vs, net) = tiny_unet();
     let st = small_schedule();
     let options = SampleOptions {
@@ -449,7 +457,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
                 &config,
                 &options,
                 [3, 3, 8, 8],
-                seed,
+                &mut Generator::cpu(seed),
                 |_, _| {},
             )
             .unwrap()
@@ -470,7 +478,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
 
 #[test]
 fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
-    let _serial = serial();
+    one_thread();
     let (_vs, net) = tiny_unet();
     let st = small_schedule();
     let config = SamplerConfig::Ddim {
@@ -531,17 +539,113 @@ fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
         &config,
         &options,
         [4, 3, 8, 8],
-        42,
+        &mut Generator::cpu(42),
         |_, _| {},
     )
     .unwrap();
     assert_eq!(bits(&single.images), bits(&eight[0].output.images));
 }
 
+/// Two samplers with their own generators, interleaved step by step in one thread with draws
+/// from the global generator and from each other in between, produce exactly what each
+/// produces alone; and the same holds for whole chains run at the same time on threads that
+/// share no lock, while a third thread reseeds and draws from libtorch's global generator.
+#[test]
+fn samplers_with_their_own_generators_are_independent_and_reproducible() {
+    one_thread();
+    let config = SamplerConfig::Ddpm {
+        variance: VarianceType::FixedLarge,
+    };
+    let shape = [2i64, 3, 8, 8];
+    // Step by step, by hand: the chain of one generator alone.
+    let chain = |gens: &mut [Generator], interleave: bool| {
+        let (_vs, net) = tiny_unet();
+        let st = small_schedule();
+        let mut samplers: Vec<Sampler> = (0..gens.len())
+            .map(|_| Sampler::new(&st, &config, Prediction::Eps, true).unwrap())
+            .collect();
+        let steps = samplers[0].timesteps().to_vec();
+        let cpu = (Kind::Float, Device::Cpu);
+        let mut xs: Vec<Tensor> = gens
+            .iter_mut()
+            .map(|g| g.randn(&shape, cpu).unwrap())
+            .collect();
+        tch::no_grad(|| {
+            for (i, &t) in steps.iter().enumerate() {
+                for k in 0..gens.len() {
+                    if interleave {
+                        tch::manual_seed(1000 + i as i64);
+                        let _ = Tensor::randn([17], cpu);
+                    }
+                    let t_batch = Tensor::full([shape[0]], t as i64, (Kind::Int64, Device::Cpu));
+                    let eps = net.forward_t(&xs[k], &t_batch, false);
+                    let noise = samplers[k]
+                        .needs_noise(i)
+                        .then(|| gens[k].randn(&shape, cpu).unwrap());
+                    xs[k] = samplers[k]
+                        .step(i, &eps, &xs[k], noise.as_ref())
+                        .prev_sample;
+                }
+            }
+        });
+        xs.into_iter().map(|x| bits(&x)).collect::<Vec<_>>()
+    };
+    let alone_a = chain(&mut [Generator::cpu(1)], false).remove(0);
+    let alone_b = chain(&mut [Generator::cpu(2)], false).remove(0);
+    assert_ne!(alone_a, alone_b, "two seeds gave the same chain");
+    let together = chain(&mut [Generator::cpu(1), Generator::cpu(2)], true);
+    assert_eq!(
+        together[0], alone_a,
+        "interleaving changed sampler A's images"
+    );
+    assert_eq!(
+        together[1], alone_b,
+        "interleaving changed sampler B's images"
+    );
+
+    // Whole chains at once on three threads: two samplers and a thread that keeps reseeding
+    // and drawing from the global generator.
+    let run = |seed: u64| {
+        let (_vs, net) = tiny_unet();
+        let st = small_schedule();
+        let out = sample(
+            net.as_ref(),
+            &st,
+            &config,
+            &options(),
+            shape,
+            &mut Generator::cpu(seed),
+            |_, _| {},
+        )
+        .unwrap();
+        bits(&out.images)
+    };
+    let (ref_a, ref_b) = (run(3), run(4));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let noise = scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tch::manual_seed(i);
+                let _ = Tensor::randn([64], (Kind::Float, Device::Cpu));
+                i += 1;
+            }
+        });
+        let a = scope.spawn(|| (0..3).map(|_| run(3)).collect::<Vec<_>>());
+        let b = scope.spawn(|| (0..3).map(|_| run(4)).collect::<Vec<_>>());
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        noise.join().unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x, &ref_a, "sampler A on a thread");
+            assert_eq!(y, &ref_b, "sampler B on a thread");
+        }
+    });
+}
+
 #[test]
 fn impossible_requests_fail_before_any_work() {
-    // Building the network draws its initial weights from libtorch's global generator.
-    let _serial = serial();
+    one_thread();
     let (_vs, net) = tiny_unet();
     let st = small_schedule();
     let plan = |n_images, batch_size| BatchPlan {

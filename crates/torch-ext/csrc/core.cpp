@@ -151,6 +151,31 @@ te_error te_foreach_lerp_scalar_(const te_tensor* self, size_t n, const te_tenso
   TE_CATCH
 }
 
+// `self[i] += weight * (ends[i] - self[i])` with a one-element tensor `weight` that may live on
+// the device (ATen's list-of-weights `_foreach_lerp_` takes one weight per tensor, which its CUDA
+// fast path only accepts at the tensors' own shapes). On CUDA: three multi-tensor kernels
+// (`_foreach_sub`, `_foreach_mul_` by the tensor, `_foreach_add_`) and one temporary list; on
+// other devices, which loop over the tensors anyway, one `lerp_` per tensor.
+te_error te_foreach_lerp_tensor_(const te_tensor* self, size_t n, const te_tensor* ends, size_t n_ends,
+                                 te_tensor weight) {
+  TE_TRY
+  TORCH_CHECK(n == n_ends, "_foreach_lerp_: ", n, " tensors but ", n_ends, " end tensors");
+  TORCH_CHECK(weight != nullptr && weight->numel() == 1, "_foreach_lerp_: the weight must have one element");
+  auto xs = te_tensor_list(self, n);
+  auto es = te_tensor_list(ends, n_ends);
+  if (n > 0 && xs[0].is_cuda()) {
+    auto diffs = at::_foreach_sub(es, xs);
+    at::_foreach_mul_(diffs, weight->reshape({}));
+    at::_foreach_add_(xs, diffs);
+  } else {
+    at::Tensor w = weight->reshape({});
+    for (size_t i = 0; i < n; ++i) {
+      xs[i].lerp_(es[i], w);
+    }
+  }
+  TE_CATCH
+}
+
 // `out` has room for `n` handles.
 te_error te_foreach_norm(const te_tensor* self, size_t n, double ord, te_tensor* out) {
   TE_TRY
@@ -196,9 +221,12 @@ te_error te_foreach_zero_(const te_tensor* self, size_t n) {
 
 // `_fused_adam_` (adamw == 0) or `_fused_adamw_` (adamw != 0). `n` is the length of every list
 // but `max_exp_avg_sqs`, which is empty unless amsgrad. `grad_scale` and `found_inf` may be null.
+// A non-null `lr_tensor` (one element, on the parameters' device or the CPU) replaces `lr`: the
+// `tensor_lr` overloads, which read the learning rate on the device.
 te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* grads, const te_tensor* exp_avgs,
                         const te_tensor* exp_avg_sqs, const te_tensor* max_exp_avg_sqs, size_t n_max,
-                        const te_tensor* state_steps, size_t n, double lr, double beta1, double beta2,
+                        const te_tensor* state_steps, size_t n, double lr, te_tensor lr_tensor, double beta1,
+                        double beta2,
                         double weight_decay, double eps, int amsgrad, int maximize, te_tensor grad_scale,
                         te_tensor found_inf) {
   TE_TRY
@@ -212,7 +240,15 @@ te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* gra
   if (grad_scale != nullptr) scale = *grad_scale;
   std::optional<at::Tensor> inf;
   if (found_inf != nullptr) inf = *found_inf;
-  if (adamw != 0) {
+  if (lr_tensor != nullptr) {
+    if (adamw != 0) {
+      at::_fused_adamw_(ps, gs, ms, vs, maxs, steps, *lr_tensor, beta1, beta2, weight_decay, eps, amsgrad != 0,
+                        maximize != 0, scale, inf);
+    } else {
+      at::_fused_adam_(ps, gs, ms, vs, maxs, steps, *lr_tensor, beta1, beta2, weight_decay, eps, amsgrad != 0,
+                       maximize != 0, scale, inf);
+    }
+  } else if (adamw != 0) {
     at::_fused_adamw_(ps, gs, ms, vs, maxs, steps, lr, beta1, beta2, weight_decay, eps, amsgrad != 0,
                       maximize != 0, scale, inf);
   } else {
@@ -229,6 +265,20 @@ te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* gra
 te_error te_set_autocast_dtype(int device_type, te_tensor dtype_carrier) {
   TE_TRY
   at::autocast::set_autocast_dtype(te_device_type_from(device_type), dtype_carrier->scalar_type());
+  TE_CATCH
+}
+
+// Whether autocast keeps the casts of leaf tensors (weights) for the rest of the outermost
+// autocast region (`torch.autocast(cache_enabled=...)`); thread-local, like the dtypes.
+te_error te_set_autocast_cache_enabled(int enabled) {
+  TE_TRY
+  at::autocast::set_autocast_cache_enabled(enabled != 0);
+  TE_CATCH
+}
+
+te_error te_is_autocast_cache_enabled(int* out) {
+  TE_TRY
+  *out = at::autocast::is_autocast_cache_enabled() ? 1 : 0;
   TE_CATCH
 }
 

@@ -11,6 +11,7 @@
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <memory>
@@ -53,6 +54,16 @@ te_error te_cuda_graph_capture_begin(te_cuda_graph* graph) {
 te_error te_cuda_graph_capture_end(te_cuda_graph* graph) {
   TE_TRY
   graph->graph->capture_end();
+  TE_CATCH
+}
+
+// Registers a (non-default) CUDA generator with the graph, so that random ops drawn from it
+// during the capture read their seed and offset at each replay (libtorch registers the default
+// generator itself). Call it before `capture_begin`.
+te_error te_cuda_graph_register_generator(te_cuda_graph* graph, at::Generator* generator) {
+  TE_TRY
+  TORCH_CHECK(generator != nullptr, "null generator");
+  graph->graph->register_generator_state(*generator);
   TE_CATCH
 }
 
@@ -112,5 +123,24 @@ te_error te_cuda_stream_guard_new(te_cuda_stream* stream, te_cuda_stream_guard**
 }
 
 void te_cuda_stream_guard_free(te_cuda_stream_guard* guard) { delete guard; }
+
+// The caching allocator's byte counts for `device` (torch.cuda.memory_allocated,
+// max_memory_allocated, memory_reserved, max_memory_reserved): out[0..4].
+te_error te_cuda_memory_stats(int64_t device_index, int64_t* out) {
+  TE_TRY
+  auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device_index));
+  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  out[0] = stats.allocated_bytes[all].current;
+  out[1] = stats.allocated_bytes[all].peak;
+  out[2] = stats.reserved_bytes[all].current;
+  out[3] = stats.reserved_bytes[all].peak;
+  TE_CATCH
+}
+
+te_error te_cuda_reset_peak_memory_stats(int64_t device_index) {
+  TE_TRY
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device_index));
+  TE_CATCH
+}
 
 }  // extern "C"

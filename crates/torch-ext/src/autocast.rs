@@ -79,6 +79,59 @@ impl Drop for AutocastDtypeGuard {
     }
 }
 
+/// Turns autocast's cache of cast leaf tensors (the bf16 copies of the weights, kept for the
+/// rest of the outermost autocast region) on or off, for the calling thread
+/// (`torch.autocast(cache_enabled=...)`). CUDA graph captures need it off.
+///
+/// # Errors
+/// [`Error::Torch`](crate::Error::Torch) if libtorch throws.
+pub fn set_autocast_cache_enabled(enabled: bool) -> Result<()> {
+    // SAFETY: a thread-local setter.
+    ffi::torch("set_autocast_cache_enabled", unsafe {
+        ffi::te_set_autocast_cache_enabled(std::ffi::c_int::from(enabled))
+    })
+}
+
+/// Whether autocast caches the casts of leaf tensors on this thread (libtorch's default: yes).
+///
+/// # Errors
+/// [`Error::Torch`](crate::Error::Torch) if libtorch throws.
+pub fn is_autocast_cache_enabled() -> Result<bool> {
+    let mut out = 0;
+    // SAFETY: a thread-local getter and a valid out-pointer.
+    ffi::torch("is_autocast_cache_enabled", unsafe {
+        ffi::te_is_autocast_cache_enabled(&mut out)
+    })?;
+    Ok(out != 0)
+}
+
+/// Sets autocast's cache on or off and restores the previous setting when dropped.
+#[derive(Debug)]
+#[must_use = "the previous setting is restored when the guard is dropped"]
+pub struct AutocastCacheGuard {
+    previous: bool,
+}
+
+impl AutocastCacheGuard {
+    /// Sets the cache for this thread, remembering the setting it replaces.
+    ///
+    /// # Errors
+    /// As [`set_autocast_cache_enabled`].
+    pub fn new(enabled: bool) -> Result<Self> {
+        let previous = is_autocast_cache_enabled()?;
+        set_autocast_cache_enabled(enabled)?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for AutocastCacheGuard {
+    fn drop(&mut self) {
+        if let Err(err) = set_autocast_cache_enabled(self.previous) {
+            debug_assert!(false, "restoring the autocast cache setting failed: {err}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +165,19 @@ mod tests {
             .unwrap();
         assert_eq!(other, Kind::Half);
         set_autocast_dtype(Device::Cuda(0), Kind::Half).unwrap();
+    }
+
+    #[test]
+    fn the_cache_setting_round_trips_and_the_guard_restores_it() {
+        assert!(is_autocast_cache_enabled().unwrap(), "libtorch's default");
+        {
+            let _off = AutocastCacheGuard::new(false).unwrap();
+            assert!(!is_autocast_cache_enabled().unwrap());
+        }
+        assert!(is_autocast_cache_enabled().unwrap());
+        set_autocast_cache_enabled(false).unwrap();
+        assert!(!is_autocast_cache_enabled().unwrap());
+        set_autocast_cache_enabled(true).unwrap();
     }
 
     #[test]

@@ -71,6 +71,25 @@ impl CudaGraph {
         })
     }
 
+    /// Registers `gen`, a CUDA generator, with the graph: random ops that draw from it during
+    /// the capture then read its seed and offset at every replay, so that reseeding it between
+    /// replays changes their numbers as it would change an eager step's. (libtorch registers the
+    /// default CUDA generator itself.) Call it before [`CudaGraph::capture_begin`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a CPU generator; [`Error::Torch`] when libtorch refuses.
+    pub fn register_generator(&mut self, gen: &crate::Generator) -> Result<()> {
+        if !gen.device().is_cuda() {
+            return Err(Error::InvalidArgument(
+                "only a CUDA generator can be registered with a CUDA graph".into(),
+            ));
+        }
+        // SAFETY: a live graph and a live generator.
+        ffi::torch("CudaGraph::register_generator", unsafe {
+            ffi::te_cuda_graph_register_generator(self.raw.as_ptr(), gen.ptr())
+        })
+    }
+
     /// Launches the captured work on the current stream.
     ///
     /// # Errors
@@ -237,6 +256,51 @@ impl std::fmt::Debug for StreamGuard<'_> {
     }
 }
 
+/// The caching allocator's memory counts of one CUDA device, in bytes
+/// (`torch.cuda.memory_allocated` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in live tensors now.
+    pub allocated: i64,
+    /// The most bytes in live tensors since the start or [`reset_peak_memory_stats`].
+    pub peak_allocated: i64,
+    /// Bytes the allocator holds from the driver now (live tensors and its cache).
+    pub reserved: i64,
+    /// The most bytes held since the start or the last reset.
+    pub peak_reserved: i64,
+}
+
+/// The caching allocator's counts for device `device_index`.
+///
+/// # Errors
+/// [`Error::Torch`] when CUDA is unavailable or the index is out of range.
+pub fn memory_stats(device_index: usize) -> Result<MemoryStats> {
+    let index = device_index_i64(device_index)?;
+    let mut out = [0i64; 4];
+    // SAFETY: room for the four counts.
+    ffi::torch("memory_stats", unsafe {
+        ffi::te_cuda_memory_stats(index, out.as_mut_ptr())
+    })?;
+    Ok(MemoryStats {
+        allocated: out[0],
+        peak_allocated: out[1],
+        reserved: out[2],
+        peak_reserved: out[3],
+    })
+}
+
+/// Restarts the peaks of [`memory_stats`] from the current counts.
+///
+/// # Errors
+/// [`Error::Torch`] when CUDA is unavailable or the index is out of range.
+pub fn reset_peak_memory_stats(device_index: usize) -> Result<()> {
+    let index = device_index_i64(device_index)?;
+    // SAFETY: a plain call.
+    ffi::torch("reset_peak_memory_stats", unsafe {
+        ffi::te_cuda_reset_peak_memory_stats(index)
+    })
+}
+
 fn device_index_i64(device_index: usize) -> Result<i64> {
     i64::try_from(device_index).map_err(|_| {
         Error::InvalidArgument(format!("CUDA device index {device_index} is out of range"))
@@ -275,6 +339,57 @@ mod tests {
             let got = output.double_value(&[7]);
             assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
         }
+    }
+
+    /// A registered generator's draws inside the graph follow its reseeds between replays, as
+    /// eager draws would.
+    #[test]
+    fn a_registered_generator_is_reseeded_between_replays() {
+        let device = Device::Cuda(0);
+        let mut gen = crate::Generator::cuda(0, 0).unwrap();
+        let eager = |gen: &mut crate::Generator, seed| {
+            gen.set_seed(seed);
+            gen.randn(&[256], (Kind::Float, device)).unwrap()
+        };
+        let expected: Vec<Tensor> = [5u64, 6].iter().map(|&s| eager(&mut gen, s)).collect();
+        let side = CudaStream::from_pool(0, false).unwrap();
+        let current = CudaStream::current(0).unwrap();
+        side.wait_stream(&current).unwrap();
+        let mut graph = CudaGraph::new().unwrap();
+        graph.register_generator(&gen).unwrap();
+        let output = {
+            let _guard = side.guard().unwrap();
+            let _ = gen.randn(&[256], (Kind::Float, device)).unwrap();
+            graph.capture_begin().unwrap();
+            let output = gen.randn(&[256], (Kind::Float, device)).unwrap();
+            graph.capture_end().unwrap();
+            output
+        };
+        current.wait_stream(&side).unwrap();
+        for (seed, want) in [5u64, 6].iter().zip(&expected) {
+            gen.set_seed(*seed);
+            graph.replay().unwrap();
+            current.synchronize().unwrap();
+            assert!(output.equal(want), "seed {seed}");
+        }
+        assert!(graph.register_generator(&crate::Generator::cpu(0)).is_err());
+    }
+
+    #[test]
+    fn memory_stats_count_a_tensor_and_its_peak() {
+        reset_peak_memory_stats(0).unwrap();
+        let before = memory_stats(0).unwrap();
+        let xs = Tensor::zeros([1 << 20], (Kind::Float, Device::Cuda(0)));
+        let during = memory_stats(0).unwrap();
+        assert!(
+            during.allocated >= before.allocated + (4 << 20),
+            "{during:?}"
+        );
+        drop(xs);
+        let after = memory_stats(0).unwrap();
+        assert!(after.allocated < during.allocated);
+        assert!(after.peak_allocated >= during.allocated);
+        assert!(after.reserved >= after.allocated);
     }
 
     #[test]

@@ -101,6 +101,13 @@ extern "C" {
         n_ends: usize,
         weight: f64,
     ) -> CError;
+    pub(crate) fn te_foreach_lerp_tensor_(
+        xs: *const *mut C_tensor,
+        n: usize,
+        ends: *const *mut C_tensor,
+        n_ends: usize,
+        weight: *mut C_tensor,
+    ) -> CError;
     pub(crate) fn te_foreach_norm(
         xs: *const *mut C_tensor,
         n: usize,
@@ -135,6 +142,7 @@ extern "C" {
         state_steps: *const *mut C_tensor,
         n: usize,
         lr: f64,
+        lr_tensor: *mut C_tensor,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
@@ -148,6 +156,8 @@ extern "C" {
     // Autocast.
     pub(crate) fn te_set_autocast_dtype(device_type: c_int, carrier: *mut C_tensor) -> CError;
     pub(crate) fn te_get_autocast_dtype(device_type: c_int, out: *mut *mut C_tensor) -> CError;
+    pub(crate) fn te_set_autocast_cache_enabled(enabled: c_int) -> CError;
+    pub(crate) fn te_is_autocast_cache_enabled(out: *mut c_int) -> CError;
 
     // Pickle.
     pub(crate) fn te_load_state_dict(
@@ -274,7 +284,13 @@ extern "C" {
     pub(crate) fn te_cuda_graph_free(graph: *mut CCudaGraph);
     pub(crate) fn te_cuda_graph_capture_begin(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_graph_capture_end(graph: *mut CCudaGraph) -> CError;
+    pub(crate) fn te_cuda_graph_register_generator(
+        graph: *mut CCudaGraph,
+        gen: *mut CGenerator,
+    ) -> CError;
     pub(crate) fn te_cuda_graph_replay(graph: *mut CCudaGraph) -> CError;
+    pub(crate) fn te_cuda_memory_stats(device_index: i64, out: *mut i64) -> CError;
+    pub(crate) fn te_cuda_reset_peak_memory_stats(device_index: i64) -> CError;
     pub(crate) fn te_cuda_graph_reset(graph: *mut CCudaGraph) -> CError;
     pub(crate) fn te_cuda_stream_from_pool(
         device_index: i64,

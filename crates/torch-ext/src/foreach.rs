@@ -34,6 +34,36 @@ pub fn foreach_lerp_(selfs: &mut [Tensor], ends: &[Tensor], weight: f64) -> Resu
     })
 }
 
+/// `selfs[i] += weight * (ends[i] - selfs[i])` for a one-element tensor `weight` that may live on
+/// the device: an EMA whose decay (or whose skipping, with a weight of 0) is decided on the device,
+/// without reading it back.
+///
+/// `weight` has the tensors' dtype. On CUDA this runs three multi-tensor kernels
+/// (`_foreach_sub`, `_foreach_mul_`, `_foreach_add_`) with one temporary list, since ATen's
+/// `_foreach_lerp_` takes a tensor weight only as one full-size weight per tensor; on the CPU one
+/// `lerp_` per tensor.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when the lists differ in length; [`Error::Torch`] when `weight` has
+/// more than one element or shapes, dtypes or devices do not match.
+pub fn foreach_lerp_tensor_(selfs: &mut [Tensor], ends: &[Tensor], weight: &Tensor) -> Result<()> {
+    same_len("foreach_lerp_tensor_", selfs.len(), ends.len())?;
+    if selfs.is_empty() {
+        return Ok(());
+    }
+    let (xs, es) = (ffi::handles(selfs), ffi::handles(ends));
+    // SAFETY: live handles, with the lengths passed alongside.
+    ffi::torch("foreach_lerp_tensor_", unsafe {
+        ffi::te_foreach_lerp_tensor_(
+            xs.as_ptr(),
+            xs.len(),
+            es.as_ptr(),
+            es.len(),
+            ffi::handle(weight),
+        )
+    })
+}
+
 /// The `ord`-norm of every tensor (`torch._foreach_norm`): 0-dim tensors on each tensor's
 /// device, in the tensors' dtype.
 ///
@@ -247,7 +277,7 @@ pub fn fused_adam_(
     grad_scale: Option<&Tensor>,
     found_inf: Option<&Tensor>,
 ) -> Result<()> {
-    fused(false, tensors, config, grad_scale, found_inf)
+    fused(false, tensors, config, None, grad_scale, found_inf)
 }
 
 /// One AdamW step over all parameters (`torch._fused_adamw_`): as [`fused_adam_`], but the
@@ -261,13 +291,45 @@ pub fn fused_adamw_(
     grad_scale: Option<&Tensor>,
     found_inf: Option<&Tensor>,
 ) -> Result<()> {
-    fused(true, tensors, config, grad_scale, found_inf)
+    fused(true, tensors, config, None, grad_scale, found_inf)
+}
+
+/// [`fused_adam_`] with the learning rate in a one-element tensor (the `tensor_lr` overload of
+/// `torch._fused_adam_`): a schedule computed on the device, or a value a CUDA graph reads at
+/// replay. `config.lr` is not used. On CUDA, `lr` is an f32 tensor on the parameters' device
+/// (or any dtype on the CPU, which is read once); on the CPU it is read as a double.
+///
+/// # Errors
+/// As [`fused_adam_`].
+pub fn fused_adam_tensor_lr_(
+    tensors: AdamTensors<'_>,
+    config: &AdamConfig,
+    lr: &Tensor,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    fused(false, tensors, config, Some(lr), grad_scale, found_inf)
+}
+
+/// [`fused_adamw_`] with the learning rate in a tensor, as [`fused_adam_tensor_lr_`].
+///
+/// # Errors
+/// As [`fused_adam_`].
+pub fn fused_adamw_tensor_lr_(
+    tensors: AdamTensors<'_>,
+    config: &AdamConfig,
+    lr: &Tensor,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    fused(true, tensors, config, Some(lr), grad_scale, found_inf)
 }
 
 fn fused(
     adamw: bool,
     t: AdamTensors<'_>,
     config: &AdamConfig,
+    lr_tensor: Option<&Tensor>,
     grad_scale: Option<&Tensor>,
     found_inf: Option<&Tensor>,
 ) -> Result<()> {
@@ -315,6 +377,7 @@ fn fused(
             steps.as_ptr(),
             n,
             config.lr,
+            optional(lr_tensor),
             config.beta1,
             config.beta2,
             config.weight_decay,
@@ -377,6 +440,37 @@ mod tests {
         );
         assert!(matches!(
             foreach_lerp_(&mut ema, &params[..1], 0.5),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_tensor_weight_lerps_as_a_scalar_one_and_zero_leaves_the_list() {
+        let mut gen = Generator::cpu(2);
+        let ends: Vec<Tensor> = [vec![3i64, 4], vec![5]]
+            .iter()
+            .map(|s| gen.randn(s, CPU_F32).unwrap())
+            .collect();
+        let start: Vec<Tensor> = ends.iter().map(|e| gen.randn_like(e).unwrap()).collect();
+        for weight in [0.25, 0.9] {
+            let mut by_scalar: Vec<Tensor> = start.iter().map(Tensor::copy).collect();
+            let mut by_tensor: Vec<Tensor> = start.iter().map(Tensor::copy).collect();
+            foreach_lerp_(&mut by_scalar, &ends, weight).unwrap();
+            foreach_lerp_tensor_(&mut by_tensor, &ends, &Tensor::from(weight as f32)).unwrap();
+            for (a, b) in by_scalar.iter().zip(&by_tensor) {
+                assert!(max_abs_diff(a, b) < 1e-7, "weight {weight}");
+            }
+            assert!(max_abs_diff(&by_tensor[0], &start[0]) > 1e-3, "moved");
+        }
+        let mut untouched: Vec<Tensor> = start.iter().map(Tensor::copy).collect();
+        foreach_lerp_tensor_(&mut untouched, &ends, &Tensor::from(0.0f32)).unwrap();
+        for (a, b) in untouched.iter().zip(&start) {
+            assert!(a.equal(b), "a weight of 0 changed a tensor");
+        }
+        let two = Tensor::from_slice(&[0.5f32, 0.5]);
+        assert!(foreach_lerp_tensor_(&mut untouched, &ends, &two).is_err());
+        assert!(matches!(
+            foreach_lerp_tensor_(&mut untouched, &ends[..1], &Tensor::from(0.5f32)),
             Err(Error::InvalidArgument(_))
         ));
     }
@@ -593,6 +687,53 @@ mod tests {
     #[test]
     fn fused_adamw_matches_a_hand_written_adamw_for_three_steps() {
         check_against_reference(true);
+    }
+
+    #[test]
+    fn a_tensor_learning_rate_gives_the_scalar_ones_results() {
+        let mut gen = Generator::cpu(9);
+        let params: Vec<Tensor> = [vec![4i64, 3], vec![7]]
+            .iter()
+            .map(|s| gen.randn(s, CPU_F32).unwrap())
+            .collect();
+        let config = AdamConfig {
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..AdamConfig::default()
+        };
+        for adamw in [false, true] {
+            let mut scalar = FusedState::new(&params);
+            let mut tensor = FusedState::new(&params);
+            for _ in 0..3 {
+                let grads: Vec<Tensor> =
+                    params.iter().map(|p| gen.randn_like(p).unwrap()).collect();
+                scalar.step(&grads, &config, adamw, None);
+                // A double on the CPU: read exactly as the scalar.
+                foreach_add_scalar_(&mut tensor.steps, 1.0).unwrap();
+                let mut grads = shallow(&grads);
+                let tensors = AdamTensors {
+                    params: &mut tensor.params,
+                    grads: &mut grads,
+                    exp_avgs: &mut tensor.m,
+                    exp_avg_sqs: &mut tensor.v,
+                    max_exp_avg_sqs: &mut [],
+                    state_steps: &mut tensor.steps,
+                };
+                let lr = Tensor::from(0.01f64);
+                let ignored = AdamConfig { lr: 5.0, ..config };
+                if adamw {
+                    fused_adamw_tensor_lr_(tensors, &ignored, &lr, None, None).unwrap();
+                } else {
+                    fused_adam_tensor_lr_(tensors, &ignored, &lr, None, None).unwrap();
+                }
+            }
+            for (a, b) in scalar.params.iter().zip(&tensor.params) {
+                assert!(
+                    a.equal(b),
+                    "adamw {adamw}: the tensor lr changed the update"
+                );
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,23 @@ impl Generator {
         })
     }
 
-    fn ptr(&self) -> *mut CGenerator {
+    /// A generator for `device`'s tensors, seeded with `seed`: [`Generator::cpu`] or
+    /// [`Generator::cuda`]. The same seed gives other numbers on the two device types (Mersenne
+    /// Twister and Philox).
+    ///
+    /// # Errors
+    /// As [`Generator::cuda`]; [`Error::InvalidArgument`] for devices other than the CPU and CUDA.
+    pub fn new(seed: u64, device: Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::cpu(seed)),
+            Device::Cuda(index) => Self::cuda(seed, index),
+            other => Err(Error::InvalidArgument(format!(
+                "no generator for device {other:?}: only the CPU and CUDA have one"
+            ))),
+        }
+    }
+
+    pub(crate) fn ptr(&self) -> *mut CGenerator {
         self.raw.as_ptr()
     }
 

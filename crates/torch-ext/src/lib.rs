@@ -7,10 +7,10 @@
 //! | --- | --- | --- |
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
-//! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype` | bf16 autocast on CUDA |
+//! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_cache_enabled` | bf16 autocast on CUDA, and autocast under CUDA graph capture |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
 //! | [`dist`] | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables | data-parallel training, as DDP does it |
-//! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph`, CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
+//! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph` (with `register_generator_state`), CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
 //!
 //! # Features
 //!
@@ -57,7 +57,10 @@ pub mod foreach;
 pub mod generator;
 pub mod pickle;
 
-pub use autocast::{get_autocast_dtype, set_autocast_dtype, AutocastDtypeGuard};
+pub use autocast::{
+    get_autocast_dtype, is_autocast_cache_enabled, set_autocast_cache_enabled, set_autocast_dtype,
+    AutocastCacheGuard, AutocastDtypeGuard,
+};
 pub use dist::{
     GlooDevice, GlooOptions, LaunchEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, TcpStore,
 };

@@ -3,9 +3,19 @@
 //!
 //! ```text
 //! bench_serve --case simple_unet|ddpm_unet --batch N [--device cpu|cuda] [--threads N] [--bf16]
-//! stdin:  forward | train_step | loop_step | ddpm_step | ddim_step | quit
-//! stdout: `ready <layout>` (nchw or channels_last), then one number (ms) per request
+//!             [--cudnn-benchmark true|false]
+//!             [--cuda-graph]
+//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step [COUNT]
+//!         | memory | quit
+//! stdout: `ready <layout>` (nchw or channels_last), then one number per request: the
+//!         milliseconds of COUNT (default 1) runs of the step, the device synchronised once at
+//!         the end; for `memory`, the peak bytes the CUDA caching allocator held in live
+//!         tensors since the previous `memory` request (NaN on the CPU)
 //! ```
+//!
+//! `--cuda-graph` (a build with train's `cuda` feature) runs `loop_step` as a CUDA graph
+//! (`Trainer::enable_cuda_graph`). `--loop-only` builds the trainer alone and serves only
+//! `loop_step` and `memory`, so that the peak memory is the training run's.
 //!
 //! `scripts/bench/peer.py` serves the same requests (all but `loop_step`) from PyTorch eager on
 //! the same libtorch, and the xtask alternates single requests between the two, so that both are
@@ -17,7 +27,14 @@
 //!   already on the device.
 //! - `loop_step`: `Trainer::train_step` on the next batch of a loader with background workers, as
 //!   `Trainer::run` gets it: the bare step plus data, the per-step reseeding and t/ε draws, the
-//!   NaN guard's one host read, gradient clipping where the preset clips, and the EMA update.
+//!   NaN guard's device-side check and counters, gradient clipping where the preset clips, and the
+//!   EMA update.
+//! - `optimizer_step`: what follows `backward()` in `Trainer::train_step`, on gradients that are
+//!   already there: the global gradient norm (`_foreach_norm`), the device-side non-finite flag,
+//!   the learning rate from the device step count, the fused Adam update with the clipping folded
+//!   into its `grad_scale`, and the EMA's multi-tensor lerp (decay 0.9999, warm-up on) — for the
+//!   paper's U-Net, 35.7M parameters. The peer times `clip_grad_norm_`, `torch.optim.Adam`
+//!   (`foreach=True` or `fused=True`) and `torch._foreach_lerp_` on the same parameter shapes.
 //! - `ddpm_step` / `ddim_step`: one sampling step at t = 500 (Ho et al. Alg. 2 with σ² = β; DDIM
 //!   η = 0 with 50 leading-spaced steps): an eval forward, a noise draw and the update.
 //!
@@ -33,6 +50,7 @@ use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use train::ema::{Ema, EmaConfig};
 use train::objective::training_loss;
 use train::optim::Adam;
 use train::{Precision, Preset, TrainConfig, Trainer};
@@ -47,6 +65,9 @@ struct Args {
     device: Device,
     threads: Option<i32>,
     bf16: bool,
+    cudnn_benchmark: bool,
+    cuda_graph: bool,
+    loop_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -72,6 +93,10 @@ fn parse_args() -> Args {
         device,
         threads: value("--threads").map(|n| n.parse().expect("--threads: a number")),
         bf16: args.iter().any(|a| a == "--bf16"),
+        // As the `ddpm` commands: cuDNN's autotuner on unless told otherwise (CUDA only).
+        cudnn_benchmark: value("--cudnn-benchmark").is_none_or(|v| v == "true"),
+        cuda_graph: args.iter().any(|a| a == "--cuda-graph"),
+        loop_only: args.iter().any(|a| a == "--loop-only"),
     }
 }
 
@@ -92,21 +117,130 @@ fn case_config(args: &Args) -> TrainConfig {
     config
 }
 
+/// The peak bytes in live tensors on `device` since the last call (NaN off CUDA or without
+/// the `cuda` feature), and a restart of the peak.
+fn peak_memory(device: Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let stats = torch_ext::cuda::memory_stats(index).expect("CUDA memory stats");
+        torch_ext::cuda::reset_peak_memory_stats(index).expect("a reset of the peak");
+        return stats.peak_allocated as f64;
+    }
+    let _ = device;
+    f64::NAN
+}
+
+/// A trainer fed by a loader with background workers, as `Trainer::run` has it.
+fn loop_trainer(
+    args: &Args,
+    config: &TrainConfig,
+    dir: &std::path::Path,
+) -> (Trainer, data::Loader) {
+    let mut trainer =
+        Trainer::new(config.clone(), random_dataset(config), dir, args.device).expect("a trainer");
+    if args.cuda_graph {
+        if let Err(err) = trainer.enable_cuda_graph() {
+            eprintln!("bench_serve: --cuda-graph: {err}");
+            std::process::exit(2);
+        }
+    }
+    let loader = data::Loader::new(
+        random_dataset(config),
+        &config.transform,
+        trainer.loader().config().clone(),
+    )
+    .expect("a loader");
+    (trainer, loader)
+}
+
+/// `--loop-only`: the trainer alone, serving `loop_step [COUNT]` and `memory`.
+fn serve_loop_only(args: &Args, config: &TrainConfig) {
+    let dir = tempfile::tempdir().expect("a temporary run directory");
+    let (mut trainer, loader) = loop_trainer(args, config, dir.path());
+    let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
+    let layout = if trainer
+        .model_vs()
+        .variables()
+        .values()
+        .any(model::is_channels_last)
+    {
+        "channels_last"
+    } else {
+        "nchw"
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(out, "ready {layout}").unwrap();
+    out.flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("a request line");
+        let mut words = line.split_whitespace();
+        let answer = match (words.next().unwrap_or(""), words.next()) {
+            ("memory", _) => peak_memory(args.device),
+            ("loop_step", count) => {
+                let count: usize = count.map_or(1, |n| n.parse().expect("a count"));
+                let start = Instant::now();
+                for _ in 0..count {
+                    let batch = batches.next().expect("endless epochs");
+                    trainer.train_step(&batch).expect("a finite step");
+                }
+                if let Device::Cuda(i) = args.device {
+                    tch::Cuda::synchronize(i as i64);
+                }
+                start.elapsed().as_secs_f64() * 1e3
+            }
+            ("quit" | "", _) => return,
+            (other, _) => panic!("--loop-only serves loop_step and memory, not {other:?}"),
+        };
+        writeln!(out, "{answer:.4}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
 fn main() {
     let args = parse_args();
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
     let device = args.device;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
+    }
     let config = case_config(&args);
+    if args.loop_only {
+        tch::manual_seed(0);
+        serve_loop_only(&args, &config);
+        return;
+    }
     let autocast = args.bf16 && device.is_cuda();
+    // The inputs (and the random dataset) from the global generator; the network from its own.
     tch::manual_seed(0);
 
     let schedule = Schedule::new(&config.schedule).expect("the preset's schedule");
     let sched = ScheduleTensors::new(&schedule, device);
     let vs = VarStore::new(device);
-    let net = config.model.build(&vs.root()).expect("the preset's model");
+    let net = config
+        .model
+        .build_with(&vs.root(), &mut sample::Generator::cpu(0))
+        .expect("the preset's model");
     let mut adam = Adam::new(&vs, config.optim.clone());
+    // For `optimizer_step`: an EMA of the weights, and gradients of a typical size (the request
+    // leaves them as they are, so every update sees the same ones).
+    let ema_vs = VarStore::new(device);
+    let _ema_net = config
+        .model
+        .build(&ema_vs.root())
+        .expect("the preset's model");
+    let mut ema = Ema::new(EmaConfig::ho2020(), &ema_vs, &vs).expect("an EMA of the model");
+    let total_steps = 800_000;
+    // d/dp Σ p·r = r: gradients N(0, 1e-6), whose global norm (about 6 for 35.7M of them) is
+    // clipped to 1 as in the paper's runs.
+    let surrogate = vs
+        .trainable_variables()
+        .iter()
+        .map(|p| (p * (p.randn_like() * 1e-3)).sum(Kind::Float))
+        .fold(Tensor::zeros([], (Kind::Float, device)), |acc, x| acc + x);
+    surrogate.backward();
     let (ch, size) = (config.model.in_channels(), config.model.image_size());
     let b = config.batch_size as i64;
     let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
@@ -141,15 +275,8 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("a temporary run directory");
-    let mut trainer = Trainer::new(config.clone(), random_dataset(&config), dir.path(), device)
-        .expect("a trainer");
     // A loader like the trainer's own, whose workers make batches while the steps run.
-    let loader = data::Loader::new(
-        random_dataset(&config),
-        &config.transform,
-        trainer.loader().config().clone(),
-    )
-    .expect("a loader");
+    let (mut trainer, loader) = loop_trainer(&args, &config, dir.path());
     let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
 
     let sync = || {
@@ -179,38 +306,59 @@ fn main() {
     writeln!(out, "ready {layout}").unwrap();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
-        let request = line.expect("a request line");
+        let line = line.expect("a request line");
+        let mut words = line.split_whitespace();
+        let request = words.next().unwrap_or("");
+        let count: usize = words
+            .next()
+            .map_or(1, |n| n.parse().expect("a request's count is a number"));
+        if request == "memory" {
+            writeln!(out, "{}", peak_memory(device)).unwrap();
+            out.flush().unwrap();
+            continue;
+        }
         let start = Instant::now();
-        match request.trim() {
-            "forward" => {
-                let _ = tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+        for _ in 0..count {
+            match request {
+                "forward" => {
+                    let _ =
+                        tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+                }
+                "train_step" => {
+                    adam.zero_grad();
+                    let loss = training_loss(
+                        net.as_ref(),
+                        &sched,
+                        &config.objective,
+                        &x_0,
+                        &noise,
+                        &t,
+                        autocast,
+                    );
+                    loss.backward();
+                    adam.step(config.optim.lr);
+                }
+                "loop_step" => {
+                    let batch = batches.next().expect("endless epochs");
+                    trainer.train_step(&batch).expect("a finite step");
+                }
+                "optimizer_step" => {
+                    let norm = adam.grad_norm();
+                    let lr = config.optim.lr_tensor(adam.steps_tensor(), total_steps);
+                    let (_, found_inf) = train::stats::non_finite(&norm, &norm);
+                    let scale = Adam::clip_scale(&norm, 1.0);
+                    adam.step_on_device(&lr, &found_inf, Some(&scale));
+                    ema.update_unless(Some(&found_inf));
+                }
+                "ddpm_step" => {
+                    let _ = sample_step(0, net.as_ref());
+                }
+                "ddim_step" => {
+                    let _ = sample_step(1, net.as_ref());
+                }
+                "quit" | "" => return,
+                other => panic!("unknown request {other:?}"),
             }
-            "train_step" => {
-                adam.zero_grad();
-                let loss = training_loss(
-                    net.as_ref(),
-                    &sched,
-                    &config.objective,
-                    &x_0,
-                    &noise,
-                    &t,
-                    autocast,
-                );
-                loss.backward();
-                adam.step(config.optim.lr);
-            }
-            "loop_step" => {
-                let batch = batches.next().expect("endless epochs");
-                trainer.train_step(&batch).expect("a finite step");
-            }
-            "ddpm_step" => {
-                let _ = sample_step(0, net.as_ref());
-            }
-            "ddim_step" => {
-                let _ = sample_step(1, net.as_ref());
-            }
-            "quit" | "" => break,
-            other => panic!("unknown request {other:?}"),
         }
         sync();
         writeln!(out, "{:.4}", start.elapsed().as_secs_f64() * 1e3).unwrap();

@@ -1,8 +1,14 @@
 //! Exponential moving average of the weights (Ho et al. 2020, App. B: decay 0.9999), kept on the
 //! model's device. Sampling and evaluation use these weights by default.
+//!
+//! An update is one multi-tensor lerp over all weights (`torch._foreach_lerp_`, through
+//! torch-ext). The update count, the warm-up decay that depends on it, and the choice to skip an
+//! update (a step with non-finite gradients) all stay on the device, so an update never waits
+//! for the host.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn::VarStore, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+use torch_ext::foreach;
 
 use crate::TrainError;
 
@@ -51,15 +57,17 @@ impl EmaConfig {
     }
 }
 
-/// Pairs of (average, live) tensors, matched by name once so that an update does no lookups.
+/// The averaged and live tensors, matched by name once so that an update does no lookups.
 #[derive(Debug)]
 pub struct Ema {
     config: EmaConfig,
-    /// Trainable weights: averaged.
-    averaged: Vec<(Tensor, Tensor)>,
+    /// Trainable weights: averaged, `averaged[i]` towards `live[i]`.
+    averaged: Vec<Tensor>,
+    live: Vec<Tensor>,
     /// Buffers such as BatchNorm running statistics: copied.
     copied: Vec<(Tensor, Tensor)>,
-    updates: u64,
+    /// Updates so far, a 0-dim f64 tensor on the model's device.
+    updates: Tensor,
 }
 
 impl Ema {
@@ -82,7 +90,7 @@ impl Ema {
                 live.len()
             )));
         }
-        let (mut averaged, mut copied) = (Vec::new(), Vec::new());
+        let (mut averaged, mut live_weights, mut copied) = (Vec::new(), Vec::new(), Vec::new());
         for (name, mut e) in shadow {
             let p = live
                 .get(&name)
@@ -94,41 +102,81 @@ impl Ema {
             }
             tch::no_grad(|| e.copy_(p));
             if p.requires_grad() {
-                averaged.push((e, p.shallow_clone()));
+                averaged.push(e);
+                live_weights.push(p.shallow_clone());
             } else {
                 copied.push((e, p.shallow_clone()));
             }
         }
+        let device = model_vs.device();
         Ok(Self {
             config,
             averaged,
+            live: live_weights,
             copied,
-            updates: 0,
+            updates: Tensor::zeros([], (Kind::Double, device)),
         })
     }
 
-    /// The number of updates so far.
+    /// The number of updates so far (reads the device-side count: a synchronisation).
     pub fn updates(&self) -> u64 {
-        self.updates
+        self.updates.double_value(&[]) as u64
     }
 
     /// Sets the update count (on resume, after the averaged weights were loaded).
     pub fn set_updates(&mut self, updates: u64) {
-        self.updates = updates;
+        let _ = self.updates.fill_(updates as f64);
+    }
+
+    /// The decay of the next update, [`EmaConfig::decay_at`] of the device-side count, as a
+    /// 0-dim f64 tensor on the model's device.
+    pub fn decay_tensor(&self) -> Tensor {
+        if !self.config.warmup {
+            return self.updates.full_like(self.config.decay);
+        }
+        ((&self.updates + 1.0) / (&self.updates + 10.0)).clamp_max(self.config.decay)
     }
 
     /// One update after an optimizer step.
     pub fn update(&mut self) {
-        let d = self.config.decay_at(self.updates);
+        self.update_unless(None);
+    }
+
+    /// One update, skipped on the device when `skip` (a 0-dim f32 tensor, e.g. the optimizer's
+    /// `found_inf`) holds 1: then neither the averages, nor the copied buffers, nor the count
+    /// change. The skip is a lerp weight of 0, so the live weights must be finite (they are when
+    /// the optimizer skipped the same step); the copied buffers may hold NaN.
+    pub fn update_unless(&mut self, skip: Option<&Tensor>) {
+        let mut weight: Tensor = 1.0 - self.decay_tensor();
+        if let Some(skip) = skip {
+            weight *= 1.0 - skip.to_kind(Kind::Double);
+        }
         tch::no_grad(|| {
-            for (e, p) in &mut self.averaged {
-                let _ = e.lerp_(p, 1.0 - d);
+            if let Some(first) = self.averaged.first() {
+                let weight = weight.to_kind(first.kind());
+                foreach::foreach_lerp_tensor_(&mut self.averaged, &self.live, &weight)
+                    .expect("EMA and live weights of one device and dtype");
             }
+            let skip = skip.map(|s| s.gt(0.5));
             for (e, p) in &mut self.copied {
-                e.copy_(p);
+                match &skip {
+                    None => e.copy_(p),
+                    Some(skip) => {
+                        let kept = e.where_self(skip, p);
+                        e.copy_(&kept);
+                    }
+                }
             }
         });
-        self.updates += 1;
+        let _ = match skip {
+            None => self.updates.g_add_scalar_(1.0),
+            Some(skip) => self.updates.g_add_(&(1.0 - skip.to_kind(Kind::Double))),
+        };
+    }
+
+    /// The model's device.
+    pub fn device(&self) -> Device {
+        self.updates.device()
     }
 }
 
@@ -163,6 +211,43 @@ mod tests {
         assert!((vars["w"].double_value(&[0]) - 1.1).abs() < 1e-6);
         assert_eq!(vars["running_mean"].double_value(&[0]), 5.0);
         assert_eq!(ema.updates(), 1);
+
+        // A skipped update changes nothing, even with NaN in a copied buffer; an unskipped one
+        // through the same path is a plain update.
+        tch::no_grad(|| {
+            w.copy_(&Tensor::from_slice(&[9.0f32]));
+            b.copy_(&Tensor::from_slice(&[f32::NAN]));
+        });
+        ema.update_unless(Some(&Tensor::from(1.0f32)));
+        assert!((vars["w"].double_value(&[0]) - 1.1).abs() < 1e-6);
+        assert_eq!(vars["running_mean"].double_value(&[0]), 5.0);
+        assert_eq!(ema.updates(), 1);
+        tch::no_grad(|| {
+            w.copy_(&Tensor::from_slice(&[3.0f32]));
+            b.copy_(&Tensor::from_slice(&[7.0f32]));
+        });
+        ema.update_unless(Some(&Tensor::from(0.0f32)));
+        assert!((vars["w"].double_value(&[0]) - (0.9 * 1.1 + 0.1 * 3.0)).abs() < 1e-6);
+        assert_eq!(vars["running_mean"].double_value(&[0]), 7.0);
+        assert_eq!(ema.updates(), 2);
+    }
+
+    #[test]
+    fn the_device_decay_follows_the_warmup() {
+        let model = nn::VarStore::new(Device::Cpu);
+        let _ = model.root().zeros("w", &[1]);
+        let shadow = nn::VarStore::new(Device::Cpu);
+        let _ = shadow.root().zeros("w", &[1]);
+        let config = EmaConfig {
+            decay: 0.999,
+            warmup: true,
+        };
+        let mut ema = Ema::new(config.clone(), &shadow, &model).unwrap();
+        for n in [0u64, 1, 5, 100, 5000] {
+            ema.set_updates(n);
+            let device = ema.decay_tensor().double_value(&[]);
+            assert!((device - config.decay_at(n)).abs() < 1e-15, "{n}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`ema`]: the weight average sampling uses.
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
+//! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
 //! - [`trainer`]: the loop.
 //! - [`distributed`]: data-parallel training over c10d (Gloo, NCCL), launched like torchrun; its
 //!   docs say what changes when a run spans several processes.
@@ -19,12 +20,13 @@ pub mod ema;
 pub mod objective;
 pub mod optim;
 pub mod run_dir;
+pub mod stats;
 pub mod trainer;
 
 pub use config::{ConfigChange, Precision, Preset, TrainConfig};
 pub use distributed::{DistConfig, Distributed, GradSync};
 pub use run_dir::RunDir;
-pub use trainer::{MetricsRecord, RunEnd, StepOutcome, TrainHooks, Trainer};
+pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
 
 pub use sample::forward;
 
@@ -75,6 +77,9 @@ pub enum TrainError {
     /// Sampling preview images failed.
     #[error(transparent)]
     Sample(#[from] sample::SampleError),
+    /// A training step that cannot run as a CUDA graph, or a capture that failed.
+    #[error("CUDA graph: {0}")]
+    CudaGraph(String),
     /// NaN or infinity where a finite value is required.
     #[error("non-finite values: {0}")]
     NonFinite(String),

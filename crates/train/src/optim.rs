@@ -4,9 +4,19 @@
 //! tch's built-in optimizers keep their moments inside libtorch where they cannot be saved, so a
 //! resumed run would restart Adam from zero. Here the moments are plain tensors, named after the
 //! parameters, and go into the checkpoint.
+//!
+//! The update is libtorch's fused multi-tensor kernel (`torch._fused_adam_` / `_fused_adamw_`,
+//! what `torch.optim.Adam(fused=True)` runs), through torch-ext: one pass over every parameter,
+//! gradient and moment, a few kernel launches on CUDA for the whole model. The gradient norm is
+//! `_foreach_norm` over all gradients. Nothing here reads a value back to the host: the step
+//! count the bias corrections use lives on the device ([`Adam::steps_tensor`]), and
+//! [`Adam::step_on_device`] takes the learning rate, a clipping scale and a skip flag as device
+//! tensors, so that a training step runs without a host synchronisation.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+use torch_ext::foreach;
+use torch_ext::{AdamConfig, AdamTensors};
 
 use crate::TrainError;
 
@@ -143,6 +153,48 @@ impl OptimConfig {
     }
 }
 
+impl OptimConfig {
+    /// [`OptimConfig::lr_at`] computed on the device: `n` is a one-element tensor holding the
+    /// 0-based update index (any dtype; integers below 2²⁴ are exact in f32). Returns a 0-dim
+    /// f64 tensor on `n`'s device, with the host formula's operations in the same order, so
+    /// that on the CPU it equals `lr_at` bit for bit during warm-up and at constant rates (the
+    /// cosine may differ in the last bit, from another `cos`).
+    pub fn lr_tensor(&self, n: &Tensor, total_steps: u64) -> Tensor {
+        let n = n.to_kind(Kind::Double).reshape([]);
+        let after_warmup = match self.decay {
+            LrDecay::Constant => n.full_like(self.lr),
+            LrDecay::Cosine => {
+                let span = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = ((&n - self.warmup_steps as f64) / span).clamp(0.0, 1.0);
+                ((progress * std::f64::consts::PI).cos() + 1.0) * (0.5 * (self.lr - self.min_lr))
+                    + self.min_lr
+            }
+        };
+        if self.warmup_steps == 0 {
+            return after_warmup;
+        }
+        let warm = ((&n + 1.0) * self.lr) / self.warmup_steps as f64;
+        warm.where_self(&n.lt(self.warmup_steps as f64), &after_warmup)
+    }
+
+    /// Whether the learning rate is the same at every step (no warm-up, no decay).
+    pub fn is_constant(&self) -> bool {
+        self.warmup_steps == 0 && self.decay == LrDecay::Constant
+    }
+
+    fn adam_config(&self, lr: f64) -> AdamConfig {
+        AdamConfig {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            eps: self.eps,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
 /// Adam/AdamW over the trainable variables of a var store, with saveable moments.
 #[derive(Debug)]
 pub struct Adam {
@@ -151,7 +203,9 @@ pub struct Adam {
     params: Vec<Tensor>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
-    step: u64,
+    /// Updates applied so far: a 0-dim f32 tensor on the parameters' device, which the fused
+    /// kernels read for the bias corrections (one tensor, listed once per parameter).
+    steps: Tensor,
 }
 
 impl Adam {
@@ -167,19 +221,25 @@ impl Adam {
         let zeros = |p: &Tensor| Tensor::zeros_like(p).set_requires_grad(false);
         let exp_avg = params.iter().map(zeros).collect();
         let exp_avg_sq = params.iter().map(zeros).collect();
+        let device = params.first().map_or(Device::Cpu, Tensor::device);
         Self {
             config,
             names,
             params,
             exp_avg,
             exp_avg_sq,
-            step: 0,
+            steps: Tensor::zeros([], (Kind::Float, device)),
         }
     }
 
-    /// The number of updates applied so far.
+    /// The number of updates applied so far (reads the device-side count: a synchronisation).
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.steps.double_value(&[]) as u64
+    }
+
+    /// The update count as the kernels read it: a 0-dim f32 tensor on the parameters' device.
+    pub fn steps_tensor(&self) -> &Tensor {
+        &self.steps
     }
 
     /// The settings.
@@ -187,79 +247,120 @@ impl Adam {
         &self.config
     }
 
-    /// Clears the gradients.
+    /// The parameters' device (the CPU for an empty var store).
+    pub fn device(&self) -> Device {
+        self.steps.device()
+    }
+
+    /// The defined gradients, in parameter order (shallow: in-place ops reach the parameters').
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect()
+    }
+
+    /// Zeroes the gradients in place (one `_foreach_zero_`); they keep their storage.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+        let mut grads = self.grads();
+        foreach::foreach_zero_(&mut grads).expect("gradients of one device and dtype");
     }
 
     /// The global L2 norm of all gradients, as a 0-d f32 tensor on the parameters' device
-    /// (reading it synchronises, so the caller decides when).
+    /// (`_foreach_norm`, then the norm of the norms; reading it synchronises, so the caller
+    /// decides when).
     pub fn grad_norm(&self) -> Tensor {
-        tch::no_grad(|| {
-            let sq: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
-                .collect();
-            if sq.is_empty() {
-                return Tensor::zeros([], (Kind::Float, self.params[0].device()));
-            }
-            Tensor::stack(&sq, 0).sum(Kind::Float).sqrt()
-        })
+        let grads = self.grads();
+        if grads.is_empty() {
+            return Tensor::zeros([], (Kind::Float, self.device()));
+        }
+        tch::no_grad(|| foreach::global_norm(&grads)).expect("gradients of one device and dtype")
     }
 
-    /// Scales gradients so that their global norm is at most `max_norm`, given the norm.
-    pub fn clip_grad_norm(&mut self, norm: f64, max_norm: f64) {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            tch::no_grad(|| {
-                for p in &self.params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
-                }
-            });
-        }
+    /// Scales the gradients in place so that their global norm is at most `max_norm`, given
+    /// their norm as a device tensor (`torch.nn.utils.clip_grad_norm_`: by
+    /// `min(1, max_norm / (norm + 1e-6))`, without reading the norm back).
+    /// [`Adam::step_on_device`] can instead fold this scaling into the update
+    /// ([`Adam::clip_scale`]).
+    pub fn clip_grad_norm(&mut self, norm: &Tensor, max_norm: f64) {
+        let coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);
+        let mut grads = self.grads();
+        foreach::foreach_mul_tensor_(&mut grads, &coef).expect("gradients of one device and dtype");
+    }
+
+    /// The divisor that clips gradients of global norm `norm` to `max_norm`:
+    /// `max(1, (norm + 1e-6) / max_norm)`, the reciprocal of `clip_grad_norm_`'s coefficient, as
+    /// an f32 tensor for [`Adam::step_on_device`]'s `grad_scale`.
+    pub fn clip_scale(norm: &Tensor, max_norm: f64) -> Tensor {
+        ((norm.to_kind(Kind::Float) + 1e-6) / max_norm).clamp_min(1.0)
     }
 
     /// Applies one update with learning rate `lr` (Kingma & Ba 2015, Alg. 1, with PyTorch's
-    /// placement of ε after bias correction).
+    /// placement of ε after bias correction), to the parameters that have a gradient.
     pub fn step(&mut self, lr: f64) {
-        self.step += 1;
-        let c = &self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        tch::no_grad(|| {
-            for ((p, m), v) in self
-                .params
-                .iter_mut()
-                .zip(&mut self.exp_avg)
-                .zip(&mut self.exp_avg_sq)
-            {
-                let mut g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if c.weight_decay > 0.0 {
-                    match c.kind {
-                        OptimizerKind::Adam => g = &g + &*p * c.weight_decay,
-                        OptimizerKind::AdamW => {
-                            let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                        }
-                    }
-                }
-                let _ = m.lerp_(&g, 1.0 - c.beta1);
-                let _ = v.g_mul_scalar_(c.beta2);
-                let _ = v.addcmul_(&g, &(&g * (1.0 - c.beta2)));
-                let denom = (v.sqrt() / bias2_sqrt) + c.eps;
-                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+        let _ = self.steps.g_add_scalar_(1.0);
+        self.fused(&self.config.adam_config(lr), None, None, None);
+    }
+
+    /// One update that stays on the device: the learning rate `lr` is a one-element tensor (see
+    /// [`OptimConfig::lr_tensor`]); when `found_inf` (a 0-dim f32 tensor) holds 1 nothing changes,
+    /// not even the step count; `grad_scale`, when given, divides the gradients first (and in
+    /// place), which is how [`Adam::clip_scale`] clips inside the same pass.
+    pub fn step_on_device(&mut self, lr: &Tensor, found_inf: &Tensor, grad_scale: Option<&Tensor>) {
+        // As torch.optim.Adam(fused=True) with a GradScaler: the kernel reads the incremented
+        // count, and a skipped step does not count.
+        let _ = self.steps.g_add_(&(1.0 - found_inf));
+        // CUDA kernels read an f32 learning rate on the device; the CPU reads it as a double.
+        let lr = if self.device().is_cuda() {
+            lr.to_kind(Kind::Float)
+        } else {
+            lr.shallow_clone()
+        };
+        let config = self.config.adam_config(f64::NAN);
+        self.fused(&config, Some(&lr), grad_scale, Some(found_inf));
+    }
+
+    fn fused(
+        &mut self,
+        config: &AdamConfig,
+        lr: Option<&Tensor>,
+        grad_scale: Option<&Tensor>,
+        found_inf: Option<&Tensor>,
+    ) {
+        // Parameters without a gradient (not reached by the loss) are left alone, as
+        // torch.optim does.
+        let (mut params, mut grads, mut m, mut v) = (vec![], vec![], vec![], vec![]);
+        for ((p, e), s) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            let g = p.grad();
+            if g.defined() {
+                params.push(p.shallow_clone());
+                grads.push(g);
+                m.push(e.shallow_clone());
+                v.push(s.shallow_clone());
+            }
+        }
+        let mut steps: Vec<Tensor> = params.iter().map(|_| self.steps.shallow_clone()).collect();
+        let tensors = AdamTensors {
+            params: &mut params,
+            grads: &mut grads,
+            exp_avgs: &mut m,
+            exp_avg_sqs: &mut v,
+            max_exp_avg_sqs: &mut [],
+            state_steps: &mut steps,
+        };
+        let adamw = self.config.kind == OptimizerKind::AdamW;
+        let result = tch::no_grad(|| match (adamw, lr) {
+            (false, None) => foreach::fused_adam_(tensors, config, grad_scale, found_inf),
+            (true, None) => foreach::fused_adamw_(tensors, config, grad_scale, found_inf),
+            (false, Some(lr)) => {
+                foreach::fused_adam_tensor_lr_(tensors, config, lr, grad_scale, found_inf)
+            }
+            (true, Some(lr)) => {
+                foreach::fused_adamw_tensor_lr_(tensors, config, lr, grad_scale, found_inf)
             }
         });
+        result.expect("parameters, gradients and moments of one device and dtype");
     }
 
     /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) for a checkpoint.
@@ -310,7 +411,7 @@ impl Adam {
             }
             Ok(())
         })?;
-        self.step = step;
+        let _ = self.steps.fill_(step as f64);
         Ok(())
     }
 }
@@ -351,7 +452,8 @@ mod tests {
     /// and with Adam's L2 and AdamW's decoupled decay (0.5). The reference trajectories come from
     /// `scripts/golden/optim.py` (torch, float64). We compute in f32, as torch's own f32 run does
     /// (6.7e-8 from float64 at most); values are below 1, where 1e-6 is about 16 f32 ulps.
-    /// Measured: 6.7e-8 from float64, and bit for bit torch's f32 run. Weight decay moves the
+    /// Measured: 6.7e-8 from float64, and 1.5e-8 (one f32 ulp or so) from torch's f32 run, whose
+    /// default for-loop implementation rounds in another order than the fused kernel. Weight decay moves the
     /// third step by more than 1e-4, so an optimizer that ignored it would fail.
     #[test]
     fn three_steps_match_torch_adam() {
@@ -461,10 +563,92 @@ mod tests {
         let p = vs.root().var_copy("p", &Tensor::from_slice(&[3.0f32, 4.0]));
         let mut opt = Adam::new(&vs, OptimConfig::seed_notebook());
         (&p * &p).sum(Kind::Float).g_mul_scalar(0.5).backward();
-        let norm = opt.grad_norm().double_value(&[]);
-        assert!((norm - 5.0).abs() < 1e-6);
-        opt.clip_grad_norm(norm, 1.0);
+        let norm = opt.grad_norm();
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-6);
+        let scale = Adam::clip_scale(&norm, 1.0);
+        assert!((scale.double_value(&[]) - 5.0).abs() < 1e-5);
+        opt.clip_grad_norm(&norm, 1.0);
         assert!((opt.grad_norm().double_value(&[]) - 1.0).abs() < 1e-5);
+        // Below the limit nothing changes.
+        opt.clip_grad_norm(&opt.grad_norm(), 2.0);
+        assert!((opt.grad_norm().double_value(&[]) - 1.0).abs() < 1e-5);
+        assert_eq!(
+            Adam::clip_scale(&opt.grad_norm(), 2.0).double_value(&[]),
+            1.0
+        );
+    }
+
+    /// The device-side learning rate is the host schedule's, at every step of warm-up, the
+    /// constant phase and the cosine.
+    #[test]
+    fn the_device_learning_rate_follows_the_host_schedule() {
+        for decay in [LrDecay::Constant, LrDecay::Cosine] {
+            for warmup_steps in [0, 7] {
+                let c = OptimConfig {
+                    warmup_steps,
+                    decay,
+                    min_lr: 1e-5,
+                    lr: 3e-4,
+                    ..OptimConfig::seed_notebook()
+                };
+                for n in 0..40u64 {
+                    let host = c.lr_at(n, 30);
+                    let device = c.lr_tensor(&Tensor::from(n as f32), 30).double_value(&[]);
+                    let tol = if decay == LrDecay::Cosine { 1e-18 } else { 0.0 };
+                    assert!(
+                        (host - device).abs() <= tol,
+                        "{decay:?} warmup {warmup_steps} step {n}: {host} vs {device}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `step_on_device` with `found_inf = 1` changes nothing, not even the count; with 0 it is
+    /// `step(lr)`; a `grad_scale` of the clipping divisor is clipping then stepping.
+    #[test]
+    fn device_steps_skip_clip_and_count_on_the_device() {
+        let make = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let p = vs
+                .root()
+                .var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0, 0.5]));
+            let opt = Adam::new(&vs, OptimConfig::seed_notebook());
+            (vs, p, opt)
+        };
+        let backward = |p: &Tensor| (p * p * 3.0).sum(Kind::Float).backward();
+        let (_a, pa, mut host) = make();
+        let (_b, pb, mut device) = make();
+        let lr = Tensor::from(0.01f64);
+        for skip in [false, true, false] {
+            for (p, opt) in [(&pa, &mut host), (&pb, &mut device)] {
+                opt.zero_grad();
+                backward(p);
+            }
+            let before = pb.copy();
+            if !skip {
+                host.step(0.01);
+            }
+            let found_inf = Tensor::from(if skip { 1.0f32 } else { 0.0 });
+            device.step_on_device(&lr, &found_inf, None);
+            if skip {
+                assert!(pb.equal(&before), "a skipped step moved the parameter");
+            }
+            assert!(pa.equal(&pb), "skip {skip}");
+        }
+        assert_eq!((host.step_count(), device.step_count()), (2, 2));
+
+        let (_c, pc, mut clipped) = make();
+        let (_d, pd, mut folded) = make();
+        backward(&pc);
+        let norm = clipped.grad_norm();
+        assert!(norm.double_value(&[]) > 1.0);
+        clipped.clip_grad_norm(&norm, 1.0);
+        clipped.step(0.01);
+        backward(&pd);
+        let scale = Adam::clip_scale(&folded.grad_norm(), 1.0);
+        folded.step_on_device(&lr, &Tensor::from(0.0f32), Some(&scale));
+        assert!((&pc - &pd).abs().max().double_value(&[]) < 1e-7);
     }
 
     #[test]

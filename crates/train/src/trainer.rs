@@ -1,10 +1,21 @@
 //! The training loop (Ho et al. 2020, Alg. 1) with EMA, checkpoints, exact resume, a NaN
 //! guard, metrics and sample pictures.
 //!
-//! Reproducibility: every step reseeds libtorch from (seed, step) before drawing t, ε and
-//! dropout masks, and the loader's batches are a pure function of (seed, epoch, index). So the
-//! complete random state of a run is its seed and its step, and a resumed run on the CPU
-//! replays the uninterrupted run's losses exactly.
+//! Reproducibility: the run owns a generator on its device ([`torch_ext::Generator`]) and
+//! reseeds it from [`step_seed`]`(seed, step)` before drawing t and ε; the initial weights come
+//! from a CPU generator seeded with the run's seed; and the loader's batches are a pure function
+//! of (seed, epoch, index). So the complete random state of a run is its seed and its step, and a
+//! resumed run on the CPU replays the uninterrupted run's losses exactly. Because the generator's
+//! state at every step boundary is a function of (seed, step), checkpoints do not store it: the
+//! step counter in `state.json` restores it.
+//!
+//! The one exception is dropout inside the network: tch's `dropout` takes no generator and draws
+//! from libtorch's process-wide generator. For a network with dropout (the paper's U-Net), each
+//! step therefore also reseeds that global generator, from a stream of the step's seed separate
+//! from t and ε ([`dropout_seed`]). Resume stays exact, but a trainer of such a network shares
+//! the global generator with anything else in the process that draws from it: two of them on
+//! parallel threads can interleave each other's dropout masks. Networks without dropout never
+//! touch the global generator.
 //!
 //! Data-parallel: the `*_distributed` constructors make one rank of a run over several processes
 //! ([`Distributed`]); [`crate::distributed`] says what each rank does and what stays the same.
@@ -19,12 +30,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
+use torch_ext::{Generator, Reducer, ReducerOptions};
 
 use data::{Batch, Dataset, Loader, LoaderConfig};
 use model::Denoiser;
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
-use torch_ext::{Reducer, ReducerOptions};
 
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
 use crate::config::{Precision, TrainConfig};
@@ -33,10 +44,13 @@ use crate::ema::Ema;
 use crate::objective::training_loss;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
+use crate::stats::{DeviceStats, StatsRead};
 use crate::{SkippedCheckpoint, TrainError};
+use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
 mod data_parallel;
-use sample::{sample, save_grid, SampleOptions, SamplerConfig};
+#[cfg(feature = "cuda")]
+mod graph;
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +78,43 @@ fn one() -> usize {
     1
 }
 
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What one step did, as 0-dim tensors on the device: [`Trainer::train_step`] returns before
+/// the device has finished the step, and nothing is read back until asked. The first of the
+/// accessors reads all four values in one transfer (a synchronisation) and keeps them.
+#[derive(Debug)]
 pub struct StepOutcome {
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: Tensor,
+    found_inf: Tensor,
+    values: std::cell::OnceCell<StepValues>,
+}
+
+/// A step's outputs on the device: what [`Trainer::device_step`] returns and a captured graph
+/// overwrites at each replay.
+#[derive(Debug)]
+struct StepTensors {
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: Tensor,
+    found_inf: Tensor,
+}
+
+impl From<StepTensors> for StepOutcome {
+    fn from(t: StepTensors) -> Self {
+        Self {
+            loss: t.loss,
+            grad_norm: t.grad_norm,
+            lr: t.lr,
+            found_inf: t.found_inf,
+            values: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+/// The values of a [`StepOutcome`], on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepValues {
     /// The loss (NaN or infinite when skipped).
     pub loss: f64,
     /// The gradient norm before clipping.
@@ -75,6 +123,43 @@ pub struct StepOutcome {
     pub lr: f64,
     /// Whether the update was skipped for a non-finite loss or gradient.
     pub skipped: bool,
+}
+
+impl StepOutcome {
+    /// All four values (reads them from the device the first time).
+    pub fn values(&self) -> StepValues {
+        *self.values.get_or_init(|| {
+            let parts = [&self.loss, &self.grad_norm, &self.lr, &self.found_inf]
+                .map(|t| t.detach().to_kind(Kind::Double).reshape([]));
+            let v = Vec::<f64>::try_from(Tensor::stack(&parts, 0)).expect("four scalars");
+            StepValues {
+                loss: v[0],
+                grad_norm: v[1],
+                lr: v[2],
+                skipped: v[3] != 0.0,
+            }
+        })
+    }
+
+    /// The loss (NaN or infinite when skipped).
+    pub fn loss(&self) -> f64 {
+        self.values().loss
+    }
+
+    /// The gradient norm before clipping.
+    pub fn grad_norm(&self) -> f64 {
+        self.values().grad_norm
+    }
+
+    /// The learning rate used.
+    pub fn lr(&self) -> f64 {
+        self.values().lr
+    }
+
+    /// Whether the update was skipped for a non-finite loss or gradient.
+    pub fn skipped(&self) -> bool {
+        self.values().skipped
+    }
 }
 
 /// How a run ended.
@@ -90,7 +175,8 @@ pub enum RunEnd {
 pub trait TrainHooks {
     /// Before the first step: the total and the step the run starts from.
     fn on_start(&mut self, _total_steps: u64, _start_step: u64, _batches_per_epoch: usize) {}
-    /// After every step.
+    /// After every step. Reading the outcome's values waits for the device to finish the step:
+    /// a front end that shows the loss should take it from [`TrainHooks::on_metrics`].
     fn on_step(&mut self, _step: u64, _epoch: u64, _outcome: &StepOutcome) {}
     /// After a metrics line was written.
     fn on_metrics(&mut self, _record: &MetricsRecord) {}
@@ -118,6 +204,32 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
+/// The seed of libtorch's global generator for the dropout masks of step `step` (see the module
+/// docs): [`step_seed`] of another run seed, so that the masks never reuse the t and ε stream.
+pub fn dropout_seed(seed: u64, step: u64) -> i64 {
+    step_seed(seed ^ 0xD40F_0E7A_5EED_0001, step)
+}
+
+/// Whether a run on `device` can train with [`Trainer::enable_cuda_graph`], checked without
+/// building anything (for a front end to refuse `--cuda-graph` before loading data).
+///
+/// # Errors
+/// [`TrainError::CudaGraph`] naming what is missing: a CUDA device, or this build's `cuda`
+/// feature.
+pub fn check_cuda_graph(device: Device) -> Result<(), TrainError> {
+    if !cfg!(feature = "cuda") {
+        return Err(TrainError::CudaGraph(
+            "this build has no CUDA graph support: build with `--features cuda` (the `cuda` feature of the train and cli crates)".into(),
+        ));
+    }
+    if !device.is_cuda() {
+        return Err(TrainError::CudaGraph(format!(
+            "CUDA graphs need a CUDA device, and this run is on {device:?}: pass --device cuda or drop --cuda-graph"
+        )));
+    }
+    Ok(())
+}
+
 /// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
 pub struct Trainer {
     config: TrainConfig,
@@ -132,9 +244,18 @@ pub struct Trainer {
     optim: Adam,
     sched: ScheduleTensors,
     loader: Loader,
+    /// Draws t and ε; reseeded from [`step_seed`] every step.
+    gen: Generator,
     step: u64,
+    /// Steps skipped so far, as of the last read of `stats`.
     skipped_steps: u64,
-    nonfinite_in_a_row: u32,
+    /// The NaN guard's counters, the window's loss and the last gradient norm, on the device.
+    stats: DeviceStats,
+    /// What the read at the current step found, for `run`'s metrics line.
+    last_read: Option<StatsRead>,
+    /// The step as a CUDA graph, once [`Trainer::enable_cuda_graph`] was called.
+    #[cfg(feature = "cuda")]
+    graphed: Option<graph::GraphedStep>,
     /// Non-trainable tensors the forward pass updates (BatchNorm running statistics), and a
     /// copy from before the current step: a skipped step must not leave NaN statistics behind.
     buffers: Vec<(Tensor, Tensor)>,
@@ -335,12 +456,15 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
-        tch::manual_seed(config.seed as i64);
+        let gen = Generator::new(config.seed, device)
+            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
-            .build(&model_vs.root())
+            .build_with(&model_vs.root(), &mut Generator::cpu(config.seed))
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        // The EMA network starts as a copy of the live one (Ema::new): its own initial weights
+        // never matter.
         let ema_vs = VarStore::new(device);
         let ema_model = config
             .model
@@ -371,9 +495,13 @@ impl Trainer {
             optim,
             sched,
             loader,
+            gen,
             step: 0,
             skipped_steps: 0,
-            nonfinite_in_a_row: 0,
+            stats: DeviceStats::new(device, 0, 0),
+            last_read: None,
+            #[cfg(feature = "cuda")]
+            graphed: None,
             buffers,
             skipped_checkpoints: Vec::new(),
             dist,
@@ -563,6 +691,7 @@ impl Trainer {
         self.ema.set_updates(state.ema_updates);
         self.step = state.step;
         self.skipped_steps = state.skipped_steps;
+        self.stats = DeviceStats::new(self.device, state.step, state.skipped_steps);
         Ok(())
     }
 
@@ -631,6 +760,31 @@ impl Trainer {
         &self.loader
     }
 
+    /// Runs every following step as one CUDA graph (`--cuda-graph`): a few eager warm-up
+    /// steps, then one captured step that later steps replay with a single launch. See the
+    /// `graph` module for what stays outside the graph. A run that cannot be captured is refused
+    /// here, before any step.
+    ///
+    /// # Errors
+    /// [`TrainError::CudaGraph`] when the run is not on a CUDA device, when this build has no
+    /// CUDA graph support (the `cuda` feature), or when CUDA fails.
+    pub fn enable_cuda_graph(&mut self) -> Result<(), TrainError> {
+        check_cuda_graph(self.device)?;
+        #[cfg(feature = "cuda")]
+        {
+            self.graphed = Some(graph::GraphedStep::new(self.device)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the steps run as a CUDA graph ([`Trainer::enable_cuda_graph`]).
+    pub fn uses_cuda_graph(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.graphed.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     /// The live weights' var store.
     pub fn model_vs(&self) -> &VarStore {
         &self.model_vs
@@ -650,35 +804,85 @@ impl Trainer {
         self.config.precision == Precision::Bf16 && self.device.is_cuda()
     }
 
-    /// One optimizer step on `batch` (Alg. 1): draws t and ε from the step's seed, updates the
-    /// weights and the EMA unless the loss or gradient is not finite.
+    /// One optimizer step on `batch` (Alg. 1): draws t and ε from the run's generator reseeded
+    /// with [`step_seed`], updates the weights and the EMA unless the loss or gradient is not
+    /// finite.
     ///
-    /// In a data-parallel run `batch` is this rank's share of the global batch (what
-    /// [`Trainer::loader`] yields), every rank calls this together, and the gradients are
-    /// averaged with [`crate::GradSync::Bucketed`] whatever the configuration (the `Reducer`
-    /// lives in [`Trainer::run`]).
+    /// The step does not wait for the device: the non-finite check, the skip, gradient clipping,
+    /// the learning-rate schedule and the EMA decay are all decided on the device (the fused
+    /// Adam kernel and the EMA lerp read a `found_inf` flag), and the loss and norm accumulate
+    /// there. The statistics are read every `log_every` and `checkpoint_every` steps and at the
+    /// last step, and the NaN guard's rule is checked then: a run whose steps were non-finite
+    /// `max_nonfinite_in_a_row` times in a row stops at the first read after that.
     ///
     /// # Errors
-    /// [`TrainError::NonFinite`] after `max_nonfinite_in_a_row` skipped steps in a row;
-    /// [`TrainError::Distributed`] when a collective fails; [`TrainError::Config`] when a rank's
-    /// batch is not its share of the global batch.
+    /// [`TrainError::NonFinite`] at a read that finds `max_nonfinite_in_a_row` skipped steps in
+    /// a row since the previous one.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         self.step_with(batch, None)
     }
 
-    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given.
+    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given
+    /// (data-parallel runs average them after backward otherwise).
     fn step_with(
         &mut self,
         batch: &Batch,
-        mut reducer: Option<&mut Reducer<'_>>,
+        reducer: Option<&mut Reducer<'_>>,
     ) -> Result<StepOutcome, TrainError> {
-        tch::manual_seed(step_seed(self.config.seed, self.step));
+        self.gen
+            .set_seed(step_seed(self.config.seed, self.step) as u64);
+        if self.config.model.uses_dropout() {
+            // tch's dropout takes no generator: its masks come from libtorch's global one,
+            // reseeded here so that they too are a function of (seed, step) (see the module docs).
+            tch::manual_seed(dropout_seed(self.config.seed, self.step));
+        }
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
-        let x_0 = Tensor::from_slice(&batch.images)
-            .view(shape.as_slice())
-            .to_device(self.device);
+        let images = Tensor::from_slice(&batch.images).view(shape.as_slice());
+        let x_0 = if self.device.is_cuda() {
+            // From pageable memory the copy would wait for the device to finish the previous
+            // step; from pinned memory it is queued behind it.
+            images
+                .pin_memory(self.device)
+                .to_device_(self.device, Kind::Float, true, false)
+        } else {
+            images
+        };
+        #[cfg(feature = "cuda")]
+        let outcome = match self.graphed.take() {
+            Some(mut graphed) => {
+                let outcome = graphed.step(self, x_0);
+                self.graphed = Some(graphed);
+                outcome?
+            }
+            None => StepOutcome::from(self.device_step_with(&x_0, reducer)?),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let outcome = StepOutcome::from(self.device_step_with(&x_0, reducer)?);
+        self.step += 1;
+        if self.reads_after_this_step() {
+            self.read_stats()?;
+        }
+        Ok(outcome)
+    }
+
+    /// The device's part of a step on `x_0` (already on the device): every kernel from the t
+    /// and ε draws to the EMA update, with no host synchronisation and no host-side state
+    /// changed but the tensors' contents, so that a CUDA graph can capture it.
+    fn device_step(&mut self, x_0: &Tensor) -> StepTensors {
+        self.device_step_with(x_0, None)
+            .expect("a single-process step runs no collective")
+    }
+
+    /// [`Trainer::device_step`] with the data-parallel hooks: the rank's slice of the global
+    /// draws, rank 0's BatchNorm buffers, the gradient average (by `reducer` during backward, or
+    /// after it) and the loss all-reduce that carries the stop votes. Alone, each hook is a no-op.
+    fn device_step_with(
+        &mut self,
+        x_0: &Tensor,
+        mut reducer: Option<&mut Reducer<'_>>,
+    ) -> Result<StepTensors, TrainError> {
         let n_train = self.sched.schedule().n_steps() as i64;
-        let (t, noise) = self.draw_t_and_noise(&x_0, n_train)?;
+        let (t, noise) = self.draw_t_and_noise(x_0, n_train)?;
         self.optim.zero_grad();
         self.broadcast_buffers()?;
         tch::no_grad(|| {
@@ -691,7 +895,7 @@ impl Trainer {
             self.model.as_ref(),
             &self.sched,
             &self.config.objective,
-            &x_0,
+            x_0,
             &noise,
             &t,
             self.autocast(),
@@ -701,56 +905,63 @@ impl Trainer {
         self.average_gradients(reducer.is_some())?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
-        let loss_value = self.global_loss(&loss)?;
-        // One device-to-host read per step, for both numbers.
-        let stats =
-            Vec::<f64>::try_from(Tensor::stack(&[loss_value, norm], 0).to_kind(Kind::Double))
-                .expect("two scalars");
-        let (loss_value, grad_norm) = (stats[0], stats[1]);
+        let loss = self.global_loss(&loss)?;
+        // Everything below stays on the device (see the docs above); n = step − skipped steps.
         let lr = self
             .config
             .optim
-            .lr_at(self.step - self.skipped_steps, self.total_steps());
-        let skipped = !loss_value.is_finite() || !grad_norm.is_finite();
-        if skipped {
-            self.skipped_steps += 1;
-            self.nonfinite_in_a_row += 1;
-            self.optim.zero_grad();
-            tch::no_grad(|| {
-                for (live, backup) in &mut self.buffers {
-                    live.copy_(backup);
-                }
-            });
-            if self.nonfinite_in_a_row >= self.config.max_nonfinite_in_a_row {
-                return Err(TrainError::NonFinite(format!(
-                    "{} steps in a row had a non-finite loss or gradient (last at step {}, loss {loss_value}, grad norm {grad_norm}); \
-                     the run stops here: lower optim.lr, set optim.grad_clip, or check the data",
-                    self.nonfinite_in_a_row, self.step
-                )));
+            .lr_tensor(self.optim.steps_tensor(), self.total_steps());
+        let (found, found_inf) = self.stats.record(&loss, &norm, &lr);
+        let clip = self
+            .config
+            .optim
+            .grad_clip
+            .map(|max| Adam::clip_scale(&norm, max));
+        self.optim.step_on_device(&lr, &found_inf, clip.as_ref());
+        tch::no_grad(|| {
+            // A skipped step must not leave NaN statistics behind.
+            for (live, backup) in &mut self.buffers {
+                let restored = backup.where_self(&found, live);
+                live.copy_(&restored);
             }
-        } else {
-            self.nonfinite_in_a_row = 0;
-            if let Some(max) = self.config.optim.grad_clip {
-                self.optim.clip_grad_norm(grad_norm, max);
-            }
-            self.optim.step(lr);
-            self.ema.update();
-        }
-        self.step += 1;
-        Ok(StepOutcome {
-            loss: loss_value,
-            grad_norm,
+        });
+        self.ema.update_unless(Some(&found_inf));
+        Ok(StepTensors {
+            loss: loss.detach(),
+            grad_norm: norm,
             lr,
-            skipped,
+            found_inf,
         })
     }
 
-    /// Writes a checkpoint for the current step and returns its directory. In a data-parallel
-    /// run rank 0 writes it while the others wait at a barrier (and return the directory's
-    /// name).
+    /// Whether the step just taken ends with a read of the device statistics: at metrics lines,
+    /// checkpoints and the last step.
+    fn reads_after_this_step(&self) -> bool {
+        self.step.is_multiple_of(self.config.log_every)
+            || self.step.is_multiple_of(self.config.checkpoint_every)
+            || self.step >= self.total_steps()
+    }
+
+    /// Reads the device statistics and applies the NaN guard's abort rule.
+    fn read_stats(&mut self) -> Result<StatsRead, TrainError> {
+        let read = self.stats.read(self.step);
+        self.skipped_steps = read.skipped;
+        self.last_read = Some(read);
+        let max = self.config.max_nonfinite_in_a_row;
+        if read.worst_in_a_row >= u64::from(max) {
+            return Err(TrainError::NonFinite(format!(
+                "{} steps in a row had a non-finite loss or gradient (seen at step {}, {} skipped in all); \
+                 the run stops here: lower optim.lr, set optim.grad_clip, or check the data",
+                read.worst_in_a_row, self.step, read.skipped
+            )));
+        }
+        Ok(read)
+    }
+
+    /// Writes a checkpoint for the current step and returns its directory.
     ///
     /// # Errors
-    /// As [`checkpoint::save`]; [`TrainError::Distributed`] when the barrier fails.
+    /// As [`checkpoint::save`].
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         if !self.is_writer() {
             return self.wait_for_checkpoint();
@@ -763,7 +974,7 @@ impl Trainer {
             batch_in_epoch: batch_in_epoch as u64,
             seed: self.config.seed,
             ema_updates: self.ema.updates(),
-            skipped_steps: self.skipped_steps,
+            skipped_steps: self.stats.skipped(),
             config: serde_json::to_value(&self.config).expect("configs serialise"),
             world_size: self.world_size(),
         };
@@ -783,9 +994,7 @@ impl Trainer {
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
-    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook). The
-    /// ranks of a data-parallel run other than 0 sample the same pictures and write nothing
-    /// (returning no files), so that none waits for another's sampling.
+    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook).
     ///
     /// # Errors
     /// [`TrainError::Io`] or [`TrainError::Sample`] naming the file when the images cannot be
@@ -800,13 +1009,15 @@ impl Trainer {
             n_snapshots: 10,
             autocast: self.autocast(),
         };
+        let mut gen = Generator::new(self.config.seed ^ 0x5A5A, self.device)
+            .map_err(sample::SampleError::from)?;
         let out = sample(
             self.ema_model.as_ref(),
             &self.sched,
             &SamplerConfig::seed_notebook(),
             &options,
             [n, c, s, s],
-            self.config.seed ^ 0x5A5A,
+            &mut gen,
             |_, _| {},
         )?;
         if !self.is_writer() {
@@ -844,13 +1055,10 @@ impl Trainer {
 
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
     /// and at the end. When `stop` becomes true the current step finishes, a checkpoint is
-    /// written and the run returns [`RunEnd::Interrupted`]. In a data-parallel run every rank
-    /// calls this; a stop request on any rank travels with the next step's all-reduce, and all
-    /// ranks stop after that step, with one checkpoint from rank 0.
+    /// written and the run returns [`RunEnd::Interrupted`].
     ///
     /// # Errors
-    /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors;
-    /// [`TrainError::Distributed`] when a collective fails.
+    /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors.
     pub fn run(
         &mut self,
         hooks: &mut dyn TrainHooks,
@@ -859,10 +1067,9 @@ impl Trainer {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
         hooks.on_start(total, self.step, per_epoch);
-        let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, finite steps, images, since
-        let mut last_norm = 0.0;
-        // A handle of its own on the process group, which the Reducer borrows while the loop
-        // calls `&mut self` methods.
+        let mut window = (0u64, Instant::now()); // images, since
+                                                 // A handle of its own on the process group, which the Reducer borrows while the loop
+                                                 // calls `&mut self` methods.
         let dist = self.dist.as_ref().map(data_parallel::SharedDist::share);
         let mut reducer = match &dist {
             Some(d) if self.config.distributed.grad_sync == GradSync::Overlap => Some(
@@ -894,31 +1101,25 @@ impl Trainer {
                 self.stop_local = stop.load(Ordering::SeqCst);
                 let outcome = self.step_with(&batch, reducer.as_mut())?;
                 hooks.on_step(self.step, epoch, &outcome);
-                window.2 += (batch.shape[0] * self.world_size()) as u64;
-                if !outcome.skipped {
-                    window.0 += outcome.loss;
-                    window.1 += 1;
-                    last_norm = outcome.grad_norm;
-                }
+                window.0 += (batch.shape[0] * self.world_size()) as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {
+                    // train_step read the device statistics at this step.
+                    let read = self.last_read.take().expect("a read at every metrics step");
                     let record = MetricsRecord {
                         step: self.step,
                         epoch,
-                        loss: if window.1 > 0 {
-                            window.0 / window.1 as f64
-                        } else {
-                            f64::NAN
-                        },
-                        lr: outcome.lr,
-                        grad_norm: last_norm,
-                        images_per_sec: window.2 as f64
-                            / window.3.elapsed().as_secs_f64().max(1e-9),
-                        skipped_steps: self.skipped_steps,
+                        loss: read.window_loss,
+                        lr: read.lr,
+                        grad_norm: read.last_norm,
+                        images_per_sec: window.0 as f64
+                            / window.1.elapsed().as_secs_f64().max(1e-9),
+                        skipped_steps: read.skipped,
                         world_size: self.world_size(),
                     };
+                    self.stats.start_window(self.step, read.skipped);
                     self.append_metrics(&record)?;
                     hooks.on_metrics(&record);
-                    window = (0.0, 0, 0, Instant::now());
+                    window = (0, Instant::now());
                 }
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
                     let dir = self.save_checkpoint()?;

@@ -80,13 +80,6 @@ fn tiny_config() -> TrainConfig {
     }
 }
 
-/// libtorch's random generator is global to the process and every step reseeds it, so
-/// trainers in parallel test threads would draw from each other's streams: run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
@@ -97,7 +90,6 @@ fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
 
 #[test]
 fn loss_decreases_on_a_learnable_toy_set() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig {
         epochs: Some(25),
@@ -126,7 +118,6 @@ fn loss_decreases_on_a_learnable_toy_set() {
 
 #[test]
 fn resume_replays_the_uninterrupted_run_exactly() {
-    let _serial = serial();
     let full = tempfile::tempdir().unwrap();
     let mut trainer = Trainer::new(tiny_config(), toy_dataset(), full.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
@@ -193,7 +184,6 @@ fn resume_replays_the_uninterrupted_run_exactly() {
 
 #[test]
 fn non_finite_steps_are_skipped_then_abort_the_run() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let good = trainer.loader().batch(0, 0);
@@ -204,7 +194,7 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
 
     for _ in 0..2 {
         let outcome = trainer.train_step(&poisoned).unwrap();
-        assert!(outcome.skipped && outcome.loss.is_nan());
+        assert!(outcome.skipped() && outcome.loss().is_nan());
     }
     // Weights are untouched by skipped steps.
     let after = train::checkpoint::named_tensors(trainer.model_vs());
@@ -213,7 +203,7 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
         assert!(now.equal(was), "{name} changed during a skipped step");
     }
     // A finite step resets the count ...
-    assert!(!trainer.train_step(&good).unwrap().skipped);
+    assert!(!trainer.train_step(&good).unwrap().skipped());
     // ... and three non-finite steps in a row abort with a clear error.
     let _ = trainer.train_step(&poisoned).unwrap();
     let _ = trainer.train_step(&poisoned).unwrap();
@@ -222,10 +212,97 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
     assert!(err.to_string().contains("3 steps in a row"), "{err}");
 }
 
+/// A network without dropout trains without touching libtorch's global generator: the run's
+/// own generators draw the initial weights, t, ε and the preview samples. (No other test of this
+/// binary draws from the global generator.)
+#[test]
+fn training_leaves_the_global_generator_alone() {
+    let draw = || Vec::<f32>::try_from(tch::Tensor::randn([8], (tch::Kind::Float, Device::Cpu)));
+    tch::manual_seed(77);
+    let expected = draw().unwrap();
+    tch::manual_seed(77);
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        epochs: Some(1),
+        sample_every_epochs: 1,
+        ..tiny_config()
+    };
+    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    assert!(dir.path().join("samples/final-grid.png").exists());
+    assert_eq!(
+        draw().unwrap(),
+        expected,
+        "the trainer drew from the global generator"
+    );
+}
+
+/// With a metrics line every 4 steps the NaN guard counts on the device and checks at the reads:
+/// two bad steps in a row pass, three in a row abort at the next read even when the steps in
+/// between were finite; skipped steps update neither the weights, nor Adam's step count, nor the
+/// EMA.
+#[test]
+fn the_nan_guard_counts_on_the_device_and_checks_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        log_every: 4,
+        checkpoint_every: 1000,
+        ..tiny_config()
+    };
+    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let good = trainer.loader().batch(0, 0);
+    let mut poisoned = good.clone();
+    poisoned.images[3] = f32::INFINITY;
+    for batch in [&poisoned, &poisoned, &good, &good] {
+        trainer.train_step(batch).unwrap();
+    }
+    let ckpt = trainer.save_checkpoint().unwrap();
+    let state = train::checkpoint::read_state(&ckpt).unwrap();
+    assert_eq!(
+        (state.step, state.skipped_steps, state.ema_updates),
+        (4, 2, 2)
+    );
+    let optimizer = train::checkpoint::read_tensors(&ckpt.join(train::checkpoint::OPTIMIZER_FILE));
+    assert!(!optimizer.unwrap().is_empty());
+    // Three bad steps (5, 6, 7) are not reported until the read after step 8.
+    let before: Vec<tch::Tensor> = train::checkpoint::named_tensors(trainer.model_vs())
+        .iter()
+        .map(|(_, t)| t.copy())
+        .collect();
+    for _ in 0..3 {
+        let outcome = trainer.train_step(&poisoned).unwrap();
+        assert!(outcome.skipped());
+    }
+    for ((name, now), was) in train::checkpoint::named_tensors(trainer.model_vs())
+        .iter()
+        .zip(&before)
+    {
+        assert!(now.equal(was), "{name} changed during a skipped step");
+    }
+    let err = trainer.train_step(&good).unwrap_err();
+    assert!(err.to_string().contains("3 steps in a row"), "{err}");
+    assert!(err.to_string().contains("5 skipped in all"), "{err}");
+}
+
+/// `--cuda-graph` on the CPU is refused before any step, naming what is missing (the CUDA
+/// device, or, in a build without the `cuda` feature, the feature).
+#[test]
+fn cuda_graphs_are_refused_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let err = trainer.enable_cuda_graph().unwrap_err();
+    assert!(matches!(err, TrainError::CudaGraph(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("--device cuda") || text.contains("--features cuda"),
+        "{text}"
+    );
+    assert!(!trainer.uses_cuda_graph());
+    assert!(train::trainer::check_cuda_graph(Device::Cpu).is_err());
+}
+
 #[test]
 fn mismatched_data_and_model_are_config_errors() {
-    // Trainer::new seeds libtorch's global generator and may build the network.
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_config();
     config.model = ModelConfig::Simple(SimpleUnetConfig {
@@ -251,7 +328,6 @@ fn mismatched_data_and_model_are_config_errors() {
 
 #[test]
 fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();

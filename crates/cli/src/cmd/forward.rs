@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use data::grid::{make_grid, GridSpec};
 use data::{DatasetSpec, Split, Transform};
-use sample::to_u8_nchw;
+use sample::{to_u8_nchw, Generator};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, Timesteps};
 use train::{Preset, TrainConfig};
@@ -63,17 +63,26 @@ pub struct ForwardArgs {
     out: PathBuf,
 }
 
-/// x_t for every `t` in `timesteps`, each drawn from `x_0` with fresh noise (Eq. 4).
+/// x_t for every `t` in `timesteps`, each drawn from `x_0` with fresh noise from `gen` (Eq. 4).
 ///
 /// # Shapes
-/// `x_0`: `[N, C, H, W]` on `sched`'s device; returns one `[N, C, H, W]` per timestep.
-pub fn noisy_columns(sched: &ScheduleTensors, x_0: &Tensor, timesteps: &[usize]) -> Vec<Tensor> {
+/// `x_0`: `[N, C, H, W]` on `sched`'s device (and `gen`'s); returns one `[N, C, H, W]` per
+/// timestep.
+pub fn noisy_columns(
+    sched: &ScheduleTensors,
+    x_0: &Tensor,
+    timesteps: &[usize],
+    gen: &mut Generator,
+) -> Vec<Tensor> {
     let n = x_0.size()[0];
     timesteps
         .iter()
         .map(|&t| {
             let t_batch = Tensor::full([n], t as i64, (Kind::Int64, x_0.device()));
-            sched.add_noise(x_0, &Tensor::randn_like(x_0), &t_batch)
+            let noise = gen
+                .randn_like(x_0)
+                .expect("a generator of x_0's device draws f32 noise");
+            sched.add_noise(x_0, &noise, &t_batch)
         })
         .collect()
 }
@@ -208,8 +217,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         .to_vec();
     timesteps.reverse();
     let sched = ScheduleTensors::new(&schedule, Device::Cpu);
-    tch::manual_seed(args.seed as i64);
-    let columns = noisy_columns(&sched, &x_0, &timesteps);
+    let columns = noisy_columns(&sched, &x_0, &timesteps, &mut Generator::cpu(args.seed));
     // Row r: x_0 of image r, then its x_t for each t.
     let mut all = vec![x_0.unsqueeze(1)];
     all.extend(columns.iter().map(|x| x.clamp(-1.0, 1.0).unsqueeze(1)));
@@ -255,7 +263,7 @@ mod tests {
             .to_vec();
         timesteps.reverse();
         assert_eq!((timesteps[0], timesteps[9]), (0, 299));
-        let columns = noisy_columns(&sched, &x_0, &timesteps);
+        let columns = noisy_columns(&sched, &x_0, &timesteps, &mut Generator::cpu(0));
         for (&t, x_t) in timesteps.iter().zip(&columns) {
             let (a, b) = (
                 schedule.sqrt_alphas_cumprod()[t],

@@ -6,10 +6,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::Tensor;
 
-/// A file under `tests/fixtures/`, written by `scripts/golden/model_*.py`.
+/// A file under `tests/fixtures/`, written by `scripts/golden/model_*.py`; under
+/// `$DDPM_MODEL_FIXTURES` instead when that is set (test binaries run away from the source tree,
+/// as in `cargo xtask gpu-bundle`).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("DDPM_MODEL_FIXTURES")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+            PathBuf::from,
+        )
         .join(name)
 }
 

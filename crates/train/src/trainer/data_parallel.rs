@@ -114,35 +114,45 @@ impl Trainer {
     /// of which this rank keeps its slice (the one its images come from); then the global
     /// generator is reseeded with a stream of this rank's own, for its dropout masks.
     pub(super) fn draw_t_and_noise(
-        &self,
+        &mut self,
         x_0: &Tensor,
         n_train: i64,
     ) -> Result<(Tensor, Tensor), TrainError> {
-        let Some(dist) = &self.dist else {
-            let t = Tensor::randint(n_train, [x_0.size()[0]], (Kind::Int64, self.device));
-            let noise = Tensor::randn_like(x_0);
+        let on_device = "the run's generator is on its device";
+        let Some(dist) = self.dist.as_deref() else {
+            let t = self
+                .gen
+                .randint(0, n_train, &[x_0.size()[0]], self.device)
+                .expect(on_device);
+            let noise = self.gen.randn_like(x_0).expect(on_device);
             return Ok((t, noise));
         };
+        let (rank, world) = (dist.rank(), dist.world_size());
         let mut shape = x_0.size();
         let (global, local) = (self.config.batch_size as i64, shape[0]);
-        if local * dist.world_size() as i64 != global {
+        if local * world as i64 != global {
             return Err(TrainError::Config(format!(
-                "rank {} got a batch of {local} images, not its share of the global batch of \
-                 {global} over {} ranks",
-                dist.rank(),
-                dist.world_size()
+                "rank {rank} got a batch of {local} images, not its share of the global batch of \
+                 {global} over {world} ranks"
             )));
         }
-        let start = dist.rank() as i64 * local;
+        let start = rank as i64 * local;
         shape[0] = global;
-        let t =
-            Tensor::randint(n_train, [global], (Kind::Int64, self.device)).narrow(0, start, local);
-        let noise =
-            Tensor::randn(shape.as_slice(), (x_0.kind(), self.device)).narrow(0, start, local);
-        tch::manual_seed(step_seed(
-            self.config.seed ^ rank_stream(dist.rank()),
-            self.step,
-        ));
+        let t = self
+            .gen
+            .randint(0, n_train, &[global], self.device)
+            .expect(on_device)
+            .narrow(0, start, local);
+        let noise = self
+            .gen
+            .randn(shape.as_slice(), (x_0.kind(), self.device))
+            .expect(on_device)
+            .narrow(0, start, local);
+        if self.config.model.uses_dropout() {
+            // Each rank's dropout masks come from a stream of its own (tch's dropout draws from
+            // libtorch's global generator; see the trainer's module docs).
+            tch::manual_seed(step_seed(self.config.seed ^ rank_stream(rank), self.step));
+        }
         Ok((t, noise))
     }
 
