@@ -102,14 +102,14 @@ pub fn run(args: BundleArgs) -> Result<()> {
             .with_context(|| format!("cannot clear {}", stage.display()))?;
     }
     let release = root.join("target/release");
-    copy(&release.join("ddpm"), &stage.join("bin/ddpm"))?;
-    copy(
+    copy_stripped(&release.join("ddpm"), &stage.join("bin/ddpm"))?;
+    copy_stripped(
         &release.join("examples/bench_serve"),
         &stage.join("bin/bench_serve"),
     )?;
     let mut filters = serde_json::Map::new();
     for ((_, _, _, name, args), path) in TESTS.iter().zip(&tests) {
-        copy(path, &stage.join("tests").join(name))?;
+        copy_stripped(path, &stage.join("tests").join(name))?;
         filters.insert(name.to_string(), json!(args));
     }
     write(
@@ -326,6 +326,19 @@ fn vendor_pylib(python: &Path, dest: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`copy`], then the debug sections dropped (the symbols stay, so a crash still names its
+/// function): the release binaries carry line tables, and unstripped the archive is 93 MiB,
+/// stripped about 20 MiB, under the 64 MiB a lent machine's working tree may carry.
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    copy(from, to)?;
+    run_checked(
+        std::process::Command::new("strip")
+            .arg("--strip-debug")
+            .arg(to),
+    )
+    .with_context(|| format!("strip {}", to.display()))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

@@ -190,11 +190,12 @@ impl BareStep {
             stats = shared.pop().expect("one tensor");
         }
         let norm = self.adam.grad_norm();
-        let read = Vec::<f64>::try_from(
+        // The one host read of a data-parallel step (its stop vote travels with the loss).
+        let _read = Vec::<f64>::try_from(
             Tensor::cat(&[stats, norm.reshape([1])], 0).to_kind(Kind::Double),
         )?;
         if let Some(max) = self.config.optim.grad_clip {
-            self.adam.clip_grad_norm(read[1], max);
+            self.adam.clip_grad_norm(&norm, max);
         }
         self.adam.step(self.config.optim.lr_at(self.step, 800_000));
         self.ema.update();

@@ -868,6 +868,7 @@ impl Trainer {
     /// The device's part of a step on `x_0` (already on the device): every kernel from the t
     /// and ε draws to the EMA update, with no host synchronisation and no host-side state
     /// changed but the tensors' contents, so that a CUDA graph can capture it.
+    #[cfg(feature = "cuda")]
     fn device_step(&mut self, x_0: &Tensor) -> StepTensors {
         self.device_step_with(x_0, None)
             .expect("a single-process step runs no collective")

@@ -69,6 +69,7 @@ fn dropout_config() -> TrainConfig {
             warmup: true,
         },
         precision: Precision::F32,
+        distributed: train::distributed::DistConfig::default(),
         seed: 5,
         epochs: Some(2),
         max_steps: None,
