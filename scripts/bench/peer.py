@@ -166,8 +166,8 @@ class Case:
     def net(self, x, t):
         if self.bf16:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.compiled(x, t).float()
-        return self.compiled(x, t)
+                return self.model(x, t).float()
+        return self.model(x, t)
 
     def forward(self):
         self.model.eval()
@@ -262,10 +262,6 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument(
         "--unfolded", action="store_true", help="simple_unet: convolve cat([x, x]) as the notebook writes it"
-    )
-    parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
-    parser.add_argument(
-        "--compile", metavar="MODE", help="torch.compile the network (default, reduce-overhead, max-autotune)"
     )
     args = parser.parse_args()
     if args.threads:
