@@ -23,6 +23,12 @@ pub struct CudaGraph {
     raw: NonNull<CCudaGraph>,
 }
 
+// SAFETY: the handle owns a heap `at::cuda::CUDAGraph` that nothing else references; libtorch's
+// graphs are not tied to the thread that made them (PyTorch moves them between threads freely),
+// and `&mut self` on capture and reset keeps one user at a time. Capture itself is per stream,
+// not per thread.
+unsafe impl Send for CudaGraph {}
+
 impl CudaGraph {
     /// An empty graph (`torch.cuda.CUDAGraph()`).
     ///
@@ -130,6 +136,10 @@ impl std::fmt::Debug for CudaGraph {
 pub struct CudaStream {
     raw: NonNull<CCudaStream>,
 }
+
+// SAFETY: the handle owns a heap copy of a `c10::cuda::CUDAStream`, a plain value (a device index
+// and a stream id) that any thread may use.
+unsafe impl Send for CudaStream {}
 
 impl CudaStream {
     fn wrap(

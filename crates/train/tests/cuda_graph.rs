@@ -47,6 +47,7 @@ fn config(model: ModelConfig, precision: Precision) -> TrainConfig {
             end: 0.2,
         },
         model,
+        distributed: train::distributed::DistConfig::default(),
         objective: ObjectiveConfig::ho2020(),
         optim: OptimConfig {
             lr: 3e-3,
