@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `ddpm` binary of the same profile as this test (`target/<profile>/ddpm`).
 ///
@@ -125,4 +126,13 @@ pub fn poison_safetensors(path: &Path, name: Option<&str>) -> String {
     bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(path, bytes).unwrap();
     name
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ddpm, run, synthetic_cifar, TINY_MODEL};
+use e2e::{ddpm, run, synthetic_cifar, wait_for, TINY_MODEL};
 
 /// The tiny seed preset: batches of 8 (4 per rank), no sampling, a metrics line per step.
 fn tiny_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -58,14 +58,6 @@ fn command(args: &[String], envs: &[(&str, String)]) -> Command {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits for `child` to exit, at most `timeout`; returns its output and how long it took.

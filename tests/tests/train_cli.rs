@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ddpm, run, synthetic_cifar, TINY_MODEL};
+use e2e::{ddpm, run, synthetic_cifar, wait_for, TINY_MODEL};
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling.
 fn tiny_args(data: &Path, run_dir: &Path) -> Vec<String> {
@@ -46,14 +46,6 @@ fn spawn(args: &[String], envs: &[(&str, &str)]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ddpm train")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn complete_checkpoints(run_dir: &Path) -> Vec<String> {
