@@ -22,8 +22,8 @@
 //!    bucketed and overlap, against 1 rank × 2 threads, one phase after the other.
 //!
 //! ```sh
-//! cargo run --release -p train --example ddp_bench      # starts its rank 1 itself
-//! DDP_BENCH_BATCH=16 DDP_BENCH_ROUNDS=7 cargo run -p train --example ddp_bench
+//! cargo run --release -p train --example ddp_step_bench      # starts its rank 1 itself
+//! DDP_BENCH_BATCH=16 DDP_BENCH_ROUNDS=7 cargo run -p train --example ddp_step_bench
 //! ```
 //!
 //! Options (environment): `DDP_BENCH_BATCH` (global batch, default 8), `DDP_BENCH_ROUNDS` (5),
