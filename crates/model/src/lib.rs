@@ -14,6 +14,16 @@
 //! Both networks take `[N, C, H, W]` images and `[N]` integer timesteps (`t = 0` is the paper's
 //! `t = 1`) and return a tensor of the image's shape and kind.
 //!
+//! # Class conditioning
+//! With `num_classes = Some(K)` in its configuration, either network also takes `[N]` class
+//! labels ([`Denoiser::forward_cond`]): a learned embedding of `K + 1` rows, `class_embedding`,
+//! is added to the time embedding after the time MLP, as diffusers' `UNet2DModel(num_class_embeds
+//! = K + 1)` does. Labels `0..K` are the classes; label `K` is the *null label*, "no class", that
+//! classifier-free guidance trains with (label dropout) and samples the unconditional half with
+//! (the convention of DiT's `LabelEmbedding`, whose extra last row is the null class). Without
+//! labels a class-conditional network sees the null label. A network built without
+//! `num_classes` has no such embedding, no extra weights and takes no labels.
+//!
 //! # Speed
 //! `cargo xtask bench` times forward and training steps of both networks against PyTorch eager
 //! on the same libtorch, alternating step by step, and writes the ratios to
@@ -63,6 +73,38 @@ pub trait Denoiser: std::fmt::Debug + Send {
     /// # Panics
     /// On shapes that do not fit the network (a programming error, not a user input).
     fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor;
+
+    /// Predicts the noise in `xs` at `timesteps` for the classes `class_labels`: as
+    /// [`Denoiser::forward_t`], which is this with `None`. Labels are `0..K` for the `K` classes
+    /// of [`Denoiser::num_classes`] and `K` for the null label ("no class"); `None` means the null
+    /// label for every image.
+    ///
+    /// # Shapes
+    /// As [`Denoiser::forward_t`]; `class_labels`: `[N]` (or one label for the whole batch)
+    /// `Kind::Int64` on the network's device.
+    ///
+    /// # Panics
+    /// With labels, on a network that is not class-conditional, or on labels outside `0..=K` (a
+    /// programming error: callers check user input against [`Denoiser::num_classes`]).
+    fn forward_cond(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        assert!(
+            class_labels.is_none(),
+            "class labels given to a network that is not class-conditional"
+        );
+        self.forward_t(xs, timesteps, train)
+    }
+
+    /// The number of classes `K` of a class-conditional network (its null label is `K`), or
+    /// `None` for an unconditional one.
+    fn num_classes(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The two networks' configurations, tagged by `arch` in JSON:
@@ -133,6 +175,24 @@ impl ModelConfig {
         }
     }
 
+    /// The number of classes of a class-conditional network (its null label is this number), or
+    /// `None` for an unconditional one.
+    pub fn num_classes(&self) -> Option<i64> {
+        match self {
+            Self::Simple(config) => config.num_classes,
+            Self::Ddpm(config) => config.num_classes,
+        }
+    }
+
+    /// Makes the network class-conditional with `num_classes` classes (or unconditional with
+    /// `None`), as `ddpm train --class-cond` does once the dataset's classes are known.
+    pub fn set_num_classes(&mut self, num_classes: Option<i64>) {
+        match self {
+            Self::Simple(config) => config.num_classes = num_classes,
+            Self::Ddpm(config) => config.num_classes = num_classes,
+        }
+    }
+
     /// Channels of the images the network takes.
     pub fn in_channels(&self) -> i64 {
         match self {
@@ -197,10 +257,73 @@ impl ModelConfig {
 
 /// One timestep per sample: `[N]` as given, or a single timestep repeated `n` times.
 fn batch_timesteps(timesteps: &Tensor, n: i64) -> Tensor {
-    match timesteps.size().as_slice() {
-        [len] if *len == n => timesteps.shallow_clone(),
-        [] | [1] => timesteps.reshape([1]).expand([n], false),
-        shape => panic!("timesteps must have shape [{n}] or [1], got {shape:?}"),
+    per_sample(timesteps, n, "timesteps")
+}
+
+/// One value per sample: `[N]` as given, or a single value repeated `n` times.
+fn per_sample(values: &Tensor, n: i64, what: &str) -> Tensor {
+    match values.size().as_slice() {
+        [len] if *len == n => values.shallow_clone(),
+        [] | [1] => values.reshape([1]).expand([n], false),
+        shape => panic!("{what} must have shape [{n}] or [1], got {shape:?}"),
+    }
+}
+
+/// The optional class embedding of both networks: `K + 1` rows of the time embedding's width,
+/// under the key `class_embedding.weight` (diffusers' name), initialised N(0, 1) as PyTorch's
+/// `nn.Embedding` is.
+#[derive(Debug)]
+struct ClassEmbedding {
+    table: Tensor,
+    num_classes: i64,
+}
+
+impl ClassEmbedding {
+    /// `Some` when the configuration is class-conditional. Drawn after every other layer the
+    /// network makes before it, so that the initial weights of unconditional networks are those
+    /// they always had.
+    fn new(
+        vs: &tch::nn::Path,
+        num_classes: Option<i64>,
+        dim: i64,
+        gen: &mut Generator,
+    ) -> Option<Self> {
+        let num_classes = num_classes?;
+        let table = (vs / "class_embedding").var(
+            "weight",
+            &[num_classes + 1, dim],
+            tch::nn::Init::Const(0.0),
+        );
+        let mut draws = Tensor::empty([num_classes + 1, dim], (tch::Kind::Float, gen.device()));
+        gen.normal_(&mut draws, 0.0, 1.0)
+            .expect("normal draws into a fresh f32 tensor of the generator's device");
+        tch::no_grad(|| table.shallow_clone().copy_(&draws));
+        Some(Self { table, num_classes })
+    }
+
+    /// The embedding of each sample's label (the null label without labels), `[N, dim]` in the
+    /// table's kind.
+    fn forward(&self, class_labels: Option<&Tensor>, n: i64) -> Tensor {
+        let labels = match class_labels {
+            Some(labels) => per_sample(labels, n, "class labels"),
+            None => Tensor::full(
+                [n],
+                self.num_classes,
+                (tch::Kind::Int64, self.table.device()),
+            ),
+        };
+        Tensor::embedding(&self.table, &labels, -1, false, false)
+    }
+}
+
+/// Checks a `num_classes` setting.
+fn validate_num_classes(arch: &'static str, num_classes: Option<i64>) -> Result<(), ModelError> {
+    match num_classes {
+        Some(k) if k < 1 => Err(error::invalid(
+            arch,
+            format!("num_classes {k} is invalid: a class-conditional network needs at least 1 class (or null for none)"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -283,6 +406,141 @@ mod tests {
             let out = net.forward_t(&xs, &Tensor::from_slice(&[3i64, 4]), true);
             assert_eq!(out.kind(), tch::Kind::BFloat16, "{}", config.arch());
             assert_eq!(out.size(), xs.size());
+        }
+    }
+
+    /// Both networks, tiny, grayscale 8×8, with `num_classes`.
+    fn tiny_configs(num_classes: Option<i64>) -> [ModelConfig; 2] {
+        [
+            ModelConfig::Simple(SimpleUnetConfig {
+                in_channels: 1,
+                out_channels: 1,
+                image_size: 8,
+                down_channels: vec![8, 16],
+                up_channels: vec![16, 8],
+                time_emb_dim: 16,
+                num_classes,
+                ..SimpleUnetConfig::seed_cifar10()
+            }),
+            ModelConfig::Ddpm(UNetConfig {
+                in_channels: 1,
+                out_channels: 1,
+                image_size: 8,
+                channels: 8,
+                channel_mult: vec![1, 2],
+                attention_resolutions: vec![4],
+                norm_num_groups: 4,
+                dropout: 0.0,
+                num_classes,
+                ..UNetConfig::ho2020_cifar10()
+            }),
+        ]
+    }
+
+    /// Gives the near-zero output layers of a fresh network ordinary weights, so that the output
+    /// depends on the inputs.
+    fn wake_up(vs: &tch::nn::VarStore) {
+        for (name, mut var) in vs.variables() {
+            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
+                let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_class_conditional_network_adds_one_embedding_to_the_unconditional_weights() {
+        for (plain, cond) in tiny_configs(None).into_iter().zip(tiny_configs(Some(3))) {
+            let arch = plain.arch();
+            let (vs_plain, vs_cond) = (
+                tch::nn::VarStore::new(tch::Device::Cpu),
+                tch::nn::VarStore::new(tch::Device::Cpu),
+            );
+            let net_plain = plain
+                .build_with(&vs_plain.root(), &mut Generator::cpu(5))
+                .unwrap();
+            let net_cond = cond
+                .build_with(&vs_cond.root(), &mut Generator::cpu(5))
+                .unwrap();
+            assert_eq!(
+                (net_plain.num_classes(), net_cond.num_classes()),
+                (None, Some(3))
+            );
+            let (a, b) = (vs_plain.variables(), vs_cond.variables());
+            assert!(!a.contains_key("class_embedding.weight"), "{arch}");
+            // Exactly one more tensor, of K + 1 rows (the null label last) by the time
+            // embedding's width; every other weight is the unconditional network's.
+            assert_eq!(b.len(), a.len() + 1, "{arch}");
+            let width = match &cond {
+                ModelConfig::Simple(c) => c.time_emb_dim,
+                ModelConfig::Ddpm(c) => c.time_embed_dim(),
+            };
+            assert_eq!(b["class_embedding.weight"].size(), [4, width], "{arch}");
+            for (name, tensor) in &a {
+                assert!(tensor.equal(&b[name]), "{arch}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn labels_change_the_output_and_no_labels_mean_the_null_label() {
+        for config in tiny_configs(Some(3)) {
+            let arch = config.arch();
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let net = config.build(&vs.root()).unwrap();
+            wake_up(&vs);
+            let xs = Tensor::randn([4, 1, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+            let t = Tensor::from_slice(&[3i64, 10, 20, 40]);
+            let run = |labels: Option<&[i64]>| {
+                let labels = labels.map(Tensor::from_slice);
+                tch::no_grad(|| net.forward_cond(&xs, &t, labels.as_ref(), false))
+            };
+            let null = run(Some(&[3, 3, 3, 3]));
+            assert!(run(None).equal(&null), "{arch}: None is the null label");
+            assert!(net.forward_t(&xs, &t, false).equal(&null), "{arch}");
+            let a = run(Some(&[0, 1, 2, 0]));
+            let b = run(Some(&[1, 1, 0, 0]));
+            // Images whose labels differ differ; those whose labels agree do not.
+            for (i, differs) in [true, false, true, false].into_iter().enumerate() {
+                let i = i as i64;
+                assert_eq!(!a.get(i).equal(&b.get(i)), differs, "{arch}: image {i}");
+            }
+            // One label for the whole batch is broadcast.
+            let one = run(Some(&[2]));
+            assert!(one.equal(&run(Some(&[2, 2, 2, 2]))), "{arch}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not class-conditional")]
+    fn labels_for_an_unconditional_network_are_a_programming_error() {
+        let [config, _] = tiny_configs(None);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = config.build(&vs.root()).unwrap();
+        let xs = Tensor::zeros([1, 1, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64]);
+        let _ = net.forward_cond(&xs, &Tensor::from_slice(&[1i64]), Some(&labels), false);
+    }
+
+    #[test]
+    fn num_classes_is_optional_in_json_and_checked() {
+        // Configurations saved before class conditioning have no `num_classes`.
+        let mut value =
+            serde_json::to_value(ModelConfig::Simple(SimpleUnetConfig::seed_cifar10())).unwrap();
+        assert_eq!(value["num_classes"], serde_json::Value::Null);
+        value.as_object_mut().unwrap().remove("num_classes");
+        let old = ModelConfig::from_json(&value.to_string()).unwrap();
+        assert_eq!(old.num_classes(), None);
+        for config in tiny_configs(Some(10)) {
+            assert_eq!(ModelConfig::from_json(&config.to_json()).unwrap(), config);
+        }
+        for mut config in tiny_configs(Some(0)) {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("num_classes 0"), "{err}");
+            config.set_num_classes(Some(2));
+            config.validate().unwrap();
         }
     }
 

@@ -3,7 +3,10 @@
 //!
 //! The architecture, per block and in the notebook's order:
 //!
-//! - time: sinusoidal embedding (dim 32) → Linear(32) → ReLU, computed once;
+//! - time: sinusoidal embedding (dim 32) → Linear(32) → ReLU, computed once; a class-conditional
+//!   network adds its learned class embedding (`class_embedding`, `num_classes + 1` rows of the
+//!   embedding's width, the last the null label) to it, as diffusers' U-Net adds its class
+//!   embedding to the output of its time MLP;
 //! - `conv0`: 3×3 conv to `down_channels[0]`;
 //! - down block: conv 3×3 → ReLU → BatchNorm; add ReLU(Linear(t)) over the image;
 //!   conv 3×3 → ReLU → BatchNorm; 4×4 stride-2 conv;
@@ -21,7 +24,7 @@
 use crate::error::{invalid, ModelError};
 use crate::init::fan_avg_uniform_;
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
-use crate::{batch_timesteps, timestep_embedding, Denoiser};
+use crate::{batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding, Denoiser};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module, ModuleT};
 use tch::{Kind, Tensor};
@@ -50,6 +53,11 @@ pub struct SimpleUnetConfig {
     /// Weight of a new batch in BatchNorm's running statistics (PyTorch convention: Keras'
     /// momentum 0.99 is 0.01 here).
     pub batch_norm_momentum: f64,
+    /// Class-conditional with this many classes: a `class_embedding` of `num_classes + 1` rows
+    /// (the last is the null label) added to the time embedding; `None` (null in JSON, or absent
+    /// in configurations saved before class conditioning existed) for an unconditional network.
+    #[serde(default)]
+    pub num_classes: Option<i64>,
 }
 
 impl SimpleUnetConfig {
@@ -65,6 +73,7 @@ impl SimpleUnetConfig {
             time_emb_dim: 32,
             batch_norm_eps: 1e-3,
             batch_norm_momentum: 0.01,
+            num_classes: None,
         }
     }
 
@@ -168,6 +177,7 @@ impl SimpleUnetConfig {
                 ),
             ));
         }
+        validate_num_classes(ARCH, self.num_classes)?;
         if !(self.batch_norm_eps > 0.0) {
             return Err(invalid(ARCH, "batch_norm_eps must be positive"));
         }
@@ -422,6 +432,7 @@ pub struct SimpleUnet {
     downs: Vec<Block>,
     ups: Vec<Block>,
     output: nn::Conv2D,
+    class_embedding: Option<ClassEmbedding>,
 }
 
 impl SimpleUnet {
@@ -478,6 +489,8 @@ impl SimpleUnet {
             0,
             gen,
         );
+        // Last, so that an unconditional network's initial weights stay what they were.
+        let class_embedding = ClassEmbedding::new(vs, c.num_classes, c.time_emb_dim, gen);
         Self {
             config,
             time_mlp,
@@ -485,6 +498,7 @@ impl SimpleUnet {
             downs,
             ups,
             output,
+            class_embedding,
         }
     }
 
@@ -512,6 +526,20 @@ impl SimpleUnet {
 
 impl Denoiser for SimpleUnet {
     fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+        self.forward_cond(xs, timesteps, None, train)
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.config.num_classes
+    }
+
+    fn forward_cond(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let format = if is_channels_last(&self.conv0.ws) {
             MemoryFormat::ChannelsLast
         } else {
@@ -519,10 +547,17 @@ impl Denoiser for SimpleUnet {
         };
         let x = to_memory_format(xs, format);
         let timesteps = batch_timesteps(timesteps, xs.size()[0]);
-        let t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
+        let mut t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
             .to_kind(self.time_mlp.ws.kind())
             .apply(&self.time_mlp)
             .relu();
+        match &self.class_embedding {
+            Some(embedding) => t_emb = t_emb + embedding.forward(class_labels, xs.size()[0]),
+            None => assert!(
+                class_labels.is_none(),
+                "class labels given to a SimpleUnet that is not class-conditional"
+            ),
+        }
         let mut x = x.apply(&self.conv0);
         let mut skips = Vec::with_capacity(self.downs.len());
         for down in &self.downs {

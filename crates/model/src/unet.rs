@@ -6,7 +6,9 @@
 //! changes), self-attention after each of them at the configured resolutions, and a stride-2 conv
 //! between levels. The middle runs resnet → attention → resnet; the up path mirrors the down path
 //! with one more resnet per level, each on `cat([h, skip], channels)`, and nearest ×2 + conv
-//! between levels. The time embedding is sinusoidal, then Linear(4·ch) → SiLU → Linear(4·ch).
+//! between levels. The time embedding is sinusoidal, then Linear(4·ch) → SiLU → Linear(4·ch);
+//! a class-conditional network adds a learned class embedding to it there (diffusers'
+//! `class_embedding`, see the crate docs for the null label).
 //!
 //! diffusers' conventions, all reproduced exactly: `freq_shift` 1 and `flip_sin_to_cos` false (the
 //! paper's embedding), `downsample_padding` 0 (pad right and bottom by one, then a 3×3 stride-2
@@ -19,7 +21,7 @@
 use crate::error::{invalid, ModelError};
 use crate::init::{fan_avg_uniform_, ZERO_SCALE};
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
-use crate::{batch_timesteps, timestep_embedding, Denoiser};
+use crate::{batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding, Denoiser};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn::{self, Init};
@@ -63,6 +65,12 @@ pub struct UNetConfig {
     /// 0: pad right and bottom by one before a 3×3 stride-2 conv (TF "same", the paper); 1: pad
     /// symmetrically by one.
     pub downsample_padding: i64,
+    /// Class-conditional with this many classes: a `class_embedding` of `num_classes + 1` rows
+    /// (the last is the null label) added to the time embedding; `None` (null in JSON, or absent
+    /// in configurations saved before class conditioning existed) for an unconditional network.
+    /// diffusers' `num_class_embeds` is `num_classes + 1`.
+    #[serde(default)]
+    pub num_classes: Option<i64>,
 }
 
 impl UNetConfig {
@@ -85,6 +93,7 @@ impl UNetConfig {
             freq_shift: 1.0,
             flip_sin_to_cos: false,
             downsample_padding: 0,
+            num_classes: None,
         }
     }
 
@@ -193,6 +202,7 @@ impl UNetConfig {
                 ),
             ));
         }
+        validate_num_classes(ARCH, self.num_classes)?;
         if self.downsample_padding != 0 && self.downsample_padding != 1 {
             return Err(invalid(
                 ARCH,
@@ -272,7 +282,9 @@ impl UNetConfig {
     }
 
     /// The equivalent diffusers `UNet2DModel` `config.json`: `UNet2DModel.from_config(...)` on it
-    /// builds a model that loads this network's weights (see [`crate::save_safetensors`]).
+    /// builds a model that loads this network's weights (see [`crate::save_safetensors`]). A
+    /// class-conditional network has `num_class_embeds = num_classes + 1` (its last embedding is
+    /// the null label) and `class_embed_type` null.
     pub fn to_diffusers_config(&self) -> Value {
         let levels = self.channel_mult.len();
         let down: Vec<&str> = (0..levels)
@@ -294,7 +306,7 @@ impl UNetConfig {
                 }
             })
             .collect();
-        json!({
+        let mut config = json!({
             "_class_name": "UNet2DModel",
             "sample_size": self.image_size,
             "in_channels": self.in_channels,
@@ -319,7 +331,12 @@ impl UNetConfig {
             "norm_eps": self.norm_eps,
             "resnet_time_scale_shift": "default",
             "add_attention": true,
-        })
+        });
+        if let Some(k) = self.num_classes {
+            config["class_embed_type"] = Value::Null;
+            config["num_class_embeds"] = json!(k + 1);
+        }
+        config
     }
 
     /// The modern name of a diffusers `UNet2DModel` state-dict key. Checkpoints saved before
@@ -362,8 +379,12 @@ impl UNetConfig {
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] when the file uses a feature this network does not have (other
-    /// block types, Fourier or learned time embeddings, class conditioning, scale-shift norms, ...)
-    /// or when the result fails [`Self::validate`].
+    /// block types, Fourier or learned time embeddings, class embeddings other than a table,
+    /// scale-shift norms, ...) or when the result fails [`Self::validate`].
+    ///
+    /// `num_class_embeds = N` reads as `num_classes = N − 1`: the last embedding is taken as the
+    /// null label of classifier-free guidance (this toolkit's and DiT's convention), so a model
+    /// trained by diffusers' scripts without one has its last class read as the null label.
     pub fn from_diffusers_config(config: &Value) -> Result<Self, ModelError> {
         let obj = config
             .as_object()
@@ -431,7 +452,21 @@ impl UNetConfig {
         expect("upsample_type", "conv", "conv")?;
         expect("add_attention", "true", "true")?;
         expect("class_embed_type", "null", "null")?;
-        expect("num_class_embeds", "null", "null")?;
+        let num_classes = match get("num_class_embeds") {
+            None => None,
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 2 => Some(n - 1),
+                _ => {
+                    return Err(invalid(
+                        ARCH,
+                        format!(
+                            "diffusers `num_class_embeds` = {v} is not supported: it must be an \
+                             integer of at least 2 (the classes and, last, the null label)"
+                        ),
+                    ))
+                }
+            },
+        };
         expect("time_embedding_dim", "null", "null")?;
         expect("attn_norm_num_groups", "null", "null")?;
         if float("mid_block_scale_factor", 1.0)? != 1.0 {
@@ -546,6 +581,7 @@ impl UNetConfig {
                 })?,
             },
             downsample_padding: int("downsample_padding", 1)?,
+            num_classes,
         };
         config.validate()?;
         Ok(config)
@@ -729,6 +765,7 @@ pub struct UNet {
     conv_in: nn::Conv2D,
     linear_1: nn::Linear,
     linear_2: nn::Linear,
+    class_embedding: Option<ClassEmbedding>,
     down_blocks: Vec<DownBlock>,
     up_blocks: Vec<UpBlock>,
     mid_resnets: [ResnetBlock; 2],
@@ -854,11 +891,15 @@ impl UNet {
             ZERO_SCALE,
             gen,
         );
+        // Drawn last, so that an unconditional network's initial weights stay what they were
+        // and a class-conditional one starts from them.
+        let class_embedding = ClassEmbedding::new(vs, c.num_classes, temb, gen);
         Self {
             config,
             conv_in,
             linear_1,
             linear_2,
+            class_embedding,
             down_blocks,
             up_blocks,
             mid_resnets,
@@ -899,6 +940,20 @@ impl UNet {
 
 impl Denoiser for UNet {
     fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+        self.forward_cond(xs, timesteps, None, train)
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.config.num_classes
+    }
+
+    fn forward_cond(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let format = if is_channels_last(&self.conv_in.ws) {
             MemoryFormat::ChannelsLast
         } else {
@@ -909,7 +964,15 @@ impl Denoiser for UNet {
         let c = &self.config;
         let t_emb = timestep_embedding(&timesteps, c.channels, c.flip_sin_to_cos, c.freq_shift)
             .to_kind(self.linear_1.ws.kind());
-        let temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
+        let mut temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
+        match &self.class_embedding {
+            // diffusers: `emb = emb + class_emb`, after the time MLP and before any resnet.
+            Some(embedding) => temb = temb + embedding.forward(class_labels, xs.size()[0]),
+            None => assert!(
+                class_labels.is_none(),
+                "class labels given to a U-Net that is not class-conditional"
+            ),
+        }
         // Every resnet applies SiLU to the embedding before its projection; do it once.
         let temb_act = temb.silu();
 
@@ -1113,6 +1176,38 @@ mod tests {
         assert_eq!(config.attention_head_dim, Some(8));
         assert_eq!(config.attention_resolutions, vec![16, 8, 4]);
         assert_eq!(config.norm_eps, 1e-5);
+    }
+
+    #[test]
+    fn class_conditional_configs_map_to_num_class_embeds_with_the_null_label_last() {
+        let config = UNetConfig {
+            num_classes: Some(10),
+            ..UNetConfig::ho2020_cifar10()
+        };
+        let json = config.to_diffusers_config();
+        assert_eq!(json["num_class_embeds"], json!(11));
+        assert_eq!(json["class_embed_type"], Value::Null);
+        assert_eq!(UNetConfig::from_diffusers_config(&json).unwrap(), config);
+        // Unconditional exports carry no class keys, as before.
+        let plain = UNetConfig::ho2020_cifar10().to_diffusers_config();
+        assert!(plain.get("num_class_embeds").is_none());
+        for (value, needle) in [
+            (json!(1), "num_class_embeds"),
+            (json!("ten"), "num_class_embeds"),
+        ] {
+            let mut bad = json.clone();
+            bad["num_class_embeds"] = value;
+            let err = UNetConfig::from_diffusers_config(&bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut other = json.clone();
+        other["class_embed_type"] = json!("timestep");
+        let err = UNetConfig::from_diffusers_config(&other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("class_embed_type"), "{err}");
     }
 
     #[test]
