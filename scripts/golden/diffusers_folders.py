@@ -21,8 +21,8 @@ the same output. Run from the repository root:
 
 `--verify-export DIR IO` checks a folder written by `ddpm export`: `UNet2DModel.from_pretrained(DIR)`
 must load with no missing, unexpected or mismatched keys, `DDPMScheduler.from_pretrained(DIR)` must
-load, and the model's output on IO's `x`/`timesteps` must equal IO's `out` (the Rust network's)
-to 1e-5. It prints the largest difference and exits non-zero on a mismatch.
+load, and the model's output on IO's `x`/`timesteps` (and `class_labels`, for a class-conditional
+model) must equal IO's `out` (the Rust network's) to 1e-5. It prints the largest difference and exits non-zero on a mismatch.
 """
 
 import argparse
@@ -147,7 +147,9 @@ def verify_export(directory, io_file):
     scheduler = DDPMScheduler.from_pretrained(directory)
     io = load_file(io_file)
     with torch.no_grad():
-        out = model.eval()(io["x"], io["timesteps"]).sample
+        # A class-conditional export is run on IO's `class_labels` (its last embedding is the
+        # null label, as for any label).
+        out = model.eval()(io["x"], io["timesteps"], class_labels=io.get("class_labels")).sample
     err = (out - io["out"]).abs().max().item()
     print(f"diffusers vs Rust output: max abs error {err:.3e}; scheduler T = "
           f"{scheduler.config.num_train_timesteps}, {scheduler.config.beta_schedule}, "

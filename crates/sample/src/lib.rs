@@ -7,6 +7,8 @@
 //!   ([`sample_batches`]).
 //! - [`Prediction`]: what a network predicts (ε, x_0 or v); the training objective imports it
 //!   from here.
+//! - [`guidance`]: class-conditional sampling with classifier-free guidance,
+//!   ε̃ = ε_u + W (ε_c − ε_u) ([`ClassConditioning`] in [`SampleOptions::class_cond`]).
 //! - [`images`]: u8 NCHW/NHWC bytes and PNG grids of sampled tensors.
 //! - [`Pipeline`]: one way in for inference, from a run directory, a checkpoint or a diffusers
 //!   folder to a network with its schedule and prediction type ([`pipeline`]); [`layout`] is the
@@ -17,11 +19,13 @@
 //! precision the network runs in ([`forward`]). This crate does not depend on the training loop:
 //! a researcher who only samples links the networks, the schedule and this crate.
 
+pub mod guidance;
 pub mod images;
 pub mod layout;
 pub mod pipeline;
 pub mod sampler;
 
+pub use guidance::{guide, guided_forward, ClassConditioning};
 pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
 pub use pipeline::{Pipeline, PipelineSpec, SourceKind, Weights};
 pub use sampler::{
@@ -58,7 +62,23 @@ pub fn forward(
     train: bool,
     autocast: bool,
 ) -> tch::Tensor {
-    let run = || model.forward_t(xs, t, train);
+    forward_cond(model, xs, t, None, train, autocast)
+}
+
+/// [`forward`] for the classes `class_labels` ([`model::Denoiser::forward_cond`]; `None` is the
+/// null label of a class-conditional network).
+///
+/// # Shapes
+/// As [`model::Denoiser::forward_cond`]; the output is f32.
+pub fn forward_cond(
+    model: &dyn model::Denoiser,
+    xs: &tch::Tensor,
+    t: &tch::Tensor,
+    class_labels: Option<&tch::Tensor>,
+    train: bool,
+    autocast: bool,
+) -> tch::Tensor {
+    let run = || model.forward_cond(xs, t, class_labels, train);
     let out = if autocast {
         model::autocast_bf16(xs.device(), run)
     } else {

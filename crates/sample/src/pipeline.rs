@@ -18,6 +18,13 @@
 //!   `query`/`key`/`value`/`proj_attn`; they are renamed on load as diffusers renames them
 //!   ([`model::UNetConfig::modern_diffusers_key`]).
 //!
+//! A class-conditional network (`num_classes` in the model config; diffusers' `num_class_embeds`,
+//! whose last embedding is the null label) samples classes with classifier-free guidance
+//! ([`Pipeline::generate_classes`], [`crate::ClassConditioning`]). Its class names come from
+//! the checkpoint's `state.json` (`class_names`, the training dataset's), or from the
+//! `_class_names` key that [`Pipeline::export_diffusers`] writes into a diffusers `config.json`
+//! (diffusers ignores keys that start with `_`).
+//!
 //! [`PipelineSpec::resolve`] reads only the JSON files, so callers check a path, its config and
 //! its scheduler before building anything; the weights are checked key by key on load, and a
 //! missing, unexpected or mis-shaped key is refused with the file and the keys named.
@@ -46,7 +53,10 @@ use schedule::{BetaSchedule, Schedule};
 
 use crate::layout;
 use crate::SamplerConfig;
-use crate::{sample_batches, BatchPlan, Prediction, SampleBatches, SampleError, SampleOptions};
+use crate::{
+    sample_batches, BatchPlan, ClassConditioning, Prediction, SampleBatches, SampleError,
+    SampleOptions,
+};
 use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
 
 /// The diffusers model config.
@@ -104,7 +114,29 @@ pub struct PipelineSpec {
     pub bf16: bool,
     /// The training step of a checkpoint (`None` for a diffusers folder).
     pub step: Option<u64>,
+    /// The names of a class-conditional network's classes, by label (empty when the source
+    /// records none, or the network is unconditional).
+    pub class_names: Vec<String>,
 }
+
+impl PipelineSpec {
+    /// The network's number of classes (`None`: unconditional).
+    pub fn num_classes(&self) -> Option<i64> {
+        self.model.num_classes()
+    }
+
+    /// The name of class `label`: the recorded one, or the number.
+    pub fn class_name(&self, label: i64) -> String {
+        usize::try_from(label)
+            .ok()
+            .and_then(|l| self.class_names.get(l))
+            .cloned()
+            .unwrap_or_else(|| label.to_string())
+    }
+}
+
+/// The key of a diffusers `config.json` under which exports record the class names.
+pub const CLASS_NAMES_KEY: &str = "_class_names";
 
 /// The partial view of a checkpoint's `state.json` that inference reads.
 #[derive(Deserialize)]
@@ -112,6 +144,8 @@ struct StateView {
     format_version: u32,
     step: u64,
     config: ConfigView,
+    #[serde(default)]
+    class_names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +256,7 @@ impl PipelineSpec {
             clip_sample: true,
             bf16: config.precision.as_deref() == Some("bf16"),
             step: Some(state.step),
+            class_names: state.class_names,
         })
     }
 
@@ -230,6 +265,15 @@ impl PipelineSpec {
         let value = read_json(&config_file)?;
         let unet = UNetConfig::from_diffusers_config(&value)
             .map_err(|e| source_err(&config_file, e.to_string()))?;
+        let class_names = match value.get(CLASS_NAMES_KEY) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(names) => serde_json::from_value(names.clone()).map_err(|_| {
+                source_err(
+                    &config_file,
+                    format!("`{CLASS_NAMES_KEY}` must be a list of strings"),
+                )
+            })?,
+        };
         let weights_file = [DIFFUSERS_SAFETENSORS, DIFFUSERS_BIN]
             .iter()
             .map(|name| dir.join(name))
@@ -270,6 +314,7 @@ impl PipelineSpec {
             clip_sample: scheduler.clip_sample,
             bf16: false,
             step: None,
+            class_names,
         })
     }
 }
@@ -601,6 +646,7 @@ impl Pipeline {
             clip_x0: clip_x0.unwrap_or(self.spec.clip_sample),
             n_snapshots,
             autocast: self.spec.bf16 && self.device().is_cuda(),
+            class_cond: None,
         }
     }
 
@@ -661,7 +707,11 @@ impl Pipeline {
             let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
             std::fs::write(&path, text + "\n").map_err(|e| io(&path, e))
         };
-        write_json(DIFFUSERS_CONFIG, &unet.to_diffusers_config())?;
+        let mut config = unet.to_diffusers_config();
+        if unet.num_classes.is_some() && !self.spec.class_names.is_empty() {
+            config[CLASS_NAMES_KEY] = serde_json::json!(self.spec.class_names);
+        }
+        write_json(DIFFUSERS_CONFIG, &config)?;
         write_json(
             SCHEDULER_CONFIG,
             &DiffusersScheduler::to_ddpm_scheduler_json(
@@ -677,6 +727,11 @@ impl Pipeline {
         std::fs::rename(&tmp, out_dir).map_err(|e| io(out_dir, e))
     }
 
+    /// The network's number of classes (`None`: unconditional).
+    pub fn num_classes(&self) -> Option<i64> {
+        self.net.num_classes()
+    }
+
     /// `n` images, in batches of at most 64, seeded from `seed` as [`sample_batches`] seeds
     /// them: `[n, C, H, W]` f32 on [-1, 1], on the pipeline's device.
     ///
@@ -688,6 +743,38 @@ impl Pipeline {
         n: usize,
         seed: u64,
     ) -> Result<Tensor, SampleError> {
+        self.generate_with(sampler, n, seed, None)
+    }
+
+    /// One image per label of `labels`, guided with scale `guidance` (ε̃ = ε_u + W (ε_c − ε_u),
+    /// W = 1 plain conditional; see [`crate::guidance`]), in batches of at most 64 seeded from
+    /// `seed`: `[labels.len(), C, H, W]` f32 on [-1, 1]. Image `i` has the starting noise of
+    /// image `i` of [`Pipeline::generate`] with the same seed.
+    ///
+    /// # Errors
+    /// As [`sample_batches`]; [`SampleError::Config`] when the network is not class-conditional
+    /// or a label is not one of its classes.
+    pub fn generate_classes(
+        &self,
+        sampler: &SamplerConfig,
+        labels: &[i64],
+        guidance: f64,
+        seed: u64,
+    ) -> Result<Tensor, SampleError> {
+        let cond = ClassConditioning {
+            labels: labels.to_vec(),
+            guidance,
+        };
+        self.generate_with(sampler, labels.len(), seed, Some(cond))
+    }
+
+    fn generate_with(
+        &self,
+        sampler: &SamplerConfig,
+        n: usize,
+        seed: u64,
+        class_cond: Option<ClassConditioning>,
+    ) -> Result<Tensor, SampleError> {
         let plan = BatchPlan {
             n_images: n,
             batch_size: n.clamp(1, 64),
@@ -695,7 +782,10 @@ impl Pipeline {
             seed,
             n_chains: 0,
         };
-        let options = self.options(None, 0);
+        let options = SampleOptions {
+            class_cond,
+            ..self.options(None, 0)
+        };
         let batches = self
             .sample_batches(sampler, &options, plan, |_, _| {})?
             .map(|b| b.map(|b| b.output.images))

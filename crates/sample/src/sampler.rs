@@ -26,6 +26,10 @@
 //! pixels then match a larger request's up to the rounding of the network, which libtorch may run
 //! with other kernels at another batch size. A different `batch_size`, or another device, gives
 //! other images.
+//!
+//! Class conditioning ([`SampleOptions::class_cond`]) changes none of this: the labels are one
+//! per image of the request, batch `b` takes those of its images, and the noise is drawn as
+//! without them, so an image's starting noise does not depend on its class or the guidance.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -35,7 +39,7 @@ use model::Denoiser;
 use schedule::tensor::{ScheduleTensors, StepOutput};
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
-use crate::{Prediction, SampleError};
+use crate::{ClassConditioning, Prediction, SampleError};
 
 /// Which reverse process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +123,32 @@ pub struct SampleOptions {
     pub n_snapshots: usize,
     /// Run the network under bf16 autocast (CUDA).
     pub autocast: bool,
+    /// The classes of the request's images and the guidance scale, for a class-conditional
+    /// network; `None` samples without classes (a class-conditional network then sees its null
+    /// label).
+    pub class_cond: Option<ClassConditioning>,
+}
+
+impl SampleOptions {
+    /// These options for the `n` images of a request from image `first` on: the class labels
+    /// of those images (for a batch run as a request of its own, as sharded sampling does).
+    ///
+    /// # Panics
+    /// When the range reaches past the labels.
+    pub fn for_images(&self, first: usize, n: usize) -> Self {
+        Self {
+            class_cond: self.class_cond.as_ref().map(|c| c.slice(first, n)),
+            ..self.clone()
+        }
+    }
+
+    /// Checks the class conditioning against `model` and a request of `n_images`.
+    fn check_classes(&self, model: &dyn Denoiser, n_images: usize) -> Result<(), SampleError> {
+        match &self.class_cond {
+            Some(cond) => cond.validate(model.num_classes(), n_images),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The result of sampling.
@@ -333,14 +363,16 @@ fn snapshot_steps(n_steps: usize, n_snapshots: usize) -> Vec<usize> {
     (1..=n).map(|k| k * n_steps / n - 1).collect()
 }
 
-/// Runs `shape[0]` chains. Noise is drawn `noise_rows ≥ shape[0]` rows at a time and the leading
-/// rows kept; snapshots keep the first `snapshot_rows` images.
+/// Runs `shape[0]` chains, guided for the classes `class_cond` when there are some (one label per
+/// chain). Noise is drawn `noise_rows ≥ shape[0]` rows at a time and the leading rows kept;
+/// snapshots keep the first `snapshot_rows` images.
 #[allow(clippy::too_many_arguments)]
 fn run_chains(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
     config: &SamplerConfig,
     options: &SampleOptions,
+    class_cond: Option<&ClassConditioning>,
     shape: [i64; 4],
     noise_rows: i64,
     snapshot_rows: i64,
@@ -361,12 +393,23 @@ fn run_chains(
             xs.narrow(0, 0, n_images)
         })
     };
+    let labels = class_cond.map(|c| Tensor::from_slice(&c.labels).to_device(device));
     tch::no_grad(|| {
         let mut x = randn()?;
         let mut snapshots = Vec::with_capacity(snapshot_at.len());
         for (i, &t) in steps.iter().enumerate() {
             let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
-            let out = crate::forward(model, &x, &t_batch, false, options.autocast);
+            let out = match (&labels, class_cond) {
+                (Some(labels), Some(cond)) => crate::guided_forward(
+                    model,
+                    &x,
+                    &t_batch,
+                    labels,
+                    cond.guidance,
+                    options.autocast,
+                ),
+                _ => crate::forward(model, &x, &t_batch, false, options.autocast),
+            };
             let noise = sampler.needs_noise(i).then(&mut randn).transpose()?;
             x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;
             if snapshot_at.contains(&i) && snapshot_rows > 0 {
@@ -397,7 +440,8 @@ fn run_chains(
 /// `shape`: `[N, C, H, W]` of the images; returns `[N, C, H, W]` (see [`SampleOutput`]).
 ///
 /// # Errors
-/// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1]);
+/// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1], class
+/// labels that do not fit the network or the batch);
 /// [`SampleError::Generator`] when `gen` is not a generator of the schedule's device type.
 pub fn sample(
     model: &dyn Denoiser,
@@ -410,11 +454,13 @@ pub fn sample(
 ) -> Result<SampleOutput, SampleError> {
     // Check before drawing, so that an error leaves the generator alone.
     config.timesteps(sched.schedule().n_steps())?;
+    options.check_classes(model, shape[0].max(0) as usize)?;
     run_chains(
         model,
         sched,
         config,
         options,
+        options.class_cond.as_ref(),
         shape,
         shape[0],
         shape[0],
@@ -526,6 +572,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
         let snapshot_rows = self.plan.n_chains.saturating_sub(first_image).min(rows);
         let [c, h, w] = self.plan.image_shape;
         let seed = batch_seed(self.plan.seed, batch_idx);
+        let class_cond = (self.options.class_cond.as_ref()).map(|c| c.slice(first_image, rows));
         let output = Generator::new(seed, self.sched.device())
             .map_err(SampleError::from)
             .and_then(|mut gen| {
@@ -534,6 +581,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
                     self.sched,
                     &self.config,
                     &self.options,
+                    class_cond.as_ref(),
                     [rows as i64, c, h, w],
                     self.plan.batch_size as i64,
                     snapshot_rows as i64,
@@ -558,9 +606,12 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
 /// (`plan.seed`, batch index) (see the module docs for what is reproducible). Iterate the result
 /// to run the batches; `on_step(i, n)` is called after each of the n steps of every batch.
 ///
+/// With [`SampleOptions::class_cond`], image `i` of the request is sampled for class
+/// `labels[i]`, guided with its scale.
+///
 /// # Errors
-/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps` or `eta` when
-/// the request is impossible; this is checked here, before any batch runs.
+/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps`, `eta` or the
+/// class labels when the request is impossible; this is checked here, before any batch runs.
 pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     model: &'a dyn Denoiser,
     sched: &'a ScheduleTensors,
@@ -571,6 +622,7 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
 ) -> Result<SampleBatches<'a, F>, SampleError> {
     plan.validate()?;
     config.timesteps(sched.schedule().n_steps())?;
+    options.check_classes(model, plan.n_images)?;
     Ok(SampleBatches {
         model,
         sched,

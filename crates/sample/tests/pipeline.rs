@@ -289,3 +289,172 @@ fn an_unsupported_block_type_is_refused_before_any_work_naming_the_key() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A class-conditional diffusers model (scripts/golden/class_cond.py): `num_class_embeds = 4`,
+// 3 classes and the null label.
+
+fn class_cond_io() -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixtures().join("class_cond_io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn class_cond_output(pipe: &Pipeline, labels: Option<&Tensor>) -> Tensor {
+    let io = class_cond_io();
+    tch::no_grad(|| {
+        pipe.net
+            .forward_cond(&io["x"], &io["timesteps"], labels, false)
+    })
+}
+
+#[test]
+fn a_class_conditional_diffusers_model_matches_diffusers_with_labels_and_guidance() {
+    let pipe = Pipeline::load(&fixtures().join("class_cond"), Weights::Ema, Device::Cpu).unwrap();
+    // num_class_embeds 4 = 3 classes + the null label.
+    assert_eq!(pipe.num_classes(), Some(3));
+    assert_eq!(pipe.spec.num_classes(), Some(3));
+    assert_eq!(
+        pipe.spec.class_name(1),
+        "1",
+        "no names recorded: the numbers"
+    );
+    let io = class_cond_io();
+    let err = max_abs_diff(
+        &class_cond_output(&pipe, Some(&io["class_labels"])),
+        &io["out"],
+    );
+    println!(
+        "class-conditional U-Net vs diffusers, labels [0, 1, 2, null]: max abs error {err:.3e}"
+    );
+    assert!(err <= 1e-5, "{err}");
+    // No labels is the null label for every image.
+    let err_null = max_abs_diff(&class_cond_output(&pipe, None), &io["out_null"]);
+    println!("no labels vs diffusers with the null label: max abs error {err_null:.3e}");
+    assert!(err_null <= 1e-5, "{err_null}");
+    // Guidance at W = 3 in one batched forward against diffusers' pipelines' formula.
+    let guided = tch::no_grad(|| {
+        sample::guided_forward(
+            pipe.net.as_ref(),
+            &io["x"],
+            &io["timesteps"],
+            &io["guided_labels"],
+            3.0,
+            false,
+        )
+    });
+    let err_guided = max_abs_diff(&guided, &io["guided_w3"]);
+    println!("guided (W = 3) vs diffusers: max abs error {err_guided:.3e}");
+    assert!(err_guided <= 1e-5, "{err_guided}");
+}
+
+#[test]
+fn a_class_conditional_model_exports_with_its_class_names_and_diffusers_loads_it() {
+    let mut pipe =
+        Pipeline::load(&fixtures().join("class_cond"), Weights::Ema, Device::Cpu).unwrap();
+    pipe.spec.class_names = vec!["cat".into(), "dog".into(), "emu".into()];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exported");
+    pipe.export_diffusers(&out).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(DIFFUSERS_CONFIG)).unwrap())
+            .unwrap();
+    assert_eq!(config["num_class_embeds"], serde_json::json!(4));
+    assert_eq!(
+        config[sample::pipeline::CLASS_NAMES_KEY],
+        serde_json::json!(["cat", "dog", "emu"])
+    );
+    let back = Pipeline::load(&out, Weights::Ema, Device::Cpu).unwrap();
+    assert_eq!(back.spec.model, pipe.spec.model);
+    assert_eq!(back.spec.class_name(2), "emu");
+    let io = class_cond_io();
+    let expected = class_cond_output(&pipe, Some(&io["class_labels"]));
+    assert_eq!(
+        max_abs_diff(
+            &class_cond_output(&back, Some(&io["class_labels"])),
+            &expected
+        ),
+        0.0
+    );
+    let Some(python) = python_with_diffusers() else {
+        eprintln!(
+            "skipped: the diffusers side of the export round trip (no python with diffusers)"
+        );
+        return;
+    };
+    let io_file = dir.path().join("io.safetensors");
+    Tensor::write_safetensors(
+        &[
+            ("x", &io["x"]),
+            ("timesteps", &io["timesteps"]),
+            ("class_labels", &io["class_labels"]),
+            ("out", &expected),
+        ],
+        &io_file,
+    )
+    .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golden/diffusers_folders.py");
+    let result = Command::new(python)
+        .arg(script)
+        .arg("--verify-export")
+        .arg(&out)
+        .arg(&io_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    println!("{stdout}");
+    assert!(
+        result.status.success(),
+        "diffusers refused the class-conditional export: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn class_conditional_generation_is_seeded_and_checks_its_labels() {
+    let pipe = Pipeline::load(&fixtures().join("class_cond"), Weights::Ema, Device::Cpu).unwrap();
+    let ddim = sample::SamplerConfig::Ddim {
+        steps: 3,
+        eta: 0.0,
+        spacing: schedule::TimestepSpacing::Trailing,
+    };
+    let a = pipe.generate_classes(&ddim, &[0, 2, 1], 3.0, 5).unwrap();
+    assert_eq!(a.size(), [3, 3, 8, 8]);
+    assert_eq!(
+        max_abs_diff(
+            &a,
+            &pipe.generate_classes(&ddim, &[0, 2, 1], 3.0, 5).unwrap()
+        ),
+        0.0
+    );
+    // Another class or another scale changes the images.
+    assert!(
+        max_abs_diff(
+            &a,
+            &pipe.generate_classes(&ddim, &[1, 2, 1], 3.0, 5).unwrap()
+        ) > 0.0
+    );
+    assert!(
+        max_abs_diff(
+            &a,
+            &pipe.generate_classes(&ddim, &[0, 2, 1], 1.0, 5).unwrap()
+        ) > 0.0
+    );
+    let err = pipe
+        .generate_classes(&ddim, &[0, 3], 2.0, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("class 3 is out of range") && err.contains("3 classes"),
+        "{err}"
+    );
+    // An unconditional network takes no labels.
+    let plain = Pipeline::load(&fixtures().join("modern"), Weights::Ema, Device::Cpu).unwrap();
+    let err = plain
+        .generate_classes(&ddim, &[0], 2.0, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not class-conditional"), "{err}");
+}
