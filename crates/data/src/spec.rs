@@ -56,6 +56,22 @@ impl DatasetSpec {
         }
     }
 
+    /// The dataset's `kind` as in JSON, for messages: `cifar10`, `cifar100`, `mnist`,
+    /// `fashion-mnist` or `folder`.
+    ///
+    /// ```
+    /// assert_eq!(data::DatasetSpec::seed_cifar10().name(), "cifar10");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            DatasetSpec::Cifar10 { .. } => "cifar10",
+            DatasetSpec::Cifar100 { .. } => "cifar100",
+            DatasetSpec::Mnist { .. } => "mnist",
+            DatasetSpec::FashionMnist { .. } => "fashion-mnist",
+            DatasetSpec::Folder { .. } => "folder",
+        }
+    }
+
     /// Reads the dataset at `path`: the dataset's folder, or, for CIFAR, also a single binary
     /// file (read whole; the split does not apply). The report lists the files an image folder
     /// left out; it is empty for the other kinds.

@@ -49,6 +49,10 @@ pub struct CheckpointState {
     /// written before data-parallel training existed).
     #[serde(default = "one")]
     pub world_size: usize,
+    /// A class-conditional run's class names, by label, from its dataset (what `ddpm sample
+    /// --class all` labels its rows with); absent for unconditional runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 fn one() -> usize {
@@ -263,6 +267,7 @@ mod tests {
             skipped_steps: 0,
             config: serde_json::json!({}),
             world_size: 1,
+            class_names: Vec::new(),
         }
     }
 

@@ -28,7 +28,7 @@ pub use distributed::{DistConfig, Distributed, GradSync};
 pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
 
-pub use sample::forward;
+pub use sample::{forward, forward_cond};
 
 use std::path::{Path, PathBuf};
 

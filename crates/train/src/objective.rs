@@ -5,6 +5,10 @@
 //! - Losses: L1 (the notebook), L2 (the paper's L_simple), Huber.
 //! - Optional min-SNR-γ weighting (Hang et al. 2023), expressed for each target so that all
 //!   three weight the equivalent x_0 error by min(SNR, γ).
+//! - Class conditioning with classifier-free guidance's label dropout (Ho & Salimans 2022,
+//!   Alg. 1): each label becomes the null label with probability `p_uncond` ([`drop_labels`]),
+//!   and every sample, dropped or not, goes through the same loss ([`training_loss_cond`]), so
+//!   one network learns ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -39,6 +43,18 @@ pub struct ObjectiveConfig {
     pub huber_delta: f64,
     /// γ of min-SNR-γ weighting; `null` for uniform weights.
     pub min_snr_gamma: Option<f64>,
+    /// For a class-conditional network (`model.num_classes`): the probability that a training
+    /// label is replaced by the null label (Ho & Salimans 2022 use 0.1 or 0.2). Unused without
+    /// classes; absent from configurations saved before class conditioning existed.
+    #[serde(default = "default_p_uncond")]
+    pub p_uncond: f64,
+}
+
+/// The default `p_uncond`: 0.1, one label in ten dropped.
+pub const DEFAULT_P_UNCOND: f64 = 0.1;
+
+fn default_p_uncond() -> f64 {
+    DEFAULT_P_UNCOND
 }
 
 impl ObjectiveConfig {
@@ -49,6 +65,7 @@ impl ObjectiveConfig {
             loss: LossKind::L1,
             huber_delta: 1.0,
             min_snr_gamma: None,
+            p_uncond: DEFAULT_P_UNCOND,
         }
     }
 
@@ -71,6 +88,12 @@ impl ObjectiveConfig {
                 self.huber_delta
             )));
         }
+        if !(0.0..=1.0).contains(&self.p_uncond) {
+            return Err(TrainError::Config(format!(
+                "objective.p_uncond = {} is invalid: it must be a probability in [0, 1]",
+                self.p_uncond
+            )));
+        }
         if let Some(g) = self.min_snr_gamma {
             if !(g > 0.0) {
                 return Err(TrainError::Config(format!(
@@ -80,6 +103,18 @@ impl ObjectiveConfig {
         }
         Ok(())
     }
+}
+
+/// Label dropout for classifier-free guidance: each of `labels` becomes `null_label` where its
+/// uniform draw is below `p_uncond`, independently (so a fraction `p_uncond` of them on
+/// average). The draws are an argument, as the noise is: the trainer takes them from the run's
+/// generator, after t and ε, so that they are a function of (seed, step) and resume stays exact.
+///
+/// # Shapes
+/// `labels`: `[N]` int64; `uniforms`: `[N]` on [0, 1), on the labels' device. Returns `[N]` int64.
+pub fn drop_labels(labels: &Tensor, uniforms: &Tensor, p_uncond: f64, null_label: i64) -> Tensor {
+    let dropped = uniforms.lt(p_uncond);
+    labels.masked_fill(&dropped, null_label)
 }
 
 /// The loss of one batch as a 0-d f32 tensor: the mean over samples of each sample's mean
@@ -96,8 +131,28 @@ pub fn training_loss(
     t: &Tensor,
     autocast: bool,
 ) -> Tensor {
+    training_loss_cond(model, sched, config, x_0, noise, t, None, autocast)
+}
+
+/// [`training_loss`] of a class-conditional network for the classes `class_labels` (after
+/// [`drop_labels`]: null labels go through the same loss as the others; `None` is the null label
+/// for every sample).
+///
+/// # Shapes
+/// As [`training_loss`]; `class_labels`: `[N]` int64 on the model's device.
+#[allow(clippy::too_many_arguments)]
+pub fn training_loss_cond(
+    model: &dyn Denoiser,
+    sched: &ScheduleTensors,
+    config: &ObjectiveConfig,
+    x_0: &Tensor,
+    noise: &Tensor,
+    t: &Tensor,
+    class_labels: Option<&Tensor>,
+    autocast: bool,
+) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
-    let output = crate::forward(model, &x_t, t, true, autocast);
+    let output = crate::forward_cond(model, &x_t, t, class_labels, true, autocast);
     let target = match config.prediction {
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),

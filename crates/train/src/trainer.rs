@@ -17,6 +17,12 @@
 //! parallel threads can interleave each other's dropout masks. Networks without dropout never
 //! touch the global generator.
 //!
+//! Class-conditional runs (`model.num_classes`, `ddpm train --class-cond`) take each batch's
+//! labels from the loader and replace each by the null label with probability
+//! `objective.p_uncond` ([`crate::objective::drop_labels`]), deciding from uniform draws of the
+//! run's generator made after t and ε: the drops are a function of (seed, step) like the rest, so
+//! resume stays exact, and t and ε are those the run would draw without classes.
+//!
 //! Data-parallel: the `*_distributed` constructors make one rank of a run over several processes
 //! ([`Distributed`]); [`crate::distributed`] says what each rank does and what stays the same.
 //! Without a [`Distributed`] (or with one rank) the loop is the single-process one, unchanged.
@@ -41,12 +47,12 @@ use crate::checkpoint::{self, CheckpointContents, CheckpointState};
 use crate::config::{Precision, TrainConfig};
 use crate::distributed::{Distributed, GradSync};
 use crate::ema::Ema;
-use crate::objective::training_loss;
+use crate::objective::training_loss_cond;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
 use crate::stats::{DeviceStats, StatsRead};
 use crate::{SkippedCheckpoint, TrainError};
-use sample::{sample, save_grid, SampleOptions, SamplerConfig};
+use sample::{sample, save_grid, ClassConditioning, SampleOptions, SamplerConfig};
 
 mod data_parallel;
 #[cfg(feature = "cuda")]
@@ -272,6 +278,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// A class-conditional run's class names (its dataset's), for its checkpoints.
+    class_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -429,6 +437,9 @@ impl Trainer {
                 out_size[0], out_size[1]
             )));
         }
+        if let Some(k) = config.model.num_classes() {
+            check_labels(&config, &dataset, k)?;
+        }
         // Checked here, before the loader, whose message would speak of its `drop_last`: training
         // always drops the last partial batch, and that is no config key.
         if dataset.len() < config.batch_size {
@@ -482,6 +493,10 @@ impl Trainer {
             .collect();
         let run_dir = run.path().to_path_buf();
         let params = model_vs.trainable_variables();
+        let class_names = match config.model.num_classes() {
+            Some(_) => loader.dataset().class_names().to_vec(),
+            None => Vec::new(),
+        };
         Ok(Self {
             config,
             run,
@@ -509,6 +524,7 @@ impl Trainer {
             stop_local: false,
             stop_agreed: false,
             resumed_world_size: None,
+            class_names,
         })
     }
 
@@ -847,17 +863,28 @@ impl Trainer {
         } else {
             images
         };
+        // The labels of a class-conditional run, on the device as the images are.
+        let labels = self.config.model.num_classes().map(|_| {
+            let labels = Tensor::from_slice(&batch.labels);
+            if self.device.is_cuda() {
+                labels
+                    .pin_memory(self.device)
+                    .to_device_(self.device, Kind::Int64, true, false)
+            } else {
+                labels
+            }
+        });
         #[cfg(feature = "cuda")]
         let outcome = match self.graphed.take() {
             Some(mut graphed) => {
-                let outcome = graphed.step(self, x_0);
+                let outcome = graphed.step(self, x_0, labels);
                 self.graphed = Some(graphed);
                 outcome?
             }
-            None => StepOutcome::from(self.device_step_with(&x_0, reducer)?),
+            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?),
         };
         #[cfg(not(feature = "cuda"))]
-        let outcome = StepOutcome::from(self.device_step_with(&x_0, reducer)?);
+        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?);
         self.step += 1;
         if self.reads_after_this_step() {
             self.read_stats()?;
@@ -865,12 +892,13 @@ impl Trainer {
         Ok(outcome)
     }
 
-    /// The device's part of a step on `x_0` (already on the device): every kernel from the t
-    /// and ε draws to the EMA update, with no host synchronisation and no host-side state
-    /// changed but the tensors' contents, so that a CUDA graph can capture it.
+    /// The device's part of a step on `x_0` and, for a class-conditional run, its `labels`
+    /// (both already on the device): every kernel from the t and ε draws to the EMA update, with
+    /// no host synchronisation and no host-side state changed but the tensors' contents, so that
+    /// a CUDA graph can capture it.
     #[cfg(feature = "cuda")]
-    fn device_step(&mut self, x_0: &Tensor) -> StepTensors {
-        self.device_step_with(x_0, None)
+    fn device_step(&mut self, x_0: &Tensor, labels: Option<&Tensor>) -> StepTensors {
+        self.device_step_with(x_0, labels, None)
             .expect("a single-process step runs no collective")
     }
 
@@ -880,10 +908,10 @@ impl Trainer {
     fn device_step_with(
         &mut self,
         x_0: &Tensor,
+        labels: Option<&Tensor>,
         mut reducer: Option<&mut Reducer<'_>>,
     ) -> Result<StepTensors, TrainError> {
-        let n_train = self.sched.schedule().n_steps() as i64;
-        let (t, noise) = self.draw_t_and_noise(x_0, n_train)?;
+        let (t, noise, labels) = self.draw_step(x_0, labels)?;
         self.optim.zero_grad();
         self.broadcast_buffers()?;
         tch::no_grad(|| {
@@ -892,13 +920,14 @@ impl Trainer {
             }
         });
         self.before_forward(reducer.as_deref_mut())?;
-        let loss = training_loss(
+        let loss = training_loss_cond(
             self.model.as_ref(),
             &self.sched,
             &self.config.objective,
             x_0,
             &noise,
             &t,
+            labels.as_ref(),
             self.autocast(),
         );
         self.before_backward(reducer.as_deref_mut(), &loss)?;
@@ -933,6 +962,22 @@ impl Trainer {
             lr,
             found_inf,
         })
+    }
+
+    /// The step's random draws, from the run's generator reseeded for the step: t and ε
+    /// ([`Trainer::draw_t_and_noise`]), then, for a class-conditional run, the labels after
+    /// label dropout ([`Trainer::draw_label_dropout`]).
+    fn draw_step(
+        &mut self,
+        x_0: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>), TrainError> {
+        let n_train = self.sched.schedule().n_steps() as i64;
+        let (t, noise) = self.draw_t_and_noise(x_0, n_train)?;
+        let labels = labels
+            .map(|labels| self.draw_label_dropout(labels))
+            .transpose()?;
+        Ok((t, noise, labels))
     }
 
     /// Whether the step just taken ends with a read of the device statistics: at metrics lines,
@@ -978,6 +1023,7 @@ impl Trainer {
             skipped_steps: self.stats.skipped(),
             config: serde_json::to_value(&self.config).expect("configs serialise"),
             world_size: self.world_size(),
+            class_names: self.class_names.clone(),
         };
         let contents = CheckpointContents {
             state: &state,
@@ -995,7 +1041,9 @@ impl Trainer {
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
-    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook).
+    /// `samples/<tag>-strip.png` (10 snapshots of the first chain, as in the notebook). A
+    /// class-conditional run samples row r of the 8-wide grid for class r mod K (conditional,
+    /// W = 1).
     ///
     /// # Errors
     /// [`TrainError::Io`] or [`TrainError::Sample`] naming the file when the images cannot be
@@ -1009,6 +1057,10 @@ impl Trainer {
             clip_x0: true,
             n_snapshots: 10,
             autocast: self.autocast(),
+            class_cond: self.config.model.num_classes().map(|k| ClassConditioning {
+                labels: (0..n).map(|i| (i / 8) % k).collect(),
+                guidance: 1.0,
+            }),
         };
         let mut gen = Generator::new(self.config.seed ^ 0x5A5A, self.device)
             .map_err(sample::SampleError::from)?;
@@ -1148,5 +1200,199 @@ impl Trainer {
             hooks.on_samples(&files);
         }
         Ok(RunEnd::Finished)
+    }
+}
+
+/// The checks of a class-conditional run's dataset: it has labels, and they are below
+/// `num_classes`.
+fn check_labels(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    num_classes: i64,
+) -> Result<(), TrainError> {
+    let name = config.dataset.name();
+    if dataset.n_classes() == 0 {
+        return Err(TrainError::Config(format!(
+            "model.num_classes = {num_classes} (--class-cond) needs class labels, but the {name} \
+             dataset has none (an image folder has classes when its images sit in one \
+             sub-folder per class): train it without classes"
+        )));
+    }
+    let max = dataset.labels().iter().copied().max().unwrap_or(0);
+    if i64::from(max) >= num_classes {
+        return Err(TrainError::Config(format!(
+            "the {name} dataset has labels up to {max} ({} classes) but model.num_classes is \
+             {num_classes}: set model.num_classes to {} (or use --class-cond, which takes the \
+             dataset's count)",
+            dataset.n_classes(),
+            dataset.n_classes()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ema::EmaConfig;
+    use crate::objective::ObjectiveConfig;
+    use crate::optim::OptimConfig;
+    use data::{DatasetSpec, Split, TransformConfig};
+    use model::{ModelConfig, SimpleUnetConfig};
+    use schedule::BetaSchedule;
+
+    /// 32 gray 8×8 images in 3 classes.
+    fn labelled(n_classes: usize) -> Dataset {
+        let pixels = (0..32 * 64).map(|i| (i * 7 % 251) as u8).collect();
+        let labels = (0..32u16).map(|i| i % n_classes as u16).collect();
+        let names = (0..n_classes).map(|k| format!("class {k}")).collect();
+        Dataset::new(pixels, labels, 1, 8, 8, names).unwrap()
+    }
+
+    fn config(num_classes: Option<i64>, p_uncond: f64) -> TrainConfig {
+        TrainConfig {
+            dataset: DatasetSpec::FashionMnist {
+                split: Split::Train,
+            },
+            transform: TransformConfig {
+                size: None,
+                flip_p: 0.0,
+                normalize: true,
+            },
+            batch_size: 16,
+            n_workers: 1,
+            schedule: BetaSchedule::Linear {
+                n_steps: 50,
+                start: 1e-4,
+                end: 0.2,
+            },
+            model: ModelConfig::Simple(SimpleUnetConfig {
+                in_channels: 1,
+                out_channels: 1,
+                image_size: 8,
+                down_channels: vec![8, 16],
+                up_channels: vec![16, 8],
+                time_emb_dim: 16,
+                num_classes,
+                ..SimpleUnetConfig::seed_cifar10()
+            }),
+            objective: ObjectiveConfig {
+                p_uncond,
+                ..ObjectiveConfig::ho2020()
+            },
+            optim: OptimConfig::seed_notebook(),
+            ema: EmaConfig {
+                decay: 0.9,
+                warmup: true,
+            },
+            precision: crate::config::Precision::F32,
+            seed: 5,
+            epochs: None,
+            max_steps: Some(10),
+            checkpoint_every: 100,
+            keep_last: 1,
+            sample_every_epochs: 0,
+            n_sample_images: 4,
+            log_every: 1,
+            max_nonfinite_in_a_row: 3,
+            distributed: crate::DistConfig::default(),
+        }
+    }
+
+    /// The draws of `step` for `batch`, as `Trainer::step_with` makes them.
+    fn draws(trainer: &mut Trainer, step: u64, batch: &Batch) -> (Tensor, Tensor, Option<Tensor>) {
+        trainer
+            .gen
+            .set_seed(step_seed(trainer.config.seed, step) as u64);
+        let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
+        let x_0 = Tensor::from_slice(&batch.images).view(shape.as_slice());
+        let labels = trainer
+            .config
+            .model
+            .num_classes()
+            .map(|_| Tensor::from_slice(&batch.labels));
+        trainer.draw_step(&x_0, labels.as_ref()).unwrap()
+    }
+
+    /// Label dropout replaces labels by the null label at the configured rate, from the run's
+    /// generator: the same step draws the same drops (resume-exact), a kept label is the
+    /// dataset's, and t and ε are the draws of the same run without classes.
+    #[test]
+    fn labels_are_dropped_at_the_configured_rate_reproducibly() {
+        let p_uncond = 0.25;
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::new(
+            config(Some(3), p_uncond),
+            labelled(3),
+            &dir.path().join("cond"),
+            Device::Cpu,
+        )
+        .unwrap();
+        let mut plain = Trainer::new(
+            config(None, p_uncond),
+            labelled(3),
+            &dir.path().join("plain"),
+            Device::Cpu,
+        )
+        .unwrap();
+        let batch = trainer.loader.batch(0, 0);
+        let (n_steps, mut dropped, mut total) = (400u64, 0i64, 0i64);
+        for step in 0..n_steps {
+            let (t, noise, labels) = draws(&mut trainer, step, &batch);
+            let labels = Vec::<i64>::try_from(labels.expect("labels")).unwrap();
+            for (&seen, &given) in labels.iter().zip(&batch.labels) {
+                assert!(seen == 3 || seen == given, "{seen} for label {given}");
+            }
+            dropped += labels.iter().filter(|&&l| l == 3).count() as i64;
+            total += labels.len() as i64;
+            if step < 3 {
+                let (t_again, _, labels_again) = draws(&mut trainer, step, &batch);
+                assert!(t_again.equal(&t));
+                assert_eq!(Vec::<i64>::try_from(labels_again.unwrap()).unwrap(), labels);
+                let (t_plain, noise_plain, none) = draws(&mut plain, step, &batch);
+                assert!(none.is_none());
+                assert!(t_plain.equal(&t) && noise_plain.equal(&noise));
+            }
+        }
+        let rate = dropped as f64 / total as f64;
+        let sigma = (p_uncond * (1.0 - p_uncond) / total as f64).sqrt();
+        println!("label dropout: {dropped} of {total} labels, rate {rate:.4} (p_uncond {p_uncond}, sigma {sigma:.4})");
+        assert!((rate - p_uncond).abs() < 4.0 * sigma, "rate {rate}");
+        // p_uncond = 0 keeps every label, 1 drops them all.
+        for (p, expect_null) in [(0.0, false), (1.0, true)] {
+            let mut t = Trainer::new(
+                config(Some(3), p),
+                labelled(3),
+                &dir.path().join(format!("p{p}")),
+                Device::Cpu,
+            )
+            .unwrap();
+            let labels = Vec::<i64>::try_from(draws(&mut t, 0, &batch).2.unwrap()).unwrap();
+            if expect_null {
+                assert!(labels.iter().all(|&l| l == 3), "{labels:?}");
+            } else {
+                assert_eq!(labels, batch.labels);
+            }
+        }
+    }
+
+    #[test]
+    fn a_class_conditional_run_refuses_datasets_without_fitting_labels_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let unlabelled = Dataset::new(vec![0; 32 * 64], vec![0; 32], 1, 8, 8, vec![]).unwrap();
+        let err = Trainer::new(config(Some(3), 0.1), unlabelled, dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fashion-mnist dataset has none"), "{err}");
+        let err = Trainer::new(config(Some(2), 0.1), labelled(3), dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fashion-mnist dataset has labels up to 2")
+                && err.contains("model.num_classes is 2"),
+            "{err}"
+        );
+        // Nothing was written by the refused runs.
+        assert!(!dir.path().join("config.json").exists());
     }
 }

@@ -486,3 +486,43 @@ fn resume_under_two_ranks_replays_the_uninterrupted_run_bit_for_bit() {
         },
     );
 }
+
+/// A class-conditional run on two ranks drops the labels one process with the whole batch
+/// drops (the drops are drawn for the global batch and sliced, as the noise is): the same
+/// losses and, up to the order of the gradient sums, the same weights.
+#[test]
+fn two_class_conditional_ranks_match_one_rank_with_the_whole_batch() {
+    two_ranks(
+        "two_class_conditional_ranks_match_one_rank_with_the_whole_batch",
+        1,
+        |rank, ports, dir| {
+            let config = || {
+                let mut config = unet_config();
+                config.model.set_num_classes(Some(2));
+                config.objective.p_uncond = 0.5;
+                config
+            };
+            let two = dir.join("two");
+            let trainer = train_two_ranks(rank, ports[0], &two, config());
+            assert_identical_across_ranks(&trainer);
+            drop(trainer);
+            if rank == 1 {
+                return;
+            }
+            let single = dir.join("single");
+            let mut trainer = Trainer::new(config(), toy_dataset(), &single, Device::Cpu).unwrap();
+            trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+            drop(trainer);
+            for (a, b) in metrics(&single).iter().zip(&metrics(&two)) {
+                let rel = (a.loss - b.loss).abs() / a.loss.abs();
+                assert!(rel < 1e-5, "step {}: loss {} vs {}", a.step, a.loss, b.loss);
+            }
+            let (_, overall, _) = relative_difference(
+                &last_checkpoint(&single, checkpoint::MODEL_FILE),
+                &last_checkpoint(&two, checkpoint::MODEL_FILE),
+            );
+            eprintln!("class-conditional, 2 ranks vs 1: ‖Δw‖/‖w‖ {overall:.3e}");
+            assert!(overall < 1e-5, "{overall:e}");
+        },
+    );
+}

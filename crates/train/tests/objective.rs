@@ -166,3 +166,112 @@ fn training_loss_matches_the_float64_reference() {
         .collect();
     assert!(deltas.len() >= 2, "Huber at more than one threshold");
 }
+
+/// Classifier-free guidance's training: dropped labels become the null label, and a null-label
+/// sample goes through the same loss as any other — the batch loss is the mean of the samples'
+/// losses whatever their labels, and the null label's embedding learns from exactly the
+/// samples that carry it.
+#[test]
+fn null_label_samples_go_through_the_same_loss() {
+    use train::objective::{drop_labels, training_loss_cond};
+    tch::manual_seed(0);
+    let st = ScheduleTensors::new(
+        &Schedule::new(&BetaSchedule::Linear {
+            n_steps: 100,
+            start: 1e-4,
+            end: 0.02,
+        })
+        .unwrap(),
+        Device::Cpu,
+    );
+    // The paper's U-Net (GroupNorm: no batch statistics), tiny, 2 classes + null.
+    let config = model::ModelConfig::Ddpm(model::UNetConfig {
+        in_channels: 1,
+        out_channels: 1,
+        image_size: 8,
+        channels: 8,
+        channel_mult: vec![1, 2],
+        attention_resolutions: vec![4],
+        norm_num_groups: 4,
+        dropout: 0.0,
+        num_classes: Some(2),
+        ..model::UNetConfig::ho2020_cifar10()
+    });
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = config.build(&vs.root()).unwrap();
+    for (name, mut var) in vs.variables() {
+        if name.ends_with("conv_out.weight") || name.ends_with("conv2.weight") {
+            let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
+        }
+    }
+    let objective = ObjectiveConfig {
+        p_uncond: 0.1,
+        ..ObjectiveConfig::ho2020()
+    };
+    let cpu = (Kind::Float, Device::Cpu);
+    let x_0 = Tensor::randn([4, 1, 8, 8], cpu);
+    let noise = Tensor::randn([4, 1, 8, 8], cpu);
+    let t = Tensor::from_slice(&[5i64, 40, 70, 99]);
+    // Draws below p_uncond drop their labels.
+    let labels = drop_labels(
+        &Tensor::from_slice(&[0i64, 1, 1, 0]),
+        &Tensor::from_slice(&[0.05f32, 0.5, 0.01, 0.9]),
+        objective.p_uncond,
+        2,
+    );
+    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [2, 1, 2, 0]);
+    let loss = |idx: &[i64], labels: Option<&Tensor>| {
+        let idx = Tensor::from_slice(idx);
+        let labels = labels.map(|l| l.index_select(0, &idx));
+        training_loss_cond(
+            net.as_ref(),
+            &st,
+            &objective,
+            &x_0.index_select(0, &idx),
+            &noise.index_select(0, &idx),
+            &t.index_select(0, &idx),
+            labels.as_ref(),
+            false,
+        )
+    };
+    let batch = loss(&[0, 1, 2, 3], Some(&labels)).double_value(&[]);
+    let per_sample: f64 = (0..4)
+        .map(|i| loss(&[i], Some(&labels)).double_value(&[]))
+        .sum::<f64>()
+        / 4.0;
+    assert!(
+        (batch - per_sample).abs() <= 1e-5 * batch,
+        "batch {batch} vs mean of samples {per_sample}"
+    );
+    // No labels is the null label for all.
+    let nulls = Tensor::from_slice(&[2i64, 2, 2, 2]);
+    let unconditional = training_loss(net.as_ref(), &st, &objective, &x_0, &noise, &t, false);
+    assert_eq!(
+        unconditional.double_value(&[]),
+        loss(&[0, 1, 2, 3], Some(&nulls)).double_value(&[])
+    );
+    // The gradient reaches each label's embedding row, the null label's too, and no other.
+    let table = vs.variables()["class_embedding.weight"].shallow_clone();
+    let row_grads = |labels: &[i64]| {
+        let mut table = table.shallow_clone();
+        table.zero_grad();
+        loss(&[0, 1, 2, 3], Some(&Tensor::from_slice(labels))).backward();
+        (0..3)
+            .map(|k| {
+                table
+                    .grad()
+                    .get(k)
+                    .abs()
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            })
+            .collect::<Vec<f64>>()
+    };
+    let with_null = row_grads(&[2, 1, 2, 0]);
+    assert!(with_null.iter().all(|&g| g > 0.0), "{with_null:?}");
+    let without = row_grads(&[0, 1, 1, 0]);
+    assert!(
+        without[0] > 0.0 && without[1] > 0.0 && without[2] == 0.0,
+        "{without:?}"
+    );
+}

@@ -118,8 +118,39 @@ fn loss_decreases_on_a_learnable_toy_set() {
 
 #[test]
 fn resume_replays_the_uninterrupted_run_exactly() {
+    assert_resume_is_exact(tiny_config());
+}
+
+/// A class-conditional run (the toy set's two classes, half the labels dropped) resumes bit for
+/// bit too: the label drops are a function of (seed, step). It writes its class names into its
+/// checkpoints, and learns something else than the same run without classes.
+#[test]
+fn class_conditional_resume_replays_the_uninterrupted_run_exactly() {
+    let mut config = tiny_config();
+    config.model.set_num_classes(Some(2));
+    config.objective.p_uncond = 0.5;
+    let full = assert_resume_is_exact(config);
+    let latest = train::checkpoint::latest(&full.path().join("checkpoints")).unwrap();
+    let state = train::checkpoint::read_state(&latest).unwrap();
+    assert_eq!(state.class_names, ["top", "left"]);
+    // The labels reach the loss: another run without them has other losses.
+    let plain = tempfile::tempdir().unwrap();
+    let mut trainer =
+        Trainer::new(tiny_config(), toy_dataset(), plain.path(), Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    let (a, b) = (metrics(full.path()), metrics(plain.path()));
+    assert_ne!(a[5].loss.to_bits(), b[5].loss.to_bits());
+    // An unconditional run's checkpoints carry no class names.
+    let latest = train::checkpoint::latest(&plain.path().join("checkpoints")).unwrap();
+    let text = std::fs::read_to_string(latest.join(train::checkpoint::STATE_FILE)).unwrap();
+    assert!(!text.contains("class_names"), "{text}");
+}
+
+/// Runs `config` to the end, resumes a copy from step 4, and checks that the two agree bit for
+/// bit; returns the uninterrupted run's directory.
+fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
     let full = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), full.path(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(config, toy_dataset(), full.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     let uninterrupted = metrics(full.path());
     assert_eq!(uninterrupted.len(), 12);
@@ -180,6 +211,7 @@ fn resume_replays_the_uninterrupted_run_exactly() {
             assert!(ta.equal(tb), "{file}: {na} differs after resume");
         }
     }
+    full
 }
 
 #[test]

@@ -156,6 +156,33 @@ impl Trainer {
         Ok((t, noise))
     }
 
+    /// Label dropout for a class-conditional run: one uniform draw per image of the global batch
+    /// from the run's generator (after t and ε), of which this rank keeps its slice, as for the
+    /// noise; a label whose draw is below `objective.p_uncond` becomes the null label. So W ranks
+    /// drop the labels one process with the whole batch drops.
+    pub(super) fn draw_label_dropout(&mut self, labels: &Tensor) -> Result<Tensor, TrainError> {
+        let null_label = self
+            .config
+            .model
+            .num_classes()
+            .expect("labels only for a class-conditional run");
+        let local = labels.size()[0];
+        let (global, start) = match self.dist.as_deref() {
+            None => (local, 0),
+            Some(dist) => (self.config.batch_size as i64, dist.rank() as i64 * local),
+        };
+        let mut uniforms = Tensor::empty([global], (Kind::Float, self.device));
+        self.gen
+            .uniform_(&mut uniforms, 0.0, 1.0)
+            .expect("the run's generator is on its device");
+        Ok(crate::objective::drop_labels(
+            labels,
+            &uniforms.narrow(0, start, local),
+            self.config.objective.p_uncond,
+            null_label,
+        ))
+    }
+
     /// DDP's `broadcast_buffers`: before each forward pass, BatchNorm's running statistics
     /// become rank 0's.
     pub(super) fn broadcast_buffers(&self) -> Result<(), TrainError> {

@@ -37,6 +37,8 @@ pub(super) struct GraphedStep {
 struct Captured {
     graph: CudaGraph,
     x_0: Tensor,
+    /// A class-conditional run's labels (before label dropout, which the graph draws).
+    labels: Option<Tensor>,
     /// Overwritten by every replay.
     outputs: StepTensors,
 }
@@ -88,10 +90,16 @@ impl GraphedStep {
         &mut self,
         trainer: &mut Trainer,
         x_0: Tensor,
+        labels: Option<Tensor>,
     ) -> Result<StepOutcome, TrainError> {
         let current = CudaStream::current(self.device_index).map_err(graph_err)?;
         if let Some(captured) = &self.captured {
-            tch::no_grad(|| captured.x_0.shallow_clone().copy_(&x_0));
+            tch::no_grad(|| {
+                captured.x_0.shallow_clone().copy_(&x_0);
+                if let (Some(static_labels), Some(labels)) = (&captured.labels, &labels) {
+                    static_labels.shallow_clone().copy_(labels);
+                }
+            });
             captured.graph.replay().map_err(graph_err)?;
             return Ok(outcome_of(&captured.outputs));
         }
@@ -100,13 +108,14 @@ impl GraphedStep {
             self.warmup_left -= 1;
             let outputs = {
                 let _side = self.side.guard().map_err(graph_err)?;
-                trainer.device_step(&x_0)
+                trainer.device_step(&x_0, labels.as_ref())
             };
             current.wait_stream(&self.side).map_err(graph_err)?;
             return Ok(StepOutcome::from(outputs));
         }
         // Capture this step (which runs nothing), then replay it (which runs it).
         let x_static = x_0;
+        let labels_static = labels;
         let mut graph = CudaGraph::new().map_err(graph_err)?;
         graph.register_generator(&trainer.gen).map_err(graph_err)?;
         let outputs = {
@@ -114,7 +123,7 @@ impl GraphedStep {
             // As torch.cuda.graph asks: no autocast cache of cast weights across the capture.
             let _no_cache = torch_ext::AutocastCacheGuard::new(false).map_err(graph_err)?;
             graph.capture_begin().map_err(graph_err)?;
-            let outputs = trainer.device_step(&x_static);
+            let outputs = trainer.device_step(&x_static, labels_static.as_ref());
             graph.capture_end().map_err(graph_err)?;
             outputs
         };
@@ -124,6 +133,7 @@ impl GraphedStep {
         self.captured = Some(Captured {
             graph,
             x_0: x_static,
+            labels: labels_static,
             outputs,
         });
         Ok(outcome)
