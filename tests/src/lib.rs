@@ -64,9 +64,21 @@ pub const TINY_MODEL: &str = r#"{"arch":"simple","in_channels":3,"out_channels":
 /// Trains the seed preset, made tiny (the 2-level SimpleUnet, T = 50, 2 steps of batch 8 on
 /// 16 synthetic CIFAR images), into `dir/run`, and returns the run directory.
 pub fn train_tiny(dir: &Path) -> PathBuf {
-    let data = synthetic_cifar(dir, 16);
+    train_tiny_with(dir, 16, &[])
+}
+
+/// [`train_tiny`] made class-conditional (`--class-cond`: the 10 CIFAR-10 classes of 20
+/// synthetic images, two of each).
+pub fn train_tiny_class_cond(dir: &Path) -> PathBuf {
+    train_tiny_with(dir, 20, &["--class-cond"])
+}
+
+/// [`train_tiny`] on `n_images` synthetic images, with `extra` arguments.
+pub fn train_tiny_with(dir: &Path, n_images: usize, extra: &[&str]) -> PathBuf {
+    let data = synthetic_cifar(dir, n_images);
     let run_dir = dir.join("run");
-    let out = run(&[
+    let model = format!("model={TINY_MODEL}");
+    let mut args = vec![
         "train",
         "--device",
         "cpu",
@@ -81,14 +93,16 @@ pub fn train_tiny(dir: &Path) -> PathBuf {
         "--set",
         "batch_size=8",
         "--set",
-        &format!("model={TINY_MODEL}"),
+        &model,
         "--set",
         r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
         "--set",
         "sample_every_epochs=0",
         "--set",
         "n_workers=1",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     assert!(
         out.status.success(),
         "ddpm train failed: {}",

@@ -257,3 +257,98 @@ fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
         String::from_utf8_lossy(&err.stderr)
     );
 }
+
+/// A class-conditional run of the paper's U-Net (`--class-cond`) goes out through `ddpm export`
+/// as a diffusers folder with `num_class_embeds` = 10 classes + the null label and the class
+/// names, comes back identical, and diffusers reproduces its outputs for given labels.
+#[test]
+fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 20);
+    let run_dir = dir.path().join("run");
+    let model = r#"{"arch":"ddpm","in_channels":3,"out_channels":3,"image_size":28,"channels":8,"channel_mult":[1,2],"layers_per_block":1,"attention_resolutions":[14],"dropout":0.0,"norm_num_groups":4,"norm_eps":1e-6,"attention_head_dim":null,"freq_shift":1.0,"flip_sin_to_cos":false,"downsample_padding":0}"#;
+    let out = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--run-dir",
+        s(&run_dir),
+        "--max-steps",
+        "2",
+        "--class-cond",
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={model}"),
+        "--set",
+        r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "ddpm train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = dir.path().join("export");
+    ok(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir),
+        "--diffusers",
+        s(&exported),
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["num_class_embeds"], 11, "{config}");
+    assert_eq!(config["_class_names"][0], "airplane", "{config}");
+
+    let x = Tensor::randn([3, 3, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[4i64, 25, 45]);
+    let labels = Tensor::from_slice(&[0i64, 9, 10]); // 10 is the null label
+    let outputs = |path: &Path| {
+        let pipe = sample::Pipeline::load(path, sample::Weights::Ema, Device::Cpu).unwrap();
+        assert_eq!(pipe.num_classes(), Some(10));
+        tch::no_grad(|| pipe.net.forward_cond(&x, &t, Some(&labels), false))
+    };
+    let expected = outputs(&run_dir);
+    assert!(outputs(&exported).equal(&expected), "the export differs");
+    let Some(python) = python_with_diffusers() else {
+        eprintln!("skipped: the diffusers half of the class-conditional export (no python with diffusers)");
+        return;
+    };
+    let io = dir.path().join("io.safetensors");
+    Tensor::write_safetensors(
+        &[
+            ("x", &x),
+            ("timesteps", &t),
+            ("class_labels", &labels),
+            ("out", &expected),
+        ],
+        &io,
+    )
+    .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
+    let result = Command::new(python)
+        .arg(script)
+        .arg("--verify-export")
+        .arg(&exported)
+        .arg(&io)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    eprintln!("class-conditional export: {stdout}");
+    assert!(
+        result.status.success(),
+        "diffusers refused the class-conditional export: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}

@@ -1,6 +1,7 @@
 //! Plots and text on images (plotters' bitmap backend with an embedded DejaVu Sans, so no
 //! system fonts are needed): line charts of one or more panels stacked vertically, for schedules
-//! and loss curves.
+//! and loss curves, and image grids with a label at the left of each row (class-conditional
+//! samples).
 
 use std::path::Path;
 use std::sync::Once;
@@ -192,6 +193,68 @@ fn tick_formatter(span: f64) -> impl Fn(&f64) -> String {
     }
 }
 
+/// Widest label column of [`label_rows`], in pixels: longer names are shortened with "…".
+const MAX_LABEL_WIDTH: u32 = 160;
+
+/// `grid` (see [`data::grid::make_grid`]) as RGB with a white column on its left holding
+/// `labels[r]` beside row `r` of tiles, vertically centred; `(width, height, RGB pixels)`.
+///
+/// # Errors
+/// When the text cannot be drawn.
+pub fn label_rows(grid: &data::grid::Grid, labels: &[String]) -> Result<(u32, u32, Vec<u8>)> {
+    ensure_font();
+    let rows_y: Vec<(usize, usize)> = {
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for cell in &grid.cells {
+            if rows.last().is_none_or(|&(y, _)| y != cell.y) {
+                rows.push((cell.y, cell.height));
+            }
+        }
+        rows
+    };
+    let tile_h = rows_y.first().map_or(16, |&(_, h)| h) as u32;
+    let font_px = tile_h.clamp(8, 14);
+    let style = TextStyle::from(("sans-serif", font_px).into_font()).color(&BLACK);
+    let draw_err = |e: &dyn std::fmt::Display| anyhow!("cannot draw the row labels: {e}");
+    // Measure on a scratch canvas, then draw on the real one.
+    let mut scratch = vec![0u8; 3];
+    let widest = {
+        let probe = BitMapBackend::with_buffer(&mut scratch, (1, 1)).into_drawing_area();
+        let mut widest = 0u32;
+        for label in labels.iter().take(rows_y.len()) {
+            let (w, _) = probe
+                .estimate_text_size(label, &style)
+                .map_err(|e| draw_err(&e))?;
+            widest = widest.max(w);
+        }
+        widest
+    };
+    let label_w = (widest + 8).min(MAX_LABEL_WIDTH);
+    let (grid_w, height) = (u32::try_from(grid.width)?, u32::try_from(grid.height)?);
+    let width = label_w + grid_w;
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    let src = grid.to_rgb();
+    let (row_bytes, offset) = (grid.width * 3, label_w as usize * 3);
+    for y in 0..grid.height {
+        let dst = y * width as usize * 3 + offset;
+        rgb[dst..dst + row_bytes].copy_from_slice(&src[y * row_bytes..(y + 1) * row_bytes]);
+    }
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        for (&(y, h), label) in rows_y.iter().zip(labels) {
+            let text = crate::cmd::data::fit_text(label, label_w - 6, |t| {
+                root.estimate_text_size(t, &style).map(|(w, _)| w)
+            })
+            .map_err(|e| draw_err(&e))?;
+            let top = (y + h / 2) as i32 - font_px as i32 / 2;
+            root.draw_text(&text, &style, (3, top))
+                .map_err(|e| draw_err(&e))?;
+        }
+        root.present().map_err(|e| draw_err(&e))?;
+    }
+    Ok((width, height, rgb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +351,43 @@ mod tests {
         let (x, y) = bounds([(3.0, 5.0)].iter()).unwrap();
         assert!(x.start < 3.0 && x.end > 3.0 && y.start < 5.0 && y.end > 5.0);
         assert!(bounds(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn row_labels_sit_left_of_their_rows() {
+        // Two rows of two 4x4 white tiles (black padding).
+        let images = vec![255u8; 4 * 16];
+        let spec = data::grid::GridSpec {
+            nrow: 2,
+            scale: 4,
+            ..Default::default()
+        };
+        let grid = data::grid::make_grid(&images, [4, 1, 4, 4], &spec).unwrap();
+        let (w, h, rgb) = label_rows(
+            &grid,
+            &["cat".into(), "a very long class name indeed".into()],
+        )
+        .unwrap();
+        assert_eq!(h as usize, grid.height);
+        let label_w = w as usize - grid.width;
+        assert!(
+            label_w > 10 && label_w <= MAX_LABEL_WIDTH as usize,
+            "{label_w}"
+        );
+        // The grid is copied beside the labels: its first pixel is padding (black).
+        assert_eq!(&rgb[label_w * 3..label_w * 3 + 3], &[0, 0, 0]);
+        // Each row's label puts dark pixels in the label column of that row only.
+        let dark_rows: Vec<usize> = (0..h as usize)
+            .filter(|&y| (0..label_w).any(|x| rgb[(y * w as usize + x) * 3] < 128))
+            .collect();
+        let cell_h = grid.cells[2].y - grid.cells[0].y;
+        assert!(
+            dark_rows.iter().any(|&y| y < grid.cells[0].y + cell_h),
+            "{dark_rows:?}"
+        );
+        assert!(
+            dark_rows.iter().any(|&y| y >= grid.cells[2].y),
+            "{dark_rows:?}"
+        );
     }
 }

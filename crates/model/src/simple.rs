@@ -547,17 +547,20 @@ impl Denoiser for SimpleUnet {
         };
         let x = to_memory_format(xs, format);
         let timesteps = batch_timesteps(timesteps, xs.size()[0]);
-        let mut t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
+        let t_emb = timestep_embedding(&timesteps, self.config.time_emb_dim, false, 1.0)
             .to_kind(self.time_mlp.ws.kind())
             .apply(&self.time_mlp)
             .relu();
-        match &self.class_embedding {
-            Some(embedding) => t_emb = t_emb + embedding.forward(class_labels, xs.size()[0]),
-            None => assert!(
-                class_labels.is_none(),
-                "class labels given to a SimpleUnet that is not class-conditional"
-            ),
-        }
+        let t_emb = match &self.class_embedding {
+            Some(embedding) => t_emb + embedding.forward(class_labels, xs.size()[0]),
+            None => {
+                assert!(
+                    class_labels.is_none(),
+                    "class labels given to a SimpleUnet that is not class-conditional"
+                );
+                t_emb
+            }
+        };
         let mut x = x.apply(&self.conv0);
         let mut skips = Vec::with_capacity(self.downs.len());
         for down in &self.downs {

@@ -964,15 +964,18 @@ impl Denoiser for UNet {
         let c = &self.config;
         let t_emb = timestep_embedding(&timesteps, c.channels, c.flip_sin_to_cos, c.freq_shift)
             .to_kind(self.linear_1.ws.kind());
-        let mut temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
-        match &self.class_embedding {
+        let temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
+        let temb = match &self.class_embedding {
             // diffusers: `emb = emb + class_emb`, after the time MLP and before any resnet.
-            Some(embedding) => temb = temb + embedding.forward(class_labels, xs.size()[0]),
-            None => assert!(
-                class_labels.is_none(),
-                "class labels given to a U-Net that is not class-conditional"
-            ),
-        }
+            Some(embedding) => temb + embedding.forward(class_labels, xs.size()[0]),
+            None => {
+                assert!(
+                    class_labels.is_none(),
+                    "class labels given to a U-Net that is not class-conditional"
+                );
+                temb
+            }
+        };
         // Every resnet applies SiLU to the embedding before its projection; do it once.
         let temb_act = temb.silu();
 

@@ -291,7 +291,7 @@ fn draw_captions(rgb: &mut [u8], grid: &data::grid::Grid, captions: &[String]) -
 }
 
 /// `text`, or its longest prefix followed by "…" whose width fits `max_width`.
-fn fit_text<E>(
+pub(crate) fn fit_text<E>(
     text: &str,
     max_width: u32,
     width_of: impl Fn(&str) -> Result<u32, E>,

@@ -1,6 +1,11 @@
 //! `ddpm eval`: FID and KID of samples (an `.npz`, an image folder, a dataset, or fresh samples
 //! from a checkpoint) against reference statistics or a dataset, and `ddpm eval stats` to cache
 //! a dataset's statistics. The metrics themselves live in the `eval` crate.
+//!
+//! A class-conditional checkpoint is sampled class-balanced (image `i` of class `i mod K`, guided
+//! with `--guidance W`); `--class-balanced` insists on it (a class-conditional model, `--n` a
+//! multiple of K) and adds one FID per class, against the reference images of that class when
+//! the reference is a labelled dataset (`--dataset`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +21,7 @@ use eval::{
 };
 use fetch::{Algorithm, Checksum};
 use model::device::DeviceSpec;
-use sample::{BatchPlan, Pipeline};
+use sample::{BatchPlan, ClassConditioning, Pipeline};
 use schedule::Schedule;
 
 use super::sampler_args::SamplerArgs;
@@ -116,6 +121,12 @@ pub struct FidArgs {
     /// Samples per sampler batch.
     #[arg(long, default_value_t = 256)]
     sample_batch_size: usize,
+    /// With a class-conditional --checkpoint: exactly --n / K samples of each of its K classes
+    /// (class-conditional checkpoints are always sampled balanced, image i of class i mod K),
+    /// and also the FID of each class against the reference images of that class (with
+    /// --dataset, whose labels are the model's classes).
+    #[arg(long, requires = "checkpoint")]
+    class_balanced: bool,
     /// Seeds the sampler (as `ddpm sample --seed`: with the same --sample-batch-size as its
     /// --batch, the same images) and the KID subsets.
     #[arg(long, default_value_t = 0)]
@@ -187,22 +198,53 @@ fn dataset_spec(name: &str, split: &str) -> Result<DatasetSpec> {
     Ok(serde_json::from_value(value).expect("a valid dataset spec"))
 }
 
-/// Loads a named dataset's images (fetching it when missing, as `ddpm train` does).
+/// A dataset's labels and class names, for per-class FID.
+struct Labelled {
+    labels: Vec<u16>,
+    names: Vec<String>,
+}
+
+/// Loads a named dataset's images (fetching it when missing, as `ddpm train` does), with its
+/// labels.
 fn load_dataset(
     name: &str,
     split: &str,
     dir: Option<&Path>,
     offline: bool,
-) -> Result<(Images, String)> {
+) -> Result<(Images, String, Labelled)> {
     let spec = dataset_spec(name, split)?;
     let dir = crate::cmd::train::ensure_data(&spec, dir, offline)?;
     let (dataset, _) = spec
         .load(&dir)
         .with_context(|| format!("cannot load {name} from {}", dir.display()))?;
+    let labelled = Labelled {
+        labels: dataset.labels().to_vec(),
+        names: dataset.class_names().to_vec(),
+    };
     Ok((
         Images::from_dataset(&dataset),
         format!("{name} {split} ({})", dir.display()),
+        labelled,
     ))
+}
+
+/// The rows of `features` whose label is `class`.
+fn class_features(features: &Features, labels: &[i64], class: i64) -> Result<Features> {
+    let rows: Vec<usize> = (0..features.len().min(labels.len()))
+        .filter(|&i| labels[i] == class)
+        .collect();
+    let data: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| features.row(i).iter().copied())
+        .collect();
+    Ok(Features::new(data, rows.len(), features.dim())?)
+}
+
+/// The samples of a class-conditional checkpoint: their classes, the guidance, the class names.
+struct SampledClasses {
+    labels: Vec<i64>,
+    num_classes: i64,
+    names: Vec<String>,
 }
 
 /// Reads every image file under a folder, searched recursively as the training reader does (so
@@ -415,14 +457,14 @@ fn extract(extractor: &InceptionExtractor, images: &Images, what: &str) -> Resul
     Ok(features)
 }
 
-/// Draws `n` samples from a checkpoint's EMA weights; in a launch, shared among the ranks and
-/// gathered on rank 0 (the others get `None`).
+/// Draws `n` samples from a checkpoint's EMA weights (class-balanced for a class-conditional
+/// one); in a launch, shared among the ranks and gathered on rank 0 (the others get `None`).
 fn sample_checkpoint(
     args: &FidArgs,
     path: &Path,
     device: tch::Device,
     dist: Option<&train::Distributed>,
-) -> Result<Option<(Images, serde_json::Value)>> {
+) -> Result<Option<(Images, serde_json::Value, Option<SampledClasses>)>> {
     let n = args.n.unwrap_or(10_000);
     if n < 2 {
         return Err(FidError::TooFewImages {
@@ -438,9 +480,36 @@ fn sample_checkpoint(
     let schedule = Schedule::new(&spec.schedule)
         .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
     let sampler = args.sampler.config(schedule.n_steps())?;
+    let guidance = args.sampler.guidance_for(spec.num_classes(), path)?;
+    let classes = match spec.num_classes() {
+        None if args.class_balanced => bail!(
+            "--class-balanced: the model of --checkpoint {} is not class-conditional",
+            path.display()
+        ),
+        None => None,
+        Some(k) => {
+            if args.class_balanced && !n.is_multiple_of(k as usize) {
+                bail!(
+                    "--class-balanced: --n {n} does not split into the model's {k} classes \
+                     equally: pass a multiple of {k}"
+                );
+            }
+            Some(SampledClasses {
+                labels: ClassConditioning::balanced(k, n, guidance).labels,
+                num_classes: k,
+                names: (0..k).map(|c| spec.class_name(c)).collect(),
+            })
+        }
+    };
     let pipe = Pipeline::from_spec(spec, device)
         .with_context(|| format!("--checkpoint {}", path.display()))?;
-    let options = pipe.options(args.sampler.clip_x0(), 0);
+    let mut options = pipe.options(args.sampler.clip_x0(), 0);
+    if let Some(classes) = &classes {
+        options.class_cond = Some(ClassConditioning {
+            labels: classes.labels.clone(),
+            guidance,
+        });
+    }
     // The same batches, seeds and images as `ddpm sample --batch B --seed S` with this sampler.
     let plan = BatchPlan {
         n_images: n,
@@ -490,14 +559,19 @@ fn sample_checkpoint(
         write_samples_npz(&images, out)?;
         eprintln!("samples written to {}", out.display());
     }
-    let meta = json!({
+    let mut meta = json!({
         "checkpoint": pipe.spec.dir.display().to_string(),
         "step": pipe.spec.step,
         "sampler": serde_json::to_value(&sampler).expect("serialisable"),
         "seed": args.seed,
         "ranks": dist.map_or(1, train::Distributed::world_size),
     });
-    Ok(Some((images, meta)))
+    if let Some(classes) = &classes {
+        meta["classes"] = json!(classes.num_classes);
+        meta["class_balanced"] = json!(true);
+        meta["guidance"] = json!(guidance);
+    }
+    Ok(Some((images, meta, classes)))
 }
 
 /// Writes images as uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`.
@@ -557,15 +631,17 @@ fn run_fid(args: FidArgs) -> Result<()> {
     let (extractor, verified) = load_extractor(&args.inception, Some(joined.device))?;
     // The reference first: cheap to read, and statistics of another network's dimension are
     // refused before the samples are drawn.
+    let mut ref_labels: Option<Labelled> = None;
     let reference = match (&args.reference, &args.ref_dataset.dataset) {
         (Some(path), _) => (read_source(path, true)?, path.display().to_string()),
         (None, Some(name)) => {
-            let (images, what) = load_dataset(
+            let (images, what, labelled) = load_dataset(
                 name,
                 &args.ref_dataset.split,
                 args.ref_dataset.data.as_deref(),
                 args.ref_dataset.offline,
             )?;
+            ref_labels = Some(labelled);
             (Source::Images(images), what)
         }
         (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
@@ -589,6 +665,7 @@ fn run_fid(args: FidArgs) -> Result<()> {
         Source::Images(images) => Source::Images(limit(images, args.n, &ref_what)?),
     };
     // The samples.
+    let mut sampled_classes: Option<SampledClasses> = None;
     let (samples, samples_what, samples_meta) =
         match (&args.samples, &args.checkpoint, &args.samples_dataset) {
             (Some(path), _, _) => match read_source(path, false)? {
@@ -600,13 +677,14 @@ fn run_fid(args: FidArgs) -> Result<()> {
                 Source::Statistics(_) => unreachable!("refused by read_source"),
             },
             (None, Some(path), _) => {
-                let (images, meta) =
+                let (images, meta, classes) =
                     sample_checkpoint(&args, path, extractor.device(), joined.dist.as_ref())?
                         .expect("rank 0 gathers the samples");
+                sampled_classes = classes;
                 (images, format!("samples of {}", path.display()), meta)
             }
             (None, None, Some(name)) => {
-                let (images, what) = load_dataset(
+                let (images, what, _) = load_dataset(
                     name,
                     &args.samples_split,
                     args.samples_data.as_deref(),
@@ -644,8 +722,67 @@ fn run_fid(args: FidArgs) -> Result<()> {
         }
         None => None,
     };
+    // FID per class: the samples of each class against the reference images of that class.
+    let mut per_class = Vec::new();
+    if let (true, Some(classes)) = (args.class_balanced, &sampled_classes) {
+        match (&ref_labels, &ref_features) {
+            (Some(labelled), Some(ref_features)) if !labelled.names.is_empty() => {
+                if labelled.names.len() as i64 != classes.num_classes {
+                    bail!(
+                        "--class-balanced: {ref_what} has {} classes but the model {}: per-class \
+                         FID needs the dataset the model was trained on",
+                        labelled.names.len(),
+                        classes.num_classes
+                    );
+                }
+                let ref_labels: Vec<i64> = labelled.labels.iter().map(|&l| i64::from(l)).collect();
+                for k in 0..classes.num_classes {
+                    let ours = class_features(&samples_features, &classes.labels, k)?;
+                    let theirs = class_features(ref_features, &ref_labels, k)?;
+                    let name = labelled.names[k as usize].clone();
+                    if ours.len() < 2 || theirs.len() < 2 {
+                        bail!(
+                            "--class-balanced: class {k} ({name}) has {} samples and {} reference \
+                             images: FID needs at least 2 of each (raise --n)",
+                            ours.len(),
+                            theirs.len()
+                        );
+                    }
+                    let fid_k = fid::frechet_distance(
+                        &Statistics::from_features(&ours)?,
+                        &Statistics::from_features(&theirs)?,
+                    )
+                    .with_context(|| format!("FID of class {k} ({name})"))?;
+                    per_class.push(json!({
+                        "class": k,
+                        "name": name,
+                        "model_name": classes.names[k as usize],
+                        "fid": fid_k,
+                        "n_samples": ours.len(),
+                        "n_reference": theirs.len(),
+                    }));
+                }
+            }
+            _ => eprintln!(
+                "per-class FID needs a labelled reference dataset (--dataset NAME); {ref_what} has \
+                 no labels, so only the class-balanced FID is reported"
+            ),
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
-    println!("FID {fid_value:.4}");
+    if sampled_classes.is_some() {
+        println!("FID {fid_value:.4} (class-balanced)");
+    } else {
+        println!("FID {fid_value:.4}");
+    }
+    for entry in &per_class {
+        println!(
+            "FID class {} ({}) {:.4}",
+            entry["class"],
+            entry["name"].as_str().unwrap_or_default(),
+            entry["fid"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     match &kid {
         Some(k) => println!(
             "KID {:.6} ± {:.6} ({} subsets of {})",
@@ -674,6 +811,10 @@ fn run_fid(args: FidArgs) -> Result<()> {
             },
             "seconds": seconds,
         });
+        let mut result = result;
+        if !per_class.is_empty() {
+            result["per_class"] = json!(per_class);
+        }
         let text = serde_json::to_string_pretty(&result).expect("serialisable") + "\n";
         std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
     }
@@ -687,12 +828,15 @@ fn run_stats(args: StatsArgs) -> Result<()> {
             Source::Images(images) => (images, path.display().to_string()),
             Source::Statistics(_) => unreachable!("refused by read_source"),
         },
-        (None, Some(name)) => load_dataset(
-            name,
-            &args.dataset.split,
-            args.dataset.data.as_deref(),
-            args.dataset.offline,
-        )?,
+        (None, Some(name)) => {
+            let (images, what, _) = load_dataset(
+                name,
+                &args.dataset.split,
+                args.dataset.data.as_deref(),
+                args.dataset.offline,
+            )?;
+            (images, what)
+        }
         (None, None) => bail!("pass --dataset NAME [--split SPLIT] or --samples FILE_OR_DIR"),
     };
     let images = limit(images, args.n, &what)?;

@@ -3,7 +3,8 @@
 //! exactly as one process seeds it ([`sample::batch_seed`]), so the images are those of a run in
 //! one process, bit for bit; rank 0 then collects them in order (one broadcast from each batch's
 //! owner) and writes every output. The batches that keep reverse-process snapshots (strips,
-//! GIFs) are rank 0's, so snapshots never travel.
+//! GIFs) are rank 0's, so snapshots never travel. Class labels are one per image of the request
+//! ([`sample::SampleOptions::for_images`]), so guided samples shard the same way.
 
 use std::time::Duration;
 
@@ -94,8 +95,14 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
             seed: batch_seed(plan.seed, b),
             n_chains: plan.n_chains.saturating_sub(first(b)),
         };
+        // With the classes of its own images.
         let batch = pipe
-            .sample_batches(sampler, options, one, &mut on_step)?
+            .sample_batches(
+                sampler,
+                &options.for_images(first(b), rows(b)),
+                one,
+                &mut on_step,
+            )?
             .next()
             .expect("a request of one batch")?;
         own.push(SampledBatch {

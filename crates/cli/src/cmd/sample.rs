@@ -10,6 +10,10 @@
 //! Under a launch (torchrun, or `--nproc-per-node N`) the batches are shared out among the ranks
 //! and gathered on rank 0, which writes the outputs: the same images as in one process
 //! ([`super::ranks`]).
+//!
+//! A class-conditional model samples the classes of `--class` (repeatable, or `all`) with
+//! classifier-free guidance `--guidance W` ([`sample::guidance`]): the images come in one block
+//! per class, and the grid has one row per class, labelled with the class's name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use data::grid::{make_grid, GridSpec};
 use data::npz::{write_npz, NpyArray, NpyData};
 use model::device::DeviceSpec;
-use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, Pipeline};
+use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
 use schedule::Schedule;
 
 use super::sampler_args::{describe, SamplerArgs};
@@ -34,9 +38,14 @@ pub struct SampleArgs {
     checkpoint: PathBuf,
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// How many images.
-    #[arg(long, short = 'n', default_value_t = 64)]
-    n_images: usize,
+    /// How many images (default 64; with --class, --nrow per class).
+    #[arg(long, short = 'n')]
+    n_images: Option<usize>,
+    /// A class-conditional model: sample this class (a number, or a name the model records);
+    /// repeatable, or `all` for every class. The images come in one block per class, in the
+    /// order given; the grid has one row per class, labelled.
+    #[arg(long = "class", value_name = "C")]
+    classes: Vec<String>,
     /// Images per batch: bounds memory; the images depend on it (see --seed).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -66,10 +75,11 @@ pub struct SampleArgs {
     /// Write a PNG grid of the first --grid-n images.
     #[arg(long)]
     grid: Option<PathBuf>,
-    /// Images in the grid.
-    #[arg(long, default_value_t = 64)]
-    grid_n: usize,
-    /// Images per grid row.
+    /// Images in the grid (default 64; with --class, all of them).
+    #[arg(long)]
+    grid_n: Option<usize>,
+    /// Images per grid row (with --class: images per class when -n is not given; the grid then
+    /// has one row per class).
     #[arg(long, default_value_t = 8)]
     nrow: usize,
     /// Write one PNG per image into this directory (000000.png, …).
@@ -135,9 +145,9 @@ fn check_writable_dir(dir: &Path, flag: &str) -> Result<()> {
 /// Checks the counts and the outputs.
 fn check_args(args: &SampleArgs) -> Result<()> {
     for (value, flag) in [
-        (args.n_images, "--n-images"),
+        (args.n_images.unwrap_or(1), "--n-images"),
         (args.batch, "--batch"),
-        (args.grid_n, "--grid-n"),
+        (args.grid_n.unwrap_or(1), "--grid-n"),
         (args.nrow, "--nrow"),
         (args.strip_len, "--strip-len"),
         (args.gif_frames, "--gif-frames"),
@@ -244,6 +254,51 @@ fn evenly(len: usize, n: usize) -> Vec<usize> {
     (1..=n).map(|k| k * len / n - 1).collect()
 }
 
+/// The classes `--class` names, in order: numbers, names the model records, or `all`.
+///
+/// # Errors
+/// On an unconditional model, a class out of range or a name the model does not know.
+fn parse_classes(values: &[String], spec: &PipelineSpec, checkpoint: &Path) -> Result<Vec<i64>> {
+    let Some(k) = spec.num_classes() else {
+        bail!(
+            "--class: the model of --checkpoint {} is not class-conditional (train one with \
+             `ddpm train --class-cond`)",
+            checkpoint.display()
+        );
+    };
+    let mut classes = Vec::new();
+    for value in values {
+        if value == "all" {
+            classes.extend(0..k);
+            continue;
+        }
+        let class = match value.parse::<i64>() {
+            Ok(c) => c,
+            Err(_) => spec
+                .class_names
+                .iter()
+                .position(|name| name.eq_ignore_ascii_case(value))
+                .map(|c| c as i64)
+                .with_context(|| {
+                    let names = if spec.class_names.is_empty() {
+                        "it records no class names: use a number".to_string()
+                    } else {
+                        format!("its classes are {}", spec.class_names.join(", "))
+                    };
+                    format!("--class {value}: not a class of the model ({names}), nor a number")
+                })?,
+        };
+        if !(0..k).contains(&class) {
+            bail!(
+                "--class {class} is out of range: the model has {k} classes, 0 to {}",
+                k - 1
+            );
+        }
+        classes.push(class);
+    }
+    Ok(classes)
+}
+
 /// Runs `ddpm sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
     if let Some(n) = args.nproc_per_node {
@@ -256,6 +311,18 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let schedule = Schedule::new(&spec.schedule)
         .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
     let sampler = args.sampler.config(schedule.n_steps())?;
+    let classes = if args.classes.is_empty() {
+        if args.sampler.guidance.is_some() {
+            bail!("--guidance applies to the classes of --class: pass --class C (or all)");
+        }
+        Vec::new()
+    } else {
+        parse_classes(&args.classes, &spec, &args.checkpoint)?
+    };
+    let guidance = args
+        .sampler
+        .guidance_for(spec.num_classes(), &args.checkpoint)?;
+    let class_names: Vec<String> = classes.iter().map(|&c| spec.class_name(c)).collect();
     let joined = super::ranks::join(
         args.device,
         args.threads,
@@ -267,7 +334,22 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let pipe = Pipeline::from_spec(spec, device)
         .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
     let [c, s, _] = pipe.image_shape();
-    let n = args.n_images;
+    let n = match (args.n_images, classes.len()) {
+        (Some(n), _) => n,
+        (None, 0) => 64,
+        (None, n_classes) => n_classes * args.nrow,
+    };
+    if !classes.is_empty() && n < classes.len() {
+        bail!(
+            "-n {n} is fewer images than the {} classes of --class: at least one each",
+            classes.len()
+        );
+    }
+    let grid_n = args
+        .grid_n
+        .unwrap_or(if classes.is_empty() { 64 } else { n });
+    // One block of images per class, one grid row per block.
+    let per_class = n.div_ceil(classes.len().max(1));
     let n_chains = match (args.gif.is_some(), args.strip.is_some()) {
         (true, _) => args.gif_chains.min(n),
         (false, true) => 1,
@@ -278,7 +360,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
         (false, true) => args.strip_len,
         (false, false) => 0,
     };
-    let options = pipe.options(args.sampler.clip_x0(), n_snapshots);
+    let mut options = pipe.options(args.sampler.clip_x0(), n_snapshots);
+    if !classes.is_empty() {
+        options.class_cond = Some(ClassConditioning::blocks(&classes, n, guidance));
+    }
     let plan = BatchPlan {
         n_images: n,
         batch_size: args.batch.min(n),
@@ -314,6 +399,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
             weights_name,
             plan.batch_size
         );
+        if !classes.is_empty() {
+            eprintln!(
+                "classes {} ({per_class} images each), guidance W = {guidance} (eps_u + W (eps_c - eps_u))",
+                class_names.join(", ")
+            );
+        }
     }
     let started = std::time::Instant::now();
     let n_batches = plan.n_batches();
@@ -345,8 +436,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let batch = batch?;
         let images = to_u8_nchw(&batch.output.images);
         let count = images.len() / image_len;
-        let want = args
-            .grid_n
+        let want = grid_n
             .min(n)
             .saturating_sub(grid_images.len() / image_len)
             .min(count);
@@ -378,13 +468,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if let Some(path) = &args.grid {
         let count = grid_images.len() / image_len;
         let spec = GridSpec {
-            nrow: args.nrow,
+            nrow: if classes.is_empty() {
+                args.nrow
+            } else {
+                per_class
+            },
             scale: args.scale,
             ..GridSpec::default()
         };
-        make_grid(&grid_images, shape_of(count), &spec)?
-            .save_png(path)
-            .with_context(|| format!("--grid {}", path.display()))?;
+        let grid = make_grid(&grid_images, shape_of(count), &spec)?;
+        if classes.is_empty() {
+            grid.save_png(path)
+                .with_context(|| format!("--grid {}", path.display()))?;
+        } else {
+            let (w, h, rgb) = crate::plot::label_rows(&grid, &class_names)?;
+            data::grid::save_png(path, &rgb, w as usize, h as usize, 3)
+                .with_context(|| format!("--grid {}", path.display()))?;
+        }
         written.push(path.clone());
     }
     if let Some(path) = &args.strip {

@@ -76,6 +76,11 @@ pub struct SamplerArgs {
     /// scheduler's `clip_sample`).
     #[arg(long)]
     pub no_clip: bool,
+    /// Classifier-free guidance scale W of a class-conditional model: the sampler follows
+    /// eps_u + W (eps_c - eps_u) (diffusers' convention; Ho & Salimans' w is W - 1). 1 (the
+    /// default) is plain conditional sampling, 0 unconditional, 2-5 sharper classes.
+    #[arg(long, value_name = "W")]
+    pub guidance: Option<f64>,
 }
 
 impl SamplerArgs {
@@ -84,6 +89,21 @@ impl SamplerArgs {
         match self.weights {
             WeightsArg::Ema => Weights::Ema,
             WeightsArg::Model => Weights::Model,
+        }
+    }
+
+    /// `--guidance`, checked: finite, and only for a class-conditional model (`num_classes`).
+    pub fn guidance_for(&self, num_classes: Option<i64>, checkpoint: &Path) -> Result<f64> {
+        match (self.guidance, num_classes) {
+            (Some(w), _) if !w.is_finite() => {
+                bail!("--guidance {w} is invalid: it must be a finite number (1 is plain conditional sampling)")
+            }
+            (Some(_), None) => bail!(
+                "--guidance: the model of --checkpoint {} is not class-conditional (train one \
+                 with `ddpm train --class-cond`)",
+                checkpoint.display()
+            ),
+            (w, _) => Ok(w.unwrap_or(1.0)),
         }
     }
 

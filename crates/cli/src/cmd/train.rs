@@ -69,6 +69,14 @@ pub struct TrainArgs {
     /// Shortcut for --set seed=N.
     #[arg(long)]
     seed: Option<u64>,
+    /// Train a class-conditional model for classifier-free guidance: model.num_classes becomes
+    /// the dataset's number of classes (unless set), and each label is replaced by the null
+    /// label with probability objective.p_uncond (default 0.1). The dataset must have labels.
+    #[arg(long)]
+    class_cond: bool,
+    /// Shortcut for --set objective.p_uncond=P: the label dropout of --class-cond.
+    #[arg(long, value_name = "P")]
+    p_uncond: Option<f64>,
     /// libtorch intra-op CPU threads (default: libtorch's choice; in a data-parallel run on the
     /// CPU, that divided by the number of ranks on this machine).
     #[arg(long)]
@@ -152,12 +160,13 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 7] = [
+    let shortcuts: [(&str, Option<serde_json::Value>); 8] = [
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
+        ("objective.p_uncond", args.p_uncond.map(Into::into)),
         (
             "distributed.timeout_secs",
             args.dist_timeout.map(Into::into),
@@ -553,6 +562,13 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
                 None => None,
             };
             let saved = saved_config(&run_dir, from.as_deref())?;
+            if args.class_cond && saved.model.num_classes().is_none() {
+                bail!(
+                    "--class-cond: the run in {} is unconditional, and a resumed run keeps its \
+                     model: start a new run (another --run-dir, or --overwrite) with --class-cond",
+                    run_dir.display()
+                );
+            }
             let config = resolve_config(&args, Some(saved.clone()))?;
             for change in saved.check_resume(&config)? {
                 if writer {
@@ -584,6 +600,34 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     if writer {
         for skipped in &report.skipped {
             eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
+        }
+    }
+    let mut config = config;
+    if args.class_cond && config.model.num_classes().is_none() {
+        let k = dataset.n_classes();
+        if k == 0 {
+            bail!(
+                "--class-cond: the {} dataset in {} has no class labels (an image folder has \
+                 classes when its images sit in one sub-folder per class): train without \
+                 --class-cond",
+                config.dataset.name(),
+                data_dir.display()
+            );
+        }
+        config.model.set_num_classes(Some(k as i64));
+    }
+    if writer {
+        if let Some(k) = config.model.num_classes() {
+            let names = dataset.class_names();
+            eprintln!(
+                "class-conditional: {k} classes ({}), label dropout p_uncond = {}",
+                if names.is_empty() {
+                    "unnamed".to_string()
+                } else {
+                    names.join(", ")
+                },
+                config.objective.p_uncond
+            );
         }
     }
     let dist = match env {
