@@ -49,6 +49,7 @@ use crate::{SkippedCheckpoint, TrainError};
 use sample::{sample, save_grid, SampleOptions, SamplerConfig};
 
 mod data_parallel;
+mod evaluation;
 #[cfg(feature = "cuda")]
 mod graph;
 
@@ -184,6 +185,8 @@ pub trait TrainHooks {
     fn on_checkpoint(&mut self, _dir: &Path) {}
     /// After sample pictures were written.
     fn on_samples(&mut self, _files: &[PathBuf]) {}
+    /// After an evaluation of the samples ([`crate::quality`]) was scored and recorded.
+    fn on_evaluation(&mut self, _record: &crate::quality::EvalRecord) {}
     /// A line worth showing the user.
     fn message(&mut self, _text: &str) {}
 }
@@ -272,6 +275,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
+    quality: evaluation::QualityState,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -509,6 +514,7 @@ impl Trainer {
             stop_local: false,
             stop_agreed: false,
             resumed_world_size: None,
+            quality: evaluation::QualityState::default(),
         })
     }
 
@@ -633,6 +639,7 @@ impl Trainer {
                     trainer.resumed_world_size = Some(state.0.world_size);
                     trainer.write_config()?;
                     trainer.truncate_metrics()?;
+                    trainer.load_best()?;
                     trainer.sync_start()?;
                     return Ok(trainer);
                 }
@@ -713,7 +720,8 @@ impl Trainer {
         let kept: String = text
             .lines()
             .filter(|line| {
-                serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| r.step <= self.step)
+                // Training lines and evaluation lines alike carry their step.
+                serde_json::from_str::<evaluation::StepOf>(line).is_ok_and(|r| r.step <= self.step)
             })
             .map(|line| format!("{line}\n"))
             .collect();
@@ -967,18 +975,7 @@ impl Trainer {
         if !self.is_writer() {
             return self.wait_for_checkpoint();
         }
-        let (epoch, batch_in_epoch) = self.loader.position(self.step);
-        let state = CheckpointState {
-            format_version: checkpoint::FORMAT_VERSION,
-            step: self.step,
-            epoch,
-            batch_in_epoch: batch_in_epoch as u64,
-            seed: self.config.seed,
-            ema_updates: self.ema.updates(),
-            skipped_steps: self.stats.skipped(),
-            config: serde_json::to_value(&self.config).expect("configs serialise"),
-            world_size: self.world_size(),
-        };
+        let state = self.checkpoint_state();
         let contents = CheckpointContents {
             state: &state,
             model: &self.model_vs,
@@ -992,6 +989,22 @@ impl Trainer {
         )?;
         self.checkpoint_barrier()?;
         Ok(dir)
+    }
+
+    /// The `state.json` of a checkpoint of the current step.
+    fn checkpoint_state(&self) -> CheckpointState {
+        let (epoch, batch_in_epoch) = self.loader.position(self.step);
+        CheckpointState {
+            format_version: checkpoint::FORMAT_VERSION,
+            step: self.step,
+            epoch,
+            batch_in_epoch: batch_in_epoch as u64,
+            seed: self.config.seed,
+            ema_updates: self.ema.updates(),
+            skipped_steps: self.stats.skipped(),
+            config: serde_json::to_value(&self.config).expect("configs serialise"),
+            world_size: self.world_size(),
+        }
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
@@ -1038,7 +1051,7 @@ impl Trainer {
         Ok(vec![grid_path, strip_path])
     }
 
-    fn append_metrics(&self, record: &MetricsRecord) -> Result<(), TrainError> {
+    fn append_metrics(&self, record: &impl Serialize) -> Result<(), TrainError> {
         if !self.is_writer() {
             return Ok(());
         }
@@ -1067,6 +1080,7 @@ impl Trainer {
     ) -> Result<RunEnd, TrainError> {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
+        self.check_scorer()?;
         hooks.on_start(total, self.step, per_epoch);
         let mut window = (0u64, Instant::now()); // images, since
                                                  // A handle of its own on the process group, which the Reducer borrows while the loop
@@ -1125,6 +1139,12 @@ impl Trainer {
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
                     let dir = self.save_checkpoint()?;
                     hooks.on_checkpoint(&dir);
+                }
+                // A stop request skips the evaluation, as it skips the preview below.
+                if self.evaluates_after_this_step(total) && !stop_now(self) {
+                    if let Some(record) = self.evaluate()? {
+                        hooks.on_evaluation(&record);
+                    }
                 }
                 if self.step >= total {
                     break;
