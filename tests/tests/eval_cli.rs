@@ -494,7 +494,10 @@ fn eval_stats_of_real_cifar_matches_python_torch() {
         "max |mu - torch mu| = {worst_mu:.2e}; tr sigma {trace:.6} vs {torch_trace:.6}; \
          max |sigma - torch sigma| over 32 entries = {worst_sigma:.2e}"
     );
-    assert!(worst_mu <= 1e-4, "mu differs from Python torch by {worst_mu}");
+    assert!(
+        worst_mu <= 1e-4,
+        "mu differs from Python torch by {worst_mu}"
+    );
     assert!(
         (trace - torch_trace).abs() <= 1e-4 * torch_trace,
         "tr sigma {trace} vs {torch_trace}"

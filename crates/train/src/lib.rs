@@ -1,6 +1,7 @@
 //! DDPM training on libtorch (Ho et al. 2020, Alg. 1): the forward process on tensors, losses,
 //! Adam with saveable moments, EMA, atomic checkpoints and the training loop. Sampling lives in
-//! the `sample` crate and FID in `eval`; the loop uses `sample` for its preview images.
+//! the `sample` crate and FID in `eval`; the loop uses `sample` for its preview images and its
+//! evaluation samples, which a [`SampleScorer`] the front end supplies scores ([`quality`]).
 //!
 //! - [`config`]: [`TrainConfig`] and its presets (`seed`, `ddpm-cifar10`, `fashion-mnist`).
 //! - [`objective`]: ε/x_0/v targets, L1/L2/Huber, min-SNR-γ weighting.

@@ -167,7 +167,7 @@ pub fn read_best(checkpoints: &Path) -> Result<Option<BestRecord>, TrainError> {
 }
 
 /// Puts `best.old/` back as `best/` when a crash left it between the two renames of
-/// [`write_best`] (only the trainer holding the run directory's lock may call this).
+/// `write_best` (only the trainer holding the run directory's lock may call this).
 ///
 /// # Errors
 /// [`TrainError::Io`] when the rename fails.

@@ -87,7 +87,7 @@ impl Trainer {
     }
 
     /// Draws `eval_samples` images with the EMA weights and `eval_sampler`, in batches of
-    /// `batch_size` from generators seeded with the run's seed plus [`EVAL_SEED_OFFSET`] (the
+    /// `batch_size` from generators seeded with the run's seed plus `EVAL_SEED_OFFSET` (the
     /// same noise at every evaluation; the run's own generator is not touched).
     ///
     /// # Shapes
