@@ -276,3 +276,20 @@ fn a_missing_inception_fails_before_training_and_bad_eval_flags_are_named() {
     assert!(log.contains("eval_samples = 1"), "{log}");
     assert!(!run_dir.join("config.json").exists());
 }
+
+#[test]
+fn two_ranks_evaluate_on_rank_0_while_the_other_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = train(&data, &run_dir, 28, &["--nproc-per-node", "2"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("rank 0 samples and scores alone"), "{log}");
+    let steps: Vec<u64> = fid_lines(&run_dir)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4], "one line per evaluation, from rank 0 alone");
+    assert!(run_dir.join("checkpoints/best/fid.json").is_file());
+}
