@@ -417,3 +417,90 @@ fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
         stderr(&out)
     );
 }
+
+/// `ddpm eval stats` of the 20 real CIFAR-10 test images through the real FID Inception against
+/// the same statistics from Python torch with the same TorchScript and preprocessing
+/// (`scripts/golden/cifar20_stats.py` wrote the fixture).
+#[test]
+#[ignore = "needs the real FID Inception, data/inception/default_1.pt (cargo xtask fetch-inception); about 10 s on 2 CPU cores"]
+fn eval_stats_of_real_cifar_matches_python_torch() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let inception = root.join("data/inception/default_1.pt");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root.join("crates/eval/tests/fixtures/fid_inception_cifar20_stats.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_npz = dir.path().join("cifar20.npz");
+    // The published protocol's flags, spelled out: the verified FID Inception, TF1 resize.
+    let out = run(&[
+        "eval",
+        "stats",
+        "--dataset",
+        "cifar10",
+        "--data",
+        &first20(),
+        "--out",
+        p(&out_npz),
+        "--inception",
+        p(&inception),
+        "--resize",
+        "tf",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let arrays = data::npz::read_npz(&out_npz).unwrap();
+    let get = |name: &str| -> (Vec<usize>, Vec<f64>) {
+        let (_, a) = arrays.iter().find(|(n, _)| n == name).unwrap();
+        match &a.data {
+            data::npz::NpyData::F64(v) => (a.shape.clone(), v.clone()),
+            _ => panic!("`{name}` is not float64"),
+        }
+    };
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (mu_shape, mu) = get("mu");
+    let (sigma_shape, sigma) = get("sigma");
+    assert_eq!((mu_shape, sigma_shape), (vec![2048], vec![2048, 2048]));
+    let torch_mu = floats(&fixture["mu"]);
+    let worst_mu = mu
+        .iter()
+        .zip(&torch_mu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    let trace: f64 = (0..2048).map(|i| sigma[i * 2048 + i]).sum();
+    let torch_trace = fixture["sigma_trace"].as_f64().unwrap();
+    let worst_sigma = floats(&fixture["sigma_diag_first16"])
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (sigma[i * 2048 + i] - v).abs())
+        .chain(
+            floats(&fixture["sigma_row0_first16"])
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (sigma[j] - v).abs()),
+        )
+        .fold(0f64, f64::max);
+    eprintln!(
+        "max |mu - torch mu| = {worst_mu:.2e}; tr sigma {trace:.6} vs {torch_trace:.6}; \
+         max |sigma - torch sigma| over 32 entries = {worst_sigma:.2e}"
+    );
+    assert!(
+        worst_mu <= 1e-4,
+        "mu differs from Python torch by {worst_mu}"
+    );
+    assert!(
+        (trace - torch_trace).abs() <= 1e-4 * torch_trace,
+        "tr sigma {trace} vs {torch_trace}"
+    );
+    assert!(worst_sigma <= 1e-4, "sigma differs by {worst_sigma}");
+}

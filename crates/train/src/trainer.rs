@@ -55,6 +55,7 @@ use crate::{SkippedCheckpoint, TrainError};
 use sample::{sample, save_grid, ClassConditioning, SampleOptions, SamplerConfig};
 
 mod data_parallel;
+mod evaluation;
 #[cfg(feature = "cuda")]
 mod graph;
 
@@ -190,6 +191,8 @@ pub trait TrainHooks {
     fn on_checkpoint(&mut self, _dir: &Path) {}
     /// After sample pictures were written.
     fn on_samples(&mut self, _files: &[PathBuf]) {}
+    /// After an evaluation of the samples ([`crate::quality`]) was scored and recorded.
+    fn on_evaluation(&mut self, _record: &crate::quality::EvalRecord) {}
     /// A line worth showing the user.
     fn message(&mut self, _text: &str) {}
 }
@@ -280,6 +283,8 @@ pub struct Trainer {
     resumed_world_size: Option<usize>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.
     class_names: Vec<String>,
+    /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
+    quality: evaluation::QualityState,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -525,6 +530,7 @@ impl Trainer {
             stop_agreed: false,
             resumed_world_size: None,
             class_names,
+            quality: evaluation::QualityState::default(),
         })
     }
 
@@ -649,6 +655,7 @@ impl Trainer {
                     trainer.resumed_world_size = Some(state.0.world_size);
                     trainer.write_config()?;
                     trainer.truncate_metrics()?;
+                    trainer.load_best()?;
                     trainer.sync_start()?;
                     return Ok(trainer);
                 }
@@ -729,7 +736,8 @@ impl Trainer {
         let kept: String = text
             .lines()
             .filter(|line| {
-                serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| r.step <= self.step)
+                // Training lines and evaluation lines alike carry their step.
+                serde_json::from_str::<evaluation::StepOf>(line).is_ok_and(|r| r.step <= self.step)
             })
             .map(|line| format!("{line}\n"))
             .collect();
@@ -1012,19 +1020,7 @@ impl Trainer {
         if !self.is_writer() {
             return self.wait_for_checkpoint();
         }
-        let (epoch, batch_in_epoch) = self.loader.position(self.step);
-        let state = CheckpointState {
-            format_version: checkpoint::FORMAT_VERSION,
-            step: self.step,
-            epoch,
-            batch_in_epoch: batch_in_epoch as u64,
-            seed: self.config.seed,
-            ema_updates: self.ema.updates(),
-            skipped_steps: self.stats.skipped(),
-            config: serde_json::to_value(&self.config).expect("configs serialise"),
-            world_size: self.world_size(),
-            class_names: self.class_names.clone(),
-        };
+        let state = self.checkpoint_state();
         let contents = CheckpointContents {
             state: &state,
             model: &self.model_vs,
@@ -1038,6 +1034,23 @@ impl Trainer {
         )?;
         self.checkpoint_barrier()?;
         Ok(dir)
+    }
+
+    /// The `state.json` of a checkpoint of the current step.
+    fn checkpoint_state(&self) -> CheckpointState {
+        let (epoch, batch_in_epoch) = self.loader.position(self.step);
+        CheckpointState {
+            format_version: checkpoint::FORMAT_VERSION,
+            step: self.step,
+            epoch,
+            batch_in_epoch: batch_in_epoch as u64,
+            seed: self.config.seed,
+            ema_updates: self.ema.updates(),
+            skipped_steps: self.stats.skipped(),
+            config: serde_json::to_value(&self.config).expect("configs serialise"),
+            world_size: self.world_size(),
+            class_names: self.class_names.clone(),
+        }
     }
 
     /// Samples `n_sample_images` with the EMA weights and writes `samples/<tag>-grid.png` and
@@ -1090,7 +1103,7 @@ impl Trainer {
         Ok(vec![grid_path, strip_path])
     }
 
-    fn append_metrics(&self, record: &MetricsRecord) -> Result<(), TrainError> {
+    fn append_metrics(&self, record: &impl Serialize) -> Result<(), TrainError> {
         if !self.is_writer() {
             return Ok(());
         }
@@ -1119,6 +1132,7 @@ impl Trainer {
     ) -> Result<RunEnd, TrainError> {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
+        self.check_scorer()?;
         hooks.on_start(total, self.step, per_epoch);
         let mut window = (0u64, Instant::now()); // images, since
                                                  // A handle of its own on the process group, which the Reducer borrows while the loop
@@ -1177,6 +1191,12 @@ impl Trainer {
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
                     let dir = self.save_checkpoint()?;
                     hooks.on_checkpoint(&dir);
+                }
+                // A stop request skips the evaluation, as it skips the preview below.
+                if self.evaluates_after_this_step(total) && !stop_now(self) {
+                    if let Some(record) = self.evaluate()? {
+                        hooks.on_evaluation(&record);
+                    }
                 }
                 if self.step >= total {
                     break;
@@ -1296,6 +1316,9 @@ mod tests {
             log_every: 1,
             max_nonfinite_in_a_row: 3,
             distributed: crate::DistConfig::default(),
+            eval_every: 0,
+            eval_samples: crate::config::default_eval_samples(),
+            eval_sampler: crate::config::default_eval_sampler(),
         }
     }
 
@@ -1373,6 +1396,44 @@ mod tests {
             } else {
                 assert_eq!(labels, batch.labels);
             }
+        }
+    }
+
+    /// FID in the loop samples a class-conditional run class-balanced: the request carries one
+    /// label per image, so it passes the sampler's checks and differs from null-label samples.
+    #[test]
+    fn evaluation_samples_of_a_class_conditional_run_are_class_balanced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(Some(3), 0.1);
+        cfg.eval_samples = 6;
+        cfg.eval_sampler = SamplerConfig::Ddim {
+            steps: 2,
+            eta: 0.0,
+            spacing: schedule::TimestepSpacing::Leading,
+        };
+        let mut trainer = Trainer::new(cfg, labelled(3), dir.path(), Device::Cpu).unwrap();
+        // Ordinary weights for the near-zero layers, so that labels change the output.
+        for (name, mut var) in trainer.ema_vs.variables() {
+            if name.ends_with("output.weight") || name.ends_with("class_embedding.weight") {
+                let _ = tch::no_grad(|| var.normal_(0.0, 1.0));
+            }
+        }
+        let balanced = trainer.draw_eval_samples().unwrap();
+        assert_eq!(balanced.size(), [6, 1, 8, 8]);
+        trainer.config.model.set_num_classes(None);
+        let ema = std::mem::replace(&mut trainer.ema_model, Box::new(NullLabels(None)));
+        trainer.ema_model = Box::new(NullLabels(Some(ema)));
+        let nulls = trainer.draw_eval_samples().unwrap();
+        assert!(!balanced.equal(&nulls));
+    }
+
+    /// A class-conditional network seen without its classes (it samples its null label).
+    #[derive(Debug)]
+    struct NullLabels(Option<Box<dyn Denoiser>>);
+
+    impl Denoiser for NullLabels {
+        fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+            self.0.as_ref().unwrap().forward_t(xs, timesteps, train)
         }
     }
 

@@ -48,6 +48,9 @@ fn config(model: ModelConfig, precision: Precision) -> TrainConfig {
         },
         model,
         distributed: train::distributed::DistConfig::default(),
+        eval_every: 0,
+        eval_samples: train::config::default_eval_samples(),
+        eval_sampler: train::config::default_eval_sampler(),
         objective: ObjectiveConfig::ho2020(),
         optim: OptimConfig {
             lr: 3e-3,

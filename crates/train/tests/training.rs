@@ -77,6 +77,9 @@ fn tiny_config() -> TrainConfig {
         log_every: 1,
         max_nonfinite_in_a_row: 3,
         distributed: train::DistConfig::default(),
+        eval_every: 0,
+        eval_samples: train::config::default_eval_samples(),
+        eval_sampler: train::config::default_eval_sampler(),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod data;
 pub mod doctor;
 pub mod eval;
 pub mod export;
+pub mod fid_loop;
 pub mod forward;
 pub mod model;
 pub mod ranks;

@@ -17,6 +17,7 @@ use model::device::DeviceSpec;
 use train::config::parse_set;
 use train::distributed::LaunchEnv;
 use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};
+use train::EvalRecord;
 use train::{Distributed, Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
@@ -107,9 +108,11 @@ pub struct TrainArgs {
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
     progress_every: u64,
-    /// Do not download a missing dataset; fail instead.
+    /// Do not download a missing dataset (or, with --eval-every, the Inception); fail instead.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    fid: super::fid_loop::FidLoopArgs,
 }
 
 /// The rules of `--resume`, at the end of `ddpm train --help`.
@@ -181,12 +184,26 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
     );
-    let config = base.with_overrides(file.as_ref(), &sets);
-    match &args.config {
-        Some(path) => {
-            config.with_context(|| format!("in --config {} or the flags", path.display()))
+    sets.extend(args.fid.sets());
+    let resolve = |sets: &[(String, serde_json::Value)]| {
+        let config = base.with_overrides(file.as_ref(), sets);
+        match &args.config {
+            Some(path) => {
+                config.with_context(|| format!("in --config {} or the flags", path.display()))
+            }
+            None => config.context("in the flags"),
         }
-        None => config.context("in the flags"),
+    };
+    // --eval-sampler/--eval-steps depend on the schedule's T, known once the rest is resolved
+    // (with FID in the loop off for that, so that the sampler they replace is not checked).
+    let mut without_eval = sets.clone();
+    without_eval.push(("eval_every".to_string(), 0.into()));
+    match args.fid.sampler_set(&resolve(&without_eval)?)? {
+        Some(set) => {
+            sets.push(set);
+            resolve(&sets)
+        }
+        None => resolve(&sets),
     }
 }
 
@@ -370,6 +387,24 @@ impl TrainHooks for CliHooks {
         self.skipped_steps = record.skipped_steps;
     }
 
+    fn on_evaluation(&mut self, record: &EvalRecord) {
+        let kid = record
+            .kid
+            .map_or_else(String::new, |k| format!(", KID {k:.5}"));
+        let best = if record.best {
+            " (new best: checkpoints/best)"
+        } else {
+            ""
+        };
+        self.say(&format!(
+            "step {}: FID {:.4}{kid} of {} samples (sampled in {:.1} s, scored in {:.1} s){best}",
+            record.step, record.fid, record.n_samples, record.sample_seconds, record.score_seconds
+        ));
+        if let Err(err) = draw_loss_curve(&self.run_dir) {
+            self.say(&format!("warning: loss curve not drawn: {err:#}"));
+        }
+    }
+
     fn on_samples(&mut self, files: &[PathBuf]) {
         for f in files {
             self.say(&format!("samples {}", f.display()));
@@ -378,6 +413,50 @@ impl TrainHooks for CliHooks {
 
     fn message(&mut self, text: &str) {
         self.say(text);
+    }
+}
+
+/// What FID in the loop will do.
+fn report_fid_loop(c: &TrainConfig, world_size: usize) {
+    eprintln!(
+        "FID in the loop: every {} steps and at the end, {} samples with the EMA weights ({}); \
+         lowest FID in checkpoints/best",
+        c.eval_every,
+        c.eval_samples,
+        describe_sampler(&c.eval_sampler)
+    );
+    if world_size > 1 {
+        eprintln!(
+            "FID in the loop: rank 0 samples and scores alone while the other ranks wait at a \
+             barrier of --dist-timeout ({} s): raise it if an evaluation takes longer",
+            c.distributed.timeout_secs
+        );
+    }
+}
+
+/// The best checkpoint a resumed run has.
+fn report_best(trainer: &Trainer) {
+    if let Some(best) = trainer.best() {
+        match trainer.best_is_comparable() {
+            Some(false) => eprintln!(
+                "the best checkpoint so far (FID {:.4} at step {}) was scored with other samples, \
+                 sampler or reference: the next evaluation replaces it",
+                best.fid, best.step
+            ),
+            _ => eprintln!(
+                "the best checkpoint so far: FID {:.4} at step {}",
+                best.fid, best.step
+            ),
+        }
+    }
+}
+
+/// `DDIM, 50 steps` and the like.
+fn describe_sampler(sampler: &sample::SamplerConfig) -> String {
+    match sampler {
+        sample::SamplerConfig::Ddpm { variance } => format!("DDPM, all steps, {variance:?}"),
+        sample::SamplerConfig::Ddim { steps, eta, .. } => format!("DDIM, {steps} steps, eta {eta}"),
+        sample::SamplerConfig::DpmSolverPp { steps, .. } => format!("DPM-Solver++, {steps} steps"),
     }
 }
 
@@ -398,17 +477,36 @@ pub fn draw_loss_curve(run_dir: &Path) -> Result<()> {
     if points.len() < 2 {
         return Ok(());
     }
+    // FID in the loop's lines, the ones with `fid`.
+    let fids: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<EvalRecord>(l).ok())
+        .filter(|r| r.fid.is_finite())
+        .map(|r| (r.step as f64, r.fid))
+        .collect();
     let series = [crate::plot::Series {
         label: "loss".into(),
         points,
     }];
-    let chart = crate::plot::Chart {
+    let mut charts = vec![crate::plot::Chart {
         title: "training loss",
         x_label: "step",
         y_label: "loss",
         series: &series,
-    };
-    crate::plot::line_charts(&run_dir.join("loss_curve.png"), &[chart])
+    }];
+    let fid_series = [crate::plot::Series {
+        label: "FID".into(),
+        points: fids,
+    }];
+    if !fid_series[0].points.is_empty() {
+        charts.push(crate::plot::Chart {
+            title: "FID of the EMA samples (lower is better)",
+            x_label: "step",
+            y_label: "FID",
+            series: &fid_series,
+        });
+    }
+    crate::plot::line_charts(&run_dir.join("loss_curve.png"), &charts)
 }
 
 /// `--resume-from DIR` as a checkpoint directory: the path itself, or a name under
@@ -592,11 +690,18 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     // The ranks of one machine would download into the same folder at once: a data-parallel
     // run expects its data in place.
     let offline = args.offline || env.is_some();
+    // FID in the loop: the Inception is there (or fetched) and loads before any data is read,
+    // so that a missing file fails now, not at the first evaluation. Rank 0 alone scores.
+    let fid = match writer && config.eval_every > 0 {
+        true => Some(args.fid.prepare(offline, device)?),
+        false => None,
+    };
     let data_dir = ensure_data(&config.dataset, args.data.as_deref(), offline)?;
     let (dataset, report) = config
         .dataset
         .load(&data_dir)
         .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
+    let dataset = Arc::new(dataset);
     if writer {
         for skipped in &report.skipped {
             eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
@@ -641,10 +746,17 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     let world_size = dist.as_ref().map_or(1, Distributed::world_size);
     let batch_size = config.batch_size;
     let mut trainer = if resume {
-        Trainer::resume_distributed(run, from.as_deref(), Some(config), dataset, device, dist)?
+        Trainer::resume_distributed(
+            run,
+            from.as_deref(),
+            Some(config),
+            dataset.clone(),
+            device,
+            dist,
+        )?
     } else if args.overwrite {
         let (trainer, deleted) =
-            Trainer::overwrite_distributed(run, config, dataset, device, dist)?;
+            Trainer::overwrite_distributed(run, config, dataset.clone(), device, dist)?;
         if !deleted.is_empty() {
             let names: Vec<String> = deleted
                 .iter()
@@ -659,7 +771,7 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         }
         trainer
     } else {
-        Trainer::create_distributed(run, config, dataset, device, dist)?
+        Trainer::create_distributed(run, config, dataset.clone(), device, dist)?
     };
     if writer && world_size > 1 {
         eprintln!(
@@ -691,6 +803,13 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     if args.cuda_graph {
         trainer.enable_cuda_graph().context("--cuda-graph")?;
     }
+    if let Some(prepared) = fid {
+        report_fid_loop(trainer.config(), world_size);
+        let scorer = prepared.into_scorer(&dataset, &data_dir, trainer.config())?;
+        trainer.set_scorer(Box::new(scorer));
+        report_best(&trainer);
+    }
+    drop(dataset);
 
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::stop_on_signals(stop.clone(), writer)?;

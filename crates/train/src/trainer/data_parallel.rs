@@ -73,7 +73,7 @@ impl Trainer {
     }
 
     /// `op` at the current step, for error messages.
-    fn at_step(&self, op: &str) -> String {
+    pub(super) fn at_step(&self, op: &str) -> String {
         format!("{op} at step {}", self.step)
     }
 

@@ -1,0 +1,295 @@
+//! FID in the training loop through `ddpm train --eval-every`: the evaluation lines, the best
+//! checkpoint and the loss curve's FID panel, the training set's reference statistics cached
+//! beside the dataset (reused, recomputed for another resolution or changed images), and the
+//! errors before training. The feature network is the tiny TorchScript stand-in for the
+//! Inception (`crates/eval/tests/fixtures/tiny_inception.pt`, 16×16 input).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use e2e::{run, synthetic_cifar};
+
+fn tiny_inception() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/eval/tests/fixtures/tiny_inception.pt")
+        .display()
+        .to_string()
+}
+
+/// The 2-level SimpleUnet of `e2e::TINY_MODEL` at another image size.
+fn tiny_model(size: usize) -> String {
+    format!(
+        r#"{{"arch":"simple","in_channels":3,"out_channels":3,"image_size":{size},"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}}"#
+    )
+}
+
+/// `ddpm train` of the tiny seed preset at `size`×`size` on `data` with FID in the loop every 2
+/// steps (4 DDIM-3 samples), scored by the tiny network, for 4 steps; `extra` comes last (a
+/// flag may be given once: `--max-steps N` overrides the 4).
+fn train(data: &Path, run_dir: &Path, size: usize, extra: &[&str]) -> std::process::Output {
+    train_with(data, run_dir, size, &tiny_inception(), "3", extra)
+}
+
+/// [`train`] with another `--inception` and `--eval-steps`.
+fn train_with(
+    data: &Path,
+    run_dir: &Path,
+    size: usize,
+    inception: &str,
+    eval_steps: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let model = format!("model={}", tiny_model(size));
+    let transform = format!("transform.size=[{size},{size}]");
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--offline",
+        "--data",
+        data.to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--set",
+        "max_steps=4",
+        "--set",
+        "batch_size=8",
+        "--set",
+        &model,
+        "--set",
+        &transform,
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+        "--set",
+        "log_every=1",
+        "--eval-every",
+        "2",
+        "--set",
+        "eval_samples=4",
+        "--eval-sampler",
+        "ddim",
+        "--eval-steps",
+        eval_steps,
+        "--inception",
+        inception,
+        "--inception-input-size",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `metrics.jsonl` lines with `fid`.
+fn fid_lines(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("fid").is_some())
+        .collect()
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// The cache files of the synthetic CIFAR file's directory, by name.
+fn caches(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".npz") || n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn evaluations_write_fid_lines_a_best_checkpoint_and_reuse_the_cached_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("cifar");
+    std::fs::create_dir(&data_dir).unwrap();
+    let data = synthetic_cifar(&data_dir, 16);
+    let run_dir = dir.path().join("run");
+
+    let out = train(&data, &run_dir, 28, &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reference statistics: computed from 16 images"),
+        "{log}"
+    );
+    assert!(
+        log.contains("step 2: FID ") && log.contains("step 4: FID "),
+        "{log}"
+    );
+    // The cache sits beside the dataset, its name records the key (the stand-in network's
+    // sha256 starts with its first 8 hex digits; its input size is not the Inception's).
+    let names = caches(&data_dir);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let npz = names.iter().find(|n| n.ends_with(".npz")).unwrap();
+    assert!(
+        npz.starts_with("cifar10-file-synthetic_batch-28px-tf-") && npz.ends_with("-in16.npz"),
+        "{npz}"
+    );
+    let npz = data_dir.join(npz);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(npz.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(record["n_images"], 16);
+    assert_eq!(record["key"]["size"], serde_json::json!([28, 28]));
+    assert_eq!(record["key"]["resize"], "tf");
+
+    // Two evaluation lines; best/ is the lower one's checkpoint, with its FID recorded.
+    let lines = fid_lines(&run_dir);
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 4]);
+    assert!(lines
+        .iter()
+        .all(|l| l["kid"].is_f64() && l["n_samples"] == 4));
+    let fids: Vec<f64> = lines.iter().map(|l| l["fid"].as_f64().unwrap()).collect();
+    let best_dir = run_dir.join("checkpoints/best");
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best_dir.join("fid.json")).unwrap()).unwrap();
+    let lowest = fids.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(best["fid"].as_f64().unwrap(), lowest);
+    let best_step = steps[fids.iter().position(|&f| f == lowest).unwrap()];
+    assert_eq!(best["step"].as_u64().unwrap(), best_step);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best_dir.join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"].as_u64().unwrap(), best_step);
+    assert!(best_dir.join("ema.safetensors").is_file());
+    // The loss curve has a second panel, the FID's (960×420 per panel).
+    let curve = image::open(run_dir.join("loss_curve.png")).unwrap();
+    assert_eq!((curve.width(), curve.height()), (960, 840));
+    // The best checkpoint samples like any other.
+    let grid = dir.path().join("best.png");
+    let sampled = run(&[
+        "sample",
+        "--checkpoint",
+        best_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-n",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(sampled.status.success(), "{}", stderr(&sampled));
+
+    // Resumed: the cache is reused as it is (not rewritten), and the best record is kept.
+    let written = (mtime(&npz), mtime(&npz.with_extension("json")));
+    let out = train(&data, &run_dir, 28, &["--resume", "--max-steps", "6"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reference statistics: 16 images, reused") && !log.contains("computed"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "the best checkpoint so far: FID {lowest:.4} at step {best_step}"
+        )),
+        "{log}"
+    );
+    assert_eq!((mtime(&npz), mtime(&npz.with_extension("json"))), written);
+    let steps: Vec<u64> = fid_lines(&run_dir)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4, 6]);
+
+    // Another resolution is another reference: computed and cached under its own name.
+    let out = train(&data, &dir.path().join("run24"), 24, &["--max-steps", "2"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reference statistics: computed from 16 images"),
+        "{log}"
+    );
+    let names = caches(&data_dir);
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().any(|n| n.contains("-24px-")), "{names:?}");
+    assert_eq!(mtime(&npz), written.0, "the 28px cache is left alone");
+
+    // Changed images under the same name: the cache does not match and is rebuilt, saying so.
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let out = train(
+        &data,
+        &dir.path().join("run-changed"),
+        28,
+        &["--max-steps", "2"],
+    );
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("did not match (the dataset's images changed since it was written)")
+            && log.contains("recomputed from 16 images"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_inception_fails_before_training_and_bad_eval_flags_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    // Where `cargo xtask fetch-inception --dest DIR` puts it: fetched if not for --offline.
+    let missing = dir.path().join("nets/inception/default_1.pt");
+    let out = train_with(&data, &run_dir, 28, missing.to_str().unwrap(), "3", &[]);
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains(&missing.display().to_string())
+            && log.contains("cargo xtask fetch-inception")
+            && log.contains("--offline"),
+        "{log}"
+    );
+    // Nothing trained, nothing written but the lock.
+    for file in ["config.json", "metrics.jsonl", "checkpoints"] {
+        assert!(!run_dir.join(file).exists(), "{file} exists: {log}");
+    }
+    assert!(!missing.exists());
+
+    let out = train_with(&data, &run_dir, 28, &tiny_inception(), "400", &[]);
+    let log = stderr(&out);
+    assert!(!out.status.success());
+    assert!(log.contains("--eval-steps 400"), "{log}");
+    let out = train(&data, &run_dir, 28, &["--eval-samples", "1"]);
+    let log = stderr(&out);
+    assert!(!out.status.success());
+    assert!(log.contains("eval_samples = 1"), "{log}");
+    assert!(!run_dir.join("config.json").exists());
+}
+
+#[test]
+fn two_ranks_evaluate_on_rank_0_while_the_other_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = train(&data, &run_dir, 28, &["--nproc-per-node", "2"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("rank 0 samples and scores alone"), "{log}");
+    let steps: Vec<u64> = fid_lines(&run_dir)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4], "one line per evaluation, from rank 0 alone");
+    assert!(run_dir.join("checkpoints/best/fid.json").is_file());
+}
