@@ -137,7 +137,6 @@ fn cached_statistics_give_the_same_fid_as_the_dataset() {
     );
 }
 
-
 /// `cargo xtask quality` scores several sample sets against one reference: the features that
 /// `ddpm eval stats --features` stores give the FID and KID of the images themselves, and `--n`
 /// keeps the first rows as it keeps the first images.
@@ -150,7 +149,13 @@ fn stored_features_give_the_fid_and_kid_of_the_images() {
     let features = dir.path().join("ref-features.npz");
     let out = eval(
         "stats",
-        &["--samples", p(&reference), "--features", "--out", p(&features)],
+        &[
+            "--samples",
+            p(&reference),
+            "--features",
+            "--out",
+            p(&features),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let score = |args: &[&str]| -> serde_json::Value {
@@ -172,12 +177,19 @@ fn stored_features_give_the_fid_and_kid_of_the_images() {
         );
         assert!(a > 0.0 && (a - b).abs() <= 1e-9 * a, "{n:?}: {a} vs {b}");
         assert_eq!(from_images["kid"], from_features["kid"], "{n:?}");
-        assert_eq!(from_images["reference"]["n"], from_features["reference"]["n"]);
+        assert_eq!(
+            from_images["reference"]["n"],
+            from_features["reference"]["n"]
+        );
     }
     // Features are a reference, not samples.
     let out = eval("fid", &["--samples", p(&features), "--ref", p(&reference)]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("pass it as --ref"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pass it as --ref"),
+        "{}",
+        stderr(&out)
+    );
 }
 #[test]
 fn bad_inputs_are_clear_errors_naming_the_file() {

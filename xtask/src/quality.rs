@@ -58,6 +58,10 @@ pub struct QualityArgs {
     /// Only the Rust side (for ablations of the preset).
     #[arg(long)]
     no_peer: bool,
+    /// Train both sides at the same time, each with --threads [default: half the cores], instead
+    /// of one after the other: on a machine that other work shares, both then see the same load.
+    #[arg(long, conflicts_with = "no_peer")]
+    concurrent: bool,
     /// The profile of the `ddpm` binary.
     #[arg(long, default_value = "release", value_parser = ["release", "dev"])]
     profile: String,
@@ -214,41 +218,96 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs `child` for `budget`, then sends it SIGTERM and waits for it to exit (at most
-/// `grace` more); returns the seconds from `started` to the signal (or to its exit, when it
-/// ended by itself).
-fn run_for(
-    mut child: Child,
+/// A training process that gets SIGTERM `budget` after it started.
+struct Timed {
+    child: Child,
+    what: &'static str,
     started: Instant,
-    budget: Duration,
+    /// How long it may take to exit after the signal (the peer samples then).
     grace: Duration,
-    what: &str,
-) -> Result<f64> {
-    let deadline = started + budget;
-    let mut signalled: Option<f64> = None;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            ensure!(status.success(), "{what} failed with {status}");
-            return Ok(signalled.unwrap_or_else(|| started.elapsed().as_secs_f64()));
+    /// Seconds from the start to the signal.
+    signalled: Option<f64>,
+    /// Seconds from the start to the signal, or to its exit when it ended by itself.
+    seconds: Option<f64>,
+}
+
+impl Timed {
+    fn spawn(cmd: &mut Command, what: &'static str, grace: Duration) -> Result<Self> {
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {what}: {cmd:?}"))?;
+        Ok(Self {
+            child,
+            what,
+            started,
+            grace,
+            signalled: None,
+            seconds: None,
+        })
+    }
+
+    /// Signals it when its time is up; returns whether it has exited (successfully).
+    fn poll(&mut self, budget: Duration) -> Result<bool> {
+        if self.seconds.is_some() {
+            return Ok(true);
         }
-        let now = Instant::now();
-        match signalled {
-            None if now >= deadline => {
-                eprintln!("== {what}: {:.0} s are up, SIGTERM", budget.as_secs_f64());
-                run_checked(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
-                signalled = Some(started.elapsed().as_secs_f64());
+        if let Some(status) = self.child.try_wait()? {
+            ensure!(status.success(), "{} failed with {status}", self.what);
+            let own = self.started.elapsed().as_secs_f64();
+            self.seconds = Some(self.signalled.unwrap_or(own));
+            return Ok(true);
+        }
+        let elapsed = self.started.elapsed();
+        match self.signalled {
+            None if elapsed >= budget => {
+                eprintln!(
+                    "== {}: {:.0} s are up, SIGTERM",
+                    self.what,
+                    budget.as_secs_f64()
+                );
+                run_checked(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
+                self.signalled = Some(elapsed.as_secs_f64());
             }
-            Some(at) if now >= started + Duration::from_secs_f64(at) + grace => {
-                let _ = child.kill();
+            Some(at) if elapsed.as_secs_f64() >= at + self.grace.as_secs_f64() => {
+                let _ = self.child.kill();
                 bail!(
-                    "{what} did not exit within {} s of SIGTERM",
-                    grace.as_secs()
+                    "{} did not exit within {} s of SIGTERM",
+                    self.what,
+                    self.grace.as_secs()
                 );
             }
             _ => {}
         }
+        Ok(false)
+    }
+}
+
+/// Polls every process until all have exited; returns their seconds (see [`Timed::seconds`]).
+fn supervise(procs: &mut [Timed], budget: Duration) -> Result<Vec<f64>> {
+    loop {
+        let mut done = true;
+        for p in procs.iter_mut() {
+            done &= p.poll(budget)?;
+        }
+        if done {
+            return Ok(procs
+                .iter()
+                .map(|p| p.seconds.unwrap_or(f64::NAN))
+                .collect());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The step of the newest checkpoint under `<run>/checkpoints` (`step-00000229`).
+fn last_checkpoint_step(run_dir: &Path) -> Option<u64> {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("state.json").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .max()
 }
 
 /// The mean loss of the metrics records of the last `last_steps` steps of a run (each record is
@@ -360,9 +419,12 @@ pub fn run(args: QualityArgs) -> Result<()> {
     let root = root();
     let date = crate::bench::today();
     let plan = Plan::new(&args, &root, &date)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(if args.concurrent {
+        (cores / 2).max(1)
+    } else {
+        cores
+    });
     let n = plan.samples;
     let budget = Duration::from_secs_f64(plan.minutes * 60.0);
     crate::setup::setup(&root)?;
@@ -419,12 +481,9 @@ pub fn run(args: QualityArgs) -> Result<()> {
         phases.insert(name.into(), json!(since.elapsed().as_secs_f64()));
     };
 
-    // 1. Rust training.
+    // 1. and 2. Rust, then the PyTorch peer (or both at once), each for the budget.
     let run_dir = work.join("rust-run");
-    eprintln!(
-        "== Rust: ddpm train --preset {} for {} min on {threads} threads",
-        args.preset, plan.minutes
-    );
+    let peer_dir = work.join("peer");
     let mut train = Command::new(&ddpm);
     train.current_dir(&root).args([
         "train",
@@ -452,38 +511,12 @@ pub fn run(args: QualityArgs) -> Result<()> {
     for set in &args.sets {
         train.args(["--set", set]);
     }
-    let rust_load_before = load_average();
-    let t0 = Instant::now();
-    let child = train.spawn().context("cannot start ddpm train")?;
-    let rust_train_seconds = run_for(child, t0, budget, Duration::from_secs(300), "ddpm train")?;
-    let rust_load_after = load_average();
-    phase("rust_train", t0);
-    let config = read_json(&run_dir.join("config.json"))?;
-    ensure!(
-        config["dataset"]["kind"] == "fashion-mnist",
-        "the race scores against Fashion-MNIST, but the run trains on {}",
-        config["dataset"]
-    );
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("{}: no metrics", run_dir.display()))?;
-    let (rust_loss, rust_steps) =
-        final_loss(&metrics, 100).context("the Rust run logged no metrics")?;
-    let batch = config["batch_size"].as_u64().unwrap_or(0);
-
-    // 2. The PyTorch peer, for the same wall time.
-    let peer_dir = work.join("peer");
-    let mut peer_result = Value::Null;
-    let (mut peer_load_before, mut peer_load_after, mut peer_seconds) =
-        (f64::NAN, f64::NAN, f64::NAN);
-    if let Some(python) = &python {
-        eprintln!(
-            "== PyTorch: scripts/quality/train_peer.py for {} min on {threads} threads",
-            plan.minutes
-        );
+    let config_path = run_dir.join("config.json");
+    let mut peer = python.as_ref().map(|python| {
         let mut peer = Command::new(python);
         peer.current_dir(&root)
             .arg(root.join("scripts/quality/train_peer.py"))
-            .args(["--config", &run_dir.join("config.json").to_string_lossy()])
+            .args(["--config", &config_path.to_string_lossy()])
             .args(["--data", &data_dir.to_string_lossy()])
             .args(["--out", &peer_dir.to_string_lossy()])
             .args(["--threads", &threads.to_string()])
@@ -493,21 +526,85 @@ pub fn run(args: QualityArgs) -> Result<()> {
             peer.arg("--sampler")
                 .arg(format!("{}={}", s.name(), s.peer_config()));
         }
-        peer_load_before = load_average();
-        let t0 = Instant::now();
-        let child = peer.spawn().context("cannot start the PyTorch peer")?;
-        // The grace covers its sampling, which comes after the signal.
-        peer_seconds = run_for(
-            child,
-            t0,
-            budget,
-            Duration::from_secs(6 * 3600),
-            "train_peer.py",
-        )?;
-        peer_load_after = load_average();
-        phase("peer_train_and_sample", t0);
-        peer_result = read_json(&peer_dir.join("result.json"))?;
+        peer
+    });
+    // The peer's grace covers its sampling, which comes after the signal.
+    let (rust_grace, peer_grace) = (Duration::from_secs(300), Duration::from_secs(6 * 3600));
+    let wait_for_config = || -> Result<()> {
+        let since = Instant::now();
+        while !config_path.exists() {
+            ensure!(
+                since.elapsed() < Duration::from_secs(120),
+                "ddpm train wrote no {} within 2 minutes",
+                config_path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    let t0 = Instant::now();
+    let (rust_train_seconds, peer_seconds, rust_load, peer_load);
+    if args.concurrent {
+        eprintln!(
+            "== Rust and PyTorch at once, {threads} threads each, for {} min",
+            plan.minutes
+        );
+        let before = load_average();
+        let mut procs = vec![Timed::spawn(&mut train, "ddpm train", rust_grace)?];
+        if let Some(peer) = peer.as_mut() {
+            wait_for_config()?;
+            procs.push(Timed::spawn(peer, "train_peer.py", peer_grace)?);
+        }
+        let seconds = supervise(&mut procs, budget)?;
+        let load = [before, load_average()];
+        (rust_train_seconds, peer_seconds) = (seconds[0], seconds.get(1).copied());
+        (rust_load, peer_load) = (load, load);
+        phase("train_both_and_peer_sample", t0);
+    } else {
+        eprintln!(
+            "== Rust: ddpm train --preset {} for {} min on {threads} threads",
+            args.preset, plan.minutes
+        );
+        let before = load_average();
+        let mut procs = [Timed::spawn(&mut train, "ddpm train", rust_grace)?];
+        rust_train_seconds = supervise(&mut procs, budget)?[0];
+        rust_load = [before, load_average()];
+        phase("rust_train", t0);
+        peer_seconds = match peer.as_mut() {
+            Some(peer) => {
+                eprintln!(
+                    "== PyTorch: scripts/quality/train_peer.py for {} min on {threads} threads",
+                    plan.minutes
+                );
+                let t0 = Instant::now();
+                let before = load_average();
+                let mut procs = [Timed::spawn(peer, "train_peer.py", peer_grace)?];
+                let seconds = supervise(&mut procs, budget)?[0];
+                peer_load = [before, load_average()];
+                phase("peer_train_and_sample", t0);
+                Some(seconds)
+            }
+            None => {
+                peer_load = [f64::NAN; 2];
+                None
+            }
+        };
     }
+    let config = read_json(&config_path)?;
+    ensure!(
+        config["dataset"]["kind"] == "fashion-mnist",
+        "the race scores against Fashion-MNIST, but the run trains on {}",
+        config["dataset"]
+    );
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .with_context(|| format!("{}: no metrics", run_dir.display()))?;
+    let (rust_loss, _) = final_loss(&metrics, 100).context("the Rust run logged no metrics")?;
+    let rust_steps = last_checkpoint_step(&run_dir).context("the Rust run wrote no checkpoint")?;
+    let batch = config["batch_size"].as_u64().unwrap_or(0);
+    let peer_result = match peer_seconds {
+        Some(_) => read_json(&peer_dir.join("result.json"))?,
+        None => Value::Null,
+    };
 
     // 3. The reference features and the floor.
     let t0 = Instant::now();
@@ -605,7 +702,7 @@ pub fn run(args: QualityArgs) -> Result<()> {
         "train_seconds": rust_train_seconds,
         "images_per_s": per_s(rust_steps as f64, rust_train_seconds),
         "final_loss": rust_loss,
-        "load_average": [rust_load_before, rust_load_after],
+        "load_average": rust_load,
         "scores": rust_scores,
     });
     let peer = if python.is_some() {
@@ -614,11 +711,11 @@ pub fn run(args: QualityArgs) -> Result<()> {
             "steps": peer_result["steps"],
             "images": peer_result["images"],
             "train_seconds": peer_seconds,
-            "images_per_s": per_s(steps, peer_seconds),
+            "images_per_s": per_s(steps, peer_seconds.unwrap_or(f64::NAN)),
             "final_loss": peer_result["final_loss"],
             "skipped_steps": peer_result["skipped_steps"],
             "torch": peer_result["torch"],
-            "load_average": [peer_load_before, peer_load_after],
+            "load_average": peer_load,
             "scores": peer_scores,
         })
     } else {
@@ -634,6 +731,7 @@ pub fn run(args: QualityArgs) -> Result<()> {
         "minutes": plan.minutes,
         "samples": n,
         "threads": threads,
+        "concurrent": args.concurrent,
         "seed": args.seed,
         "profile": args.profile,
         "samplers": plan.samplers.iter().map(|s| json!({"name": s.name(), "label": s.label(), "config": s.peer_config()})).collect::<Vec<_>>(),
@@ -719,13 +817,18 @@ fn recipe_rows(c: &Value) -> Vec<(&'static str, String)> {
 /// The report as markdown.
 pub fn markdown(r: &Value) -> String {
     let mut s = format!(
-        "# Quality race {} ({})\n\n- device: {}\n- commit: {}, `ddpm` {} profile, {} threads each side, one side after the other\n- preset `{}`{}; {} minutes of wall-clock training per side (SIGTERM at the deadline, previews off), seed {}\n- {} EMA samples per sampler, scored with `ddpm eval fid --resize pytorch` against the Inception features of the first {} Fashion-MNIST test images\n\n",
+        "# Quality race {} ({})\n\n- device: {}\n- commit: {}, `ddpm` {} profile, {} threads each side, {}\n- preset `{}`{}; {} minutes of wall-clock training per side (SIGTERM at the deadline, previews off), seed {}\n- {} EMA samples per sampler, scored with `ddpm eval fid --resize pytorch` against the Inception features of the first {} Fashion-MNIST test images\n\n",
         r["date"].as_str().unwrap_or_default(),
         r["mode"].as_str().unwrap_or_default(),
         r["device"].as_str().unwrap_or_default(),
         r["commit"].as_str().unwrap_or_default(),
         r["profile"].as_str().unwrap_or_default(),
         r["threads"],
+        if r["concurrent"] == true {
+            "both sides at the same time"
+        } else {
+            "one side after the other"
+        },
         r["preset"].as_str().unwrap_or_default(),
         match r["sets"].as_array() {
             Some(sets) if !sets.is_empty() => format!(
