@@ -341,7 +341,9 @@ def train(config, images, args):
 
 
 @torch.no_grad()
-def sample(model, tables, sampler, prediction, n_images, batch_size, seed, shape):
+def sample(model, tables, sampler, prediction, n_images, batch_size, seed, shape, x_T=None):
+    """uint8 NHWC samples; x_T (a function of (generator, rows) giving the start of a batch)
+    replaces N(0, I) when given (scripts/quality/prior_mismatch.py)."""
     kind = sampler.get("kind")
     if kind == "ddim":
         ts = timesteps(tables.T, sampler["steps"], sampler.get("spacing", "leading"))
@@ -357,7 +359,7 @@ def sample(model, tables, sampler, prediction, n_images, batch_size, seed, shape
     gen = torch.Generator().manual_seed(seed)
     for first in range(0, n_images, batch_size):
         rows = min(batch_size, n_images - first)
-        x = torch.randn((rows, *shape), generator=gen)
+        x = torch.randn((rows, *shape), generator=gen) if x_T is None else x_T(gen, rows)
         for i, t in enumerate(ts):
             t_batch = torch.full((rows,), t, dtype=torch.int64)
             output = model(x.contiguous(memory_format=torch.channels_last), t_batch).float()

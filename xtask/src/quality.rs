@@ -1076,6 +1076,10 @@ mod tests {
         ] {
             assert!(md.contains(needle), "{needle} missing from\n{md}");
         }
+        assert!(md.contains("one side after the other"), "{md}");
+        let mut concurrent = report.clone();
+        concurrent["concurrent"] = json!(true);
+        assert!(markdown(&concurrent).contains("both sides at the same time"));
         // Without a peer, its row is left out.
         let mut rust_only = report.clone();
         rust_only["pytorch"] = Value::Null;
