@@ -824,7 +824,9 @@ pub fn markdown(r: &Value) -> String {
         r["commit"].as_str().unwrap_or_default(),
         r["profile"].as_str().unwrap_or_default(),
         r["threads"],
-        if r["concurrent"] == true {
+        if r["pytorch"].is_null() {
+            "the Rust side only (--no-peer)"
+        } else if r["concurrent"] == true {
             "both sides at the same time"
         } else {
             "one side after the other"
@@ -1083,7 +1085,9 @@ mod tests {
         // Without a peer, its row is left out.
         let mut rust_only = report.clone();
         rust_only["pytorch"] = Value::Null;
-        assert!(!markdown(&rust_only).contains("PyTorch (`train_peer.py`)"));
+        let md = markdown(&rust_only);
+        assert!(!md.contains("PyTorch (`train_peer.py`)"), "{md}");
+        assert!(md.contains("the Rust side only"), "{md}");
     }
 
     pub(super) fn config() -> Value {
