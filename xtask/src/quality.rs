@@ -778,7 +778,7 @@ fn recipe_rows(c: &Value) -> Vec<(&'static str, String)> {
     vec![
         (
             "dataset",
-            format!("{} (`transform`: {})", c["dataset"], c["transform"]),
+            format!("{}, transform {}", c["dataset"], c["transform"]),
         ),
         ("network", c["model"].to_string()),
         ("schedule", c["schedule"].to_string()),
