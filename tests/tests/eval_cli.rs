@@ -137,6 +137,60 @@ fn cached_statistics_give_the_same_fid_as_the_dataset() {
     );
 }
 
+/// `cargo xtask quality` scores several sample sets against one reference: the features that
+/// `ddpm eval stats --features` stores give the FID and KID of the images themselves, and `--n`
+/// keeps the first rows as it keeps the first images.
+#[test]
+fn stored_features_give_the_fid_and_kid_of_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (samples, reference) = (dir.path().join("s"), dir.path().join("r"));
+    png_folder(&samples, 9, 32, 32, 1);
+    png_folder(&reference, 12, 32, 32, 5);
+    let features = dir.path().join("ref-features.npz");
+    let out = eval(
+        "stats",
+        &[
+            "--samples",
+            p(&reference),
+            "--features",
+            "--out",
+            p(&features),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let score = |args: &[&str]| -> serde_json::Value {
+        let json = dir.path().join("r.json");
+        let mut all = vec!["--samples", p(&samples), "--out", p(&json)];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--kid-subset-size", "6"]);
+        let out = eval("fid", &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    for n in [None, Some("7")] {
+        let n_args: Vec<&str> = n.map(|n| vec!["--n", n]).unwrap_or_default();
+        let from_images = score(&[&["--ref", p(&reference)][..], &n_args].concat());
+        let from_features = score(&[&["--ref", p(&features)][..], &n_args].concat());
+        let (a, b) = (
+            from_images["fid"].as_f64().unwrap(),
+            from_features["fid"].as_f64().unwrap(),
+        );
+        assert!(a > 0.0 && (a - b).abs() <= 1e-9 * a, "{n:?}: {a} vs {b}");
+        assert_eq!(from_images["kid"], from_features["kid"], "{n:?}");
+        assert_eq!(
+            from_images["reference"]["n"],
+            from_features["reference"]["n"]
+        );
+    }
+    // Features are a reference, not samples.
+    let out = eval("fid", &["--samples", p(&features), "--ref", p(&reference)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pass it as --ref"),
+        "{}",
+        stderr(&out)
+    );
+}
 #[test]
 fn bad_inputs_are_clear_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

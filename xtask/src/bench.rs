@@ -220,7 +220,7 @@ pub(crate) fn python(root: &Path) -> Result<PathBuf> {
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days, H. Hinnant).
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
@@ -237,7 +237,7 @@ fn today() -> String {
 }
 
 /// The machine in words, and a short tag for the file name.
-fn describe_device(device: &str, threads: usize) -> (String, String) {
+pub(crate) fn describe_device(device: &str, threads: usize) -> (String, String) {
     if device == "cuda" {
         let name = Command::new("nvidia-smi")
             .args(["--query-gpu=name", "--format=csv,noheader"])
@@ -262,7 +262,7 @@ fn describe_device(device: &str, threads: usize) -> (String, String) {
     )
 }
 
-fn git_commit(root: &Path) -> String {
+pub(crate) fn git_commit(root: &Path) -> String {
     Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .current_dir(root)

@@ -1,4 +1,4 @@
-//! `cargo xtask …`: libtorch set-up, dataset downloads, the test suite and benchmarks
+//! `cargo xtask …`: libtorch set-up, dataset downloads, the test suite, benchmarks and the quality race
 //! (the cargo-xtask pattern, as in rust-analyzer). It never links libtorch itself, so it
 //! builds on a machine that has none yet.
 
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 mod bench;
 mod fetch;
 mod gpu_bundle;
+mod quality;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,10 @@ enum Command {
     },
     /// Run every benchmark, with PyTorch eager side by side, and write a JSON + markdown report.
     Bench(bench::BenchArgs),
+    /// The quality race: train a preset for M minutes in Rust and, with the same recipe, in
+    /// PyTorch; sample both with their EMA weights and score them with the Rust FID and KID
+    /// against the Fashion-MNIST test set; write a JSON + markdown report with sample grids.
+    Quality(quality::QualityArgs),
     /// Pack the release binaries, the CUDA test binaries, the PyTorch peer and a run.sh that
     /// checks and times everything on a GPU machine without cargo into one archive; then
     /// smoke-test the archive on the CPU.
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
             run_checked(cmd.args(args))
         }
         Command::Bench(args) => bench::run(args),
+        Command::Quality(args) => quality::run(args),
         Command::GpuBundle(args) => gpu_bundle::run(args),
         Command::Fetch(command) => fetch::run(command),
     }

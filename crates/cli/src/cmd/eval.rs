@@ -106,8 +106,9 @@ pub struct FidArgs {
     /// The directory of --samples-dataset (default: data/<dataset>).
     #[arg(long)]
     samples_data: Option<PathBuf>,
-    /// Reference: statistics (.npz with `mu`, `sigma`; FID only), or sample images (.npz or
-    /// folder; FID and KID).
+    /// Reference: statistics (.npz with `mu`, `sigma`; FID only), features (.npz from
+    /// `ddpm eval stats --features`; FID and KID, without extracting them again), or sample
+    /// images (.npz or folder; FID and KID).
     #[arg(long = "ref", conflicts_with = "dataset")]
     reference: Option<PathBuf>,
     #[command(flatten)]
@@ -169,6 +170,10 @@ pub struct StatsArgs {
     /// The .npz to write (`mu` float64 [D], `sigma` float64 [D, D]).
     #[arg(long)]
     out: PathBuf,
+    /// Also store the Inception features (`features`, float32 [N, D]) in --out, so that
+    /// `ddpm eval fid --ref` computes KID from the file instead of extracting them again.
+    #[arg(long)]
+    features: bool,
     #[command(flatten)]
     inception: InceptionArgs,
 }
@@ -339,9 +344,35 @@ fn collect_images(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
 enum Source {
     Images(Images),
     Statistics(Statistics),
+    /// Inception features saved by `ddpm eval stats --features`.
+    Features(Features),
 }
 
-/// Reads images from an `.npz` or folder, or statistics from an `.npz` with `mu` and `sigma`.
+/// Reads `features` (`[N, D]`, float32 or float64) from an `.npz` written by
+/// `ddpm eval stats --features`.
+fn read_features(path: &Path) -> Result<Features> {
+    let arrays = read_npz(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, array) = arrays
+        .iter()
+        .find(|(name, _)| name == "features")
+        .with_context(|| format!("{}: no array `features`", path.display()))?;
+    let [n, dim] = array.shape[..] else {
+        bail!(
+            "{}: `features` has shape {:?}; expected [N, D]",
+            path.display(),
+            array.shape
+        );
+    };
+    let values = match &array.data {
+        NpyData::F32(v) => v.clone(),
+        NpyData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        _ => bail!("{}: `features` is not float32 or float64", path.display()),
+    };
+    Features::new(values, n, dim).with_context(|| format!("{}: `features`", path.display()))
+}
+
+/// Reads images from an `.npz` or folder, statistics from an `.npz` with `mu` and `sigma`, or
+/// features from an `.npz` with `features` (which wins over its `mu` and `sigma`).
 fn read_source(path: &Path, allow_stats: bool) -> Result<Source> {
     if path.is_dir() {
         return Ok(Source::Images(read_image_dir(path)?));
@@ -354,6 +385,15 @@ fn read_source(path: &Path, allow_stats: bool) -> Result<Source> {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
+    if names.iter().any(|n| n == "features") {
+        if !allow_stats {
+            bail!(
+                "{} holds Inception features, not images: pass it as --ref",
+                path.display()
+            );
+        }
+        return Ok(Source::Features(read_features(path)?));
+    }
     if names.iter().any(|n| n == "mu" || n == "sigma") {
         if !allow_stats {
             bail!(
@@ -662,6 +702,25 @@ fn run_fid(args: FidArgs) -> Result<()> {
             }
             Source::Statistics(stats)
         }
+        Source::Features(features) => {
+            let d = extractor
+                .feature_dim()
+                .with_context(|| format!("{}", extractor.path().display()))?;
+            if features.dim() != d {
+                bail!(
+                    "{ref_what}: features of dimension {} cannot be compared with the {d}-dimensional \
+                     features of {}: make them with this network (`ddpm eval stats --features`)",
+                    features.dim(),
+                    extractor.path().display()
+                );
+            }
+            let n = args.n.unwrap_or(usize::MAX).min(features.len());
+            if n < 2 {
+                return Err(FidError::TooFewImages { what: ref_what, n }.into());
+            }
+            let kept = Features::new(features.as_slice()[..n * d].to_vec(), n, d)?;
+            Source::Features(kept)
+        }
         Source::Images(images) => Source::Images(limit(images, args.n, &ref_what)?),
     };
     // The samples.
@@ -674,7 +733,9 @@ fn run_fid(args: FidArgs) -> Result<()> {
                     path.display().to_string(),
                     json!({"path": path.display().to_string()}),
                 ),
-                Source::Statistics(_) => unreachable!("refused by read_source"),
+                Source::Statistics(_) | Source::Features(_) => {
+                    unreachable!("refused by read_source")
+                }
             },
             (None, Some(path), _) => {
                 let (images, meta, classes) =
@@ -700,6 +761,14 @@ fn run_fid(args: FidArgs) -> Result<()> {
     let samples_stats = Statistics::from_features(&samples_features)?;
     let (ref_stats, ref_features, ref_n) = match reference {
         Source::Statistics(stats) => (stats, None, None),
+        Source::Features(features) => {
+            let n = features.len();
+            (
+                Statistics::from_features(&features)?,
+                Some(features),
+                Some(n),
+            )
+        }
         Source::Images(images) => {
             let features = extract(&extractor, &images, &ref_what)?;
             (
@@ -789,7 +858,7 @@ fn run_fid(args: FidArgs) -> Result<()> {
             k.mean, k.std, k.n_subsets, k.subset_size
         ),
         None => {
-            println!("KID n/a (the reference is statistics only; pass images or --dataset for KID)")
+            println!("KID n/a (the reference is statistics only; pass images, --dataset or `ddpm eval stats --features` output for KID)")
         }
     }
     eprintln!(
@@ -826,7 +895,7 @@ fn run_stats(args: StatsArgs) -> Result<()> {
     let (images, what) = match (&args.samples, &args.dataset.dataset) {
         (Some(path), _) => match read_source(path, false)? {
             Source::Images(images) => (images, path.display().to_string()),
-            Source::Statistics(_) => unreachable!("refused by read_source"),
+            Source::Statistics(_) | Source::Features(_) => unreachable!("refused by read_source"),
         },
         (None, Some(name)) => {
             let (images, what, _) = load_dataset(
@@ -842,9 +911,31 @@ fn run_stats(args: StatsArgs) -> Result<()> {
     let images = limit(images, args.n, &what)?;
     let features = extract(&extractor, &images, &what)?;
     let stats = Statistics::from_features(&features)?;
-    stats.write_npz(&args.out)?;
+    if args.features {
+        let (n, d) = (features.len(), features.dim());
+        let arrays = [
+            (
+                "mu",
+                NpyArray::new(vec![d], NpyData::F64(stats.mu().to_vec()))?,
+            ),
+            (
+                "sigma",
+                NpyArray::new(vec![d, d], NpyData::F64(stats.sigma().to_vec()))?,
+            ),
+            (
+                "features",
+                NpyArray::new(vec![n, d], NpyData::F32(features.as_slice().to_vec()))?,
+            ),
+        ];
+        let named: Vec<(&str, &NpyArray)> = arrays.iter().map(|(k, v)| (*k, v)).collect();
+        write_npz(&args.out, &named)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+    } else {
+        stats.write_npz(&args.out)?;
+    }
     eprintln!(
-        "statistics of {} images of {what} ({}-d) written to {}",
+        "statistics{} of {} images of {what} ({}-d) written to {}",
+        if args.features { " and features" } else { "" },
         images.len(),
         stats.dim(),
         args.out.display()
