@@ -165,8 +165,46 @@ fn sigterm_sigusr1_and_sighup_checkpoint_and_exit_zero() {
         ("-USR1", "SIGUSR1"),
         ("-HUP", "SIGHUP"),
     ] {
+        if sig == "-HUP" && sighup_ignored_here() {
+            hup_stays_ignored_under_nohup();
+            continue;
+        }
         stop_with(sig, name);
     }
+}
+
+/// Whether this process ignores SIGHUP (it runs under `nohup`): children inherit that, and
+/// `ddpm train` then keeps it ignored by design.
+fn sighup_ignored_here() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// Under `nohup` a SIGHUP must not stop the run: it keeps training after the signal.
+fn hup_stays_ignored_under_nohup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 64);
+    let run_dir = dir.path().join("run");
+    let mut args = tiny_args(&data, &run_dir);
+    args.extend(["--max-steps".into(), "100000".into()]);
+    let mut child = spawn(&args, &[]);
+    wait_for("the first checkpoint", Duration::from_secs(120), || {
+        !complete_checkpoints(&run_dir).is_empty()
+    });
+    signal(&child, "-HUP");
+    std::thread::sleep(Duration::from_secs(2));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        still_running,
+        "SIGHUP stopped a run started under nohup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
