@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "crates" / "train" / "tests" / "fixtures"
+OUT = ROOT / "crates" / "eval" / "tests" / "fixtures"
 CIFAR20 = ROOT.parent / "shared" / "data" / "cifar10" / "test_batch_first20.bin"
 INCEPTION = ROOT / "data" / "inception" / "default_1.pt"
 SIZE = 16
