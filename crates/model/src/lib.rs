@@ -316,6 +316,27 @@ impl ClassEmbedding {
     }
 }
 
+/// `emb` plus the class embedding of each sample's label, for a class-conditional network;
+/// `emb` itself otherwise, which must then get no labels (`network` names it in the panic).
+fn add_class_embedding(
+    class_embedding: Option<&ClassEmbedding>,
+    emb: Tensor,
+    class_labels: Option<&Tensor>,
+    n: i64,
+    network: &str,
+) -> Tensor {
+    match class_embedding {
+        Some(embedding) => emb + embedding.forward(class_labels, n),
+        None => {
+            assert!(
+                class_labels.is_none(),
+                "class labels given to a {network} that is not class-conditional"
+            );
+            emb
+        }
+    }
+}
+
 /// Checks a `num_classes` setting.
 fn validate_num_classes(arch: &'static str, num_classes: Option<i64>) -> Result<(), ModelError> {
     match num_classes {

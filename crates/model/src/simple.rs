@@ -24,7 +24,10 @@
 use crate::error::{invalid, ModelError};
 use crate::init::fan_avg_uniform_;
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
-use crate::{batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding, Denoiser};
+use crate::{
+    add_class_embedding, batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding,
+    Denoiser,
+};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module, ModuleT};
 use tch::{Kind, Tensor};
@@ -551,16 +554,13 @@ impl Denoiser for SimpleUnet {
             .to_kind(self.time_mlp.ws.kind())
             .apply(&self.time_mlp)
             .relu();
-        let t_emb = match &self.class_embedding {
-            Some(embedding) => t_emb + embedding.forward(class_labels, xs.size()[0]),
-            None => {
-                assert!(
-                    class_labels.is_none(),
-                    "class labels given to a SimpleUnet that is not class-conditional"
-                );
-                t_emb
-            }
-        };
+        let t_emb = add_class_embedding(
+            self.class_embedding.as_ref(),
+            t_emb,
+            class_labels,
+            xs.size()[0],
+            "SimpleUnet",
+        );
         let mut x = x.apply(&self.conv0);
         let mut skips = Vec::with_capacity(self.downs.len());
         for down in &self.downs {

@@ -21,7 +21,10 @@
 use crate::error::{invalid, ModelError};
 use crate::init::{fan_avg_uniform_, ZERO_SCALE};
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
-use crate::{batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding, Denoiser};
+use crate::{
+    add_class_embedding, batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding,
+    Denoiser,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn::{self, Init};
@@ -965,17 +968,14 @@ impl Denoiser for UNet {
         let t_emb = timestep_embedding(&timesteps, c.channels, c.flip_sin_to_cos, c.freq_shift)
             .to_kind(self.linear_1.ws.kind());
         let temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
-        let temb = match &self.class_embedding {
-            // diffusers: `emb = emb + class_emb`, after the time MLP and before any resnet.
-            Some(embedding) => temb + embedding.forward(class_labels, xs.size()[0]),
-            None => {
-                assert!(
-                    class_labels.is_none(),
-                    "class labels given to a U-Net that is not class-conditional"
-                );
-                temb
-            }
-        };
+        // diffusers: `emb = emb + class_emb`, after the time MLP and before any resnet.
+        let temb = add_class_embedding(
+            self.class_embedding.as_ref(),
+            temb,
+            class_labels,
+            xs.size()[0],
+            "U-Net",
+        );
         // Every resnet applies SiLU to the embedding before its projection; do it once.
         let temb_act = temb.silu();
 
