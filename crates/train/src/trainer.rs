@@ -1021,12 +1021,7 @@ impl Trainer {
             return self.wait_for_checkpoint();
         }
         let state = self.checkpoint_state();
-        let contents = CheckpointContents {
-            state: &state,
-            model: &self.model_vs,
-            ema: &self.ema_vs,
-            optimizer: self.optim.state_tensors(),
-        };
+        let contents = self.checkpoint_contents(&state);
         let dir = checkpoint::save(
             &self.run_dir.join("checkpoints"),
             &contents,
@@ -1034,6 +1029,17 @@ impl Trainer {
         )?;
         self.checkpoint_barrier()?;
         Ok(dir)
+    }
+
+    /// What a checkpoint of the current step holds, with its `state`
+    /// ([`Trainer::checkpoint_state`]).
+    fn checkpoint_contents<'a>(&'a self, state: &'a CheckpointState) -> CheckpointContents<'a> {
+        CheckpointContents {
+            state,
+            model: &self.model_vs,
+            ema: &self.ema_vs,
+            optimizer: self.optim.state_tensors(),
+        }
     }
 
     /// The `state.json` of a checkpoint of the current step.

@@ -10,7 +10,7 @@ use tch::Tensor;
 use sample::{sample_batches, BatchPlan, ClassConditioning, SampleOptions};
 
 use super::Trainer;
-use crate::checkpoint::{self, CheckpointContents};
+use crate::checkpoint;
 use crate::quality::{self, BestRecord, EvalRecord, SampleScorer};
 use crate::TrainError;
 
@@ -220,12 +220,7 @@ impl Trainer {
     /// Writes the current state as `checkpoints/best/` with `record`.
     fn save_best(&self, record: &BestRecord) -> Result<(), TrainError> {
         let state = self.checkpoint_state();
-        let contents = CheckpointContents {
-            state: &state,
-            model: &self.model_vs,
-            ema: &self.ema_vs,
-            optimizer: self.optim.state_tensors(),
-        };
+        let contents = self.checkpoint_contents(&state);
         quality::write_best(
             &self.run_dir.join(checkpoint::CHECKPOINTS_DIR),
             &contents,
