@@ -12,7 +12,11 @@ The recipe, each part written here independently of the Rust code, from its defi
 * data: Fashion-MNIST or MNIST (`dataset.kind`), the training split read from the IDX `.gz`
   files, scaled with x / 127.5 - 1, each image flipped left-right with probability
   `transform.flip_p`; a fresh permutation each epoch, incomplete last batch dropped;
-* network: the notebook's SimpleUnet (`model.arch = "simple"`), the independent PyTorch port in
+* network: the paper's U-Net (`model.arch = "ddpm"`), scripts/bench/unet_torch.py under
+  diffusers' names (checked against diffusers there), with the official initialisation (fan-avg
+  uniform variance scaling, zero biases, a 1e-10 scale for each residual branch's last conv, the
+  attention output and conv_out), NCHW as the Rust side on the CPU; or
+  the notebook's SimpleUnet (`model.arch = "simple"`), the independent PyTorch port in
   scripts/golden/model_simple.py with PyTorch's symmetric padding (equal to Keras' 'same' at the
   even sizes the network sees) and its first up block's cat([x, x]) convolved as one convolution
   with the kernel halves summed (the same function, as the Rust model computes it);
@@ -64,7 +68,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from model_simple import SimpleUnet  # noqa: E402
+from unet_torch import UNet  # noqa: E402
 
 STOP = {"signal": None}
 
@@ -149,17 +155,72 @@ class FoldedSimpleUnet(SimpleUnet):
         return self.output(x)
 
 
+# The official DDPM code's "zero" scale for the last layer of every residual branch, the attention
+# output projection and conv_out (TensorFlow's variance scaling rejects 0).
+ZERO_SCALE = 1e-10
+
+
+def fan_avg_uniform_(weight, scale):
+    """TensorFlow's variance_scaling(scale, 'fan_avg', 'uniform'): U(-l, l), l = sqrt(6 s / fan sum)."""
+    receptive_field = math.prod(weight.shape[2:])
+    fan_sum = (weight.shape[0] + weight.shape[1]) * receptive_field
+    limit = math.sqrt(6.0 * scale / fan_sum)
+    nn.init.uniform_(weight, -limit, limit)
+
+
+def build_unet(model_config):
+    """The paper's U-Net (`model.arch = "ddpm"`): scripts/bench/unet_torch.py under diffusers'
+    configuration names, initialised as the official code (fan-avg uniform, zero biases, a
+    ~zero scale for each residual branch's conv2, attention's to_out and conv_out)."""
+    if model_config.get("num_classes") is not None:
+        refuse("model.num_classes", model_config["num_classes"], "null")
+    widths = [m * model_config["channels"] for m in model_config["channel_mult"]]
+    size = model_config["image_size"]
+    down = [
+        "AttnDownBlock2D" if (size >> level) in model_config["attention_resolutions"] else "DownBlock2D"
+        for level in range(len(widths))
+    ]
+    up = [kind.replace("Down", "Up") for kind in reversed(down)]
+    model = UNet(
+        sample_size=size,
+        in_channels=model_config["in_channels"],
+        out_channels=model_config["out_channels"],
+        layers_per_block=model_config["layers_per_block"],
+        block_out_channels=widths,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=model_config["norm_num_groups"],
+        norm_eps=model_config["norm_eps"],
+        dropout=model_config["dropout"],
+        freq_shift=model_config["freq_shift"],
+        flip_sin_to_cos=model_config["flip_sin_to_cos"],
+        downsample_padding=model_config["downsample_padding"],
+        attention_head_dim=model_config["attention_head_dim"],
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            last = name.endswith(("conv2", "to_out.0")) or name == "conv_out"
+            fan_avg_uniform_(module.weight, ZERO_SCALE if last else 1.0)
+            nn.init.zeros_(module.bias)
+    # NCHW, as the Rust U-Net trains on the CPU (channels-last measured slower there).
+    model.memory_format = torch.contiguous_format
+    return model
+
+
 def build_model(config):
     model_config = dict(config["model"])
     arch = model_config.pop("arch", None)
+    if arch == "ddpm":
+        return build_unet(model_config)
     if arch != "simple":
-        refuse("model.arch", arch, "simple")
+        refuse("model.arch", arch, "simple, ddpm")
     model = FoldedSimpleUnet(model_config, exact=False)
     # Keras' defaults, as the Rust model: glorot_uniform kernels, zero biases.
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
+    model.memory_format = torch.channels_last
     return model.to(memory_format=torch.channels_last)
 
 
@@ -276,9 +337,9 @@ def train(config, images, args):
     for x0 in batches(images, batch_size, config["transform"]["flip_p"], gen):
         if STOP["signal"] or step >= total or time.monotonic() >= deadline:
             break
-        x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=model.memory_format)
         t = torch.randint(0, tables.T, (batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=model.memory_format)
         a = tables.sqrt_abar[t].view(-1, 1, 1, 1)
         s = tables.sqrt_one_minus_abar[t].view(-1, 1, 1, 1)
         x_t = a * x0 + s * noise
@@ -362,7 +423,7 @@ def sample(model, tables, sampler, prediction, n_images, batch_size, seed, shape
         x = torch.randn((rows, *shape), generator=gen) if x_T is None else x_T(gen, rows)
         for i, t in enumerate(ts):
             t_batch = torch.full((rows,), t, dtype=torch.int64)
-            output = model(x.contiguous(memory_format=torch.channels_last), t_batch).float()
+            output = model(x.contiguous(memory_format=model.memory_format), t_batch).float()
             a, b = math.sqrt(tables.abar[t]), math.sqrt(1.0 - tables.abar[t])
             if prediction == "eps":
                 x0 = (x - b * output) / a
