@@ -336,12 +336,16 @@ impl TrainHooks for CliHooks {
         } else {
             String::new()
         };
-        let loss = self.smoothed.unwrap_or(f64::NAN);
+        // No metrics line yet (the first `log_every` steps): a dash, not "NaN", which reads as a
+        // diverged run.
+        let loss = self
+            .smoothed
+            .map_or_else(|| "–".to_string(), |l| format!("{l:.4}"));
         match &self.bar {
             Some(bar) => {
                 bar.set_position(step);
                 bar.set_message(format!(
-                    "epoch {epoch} loss {loss:.4} {rate:.0} img/s{skipped}"
+                    "epoch {epoch} loss {loss} {rate:.0} img/s{skipped}"
                 ));
             }
             None => {
@@ -354,7 +358,7 @@ impl TrainHooks for CliHooks {
                     let left = self.total_steps.saturating_sub(step);
                     let eta = elapsed.mul_f64(left as f64 / done.max(1) as f64);
                     eprintln!(
-                        "step {step}/{} ({:.1}%) epoch {epoch} loss {loss:.4} {rate:.0} img/s elapsed {} ETA {}{skipped}",
+                        "step {step}/{} ({:.1}%) epoch {epoch} loss {loss} {rate:.0} img/s elapsed {} ETA {}{skipped}",
                         self.total_steps,
                         100.0 * step as f64 / self.total_steps.max(1) as f64,
                         format_duration(elapsed),
