@@ -418,6 +418,8 @@ pub fn run(args: QualityArgs) -> Result<()> {
     let all_started = Instant::now();
     let root = root();
     let date = crate::bench::today();
+    // Read before the run: a commit made while the race trains is not what it measured.
+    let commit = crate::bench::git_commit(&root);
     let plan = Plan::new(&args, &root, &date)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(if args.concurrent {
@@ -723,7 +725,7 @@ pub fn run(args: QualityArgs) -> Result<()> {
     };
     let report = json!({
         "date": date,
-        "commit": crate::bench::git_commit(&root),
+        "commit": commit,
         "device": crate::bench::describe_device("cpu", threads).0,
         "mode": if args.quick { "quick" } else { "full" },
         "preset": args.preset,

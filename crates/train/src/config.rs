@@ -115,8 +115,15 @@ pub enum Preset {
     /// Adam 2e-4 with 5000 warm-up steps, clip 1.0, EMA 0.9999, dropout 0.1, flips, batch 128,
     /// 800k steps.
     DdpmCifar10,
-    /// Fashion-MNIST 28×28×1 with a small SimpleUnet: recognisable samples in about half an hour
-    /// on two CPU cores.
+    /// Fashion-MNIST 28×28×1 with a small paper U-Net ([`UNetConfig::fashion_mnist`]: widths
+    /// 16/32/64, attention at 7×7), cosine T=300, ε with L2, Adam 2e-3 with 200 warm-up steps,
+    /// clip 1.0, EMA 0.999, batch 64, flips, 10 epochs: good samples in half an hour on two CPU
+    /// cores.
+    ///
+    /// Measured 2026-12-01 (commit f0ce2b6, 2-core Xeon, 30 minutes, 9,310 steps): FID 33.8 with
+    /// DDPM over all 300 steps (σ² = β̃) and 45.2 with DDIM-50, 1,000 EMA samples against the
+    /// first 1,000 test images (the floor of real data: 23.2). The SimpleUnet preset it replaced
+    /// scored 142.5 and 207.5 after its 3 epochs. `docs/runs/fashion-mnist-preset-ablation/`.
     FashionMnist,
 }
 
