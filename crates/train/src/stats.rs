@@ -1,6 +1,6 @@
 //! The training loop's per-step statistics, kept on the device so that a step never waits for
 //! the host: the non-finite check, the skip counters behind the NaN guard's abort rule, and the
-//! loss and gradient norm that `metrics.jsonl` reports. [`DeviceStats::read`] brings them all
+//! loss and gradient norm that `metrics.jsonl` reports. `DeviceStats::read` brings them all
 //! to the host in one transfer; the trainer reads every `log_every` and `checkpoint_every` steps
 //! and at the end of the run.
 
