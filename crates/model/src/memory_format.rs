@@ -18,7 +18,8 @@ use tch::Tensor;
 /// trains about 1.3× faster in NCHW (its GroupNorm and attention backward passes are slower
 /// channels-last), in Rust and in PyTorch alike. [`crate::ModelConfig::build`] therefore lays the
 /// kernels out in each architecture's measured preference
-/// ([`crate::ModelConfig::preferred_memory_format`]), and [`set_memory_format`] overrides it.
+/// ([`crate::UNetConfig::preferred_memory_format`],
+/// [`crate::SimpleUnetConfig::preferred_memory_format`]), and [`set_memory_format`] overrides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryFormat {

@@ -190,8 +190,8 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError
 }
 
 /// [`load_safetensors`] with every key of the file passed through `rename` first, for files that
-/// use other names for the same tensors (e.g. [`crate::diffusers_legacy_key`]). Messages list
-/// the renamed keys.
+/// use other names for the same tensors (e.g. [`crate::UNetConfig::modern_diffusers_key`] for
+/// the legacy names of old diffusers folders). Messages list the renamed keys.
 ///
 /// # Errors
 /// As [`load_safetensors`].

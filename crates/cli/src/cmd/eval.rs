@@ -79,7 +79,7 @@ pub struct DatasetArgs {
     /// train, test or train+test.
     #[arg(long, default_value = "train")]
     split: String,
-    /// The dataset directory (default: data/<dataset>, fetched when missing).
+    /// The dataset directory (default: data/DATASET, fetched when missing).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Do not download a missing dataset; fail instead.
@@ -103,7 +103,7 @@ pub struct FidArgs {
     /// The split of --samples-dataset.
     #[arg(long, default_value = "test")]
     samples_split: String,
-    /// The directory of --samples-dataset (default: data/<dataset>).
+    /// The directory of --samples-dataset (default: data/DATASET).
     #[arg(long)]
     samples_data: Option<PathBuf>,
     /// Reference: statistics (.npz with `mu`, `sigma`; FID only), features (.npz from

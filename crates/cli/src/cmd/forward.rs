@@ -37,7 +37,7 @@ pub struct ForwardArgs {
     /// train, test or train+test (with --dataset; default train).
     #[arg(long)]
     split: Option<Split>,
-    /// The dataset directory, or one CIFAR .bin file (default: data/<dataset>).
+    /// The dataset directory, or one CIFAR .bin file (default: data/DATASET).
     #[arg(long)]
     data: Option<PathBuf>,
     /// The first image, by index in the dataset.

@@ -34,18 +34,18 @@ pub struct TrainArgs {
     /// Override one config value: --set optim.lr=2e-4 (JSON values; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// The dataset directory (default: data/<dataset> under the current directory).
+    /// The dataset directory (default: data/DATASET under the current directory).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Where the run writes config.json, metrics.jsonl, checkpoints/ and samples/
-    /// (default: runs/<preset>). One trainer at a time: the directory is locked.
+    /// (default: runs/PRESET). One trainer at a time: the directory is locked.
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Continue the run in --run-dir from its newest checkpoint that loads.
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
     /// Continue the run in --run-dir from this checkpoint directory (a path, or a name under
-    /// <run>/checkpoints such as step-00001000); implies --resume.
+    /// RUN_DIR/checkpoints such as step-00001000); implies --resume.
     #[arg(long, value_name = "DIR", conflicts_with = "overwrite")]
     resume_from: Option<PathBuf>,
     /// Start afresh in a --run-dir that holds an earlier run, deleting its config.json,
