@@ -116,14 +116,16 @@ pub enum Preset {
     /// 800k steps.
     DdpmCifar10,
     /// Fashion-MNIST 28×28×1 with a small paper U-Net ([`UNetConfig::fashion_mnist`]: widths
-    /// 16/32/64, attention at 7×7), cosine T=300, ε with L2, Adam 2e-3 with 200 warm-up steps,
-    /// clip 1.0, EMA 0.999, batch 64, flips, 10 epochs: good samples in half an hour on two CPU
-    /// cores.
+    /// 16/32/64, attention at 7×7), cosine T=300, v-prediction with L2, Adam 2e-3 with 200
+    /// warm-up steps, clip 1.0, EMA 0.999, batch 64, flips, 10 epochs: good samples in half an
+    /// hour on two CPU cores.
     ///
-    /// Measured 2026-12-01 (commit f0ce2b6, 2-core Xeon, 30 minutes, 9,310 steps): FID 33.8 with
-    /// DDPM over all 300 steps (σ² = β̃) and 45.2 with DDIM-50, 1,000 EMA samples against the
-    /// first 1,000 test images (the floor of real data: 23.2). The SimpleUnet preset it replaced
-    /// scored 142.5 and 207.5 after its 3 epochs. `docs/runs/fashion-mnist-preset-ablation/`.
+    /// Measured 2026-12-01 (commit dc9bb21, 2-core Xeon, 30 minutes, 9,523 steps): FID 36.5 with
+    /// DDPM over all 300 steps (σ² = β̃) and 40.1 with DDIM-50 (η = 0), 1.10× the chain; 1,000
+    /// EMA samples against the first 1,000 test images (the floor of real data: 23.2). With
+    /// ε-prediction (commit f0ce2b6) the same budget gave 33.8 and 45.2 (1.34×). The SimpleUnet
+    /// preset before both scored 142.5 and 207.5 after its 3 epochs.
+    /// `docs/runs/fashion-mnist-preset-ablation/`.
     FashionMnist,
 }
 
