@@ -19,8 +19,8 @@ pub struct EmaConfig {
     /// The decay d in θ_ema ← d·θ_ema + (1 − d)·θ.
     pub decay: f64,
     /// Warm-up: use min(d, (1 + n) / (10 + n)) at update n, so that early averages are not
-    /// dominated by the random initialisation (as in the official TF code's `ema` helper users
-    /// and diffusers' `EMAModel`).
+    /// dominated by the random initialisation (TensorFlow's `ExponentialMovingAverage` given
+    /// `num_updates`, and diffusers' `EMAModel` without `use_ema_warmup`).
     pub warmup: bool,
 }
 
