@@ -15,7 +15,7 @@ use schedule::BetaSchedule;
 
 use crate::distributed::DistConfig;
 use crate::ema::EmaConfig;
-use crate::objective::ObjectiveConfig;
+use crate::objective::{ObjectiveConfig, Prediction};
 use crate::optim::OptimConfig;
 use crate::TrainError;
 
@@ -229,7 +229,7 @@ impl Preset {
                 // v-prediction (Salimans & Ho 2022): at 12 minutes it brought DDIM-50 from 1.62×
                 // the ancestral chain's FID to 1.15× (the ablation in docs/runs/).
                 objective: ObjectiveConfig {
-                    prediction: crate::objective::Prediction::V,
+                    prediction: Prediction::V,
                     ..ObjectiveConfig::ho2020()
                 },
                 optim: OptimConfig {
