@@ -18,7 +18,7 @@ use data::Dataset;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use train::objective::training_loss;
 use train::optim::Adam;
-use train::{Preset, TrainConfig, Trainer};
+use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, Trainer};
 
 #[path = "support/random_dataset.rs"]
 mod random_dataset;
@@ -80,8 +80,13 @@ fn bench(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer =
-        Trainer::new(config.clone(), seeded_dataset(&config), dir.path(), device).unwrap();
+    let mut trainer = Trainer::open(
+        RunDir::lock(dir.path()).unwrap(),
+        Start::Fresh(config.clone()),
+        seeded_dataset(&config),
+        OpenOptions::new(device),
+    )
+    .unwrap();
     // A second loader like the trainer's: its workers make batches while the steps run, as in
     // `Trainer::run`.
     let loader = data::Loader::new(

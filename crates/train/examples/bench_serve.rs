@@ -136,8 +136,11 @@ fn loop_trainer(
     config: &TrainConfig,
     dir: &std::path::Path,
 ) -> (Trainer, data::Loader) {
+    let run = train::RunDir::lock(dir).expect("the run directory");
+    let start = train::Start::Fresh(config.clone());
+    let options = train::OpenOptions::new(args.device);
     let mut trainer =
-        Trainer::new(config.clone(), random_dataset(config), dir, args.device).expect("a trainer");
+        Trainer::open(run, start, random_dataset(config), options).expect("a trainer");
     if args.cuda_graph {
         if let Err(err) = trainer.enable_cuda_graph() {
             eprintln!("bench_serve: --cuda-graph: {err}");

@@ -47,7 +47,9 @@ use train::ema::Ema;
 use train::objective::training_loss;
 use train::optim::Adam;
 use train::trainer::{step_seed, StepOutcome, TrainHooks};
-use train::{Distributed, GradSync, Precision, Preset, RunDir, TrainConfig, Trainer};
+use train::{
+    Distributed, GradSync, OpenOptions, Precision, Preset, RunDir, Start, TrainConfig, Trainer,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -232,11 +234,11 @@ fn time_steps(mut trainer: Trainer) -> Result<Duration> {
 }
 
 fn alone(dir: &Path, batch: usize, steps: u64) -> Result<Duration> {
-    let trainer = Trainer::new(
-        config(batch, steps, GradSync::Bucketed),
+    let trainer = Trainer::open(
+        RunDir::lock(dir)?,
+        Start::Fresh(config(batch, steps, GradSync::Bucketed)),
         dataset(),
-        dir,
-        Device::Cpu,
+        OpenOptions::new(Device::Cpu),
     )?;
     time_steps(trainer)
 }
@@ -253,12 +255,11 @@ fn data_parallel(
     } else {
         RunDir::follow(dir)
     };
-    let trainer = Trainer::create_distributed(
+    let trainer = Trainer::open(
         run,
-        config(batch, steps, grad_sync),
+        Start::Fresh(config(batch, steps, grad_sync)),
         dataset(),
-        Device::Cpu,
-        Some(dist),
+        OpenOptions::new(Device::Cpu).distributed(Some(dist)),
     )?;
     time_steps(trainer)
 }

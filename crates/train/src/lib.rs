@@ -10,7 +10,8 @@
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
-//! - [`trainer`]: the loop.
+//! - [`trainer`]: [`Trainer::open`] (a fresh, replaced or resumed run, alone or one rank of
+//!   several), the step, checkpoints and the loop.
 //! - [`quality`]: FID in the loop: scored samples every `eval_every` steps, the best checkpoint.
 //! - [`distributed`]: data-parallel training over c10d (Gloo, NCCL), launched like torchrun; its
 //!   docs say what changes when a run spans several processes.
@@ -30,7 +31,9 @@ pub use config::{ConfigChange, Precision, Preset, TrainConfig};
 pub use distributed::{DistConfig, Distributed, GradSync};
 pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;
-pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
+pub use trainer::{
+    MetricsRecord, OpenOptions, RunEnd, Start, StepOutcome, StepValues, TrainHooks, Trainer,
+};
 
 pub use sample::{forward, forward_cond};
 

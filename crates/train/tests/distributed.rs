@@ -2,23 +2,23 @@
 //! itself again as rank 1 (environment `DDPM_TEST_RANK=1`, `--exact` the same test), and rank 0
 //! checks that rank 1 succeeded. Tiny networks, CPU, one thread per rank.
 
+mod common;
+use common::{fresh, metrics, resume, simple_unet, tiny_config, tiny_unet, toy_dataset_of};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
-use schedule::BetaSchedule;
+use model::ModelConfig;
 use tch::{Device, Kind, Tensor};
 use train::checkpoint::{self, named_tensors};
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::distributed::LaunchEnv;
 use train::ema::EmaConfig;
-use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;
-use train::trainer::{MetricsRecord, NoHooks};
-use train::{DistConfig, Distributed, GradSync, RunDir, Trainer};
+use train::trainer::{NoHooks, OpenOptions, Start};
+use train::{Distributed, GradSync, RunDir, Trainer};
 
 const RANK_VAR: &str = "DDPM_TEST_RANK";
 const PORTS_VAR: &str = "DDPM_TEST_PORTS";
@@ -121,40 +121,9 @@ fn assert_rank1_wrote_nothing(rank: usize, path: &Path) {
     }
 }
 
-/// 64 gray 8×8 images of two kinds, with per-image variation.
-fn toy_dataset() -> Dataset {
-    let mut pixels = Vec::new();
-    for i in 0..64u32 {
-        for y in 0..8 {
-            for x in 0..8 {
-                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
-                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8 + (x as u8 * 2));
-            }
-        }
-    }
-    let labels = (0..64).map(|i| (i % 2) as u16).collect();
-    Dataset::new(pixels, labels, 1, 8, 8, vec!["top".into(), "left".into()]).unwrap()
-}
-
 fn base_config(model: ModelConfig) -> TrainConfig {
     TrainConfig {
-        dataset: DatasetSpec::FashionMnist {
-            split: Split::Train,
-        },
-        transform: TransformConfig {
-            size: None,
-            flip_p: 0.5,
-            normalize: true,
-        },
-        batch_size: 16,
-        n_workers: 1,
-        schedule: BetaSchedule::Linear {
-            n_steps: 50,
-            start: 1e-4,
-            end: 0.2,
-        },
         model,
-        objective: ObjectiveConfig::ho2020(),
         optim: OptimConfig {
             lr: 3e-3,
             // Binding, so that a rank clipping by its own gradient's norm would show.
@@ -166,59 +135,23 @@ fn base_config(model: ModelConfig) -> TrainConfig {
             decay: 0.9,
             warmup: false,
         },
-        precision: Precision::F32,
         seed: 11,
         epochs: None,
         max_steps: Some(3),
         checkpoint_every: 1000,
-        keep_last: 10,
-        sample_every_epochs: 0,
-        n_sample_images: 4,
-        log_every: 1,
-        max_nonfinite_in_a_row: 3,
-        distributed: DistConfig::default(),
-        eval_every: 0,
-        eval_samples: train::config::default_eval_samples(),
-        eval_sampler: train::config::default_eval_sampler(),
+        ..tiny_config()
     }
 }
 
 /// The paper's U-Net made tiny (two levels of 8 and 16 channels, attention at 4×4), without
 /// dropout: nothing random inside the network, no batch statistics.
 fn unet_config() -> TrainConfig {
-    base_config(ModelConfig::Ddpm(UNetConfig {
-        in_channels: 1,
-        out_channels: 1,
-        image_size: 8,
-        channels: 8,
-        channel_mult: vec![1, 2],
-        layers_per_block: 1,
-        attention_resolutions: vec![4],
-        dropout: 0.0,
-        norm_num_groups: 4,
-        ..UNetConfig::ho2020_cifar10()
-    }))
+    base_config(tiny_unet(0.0))
 }
 
 /// A 2-level SimpleUnet: BatchNorm, whose running statistics are buffers.
 fn simple_config() -> TrainConfig {
-    base_config(ModelConfig::Simple(SimpleUnetConfig {
-        in_channels: 1,
-        out_channels: 1,
-        image_size: 8,
-        down_channels: vec![8, 16],
-        up_channels: vec![16, 8],
-        time_emb_dim: 16,
-        ..SimpleUnetConfig::seed_cifar10()
-    }))
-}
-
-fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    base_config(simple_unet())
 }
 
 /// The tensors of `file` in the newest checkpoint under `run_dir`, in name order.
@@ -292,12 +225,11 @@ fn relative_difference_named(
 /// Trains `config` for its steps as one rank of two, in `dir`, and checks that both ranks end
 /// with the same weights. Returns the trainer (rank 0's has written the final checkpoint).
 fn train_two_ranks(rank: usize, port: u16, dir: &Path, config: TrainConfig) -> Trainer {
-    let mut trainer = Trainer::create_distributed(
+    let mut trainer = Trainer::open(
         run_dir(rank, dir),
-        config,
-        toy_dataset(),
-        Device::Cpu,
-        Some(connect(rank, port)),
+        Start::Fresh(config),
+        toy_dataset_of(64, 2),
+        OpenOptions::new(Device::Cpu).distributed(Some(connect(rank, port))),
     )
     .unwrap();
     assert_eq!(trainer.world_size(), 2);
@@ -332,7 +264,7 @@ fn two_ranks_with_half_batches_match_one_rank_with_the_whole_batch() {
 
             let single = dir.join("single");
             let mut trainer =
-                Trainer::new(unet_config(), toy_dataset(), &single, Device::Cpu).unwrap();
+                fresh(unet_config(), toy_dataset_of(64, 2), &single, Device::Cpu).unwrap();
             trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
             drop(trainer);
 
@@ -384,9 +316,9 @@ fn two_ranks_with_half_batches_match_one_rank_with_the_whole_batch() {
                 }
             }
             // The weights moved: the comparison is not between two untouched copies.
-            let fresh = Trainer::new(
+            let fresh = fresh(
                 unet_config(),
-                toy_dataset(),
+                toy_dataset_of(64, 2),
                 &dir.join("fresh"),
                 Device::Cpu,
             )
@@ -418,13 +350,15 @@ fn resume_under_two_ranks_replays_the_uninterrupted_run_bit_for_bit() {
             let from = full
                 .join(checkpoint::CHECKPOINTS_DIR)
                 .join(checkpoint::dir_name(3));
-            let mut trainer = Trainer::resume_distributed(
+            let start = Start::Resume {
+                from: Some(from.clone()),
+                config: None,
+            };
+            let mut trainer = Trainer::open(
                 run_dir(rank, &resumed),
-                Some(&from),
-                None,
-                toy_dataset(),
-                Device::Cpu,
-                Some(connect(rank, ports[1])),
+                start,
+                toy_dataset_of(64, 2),
+                OpenOptions::new(Device::Cpu).distributed(Some(connect(rank, ports[1]))),
             )
             .unwrap();
             assert_eq!((trainer.step(), trainer.resumed_world_size()), (3, Some(2)));
@@ -476,8 +410,14 @@ fn resume_under_two_ranks_replays_the_uninterrupted_run_bit_for_bit() {
             // Another world size resumes with the same global batch: here one process continues
             // the two ranks' checkpoint (not bit for bit: BatchNorm sees 16 images, not 8).
             let alone = dir.join("alone");
-            let mut trainer =
-                Trainer::resume(&alone, Some(&from), None, toy_dataset(), Device::Cpu).unwrap();
+            let mut trainer = resume(
+                &alone,
+                Some(&from),
+                None,
+                toy_dataset_of(64, 2),
+                Device::Cpu,
+            )
+            .unwrap();
             assert_eq!((trainer.step(), trainer.resumed_world_size()), (3, Some(2)));
             assert_eq!(trainer.loader().batch_shape()[0], 16);
             trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
@@ -513,7 +453,7 @@ fn two_class_conditional_ranks_match_one_rank_with_the_whole_batch() {
                 return;
             }
             let single = dir.join("single");
-            let mut trainer = Trainer::new(config(), toy_dataset(), &single, Device::Cpu).unwrap();
+            let mut trainer = fresh(config(), toy_dataset_of(64, 2), &single, Device::Cpu).unwrap();
             trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
             drop(trainer);
             for (a, b) in metrics(&single).iter().zip(&metrics(&two)) {

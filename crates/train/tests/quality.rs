@@ -1,84 +1,32 @@
 //! FID in the loop with a stand-in scorer (CPU, tiny model): the evaluation lines, the best
 //! checkpoint, resume, and that evaluating does not change what the run learns.
 
+mod common;
+use common::{fresh, resume, tiny_config, toy_dataset};
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig};
 use sample::SamplerConfig;
-use schedule::{BetaSchedule, TimestepSpacing};
+use schedule::TimestepSpacing;
 use tch::{Device, Kind, Tensor};
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::ema::EmaConfig;
-use train::objective::ObjectiveConfig;
-use train::optim::OptimConfig;
 use train::quality::{read_best, BestRecord, EvalRecord, SampleScorer, ScoreError, Scores};
 use train::trainer::{MetricsRecord, NoHooks};
 use train::{TrainError, Trainer};
 
-/// 64 gray 8×8 images of two kinds.
-fn toy_dataset() -> Dataset {
-    let mut pixels = Vec::new();
-    for i in 0..64u32 {
-        for y in 0..8 {
-            for x in 0..8 {
-                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
-                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8);
-            }
-        }
-    }
-    Dataset::new(pixels, vec![0; 64], 1, 8, 8, vec!["toy".into()]).unwrap()
-}
-
 fn config(max_steps: u64, eval_every: u64) -> TrainConfig {
     TrainConfig {
-        dataset: DatasetSpec::FashionMnist {
-            split: Split::Train,
-        },
-        transform: TransformConfig {
-            size: None,
-            flip_p: 0.5,
-            normalize: true,
-        },
-        batch_size: 16,
-        n_workers: 1,
-        schedule: BetaSchedule::Linear {
-            n_steps: 50,
-            start: 1e-4,
-            end: 0.2,
-        },
-        model: ModelConfig::Simple(SimpleUnetConfig {
-            in_channels: 1,
-            out_channels: 1,
-            image_size: 8,
-            down_channels: vec![8, 16],
-            up_channels: vec![16, 8],
-            time_emb_dim: 16,
-            ..SimpleUnetConfig::seed_cifar10()
-        }),
-        objective: ObjectiveConfig::ho2020(),
-        optim: OptimConfig {
-            lr: 3e-3,
-            grad_clip: Some(1.0),
-            ..OptimConfig::seed_notebook()
-        },
         ema: EmaConfig {
             decay: 0.9,
             warmup: false,
         },
-        precision: Precision::F32,
         seed: 5,
         epochs: None,
         max_steps: Some(max_steps),
         checkpoint_every: 2,
-        keep_last: 10,
-        sample_every_epochs: 0,
-        n_sample_images: 4,
-        log_every: 1,
-        max_nonfinite_in_a_row: 3,
-        distributed: train::DistConfig::default(),
         eval_every,
         eval_samples: 6,
         eval_sampler: SamplerConfig::Ddim {
@@ -86,6 +34,7 @@ fn config(max_steps: u64, eval_every: u64) -> TrainConfig {
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
         },
+        ..tiny_config()
     }
 }
 
@@ -145,7 +94,7 @@ fn run(trainer: &mut Trainer) {
 #[test]
 fn evaluations_write_fid_lines_and_keep_the_lowest_fid_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config(6, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config(6, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let (scorer, seen) = Scripted::new(&[5.0, 3.0, 4.0], "a");
     trainer.set_scorer(Box::new(scorer));
     run(&mut trainer);
@@ -201,7 +150,7 @@ fn evaluations_write_fid_lines_and_keep_the_lowest_fid_checkpoint() {
 
     // Evaluating changed nothing the run learned: the same losses as a run without it.
     let plain = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config(6, 0), toy_dataset(), plain.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config(6, 0), toy_dataset(), plain.path(), Device::Cpu).unwrap();
     run(&mut trainer);
     let (plain_lines, plain_evals) = lines(plain.path());
     assert!(plain_evals.is_empty());
@@ -212,13 +161,13 @@ fn evaluations_write_fid_lines_and_keep_the_lowest_fid_checkpoint() {
 #[test]
 fn the_best_record_survives_resume_and_is_replaced_only_by_a_lower_fid() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config(4, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config(4, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     trainer.set_scorer(Box::new(Scripted::new(&[5.0, 3.0], "a").0));
     run(&mut trainer);
     drop(trainer);
 
     // Resumed for 4 more steps: evaluations at 6 and 8 score worse, so best/ stays at step 4.
-    let mut resumed = Trainer::resume(
+    let mut resumed = resume(
         dir.path(),
         None,
         Some(config(8, 2)),
@@ -253,7 +202,7 @@ fn the_best_record_survives_resume_and_is_replaced_only_by_a_lower_fid() {
 
     // A scorer with another protocol cannot be compared with the record: its first score
     // replaces it, however high.
-    let mut resumed = Trainer::resume(
+    let mut resumed = resume(
         dir.path(),
         None,
         Some(config(10, 2)),
@@ -272,7 +221,7 @@ fn the_best_record_survives_resume_and_is_replaced_only_by_a_lower_fid() {
 #[test]
 fn a_run_that_evaluates_needs_a_scorer_and_a_failing_scorer_names_the_step() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config(4, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config(4, 2), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let err = trainer
         .run(&mut NoHooks, &AtomicBool::new(false))
         .unwrap_err();

@@ -1,95 +1,16 @@
 //! The training loop on tiny synthetic data (CPU): learning, exact resume, the NaN guard.
 
+mod common;
+use common::{fresh, metrics, resume, tiny_config, toy_dataset};
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use data::{Dataset, DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, SimpleUnetConfig};
-use schedule::BetaSchedule;
 use tch::Device;
-use train::config::{Precision, TrainConfig};
-use train::ema::EmaConfig;
-use train::objective::ObjectiveConfig;
-use train::optim::OptimConfig;
+use train::config::TrainConfig;
 use train::trainer::{MetricsRecord, NoHooks};
 use train::{RunEnd, TrainError, Trainer};
-
-/// 64 gray 8×8 images of two kinds (bright top half or bright left half): easy to learn.
-fn toy_dataset() -> Dataset {
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
-    for i in 0..64u32 {
-        for y in 0..8 {
-            for x in 0..8 {
-                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
-                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8);
-            }
-        }
-        labels.push((i % 2) as u16);
-    }
-    Dataset::new(pixels, labels, 1, 8, 8, vec!["top".into(), "left".into()]).unwrap()
-}
-
-fn tiny_config() -> TrainConfig {
-    TrainConfig {
-        dataset: DatasetSpec::FashionMnist {
-            split: Split::Train,
-        },
-        transform: TransformConfig {
-            size: None,
-            flip_p: 0.5,
-            normalize: true,
-        },
-        batch_size: 16,
-        n_workers: 1,
-        schedule: BetaSchedule::Linear {
-            n_steps: 50,
-            start: 1e-4,
-            end: 0.2,
-        },
-        model: ModelConfig::Simple(SimpleUnetConfig {
-            in_channels: 1,
-            out_channels: 1,
-            image_size: 8,
-            down_channels: vec![8, 16],
-            up_channels: vec![16, 8],
-            time_emb_dim: 16,
-            ..SimpleUnetConfig::seed_cifar10()
-        }),
-        objective: ObjectiveConfig::ho2020(),
-        optim: OptimConfig {
-            lr: 3e-3,
-            grad_clip: Some(1.0),
-            ..OptimConfig::seed_notebook()
-        },
-        ema: EmaConfig {
-            decay: 0.99,
-            warmup: true,
-        },
-        precision: Precision::F32,
-        seed: 3,
-        epochs: Some(3),
-        max_steps: None,
-        checkpoint_every: 4,
-        keep_last: 10,
-        sample_every_epochs: 0,
-        n_sample_images: 4,
-        log_every: 1,
-        max_nonfinite_in_a_row: 3,
-        distributed: train::DistConfig::default(),
-        eval_every: 0,
-        eval_samples: train::config::default_eval_samples(),
-        eval_sampler: train::config::default_eval_sampler(),
-    }
-}
-
-fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn loss_decreases_on_a_learnable_toy_set() {
@@ -99,7 +20,7 @@ fn loss_decreases_on_a_learnable_toy_set() {
         checkpoint_every: 1000,
         ..tiny_config()
     };
-    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let end = trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     assert_eq!(end, RunEnd::Finished);
     let records = metrics(dir.path());
@@ -138,8 +59,7 @@ fn class_conditional_resume_replays_the_uninterrupted_run_exactly() {
     assert_eq!(state.class_names, ["top", "left"]);
     // The labels reach the loss: another run without them has other losses.
     let plain = tempfile::tempdir().unwrap();
-    let mut trainer =
-        Trainer::new(tiny_config(), toy_dataset(), plain.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(tiny_config(), toy_dataset(), plain.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     let (a, b) = (metrics(full.path()), metrics(plain.path()));
     assert_ne!(a[5].loss.to_bits(), b[5].loss.to_bits());
@@ -153,7 +73,7 @@ fn class_conditional_resume_replays_the_uninterrupted_run_exactly() {
 /// bit; returns the uninterrupted run's directory.
 fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
     let full = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config, toy_dataset(), full.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config, toy_dataset(), full.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     let uninterrupted = metrics(full.path());
     assert_eq!(uninterrupted.len(), 12);
@@ -164,7 +84,7 @@ fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
         .path()
         .join("checkpoints")
         .join(train::checkpoint::dir_name(4));
-    let mut resumed = Trainer::resume(
+    let mut resumed = resume(
         resumed_dir.path(),
         Some(&ckpt),
         None,
@@ -220,7 +140,7 @@ fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
 #[test]
 fn non_finite_steps_are_skipped_then_abort_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let good = trainer.loader().batch(0, 0);
     let mut poisoned = good.clone();
     poisoned.images[5] = f32::NAN;
@@ -262,7 +182,7 @@ fn training_leaves_the_global_generator_alone() {
         sample_every_epochs: 1,
         ..tiny_config()
     };
-    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     assert!(dir.path().join("samples/final-grid.png").exists());
     assert_eq!(
@@ -284,7 +204,7 @@ fn the_nan_guard_counts_on_the_device_and_checks_when_read() {
         checkpoint_every: 1000,
         ..tiny_config()
     };
-    let mut trainer = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let good = trainer.loader().batch(0, 0);
     let mut poisoned = good.clone();
     poisoned.images[3] = f32::INFINITY;
@@ -324,7 +244,7 @@ fn the_nan_guard_counts_on_the_device_and_checks_when_read() {
 #[test]
 fn cuda_graphs_are_refused_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     let err = trainer.enable_cuda_graph().unwrap_err();
     assert!(matches!(err, TrainError::CudaGraph(_)), "{err}");
     let text = err.to_string();
@@ -344,7 +264,7 @@ fn mismatched_data_and_model_are_config_errors() {
         image_size: 16,
         ..SimpleUnetConfig::fashion_mnist()
     });
-    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu)
+    let err = fresh(config, toy_dataset(), dir.path(), Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
@@ -355,7 +275,7 @@ fn mismatched_data_and_model_are_config_errors() {
         batch_size: 100,
         ..tiny_config()
     };
-    let err = Trainer::new(config, toy_dataset(), dir.path(), Device::Cpu)
+    let err = fresh(config, toy_dataset(), dir.path(), Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(err.contains("fewer than one batch"), "{err}");
@@ -364,10 +284,10 @@ fn mismatched_data_and_model_are_config_errors() {
 #[test]
 fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(tiny_config(), toy_dataset(), dir.path(), Device::Cpu).unwrap();
     trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
     // The trainer holds the directory: a second one is refused until it is dropped.
-    let err = Trainer::resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap_err();
+    let err = resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap_err();
     assert!(matches!(err, TrainError::Locked { .. }), "{err}");
     drop(trainer);
 
@@ -380,23 +300,21 @@ fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
     let config_before = std::fs::read(&config_path).unwrap();
 
     // Picked explicitly, the damaged checkpoint is an error naming the file.
-    let err =
-        Trainer::resume(dir.path(), Some(&newest), None, toy_dataset(), Device::Cpu).unwrap_err();
+    let err = resume(dir.path(), Some(&newest), None, toy_dataset(), Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("ema.safetensors"), "{err}");
     // A setting that must stay fixed is refused, and config.json is left as it was.
     let config = TrainConfig {
         batch_size: 8,
         ..tiny_config()
     };
-    let err =
-        Trainer::resume(dir.path(), None, Some(config), toy_dataset(), Device::Cpu).unwrap_err();
+    let err = resume(dir.path(), None, Some(config), toy_dataset(), Device::Cpu).unwrap_err();
     assert!(
         matches!(&err, TrainError::ResumeChange { key, .. } if key == "batch_size"),
         "{err}"
     );
     assert_eq!(std::fs::read(&config_path).unwrap(), config_before);
     // Picked automatically, it is passed over for the one before.
-    let resumed = Trainer::resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap();
+    let resumed = resume(dir.path(), None, None, toy_dataset(), Device::Cpu).unwrap();
     assert_eq!(resumed.step(), 8);
     let skipped = resumed.skipped_checkpoints();
     assert_eq!(skipped.len(), 1);

@@ -18,7 +18,9 @@ use train::config::parse_set;
 use train::distributed::LaunchEnv;
 use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};
 use train::EvalRecord;
-use train::{Distributed, Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
+use train::{
+    Distributed, OpenOptions, Preset, RunDir, RunEnd, Start, TrainConfig, TrainError, Trainer,
+};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
@@ -749,34 +751,31 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     };
     let world_size = dist.as_ref().map_or(1, Distributed::world_size);
     let batch_size = config.batch_size;
-    let mut trainer = if resume {
-        Trainer::resume_distributed(
-            run,
-            from.as_deref(),
-            Some(config),
-            dataset.clone(),
-            device,
-            dist,
-        )?
-    } else if args.overwrite {
-        let (trainer, deleted) =
-            Trainer::overwrite_distributed(run, config, dataset.clone(), device, dist)?;
-        if !deleted.is_empty() {
-            let names: Vec<String> = deleted
-                .iter()
-                .filter_map(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .collect();
-            eprintln!(
-                "--overwrite: deleted {} of the earlier run in {}",
-                names.join(", "),
-                run_dir.display()
-            );
+    let start = if resume {
+        Start::Resume {
+            from,
+            config: Some(config),
         }
-        trainer
+    } else if args.overwrite {
+        Start::Overwrite(config)
     } else {
-        Trainer::create_distributed(run, config, dataset.clone(), device, dist)?
+        Start::Fresh(config)
     };
+    let options = OpenOptions::new(device).distributed(dist);
+    let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
+    let deleted = trainer.deleted_files();
+    if !deleted.is_empty() {
+        let names: Vec<String> = deleted
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        eprintln!(
+            "--overwrite: deleted {} of the earlier run in {}",
+            names.join(", "),
+            run_dir.display()
+        );
+    }
     if writer && world_size > 1 {
         eprintln!(
             "data-parallel: {world_size} ranks, {} images each per step (global batch {}), {}",

@@ -19,7 +19,8 @@
 use tch::{Device, Tensor};
 use torch_ext::cuda::{CudaGraph, CudaStream};
 
-use super::{StepOutcome, StepTensors, Trainer};
+use super::step::StepTensors;
+use super::{StepOutcome, Trainer};
 use crate::TrainError;
 
 /// Eager steps on the side stream before the capture (`torch.cuda.graph`'s examples use 3; 11

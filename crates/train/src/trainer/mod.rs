@@ -1,0 +1,258 @@
+//! The training loop (Ho et al. 2020, Alg. 1) with EMA, checkpoints, exact resume, a NaN
+//! guard, metrics and sample pictures.
+//!
+//! Reproducibility: the run owns a generator on its device ([`torch_ext::Generator`]) and
+//! reseeds it from [`step_seed`]`(seed, step)` before drawing t and ε; the initial weights come
+//! from a CPU generator seeded with the run's seed; and the loader's batches are a pure function
+//! of (seed, epoch, index). So the complete random state of a run is its seed and its step, and a
+//! resumed run on the CPU replays the uninterrupted run's losses exactly. Because the generator's
+//! state at every step boundary is a function of (seed, step), checkpoints do not store it: the
+//! step counter in `state.json` restores it.
+//!
+//! The one exception is dropout inside the network: tch's `dropout` takes no generator and draws
+//! from libtorch's process-wide generator. For a network with dropout (the paper's U-Net), each
+//! step therefore also reseeds that global generator, from a stream of the step's seed separate
+//! from t and ε ([`dropout_seed`]). Resume stays exact, but a trainer of such a network shares
+//! the global generator with anything else in the process that draws from it: two of them on
+//! parallel threads can interleave each other's dropout masks. Networks without dropout never
+//! touch the global generator.
+//!
+//! Class-conditional runs (`model.num_classes`, `ddpm train --class-cond`) take each batch's
+//! labels from the loader and replace each by the null label with probability
+//! `objective.p_uncond` ([`crate::objective::drop_labels`]), deciding from uniform draws of the
+//! run's generator made after t and ε: the drops are a function of (seed, step) like the rest, so
+//! resume stays exact, and t and ε are those the run would draw without classes.
+//!
+//! Data-parallel: [`OpenOptions::distributed`] makes one rank of a run over several processes
+//! ([`Distributed`]); [`crate::distributed`] says what each rank does and what stays the same.
+//! Without a [`Distributed`] (or with one rank) the loop is the single-process one, unchanged.
+//!
+//! The parts: [`Trainer::open`] and the checks of a run (`open`), the step (`step`), checkpoints,
+//! metrics lines and sample pictures (`save`), the loop and its hooks (`run_loop`), FID in the
+//! loop (`evaluation`), the data-parallel hooks (`data_parallel`) and the CUDA graph (`graph`).
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn::VarStore, Device, Tensor};
+use torch_ext::Generator;
+
+use data::Loader;
+use model::Denoiser;
+use schedule::tensor::ScheduleTensors;
+
+use crate::config::{Precision, TrainConfig};
+use crate::ema::Ema;
+use crate::optim::Adam;
+use crate::run_dir::RunDir;
+use crate::stats::{DeviceStats, StatsRead};
+use crate::{SkippedCheckpoint, TrainError};
+
+mod data_parallel;
+mod evaluation;
+#[cfg(feature = "cuda")]
+mod graph;
+mod open;
+mod run_loop;
+mod save;
+mod step;
+#[cfg(test)]
+mod tests;
+
+pub use open::{OpenOptions, Start};
+pub use run_loop::{MetricsRecord, NoHooks, RunEnd, TrainHooks};
+pub use step::{StepOutcome, StepValues};
+
+/// The seed of step `step` of a run seeded with `seed` (SplitMix64 of the pair), so that every
+/// step's randomness is independent of the steps before it.
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed
+        ^ step
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x6A09_E667_F3BC_C908);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// The seed of libtorch's global generator for the dropout masks of step `step` (see the module
+/// docs): [`step_seed`] of another run seed, so that the masks never reuse the t and ε stream.
+pub fn dropout_seed(seed: u64, step: u64) -> i64 {
+    step_seed(seed ^ 0xD40F_0E7A_5EED_0001, step)
+}
+
+/// Whether a run on `device` can train with [`Trainer::enable_cuda_graph`], checked without
+/// building anything (for a front end to refuse `--cuda-graph` before loading data).
+///
+/// # Errors
+/// [`TrainError::CudaGraph`] naming what is missing: a CUDA device, or this build's `cuda`
+/// feature.
+pub fn check_cuda_graph(device: Device) -> Result<(), TrainError> {
+    if !cfg!(feature = "cuda") {
+        return Err(TrainError::CudaGraph(
+            "this build has no CUDA graph support: build with `--features cuda` (the `cuda` feature of the train and cli crates)".into(),
+        ));
+    }
+    if !device.is_cuda() {
+        return Err(TrainError::CudaGraph(format!(
+            "CUDA graphs need a CUDA device, and this run is on {device:?}: pass --device cuda or drop --cuda-graph"
+        )));
+    }
+    Ok(())
+}
+
+/// A training run in progress. It holds its run directory's lock ([`RunDir`]) until dropped.
+pub struct Trainer {
+    config: TrainConfig,
+    run: RunDir,
+    run_dir: PathBuf,
+    device: Device,
+    model_vs: VarStore,
+    model: Box<dyn Denoiser>,
+    ema_vs: VarStore,
+    ema_model: Box<dyn Denoiser>,
+    ema: Ema,
+    optim: Adam,
+    sched: ScheduleTensors,
+    loader: Loader,
+    /// Draws t and ε; reseeded from [`step_seed`] every step.
+    gen: Generator,
+    step: u64,
+    /// Steps skipped so far, as of the last read of `stats`.
+    skipped_steps: u64,
+    /// The NaN guard's counters, the window's loss and the last gradient norm, on the device.
+    stats: DeviceStats,
+    /// What the read at the current step found, for `run`'s metrics line.
+    last_read: Option<StatsRead>,
+    /// The step as a CUDA graph, once [`Trainer::enable_cuda_graph`] was called.
+    #[cfg(feature = "cuda")]
+    graphed: Option<graph::GraphedStep>,
+    /// Non-trainable tensors the forward pass updates (BatchNorm running statistics), and a
+    /// copy from before the current step: a skipped step must not leave NaN statistics behind.
+    buffers: Vec<(Tensor, Tensor)>,
+    /// Newer checkpoints that a resume passed over because they do not load.
+    skipped_checkpoints: Vec<SkippedCheckpoint>,
+    /// The run files that [`Start::Overwrite`] deleted.
+    deleted_files: Vec<PathBuf>,
+    /// The data-parallel run this process is a rank of; `None` alone.
+    dist: Option<data_parallel::SharedDist>,
+    /// The trainable parameters in the order the network made them: the gradients the ranks
+    /// average.
+    params: Vec<Tensor>,
+    /// This process's stop request, sent with the next step's all-reduce.
+    stop_local: bool,
+    /// Whether some rank asked to stop, as the last step's all-reduce told.
+    stop_agreed: bool,
+    /// The world size of the checkpoint this run resumed from.
+    resumed_world_size: Option<usize>,
+    /// A class-conditional run's class names (its dataset's), for its checkpoints.
+    class_names: Vec<String>,
+    /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
+    quality: evaluation::QualityState,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("run_dir", &self.run_dir)
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// Newer checkpoints that a resume ([`Start::Resume`]) passed over because they do not load, newest
+    /// first.
+    pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
+        &self.skipped_checkpoints
+    }
+
+    /// The run files that [`Start::Overwrite`] deleted (empty otherwise, and on the ranks
+    /// other than 0).
+    pub fn deleted_files(&self) -> &[PathBuf] {
+        &self.deleted_files
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The live network.
+    pub fn model(&self) -> &dyn Denoiser {
+        self.model.as_ref()
+    }
+
+    /// The EMA network (what sampling uses).
+    pub fn ema_model(&self) -> &dyn Denoiser {
+        self.ema_model.as_ref()
+    }
+
+    /// The schedule's tensors.
+    pub fn schedule(&self) -> &ScheduleTensors {
+        &self.sched
+    }
+
+    /// The loader.
+    pub fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    /// Runs every following step as one CUDA graph (`--cuda-graph`): a few eager warm-up
+    /// steps, then one captured step that later steps replay with a single launch. See the
+    /// `graph` module for what stays outside the graph. A run that cannot be captured is refused
+    /// here, before any step.
+    ///
+    /// # Errors
+    /// [`TrainError::CudaGraph`] when the run is not on a CUDA device, when this build has no
+    /// CUDA graph support (the `cuda` feature), or when CUDA fails.
+    pub fn enable_cuda_graph(&mut self) -> Result<(), TrainError> {
+        check_cuda_graph(self.device)?;
+        #[cfg(feature = "cuda")]
+        {
+            self.graphed = Some(graph::GraphedStep::new(self.device)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the steps run as a CUDA graph ([`Trainer::enable_cuda_graph`]).
+    pub fn uses_cuda_graph(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.graphed.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
+    /// The live weights' var store.
+    pub fn model_vs(&self) -> &VarStore {
+        &self.model_vs
+    }
+
+    /// The EMA weights' var store.
+    pub fn ema_vs(&self) -> &VarStore {
+        &self.ema_vs
+    }
+
+    /// The number of optimizer steps the run is configured for.
+    pub fn total_steps(&self) -> u64 {
+        self.config.total_steps(self.loader.batches_per_epoch())
+    }
+
+    pub(super) fn autocast(&self) -> bool {
+        self.config.precision == Precision::Bf16 && self.device.is_cuda()
+    }
+}

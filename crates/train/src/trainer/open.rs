@@ -1,0 +1,457 @@
+//! Opening a run: [`Trainer::open`] starts a fresh run in a run directory, replaces an earlier
+//! one, or resumes one from a checkpoint, alone or as one rank of a data-parallel run
+//! ([`OpenOptions::distributed`]); and the checks of a configuration against its dataset.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tch::{nn::VarStore, Device, Tensor};
+use torch_ext::Generator;
+
+use data::{Dataset, Loader, LoaderConfig};
+use schedule::tensor::ScheduleTensors;
+use schedule::Schedule;
+
+use super::{data_parallel, evaluation, Trainer};
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::TrainConfig;
+use crate::distributed::Distributed;
+use crate::ema::Ema;
+use crate::optim::Adam;
+use crate::run_dir::RunDir;
+use crate::stats::DeviceStats;
+use crate::{SkippedCheckpoint, TrainError};
+
+/// How [`Trainer::open`] starts in its run directory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// A new run of this configuration; the directory must hold no run files
+    /// ([`RunDir::ensure_fresh`]).
+    Fresh(TrainConfig),
+    /// A new run of this configuration that replaces an earlier one: the directory's
+    /// [`crate::run_dir::RUN_FILES`] are deleted once the configuration and the dataset have been
+    /// checked, so that a mistake in them costs no run ([`Trainer::deleted_files`] lists them).
+    Overwrite(TrainConfig),
+    /// Continues the run from a checkpoint.
+    Resume {
+        /// The checkpoint directory; `None`: the newest checkpoint that loads. A newer one that
+        /// does not (a truncated or damaged file, non-finite weights) is passed over and listed
+        /// in [`Trainer::skipped_checkpoints`].
+        from: Option<PathBuf>,
+        /// Replaces the configuration saved in the checkpoint; only the settings in
+        /// [`crate::config::RESUME_MUTABLE`] may differ. `None`: the saved one.
+        config: Option<TrainConfig>,
+    },
+}
+
+impl Start {
+    /// [`Start::Resume`] from the newest checkpoint that loads, with its saved configuration.
+    pub fn resume_newest() -> Self {
+        Self::Resume {
+            from: None,
+            config: None,
+        }
+    }
+}
+
+/// Where a run trains: its device, and the data-parallel rank group it is one rank of. The
+/// options of [`Trainer::open`], as `std::fs::OpenOptions` are those of opening a file.
+#[derive(Debug)]
+pub struct OpenOptions {
+    device: Device,
+    dist: Option<Distributed>,
+}
+
+impl OpenOptions {
+    /// A run alone on `device`.
+    pub fn new(device: Device) -> Self {
+        Self { device, dist: None }
+    }
+
+    /// One rank of the data-parallel run `dist` (`None`: alone). Rank 0 passes the locked
+    /// directory ([`RunDir::lock`]) and checks and writes the files; the other ranks pass
+    /// [`RunDir::follow`]. Every rank opens at the same time: opening ends by checking that the
+    /// ranks start at the same step and broadcasting rank 0's weights.
+    pub fn distributed(mut self, dist: Option<Distributed>) -> Self {
+        self.dist = dist;
+        self
+    }
+}
+
+impl Trainer {
+    /// Opens a run of `dataset` in the run directory `run`: a fresh run, one that replaces an
+    /// earlier run, or one resumed from a checkpoint ([`Start`]). `config.json` is written (by
+    /// rank 0 of a data-parallel run) once the configuration has been checked and, on resume,
+    /// once the checkpoint has loaded; a resume also cuts `metrics.jsonl` back to the
+    /// checkpoint's step. A refused open leaves the run's files as they were.
+    ///
+    /// # Errors
+    /// [`TrainError::RunExists`] when a fresh run finds run files; [`TrainError::Config`] when the
+    /// dataset does not fit the model (channels, size, labels), the configuration is invalid or
+    /// the world size does not divide `batch_size`; [`TrainError::Io`] when the run directory
+    /// cannot be written or a file cannot be deleted. On resume: [`TrainError::NoCheckpoint`]
+    /// when there is none; [`TrainError::ResumeChange`] when the configuration changes a setting
+    /// that must stay fixed; [`TrainError::NoLoadableCheckpoint`] when none loads; with `from`,
+    /// the error of that checkpoint ([`TrainError::Checkpoint`], [`TrainError::Model`],
+    /// [`TrainError::OptimizerState`], …). Data-parallel: [`TrainError::Distributed`] when the
+    /// broadcast fails, [`TrainError::Rendezvous`] when the ranks resumed at different steps.
+    ///
+    /// # Panics
+    /// When rank 0's (or a lone process's) `run` is not locked.
+    pub fn open(
+        run: RunDir,
+        start: Start,
+        dataset: impl Into<Arc<Dataset>>,
+        options: OpenOptions,
+    ) -> Result<Self, TrainError> {
+        let OpenOptions { device, dist } = options;
+        let dist = dist.map(data_parallel::SharedDist::new);
+        let dataset = dataset.into();
+        let trainer = match start {
+            Start::Fresh(config) => {
+                if dist.as_deref().is_none_or(Distributed::is_main) {
+                    run.ensure_fresh()?;
+                }
+                Self::build(run, config, dataset, device, dist)?
+            }
+            Start::Overwrite(config) => {
+                let mut trainer = Self::build(run, config, dataset, device, dist)?;
+                if trainer.is_writer() {
+                    trainer.deleted_files = trainer.run.run_files();
+                    trainer.run.clear()?;
+                }
+                trainer
+            }
+            Start::Resume { from, config } => {
+                let trainer = Self::resume(run, from.as_deref(), config, dataset, device, dist)?;
+                trainer.truncate_metrics()?;
+                trainer
+            }
+        };
+        trainer.write_config()?;
+        trainer.sync_start()?;
+        Ok(trainer)
+    }
+
+    /// Everything but the files: the network, EMA, optimizer, schedule and loader.
+    fn build(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
+        device: Device,
+        dist: Option<data_parallel::SharedDist>,
+    ) -> Result<Self, TrainError> {
+        assert!(
+            !dist.as_deref().is_none_or(Distributed::is_main) || run.is_locked(),
+            "the trainer that writes the run (rank 0) must hold the run directory's lock"
+        );
+        check_fits(&config, &dataset, dist.as_deref())?;
+        let loader_config = LoaderConfig {
+            batch_size: config.batch_size,
+            shuffle: true,
+            drop_last: true,
+            seed: config.seed,
+            n_workers: config.n_workers,
+            prefetch: 2 * config.n_workers.max(1),
+        };
+        let mut loader = Loader::new(dataset, &config.transform, loader_config)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(dist) = &dist {
+            loader = loader
+                .sharded(dist.rank(), dist.world_size())
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+        }
+        let schedule = Schedule::new(&config.schedule)
+            .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        let sched = ScheduleTensors::new(&schedule, device);
+        let gen = Generator::new(config.seed, device)
+            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
+        let model_vs = VarStore::new(device);
+        let model = config
+            .model
+            .build_with(&model_vs.root(), &mut Generator::cpu(config.seed))
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        // The EMA network starts as a copy of the live one (Ema::new): its own initial weights
+        // never matter.
+        let ema_vs = VarStore::new(device);
+        let ema_model = config
+            .model
+            .build(&ema_vs.root())
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let ema = Ema::new(config.ema.clone(), &ema_vs, &model_vs)?;
+        let optim = Adam::new(&model_vs, config.optim.clone());
+        let buffers = checkpoint::named_tensors(&model_vs)
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .map(|(_, t)| {
+                let backup = t.copy();
+                (t, backup)
+            })
+            .collect();
+        let run_dir = run.path().to_path_buf();
+        let params = model_vs.trainable_variables();
+        let class_names = match config.model.num_classes() {
+            Some(_) => loader.dataset().class_names().to_vec(),
+            None => Vec::new(),
+        };
+        Ok(Self {
+            config,
+            run,
+            run_dir,
+            device,
+            model_vs,
+            model,
+            ema_vs,
+            ema_model,
+            ema,
+            optim,
+            sched,
+            loader,
+            gen,
+            step: 0,
+            skipped_steps: 0,
+            stats: DeviceStats::new(device, 0, 0),
+            last_read: None,
+            #[cfg(feature = "cuda")]
+            graphed: None,
+            buffers,
+            skipped_checkpoints: Vec::new(),
+            deleted_files: Vec::new(),
+            dist,
+            params,
+            stop_local: false,
+            stop_agreed: false,
+            resumed_world_size: None,
+            class_names,
+            quality: evaluation::QualityState::default(),
+        })
+    }
+
+    pub(super) fn write_config(&self) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
+        let config_path = self.run_dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&self.config).expect("configs serialise");
+        fs::write(&config_path, json).map_err(|e| self.write_err(&config_path, e))
+    }
+
+    /// The trainer of the run in `run` at the checkpoint `from`, or at the newest checkpoint that
+    /// loads, with the configuration `config` or the saved one (see [`Start::Resume`]).
+    fn resume(
+        run: RunDir,
+        from: Option<&Path>,
+        config: Option<TrainConfig>,
+        dataset: Arc<Dataset>,
+        device: Device,
+        mut dist: Option<data_parallel::SharedDist>,
+    ) -> Result<Self, TrainError> {
+        let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
+        let candidates: Vec<PathBuf> = match from {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => checkpoint::list(&root)
+                .into_iter()
+                .rev()
+                .map(|(_, dir)| dir)
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(TrainError::NoCheckpoint {
+                dir: root,
+                hint: "start a new run without --resume",
+            });
+        }
+        let explicit = from.is_some();
+        let mut skipped = Vec::new();
+        let mut run = run;
+        for dir in candidates {
+            let state = match read_resume_state(&dir) {
+                Ok(state) => state,
+                Err(err) if !explicit => {
+                    skipped.push(SkippedCheckpoint {
+                        dir,
+                        reason: err.to_string(),
+                    });
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let resolved = match &config {
+                Some(given) => {
+                    state.1.check_resume(given)?;
+                    given.clone()
+                }
+                None => state.1.clone(),
+            };
+            let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.take())?;
+            match trainer.load_checkpoint(&dir, &state.0) {
+                Ok(()) => {
+                    trainer.skipped_checkpoints = skipped;
+                    trainer.resumed_world_size = Some(state.0.world_size);
+                    trainer.load_best()?;
+                    return Ok(trainer);
+                }
+                Err(err) if !explicit => {
+                    skipped.push(SkippedCheckpoint {
+                        dir,
+                        reason: err.to_string(),
+                    });
+                    run = trainer.run;
+                    dist = trainer.dist;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(TrainError::NoLoadableCheckpoint {
+            dir: root,
+            tried: skipped,
+        })
+    }
+
+    /// Loads weights, EMA weights, optimizer moments and counters; every tensor is checked to
+    /// be finite.
+    pub(super) fn load_checkpoint(
+        &mut self,
+        dir: &Path,
+        state: &CheckpointState,
+    ) -> Result<(), TrainError> {
+        model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))?;
+        model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
+        let optim_path = dir.join(checkpoint::OPTIMIZER_FILE);
+        let optim_state = checkpoint::read_tensors(&optim_path)?;
+        model::check_finite_named(&optim_state, &optim_path)?;
+        let optim_state: Vec<(String, Tensor)> = optim_state
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(self.device)))
+            .collect();
+        let adam_steps =
+            state
+                .step
+                .checked_sub(state.skipped_steps)
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    message: format!(
+                        "skipped_steps {} is more than step {}",
+                        state.skipped_steps, state.step
+                    ),
+                })?;
+        self.optim.load_state(&optim_state, adam_steps)?;
+        self.ema.set_updates(state.ema_updates);
+        self.step = state.step;
+        self.skipped_steps = state.skipped_steps;
+        self.stats = DeviceStats::new(self.device, state.step, state.skipped_steps);
+        Ok(())
+    }
+
+    /// Drops metrics lines past the current step (written after the checkpoint we resume from).
+    pub(super) fn truncate_metrics(&self) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
+        let path = self.run_dir.join("metrics.jsonl");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                // Training lines and evaluation lines alike carry their step.
+                serde_json::from_str::<evaluation::StepOf>(line).is_ok_and(|r| r.step <= self.step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        fs::write(&path, kept).map_err(|e| self.write_err(&path, e))
+    }
+}
+
+/// A checkpoint's state and the configuration saved in it.
+pub(crate) fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), TrainError> {
+    let state = checkpoint::read_state(dir)?;
+    let config =
+        serde_json::from_value(state.config.clone()).map_err(|e| TrainError::Checkpoint {
+            path: dir.join(checkpoint::STATE_FILE),
+            message: format!("config: {e}"),
+        })?;
+    Ok((state, config))
+}
+
+/// The checks of `config` against `dataset` and the rank group, before anything is built: the
+/// config is valid, the global batch splits over the ranks, and the images fit the model.
+fn check_fits(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    dist: Option<&Distributed>,
+) -> Result<(), TrainError> {
+    config.validate()?;
+    if let Some(dist) = dist {
+        if !config.batch_size.is_multiple_of(dist.world_size()) {
+            return Err(TrainError::Config(format!(
+                "batch_size = {} is the global batch and does not split over {} ranks: \
+                 pick a multiple of {} (--batch-size)",
+                config.batch_size,
+                dist.world_size(),
+                dist.world_size()
+            )));
+        }
+    }
+    if dataset.channels() as i64 != config.model.in_channels() {
+        return Err(TrainError::Config(format!(
+            "the dataset has {} channel(s) but model.in_channels is {}: pick a matching model",
+            dataset.channels(),
+            config.model.in_channels()
+        )));
+    }
+    let out_size = config
+        .transform
+        .size
+        .map_or([dataset.height(), dataset.width()], |s| s);
+    let size = config.model.image_size();
+    if out_size != [size as usize, size as usize] {
+        return Err(TrainError::Config(format!(
+            "images are {}x{} after the transform but the model expects {size}x{size}: set transform.size",
+            out_size[0], out_size[1]
+        )));
+    }
+    if let Some(k) = config.model.num_classes() {
+        check_labels(config, dataset, k)?;
+    }
+    // Checked here, before the loader, whose message would speak of its `drop_last`: training
+    // always drops the last partial batch, and that is no config key.
+    if dataset.len() < config.batch_size {
+        return Err(TrainError::Config(format!(
+            "the dataset has {} images, fewer than one batch of {}: lower batch_size (--batch-size)",
+            dataset.len(),
+            config.batch_size
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of a class-conditional run's dataset: it has labels, and they are below
+/// `num_classes`.
+fn check_labels(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    num_classes: i64,
+) -> Result<(), TrainError> {
+    let name = config.dataset.name();
+    if dataset.n_classes() == 0 {
+        return Err(TrainError::Config(format!(
+            "model.num_classes = {num_classes} (--class-cond) needs class labels, but the {name} \
+             dataset has none (an image folder has classes when its images sit in one \
+             sub-folder per class): train it without classes"
+        )));
+    }
+    let max = dataset.labels().iter().copied().max().unwrap_or(0);
+    if i64::from(max) >= num_classes {
+        return Err(TrainError::Config(format!(
+            "the {name} dataset has labels up to {max} ({} classes) but model.num_classes is \
+             {num_classes}: set model.num_classes to {} (or use --class-cond, which takes the \
+             dataset's count)",
+            dataset.n_classes(),
+            dataset.n_classes()
+        )));
+    }
+    Ok(())
+}

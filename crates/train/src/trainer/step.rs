@@ -1,0 +1,283 @@
+//! The training step (Ho et al. 2020, Alg. 1): the step's draws, forward, backward, the NaN
+//! guard, clipping, Adam and the EMA, all on the device, and the reads of the device statistics.
+
+use tch::{Kind, Tensor};
+use torch_ext::Reducer;
+
+use data::Batch;
+
+use super::{dropout_seed, step_seed, Trainer};
+use crate::objective::training_loss_cond;
+use crate::optim::Adam;
+use crate::stats::StatsRead;
+use crate::TrainError;
+
+/// What one step did, as 0-dim tensors on the device: [`Trainer::train_step`] returns before
+/// the device has finished the step, and nothing is read back until asked. The first of the
+/// accessors reads all four values in one transfer (a synchronisation) and keeps them.
+#[derive(Debug)]
+pub struct StepOutcome {
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: Tensor,
+    found_inf: Tensor,
+    values: std::cell::OnceCell<StepValues>,
+}
+
+/// A step's outputs on the device: what [`Trainer::device_step`] returns and a captured graph
+/// overwrites at each replay.
+#[derive(Debug)]
+pub(super) struct StepTensors {
+    pub(super) loss: Tensor,
+    pub(super) grad_norm: Tensor,
+    pub(super) lr: Tensor,
+    pub(super) found_inf: Tensor,
+}
+
+impl From<StepTensors> for StepOutcome {
+    fn from(t: StepTensors) -> Self {
+        Self {
+            loss: t.loss,
+            grad_norm: t.grad_norm,
+            lr: t.lr,
+            found_inf: t.found_inf,
+            values: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+/// The values of a [`StepOutcome`], on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepValues {
+    /// The loss (NaN or infinite when skipped).
+    pub loss: f64,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Whether the update was skipped for a non-finite loss or gradient.
+    pub skipped: bool,
+}
+
+impl StepOutcome {
+    /// All four values (reads them from the device the first time).
+    pub fn values(&self) -> StepValues {
+        *self.values.get_or_init(|| {
+            let parts = [&self.loss, &self.grad_norm, &self.lr, &self.found_inf]
+                .map(|t| t.detach().to_kind(Kind::Double).reshape([]));
+            let v = Vec::<f64>::try_from(Tensor::stack(&parts, 0)).expect("four scalars");
+            StepValues {
+                loss: v[0],
+                grad_norm: v[1],
+                lr: v[2],
+                skipped: v[3] != 0.0,
+            }
+        })
+    }
+
+    /// The loss (NaN or infinite when skipped).
+    pub fn loss(&self) -> f64 {
+        self.values().loss
+    }
+
+    /// The gradient norm before clipping.
+    pub fn grad_norm(&self) -> f64 {
+        self.values().grad_norm
+    }
+
+    /// The learning rate used.
+    pub fn lr(&self) -> f64 {
+        self.values().lr
+    }
+
+    /// Whether the update was skipped for a non-finite loss or gradient.
+    pub fn skipped(&self) -> bool {
+        self.values().skipped
+    }
+}
+
+impl Trainer {
+    /// One optimizer step on `batch` (Alg. 1): draws t and ε from the run's generator reseeded
+    /// with [`step_seed`], updates the weights and the EMA unless the loss or gradient is not
+    /// finite.
+    ///
+    /// The step does not wait for the device: the non-finite check, the skip, gradient clipping,
+    /// the learning-rate schedule and the EMA decay are all decided on the device (the fused
+    /// Adam kernel and the EMA lerp read a `found_inf` flag), and the loss and norm accumulate
+    /// there. The statistics are read every `log_every` and `checkpoint_every` steps and at the
+    /// last step, and the NaN guard's rule is checked then: a run whose steps were non-finite
+    /// `max_nonfinite_in_a_row` times in a row stops at the first read after that.
+    ///
+    /// # Errors
+    /// [`TrainError::NonFinite`] at a read that finds `max_nonfinite_in_a_row` skipped steps in
+    /// a row since the previous one.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
+        self.step_with(batch, None)
+    }
+
+    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given
+    /// (data-parallel runs average them after backward otherwise).
+    pub(super) fn step_with(
+        &mut self,
+        batch: &Batch,
+        reducer: Option<&mut Reducer<'_>>,
+    ) -> Result<StepOutcome, TrainError> {
+        self.gen
+            .set_seed(step_seed(self.config.seed, self.step) as u64);
+        if self.config.model.uses_dropout() {
+            // tch's dropout takes no generator: its masks come from libtorch's global one,
+            // reseeded here so that they too are a function of (seed, step) (see the module docs).
+            tch::manual_seed(dropout_seed(self.config.seed, self.step));
+        }
+        let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
+        let images = Tensor::from_slice(&batch.images).view(shape.as_slice());
+        let x_0 = if self.device.is_cuda() {
+            // From pageable memory the copy would wait for the device to finish the previous
+            // step; from pinned memory it is queued behind it.
+            images
+                .pin_memory(self.device)
+                .to_device_(self.device, Kind::Float, true, false)
+        } else {
+            images
+        };
+        // The labels of a class-conditional run, on the device as the images are.
+        let labels = self.config.model.num_classes().map(|_| {
+            let labels = Tensor::from_slice(&batch.labels);
+            if self.device.is_cuda() {
+                labels
+                    .pin_memory(self.device)
+                    .to_device_(self.device, Kind::Int64, true, false)
+            } else {
+                labels
+            }
+        });
+        #[cfg(feature = "cuda")]
+        let outcome = match self.graphed.take() {
+            Some(mut graphed) => {
+                let outcome = graphed.step(self, x_0, labels);
+                self.graphed = Some(graphed);
+                outcome?
+            }
+            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?);
+        self.step += 1;
+        if self.reads_after_this_step() {
+            self.read_stats()?;
+        }
+        Ok(outcome)
+    }
+
+    /// The device's part of a step on `x_0` and, for a class-conditional run, its `labels`
+    /// (both already on the device): every kernel from the t and ε draws to the EMA update, with
+    /// no host synchronisation and no host-side state changed but the tensors' contents, so that
+    /// a CUDA graph can capture it.
+    #[cfg(feature = "cuda")]
+    pub(super) fn device_step(&mut self, x_0: &Tensor, labels: Option<&Tensor>) -> StepTensors {
+        self.device_step_with(x_0, labels, None)
+            .expect("a single-process step runs no collective")
+    }
+
+    /// [`Trainer::device_step`] with the data-parallel hooks: the rank's slice of the global
+    /// draws, rank 0's BatchNorm buffers, the gradient average (by `reducer` during backward, or
+    /// after it) and the loss all-reduce that carries the stop votes. Alone, each hook is a no-op.
+    pub(super) fn device_step_with(
+        &mut self,
+        x_0: &Tensor,
+        labels: Option<&Tensor>,
+        mut reducer: Option<&mut Reducer<'_>>,
+    ) -> Result<StepTensors, TrainError> {
+        let (t, noise, labels) = self.draw_step(x_0, labels)?;
+        self.optim.zero_grad();
+        self.broadcast_buffers()?;
+        tch::no_grad(|| {
+            for (live, backup) in &mut self.buffers {
+                backup.copy_(live);
+            }
+        });
+        self.before_forward(reducer.as_deref_mut())?;
+        let loss = training_loss_cond(
+            self.model.as_ref(),
+            &self.sched,
+            &self.config.objective,
+            x_0,
+            &noise,
+            &t,
+            labels.as_ref(),
+            self.autocast(),
+        );
+        self.before_backward(reducer.as_deref_mut(), &loss)?;
+        loss.backward();
+        self.average_gradients(reducer.is_some())?;
+        let norm = self.optim.grad_norm();
+        // Data-parallel: the mean over the ranks (and their stop requests travel along).
+        let loss = self.global_loss(&loss)?;
+        // Everything below stays on the device (see the docs above); n = step − skipped steps.
+        let lr = self
+            .config
+            .optim
+            .lr_tensor(self.optim.steps_tensor(), self.total_steps());
+        let (found, found_inf) = self.stats.record(&loss, &norm, &lr);
+        let clip = self
+            .config
+            .optim
+            .grad_clip
+            .map(|max| Adam::clip_scale(&norm, max));
+        self.optim.step_on_device(&lr, &found_inf, clip.as_ref());
+        tch::no_grad(|| {
+            // A skipped step must not leave NaN statistics behind.
+            for (live, backup) in &mut self.buffers {
+                let restored = backup.where_self(&found, live);
+                live.copy_(&restored);
+            }
+        });
+        self.ema.update_unless(Some(&found_inf));
+        Ok(StepTensors {
+            loss: loss.detach(),
+            grad_norm: norm,
+            lr,
+            found_inf,
+        })
+    }
+
+    /// The step's random draws, from the run's generator reseeded for the step: t and ε
+    /// ([`Trainer::draw_t_and_noise`]), then, for a class-conditional run, the labels after
+    /// label dropout ([`Trainer::draw_label_dropout`]).
+    pub(super) fn draw_step(
+        &mut self,
+        x_0: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>), TrainError> {
+        let n_train = self.sched.schedule().n_steps() as i64;
+        let (t, noise) = self.draw_t_and_noise(x_0, n_train)?;
+        let labels = labels
+            .map(|labels| self.draw_label_dropout(labels))
+            .transpose()?;
+        Ok((t, noise, labels))
+    }
+
+    /// Whether the step just taken ends with a read of the device statistics: at metrics lines,
+    /// checkpoints and the last step.
+    pub(super) fn reads_after_this_step(&self) -> bool {
+        self.step.is_multiple_of(self.config.log_every)
+            || self.step.is_multiple_of(self.config.checkpoint_every)
+            || self.step >= self.total_steps()
+    }
+
+    /// Reads the device statistics and applies the NaN guard's abort rule.
+    pub(super) fn read_stats(&mut self) -> Result<StatsRead, TrainError> {
+        let read = self.stats.read(self.step);
+        self.skipped_steps = read.skipped;
+        self.last_read = Some(read);
+        let max = self.config.max_nonfinite_in_a_row;
+        if read.worst_in_a_row >= u64::from(max) {
+            return Err(TrainError::NonFinite(format!(
+                "{} steps in a row had a non-finite loss or gradient (seen at step {}, {} skipped in all); \
+                 the run stops here: lower optim.lr, set optim.grad_clip, or check the data",
+                read.worst_in_a_row, self.step, read.skipped
+            )));
+        }
+        Ok(read)
+    }
+}

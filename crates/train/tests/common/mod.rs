@@ -1,0 +1,159 @@
+//! What the training tests share: the toy dataset, a tiny configuration and its networks,
+//! opening a run, and reading `metrics.jsonl` back.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use data::{Dataset, DatasetSpec, Split, TransformConfig};
+use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use schedule::BetaSchedule;
+use tch::Device;
+use train::config::{Precision, TrainConfig};
+use train::ema::EmaConfig;
+use train::objective::ObjectiveConfig;
+use train::optim::OptimConfig;
+use train::trainer::{MetricsRecord, OpenOptions, Start};
+use train::{RunDir, TrainError, Trainer};
+
+/// 64 gray 8×8 images of two kinds (bright top half or bright left half, labelled 0 "top" and
+/// 1 "left"): easy to learn.
+pub fn toy_dataset() -> Dataset {
+    toy_dataset_of(64, 0)
+}
+
+/// `n` images of [`toy_dataset`]'s two kinds, each pixel brighter by `ramp` per column (a
+/// per-image variation).
+pub fn toy_dataset_of(n: u32, ramp: u8) -> Dataset {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        for y in 0..8 {
+            for x in 0..8u8 {
+                let on = if i % 2 == 0 { y < 4 } else { x < 4 };
+                pixels.push(if on { 230 } else { 20 } + (i % 7) as u8 + x * ramp);
+            }
+        }
+        labels.push((i % 2) as u16);
+    }
+    Dataset::new(pixels, labels, 1, 8, 8, vec!["top".into(), "left".into()]).unwrap()
+}
+
+/// A 2-level SimpleUnet of 8 and 16 channels for 8×8 gray images (BatchNorm, whose running
+/// statistics are buffers).
+pub fn simple_unet() -> ModelConfig {
+    ModelConfig::Simple(SimpleUnetConfig {
+        in_channels: 1,
+        out_channels: 1,
+        image_size: 8,
+        down_channels: vec![8, 16],
+        up_channels: vec![16, 8],
+        time_emb_dim: 16,
+        ..SimpleUnetConfig::seed_cifar10()
+    })
+}
+
+/// The paper's U-Net made tiny: two levels of 8 and 16 channels, attention at 4×4, with
+/// `dropout`.
+pub fn tiny_unet(dropout: f64) -> ModelConfig {
+    ModelConfig::Ddpm(UNetConfig {
+        in_channels: 1,
+        out_channels: 1,
+        image_size: 8,
+        channels: 8,
+        channel_mult: vec![1, 2],
+        layers_per_block: 1,
+        attention_resolutions: vec![4],
+        dropout,
+        norm_num_groups: 4,
+        ..UNetConfig::ho2020_cifar10()
+    })
+}
+
+/// Three epochs of [`simple_unet`] on [`toy_dataset`] in batches of 16, a checkpoint every 4
+/// steps, a metrics line every step; the tests change what they test with `..tiny_config()`.
+pub fn tiny_config() -> TrainConfig {
+    TrainConfig {
+        dataset: DatasetSpec::FashionMnist {
+            split: Split::Train,
+        },
+        transform: TransformConfig {
+            size: None,
+            flip_p: 0.5,
+            normalize: true,
+        },
+        batch_size: 16,
+        n_workers: 1,
+        schedule: BetaSchedule::Linear {
+            n_steps: 50,
+            start: 1e-4,
+            end: 0.2,
+        },
+        model: simple_unet(),
+        objective: ObjectiveConfig::ho2020(),
+        optim: OptimConfig {
+            lr: 3e-3,
+            grad_clip: Some(1.0),
+            ..OptimConfig::seed_notebook()
+        },
+        ema: EmaConfig {
+            decay: 0.99,
+            warmup: true,
+        },
+        precision: Precision::F32,
+        seed: 3,
+        epochs: Some(3),
+        max_steps: None,
+        checkpoint_every: 4,
+        keep_last: 10,
+        sample_every_epochs: 0,
+        n_sample_images: 4,
+        log_every: 1,
+        max_nonfinite_in_a_row: 3,
+        distributed: train::DistConfig::default(),
+        eval_every: 0,
+        eval_samples: train::config::default_eval_samples(),
+        eval_sampler: train::config::default_eval_sampler(),
+    }
+}
+
+/// A fresh run of `config` on `dataset` in `dir` on `device`, alone ([`Start::Fresh`]).
+pub fn fresh(
+    config: TrainConfig,
+    dataset: Dataset,
+    dir: &Path,
+    device: Device,
+) -> Result<Trainer, TrainError> {
+    Trainer::open(
+        RunDir::lock(dir)?,
+        Start::Fresh(config),
+        dataset,
+        OpenOptions::new(device),
+    )
+}
+
+/// The run in `dir` resumed from `from` (or its newest checkpoint that loads), with `config`
+/// (or the saved one), alone ([`Start::Resume`]).
+pub fn resume(
+    dir: &Path,
+    from: Option<&Path>,
+    config: Option<TrainConfig>,
+    dataset: Dataset,
+    device: Device,
+) -> Result<Trainer, TrainError> {
+    let start = Start::Resume {
+        from: from.map(Path::to_path_buf),
+        config,
+    };
+    Trainer::open(RunDir::lock(dir)?, start, dataset, OpenOptions::new(device))
+}
+
+/// The lines of `metrics.jsonl` in `run_dir`, of a run without evaluations.
+pub fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
