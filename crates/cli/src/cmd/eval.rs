@@ -11,23 +11,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 
 use data::npz::{read_npz, write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
 use eval::{
-    self as fid, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
+    self as fid, Features, FidError, Images, InceptionExtractor, KidConfig, Source, Statistics,
 };
-use fetch::{Algorithm, Checksum};
-use model::device::DeviceSpec;
 use sample::{BatchPlan, ClassConditioning, Pipeline};
-use schedule::Schedule;
 
-use super::sampler_args::SamplerArgs;
-
-/// Where `cargo xtask fetch-inception` puts the FID Inception.
-const DEFAULT_INCEPTION: &str = "data/inception/default_1.pt";
+use crate::inception::{extract, load_extractor, progress_bar, InceptionArgs};
+use crate::sampler_args::SamplerArgs;
 
 /// Subcommands of `ddpm eval`.
 #[derive(Debug, clap::Subcommand)]
@@ -36,38 +31,6 @@ pub enum EvalCommand {
     Fid(Box<FidArgs>),
     /// Inception statistics (`mu`, `sigma`) of a dataset or a sample set, as an .npz.
     Stats(Box<StatsArgs>),
-}
-
-/// The Inception network and how images reach it.
-#[derive(Debug, clap::Args)]
-pub struct InceptionArgs {
-    /// The FID Inception TorchScript (from `cargo xtask fetch-inception`).
-    #[arg(long, default_value = DEFAULT_INCEPTION)]
-    inception: PathBuf,
-    /// Skip the sha256 check of --inception: for another feature network, whose scores do not
-    /// compare with published FIDs.
-    #[arg(long)]
-    no_verify: bool,
-    /// The network's input height and width (299 for the FID Inception).
-    #[arg(long, default_value_t = fid::INCEPTION_INPUT_SIZE)]
-    input_size: i64,
-    /// Bilinear resize: tf (TF1 ResizeBilinear, as the TF FID graph; comparable with published
-    /// FIDs) or pytorch (upsample_bilinear2d, align_corners=False, as pytorch-fid).
-    #[arg(long, default_value = "tf")]
-    resize: String,
-    /// Images per Inception forward pass.
-    #[arg(long, default_value_t = 50)]
-    batch_size: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
-    /// libtorch intra-op CPU threads (default: libtorch's choice).
-    #[arg(long)]
-    threads: Option<i32>,
-    /// cuDNN's autotuner on CUDA: times the convolution algorithms once per shape and keeps
-    /// the fastest (faster steps; last-bit differences between processes). No effect on the CPU.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    cudnn_benchmark: bool,
 }
 
 /// A dataset named on the command line.
@@ -150,7 +113,7 @@ pub struct FidArgs {
     #[arg(long, value_name = "N")]
     nproc_per_node: Option<usize>,
     /// Seconds a rank waits for the others (the rendezvous, the gathering of the samples).
-    #[arg(long, value_name = "SECS", default_value_t = super::ranks::SAMPLE_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = crate::ranks::SAMPLE_TIMEOUT_SECS)]
     dist_timeout: u64,
     #[command(flatten)]
     inception: InceptionArgs,
@@ -218,7 +181,7 @@ fn load_dataset(
     offline: bool,
 ) -> Result<(Images, String, Labelled)> {
     let spec = dataset_spec(name, split)?;
-    let dir = crate::cmd::train::ensure_data(&spec, dir, offline)?;
+    let dir = crate::datasets::ensure_data(&spec, dir, offline)?;
     let (dataset, _) = spec
         .load(&dir)
         .with_context(|| format!("cannot load {name} from {}", dir.display()))?;
@@ -231,18 +194,6 @@ fn load_dataset(
         format!("{name} {split} ({})", dir.display()),
         labelled,
     ))
-}
-
-/// The rows of `features` whose label is `class`.
-fn class_features(features: &Features, labels: &[i64], class: i64) -> Result<Features> {
-    let rows: Vec<usize> = (0..features.len().min(labels.len()))
-        .filter(|&i| labels[i] == class)
-        .collect();
-    let data: Vec<f32> = rows
-        .iter()
-        .flat_map(|&i| features.row(i).iter().copied())
-        .collect();
-    Ok(Features::new(data, rows.len(), features.dim())?)
 }
 
 /// The samples of a class-conditional checkpoint: their classes, the guidance, the class names.
@@ -340,14 +291,6 @@ fn collect_images(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// What an `.npz` or folder holds.
-enum Source {
-    Images(Images),
-    Statistics(Statistics),
-    /// Inception features saved by `ddpm eval stats --features`.
-    Features(Features),
-}
-
 /// Reads `features` (`[N, D]`, float32 or float64) from an `.npz` written by
 /// `ddpm eval stats --features`.
 fn read_features(path: &Path) -> Result<Features> {
@@ -406,97 +349,6 @@ fn read_source(path: &Path, allow_stats: bool) -> Result<Source> {
     Ok(Source::Images(Images::read_npz(path)?))
 }
 
-/// Keeps the first `n` images and requires at least two.
-fn limit(images: Images, n: Option<usize>, what: &str) -> Result<Images> {
-    let images = match n {
-        Some(n) if n < images.len() => images.take(n),
-        _ => images,
-    };
-    if images.len() < 2 {
-        return Err(FidError::TooFewImages {
-            what: what.to_string(),
-            n: images.len(),
-        }
-        .into());
-    }
-    Ok(images)
-}
-
-/// Loads the extractor, verifying the file's sha256 unless told not to; on `device` when
-/// given (a rank's), else on `--device` with `--threads`.
-fn load_extractor(
-    args: &InceptionArgs,
-    device: Option<tch::Device>,
-) -> Result<(InceptionExtractor, bool)> {
-    if let (Some(n), None) = (args.threads, device) {
-        tch::set_num_threads(n);
-    }
-    let path = &args.inception;
-    if !path.is_file() {
-        bail!(
-            "{} is missing: run `cargo xtask fetch-inception` or pass --inception PATH",
-            path.display()
-        );
-    }
-    if !args.no_verify {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let actual = Checksum::compute(Algorithm::Sha256, std::io::BufReader::new(file))
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if actual.hex() != fid::INCEPTION_SHA256 {
-            bail!(
-                "{}: sha256 {} is not the FID Inception's {}: run `cargo xtask fetch-inception` \
-                 to get it, or pass --no-verify to use another network (its scores do not compare \
-                 with published FIDs)",
-                path.display(),
-                actual.hex(),
-                fid::INCEPTION_SHA256
-            );
-        }
-    }
-    let device = match device {
-        Some(device) => device,
-        None => args.device.resolve()?,
-    };
-    crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
-    let resize: Resize = args.resize.parse().context("--resize")?;
-    let extractor = InceptionExtractor::load(path, device)?
-        .with_input_size(args.input_size)
-        .with_resize(resize)
-        .with_batch_size(args.batch_size)?;
-    Ok((extractor, !args.no_verify))
-}
-
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
-/// Inception features of a set of images, with a progress bar.
-fn extract(extractor: &InceptionExtractor, images: &Images, what: &str) -> Result<Features> {
-    let bar = progress_bar(
-        images.len() as u64,
-        &format!("Inception features of {what}"),
-    );
-    let started = Instant::now();
-    let features = extractor.extract(images, |done, _| bar.set_position(done as u64));
-    bar.finish_and_clear();
-    let features = features.with_context(|| format!("features of {what}"))?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "features of {what}: {} images in {secs:.1} s ({:.1} images/s)",
-        images.len(),
-        images.len() as f64 / secs.max(1e-9)
-    );
-    Ok(features)
-}
-
 /// Draws `n` samples from a checkpoint's EMA weights (class-balanced for a class-conditional
 /// one); in a launch, shared among the ranks and gathered on rank 0 (the others get `None`).
 fn sample_checkpoint(
@@ -517,9 +369,7 @@ fn sample_checkpoint(
         bail!("--sample-batch-size must be at least 1");
     }
     let spec = args.sampler.resolve(path)?;
-    let schedule = Schedule::new(&spec.schedule)
-        .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
-    let sampler = args.sampler.config(schedule.n_steps())?;
+    let sampler = args.sampler.config(spec.schedule.n_steps())?;
     let guidance = args.sampler.guidance_for(spec.num_classes(), path)?;
     let classes = match spec.num_classes() {
         None if args.class_balanced => bail!(
@@ -572,7 +422,7 @@ fn sample_checkpoint(
                 .map(|b| b.map_err(anyhow::Error::from)),
         ),
         Some(dist) => Box::new(
-            super::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
+            crate::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
                 .into_iter()
                 .map(Ok),
         ),
@@ -634,14 +484,9 @@ fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn run_fid(args: FidArgs) -> Result<()> {
-    if let Some(n) = args.nproc_per_node {
-        if !crate::launch::is_launched_rank() {
-            return crate::launch::launch(n, args.inception.device);
-        }
-    }
-    let started = Instant::now();
-    // Everything that can be checked is checked before any image is sampled or scored.
+/// The checks of `ddpm eval fid`'s flags that need no file: everything that can be checked is
+/// checked before any image is sampled or scored.
+fn check_fid_args(args: &FidArgs) -> Result<()> {
     if args.kid_subsets == 0 {
         bail!(
             "--kid-subsets 0: KID needs at least 1 subset (clean-fid and torch-fidelity use 100)"
@@ -656,7 +501,168 @@ fn run_fid(args: FidArgs) -> Result<()> {
     if args.samples.is_none() && args.checkpoint.is_none() && args.samples_dataset.is_none() {
         bail!("pass --samples FILE_OR_DIR, --checkpoint DIR or --samples-dataset NAME");
     }
-    let joined = super::ranks::join(
+    Ok(())
+}
+
+/// The reference of `ddpm eval fid` (`--ref` or `--dataset`), what to call it, and its labels
+/// when it is a dataset. Statistics and features of another network's dimension are refused
+/// here, before the samples are drawn.
+fn read_reference(
+    args: &FidArgs,
+    extractor: &InceptionExtractor,
+) -> Result<(Source, String, Option<Labelled>)> {
+    let (reference, ref_what, ref_labels) = match (&args.reference, &args.ref_dataset.dataset) {
+        (Some(path), _) => (read_source(path, true)?, path.display().to_string(), None),
+        (None, Some(name)) => {
+            let (images, what, labelled) = load_dataset(
+                name,
+                &args.ref_dataset.split,
+                args.ref_dataset.data.as_deref(),
+                args.ref_dataset.offline,
+            )?;
+            (Source::Images(images), what, Some(labelled))
+        }
+        (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
+    };
+    let dim_of = |what: &str, dim: usize, how: &str| -> Result<()> {
+        let d = extractor
+            .feature_dim()
+            .with_context(|| format!("{}", extractor.path().display()))?;
+        if dim != d {
+            bail!(
+                "{ref_what}: {what} of dimension {dim} cannot be compared with the {d}-dimensional \
+                 features of {}: make them with this network (`{how}`)",
+                extractor.path().display()
+            );
+        }
+        Ok(())
+    };
+    let reference = match reference {
+        Source::Statistics(stats) => {
+            dim_of("statistics", stats.dim(), "ddpm eval stats")?;
+            Source::Statistics(stats)
+        }
+        Source::Features(features) => {
+            dim_of("features", features.dim(), "ddpm eval stats --features")?;
+            Source::Features(fid::first_features(features, args.n, &ref_what)?)
+        }
+        Source::Images(images) => Source::Images(fid::first_images(images, args.n, &ref_what)?),
+    };
+    Ok((reference, ref_what, ref_labels))
+}
+
+/// The samples of `ddpm eval fid` (`--samples`, `--checkpoint` or `--samples-dataset`), what to
+/// call them, what the JSON result says of them, and the classes of a checkpoint's samples.
+fn read_samples(
+    args: &FidArgs,
+    extractor: &InceptionExtractor,
+    joined: &crate::ranks::Joined,
+) -> Result<(Images, String, serde_json::Value, Option<SampledClasses>)> {
+    Ok(
+        match (&args.samples, &args.checkpoint, &args.samples_dataset) {
+            (Some(path), _, _) => match read_source(path, false)? {
+                Source::Images(images) => (
+                    images,
+                    path.display().to_string(),
+                    json!({"path": path.display().to_string()}),
+                    None,
+                ),
+                Source::Statistics(_) | Source::Features(_) => {
+                    unreachable!("refused by read_source")
+                }
+            },
+            (None, Some(path), _) => {
+                let (images, meta, classes) =
+                    sample_checkpoint(args, path, extractor.device(), joined.dist.as_ref())?
+                        .expect("rank 0 gathers the samples");
+                (
+                    images,
+                    format!("samples of {}", path.display()),
+                    meta,
+                    classes,
+                )
+            }
+            (None, None, Some(name)) => {
+                let (images, what, _) = load_dataset(
+                    name,
+                    &args.samples_split,
+                    args.samples_data.as_deref(),
+                    args.ref_dataset.offline,
+                )?;
+                (images, what.clone(), json!({"dataset": what}), None)
+            }
+            (None, None, None) => unreachable!("checked by check_fid_args"),
+        },
+    )
+}
+
+/// The classes of the samples and of the reference for the FID of each class: with
+/// `--class-balanced`, a class-conditional checkpoint and a labelled reference dataset of as
+/// many classes, each with at least 2 of the `n_samples` samples and of the reference images.
+/// `Ok(None)` when per-class FID does not apply; the caller says why.
+fn class_pairs(
+    args: &FidArgs,
+    (sampled, n_samples): (Option<&SampledClasses>, usize),
+    ref_labels: Option<&Labelled>,
+    reference: &Source,
+    ref_what: &str,
+) -> Result<Option<(fid::Classes, fid::Classes)>> {
+    let (true, Some(classes)) = (args.class_balanced, sampled) else {
+        return Ok(None);
+    };
+    let (labelled, n_reference) = match (ref_labels, reference) {
+        (Some(labelled), Source::Images(images)) if !labelled.names.is_empty() => {
+            (labelled, images.len())
+        }
+        _ => return Ok(None),
+    };
+    if labelled.names.len() as i64 != classes.num_classes {
+        bail!(
+            "--class-balanced: {ref_what} has {} classes but the model {}: per-class \
+             FID needs the dataset the model was trained on",
+            labelled.names.len(),
+            classes.num_classes
+        );
+    }
+    let ours = fid::Classes {
+        labels: classes.labels.clone(),
+        names: classes.names.clone(),
+    };
+    let theirs = fid::Classes {
+        labels: labelled.labels.iter().map(|&l| i64::from(l)).collect(),
+        names: labelled.names.clone(),
+    };
+    let count = |labels: &[i64], n: usize, k: i64| {
+        labels[..n.min(labels.len())]
+            .iter()
+            .filter(|&&l| l == k)
+            .count()
+    };
+    for k in 0..classes.num_classes {
+        let (n_ours, n_theirs) = (
+            count(&ours.labels, n_samples, k),
+            count(&theirs.labels, n_reference, k),
+        );
+        if n_ours < 2 || n_theirs < 2 {
+            bail!(
+                "--class-balanced: class {k} ({}) has {n_ours} samples and {n_theirs} reference \
+                 images: FID needs at least 2 of each (raise --n)",
+                theirs.names[k as usize]
+            );
+        }
+    }
+    Ok(Some((ours, theirs)))
+}
+
+fn run_fid(args: FidArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        if !crate::launch::is_launched_rank() {
+            return crate::launch::launch(n, args.inception.device);
+        }
+    }
+    let started = Instant::now();
+    check_fid_args(&args)?;
+    let joined = crate::ranks::join(
         args.inception.device,
         args.inception.threads,
         std::time::Duration::from_secs(args.dist_timeout),
@@ -669,225 +675,133 @@ fn run_fid(args: FidArgs) -> Result<()> {
         return Ok(());
     }
     let (extractor, verified) = load_extractor(&args.inception, Some(joined.device))?;
-    // The reference first: cheap to read, and statistics of another network's dimension are
-    // refused before the samples are drawn.
-    let mut ref_labels: Option<Labelled> = None;
-    let reference = match (&args.reference, &args.ref_dataset.dataset) {
-        (Some(path), _) => (read_source(path, true)?, path.display().to_string()),
-        (None, Some(name)) => {
-            let (images, what, labelled) = load_dataset(
-                name,
-                &args.ref_dataset.split,
-                args.ref_dataset.data.as_deref(),
-                args.ref_dataset.offline,
-            )?;
-            ref_labels = Some(labelled);
-            (Source::Images(images), what)
-        }
-        (None, None) => bail!("pass --ref STATS_OR_SAMPLES or --dataset NAME [--split SPLIT]"),
-    };
-    let (reference, ref_what) = reference;
-    let reference = match reference {
-        Source::Statistics(stats) => {
-            let d = extractor
-                .feature_dim()
-                .with_context(|| format!("{}", extractor.path().display()))?;
-            if stats.dim() != d {
-                bail!(
-                    "{ref_what}: statistics of dimension {} cannot be compared with the {d}-dimensional \
-                     features of {}: make them with this network (`ddpm eval stats`)",
-                    stats.dim(),
-                    extractor.path().display()
-                );
-            }
-            Source::Statistics(stats)
-        }
-        Source::Features(features) => {
-            let d = extractor
-                .feature_dim()
-                .with_context(|| format!("{}", extractor.path().display()))?;
-            if features.dim() != d {
-                bail!(
-                    "{ref_what}: features of dimension {} cannot be compared with the {d}-dimensional \
-                     features of {}: make them with this network (`ddpm eval stats --features`)",
-                    features.dim(),
-                    extractor.path().display()
-                );
-            }
-            let n = args.n.unwrap_or(usize::MAX).min(features.len());
-            if n < 2 {
-                return Err(FidError::TooFewImages { what: ref_what, n }.into());
-            }
-            let kept = Features::new(features.as_slice()[..n * d].to_vec(), n, d)?;
-            Source::Features(kept)
-        }
-        Source::Images(images) => Source::Images(limit(images, args.n, &ref_what)?),
-    };
-    // The samples.
-    let mut sampled_classes: Option<SampledClasses> = None;
-    let (samples, samples_what, samples_meta) =
-        match (&args.samples, &args.checkpoint, &args.samples_dataset) {
-            (Some(path), _, _) => match read_source(path, false)? {
-                Source::Images(images) => (
-                    images,
-                    path.display().to_string(),
-                    json!({"path": path.display().to_string()}),
-                ),
-                Source::Statistics(_) | Source::Features(_) => {
-                    unreachable!("refused by read_source")
-                }
-            },
-            (None, Some(path), _) => {
-                let (images, meta, classes) =
-                    sample_checkpoint(&args, path, extractor.device(), joined.dist.as_ref())?
-                        .expect("rank 0 gathers the samples");
-                sampled_classes = classes;
-                (images, format!("samples of {}", path.display()), meta)
-            }
-            (None, None, Some(name)) => {
-                let (images, what, _) = load_dataset(
-                    name,
-                    &args.samples_split,
-                    args.samples_data.as_deref(),
-                    args.ref_dataset.offline,
-                )?;
-                (images, what.clone(), json!({"dataset": what}))
-            }
-            (None, None, None) => unreachable!("checked above"),
-        };
-    let samples = limit(samples, args.n, &samples_what)?;
-
+    // The reference first: cheap to read, and refused early when it does not fit.
+    let (reference, ref_what, ref_labels) = read_reference(&args, &extractor)?;
+    let (samples, samples_what, samples_meta, sampled) = read_samples(&args, &extractor, &joined)?;
+    let samples = fid::first_images(samples, args.n, &samples_what)?;
     let samples_features = extract(&extractor, &samples, &samples_what)?;
-    let samples_stats = Statistics::from_features(&samples_features)?;
-    let (ref_stats, ref_features, ref_n) = match reference {
-        Source::Statistics(stats) => (stats, None, None),
-        Source::Features(features) => {
-            let n = features.len();
-            (
-                Statistics::from_features(&features)?,
-                Some(features),
-                Some(n),
-            )
-        }
-        Source::Images(images) => {
-            let features = extract(&extractor, &images, &ref_what)?;
-            (
-                Statistics::from_features(&features)?,
-                Some(features),
-                Some(images.len()),
-            )
-        }
+    let classes = class_pairs(
+        &args,
+        (sampled.as_ref(), samples.len()),
+        ref_labels.as_ref(),
+        &reference,
+        &ref_what,
+    )?;
+    let kid_config = KidConfig {
+        n_subsets: args.kid_subsets,
+        subset_size: args.kid_subset_size,
+        seed: args.seed,
     };
-    let fid_value = fid::frechet_distance(&samples_stats, &ref_stats)
-        .with_context(|| format!("FID of {samples_what} against {ref_what}"))?;
-    let kid: Option<Kid> = match &ref_features {
-        Some(ref_features) => {
-            let config = KidConfig {
-                n_subsets: args.kid_subsets,
-                subset_size: args.kid_subset_size,
-                seed: args.seed,
-            };
-            Some(fid::kid(&samples_features, ref_features, &config)?)
-        }
-        None => None,
-    };
-    // FID per class: the samples of each class against the reference images of that class.
-    let mut per_class = Vec::new();
-    if let (true, Some(classes)) = (args.class_balanced, &sampled_classes) {
-        match (&ref_labels, &ref_features) {
-            (Some(labelled), Some(ref_features)) if !labelled.names.is_empty() => {
-                if labelled.names.len() as i64 != classes.num_classes {
-                    bail!(
-                        "--class-balanced: {ref_what} has {} classes but the model {}: per-class \
-                         FID needs the dataset the model was trained on",
-                        labelled.names.len(),
-                        classes.num_classes
-                    );
-                }
-                let ref_labels: Vec<i64> = labelled.labels.iter().map(|&l| i64::from(l)).collect();
-                for k in 0..classes.num_classes {
-                    let ours = class_features(&samples_features, &classes.labels, k)?;
-                    let theirs = class_features(ref_features, &ref_labels, k)?;
-                    let name = labelled.names[k as usize].clone();
-                    if ours.len() < 2 || theirs.len() < 2 {
-                        bail!(
-                            "--class-balanced: class {k} ({name}) has {} samples and {} reference \
-                             images: FID needs at least 2 of each (raise --n)",
-                            ours.len(),
-                            theirs.len()
-                        );
-                    }
-                    let fid_k = fid::frechet_distance(
-                        &Statistics::from_features(&ours)?,
-                        &Statistics::from_features(&theirs)?,
-                    )
-                    .with_context(|| format!("FID of class {k} ({name})"))?;
-                    per_class.push(json!({
-                        "class": k,
-                        "name": name,
-                        "model_name": classes.names[k as usize],
-                        "fid": fid_k,
-                        "n_samples": ours.len(),
-                        "n_reference": theirs.len(),
-                    }));
-                }
-            }
-            _ => eprintln!(
-                "per-class FID needs a labelled reference dataset (--dataset NAME); {ref_what} has \
-                 no labels, so only the class-balanced FID is reported"
-            ),
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    if sampled_classes.is_some() {
-        println!("FID {fid_value:.4} (class-balanced)");
-    } else {
-        println!("FID {fid_value:.4}");
-    }
-    for entry in &per_class {
-        println!(
-            "FID class {} ({}) {:.4}",
-            entry["class"],
-            entry["name"].as_str().unwrap_or_default(),
-            entry["fid"].as_f64().unwrap_or(f64::NAN)
+    let scores = fid::score(
+        &samples_features,
+        reference,
+        |images| extract(&extractor, images, &ref_what),
+        &kid_config,
+        classes.as_ref().map(|(ours, theirs)| (ours, theirs)),
+    )?;
+    if args.class_balanced && sampled.is_some() && classes.is_none() {
+        eprintln!(
+            "per-class FID needs a labelled reference dataset (--dataset NAME); {ref_what} has \
+             no labels, so only the class-balanced FID is reported"
         );
     }
-    match &kid {
-        Some(k) => println!(
-            "KID {:.6} ± {:.6} ({} subsets of {})",
-            k.mean, k.std, k.n_subsets, k.subset_size
-        ),
-        None => {
-            println!("KID n/a (the reference is statistics only; pass images, --dataset or `ddpm eval stats --features` output for KID)")
-        }
+    let report = FidReport {
+        scores: &scores,
+        class_balanced: sampled.is_some(),
+        samples: (&samples_what, samples.len(), samples_meta),
+        reference: &ref_what,
+        extractor: (&extractor, verified, samples_features.dim()),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    report.print();
+    match &args.out {
+        Some(out) => report.write_json(out),
+        None => Ok(()),
     }
-    eprintln!(
-        "{} samples against {ref_what} in {seconds:.1} s",
-        samples.len()
-    );
-    if let Some(out) = &args.out {
-        let result = json!({
-            "fid": fid_value,
-            "kid": kid,
-            "samples": {"source": samples_what, "n": samples.len(), "details": samples_meta},
-            "reference": {"source": ref_what, "n": ref_n},
+}
+
+/// What `ddpm eval fid` prints and writes as JSON.
+struct FidReport<'a> {
+    scores: &'a fid::FidScores,
+    /// Whether the samples are a class-conditional checkpoint's, sampled class-balanced.
+    class_balanced: bool,
+    /// What the samples are, how many, and their JSON details.
+    samples: (&'a str, usize, serde_json::Value),
+    reference: &'a str,
+    /// The network, whether its sha256 was verified, the feature dimension.
+    extractor: (&'a InceptionExtractor, bool, usize),
+    seconds: f64,
+}
+
+impl FidReport<'_> {
+    /// The scores on stdout, the sets and the time on stderr.
+    fn print(&self) {
+        let s = self.scores;
+        if self.class_balanced {
+            println!("FID {:.4} (class-balanced)", s.fid);
+        } else {
+            println!("FID {:.4}", s.fid);
+        }
+        for entry in &s.per_class {
+            println!(
+                "FID class {} ({}) {:.4}",
+                entry.class, entry.name, entry.fid
+            );
+        }
+        match &s.kid {
+            Some(k) => println!(
+                "KID {:.6} ± {:.6} ({} subsets of {})",
+                k.mean, k.std, k.n_subsets, k.subset_size
+            ),
+            None => {
+                println!("KID n/a (the reference is statistics only; pass images, --dataset or `ddpm eval stats --features` output for KID)")
+            }
+        }
+        eprintln!(
+            "{} samples against {} in {:.1} s",
+            self.samples.1, self.reference, self.seconds
+        );
+    }
+
+    /// The result as JSON in `out`.
+    fn write_json(&self, out: &Path) -> Result<()> {
+        let (extractor, verified, dim) = self.extractor;
+        let (what, n, details) = &self.samples;
+        let mut result = json!({
+            "fid": self.scores.fid,
+            "kid": self.scores.kid,
+            "samples": {"source": what, "n": n, "details": details},
+            "reference": {"source": self.reference, "n": self.scores.n_reference},
             "inception": {
                 "path": extractor.path().display().to_string(),
                 "sha256_verified": verified,
                 "input_size": extractor.input_size(),
                 "resize": extractor.resize().name(),
-                "dim": samples_features.dim(),
+                "dim": dim,
             },
-            "seconds": seconds,
+            "seconds": self.seconds,
         });
-        let mut result = result;
-        if !per_class.is_empty() {
+        if !self.scores.per_class.is_empty() {
+            let per_class: Vec<serde_json::Value> = self
+                .scores
+                .per_class
+                .iter()
+                .map(|c| {
+                    json!({
+                        "class": c.class,
+                        "name": c.name,
+                        "model_name": c.model_name,
+                        "fid": c.fid,
+                        "n_samples": c.n_samples,
+                        "n_reference": c.n_reference,
+                    })
+                })
+                .collect();
             result["per_class"] = json!(per_class);
         }
         let text = serde_json::to_string_pretty(&result).expect("serialisable") + "\n";
-        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
     }
-    Ok(())
 }
 
 fn run_stats(args: StatsArgs) -> Result<()> {
@@ -908,7 +822,7 @@ fn run_stats(args: StatsArgs) -> Result<()> {
         }
         (None, None) => bail!("pass --dataset NAME [--split SPLIT] or --samples FILE_OR_DIR"),
     };
-    let images = limit(images, args.n, &what)?;
+    let images = fid::first_images(images, args.n, &what)?;
     let features = extract(&extractor, &images, &what)?;
     let stats = Statistics::from_features(&features)?;
     if args.features {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::sampler_args::WeightsArg;
+use crate::sampler_args::WeightsArg;
 
 /// Arguments of `ddpm export`.
 #[derive(Debug, clap::Args)]

@@ -184,7 +184,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
                 .display()
         ),
     };
-    let data_dir = super::train::ensure_data(&spec, args.data.as_deref(), args.offline)?;
+    let data_dir = crate::datasets::ensure_data(&spec, args.data.as_deref(), args.offline)?;
     let (dataset, _) = spec
         .load(&data_dir)
         .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;

@@ -25,9 +25,8 @@ use data::grid::{make_grid, GridSpec};
 use data::npz::{write_npz, NpyArray, NpyData};
 use model::device::DeviceSpec;
 use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
-use schedule::Schedule;
 
-use super::sampler_args::{describe, SamplerArgs};
+use crate::sampler_args::{describe, SamplerArgs};
 
 /// Arguments of `ddpm sample`.
 #[derive(Debug, clap::Args)]
@@ -66,7 +65,7 @@ pub struct SampleArgs {
     #[arg(long, value_name = "N")]
     nproc_per_node: Option<usize>,
     /// Seconds a rank waits for the others (the rendezvous, the gathering of the images).
-    #[arg(long, value_name = "SECS", default_value_t = super::ranks::SAMPLE_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = crate::ranks::SAMPLE_TIMEOUT_SECS)]
     dist_timeout: u64,
     /// cuDNN's autotuner on CUDA: times the convolution algorithms once per shape and keeps
     /// the fastest (faster steps; last-bit differences between processes). No effect on the CPU.
@@ -308,9 +307,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     check_args(&args)?;
     let spec = args.sampler.resolve(&args.checkpoint)?;
-    let schedule = Schedule::new(&spec.schedule)
-        .with_context(|| format!("{}: schedule", spec.config_file.display()))?;
-    let sampler = args.sampler.config(schedule.n_steps())?;
+    // T, the number of training steps, from the config (the pipeline builds the schedule).
+    let n_train = spec.schedule.n_steps();
+    let sampler = args.sampler.config(n_train)?;
     let classes = if args.classes.is_empty() {
         if args.sampler.guidance.is_some() {
             bail!("--guidance applies to the classes of --class: pass --class C (or all)");
@@ -323,7 +322,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .sampler
         .guidance_for(spec.num_classes(), &args.checkpoint)?;
     let class_names: Vec<String> = classes.iter().map(|&c| spec.class_name(c)).collect();
-    let joined = super::ranks::join(
+    let joined = crate::ranks::join(
         args.device,
         args.threads,
         std::time::Duration::from_secs(args.dist_timeout),
@@ -371,9 +370,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         seed: args.seed,
         n_chains,
     };
-    let n_steps = sampler.timesteps(schedule.n_steps())?.len();
+    let n_steps = sampler.timesteps(n_train)?.len();
     let own_batches = match &joined.dist {
-        Some(dist) => super::ranks::own_batches(&plan, dist.rank(), dist.world_size()),
+        Some(dist) => crate::ranks::own_batches(&plan, dist.rank(), dist.world_size()),
         None => plan.n_batches(),
     };
     let bar = if main {
@@ -421,7 +420,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 .map(|b| b.map_err(anyhow::Error::from)),
         ),
         Some(dist) => Box::new(
-            super::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
+            crate::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
                 bar.inc(1)
             })?
             .into_iter()

@@ -58,7 +58,7 @@ mod step;
 #[cfg(test)]
 mod tests;
 
-pub use open::{OpenOptions, Start};
+pub use open::{saved_config, OpenOptions, Start};
 pub use run_loop::{MetricsRecord, NoHooks, RunEnd, TrainHooks};
 pub use step::{StepOutcome, StepValues};
 

@@ -365,8 +365,42 @@ impl Trainer {
     }
 }
 
+/// The configuration a resume of the run in `run_dir` starts from: the one saved in the
+/// checkpoint directory `from`, or in the newest checkpoint under `run_dir` whose `state.json`
+/// reads (the trainer then loads that one or, when its weights do not load, an older one). A
+/// front end resolves its flags against it before [`Trainer::open`] with [`Start::Resume`].
+///
+/// # Errors
+/// [`TrainError::NoCheckpoint`] when there is none; with `from`, that checkpoint's
+/// [`TrainError::Checkpoint`] or [`TrainError::Io`]; [`TrainError::NoLoadableCheckpoint`] when
+/// no `state.json` reads.
+pub fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig, TrainError> {
+    if let Some(dir) = from {
+        return Ok(read_resume_state(dir)?.1);
+    }
+    let root = run_dir.join(checkpoint::CHECKPOINTS_DIR);
+    let all = checkpoint::list(&root);
+    if all.is_empty() {
+        return Err(TrainError::NoCheckpoint {
+            dir: root,
+            hint: "start a new run without --resume",
+        });
+    }
+    let mut tried = Vec::new();
+    for (_, dir) in all.into_iter().rev() {
+        match read_resume_state(&dir) {
+            Ok((_, config)) => return Ok(config),
+            Err(err) => tried.push(SkippedCheckpoint {
+                dir,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    Err(TrainError::NoLoadableCheckpoint { dir: root, tried })
+}
+
 /// A checkpoint's state and the configuration saved in it.
-pub(crate) fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), TrainError> {
+fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), TrainError> {
     let state = checkpoint::read_state(dir)?;
     let config =
         serde_json::from_value(state.config.clone()).map_err(|e| TrainError::Checkpoint {

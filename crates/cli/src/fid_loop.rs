@@ -20,7 +20,7 @@ use fetch::{Algorithm, Checksum, FetchOptions, ZipMember};
 use train::quality::{SampleScorer, ScoreError, Scores};
 use train::TrainConfig;
 
-use super::sampler_args::{SamplerArgs, SamplerKind, VarianceArg, WeightsArg};
+use crate::sampler_args::{SamplerArgs, SamplerKind, VarianceArg, WeightsArg};
 
 /// Where `cargo xtask fetch-inception` puts the FID Inception.
 pub const DEFAULT_INCEPTION: &str = "data/inception/default_1.pt";
