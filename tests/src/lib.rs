@@ -1,4 +1,9 @@
 //! Helpers for the end-to-end tests: find the `ddpm` binary that cargo built beside us and run it.
+//!
+//! Also the doctest host of the documentation: the Rust snippets of `README.md` and `docs/*.md`
+//! compile (and, unless marked `no_run`, run) under `cargo test -p e2e --doc`, so a snippet that
+//! no longer compiles against the crates fails a test. `tests/docs.rs` checks that every
+//! markdown file with Rust in it is listed here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -149,4 +154,28 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The markdown documentation, one item per file, each documented by the file itself so that
+/// rustdoc tests its Rust snippets. Compiled only for doctests.
+#[cfg(doctest)]
+pub mod markdown {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/setup.md")]
+    pub struct Setup;
+    #[doc = include_str!("../../docs/training.md")]
+    pub struct Training;
+    #[doc = include_str!("../../docs/sampling.md")]
+    pub struct Sampling;
+    #[doc = include_str!("../../docs/class-conditional.md")]
+    pub struct ClassConditional;
+    #[doc = include_str!("../../docs/evaluation.md")]
+    pub struct Evaluation;
+    #[doc = include_str!("../../docs/multi-gpu.md")]
+    pub struct MultiGpu;
+    #[doc = include_str!("../../docs/library.md")]
+    pub struct Library;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    pub struct Benchmarks;
 }

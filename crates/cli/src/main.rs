@@ -4,6 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+#[cfg(test)]
+mod doc_commands;
 mod launch;
 mod plot;
 mod runtime;
