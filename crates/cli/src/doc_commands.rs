@@ -161,11 +161,14 @@ fn ddpm_args(words: &[Word]) -> Option<Vec<String>> {
     let first = words
         .iter()
         .position(|w| w.quoted || !w.text.contains('=') || w.text.starts_with('-'))?;
-    if is_ddpm(&texts[first]) {
+    if is_ddpm(texts[first]) {
         return Some(arguments(&words[first + 1..]));
     }
     // ... or run by a launcher (`torchrun … target/release/ddpm train`): a `ddpm` followed by a
     // subcommand word, so that a value such as `--sampler ddpm` is not taken for the program.
+    if !LAUNCHERS.contains(&texts[first]) {
+        return None;
+    }
     let at = (first + 1..texts.len()).find(|&i| {
         is_ddpm(texts[i])
             && texts
@@ -175,13 +178,25 @@ fn ddpm_args(words: &[Word]) -> Option<Vec<String>> {
     Some(arguments(&words[at + 1..]))
 }
 
-/// The words as arguments: unquoted `$VAR`s dropped.
+/// Commands that run another command given among their arguments.
+const LAUNCHERS: [&str; 8] = [
+    "torchrun", "srun", "timeout", "nohup", "env", "exec", "time", "mpirun",
+];
+
+/// The words as arguments. An unquoted `$VAR` stays as the value of the flag before it
+/// (`--data $D`) and is dropped elsewhere, where it may expand to any number of arguments
+/// (`$RESUME`).
 fn arguments(words: &[Word]) -> Vec<String> {
-    words
-        .iter()
-        .filter(|w| w.quoted || !w.text.starts_with('$'))
-        .map(|w| w.text.clone())
-        .collect()
+    let mut args: Vec<String> = Vec::with_capacity(words.len());
+    for w in words {
+        let after_flag = args
+            .last()
+            .is_some_and(|prev| prev.starts_with('-') && !prev.contains('='));
+        if w.quoted || !w.text.starts_with('$') || after_flag {
+            args.push(w.text.clone());
+        }
+    }
+    args
 }
 
 /// One shell word after quote removal.
@@ -331,15 +346,22 @@ fn a_renamed_flag_fails_with_the_file_and_line() {
     );
     assert!(failed[0].contains("--no-such-flag"), "{}", failed[0]);
     // The same flag in prose fails too, and so does an unknown subcommand.
-    assert_eq!(failures("g.md", "Use `ddpm train --no-such-flag`.").len(), 1);
+    assert_eq!(
+        failures("g.md", "Use `ddpm train --no-such-flag`.").len(),
+        1
+    );
     assert_eq!(failures("g.md", "Use `ddpm trian --preset seed`.").len(), 1);
     // A fenced command must be complete; a fragment in prose need not be.
-    assert_eq!(failures("g.md", "```sh\nddpm eval fid --n 10\n```").len(), 1);
-    assert!(failures("g.md", "Then `ddpm eval fid --n N` scores them.").is_empty());
+    assert_eq!(failures("g.md", "```sh\nddpm sample -n 10\n```").len(), 1);
+    assert!(failures("g.md", "Then `ddpm sample -n N` draws them.").is_empty());
     // Inline code may run over a line break; the line reported is where it starts.
     let wrapped = failures("g.md", "Intro.\n\nRun `ddpm sample\n--no-such-flag` now.\n");
     assert_eq!(wrapped.len(), 1, "{wrapped:?}");
-    assert!(wrapped[0].starts_with("g.md:3: ddpm sample --no-such-flag"), "{}", wrapped[0]);
+    assert!(
+        wrapped[0].starts_with("g.md:3: ddpm sample --no-such-flag"),
+        "{}",
+        wrapped[0]
+    );
 }
 
 #[test]
@@ -348,7 +370,8 @@ fn commands_are_found_where_they_are_run() {
 ```sh
 # a comment naming ddpm train --nope
 cargo xtask setup && cargo run --release -p cli -- train --preset seed  # trailing --nope
-RANK=3 WORLD_SIZE=4 target/release/ddpm train --run-dir "$RUN" $RESUME
+RANK=3 WORLD_SIZE=4 target/release/ddpm train --run-dir "$RUN" $RESUME --data $D
+cargo test -p cli --bin ddpm doc_commands
 torchrun --no-python --nproc_per_node=4 target/release/ddpm train --sampler-is-a-value ddpm
 ddpm sample --checkpoint runs/seed --sampler ddpm | tee log
 ```
@@ -370,13 +393,13 @@ ddpm train --not-shell
         args,
         vec![
             vec!["train", "--preset", "seed"],
-            vec!["train", "--run-dir", "$RUN"],
+            vec!["train", "--run-dir", "$RUN", "--data", "$D"],
             vec!["train", "--sampler-is-a-value", "ddpm"],
             vec!["sample", "--checkpoint", "runs/seed", "--sampler", "ddpm"],
         ]
     );
     assert_eq!(
         found.iter().map(|c| c.line).collect::<Vec<_>>(),
-        [4, 5, 6, 7]
+        [4, 5, 7, 8]
     );
 }
