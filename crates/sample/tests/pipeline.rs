@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use model::ModelConfig;
+use model::Prediction;
 use sample::pipeline::{DIFFUSERS_BIN, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG};
-use sample::{Pipeline, PipelineSpec, Prediction, SourceKind, Weights};
+use sample::{Pipeline, PipelineSpec, SourceKind, Weights};
 use schedule::BetaSchedule;
 use tch::{Device, Kind, Tensor};
 
