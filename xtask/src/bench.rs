@@ -15,7 +15,7 @@
 //! 3. FID feature extraction (TF resize to 299 + Inception-v3): `ddpm eval stats` against the
 //!    same TorchScript from Python torch (`scripts/bench/fid_pytorch.py`), alternating.
 //!
-//! Writes `xtask/bench/results/<date>-<device>.json` and `.md` (with `--quick`:
+//! Writes `docs/results/<date>-<device>.json` and `.md` (with `--quick`:
 //! `target/bench-quick/`, so that a smoke run never lands in the committed reports).
 
 use anyhow::{bail, ensure, Context, Result};
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Skip FID feature extraction.
     #[arg(long)]
     no_fid: bool,
-    /// Where the report goes (default: xtask/bench/results, or target/bench-quick with --quick).
+    /// Where the report goes (default: docs/results, or target/bench-quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -584,7 +584,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.quick {
             root.join("target/bench-quick")
         } else {
-            root.join("xtask/bench/results")
+            root.join("docs/results")
         }
     });
     std::fs::create_dir_all(&out_dir)

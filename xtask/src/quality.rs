@@ -13,7 +13,7 @@
 //! The two trainings run one after the other (each has the machine's T threads to itself); the
 //! report records the load average around each, since other work on the machine slows a side.
 //!
-//! Writes `xtask/bench/results/<date>-quality[-TAG].json` and `.md` and one PNG grid per side and
+//! Writes `docs/results/<date>-quality[-TAG].json` and `.md` and one PNG grid per side and
 //! sampler beside them (with `--quick`: `target/quality-quick/`, so that a smoke run never lands
 //! in the committed reports). The runs and sample files stay under `target/quality/`.
 
@@ -68,7 +68,7 @@ pub struct QualityArgs {
     /// Added to the report's file names: DATE-quality-TAG.
     #[arg(long)]
     tag: Option<String>,
-    /// Where the report and grids go [default: xtask/bench/results, or target/quality-quick
+    /// Where the report and grids go [default: docs/results, or target/quality-quick
     /// with --quick].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -183,7 +183,7 @@ impl Plan {
             if args.quick {
                 root.join("target/quality-quick")
             } else {
-                root.join("xtask/bench/results")
+                root.join("docs/results")
             }
         });
         let mut stem = format!("{date}-quality");
@@ -953,7 +953,7 @@ mod tests {
         let full = plan(&[]);
         assert_eq!((full.minutes, full.samples), (30.0, 2000));
         assert_eq!(full.samplers, [SamplerChoice::Ddim50, SamplerChoice::Ddpm]);
-        assert_eq!(full.out_dir, Path::new("/repo/xtask/bench/results"));
+        assert_eq!(full.out_dir, Path::new("/repo/docs/results"));
         assert_eq!(full.stem, "2026-12-01-quality");
         let quick = plan(&["--quick"]);
         assert_eq!((quick.minutes, quick.samples), (1.0, 200));
