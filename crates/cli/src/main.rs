@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod device;
 mod launch;
 mod plot;
 mod runtime;

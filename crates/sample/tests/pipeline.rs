@@ -8,8 +8,9 @@ use std::process::Command;
 
 use e2e::{copy_dir, python_with_diffusers};
 use model::ModelConfig;
+use model::Prediction;
 use sample::pipeline::{DIFFUSERS_BIN, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG};
-use sample::{Pipeline, PipelineSpec, Prediction, SourceKind, Weights};
+use sample::{Pipeline, PipelineSpec, SourceKind, Weights};
 use schedule::BetaSchedule;
 use tch::{Device, Kind, Tensor};
 

@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use model::{ModelConfig, Precision, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
 use tch::{Device, Kind, Tensor};
 use train::checkpoint::{self, named_tensors};
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::distributed::LaunchEnv;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::device::DeviceSpec;
 use data::DatasetSpec;
-use model::device::DeviceSpec;
 use train::config::parse_set;
 use train::distributed::LaunchEnv;
 use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};
