@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::device::DeviceSpec;
 use eval::{self as fid, Features, Images, InceptionExtractor, Resize};
 use fetch::{Algorithm, Checksum};
-use model::device::DeviceSpec;
 
 /// Where `cargo xtask fetch-inception` puts the FID Inception.
 const DEFAULT_INCEPTION: &str = "data/inception/default_1.pt";

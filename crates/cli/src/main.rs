@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod datasets;
+mod device;
+#[cfg(test)]
+mod doc_commands;
 mod fid_loop;
 mod inception;
 mod launch;
@@ -13,6 +16,7 @@ mod ranks;
 mod runtime;
 mod sampler_args;
 mod signals;
+mod sources;
 mod train_report;
 
 /// Denoising diffusion probabilistic models on libtorch.

@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 use train::distributed::LaunchEnv;
 use train::Distributed;
 
-use model::device::DeviceSpec;
+use crate::device::DeviceSpec;
 
 /// The default of `--dist-timeout` for sampling: a rank waits for the others' last batch.
 pub const SAMPLE_TIMEOUT_SECS: u64 = 1800;

@@ -27,15 +27,13 @@ pub mod run_dir;
 pub mod stats;
 pub mod trainer;
 
-pub use config::{ConfigChange, Precision, Preset, TrainConfig};
+pub use config::{ConfigChange, Preset, TrainConfig};
 pub use distributed::{DistConfig, Distributed, GradSync};
 pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;
 pub use trainer::{
     MetricsRecord, OpenOptions, RunEnd, Start, StepOutcome, StepValues, TrainHooks, Trainer,
 };
-
-pub use sample::{forward, forward_cond};
 
 use std::path::{Path, PathBuf};
 

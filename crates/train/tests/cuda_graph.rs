@@ -8,9 +8,9 @@ use common::{fresh, simple_unet, tiny_config, tiny_unet, toy_dataset};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use model::ModelConfig;
+use model::{ModelConfig, Precision};
 use tch::Device;
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::optim::OptimConfig;
 use train::trainer::{MetricsRecord, NoHooks};
 

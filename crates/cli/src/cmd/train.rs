@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use model::device::DeviceSpec;
+use crate::device::DeviceSpec;
 use train::config::parse_set;
 use train::distributed::LaunchEnv;
 use train::{Distributed, OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};

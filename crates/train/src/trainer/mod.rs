@@ -40,7 +40,7 @@ use data::Loader;
 use model::Denoiser;
 use schedule::tensor::ScheduleTensors;
 
-use crate::config::{Precision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
@@ -253,6 +253,6 @@ impl Trainer {
     }
 
     pub(super) fn autocast(&self) -> bool {
-        self.config.precision == Precision::Bf16 && self.device.is_cuda()
+        self.config.precision.autocast(self.device)
     }
 }

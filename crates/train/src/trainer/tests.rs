@@ -70,7 +70,7 @@ fn config(num_classes: Option<i64>, p_uncond: f64) -> TrainConfig {
             decay: 0.9,
             warmup: true,
         },
-        precision: crate::config::Precision::F32,
+        precision: model::Precision::F32,
         seed: 5,
         epochs: None,
         max_steps: Some(10),
