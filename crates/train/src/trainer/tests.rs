@@ -11,19 +11,10 @@ use model::{ModelConfig, SimpleUnetConfig};
 use sample::SamplerConfig;
 use schedule::BetaSchedule;
 
-/// A fresh run of `config` on `dataset` in `dir` (locked) on `device`.
-fn fresh(
-    config: TrainConfig,
-    dataset: Dataset,
-    dir: &Path,
-    device: Device,
-) -> Result<Trainer, TrainError> {
-    Trainer::open(
-        RunDir::lock(dir)?,
-        Start::Fresh(config),
-        dataset,
-        OpenOptions::new(device),
-    )
+/// A fresh run of `config` on `dataset` in `dir` (locked), on the CPU.
+fn fresh(config: TrainConfig, dataset: Dataset, dir: &Path) -> Result<Trainer, TrainError> {
+    let (run, options) = (RunDir::lock(dir)?, OpenOptions::new(Device::Cpu));
+    Trainer::open(run, Start::Fresh(config), dataset, options)
 }
 
 /// 32 gray 8×8 images in 3 classes.
@@ -113,14 +104,12 @@ fn labels_are_dropped_at_the_configured_rate_reproducibly() {
         config(Some(3), p_uncond),
         labelled(3),
         &dir.path().join("cond"),
-        Device::Cpu,
     )
     .unwrap();
     let mut plain = fresh(
         config(None, p_uncond),
         labelled(3),
         &dir.path().join("plain"),
-        Device::Cpu,
     )
     .unwrap();
     let batch = trainer.loader.batch(0, 0);
@@ -152,7 +141,6 @@ fn labels_are_dropped_at_the_configured_rate_reproducibly() {
             config(Some(3), p),
             labelled(3),
             &dir.path().join(format!("p{p}")),
-            Device::Cpu,
         )
         .unwrap();
         let labels = Vec::<i64>::try_from(draws(&mut t, 0, &batch).2.unwrap()).unwrap();
@@ -176,7 +164,7 @@ fn evaluation_samples_of_a_class_conditional_run_are_class_balanced() {
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Leading,
     };
-    let mut trainer = fresh(cfg, labelled(3), dir.path(), Device::Cpu).unwrap();
+    let mut trainer = fresh(cfg, labelled(3), dir.path()).unwrap();
     // Ordinary weights for the near-zero layers, so that labels change the output.
     for (name, mut var) in trainer.ema_vs.variables() {
         if name.ends_with("output.weight") || name.ends_with("class_embedding.weight") {
@@ -206,11 +194,11 @@ impl Denoiser for NullLabels {
 fn a_class_conditional_run_refuses_datasets_without_fitting_labels_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let unlabelled = Dataset::new(vec![0; 32 * 64], vec![0; 32], 1, 8, 8, vec![]).unwrap();
-    let err = fresh(config(Some(3), 0.1), unlabelled, dir.path(), Device::Cpu)
+    let err = fresh(config(Some(3), 0.1), unlabelled, dir.path())
         .unwrap_err()
         .to_string();
     assert!(err.contains("fashion-mnist dataset has none"), "{err}");
-    let err = fresh(config(Some(2), 0.1), labelled(3), dir.path(), Device::Cpu)
+    let err = fresh(config(Some(2), 0.1), labelled(3), dir.path())
         .unwrap_err()
         .to_string();
     assert!(
