@@ -1,6 +1,10 @@
 //! Declarations of the C++ shim's `extern "C"` functions (`csrc/*.cpp`) and the helpers that
 //! turn their error strings into [`Error`]s.
 //!
+//! `csrc/torch_ext.h` declares the same functions for the C++, which compiles against it;
+//! `tests/ffi_header.rs` fails, naming the function, when a declaration here differs from the
+//! header's (C types mapped to their Rust spelling) or is missing on either side.
+//!
 //! Every function returning `*mut c_char` returns null on success and otherwise a `malloc`ed
 //! message that [`take_error`] frees. Tensor handles are tch's `*mut C_tensor` (an
 //! `at::Tensor*` on the C++ side).
