@@ -15,8 +15,8 @@
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::device::DeviceSpec;
 use anyhow::{bail, Context, Result};
-use model::device::DeviceSpec;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use torch_ext::dist::LaunchEnv;

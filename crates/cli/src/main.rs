@@ -4,6 +4,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod device;
+#[cfg(test)]
+mod doc_commands;
 mod launch;
 mod plot;
 mod runtime;

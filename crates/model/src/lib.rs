@@ -7,9 +7,11 @@
 //! - [`ModelConfig`]: either one's configuration, as JSON (`{"arch": "simple", ...}`), and
 //!   [`ModelConfig::build`], which validates it and returns a `Box<dyn` [`Denoiser`]`>`.
 //! - [`load_safetensors`] / [`save_safetensors`]: weights on disk, checked key by key.
-//! - [`set_memory_format`]: channels-last kernels, faster on CPU and CUDA;
-//!   [`autocast_bf16`]: bf16 mixed precision on CUDA.
-//! - [`device`]: the `--device auto|cpu|cuda[:N]` choice, resolved once and passed down.
+//! - [`set_memory_format`]: channels-last kernels, faster on CPU and CUDA.
+//! - [`Precision`]: f32, or bf16 autocast on CUDA ([`autocast_bf16`]); [`forward`] and
+//!   [`forward_cond`] run a network at it and return f32, as losses and samplers compute.
+//! - [`Prediction`]: what a network predicts (ε, x_0 or v), which the training objective and the
+//!   samplers both read.
 //!
 //! Both networks take `[N, C, H, W]` images and `[N]` integer timesteps (`t = 0` is the paper's
 //! `t = 1`) and return a tensor of the image's shape and kind.
@@ -30,13 +32,12 @@
 //! `xtask/bench/results/`; `benches/unet.rs` times both memory formats with criterion. Each
 //! network is built in the layout it measured fastest in ([`MemoryFormat`]).
 
-pub mod device;
-
 mod embedding;
 mod error;
 mod init;
 mod memory_format;
 mod precision;
+mod prediction;
 mod simple;
 mod unet;
 mod weights;
@@ -44,7 +45,8 @@ mod weights;
 pub use embedding::timestep_embedding;
 pub use error::{ModelError, ShapeMismatch, WeightMismatch};
 pub use memory_format::{is_channels_last, set_memory_format, to_memory_format, MemoryFormat};
-pub use precision::{autocast_bf16, cuda_autocast_kind};
+pub use precision::{autocast_bf16, cuda_autocast_kind, forward, forward_cond, Precision};
+pub use prediction::Prediction;
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
 pub use unet::{UNet, UNetConfig};
 pub use weights::{

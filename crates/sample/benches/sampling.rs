@@ -17,8 +17,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use model::{Denoiser, ModelConfig, SimpleUnetConfig, UNetConfig};
-use sample::Prediction;
+use model::{Denoiser, ModelConfig, Prediction, SimpleUnetConfig, UNetConfig};
 use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
@@ -63,7 +62,7 @@ fn bench_model(
             b.iter(|| {
                 let prev = tch::no_grad(|| {
                     let t_batch = Tensor::full([batch], t as i64, (Kind::Int64, device));
-                    let out = sample::forward(net.as_ref(), &x, &t_batch, false, false);
+                    let out = model::forward(net.as_ref(), &x, &t_batch, false, false);
                     let noise = sampler.needs_noise(i).then(|| Tensor::randn_like(&x));
                     sampler.step(i, &out, &x, noise.as_ref()).prev_sample
                 });

@@ -147,7 +147,7 @@ pub fn guided_forward(
         .num_classes()
         .expect("guidance needs a class-conditional network");
     if scale == 1.0 {
-        return crate::forward_cond(model, xs, t, Some(class_labels), false, autocast);
+        return model::forward_cond(model, xs, t, Some(class_labels), false, autocast);
     }
     let n = xs.size()[0];
     // One per image (a single value stands for the whole batch), then twice.
@@ -157,7 +157,7 @@ pub fn guided_forward(
     };
     let labels = twice(class_labels);
     let _ = labels.narrow(0, n, n).fill_(null);
-    let both = crate::forward_cond(
+    let both = model::forward_cond(
         model,
         &Tensor::cat(&[xs, xs], 0),
         &twice(t),

@@ -5,8 +5,6 @@
 //!   DPM-Solver++(2M) (Lu et al. 2022) as one reverse step on given tensors ([`Sampler`]), whole
 //!   chains for one batch ([`sample`]) and any number of images in seeded batches
 //!   ([`sample_batches`]).
-//! - [`Prediction`]: what a network predicts (ε, x_0 or v); the training objective imports it
-//!   from here.
 //! - [`guidance`]: class-conditional sampling with classifier-free guidance,
 //!   ε̃ = ε_u + W (ε_c − ε_u) ([`ClassConditioning`] in [`SampleOptions::class_cond`]).
 //! - [`images`]: u8 NCHW/NHWC bytes and PNG grids of sampled tensors.
@@ -16,7 +14,8 @@
 //!
 //! The samplers take the network ([`model::Denoiser`]) and the schedule
 //! ([`schedule::tensor::ScheduleTensors`]) as arguments and own neither; they run in f32 whatever
-//! precision the network runs in ([`forward`]). This crate does not depend on the training loop:
+//! precision the network runs in ([`model::forward`]), and read what it predicts as
+//! [`model::Prediction`]. This crate does not depend on the training loop:
 //! a researcher who only samples links the networks, the schedule and this crate.
 
 pub mod guidance;
@@ -35,57 +34,7 @@ pub use sampler::{
 /// The generator the samplers draw from (re-exported so that callers need no torch-ext dependency).
 pub use torch_ext::Generator;
 
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-
-/// What the network predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prediction {
-    /// The noise ε (Ho et al. 2020).
-    Eps,
-    /// The clean image x_0.
-    X0,
-    /// The velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022).
-    V,
-}
-
-/// Runs the network, under bf16 autocast when `autocast` is set (CUDA only), and returns its
-/// output in f32: losses and samplers always compute in f32.
-///
-/// # Shapes
-/// As [`model::Denoiser::forward_t`]; the output is f32.
-pub fn forward(
-    model: &dyn model::Denoiser,
-    xs: &tch::Tensor,
-    t: &tch::Tensor,
-    train: bool,
-    autocast: bool,
-) -> tch::Tensor {
-    forward_cond(model, xs, t, None, train, autocast)
-}
-
-/// [`forward`] for the classes `class_labels` ([`model::Denoiser::forward_cond`]; `None` is the
-/// null label of a class-conditional network).
-///
-/// # Shapes
-/// As [`model::Denoiser::forward_cond`]; the output is f32.
-pub fn forward_cond(
-    model: &dyn model::Denoiser,
-    xs: &tch::Tensor,
-    t: &tch::Tensor,
-    class_labels: Option<&tch::Tensor>,
-    train: bool,
-    autocast: bool,
-) -> tch::Tensor {
-    let run = || model.forward_cond(xs, t, class_labels, train);
-    let out = if autocast {
-        model::autocast_bf16(xs.device(), run)
-    } else {
-        run()
-    };
-    out.to_kind(tch::Kind::Float)
-}
 
 /// Errors of sampling.
 #[derive(Debug, thiserror::Error)]

@@ -47,15 +47,14 @@ use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use model::{Denoiser, ModelConfig, UNetConfig};
+use model::{Denoiser, ModelConfig, Precision, Prediction, UNetConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{BetaSchedule, Schedule};
 
 use crate::layout;
 use crate::SamplerConfig;
 use crate::{
-    sample_batches, BatchPlan, ClassConditioning, Prediction, SampleBatches, SampleError,
-    SampleOptions,
+    sample_batches, BatchPlan, ClassConditioning, SampleBatches, SampleError, SampleOptions,
 };
 use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
 
@@ -110,8 +109,9 @@ pub struct PipelineSpec {
     /// Whether samplers clamp x̂_0 to [-1, 1] by default (the toolkit's checkpoints: yes;
     /// diffusers: the scheduler's `clip_sample`).
     pub clip_sample: bool,
-    /// The network was trained with bf16 autocast, so it samples under it on CUDA.
-    pub bf16: bool,
+    /// The precision the network was trained at; a bf16 network samples under bf16 autocast on
+    /// CUDA (a diffusers folder records none and samples in f32).
+    pub precision: Precision,
     /// The training step of a checkpoint (`None` for a diffusers folder).
     pub step: Option<u64>,
     /// The names of a class-conditional network's classes, by label (empty when the source
@@ -153,8 +153,13 @@ struct ConfigView {
     model: ModelConfig,
     schedule: BetaSchedule,
     objective: ObjectiveView,
-    #[serde(default)]
-    precision: Option<String>,
+    /// Absent in checkpoints older than the setting: they trained in f32.
+    #[serde(default = "f32_precision")]
+    precision: Precision,
+}
+
+fn f32_precision() -> Precision {
+    Precision::F32
 }
 
 #[derive(Deserialize)]
@@ -254,7 +259,7 @@ impl PipelineSpec {
             schedule: config.schedule,
             prediction: config.objective.prediction,
             clip_sample: true,
-            bf16: config.precision.as_deref() == Some("bf16"),
+            precision: config.precision,
             step: Some(state.step),
             class_names: state.class_names,
         })
@@ -312,7 +317,7 @@ impl PipelineSpec {
             schedule,
             prediction: scheduler.prediction,
             clip_sample: scheduler.clip_sample,
-            bf16: false,
+            precision: Precision::F32,
             step: None,
             class_names,
         })
@@ -645,7 +650,7 @@ impl Pipeline {
             prediction: self.spec.prediction,
             clip_x0: clip_x0.unwrap_or(self.spec.clip_sample),
             n_snapshots,
-            autocast: self.spec.bf16 && self.device().is_cuda(),
+            autocast: self.spec.precision.autocast(self.device()),
             class_cond: None,
         }
     }

@@ -39,7 +39,8 @@ use model::Denoiser;
 use schedule::tensor::{ScheduleTensors, StepOutput};
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
-use crate::{ClassConditioning, Prediction, SampleError};
+use crate::{ClassConditioning, SampleError};
+use model::Prediction;
 
 /// Which reverse process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -408,7 +409,7 @@ fn run_chains(
                     cond.guidance,
                     options.autocast,
                 ),
-                _ => crate::forward(model, &x, &t_batch, false, options.autocast),
+                _ => model::forward(model, &x, &t_batch, false, options.autocast),
             };
             let noise = sampler.needs_noise(i).then(&mut randn).transpose()?;
             x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use model::{Denoiser, ModelConfig, SimpleUnetConfig};
-use sample::Prediction;
+use model::{Denoiser, ModelConfig, Prediction, SimpleUnetConfig};
 use sample::{
     batch_seed, guide, sample, sample_batches, BatchPlan, ClassConditioning, Generator,
     SampleOptions, Sampler, SamplerConfig,

@@ -29,7 +29,7 @@ fn config() -> TrainConfig {
     let mut config = Preset::from_name(&name)
         .expect("DDPM_BENCH_PRESET")
         .config();
-    config.precision = train::Precision::F32;
+    config.precision = model::Precision::F32;
     config
 }
 

@@ -43,8 +43,7 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use model::Denoiser;
-use sample::Prediction;
+use model::{Denoiser, Precision, Prediction};
 use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
@@ -53,7 +52,7 @@ use tch::{Device, Kind, Tensor};
 use train::ema::{Ema, EmaConfig};
 use train::objective::training_loss;
 use train::optim::Adam;
-use train::{Precision, Preset, TrainConfig, Trainer};
+use train::{Preset, TrainConfig, Trainer};
 
 #[path = "../benches/support/random_dataset.rs"]
 mod random_dataset;
@@ -289,7 +288,7 @@ fn main() {
         let t = sampler.timesteps()[*i];
         tch::no_grad(|| {
             let t_batch = Tensor::full([b], t as i64, (Kind::Int64, device));
-            let eps = train::forward(net, &x_0, &t_batch, false, autocast);
+            let eps = model::forward(net, &x_0, &t_batch, false, autocast);
             let z = sampler.needs_noise(*i).then(|| Tensor::randn_like(&x_0));
             sampler.step(*i, &eps, &x_0, z.as_ref()).prev_sample
         })
@@ -322,7 +321,7 @@ fn main() {
             match request {
                 "forward" => {
                     let _ =
-                        tch::no_grad(|| train::forward(net.as_ref(), &x_0, &t, false, autocast));
+                        tch::no_grad(|| model::forward(net.as_ref(), &x_0, &t, false, autocast));
                 }
                 "train_step" => {
                     adam.zero_grad();

@@ -36,7 +36,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use data::Dataset;
-use model::Denoiser;
+use model::{Denoiser, Precision};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -47,7 +47,7 @@ use train::ema::Ema;
 use train::objective::training_loss;
 use train::optim::Adam;
 use train::trainer::{step_seed, StepOutcome, TrainHooks};
-use train::{Precision, Preset, RunDir, TrainConfig, Trainer};
+use train::{Preset, RunDir, TrainConfig, Trainer};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -9,26 +9,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use data::{DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use model::{ModelConfig, Precision, Prediction, SimpleUnetConfig, UNetConfig};
 use sample::SamplerConfig;
 use schedule::BetaSchedule;
 
 use crate::distributed::DistConfig;
 use crate::ema::EmaConfig;
-use crate::objective::{ObjectiveConfig, Prediction};
+use crate::objective::ObjectiveConfig;
 use crate::optim::OptimConfig;
 use crate::TrainError;
-
-/// Arithmetic precision of the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// f32 everywhere.
-    F32,
-    /// bf16 autocast for the network on CUDA, f32 master weights, optimizer and sampler
-    /// arithmetic. On the CPU this falls back to f32.
-    Bf16,
-}
 
 /// Everything a training run needs except paths, which are arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -596,7 +585,7 @@ mod tests {
     /// together with the warm-up and the gradient clip.
     #[test]
     fn ddpm_cifar10_preset_is_the_papers_setup() {
-        use crate::objective::{LossKind, Prediction};
+        use crate::objective::LossKind;
         use crate::optim::{LrDecay, OptimizerKind};
 
         let c = Preset::DdpmCifar10.config();

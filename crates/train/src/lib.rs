@@ -27,13 +27,11 @@ pub mod run_dir;
 pub mod stats;
 pub mod trainer;
 
-pub use config::{ConfigChange, Precision, Preset, TrainConfig};
+pub use config::{ConfigChange, Preset, TrainConfig};
 pub use distributed::DistConfig;
 pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
-
-pub use sample::{forward, forward_cond};
 
 use std::path::{Path, PathBuf};
 

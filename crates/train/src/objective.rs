@@ -13,8 +13,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use model::Denoiser;
-pub use sample::Prediction;
+use model::{Denoiser, Prediction};
 use schedule::tensor::{extract, ScheduleTensors};
 
 use crate::TrainError;
@@ -152,7 +151,7 @@ pub fn training_loss_cond(
     autocast: bool,
 ) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
-    let output = crate::forward_cond(model, &x_t, t, class_labels, true, autocast);
+    let output = model::forward_cond(model, &x_t, t, class_labels, true, autocast);
     let target = match config.prediction {
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),

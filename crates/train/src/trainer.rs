@@ -45,7 +45,7 @@ use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
-use crate::config::{Precision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::objective::training_loss_cond;
 use crate::optim::Adam;
@@ -823,7 +823,7 @@ impl Trainer {
     }
 
     fn autocast(&self) -> bool {
-        self.config.precision == Precision::Bf16 && self.device.is_cuda()
+        self.config.precision.autocast(self.device)
     }
 
     /// One optimizer step on `batch` (Alg. 1): draws t and ε from the run's generator reseeded
@@ -1306,7 +1306,7 @@ mod tests {
                 decay: 0.9,
                 warmup: true,
             },
-            precision: crate::config::Precision::F32,
+            precision: model::Precision::F32,
             seed: 5,
             epochs: None,
             max_steps: Some(10),

@@ -8,12 +8,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
+use model::{ModelConfig, Precision, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
 use tch::{Device, Kind, Tensor};
 use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use train::checkpoint::{self, named_tensors};
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;

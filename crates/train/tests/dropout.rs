@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, UNetConfig};
+use model::{ModelConfig, Precision, UNetConfig};
 use schedule::BetaSchedule;
 use tch::Device;
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;

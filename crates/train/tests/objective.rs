@@ -11,11 +11,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use model::Denoiser;
+use model::Prediction;
 use schedule::tensor::ScheduleTensors;
 use schedule::{BetaSchedule, Schedule};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
-use train::objective::{training_loss, LossKind, ObjectiveConfig, Prediction};
+use train::objective::{training_loss, LossKind, ObjectiveConfig};
 
 /// Relative tolerance of an f32 loss against the float64 reference: the f32 tables, x_t and the
 /// element losses each carry about half an ulp (6e-8) of rounding, and a loss is a mean of 192

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig};
+use model::{ModelConfig, Precision, SimpleUnetConfig};
 use sample::SamplerConfig;
 use schedule::{BetaSchedule, TimestepSpacing};
 use tch::{Device, Kind, Tensor};
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;

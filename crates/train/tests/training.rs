@@ -4,10 +4,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
-use model::{ModelConfig, SimpleUnetConfig};
+use model::{ModelConfig, Precision, SimpleUnetConfig};
 use schedule::BetaSchedule;
 use tch::Device;
-use train::config::{Precision, TrainConfig};
+use train::config::TrainConfig;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;

@@ -1,8 +1,8 @@
 //! `ddpm doctor`: is libtorch the right version, is CUDA really linked, what devices are there.
 
+use crate::device::DeviceSpec;
 use crate::runtime::RuntimeInfo;
 use anyhow::{bail, Result};
-use model::device::DeviceSpec;
 
 /// Arguments of `ddpm doctor`.
 #[derive(Debug, clap::Args)]

@@ -14,13 +14,13 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::device::DeviceSpec;
 use data::npz::{read_npz, write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
 use eval::{
     self as fid, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
 };
 use fetch::{Algorithm, Checksum};
-use model::device::DeviceSpec;
 use sample::{BatchPlan, ClassConditioning, Pipeline};
 use schedule::Schedule;
 

@@ -15,7 +15,7 @@ use sample::{
 use tch::{Kind, Tensor};
 use torch_ext::dist::{Distributed, LaunchEnv};
 
-use model::device::DeviceSpec;
+use crate::device::DeviceSpec;
 
 /// The default of `--dist-timeout` for sampling: a rank waits for the others' last batch.
 pub const SAMPLE_TIMEOUT_SECS: u64 = 1800;

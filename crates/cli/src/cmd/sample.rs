@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::device::DeviceSpec;
 use data::grid::{make_grid, GridSpec};
 use data::npz::{write_npz, NpyArray, NpyData};
-use model::device::DeviceSpec;
 use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
 use schedule::Schedule;
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::device::DeviceSpec;
 use data::DatasetSpec;
-use model::device::DeviceSpec;
 use torch_ext::dist::{Distributed, LaunchEnv};
 use train::config::parse_set;
 use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};

@@ -1,4 +1,6 @@
-//! Device selection: parsed once from the command line, then passed down as a [`tch::Device`].
+//! Device selection: `--device auto|cpu|cuda[:N]`, parsed once from the command line, resolved
+//! against what libtorch sees, then passed down to the libraries as a [`tch::Device`]. Its
+//! errors name the flag and `ddpm doctor`, so it lives in the binary that has both.
 
 use std::fmt;
 use std::str::FromStr;
