@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use model::ModelConfig;
 use tch::{Device, Kind, Tensor};
+use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use train::checkpoint::{self, named_tensors};
 use train::config::TrainConfig;
-use train::distributed::LaunchEnv;
 use train::ema::EmaConfig;
 use train::optim::OptimConfig;
 use train::trainer::{NoHooks, OpenOptions, Start};
-use train::{Distributed, GradSync, RunDir, Trainer};
+use train::{RunDir, Trainer};
 
 const RANK_VAR: &str = "DDPM_TEST_RANK";
 const PORTS_VAR: &str = "DDPM_TEST_PORTS";

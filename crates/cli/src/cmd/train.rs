@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::device::DeviceSpec;
+use torch_ext::dist::{Distributed, LaunchEnv};
 use train::config::parse_set;
-use train::distributed::LaunchEnv;
-use train::{Distributed, OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
+use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
@@ -484,11 +484,11 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     };
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;
     let dist = match env {
-        Some(env) => Some(Distributed::connect(
-            env,
-            device,
-            config.distributed.timeout(),
-        )?),
+        // As a TrainError, which names the rank (see `run`).
+        Some(env) => Some(
+            Distributed::connect(env, device, config.distributed.timeout())
+                .map_err(TrainError::from)?,
+        ),
         None => None,
     };
     let options = OpenOptions::new(device).distributed(dist);

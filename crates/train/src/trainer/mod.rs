@@ -34,6 +34,7 @@
 use std::path::{Path, PathBuf};
 
 use tch::{nn::VarStore, Device, Tensor};
+use torch_ext::dist::Distributed;
 use torch_ext::Generator;
 
 use data::Loader;
@@ -134,7 +135,7 @@ pub struct Trainer {
     /// The run files that [`Start::Overwrite`] deleted.
     deleted_files: Vec<PathBuf>,
     /// The data-parallel run this process is a rank of; `None` alone.
-    dist: Option<data_parallel::SharedDist>,
+    dist: Option<Distributed>,
     /// The trainable parameters in the order the network made them: the gradients the ranks
     /// average.
     params: Vec<Tensor>,

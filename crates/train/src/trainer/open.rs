@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tch::{nn::VarStore, Device, Tensor};
+use torch_ext::dist::Distributed;
 use torch_ext::Generator;
 
 use data::{Dataset, Loader, LoaderConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
-use super::{data_parallel, evaluation, Trainer};
+use super::{evaluation, Trainer};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
-use crate::distributed::Distributed;
 use crate::ema::Ema;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
@@ -106,11 +106,10 @@ impl Trainer {
         options: OpenOptions,
     ) -> Result<Self, TrainError> {
         let OpenOptions { device, dist } = options;
-        let dist = dist.map(data_parallel::SharedDist::new);
         let dataset = dataset.into();
         let trainer = match start {
             Start::Fresh(config) => {
-                if dist.as_deref().is_none_or(Distributed::is_main) {
+                if dist.as_ref().is_none_or(Distributed::is_main) {
                     run.ensure_fresh()?;
                 }
                 Self::build(run, config, dataset, device, dist)?
@@ -140,13 +139,13 @@ impl Trainer {
         config: TrainConfig,
         dataset: Arc<Dataset>,
         device: Device,
-        dist: Option<data_parallel::SharedDist>,
+        dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
         assert!(
-            !dist.as_deref().is_none_or(Distributed::is_main) || run.is_locked(),
+            !dist.as_ref().is_none_or(Distributed::is_main) || run.is_locked(),
             "the trainer that writes the run (rank 0) must hold the run directory's lock"
         );
-        check_fits(&config, &dataset, dist.as_deref())?;
+        check_fits(&config, &dataset, dist.as_ref())?;
         let loader_config = LoaderConfig {
             batch_size: config.batch_size,
             shuffle: true,
@@ -245,7 +244,7 @@ impl Trainer {
         config: Option<TrainConfig>,
         dataset: Arc<Dataset>,
         device: Device,
-        mut dist: Option<data_parallel::SharedDist>,
+        mut dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
         let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
         let candidates: Vec<PathBuf> = match from {

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use torch_ext::{Reducer, ReducerOptions};
 
-use super::{data_parallel, StepOutcome, Trainer};
-use crate::distributed::GradSync;
+use super::{StepOutcome, Trainer};
 use crate::TrainError;
 
 /// One line of `metrics.jsonl`.
@@ -82,28 +80,28 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<RunEnd, TrainError> {
+        self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop))
+    }
+
+    /// [`Trainer::run`], with the gradient averaging of a data-parallel run set up.
+    fn run_steps(
+        &mut self,
+        hooks: &mut dyn TrainHooks,
+        stop: &AtomicBool,
+    ) -> Result<RunEnd, TrainError> {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
         self.check_scorer()?;
         hooks.on_start(total, self.step, per_epoch);
         // The metrics window: images, since.
         let mut window = (0u64, Instant::now());
-        // A handle of its own on the process group, which the Reducer borrows while the loop
-        // calls `&mut self` methods.
-        let dist = self.dist.as_ref().map(data_parallel::SharedDist::share);
-        let mut reducer = match &dist {
-            Some(d) if self.config.distributed.grad_sync == GradSync::Overlap => Some(
-                Reducer::new(d.group(), &self.params, ReducerOptions::default())
-                    .map_err(|e| d.error("setting up DDP's gradient Reducer", &e))?,
-            ),
-            _ => None,
-        };
         self.stop_agreed = false;
         // Alone, a stop request is acted on before the next step; in a data-parallel run, once
         // the step's all-reduce has told every rank about it.
-        let stop_now = |trainer: &Self| match &dist {
-            None => stop.load(Ordering::SeqCst),
-            Some(_) => trainer.stop_agreed,
+        let distributed = self.dist.is_some();
+        let stop_now = |trainer: &Self| match distributed {
+            false => stop.load(Ordering::SeqCst),
+            true => trainer.stop_agreed,
         };
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
@@ -119,7 +117,7 @@ impl Trainer {
                     return Ok(RunEnd::Interrupted);
                 }
                 self.stop_local = stop.load(Ordering::SeqCst);
-                let outcome = self.step_with(&batch, reducer.as_mut())?;
+                let outcome = self.step_with(&batch)?;
                 hooks.on_step(self.step, epoch, &outcome);
                 window.0 += (batch.shape[0] * self.world_size()) as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {

@@ -2,7 +2,6 @@
 //! guard, clipping, Adam and the EMA, all on the device, and the reads of the device statistics.
 
 use tch::{Kind, Tensor};
-use torch_ext::Reducer;
 
 use data::Batch;
 
@@ -112,16 +111,13 @@ impl Trainer {
     /// [`TrainError::NonFinite`] at a read that finds `max_nonfinite_in_a_row` skipped steps in
     /// a row since the previous one.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
-        self.step_with(batch, None)
+        self.step_with(batch)
     }
 
-    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given
-    /// (data-parallel runs average them after backward otherwise).
-    pub(super) fn step_with(
-        &mut self,
-        batch: &Batch,
-        reducer: Option<&mut Reducer<'_>>,
-    ) -> Result<StepOutcome, TrainError> {
+    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` while
+    /// [`Trainer::run`] has the rank group hold one (data-parallel runs average them after
+    /// backward otherwise).
+    pub(super) fn step_with(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         self.gen
             .set_seed(step_seed(self.config.seed, self.step) as u64);
         if self.config.model.uses_dropout() {
@@ -158,10 +154,10 @@ impl Trainer {
                 self.graphed = Some(graphed);
                 outcome?
             }
-            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?),
+            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref())?),
         };
         #[cfg(not(feature = "cuda"))]
-        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?);
+        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref())?);
         self.step += 1;
         if self.reads_after_this_step() {
             self.read_stats()?;
@@ -175,18 +171,18 @@ impl Trainer {
     /// a CUDA graph can capture it.
     #[cfg(feature = "cuda")]
     pub(super) fn device_step(&mut self, x_0: &Tensor, labels: Option<&Tensor>) -> StepTensors {
-        self.device_step_with(x_0, labels, None)
+        self.device_step_with(x_0, labels)
             .expect("a single-process step runs no collective")
     }
 
     /// [`Trainer::device_step`] with the data-parallel hooks: the rank's slice of the global
-    /// draws, rank 0's BatchNorm buffers, the gradient average (by `reducer` during backward, or
-    /// after it) and the loss all-reduce that carries the stop votes. Alone, each hook is a no-op.
+    /// draws, rank 0's BatchNorm buffers, the gradient average (by the rank group's Reducer
+    /// during backward, or after it) and the loss all-reduce that carries the stop votes. Alone,
+    /// each hook is a no-op.
     pub(super) fn device_step_with(
         &mut self,
         x_0: &Tensor,
         labels: Option<&Tensor>,
-        mut reducer: Option<&mut Reducer<'_>>,
     ) -> Result<StepTensors, TrainError> {
         let (t, noise, labels) = self.draw_step(x_0, labels)?;
         self.optim.zero_grad();
@@ -196,7 +192,7 @@ impl Trainer {
                 backup.copy_(live);
             }
         });
-        self.before_forward(reducer.as_deref_mut())?;
+        self.before_forward()?;
         let loss = training_loss_cond(
             self.model.as_ref(),
             &self.sched,
@@ -207,9 +203,9 @@ impl Trainer {
             labels.as_ref(),
             self.autocast(),
         );
-        self.before_backward(reducer.as_deref_mut(), &loss)?;
+        self.before_backward(&loss)?;
         loss.backward();
-        self.average_gradients(reducer.is_some())?;
+        self.average_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
         let loss = self.global_loss(&loss)?;
