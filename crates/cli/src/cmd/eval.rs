@@ -202,6 +202,38 @@ struct SampledClasses {
     names: Vec<String>,
 }
 
+/// The classes of `n` samples of the checkpoint `path` (whose pipeline is `spec`): image `i` of
+/// class `i mod K` for a class-conditional model, none otherwise; `--class-balanced` insists on
+/// a class-conditional model and `n` a multiple of K.
+fn sampled_classes(
+    args: &FidArgs,
+    spec: &sample::PipelineSpec,
+    n: usize,
+    guidance: f64,
+    path: &Path,
+) -> Result<Option<SampledClasses>> {
+    Ok(match spec.num_classes() {
+        None if args.class_balanced => bail!(
+            "--class-balanced: the model of --checkpoint {} is not class-conditional",
+            path.display()
+        ),
+        None => None,
+        Some(k) => {
+            if args.class_balanced && !n.is_multiple_of(k as usize) {
+                bail!(
+                    "--class-balanced: --n {n} does not split into the model's {k} classes \
+                     equally: pass a multiple of {k}"
+                );
+            }
+            Some(SampledClasses {
+                labels: ClassConditioning::balanced(k, n, guidance).labels,
+                num_classes: k,
+                names: (0..k).map(|c| spec.class_name(c)).collect(),
+            })
+        }
+    })
+}
+
 /// Draws `n` samples from a checkpoint's EMA weights (class-balanced for a class-conditional
 /// one); in a launch, shared among the ranks and gathered on rank 0 (the others get `None`).
 fn sample_checkpoint(
@@ -224,26 +256,7 @@ fn sample_checkpoint(
     let spec = args.sampler.resolve(path)?;
     let sampler = args.sampler.config(spec.schedule.n_steps())?;
     let guidance = args.sampler.guidance_for(spec.num_classes(), path)?;
-    let classes = match spec.num_classes() {
-        None if args.class_balanced => bail!(
-            "--class-balanced: the model of --checkpoint {} is not class-conditional",
-            path.display()
-        ),
-        None => None,
-        Some(k) => {
-            if args.class_balanced && !n.is_multiple_of(k as usize) {
-                bail!(
-                    "--class-balanced: --n {n} does not split into the model's {k} classes \
-                     equally: pass a multiple of {k}"
-                );
-            }
-            Some(SampledClasses {
-                labels: ClassConditioning::balanced(k, n, guidance).labels,
-                num_classes: k,
-                names: (0..k).map(|c| spec.class_name(c)).collect(),
-            })
-        }
-    };
+    let classes = sampled_classes(args, &spec, n, guidance, path)?;
     let pipe = Pipeline::from_spec(spec, device)
         .with_context(|| format!("--checkpoint {}", path.display()))?;
     let mut options = pipe.options(args.sampler.clip_x0(), 0);
