@@ -26,9 +26,9 @@
 //! # Safety model
 //!
 //! The C++ shim lives in `csrc/` and exposes `extern "C"` functions only, all declared in
-//! `csrc/torch_ext.h`; `tests/ffi_header.rs` checks the Rust declarations against it. Tensors cross the
-//! boundary as tch's own raw handles (`tch::Tensor::as_ptr`, which point at a heap-allocated
-//! `at::Tensor`); tensors the shim creates come back as new handles that tch owns
+//! `csrc/torch_ext.h`; `tests/ffi_header.rs` checks the Rust declarations against it. Tensors
+//! cross the boundary as tch's own raw handles (`tch::Tensor::as_ptr`, which point at a
+//! heap-allocated `at::Tensor`); tensors the shim creates come back as new handles that tch owns
 //! (`Tensor::from_ptr`, freed by tch's `Drop`). Every C++ entry point runs its body inside
 //! `try`/`catch` and returns a heap-allocated message on failure, which the Rust side turns into
 //! an [`Error`] and frees: no C++ exception and no Rust panic crosses the boundary. Shim objects
