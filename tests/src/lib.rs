@@ -1,7 +1,17 @@
-//! Helpers for the end-to-end tests: find the `ddpm` binary that cargo built beside us and run it.
+//! Helpers for the end-to-end tests: find the `ddpm` binary that cargo built beside us, run it
+//! on tiny synthetic runs, and read what it wrote. The one home for test helpers that more than
+//! one test target needs, `crates/sample/tests` included (it dev-depends on this crate for
+//! [`python_with_diffusers`] and [`copy_dir`]).
+//!
+//! Also the doctest host of the documentation: the Rust snippets of `README.md` and `docs/*.md`
+//! compile (and, unless marked `no_run`, run) under `cargo test -p e2e --doc`, so a snippet that
+//! no longer compiles against the crates fails a test. `tests/docs.rs` checks that every
+//! markdown file with Rust in it is listed here.
 
+use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `ddpm` binary of the same profile as this test (`target/<profile>/ddpm`).
@@ -25,15 +35,91 @@ pub fn ddpm_bin() -> PathBuf {
 }
 
 /// A `Command` for `ddpm` with the given arguments.
-pub fn ddpm(args: &[&str]) -> Command {
+pub fn ddpm<S: AsRef<OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(ddpm_bin());
     cmd.args(args);
     cmd
 }
 
 /// Runs `ddpm` and returns its output, whatever the exit status.
-pub fn run(args: &[&str]) -> Output {
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     ddpm(args).output().expect("cannot start ddpm")
+}
+
+/// Runs `ddpm sample --checkpoint CHECKPOINT --device cpu`, then `extra`.
+pub fn sample_cpu(checkpoint: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sample",
+        "--checkpoint",
+        path_arg(checkpoint),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Starts `ddpm` with `envs` added to its environment, stdout and stderr piped.
+pub fn spawn<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> Child {
+    ddpm(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start ddpm")
+}
+
+/// What a finished command wrote to stderr, lossily decoded.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What a finished command wrote to stdout, lossily decoded.
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A path as a command-line argument (the tests' temporary paths are UTF-8).
+pub fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Waits for `child` to exit, at most `timeout`. Past it, kills the child and fails the test
+/// naming `what`, with what the child wrote to stderr if that was piped.
+pub fn wait_exit(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("{what}: still running after {timeout:?}: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`wait_exit`], then the child's output and how long it took to exit.
+pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> (Output, Duration) {
+    let start = Instant::now();
+    wait_exit(&mut child, timeout, what);
+    let took = start.elapsed();
+    (child.wait_with_output().unwrap(), took)
+}
+
+/// Sends `signal` (`-INT`, `-TERM`, `-9`, …) to the process `pid` with kill(1).
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// The repository's `shared/` folder (a sibling of the checkout), holding small real data.
@@ -58,8 +144,59 @@ pub fn synthetic_cifar(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
-/// The model override (`--set model=…`) that makes the seed preset tiny: a 2-level SimpleUnet.
-pub const TINY_MODEL: &str = r#"{"arch":"simple","in_channels":3,"out_channels":3,"image_size":28,"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}"#;
+/// The model override (`--set model=…`) that makes the seed preset tiny: a 2-level SimpleUnet
+/// for `image_size`×`image_size` images (the seed preset's are 28×28).
+pub fn tiny_model(image_size: usize) -> String {
+    format!(
+        r#"{{"arch":"simple","in_channels":3,"out_channels":3,"image_size":{image_size},"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}}"#
+    )
+}
+
+/// The TorchScript stand-in for the Inception (`crates/eval/tests/fixtures/tiny_inception.pt`:
+/// 16×16 input, 32 features), as a `--inception` argument.
+pub fn tiny_inception() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/eval/tests/fixtures/tiny_inception.pt")
+        .display()
+        .to_string()
+}
+
+/// The arguments of `ddpm train` on `data` into `run_dir` for the seed preset made tiny (the
+/// 2-level SimpleUnet, batches of 8, no sampling, one loader worker), then `extra`.
+pub fn tiny_train_args<S: AsRef<str>>(data: &Path, run_dir: &Path, extra: &[S]) -> Vec<String> {
+    tiny_train_args_at(28, data, run_dir, extra)
+}
+
+/// [`tiny_train_args`] with the network made for `image_size`×`image_size` images.
+pub fn tiny_train_args_at<S: AsRef<str>>(
+    image_size: usize,
+    data: &Path,
+    run_dir: &Path,
+    extra: &[S],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        path_arg(data),
+        "--run-dir",
+        path_arg(run_dir),
+        "--set",
+        "batch_size=8",
+        "--set",
+        &format!("model={}", tiny_model(image_size)),
+        "--set",
+        "sample_every_epochs=0",
+        "--set",
+        "n_workers=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.as_ref().to_string()));
+    args
+}
 
 /// Trains the seed preset, made tiny (the 2-level SimpleUnet, T = 50, 2 steps of batch 8 on
 /// 16 synthetic CIFAR images), into `dir/run`, and returns the run directory.
@@ -77,38 +214,56 @@ pub fn train_tiny_class_cond(dir: &Path) -> PathBuf {
 pub fn train_tiny_with(dir: &Path, n_images: usize, extra: &[&str]) -> PathBuf {
     let data = synthetic_cifar(dir, n_images);
     let run_dir = dir.join("run");
-    let model = format!("model={TINY_MODEL}");
     let mut args = vec![
-        "train",
-        "--device",
-        "cpu",
         "--threads",
         "1",
-        "--data",
-        data.to_str().expect("UTF-8 temporary paths"),
-        "--run-dir",
-        run_dir.to_str().expect("UTF-8 temporary paths"),
         "--max-steps",
         "2",
         "--set",
-        "batch_size=8",
-        "--set",
-        &model,
-        "--set",
         r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#,
-        "--set",
-        "sample_every_epochs=0",
-        "--set",
-        "n_workers=1",
     ];
     args.extend_from_slice(extra);
-    let out = run(&args);
+    let out = run(&tiny_train_args(&data, &run_dir, &args));
     assert!(
         out.status.success(),
         "ddpm train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr_of(&out)
     );
     run_dir
+}
+
+/// The lines of `run_dir/metrics.jsonl` (none while the file does not exist); every line must
+/// parse.
+pub fn metric_lines(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("unparsable metrics line `{line}`: {e}"))
+        })
+        .collect()
+}
+
+/// Every entry of `run_dir/checkpoints`, finished or not, by name (none while it does not exist).
+pub fn checkpoint_entries(run_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The finished checkpoints of `run_dir` by name: those with a `state.json`, not `.tmp`.
+pub fn complete_checkpoints(run_dir: &Path) -> Vec<String> {
+    let checkpoints = run_dir.join("checkpoints");
+    checkpoint_entries(run_dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".tmp") && checkpoints.join(n).join("state.json").exists())
+        .collect()
 }
 
 /// Overwrites the first value of the tensor `name` in a safetensors file with NaN (the tensor
@@ -149,4 +304,53 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The python that has torch and diffusers (the set-up's `.venv`, or `DDPM_PYTHON`), or `None`.
+pub fn python_with_diffusers() -> Option<PathBuf> {
+    let python = std::env::var_os("DDPM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    Command::new(&python)
+        .args(["-c", "import diffusers, safetensors"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(python)
+}
+
+/// Copies the directory `from` to `to`, subdirectories included.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The markdown documentation, one item per file, each documented by the file itself so that
+/// rustdoc tests its Rust snippets. Compiled only for doctests.
+#[cfg(doctest)]
+pub mod markdown {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/setup.md")]
+    pub struct Setup;
+    #[doc = include_str!("../../docs/training.md")]
+    pub struct Training;
+    #[doc = include_str!("../../docs/sampling.md")]
+    pub struct Sampling;
+    #[doc = include_str!("../../docs/class-conditional.md")]
+    pub struct ClassConditional;
+    #[doc = include_str!("../../docs/evaluation.md")]
+    pub struct Evaluation;
+    #[doc = include_str!("../../docs/multi-gpu.md")]
+    pub struct MultiGpu;
+    #[doc = include_str!("../../docs/library.md")]
+    pub struct Library;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    pub struct Benchmarks;
 }

@@ -6,30 +6,15 @@
 use std::path::Path;
 use std::process::Output;
 
-use e2e::{run, synthetic_cifar, train_tiny, train_tiny_class_cond};
+use e2e::{
+    path_arg, run, sample_cpu, stderr_of, synthetic_cifar, train_tiny, train_tiny_class_cond,
+};
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
+/// `ddpm sample` of `checkpoint` on the CPU with DDIM-3, then `extra`.
 fn sample(checkpoint: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "sample",
-        "--checkpoint",
-        s(checkpoint),
-        "--device",
-        "cpu",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "3",
-    ];
+    let mut args = vec!["--sampler", "ddim", "--steps", "3"];
     args.extend_from_slice(extra);
-    run(&args)
+    sample_cpu(checkpoint, &args)
 }
 
 fn fails_with(out: &Output, needles: &[&str]) {
@@ -66,9 +51,9 @@ fn a_class_conditional_run_samples_one_labelled_row_per_class_with_guidance() {
             "--batch",
             "6",
             "--grid",
-            s(&grid),
+            path_arg(&grid),
             "--npz",
-            s(&npz),
+            path_arg(&npz),
         ],
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -105,7 +90,7 @@ fn a_class_conditional_run_samples_one_labelled_row_per_class_with_guidance() {
             "--batch",
             "6",
             "--npz",
-            s(&npz_two),
+            path_arg(&npz_two),
             "--nproc-per-node",
             "2",
         ],
@@ -131,7 +116,7 @@ fn a_class_conditional_run_samples_one_labelled_row_per_class_with_guidance() {
                 "--guidance",
                 w,
                 "--npz",
-                s(path),
+                path_arg(path),
             ],
         );
         assert!(out.status.success(), "{}", stderr_of(&out));
@@ -140,15 +125,15 @@ fn a_class_conditional_run_samples_one_labelled_row_per_class_with_guidance() {
 
     // What this model does not have.
     fails_with(
-        &sample(&run_dir, &["--class", "10", "--grid", s(&grid)]),
+        &sample(&run_dir, &["--class", "10", "--grid", path_arg(&grid)]),
         &["--class 10 is out of range", "10 classes, 0 to 9"],
     );
     fails_with(
-        &sample(&run_dir, &["--class", "unicorn", "--grid", s(&grid)]),
+        &sample(&run_dir, &["--class", "unicorn", "--grid", path_arg(&grid)]),
         &["--class unicorn", "airplane"],
     );
     fails_with(
-        &sample(&run_dir, &["--guidance", "2", "--grid", s(&grid)]),
+        &sample(&run_dir, &["--guidance", "2", "--grid", path_arg(&grid)]),
         &["--guidance applies to the classes of --class"],
     );
 }
@@ -159,13 +144,20 @@ fn classes_are_refused_for_an_unconditional_model_and_unlabelled_changes() {
     let run_dir = train_tiny(dir.path());
     let grid = dir.path().join("grid.png");
     fails_with(
-        &sample(&run_dir, &["--class", "0", "--grid", s(&grid)]),
+        &sample(&run_dir, &["--class", "0", "--grid", path_arg(&grid)]),
         &["--class", "not class-conditional"],
     );
     fails_with(
         &sample(
             &run_dir,
-            &["--class", "all", "--guidance", "3", "--grid", s(&grid)],
+            &[
+                "--class",
+                "all",
+                "--guidance",
+                "3",
+                "--grid",
+                path_arg(&grid),
+            ],
         ),
         &["not class-conditional"],
     );
@@ -177,10 +169,10 @@ fn classes_are_refused_for_an_unconditional_model_and_unlabelled_changes() {
         "cpu",
         "--resume",
         "--run-dir",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--class-cond",
         "--data",
-        s(&dir.path().join("synthetic_batch.bin")),
+        path_arg(&dir.path().join("synthetic_batch.bin")),
     ]);
     fails_with(&out, &["--class-cond", "unconditional"]);
 }
@@ -201,7 +193,7 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
             "eval",
             "fid",
             "--checkpoint",
-            s(&run_dir),
+            path_arg(&run_dir),
             "--n",
             n,
             "--sampler",
@@ -213,9 +205,9 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
             "--dataset",
             "cifar10",
             "--data",
-            s(&data),
+            path_arg(&data),
             "--inception",
-            s(&tiny),
+            path_arg(&tiny),
             "--no-verify",
             "--input-size",
             "16",
@@ -224,7 +216,7 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
             "--kid-subset-size",
             "2",
             "--out",
-            s(&json),
+            path_arg(&json),
         ];
         args.extend_from_slice(extra);
         run(&args)
@@ -257,16 +249,16 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
         "eval",
         "fid",
         "--checkpoint",
-        s(&plain),
+        path_arg(&plain),
         "--class-balanced",
         "--n",
         "20",
         "--dataset",
         "cifar10",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--inception",
-        s(&tiny),
+        path_arg(&tiny),
         "--no-verify",
         "--input-size",
         "16",

@@ -3,22 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e::{run, shared_dir};
+use e2e::{path_arg, run, shared_dir, stderr_of, stdout_of};
 
 fn first20() -> PathBuf {
     shared_dir().join("data/cifar10/test_batch_first20.bin")
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-fn stdout_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn stats_json(args: &[&str]) -> serde_json::Value {

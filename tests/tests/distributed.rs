@@ -3,37 +3,19 @@
 //! before training. Two ranks over 127.0.0.1 with Gloo, the tiny SimpleUnet, one thread each.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ddpm, run, synthetic_cifar, wait_for, TINY_MODEL};
+use e2e::{
+    checkpoint_entries, ddpm, kill, metric_lines, sample_cpu, stderr_of, synthetic_cifar,
+    tiny_train_args, wait_for, wait_output,
+};
 
 /// The tiny seed preset: batches of 8 (4 per rank), no sampling, a metrics line per step.
 fn tiny_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--device",
-        "cpu",
-        "--data",
-        data.to_str().unwrap(),
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-        "--set",
-        "batch_size=8",
-        "--set",
-        &format!("model={TINY_MODEL}"),
-        "--set",
-        "sample_every_epochs=0",
-        "--set",
-        "n_workers=1",
-        "--set",
-        "log_every=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    let mut args = vec!["--set", "log_every=1"];
+    args.extend_from_slice(extra);
+    tiny_train_args(data, run_dir, &args)
 }
 
 /// A run that would go on for hours, unless stopped.
@@ -47,64 +29,12 @@ const LONG: [&str; 6] = [
 ];
 
 fn command(args: &[String], envs: &[(&str, String)]) -> Command {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = ddpm(&args);
+    let mut cmd = ddpm(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Waits for `child` to exit, at most `timeout`; returns its output and how long it took.
-fn wait_exit(mut child: Child, timeout: Duration, what: &str) -> (Output, Duration) {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return (child.wait_with_output().unwrap(), start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what}: still running after {timeout:?}: {}",
-                stderr_of(&out)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn metric_lines(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn complete_checkpoints(run_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 fn alive(pid: u32) -> bool {
@@ -134,8 +64,7 @@ fn launcher_pids(stderr: &str) -> Option<Vec<u32>> {
 
 /// Starts the launcher with stderr in a file (so that the test can read it while it runs).
 fn spawn_launcher(args: &[String], log: &Path) -> Child {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ddpm(&args)
+    ddpm(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -174,7 +103,7 @@ fn nproc_per_node_2_trains_writes_one_set_of_files_and_sample_reads_the_result()
     assert_eq!(stderr.matches("done: 6 steps").count(), 1, "{stderr}");
     assert_eq!(stderr.matches("checkpoint ").count(), 2, "{stderr}");
     assert_eq!(
-        complete_checkpoints(&run_dir),
+        checkpoint_entries(&run_dir),
         ["step-00000003", "step-00000006"]
     );
     let records = metric_lines(&run_dir);
@@ -197,23 +126,21 @@ fn nproc_per_node_2_trains_writes_one_set_of_files_and_sample_reads_the_result()
 
     let grid = dir.path().join("grid.png");
     let checkpoint = run_dir.join("checkpoints/step-00000006");
-    let out = run(&[
-        "sample",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "-n",
-        "2",
-        "--steps",
-        "5",
-        "--sampler",
-        "ddim",
-        "--grid",
-        grid.to_str().unwrap(),
-    ]);
+    let out = sample_cpu(
+        &checkpoint,
+        &[
+            "--threads",
+            "1",
+            "-n",
+            "2",
+            "--steps",
+            "5",
+            "--sampler",
+            "ddim",
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "ddpm sample: {}", stderr_of(&out));
     let image = image::open(&grid).expect("the grid decodes");
     assert_eq!((image.width(), image.height()), (2 * 30 + 2, 32));
@@ -232,7 +159,7 @@ fn sigint_to_the_launcher_stops_both_ranks_after_one_step_with_one_checkpoint() 
         metric_lines(&run_dir).len() >= 3
     });
     kill(launcher.id(), "-INT");
-    let (out, _) = wait_exit(
+    let (out, _) = wait_output(
         launcher,
         Duration::from_secs(30),
         "the launcher after SIGINT",
@@ -247,7 +174,7 @@ fn sigint_to_the_launcher_stops_both_ranks_after_one_step_with_one_checkpoint() 
         1,
         "{stderr}"
     );
-    let names = complete_checkpoints(&run_dir);
+    let names = checkpoint_entries(&run_dir);
     assert_eq!(names.len(), 1, "{names:?}");
     let step: u64 = names[0].trim_start_matches("step-").parse().unwrap();
     assert!(
@@ -288,7 +215,7 @@ fn the_launcher_names_a_killed_rank_and_stops_the_other() {
     let pids = launcher_pids(&read(&log)).expect("the launcher prints the ranks' PIDs");
     assert_eq!(pids.len(), 2);
     kill(pids[1], "-KILL");
-    let (out, took) = wait_exit(launcher, Duration::from_secs(30), "the launcher");
+    let (out, took) = wait_output(launcher, Duration::from_secs(30), "the launcher");
     let stderr = read(&log);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -340,7 +267,7 @@ fn when_one_rank_is_killed_the_other_exits_with_an_error_naming_it() {
     });
     rank1.kill().unwrap();
     rank1.wait().unwrap();
-    let (out, took) = wait_exit(rank0, Duration::from_secs(30), "rank 0 after rank 1 died");
+    let (out, took) = wait_output(rank0, Duration::from_secs(30), "rank 0 after rank 1 died");
     let stderr = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -364,7 +291,7 @@ fn when_one_rank_hangs_the_other_stops_after_the_timeout() {
         metric_lines(&run_dir).len() >= 2
     });
     kill(rank1.id(), "-STOP");
-    let (out, took) = wait_exit(rank0, Duration::from_secs(30), "rank 0 after rank 1 hung");
+    let (out, took) = wait_output(rank0, Duration::from_secs(30), "rank 0 after rank 1 hung");
     kill(rank1.id(), "-KILL");
     rank1.wait().unwrap();
     let stderr = stderr_of(&out);
@@ -536,7 +463,7 @@ fn torchrun_no_python_runs_two_ranks_through_its_agent_store() {
     let records = metric_lines(&run_dir);
     assert_eq!(records.len(), 4);
     assert!(records.iter().all(|r| r["world_size"] == 2));
-    assert_eq!(complete_checkpoints(&run_dir), ["step-00000004"]);
+    assert_eq!(checkpoint_entries(&run_dir), ["step-00000004"]);
 }
 
 /// Every file under `dir`, by relative path, with its bytes.
@@ -633,25 +560,23 @@ fn fid_of_a_checkpoint_across_two_ranks_scores_the_same_samples() {
     let run_dir = e2e::train_tiny(dir.path());
     let reference = dir.path().join("ref.npz");
     // The reference: a one-process sample with another seed.
-    let out = run(&[
-        "sample",
-        "--checkpoint",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "-n",
-        "6",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "5",
-        "--seed",
-        "99",
-        "--npz",
-        reference.to_str().unwrap(),
-    ]);
+    let out = sample_cpu(
+        &run_dir,
+        &[
+            "--threads",
+            "1",
+            "-n",
+            "6",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--seed",
+            "99",
+            "--npz",
+            reference.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr_of(&out));
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../crates/eval/tests/fixtures/tiny_inception.pt");

@@ -4,24 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e::{run, shared_dir, train_tiny};
+use e2e::{
+    path_arg, run, sample_cpu, shared_dir, stderr_of, stdout_of, tiny_inception, train_tiny,
+};
 
 fn first20() -> String {
     shared_dir()
         .join("data/cifar10/test_batch_first20.bin")
         .display()
         .to_string()
-}
-
-fn tiny_inception() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/eval/tests/fixtures/tiny_inception.pt")
-        .display()
-        .to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
 }
 
 /// `ddpm eval SUB ARGS… --inception tiny --no-verify --input-size 16 --device cpu`.
@@ -39,14 +30,6 @@ fn eval(sub: &str, args: &[&str]) -> std::process::Output {
         "cpu",
     ]);
     run(&all)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Writes `n` w×h RGB PNGs whose pixels depend on `seed`.
@@ -72,17 +55,17 @@ fn fid_of_two_folders_prints_fid_and_kid_and_writes_json() {
         "fid",
         &[
             "--samples",
-            p(&a),
+            path_arg(&a),
             "--ref",
-            p(&b),
+            path_arg(&b),
             "--out",
-            p(&out_json),
+            path_arg(&out_json),
             "--kid-subset-size",
             "8",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
     assert!(text.contains("FID ") && text.contains("KID "), "{text}");
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
@@ -96,9 +79,16 @@ fn fid_of_two_folders_prints_fid_and_kid_and_writes_json() {
     // A folder against itself is at distance zero.
     let same = eval(
         "fid",
-        &["--samples", p(&a), "--ref", p(&a), "--out", p(&out_json)],
+        &[
+            "--samples",
+            path_arg(&a),
+            "--ref",
+            path_arg(&a),
+            "--out",
+            path_arg(&out_json),
+        ],
     );
-    assert!(same.status.success(), "{}", stderr(&same));
+    assert!(same.status.success(), "{}", stderr_of(&same));
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
     assert!(
@@ -114,22 +104,29 @@ fn cached_statistics_give_the_same_fid_as_the_dataset() {
     let data = first20();
     let out = eval(
         "stats",
-        &["--dataset", "cifar10", "--data", &data, "--out", p(&stats)],
+        &[
+            "--dataset",
+            "cifar10",
+            "--data",
+            &data,
+            "--out",
+            path_arg(&stats),
+        ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let samples = dir.path().join("samples");
     png_folder(&samples, 8, 32, 32, 3);
     let fid_of = |args: &[&str]| -> f64 {
         let json = dir.path().join("r.json");
-        let mut all = vec!["--samples", p(&samples), "--out", p(&json)];
+        let mut all = vec!["--samples", path_arg(&samples), "--out", path_arg(&json)];
         all.extend_from_slice(args);
         let out = eval("fid", &all);
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(out.status.success(), "{}", stderr_of(&out));
         let result: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         result["fid"].as_f64().unwrap()
     };
-    let from_stats = fid_of(&["--ref", p(&stats)]);
+    let from_stats = fid_of(&["--ref", path_arg(&stats)]);
     let from_dataset = fid_of(&["--dataset", "cifar10", "--data", &data]);
     assert!(
         (from_stats - from_dataset).abs() <= 1e-9 * from_dataset,
@@ -151,26 +148,26 @@ fn stored_features_give_the_fid_and_kid_of_the_images() {
         "stats",
         &[
             "--samples",
-            p(&reference),
+            path_arg(&reference),
             "--features",
             "--out",
-            p(&features),
+            path_arg(&features),
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let score = |args: &[&str]| -> serde_json::Value {
         let json = dir.path().join("r.json");
-        let mut all = vec!["--samples", p(&samples), "--out", p(&json)];
+        let mut all = vec!["--samples", path_arg(&samples), "--out", path_arg(&json)];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--kid-subset-size", "6"]);
         let out = eval("fid", &all);
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(out.status.success(), "{}", stderr_of(&out));
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
     };
     for n in [None, Some("7")] {
         let n_args: Vec<&str> = n.map(|n| vec!["--n", n]).unwrap_or_default();
-        let from_images = score(&[&["--ref", p(&reference)][..], &n_args].concat());
-        let from_features = score(&[&["--ref", p(&features)][..], &n_args].concat());
+        let from_images = score(&[&["--ref", path_arg(&reference)][..], &n_args].concat());
+        let from_features = score(&[&["--ref", path_arg(&features)][..], &n_args].concat());
         let (a, b) = (
             from_images["fid"].as_f64().unwrap(),
             from_features["fid"].as_f64().unwrap(),
@@ -183,12 +180,20 @@ fn stored_features_give_the_fid_and_kid_of_the_images() {
         );
     }
     // Features are a reference, not samples.
-    let out = eval("fid", &["--samples", p(&features), "--ref", p(&reference)]);
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            path_arg(&features),
+            "--ref",
+            path_arg(&reference),
+        ],
+    );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("pass it as --ref"),
+        stderr_of(&out).contains("pass it as --ref"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 #[test]
@@ -202,7 +207,7 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
         "fid",
         &[
             "--samples",
-            p(&one),
+            path_arg(&one),
             "--dataset",
             "cifar10",
             "--data",
@@ -211,9 +216,9 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains(p(&one)) && stderr(&out).contains("at least 2"),
+        stderr_of(&out).contains(path_arg(&one)) && stderr_of(&out).contains("at least 2"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // Mixed sizes.
     let mixed = dir.path().join("mixed");
@@ -225,7 +230,7 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
         "fid",
         &[
             "--samples",
-            p(&mixed),
+            path_arg(&mixed),
             "--dataset",
             "cifar10",
             "--data",
@@ -234,18 +239,21 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("999.png") && stderr(&out).contains("share a size"),
+        stderr_of(&out).contains("999.png") && stderr_of(&out).contains("share a size"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // A file that is not statistics nor samples.
     let junk = dir.path().join("junk.npz");
     std::fs::write(&junk, b"not a zip").unwrap();
     let good = dir.path().join("good");
     png_folder(&good, 3, 32, 32, 0);
-    let out = eval("fid", &["--samples", p(&good), "--ref", p(&junk)]);
+    let out = eval(
+        "fid",
+        &["--samples", path_arg(&good), "--ref", path_arg(&junk)],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("junk.npz"), "{}", stderr(&out));
+    assert!(stderr_of(&out).contains("junk.npz"), "{}", stderr_of(&out));
     // The wrong network without --no-verify: the checksum names the file.
     let tiny = tiny_inception();
     let out = run(&[
@@ -264,9 +272,9 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
     ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("tiny_inception.pt") && stderr(&out).contains("sha256"),
+        stderr_of(&out).contains("tiny_inception.pt") && stderr_of(&out).contains("sha256"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // No network at all: say how to get it.
     let absent = dir.path().join("absent.pt");
@@ -280,13 +288,14 @@ fn bad_inputs_are_clear_errors_naming_the_file() {
         "--out",
         "x.npz",
         "--inception",
-        p(&absent),
+        path_arg(&absent),
     ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cargo xtask fetch-inception") && stderr(&out).contains("absent.pt"),
+        stderr_of(&out).contains("cargo xtask fetch-inception")
+            && stderr_of(&out).contains("absent.pt"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 
@@ -299,50 +308,48 @@ fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
     let reference = dir.path().join("ref");
     png_folder(&reference, 10, 28, 28, 3);
     let npz = dir.path().join("samples.npz");
-    let sampled = run(&[
-        "sample",
-        "--checkpoint",
-        p(&run_dir),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "5",
-        "-n",
-        "6",
-        "--batch",
-        "4",
-        "--seed",
-        "11",
-        "--npz",
-        p(&npz),
-    ]);
-    assert!(sampled.status.success(), "{}", stderr(&sampled));
+    let sampled = sample_cpu(
+        &run_dir,
+        &[
+            "--threads",
+            "1",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "-n",
+            "6",
+            "--batch",
+            "4",
+            "--seed",
+            "11",
+            "--npz",
+            path_arg(&npz),
+        ],
+    );
+    assert!(sampled.status.success(), "{}", stderr_of(&sampled));
     // --n applies to both sides: the reference is cut to 6 images too.
     let common = [
         "--n",
         "6",
         "--ref",
-        p(&reference),
+        path_arg(&reference),
         "--kid-subset-size",
         "4",
         "--seed",
         "11",
     ];
     let from_npz = dir.path().join("from_npz.json");
-    let mut args = vec!["--samples", p(&npz), "--out", p(&from_npz)];
+    let mut args = vec!["--samples", path_arg(&npz), "--out", path_arg(&from_npz)];
     args.extend_from_slice(&common);
     let out = eval("fid", &args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
 
     let from_checkpoint = dir.path().join("from_checkpoint.json");
     let saved = dir.path().join("saved.npz");
     let mut args = vec![
         "--checkpoint",
-        p(&run_dir),
+        path_arg(&run_dir),
         "--sampler",
         "ddim",
         "--steps",
@@ -350,13 +357,13 @@ fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
         "--sample-batch-size",
         "4",
         "--save-samples",
-        p(&saved),
+        path_arg(&saved),
         "--out",
-        p(&from_checkpoint),
+        path_arg(&from_checkpoint),
     ];
     args.extend_from_slice(&common);
     let out = eval("fid", &args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(saved.is_file(), "--save-samples wrote nothing");
 
     let read = |path: &Path| -> serde_json::Value {
@@ -376,7 +383,7 @@ fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
     let other = dir.path().join("other_seed.json");
     let args = [
         "--checkpoint",
-        p(&run_dir),
+        path_arg(&run_dir),
         "--n",
         "6",
         "--sampler",
@@ -388,14 +395,14 @@ fn fid_of_a_checkpoint_scores_the_images_ddpm_sample_draws() {
         "--seed",
         "12",
         "--ref",
-        p(&reference),
+        path_arg(&reference),
         "--kid-subset-size",
         "4",
         "--out",
-        p(&other),
+        path_arg(&other),
     ];
     let out = eval("fid", &args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_ne!(read(&other)["fid"].as_f64().unwrap(), fid);
 }
 
@@ -412,16 +419,16 @@ fn image_folders_with_class_subfolders_are_read_recursively() {
         "fid",
         &[
             "--samples",
-            p(&samples),
+            path_arg(&samples),
             "--ref",
-            p(&reference),
+            path_arg(&reference),
             "--kid-subset-size",
             "4",
             "--out",
-            p(&json),
+            path_arg(&json),
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(result["samples"]["n"], 9, "{result}");
@@ -438,38 +445,40 @@ fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
         "fid",
         &[
             "--samples",
-            p(&samples),
+            path_arg(&samples),
             "--ref",
-            p(&samples),
+            path_arg(&samples),
             "--kid-subsets",
             "0",
         ],
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("--kid-subsets 0") && !stderr(&out).contains("images/s"),
+        stderr_of(&out).contains("--kid-subsets 0") && !stderr_of(&out).contains("images/s"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // Statistics of 3-dimensional features against the stand-in network's 32.
     let stats = dir.path().join("stats3.npz");
-    let mu =
-        data::images::NpyArray::new(vec![3], data::images::NpyData::F64(vec![0.0; 3])).unwrap();
+    let mu = data::images::NpyArray::new(vec![3], data::images::NpyData::F64(vec![0.0; 3])).unwrap();
     let mut eye = vec![0.0; 9];
     for i in 0..3 {
         eye[i * 4] = 1.0;
     }
     let sigma = data::images::NpyArray::new(vec![3, 3], data::images::NpyData::F64(eye)).unwrap();
     data::images::write_npz(&stats, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
-    let out = eval("fid", &["--samples", p(&samples), "--ref", p(&stats)]);
+    let out = eval(
+        "fid",
+        &["--samples", path_arg(&samples), "--ref", path_arg(&stats)],
+    );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("stats3.npz")
-            && stderr(&out).contains("statistics of dimension 3")
-            && stderr(&out).contains("32-dimensional")
-            && !stderr(&out).contains("images/s"),
+        stderr_of(&out).contains("stats3.npz")
+            && stderr_of(&out).contains("statistics of dimension 3")
+            && stderr_of(&out).contains("32-dimensional")
+            && !stderr_of(&out).contains("images/s"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 
@@ -499,15 +508,15 @@ fn eval_stats_of_real_cifar_matches_python_torch() {
         "--data",
         &first20(),
         "--out",
-        p(&out_npz),
+        path_arg(&out_npz),
         "--inception",
-        p(&inception),
+        path_arg(&inception),
         "--resize",
         "tf",
         "--device",
         "cpu",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let arrays = data::images::read_npz(&out_npz).unwrap();
     let get = |name: &str| -> (Vec<usize>, Vec<f64>) {
         let (_, a) = arrays.iter().find(|(n, _)| n == name).unwrap();

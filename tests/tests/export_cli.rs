@@ -6,20 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::{run, synthetic_cifar};
+use e2e::{path_arg, python_with_diffusers, run, stderr_of, synthetic_cifar};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/sample/tests/fixtures/diffusers")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary paths")
-}
-
 fn ok(args: &[&str]) -> String {
     let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(out.status.success(), "ddpm {args:?} failed: {stderr}");
     stderr
 }
@@ -33,7 +29,7 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         ok(&[
             "sample",
             "--checkpoint",
-            s(&fixtures().join(folder)),
+            path_arg(&fixtures().join(folder)),
             "--device",
             "cpu",
             "--sampler",
@@ -43,9 +39,9 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
             "-n",
             "4",
             "--grid",
-            s(&grid),
+            path_arg(&grid),
             "--npz",
-            s(&npz),
+            path_arg(&npz),
         ]);
         let img = image::open(&grid).unwrap();
         // Four 8×8 images in one row, 2-pixel padding.
@@ -58,17 +54,17 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
     ok(&[
         "forward",
         "--checkpoint",
-        s(&fixtures().join("modern")),
+        path_arg(&fixtures().join("modern")),
         "--dataset",
         "cifar10",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--n-steps",
         "3",
         "--scale",
         "1",
         "--out",
-        s(&strip),
+        path_arg(&strip),
     ]);
     // x_0 and three x_t of 8×8 (the folder's sample size).
     let img = image::open(&strip).unwrap();
@@ -76,9 +72,9 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
     let err = run(&[
         "forward",
         "--checkpoint",
-        s(&fixtures().join("modern")),
+        path_arg(&fixtures().join("modern")),
         "--out",
-        s(&strip),
+        path_arg(&strip),
     ]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("pass --dataset"));
@@ -99,7 +95,7 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         "eval",
         "fid",
         "--checkpoint",
-        s(&fixtures().join("legacy_pipeline")),
+        path_arg(&fixtures().join("legacy_pipeline")),
         "--sampler",
         "ddim",
         "--steps",
@@ -107,9 +103,9 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         "--n",
         "4",
         "--ref",
-        s(&reference),
+        path_arg(&reference),
         "--inception",
-        s(&tiny),
+        path_arg(&tiny),
         "--no-verify",
         "--input-size",
         "16",
@@ -118,7 +114,7 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         "--kid-subset-size",
         "2",
         "--out",
-        s(&json),
+        path_arg(&json),
     ]);
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -132,7 +128,7 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
         "model",
         "summary",
         "--checkpoint",
-        s(&fixtures().join("legacy_pipeline")),
+        path_arg(&fixtures().join("legacy_pipeline")),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -152,20 +148,15 @@ fn outputs(path: &Path, x: &Tensor, t: &Tensor) -> Tensor {
     tch::no_grad(|| pipe.net.forward_t(x, t, false))
 }
 
-fn python_with_diffusers() -> Option<PathBuf> {
-    let python = std::env::var_os("DDPM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    Command::new(&python)
-        .args(["-c", "import diffusers"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-        .then_some(python)
-}
-
 /// Exports `source` to `out`, checks the export against the source here and in diffusers.
 fn export_round_trip(source: &Path, out: &Path, x: &Tensor, t: &Tensor) {
-    ok(&["export", "--checkpoint", s(source), "--diffusers", s(out)]);
+    ok(&[
+        "export",
+        "--checkpoint",
+        path_arg(source),
+        "--diffusers",
+        path_arg(out),
+    ]);
     let expected = outputs(source, x, t);
     let back = outputs(out, x, t);
     assert!(back.equal(&expected), "the export differs from its source");
@@ -208,9 +199,9 @@ fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
         "--threads",
         "1",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--run-dir",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--max-steps",
         "2",
         "--set",
@@ -246,9 +237,9 @@ fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
     let err = run(&[
         "export",
         "--checkpoint",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--diffusers",
-        s(&dir.path().join("run-export")),
+        path_arg(&dir.path().join("run-export")),
     ]);
     assert!(!err.status.success());
     assert!(
@@ -274,9 +265,9 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
         "--threads",
         "1",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--run-dir",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--max-steps",
         "2",
         "--class-cond",
@@ -300,9 +291,9 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
     ok(&[
         "export",
         "--checkpoint",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--diffusers",
-        s(&exported),
+        path_arg(&exported),
     ]);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())

@@ -4,24 +4,12 @@
 //! errors before training. The feature network is the tiny TorchScript stand-in for the
 //! Inception (`crates/eval/tests/fixtures/tiny_inception.pt`, 16×16 input).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
-use e2e::{run, synthetic_cifar};
-
-fn tiny_inception() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/eval/tests/fixtures/tiny_inception.pt")
-        .display()
-        .to_string()
-}
-
-/// The 2-level SimpleUnet of `e2e::TINY_MODEL` at another image size.
-fn tiny_model(size: usize) -> String {
-    format!(
-        r#"{{"arch":"simple","in_channels":3,"out_channels":3,"image_size":{size},"down_channels":[8,16],"up_channels":[16,8],"time_emb_dim":16,"batch_norm_eps":0.001,"batch_norm_momentum":0.01}}"#
-    )
-}
+use e2e::{
+    metric_lines, run, sample_cpu, stderr_of, synthetic_cifar, tiny_inception, tiny_train_args_at,
+};
 
 /// `ddpm train` of the tiny seed preset at `size`×`size` on `data` with FID in the loop every 2
 /// steps (4 DDIM-3 samples), scored by the tiny network, for 4 steps; `extra` comes last (a
@@ -39,31 +27,15 @@ fn train_with(
     eval_steps: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let model = format!("model={}", tiny_model(size));
     let transform = format!("transform.size=[{size},{size}]");
     let mut args = vec![
-        "train",
-        "--device",
-        "cpu",
         "--threads",
         "1",
         "--offline",
-        "--data",
-        data.to_str().unwrap(),
-        "--run-dir",
-        run_dir.to_str().unwrap(),
         "--set",
         "max_steps=4",
         "--set",
-        "batch_size=8",
-        "--set",
-        &model,
-        "--set",
         &transform,
-        "--set",
-        "sample_every_epochs=0",
-        "--set",
-        "n_workers=1",
         "--set",
         "log_every=1",
         "--eval-every",
@@ -80,19 +52,13 @@ fn train_with(
         "16",
     ];
     args.extend_from_slice(extra);
-    run(&args)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    run(&tiny_train_args_at(size, data, run_dir, &args))
 }
 
 /// The `metrics.jsonl` lines with `fid`.
 fn fid_lines(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    metric_lines(run_dir)
+        .into_iter()
         .filter(|v| v.get("fid").is_some())
         .collect()
 }
@@ -121,7 +87,7 @@ fn evaluations_write_fid_lines_a_best_checkpoint_and_reuse_the_cached_reference(
     let run_dir = dir.path().join("run");
 
     let out = train(&data, &run_dir, 28, &[]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("reference statistics: computed from 16 images"),
@@ -173,27 +139,25 @@ fn evaluations_write_fid_lines_a_best_checkpoint_and_reuse_the_cached_reference(
     assert_eq!((curve.width(), curve.height()), (960, 840));
     // The best checkpoint samples like any other.
     let grid = dir.path().join("best.png");
-    let sampled = run(&[
-        "sample",
-        "--checkpoint",
-        best_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "-n",
-        "2",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "--grid",
-        grid.to_str().unwrap(),
-    ]);
-    assert!(sampled.status.success(), "{}", stderr(&sampled));
+    let sampled = sample_cpu(
+        &best_dir,
+        &[
+            "-n",
+            "2",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
+    );
+    assert!(sampled.status.success(), "{}", stderr_of(&sampled));
 
     // Resumed: the cache is reused as it is (not rewritten), and the best record is kept.
     let written = (mtime(&npz), mtime(&npz.with_extension("json")));
     let out = train(&data, &run_dir, 28, &["--resume", "--max-steps", "6"]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("reference statistics: 16 images, reused") && !log.contains("computed"),
@@ -214,7 +178,7 @@ fn evaluations_write_fid_lines_a_best_checkpoint_and_reuse_the_cached_reference(
 
     // Another resolution is another reference: computed and cached under its own name.
     let out = train(&data, &dir.path().join("run24"), 24, &["--max-steps", "2"]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("reference statistics: computed from 16 images"),
@@ -235,7 +199,7 @@ fn evaluations_write_fid_lines_a_best_checkpoint_and_reuse_the_cached_reference(
         28,
         &["--max-steps", "2"],
     );
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("did not match (the dataset's images changed since it was written)")
@@ -252,7 +216,7 @@ fn a_missing_inception_fails_before_training_and_bad_eval_flags_are_named() {
     // Where `cargo xtask fetch-inception --dest DIR` puts it: fetched if not for --offline.
     let missing = dir.path().join("nets/inception/default_1.pt");
     let out = train_with(&data, &run_dir, 28, missing.to_str().unwrap(), "3", &[]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(!out.status.success(), "{log}");
     assert!(
         log.contains(&missing.display().to_string())
@@ -267,11 +231,11 @@ fn a_missing_inception_fails_before_training_and_bad_eval_flags_are_named() {
     assert!(!missing.exists());
 
     let out = train_with(&data, &run_dir, 28, &tiny_inception(), "400", &[]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(!out.status.success());
     assert!(log.contains("--eval-steps 400"), "{log}");
     let out = train(&data, &run_dir, 28, &["--eval-samples", "1"]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(!out.status.success());
     assert!(log.contains("eval_samples = 1"), "{log}");
     assert!(!run_dir.join("config.json").exists());
@@ -283,7 +247,7 @@ fn two_ranks_evaluate_on_rank_0_while_the_other_waits() {
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
     let out = train(&data, &run_dir, 28, &["--nproc-per-node", "2"]);
-    let log = stderr(&out);
+    let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("rank 0 samples and scores alone"), "{log}");
     let steps: Vec<u64> = fid_lines(&run_dir)

@@ -4,28 +4,13 @@
 use std::path::Path;
 use std::process::Output;
 
-use e2e::{run, shared_dir, train_tiny};
+use e2e::{copy_dir, path_arg, run, sample_cpu, shared_dir, stderr_of, train_tiny};
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
+/// `ddpm sample` of `checkpoint` on the CPU with one thread, then `extra`.
 fn sample(checkpoint: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "sample",
-        "--checkpoint",
-        s(checkpoint),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ];
+    let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
-    run(&args)
+    sample_cpu(checkpoint, &args)
 }
 
 fn png_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -73,15 +58,22 @@ fn sample_writes_every_output_from_a_trained_checkpoint_reproducibly() {
     let mut args = common.to_vec();
     args.extend_from_slice(&[
         "--grid",
-        s(&grid),
+        path_arg(&grid),
         "--png-dir",
-        s(&pngs),
+        path_arg(&pngs),
         "--strip",
-        s(&strip),
+        path_arg(&strip),
         "--gif",
-        s(&gif),
+        path_arg(&gif),
     ]);
-    args.extend_from_slice(&["--gif-frames", "6", "--gif-chains", "3", "--npz", s(&npz)]);
+    args.extend_from_slice(&[
+        "--gif-frames",
+        "6",
+        "--gif-chains",
+        "3",
+        "--npz",
+        path_arg(&npz),
+    ]);
     let out = sample(&run_dir, &args);
     assert!(
         out.status.success(),
@@ -170,14 +162,14 @@ fn sample_writes_every_output_from_a_trained_checkpoint_reproducibly() {
     // The same seed gives the same images; another seed others.
     let again = out_dir.join("again");
     let mut args = common.to_vec();
-    args.extend_from_slice(&["--png-dir", s(&again)]);
+    args.extend_from_slice(&["--png-dir", path_arg(&again)]);
     assert!(sample(&run_dir, &args).status.success());
     assert_eq!(png_files(&again), files);
     let other = out_dir.join("other");
     let mut args = common.to_vec();
     let last = args.len() - 1;
     args[last] = "4";
-    args.extend_from_slice(&["--png-dir", s(&other)]);
+    args.extend_from_slice(&["--png-dir", path_arg(&other)]);
     assert!(sample(&run_dir, &args).status.success());
     assert_ne!(png_files(&other), files);
 
@@ -193,19 +185,11 @@ fn sample_writes_every_output_from_a_trained_checkpoint_reproducibly() {
         ["--sampler", "dpm-solver++", "--steps", "5"],
     ] {
         let grid = out_dir.join(format!("{}.png", extra[1]));
-        let mut args = vec!["-n", "2", "--weights", "model", "--grid", s(&grid)];
+        let mut args = vec!["-n", "2", "--weights", "model", "--grid", path_arg(&grid)];
         args.extend_from_slice(&extra);
         let out = sample(&ckpt, &args);
         assert!(out.status.success(), "{extra:?}: {}", stderr_of(&out));
         assert!(image::open(&grid).is_ok());
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
 
@@ -223,7 +207,7 @@ fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
     let fails = |checkpoint: &Path, extra: &[&str], expected: &[&str]| {
         let mut args = extra.to_vec();
         if !args.contains(&"--grid") {
-            args.extend_from_slice(&["--grid", s(&grid)]);
+            args.extend_from_slice(&["--grid", path_arg(&grid)]);
         }
         let out = sample(checkpoint, &args);
         let err = stderr_of(&out);
@@ -285,9 +269,17 @@ fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let under_file = file.join("grid.png");
-    fails(&ckpt, &["--grid", s(&under_file)], &["--grid", "a-file"]);
-    fails(&ckpt, &["--npz", s(&under_file)], &["--npz"]);
-    fails(&ckpt, &["--png-dir", s(&file.join("pngs"))], &["--png-dir"]);
+    fails(
+        &ckpt,
+        &["--grid", path_arg(&under_file)],
+        &["--grid", "a-file"],
+    );
+    fails(&ckpt, &["--npz", path_arg(&under_file)], &["--npz"]);
+    fails(
+        &ckpt,
+        &["--png-dir", path_arg(&file.join("pngs"))],
+        &["--png-dir"],
+    );
     // Nothing to write.
     let out = sample(&ckpt, &[]);
     assert!(
@@ -307,7 +299,7 @@ fn forward_draws_the_closed_form_noising_of_a_real_image() {
         "--dataset",
         "cifar10",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--index",
         "3",
         "--rows",
@@ -315,7 +307,7 @@ fn forward_draws_the_closed_form_noising_of_a_real_image() {
         "--scale",
         "1",
         "--out",
-        s(&strip),
+        path_arg(&strip),
     ]);
     assert!(
         out.status.success(),
@@ -359,13 +351,13 @@ fn forward_draws_the_closed_form_noising_of_a_real_image() {
         "--dataset",
         "cifar10",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--index",
         "19",
         "--rows",
         "2",
         "--out",
-        s(&strip),
+        path_arg(&strip),
     ]);
     assert!(
         !out.status.success() && stderr_of(&out).contains("--index 19"),
@@ -393,7 +385,7 @@ fn nan_weights_fail_naming_the_file_and_the_tensor() {
             "-n",
             "2",
             "--grid",
-            s(&grid),
+            path_arg(&grid),
         ],
     );
     let stderr = stderr_of(&out);
@@ -413,9 +405,9 @@ fn nan_weights_fail_naming_the_file_and_the_tensor() {
         "--threads",
         "1",
         "--data",
-        s(&data),
+        path_arg(&data),
         "--run-dir",
-        s(&run_dir),
+        path_arg(&run_dir),
         "--resume",
         "--max-steps",
         "3",

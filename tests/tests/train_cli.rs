@@ -6,68 +6,26 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ddpm, run, synthetic_cifar, wait_for, TINY_MODEL};
+use e2e::{
+    complete_checkpoints, ddpm, kill, metric_lines, run, sample_cpu, spawn, stderr_of,
+    synthetic_cifar, tiny_model, tiny_train_args, wait_exit, wait_for,
+};
 
-/// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling.
+/// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling,
+/// a checkpoint every 2 steps.
 fn tiny_args(data: &Path, run_dir: &Path) -> Vec<String> {
-    [
-        "train",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        data.to_str().unwrap(),
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-        "--set",
-        "batch_size=8",
-        "--set",
-        &format!("model={TINY_MODEL}"),
-        "--set",
-        "sample_every_epochs=0",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "n_workers=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    args_with(data, run_dir, &[])
 }
 
-fn spawn(args: &[String], envs: &[(&str, &str)]) -> Child {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = ddpm(&args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ddpm train")
-}
-
-fn complete_checkpoints(run_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("state.json").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".tmp"))
-        .collect();
-    names.sort();
-    names
+/// [`tiny_args`], then `extra`.
+fn args_with(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--threads", "1", "--set", "checkpoint_every=2"];
+    args.extend_from_slice(extra);
+    tiny_train_args(data, run_dir, &args)
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill(child.id(), sig);
 }
 
 fn state_step(run_dir: &Path, name: &str) -> u64 {
@@ -85,30 +43,10 @@ fn resume_for(data: &Path, run_dir: &Path, max_steps: u64) {
         "--max-steps".into(),
         max_steps.to_string(),
     ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(&args);
-    assert!(
-        out.status.success(),
-        "resume failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "resume failed: {}", stderr_of(&out));
     let names = complete_checkpoints(run_dir);
     assert_eq!(state_step(run_dir, names.last().unwrap()), max_steps);
-}
-
-/// Waits for `child` to exit, at most `timeout`.
-fn wait_exit(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("ddpm train did not stop after {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Starts a long run, waits for its first checkpoint, sends `sig`, and checks that it exits 0
@@ -296,10 +234,7 @@ fn bad_flags_and_config_keys_are_named() {
         (&["--resume"], "no checkpoint under"),
     ];
     for (extra, want) in cases {
-        let mut args: Vec<String> = tiny_args(&data, &run_dir);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run(&args);
+        let out = run(&args_with(&data, &run_dir, extra));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{extra:?} should fail");
         assert!(
@@ -309,9 +244,7 @@ fn bad_flags_and_config_keys_are_named() {
     }
     let config = dir.path().join("bad.json");
     std::fs::write(&config, r#"{"optim": {"beta3": 0.5}}"#).unwrap();
-    let mut args = tiny_args(&data, &run_dir);
-    args.extend(["--config".into(), config.to_str().unwrap().into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with(&data, &run_dir, &["--config", config.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&run(&args).stderr).into_owned();
     assert!(
         stderr.contains("bad.json") && stderr.contains("optim.beta3"),
@@ -322,31 +255,11 @@ fn bad_flags_and_config_keys_are_named() {
     assert!(stderr.contains("cargo xtask fetch-cifar"), "{stderr}");
 }
 
-fn args_with(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = tiny_args(data, run_dir);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn run_args(args: &[String]) -> std::process::Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&args)
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The steps of `metrics.jsonl`; every line must parse.
 fn metric_steps(run_dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("unparsable metrics line `{line}`: {e}"));
-            record["step"].as_u64().unwrap()
-        })
+    metric_lines(run_dir)
+        .iter()
+        .map(|record| record["step"].as_u64().unwrap())
         .collect()
 }
 
@@ -375,7 +288,7 @@ fn a_second_trainer_on_one_run_dir_fails_fast_and_leaves_the_first_alone() {
         &["--overwrite", "--max-steps", "5"],
     ] {
         let started = Instant::now();
-        let out = run_args(&args_with(&data, &run_dir, extra));
+        let out = run(&args_with(&data, &run_dir, extra));
         let stderr = stderr_of(&out);
         assert!(
             !out.status.success(),
@@ -395,23 +308,21 @@ fn a_second_trainer_on_one_run_dir_fails_fast_and_leaves_the_first_alone() {
     }
     // Readers take no lock: sampling a locked run reads its newest complete checkpoint.
     let grid = dir.path().join("grid.png");
-    let sampled = run(&[
-        "sample",
-        "--checkpoint",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "-n",
-        "2",
-        "--grid",
-        grid.to_str().unwrap(),
-    ]);
+    let sampled = sample_cpu(
+        &run_dir,
+        &[
+            "--threads",
+            "1",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "-n",
+            "2",
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
+    );
     assert!(sampled.status.success(), "{}", stderr_of(&sampled));
     assert!(grid.is_file());
     signal(&first, "-INT");
@@ -434,7 +345,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--max-steps", "4", "--set", "log_every=1"],
@@ -444,7 +355,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
     std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
     std::fs::remove_file(run_dir.join("loss_curve.png")).ok();
     let metrics_before = std::fs::read(run_dir.join("metrics.jsonl")).unwrap();
-    let out = run_args(&args_with(&data, &run_dir, &["--max-steps", "2"]));
+    let out = run(&args_with(&data, &run_dir, &["--max-steps", "2"]));
     let stderr = stderr_of(&out);
     assert!(!out.status.success(), "a fresh run appended to a dead one");
     assert!(
@@ -457,7 +368,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
         std::fs::read(run_dir.join("metrics.jsonl")).unwrap(),
         metrics_before
     );
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--max-steps", "2", "--overwrite", "--set", "log_every=1"],
@@ -472,7 +383,7 @@ fn resume_cuts_metrics_written_after_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--max-steps", "3", "--set", "log_every=1"],
@@ -490,11 +401,11 @@ fn resume_refuses_changes_to_what_the_run_learns_and_leaves_config_json_alone() 
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run_args(&args_with(&data, &run_dir, &["--max-steps", "2"]));
+    let out = run(&args_with(&data, &run_dir, &["--max-steps", "2"]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let config_path = run_dir.join("config.json");
     let before = std::fs::read(&config_path).unwrap();
-    let wider = TINY_MODEL
+    let wider = tiny_model(28)
         .replace("[8,16]", "[8,32]")
         .replace("[16,8]", "[32,8]");
     let wider_model = format!("model={wider}");
@@ -518,7 +429,7 @@ fn resume_refuses_changes_to_what_the_run_learns_and_leaves_config_json_alone() 
         let mut args = tiny_args(&data, &run_dir);
         args.push("--resume".into());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let out = run_args(&args);
+        let out = run(&args);
         let stderr = stderr_of(&out);
         assert!(!out.status.success(), "{extra:?} was accepted");
         for want in wants {
@@ -545,7 +456,7 @@ fn resume_refuses_changes_to_what_the_run_learns_and_leaves_config_json_alone() 
     );
     let model_set = args.iter().position(|a| a.starts_with("model=")).unwrap();
     args.drain(model_set - 1..=model_set);
-    let out = run_args(&args);
+    let out = run(&args);
     let stderr = stderr_of(&out);
     assert!(!out.status.success());
     assert!(
@@ -555,7 +466,7 @@ fn resume_refuses_changes_to_what_the_run_learns_and_leaves_config_json_alone() 
     assert_eq!(std::fs::read(&config_path).unwrap(), before);
     std::fs::write(&state_path, state).unwrap();
     // What may change does, and the command says so.
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--resume", "--max-steps", "3", "--lr", "0.0005"],
@@ -577,13 +488,13 @@ fn a_corrupt_newest_checkpoint_resumes_from_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run_args(&args_with(&data, &run_dir, &["--max-steps", "4"]));
+    let out = run(&args_with(&data, &run_dir, &["--max-steps", "4"]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let newest = run_dir.join("checkpoints/step-00000004/model.safetensors");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
     // Picked explicitly, the bad checkpoint is an error naming the file.
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--resume-from", "step-00000004", "--max-steps", "6"],
@@ -595,7 +506,7 @@ fn a_corrupt_newest_checkpoint_resumes_from_the_previous_one() {
         stderr_of(&out)
     );
     // Picked automatically, it is skipped with a warning naming it.
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--resume", "--max-steps", "6"],
@@ -619,14 +530,14 @@ fn messages_name_the_key_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run_args(&args_with(&data, &run_dir, &["--set", "optim.lr=abc"]));
+    let out = run(&args_with(&data, &run_dir, &["--set", "optim.lr=abc"]));
     let stderr = stderr_of(&out);
     assert!(!out.status.success());
     assert!(
         stderr.contains("`optim.lr`") && stderr.contains("invalid type: string \"abc\""),
         "{stderr}"
     );
-    let out = run_args(&args_with(
+    let out = run(&args_with(
         &data,
         &run_dir,
         &["--batch-size", "20000", "--max-steps", "1"],
@@ -675,7 +586,6 @@ fn a_redirected_stderr_run_prints_progress_lines_checkpoints_and_the_summary() {
         &run_dir,
         &["--max-steps", "6", "--progress-every", "2"],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let status = ddpm(&args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -803,23 +713,21 @@ fn a_full_disk_is_reported_readably_and_the_previous_checkpoint_survives() {
     let named = format!("(step {}) is intact", state_step(&run_dir, &newest));
     assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
     let grid = dir.path().join("grid.png");
-    let sampled = run(&[
-        "sample",
-        "--checkpoint",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "-n",
-        "2",
-        "--grid",
-        grid.to_str().unwrap(),
-    ]);
+    let sampled = sample_cpu(
+        &run_dir,
+        &[
+            "--threads",
+            "1",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "-n",
+            "2",
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
+    );
     assert!(sampled.status.success(), "{}", stderr_of(&sampled));
 }
 

@@ -15,7 +15,7 @@
 //! 3. FID feature extraction (TF resize to 299 + Inception-v3): `ddpm eval stats` against the
 //!    same TorchScript from Python torch (`scripts/bench/fid_pytorch.py`), alternating.
 //!
-//! Writes `xtask/bench/results/<date>-<device>.json` and `.md` (with `--quick`:
+//! Writes `docs/results/<date>-<device>.json` and `.md` (with `--quick`:
 //! `target/bench-quick/`, so that a smoke run never lands in the committed reports).
 
 use anyhow::{bail, ensure, Context, Result};
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Skip FID feature extraction.
     #[arg(long)]
     no_fid: bool,
-    /// Where the report goes (default: xtask/bench/results, or target/bench-quick with --quick).
+    /// Where the report goes (default: docs/results, or target/bench-quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -182,12 +182,7 @@ fn alternate(
 
 /// The python that has the set-up's torch, with the peer's other packages installed.
 pub(crate) fn python(root: &Path) -> Result<PathBuf> {
-    let venv = root.join(".venv/bin/python");
-    let python = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    };
+    let python = crate::venv_python(root);
     let has = |module: &str| {
         Command::new(&python)
             .args(["-c", &format!("import {module}")])
@@ -262,15 +257,9 @@ pub(crate) fn describe_device(device: &str, threads: usize) -> (String, String) 
     )
 }
 
+/// The commit the report measures (`git describe`, `-dirty` with uncommitted changes).
 pub(crate) fn git_commit(root: &Path) -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=7"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    crate::git(root, &["describe", "--always", "--dirty", "--abbrev=7"])
 }
 
 /// Criterion's estimates of every bench that ran since `since`, read from `target/criterion`.
@@ -319,6 +308,34 @@ fn criterion_results(dir: &Path, since: SystemTime) -> Vec<Value> {
     found
 }
 
+/// What every part of the benchmark shares.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    root: PathBuf,
+    /// The peer's python.
+    python: PathBuf,
+    /// Intra-op threads of both sides.
+    threads: usize,
+    /// Timed rounds per step.
+    rounds: usize,
+    /// Untimed rounds before them.
+    warmup: usize,
+    /// `target/debug` with --quick, else `target/release`.
+    bin_dir: PathBuf,
+}
+
+/// The side-by-side results, gathered case by case.
+#[derive(Default)]
+struct SideBySide {
+    /// One record per step and peer variant.
+    records: Vec<Value>,
+    /// One record per case: the training loop's step against the bare step.
+    loop_overhead: Vec<Value>,
+    /// What the peer said it runs (`torch 2.x`).
+    torch_version: String,
+}
+
+/// Runs the benchmarks and writes the report.
 pub fn run(args: BenchArgs) -> Result<()> {
     let root = root();
     let cuda = match args.device.as_str() {
@@ -335,8 +352,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 10 });
-    let warmup = if args.quick { 1 } else { 2 };
     let profile = if args.quick { "dev" } else { "release" };
     let profile_dir = if args.quick { "debug" } else { "release" };
     let (device_name, device_tag) = describe_device(&args.device, threads);
@@ -356,54 +371,92 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "--bin",
         "ddpm",
     ]))?;
-    let bin_dir = root.join("target").join(profile_dir);
+    let bench = Bench {
+        args: &args,
+        bin_dir: root.join("target").join(profile_dir),
+        root,
+        python,
+        threads,
+        rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 10 }),
+        warmup: if args.quick { 1 } else { 2 },
+    };
 
-    let mut criterion = Value::Null;
-    if !args.no_criterion {
+    let criterion = if args.no_criterion {
+        Value::Null
+    } else {
+        bench.criterion(started)?
+    };
+    let mut results = SideBySide::default();
+    for case in cases(args.quick, cuda) {
+        bench.side_by_side(&case, &mut results)?;
+    }
+    let fid = if !args.no_fid && !cuda {
+        bench.fid_extraction()?
+    } else {
+        Value::Null
+    };
+
+    // Against PyTorch's faster optimizer form: the larger of the two ratios.
+    let optimizer_vs_best = results
+        .records
+        .iter()
+        .filter(|r| r["step"] == "optimizer_step")
+        .filter_map(|r| r["ratio_median"].as_f64())
+        .reduce(f64::max);
+    let report = json!({
+        "optimizer_step_vs_best_peer": optimizer_vs_best,
+        "date": today(),
+        "commit": git_commit(&bench.root),
+        "device": device_name,
+        "mode": if args.quick { "quick" } else { "full" },
+        "profile": profile,
+        "threads": threads,
+        "bf16": args.bf16,
+        "pytorch": results.torch_version,
+        "rounds": bench.rounds,
+        "steps_filter": args.steps,
+        "side_by_side": results.records,
+        "loop_overhead": results.loop_overhead,
+        "fid_extraction": fid,
+        "criterion": criterion,
+    });
+    write_report(&args, &bench.root, &device_tag, &report)
+}
+
+impl Bench<'_> {
+    /// Runs the criterion benches (once each with --quick) and returns their estimates.
+    fn criterion(&self, started: SystemTime) -> Result<Value> {
+        let quick = self.args.quick;
         let mut cmd = cargo();
-        if args.quick {
+        if quick {
             eprintln!("== criterion benches, once each (smoke)");
-            cmd.args([
-                "test",
-                "--benches",
-                "-p",
-                "data",
-                "-p",
-                "model",
-                "-p",
-                "sample",
-                "-p",
-                "train",
-            ]);
+            cmd.args(["test", "--benches"]);
         } else {
             eprintln!("== criterion benches");
-            cmd.args([
-                "bench",
-                "--benches",
-                "-p",
-                "data",
-                "-p",
-                "model",
-                "-p",
-                "sample",
-                "-p",
-                "train",
-            ]);
+            cmd.args(["bench", "--benches"]);
         }
-        cmd.env("DDPM_BENCH_THREADS", threads.to_string())
-            .env("DDPM_BENCH_DEVICE", &args.device);
+        cmd.args(["-p", "data", "-p", "model", "-p", "sample", "-p", "train"])
+            .env("DDPM_BENCH_THREADS", self.threads.to_string())
+            .env("DDPM_BENCH_DEVICE", &self.args.device);
         run_checked(&mut cmd)?;
-        criterion = if args.quick {
+        Ok(if quick {
             json!("ran once each (smoke)")
         } else {
-            Value::Array(criterion_results(&root.join("target/criterion"), started))
-        };
+            Value::Array(criterion_results(
+                &self.root.join("target/criterion"),
+                started,
+            ))
+        })
     }
 
-    let mut side_by_side = Vec::new();
-    let mut loop_overhead = Vec::new();
-    let mut torch_version = String::new();
-    for case in cases(args.quick, cuda) {
+    /// Whether `--steps` asks for `step` (all steps without it).
+    fn wanted(&self, step: &str) -> bool {
+        self.args.steps.is_empty() || self.args.steps.iter().any(|s| s == step)
+    }
+
+    /// Times every step of `case` in Rust and PyTorch, alternating, and the training loop's step
+    /// against the bare step in Rust.
+    fn side_by_side(&self, case: &Case, results: &mut SideBySide) -> Result<()> {
         eprintln!(
             "== {} at batch {}: Rust and PyTorch, alternating",
             case.name, case.batch
@@ -415,20 +468,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "--batch",
             &case.batch.to_string(),
             "--device",
-            &args.device,
+            &self.args.device,
             "--threads",
-            &threads.to_string(),
+            &self.threads.to_string(),
         ]
         .map(String::from)
         .to_vec();
-        if args.bf16 {
+        if self.args.bf16 {
             case_args.push("--bf16".into());
         }
-        let mut rust_cmd = Command::new(bin_dir.join("examples/bench_serve"));
+        let mut rust_cmd = Command::new(self.bin_dir.join("examples/bench_serve"));
         rust_cmd.args(&case_args);
         let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
-        let layout = rust.ready.clone();
-        let rust_cell = std::cell::RefCell::new(&mut rust);
         // The peer runs the same function as the Rust model; for the notebook's SimpleUnet,
         // whose first up block the Rust model computes with one convolution instead of two
         // (see `crates/model/src/simple.rs`), a second peer also times the notebook's own form.
@@ -445,70 +496,91 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ("adam-fused", &["optimizer_step"]),
             ]
         };
-        let wanted = |step: &str| args.steps.is_empty() || args.steps.iter().any(|s| s == step);
         for (variant, steps) in variants {
-            let steps: Vec<&str> = steps.iter().copied().filter(|s| wanted(s)).collect();
+            let steps: Vec<&str> = steps.iter().copied().filter(|s| self.wanted(s)).collect();
             if steps.is_empty() {
                 continue;
             }
-            let mut peer_cmd = Command::new(&python);
-            peer_cmd
-                .arg(root.join("scripts/bench/peer.py"))
-                .args(&case_args)
-                .args(["--layout", &layout]);
-            if !variant.is_empty() {
-                peer_cmd.arg(format!("--{variant}"));
-            }
-            let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
-            torch_version = peer.ready.clone();
-            for &step in &steps {
-                let (rust_ms, peer_ms, ratios) = alternate(
-                    warmup,
-                    rounds,
-                    || rust_cell.borrow_mut().step(step),
-                    || peer.step(step),
-                )?;
-                let (r, p) = (median(&rust_ms), median(&peer_ms));
-                // Images per second mean nothing for the optimizer step.
-                let per_s =
-                    |ms: f64| (step != "optimizer_step").then(|| case.batch as f64 / (ms / 1e3));
-                let record = json!({
-                    "case": case.name,
-                    "step": step,
-                    "peer": if variant.is_empty() { "same function" } else { variant },
-                    "batch": case.batch,
-                    "layout": layout,
-                    "rust_ms_median": r,
-                    "pytorch_ms_median": p,
-                    "rust_images_per_s": per_s(r),
-                    "pytorch_images_per_s": per_s(p),
-                    "ratio_median": median(&ratios),
-                    "ratio_of_sums": rust_ms.iter().sum::<f64>() / peer_ms.iter().sum::<f64>(),
-                    "rounds": rounds,
-                    "rust_ms": rust_ms,
-                    "pytorch_ms": peer_ms,
-                });
-                eprintln!(
-                    "   {step}{}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
-                    if variant.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (PyTorch {variant})")
-                    },
-                    record["ratio_median"].as_f64().unwrap_or(f64::NAN)
-                );
-                side_by_side.push(record);
-            }
+            self.against_peer(case, &case_args, &mut rust, variant, &steps, results)?;
         }
-        if !wanted("loop_step") {
-            continue;
+        if self.wanted("loop_step") {
+            results
+                .loop_overhead
+                .push(self.loop_overhead(case, &mut rust)?);
         }
-        // The loop against the bare step, both in the Rust process.
+        Ok(())
+    }
+
+    /// Starts the peer `variant` of the case and times `steps` on both sides, alternating.
+    fn against_peer(
+        &self,
+        case: &Case,
+        case_args: &[String],
+        rust: &mut Server,
+        variant: &str,
+        steps: &[&str],
+        results: &mut SideBySide,
+    ) -> Result<()> {
+        let layout = rust.ready.clone();
+        let mut peer_cmd = Command::new(&self.python);
+        peer_cmd
+            .arg(self.root.join("scripts/bench/peer.py"))
+            .args(case_args)
+            .args(["--layout", &layout]);
+        if !variant.is_empty() {
+            peer_cmd.arg(format!("--{variant}"));
+        }
+        let mut peer = Server::start(peer_cmd, "the PyTorch peer (scripts/bench/peer.py)")?;
+        results.torch_version = peer.ready.clone();
+        for &step in steps {
+            let (rust_ms, peer_ms, ratios) = alternate(
+                self.warmup,
+                self.rounds,
+                || rust.step(step),
+                || peer.step(step),
+            )?;
+            let (r, p) = (median(&rust_ms), median(&peer_ms));
+            // Images per second mean nothing for the optimizer step.
+            let per_s =
+                |ms: f64| (step != "optimizer_step").then(|| case.batch as f64 / (ms / 1e3));
+            let record = json!({
+                "case": case.name,
+                "step": step,
+                "peer": if variant.is_empty() { "same function" } else { variant },
+                "batch": case.batch,
+                "layout": layout,
+                "rust_ms_median": r,
+                "pytorch_ms_median": p,
+                "rust_images_per_s": per_s(r),
+                "pytorch_images_per_s": per_s(p),
+                "ratio_median": median(&ratios),
+                "ratio_of_sums": rust_ms.iter().sum::<f64>() / peer_ms.iter().sum::<f64>(),
+                "rounds": self.rounds,
+                "rust_ms": rust_ms,
+                "pytorch_ms": peer_ms,
+            });
+            eprintln!(
+                "   {step}{}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
+                if variant.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (PyTorch {variant})")
+                },
+                record["ratio_median"].as_f64().unwrap_or(f64::NAN)
+            );
+            results.records.push(record);
+        }
+        Ok(())
+    }
+
+    /// The loop's step against the bare step, both in the Rust process.
+    fn loop_overhead(&self, case: &Case, rust: &mut Server) -> Result<Value> {
+        let rust = std::cell::RefCell::new(rust);
         let (loop_ms, bare_ms, ratios) = alternate(
-            warmup,
-            rounds,
-            || rust_cell.borrow_mut().step("loop_step"),
-            || rust_cell.borrow_mut().step("train_step"),
+            self.warmup,
+            self.rounds,
+            || rust.borrow_mut().step("loop_step"),
+            || rust.borrow_mut().step("train_step"),
         )?;
         let record = json!({
             "case": case.name,
@@ -517,7 +589,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "bare_ms_median": median(&bare_ms),
             "ratio_median": median(&ratios),
             "ratio_of_sums": loop_ms.iter().sum::<f64>() / bare_ms.iter().sum::<f64>(),
-            "rounds": rounds,
+            "rounds": self.rounds,
             "loop_ms": loop_ms,
             "bare_ms": bare_ms,
         });
@@ -525,66 +597,47 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "   loop_step / train_step: {:.3}",
             record["ratio_median"].as_f64().unwrap_or(f64::NAN)
         );
-        loop_overhead.push(record);
+        Ok(record)
     }
 
-    let mut fid = Value::Null;
-    if !args.no_fid && !cuda {
+    /// FID feature extraction: `ddpm eval stats` against Python torch, alternating.
+    fn fid_extraction(&self) -> Result<Value> {
         eprintln!("== FID feature extraction: ddpm eval stats and Python torch, alternating");
         crate::fetch::run(crate::fetch::FetchCommand::Inception {
             dest: None,
             url: None,
         })?;
-        let json_out = root.join("target/bench-fid.json");
-        let n = if args.quick { 10 } else { 200 };
+        let quick = self.args.quick;
+        let json_out = self.root.join("target/bench-fid.json");
+        let n = if quick { 10 } else { 200 };
         run_checked(
-            Command::new(&python)
-                .arg(root.join("scripts/bench/fid_pytorch.py"))
+            Command::new(&self.python)
+                .arg(self.root.join("scripts/bench/fid_pytorch.py"))
                 .args([
                     "--n",
                     &n.to_string(),
                     "--rounds",
-                    &(if args.quick { 1 } else { 3 }).to_string(),
+                    &(if quick { 1 } else { 3 }).to_string(),
                     "--threads",
-                    &threads.to_string(),
+                    &self.threads.to_string(),
                     "--ddpm",
-                    &bin_dir.join("ddpm").to_string_lossy(),
+                    &self.bin_dir.join("ddpm").to_string_lossy(),
                     "--json",
                     &json_out.to_string_lossy(),
                 ])
-                .current_dir(&root),
+                .current_dir(&self.root),
         )?;
-        fid = serde_json::from_str(&std::fs::read_to_string(&json_out)?)?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(&json_out)?)?)
     }
+}
 
-    // Against PyTorch's faster optimizer form: the larger of the two ratios.
-    let optimizer_vs_best = side_by_side
-        .iter()
-        .filter(|r| r["step"] == "optimizer_step")
-        .filter_map(|r| r["ratio_median"].as_f64())
-        .reduce(f64::max);
-    let report = json!({
-        "optimizer_step_vs_best_peer": optimizer_vs_best,
-        "date": today(),
-        "commit": git_commit(&root),
-        "device": device_name,
-        "mode": if args.quick { "quick" } else { "full" },
-        "profile": profile,
-        "threads": threads,
-        "bf16": args.bf16,
-        "pytorch": torch_version,
-        "rounds": rounds,
-        "steps_filter": args.steps,
-        "side_by_side": side_by_side,
-        "loop_overhead": loop_overhead,
-        "fid_extraction": fid,
-        "criterion": criterion,
-    });
-    let out_dir = args.out.unwrap_or_else(|| {
+/// Writes the report as `DATE-DEVICE[-bf16][-STEPS].json` and `.md` into `--out`.
+fn write_report(args: &BenchArgs, root: &Path, device_tag: &str, report: &Value) -> Result<()> {
+    let out_dir = args.out.clone().unwrap_or_else(|| {
         if args.quick {
             root.join("target/bench-quick")
         } else {
-            root.join("xtask/bench/results")
+            root.join("docs/results")
         }
     });
     std::fs::create_dir_all(&out_dir)
@@ -601,10 +654,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     );
     let json_path = out_dir.join(format!("{stem}.json"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let md_path = out_dir.join(format!("{stem}.md"));
-    std::fs::write(&md_path, markdown(&report))
+    std::fs::write(&md_path, markdown(report))
         .with_context(|| format!("cannot write {}", md_path.display()))?;
     eprintln!("== wrote {} and {}", json_path.display(), md_path.display());
     Ok(())

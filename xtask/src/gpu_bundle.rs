@@ -96,9 +96,45 @@ pub fn run(args: BundleArgs) -> Result<()> {
     let tests = test_binaries()?;
 
     let staging_root = root.join("target/gpu-bundle");
-    let stage = staging_root.join("ddpm-gpu-bundle");
+    stage_bundle(
+        &root,
+        &python,
+        &tests,
+        &staging_root.join("ddpm-gpu-bundle"),
+    )?;
+
+    let archive = args
+        .out
+        .unwrap_or_else(|| staging_root.join("ddpm-gpu-bundle.tar.gz"));
+    eprintln!("== packing {}", archive.display());
+    if let Some(dir) = archive.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    run_checked(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&staging_root)
+            .arg("ddpm-gpu-bundle"),
+    )?;
+
+    if !args.no_smoke {
+        smoke(&archive, &python, &staging_root)?;
+    }
+    eprintln!(
+        "== {} ({:.0} MiB): unpack it on the GPU machine and run ddpm-gpu-bundle/run.sh",
+        archive.display(),
+        std::fs::metadata(&archive)?.len() as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// Lays the bundle out in `stage`: the stripped binaries and test binaries, their filters, the
+/// fixtures and scripts, run.sh, the vendored python packages and `bundle.json`.
+fn stage_bundle(root: &Path, python: &Path, tests: &[PathBuf], stage: &Path) -> Result<()> {
     if stage.exists() {
-        std::fs::remove_dir_all(&stage)
+        std::fs::remove_dir_all(stage)
             .with_context(|| format!("cannot clear {}", stage.display()))?;
     }
     let release = root.join("target/release");
@@ -108,7 +144,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
         &stage.join("bin/bench_serve"),
     )?;
     let mut filters = serde_json::Map::new();
-    for ((_, _, _, name, args), path) in TESTS.iter().zip(&tests) {
+    for ((_, _, _, name, args), path) in TESTS.iter().zip(tests) {
         copy_stripped(path, &stage.join("tests").join(name))?;
         filters.insert(name.to_string(), json!(args));
     }
@@ -131,64 +167,46 @@ pub fn run(args: BundleArgs) -> Result<()> {
         copy(&root.join(script), &stage.join(script))?;
     }
     copy(&root.join("scripts/bundle/run.sh"), &stage.join("run.sh"))?;
-    vendor_pylib(&python, &stage.join("pylib"))?;
+    vendor_pylib(python, &stage.join("pylib"))?;
     write(
         &stage.join("bundle.json"),
         &serde_json::to_string_pretty(&json!({
-            "commit": git(&root, &["describe", "--always", "--dirty", "--abbrev=12"]),
+            "commit": crate::git(root, &["describe", "--always", "--dirty", "--abbrev=12"]),
             "built_on": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
             "libtorch": "2.11.0 (the build's .libtorch)",
             "tests": TESTS.iter().map(|t| t.3).collect::<Vec<_>>(),
         }))?,
     )?;
+    Ok(())
+}
 
-    let archive = args
-        .out
-        .unwrap_or_else(|| staging_root.join("ddpm-gpu-bundle.tar.gz"));
-    eprintln!("== packing {}", archive.display());
-    if let Some(dir) = archive.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+/// Unpacks `archive` into a temporary folder, runs `run.sh --cpu-smoke` there, checks its report
+/// and keeps it beside the archive's staging folder.
+fn smoke(archive: &Path, python: &Path, staging_root: &Path) -> Result<()> {
+    eprintln!("== run.sh --cpu-smoke on the unpacked archive");
+    let unpacked = tempfile::tempdir()?;
     run_checked(
         Command::new("tar")
-            .arg("-czf")
-            .arg(&archive)
+            .arg("-xzf")
+            .arg(archive)
             .arg("-C")
-            .arg(&staging_root)
-            .arg("ddpm-gpu-bundle"),
+            .arg(unpacked.path()),
     )?;
-
-    if !args.no_smoke {
-        eprintln!("== run.sh --cpu-smoke on the unpacked archive");
-        let unpacked = tempfile::tempdir()?;
-        run_checked(
-            Command::new("tar")
-                .arg("-xzf")
-                .arg(&archive)
-                .arg("-C")
-                .arg(unpacked.path()),
-        )?;
-        let dir = unpacked.path().join("ddpm-gpu-bundle");
-        let report = dir.join("gpu-report.json");
-        run_checked(
-            Command::new(dir.join("run.sh"))
-                // torch.compile of the U-Net takes minutes on a small CPU: the smoke leaves it out.
-                .args(["--cpu-smoke", "--skip-compile", "--out"])
-                .arg(&report)
-                .env("PYTHON", &python)
-                .env_remove("LD_LIBRARY_PATH"),
-        )?;
-        let text = std::fs::read_to_string(&report)?;
-        check_smoke_report(&serde_json::from_str(&text)?)?;
-        let kept = staging_root.join("cpu-smoke-report.json");
-        std::fs::write(&kept, &text)?;
-        eprintln!("== smoke run passed; its report: {}", kept.display());
-    }
-    eprintln!(
-        "== {} ({:.0} MiB): unpack it on the GPU machine and run ddpm-gpu-bundle/run.sh",
-        archive.display(),
-        std::fs::metadata(&archive)?.len() as f64 / (1 << 20) as f64
-    );
+    let dir = unpacked.path().join("ddpm-gpu-bundle");
+    let report = dir.join("gpu-report.json");
+    run_checked(
+        Command::new(dir.join("run.sh"))
+            // torch.compile of the U-Net takes minutes on a small CPU: the smoke leaves it out.
+            .args(["--cpu-smoke", "--skip-compile", "--out"])
+            .arg(&report)
+            .env("PYTHON", python)
+            .env_remove("LD_LIBRARY_PATH"),
+    )?;
+    let text = std::fs::read_to_string(&report)?;
+    check_smoke_report(&serde_json::from_str(&text)?)?;
+    let kept = staging_root.join("cpu-smoke-report.json");
+    std::fs::write(&kept, &text)?;
+    eprintln!("== smoke run passed; its report: {}", kept.display());
     Ok(())
 }
 
@@ -374,17 +392,6 @@ fn write(path: &Path, text: &str) -> Result<()> {
     }
     std::fs::write(path, text.to_string() + "\n")
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn git(root: &Path, args: &[&str]) -> String {
-    Command::new("git")
-        .args(args)
-        .current_dir(root)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -73,6 +73,28 @@ pub fn run_checked(cmd: &mut std::process::Command) -> Result<()> {
     Ok(())
 }
 
+/// The trimmed stdout of `git ARGS` in `root` (empty when git fails).
+pub fn git(root: &std::path::Path, args: &[&str]) -> String {
+    std::process::Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The set-up's python (`.venv/bin/python`), or `python3` where there is none.
+pub fn venv_python(root: &std::path::Path) -> PathBuf {
+    let venv = root.join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::setup(&root()).map(|_| ()),

@@ -165,13 +165,31 @@ fn attempt(
     offset: u64,
     bar: &ProgressBar,
 ) -> Result<(), Failure> {
+    let Some(response) = request(agent, file, part, dir, offset)? else {
+        return Ok(());
+    };
+    let (start, total) = body_range(&response, file, part, dir, offset)?;
+    // Without a length from the server (chunked transfer), the published size tells whether
+    // the body was cut short.
+    receive(response, part, start, total.or(file.size), bar)
+}
+
+/// Sends the request and sorts the server's errors; `None` when the range starts at the end of
+/// a partial file that is already whole.
+fn request(
+    agent: &ureq::Agent,
+    file: &RemoteFile,
+    part: &Path,
+    dir: &Path,
+    offset: u64,
+) -> Result<Option<ureq::Response>, Failure> {
     // `identity`: the bytes on disk must be the bytes published, and a `Range` must count them.
     let mut request = agent.get(&file.url).set("Accept-Encoding", "identity");
     if offset > 0 {
         request = request.set("Range", &format!("bytes={offset}-"));
     }
-    let response = match request.call() {
-        Ok(response) => response,
+    match request.call() {
+        Ok(response) => Ok(Some(response)),
         Err(ureq::Error::Status(416, response)) => {
             // The range starts at or past the end: the partial file may already be whole.
             let total = response
@@ -179,67 +197,78 @@ fn attempt(
                 .and_then(parse_content_range)
                 .and_then(|range| range.total);
             if offset > 0 && total == Some(offset) {
-                return Ok(());
+                return Ok(None);
             }
             truncate(part)?;
-            return Err(Failure::Retry(Retry::dropped(
+            Err(Failure::Retry(Retry::dropped(
                 "the server refused to resume, restarting".into(),
-            )));
+            )))
         }
         Err(ureq::Error::Status(status, _)) if matches!(status, 408 | 429 | 500..=599) => {
-            return Err(Failure::Retry(Retry {
+            Err(Failure::Retry(Retry {
                 reason: format!("HTTP {status}"),
                 status: Some(status),
                 unreachable: false,
-            }));
+            }))
         }
-        Err(ureq::Error::Status(status, _)) => {
-            return Err(Failure::from(FetchError::Http {
-                url: file.url.clone(),
-                status,
-                file_name: file.file_name.clone(),
-                dir: dir.to_path_buf(),
-            }));
-        }
-        Err(ureq::Error::Transport(transport)) => {
-            return Err(transport_failure(file, dir, &transport))
-        }
-    };
+        Err(ureq::Error::Status(status, _)) => Err(http_error(file, dir, status)),
+        Err(ureq::Error::Transport(transport)) => Err(transport_failure(file, dir, &transport)),
+    }
+}
 
-    let (start, total) = match response.status() {
-        200 => (
+/// Where the body starts in the file and the file's whole length, if the server says: 200 sends
+/// it all, 206 the range asked for (anything else restarts from zero).
+fn body_range(
+    response: &ureq::Response,
+    file: &RemoteFile,
+    part: &Path,
+    dir: &Path,
+    offset: u64,
+) -> Result<(u64, Option<u64>), Failure> {
+    match response.status() {
+        200 => Ok((
             0,
             response
                 .header("Content-Length")
                 .and_then(|v| v.trim().parse().ok()),
-        ),
+        )),
         206 => {
             let range = response
                 .header("Content-Range")
                 .and_then(parse_content_range);
             match range {
-                Some(range) if range.start == offset => (offset, range.total),
+                Some(range) if range.start == offset => Ok((offset, range.total)),
                 _ => {
                     truncate(part)?;
-                    return Err(Failure::Retry(Retry::dropped(
+                    Err(Failure::Retry(Retry::dropped(
                         "the server resumed at another offset, restarting".into(),
-                    )));
+                    )))
                 }
             }
         }
-        status => {
-            return Err(Failure::from(FetchError::Http {
-                url: file.url.clone(),
-                status,
-                file_name: file.file_name.clone(),
-                dir: dir.to_path_buf(),
-            }));
-        }
-    };
+        status => Err(http_error(file, dir, status)),
+    }
+}
 
-    // Without a length from the server (chunked transfer), the published size tells whether
-    // the body was cut short.
-    let total = total.or(file.size);
+/// A status that another attempt will not change.
+fn http_error(file: &RemoteFile, dir: &Path, status: u16) -> Failure {
+    Failure::from(FetchError::Http {
+        url: file.url.clone(),
+        status,
+        file_name: file.file_name.clone(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Writes the body into `part` from byte `start` (truncating it when `start` is 0); a body that
+/// ends before `total` is a dropped connection.
+fn receive(
+    response: ureq::Response,
+    part: &Path,
+    start: u64,
+    total: Option<u64>,
+    bar: &ProgressBar,
+) -> Result<(), Failure> {
     let mut out = if start == 0 {
         fs::File::create(part)
     } else {

@@ -44,155 +44,16 @@
 //! [`FetchOptions`]: crate::FetchOptions
 
 use std::fs;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod archive;
+mod checksum;
+mod error;
 mod http;
 
-/// A hash algorithm used to verify a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// MD5, as published for CIFAR and Fashion-MNIST (an integrity check, not a security one).
-    Md5,
-    /// SHA-256, as published by PyPI.
-    Sha256,
-}
-
-impl Algorithm {
-    /// The lowercase name used in messages (`md5`, `sha256`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "md5",
-            Algorithm::Sha256 => "sha256",
-        }
-    }
-
-    fn hex_len(self) -> usize {
-        match self {
-            Algorithm::Md5 => 32,
-            Algorithm::Sha256 => 64,
-        }
-    }
-}
-
-/// An expected digest: an [`Algorithm`] and a lowercase hex string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
-    algorithm: Algorithm,
-    hex: String,
-}
-
-impl Checksum {
-    /// An MD5 digest from its 32 hex digits.
-    ///
-    /// # Panics
-    ///
-    /// When `hex` is not 32 hex digits: checksums are constants of the program.
-    ///
-    /// ```
-    /// use fetch::{Algorithm, Checksum};
-    ///
-    /// let md5 = Checksum::md5("C32A1D4AB5D03F1284B67883E8D87530");
-    /// assert_eq!(md5.algorithm(), Algorithm::Md5);
-    /// assert_eq!(md5.hex(), "c32a1d4ab5d03f1284b67883e8d87530");
-    /// ```
-    pub fn md5(hex: &str) -> Self {
-        Self::new(Algorithm::Md5, hex)
-    }
-
-    /// A SHA-256 digest from its 64 hex digits.
-    ///
-    /// # Panics
-    ///
-    /// When `hex` is not 64 hex digits: checksums are constants of the program.
-    pub fn sha256(hex: &str) -> Self {
-        Self::new(Algorithm::Sha256, hex)
-    }
-
-    fn new(algorithm: Algorithm, hex: &str) -> Self {
-        assert!(
-            hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{} digest must be {} hex digits, got {hex:?}",
-            algorithm.name(),
-            algorithm.hex_len()
-        );
-        Self {
-            algorithm,
-            hex: hex.to_ascii_lowercase(),
-        }
-    }
-
-    /// Hashes everything `reader` yields.
-    ///
-    /// # Errors
-    ///
-    /// The reader's IO error.
-    ///
-    /// ```
-    /// use fetch::{Algorithm, Checksum};
-    ///
-    /// let digest = Checksum::compute(Algorithm::Md5, &b"abc"[..]).unwrap();
-    /// assert_eq!(digest, Checksum::md5("900150983cd24fb0d6963f7d28e17f72"));
-    /// ```
-    pub fn compute(algorithm: Algorithm, mut reader: impl Read) -> io::Result<Self> {
-        use sha2::Digest as _;
-        let mut buf = vec![0u8; 1 << 20];
-        let bytes = match algorithm {
-            Algorithm::Md5 => {
-                let mut hasher = md5::Md5::new();
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => hasher.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                hasher.finalize().to_vec()
-            }
-            Algorithm::Sha256 => {
-                let mut hasher = sha2::Sha256::new();
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => hasher.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                hasher.finalize().to_vec()
-            }
-        };
-        let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self { algorithm, hex })
-    }
-
-    /// The algorithm.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
-    /// The digest as lowercase hex.
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-
-    /// Hashes a file with this checksum's algorithm.
-    fn of_file(&self, path: &Path) -> Result<Self, FetchError> {
-        let file = fs::File::open(path).map_err(|e| FetchError::io("read", path, e))?;
-        Self::compute(self.algorithm, file).map_err(|e| FetchError::io("read", path, e))
-    }
-
-    /// Hashes the gunzipped content of a file with this checksum's algorithm; `None` when the
-    /// file is not valid gzip.
-    fn of_gunzipped_file(&self, path: &Path) -> Result<Option<Self>, FetchError> {
-        let file = fs::File::open(path).map_err(|e| FetchError::io("read", path, e))?;
-        let decoder = flate2::read::GzDecoder::new(io::BufReader::new(file));
-        Ok(Self::compute(self.algorithm, decoder).ok())
-    }
-}
+pub use checksum::{Algorithm, Checksum};
+pub use error::FetchError;
 
 /// One file on a server, with the checksum that identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,9 +100,9 @@ impl RemoteFile {
                 Err(FetchError::ChecksumMismatch {
                     path: shown_as.to_path_buf(),
                     bad,
-                    algorithm: self.checksum.algorithm.name(),
-                    expected: self.checksum.hex.clone(),
-                    actual: actual.hex,
+                    algorithm: self.checksum.algorithm().name(),
+                    expected: self.checksum.hex().to_string(),
+                    actual: actual.hex().to_string(),
                 })
             }
         }
@@ -612,7 +473,7 @@ impl ZipMember {
             &archive_path,
             &self.member,
             &part,
-            self.checksum.algorithm,
+            self.checksum.algorithm(),
         )
         .inspect_err(|_| {
             // Best effort: the extraction error is what the caller needs to see.
@@ -624,9 +485,9 @@ impl ZipMember {
             return Err(FetchError::ChecksumMismatch {
                 path: target,
                 bad,
-                algorithm: self.checksum.algorithm.name(),
-                expected: self.checksum.hex.clone(),
-                actual: actual.hex,
+                algorithm: self.checksum.algorithm().name(),
+                expected: self.checksum.hex().to_string(),
+                actual: actual.hex().to_string(),
             });
         }
         fs::rename(&part, &target).map_err(|e| FetchError::io("rename", &part, e))?;
@@ -662,126 +523,6 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             progress: true,
-        }
-    }
-}
-
-/// Why a fetch failed. Messages name the file or URL and say what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FetchError {
-    /// The server could not be reached (no DNS, connection refused or timed out).
-    #[error(
-        "cannot reach {url} ({reason}): copy {file_name} into {} by hand and rerun, \
-         it is then verified and used without the network",
-        .dir.display()
-    )]
-    Offline {
-        /// The address tried.
-        url: String,
-        /// What went wrong, from the network stack.
-        reason: String,
-        /// The file to copy by hand.
-        file_name: String,
-        /// Where to copy it.
-        dir: PathBuf,
-    },
-    /// The server answered with an HTTP error status (after retries for 5xx).
-    #[error(
-        "{url} answered HTTP {status}: check the address, or copy {file_name} into {} by hand \
-         and rerun",
-        .dir.display()
-    )]
-    Http {
-        /// The address tried.
-        url: String,
-        /// The HTTP status code.
-        status: u16,
-        /// The file to copy by hand.
-        file_name: String,
-        /// Where to copy it.
-        dir: PathBuf,
-    },
-    /// The transfer kept failing without progress.
-    #[error(
-        "download of {url} failed {attempts} times ({reason}): rerun to resume from {}, or \
-         copy {file_name} into {} by hand and rerun",
-        .part.display(),
-        .dir.display()
-    )]
-    Interrupted {
-        /// The address tried.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-        /// The last failure.
-        reason: String,
-        /// The partial file kept for the next run.
-        part: PathBuf,
-        /// The file to copy by hand.
-        file_name: String,
-        /// Where to copy it.
-        dir: PathBuf,
-    },
-    /// The URL is malformed or uses an unsupported scheme.
-    #[error("cannot download {url}: {reason}; pass an http:// or https:// address")]
-    InvalidUrl {
-        /// The address given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A file (downloaded, copied by hand, or extracted) does not match its checksum. It was
-    /// moved to `bad` and nothing was extracted from it.
-    #[error(
-        "{} has {algorithm} {actual}, expected {expected}: the file was moved to {}; rerun to \
-         download it again, or copy a good copy to {}",
-        .path.display(),
-        .bad.display(),
-        .path.display()
-    )]
-    ChecksumMismatch {
-        /// The file as the user knows it.
-        path: PathBuf,
-        /// Where the rejected file now is.
-        bad: PathBuf,
-        /// `md5` or `sha256`.
-        algorithm: &'static str,
-        /// The expected digest.
-        expected: String,
-        /// The digest found.
-        actual: String,
-    },
-    /// A verified archive cannot be extracted (truncated, corrupt, or not the expected layout).
-    #[error(
-        "cannot extract {}: {reason}; delete it and rerun to download it again",
-        .path.display()
-    )]
-    Archive {
-        /// The archive.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A local file operation failed.
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        /// The operation: `read`, `write`, `create`, `rename`, `remove`.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl FetchError {
-    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        FetchError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
         }
     }
 }
@@ -856,29 +597,6 @@ fn has_expected_files(dir: &Path, expected_files: &[(String, u64)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn checksums_compare_case_insensitively() {
-        assert_eq!(
-            Checksum::md5("C32A1D4AB5D03F1284B67883E8D87530"),
-            Checksum::md5("c32a1d4ab5d03f1284b67883e8d87530")
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "md5 digest must be 32 hex digits")]
-    fn a_short_digest_is_a_programming_error() {
-        Checksum::md5("c32a");
-    }
-
-    #[test]
-    fn sha256_of_empty_input_is_the_known_value() {
-        let digest = Checksum::compute(Algorithm::Sha256, io::empty()).unwrap();
-        assert_eq!(
-            digest.hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
 
     #[test]
     fn suffixes_append_to_the_whole_file_name() {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use e2e::{copy_dir, python_with_diffusers};
 use model::ModelConfig;
 use model::Prediction;
 use sample::pipeline::{DIFFUSERS_BIN, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG};
@@ -33,18 +34,6 @@ fn output(pipe: &Pipeline) -> Tensor {
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().to_kind(Kind::Double).double_value(&[])
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -116,19 +105,6 @@ fn sampling_from_a_diffusers_folder_is_reproducible() {
     assert!(bool::try_from(a.isfinite().all()).unwrap());
     assert_eq!(max_abs_diff(&a, &pipe.generate(&ddim, 3, 5).unwrap()), 0.0);
     assert!(max_abs_diff(&a, &pipe.generate(&ddim, 3, 6).unwrap()) > 0.0);
-}
-
-/// The python that has torch and diffusers (the set-up's `.venv`, or `DDPM_PYTHON`), or `None`.
-fn python_with_diffusers() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = std::env::var_os("DDPM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let ok = Command::new(&python)
-        .args(["-c", "import diffusers, safetensors"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
 }
 
 /// Exports `source`, reloads the export here, and (when diffusers is importable) loads it with
