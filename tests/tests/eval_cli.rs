@@ -460,7 +460,8 @@ fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
     );
     // Statistics of 3-dimensional features against the stand-in network's 32.
     let stats = dir.path().join("stats3.npz");
-    let mu = data::images::NpyArray::new(vec![3], data::images::NpyData::F64(vec![0.0; 3])).unwrap();
+    let mu =
+        data::images::NpyArray::new(vec![3], data::images::NpyData::F64(vec![0.0; 3])).unwrap();
     let mut eye = vec![0.0; 9];
     for i in 0..3 {
         eye[i * 4] = 1.0;

@@ -2,7 +2,7 @@
 //! (the first N training images against them), and FID/KID of each side's samples with every
 //! sampler, all through `ddpm eval` with the same Inception settings; PNG grids of the samples.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,7 +221,6 @@ fn write_grid(npz: &Path, png: &Path) -> Result<()> {
         scale: 2,
         ..Default::default()
     };
-    data::images::make_grid(&images.pixels[..n * c * h * w], [n, c, h, w], &spec)?
-        .save_png(png)?;
+    data::images::make_grid(&images.pixels[..n * c * h * w], [n, c, h, w], &spec)?.save_png(png)?;
     Ok(())
 }
