@@ -41,13 +41,13 @@ use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use torch_ext::dist::DEFAULT_BUCKET_BYTES;
+use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use torch_ext::{ReduceOp, Reducer, ReducerOptions};
-use train::distributed::LaunchEnv;
 use train::ema::Ema;
 use train::objective::training_loss;
 use train::optim::Adam;
 use train::trainer::{step_seed, StepOutcome, TrainHooks};
-use train::{Distributed, GradSync, Preset, RunDir, TrainConfig, Trainer};
+use train::{Preset, RunDir, TrainConfig, Trainer};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
