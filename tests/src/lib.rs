@@ -2,6 +2,11 @@
 //! on tiny synthetic runs, and read what it wrote. The one home for test helpers that more than
 //! one test target needs, `crates/sample/tests` included (it dev-depends on this crate for
 //! [`python_with_diffusers`] and [`copy_dir`]).
+//!
+//! Also the doctest host of the documentation: the Rust snippets of `README.md` and `docs/*.md`
+//! compile (and, unless marked `no_run`, run) under `cargo test -p e2e --doc`, so a snippet that
+//! no longer compiles against the crates fails a test. `tests/docs.rs` checks that every
+//! markdown file with Rust in it is listed here.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -324,4 +329,28 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// The markdown documentation, one item per file, each documented by the file itself so that
+/// rustdoc tests its Rust snippets. Compiled only for doctests.
+#[cfg(doctest)]
+pub mod markdown {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/setup.md")]
+    pub struct Setup;
+    #[doc = include_str!("../../docs/training.md")]
+    pub struct Training;
+    #[doc = include_str!("../../docs/sampling.md")]
+    pub struct Sampling;
+    #[doc = include_str!("../../docs/class-conditional.md")]
+    pub struct ClassConditional;
+    #[doc = include_str!("../../docs/evaluation.md")]
+    pub struct Evaluation;
+    #[doc = include_str!("../../docs/multi-gpu.md")]
+    pub struct MultiGpu;
+    #[doc = include_str!("../../docs/library.md")]
+    pub struct Library;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    pub struct Benchmarks;
 }

@@ -135,3 +135,78 @@ fn every_crate_inherits_the_declared_rust_version() {
         );
     }
 }
+
+/// The backticked words of a markdown table cell.
+fn code_spans(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+/// ARCHITECTURE.md's dependency table lists every crate's normal workspace dependencies (and
+/// `tch`) as `cargo metadata` reports them: the map cannot drift from the manifests.
+#[test]
+fn the_architecture_dependency_table_matches_the_manifests() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(root())
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    let names: BTreeSet<&str> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .chain(["tch"])
+        .collect();
+    let actual: BTreeMap<&str, BTreeSet<&str>> = packages
+        .iter()
+        .filter(|p| p["name"] != "e2e")
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].is_null())
+                .map(|d| d["name"].as_str().unwrap())
+                .filter(|name| names.contains(name))
+                .collect();
+            (p["name"].as_str().unwrap(), deps)
+        })
+        .collect();
+
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let table = text
+        .split("| crate | depends on |")
+        .nth(1)
+        .expect("ARCHITECTURE.md has a `| crate | depends on |` table");
+    let documented: BTreeMap<&str, BTreeSet<&str>> = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').collect();
+            let krate = code_spans(cells[1])[0];
+            let deps = code_spans(cells[2])
+                .into_iter()
+                .filter(|name| names.contains(name))
+                .collect();
+            (krate, deps)
+        })
+        .collect();
+    assert_eq!(
+        documented, actual,
+        "ARCHITECTURE.md's dependency table (left) differs from the manifests (right)"
+    );
+}

@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod device;
+#[cfg(test)]
+mod doc_commands;
 mod launch;
 mod plot;
 mod runtime;

@@ -1,0 +1,96 @@
+//! The documentation's snippets are tested: every markdown file with Rust in it is a doctest
+//! of `src/lib.rs` (`#[doc = include_str!(…)]`), and in those files every code block says its
+//! language, so that rustdoc compiles the Rust ones and leaves the shell, TOML and text alone.
+//! (The `ddpm` commands in them are checked by `crates/cli/src/doc_commands.rs`.)
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `README.md` and every `.md` under `docs/`, relative to the repository root.
+fn markdown_files() -> Vec<String> {
+    let mut files = vec!["README.md".to_string()];
+    let mut dirs = vec![PathBuf::from("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(root().join(&dir)).unwrap() {
+            let name = dir.join(entry.unwrap().file_name());
+            if root().join(&name).is_dir() {
+                dirs.push(name);
+            } else if name.extension().is_some_and(|e| e == "md") {
+                files.push(name.to_str().expect("UTF-8 file names").to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The files that `src/lib.rs` includes as doctests.
+fn doctest_files() -> Vec<String> {
+    let lib = std::fs::read_to_string(root().join("tests/src/lib.rs")).unwrap();
+    lib.lines()
+        .filter_map(|line| {
+            let path = line.trim().strip_prefix("#[doc = include_str!(\"../../")?;
+            Some(path.strip_suffix("\")]")?.to_string())
+        })
+        .collect()
+}
+
+/// The info strings of the opening fences of `text`, with their 1-based lines.
+fn fences(text: &str) -> Vec<(usize, String)> {
+    let mut open = false;
+    let mut found = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let Some(info) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        if !open {
+            found.push((idx + 1, info.trim().to_string()));
+        }
+        open = !open;
+    }
+    found
+}
+
+#[test]
+fn every_markdown_file_with_rust_is_a_doctest() {
+    let included = doctest_files();
+    assert!(included.contains(&"README.md".to_string()), "{included:?}");
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        let has_rust = fences(&text)
+            .iter()
+            .any(|(_, info)| info.split(',').next() == Some("rust"));
+        assert!(
+            !has_rust || included.contains(&file),
+            "{file} has Rust snippets but is not tested: add \
+             `#[doc = include_str!(\"../../{file}\")]` to tests/src/lib.rs"
+        );
+    }
+    for file in &included {
+        assert!(
+            root().join(file).is_file(),
+            "tests/src/lib.rs includes {file}, which does not exist"
+        );
+    }
+}
+
+#[test]
+fn every_code_block_of_a_doctest_file_names_its_language() {
+    for file in doctest_files() {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        for (line, info) in fences(&text) {
+            assert!(
+                !info.is_empty(),
+                "{}:{line}: a code block without a language is compiled as Rust: tag it \
+                 (```sh, ```text, ```rust)",
+                Path::new(&file).display()
+            );
+        }
+    }
+}
