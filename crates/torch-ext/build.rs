@@ -1,8 +1,12 @@
 //! Compiles the C++ shim in `csrc/` against the libtorch that torch-sys links, and links it.
 //!
 //! - libtorch: `DEP_TCH_LIBTORCH_LIB`, printed by torch-sys (`links = "tch"`).
-//! - Gloo headers (libtorch has Gloo inside but ships no headers): `$DDPM_GLOO_INCLUDE`, else
-//!   `<repo>/.deps/gloo/usr/include`, which `cargo xtask setup` fills from Debian's libgloo-dev.
+//! - With the `dist` feature (c10d, `csrc/dist.cpp`), Gloo headers (libtorch has Gloo inside but
+//!   ships no headers): `$DDPM_GLOO_INCLUDE`, else `<repo>/.deps/gloo/usr/include`, which
+//!   `cargo xtask setup` fills from Debian's libgloo-dev. `DDPM_GLOO_INCLUDE=` (set, empty)
+//!   says that there are none: no fallback is looked at, and a build with `dist` fails at once.
+//!   CI builds `model`, `sample` and `eval` that way, which shows that they need no Gloo.
+//!   Without `dist` the Gloo headers are not looked for at all.
 //! - With the `nccl` or `cuda` feature, CUDA and NCCL headers: `$DDPM_CUDA_INCLUDE` (a
 //!   `:`-separated list), else the pip wheels' `nvidia/{cu13,nccl}/include` next to the torch
 //!   package, plus `<repo>/.deps/cuda-headers/nvidia/cu13/include` (`crt/`, `nv/target`, which
@@ -31,8 +35,8 @@ fn main() {
         .to_path_buf();
     let nccl = env::var_os("CARGO_FEATURE_NCCL").is_some();
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let dist = env::var_os("CARGO_FEATURE_DIST").is_some();
 
-    let gloo = gloo_include(&repo);
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -42,17 +46,24 @@ fn main() {
         .warnings(false)
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))
-        .include(&gloo)
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag("-DUSE_DISTRIBUTED")
-        .flag("-DUSE_C10D_GLOO")
         // libtorch's headers trip these by design; they are noise in a build log.
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
-        .file("csrc/core.cpp")
-        .file("csrc/dist.cpp");
+        // Every `extern "C"` function the shim defines is declared in csrc/torch_ext.h first
+        // (which tests/ffi_header.rs checks the Rust declarations against): one that is not
+        // fails here, as a definition that differs from its declaration does.
+        .flag_if_supported("-Werror=missing-declarations")
+        .file("csrc/core.cpp");
+    if dist {
+        build
+            .include(gloo_include(&repo))
+            .flag("-DUSE_DISTRIBUTED")
+            .flag("-DUSE_C10D_GLOO")
+            .file("csrc/dist.cpp");
+    }
     if nccl || cuda {
         for dir in cuda_includes(&repo, &torch, nccl) {
             build.include(dir);
@@ -73,6 +84,7 @@ fn main() {
         println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     for file in [
+        "csrc/torch_ext.h",
         "csrc/common.h",
         "csrc/core.cpp",
         "csrc/dist.cpp",
@@ -80,7 +92,6 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={file}");
     }
-    println!("cargo:rerun-if-env-changed=DDPM_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=DDPM_CUDA_INCLUDE");
 }
 
@@ -89,9 +100,16 @@ fn fail(message: &str) -> ! {
     panic!("{message}");
 }
 
-/// The directory that holds `gloo/config.h`.
+/// The directory that holds `gloo/config.h` (the `dist` feature only).
 fn gloo_include(repo: &Path) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=DDPM_GLOO_INCLUDE");
     let (dir, from) = match env::var_os("DDPM_GLOO_INCLUDE") {
+        Some(dir) if dir.is_empty() => fail(
+            "the `dist` feature (c10d, Gloo) needs the Gloo headers, and DDPM_GLOO_INCLUDE is set \
+             empty, which says there are none: point it at a directory with gloo/config.h, or \
+             unset it to use the ones `cargo xtask setup` fetches into .deps/gloo; crates that \
+             need no c10d (`model`, `sample`, `eval`) build without them",
+        ),
         Some(dir) => (PathBuf::from(dir), "DDPM_GLOO_INCLUDE"),
         None => (repo.join(".deps/gloo/usr/include"), "the default location"),
     };

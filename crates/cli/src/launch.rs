@@ -19,7 +19,7 @@ use crate::device::DeviceSpec;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use train::distributed::LaunchEnv;
+use torch_ext::dist::LaunchEnv;
 
 /// Set in the environment of the ranks the launcher starts (to the rank): they ignore
 /// `--nproc-per-node`, which they inherit with the rest of the command line.

@@ -1,10 +1,12 @@
-// Shared by every translation unit of the torch-ext shim: the error convention and the
-// conversion of tch's raw tensor handles.
+// Shared by every translation unit of the torch-ext shim: the declarations of torch_ext.h, the
+// error convention and the conversion of tch's raw tensor handles.
 //
 // Every `extern "C"` entry point returns a `char*`: null on success, otherwise a message
 // allocated with `malloc` that the Rust side frees with `te_free_error`. No C++ exception ever
 // crosses into Rust: each body runs inside TE_TRY / TE_CATCH.
 #pragma once
+
+#include "torch_ext.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -14,10 +16,6 @@
 #include <exception>
 #include <string>
 #include <vector>
-
-// tch's `C_tensor` is a heap-allocated `at::Tensor` (torch-sys' `typedef torch::Tensor *tensor`).
-typedef at::Tensor* te_tensor;
-typedef char* te_error;
 
 // Returned when even the copy of a message cannot be allocated; `te_free_error` skips it.
 inline char* te_out_of_memory_error() {

@@ -212,13 +212,6 @@ te_error te_group_nccl(te_store* store, int rank, int world_size, int64_t timeou
 }
 #endif
 
-te_error te_group_rank(te_group* group, int* rank, int* world_size) {
-  TE_TRY
-  *rank = group->backend->getRank();
-  *world_size = group->backend->getSize();
-  TE_CATCH
-}
-
 te_error te_group_allreduce(te_group* group, const te_tensor* tensors, size_t n, int op) {
   TE_TRY
   // Parameters are leaves that require grad: writing into them is not part of any graph.

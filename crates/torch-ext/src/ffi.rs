@@ -1,6 +1,10 @@
 //! Declarations of the C++ shim's `extern "C"` functions (`csrc/*.cpp`) and the helpers that
 //! turn their error strings into [`Error`]s.
 //!
+//! `csrc/torch_ext.h` declares the same functions for the C++, which compiles against it;
+//! `tests/ffi_header.rs` fails, naming the function, when a declaration here differs from the
+//! header's (C types mapped to their Rust spelling) or is missing on either side.
+//!
 //! Every function returning `*mut c_char` returns null on success and otherwise a `malloc`ed
 //! message that [`take_error`] frees. Tensor handles are tch's `*mut C_tensor` (an
 //! `at::Tensor*` on the C++ side).
@@ -16,18 +20,21 @@ pub(crate) struct CGenerator {
     _private: [u8; 0],
 }
 
+#[cfg(feature = "dist")]
 /// A `c10::intrusive_ptr<c10d::Store>` on the heap.
 #[repr(C)]
 pub(crate) struct CStore {
     _private: [u8; 0],
 }
 
+#[cfg(feature = "dist")]
 /// A process group (backend + ProcessGroup wrapper) on the heap.
 #[repr(C)]
 pub(crate) struct CGroup {
     _private: [u8; 0],
 }
 
+#[cfg(feature = "dist")]
 /// A `std::shared_ptr<c10d::Reducer>` on the heap.
 #[repr(C)]
 pub(crate) struct CReducer {
@@ -178,8 +185,11 @@ extern "C" {
         tensor: *mut *mut C_tensor,
     ) -> CError;
     pub(crate) fn te_named_tensors_free(named: *mut CNamedTensors);
+}
 
-    // c10d.
+// c10d (csrc/dist.cpp).
+#[cfg(feature = "dist")]
+extern "C" {
     pub(crate) fn te_free_bytes(bytes: *mut u8);
     pub(crate) fn te_tcp_store_new(
         host: *const c_char,
@@ -335,6 +345,7 @@ pub(crate) fn torch(op: &'static str, error: CError) -> Result<()> {
 }
 
 /// `Ok` on success, otherwise [`Error::Distributed`] for `op`.
+#[cfg(feature = "dist")]
 pub(crate) fn dist(op: &'static str, error: CError) -> Result<()> {
     match take_error(error) {
         None => Ok(()),

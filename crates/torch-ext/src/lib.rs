@@ -9,13 +9,17 @@
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_cache_enabled` | bf16 autocast on CUDA, and autocast under CUDA graph capture |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
-//! | [`dist`] | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables | data-parallel training, as DDP does it |
+//! | `dist` (feature `dist`) | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables; the rank group `Distributed` | data-parallel training as DDP does it, and sampling across ranks |
 //! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph` (with `register_generator_state`), CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
 //!
 //! # Features
 //!
+//! - `dist` (default): the `dist` module, c10d and Gloo (`csrc/dist.cpp`, compiled with
+//!   `USE_DISTRIBUTED USE_C10D_GLOO` against the Gloo headers). The workspace turns the
+//!   default off, and `train` and `cli` turn `dist` on, so that `model`, `sample` and `eval`
+//!   build without the Gloo headers;
 //! - `nccl`: `ProcessGroup::nccl` (compiled with `USE_C10D_NCCL`, linked against
-//!   libtorch_cuda);
+//!   libtorch_cuda); implies `dist`;
 //! - `cuda`: the `cuda` module;
 //! - `cuda-tests`: both, plus the tests that need a GPU (`cargo xtask test --cuda`).
 //!
@@ -34,10 +38,11 @@
 //! # Building
 //!
 //! `build.rs` compiles the shim with the `cc` crate against the libtorch that torch-sys links
-//! (`DEP_TCH_LIBTORCH_LIB`), with `-DUSE_DISTRIBUTED -DUSE_C10D_GLOO`. libtorch has Gloo linked
-//! in but ships no Gloo headers: `cargo xtask setup` fetches them (Debian's `libgloo-dev`,
-//! `apt-get download` + `dpkg -x`, no root needed) into `.deps/gloo/`; `DDPM_GLOO_INCLUDE`
-//! overrides the location. The `nccl` and `cuda` features also need CUDA and NCCL headers: the
+//! (`DEP_TCH_LIBTORCH_LIB`); with `dist`, also `csrc/dist.cpp` with `-DUSE_DISTRIBUTED
+//! -DUSE_C10D_GLOO`. libtorch has Gloo linked in but ships no Gloo headers: `cargo xtask setup`
+//! fetches them (Debian's `libgloo-dev`, `apt-get download` + `dpkg -x`, no root needed) into
+//! `.deps/gloo/`; `DDPM_GLOO_INCLUDE` overrides the location, and an empty
+//! `DDPM_GLOO_INCLUDE=` says that there are none (a build that needs them then fails at once). The `nccl` and `cuda` features also need CUDA and NCCL headers: the
 //! torch pip wheel brings `nvidia/{cu13,nccl}/include`, and `cargo xtask setup` installs the
 //! missing `crt/` and `nv/target` headers (`nvidia-cuda-crt`, `nvidia-cuda-cccl` from PyPI)
 //! into `.deps/cuda-headers/`; `DDPM_CUDA_INCLUDE` (a `:`-separated list) overrides them. Both
@@ -51,6 +56,7 @@
 pub mod autocast;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "dist")]
 pub mod dist;
 mod ffi;
 pub mod foreach;
@@ -61,8 +67,10 @@ pub use autocast::{
     get_autocast_dtype, is_autocast_cache_enabled, set_autocast_cache_enabled, set_autocast_dtype,
     AutocastCacheGuard, AutocastDtypeGuard,
 };
+#[cfg(feature = "dist")]
 pub use dist::{
-    GlooDevice, GlooOptions, LaunchEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, TcpStore,
+    DistError, Distributed, GlooDevice, GlooOptions, GradSync, LaunchEnv, ProcessGroup, ReduceOp,
+    Reducer, ReducerOptions, TcpStore,
 };
 pub use foreach::{AdamConfig, AdamTensors};
 pub use generator::Generator;

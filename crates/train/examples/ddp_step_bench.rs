@@ -36,10 +36,10 @@ use data::{Batch, Dataset};
 use model::Precision;
 use tch::{Device, Tensor};
 use torch_ext::dist::DEFAULT_BUCKET_BYTES;
+use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use torch_ext::ReduceOp;
-use train::distributed::LaunchEnv;
 use train::trainer::TrainHooks;
-use train::{Distributed, GradSync, Preset, RunDir, StepOutcome, TrainConfig, Trainer};
+use train::{Preset, RunDir, StepOutcome, TrainConfig, Trainer};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -13,7 +13,8 @@
 //! - [`trainer`]: the loop.
 //! - [`quality`]: FID in the loop: scored samples every `eval_every` steps, the best checkpoint.
 //! - [`distributed`]: data-parallel training over c10d (Gloo, NCCL), launched like torchrun; its
-//!   docs say what changes when a run spans several processes.
+//!   docs say what changes when a run spans several processes. The rank group itself
+//!   ([`torch_ext::Distributed`]) lives in `torch-ext`.
 
 pub mod checkpoint;
 pub mod config;
@@ -27,7 +28,7 @@ pub mod stats;
 pub mod trainer;
 
 pub use config::{ConfigChange, Preset, TrainConfig};
-pub use distributed::{DistConfig, Distributed, GradSync};
+pub use distributed::DistConfig;
 pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;
 pub use trainer::{MetricsRecord, RunEnd, StepOutcome, StepValues, TrainHooks, Trainer};
@@ -155,7 +156,7 @@ pub enum TrainError {
     /// hangs. `rank` is the rank that reports it.
     #[error(
         "rank {rank} of {world_size}: {op} failed ({message}): {}",
-        distributed::peer_hint(*rank, *world_size, *timeout_secs)
+        torch_ext::dist::peer_hint(*rank, *world_size, *timeout_secs)
     )]
     Distributed {
         /// The rank that reports the failure.

@@ -36,7 +36,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
-use torch_ext::{Generator, Reducer, ReducerOptions};
+use torch_ext::dist::Distributed;
+use torch_ext::Generator;
 
 use data::{Batch, Dataset, Loader, LoaderConfig};
 use model::Denoiser;
@@ -45,7 +46,6 @@ use schedule::Schedule;
 
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
 use crate::config::TrainConfig;
-use crate::distributed::{Distributed, GradSync};
 use crate::ema::Ema;
 use crate::objective::training_loss_cond;
 use crate::optim::Adam;
@@ -271,7 +271,7 @@ pub struct Trainer {
     /// Newer checkpoints that [`Trainer::resume`] passed over because they do not load.
     skipped_checkpoints: Vec<SkippedCheckpoint>,
     /// The data-parallel run this process is a rank of; `None` alone.
-    dist: Option<data_parallel::SharedDist>,
+    dist: Option<Distributed>,
     /// The trainable parameters in the order the network made them: the gradients the ranks
     /// average.
     params: Vec<Tensor>,
@@ -346,8 +346,7 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
-        let dist = dist.map(data_parallel::SharedDist::new);
-        if dist.as_deref().is_none_or(Distributed::is_main) {
+        if dist.as_ref().is_none_or(Distributed::is_main) {
             run.ensure_fresh()?;
         }
         let trainer = Self::build(run, config, dataset.into(), device, dist)?;
@@ -388,7 +387,6 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<(Self, Vec<PathBuf>), TrainError> {
-        let dist = dist.map(data_parallel::SharedDist::new);
         let trainer = Self::build(run, config, dataset.into(), device, dist)?;
         let mut deleted = Vec::new();
         if trainer.is_writer() {
@@ -406,10 +404,10 @@ impl Trainer {
         config: TrainConfig,
         dataset: Arc<Dataset>,
         device: Device,
-        dist: Option<data_parallel::SharedDist>,
+        dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
         assert!(
-            !dist.as_deref().is_none_or(Distributed::is_main) || run.is_locked(),
+            !dist.as_ref().is_none_or(Distributed::is_main) || run.is_locked(),
             "the trainer that writes the run (rank 0) must hold the run directory's lock"
         );
         config.validate()?;
@@ -609,7 +607,7 @@ impl Trainer {
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
-        let mut dist = dist.map(data_parallel::SharedDist::new);
+        let mut dist = dist;
         let dataset = dataset.into();
         let root = run.path().join(checkpoint::CHECKPOINTS_DIR);
         let candidates: Vec<PathBuf> = match from {
@@ -843,16 +841,13 @@ impl Trainer {
     /// [`TrainError::NonFinite`] at a read that finds `max_nonfinite_in_a_row` skipped steps in
     /// a row since the previous one.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
-        self.step_with(batch, None)
+        self.step_with(batch)
     }
 
-    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` when one is given
-    /// (data-parallel runs average them after backward otherwise).
-    fn step_with(
-        &mut self,
-        batch: &Batch,
-        reducer: Option<&mut Reducer<'_>>,
-    ) -> Result<StepOutcome, TrainError> {
+    /// [`Trainer::train_step`], with the gradients averaged by DDP's `Reducer` while
+    /// [`Trainer::run`] has the rank group hold one (data-parallel runs average them after
+    /// backward otherwise).
+    fn step_with(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         self.gen
             .set_seed(step_seed(self.config.seed, self.step) as u64);
         if self.config.model.uses_dropout() {
@@ -889,10 +884,10 @@ impl Trainer {
                 self.graphed = Some(graphed);
                 outcome?
             }
-            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?),
+            None => StepOutcome::from(self.device_step_with(&x_0, labels.as_ref())?),
         };
         #[cfg(not(feature = "cuda"))]
-        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref(), reducer)?);
+        let outcome = StepOutcome::from(self.device_step_with(&x_0, labels.as_ref())?);
         self.step += 1;
         if self.reads_after_this_step() {
             self.read_stats()?;
@@ -906,18 +901,18 @@ impl Trainer {
     /// a CUDA graph can capture it.
     #[cfg(feature = "cuda")]
     fn device_step(&mut self, x_0: &Tensor, labels: Option<&Tensor>) -> StepTensors {
-        self.device_step_with(x_0, labels, None)
+        self.device_step_with(x_0, labels)
             .expect("a single-process step runs no collective")
     }
 
     /// [`Trainer::device_step`] with the data-parallel hooks: the rank's slice of the global
-    /// draws, rank 0's BatchNorm buffers, the gradient average (by `reducer` during backward, or
-    /// after it) and the loss all-reduce that carries the stop votes. Alone, each hook is a no-op.
+    /// draws, rank 0's BatchNorm buffers, the gradient average (by the rank group's Reducer
+    /// during backward, or after it) and the loss all-reduce that carries the stop votes. Alone,
+    /// each hook is a no-op.
     fn device_step_with(
         &mut self,
         x_0: &Tensor,
         labels: Option<&Tensor>,
-        mut reducer: Option<&mut Reducer<'_>>,
     ) -> Result<StepTensors, TrainError> {
         let (t, noise, labels) = self.draw_step(x_0, labels)?;
         self.optim.zero_grad();
@@ -927,7 +922,7 @@ impl Trainer {
                 backup.copy_(live);
             }
         });
-        self.before_forward(reducer.as_deref_mut())?;
+        self.before_forward()?;
         let loss = training_loss_cond(
             self.model.as_ref(),
             &self.sched,
@@ -938,9 +933,9 @@ impl Trainer {
             labels.as_ref(),
             self.autocast(),
         );
-        self.before_backward(reducer.as_deref_mut(), &loss)?;
+        self.before_backward(&loss)?;
         loss.backward();
-        self.average_gradients(reducer.is_some())?;
+        self.average_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
         let loss = self.global_loss(&loss)?;
@@ -1136,27 +1131,27 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<RunEnd, TrainError> {
+        self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop))
+    }
+
+    /// [`Trainer::run`], with the gradient averaging of a data-parallel run set up.
+    fn run_steps(
+        &mut self,
+        hooks: &mut dyn TrainHooks,
+        stop: &AtomicBool,
+    ) -> Result<RunEnd, TrainError> {
         let total = self.total_steps();
         let per_epoch = self.loader.batches_per_epoch();
         self.check_scorer()?;
         hooks.on_start(total, self.step, per_epoch);
         let mut window = (0u64, Instant::now()); // images, since
-                                                 // A handle of its own on the process group, which the Reducer borrows while the loop
-                                                 // calls `&mut self` methods.
-        let dist = self.dist.as_ref().map(data_parallel::SharedDist::share);
-        let mut reducer = match &dist {
-            Some(d) if self.config.distributed.grad_sync == GradSync::Overlap => Some(
-                Reducer::new(d.group(), &self.params, ReducerOptions::default())
-                    .map_err(|e| d.error("setting up DDP's gradient Reducer", &e))?,
-            ),
-            _ => None,
-        };
         self.stop_agreed = false;
         // Alone, a stop request is acted on before the next step; in a data-parallel run, once
         // the step's all-reduce has told every rank about it.
-        let stop_now = |trainer: &Self| match &dist {
-            None => stop.load(Ordering::SeqCst),
-            Some(_) => trainer.stop_agreed,
+        let distributed = self.dist.is_some();
+        let stop_now = |trainer: &Self| match distributed {
+            false => stop.load(Ordering::SeqCst),
+            true => trainer.stop_agreed,
         };
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
@@ -1172,7 +1167,7 @@ impl Trainer {
                     return Ok(RunEnd::Interrupted);
                 }
                 self.stop_local = stop.load(Ordering::SeqCst);
-                let outcome = self.step_with(&batch, reducer.as_mut())?;
+                let outcome = self.step_with(&batch)?;
                 hooks.on_step(self.step, epoch, &outcome);
                 window.0 += (batch.shape[0] * self.world_size()) as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {

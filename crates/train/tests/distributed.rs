@@ -11,14 +11,14 @@ use data::{Dataset, DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, Precision, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
 use tch::{Device, Kind, Tensor};
+use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use train::checkpoint::{self, named_tensors};
 use train::config::TrainConfig;
-use train::distributed::LaunchEnv;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;
 use train::trainer::{MetricsRecord, NoHooks};
-use train::{DistConfig, Distributed, GradSync, RunDir, Trainer};
+use train::{DistConfig, RunDir, Trainer};
 
 const RANK_VAR: &str = "DDPM_TEST_RANK";
 const PORTS_VAR: &str = "DDPM_TEST_PORTS";

@@ -503,7 +503,7 @@ fn sample_checkpoint(
     args: &FidArgs,
     path: &Path,
     device: tch::Device,
-    dist: Option<&train::Distributed>,
+    dist: Option<&torch_ext::Distributed>,
 ) -> Result<Option<(Images, serde_json::Value, Option<SampledClasses>)>> {
     let n = args.n.unwrap_or(10_000);
     if n < 2 {
@@ -558,7 +558,7 @@ fn sample_checkpoint(
         seed: args.seed,
         n_chains: 0,
     };
-    let main = dist.is_none_or(train::Distributed::is_main);
+    let main = dist.is_none_or(torch_ext::Distributed::is_main);
     let bar = if main {
         progress_bar(n as u64, "samples")
     } else {
@@ -604,7 +604,7 @@ fn sample_checkpoint(
         "step": pipe.spec.step,
         "sampler": serde_json::to_value(&sampler).expect("serialisable"),
         "seed": args.seed,
-        "ranks": dist.map_or(1, train::Distributed::world_size),
+        "ranks": dist.map_or(1, torch_ext::Distributed::world_size),
     });
     if let Some(classes) = &classes {
         meta["classes"] = json!(classes.num_classes);

@@ -13,8 +13,7 @@ use sample::{
     batch_seed, BatchPlan, Pipeline, SampleOptions, SampleOutput, SampledBatch, SamplerConfig,
 };
 use tch::{Kind, Tensor};
-use train::distributed::LaunchEnv;
-use train::Distributed;
+use torch_ext::dist::{Distributed, LaunchEnv};
 
 use crate::device::DeviceSpec;
 
@@ -121,12 +120,11 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
             Some(batch) => batch.output.images.shallow_clone(),
             None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
         }];
-        dist.group().broadcast(&mut images, from).map_err(|e| {
-            dist.error(
-                format!("gathering batch {b} of the samples from rank {from}"),
-                &e,
-            )
-        })?;
+        dist.broadcast_from(
+            &mut images,
+            from,
+            &format!("gathering batch {b} of the samples from rank {from}"),
+        )?;
         if rank == 0 {
             gathered.push(mine.unwrap_or_else(|| SampledBatch {
                 batch_idx: b,

@@ -14,11 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::DeviceSpec;
 use data::DatasetSpec;
+use torch_ext::dist::{Distributed, LaunchEnv};
 use train::config::parse_set;
-use train::distributed::LaunchEnv;
 use train::trainer::{MetricsRecord, NoHooks, StepOutcome, TrainHooks};
 use train::EvalRecord;
-use train::{Distributed, Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
+use train::{Preset, RunDir, RunEnd, TrainConfig, TrainError, Trainer};
 
 /// Arguments of `ddpm train`.
 #[derive(Debug, clap::Args)]
@@ -740,11 +740,11 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         }
     }
     let dist = match env {
-        Some(env) => Some(Distributed::connect(
-            env,
-            device,
-            config.distributed.timeout(),
-        )?),
+        // As a TrainError, which names the rank (see `run`).
+        Some(env) => Some(
+            Distributed::connect(env, device, config.distributed.timeout())
+                .map_err(TrainError::from)?,
+        ),
         None => None,
     };
     let world_size = dist.as_ref().map_or(1, Distributed::world_size);

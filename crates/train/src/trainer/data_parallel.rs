@@ -3,16 +3,13 @@
 //! gradient average and loss all-reduce, and the checkpoint barrier. Without a
 //! [`Distributed`] context every method here is the single-process behaviour or a no-op.
 
-use std::ops::Deref;
 use std::path::PathBuf;
-use std::rc::Rc;
 
 use tch::{Device, Kind, Tensor};
-use torch_ext::Reducer;
+use torch_ext::dist::{Distributed, GradSync};
 
 use super::{step_seed, Trainer};
 use crate::checkpoint;
-use crate::distributed::Distributed;
 use crate::TrainError;
 
 /// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
@@ -20,50 +17,20 @@ fn rank_stream(rank: usize) -> u64 {
     (rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
-/// The trainer's [`Distributed`], shared with a local of [`Trainer::run`] that lends its
-/// process group to DDP's `Reducer` while the loop calls `&mut self` methods.
-pub(super) struct SharedDist(Rc<Distributed>);
-
-// SAFETY: `Distributed` is `Send`; only the reference count of the `Rc` could be touched from two
-// threads. Every other reference (`share`) lives in a local of a `Trainer` method and is dropped
-// before it returns (an `Rc` is not `Send`, so it cannot leave the thread), and `SharedDist` is
-// neither `Clone` nor handed out. So whenever a trainer can move to another thread, its
-// `SharedDist` holds the only reference.
-unsafe impl Send for SharedDist {}
-
-impl SharedDist {
-    pub(super) fn new(dist: Distributed) -> Self {
-        Self(Rc::new(dist))
-    }
-
-    /// Another reference, for a local of a method that must not outlive it.
-    pub(super) fn share(&self) -> Rc<Distributed> {
-        Rc::clone(&self.0)
-    }
-}
-
-impl Deref for SharedDist {
-    type Target = Distributed;
-
-    fn deref(&self) -> &Distributed {
-        &self.0
-    }
-}
-
 impl Trainer {
     /// Whether this process writes the run's files: alone, or rank 0.
     pub(super) fn is_writer(&self) -> bool {
-        self.dist.as_deref().is_none_or(Distributed::is_main)
+        self.dist.as_ref().is_none_or(Distributed::is_main)
     }
 
     /// The number of data-parallel ranks (1 alone).
     pub fn world_size(&self) -> usize {
-        self.dist.as_deref().map_or(1, Distributed::world_size)
+        self.dist.as_ref().map_or(1, Distributed::world_size)
     }
 
     /// The data-parallel run this trainer is a rank of; `None` alone.
     pub fn distributed(&self) -> Option<&Distributed> {
-        self.dist.as_deref()
+        self.dist.as_ref()
     }
 
     /// The world size of the run up to the checkpoint this one resumed from; `None` for a fresh
@@ -80,7 +47,7 @@ impl Trainer {
     /// Makes every rank start from rank 0's state: checks that the ranks resumed at the same
     /// step, then broadcasts rank 0's weights, buffers and EMA weights.
     pub(super) fn sync_start(&self) -> Result<(), TrainError> {
-        let Some(dist) = self.dist.as_deref() else {
+        let Some(dist) = self.dist.as_ref() else {
             return Ok(());
         };
         let counters = [self.step, self.skipped_steps, self.ema.updates()].map(|v| v as i64);
@@ -103,10 +70,10 @@ impl Trainer {
             .chain(checkpoint::named_tensors(&self.ema_vs))
             .map(|(_, t)| t)
             .collect();
-        dist.broadcast(
+        Ok(dist.broadcast(
             &mut tensors,
             "the broadcast of rank 0's weights at the start",
-        )
+        )?)
     }
 
     /// The step's timesteps and noise for the images `x_0`, drawn after the step's reseed.
@@ -119,7 +86,7 @@ impl Trainer {
         n_train: i64,
     ) -> Result<(Tensor, Tensor), TrainError> {
         let on_device = "the run's generator is on its device";
-        let Some(dist) = self.dist.as_deref() else {
+        let Some(dist) = self.dist.as_ref() else {
             let t = self
                 .gen
                 .randint(0, n_train, &[x_0.size()[0]], self.device)
@@ -167,7 +134,7 @@ impl Trainer {
             .num_classes()
             .expect("labels only for a class-conditional run");
         let local = labels.size()[0];
-        let (global, start) = match self.dist.as_deref() {
+        let (global, start) = match self.dist.as_ref() {
             None => (local, 0),
             Some(dist) => (self.config.batch_size as i64, dist.rank() as i64 * local),
         };
@@ -194,64 +161,69 @@ impl Trainer {
             .iter()
             .map(|(l, _)| l.shallow_clone())
             .collect();
-        dist.broadcast(
+        Ok(dist.broadcast(
             &mut live,
             &self.at_step("the broadcast of rank 0's buffers"),
-        )
+        )?)
+    }
+
+    /// Runs `body` with the gradients averaged as `distributed.grad_sync` says: with
+    /// [`GradSync::Overlap`] the rank group owns DDP's Reducer over the parameters for the
+    /// length of `body`, and drops it afterwards, on every exit path, so that a bare
+    /// [`Trainer::train_step`] averages after `backward()` again. Alone, just `body`.
+    pub(super) fn with_grad_sync<T>(
+        &mut self,
+        body: impl FnOnce(&mut Self) -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
+        let mode = self.config.distributed.grad_sync;
+        let Some(dist) = self.dist.as_mut().filter(|_| mode == GradSync::Overlap) else {
+            return body(self);
+        };
+        dist.start_grad_sync(mode, &self.params, "setting up DDP's gradient Reducer")?;
+        let result = body(self);
+        if let Some(dist) = self.dist.as_mut() {
+            dist.end_grad_sync();
+        }
+        result
     }
 
     /// Before the forward pass: the Reducer's bookkeeping (and, after its first step, its one
-    /// bucket rebuild, a collective).
-    pub(super) fn before_forward(
-        &self,
-        reducer: Option<&mut Reducer<'_>>,
-    ) -> Result<(), TrainError> {
-        match (reducer, &self.dist) {
-            (Some(reducer), Some(dist)) => reducer
-                .prepare_for_forward()
-                .map(|_| ())
-                .map_err(|e| dist.error(self.at_step("the Reducer's bucket rebuild"), &e)),
-            _ => Ok(()),
+    /// bucket rebuild, a collective); nothing without a Reducer.
+    pub(super) fn before_forward(&mut self) -> Result<(), TrainError> {
+        let op = self.at_step("the Reducer's bucket rebuild");
+        match self.dist.as_mut() {
+            Some(dist) => Ok(dist.before_forward(&op)?),
+            None => Ok(()),
         }
     }
 
-    /// Before `backward()`: arms the Reducer's autograd hooks on the loss.
-    pub(super) fn before_backward(
-        &self,
-        reducer: Option<&mut Reducer<'_>>,
-        loss: &Tensor,
-    ) -> Result<(), TrainError> {
-        match (reducer, &self.dist) {
-            (Some(reducer), Some(dist)) => reducer
-                .prepare_for_backward(&[loss])
-                .map_err(|e| dist.error(self.at_step("the Reducer's backward setup"), &e)),
-            _ => Ok(()),
+    /// Before `backward()`: arms the Reducer's autograd hooks on the loss; nothing without a
+    /// Reducer.
+    pub(super) fn before_backward(&mut self, loss: &Tensor) -> Result<(), TrainError> {
+        let op = self.at_step("the Reducer's backward setup");
+        match self.dist.as_mut() {
+            Some(dist) => Ok(dist.before_backward(loss, &op)?),
+            None => Ok(()),
         }
     }
 
     /// After `backward()`: every gradient becomes its mean over the ranks, unless the Reducer
-    /// already made it so during backward (`overlapped`).
-    pub(super) fn average_gradients(&self, overlapped: bool) -> Result<(), TrainError> {
-        let Some(dist) = &self.dist else {
-            return Ok(());
-        };
-        if overlapped {
-            return Ok(());
+    /// already made it so during backward.
+    pub(super) fn average_gradients(&self) -> Result<(), TrainError> {
+        match &self.dist {
+            Some(dist) => Ok(dist.average_gradients(
+                &self.params,
+                &self.at_step("the all-reduce of the gradients"),
+            )?),
+            None => Ok(()),
         }
-        let mut grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
-        dist.average(&mut grads, &self.at_step("the all-reduce of the gradients"))
     }
 
     /// The step's loss as the NaN guard and the metrics see it: alone, the loss; data-parallel,
     /// its mean over the ranks, from one small all-reduce that also carries this rank's stop
     /// request (so that every rank takes the same skip decision and stops after the same step).
     pub(super) fn global_loss(&mut self, loss: &Tensor) -> Result<Tensor, TrainError> {
-        let Some(dist) = self.dist.as_deref() else {
+        let Some(dist) = self.dist.as_ref() else {
             return Ok(loss.detach());
         };
         let stop = Tensor::from(f32::from(u8::from(self.stop_local))).to_device(self.device);
@@ -277,7 +249,7 @@ impl Trainer {
     /// Every rank waits here while rank 0 writes a checkpoint.
     pub(super) fn checkpoint_barrier(&self) -> Result<(), TrainError> {
         match &self.dist {
-            Some(dist) => dist.barrier(&self.at_step("the barrier after rank 0's checkpoint")),
+            Some(dist) => Ok(dist.barrier(&self.at_step("the barrier after rank 0's checkpoint"))?),
             None => Ok(()),
         }
     }

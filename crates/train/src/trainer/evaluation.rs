@@ -154,8 +154,8 @@ impl Trainer {
     }
 
     fn evaluation_barrier(&self) -> Result<(), TrainError> {
-        match self.dist.as_deref() {
-            Some(dist) => dist.barrier(&self.at_step("the barrier after rank 0's evaluation")),
+        match self.dist.as_ref() {
+            Some(dist) => Ok(dist.barrier(&self.at_step("the barrier after rank 0's evaluation"))?),
             None => Ok(()),
         }
     }
