@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::device::DeviceSpec;
-use data::npz::{read_npz, write_npz, NpyArray, NpyData};
+use data::images::{read_image_dir, read_npz, write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
 use eval::{
     self as fid, Features, FidError, Images, InceptionExtractor, Kid, KidConfig, Resize, Statistics,
@@ -252,94 +252,6 @@ struct SampledClasses {
     names: Vec<String>,
 }
 
-/// Reads every image file under a folder, searched recursively as the training reader does (so
-/// class sub-folders work), sorted by path, as RGB, or as one channel when all are grayscale.
-fn read_image_dir(dir: &Path) -> Result<Images> {
-    let mut paths = Vec::new();
-    collect_images(dir, &mut paths)?;
-    if paths.is_empty() {
-        bail!(
-            "{}: no image files (.png, .jpg, .jpeg, .bmp, .gif) in it or its sub-folders",
-            dir.display()
-        );
-    }
-    paths.sort();
-    let mut decoded = Vec::with_capacity(paths.len());
-    for path in &paths {
-        let img = image::open(path).with_context(|| format!("cannot decode {}", path.display()))?;
-        decoded.push(img);
-    }
-    let gray = decoded
-        .iter()
-        .all(|img| matches!(img.color(), image::ColorType::L8 | image::ColorType::L16));
-    let channels = if gray { 1 } else { 3 };
-    let mut pixels = Vec::new();
-    let mut size: Option<(u32, u32, &Path)> = None;
-    for (img, path) in decoded.iter().zip(&paths) {
-        let (w, h) = (img.width(), img.height());
-        match size {
-            None => size = Some((w, h, path)),
-            Some((w0, h0, first)) if (w0, h0) != (w, h) => {
-                return Err(FidError::MixedSizes {
-                    what: dir.display().to_string(),
-                    message: format!(
-                        "{} is {w}×{h} but {} is {w0}×{h0}: images of one set must share a size",
-                        path.display(),
-                        first.display()
-                    ),
-                }
-                .into())
-            }
-            Some(_) => {}
-        }
-        let (w, h) = (w as usize, h as usize);
-        let buf = if gray {
-            img.to_luma8().into_raw()
-        } else {
-            img.to_rgb8().into_raw()
-        };
-        // HWC → CHW.
-        let start = pixels.len();
-        pixels.resize(start + buf.len(), 0);
-        for (px_idx, px) in buf.chunks_exact(channels).enumerate() {
-            for (ch, &v) in px.iter().enumerate() {
-                pixels[start + ch * h * w + px_idx] = v;
-            }
-        }
-    }
-    let (w, h) = size
-        .map(|(w, h, _)| (w as usize, h as usize))
-        .unwrap_or((0, 0));
-    Ok(Images::new(pixels, [paths.len(), channels, h, w])?)
-}
-
-/// Image files under `dir`, recursively; links to folders are not followed.
-fn collect_images(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read the folder {}", dir.display()))?;
-        let path = entry.path();
-        let is_dir = entry
-            .file_type()
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .is_dir();
-        if is_dir {
-            collect_images(&path, paths)?;
-            continue;
-        }
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if ["png", "jpg", "jpeg", "bmp", "gif"].contains(&ext.as_str()) {
-            paths.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// What an `.npz` or folder holds.
 enum Source {
     Images(Images),
@@ -375,7 +287,7 @@ fn read_features(path: &Path) -> Result<Features> {
 /// features from an `.npz` with `features` (which wins over its `mu` and `sigma`).
 fn read_source(path: &Path, allow_stats: bool) -> Result<Source> {
     if path.is_dir() {
-        return Ok(Source::Images(read_image_dir(path)?));
+        return Ok(Source::Images(Images::from_set(read_image_dir(path)?)?));
     }
     if !path.exists() {
         bail!("{} does not exist", path.display());
@@ -596,7 +508,7 @@ fn sample_checkpoint(
         started.elapsed().as_secs_f64()
     );
     if let Some(out) = &args.save_samples {
-        write_samples_npz(&images, out)?;
+        images.write_npz(out)?;
         eprintln!("samples written to {}", out.display());
     }
     let mut meta = json!({
@@ -612,26 +524,6 @@ fn sample_checkpoint(
         meta["guidance"] = json!(guidance);
     }
     Ok(Some((images, meta, classes)))
-}
-
-/// Writes images as uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`.
-fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
-    let [n, c, h, w] = images.shape();
-    let mut nhwc = vec![0u8; n * c * h * w];
-    for (src, dst) in images
-        .pixels()
-        .chunks_exact(c * h * w)
-        .zip(nhwc.chunks_exact_mut(c * h * w))
-    {
-        for ch in 0..c {
-            for px in 0..h * w {
-                dst[px * c + ch] = src[ch * h * w + px];
-            }
-        }
-    }
-    let array = NpyArray::new(vec![n, h, w, c], NpyData::U8(nhwc))?;
-    write_npz(path, &[("arr_0", &array)])
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn run_fid(args: FidArgs) -> Result<()> {
