@@ -82,7 +82,7 @@ impl UNetConfig {
     /// (`channels` 16, `ch_mult` (1, 2, 4)), one resnet per down level, self-attention at 7×7,
     /// 8 GroupNorm groups and no dropout: 686,769 parameters. On two CPU cores it trains at about
     /// 320 images/s (a third of the notebook's SimpleUnet at the same widths) and learns much
-    /// more per image: see `docs/runs/fashion-mnist-preset-ablation/`.
+    /// more per image: see `docs/results/runs/fashion-mnist-preset-ablation/`.
     pub fn fashion_mnist() -> Self {
         Self {
             in_channels: 1,
