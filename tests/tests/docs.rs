@@ -174,3 +174,45 @@ fn headings_become_githubs_anchors() {
         ["docs/a.md#x", "b.md"]
     );
 }
+
+/// The repository paths the docs name in code spans (`crates/…`, `docs/…`, `scripts/…`,
+/// `tests/…`, `xtask/…`), without placeholders such as `<date>` or `*`.
+fn named_paths(text: &str) -> Vec<&str> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| {
+            ["crates/", "docs/", "scripts/", "tests/", "xtask/"]
+                .iter()
+                .any(|dir| span.starts_with(dir))
+                && span
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+        })
+        .collect()
+}
+
+#[test]
+fn the_files_the_docs_name_exist() {
+    let mut files = markdown_files();
+    files.retain(|f| !f.starts_with("docs/results/"));
+    files.push("ARCHITECTURE.md".to_string());
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        for path in named_paths(&text) {
+            if !root().join(path).exists() {
+                missing.push(format!("{file}: `{path}`"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name files that do not exist:\n{}",
+        missing.join("\n")
+    );
+    assert_eq!(
+        named_paths("`crates/cli/src/main.rs`, `docs/results/<date>.md`, `tests/`, `ddpm`"),
+        ["crates/cli/src/main.rs", "tests/"]
+    );
+}
