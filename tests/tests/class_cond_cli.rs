@@ -73,7 +73,7 @@ fn a_class_conditional_run_samples_one_labelled_row_per_class_with_guidance() {
         .flat_map(|y| (0..label_w).map(move |x| (x, y)))
         .any(|(x, y)| img.get_pixel(x, y).0[0] < 100);
     assert!(dark_in_first_row, "no label beside the first row");
-    let images = data::npz::read_npz(&npz).unwrap();
+    let images = data::images::read_npz(&npz).unwrap();
     assert_eq!(images[0].1.shape, [20, 28, 28, 3]);
 
     // The same request across two ranks writes the same images.

@@ -460,13 +460,14 @@ fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
     );
     // Statistics of 3-dimensional features against the stand-in network's 32.
     let stats = dir.path().join("stats3.npz");
-    let mu = data::npz::NpyArray::new(vec![3], data::npz::NpyData::F64(vec![0.0; 3])).unwrap();
+    let mu =
+        data::images::NpyArray::new(vec![3], data::images::NpyData::F64(vec![0.0; 3])).unwrap();
     let mut eye = vec![0.0; 9];
     for i in 0..3 {
         eye[i * 4] = 1.0;
     }
-    let sigma = data::npz::NpyArray::new(vec![3, 3], data::npz::NpyData::F64(eye)).unwrap();
-    data::npz::write_npz(&stats, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
+    let sigma = data::images::NpyArray::new(vec![3, 3], data::images::NpyData::F64(eye)).unwrap();
+    data::images::write_npz(&stats, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
     let out = eval(
         "fid",
         &["--samples", path_arg(&samples), "--ref", path_arg(&stats)],
@@ -517,11 +518,11 @@ fn eval_stats_of_real_cifar_matches_python_torch() {
         "cpu",
     ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let arrays = data::npz::read_npz(&out_npz).unwrap();
+    let arrays = data::images::read_npz(&out_npz).unwrap();
     let get = |name: &str| -> (Vec<usize>, Vec<f64>) {
         let (_, a) = arrays.iter().find(|(n, _)| n == name).unwrap();
         match &a.data {
-            data::npz::NpyData::F64(v) => (a.shape.clone(), v.clone()),
+            data::images::NpyData::F64(v) => (a.shape.clone(), v.clone()),
             _ => panic!("`{name}` is not float64"),
         }
     };

@@ -210,3 +210,93 @@ fn the_architecture_dependency_table_matches_the_manifests() {
         "ARCHITECTURE.md's dependency table (left) differs from the manifests (right)"
     );
 }
+
+/// `cargo tree --prefix none` with `args`: one `name vX.Y.Z (path) [features]` line per crate.
+fn tree_lines(args: &[&str]) -> Vec<String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(root())
+        .args(["tree", "--offline", "--prefix", "none"])
+        .args(args)
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The features of torch-ext that `packages` built together (as `cargo build -p a -p b` does)
+/// turn on, from `cargo tree -f "{p} [{f}]"`.
+fn torch_ext_features(packages: &[&str]) -> Vec<String> {
+    let mut args = vec!["-e", "normal", "-f", "{p} [{f}]"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    let lines = tree_lines(&args);
+    let line = lines
+        .iter()
+        .find(|line| line.starts_with("torch-ext v"))
+        .unwrap_or_else(|| panic!("{packages:?} do not depend on torch-ext:\n{lines:#?}"));
+    let features = &line[line.rfind('[').unwrap() + 1..line.rfind(']').unwrap()];
+    features
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn model_sample_and_eval_build_without_c10d_and_gloo() {
+    // torch-ext compiles c10d (csrc/dist.cpp) and looks for the Gloo headers only with its
+    // `dist` feature; CI builds these three with `DDPM_GLOO_INCLUDE=` (no Gloo headers).
+    let features = torch_ext_features(&["model", "sample", "eval"]);
+    assert!(
+        !features.iter().any(|f| f == "dist" || f == "nccl"),
+        "model, sample and eval turn on torch-ext's {features:?}"
+    );
+    // The crates that run ranks turn it on.
+    for package in ["train", "cli"] {
+        let features = torch_ext_features(&[package]);
+        assert!(
+            features.iter().any(|f| f == "dist"),
+            "{package} builds torch-ext without `dist`: {features:?}"
+        );
+    }
+    // And sampling across ranks needs no training code.
+    assert!(!has_crate(&tree("sample"), "train"));
+}
+
+/// The workspace crates (path dependencies) among `cargo tree` lines.
+fn ours(lines: &[String]) -> std::collections::BTreeSet<String> {
+    let root = root().display().to_string();
+    lines
+        .iter()
+        .filter(|line| line.contains(&format!("({root}")))
+        .map(|line| line.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn torch_ext_and_build_support_sit_at_the_bottom() {
+    // torch-ext builds on tch alone (and build-support, in its build script), with every
+    // feature: no crate of ours sits below it.
+    let torch_ext = tree_lines(&["-e", "normal,build", "-p", "torch-ext", "--all-features"]);
+    assert_eq!(
+        ours(&torch_ext),
+        ["build-support", "torch-ext"].map(String::from).into(),
+        "{torch_ext:#?}"
+    );
+    // build-support depends on no crate of ours, not even for its tests.
+    let build_support = tree_lines(&["-e", "all", "-p", "build-support"]);
+    assert_eq!(
+        ours(&build_support),
+        ["build-support".to_string()].into(),
+        "{build_support:#?}"
+    );
+}

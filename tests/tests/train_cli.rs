@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    complete_checkpoints, ddpm, kill, metric_lines, run, sample_cpu, spawn, stderr_of,
+    complete_checkpoints, ddpm, kill, metric_lines, path_arg, run, sample_cpu, spawn, stderr_of,
     synthetic_cifar, tiny_model, tiny_train_args, wait_exit, wait_for,
 };
 
@@ -22,6 +22,23 @@ fn args_with(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["--threads", "1", "--set", "checkpoint_every=2"];
     args.extend_from_slice(extra);
     tiny_train_args(data, run_dir, &args)
+}
+
+/// `ddpm sample` of a 2-image DDIM-2 grid from the run's newest complete checkpoint, which
+/// must succeed.
+fn sample_a_grid(run_dir: &Path, grid: &Path) {
+    let args = [
+        "--threads",
+        "1",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "-n",
+        "2",
+    ];
+    let sampled = sample_cpu(run_dir, &[&args[..], &["--grid", path_arg(grid)]].concat());
+    assert!(sampled.status.success(), "{}", stderr_of(&sampled));
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -308,22 +325,7 @@ fn a_second_trainer_on_one_run_dir_fails_fast_and_leaves_the_first_alone() {
     }
     // Readers take no lock: sampling a locked run reads its newest complete checkpoint.
     let grid = dir.path().join("grid.png");
-    let sampled = sample_cpu(
-        &run_dir,
-        &[
-            "--threads",
-            "1",
-            "--sampler",
-            "ddim",
-            "--steps",
-            "2",
-            "-n",
-            "2",
-            "--grid",
-            grid.to_str().unwrap(),
-        ],
-    );
-    assert!(sampled.status.success(), "{}", stderr_of(&sampled));
+    sample_a_grid(&run_dir, &grid);
     assert!(grid.is_file());
     signal(&first, "-INT");
     let status = wait_exit(&mut first, Duration::from_secs(60), "SIGINT");
@@ -713,22 +715,7 @@ fn a_full_disk_is_reported_readably_and_the_previous_checkpoint_survives() {
     let named = format!("(step {}) is intact", state_step(&run_dir, &newest));
     assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
     let grid = dir.path().join("grid.png");
-    let sampled = sample_cpu(
-        &run_dir,
-        &[
-            "--threads",
-            "1",
-            "--sampler",
-            "ddim",
-            "--steps",
-            "2",
-            "-n",
-            "2",
-            "--grid",
-            grid.to_str().unwrap(),
-        ],
-    );
-    assert!(sampled.status.success(), "{}", stderr_of(&sampled));
+    sample_a_grid(&run_dir, &grid);
 }
 
 /// `nohup ddpm train …` asked to survive the terminal's hangup: SIGHUP stays ignored there.

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: every benchmark in one command, with PyTorch eager beside ours.
 //!
-//! 1. The criterion benches (`data` pipeline, `model` U-Nets, `train` step, `sample` steps): full
+//! 1. The criterion benches (`data` pipeline, `train` U-Nets and step, `sample` steps): full
 //!    runs in the release profile, whose estimates go into the report; with `--quick`, each bench
 //!    runs once in the dev profile (`cargo test --benches`), a smoke test.
 //! 2. Side by side, step by step: the Rust server (`crates/train/examples/bench_serve.rs`) and the
@@ -435,7 +435,7 @@ impl Bench<'_> {
             eprintln!("== criterion benches");
             cmd.args(["bench", "--benches"]);
         }
-        cmd.args(["-p", "data", "-p", "model", "-p", "sample", "-p", "train"])
+        cmd.args(["-p", "data", "-p", "sample", "-p", "train"])
             .env("DDPM_BENCH_THREADS", self.threads.to_string())
             .env("DDPM_BENCH_DEVICE", &self.args.device);
         run_checked(&mut cmd)?;

@@ -14,7 +14,10 @@
 //! - `.deps/gloo/usr/include`: Gloo's headers (libtorch has Gloo linked in, without headers),
 //!   from Debian's `libgloo-dev` (`apt-get download` + `dpkg -x`: no root needed; as root,
 //!   an empty package list is refreshed with `apt-get update` first). `DDPM_GLOO_INCLUDE`
-//!   replaces them. Required: torch-ext does not build without them.
+//!   replaces them. Only torch-ext's `dist` feature (c10d), which `train` and `cli` turn on,
+//!   needs them; `model`, `sample` and `eval` build without. `DDPM_GLOO_INCLUDE=` (empty) says
+//!   that there are none: torch-ext's build script then skips `.deps/gloo`, and a build that
+//!   needs c10d fails at once (CI builds the Gloo-free crates this way).
 //! - `.deps/cuda-headers`: the CUDA `crt/` and `nv/target` headers that torch's wheel does not
 //!   pull in (`pip install --target` of `nvidia-cuda-crt`, `nvidia-cuda-cccl`). Only torch-ext's
 //!   `nccl` and `cuda` features need them, so a failure here is a warning.
@@ -206,9 +209,16 @@ pub fn gloo_include_dir(root: &Path) -> PathBuf {
     root.join(".deps/gloo/usr/include")
 }
 
-/// Fetches Debian's libgloo-dev into `.deps/gloo` unless `DDPM_GLOO_INCLUDE` points at headers
-/// or they are there already.
+/// Fetches Debian's libgloo-dev into `.deps/gloo` unless `DDPM_GLOO_INCLUDE` points at headers,
+/// is empty (no Gloo wanted), or they are there already.
 fn gloo_headers(root: &Path) -> Result<()> {
+    if std::env::var_os("DDPM_GLOO_INCLUDE").is_some_and(|dir| dir.is_empty()) {
+        eprintln!(
+            "setup: DDPM_GLOO_INCLUDE is empty: no Gloo headers (train and cli, which need c10d, \
+             will not build)"
+        );
+        return Ok(());
+    }
     if let Some(dir) = std::env::var_os("DDPM_GLOO_INCLUDE").map(PathBuf::from) {
         if !dir.join("gloo/config.h").exists() {
             bail!(

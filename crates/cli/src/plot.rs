@@ -196,12 +196,12 @@ fn tick_formatter(span: f64) -> impl Fn(&f64) -> String {
 /// Widest label column of [`label_rows`], in pixels: longer names are shortened with "…".
 const MAX_LABEL_WIDTH: u32 = 160;
 
-/// `grid` (see [`data::grid::make_grid`]) as RGB with a white column on its left holding
+/// `grid` (see [`data::images::make_grid`]) as RGB with a white column on its left holding
 /// `labels[r]` beside row `r` of tiles, vertically centred; `(width, height, RGB pixels)`.
 ///
 /// # Errors
 /// When the text cannot be drawn.
-pub fn label_rows(grid: &data::grid::Grid, labels: &[String]) -> Result<(u32, u32, Vec<u8>)> {
+pub fn label_rows(grid: &data::images::Grid, labels: &[String]) -> Result<(u32, u32, Vec<u8>)> {
     ensure_font();
     let rows_y: Vec<(usize, usize)> = {
         let mut rows: Vec<(usize, usize)> = Vec::new();
@@ -376,12 +376,12 @@ mod tests {
     fn row_labels_sit_left_of_their_rows() {
         // Two rows of two 4x4 white tiles (black padding).
         let images = vec![255u8; 4 * 16];
-        let spec = data::grid::GridSpec {
+        let spec = data::images::GridSpec {
             nrow: 2,
             scale: 4,
             ..Default::default()
         };
-        let grid = data::grid::make_grid(&images, [4, 1, 4, 4], &spec).unwrap();
+        let grid = data::images::make_grid(&images, [4, 1, 4, 4], &spec).unwrap();
         let (w, h, rgb) = label_rows(
             &grid,
             &["cat".into(), "a very long class name indeed".into()],

@@ -107,6 +107,14 @@ pub enum DataError {
         /// What the decoder said.
         reason: String,
     },
+    /// Images of one set that do not share a size; names the folder and two of its files.
+    #[error("{}: {message}", path.display())]
+    MixedSizes {
+        /// The folder.
+        path: PathBuf,
+        /// Which files differ, and how.
+        message: String,
+    },
     /// A file or folder that holds no images at all.
     #[error("{}: {reason}", path.display())]
     Empty {

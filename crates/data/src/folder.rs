@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::images::{list_image_files, map_parallel, read_image, Skipped};
 use crate::resize::resize_bilinear_u8;
 
 /// How an image of another size becomes the configured size.
@@ -67,15 +68,6 @@ impl FolderConfig {
     }
 }
 
-/// A file left out of the dataset, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    /// The file.
-    pub path: PathBuf,
-    /// Why it was left out.
-    pub reason: String,
-}
-
 /// Files under the root that did not become images.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FolderReport {
@@ -115,9 +107,7 @@ pub fn load_folder(root: &Path, config: &FolderConfig) -> Result<(Dataset, Folde
         });
     }
     let mut report = FolderReport::default();
-    let mut files = Vec::new();
-    walk(root, &mut files, &mut report)?;
-    files.sort();
+    let files = list_image_files(root, &mut report.ignored)?;
     let mut class_names: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
     for path in files {
@@ -196,105 +186,18 @@ pub fn load_folder(root: &Path, config: &FolderConfig) -> Result<(Dataset, Folde
     Ok((dataset, report))
 }
 
-/// Collects image files (by extension) under `dir`; lists everything else in the report.
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, report: &mut FolderReport) -> Result<()> {
-    let io_err = |source| DataError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let entry = entry.map_err(io_err)?;
-        let path = entry.path();
-        let file_type = entry.file_type().map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        if file_type.is_dir() {
-            walk(&path, files, report)?;
-        } else if file_type.is_symlink() && path.is_dir() {
-            report.ignored.push(Skipped {
-                path,
-                reason: "symbolic link to a folder, not followed".into(),
-            });
-        } else if is_image_name(&path) {
-            files.push(path);
-        } else {
-            report.ignored.push(Skipped {
-                path,
-                reason: "not an image file name".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Whether the extension names an image format, readable by this build or not (those that are
-/// not become unreadable files, reported, rather than ignored ones).
-fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(image::ImageFormat::from_extension)
-        .is_some()
-}
-
 /// Decodes all candidates, in parallel on the available cores, keeping their order.
 fn decode_all(candidates: &[Candidate], config: &FolderConfig) -> Vec<Result<Vec<u8>, String>> {
-    let n_threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(candidates.len())
-        .max(1);
-    let chunk = candidates.len().div_ceil(n_threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = candidates
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|c| decode_one(&c.path, config))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("an image decoder thread panicked"))
-            .collect()
-    })
+    map_parallel(candidates, |c| decode_one(&c.path, config))
 }
 
 /// Decodes one file to CHW u8 of the configured size and channels.
 fn decode_one(path: &Path, config: &FolderConfig) -> Result<Vec<u8>, String> {
-    let reader = image::ImageReader::open(path).map_err(|err| err.to_string())?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|err| err.to_string())?;
-    let decoded = reader.decode().map_err(|err| err.to_string())?;
-    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
-    let hwc = if config.channels == 1 {
-        decoded.into_luma8().into_raw()
-    } else {
-        decoded.into_rgb8().into_raw()
-    };
-    let chw = hwc_to_chw(&hwc, config.channels);
-    fit_image(
-        &chw,
-        config.channels,
-        [height, width],
-        config.size,
-        config.fit,
-    )
-    .map_err(|err| err.to_string())
-}
-
-/// Interleaved HWC to planar CHW.
-fn hwc_to_chw(hwc: &[u8], channels: usize) -> Vec<u8> {
-    let plane = hwc.len() / channels;
-    let mut chw = vec![0; hwc.len()];
-    for (idx, pixel) in hwc.chunks_exact(channels).enumerate() {
-        for (c, &v) in pixel.iter().enumerate() {
-            chw[c * plane + idx] = v;
-        }
-    }
-    chw
+    let (chw, size) = read_image(path, config.channels).map_err(|err| match err {
+        DataError::Unreadable { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    fit_image(&chw, config.channels, size, config.size, config.fit).map_err(|err| err.to_string())
 }
 
 /// Brings one CHW image of `in_size` to `out_size` by `fit`.

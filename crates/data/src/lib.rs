@@ -8,7 +8,9 @@
 //!   [`denormalize`]).
 //! - [`Loader`]: a seeded per-epoch shuffle, batches made ahead by background threads, the same
 //!   batches for a given (seed, epoch) whatever the number of threads, resumable mid-epoch.
-//! - [`grid`]: image grids for `ddpm data show` and for sample images.
+//! - [`images`]: the one home for image files and `.npz`: u8 image sets and their NCHW/NHWC
+//!   layouts, PNG/JPEG decoding, PNG writing, image grids (`ddpm data show`, sample grids), and
+//!   NumPy `.npz` files (sample sets for FID tools, statistics).
 //!
 //! ```
 //! use data::{Dataset, Loader, LoaderConfig, TransformConfig};
@@ -27,10 +29,9 @@ pub mod cifar;
 mod dataset;
 mod error;
 pub mod folder;
-pub mod grid;
 pub mod idx;
+pub mod images;
 pub mod loader;
-pub mod npz;
 pub mod resize;
 mod spec;
 pub mod transform;

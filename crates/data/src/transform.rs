@@ -35,7 +35,7 @@ pub fn denormalize(x: f32) -> u8 {
 }
 
 /// [`denormalize`] over a whole buffer, for example sampled NCHW images on their way to
-/// [`crate::grid::make_grid`].
+/// [`crate::images::make_grid`].
 ///
 /// # Examples
 ///

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use data::npz::{read_npz, NpyData};
+use data::images::ImageSet;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -13,8 +13,7 @@ use super::{FidError, INCEPTION_INPUT_SIZE};
 /// u8 images in NCHW order, one or three channels, all of one size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Images {
-    pixels: Vec<u8>,
-    shape: [usize; 4],
+    set: ImageSet,
 }
 
 impl Images {
@@ -36,7 +35,9 @@ impl Images {
                 shape[1]
             )));
         }
-        Ok(Self { pixels, shape })
+        Ok(Self {
+            set: ImageSet { pixels, shape },
+        })
     }
 
     /// Images from NHWC pixels (the layout of sample `.npz` files and image decoders).
@@ -44,32 +45,26 @@ impl Images {
     /// # Errors
     /// Those of [`Images::new`].
     pub fn from_nhwc(pixels: &[u8], shape_nhwc: [usize; 4]) -> Result<Self, FidError> {
-        let [n, h, w, c] = shape_nhwc;
-        if pixels.len() != n * h * w * c {
-            return Err(FidError::Invalid(format!(
-                "{} pixels do not fill the NHWC shape {shape_nhwc:?}",
-                pixels.len()
-            )));
-        }
-        let mut out = vec![0u8; pixels.len()];
-        for (src, dst) in pixels
-            .chunks_exact(h * w * c)
-            .zip(out.chunks_exact_mut(h * w * c))
-        {
-            for (px_idx, px) in src.chunks_exact(c).enumerate() {
-                for (ch, &v) in px.iter().enumerate() {
-                    dst[ch * h * w + px_idx] = v;
-                }
-            }
-        }
-        Self::new(out, [n, c, h, w])
+        let set = ImageSet::from_nhwc(pixels, shape_nhwc)
+            .map_err(|e| FidError::Invalid(e.to_string()))?;
+        Self::from_set(set)
+    }
+
+    /// Images from a set read or made by the `data` crate.
+    ///
+    /// # Errors
+    /// [`FidError::Invalid`] when the channel count is not 1 or 3.
+    pub fn from_set(set: ImageSet) -> Result<Self, FidError> {
+        Self::new(set.pixels, set.shape)
     }
 
     /// All images of a dataset.
     pub fn from_dataset(dataset: &data::Dataset) -> Self {
         Self {
-            pixels: dataset.images().to_vec(),
-            shape: dataset.shape(),
+            set: ImageSet {
+                pixels: dataset.images().to_vec(),
+                shape: dataset.shape(),
+            },
         }
     }
 
@@ -100,30 +95,25 @@ impl Images {
             path: path.to_path_buf(),
             message,
         };
-        let arrays = read_npz(path).map_err(|e| bad(strip_path(&e.to_string(), path)))?;
-        let Some((name, array)) = arrays
-            .iter()
-            .find(|(name, _)| name == "arr_0")
-            .or_else(|| arrays.first())
-        else {
-            return Err(bad("holds no arrays".into()));
-        };
-        let NpyData::U8(pixels) = &array.data else {
-            return Err(bad(format!(
-                "array `{name}` is not uint8: save samples as uint8 NHWC on [0, 255]"
-            )));
-        };
-        let shape = match array.shape[..] {
-            [n, h, w] => [n, h, w, 1],
-            [n, h, w, c] => [n, h, w, c],
-            _ => {
-                return Err(bad(format!(
-                    "array `{name}` has shape {:?}; samples must be [N, H, W, C] (or [N, H, W])",
-                    array.shape
-                )))
-            }
-        };
-        Self::from_nhwc(pixels, shape).map_err(|e| bad(format!("array `{name}`: {e}")))
+        let set = data::images::read_samples_npz(path)
+            .map_err(|e| bad(strip_path(&e.to_string(), path)))?;
+        Self::from_set(set).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Writes the images as a sample `.npz`, uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`
+    /// does ([`data::images::write_samples_npz`]).
+    ///
+    /// # Errors
+    /// [`FidError::File`] naming the file when it cannot be written.
+    pub fn write_npz(&self, path: &Path) -> Result<(), FidError> {
+        data::images::write_samples_npz(path, &self.set).map_err(|e| FidError::File {
+            path: path.to_path_buf(),
+            message: match e {
+                // It names the path, as this error does.
+                data::DataError::Write { message, .. } => message,
+                other => other.to_string(),
+            },
+        })
     }
 
     /// Appends `other`, which must have the same channels, height and width.
@@ -131,48 +121,50 @@ impl Images {
     /// # Errors
     /// [`FidError::MixedSizes`] when the sizes differ.
     pub fn append(&mut self, other: &Images) -> Result<(), FidError> {
-        if other.shape[1..] != self.shape[1..] {
+        if other.set.shape[1..] != self.set.shape[1..] {
             return Err(FidError::MixedSizes {
                 what: "images".into(),
                 message: format!(
                     "cannot append {:?} images to {:?} images",
-                    &other.shape[1..],
-                    &self.shape[1..]
+                    &other.set.shape[1..],
+                    &self.set.shape[1..]
                 ),
             });
         }
-        self.pixels.extend_from_slice(&other.pixels);
-        self.shape[0] += other.shape[0];
+        self.set.pixels.extend_from_slice(&other.set.pixels);
+        self.set.shape[0] += other.set.shape[0];
         Ok(())
     }
 
     /// The number of images.
     pub fn len(&self) -> usize {
-        self.shape[0]
+        self.set.shape[0]
     }
 
     /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
-        self.shape[0] == 0
+        self.set.shape[0] == 0
     }
 
     /// `[N, C, H, W]`.
     pub fn shape(&self) -> [usize; 4] {
-        self.shape
+        self.set.shape
     }
 
     /// The pixels, NCHW.
     pub fn pixels(&self) -> &[u8] {
-        &self.pixels
+        &self.set.pixels
     }
 
     /// The first `n` images (all of them when there are fewer).
     pub fn take(&self, n: usize) -> Images {
         let n = n.min(self.len());
-        let per_image = self.shape[1] * self.shape[2] * self.shape[3];
+        let per_image = self.set.shape[1] * self.set.shape[2] * self.set.shape[3];
         Images {
-            pixels: self.pixels[..n * per_image].to_vec(),
-            shape: [n, self.shape[1], self.shape[2], self.shape[3]],
+            set: ImageSet {
+                pixels: self.set.pixels[..n * per_image].to_vec(),
+                shape: [n, self.set.shape[1], self.set.shape[2], self.set.shape[3]],
+            },
         }
     }
 }

@@ -18,7 +18,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use data::npz::{read_npz, write_npz, NpyArray, NpyData};
+use data::images::{read_npz, write_npz, NpyArray, NpyData};
 use serde::{Deserialize, Serialize};
 
 use super::{

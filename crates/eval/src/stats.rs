@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use data::npz::{read_npz, write_npz, NpyArray, NpyData};
+use data::images::{read_npz, write_npz, NpyArray, NpyData};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, Side};
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use data::npz::{write_npz, NpyArray, NpyData};
+use data::images::{write_npz, NpyArray, NpyData};
 use eval::{self as fid, Features, FidError, Images, InceptionExtractor, Resize, Statistics};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};

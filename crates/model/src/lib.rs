@@ -29,7 +29,7 @@
 //! # Speed
 //! `cargo xtask bench` times forward and training steps of both networks against PyTorch eager
 //! on the same libtorch, alternating step by step, and writes the ratios to
-//! `xtask/bench/results/`; `benches/unet.rs` times both memory formats with criterion. Each
+//! `docs/results/`; `crates/train/benches/unet.rs` times both memory formats with criterion. Each
 //! network is built in the layout it measured fastest in ([`MemoryFormat`]).
 
 mod embedding;

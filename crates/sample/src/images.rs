@@ -42,15 +42,15 @@ pub fn save_grid(images: &Tensor, nrow: usize, path: &Path) -> Result<(), Sample
         size[3] as usize,
     ];
     let bytes = to_u8_nchw(images);
-    let spec = data::grid::GridSpec {
+    let spec = data::images::GridSpec {
         nrow,
-        ..data::grid::GridSpec::default()
+        ..data::images::GridSpec::default()
     };
     let image_err = |e: &dyn std::fmt::Display| SampleError::Image {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let grid = data::grid::make_grid(&bytes, shape, &spec).map_err(|e| image_err(&e))?;
+    let grid = data::images::make_grid(&bytes, shape, &spec).map_err(|e| image_err(&e))?;
     grid.save_png(path).map_err(|e| image_err(&e))
 }
 

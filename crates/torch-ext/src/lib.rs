@@ -25,9 +25,10 @@
 //!
 //! # Safety model
 //!
-//! The C++ shim lives in `csrc/` and exposes `extern "C"` functions only. Tensors cross the
-//! boundary as tch's own raw handles (`tch::Tensor::as_ptr`, which point at a heap-allocated
-//! `at::Tensor`); tensors the shim creates come back as new handles that tch owns
+//! The C++ shim lives in `csrc/` and exposes `extern "C"` functions only, all declared in
+//! `csrc/torch_ext.h`; `tests/ffi_header.rs` checks the Rust declarations against it. Tensors
+//! cross the boundary as tch's own raw handles (`tch::Tensor::as_ptr`, which point at a
+//! heap-allocated `at::Tensor`); tensors the shim creates come back as new handles that tch owns
 //! (`Tensor::from_ptr`, freed by tch's `Drop`). Every C++ entry point runs its body inside
 //! `try`/`catch` and returns a heap-allocated message on failure, which the Rust side turns into
 //! an [`Error`] and frees: no C++ exception and no Rust panic crosses the boundary. Shim objects
@@ -42,8 +43,8 @@
 //! -DUSE_C10D_GLOO`. libtorch has Gloo linked in but ships no Gloo headers: `cargo xtask setup`
 //! fetches them (Debian's `libgloo-dev`, `apt-get download` + `dpkg -x`, no root needed) into
 //! `.deps/gloo/`; `DDPM_GLOO_INCLUDE` overrides the location, and an empty
-//! `DDPM_GLOO_INCLUDE=` says that there are none (a build that needs them then fails at once). The `nccl` and `cuda` features also need CUDA and NCCL headers: the
-//! torch pip wheel brings `nvidia/{cu13,nccl}/include`, and `cargo xtask setup` installs the
+//! `DDPM_GLOO_INCLUDE=` says that there are none (a build that needs them then fails at once).
+//! The `nccl` and `cuda` features also need CUDA and NCCL headers: the torch pip wheel brings `nvidia/{cu13,nccl}/include`, and `cargo xtask setup` installs the
 //! missing `crt/` and `nv/target` headers (`nvidia-cuda-crt`, `nvidia-cuda-cccl` from PyPI)
 //! into `.deps/cuda-headers/`; `DDPM_CUDA_INCLUDE` (a `:`-separated list) overrides them. Both
 //! features build on a machine without a GPU.

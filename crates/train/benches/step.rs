@@ -2,7 +2,7 @@
 //! on the same machine state (the loop's overhead target: ≤ 1.05×).
 //!
 //! - `bare`: forward (train mode), the loss, backward, and the same Adam update, on one batch
-//!   already on the device — what `crates/model/benches/unet.rs` times.
+//!   already on the device — what `benches/unet.rs` times.
 //! - `trainer`: `Trainer::train_step` on batches from the loader (background workers), with the
 //!   per-step reseeding, t and ε draws, the NaN guard's one host read, and the EMA update.
 //!

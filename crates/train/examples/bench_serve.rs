@@ -155,24 +155,29 @@ fn loop_trainer(
     (trainer, loader)
 }
 
+/// The layout the model chose (its measured preference), for the peer to use the same.
+fn layout(vs: &VarStore) -> &'static str {
+    if vs.variables().values().any(model::is_channels_last) {
+        "channels_last"
+    } else {
+        "nchw"
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// `--loop-only`: the trainer alone, serving `loop_step [COUNT]` and `memory`.
 fn serve_loop_only(args: &Args, config: &TrainConfig) {
     let dir = tempfile::tempdir().expect("a temporary run directory");
     let (mut trainer, loader) = loop_trainer(args, config, dir.path());
     let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
-    let layout = if trainer
-        .model_vs()
-        .variables()
-        .values()
-        .any(model::is_channels_last)
-    {
-        "channels_last"
-    } else {
-        "nchw"
-    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    writeln!(out, "ready {layout}").unwrap();
+    writeln!(out, "ready {}", layout(trainer.model_vs())).unwrap();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
         let line = line.expect("a request line");
@@ -186,9 +191,7 @@ fn serve_loop_only(args: &Args, config: &TrainConfig) {
                     let batch = batches.next().expect("endless epochs");
                     trainer.train_step(&batch).expect("a finite step");
                 }
-                if let Device::Cuda(i) = args.device {
-                    tch::Cuda::synchronize(i as i64);
-                }
+                sync(args.device);
                 start.elapsed().as_secs_f64() * 1e3
             }
             ("quit" | "", _) => return,
@@ -197,6 +200,161 @@ fn serve_loop_only(args: &Args, config: &TrainConfig) {
         writeln!(out, "{answer:.4}").unwrap();
         out.flush().unwrap();
     }
+}
+
+/// The bare steps' state: the network and its optimizer and EMA outside a trainer, fixed
+/// inputs, and the two samplers at t = 500.
+struct Bare<'a> {
+    config: TrainConfig,
+    device: Device,
+    autocast: bool,
+    sched: ScheduleTensors,
+    vs: VarStore,
+    net: Box<dyn Denoiser>,
+    adam: Adam,
+    _ema_vs: VarStore,
+    _ema_net: Box<dyn Denoiser>,
+    ema: Ema,
+    x_0: Tensor,
+    noise: Tensor,
+    t: Tensor,
+    /// DDPM and DDIM-50, each with the index of its first timestep at or below 500.
+    samplers: Vec<(Sampler<'a>, usize)>,
+}
+
+impl<'a> Bare<'a> {
+    /// Builds everything from libtorch's global generator, seeded by the caller (the network
+    /// from its own).
+    fn new(
+        config: TrainConfig,
+        device: Device,
+        autocast: bool,
+        samplers: Vec<(Sampler<'a>, usize)>,
+    ) -> Self {
+        let schedule = Schedule::new(&config.schedule).expect("the preset's schedule");
+        let sched = ScheduleTensors::new(&schedule, device);
+        let vs = VarStore::new(device);
+        let net = config
+            .model
+            .build_with(&vs.root(), &mut sample::Generator::cpu(0))
+            .expect("the preset's model");
+        let adam = Adam::new(&vs, config.optim.clone());
+        // For `optimizer_step`: an EMA of the weights, and gradients of a typical size (the
+        // request leaves them as they are, so every update sees the same ones).
+        let ema_vs = VarStore::new(device);
+        let ema_net = config
+            .model
+            .build(&ema_vs.root())
+            .expect("the preset's model");
+        let ema = Ema::new(EmaConfig::ho2020(), &ema_vs, &vs).expect("an EMA of the model");
+        // d/dp Σ p·r = r: gradients N(0, 1e-6), whose global norm (about 6 for 35.7M of them) is
+        // clipped to 1 as in the paper's runs.
+        let surrogate = vs
+            .trainable_variables()
+            .iter()
+            .map(|p| (p * (p.randn_like() * 1e-3)).sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, device)), |acc, x| acc + x);
+        surrogate.backward();
+        let (ch, size) = (config.model.in_channels(), config.model.image_size());
+        let b = config.batch_size as i64;
+        let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
+        let noise = Tensor::randn_like(&x_0);
+        let t = Tensor::randint(schedule.n_steps() as i64, [b], (Kind::Int64, device));
+        Self {
+            config,
+            device,
+            autocast,
+            sched,
+            vs,
+            net,
+            adam,
+            _ema_vs: ema_vs,
+            _ema_net: ema_net,
+            ema,
+            x_0,
+            noise,
+            t,
+            samplers,
+        }
+    }
+
+    /// One bare step; `false` for a request it does not serve.
+    fn step(&mut self, request: &str) -> bool {
+        let (net, x_0, autocast) = (self.net.as_ref(), &self.x_0, self.autocast);
+        match request {
+            "forward" => {
+                let _ = tch::no_grad(|| model::forward(net, x_0, &self.t, false, autocast));
+            }
+            "train_step" => {
+                self.adam.zero_grad();
+                let loss = training_loss(
+                    net,
+                    &self.sched,
+                    &self.config.objective,
+                    x_0,
+                    &self.noise,
+                    &self.t,
+                    autocast,
+                );
+                loss.backward();
+                self.adam.step(self.config.optim.lr);
+            }
+            "optimizer_step" => {
+                let total_steps = 800_000;
+                let adam = &mut self.adam;
+                let norm = adam.grad_norm();
+                let lr = self
+                    .config
+                    .optim
+                    .lr_tensor(adam.steps_tensor(), total_steps);
+                let (_, found_inf) = train::stats::non_finite(&norm, &norm);
+                let scale = Adam::clip_scale(&norm, 1.0);
+                adam.step_on_device(&lr, &found_inf, Some(&scale));
+                self.ema.update_unless(Some(&found_inf));
+            }
+            "ddpm_step" => self.sample_step(0),
+            "ddim_step" => self.sample_step(1),
+            _ => return false,
+        }
+        true
+    }
+
+    /// One step of sampler `which` at its timestep nearest below 500.
+    fn sample_step(&mut self, which: usize) {
+        let (sampler, i) = &mut self.samplers[which];
+        let t = sampler.timesteps()[*i];
+        let x_0 = &self.x_0;
+        let _ = tch::no_grad(|| {
+            let t_batch = Tensor::full([x_0.size()[0]], t as i64, (Kind::Int64, self.device));
+            let eps = model::forward(self.net.as_ref(), x_0, &t_batch, false, self.autocast);
+            let z = sampler.needs_noise(*i).then(|| Tensor::randn_like(x_0));
+            sampler.step(*i, &eps, x_0, z.as_ref()).prev_sample
+        });
+    }
+}
+
+/// DDPM and DDIM-50 on `sampling_sched`, each at its first timestep at or below 500.
+fn samplers_at_500(sampling_sched: &ScheduleTensors) -> Vec<(Sampler<'_>, usize)> {
+    let ddpm = SamplerConfig::Ddpm {
+        variance: VarianceType::FixedLarge,
+    };
+    let ddim = SamplerConfig::Ddim {
+        steps: 50,
+        eta: 0.0,
+        spacing: TimestepSpacing::Leading,
+    };
+    [ddpm, ddim]
+        .iter()
+        .map(|c| {
+            let sampler = Sampler::new(sampling_sched, c, Prediction::Eps, false).expect("sampler");
+            let i = sampler
+                .timesteps()
+                .iter()
+                .position(|&t| t <= 500)
+                .expect("t <= 500");
+            (sampler, i)
+        })
+        .collect()
 }
 
 fn main() {
@@ -217,95 +375,21 @@ fn main() {
     let autocast = args.bf16 && device.is_cuda();
     // The inputs (and the random dataset) from the global generator; the network from its own.
     tch::manual_seed(0);
-
-    let schedule = Schedule::new(&config.schedule).expect("the preset's schedule");
-    let sched = ScheduleTensors::new(&schedule, device);
-    let vs = VarStore::new(device);
-    let net = config
-        .model
-        .build_with(&vs.root(), &mut sample::Generator::cpu(0))
-        .expect("the preset's model");
-    let mut adam = Adam::new(&vs, config.optim.clone());
-    // For `optimizer_step`: an EMA of the weights, and gradients of a typical size (the request
-    // leaves them as they are, so every update sees the same ones).
-    let ema_vs = VarStore::new(device);
-    let _ema_net = config
-        .model
-        .build(&ema_vs.root())
-        .expect("the preset's model");
-    let mut ema = Ema::new(EmaConfig::ho2020(), &ema_vs, &vs).expect("an EMA of the model");
-    let total_steps = 800_000;
-    // d/dp Σ p·r = r: gradients N(0, 1e-6), whose global norm (about 6 for 35.7M of them) is
-    // clipped to 1 as in the paper's runs.
-    let surrogate = vs
-        .trainable_variables()
-        .iter()
-        .map(|p| (p * (p.randn_like() * 1e-3)).sum(Kind::Float))
-        .fold(Tensor::zeros([], (Kind::Float, device)), |acc, x| acc + x);
-    surrogate.backward();
-    let (ch, size) = (config.model.in_channels(), config.model.image_size());
-    let b = config.batch_size as i64;
-    let x_0 = Tensor::rand([b, ch, size, size], (Kind::Float, device)) * 2.0 - 1.0;
-    let noise = Tensor::randn_like(&x_0);
-    let t = Tensor::randint(schedule.n_steps() as i64, [b], (Kind::Int64, device));
-
     // The sampling steps run on the ho2020 schedule (T = 1000) at t = 500 for both cases.
     let sampling_sched = ScheduleTensors::new(
         &Schedule::new(&schedule::BetaSchedule::ho2020()).expect("ho2020"),
         device,
     );
-    let ddpm = SamplerConfig::Ddpm {
-        variance: VarianceType::FixedLarge,
-    };
-    let ddim = SamplerConfig::Ddim {
-        steps: 50,
-        eta: 0.0,
-        spacing: TimestepSpacing::Leading,
-    };
-    let mut samplers: Vec<(Sampler, usize)> = [ddpm, ddim]
-        .iter()
-        .map(|c| {
-            let sampler =
-                Sampler::new(&sampling_sched, c, Prediction::Eps, false).expect("sampler");
-            let i = sampler
-                .timesteps()
-                .iter()
-                .position(|&t| t <= 500)
-                .expect("t <= 500");
-            (sampler, i)
-        })
-        .collect();
-
+    let samplers = samplers_at_500(&sampling_sched);
+    let mut bare = Bare::new(config.clone(), device, autocast, samplers);
     let dir = tempfile::tempdir().expect("a temporary run directory");
     // A loader like the trainer's own, whose workers make batches while the steps run.
     let (mut trainer, loader) = loop_trainer(&args, &config, dir.path());
     let mut batches = (0u64..).flat_map(|e| loader.epoch(e));
 
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    let mut sample_step = |which: usize, net: &dyn Denoiser| {
-        let (sampler, i) = &mut samplers[which];
-        let t = sampler.timesteps()[*i];
-        tch::no_grad(|| {
-            let t_batch = Tensor::full([b], t as i64, (Kind::Int64, device));
-            let eps = model::forward(net, &x_0, &t_batch, false, autocast);
-            let z = sampler.needs_noise(*i).then(|| Tensor::randn_like(&x_0));
-            sampler.step(*i, &eps, &x_0, z.as_ref()).prev_sample
-        })
-    };
-
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    // The layout the model chose (its measured preference), for the peer to use the same.
-    let layout = if vs.variables().values().any(model::is_channels_last) {
-        "channels_last"
-    } else {
-        "nchw"
-    };
-    writeln!(out, "ready {layout}").unwrap();
+    writeln!(out, "ready {}", layout(&bare.vs)).unwrap();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
         let line = line.expect("a request line");
@@ -314,55 +398,25 @@ fn main() {
         let count: usize = words
             .next()
             .map_or(1, |n| n.parse().expect("a request's count is a number"));
-        if request == "memory" {
-            writeln!(out, "{}", peak_memory(device)).unwrap();
-            out.flush().unwrap();
-            continue;
+        match request {
+            "memory" => {
+                writeln!(out, "{}", peak_memory(device)).unwrap();
+                out.flush().unwrap();
+                continue;
+            }
+            "quit" | "" => return,
+            _ => {}
         }
         let start = Instant::now();
         for _ in 0..count {
-            match request {
-                "forward" => {
-                    let _ =
-                        tch::no_grad(|| model::forward(net.as_ref(), &x_0, &t, false, autocast));
-                }
-                "train_step" => {
-                    adam.zero_grad();
-                    let loss = training_loss(
-                        net.as_ref(),
-                        &sched,
-                        &config.objective,
-                        &x_0,
-                        &noise,
-                        &t,
-                        autocast,
-                    );
-                    loss.backward();
-                    adam.step(config.optim.lr);
-                }
-                "loop_step" => {
-                    let batch = batches.next().expect("endless epochs");
-                    trainer.train_step(&batch).expect("a finite step");
-                }
-                "optimizer_step" => {
-                    let norm = adam.grad_norm();
-                    let lr = config.optim.lr_tensor(adam.steps_tensor(), total_steps);
-                    let (_, found_inf) = train::stats::non_finite(&norm, &norm);
-                    let scale = Adam::clip_scale(&norm, 1.0);
-                    adam.step_on_device(&lr, &found_inf, Some(&scale));
-                    ema.update_unless(Some(&found_inf));
-                }
-                "ddpm_step" => {
-                    let _ = sample_step(0, net.as_ref());
-                }
-                "ddim_step" => {
-                    let _ = sample_step(1, net.as_ref());
-                }
-                "quit" | "" => return,
-                other => panic!("unknown request {other:?}"),
+            if request == "loop_step" {
+                let batch = batches.next().expect("endless epochs");
+                trainer.train_step(&batch).expect("a finite step");
+            } else if !bare.step(request) {
+                panic!("unknown request {request:?}");
             }
         }
-        sync();
+        sync(device);
         writeln!(out, "{:.4}", start.elapsed().as_secs_f64() * 1e3).unwrap();
         out.flush().unwrap();
     }

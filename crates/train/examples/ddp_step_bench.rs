@@ -1,25 +1,22 @@
 //! Data-parallel training of the paper's U-Net (35.7M parameters, CIFAR-10 32×32, the
 //! `ddpm-cifar10` preset) on the CPU over loopback Gloo, every figure against its peers measured
-//! in the same run.
+//! in the same run. Every step timed is the trainer's own (`Trainer::train_step`, what
+//! `ddpm train` runs), so the benchmark cannot drift from the step it measures.
 //!
 //! 1. The all-reduce of the U-Net's gradients alone (35.7M f32 values, 25 MiB buckets, 2 ranks).
-//! 2. Training steps in interleaved rounds, so that the machine's drift hits every variant alike.
-//!    Each round times one step of each of:
+//! 2. `Trainer::train_step` on one resident batch (no loader), in interleaved rounds, so that the
+//!    machine's drift hits every variant alike. Each round times one step of each of:
 //!    - `alone`: rank 0 by itself, 2 intra-op threads, the global batch B (rank 1 waits);
-//!    - `local`: both ranks at once, 1 thread each, B/2 images each, no communication (the
-//!      compute floor of the two below);
-//!    - `bucketed`: data-parallel, 1 thread each, gradients all-reduced in 25 MiB buckets after
-//!      backward (what `ddpm train` does by default); the all-reduce is also timed inside the
-//!      step;
-//!    - `overlap`: data-parallel with DDP's Reducer, which all-reduces during backward.
+//!    - `local`: both ranks at once, 1 thread each, a trainer of B/2 images each that is not
+//!      data-parallel (the compute floor of the one below);
+//!    - `bucketed`: data-parallel, 1 thread each, B/2 images each, gradients all-reduced in
+//!      25 MiB buckets after backward (what a bare `train_step` of a data-parallel run does).
 //!
-//!    A step is the trainer's (`Trainer::train_step`): t and ε drawn from the step's seed, the
-//!    loss, backward, the gradient average, the small all-reduce of the loss, the norm and the
-//!    clip, Adam and the EMA update, on one resident batch (no loader).
 //!    The communication share of a step is `(T − T_local) / T`: what it loses to communication
 //!    beyond the same computation without it.
-//! 3. A cross-check through `Trainer::run` itself (loader included): 2 ranks × 1 thread,
-//!    bucketed and overlap, against 1 rank × 2 threads, one phase after the other.
+//! 3. `Trainer::run` itself (loader included): 2 ranks × 1 thread, bucketed and overlap (DDP's
+//!    Reducer, which all-reduces during backward, as `ddpm train` does by default for
+//!    `grad_sync = "overlap"`), against 1 rank × 2 threads, one phase after the other.
 //!
 //! ```sh
 //! cargo run --release -p train --example ddp_step_bench      # starts its rank 1 itself
@@ -35,19 +32,14 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use data::Dataset;
-use model::{Denoiser, Precision};
-use schedule::tensor::ScheduleTensors;
-use schedule::Schedule;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use data::{Batch, Dataset};
+use model::Precision;
+use tch::{Device, Tensor};
 use torch_ext::dist::DEFAULT_BUCKET_BYTES;
 use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
-use torch_ext::{ReduceOp, Reducer, ReducerOptions};
-use train::ema::Ema;
-use train::objective::training_loss;
-use train::optim::Adam;
-use train::trainer::{step_seed, StepOutcome, TrainHooks};
-use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, Trainer};
+use torch_ext::ReduceOp;
+use train::trainer::TrainHooks;
+use train::{OpenOptions, Preset, RunDir, Start, StepOutcome, TrainConfig, Trainer};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -68,18 +60,41 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// 64 random 32×32 RGB images (a fixed LCG: the same bytes on every rank).
-fn dataset() -> Dataset {
+/// `n` bytes from a fixed LCG: the same on every rank.
+fn lcg_bytes(n: usize) -> Vec<u8> {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let pixels = (0..64 * 3 * 32 * 32)
+    (0..n)
         .map(|_| {
             state = state
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             (state >> 56) as u8
         })
-        .collect();
+        .collect()
+}
+
+/// 64 random 32×32 RGB images.
+fn dataset() -> Dataset {
+    let pixels = lcg_bytes(64 * 3 * 32 * 32);
     Dataset::new(pixels, vec![0; 64], 3, 32, 32, vec!["x".into()]).expect("a dataset")
+}
+
+/// Images `first..first + n` of a random global batch, on [-1, 1], as the loader hands them
+/// to the trainer.
+fn resident_batch(batch: usize, first: usize, n: usize) -> Batch {
+    let image = 3 * 32 * 32;
+    let bytes = lcg_bytes(batch * image);
+    let images = bytes[first * image..(first + n) * image]
+        .iter()
+        .map(|&b| b as f32 / 127.5 - 1.0)
+        .collect();
+    Batch {
+        images,
+        labels: vec![0; n],
+        shape: [n, 3, 32, 32],
+        epoch: 0,
+        index: 0,
+    }
 }
 
 /// The paper's setup, `steps` steps of batch `batch`, nothing written but the final checkpoint.
@@ -97,111 +112,124 @@ fn config(batch: usize, steps: u64, grad_sync: GradSync) -> TrainConfig {
     config
 }
 
-/// How a bare step averages its gradients.
-#[derive(Clone, Copy, PartialEq)]
-enum Sync {
-    None,
-    Bucketed,
-    Overlap,
+/// A trainer of this process alone.
+fn open_alone(dir: &Path, config: TrainConfig) -> Result<Trainer> {
+    let options = OpenOptions::new(Device::Cpu);
+    Ok(Trainer::open(
+        RunDir::lock(dir)?,
+        Start::Fresh(config),
+        dataset(),
+        options,
+    )?)
 }
 
-/// The trainer's step on a resident batch, with its parts exposed for timing.
-struct BareStep {
-    config: TrainConfig,
-    sched: ScheduleTensors,
-    _vs: VarStore,
-    model: Box<dyn Denoiser>,
-    _ema_vs: VarStore,
-    _ema_model: Box<dyn Denoiser>,
-    ema: Ema,
-    adam: Adam,
-    params: Vec<Tensor>,
-    step: u64,
+/// This rank's trainer of a data-parallel run; every rank opens it at the same time.
+fn open_rank(dist: Distributed, dir: &Path, config: TrainConfig) -> Result<Trainer> {
+    let run = if dist.is_main() {
+        RunDir::lock(dir)?
+    } else {
+        RunDir::follow(dir)
+    };
+    let options = OpenOptions::new(Device::Cpu).distributed(Some(dist));
+    Ok(Trainer::open(
+        run,
+        Start::Fresh(config),
+        dataset(),
+        options,
+    )?)
 }
 
-impl BareStep {
-    fn new(config: TrainConfig) -> Result<Self> {
-        let schedule = Schedule::new(&config.schedule)?;
-        let sched = ScheduleTensors::new(&schedule, Device::Cpu);
-        tch::manual_seed(config.seed as i64);
-        let vs = VarStore::new(Device::Cpu);
-        let model = config.model.build(&vs.root())?;
-        let ema_vs = VarStore::new(Device::Cpu);
-        let ema_model = config.model.build(&ema_vs.root())?;
-        let ema = Ema::new(config.ema.clone(), &ema_vs, &vs)?;
-        let adam = Adam::new(&vs, config.optim.clone());
-        let params = vs.trainable_variables();
-        Ok(Self {
-            config,
-            sched,
-            _vs: vs,
-            model,
-            _ema_vs: ema_vs,
-            _ema_model: ema_model,
-            ema,
-            adam,
-            params,
-            step: 0,
-        })
-    }
+fn connect(env: &LaunchEnv) -> Result<Distributed> {
+    Ok(Distributed::connect(
+        env.clone(),
+        Device::Cpu,
+        Duration::from_secs(1800),
+    )?)
+}
 
-    /// One step on `n` images of `x_0`; returns the step's time and the time of its gradient
-    /// all-reduce (bucketed only).
-    fn run(
-        &mut self,
-        x_0: &Tensor,
-        sync: Sync,
-        dist: &Distributed,
-        reducer: &mut Reducer<'_>,
-    ) -> Result<(Duration, Duration)> {
+/// The median time of the gradients' all-reduce alone, after one warm-up, and the number of
+/// values all-reduced.
+fn allreduce_alone(dist: &Distributed, params: &[Tensor]) -> Result<(Duration, i64)> {
+    let mut grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| Tensor::randn_like(p).set_requires_grad(false))
+        .collect();
+    let n_values = grads.iter().map(|g| g.numel() as i64).sum();
+    let mut times = Vec::new();
+    for _ in 0..env_usize("DDP_BENCH_ALLREDUCE_REPS", 5) + 1 {
+        dist.barrier("sync")?;
         let start = Instant::now();
-        tch::manual_seed(step_seed(self.config.seed, self.step));
-        let n = x_0.size()[0];
-        let t = Tensor::randint(1000, [n], (Kind::Int64, Device::Cpu));
-        let noise = Tensor::randn_like(x_0);
-        self.adam.zero_grad();
-        if sync == Sync::Overlap {
-            reducer.prepare_for_forward()?;
-        }
-        let loss = training_loss(
-            self.model.as_ref(),
-            &self.sched,
-            &self.config.objective,
-            x_0,
-            &noise,
-            &t,
-            false,
-        );
-        if sync == Sync::Overlap {
-            reducer.prepare_for_backward(&[&loss])?;
-        }
-        loss.backward();
-        let mut comm = Duration::ZERO;
-        let mut stats = loss.detach().reshape([1]);
-        if sync == Sync::Bucketed {
-            let started = Instant::now();
-            let mut grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
-            dist.average(&mut grads, "the gradients")?;
-            comm = started.elapsed();
-        }
-        if sync != Sync::None {
-            let mut shared = vec![stats];
-            dist.sum(&mut shared, "the loss")?;
-            stats = shared.pop().expect("one tensor");
-        }
-        let norm = self.adam.grad_norm();
-        // The one host read of a data-parallel step (its stop vote travels with the loss).
-        let _read = Vec::<f64>::try_from(
-            Tensor::cat(&[stats, norm.reshape([1])], 0).to_kind(Kind::Double),
-        )?;
-        if let Some(max) = self.config.optim.grad_clip {
-            self.adam.clip_grad_norm(&norm, max);
-        }
-        self.adam.step(self.config.optim.lr_at(self.step, 800_000));
-        self.ema.update();
-        self.step += 1;
-        Ok((start.elapsed(), comm))
+        dist.group()
+            .allreduce_bucketed(&mut grads, ReduceOp::Avg, DEFAULT_BUCKET_BYTES)?;
+        times.push(start.elapsed());
     }
+    Ok((median(times[1..].to_vec()), n_values))
+}
+
+/// One `Trainer::train_step`, timed.
+fn timed_step(trainer: &mut Trainer, batch: &Batch) -> Result<Duration> {
+    let start = Instant::now();
+    trainer.train_step(batch)?;
+    Ok(start.elapsed())
+}
+
+/// Median step times of the interleaved rounds (`alone` is empty on rank 1).
+struct StepRounds {
+    alone: Vec<Duration>,
+    local: Vec<Duration>,
+    bucketed: Vec<Duration>,
+}
+
+/// Part 2: interleaved rounds of `Trainer::train_step`, the first a warm-up.
+fn step_rounds(
+    env: &LaunchEnv,
+    dist: &Distributed,
+    bucketed: &mut Trainer,
+    tmp: &Path,
+    batch: usize,
+) -> Result<StepRounds> {
+    let main = env.rank == 0;
+    let per_rank = batch / env.world_size;
+    // Never the last step of a run: that one reads the statistics on the host.
+    let endless = 1_000_000;
+    let mut alone = if main {
+        Some(open_alone(
+            &tmp.join("steps-alone"),
+            config(batch, endless, GradSync::Bucketed),
+        )?)
+    } else {
+        None
+    };
+    let mut local = open_alone(
+        &tmp.join(format!("steps-local-{}", env.rank)),
+        config(per_rank, endless, GradSync::Bucketed),
+    )?;
+    let global = resident_batch(batch, 0, batch);
+    let shard = resident_batch(batch, env.rank * per_rank, per_rank);
+    let mut rounds = StepRounds {
+        alone: vec![],
+        local: vec![],
+        bucketed: vec![],
+    };
+    for round in 0..=env_usize("DDP_BENCH_ROUNDS", 5) {
+        dist.barrier("sync")?;
+        if let Some(alone) = alone.as_mut() {
+            tch::set_num_threads(2);
+            let t = timed_step(alone, &global)?;
+            tch::set_num_threads(1);
+            rounds.alone.push(t);
+        }
+        dist.barrier("sync")?;
+        rounds.local.push(timed_step(&mut local, &shard)?);
+        dist.barrier("sync")?;
+        rounds.bucketed.push(timed_step(bucketed, &shard)?);
+        if round == 0 {
+            rounds.alone.clear();
+            rounds.local.clear();
+            rounds.bucketed.clear();
+        }
+    }
+    Ok(rounds)
 }
 
 /// The time between consecutive steps of [`Trainer::run`].
@@ -225,127 +253,38 @@ impl TrainHooks for StepTimes {
 }
 
 /// Trains and returns the median step time, the first (warm-up) step not counted.
-fn time_steps(mut trainer: Trainer) -> Result<Duration> {
+fn time_run(mut trainer: Trainer) -> Result<Duration> {
     let mut hooks = StepTimes::default();
     trainer.run(&mut hooks, &AtomicBool::new(false))?;
     Ok(median(hooks.times[1..].to_vec()))
 }
 
-fn alone(dir: &Path, batch: usize, steps: u64) -> Result<Duration> {
-    let trainer = Trainer::open(
-        RunDir::lock(dir)?,
-        Start::Fresh(config(batch, steps, GradSync::Bucketed)),
-        dataset(),
-        OpenOptions::new(Device::Cpu),
-    )?;
-    time_steps(trainer)
+/// Median step times of `Trainer::run`, one phase after the other.
+struct RunPhases {
+    /// Rank 0 alone, 2 threads (`None` on rank 1).
+    alone: Option<Duration>,
+    bucketed: Duration,
+    overlap: Duration,
 }
 
-fn data_parallel(
+/// Part 3: `Trainer::run` alone on rank 0, then data-parallel with each way of averaging the
+/// gradients, each over its own rendezvous (`with_port(2)`, `with_port(3)`).
+fn run_phases(
+    env: &LaunchEnv,
     dist: Distributed,
-    dir: &Path,
+    with_port: impl Fn(u16) -> LaunchEnv,
+    tmp: &Path,
     batch: usize,
     steps: u64,
-    grad_sync: GradSync,
-) -> Result<Duration> {
-    let run = if dist.is_main() {
-        RunDir::lock(dir)?
-    } else {
-        RunDir::follow(dir)
-    };
-    let trainer = Trainer::open(
-        run,
-        Start::Fresh(config(batch, steps, grad_sync)),
-        dataset(),
-        OpenOptions::new(Device::Cpu).distributed(Some(dist)),
-    )?;
-    time_steps(trainer)
-}
-
-fn connect(env: &LaunchEnv) -> Result<Distributed> {
-    Ok(Distributed::connect(
-        env.clone(),
-        Device::Cpu,
-        Duration::from_secs(1800),
-    )?)
-}
-
-/// One rank's part. `env.master_port` and the next two ports serve the three rendezvous.
-fn rank(env: &LaunchEnv, batch: usize, steps: u64, tmp: &Path) -> Result<()> {
-    tch::set_num_threads(1);
-    let with_port = |offset: u16| LaunchEnv {
-        master_port: env.master_port + offset,
-        ..env.clone()
-    };
-    let dist = connect(&with_port(0))?;
-    let main = env.rank == 0;
-    let per_rank = batch / env.world_size;
-
-    // 1. The gradients' all-reduce alone.
-    let mut bare = BareStep::new(config(batch, steps, GradSync::Bucketed))?;
-    let mut grads: Vec<Tensor> = bare
-        .params
-        .iter()
-        .map(|p| Tensor::randn_like(p).set_requires_grad(false))
-        .collect();
-    let n_values: i64 = grads.iter().map(|g| g.numel() as i64).sum();
-    let mut allreduce = Vec::new();
-    for _ in 0..env_usize("DDP_BENCH_ALLREDUCE_REPS", 5) + 1 {
-        dist.barrier("sync")?;
-        let start = Instant::now();
-        dist.group()
-            .allreduce_bucketed(&mut grads, ReduceOp::Avg, DEFAULT_BUCKET_BYTES)?;
-        allreduce.push(start.elapsed());
-    }
-    let allreduce = median(allreduce[1..].to_vec());
-    drop(grads);
-
-    // 2. Interleaved rounds of bare steps.
-    let x_global = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let x_local = x_global.narrow(0, (env.rank * per_rank) as i64, per_rank as i64);
-    let mut reducer = Reducer::new(dist.group(), &bare.params, ReducerOptions::default())?;
-    let (mut t_alone, mut t_local, mut t_bucketed, mut t_comm, mut t_overlap) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for round in 0..=env_usize("DDP_BENCH_ROUNDS", 5) {
-        dist.barrier("sync")?;
-        if main {
-            tch::set_num_threads(2);
-            let (t, _) = bare.run(&x_global, Sync::None, &dist, &mut reducer)?;
-            tch::set_num_threads(1);
-            t_alone.push(t);
-        }
-        dist.barrier("sync")?;
-        let (t, _) = bare.run(&x_local, Sync::None, &dist, &mut reducer)?;
-        t_local.push(t);
-        dist.barrier("sync")?;
-        let (t, comm) = bare.run(&x_local, Sync::Bucketed, &dist, &mut reducer)?;
-        t_bucketed.push(t);
-        t_comm.push(comm);
-        dist.barrier("sync")?;
-        let (t, _) = bare.run(&x_local, Sync::Overlap, &dist, &mut reducer)?;
-        t_overlap.push(t);
-        if round == 0 {
-            // Warm-up (and the Reducer's bucket rebuild before its second step).
-            for ts in [
-                &mut t_alone,
-                &mut t_local,
-                &mut t_bucketed,
-                &mut t_comm,
-                &mut t_overlap,
-            ] {
-                ts.clear();
-            }
-        }
-    }
-    let rounds = t_local.len();
-    drop(reducer);
-    drop(bare);
-
-    // 3. Through Trainer::run.
+) -> Result<RunPhases> {
     dist.barrier("sync")?;
-    let run_alone = if main {
+    let alone = if env.rank == 0 {
         tch::set_num_threads(2);
-        let t = alone(&tmp.join("alone"), batch, steps)?;
+        let trainer = open_alone(
+            &tmp.join("run-alone"),
+            config(batch, steps, GradSync::Bucketed),
+        )?;
+        let t = time_run(trainer)?;
         tch::set_num_threads(1);
         Some(t)
     } else {
@@ -353,40 +292,69 @@ fn rank(env: &LaunchEnv, batch: usize, steps: u64, tmp: &Path) -> Result<()> {
     };
     dist.barrier("sync")?;
     drop(dist);
-    let run_bucketed = data_parallel(
-        connect(&with_port(1))?,
-        &tmp.join("bucketed"),
-        batch,
-        steps,
-        GradSync::Bucketed,
-    )?;
-    let run_overlap = data_parallel(
-        connect(&with_port(2))?,
-        &tmp.join("overlap"),
-        batch,
-        steps,
-        GradSync::Overlap,
-    )?;
-    if !main {
-        return Ok(());
-    }
+    let data_parallel = |port: u16, name: &str, grad_sync: GradSync| -> Result<Duration> {
+        let trainer = open_rank(
+            connect(&with_port(port))?,
+            &tmp.join(name),
+            config(batch, steps, grad_sync),
+        )?;
+        time_run(trainer)
+    };
+    Ok(RunPhases {
+        alone,
+        bucketed: data_parallel(2, "run-bucketed", GradSync::Bucketed)?,
+        overlap: data_parallel(3, "run-overlap", GradSync::Overlap)?,
+    })
+}
 
+/// One rank's part. `env.master_port` and the next three ports serve the four rendezvous: the
+/// benchmark's own barriers, the data-parallel trainer of part 2, and the two of part 3.
+fn rank(env: &LaunchEnv, batch: usize, steps: u64, tmp: &Path) -> Result<()> {
+    tch::set_num_threads(1);
+    let with_port = |offset: u16| LaunchEnv {
+        master_port: env.master_port + offset,
+        ..env.clone()
+    };
+    let dist = connect(&with_port(0))?;
+    let mut bucketed = open_rank(
+        connect(&with_port(1))?,
+        &tmp.join("steps-bucketed"),
+        config(batch, 1_000_000, GradSync::Bucketed),
+    )?;
+    let params = bucketed.model_vs().trainable_variables();
+    let (allreduce, n_values) = allreduce_alone(&dist, &params)?;
+    drop(params);
+    let rounds = step_rounds(env, &dist, &mut bucketed, tmp, batch)?;
+    drop(bucketed);
+    let runs = run_phases(env, dist, with_port, tmp, batch, steps)?;
+    if env.rank == 0 {
+        report(env, batch, steps, (allreduce, n_values), rounds, runs);
+    }
+    Ok(())
+}
+
+/// Prints rank 0's figures.
+fn report(
+    env: &LaunchEnv,
+    batch: usize,
+    steps: u64,
+    (allreduce, n_values): (Duration, i64),
+    rounds: StepRounds,
+    runs: RunPhases,
+) {
+    let per_rank = batch / env.world_size;
+    let n_rounds = rounds.local.len();
     let mb = n_values as f64 * 4.0 / 1e6;
     let fastest = |ts: &[Duration]| ms(*ts.iter().min().expect("rounds"));
     println!(
-        "fastest of the rounds (ms): alone {:.1}, local {:.1}, bucketed {:.1} (all-reduce {:.1}), overlap {:.1}",
-        fastest(&t_alone),
-        fastest(&t_local),
-        fastest(&t_bucketed),
-        fastest(&t_comm),
-        fastest(&t_overlap)
+        "fastest of the rounds (ms): alone {:.1}, local {:.1}, bucketed {:.1}",
+        fastest(&rounds.alone),
+        fastest(&rounds.local),
+        fastest(&rounds.bucketed),
     );
-    let (alone_ms, local_ms) = (ms(median(t_alone)), ms(median(t_local)));
-    let (bucketed_ms, comm_ms, overlap_ms) = (
-        ms(median(t_bucketed)),
-        ms(median(t_comm)),
-        ms(median(t_overlap)),
-    );
+    let alone_ms = ms(median(rounds.alone));
+    let local_ms = ms(median(rounds.local));
+    let bucketed_ms = ms(median(rounds.bucketed));
     println!(
         "paper U-Net ({n_values} parameters), global batch {batch}, {} ranks over loopback Gloo, CPU",
         env.world_size
@@ -396,34 +364,27 @@ fn rank(env: &LaunchEnv, batch: usize, steps: u64, tmp: &Path) -> Result<()> {
         ms(allreduce),
         mb / 1e3 / allreduce.as_secs_f64()
     );
-    println!("training steps, median of {rounds} interleaved rounds:");
+    println!("Trainer::train_step, median of {n_rounds} interleaved rounds:");
     println!("  alone     1 rank  x 2 threads, batch {batch:<3}          {alone_ms:8.1} ms");
     println!("  local     2 ranks x 1 thread, {per_rank} each, no comm.    {local_ms:8.1} ms");
     println!(
-        "  bucketed  2 ranks x 1 thread, {per_rank} each             {bucketed_ms:8.1} ms  {:.2}x alone; communication {:.0}% of the step (all-reduce inside it: {comm_ms:.1} ms = {:.0}%)",
+        "  bucketed  2 ranks x 1 thread, {per_rank} each             {bucketed_ms:8.1} ms  {:.2}x alone; communication {:.0}% of the step",
         bucketed_ms / alone_ms,
         100.0 * (bucketed_ms - local_ms) / bucketed_ms,
-        100.0 * comm_ms / bucketed_ms
     );
-    println!(
-        "  overlap   2 ranks x 1 thread, {per_rank} each (Reducer)    {overlap_ms:8.1} ms  {:.2}x alone; communication {:.0}% of the step",
-        overlap_ms / alone_ms,
-        100.0 * (overlap_ms - local_ms) / overlap_ms
-    );
-    let run_alone = ms(run_alone.expect("rank 0 ran it"));
+    let run_alone = ms(runs.alone.expect("rank 0 ran it"));
     println!(
         "Trainer::run, median of {} steps after a warm-up, one phase after the other:",
         steps - 1
     );
     println!("  1 rank  x 2 threads              {run_alone:8.1} ms");
-    for (name, t) in [("bucketed", run_bucketed), ("overlap", run_overlap)] {
+    for (name, t) in [("bucketed", runs.bucketed), ("overlap", runs.overlap)] {
         println!(
             "  2 ranks x 1 thread, {name:<9}    {:8.1} ms  {:.2}x the 1-rank step",
             ms(t),
             ms(t) / run_alone
         );
     }
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -435,12 +396,12 @@ fn main() -> Result<()> {
         let dir = std::env::var("DDP_BENCH_DIR").map_or(tmp.path().to_path_buf(), Into::into);
         return rank(&env, batch, steps, &dir);
     }
-    // Alone: become rank 0 of two, with rank 1 a copy of this program. Three consecutive free
-    // ports, for the three rendezvous.
+    // Alone: become rank 0 of two, with rank 1 a copy of this program. Four consecutive free
+    // ports, for the four rendezvous.
     let port = (20_000..60_000)
         .step_by(7)
-        .find(|&p| (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
-        .expect("three free ports");
+        .find(|&p| (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("four free ports");
     let vars = |rank: usize| {
         [
             ("WORLD_SIZE", "2".to_string()),

@@ -114,7 +114,7 @@ pub enum Preset {
     /// EMA samples against the first 1,000 test images (the floor of real data: 23.2). With
     /// ε-prediction (commit f0ce2b6) the same budget gave 33.8 and 45.2 (1.34×). The SimpleUnet
     /// preset before both scored 142.5 and 207.5 after its 3 epochs.
-    /// `docs/runs/fashion-mnist-preset-ablation/`.
+    /// `docs/results/runs/fashion-mnist-preset-ablation/`.
     FashionMnist,
 }
 
@@ -216,7 +216,7 @@ impl Preset {
                     max_beta: schedule::COSINE_MAX_BETA,
                 },
                 // v-prediction (Salimans & Ho 2022): at 12 minutes it brought DDIM-50 from 1.62×
-                // the ancestral chain's FID to 1.15× (the ablation in docs/runs/).
+                // the ancestral chain's FID to 1.15× (the ablation in docs/results/runs/).
                 objective: ObjectiveConfig {
                     prediction: Prediction::V,
                     ..ObjectiveConfig::ho2020()

@@ -2,7 +2,7 @@
 //! (the first N training images against them), and FID/KID of each side's samples with every
 //! sampler, all through `ddpm eval` with the same Inception settings; PNG grids of the samples.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -214,34 +214,13 @@ pub(super) fn score_summary(fid_json: &Value) -> Value {
 
 /// A PNG grid of the first 64 images of a uint8 NHWC `.npz` (`arr_0`), 8 per row, ×2.
 fn write_grid(npz: &Path, png: &Path) -> Result<()> {
-    let arrays =
-        data::npz::read_npz(npz).with_context(|| format!("cannot read {}", npz.display()))?;
-    let (_, array) = arrays
-        .first()
-        .with_context(|| format!("{} holds no array", npz.display()))?;
-    let data::npz::NpyData::U8(pixels) = &array.data else {
-        bail!("{}: not uint8 images", npz.display());
-    };
-    let [n, h, w, c] = array.shape[..] else {
-        bail!(
-            "{}: shape {:?} is not [N, H, W, C]",
-            npz.display(),
-            array.shape
-        );
-    };
+    let images = data::images::read_samples_npz(npz)?;
+    let [n, c, h, w] = images.shape;
     let n = n.min(64);
-    let mut nchw = vec![0u8; n * c * h * w];
-    for i in 0..n {
-        for px in 0..h * w {
-            for ch in 0..c {
-                nchw[i * c * h * w + ch * h * w + px] = pixels[(i * h * w + px) * c + ch];
-            }
-        }
-    }
-    let spec = data::grid::GridSpec {
+    let spec = data::images::GridSpec {
         scale: 2,
         ..Default::default()
     };
-    data::grid::make_grid(&nchw, [n, c, h, w], &spec)?.save_png(png)?;
+    data::images::make_grid(&images.pixels[..n * c * h * w], [n, c, h, w], &spec)?.save_png(png)?;
     Ok(())
 }

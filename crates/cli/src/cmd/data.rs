@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use data::cifar::{Cifar100Label, Split};
 use data::folder::{Fit, FolderConfig, FolderReport, OnError};
-use data::grid::{make_grid, GridSpec};
+use data::images::{make_grid, save_png, GridSpec};
 use data::{Dataset, DatasetSpec};
 use plotters::prelude::*;
 
@@ -247,16 +247,7 @@ fn show(args: &ShowArgs) -> Result<()> {
             .collect();
         draw_captions(&mut rgb, &grid, &captions)?;
     }
-    let (width, height) = (u32::try_from(grid.width)?, u32::try_from(grid.height)?);
-    image::save_buffer_with_format(
-        &args.out,
-        &rgb,
-        width,
-        height,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .with_context(|| format!("cannot write --out {}", args.out.display()))?;
+    save_png(&args.out, &rgb, grid.width, grid.height, 3).context("--out")?;
     println!(
         "wrote {} ({} images of {}x{}x{}, {}x{} pixels)",
         args.out.display(),
@@ -271,7 +262,7 @@ fn show(args: &ShowArgs) -> Result<()> {
 }
 
 /// Writes each caption in the band under its tile, shortened with "…" to the tile's width.
-fn draw_captions(rgb: &mut [u8], grid: &data::grid::Grid, captions: &[String]) -> Result<()> {
+fn draw_captions(rgb: &mut [u8], grid: &data::images::Grid, captions: &[String]) -> Result<()> {
     crate::plot::ensure_font();
     let size = (u32::try_from(grid.width)?, u32::try_from(grid.height)?);
     let root = BitMapBackend::with_buffer(rgb, size).into_drawing_area();

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde_json::json;
 
-use data::npz::{write_npz, NpyArray, NpyData};
+use data::images::{write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
 use eval::{self as fid, FidError, Images, InceptionExtractor, KidConfig, Source, Statistics};
 use sample::{BatchPlan, ClassConditioning, Pipeline};
@@ -312,7 +312,7 @@ fn sample_checkpoint(
         started.elapsed().as_secs_f64()
     );
     if let Some(out) = &args.save_samples {
-        write_samples_npz(&images, out)?;
+        images.write_npz(out)?;
         eprintln!("samples written to {}", out.display());
     }
     let mut meta = json!({
@@ -328,26 +328,6 @@ fn sample_checkpoint(
         meta["guidance"] = json!(guidance);
     }
     Ok(Some((images, meta, classes)))
-}
-
-/// Writes images as uint8 NHWC `arr_0`, as `numpy.savez(path, samples)`.
-fn write_samples_npz(images: &Images, path: &Path) -> Result<()> {
-    let [n, c, h, w] = images.shape();
-    let mut nhwc = vec![0u8; n * c * h * w];
-    for (src, dst) in images
-        .pixels()
-        .chunks_exact(c * h * w)
-        .zip(nhwc.chunks_exact_mut(c * h * w))
-    {
-        for ch in 0..c {
-            for px in 0..h * w {
-                dst[px * c + ch] = src[ch * h * w + px];
-            }
-        }
-    }
-    let array = NpyArray::new(vec![n, h, w, c], NpyData::U8(nhwc))?;
-    write_npz(path, &[("arr_0", &array)])
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The checks of `ddpm eval fid`'s flags that need no file: everything that can be checked is

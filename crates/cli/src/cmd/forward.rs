@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use data::grid::{make_grid, GridSpec};
+use data::images::{make_grid, GridSpec};
 use data::{DatasetSpec, Split, Transform};
 use sample::{to_u8_nchw, Generator};
 use schedule::tensor::ScheduleTensors;
@@ -235,7 +235,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_png(grid: &data::grid::Grid, path: &Path) -> Result<()> {
+fn write_png(grid: &data::images::Grid, path: &Path) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("--out {}: cannot create its directory", path.display()))?;

@@ -22,9 +22,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::DeviceSpec;
-use data::grid::{make_grid, GridSpec};
-use data::npz::{write_npz, NpyArray, NpyData};
-use sample::{to_u8_nchw, to_u8_nhwc, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
+use data::images::{make_grid, write_samples_npz, GridSpec, ImageSet};
+use sample::{to_u8_nchw, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
 
 use crate::sampler_args::{describe, SamplerArgs};
 
@@ -243,7 +242,7 @@ fn write_png(path: &Path, chw: &[u8], [c, h, w]: [usize; 3]) -> Result<()> {
     let pixels: Vec<u8> = (0..h * w)
         .flat_map(|p| (0..c).map(move |ch| chw[ch * h * w + p]))
         .collect();
-    data::grid::save_png(path, &pixels, w, h, c)?;
+    data::images::save_png(path, &pixels, w, h, c)?;
     Ok(())
 }
 
@@ -441,7 +440,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             .min(count);
         grid_images.extend_from_slice(&images[..want * image_len]);
         if args.npz.is_some() {
-            npz_images.extend(to_u8_nhwc(&batch.output.images));
+            npz_images.extend_from_slice(&images);
         }
         if let Some(png_dir) = &args.png_dir {
             for (k, chw) in images.chunks_exact(image_len).enumerate() {
@@ -481,7 +480,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 .with_context(|| format!("--grid {}", path.display()))?;
         } else {
             let (w, h, rgb) = crate::plot::label_rows(&grid, &class_names)?;
-            data::grid::save_png(path, &rgb, w as usize, h as usize, 3)
+            data::images::save_png(path, &rgb, w as usize, h as usize, 3)
                 .with_context(|| format!("--grid {}", path.display()))?;
         }
         written.push(path.clone());
@@ -513,11 +512,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         written.push(path.clone());
     }
     if let Some(path) = &args.npz {
-        let array = NpyArray::new(
-            vec![n, s as usize, s as usize, c as usize],
-            NpyData::U8(npz_images),
-        )?;
-        write_npz(path, &[("arr_0", &array)])
+        write_samples_npz(path, &ImageSet::new(npz_images, shape_of(n))?)
             .with_context(|| format!("--npz {}", path.display()))?;
         written.push(path.clone());
     }

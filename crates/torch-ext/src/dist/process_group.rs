@@ -112,7 +112,7 @@ impl ProcessGroup {
     /// A Gloo group of `world_size` ranks meeting through `store`, with [`GlooOptions::new`].
     ///
     /// # Errors
-    /// [`Error::Distributed`] when the other ranks do not arrive within `timeout`.
+    /// [`Error::Distributed`](crate::Error::Distributed) when the other ranks do not arrive within `timeout`.
     pub fn gloo(
         store: &TcpStore,
         rank: usize,
@@ -125,7 +125,7 @@ impl ProcessGroup {
     /// A Gloo group with explicit options. The store's timeout becomes the group's.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a rank outside `0..world_size`; [`Error::Distributed`]
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a rank outside `0..world_size`; [`Error::Distributed`](crate::Error::Distributed)
     /// when the device cannot be created or the other ranks do not arrive within the timeout.
     pub fn gloo_with_options(
         store: &TcpStore,
@@ -169,7 +169,7 @@ impl ProcessGroup {
     /// default tears the process down rather than returning an error.
     ///
     /// # Errors
-    /// [`Error::Distributed`] when CUDA or NCCL fail or the other ranks do not arrive.
+    /// [`Error::Distributed`](crate::Error::Distributed) when CUDA or NCCL fail or the other ranks do not arrive.
     #[cfg(feature = "nccl")]
     pub fn nccl(
         store: &TcpStore,
@@ -219,7 +219,7 @@ impl ProcessGroup {
     /// for many small tensors.
     ///
     /// # Errors
-    /// [`Error::Distributed`] when a peer is gone or the timeout passes, or when the tensors
+    /// [`Error::Distributed`](crate::Error::Distributed) when a peer is gone or the timeout passes, or when the tensors
     /// are not on the backend's device type.
     pub fn allreduce(&self, tensors: &mut [Tensor], op: ReduceOp) -> Result<()> {
         let handles = ffi::handles(tensors);
@@ -238,10 +238,10 @@ impl ProcessGroup {
     /// gets a bucket of its own; tensors of different dtypes or devices never share one): each
     /// bucket is copied into one contiguous buffer, all buckets are all-reduced concurrently,
     /// then copied back. Use it on the gradients after `backward()`, with
-    /// [`DEFAULT_BUCKET_BYTES`].
+    /// [`DEFAULT_BUCKET_BYTES`](super::DEFAULT_BUCKET_BYTES).
     ///
     /// # Errors
-    /// As [`ProcessGroup::allreduce`]; [`Error::Distributed`] for an undefined tensor (a
+    /// As [`ProcessGroup::allreduce`]; [`Error::Distributed`](crate::Error::Distributed) for an undefined tensor (a
     /// parameter without a gradient) or a zero bucket size.
     pub fn allreduce_bucketed(
         &self,
@@ -265,7 +265,7 @@ impl ProcessGroup {
     /// Copies rank `root`'s tensors into every rank's, in place (one collective per tensor).
     ///
     /// # Errors
-    /// As [`ProcessGroup::allreduce`]; [`Error::InvalidArgument`] for a root outside the world.
+    /// As [`ProcessGroup::allreduce`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a root outside the world.
     pub fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<()> {
         check_rank(root, self.world_size)?;
         let handles = ffi::handles(tensors);
@@ -282,7 +282,7 @@ impl ProcessGroup {
 
     /// Copies rank `root`'s tensors into every rank's through buffers of at most `buffer_bytes`
     /// (`c10d::broadcast_coalesced`, what DDP does with the parameters and buffers at start-up,
-    /// with [`DEFAULT_BROADCAST_BYTES`]).
+    /// with [`DEFAULT_BROADCAST_BYTES`](super::DEFAULT_BROADCAST_BYTES)).
     ///
     /// # Errors
     /// As [`ProcessGroup::broadcast`].
@@ -309,7 +309,7 @@ impl ProcessGroup {
     /// Returns once every rank has called it.
     ///
     /// # Errors
-    /// [`Error::Distributed`] when a peer is gone or the timeout passes.
+    /// [`Error::Distributed`](crate::Error::Distributed) when a peer is gone or the timeout passes.
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: a live group.
         ffi::dist("barrier", unsafe {
@@ -321,7 +321,7 @@ impl ProcessGroup {
     /// dropping the group afterwards is fine. Dropping without calling it shuts down too.
     ///
     /// # Errors
-    /// [`Error::Distributed`] when the backend reports a failure while shutting down.
+    /// [`Error::Distributed`](crate::Error::Distributed) when the backend reports a failure while shutting down.
     pub fn shutdown(&mut self) -> Result<()> {
         // SAFETY: a live group.
         ffi::dist("shutdown", unsafe {

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+use super::ImageSet;
 use crate::error::{DataError, Result};
 
 /// The values of an array.
@@ -58,7 +59,7 @@ impl NpyArray {
     /// [`DataError::Config`] when `data` has another length than the shape's product.
     ///
     /// ```
-    /// use data::npz::{NpyArray, NpyData};
+    /// use data::images::{NpyArray, NpyData};
     /// let a = NpyArray::new(vec![2, 3], NpyData::U8(vec![0; 6]))?;
     /// assert_eq!(a.shape, [2, 3]);
     /// assert!(NpyArray::new(vec![2, 3], NpyData::U8(vec![0; 5])).is_err());
@@ -78,7 +79,7 @@ impl NpyArray {
     /// The array as `.npy` bytes.
     ///
     /// ```
-    /// use data::npz::{NpyArray, NpyData};
+    /// use data::images::{NpyArray, NpyData};
     /// let bytes = NpyArray::new(vec![3], NpyData::F64(vec![1.0, 2.0, 3.0]))?.to_npy_bytes();
     /// assert_eq!(&bytes[..6], b"\x93NUMPY");
     /// assert_eq!(bytes.len() % 64, 24 % 64); // 64-byte aligned header, then 3 × 8 bytes
@@ -224,7 +225,7 @@ impl NpyArray {
 /// [`DataError::Write`] naming the file.
 ///
 /// ```
-/// use data::npz::{read_npz, write_npz, NpyArray, NpyData};
+/// use data::images::{read_npz, write_npz, NpyArray, NpyData};
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("stats.npz");
 /// let mu = NpyArray::new(vec![2], NpyData::F64(vec![0.5, -1.0]))?;
@@ -296,6 +297,68 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     }
     Ok(out)
 }
+
+/// Reads a sample set from an `.npz`, as FID tools exchange them: the array `arr_0` (what
+/// `numpy.savez(path, x)` writes), or else the first array; uint8, `[N, H, W, C]`, or
+/// `[N, H, W]` for grayscale. The images come back NCHW.
+///
+/// # Errors
+/// Those of [`read_npz`], and [`DataError::Npy`] naming the file when it holds no array, or one
+/// of another type or shape.
+///
+/// ```
+/// use data::images::{read_samples_npz, write_samples_npz, ImageSet};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("samples.npz");
+/// let images = ImageSet::new((0..2 * 3 * 4 * 5).map(|v| v as u8).collect(), [2, 3, 4, 5])?;
+/// write_samples_npz(&path, &images)?;
+/// assert_eq!(read_samples_npz(&path)?, images);
+/// # Ok::<(), data::DataError>(())
+/// ```
+pub fn read_samples_npz(path: &Path) -> Result<ImageSet> {
+    let bad = |message: String| DataError::Npy {
+        path: path.to_path_buf(),
+        message,
+    };
+    let arrays = read_npz(path)?;
+    let Some((name, array)) = arrays
+        .iter()
+        .find(|(name, _)| name == SAMPLES_ARRAY)
+        .or_else(|| arrays.first())
+    else {
+        return Err(bad("holds no arrays".into()));
+    };
+    let NpyData::U8(pixels) = &array.data else {
+        return Err(bad(format!(
+            "array `{name}` is not uint8: save samples as uint8 NHWC on [0, 255]"
+        )));
+    };
+    let shape = match array.shape[..] {
+        [n, h, w] => [n, h, w, 1],
+        [n, h, w, c] => [n, h, w, c],
+        _ => {
+            return Err(bad(format!(
+                "array `{name}` has shape {:?}; samples must be [N, H, W, C] (or [N, H, W])",
+                array.shape
+            )))
+        }
+    };
+    ImageSet::from_nhwc(pixels, shape).map_err(|e| bad(format!("array `{name}`: {e}")))
+}
+
+/// Writes a sample set as FID tools read it: one uint8 NHWC array `arr_0`, as
+/// `numpy.savez(path, samples)` does.
+///
+/// # Errors
+/// [`DataError::Write`] naming the file.
+pub fn write_samples_npz(path: &Path, images: &ImageSet) -> Result<()> {
+    let (nhwc, shape) = images.to_nhwc();
+    let array = NpyArray::new(shape.to_vec(), NpyData::U8(nhwc))?;
+    write_npz(path, &[(SAMPLES_ARRAY, &array)])
+}
+
+/// The name `numpy.savez(path, x)` gives its one array, and sample sets are stored under.
+const SAMPLES_ARRAY: &str = "arr_0";
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,8 @@
 //! upscaling and an optional blank band under each tile for a caption.
 //!
 //! `ddpm data show` draws dataset images with their labels; training and sampling save sample
-//! grids after [`crate::denormalize_all`] has turned f32 in [-1, 1] into u8.
+//! grids after [`crate::denormalize_all`] (or the `sample` crate's `to_u8_nchw`) has turned f32
+//! in [-1, 1] into u8.
 
 use std::path::Path;
 
@@ -84,8 +85,8 @@ pub struct Grid {
 ///
 /// ```
 /// // Two 1x1 gray images side by side with 1 pixel of padding (value 9).
-/// let spec = data::grid::GridSpec { nrow: 2, padding: 1, pad_value: 9, ..Default::default() };
-/// let grid = data::grid::make_grid(&[100, 200], [2, 1, 1, 1], &spec)?;
+/// let spec = data::images::GridSpec { nrow: 2, padding: 1, pad_value: 9, ..Default::default() };
+/// let grid = data::images::make_grid(&[100, 200], [2, 1, 1, 1], &spec)?;
 /// assert_eq!((grid.width, grid.height), (5, 3));
 /// assert_eq!(grid.pixels, [9, 9, 9, 9, 9, 9, 100, 9, 200, 9, 9, 9, 9, 9, 9]);
 /// # Ok::<(), data::DataError>(())
@@ -153,7 +154,7 @@ impl Grid {
     /// # Examples
     ///
     /// ```
-    /// let grid = data::grid::make_grid(&[7], [1, 1, 1, 1], &data::grid::GridSpec { padding: 0, ..Default::default() })?;
+    /// let grid = data::images::make_grid(&[7], [1, 1, 1, 1], &data::images::GridSpec { padding: 0, ..Default::default() })?;
     /// assert_eq!(grid.to_rgb(), [7, 7, 7]);
     /// # Ok::<(), data::DataError>(())
     /// ```
@@ -170,48 +171,8 @@ impl Grid {
     ///
     /// [`DataError::Write`] naming `path` when encoding or writing fails.
     pub fn save_png(&self, path: &Path) -> Result<()> {
-        save_png(path, &self.pixels, self.width, self.height, self.channels)
+        super::save_png(path, &self.pixels, self.width, self.height, self.channels)
     }
-}
-
-/// Writes HWC u8 pixels (1 or 3 channels) as a PNG.
-///
-/// # Errors
-///
-/// [`DataError::Write`] naming `path` when encoding or writing fails, or the buffer does not match
-/// the size.
-pub fn save_png(
-    path: &Path,
-    pixels: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-) -> Result<()> {
-    let write_err = |message: String| DataError::Write {
-        path: path.to_path_buf(),
-        message,
-    };
-    let color = match channels {
-        1 => image::ExtendedColorType::L8,
-        3 => image::ExtendedColorType::Rgb8,
-        _ => {
-            return Err(write_err(format!(
-                "cannot write {channels}-channel pixels as PNG"
-            )))
-        }
-    };
-    if pixels.len() != width * height * channels {
-        return Err(write_err(format!(
-            "{} bytes are not a {width}x{height}x{channels} image",
-            pixels.len()
-        )));
-    }
-    let (w, h) = (u32::try_from(width), u32::try_from(height));
-    let (Ok(w), Ok(h)) = (w, h) else {
-        return Err(write_err(format!("{width}x{height} is too large for PNG")));
-    };
-    image::save_buffer_with_format(path, pixels, w, h, color, image::ImageFormat::Png)
-        .map_err(|err| write_err(err.to_string()))
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 //! 32×32×3 (its CPU shape).
 //!
 //! `forward` is inference (eval mode, no autograd); `train_step` is forward in train mode, an MSE
-//! loss against a fixed target, backward, and an Adam update written here on plain tensors in
-//! `torch.optim.Adam`'s single-tensor form (the default on CPU), with the gradients returned by
-//! `run_backward` (like `torch.autograd.grad`, so no zeroing pass). `cargo xtask bench` runs the
-//! same models beside PyTorch eager on the same libtorch, step by step, and reports the ratios.
+//! loss against a fixed target, backward, and the trainer's Adam update (`train::optim::Adam`,
+//! the paper's settings). It lives in `train` rather than `model` because it needs that
+//! optimizer, and dependencies point down. `cargo xtask bench` runs the same models beside
+//! PyTorch eager on the same libtorch, step by step, and reports the ratios.
 //!
 //! ```text
-//! cargo bench -p model --bench unet -- --warm-up-time 2 --measurement-time 10
-//! DDPM_BENCH_THREADS=2 DDPM_BENCH_DEVICE=cuda cargo bench -p model --bench unet
+//! cargo bench -p train --bench unet -- --warm-up-time 2 --measurement-time 10
+//! DDPM_BENCH_THREADS=2 DDPM_BENCH_DEVICE=cuda cargo bench -p train --bench unet
 //! ```
 //!
 //! Threads default to 2 (the reference machine's cores); `DDPM_BENCH_DEVICE=cuda` runs on the GPU
@@ -23,11 +23,9 @@ use model::{
 };
 use std::time::Duration;
 
-#[path = "support/adam.rs"]
-mod adam;
-use adam::Adam;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
+use train::optim::{Adam, OptimConfig};
 
 struct Case {
     name: &'static str,
@@ -82,15 +80,17 @@ fn bench_case(c: &mut Criterion, case: &Case, format: MemoryFormat, autocast: bo
             out
         })
     });
-    let mut adam = Adam::new(&vs, 1e-4);
-    let params = vs.trainable_variables();
+    let optim = OptimConfig::ho2020();
+    let lr = optim.lr;
+    let mut adam = Adam::new(&vs, optim);
     group.bench_function(id("train_step"), |b| {
         b.iter(|| {
+            adam.zero_grad();
             let loss = run(true)
                 .to_kind(Kind::Float)
                 .mse_loss(&target, Reduction::Mean);
-            let grads = Tensor::run_backward(&[&loss], &params, false, false);
-            adam.update(&grads);
+            loss.backward();
+            adam.step(lr);
             sync(device);
             loss
         })

@@ -1,0 +1,625 @@
+//! The DDPM paper's U-Net (Ho et al. 2020, App. B; the official `unet2d16b2` model), written to
+//! diffusers' `UNet2DModel` conventions so that its weights load one to one in both directions.
+//!
+//! Per level: `layers_per_block` residual blocks (GroupNorm → SiLU → conv, plus a projection of
+//! the time embedding, then GroupNorm → SiLU → dropout → conv, with a 1×1 shortcut when the width
+//! changes), self-attention after each of them at the configured resolutions, and a stride-2 conv
+//! between levels. The middle runs resnet → attention → resnet; the up path mirrors the down path
+//! with one more resnet per level, each on `cat([h, skip], channels)`, and nearest ×2 + conv
+//! between levels. The time embedding is sinusoidal, then Linear(4·ch) → SiLU → Linear(4·ch);
+//! a class-conditional network adds a learned class embedding to it there (diffusers'
+//! `class_embedding`, see the crate docs for the null label).
+//!
+//! diffusers' conventions, all reproduced exactly: `freq_shift` 1 and `flip_sin_to_cos` false (the
+//! paper's embedding), `downsample_padding` 0 (pad right and bottom by one, then a 3×3 stride-2
+//! conv with no padding: TensorFlow's "same"), one attention head of full width scaled by
+//! `1/sqrt(C)`, GroupNorm eps 1e-6, and the state-dict names (`down_blocks.1.attentions.0.to_q.weight`,
+//! `mid_block.resnets.1.conv2.bias`, ...). Fresh weights follow the official initialisation: fan-avg
+//! uniform variance scaling, zero biases, and a near-zero scale for the last conv of every residual
+//! branch, the attention output projection and `conv_out`.
+//!
+//! This file is the network; [`UNetConfig`], its presets and validation are in `config.rs`, and
+//! its translation to and from diffusers' `config.json` in `diffusers.rs`.
+
+mod config;
+mod diffusers;
+
+pub use config::UNetConfig;
+
+use crate::init::{fan_avg_uniform_, ZERO_SCALE};
+use crate::memory_format::{is_channels_last, to_memory_format, MemoryFormat};
+use crate::{add_class_embedding, batch_timesteps, timestep_embedding, ClassEmbedding, Denoiser};
+use tch::nn::{self, Init};
+use tch::Tensor;
+use torch_ext::Generator;
+
+/// The architecture's name in configuration errors.
+const ARCH: &str = "ddpm";
+
+/// A convolution with the official DDPM initialisation.
+// The layer's shape, its init scale and the generator: nothing here groups naturally.
+#[allow(clippy::too_many_arguments)]
+fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    scale: f64,
+    gen: &mut Generator,
+) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding,
+        ws_init: Init::Const(0.0),
+        bs_init: Init::Const(0.0),
+        ..Default::default()
+    };
+    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
+    fan_avg_uniform_(&conv.ws, scale, gen);
+    conv
+}
+
+/// A linear layer with the official DDPM initialisation.
+fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64, gen: &mut Generator) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: Init::Const(0.0),
+        bs_init: Some(Init::Const(0.0)),
+        bias: true,
+    };
+    let linear = nn::linear(vs, d_in, d_out, config);
+    fan_avg_uniform_(&linear.ws, scale, gen);
+    linear
+}
+
+fn group_norm(vs: nn::Path, channels: i64, config: &UNetConfig) -> nn::GroupNorm {
+    let gn_config = nn::GroupNormConfig {
+        eps: config.norm_eps,
+        ..Default::default()
+    };
+    nn::group_norm(vs, config.norm_num_groups, channels, gn_config)
+}
+
+/// diffusers' `ResnetBlock2D` with the default time-embedding mode (added after conv1).
+#[derive(Debug)]
+struct ResnetBlock {
+    norm1: nn::GroupNorm,
+    conv1: nn::Conv2D,
+    time_emb_proj: nn::Linear,
+    norm2: nn::GroupNorm,
+    conv2: nn::Conv2D,
+    conv_shortcut: Option<nn::Conv2D>,
+    dropout: f64,
+}
+
+impl ResnetBlock {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, config: &UNetConfig, gen: &mut Generator) -> Self {
+        let temb = config.time_embed_dim();
+        Self {
+            norm1: group_norm(&vs / "norm1", c_in, config),
+            conv1: conv2d(&vs / "conv1", c_in, c_out, 3, 1, 1, 1.0, gen),
+            time_emb_proj: linear(&vs / "time_emb_proj", temb, c_out, 1.0, gen),
+            norm2: group_norm(&vs / "norm2", c_out, config),
+            conv2: conv2d(&vs / "conv2", c_out, c_out, 3, 1, 1, ZERO_SCALE, gen),
+            conv_shortcut: (c_in != c_out)
+                .then(|| conv2d(&vs / "conv_shortcut", c_in, c_out, 1, 1, 0, 1.0, gen)),
+            dropout: config.dropout,
+        }
+    }
+
+    /// # Shapes
+    /// `xs`: `[N, c_in, H, W]`, `temb_act`: SiLU of the time embedding, `[N, 4·ch]` →
+    /// `[N, c_out, H, W]`.
+    ///
+    /// The additions run in place on convolution outputs, which no backward pass needs.
+    fn forward(&self, xs: &Tensor, temb_act: &Tensor, train: bool) -> Tensor {
+        let mut h = xs.apply(&self.norm1).silu().apply(&self.conv1);
+        let _ = h.g_add_(
+            &temb_act
+                .apply(&self.time_emb_proj)
+                .unsqueeze(-1)
+                .unsqueeze(-1),
+        );
+        let mut h = h
+            .apply(&self.norm2)
+            .silu()
+            .dropout(self.dropout, train)
+            .apply(&self.conv2);
+        let _ = match &self.conv_shortcut {
+            Some(conv) => h.g_add_(&xs.apply(conv)),
+            None => h.g_add_(xs),
+        };
+        h
+    }
+}
+
+/// diffusers' `Attention` as its `AttnDownBlock2D` uses it: GroupNorm, single-matrix q/k/v over
+/// the pixels, scaled dot-product attention, output projection, residual.
+#[derive(Debug)]
+struct AttentionBlock {
+    group_norm: nn::GroupNorm,
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+}
+
+impl AttentionBlock {
+    fn new(vs: nn::Path, channels: i64, config: &UNetConfig, gen: &mut Generator) -> Self {
+        let head_dim = config.attention_head_dim.unwrap_or(channels);
+        Self {
+            group_norm: group_norm(&vs / "group_norm", channels, config),
+            to_q: linear(&vs / "to_q", channels, channels, 1.0, gen),
+            to_k: linear(&vs / "to_k", channels, channels, 1.0, gen),
+            to_v: linear(&vs / "to_v", channels, channels, 1.0, gen),
+            to_out: linear(&vs / "to_out" / 0, channels, channels, ZERO_SCALE, gen),
+            heads: channels / head_dim,
+        }
+    }
+
+    /// # Shapes
+    /// `xs`: `[N, C, H, W]` → `[N, C, H, W]`.
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (n, c, h, w) = xs.size4().expect("attention takes NCHW input");
+        let head_dim = c / self.heads;
+        // [N, C, H, W] → [N, HW, C]: free for channels-last input.
+        let tokens = xs
+            .apply(&self.group_norm)
+            .reshape([n, c, h * w])
+            .transpose(1, 2);
+        let split = |t: Tensor| t.reshape([n, h * w, self.heads, head_dim]).transpose(1, 2);
+        let q = split(tokens.apply(&self.to_q));
+        let k = split(tokens.apply(&self.to_k));
+        let v = split(tokens.apply(&self.to_v));
+        let attended = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
+        let out = attended
+            .transpose(1, 2)
+            .reshape([n, h * w, c])
+            .apply(&self.to_out);
+        // In place on the projection's output, which its backward does not need.
+        let mut out = out.transpose(1, 2).reshape([n, c, h, w]);
+        let _ = out.g_add_(xs);
+        out
+    }
+}
+
+/// One level of the down path.
+#[derive(Debug)]
+struct DownBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<AttentionBlock>,
+    /// The stride-2 conv to the next level; `None` on the deepest level.
+    downsampler: Option<nn::Conv2D>,
+    downsample_padding: i64,
+}
+
+impl DownBlock {
+    /// Down level `level` under `p`, from `c_prev` channels to `width`.
+    fn new(
+        p: &nn::Path,
+        level: usize,
+        [c_prev, width]: [i64; 2],
+        c: &UNetConfig,
+        gen: &mut Generator,
+    ) -> Self {
+        let levels = c.channel_mult.len();
+        let n_layers = c.layers_per_block as usize;
+        // Attention blocks register before resnets in diffusers' AttnDownBlock2D.
+        let attentions = if c.has_attention(level) {
+            (0..n_layers)
+                .map(|j| AttentionBlock::new(p / "attentions" / j, width, c, gen))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let resnets = (0..n_layers)
+            .map(|j| {
+                ResnetBlock::new(
+                    p / "resnets" / j,
+                    if j == 0 { c_prev } else { width },
+                    width,
+                    c,
+                    gen,
+                )
+            })
+            .collect();
+        let padding = c.downsample_padding;
+        let downsampler = (level + 1 < levels).then(|| {
+            conv2d(
+                p / "downsamplers" / 0 / "conv",
+                width,
+                width,
+                3,
+                2,
+                padding,
+                1.0,
+                gen,
+            )
+        });
+        Self {
+            resnets,
+            attentions,
+            downsampler,
+            downsample_padding: padding,
+        }
+    }
+}
+
+/// One level of the up path.
+#[derive(Debug)]
+struct UpBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<AttentionBlock>,
+    /// Nearest ×2 then this 3×3 conv; `None` on the top level.
+    upsampler: Option<nn::Conv2D>,
+}
+
+impl UpBlock {
+    /// Up level `i` (0 is the deepest) under `p`.
+    fn new(p: &nn::Path, i: usize, c: &UNetConfig, gen: &mut Generator) -> Self {
+        let widths = c.block_out_channels();
+        let level = widths.len() - 1 - i;
+        let channels = c.up_resnet_channels(i);
+        let attentions = if c.has_attention(level) {
+            (0..channels.len())
+                .map(|j| AttentionBlock::new(p / "attentions" / j, widths[level], c, gen))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let resnets = channels
+            .iter()
+            .enumerate()
+            .map(|(j, &(c_in, c_out))| ResnetBlock::new(p / "resnets" / j, c_in, c_out, c, gen))
+            .collect();
+        let upsampler = (level > 0).then(|| {
+            conv2d(
+                p / "upsamplers" / 0 / "conv",
+                widths[level],
+                widths[level],
+                3,
+                1,
+                1,
+                1.0,
+                gen,
+            )
+        });
+        Self {
+            resnets,
+            attentions,
+            upsampler,
+        }
+    }
+}
+
+/// The paper's U-Net, ε_θ(x_t, t), with diffusers' `UNet2DModel` parameter names.
+#[derive(Debug)]
+pub struct UNet {
+    config: UNetConfig,
+    conv_in: nn::Conv2D,
+    linear_1: nn::Linear,
+    linear_2: nn::Linear,
+    class_embedding: Option<ClassEmbedding>,
+    down_blocks: Vec<DownBlock>,
+    up_blocks: Vec<UpBlock>,
+    mid_resnets: [ResnetBlock; 2],
+    mid_attention: AttentionBlock,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+}
+
+impl UNet {
+    /// Creates the variables in diffusers' `state_dict` order, so that tables list them alike.
+    pub(super) fn new(vs: &nn::Path, config: UNetConfig, gen: &mut Generator) -> Self {
+        let c = &config;
+        let widths = c.block_out_channels();
+        let levels = widths.len();
+        let temb = c.time_embed_dim();
+        let conv_in = conv2d(vs / "conv_in", c.in_channels, c.channels, 3, 1, 1, 1.0, gen);
+        let linear_1 = linear(
+            vs / "time_embedding" / "linear_1",
+            c.channels,
+            temb,
+            1.0,
+            gen,
+        );
+        let linear_2 = linear(vs / "time_embedding" / "linear_2", temb, temb, 1.0, gen);
+
+        let mut down_blocks = Vec::with_capacity(levels);
+        let mut c_prev = c.channels;
+        for (level, &width) in widths.iter().enumerate() {
+            down_blocks.push(DownBlock::new(
+                &(vs / "down_blocks" / level),
+                level,
+                [c_prev, width],
+                c,
+                gen,
+            ));
+            c_prev = width;
+        }
+        let up_blocks = (0..levels)
+            .map(|i| UpBlock::new(&(vs / "up_blocks" / i), i, c, gen))
+            .collect();
+
+        let mid = vs / "mid_block";
+        let bottom = widths[levels - 1];
+        let mid_attention = AttentionBlock::new(&mid / "attentions" / 0, bottom, c, gen);
+        let mid_resnets =
+            [0, 1].map(|j| ResnetBlock::new(&mid / "resnets" / j, bottom, bottom, c, gen));
+        let conv_norm_out = group_norm(vs / "conv_norm_out", c.channels, c);
+        let conv_out = conv2d(
+            vs / "conv_out",
+            c.channels,
+            c.out_channels,
+            3,
+            1,
+            1,
+            ZERO_SCALE,
+            gen,
+        );
+        // Drawn last, so that an unconditional network's initial weights stay what they were
+        // and a class-conditional one starts from them.
+        let class_embedding = ClassEmbedding::new(vs, c.num_classes, temb, gen);
+        Self {
+            config,
+            conv_in,
+            linear_1,
+            linear_2,
+            class_embedding,
+            down_blocks,
+            up_blocks,
+            mid_resnets,
+            mid_attention,
+            conv_norm_out,
+            conv_out,
+        }
+    }
+
+    /// The configuration the network was built from.
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// Every convolution kernel: the tensors whose layout is the memory format.
+    pub(super) fn conv_kernels(&self) -> Vec<&Tensor> {
+        let resnets = (self.down_blocks.iter().flat_map(|b| &b.resnets))
+            .chain(&self.mid_resnets)
+            .chain(self.up_blocks.iter().flat_map(|b| &b.resnets));
+        let resnet_kernels = resnets.flat_map(|r| {
+            [
+                Some(&r.conv1.ws),
+                Some(&r.conv2.ws),
+                r.conv_shortcut.as_ref().map(|c| &c.ws),
+            ]
+        });
+        let resamplers = (self.down_blocks.iter().map(|b| b.downsampler.as_ref()))
+            .chain(self.up_blocks.iter().map(|b| b.upsampler.as_ref()))
+            .map(|conv| conv.map(|c| &c.ws));
+        [Some(&self.conv_in.ws), Some(&self.conv_out.ws)]
+            .into_iter()
+            .chain(resnet_kernels)
+            .chain(resamplers)
+            .flatten()
+            .collect()
+    }
+}
+
+impl Denoiser for UNet {
+    fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+        self.forward_cond(xs, timesteps, None, train)
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.config.num_classes
+    }
+
+    fn forward_cond(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let format = if is_channels_last(&self.conv_in.ws) {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        };
+        let x = to_memory_format(xs, format);
+        let timesteps = batch_timesteps(timesteps, xs.size()[0]);
+        let c = &self.config;
+        let t_emb = timestep_embedding(&timesteps, c.channels, c.flip_sin_to_cos, c.freq_shift)
+            .to_kind(self.linear_1.ws.kind());
+        let temb = t_emb.apply(&self.linear_1).silu().apply(&self.linear_2);
+        // diffusers: `emb = emb + class_emb`, after the time MLP and before any resnet.
+        let temb = add_class_embedding(
+            self.class_embedding.as_ref(),
+            temb,
+            class_labels,
+            xs.size()[0],
+            "U-Net",
+        );
+        // Every resnet applies SiLU to the embedding before its projection; do it once.
+        let temb_act = temb.silu();
+
+        let mut h = x.apply(&self.conv_in);
+        let mut skips = vec![h.shallow_clone()];
+        for block in &self.down_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                h = resnet.forward(&h, &temb_act, train);
+                if let Some(attention) = block.attentions.get(j) {
+                    h = attention.forward(&h);
+                }
+                skips.push(h.shallow_clone());
+            }
+            if let Some(conv) = &block.downsampler {
+                if block.downsample_padding == 0 {
+                    h = h.constant_pad_nd([0, 1, 0, 1]);
+                }
+                h = h.apply(conv);
+                skips.push(h.shallow_clone());
+            }
+        }
+
+        h = self.mid_resnets[0].forward(&h, &temb_act, train);
+        h = self.mid_attention.forward(&h);
+        h = self.mid_resnets[1].forward(&h, &temb_act, train);
+
+        for block in &self.up_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                h = resnet.forward(&Tensor::cat(&[&h, &skip], 1), &temb_act, train);
+                if let Some(attention) = block.attentions.get(j) {
+                    h = attention.forward(&h);
+                }
+            }
+            if let Some(conv) = &block.upsampler {
+                let (_, _, height, width) = h.size4().expect("NCHW");
+                h = h
+                    .upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0)
+                    .apply(conv);
+            }
+        }
+        let out = h.apply(&self.conv_norm_out).silu().apply(&self.conv_out);
+        if out.kind() == xs.kind() {
+            out
+        } else {
+            out.to_kind(xs.kind())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::{Device, Kind};
+
+    fn tiny() -> UNetConfig {
+        UNetConfig {
+            image_size: 16,
+            channels: 8,
+            channel_mult: vec![1, 2, 2],
+            attention_resolutions: vec![8],
+            norm_num_groups: 4,
+            ..UNetConfig::ho2020_cifar10()
+        }
+    }
+
+    #[test]
+    fn the_fashion_mnist_network_has_the_pytorch_ports_parameter_count() {
+        // Counted by scripts/bench/unet_torch.py (the quality race's peer builds it from the same
+        // configuration).
+        let vs = VarStore::new(Device::Cpu);
+        let net = UNetConfig::fashion_mnist().build(&vs.root()).unwrap();
+        assert_eq!(crate::parameter_count(&vs), 686_769);
+        let xs = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0i64, 299]);
+        assert_eq!(net.forward_t(&xs, &t, false).size(), vec![2, 1, 28, 28]);
+    }
+
+    #[test]
+    fn ho2020_has_the_papers_parameter_count_and_diffusers_names() {
+        let vs = VarStore::new(Device::Cpu);
+        let _net = UNetConfig::ho2020_cifar10().build(&vs.root()).unwrap();
+        assert_eq!(crate::parameter_count(&vs), 35_746_307);
+        let vars = vs.variables();
+        assert_eq!(vars.len(), 328, "diffusers' state_dict has 328 tensors");
+        for (name, shape) in [
+            ("conv_in.weight", vec![128, 3, 3, 3]),
+            ("time_embedding.linear_1.weight", vec![512, 128]),
+            ("down_blocks.1.attentions.0.to_q.weight", vec![256, 256]),
+            (
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+                vec![256, 128, 1, 1],
+            ),
+            (
+                "down_blocks.0.downsamplers.0.conv.weight",
+                vec![128, 128, 3, 3],
+            ),
+            ("mid_block.attentions.0.group_norm.weight", vec![256]),
+            ("mid_block.resnets.1.conv2.bias", vec![256]),
+            ("up_blocks.0.resnets.0.conv1.weight", vec![256, 512, 3, 3]),
+            ("up_blocks.2.attentions.2.to_out.0.weight", vec![256, 256]),
+            (
+                "up_blocks.3.resnets.2.conv_shortcut.weight",
+                vec![128, 256, 1, 1],
+            ),
+            ("up_blocks.2.upsamplers.0.conv.weight", vec![256, 256, 3, 3]),
+            ("conv_norm_out.weight", vec![128]),
+            ("conv_out.weight", vec![3, 128, 3, 3]),
+        ] {
+            assert_eq!(vars.get(name).map(Tensor::size), Some(shape), "{name}");
+        }
+        assert!(!vars.contains_key("down_blocks.3.downsamplers.0.conv.weight"));
+        assert!(!vars.contains_key("up_blocks.3.upsamplers.0.conv.weight"));
+    }
+
+    /// The official init scales the last layer of every residual branch and `conv_out` to ~0, so a
+    /// fresh network ignores `t` and dropout; give those layers ordinary weights.
+    fn wake_up(vs: &VarStore) {
+        for (name, mut var) in vs.variables() {
+            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
+                let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
+            }
+        }
+    }
+
+    #[test]
+    fn fresh_residual_branches_start_near_zero() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = tiny().build(&vs.root()).unwrap();
+        let xs = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let out = net.forward_t(&xs, &Tensor::from_slice(&[1i64, 900]), true);
+        assert!(out.abs().max().double_value(&[]) < 1e-3);
+    }
+
+    #[test]
+    fn kernels_stay_nchw_and_every_kernel_is_listed() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = UNetConfig::ho2020_cifar10().build(&vs.root()).unwrap();
+        let n_kernels = vs.variables().values().filter(|v| v.dim() == 4).count();
+        assert_eq!(net.conv_kernels().len(), n_kernels);
+        assert!(vs.variables().values().all(Tensor::is_contiguous));
+    }
+
+    #[test]
+    fn output_has_the_input_shape_and_depends_on_t() {
+        let vs = VarStore::new(Device::Cpu);
+        let config = UNetConfig {
+            in_channels: 1,
+            out_channels: 1,
+            ..tiny()
+        };
+        let net = config.build(&vs.root()).unwrap();
+        wake_up(&vs);
+        let xs = Tensor::randn([3, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let out = net.forward_t(&xs, &Tensor::from_slice(&[0i64, 10, 999]), false);
+        assert_eq!(out.size(), [3, 1, 16, 16]);
+        let same_x = Tensor::cat(&[xs.get(0).unsqueeze(0), xs.get(0).unsqueeze(0)], 0);
+        let two_ts = net.forward_t(&same_x, &Tensor::from_slice(&[0i64, 500]), false);
+        assert!(!two_ts.get(0).allclose(&two_ts.get(1), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn dropout_acts_only_in_train_mode() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = tiny().build(&vs.root()).unwrap();
+        wake_up(&vs);
+        let xs = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let ts = Tensor::from_slice(&[3i64, 7]);
+        assert!(net
+            .forward_t(&xs, &ts, false)
+            .equal(&net.forward_t(&xs, &ts, false)));
+        assert!(!net
+            .forward_t(&xs, &ts, true)
+            .equal(&net.forward_t(&xs, &ts, true)));
+    }
+}

@@ -1,0 +1,380 @@
+//! The diffusers folder format beyond the model's `config.json` (which `model` translates): the
+//! scheduler's `scheduler_config.json`, read into a schedule and a prediction type and written
+//! from them ([`DiffusersScheduler`]), and [`Pipeline::export_diffusers`], which writes a whole
+//! folder that diffusers loads.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use model::{ModelConfig, Prediction};
+use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
+use schedule::{BetaSchedule, Schedule};
+
+use super::{
+    source_err, Pipeline, CLASS_NAMES_KEY, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS,
+    SCHEDULER_CONFIG,
+};
+use crate::SampleError;
+
+/// The keys of a diffusers scheduler config that decide the forward process and the network's
+/// target (DDPMScheduler, DDIMScheduler and the solvers share them), with DDPMScheduler's
+/// defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffusersScheduler {
+    /// `num_train_timesteps`: T.
+    pub num_train_timesteps: usize,
+    /// `beta_start`.
+    pub beta_start: f64,
+    /// `beta_end`.
+    pub beta_end: f64,
+    /// `beta_schedule`: `linear`, `scaled_linear`, `squaredcos_cap_v2` or `sigmoid`.
+    pub beta_schedule: String,
+    /// `trained_betas`: explicit betas, overriding the rest.
+    pub trained_betas: Option<Vec<f64>>,
+    /// `prediction_type`: `epsilon`, `sample` or `v_prediction`.
+    pub prediction: Prediction,
+    /// `clip_sample`.
+    pub clip_sample: bool,
+}
+
+impl Default for DiffusersScheduler {
+    /// DDPMScheduler's defaults.
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            beta_schedule: "linear".into(),
+            trained_betas: None,
+            prediction: Prediction::Eps,
+            clip_sample: true,
+        }
+    }
+}
+
+impl DiffusersScheduler {
+    /// Reads a `scheduler_config.json`; keys that change sampling in ways this toolkit does not
+    /// implement are refused, naming the key.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn from_json(value: &Value) -> Result<Self, String> {
+        let obj = value
+            .as_object()
+            .ok_or("a scheduler config must be a JSON object")?;
+        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
+        let mut s = Self::default();
+        let num = |key: &str| -> Result<Option<f64>, String> {
+            get(key)
+                .map(|v| v.as_f64().ok_or(format!("`{key}` must be a number")))
+                .transpose()
+        };
+        if let Some(v) = get("num_train_timesteps") {
+            s.num_train_timesteps = v
+                .as_u64()
+                .ok_or("`num_train_timesteps` must be a positive integer")?
+                as usize;
+        }
+        if let Some(v) = num("beta_start")? {
+            s.beta_start = v;
+        }
+        if let Some(v) = num("beta_end")? {
+            s.beta_end = v;
+        }
+        if let Some(v) = get("beta_schedule") {
+            s.beta_schedule = v
+                .as_str()
+                .ok_or("`beta_schedule` must be a string")?
+                .to_string();
+        }
+        if let Some(v) = get("trained_betas") {
+            s.trained_betas = Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|_| "`trained_betas` must be a list of numbers".to_string())?,
+            );
+        }
+        if let Some(v) = get("prediction_type") {
+            s.prediction = match v.as_str() {
+                Some("epsilon") => Prediction::Eps,
+                Some("sample") => Prediction::X0,
+                Some("v_prediction") => Prediction::V,
+                _ => {
+                    return Err(format!(
+                        "`prediction_type` = {v} is not supported (epsilon, sample or v_prediction)"
+                    ))
+                }
+            };
+        }
+        if let Some(v) = get("clip_sample") {
+            s.clip_sample = v.as_bool().ok_or("`clip_sample` must be true or false")?;
+        }
+        if let Some(range) = num("clip_sample_range")? {
+            if range != 1.0 {
+                return Err(format!(
+                    "`clip_sample_range` = {range} is not supported (only 1.0)"
+                ));
+            }
+        }
+        for key in ["thresholding", "rescale_betas_zero_snr"] {
+            if get(key).and_then(Value::as_bool) == Some(true) {
+                return Err(format!("`{key}` = true is not supported"));
+            }
+        }
+        if let Some(v) = get("variance_type").and_then(Value::as_str) {
+            if v.starts_with("learned") {
+                return Err(format!(
+                    "`variance_type` = \"{v}\" is not supported: the networks here predict no variance"
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The schedule these keys describe.
+    ///
+    /// # Errors
+    /// A message naming `beta_schedule` when it is not one of the supported kinds.
+    pub fn beta_schedule(&self) -> Result<BetaSchedule, String> {
+        let n_steps = self.num_train_timesteps;
+        let (start, end) = (self.beta_start, self.beta_end);
+        let schedule = if let Some(betas) = &self.trained_betas {
+            BetaSchedule::Custom {
+                betas: betas.clone(),
+            }
+        } else {
+            match self.beta_schedule.as_str() {
+                "linear" => BetaSchedule::Linear {
+                    n_steps,
+                    start,
+                    end,
+                },
+                // √β evenly spaced, squared: the official DDPM code's `quad`.
+                "scaled_linear" => BetaSchedule::Quadratic {
+                    n_steps,
+                    start,
+                    end,
+                },
+                "squaredcos_cap_v2" => BetaSchedule::Cosine {
+                    n_steps,
+                    s: schedule::COSINE_S,
+                    max_beta: COSINE_DIFFUSERS_MAX_BETA,
+                },
+                "sigmoid" => BetaSchedule::Sigmoid {
+                    n_steps,
+                    start,
+                    end,
+                },
+                other => {
+                    return Err(format!(
+                        "`beta_schedule` = \"{other}\" is not supported (linear, scaled_linear, \
+                         squaredcos_cap_v2 or sigmoid)"
+                    ))
+                }
+            }
+        };
+        Schedule::new(&schedule).map_err(|e| format!("the schedule: {e}"))?;
+        Ok(schedule)
+    }
+
+    /// The `scheduler_config.json` of a diffusers `DDPMScheduler` for `schedule` and
+    /// `prediction` (a custom schedule goes out as `trained_betas`).
+    pub fn to_ddpm_scheduler_json(
+        schedule: &BetaSchedule,
+        prediction: Prediction,
+        clip_sample: bool,
+    ) -> Value {
+        let (kind, n_steps, start, end, trained): (&str, usize, f64, f64, Option<&Vec<f64>>) =
+            match schedule {
+                BetaSchedule::Linear {
+                    n_steps,
+                    start,
+                    end,
+                } => ("linear", *n_steps, *start, *end, None),
+                BetaSchedule::Quadratic {
+                    n_steps,
+                    start,
+                    end,
+                } => ("scaled_linear", *n_steps, *start, *end, None),
+                BetaSchedule::Sigmoid {
+                    n_steps,
+                    start,
+                    end,
+                } => ("sigmoid", *n_steps, *start, *end, None),
+                BetaSchedule::Cosine { n_steps, .. } => {
+                    ("squaredcos_cap_v2", *n_steps, 1e-4, 0.02, None)
+                }
+                BetaSchedule::Custom { betas } => ("linear", betas.len(), 1e-4, 0.02, Some(betas)),
+            };
+        // diffusers' cosine schedule has s = 0.008 and max_beta = 0.999 fixed; another cosine
+        // goes out as explicit betas.
+        let custom_cosine = match schedule {
+            BetaSchedule::Cosine { s, max_beta, .. } => {
+                *s != schedule::COSINE_S || *max_beta != COSINE_DIFFUSERS_MAX_BETA
+            }
+            _ => false,
+        };
+        let betas: Option<Vec<f64>> = if custom_cosine {
+            Some(
+                Schedule::new(schedule)
+                    .map(|s| s.betas().to_vec())
+                    .unwrap_or_default(),
+            )
+        } else {
+            trained.cloned()
+        };
+        serde_json::json!({
+            "_class_name": "DDPMScheduler",
+            "num_train_timesteps": n_steps,
+            "beta_start": start,
+            "beta_end": end,
+            "beta_schedule": kind,
+            "trained_betas": betas,
+            "variance_type": "fixed_small",
+            "clip_sample": clip_sample,
+            "prediction_type": match prediction {
+                Prediction::Eps => "epsilon",
+                Prediction::X0 => "sample",
+                Prediction::V => "v_prediction",
+            },
+        })
+    }
+}
+
+impl Pipeline {
+    /// Writes the network as a diffusers folder that `UNet2DModel.from_pretrained(out_dir)` loads:
+    /// `config.json`, `diffusion_pytorch_model.safetensors` with modern key names (whatever names
+    /// the source used), and a `DDPMScheduler` `scheduler_config.json` for its schedule and
+    /// prediction type. The folder is written beside its destination and renamed into place;
+    /// an existing, non-empty `out_dir` is refused.
+    ///
+    /// # Errors
+    /// [`SampleError::Source`] for a SimpleUnet (diffusers has no such model) or an existing
+    /// folder; [`SampleError::Model`] or [`SampleError::Source`] naming the file on IO errors.
+    pub fn export_diffusers(&self, out_dir: &Path) -> Result<(), SampleError> {
+        let ModelConfig::Ddpm(unet) = &self.spec.model else {
+            return Err(source_err(
+                &self.spec.config_file,
+                "a SimpleUnet has no diffusers equivalent: only the DDPM U-Net exports",
+            ));
+        };
+        if out_dir.exists() && std::fs::read_dir(out_dir).map_or(true, |mut d| d.next().is_some()) {
+            return Err(source_err(
+                out_dir,
+                "exists and is not empty: pick a new folder",
+            ));
+        }
+        let name = out_dir
+            .file_name()
+            .ok_or_else(|| source_err(out_dir, "is not a folder name"))?;
+        let tmp = out_dir.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+        let io = |path: &Path, e: std::io::Error| source_err(path, e.to_string());
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        let write_json = |file: &str, value: &Value| {
+            let path = tmp.join(file);
+            let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+            std::fs::write(&path, text + "\n").map_err(|e| io(&path, e))
+        };
+        let mut config = unet.to_diffusers_config();
+        if unet.num_classes.is_some() && !self.spec.class_names.is_empty() {
+            config[CLASS_NAMES_KEY] = serde_json::json!(self.spec.class_names);
+        }
+        write_json(DIFFUSERS_CONFIG, &config)?;
+        write_json(
+            SCHEDULER_CONFIG,
+            &DiffusersScheduler::to_ddpm_scheduler_json(
+                &self.spec.schedule,
+                self.spec.prediction,
+                self.spec.clip_sample,
+            ),
+        )?;
+        model::save_safetensors(&self.vs, &tmp.join(DIFFUSERS_SAFETENSORS))?;
+        if out_dir.exists() {
+            std::fs::remove_dir(out_dir).map_err(|e| io(out_dir, e))?;
+        }
+        std::fs::rename(&tmp, out_dir).map_err(|e| io(out_dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diffusers_scheduler_keys_map_to_schedules() {
+        let s = DiffusersScheduler::from_json(&json!({
+            "_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 500, "beta_start": 0.00085, "beta_end": 0.012,
+            "prediction_type": "v_prediction", "clip_sample": false, "trained_betas": null
+        }))
+        .unwrap();
+        assert_eq!(
+            s.beta_schedule().unwrap(),
+            BetaSchedule::Quadratic {
+                n_steps: 500,
+                start: 0.00085,
+                end: 0.012
+            }
+        );
+        assert_eq!((s.prediction, s.clip_sample), (Prediction::V, false));
+        let d = DiffusersScheduler::from_json(&json!({})).unwrap();
+        assert_eq!(d, DiffusersScheduler::default());
+        assert_eq!(
+            d.beta_schedule().unwrap(),
+            BetaSchedule::Linear {
+                n_steps: 1000,
+                start: 1e-4,
+                end: 0.02
+            }
+        );
+    }
+
+    #[test]
+    fn unsupported_scheduler_keys_are_named() {
+        for (config, key) in [
+            (json!({"beta_schedule": "exotic"}), "beta_schedule"),
+            (json!({"prediction_type": "flow"}), "prediction_type"),
+            (json!({"thresholding": true}), "thresholding"),
+            (json!({"variance_type": "learned_range"}), "variance_type"),
+            (
+                json!({"num_train_timesteps": "many"}),
+                "num_train_timesteps",
+            ),
+        ] {
+            let err = DiffusersScheduler::from_json(&config)
+                .and_then(|s| s.beta_schedule().map(|_| s))
+                .unwrap_err();
+            assert!(err.contains(key), "{config}: {err}");
+        }
+    }
+
+    #[test]
+    fn scheduler_json_round_trips() {
+        for schedule in [
+            BetaSchedule::Linear {
+                n_steps: 300,
+                start: 1e-4,
+                end: 0.02,
+            },
+            BetaSchedule::Quadratic {
+                n_steps: 100,
+                start: 1e-4,
+                end: 0.02,
+            },
+            BetaSchedule::Cosine {
+                n_steps: 50,
+                s: schedule::COSINE_S,
+                max_beta: COSINE_DIFFUSERS_MAX_BETA,
+            },
+        ] {
+            let value = DiffusersScheduler::to_ddpm_scheduler_json(&schedule, Prediction::X0, true);
+            let back = DiffusersScheduler::from_json(&value).unwrap();
+            assert_eq!(back.beta_schedule().unwrap(), schedule);
+            assert_eq!(back.prediction, Prediction::X0);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! [`PipelineSpec`]: what a path names (a run, a checkpoint or a diffusers folder) and what its
+//! JSON files say, read before any tensor is built.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use model::{ModelConfig, Precision, Prediction, UNetConfig};
+use schedule::{BetaSchedule, Schedule};
+
+use super::{
+    read_json, source_err, DiffusersScheduler, SourceKind, Weights, CLASS_NAMES_KEY, DIFFUSERS_BIN,
+    DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG,
+};
+use crate::layout;
+use crate::SampleError;
+
+/// Everything a pipeline needs except the tensors, read from the JSON files of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSpec {
+    /// What kind of source.
+    pub kind: SourceKind,
+    /// The checkpoint directory or the diffusers model folder.
+    pub dir: PathBuf,
+    /// The file the network's configuration came from (`state.json` or `config.json`).
+    pub config_file: PathBuf,
+    /// The weights file.
+    pub weights_file: PathBuf,
+    /// The network.
+    pub model: ModelConfig,
+    /// The noise schedule.
+    pub schedule: BetaSchedule,
+    /// What the network predicts.
+    pub prediction: Prediction,
+    /// Whether samplers clamp x̂_0 to [-1, 1] by default (the toolkit's checkpoints: yes;
+    /// diffusers: the scheduler's `clip_sample`).
+    pub clip_sample: bool,
+    /// The precision the network was trained at; a bf16 network samples under bf16 autocast on
+    /// CUDA (a diffusers folder records none and samples in f32).
+    pub precision: Precision,
+    /// The training step of a checkpoint (`None` for a diffusers folder).
+    pub step: Option<u64>,
+    /// The names of a class-conditional network's classes, by label (empty when the source
+    /// records none, or the network is unconditional).
+    pub class_names: Vec<String>,
+}
+
+impl PipelineSpec {
+    /// The network's number of classes (`None`: unconditional).
+    pub fn num_classes(&self) -> Option<i64> {
+        self.model.num_classes()
+    }
+
+    /// The name of class `label`: the recorded one, or the number.
+    pub fn class_name(&self, label: i64) -> String {
+        usize::try_from(label)
+            .ok()
+            .and_then(|l| self.class_names.get(l))
+            .cloned()
+            .unwrap_or_else(|| label.to_string())
+    }
+}
+
+/// The partial view of a checkpoint's `state.json` that inference reads.
+#[derive(Deserialize)]
+struct StateView {
+    format_version: u32,
+    step: u64,
+    config: ConfigView,
+    #[serde(default)]
+    class_names: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ConfigView {
+    model: ModelConfig,
+    schedule: BetaSchedule,
+    objective: ObjectiveView,
+    /// Absent in checkpoints older than the setting: they trained in f32.
+    #[serde(default = "f32_precision")]
+    precision: Precision,
+}
+
+fn f32_precision() -> Precision {
+    Precision::F32
+}
+
+#[derive(Deserialize)]
+struct ObjectiveView {
+    prediction: Prediction,
+}
+
+impl PipelineSpec {
+    /// Finds what `path` names and reads its configuration (see the module docs for the kinds
+    /// of path). Nothing is built and no weights are read, so this is cheap; the weights file is
+    /// only checked to exist.
+    ///
+    /// # Errors
+    /// [`SampleError::Source`] naming the file (and the key) when the path is none of the
+    /// accepted kinds, a config cannot be read, or it uses a feature this toolkit lacks.
+    pub fn resolve(path: &Path, weights: Weights) -> Result<Self, SampleError> {
+        if !path.exists() {
+            return Err(source_err(path, "does not exist"));
+        }
+        if path.join(layout::STATE_FILE).is_file() {
+            return Self::checkpoint(path, weights);
+        }
+        for root in [path.join(layout::CHECKPOINTS_DIR), path.to_path_buf()] {
+            if let Some(latest) = layout::latest(&root) {
+                return Self::checkpoint(&latest, weights);
+            }
+        }
+        for dir in [path.to_path_buf(), path.join("unet")] {
+            let config = dir.join(DIFFUSERS_CONFIG);
+            if config.is_file() && read_json(&config)?.get("_class_name").is_some() {
+                return Self::diffusers(&dir);
+            }
+        }
+        Err(source_err(
+            path,
+            format!(
+                "neither a checkpoint ({}), a run directory with {}/, nor a diffusers folder \
+                 ({DIFFUSERS_CONFIG} with `_class_name`, or unet/{DIFFUSERS_CONFIG})",
+                layout::STATE_FILE,
+                layout::CHECKPOINTS_DIR
+            ),
+        ))
+    }
+
+    fn checkpoint(dir: &Path, weights: Weights) -> Result<Self, SampleError> {
+        let config_file = dir.join(layout::STATE_FILE);
+        let text = std::fs::read_to_string(&config_file)
+            .map_err(|e| source_err(&config_file, e.to_string()))?;
+        let state: StateView = serde_json::from_str(&text).map_err(|e| {
+            source_err(
+                &config_file,
+                format!("not a training checkpoint state: {e}"),
+            )
+        })?;
+        if state.format_version != layout::FORMAT_VERSION {
+            return Err(source_err(
+                &config_file,
+                format!(
+                    "checkpoint format {} is not supported (this build reads {})",
+                    state.format_version,
+                    layout::FORMAT_VERSION
+                ),
+            ));
+        }
+        let config = state.config;
+        config
+            .model
+            .validate()
+            .map_err(|e| source_err(&config_file, format!("`config.model`: {e}")))?;
+        Schedule::new(&config.schedule)
+            .map_err(|e| source_err(&config_file, format!("`config.schedule`: {e}")))?;
+        let weights_file = dir.join(match weights {
+            Weights::Ema => layout::EMA_FILE,
+            Weights::Model => layout::MODEL_FILE,
+        });
+        if !weights_file.is_file() {
+            return Err(source_err(&weights_file, "no such file in the checkpoint"));
+        }
+        Ok(Self {
+            kind: SourceKind::Checkpoint,
+            dir: dir.to_path_buf(),
+            config_file,
+            weights_file,
+            model: config.model,
+            schedule: config.schedule,
+            prediction: config.objective.prediction,
+            clip_sample: true,
+            precision: config.precision,
+            step: Some(state.step),
+            class_names: state.class_names,
+        })
+    }
+
+    fn diffusers(dir: &Path) -> Result<Self, SampleError> {
+        let config_file = dir.join(DIFFUSERS_CONFIG);
+        let value = read_json(&config_file)?;
+        let unet = UNetConfig::from_diffusers_config(&value)
+            .map_err(|e| source_err(&config_file, e.to_string()))?;
+        let class_names = match value.get(CLASS_NAMES_KEY) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(names) => serde_json::from_value(names.clone()).map_err(|_| {
+                source_err(
+                    &config_file,
+                    format!("`{CLASS_NAMES_KEY}` must be a list of strings"),
+                )
+            })?,
+        };
+        let weights_file = [DIFFUSERS_SAFETENSORS, DIFFUSERS_BIN]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                source_err(
+                    dir,
+                    format!(
+                        "a diffusers folder without {DIFFUSERS_SAFETENSORS} or {DIFFUSERS_BIN}"
+                    ),
+                )
+            })?;
+        let scheduler_file = [
+            dir.join(SCHEDULER_CONFIG),
+            dir.join("..").join("scheduler").join(SCHEDULER_CONFIG),
+            dir.join("..").join(SCHEDULER_CONFIG),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        let scheduler = match &scheduler_file {
+            Some(path) => DiffusersScheduler::from_json(&read_json(path)?)
+                .map_err(|message| source_err(path, message))?,
+            None => DiffusersScheduler::default(),
+        };
+        let schedule = scheduler
+            .beta_schedule()
+            .map_err(|message| source_err(scheduler_file.as_deref().unwrap_or(dir), message))?;
+        Ok(Self {
+            kind: SourceKind::Diffusers {
+                scheduler_config: scheduler_file.map(|p| normalize(&p)),
+            },
+            dir: dir.to_path_buf(),
+            config_file,
+            weights_file,
+            model: ModelConfig::Ddpm(unet),
+            schedule,
+            prediction: scheduler.prediction,
+            clip_sample: scheduler.clip_sample,
+            precision: Precision::F32,
+            step: None,
+            class_names,
+        })
+    }
+}
+
+/// `a/b/../c` as `a/c`, for messages.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_are_no_source_are_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = PipelineSpec::resolve(dir.path(), Weights::Ema)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&dir.path().display().to_string()) && err.contains("diffusers"),
+            "{err}"
+        );
+        let missing = dir.path().join("nope");
+        let err = PipelineSpec::resolve(&missing, Weights::Ema)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+}
