@@ -1,18 +1,10 @@
 //! `ddpm sample` and `ddpm eval fid --checkpoint` across the ranks of a launch (torchrun, or
-//! `--nproc-per-node N`): rank r draws batches r, r + W, r + 2W, … of the request, each seeded
-//! exactly as one process seeds it ([`sample::batch_seed`]), so the images are those of a run in
-//! one process, bit for bit; rank 0 then collects them in order (one broadcast from each batch's
-//! owner) and writes every output. The batches that keep reverse-process snapshots (strips,
-//! GIFs) are rank 0's, so snapshots never travel. Class labels are one per image of the request
-//! ([`sample::SampleOptions::for_images`]), so guided samples shard the same way.
+//! `--nproc-per-node N`): this process's place in the launch and its device. The sampling itself
+//! is `sample::shard` (rank r draws batches r, r + W, …; rank 0 gathers them).
 
 use std::time::Duration;
 
 use anyhow::Result;
-use sample::{
-    batch_seed, BatchPlan, Pipeline, SampleOptions, SampleOutput, SampledBatch, SamplerConfig,
-};
-use tch::{Kind, Tensor};
 use torch_ext::dist::{Distributed, LaunchEnv};
 
 use crate::device::DeviceSpec;
@@ -48,93 +40,4 @@ pub fn join(device: DeviceSpec, threads: Option<i32>, timeout: Duration) -> Resu
         None => None,
     };
     Ok(Joined { dist, device })
-}
-
-/// The rank that draws batch `b` of `plan` among `world_size`.
-fn owner(plan: &BatchPlan, b: usize, world_size: usize) -> usize {
-    if b * plan.batch_size < plan.n_chains {
-        0
-    } else {
-        b % world_size
-    }
-}
-
-/// How many batches of `plan` rank `rank` of `world_size` draws.
-pub fn own_batches(plan: &BatchPlan, rank: usize, world_size: usize) -> usize {
-    (0..plan.n_batches())
-        .filter(|&b| owner(plan, b, world_size) == rank)
-        .count()
-}
-
-/// The batches of `plan` drawn across the ranks: rank 0 gets all of them, in order (as
-/// [`Pipeline::sample_batches`] yields them, snapshots included); the other ranks get none.
-/// `on_step` counts this rank's own steps.
-///
-/// # Errors
-/// A sampling error, or a rank that fails or does not answer within the group's timeout.
-pub fn sample_sharded<F: FnMut(usize, usize)>(
-    pipe: &Pipeline,
-    sampler: &SamplerConfig,
-    options: &SampleOptions,
-    plan: &BatchPlan,
-    dist: &Distributed,
-    mut on_step: F,
-) -> Result<Vec<SampledBatch>> {
-    let (rank, world) = (dist.rank(), dist.world_size());
-    let n_batches = plan.n_batches();
-    let first = |b: usize| b * plan.batch_size;
-    let rows = |b: usize| plan.batch_size.min(plan.n_images - first(b));
-    let mut own = Vec::new();
-    for b in (0..n_batches).filter(|&b| owner(plan, b, world) == rank) {
-        // Batch b of the request is batch 0 of a request seeded with its seed.
-        let one = BatchPlan {
-            n_images: rows(b),
-            batch_size: plan.batch_size,
-            image_shape: plan.image_shape,
-            seed: batch_seed(plan.seed, b),
-            n_chains: plan.n_chains.saturating_sub(first(b)),
-        };
-        // With the classes of its own images.
-        let batch = pipe
-            .sample_batches(
-                sampler,
-                &options.for_images(first(b), rows(b)),
-                one,
-                &mut on_step,
-            )?
-            .next()
-            .expect("a request of one batch")?;
-        own.push(SampledBatch {
-            batch_idx: b,
-            first_image: first(b),
-            output: batch.output,
-        });
-    }
-    let [c, h, w] = plan.image_shape;
-    let mut own = own.into_iter();
-    let mut gathered = Vec::new();
-    for b in 0..n_batches {
-        let from = owner(plan, b, world);
-        let mine = (from == rank).then(|| own.next().expect("this rank's batch"));
-        let mut images = vec![match &mine {
-            Some(batch) => batch.output.images.shallow_clone(),
-            None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
-        }];
-        dist.broadcast_from(
-            &mut images,
-            from,
-            &format!("gathering batch {b} of the samples from rank {from}"),
-        )?;
-        if rank == 0 {
-            gathered.push(mine.unwrap_or_else(|| SampledBatch {
-                batch_idx: b,
-                first_image: first(b),
-                output: SampleOutput {
-                    images: images.pop().expect("one tensor"),
-                    snapshots: Vec::new(),
-                },
-            }));
-        }
-    }
-    Ok(gathered)
 }

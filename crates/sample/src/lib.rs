@@ -23,6 +23,8 @@ pub mod images;
 pub mod layout;
 pub mod pipeline;
 pub mod sampler;
+#[cfg(feature = "dist")]
+pub mod shard;
 
 pub use guidance::{guide, guided_forward, ClassConditioning};
 pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
@@ -65,6 +67,11 @@ pub enum SampleError {
         #[source]
         source: model::ModelError,
     },
+    /// A rank of a launch failed or did not answer while the ranks gathered the samples
+    /// ([`shard`]).
+    #[cfg(feature = "dist")]
+    #[error(transparent)]
+    Dist(#[from] torch_ext::dist::DistError),
     /// A random generator for the sampling device cannot be made (CUDA unavailable).
     #[error("random generator: {0}")]
     Generator(#[from] torch_ext::Error),

@@ -288,7 +288,7 @@ fn sample_checkpoint(
                 .map(|b| b.map_err(anyhow::Error::from)),
         ),
         Some(dist) => Box::new(
-            crate::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
+            sample::shard::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
                 .into_iter()
                 .map(Ok),
         ),

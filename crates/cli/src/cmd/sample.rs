@@ -371,7 +371,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     let n_steps = sampler.timesteps(n_train)?.len();
     let own_batches = match &joined.dist {
-        Some(dist) => crate::ranks::own_batches(&plan, dist.rank(), dist.world_size()),
+        Some(dist) => sample::shard::own_batches(&plan, dist.rank(), dist.world_size()),
         None => plan.n_batches(),
     };
     let bar = if main {
@@ -419,7 +419,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 .map(|b| b.map_err(anyhow::Error::from)),
         ),
         Some(dist) => Box::new(
-            crate::ranks::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
+            sample::shard::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
                 bar.inc(1)
             })?
             .into_iter()
