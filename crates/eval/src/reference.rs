@@ -168,8 +168,29 @@ impl Reference {
                 self.statistics.dim()
             )));
         }
-        let fid = frechet_distance(&Statistics::from_features(&features)?, &self.statistics)?;
-        let kid = kid(&features, &self.kid_features, kid_config)?;
+        self.score_features(&features, kid_config)
+    }
+
+    /// Scores samples by their features (extracted as the reference's were): the FID against
+    /// the statistics and the KID against the KID features.
+    ///
+    /// # Errors
+    /// [`FidError::Invalid`] when the features do not have the reference's dimension; those of
+    /// [`frechet_distance`] and [`kid()`].
+    pub fn score_features(
+        &self,
+        features: &Features,
+        kid_config: &KidConfig,
+    ) -> Result<SampleScores, FidError> {
+        if features.dim() != self.statistics.dim() {
+            return Err(FidError::Invalid(format!(
+                "the samples' features are {}-dimensional, the reference statistics are {}-dimensional",
+                features.dim(),
+                self.statistics.dim()
+            )));
+        }
+        let fid = frechet_distance(&Statistics::from_features(features)?, &self.statistics)?;
+        let kid = kid(features, &self.kid_features, kid_config)?;
         Ok(SampleScores { fid, kid })
     }
 }

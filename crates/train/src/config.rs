@@ -5,6 +5,8 @@
 //! dedicated CLI flags. Unknown keys are errors naming their dotted path; values are checked by
 //! [`TrainConfig::validate`], whose errors name the field.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -76,6 +78,51 @@ pub struct TrainConfig {
     /// The sampler of the evaluation images (by default DDIM with 50 steps, η = 0).
     #[serde(default = "default_eval_sampler")]
     pub eval_sampler: SamplerConfig,
+    /// What the evaluations are scored against: the feature network and the reference
+    /// statistics. Absent from configurations saved before it was kept (they scored with
+    /// these defaults unless flags said otherwise).
+    #[serde(default)]
+    pub eval_reference: EvalReference,
+}
+
+/// FID in the loop's feature network and reference statistics (`--inception`,
+/// `--inception-input-size`, `--eval-resize`, `--eval-reference-images` of `ddpm train`). The
+/// default is the FID protocol of TTUR (Heusel et al. 2017) against the whole training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalReference {
+    /// The feature network's TorchScript file; `None` is the front end's default FID Inception
+    /// (`ddpm`: `data/inception/default_1.pt`).
+    #[serde(default)]
+    pub inception: Option<PathBuf>,
+    /// The network's input size (299 for the FID Inception).
+    #[serde(default = "default_input_size")]
+    pub input_size: i64,
+    /// The bilinear resize in front of the network: `tf` or `pytorch`.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// Reference statistics of the first N training images only; `None`: all of them.
+    #[serde(default)]
+    pub images: Option<usize>,
+}
+
+fn default_input_size() -> i64 {
+    299
+}
+
+fn default_resize() -> String {
+    "tf".to_string()
+}
+
+impl Default for EvalReference {
+    fn default() -> Self {
+        Self {
+            inception: None,
+            input_size: default_input_size(),
+            resize: default_resize(),
+            images: None,
+        }
+    }
 }
 
 /// `eval_samples` by default: the sample count of the quality baseline in issue 16 (1,000 EMA
@@ -179,6 +226,7 @@ impl Preset {
                 eval_every: 0,
                 eval_samples: default_eval_samples(),
                 eval_sampler: default_eval_sampler(),
+                eval_reference: EvalReference::default(),
             },
             Preset::DdpmCifar10 => TrainConfig {
                 dataset: DatasetSpec::Cifar10 {
@@ -374,7 +422,7 @@ impl TrainConfig {
 /// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
 /// The device and threads are flags, not config keys, and may always change; so may the
 /// data-parallel settings (`distributed`), and the number of ranks.
-pub const RESUME_MUTABLE: [&str; 17] = [
+pub const RESUME_MUTABLE: [&str; 18] = [
     "max_steps",
     "epochs",
     "optim.lr",
@@ -393,6 +441,9 @@ pub const RESUME_MUTABLE: [&str; 17] = [
     "eval_every",
     "eval_samples",
     "eval_sampler",
+    // Another reference is named as a change, and the best record measured against the old one
+    // is then replaced by the next evaluation.
+    "eval_reference",
 ];
 
 /// One setting that differs between two configurations.

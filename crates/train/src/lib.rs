@@ -28,7 +28,7 @@ pub mod run_dir;
 pub mod stats;
 pub mod trainer;
 
-pub use config::{ConfigChange, Preset, TrainConfig};
+pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
 pub use distributed::DistConfig;
 pub use quality::{EvalRecord, SampleScorer, Scores};
 pub use run_dir::RunDir;

@@ -70,6 +70,24 @@ pub trait SampleScorer: Send {
     /// # Errors
     /// Whatever prevents scoring; the run stops with it.
     fn score(&mut self, images: &Tensor) -> Result<Scores, ScoreError>;
+
+    /// [`SampleScorer::score`], given up when `stop` holds: a scorer that takes long (a CPU
+    /// Inception over a thousand samples takes minutes) checks it between chunks and returns
+    /// `None`, so that a stop signal's checkpoint need not wait for it. The default scores in
+    /// one go.
+    ///
+    /// # Errors
+    /// As [`SampleScorer::score`].
+    fn score_unless(
+        &mut self,
+        images: &Tensor,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Scores>, ScoreError> {
+        if stop() {
+            return Ok(None);
+        }
+        self.score(images).map(Some)
+    }
 }
 
 /// What a [`SampleScorer`] says about a set of samples.

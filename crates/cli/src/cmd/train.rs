@@ -479,7 +479,7 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     // FID in the loop: the Inception is there (or fetched) and loads before any data is read,
     // so that a missing file fails now, not at the first evaluation. Rank 0 alone scores.
     let fid = match writer && config.eval_every > 0 {
-        true => Some(args.fid.prepare(offline, device)?),
+        true => Some(crate::fid_loop::prepare(config, offline, device)?),
         false => None,
     };
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;

@@ -25,6 +25,17 @@ pub(super) struct QualityState {
     best: Option<BestRecord>,
 }
 
+/// What became of an evaluation ([`Trainer::evaluate_unless`]).
+pub(super) enum EvalOutcome {
+    /// Scored and recorded (rank 0).
+    Recorded(EvalRecord),
+    /// Rank 0 evaluated while this rank waited.
+    Waited,
+    /// A stop request came first: nothing was recorded, and the resumed run evaluates this
+    /// step again.
+    Abandoned,
+}
+
 /// The step of any `metrics.jsonl` line, training or evaluation.
 #[derive(Deserialize)]
 pub(super) struct StepOf {
@@ -97,6 +108,17 @@ impl Trainer {
     /// # Errors
     /// [`TrainError::Sample`] when the sampler does not fit the schedule.
     pub fn draw_eval_samples(&self) -> Result<Tensor, TrainError> {
+        Ok(self
+            .draw_eval_samples_unless(&|| false)?
+            .expect("never stopped"))
+    }
+
+    /// [`Trainer::draw_eval_samples`], checking `stop` before each batch: `None` when it asked
+    /// to stop.
+    fn draw_eval_samples_unless(
+        &self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>, TrainError> {
         let n = self.config.eval_samples;
         let c = self.config.model.in_channels();
         let s = self.config.model.image_size();
@@ -121,17 +143,23 @@ impl Trainer {
             n_chains: 0,
         };
         let mut pixels: Vec<u8> = Vec::with_capacity(n * (c * s * s) as usize);
-        for batch in sample_batches(
+        let mut batches = sample_batches(
             self.ema_model.as_ref(),
             &self.sched,
             &self.config.eval_sampler,
             &options,
             plan,
             |_, _| {},
-        )? {
+        )?;
+        loop {
+            // The batches run lazily: a stop request is seen within one batch's sampling.
+            if stop() {
+                return Ok(None);
+            }
+            let Some(batch) = batches.next() else { break };
             pixels.extend(sample::to_u8_nchw(&batch?.output.images));
         }
-        Ok(Tensor::from_slice(&pixels).view([n as i64, c, s, s]))
+        Ok(Some(Tensor::from_slice(&pixels).view([n as i64, c, s, s])))
     }
 
     /// Evaluates the EMA weights now: samples, scores them with the scorer, appends an
@@ -144,13 +172,77 @@ impl Trainer {
     /// as [`checkpoint::save`] for the best checkpoint; [`TrainError::Distributed`] when a rank
     /// does not reach the barrier in time.
     pub fn evaluate(&mut self) -> Result<Option<EvalRecord>, TrainError> {
-        if !self.is_writer() {
-            self.evaluation_barrier()?;
-            return Ok(None);
+        match self.evaluate_unless(&|| false)? {
+            EvalOutcome::Recorded(record) => Ok(Some(record)),
+            EvalOutcome::Waited | EvalOutcome::Abandoned => Ok(None),
         }
-        let record = self.evaluate_here()?;
+    }
+
+    /// [`Trainer::evaluate`], abandoned when `stop` (this process's stop request) holds
+    /// between sample batches or scoring chunks on rank 0: then nothing is recorded and
+    /// `best/` is untouched. In a data-parallel run every rank learns after the barrier
+    /// whether rank 0 abandoned it, and a stop request of any rank makes every rank stop
+    /// before the next step.
+    pub(super) fn evaluate_unless(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<EvalOutcome, TrainError> {
+        let mut outcome = EvalOutcome::Waited;
+        if self.is_writer() {
+            outcome = match self.evaluate_here(stop)? {
+                Some(record) => EvalOutcome::Recorded(record),
+                None => EvalOutcome::Abandoned,
+            };
+        }
         self.evaluation_barrier()?;
-        Ok(Some(record))
+        let Some(dist) = self.dist.as_ref() else {
+            return Ok(outcome);
+        };
+        let abandoned = matches!(outcome, EvalOutcome::Abandoned);
+        let flags = [f32::from(u8::from(abandoned)), f32::from(u8::from(stop()))];
+        let mut shared = vec![Tensor::from_slice(&flags).to_device(self.device)];
+        dist.sum(
+            &mut shared,
+            &self.at_step("the all-reduce after rank 0's evaluation"),
+        )?;
+        let (abandoned, stopping) = (
+            shared[0].double_value(&[0]) > 0.0,
+            shared[0].double_value(&[1]) > 0.0,
+        );
+        self.stop_agreed |= abandoned || stopping;
+        Ok(if abandoned {
+            EvalOutcome::Abandoned
+        } else {
+            outcome
+        })
+    }
+
+    /// Whether the run resumes at a step whose evaluation is due but not in `metrics.jsonl`
+    /// (a stop request abandoned or skipped it): then the loop runs it before the next step.
+    /// Rank 0 reads the file; in a data-parallel run it tells the others.
+    pub(super) fn evaluation_pending(&self, total: u64) -> Result<bool, TrainError> {
+        if self.step == 0 || !self.evaluates_after_this_step(total) {
+            return Ok(false);
+        }
+        let mut pending = false;
+        if self.is_writer() {
+            let text =
+                std::fs::read_to_string(self.run_dir.join("metrics.jsonl")).unwrap_or_default();
+            // An evaluation line is the one with an `fid`.
+            pending = !text.lines().any(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|v| v["step"] == self.step && v.get("fid").is_some())
+            });
+        }
+        let Some(dist) = self.dist.as_ref() else {
+            return Ok(pending);
+        };
+        let mut shared = vec![Tensor::from(f32::from(u8::from(pending))).to_device(self.device)];
+        dist.sum(
+            &mut shared,
+            &self.at_step("the all-reduce of a pending evaluation"),
+        )?;
+        Ok(shared[0].double_value(&[]) > 0.0)
     }
 
     fn evaluation_barrier(&self) -> Result<(), TrainError> {
@@ -160,21 +252,29 @@ impl Trainer {
         }
     }
 
-    fn evaluate_here(&mut self) -> Result<EvalRecord, TrainError> {
+    /// Rank 0's evaluation; `None` when `stop` held between batches or chunks.
+    fn evaluate_here(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<EvalRecord>, TrainError> {
         if self.quality.scorer.is_none() {
             return Err(TrainError::Config(
                 "Trainer::evaluate needs a scorer: give it one with Trainer::set_scorer".into(),
             ));
         }
         let started = Instant::now();
-        let images = self.draw_eval_samples()?;
+        let Some(images) = self.draw_eval_samples_unless(stop)? else {
+            return Ok(None);
+        };
         let sample_seconds = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let scorer = self.quality.scorer.as_mut().expect("checked above");
-        let scores = scorer.score(&images).map_err(|e| TrainError::Evaluation {
-            step: self.step,
-            message: e.to_string(),
-        })?;
+        let scores = scorer
+            .score_unless(&images, stop)
+            .map_err(|e| TrainError::Evaluation {
+                step: self.step,
+                message: e.to_string(),
+            })?;
+        let Some(scores) = scores else {
+            return Ok(None);
+        };
         let protocol = scorer.protocol();
         let score_seconds = started.elapsed().as_secs_f64();
         if !scores.fid.is_finite() {
@@ -214,7 +314,7 @@ impl Trainer {
             self.quality.best = Some(best);
         }
         self.append_metrics(&record)?;
-        Ok(record)
+        Ok(Some(record))
     }
 
     /// Writes the current state as `checkpoints/best/` with `record`.

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::evaluation::EvalOutcome;
 use super::{StepOutcome, Trainer};
 use crate::TrainError;
 
@@ -103,18 +104,17 @@ impl Trainer {
             false => stop.load(Ordering::SeqCst),
             true => trainer.stop_agreed,
         };
+        // A resumed run first runs the evaluation that a stop request abandoned or skipped.
+        let mut pending = self.evaluation_pending(total)?;
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
             for batch in self.loader.epoch_from(epoch, start) {
+                if pending && self.evaluate_in_loop(hooks, stop)? {
+                    return self.stop_with_checkpoint(hooks);
+                }
+                pending = false;
                 if stop_now(self) {
-                    let dir = self.save_checkpoint()?;
-                    hooks.on_checkpoint(&dir);
-                    hooks.message(&format!(
-                        "interrupted: checkpoint at step {} in {}",
-                        self.step,
-                        dir.display()
-                    ));
-                    return Ok(RunEnd::Interrupted);
+                    return self.stop_with_checkpoint(hooks);
                 }
                 self.stop_local = stop.load(Ordering::SeqCst);
                 let outcome = self.step_with(&batch)?;
@@ -130,10 +130,11 @@ impl Trainer {
                     hooks.on_checkpoint(&dir);
                 }
                 // A stop request skips the evaluation, as it skips the preview below.
-                if self.evaluates_after_this_step(total) && !stop_now(self) {
-                    if let Some(record) = self.evaluate()? {
-                        hooks.on_evaluation(&record);
-                    }
+                if self.evaluates_after_this_step(total)
+                    && !stop_now(self)
+                    && self.evaluate_in_loop(hooks, stop)?
+                {
+                    return self.stop_with_checkpoint(hooks);
                 }
                 if self.step >= total {
                     break;
@@ -157,6 +158,46 @@ impl Trainer {
             hooks.on_samples(&files);
         }
         Ok(RunEnd::Finished)
+    }
+
+    /// Evaluates now, unless a stop request comes first; true when it did (the evaluation was
+    /// abandoned, on every rank), and the run must stop.
+    fn evaluate_in_loop(
+        &mut self,
+        hooks: &mut dyn TrainHooks,
+        stop: &AtomicBool,
+    ) -> Result<bool, TrainError> {
+        if self.is_writer() {
+            hooks.message(&format!(
+                "step {}: evaluating {} EMA samples",
+                self.step, self.config.eval_samples
+            ));
+        }
+        match self.evaluate_unless(&|| stop.load(Ordering::SeqCst))? {
+            EvalOutcome::Recorded(record) => hooks.on_evaluation(&record),
+            EvalOutcome::Waited => {}
+            EvalOutcome::Abandoned => {
+                hooks.message(&format!(
+                    "the evaluation of step {} was abandoned for the stop request: a --resume \
+                     runs it again",
+                    self.step
+                ));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes the stop request's checkpoint and ends the run as interrupted.
+    fn stop_with_checkpoint(&mut self, hooks: &mut dyn TrainHooks) -> Result<RunEnd, TrainError> {
+        let dir = self.save_checkpoint()?;
+        hooks.on_checkpoint(&dir);
+        hooks.message(&format!(
+            "interrupted: checkpoint at step {} in {}",
+            self.step,
+            dir.display()
+        ));
+        Ok(RunEnd::Interrupted)
     }
 
     /// Writes the metrics line of the current step, of the epoch `epoch`, whose window saw
