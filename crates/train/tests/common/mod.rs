@@ -115,6 +115,7 @@ pub fn tiny_config() -> TrainConfig {
         eval_every: 0,
         eval_samples: train::config::default_eval_samples(),
         eval_sampler: train::config::default_eval_sampler(),
+        eval_reference: train::EvalReference::default(),
     }
 }
 
