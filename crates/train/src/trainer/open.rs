@@ -428,8 +428,21 @@ fn check_same_start(run: &RunDir, start: &Start, dist: &Distributed) -> Result<(
 /// Refuses the checkpoint `dir`, whose configuration is `config`, when the run in `run_dir`
 /// (its `config.json`) differs from it in a setting outside
 /// [`crate::config::RESUME_MUTABLE`]: resuming it there would mix two runs in one directory.
-/// A directory without `config.json` holds no run yet, and takes any checkpoint.
+/// A directory without `config.json` holds no run yet, and takes any checkpoint; the run's own
+/// checkpoints (under its `checkpoints/`) were written under the same rule, and are not checked
+/// again (a damaged one fails when its weights load).
 fn check_same_run(run_dir: &Path, dir: &Path, config: &TrainConfig) -> Result<(), TrainError> {
+    let own = run_dir
+        .join(checkpoint::CHECKPOINTS_DIR)
+        .canonicalize()
+        .ok();
+    let parent = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf));
+    if own.is_some() && own == parent {
+        return Ok(());
+    }
     let path = run_dir.join("config.json");
     let Ok(text) = fs::read(&path) else {
         return Ok(());
