@@ -109,6 +109,20 @@ pub fn set_rank_threads(threads: Option<i32>, env: Option<&LaunchEnv>, device: t
 struct Ranks(Vec<Child>);
 
 impl Ranks {
+    /// Starts this command as ranks 0…n-1, meeting on 127.0.0.1:`port`.
+    fn spawn(n: usize, port: u16) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the ddpm executable")?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let mut ranks = Self(Vec::with_capacity(n));
+        for rank in 0..n {
+            let child = rank_command(&exe, &args, rank, n, port)
+                .spawn()
+                .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
+            ranks.0.push(child);
+        }
+        Ok(ranks)
+    }
+
     fn signal_all(&self, signal: i32, except: Option<usize>) {
         for (rank, child) in self.0.iter().enumerate() {
             if Some(rank) != except {
@@ -116,6 +130,52 @@ impl Ranks {
                 unsafe { libc::kill(child.id() as libc::pid_t, signal) };
             }
         }
+    }
+
+    /// Waits until every rank has exited or one has failed; returns the first that failed.
+    /// `done` records the ranks that exited.
+    fn wait_first_failure(
+        &mut self,
+        done: &mut [Option<ExitStatus>],
+    ) -> Result<Option<(usize, ExitStatus)>> {
+        loop {
+            let mut failed = None;
+            for (rank, child) in self.0.iter_mut().enumerate() {
+                if done[rank].is_none() {
+                    if let Some(status) = child.try_wait().context("waiting for the ranks")? {
+                        done[rank] = Some(status);
+                        if !status.success() && failed.is_none() {
+                            failed = Some((rank, status));
+                        }
+                    }
+                }
+            }
+            if failed.is_some() || done.iter().all(Option::is_some) {
+                return Ok(failed);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM to the ranks but `failed` that are still running (those not in `done`),
+    /// and SIGKILL to any still running after [`GRACE`].
+    fn stop_others(&mut self, failed: usize, done: &mut [Option<ExitStatus>]) -> Result<()> {
+        self.signal_all(SIGTERM, Some(failed));
+        let deadline = Instant::now() + GRACE;
+        for (other, child) in self.0.iter_mut().enumerate() {
+            while done[other].is_none() {
+                if let Some(status) = child.try_wait().context("waiting for the ranks")? {
+                    done[other] = Some(status);
+                } else if Instant::now() > deadline {
+                    eprintln!("rank {other} did not stop within {GRACE:?}: killing it");
+                    let _ = child.kill();
+                    done[other] = child.wait().ok();
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -130,12 +190,50 @@ impl Drop for Ranks {
     }
 }
 
-/// Runs this `ddpm train` command as `n` ranks on this machine and waits for them.
-///
-/// # Errors
-/// Before starting anything: `n` is 0, torchrun's variables are already set, or `n` exceeds
-/// the GPUs on CUDA. After: when a rank fails (naming it).
-pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
+/// The command of rank `rank` of `n`: this executable with `args` and torchrun's variables, in
+/// a process group of its own, dying with the launcher.
+fn rank_command(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    rank: usize,
+    n: usize,
+    port: u16,
+) -> Command {
+    // SAFETY: getpid has no preconditions.
+    let launcher_pid = unsafe { libc::getpid() };
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", n.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", n.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+        .env(RANK_OF_LAUNCHER, rank.to_string())
+        .stdin(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher died before prctl took effect.
+            if libc::getppid() != launcher_pid {
+                return Err(std::io::Error::other("the launcher is gone"));
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Refuses a launch that cannot start: `n` is 0, torchrun's variables are already set, or
+/// `n` exceeds the GPUs on CUDA.
+fn check_launch(n: usize, device: DeviceSpec) -> Result<()> {
     if n == 0 {
         bail!("--nproc-per-node 0: start at least one rank");
     }
@@ -165,59 +263,12 @@ pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
             );
         }
     }
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .context("no free port on 127.0.0.1 for the ranks to meet on")?;
-    let exe = std::env::current_exe().context("cannot find the ddpm executable")?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    // SAFETY: getpid has no preconditions.
-    let launcher_pid = unsafe { libc::getpid() };
-    let mut ranks = Ranks(Vec::with_capacity(n));
-    for rank in 0..n {
-        let mut cmd = Command::new(&exe);
-        cmd.args(&args)
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("LOCAL_WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-            .env(RANK_OF_LAUNCHER, rank.to_string())
-            .stdin(Stdio::null());
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        #[cfg(target_os = "linux")]
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The launcher died before prctl took effect.
-                if libc::getppid() != launcher_pid {
-                    return Err(std::io::Error::other("the launcher is gone"));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
-        ranks.0.push(child);
-    }
-    let pids: Vec<String> = ranks
-        .0
-        .iter()
-        .enumerate()
-        .map(|(rank, c)| format!("rank {rank} PID {}", c.id()))
-        .collect();
-    eprintln!(
-        "--nproc-per-node {n}: ranks meet on 127.0.0.1:{port} ({})",
-        pids.join(", ")
-    );
+    Ok(())
+}
 
+/// Forwards SIGINT, SIGTERM, SIGUSR1 and (unless ignored) SIGHUP to `ranks` from a thread of
+/// its own, until the returned handle is closed.
+fn forward_signals(ranks: &Ranks) -> Result<signal_hook::iterator::Handle> {
     let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
     if !crate::signals::is_ignored(SIGHUP) {
         wanted.push(SIGHUP);
@@ -236,27 +287,36 @@ pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
             }
         })
         .context("cannot start the signal thread")?;
+    Ok(handle)
+}
 
+/// Runs this `ddpm train` command as `n` ranks on this machine and waits for them.
+///
+/// # Errors
+/// Before starting anything: `n` is 0, torchrun's variables are already set, or `n` exceeds
+/// the GPUs on CUDA. After: when a rank fails (naming it).
+pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
+    check_launch(n, device)?;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .context("no free port on 127.0.0.1 for the ranks to meet on")?;
+    let mut ranks = Ranks::spawn(n, port)?;
+    let pids: Vec<String> = ranks
+        .0
+        .iter()
+        .enumerate()
+        .map(|(rank, c)| format!("rank {rank} PID {}", c.id()))
+        .collect();
+    eprintln!(
+        "--nproc-per-node {n}: ranks meet on 127.0.0.1:{port} ({})",
+        pids.join(", ")
+    );
+    let handle = forward_signals(&ranks)?;
     let mut done: Vec<Option<ExitStatus>> = vec![None; n];
-    let failed = loop {
-        let mut failed = None;
-        for (rank, child) in ranks.0.iter_mut().enumerate() {
-            if done[rank].is_none() {
-                if let Some(status) = child.try_wait().context("waiting for the ranks")? {
-                    done[rank] = Some(status);
-                    if !status.success() && failed.is_none() {
-                        failed = Some((rank, status));
-                    }
-                }
-            }
-        }
-        if failed.is_some() || done.iter().all(Option::is_some) {
-            break failed;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let failed = ranks.wait_first_failure(&mut done);
     handle.close();
-    let Some((rank, status)) = failed else {
+    let Some((rank, status)) = failed? else {
         return Ok(());
     };
     eprintln!(
@@ -264,21 +324,7 @@ pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
         ranks.0[rank].id(),
         describe(status)
     );
-    ranks.signal_all(SIGTERM, Some(rank));
-    let deadline = Instant::now() + GRACE;
-    for (other, child) in ranks.0.iter_mut().enumerate() {
-        while done[other].is_none() {
-            if let Some(status) = child.try_wait().context("waiting for the ranks")? {
-                done[other] = Some(status);
-            } else if Instant::now() > deadline {
-                eprintln!("rank {other} did not stop within {GRACE:?}: killing it");
-                let _ = child.kill();
-                done[other] = child.wait().ok();
-            } else {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    ranks.stop_others(rank, &mut done)?;
     bail!(
         "data-parallel training failed: rank {rank} {}",
         describe(status)

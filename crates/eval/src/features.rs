@@ -68,6 +68,16 @@ impl Images {
         }
     }
 
+    /// The images a sampling call collected ([`sample::Samples`], u8 NCHW as the sample PNGs
+    /// are quantised).
+    ///
+    /// # Errors
+    /// [`FidError::Invalid`] when the channel count is not 1 or 3.
+    pub fn from_samples(samples: sample::Samples) -> Result<Self, FidError> {
+        let shape = samples.shape_of(samples.len());
+        Self::new(samples.images, shape)
+    }
+
     /// Images from a sampler's `[N, C, H, W]` f32 output on [-1, 1] (any device), quantised as
     /// the sample PNGs are: round((x + 1) · 127.5).
     ///
@@ -559,5 +569,17 @@ mod tests {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn sampled_images_keep_their_order_and_shape() {
+        let mut samples = sample::Samples::new([1, 1, 2]);
+        samples.images = vec![0, 1, 2, 3, 4, 5];
+        let images = Images::from_samples(samples).unwrap();
+        assert_eq!(images.shape(), [3, 1, 1, 2]);
+        assert_eq!(images.pixels(), [0, 1, 2, 3, 4, 5]);
+        let mut rgba = sample::Samples::new([4, 1, 1]);
+        rgba.images = vec![0; 4];
+        assert!(Images::from_samples(rgba).is_err());
     }
 }

@@ -7,6 +7,9 @@
 //!   ([`sample_batches`]).
 //! - [`guidance`]: class-conditional sampling with classifier-free guidance,
 //!   ε̃ = ε_u + W (ε_c − ε_u) ([`ClassConditioning`] in [`SampleOptions::class_cond`]).
+//! - [`collect`]: one call from a [`Pipeline`] and a [`SampleRequest`] to every image as u8
+//!   bytes with its reverse-process snapshots ([`Pipeline::sample_images`]; across the ranks
+//!   of a launch, `shard::sample_images` with feature `dist`).
 //! - [`images`]: u8 NCHW/NHWC bytes and PNG grids of sampled tensors.
 //! - [`Pipeline`]: one way in for inference, from a run directory, a checkpoint or a diffusers
 //!   folder to a network with its schedule and prediction type ([`pipeline`]); [`layout`] is the
@@ -18,6 +21,7 @@
 //! [`model::Prediction`]. This crate does not depend on the training loop:
 //! a researcher who only samples links the networks, the schedule and this crate.
 
+pub mod collect;
 pub mod guidance;
 pub mod images;
 pub mod layout;
@@ -26,6 +30,7 @@ pub mod sampler;
 #[cfg(feature = "dist")]
 pub mod shard;
 
+pub use collect::{SampleRequest, Samples};
 pub use guidance::{guide, guided_forward, ClassConditioning};
 pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
 pub use pipeline::{Pipeline, PipelineSpec, SourceKind, Weights};

@@ -9,9 +9,10 @@
 use tch::{Kind, Tensor};
 use torch_ext::dist::Distributed;
 
+use crate::collect::plan_shape;
 use crate::{
-    batch_seed, BatchPlan, Pipeline, SampleError, SampleOptions, SampleOutput, SampledBatch,
-    SamplerConfig,
+    batch_seed, BatchPlan, Pipeline, SampleError, SampleOptions, SampleOutput, SampleRequest,
+    SampledBatch, SamplerConfig, Samples,
 };
 
 /// The rank that draws batch `b` of `plan` among `world_size`.
@@ -102,4 +103,39 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
         }
     }
     Ok(gathered)
+}
+
+/// Every image of `request`, collected on rank 0 ([`Samples`]): drawn across the ranks of
+/// `dist` ([`sample_sharded`]), or in this process when `dist` is `None`
+/// ([`Pipeline::sample_images`]). The other ranks draw their share and get `None`. Every rank
+/// calls it with the same request. `on_step(i, n)` follows each of this rank's steps,
+/// `on_batch(batch_idx, n_images_so_far)` each batch collected.
+///
+/// # Errors
+/// As [`sample_sharded`] and [`Pipeline::sample_images`].
+pub fn sample_images<F, B>(
+    pipe: &Pipeline,
+    request: &SampleRequest,
+    dist: Option<&Distributed>,
+    on_step: F,
+    on_batch: B,
+) -> Result<Option<Samples>, SampleError>
+where
+    F: FnMut(usize, usize),
+    B: FnMut(usize, usize),
+{
+    let Some(dist) = dist else {
+        return pipe.sample_images(request, on_step, on_batch).map(Some);
+    };
+    let SampleRequest {
+        sampler,
+        options,
+        plan,
+    } = request;
+    let batches = sample_sharded(pipe, sampler, options, plan, dist, on_step)?;
+    if !dist.is_main() {
+        return Ok(None);
+    }
+    let batches = batches.into_iter().map(Ok);
+    Samples::collect(plan_shape(plan), batches, on_batch).map(Some)
 }

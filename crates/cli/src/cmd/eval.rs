@@ -17,7 +17,7 @@ use serde_json::json;
 use data::images::{write_npz, NpyArray, NpyData};
 use data::DatasetSpec;
 use eval::{self as fid, FidError, Images, InceptionExtractor, KidConfig, Source, Statistics};
-use sample::{BatchPlan, ClassConditioning, Pipeline};
+use sample::{BatchPlan, ClassConditioning, Pipeline, SampleRequest};
 
 use crate::inception::{extract, load_extractor, progress_bar, InceptionArgs};
 use crate::sampler_args::SamplerArgs;
@@ -267,12 +267,16 @@ fn sample_checkpoint(
         });
     }
     // The same batches, seeds and images as `ddpm sample --batch B --seed S` with this sampler.
-    let plan = BatchPlan {
-        n_images: n,
-        batch_size: args.sample_batch_size.min(n),
-        image_shape: pipe.image_shape(),
-        seed: args.seed,
-        n_chains: 0,
+    let request = SampleRequest {
+        sampler,
+        options,
+        plan: BatchPlan {
+            n_images: n,
+            batch_size: args.sample_batch_size.min(n),
+            image_shape: pipe.image_shape(),
+            seed: args.seed,
+            n_chains: 0,
+        },
     };
     let main = dist.is_none_or(torch_ext::Distributed::is_main);
     let bar = if main {
@@ -281,31 +285,13 @@ fn sample_checkpoint(
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let mut images: Option<Images> = None;
-    let batches: Box<dyn Iterator<Item = Result<sample::SampledBatch>>> = match dist {
-        None => Box::new(
-            pipe.sample_batches(&sampler, &options, plan, |_, _| {})?
-                .map(|b| b.map_err(anyhow::Error::from)),
-        ),
-        Some(dist) => Box::new(
-            sample::shard::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {})?
-                .into_iter()
-                .map(Ok),
-        ),
-    };
-    if !main {
+    let on_batch = |_, done: usize| bar.set_position(done as u64);
+    let Some(samples) = sample::shard::sample_images(&pipe, &request, dist, |_, _| {}, on_batch)?
+    else {
         return Ok(None);
-    }
-    for batch in batches {
-        let batch = Images::from_tensor(&batch?.output.images)?;
-        match images.as_mut() {
-            Some(all) => all.append(&batch)?,
-            None => images = Some(batch),
-        }
-        bar.set_position(images.as_ref().map_or(0, Images::len) as u64);
-    }
+    };
     bar.finish_and_clear();
-    let images = images.expect("n >= 2");
+    let images = Images::from_samples(samples)?;
     eprintln!(
         "sampled {n} images from {} in {:.1} s",
         pipe.spec.dir.display(),
@@ -318,7 +304,7 @@ fn sample_checkpoint(
     let mut meta = json!({
         "checkpoint": pipe.spec.dir.display().to_string(),
         "step": pipe.spec.step,
-        "sampler": serde_json::to_value(&sampler).expect("serialisable"),
+        "sampler": serde_json::to_value(&request.sampler).expect("serialisable"),
         "seed": args.seed,
         "ranks": dist.map_or(1, torch_ext::Distributed::world_size),
     });

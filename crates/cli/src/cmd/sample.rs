@@ -9,7 +9,7 @@
 //!
 //! Under a launch (torchrun, or `--nproc-per-node N`) the batches are shared out among the ranks
 //! and gathered on rank 0, which writes the outputs: the same images as in one process
-//! ([`super::ranks`]).
+//! ([`crate::ranks`]).
 //!
 //! A class-conditional model samples the classes of `--class` (repeatable, or `all`) with
 //! classifier-free guidance `--guidance W` ([`sample::guidance`]): the images come in one block
@@ -23,7 +23,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::DeviceSpec;
 use data::images::{make_grid, write_samples_npz, GridSpec, ImageSet};
-use sample::{to_u8_nchw, BatchPlan, ClassConditioning, Pipeline, PipelineSpec};
+use sample::{
+    BatchPlan, ClassConditioning, Pipeline, PipelineSpec, SampleRequest, SamplerConfig, Samples,
+};
 
 use crate::sampler_args::{describe, SamplerArgs};
 
@@ -297,85 +299,105 @@ fn parse_classes(values: &[String], spec: &PipelineSpec, checkpoint: &Path) -> R
     Ok(classes)
 }
 
-/// Runs `ddpm sample`.
-pub fn run(args: SampleArgs) -> Result<()> {
-    if let Some(n) = args.nproc_per_node {
-        if !crate::launch::is_launched_rank() {
-            return crate::launch::launch(n, args.device);
+/// What `ddpm sample` draws, worked out from its flags and the model before anything loads.
+struct Plan {
+    spec: PipelineSpec,
+    sampler: SamplerConfig,
+    /// The classes of `--class`, in order (empty: unconditional).
+    classes: Vec<i64>,
+    class_names: Vec<String>,
+    guidance: f64,
+    /// Images in all.
+    n: usize,
+    /// Images in the grid.
+    grid_n: usize,
+    /// Images per class (one grid row each).
+    per_class: usize,
+    /// Images whose chains are kept (the GIF's, or the strip's one).
+    n_chains: usize,
+    /// Snapshots kept along each chain.
+    n_snapshots: usize,
+}
+
+impl Plan {
+    /// Resolves `--checkpoint` and the sampler, and checks the classes and counts.
+    fn new(args: &SampleArgs) -> Result<Self> {
+        let spec = args.sampler.resolve(&args.checkpoint)?;
+        // T, the number of training steps, from the config (the pipeline builds the schedule).
+        let sampler = args.sampler.config(spec.schedule.n_steps())?;
+        let classes = if args.classes.is_empty() {
+            if args.sampler.guidance.is_some() {
+                bail!("--guidance applies to the classes of --class: pass --class C (or all)");
+            }
+            Vec::new()
+        } else {
+            parse_classes(&args.classes, &spec, &args.checkpoint)?
+        };
+        let guidance = args
+            .sampler
+            .guidance_for(spec.num_classes(), &args.checkpoint)?;
+        let class_names = classes.iter().map(|&c| spec.class_name(c)).collect();
+        let n = match (args.n_images, classes.len()) {
+            (Some(n), _) => n,
+            (None, 0) => 64,
+            (None, n_classes) => n_classes * args.nrow,
+        };
+        if !classes.is_empty() && n < classes.len() {
+            bail!(
+                "-n {n} is fewer images than the {} classes of --class: at least one each",
+                classes.len()
+            );
+        }
+        let (n_chains, n_snapshots) = match (args.gif.is_some(), args.strip.is_some()) {
+            (true, _) => (args.gif_chains.min(n), args.gif_frames),
+            (false, true) => (1, args.strip_len),
+            (false, false) => (0, 0),
+        };
+        Ok(Self {
+            grid_n: args
+                .grid_n
+                .unwrap_or(if classes.is_empty() { 64 } else { n }),
+            // One block of images per class, one grid row per block.
+            per_class: n.div_ceil(classes.len().max(1)),
+            spec,
+            sampler,
+            classes,
+            class_names,
+            guidance,
+            n,
+            n_chains,
+            n_snapshots,
+        })
+    }
+
+    /// The library's request for `pipe`.
+    fn request(&self, args: &SampleArgs, pipe: &Pipeline) -> SampleRequest {
+        let mut options = pipe.options(args.sampler.clip_x0(), self.n_snapshots);
+        if !self.classes.is_empty() {
+            options.class_cond = Some(ClassConditioning::blocks(
+                &self.classes,
+                self.n,
+                self.guidance,
+            ));
+        }
+        SampleRequest {
+            sampler: self.sampler.clone(),
+            options,
+            plan: BatchPlan {
+                n_images: self.n,
+                batch_size: args.batch.min(self.n),
+                image_shape: pipe.image_shape(),
+                seed: args.seed,
+                n_chains: self.n_chains,
+            },
         }
     }
-    check_args(&args)?;
-    let spec = args.sampler.resolve(&args.checkpoint)?;
-    // T, the number of training steps, from the config (the pipeline builds the schedule).
-    let n_train = spec.schedule.n_steps();
-    let sampler = args.sampler.config(n_train)?;
-    let classes = if args.classes.is_empty() {
-        if args.sampler.guidance.is_some() {
-            bail!("--guidance applies to the classes of --class: pass --class C (or all)");
-        }
-        Vec::new()
-    } else {
-        parse_classes(&args.classes, &spec, &args.checkpoint)?
-    };
-    let guidance = args
-        .sampler
-        .guidance_for(spec.num_classes(), &args.checkpoint)?;
-    let class_names: Vec<String> = classes.iter().map(|&c| spec.class_name(c)).collect();
-    let joined = crate::ranks::join(
-        args.device,
-        args.threads,
-        std::time::Duration::from_secs(args.dist_timeout),
-    )?;
-    let (device, main) = (joined.device, joined.is_main());
-    crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
-    let (dir, weights_name) = describe(&spec);
-    let pipe = Pipeline::from_spec(spec, device)
-        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
-    let [c, s, _] = pipe.image_shape();
-    let n = match (args.n_images, classes.len()) {
-        (Some(n), _) => n,
-        (None, 0) => 64,
-        (None, n_classes) => n_classes * args.nrow,
-    };
-    if !classes.is_empty() && n < classes.len() {
-        bail!(
-            "-n {n} is fewer images than the {} classes of --class: at least one each",
-            classes.len()
-        );
-    }
-    let grid_n = args
-        .grid_n
-        .unwrap_or(if classes.is_empty() { 64 } else { n });
-    // One block of images per class, one grid row per block.
-    let per_class = n.div_ceil(classes.len().max(1));
-    let n_chains = match (args.gif.is_some(), args.strip.is_some()) {
-        (true, _) => args.gif_chains.min(n),
-        (false, true) => 1,
-        (false, false) => 0,
-    };
-    let n_snapshots = match (args.gif.is_some(), args.strip.is_some()) {
-        (true, _) => args.gif_frames,
-        (false, true) => args.strip_len,
-        (false, false) => 0,
-    };
-    let mut options = pipe.options(args.sampler.clip_x0(), n_snapshots);
-    if !classes.is_empty() {
-        options.class_cond = Some(ClassConditioning::blocks(&classes, n, guidance));
-    }
-    let plan = BatchPlan {
-        n_images: n,
-        batch_size: args.batch.min(n),
-        image_shape: [c, s, s],
-        seed: args.seed,
-        n_chains,
-    };
-    let n_steps = sampler.timesteps(n_train)?.len();
-    let own_batches = match &joined.dist {
-        Some(dist) => sample::shard::own_batches(&plan, dist.rank(), dist.world_size()),
-        None => plan.n_batches(),
-    };
+}
+
+/// The progress bar of rank 0 (hidden on the others), counting `n_steps` steps.
+fn progress_bar(main: bool, n_steps: usize) -> ProgressBar {
     let bar = if main {
-        ProgressBar::new((own_batches * n_steps) as u64)
+        ProgressBar::new(n_steps as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -384,108 +406,49 @@ pub fn run(args: SampleArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    if main {
-        let ranks = joined.dist.as_ref().map_or(String::new(), |d| {
-            format!(
-                " ({} ranks, {own_batches} batches on rank 0)",
-                d.world_size()
-            )
-        });
-        eprintln!(
-            "sampling {n} images of {c}x{s}x{s} from {} ({}), {sampler:?}, {n_steps} steps, batches of {}, on {device:?}{ranks}",
-            dir.display(),
-            weights_name,
-            plan.batch_size
-        );
-        if !classes.is_empty() {
-            eprintln!(
-                "classes {} ({per_class} images each), guidance W = {guidance} (eps_u + W (eps_c - eps_u))",
-                class_names.join(", ")
-            );
-        }
-    }
-    let started = std::time::Instant::now();
-    let n_batches = plan.n_batches();
-    let image_len = (c * s * s) as usize;
-    let shape_of = |count: usize| [count, c as usize, s as usize, s as usize];
-    let mut grid_images: Vec<u8> = Vec::new();
-    let mut npz_images: Vec<u8> = Vec::new();
-    // frames[k]: snapshot k of the kept chains, u8 NCHW.
-    let mut frames: Vec<Vec<u8>> = Vec::new();
-    let mut done = 0usize;
-    let batches: Box<dyn Iterator<Item = Result<sample::SampledBatch>>> = match &joined.dist {
-        None => Box::new(
-            pipe.sample_batches(&sampler, &options, plan, |_, _| bar.inc(1))?
-                .map(|b| b.map_err(anyhow::Error::from)),
-        ),
-        Some(dist) => Box::new(
-            sample::shard::sample_sharded(&pipe, &sampler, &options, &plan, dist, |_, _| {
-                bar.inc(1)
-            })?
-            .into_iter()
-            .map(Ok),
-        ),
-    };
-    if !main {
-        // Rank 0 has the images and writes the outputs.
-        return Ok(());
-    }
-    for batch in batches {
-        let batch = batch?;
-        let images = to_u8_nchw(&batch.output.images);
-        let count = images.len() / image_len;
-        let want = grid_n
-            .min(n)
-            .saturating_sub(grid_images.len() / image_len)
-            .min(count);
-        grid_images.extend_from_slice(&images[..want * image_len]);
-        if args.npz.is_some() {
-            npz_images.extend_from_slice(&images);
-        }
-        if let Some(png_dir) = &args.png_dir {
-            for (k, chw) in images.chunks_exact(image_len).enumerate() {
-                let path = png_dir.join(format!("{:06}.png", batch.first_image + k));
-                write_png(&path, chw, [c as usize, s as usize, s as usize])?;
-            }
-        }
-        for (k, (_, xs)) in batch.output.snapshots.iter().enumerate() {
-            if frames.len() <= k {
-                frames.push(Vec::new());
-            }
-            frames[k].extend(to_u8_nchw(xs));
-        }
-        done += count;
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!(
-            "batch {}/{n_batches}, {done}/{n} images, {rate:.2} img/s",
-            batch.batch_idx + 1
-        ));
-    }
-    bar.finish_and_clear();
+    bar
+}
+
+/// Writes the outputs the flags ask for; returns the paths written, in the order reported.
+fn write_outputs(args: &SampleArgs, plan: &Plan, samples: &Samples) -> Result<Vec<PathBuf>> {
+    let [c, h, w] = samples.image_shape;
+    let image_len = samples.image_len();
     let mut written = Vec::new();
+    if let Some(dir) = &args.png_dir {
+        for k in 0..samples.len() {
+            let path = dir.join(format!("{k:06}.png"));
+            write_png(&path, samples.image(k), [c, h, w])?;
+        }
+    }
     if let Some(path) = &args.grid {
-        let count = grid_images.len() / image_len;
+        let count = plan.grid_n.min(samples.len());
+        let nrow = if plan.classes.is_empty() {
+            args.nrow
+        } else {
+            plan.per_class
+        };
         let spec = GridSpec {
-            nrow: if classes.is_empty() {
-                args.nrow
-            } else {
-                per_class
-            },
+            nrow,
             scale: args.scale,
             ..GridSpec::default()
         };
-        let grid = make_grid(&grid_images, shape_of(count), &spec)?;
-        if classes.is_empty() {
+        let grid = make_grid(
+            &samples.images[..count * image_len],
+            samples.shape_of(count),
+            &spec,
+        )?;
+        if plan.classes.is_empty() {
             grid.save_png(path)
                 .with_context(|| format!("--grid {}", path.display()))?;
         } else {
-            let (w, h, rgb) = crate::plot::label_rows(&grid, &class_names)?;
+            let (w, h, rgb) = crate::plot::label_rows(&grid, &plan.class_names)?;
             data::images::save_png(path, &rgb, w as usize, h as usize, 3)
                 .with_context(|| format!("--grid {}", path.display()))?;
         }
         written.push(path.clone());
     }
     if let Some(path) = &args.strip {
+        let frames = &samples.frames;
         let picked = evenly(frames.len(), args.strip_len);
         let strip: Vec<u8> = picked
             .iter()
@@ -496,29 +459,100 @@ pub fn run(args: SampleArgs) -> Result<()> {
             scale: args.scale,
             ..GridSpec::default()
         };
-        make_grid(&strip, shape_of(picked.len()), &spec)?
+        make_grid(&strip, samples.shape_of(picked.len()), &spec)?
             .save_png(path)
             .with_context(|| format!("--strip {}", path.display()))?;
         written.push(path.clone());
     }
     if let Some(path) = &args.gif {
-        write_gif(
-            path,
-            &frames,
-            shape_of(n_chains),
-            args.scale,
-            args.gif_delay_ms,
-        )?;
+        let shape = samples.shape_of(plan.n_chains);
+        write_gif(path, &samples.frames, shape, args.scale, args.gif_delay_ms)?;
         written.push(path.clone());
     }
     if let Some(path) = &args.npz {
-        write_samples_npz(path, &ImageSet::new(npz_images, shape_of(n))?)
-            .with_context(|| format!("--npz {}", path.display()))?;
+        let images = ImageSet::new(samples.images.clone(), samples.shape_of(samples.len()))?;
+        write_samples_npz(path, &images).with_context(|| format!("--npz {}", path.display()))?;
         written.push(path.clone());
     }
     if let Some(dir) = &args.png_dir {
         written.push(dir.clone());
     }
+    Ok(written)
+}
+
+/// Runs `ddpm sample`.
+pub fn run(args: SampleArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        if !crate::launch::is_launched_rank() {
+            return crate::launch::launch(n, args.device);
+        }
+    }
+    check_args(&args)?;
+    let plan = Plan::new(&args)?;
+    let joined = crate::ranks::join(
+        args.device,
+        args.threads,
+        std::time::Duration::from_secs(args.dist_timeout),
+    )?;
+    let (device, main) = (joined.device, joined.is_main());
+    crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
+    let (dir, weights_name) = describe(&plan.spec);
+    let pipe = Pipeline::from_spec(plan.spec.clone(), device)
+        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
+    let request = plan.request(&args, &pipe);
+    let n_steps = request.n_steps(&pipe)?;
+    let (n, batch_plan) = (plan.n, &request.plan);
+    let own_batches = match &joined.dist {
+        Some(dist) => sample::shard::own_batches(batch_plan, dist.rank(), dist.world_size()),
+        None => batch_plan.n_batches(),
+    };
+    let bar = progress_bar(main, own_batches * n_steps);
+    if main {
+        let ranks = joined.dist.as_ref().map_or(String::new(), |d| {
+            format!(
+                " ({} ranks, {own_batches} batches on rank 0)",
+                d.world_size()
+            )
+        });
+        let [c, s, _] = batch_plan.image_shape;
+        eprintln!(
+            "sampling {n} images of {c}x{s}x{s} from {} ({}), {:?}, {n_steps} steps, batches of {}, on {device:?}{ranks}",
+            dir.display(),
+            weights_name,
+            plan.sampler,
+            batch_plan.batch_size
+        );
+        if !plan.classes.is_empty() {
+            eprintln!(
+                "classes {} ({} images each), guidance W = {} (eps_u + W (eps_c - eps_u))",
+                plan.class_names.join(", "),
+                plan.per_class,
+                plan.guidance
+            );
+        }
+    }
+    let started = std::time::Instant::now();
+    let n_batches = batch_plan.n_batches();
+    let on_batch = |batch_idx: usize, done: usize| {
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "batch {}/{n_batches}, {done}/{n} images, {rate:.2} img/s",
+            batch_idx + 1
+        ));
+    };
+    let samples = sample::shard::sample_images(
+        &pipe,
+        &request,
+        joined.dist.as_ref(),
+        |_, _| bar.inc(1),
+        on_batch,
+    )?;
+    // Rank 0 has the images and writes the outputs.
+    let Some(samples) = samples else {
+        return Ok(());
+    };
+    bar.finish_and_clear();
+    let written = write_outputs(&args, &plan, &samples)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{n} images in {secs:.1} s ({:.2} img/s)",
