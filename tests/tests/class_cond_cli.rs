@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Output;
 
 use e2e::{
-    path_arg, run, sample_cpu, stderr_of, synthetic_cifar, train_tiny, train_tiny_class_cond,
+    complete_checkpoints, path_arg, run, sample_cpu, stderr_of, synthetic_cifar, tiny_train_args,
+    train_tiny, train_tiny_class_cond,
 };
 
 /// `ddpm sample` of `checkpoint` on the CPU with DDIM-3, then `extra`.
@@ -266,4 +267,46 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
         "cpu",
     ]);
     fails_with(&out, &["--class-balanced", "not class-conditional"]);
+}
+
+#[test]
+fn resume_from_a_class_conditional_checkpoint_into_an_unconditional_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cond_dir, plain_dir) = (dir.path().join("cond"), dir.path().join("plain"));
+    std::fs::create_dir_all(&cond_dir).unwrap();
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let cond_run = train_tiny_class_cond(&cond_dir);
+    let plain_run = train_tiny(&plain_dir);
+    let checkpoint = cond_run
+        .join("checkpoints")
+        .join(complete_checkpoints(&cond_run).pop().unwrap());
+    let config_path = plain_run.join("config.json");
+    let before = std::fs::read(&config_path).unwrap();
+    let data = synthetic_cifar(&plain_dir, 16);
+    let args = tiny_train_args(
+        &data,
+        &plain_run,
+        &[
+            "--threads",
+            "1",
+            "--max-steps",
+            "4",
+            "--resume-from",
+            path_arg(&checkpoint),
+        ],
+    );
+    let out = run(&args);
+    fails_with(
+        &out,
+        &[
+            "is a checkpoint of another run",
+            "`model.num_classes`",
+            "pick a checkpoint of this run",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&config_path).unwrap(),
+        before,
+        "config.json was rewritten"
+    );
 }

@@ -312,6 +312,55 @@ fn when_one_rank_hangs_the_other_stops_after_the_timeout() {
 }
 
 #[test]
+fn ranks_started_with_different_settings_are_all_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 32);
+    let run_dir = dir.path().join("run");
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = |rank: usize, lr: &str| {
+        let extra = ["--max-steps", "2", "--dist-timeout", "10", "--threads", "1"];
+        let mut args = tiny_args(&data, &run_dir, &extra);
+        args.extend(["--lr".to_string(), lr.to_string()]);
+        let env = [
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ];
+        command(&args, &env).spawn().unwrap()
+    };
+    let (rank0, rank1) = (spawn(0, "1e-3"), spawn(1, "5e-3"));
+    for (rank, child) in [(0, rank0), (1, rank1)] {
+        let (out, _) = wait_output(child, Duration::from_secs(60), "a rank with other settings");
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "rank {rank}: {stderr}");
+        for want in [
+            format!("rank {rank} of 2: "),
+            "`optim.lr` is 0.001 on rank 0 and 0.005 on rank 1".to_string(),
+        ] {
+            assert!(
+                stderr.contains(&want),
+                "rank {rank}: `{want}` not in: {stderr}"
+            );
+        }
+        for trace in ["frame #", "Exception raised from", "EnforceNotMet"] {
+            assert!(
+                !stderr.contains(trace),
+                "rank {rank}: a C++ trace: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !run_dir.join("metrics.jsonl").exists(),
+        "a refused rank trained"
+    );
+}
+
+#[test]
 fn setup_errors_are_reported_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 32);

@@ -20,6 +20,11 @@
 //!   images, `t` and `ε` as one process with `B` images: they compute the same step up to the
 //!   order of floating-point sums (one global-batch `randn` per rank per step costs little next
 //!   to the network). Dropout masks come from a stream per rank and step.
+//! - **Same settings.** Before anything that depends on them, the ranks compare their resolved
+//!   configurations and the version of the program through the rendezvous store
+//!   ([`check_same_config`]); a difference stops every rank with an error that names the first
+//!   differing key, both values and both ranks, instead of diverging replicas or an abort inside
+//!   Gloo. Only `n_workers` (threads making batches, a choice of each machine) may differ.
 //! - **Start.** Rank 0's weights and buffers (and EMA weights) are broadcast to every rank when
 //!   the run starts or resumes, so all ranks start equal even if their initialisation differed.
 //! - **Gradients.** After `backward()` the gradients are averaged over the ranks before anything
@@ -53,9 +58,80 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use torch_ext::dist::{DistError, GradSync};
+use serde_json::{json, Value};
+use torch_ext::dist::{DistError, Distributed, GradSync};
 
+use crate::config::TrainConfig;
 use crate::TrainError;
+
+/// The settings that may differ between the ranks of one run: they change neither what a rank
+/// computes nor which collectives it takes part in.
+pub const PER_RANK: [&str; 1] = ["n_workers"];
+
+/// The store key under which each rank publishes its settings ([`check_same_config`]).
+const CONFIG_KEY: &str = "ddpm/config";
+
+/// Checks that every rank of `dist` runs `config` with this version of the program: each rank
+/// publishes both (as JSON) in the rendezvous store and compares every other rank's with rank
+/// 0's, so every rank reaches the same verdict. Call it on every rank, before the first
+/// collective whose shapes depend on the configuration. [`PER_RANK`] settings are not compared.
+///
+/// # Errors
+/// [`TrainError::Rendezvous`] naming the first differing key (or the versions), its value on
+/// both ranks and both ranks; [`TrainError::Distributed`] when the exchange itself fails.
+pub fn check_same_config(config: &TrainConfig, dist: &Distributed) -> Result<(), TrainError> {
+    let mine = json!({ "version": env!("CARGO_PKG_VERSION"), "config": config });
+    let all = dist.exchange(
+        CONFIG_KEY,
+        mine.to_string().as_bytes(),
+        "the comparison of the ranks' settings",
+    )?;
+    let fail = |message: String| TrainError::Rendezvous {
+        rank: Some(dist.rank()),
+        world_size: Some(dist.world_size()),
+        message,
+    };
+    let unreadable = |rank: usize, e: serde_json::Error| {
+        fail(format!(
+            "rank {rank} published settings this rank cannot read ({e}): start every rank with \
+             the same version of ddpm"
+        ))
+    };
+    let values = all
+        .iter()
+        .enumerate()
+        .map(|(rank, bytes)| {
+            serde_json::from_slice::<Value>(bytes).map_err(|e| unreadable(rank, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config_of = |rank: usize| {
+        serde_json::from_value::<TrainConfig>(values[rank]["config"].clone())
+            .map_err(|e| unreadable(rank, e))
+    };
+    let config_0 = config_of(0)?;
+    for rank in 1..values.len() {
+        let (version_0, version) = (&values[0]["version"], &values[rank]["version"]);
+        if version != version_0 {
+            return Err(fail(format!(
+                "the ranks run different versions of ddpm: {version_0} on rank 0 and {version} on \
+                 rank {rank}: start every rank with the same program"
+            )));
+        }
+        let config = config_of(rank)?;
+        let first = config_0
+            .changes(&config)
+            .into_iter()
+            .find(|change| !PER_RANK.contains(&change.key.as_str()));
+        if let Some(change) = first {
+            return Err(fail(format!(
+                "the ranks were started with different settings: `{}` is {} on rank 0 and {} on \
+                 rank {rank}: start every rank with the same flags and configuration",
+                change.key, change.saved, change.given
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// The default of [`DistConfig::timeout_secs`].
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;

@@ -135,6 +135,28 @@ pub enum TrainError {
         /// The value asked for, as JSON.
         given: String,
     },
+    /// A checkpoint chosen for a resume (`--resume-from`) whose configuration differs from the
+    /// run directory's `config.json` in a setting that must stay fixed: it is another run's.
+    #[error(
+        "{} is a checkpoint of another run: its `{key}` is {checkpoint_value}, the run in {} has \
+         {run_value} (config.json); only {} may differ on resume: pick a checkpoint of this run, or resume \
+         it into its own run directory (or a new --run-dir)",
+        checkpoint.display(),
+        run_dir.display(),
+        config::RESUME_MUTABLE.join(", ")
+    )]
+    AnotherRun {
+        /// The checkpoint directory.
+        checkpoint: PathBuf,
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The first dotted config key that differs.
+        key: String,
+        /// Its value in the checkpoint, as JSON.
+        checkpoint_value: String,
+        /// Its value in the run's `config.json`, as JSON.
+        run_value: String,
+    },
     /// The file system is full (or the quota is used up) while the run writes a file.
     #[error(
         "{reason} while writing {}; {}",

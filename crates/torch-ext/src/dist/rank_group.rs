@@ -91,8 +91,8 @@ pub struct Distributed {
     reducer: Option<OwnedReducer>,
     group: ProcessGroup,
     /// The rendezvous store; the group holds its own reference, this one keeps rank 0's server
-    /// obviously alive for the whole run.
-    _store: TcpStore,
+    /// obviously alive for the whole run and serves [`Distributed::exchange`].
+    store: TcpStore,
     env: LaunchEnv,
     timeout: Duration,
 }
@@ -185,7 +185,7 @@ impl Distributed {
         Ok(Self {
             reducer: None,
             group,
-            _store: store,
+            store,
             env,
             timeout,
         })
@@ -358,6 +358,34 @@ impl Distributed {
     /// [`DistError::Collective`] naming `op` when a rank is gone or the timeout passes.
     pub fn barrier(&self, op: &str) -> Result<(), DistError> {
         self.group.barrier().map_err(|e| self.error(op, &e))
+    }
+
+    /// Every rank's `value`, in rank order: each rank publishes its own under `key/RANK` in the
+    /// rendezvous store and reads the others'. Shapes play no part, so the ranks may use it to
+    /// compare what they are about to do before the first collective that would fail (or
+    /// abort) if they disagreed. Every rank must call it with the same `key`, once.
+    ///
+    /// A barrier before the reads means that no read waits for a rank that is gone, and one
+    /// after them that rank 0 (which may host the store) stays until every rank has read.
+    ///
+    /// # Errors
+    /// [`DistError::Collective`] naming `op` when a rank is gone, the timeout passes or the
+    /// store cannot be reached.
+    pub fn exchange(&self, key: &str, value: &[u8], op: &str) -> Result<Vec<Vec<u8>>, DistError> {
+        let rank_key = |rank: usize| format!("{key}/{rank}");
+        self.store
+            .set(&rank_key(self.rank()), value)
+            .map_err(|e| self.error(op, &e))?;
+        self.barrier(op)?;
+        let values = (0..self.world_size())
+            .map(|rank| {
+                self.store
+                    .get(&rank_key(rank))
+                    .map_err(|e| self.error(op, &e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.barrier(op)?;
+        Ok(values)
     }
 
     /// Copies rank 0's `tensors` into every rank's, in place, through coalesced buffers.

@@ -93,9 +93,10 @@ impl Trainer {
     /// cannot be written or a file cannot be deleted. On resume: [`TrainError::NoCheckpoint`]
     /// when there is none; [`TrainError::ResumeChange`] when the configuration changes a setting
     /// that must stay fixed; [`TrainError::NoLoadableCheckpoint`] when none loads; with `from`,
-    /// the error of that checkpoint ([`TrainError::Checkpoint`], [`TrainError::Model`],
+    /// [`TrainError::AnotherRun`] when it is another run's, or the error of that checkpoint ([`TrainError::Checkpoint`], [`TrainError::Model`],
     /// [`TrainError::OptimizerState`], …). Data-parallel: [`TrainError::Distributed`] when the
-    /// broadcast fails, [`TrainError::Rendezvous`] when the ranks resumed at different steps.
+    /// broadcast fails, [`TrainError::Rendezvous`] when the ranks' settings differ
+    /// ([`crate::distributed::check_same_config`]) or they resumed at different steps.
     ///
     /// # Panics
     /// When rank 0's (or a lone process's) `run` is not locked.
@@ -107,6 +108,9 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let OpenOptions { device, dist } = options;
         let dataset = dataset.into();
+        if let Some(dist) = &dist {
+            check_same_start(&run, &start, dist)?;
+        }
         let trainer = match start {
             Start::Fresh(config) => {
                 if dist.as_ref().is_none_or(Distributed::is_main) {
@@ -276,6 +280,9 @@ impl Trainer {
                 }
                 Err(err) => return Err(err),
             };
+            if explicit {
+                check_same_run(run.path(), &dir, &state.1)?;
+            }
             let resolved = match &config {
                 Some(given) => {
                     state.1.check_resume(given)?;
@@ -371,11 +378,13 @@ impl Trainer {
 ///
 /// # Errors
 /// [`TrainError::NoCheckpoint`] when there is none; with `from`, that checkpoint's
-/// [`TrainError::Checkpoint`] or [`TrainError::Io`]; [`TrainError::NoLoadableCheckpoint`] when
-/// no `state.json` reads.
+/// [`TrainError::Checkpoint`] or [`TrainError::Io`], or [`TrainError::AnotherRun`] when it is
+/// another run's; [`TrainError::NoLoadableCheckpoint`] when no `state.json` reads.
 pub fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig, TrainError> {
     if let Some(dir) = from {
-        return Ok(read_resume_state(dir)?.1);
+        let config = read_resume_state(dir)?.1;
+        check_same_run(run_dir, dir, &config)?;
+        return Ok(config);
     }
     let root = run_dir.join(checkpoint::CHECKPOINTS_DIR);
     let all = checkpoint::list(&root);
@@ -396,6 +405,70 @@ pub fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig, 
         }
     }
     Err(TrainError::NoLoadableCheckpoint { dir: root, tried })
+}
+
+/// The check that every rank of `dist` starts with the same settings
+/// ([`crate::distributed::check_same_config`]), before any file or collective is touched.
+fn check_same_start(run: &RunDir, start: &Start, dist: &Distributed) -> Result<(), TrainError> {
+    let saved;
+    let config = match start {
+        Start::Fresh(config) | Start::Overwrite(config) => config,
+        Start::Resume {
+            config: Some(config),
+            ..
+        } => config,
+        Start::Resume { from, config: None } => {
+            saved = saved_config(run.path(), from.as_deref())?;
+            &saved
+        }
+    };
+    crate::distributed::check_same_config(config, dist)
+}
+
+/// Refuses the checkpoint `dir`, whose configuration is `config`, when the run in `run_dir`
+/// (its `config.json`) differs from it in a setting outside
+/// [`crate::config::RESUME_MUTABLE`]: resuming it there would mix two runs in one directory.
+/// A directory without `config.json` holds no run yet, and takes any checkpoint; the run's own
+/// checkpoints (under its `checkpoints/`) were written under the same rule, and are not checked
+/// again (a damaged one fails when its weights load).
+fn check_same_run(run_dir: &Path, dir: &Path, config: &TrainConfig) -> Result<(), TrainError> {
+    let own = run_dir
+        .join(checkpoint::CHECKPOINTS_DIR)
+        .canonicalize()
+        .ok();
+    let parent = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf));
+    if own.is_some() && own == parent {
+        return Ok(());
+    }
+    let path = run_dir.join("config.json");
+    let Ok(text) = fs::read(&path) else {
+        return Ok(());
+    };
+    let run_config: TrainConfig = serde_json::from_slice(&text).map_err(|e| {
+        TrainError::Config(format!(
+            "{} does not read as a run's configuration ({e}), so the checkpoint {} cannot be \
+             checked against it: resume into another --run-dir",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let first = run_config
+        .changes(config)
+        .into_iter()
+        .find(|change| !change.allowed_on_resume());
+    match first {
+        Some(change) => Err(TrainError::AnotherRun {
+            checkpoint: dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            key: change.key,
+            checkpoint_value: change.given.to_string(),
+            run_value: change.saved.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A checkpoint's state and the configuration saved in it.
