@@ -421,3 +421,40 @@ fn nan_weights_fail_naming_the_file_and_the_tensor() {
         "{stderr}"
     );
 }
+
+/// Issue #31, bug 5: a `--png-dir` that already holds images is refused and left as it was;
+/// `--overwrite` replaces the numbered PNGs of an earlier, larger draw instead of mixing them in.
+#[test]
+fn png_dir_with_other_images_is_refused_unless_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let pngs = dir.path().join("pngs");
+    let first = sample(&run_dir, &["-n", "6", "--png-dir", path_arg(&pngs)]);
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let before = png_files(&pngs);
+    assert_eq!(before.len(), 6);
+
+    let refused = sample(&run_dir, &["-n", "2", "--png-dir", path_arg(&pngs)]);
+    let err = stderr_of(&refused);
+    assert!(
+        !refused.status.success(),
+        "a folder of 6 images was accepted"
+    );
+    assert!(
+        err.contains("--png-dir") && err.contains("6 image") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        png_files(&pngs),
+        before,
+        "the refused run changed the folder"
+    );
+
+    let replaced = sample(
+        &run_dir,
+        &["-n", "2", "--png-dir", path_arg(&pngs), "--overwrite"],
+    );
+    assert!(replaced.status.success(), "{}", stderr_of(&replaced));
+    let names: Vec<String> = png_files(&pngs).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["000000.png", "000001.png"]);
+}

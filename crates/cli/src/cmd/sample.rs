@@ -85,6 +85,10 @@ pub struct SampleArgs {
     /// Write one PNG per image into this directory (000000.png, …).
     #[arg(long)]
     png_dir: Option<PathBuf>,
+    /// Replace the numbered PNGs (000000.png, …) that --png-dir already holds. Without it, a
+    /// --png-dir that holds images is refused, so that no scoring mixes them with these samples.
+    #[arg(long)]
+    overwrite: bool,
     /// Write the reverse-process strip of the first image (evenly spaced snapshots of its
     /// chain, the last being the sample).
     #[arg(long)]
@@ -177,7 +181,55 @@ fn check_args(args: &SampleArgs) -> Result<()> {
         }
     }
     if let Some(dir) = &args.png_dir {
+        let held = images_in(dir)?;
+        if held > 0 && !args.overwrite {
+            bail!(
+                "--png-dir {}: the folder already holds {held} image(s), which would mix with \
+                 these samples: choose an empty folder, or pass --overwrite to replace its \
+                 numbered PNGs",
+                dir.display()
+            );
+        }
         check_writable_dir(dir, "--png-dir")?;
+    }
+    Ok(())
+}
+
+/// How many image files `dir` holds at its top level (none when it does not exist yet).
+fn images_in(dir: &Path) -> Result<usize> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let entries = fs::read_dir(dir)
+        .with_context(|| format!("--png-dir {}: cannot list it", dir.display()))?;
+    let mut n = 0;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("--png-dir {}: cannot list it", dir.display()))?
+            .path();
+        if path.is_file() && data::images::is_image_name(&path) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Removes the numbered PNGs (`000000.png`, …) an earlier `--png-dir` wrote into `dir`.
+fn clear_numbered_pngs(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir)
+        .with_context(|| format!("--png-dir {}: cannot list it", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("--png-dir {}: cannot list it", dir.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let numbered = name.len() == 10
+            && name.ends_with(".png")
+            && name[..6].bytes().all(|b| b.is_ascii_digit());
+        if numbered && path.is_file() {
+            fs::remove_file(&path)
+                .with_context(|| format!("--overwrite: cannot remove {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -415,6 +467,9 @@ fn write_outputs(args: &SampleArgs, plan: &Plan, samples: &Samples) -> Result<Ve
     let image_len = samples.image_len();
     let mut written = Vec::new();
     if let Some(dir) = &args.png_dir {
+        if args.overwrite {
+            clear_numbered_pngs(dir)?;
+        }
         for k in 0..samples.len() {
             let path = dir.join(format!("{k:06}.png"));
             write_png(&path, samples.image(k), [c, h, w])?;
