@@ -52,7 +52,7 @@
 //!   over `B / W` images per rank), so the run is equivalent but not bit-identical.
 //! - **Faults.** Every collective waits at most `distributed.timeout_secs` (`--dist-timeout`,
 //!   300 s by default): when a rank dies, the others fail at once (its connections close) or,
-//!   when it hangs, after the timeout, with [`TrainError::Distributed`] naming the reporting rank,
+//!   when it hangs, after the timeout, with [`DistError::Collective`] (in [`TrainError::Dist`]) naming the reporting rank,
 //!   the operation and the step. The run never hangs forever.
 
 use std::time::Duration;
@@ -77,8 +77,8 @@ const CONFIG_KEY: &str = "ddpm/config";
 /// collective whose shapes depend on the configuration. [`PER_RANK`] settings are not compared.
 ///
 /// # Errors
-/// [`TrainError::Rendezvous`] naming the first differing key (or the versions), its value on
-/// both ranks and both ranks; [`TrainError::Distributed`] when the exchange itself fails.
+/// [`DistError::Rendezvous`] (in [`TrainError::Dist`]) naming the first differing key (or the versions), its value on
+/// both ranks and both ranks; [`TrainError::Dist`] when the exchange itself fails.
 pub fn check_same_config(config: &TrainConfig, dist: &Distributed) -> Result<(), TrainError> {
     let mine = json!({ "version": env!("CARGO_PKG_VERSION"), "config": config });
     let all = dist.exchange(
@@ -86,10 +86,12 @@ pub fn check_same_config(config: &TrainConfig, dist: &Distributed) -> Result<(),
         mine.to_string().as_bytes(),
         "the comparison of the ranks' settings",
     )?;
-    let fail = |message: String| TrainError::Rendezvous {
-        rank: Some(dist.rank()),
-        world_size: Some(dist.world_size()),
-        message,
+    let fail = |message: String| {
+        TrainError::Dist(DistError::Rendezvous {
+            rank: Some(dist.rank()),
+            world_size: Some(dist.world_size()),
+            message,
+        })
     };
     let unreadable = |rank: usize, e: serde_json::Error| {
         fail(format!(
@@ -188,37 +190,6 @@ impl DistConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl From<DistError> for TrainError {
-    /// The rank group's errors keep their fields: [`DistError::Collective`] becomes
-    /// [`TrainError::Distributed`], [`DistError::Rendezvous`] [`TrainError::Rendezvous`].
-    fn from(err: DistError) -> Self {
-        match err {
-            DistError::Rendezvous {
-                rank,
-                world_size,
-                message,
-            } => TrainError::Rendezvous {
-                rank,
-                world_size,
-                message,
-            },
-            DistError::Collective {
-                rank,
-                world_size,
-                op,
-                message,
-                timeout_secs,
-            } => TrainError::Distributed {
-                rank,
-                world_size,
-                op,
-                message,
-                timeout_secs,
-            },
-        }
     }
 }
 

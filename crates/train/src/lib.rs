@@ -177,40 +177,11 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    /// A collective of a data-parallel run failed or timed out: another rank exited, crashed or
-    /// hangs. `rank` is the rank that reports it.
-    #[error(
-        "rank {rank} of {world_size}: {op} failed ({message}): {}",
-        torch_ext::dist::peer_hint(*rank, *world_size, *timeout_secs)
-    )]
-    Distributed {
-        /// The rank that reports the failure.
-        rank: usize,
-        /// The number of ranks.
-        world_size: usize,
-        /// What the ranks were doing, e.g. "the all-reduce of the gradients at step 12".
-        op: String,
-        /// c10d's message, first line.
-        message: String,
-        /// How long collectives wait.
-        timeout_secs: u64,
-    },
-    /// The ranks of a data-parallel run could not meet (before training starts).
-    #[error(
-        "{}{message}",
-        match (rank, world_size) {
-            (Some(r), Some(w)) => format!("rank {r} of {w}: "),
-            _ => String::new(),
-        }
-    )]
-    Rendezvous {
-        /// The rank that reports it, when known.
-        rank: Option<usize>,
-        /// The number of ranks, when known.
-        world_size: Option<usize>,
-        /// What went wrong and what to do.
-        message: String,
-    },
+    /// The rank group failed: the ranks of a data-parallel run could not meet or disagree on
+    /// where they start ([`DistError::Rendezvous`](torch_ext::dist::DistError::Rendezvous)), or a collective failed or timed out
+    /// ([`DistError::Collective`](torch_ext::dist::DistError::Collective)). Its message is the rank group's own.
+    #[error(transparent)]
+    Dist(#[from] torch_ext::dist::DistError),
     /// `--resume` found checkpoints, but none of them loads.
     #[error(
         "no checkpoint under {} loads:\n  {}",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::device::DeviceSpec;
-use torch_ext::dist::{Distributed, LaunchEnv};
+use torch_ext::dist::{DistError, Distributed, LaunchEnv};
 use train::config::parse_set;
 use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
 
@@ -236,7 +236,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let named = err.chain().any(|cause| {
             matches!(
                 cause.downcast_ref::<TrainError>(),
-                Some(TrainError::Distributed { .. } | TrainError::Rendezvous { rank: Some(_), .. })
+                Some(TrainError::Dist(
+                    DistError::Collective { .. } | DistError::Rendezvous { rank: Some(_), .. }
+                ))
             )
         });
         if named {

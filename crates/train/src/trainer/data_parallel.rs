@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use tch::{Device, Kind, Tensor};
-use torch_ext::dist::{Distributed, GradSync};
+use torch_ext::dist::{DistError, Distributed, GradSync};
 
 use super::{step_seed, Trainer};
 use crate::checkpoint;
@@ -55,7 +55,7 @@ impl Trainer {
         dist.broadcast(&mut rank0, "the broadcast of rank 0's step at the start")?;
         let rank0 = Vec::<i64>::try_from(&rank0[0].to_device(Device::Cpu)).expect("3 counters");
         if rank0 != counters {
-            return Err(TrainError::Rendezvous {
+            return Err(TrainError::Dist(DistError::Rendezvous {
                 rank: Some(dist.rank()),
                 world_size: Some(dist.world_size()),
                 message: format!(
@@ -63,7 +63,7 @@ impl Trainer {
                      the same checkpoint (one run directory, on a file system they share)",
                     self.step, rank0[0]
                 ),
-            });
+            }));
         }
         let mut tensors: Vec<Tensor> = checkpoint::named_tensors(&self.model_vs)
             .into_iter()

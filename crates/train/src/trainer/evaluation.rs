@@ -169,7 +169,7 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainError::Config`] without a scorer; [`TrainError::Evaluation`] when scoring fails;
-    /// as [`checkpoint::save`] for the best checkpoint; [`TrainError::Distributed`] when a rank
+    /// as [`checkpoint::save`] for the best checkpoint; [`TrainError::Dist`] when a rank
     /// does not reach the barrier in time.
     pub fn evaluate(&mut self) -> Result<Option<EvalRecord>, TrainError> {
         match self.evaluate_unless(&|| false)? {

@@ -94,8 +94,8 @@ impl Trainer {
     /// when there is none; [`TrainError::ResumeChange`] when the configuration changes a setting
     /// that must stay fixed; [`TrainError::NoLoadableCheckpoint`] when none loads; with `from`,
     /// [`TrainError::AnotherRun`] when it is another run's, or the error of that checkpoint ([`TrainError::Checkpoint`], [`TrainError::Model`],
-    /// [`TrainError::OptimizerState`], …). Data-parallel: [`TrainError::Distributed`] when the
-    /// broadcast fails, [`TrainError::Rendezvous`] when the ranks' settings differ
+    /// [`TrainError::OptimizerState`], …). Data-parallel: [`TrainError::Dist`] when the
+    /// broadcast fails, also when the ranks' settings differ
     /// ([`crate::distributed::check_same_config`]) or they resumed at different steps.
     ///
     /// # Panics
