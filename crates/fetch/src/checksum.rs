@@ -93,33 +93,9 @@ impl Checksum {
     /// assert_eq!(digest, Checksum::md5("900150983cd24fb0d6963f7d28e17f72"));
     /// ```
     pub fn compute(algorithm: Algorithm, mut reader: impl Read) -> io::Result<Self> {
-        use sha2::Digest as _;
-        let mut buf = vec![0u8; 1 << 20];
         let bytes = match algorithm {
-            Algorithm::Md5 => {
-                let mut hasher = md5::Md5::new();
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => hasher.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                hasher.finalize().to_vec()
-            }
-            Algorithm::Sha256 => {
-                let mut hasher = sha2::Sha256::new();
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => hasher.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                hasher.finalize().to_vec()
-            }
+            Algorithm::Md5 => digest_of::<md5::Md5>(&mut reader)?,
+            Algorithm::Sha256 => digest_of::<sha2::Sha256>(&mut reader)?,
         };
         let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self { algorithm, hex })
@@ -148,6 +124,21 @@ impl Checksum {
         let decoder = flate2::read::GzDecoder::new(io::BufReader::new(file));
         Ok(Self::compute(self.algorithm, decoder).ok())
     }
+}
+
+/// The digest `D` of everything `reader` yields, read in 1 MiB chunks.
+fn digest_of<D: sha2::Digest>(reader: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut hasher = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finalize().to_vec())
 }
 
 #[cfg(test)]
