@@ -43,8 +43,11 @@ impl Arch {
 #[derive(Debug, clap::Args)]
 pub struct SummaryArgs {
     /// The network preset; with --config, the architecture the file must describe.
-    #[arg(long, value_enum, required_unless_present_any = ["config", "checkpoint"])]
+    #[arg(long, value_enum, required_unless_present_any = ["config", "checkpoint", "preset"])]
     pub arch: Option<Arch>,
+    /// The network of a `ddpm train` preset (`ddpm-church-256`, …).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["arch", "config", "checkpoint"])]
+    pub preset: Option<String>,
     /// A model config JSON (`ddpm model config` prints one) or a diffusers UNet2DModel config.json.
     #[arg(long, value_name = "FILE", conflicts_with = "checkpoint")]
     pub config: Option<PathBuf>,
@@ -77,7 +80,15 @@ pub fn run(command: ModelCommand) -> Result<()> {
                 print!("{}", summary_of(&pipe.spec.model, &pipe.vs)?);
                 return Ok(());
             }
-            let config = resolve(args.arch, args.config.as_deref())?;
+            let config = match &args.preset {
+                Some(name) => {
+                    train::Preset::from_name(name)
+                        .context("--preset")?
+                        .config()
+                        .model
+                }
+                None => resolve(args.arch, args.config.as_deref())?,
+            };
             print!("{}", summary(&config)?);
             Ok(())
         }
@@ -171,6 +182,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("trainable parameters: 35,746,307"), "{text}");
+    }
+
+    /// `ddpm model summary --preset ddpm-church-256`: the 256² presets' network has the count of
+    /// the released `google/ddpm-*-256` weights.
+    #[test]
+    fn the_256_presets_network_has_the_released_count() {
+        let config = train::Preset::from_name("ddpm-church-256")
+            .unwrap()
+            .config()
+            .model;
+        let text = summary(&config).unwrap();
+        assert!(
+            text.starts_with("ddpm model, 256×256×3 in, 3 channels out\n"),
+            "{text}"
+        );
+        assert!(text.contains("trainable parameters: 113,673,219"), "{text}");
     }
 
     #[test]

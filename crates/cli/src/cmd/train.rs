@@ -18,7 +18,8 @@ use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer
 #[command(after_long_help = resume_help())]
 pub struct TrainArgs {
     /// The starting configuration: seed (the notebook; the default), ddpm-cifar10 (the paper),
-    /// fashion-mnist. Not with --resume: a run keeps the configuration it started with.
+    /// fashion-mnist, and the paper's 256² runs on an image folder (--data DIR):
+    /// ddpm-church-256, ddpm-bedroom-256, ddpm-cat-256, ddpm-celebahq-256. Not with --resume: a run keeps the configuration it started with.
     #[arg(long)]
     preset: Option<String>,
     /// A JSON file whose keys override the preset's (deep-merged; unknown keys are errors).
@@ -41,6 +42,14 @@ pub struct TrainArgs {
     /// RUN_DIR/checkpoints such as step-00001000); implies --resume.
     #[arg(long, value_name = "DIR", conflicts_with = "overwrite")]
     resume_from: Option<PathBuf>,
+    /// Fine-tune: start the network and its EMA from the weights of a run, a checkpoint or a
+    /// diffusers folder (the EMA from its EMA weights where it has them), with a fresh
+    /// optimizer. The network, schedule and prediction are the source's: a --set or --config
+    /// value that differs is refused naming the key, but for model.dropout and, with
+    /// --class-cond, model.num_classes (the class embedding then starts at zero). The run's
+    /// config.json records the source.
+    #[arg(long, value_name = "SRC", conflicts_with_all = ["resume", "resume_from"])]
+    init_from: Option<PathBuf>,
     /// Start afresh in a --run-dir that holds an earlier run, deleting its config.json,
     /// metrics.jsonl, loss_curve.png, checkpoints/ and samples/.
     #[arg(long)]
@@ -137,9 +146,19 @@ const DEFAULT_PRESET: &str = "seed";
 fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
     let base = match base {
         Some(config) => config,
-        None => Preset::from_name(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
-            .context("--preset")?
-            .config(),
+        None => {
+            let preset = Preset::from_name(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))
+                .context("--preset")?
+                .config();
+            match &args.init_from {
+                Some(src) => {
+                    let spec = sample::PipelineSpec::resolve(src, sample::Weights::Ema)
+                        .with_context(|| format!("--init-from {}", src.display()))?;
+                    preset.starting_from(src, &spec)
+                }
+                None => preset,
+            }
+        }
     };
     let file = match &args.config {
         Some(path) => {
@@ -434,6 +453,20 @@ fn report_open(trainer: &Trainer, run_dir: &Path, device: tch::Device) {
             skipped.dir.display(),
             skipped.reason
         );
+    }
+    if let Some(init) = trainer.init_report() {
+        eprintln!(
+            "--init-from: the network starts from {}, its EMA from {}; the optimizer starts fresh",
+            init.weights_file.display(),
+            init.ema_file.display()
+        );
+        if !init.zeroed.is_empty() {
+            eprintln!(
+                "--init-from: the source has no {} (it is unconditional): added, initialised to \
+                 zeros, so every label starts as the source's unconditional network",
+                init.zeroed.join(", ")
+            );
+        }
     }
     if let Some(before) = trainer.resumed_world_size().filter(|&w| w != world_size) {
         eprintln!(

@@ -78,6 +78,21 @@ impl UNetConfig {
         }
     }
 
+    /// The paper's 256×256 model for LSUN and CelebA-HQ (Ho et al. 2020, App. B: "our LSUN and
+    /// CelebA-HQ models have 114 million parameters"; the official code's `unet2d16b2c112244`,
+    /// `scripts/run_lsun.py`): ch 128, ch_mult (1, 1, 2, 2, 4, 4), 2 resnets per level,
+    /// attention at 16×16, no dropout (`dropout=0.0` in `run_lsun.py` and `run_celebahq.py`),
+    /// GroupNorm 32, at 256×256×3 — the configuration of diffusers' `google/ddpm-church-256`,
+    /// `-bedroom-256`, `-cat-256` and `-celebahq-256`: 113,673,219 parameters.
+    pub fn ho2020_256() -> Self {
+        Self {
+            image_size: 256,
+            channel_mult: vec![1, 1, 2, 2, 4, 4],
+            dropout: 0.0,
+            ..Self::ho2020_cifar10()
+        }
+    }
+
     /// The `fashion-mnist` preset's network: the paper's U-Net at 28×28×1 with widths 16, 32, 64
     /// (`channels` 16, `ch_mult` (1, 2, 4)), one resnet per down level, self-attention at 7×7,
     /// 8 GroupNorm groups and no dropout: 686,769 parameters. On two CPU cores it trains at about

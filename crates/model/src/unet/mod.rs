@@ -523,6 +523,25 @@ mod tests {
     }
 
     #[test]
+    fn ho2020_256_has_the_released_weights_parameter_count() {
+        // diffusers' UNet2DModel with google/ddpm-church-256's config.json counts 113,673,219
+        // parameters in 450 tensors.
+        let vs = VarStore::new(Device::Cpu);
+        let _net = UNetConfig::ho2020_256().build(&vs.root()).unwrap();
+        assert_eq!(crate::parameter_count(&vs), 113_673_219);
+        let vars = vs.variables();
+        assert_eq!(vars.len(), 450);
+        for (name, shape) in [
+            ("down_blocks.4.attentions.1.to_q.weight", vec![512, 512]),
+            ("down_blocks.5.resnets.1.conv2.weight", vec![512, 512, 3, 3]),
+            ("up_blocks.1.attentions.2.to_v.weight", vec![512, 512]),
+            ("up_blocks.5.resnets.2.conv1.weight", vec![128, 256, 3, 3]),
+        ] {
+            assert_eq!(vars.get(name).map(Tensor::size), Some(shape), "{name}");
+        }
+    }
+
+    #[test]
     fn ho2020_has_the_papers_parameter_count_and_diffusers_names() {
         let vs = VarStore::new(Device::Cpu);
         let _net = UNetConfig::ho2020_cifar10().build(&vs.root()).unwrap();

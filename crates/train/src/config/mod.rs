@@ -90,6 +90,12 @@ pub struct TrainConfig {
     /// these defaults unless flags said otherwise).
     #[serde(default)]
     pub eval_reference: EvalReference,
+    /// Fine-tuning (`ddpm train --init-from SRC`): the run, checkpoint or diffusers folder whose
+    /// weights the network and its EMA start from (see [`crate::trainer::check_source`]).
+    /// Recorded so that a resume reads the run's own checkpoints, never SRC again. Absent (and
+    /// not written) for runs that start from random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// FID in the loop's feature network and reference statistics (`--inception`,

@@ -1,5 +1,6 @@
 //! The named starting points for `ddpm train --preset`.
 
+use data::folder::FolderConfig;
 use data::{DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, Precision, Prediction, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
@@ -33,11 +34,28 @@ pub enum Preset {
     /// preset before both scored 142.5 and 207.5 after its 3 epochs.
     /// `docs/results/runs/fashion-mnist-preset-ablation/`.
     FashionMnist,
+    /// Ho et al. 2020 on LSUN Church 256×256: the 114M U-Net ([`UNetConfig::ho2020_256`]), 1.2M
+    /// steps, flips. See [`Preset::ddpm_256`] for the recipe they share.
+    DdpmChurch256,
+    /// Ho et al. 2020 on LSUN Bedroom 256×256: as `ddpm-church-256`, 2.4M steps, no flips.
+    DdpmBedroom256,
+    /// Ho et al. 2020 on LSUN Cat 256×256: as `ddpm-church-256`, 1.8M steps, flips.
+    DdpmCat256,
+    /// Ho et al. 2020 on CelebA-HQ 256×256: as `ddpm-church-256`, 0.5M steps, flips.
+    DdpmCelebahq256,
 }
 
 impl Preset {
     /// Every preset, for listings.
-    pub const ALL: [Preset; 3] = [Preset::Seed, Preset::DdpmCifar10, Preset::FashionMnist];
+    pub const ALL: [Preset; 7] = [
+        Preset::Seed,
+        Preset::DdpmCifar10,
+        Preset::FashionMnist,
+        Preset::DdpmChurch256,
+        Preset::DdpmBedroom256,
+        Preset::DdpmCat256,
+        Preset::DdpmCelebahq256,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -45,6 +63,10 @@ impl Preset {
             Preset::Seed => "seed",
             Preset::DdpmCifar10 => "ddpm-cifar10",
             Preset::FashionMnist => "fashion-mnist",
+            Preset::DdpmChurch256 => "ddpm-church-256",
+            Preset::DdpmBedroom256 => "ddpm-bedroom-256",
+            Preset::DdpmCat256 => "ddpm-cat-256",
+            Preset::DdpmCelebahq256 => "ddpm-celebahq-256",
         }
     }
 
@@ -97,6 +119,7 @@ impl Preset {
                 eval_samples: default_eval_samples(),
                 eval_sampler: default_eval_sampler(),
                 eval_reference: EvalReference::default(),
+                init_from: None,
             },
             Preset::DdpmCifar10 => TrainConfig {
                 dataset: DatasetSpec::Cifar10 {
@@ -155,6 +178,51 @@ impl Preset {
                 sample_every_epochs: 1,
                 ..Preset::Seed.config()
             },
+            // Steps and flips from App. B; the sample grids come about every 50k steps at the
+            // datasets' sizes (CelebA-HQ 30,000 images, Church 126,227, Cat 1,657,266, Bedroom
+            // 3,033,042: 469, 1,972, 25,895 and 47,391 batches of 64 per epoch).
+            Preset::DdpmChurch256 => Self::ddpm_256(1_200_000, true, 25),
+            Preset::DdpmBedroom256 => Self::ddpm_256(2_400_000, false, 1),
+            Preset::DdpmCat256 => Self::ddpm_256(1_800_000, true, 2),
+            Preset::DdpmCelebahq256 => Self::ddpm_256(500_000, true, 100),
+        }
+    }
+
+    /// The 256×256 recipe of Ho et al. 2020 (arXiv 2006.11239, App. B, and the official code's
+    /// `scripts/run_lsun.py` and `run_celebahq.py`, hojonathanho/diffusion, whose `train`
+    /// defaults spell it out): the 114M U-Net (`unet2d16b2c112244`, [`UNetConfig::ho2020_256`],
+    /// no dropout: `dropout=0.0`), T = 1000 linear from 1e-4 to 0.02, L_simple (ε, L2), Adam at
+    /// 2e-5 (`lr=2e-5`, App. B: "2 × 10⁻⁵ for the 256 × 256 images") with 5000 warm-up steps and
+    /// gradients clipped to norm 1 (`warmup=5000`, `grad_clip=1.`), batch 64 (`total_bs=64`), EMA
+    /// 0.9999, `max_steps` steps, random horizontal flips when `flip` (App. B: flips "for all
+    /// other datasets except LSUN Bedroom"; the docstring of `run_lsun.py` passes `--randflip 0`
+    /// for Cat instead, and the paper wins here).
+    ///
+    /// The data is an image folder of 256×256 RGB images (`--data DIR`; larger images are
+    /// centre-cropped and resized as the folder kind does), without labels. The paper's LSUN
+    /// data came from ProgressiveGAN's `dataset_tool.py` (centre crop to the short side, then
+    /// an antialiased resize), its CelebA-HQ at 256² as given.
+    fn ddpm_256(max_steps: u64, flip: bool, sample_every_epochs: u64) -> TrainConfig {
+        TrainConfig {
+            dataset: DatasetSpec::Folder {
+                config: FolderConfig {
+                    class_subfolders: false,
+                    ..FolderConfig::new([256, 256])
+                },
+            },
+            transform: TransformConfig {
+                flip_p: if flip { 0.5 } else { 0.0 },
+                ..TransformConfig::ho2020()
+            },
+            batch_size: 64,
+            model: ModelConfig::Ddpm(UNetConfig::ho2020_256()),
+            optim: OptimConfig {
+                lr: 2e-5,
+                ..OptimConfig::ho2020()
+            },
+            max_steps: Some(max_steps),
+            sample_every_epochs,
+            ..Preset::DdpmCifar10.config()
         }
     }
 }
@@ -254,5 +322,83 @@ mod tests {
         assert_eq!(m.layers_per_block, 2);
         assert_eq!(m.attention_resolutions, [16]);
         assert_eq!(m.dropout, 0.1);
+    }
+
+    /// The four 256² presets against Ho et al. 2020, App. B, and `scripts/run_lsun.py` /
+    /// `run_celebahq.py` of the official code (see [`Preset::ddpm_256`]).
+    #[test]
+    fn ddpm_256_presets_are_the_papers_setup() {
+        use crate::objective::LossKind;
+        use crate::optim::{LrDecay, OptimizerKind};
+
+        for (preset, name, steps, flip_p) in [
+            (Preset::DdpmChurch256, "ddpm-church-256", 1_200_000, 0.5),
+            (Preset::DdpmBedroom256, "ddpm-bedroom-256", 2_400_000, 0.0),
+            (Preset::DdpmCat256, "ddpm-cat-256", 1_800_000, 0.5),
+            (Preset::DdpmCelebahq256, "ddpm-celebahq-256", 500_000, 0.5),
+        ] {
+            let c = preset.config();
+            assert_eq!(preset.name(), name);
+            // An unlabelled folder of 256×256 RGB images, centre-cropped; flips for all but
+            // LSUN Bedroom.
+            let DatasetSpec::Folder { config: folder } = &c.dataset else {
+                panic!("{name}: expected an image folder, got {:?}", c.dataset);
+            };
+            assert_eq!(folder.size, [256, 256], "{name}");
+            assert_eq!(folder.channels, 3, "{name}");
+            assert_eq!(folder.fit, data::folder::Fit::CenterCrop, "{name}");
+            assert!(!folder.class_subfolders, "{name}");
+            assert_eq!(c.transform.size, None, "{name}");
+            assert_eq!(c.transform.flip_p, flip_p, "{name}");
+            assert!(c.transform.normalize, "{name}");
+            // Batch 64, the paper's step count.
+            assert_eq!(c.batch_size, 64, "{name}");
+            assert_eq!(c.max_steps, Some(steps), "{name}");
+            assert_eq!(c.epochs, None, "{name}");
+            // T = 1000 linear, L_simple.
+            assert_eq!(
+                c.schedule,
+                BetaSchedule::Linear {
+                    n_steps: 1000,
+                    start: 1e-4,
+                    end: 0.02
+                },
+                "{name}"
+            );
+            assert_eq!(c.objective.prediction, Prediction::Eps, "{name}");
+            assert_eq!(c.objective.loss, LossKind::L2, "{name}");
+            assert_eq!(c.objective.min_snr_gamma, None, "{name}");
+            // Adam at 2e-5, 5000 warm-up steps, then constant; clip 1.
+            let o = &c.optim;
+            assert_eq!(o.kind, OptimizerKind::Adam, "{name}");
+            assert_eq!((o.lr, o.beta1, o.beta2, o.eps), (2e-5, 0.9, 0.999, 1e-8));
+            assert_eq!(o.weight_decay, 0.0, "{name}");
+            assert_eq!(o.warmup_steps, 5000, "{name}");
+            assert_eq!(o.decay, LrDecay::Constant, "{name}");
+            assert_eq!(o.grad_clip, Some(1.0), "{name}");
+            // EMA 0.9999.
+            assert_eq!(c.ema.decay, 0.9999, "{name}");
+            // The 114M U-Net: ch 128, ch_mult (1, 1, 2, 2, 4, 4), 2 resnets per level,
+            // attention at 16×16, GroupNorm 32, no dropout, 256×256×3. Its parameter count
+            // (113,673,219) is pinned where the network is built: `model`'s
+            // `ho2020_256_has_the_released_weights_parameter_count`, and `ddpm model summary
+            // --preset` in the cli.
+            assert_eq!(
+                c.model,
+                ModelConfig::Ddpm(UNetConfig::ho2020_256()),
+                "{name}"
+            );
+            let ModelConfig::Ddpm(m) = &c.model else {
+                unreachable!()
+            };
+            assert_eq!((m.in_channels, m.out_channels, m.image_size), (3, 3, 256));
+            assert_eq!(m.channels, 128);
+            assert_eq!(m.channel_mult, [1, 1, 2, 2, 4, 4]);
+            assert_eq!(m.layers_per_block, 2);
+            assert_eq!(m.attention_resolutions, [16]);
+            assert_eq!(m.norm_num_groups, 32);
+            assert_eq!(m.dropout, 0.0);
+            assert_eq!(m.num_classes, None);
+        }
     }
 }

@@ -52,6 +52,7 @@ mod data_parallel;
 mod evaluation;
 #[cfg(feature = "cuda")]
 mod graph;
+mod init_from;
 mod open;
 mod run_loop;
 mod save;
@@ -59,6 +60,7 @@ mod step;
 #[cfg(test)]
 mod tests;
 
+pub use init_from::{check_source, InitReport};
 pub use open::{saved_config, OpenOptions, Start};
 pub use run_loop::{MetricsRecord, NoHooks, RunEnd, TrainHooks};
 pub use step::{StepOutcome, StepValues};
@@ -134,6 +136,8 @@ pub struct Trainer {
     skipped_checkpoints: Vec<SkippedCheckpoint>,
     /// The run files that [`Start::Overwrite`] deleted.
     deleted_files: Vec<PathBuf>,
+    /// What a fresh run with `init_from` took from its source.
+    init_report: Option<InitReport>,
     /// The data-parallel run this process is a rank of; `None` alone.
     dist: Option<Distributed>,
     /// The trainable parameters in the order the network made them: the gradients the ranks
@@ -165,6 +169,12 @@ impl Trainer {
     /// first.
     pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
         &self.skipped_checkpoints
+    }
+
+    /// What a fresh run with `init_from` set took from its source (`None` for other runs, and
+    /// on resume, which reads the run's own checkpoint).
+    pub fn init_report(&self) -> Option<&InitReport> {
+        self.init_report.as_ref()
     }
 
     /// The run files that [`Start::Overwrite`] deleted (empty otherwise, and on the ranks

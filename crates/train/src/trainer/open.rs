@@ -116,10 +116,10 @@ impl Trainer {
                 if dist.as_ref().is_none_or(Distributed::is_main) {
                     run.ensure_fresh()?;
                 }
-                Self::build(run, config, dataset, device, dist)?
+                Self::build_fresh(run, config, dataset, device, dist)?
             }
             Start::Overwrite(config) => {
-                let mut trainer = Self::build(run, config, dataset, device, dist)?;
+                let mut trainer = Self::build_fresh(run, config, dataset, device, dist)?;
                 if trainer.is_writer() {
                     trainer.deleted_files = trainer.run.run_files();
                     trainer.run.clear()?;
@@ -134,6 +134,23 @@ impl Trainer {
         };
         trainer.write_config()?;
         trainer.sync_start()?;
+        Ok(trainer)
+    }
+
+    /// [`Trainer::build`], then for a run with `init_from` set, the source's weights
+    /// (`init_from.rs`).
+    fn build_fresh(
+        run: RunDir,
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
+        device: Device,
+        dist: Option<Distributed>,
+    ) -> Result<Self, TrainError> {
+        let source = config.init_from.clone();
+        let mut trainer = Self::build(run, config, dataset, device, dist)?;
+        if let Some(path) = source {
+            trainer.init_report = Some(trainer.init_from(&path)?);
+        }
         Ok(trainer)
     }
 
@@ -221,6 +238,7 @@ impl Trainer {
             buffers,
             skipped_checkpoints: Vec::new(),
             deleted_files: Vec::new(),
+            init_report: None,
             dist,
             params,
             stop_local: false,

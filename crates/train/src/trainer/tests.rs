@@ -76,6 +76,7 @@ fn config(num_classes: Option<i64>, p_uncond: f64) -> TrainConfig {
         eval_samples: crate::config::default_eval_samples(),
         eval_sampler: crate::config::default_eval_sampler(),
         eval_reference: crate::config::EvalReference::default(),
+        init_from: None,
     }
 }
 

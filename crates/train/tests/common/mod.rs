@@ -116,6 +116,7 @@ pub fn tiny_config() -> TrainConfig {
         eval_samples: train::config::default_eval_samples(),
         eval_sampler: train::config::default_eval_sampler(),
         eval_reference: train::EvalReference::default(),
+        init_from: None,
     }
 }
 
