@@ -519,6 +519,7 @@ fn check_fits(
             )));
         }
     }
+    config.check_micro_batch(dist.map_or(1, Distributed::world_size))?;
     if dataset.channels() as i64 != config.model.in_channels() {
         return Err(TrainError::Config(format!(
             "the dataset has {} channel(s) but model.in_channels is {}: pick a matching model",
