@@ -18,6 +18,8 @@ The same work as the Rust side, step for step:
   T = 300 linear schedule for training.
 * ddpm_unet: diffusers' UNet2DModel with the google/ddpm-cifar10-32 configuration (dropout 0.1);
   L2 loss, Adam; T = 1000.
+* ddpm_unet_256: the same with the google/ddpm-church-256 configuration (the paper's 114M U-Net
+  of the 256² presets: widths 128·(1, 1, 2, 2, 4, 4), attention at 16², no dropout), 256×256.
 
 `train_step`: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, a train-mode forward, the loss,
 backward, `torch.optim.Adam.step` (its default implementation for the device) and `zero_grad`
@@ -61,6 +63,17 @@ except ImportError:  # no diffusers: the same configuration, spelled out
     )
 from model_simple import SimpleUnet, seed_cifar10_config  # noqa: E402
 
+# google/ddpm-church-256's unet/config.json (113,673,219 parameters), as the Rust
+# `UNetConfig::ho2020_256` is.
+DDPM_256 = dict(
+    DDPM_CIFAR10,
+    sample_size=256,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    dropout=0.0,
+)
+
 
 class FoldedSimpleUnet(SimpleUnet):
     """SimpleUnet whose first up block convolves x once with the two kernel halves summed
@@ -93,17 +106,17 @@ class DiffusersEps(torch.nn.Module):
     PyTorch under the same state-dict names (`unet_torch.py --check`: 1.6e-6 from diffusers on
     the full configuration)."""
 
-    def __init__(self):
+    def __init__(self, config=DDPM_CIFAR10):
         super().__init__()
         try:
             from diffusers import UNet2DModel
 
-            self.unet = UNet2DModel(**DDPM_CIFAR10)
+            self.unet = UNet2DModel(**config)
             self.diffusers = True
         except ImportError:
             from unet_torch import UNet
 
-            self.unet = UNet(**DDPM_CIFAR10)
+            self.unet = UNet(**config)
             self.diffusers = False
 
     def forward(self, x, t):
@@ -119,6 +132,7 @@ def linear_alphas_cumprod(n_steps):
 CASES = {
     "simple_unet": (lambda: FoldedSimpleUnet(seed_cifar10_config(), exact=False), 28, 300, "l1"),
     "ddpm_unet": (DiffusersEps, 32, 1000, "l2"),
+    "ddpm_unet_256": (lambda: DiffusersEps(DDPM_256), 256, 1000, "l2"),
 }
 SAMPLING_ABAR = linear_alphas_cumprod(1000)
 

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// ddim_step, optimizer_step, loop_step); default all.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
+    /// Only these side-by-side cases (comma-separated: simple_unet, ddpm_unet, and
+    /// ddpm_unet_256, the 256² presets' 114M U-Net at batch 1 on the CPU, which runs only when
+    /// named); default simple_unet and ddpm_unet.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
     /// Skip the criterion benches.
     #[arg(long)]
     no_criterion: bool,
@@ -66,13 +71,14 @@ struct Case {
     batch: usize,
 }
 
-fn cases(quick: bool, cuda: bool) -> Vec<Case> {
-    let (simple, paper) = match (quick, cuda) {
-        (true, _) => (4, 1),
-        (false, false) => (128, 16),
-        (false, true) => (128, 128),
+/// The cases `names` asks for (the default two when empty), at the batch sizes of the mode.
+fn cases(quick: bool, cuda: bool, names: &[String]) -> Result<Vec<Case>> {
+    let (simple, paper, paper_256) = match (quick, cuda) {
+        (true, _) => (4, 1, 1),
+        (false, false) => (128, 16, 1),
+        (false, true) => (128, 128, 16),
     };
-    vec![
+    let all = [
         Case {
             name: "simple_unet",
             batch: simple,
@@ -81,7 +87,21 @@ fn cases(quick: bool, cuda: bool) -> Vec<Case> {
             name: "ddpm_unet",
             batch: paper,
         },
-    ]
+        Case {
+            name: "ddpm_unet_256",
+            batch: paper_256,
+        },
+    ];
+    if names.is_empty() {
+        return Ok(all.into_iter().take(2).collect());
+    }
+    if let Some(bad) = names.iter().find(|n| !all.iter().any(|c| c.name == *n)) {
+        bail!("--cases {bad}: expected simple_unet, ddpm_unet or ddpm_unet_256");
+    }
+    Ok(all
+        .into_iter()
+        .filter(|c| names.iter().any(|n| n == c.name))
+        .collect())
 }
 
 /// A benchmark server speaking the one-request-per-line protocol.
@@ -347,6 +367,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         !args.bf16 || cuda,
         "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
     );
+    let case_list = cases(args.quick, cuda, &args.cases)?;
     crate::setup::setup(&root)?;
     let python = python(&root)?;
     let threads = args
@@ -387,7 +408,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bench.criterion(started)?
     };
     let mut results = SideBySide::default();
-    for case in cases(args.quick, cuda) {
+    for case in case_list {
         bench.side_by_side(&case, &mut results)?;
     }
     let fid = if !args.no_fid && !cuda {
@@ -415,6 +436,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "pytorch": results.torch_version,
         "rounds": bench.rounds,
         "steps_filter": args.steps,
+        "cases_filter": args.cases,
         "side_by_side": results.records,
         "loop_overhead": results.loop_overhead,
         "fid_extraction": fid,
@@ -642,16 +664,17 @@ fn write_report(args: &BenchArgs, root: &Path, device_tag: &str, report: &Value)
     });
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    // A partial run (--steps) gets its own file, so it never replaces a full report.
+    // A partial run (--cases, --steps) gets its own file, so it never replaces a full report.
+    let part = |names: &[String]| match names.is_empty() {
+        true => String::new(),
+        false => format!("-{}", names.join("+")),
+    };
     let stem = format!(
-        "{}-{device_tag}{}{}",
+        "{}-{device_tag}{}{}{}",
         today(),
         if args.bf16 { "-bf16" } else { "" },
-        if args.steps.is_empty() {
-            String::new()
-        } else {
-            format!("-{}", args.steps.join("+"))
-        }
+        part(&args.cases),
+        part(&args.steps)
     );
     let json_path = out_dir.join(format!("{stem}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n")

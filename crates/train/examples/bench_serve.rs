@@ -2,7 +2,7 @@
 //! runs one step per line of stdin and answers each with its wall time in milliseconds.
 //!
 //! ```text
-//! bench_serve --case simple_unet|ddpm_unet --batch N [--device cpu|cuda] [--threads N] [--bf16]
+//! bench_serve --case simple_unet|ddpm_unet|ddpm_unet_256 --batch N [--device cpu|cuda] [--threads N] [--bf16]
 //!             [--cudnn-benchmark true|false]
 //!             [--cuda-graph]
 //! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step [COUNT]
@@ -84,7 +84,7 @@ fn parse_args() -> Args {
         Some(other) => panic!("--device {other}: expected cpu or cuda"),
     };
     Args {
-        case: value("--case").expect("--case simple_unet|ddpm_unet"),
+        case: value("--case").expect("--case simple_unet|ddpm_unet|ddpm_unet_256"),
         batch: value("--batch")
             .expect("--batch N")
             .parse()
@@ -104,7 +104,9 @@ fn case_config(args: &Args) -> TrainConfig {
     let preset = match args.case.as_str() {
         "simple_unet" => Preset::Seed,
         "ddpm_unet" => Preset::DdpmCifar10,
-        other => panic!("--case {other}: expected simple_unet or ddpm_unet"),
+        // The paper's 114M U-Net at 256² (`ddpm-church-256`).
+        "ddpm_unet_256" => Preset::DdpmChurch256,
+        other => panic!("--case {other}: expected simple_unet, ddpm_unet or ddpm_unet_256"),
     };
     let mut config = preset.config();
     config.batch_size = args.batch;
