@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::device::DeviceSpec;
-use torch_ext::dist::{DistError, Distributed, LaunchEnv};
+use torch_ext::dist::{DistError, LaunchEnv};
 use train::config::parse_set;
 use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
 
@@ -494,15 +494,8 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         false => None,
     };
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;
-    let dist = match env {
-        // As a TrainError, which names the rank (see `run`).
-        Some(env) => Some(
-            Distributed::connect(env, device, config.distributed.timeout())
-                .map_err(TrainError::from)?,
-        ),
-        None => None,
-    };
-    let options = OpenOptions::new(device).distributed(dist);
+    // As a TrainError, which names the rank (see `run`).
+    let options = OpenOptions::new(device).launch(env, config.distributed.timeout())?;
     let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
     if writer {
         report_open(&trainer, &run_dir, device);
