@@ -1,7 +1,7 @@
 //! The named starting points for `ddpm train --preset`.
 
 use data::folder::FolderConfig;
-use data::{DatasetSpec, Split, TransformConfig};
+use data::{DatasetSpec, Split, StreamConfig, TransformConfig};
 use model::{ModelConfig, Precision, Prediction, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
 
@@ -182,10 +182,10 @@ impl Preset {
             // Steps and flips from App. B; the sample grids come about every 50k steps at the
             // datasets' sizes (CelebA-HQ 30,000 images, Church 126,227, Cat 1,657,266, Bedroom
             // 3,033,042: 469, 1,972, 25,895 and 47,391 batches of 64 per epoch).
-            Preset::DdpmChurch256 => Self::ddpm_256(1_200_000, true, 25),
-            Preset::DdpmBedroom256 => Self::ddpm_256(2_400_000, false, 1),
-            Preset::DdpmCat256 => Self::ddpm_256(1_800_000, true, 2),
-            Preset::DdpmCelebahq256 => Self::ddpm_256(500_000, true, 100),
+            Preset::DdpmChurch256 => Self::ddpm_256(Self::lsun(), 1_200_000, true, 25),
+            Preset::DdpmBedroom256 => Self::ddpm_256(Self::lsun(), 2_400_000, false, 1),
+            Preset::DdpmCat256 => Self::ddpm_256(Self::lsun(), 1_800_000, true, 2),
+            Preset::DdpmCelebahq256 => Self::ddpm_256(Self::celebahq(), 500_000, true, 100),
         }
     }
 
@@ -199,18 +199,16 @@ impl Preset {
     /// other datasets except LSUN Bedroom"; the docstring of `run_lsun.py` passes `--randflip 0`
     /// for Cat instead, and the paper wins here).
     ///
-    /// The data is an image folder of 256×256 RGB images (`--data DIR`; larger images are
-    /// centre-cropped and resized as the folder kind does), without labels. The paper's LSUN
-    /// data came from ProgressiveGAN's `dataset_tool.py` (centre crop to the short side, then
-    /// an antialiased resize), its CelebA-HQ at 256² as given.
-    fn ddpm_256(max_steps: u64, flip: bool, sample_every_epochs: u64) -> TrainConfig {
+    /// The data is `dataset` (see [`Preset::lsun`] and [`Preset::celebahq`]), streamed or read
+    /// from `--data DIR`.
+    fn ddpm_256(
+        dataset: DatasetSpec,
+        max_steps: u64,
+        flip: bool,
+        sample_every_epochs: u64,
+    ) -> TrainConfig {
         TrainConfig {
-            dataset: DatasetSpec::Folder {
-                config: FolderConfig {
-                    class_subfolders: false,
-                    ..FolderConfig::new([256, 256])
-                },
-            },
+            dataset,
             transform: TransformConfig {
                 flip_p: if flip { 0.5 } else { 0.0 },
                 ..TransformConfig::ho2020()
@@ -224,6 +222,27 @@ impl Preset {
             max_steps: Some(max_steps),
             sample_every_epochs,
             ..Preset::DdpmCifar10.config()
+        }
+    }
+
+    /// An LSUN category as LSUN ships it, an LMDB of WebP images (`--data` names the directory
+    /// of `data.mdb`), streamed: centre-cropped to the short side and resized to 256² with
+    /// Lanczos, close to ProgressiveGAN's `dataset_tool.py create_lsun`, from which the paper's
+    /// LSUN TFRecords came (a centre crop, then an antialiased resize).
+    fn lsun() -> DatasetSpec {
+        DatasetSpec::Lmdb {
+            config: StreamConfig::new([256, 256]),
+        }
+    }
+
+    /// CelebA-HQ at 256², taken as given: a folder of images without classes (`--data DIR`;
+    /// images of another size are centre-cropped and resized as the folder kind does).
+    fn celebahq() -> DatasetSpec {
+        DatasetSpec::Folder {
+            config: FolderConfig {
+                class_subfolders: false,
+                ..FolderConfig::new([256, 256])
+            },
         }
     }
 }
@@ -332,23 +351,45 @@ mod tests {
         use crate::objective::LossKind;
         use crate::optim::{LrDecay, OptimizerKind};
 
-        for (preset, name, steps, flip_p) in [
-            (Preset::DdpmChurch256, "ddpm-church-256", 1_200_000, 0.5),
-            (Preset::DdpmBedroom256, "ddpm-bedroom-256", 2_400_000, 0.0),
-            (Preset::DdpmCat256, "ddpm-cat-256", 1_800_000, 0.5),
-            (Preset::DdpmCelebahq256, "ddpm-celebahq-256", 500_000, 0.5),
+        for (preset, name, steps, flip_p, lsun) in [
+            (
+                Preset::DdpmChurch256,
+                "ddpm-church-256",
+                1_200_000,
+                0.5,
+                true,
+            ),
+            (
+                Preset::DdpmBedroom256,
+                "ddpm-bedroom-256",
+                2_400_000,
+                0.0,
+                true,
+            ),
+            (Preset::DdpmCat256, "ddpm-cat-256", 1_800_000, 0.5, true),
+            (
+                Preset::DdpmCelebahq256,
+                "ddpm-celebahq-256",
+                500_000,
+                0.5,
+                false,
+            ),
         ] {
             let c = preset.config();
             assert_eq!(preset.name(), name);
-            // An unlabelled folder of 256×256 RGB images, centre-cropped; flips for all but
-            // LSUN Bedroom.
-            let DatasetSpec::Folder { config: folder } = &c.dataset else {
-                panic!("{name}: expected an image folder, got {:?}", c.dataset);
+            // LSUN's LMDB or CelebA-HQ's unlabelled folder, 256×256 RGB, centre-cropped; flips
+            // for all but LSUN Bedroom.
+            let (size, channels, fit) = match &c.dataset {
+                DatasetSpec::Lmdb { config } if lsun => (config.size, config.channels, config.fit),
+                DatasetSpec::Folder { config } if !lsun => {
+                    assert!(!config.class_subfolders, "{name}");
+                    (config.size, config.channels, config.fit)
+                }
+                other => panic!("{name}: unexpected dataset {other:?}"),
             };
-            assert_eq!(folder.size, [256, 256], "{name}");
-            assert_eq!(folder.channels, 3, "{name}");
-            assert_eq!(folder.fit, data::folder::Fit::CenterCrop, "{name}");
-            assert!(!folder.class_subfolders, "{name}");
+            assert_eq!(size, [256, 256], "{name}");
+            assert_eq!(channels, 3, "{name}");
+            assert_eq!(fit, data::folder::Fit::CenterCrop, "{name}");
             assert_eq!(c.transform.size, None, "{name}");
             assert_eq!(c.transform.flip_p, flip_p, "{name}");
             assert!(c.transform.normalize, "{name}");

@@ -181,7 +181,7 @@ impl Trainer {
     fn build_fresh(
         run: RunDir,
         config: TrainConfig,
-        dataset: Arc<Dataset>,
+        dataset: Source,
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
