@@ -4,12 +4,11 @@
 //! several processes under torchrun or `--nproc-per-node N` (see [`train::distributed`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
 use crate::device::DeviceSpec;
-use torch_ext::dist::{DistError, Distributed, LaunchEnv};
+use torch_ext::dist::{DistError, LaunchEnv};
 use train::config::parse_set;
 use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
 
@@ -369,11 +368,12 @@ fn load_dataset(
     config: &mut TrainConfig,
     offline: bool,
     writer: bool,
-) -> Result<(Arc<data::Dataset>, PathBuf)> {
+) -> Result<(data::Source, PathBuf)> {
     let data_dir = crate::datasets::ensure_data(&config.dataset, args.data.as_deref(), offline)?;
+    // LMDB and TFRecord datasets stream: opened here, decoded by the loader's workers.
     let (dataset, report) = config
         .dataset
-        .load(&data_dir)
+        .open(&data_dir)
         .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
     if writer {
         for skipped in &report.skipped {
@@ -407,7 +407,7 @@ fn load_dataset(
             );
         }
     }
-    Ok((Arc::new(dataset), data_dir))
+    Ok((dataset, data_dir))
 }
 
 /// What opening the run did that the user should know: deleted files, the ranks, skipped
@@ -499,15 +499,8 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         false => None,
     };
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;
-    let dist = match env {
-        // As a TrainError, which names the rank (see `run`).
-        Some(env) => Some(
-            Distributed::connect(env, device, config.distributed.timeout())
-                .map_err(TrainError::from)?,
-        ),
-        None => None,
-    };
-    let options = OpenOptions::new(device).distributed(dist);
+    // As a TrainError, which names the rank (see `run`).
+    let options = OpenOptions::new(device).launch(env, config.distributed.timeout())?;
     let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
     if writer {
         report_open(&trainer, &run_dir, device);

@@ -4,13 +4,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Duration;
 
 use tch::{nn::VarStore, Device, Tensor};
-use torch_ext::dist::Distributed;
+use torch_ext::dist::{Distributed, LaunchEnv};
 use torch_ext::Generator;
 
-use data::{Dataset, Loader, LoaderConfig};
+use data::{Loader, LoaderConfig, Source};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
@@ -78,6 +78,45 @@ impl OpenOptions {
         self.dist = dist;
         self
     }
+
+    /// One rank of the launch that `env` describes (`None`: alone), joined now: rank 0 hosts
+    /// the rendezvous store at `MASTER_ADDR:MASTER_PORT`, the ranks form a Gloo group (CPU) or
+    /// an NCCL group (CUDA, feature `nccl`) on this device, and every collective then waits at
+    /// most `timeout` (the run's [`crate::DistConfig::timeout`]). What `ddpm train` does on
+    /// each rank; see [`OpenOptions::distributed`] for how the ranks then open the run.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when the rendezvous fails: `MASTER_ADDR` does not resolve,
+    /// `MASTER_PORT` is taken, a rank does not arrive within `timeout`, or the device does not
+    /// suit the backend.
+    pub fn launch(self, env: Option<LaunchEnv>, timeout: Duration) -> Result<Self, TrainError> {
+        let dist = match env {
+            Some(env) => Some(Distributed::connect(env, self.device, timeout)?),
+            None => None,
+        };
+        Ok(self.distributed(dist))
+    }
+
+    /// Whether this process writes the run's files: alone, or rank 0 of the launch. It locks
+    /// the run directory ([`RunDir::lock`]); the other ranks follow it ([`RunDir::follow`]).
+    pub fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(Distributed::is_main)
+    }
+
+    /// How many ranks train together (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, Distributed::world_size)
+    }
+
+    /// [`OpenOptions::launch`] with the launch that torchrun's variables describe (`WORLD_SIZE`,
+    /// `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); alone when `WORLD_SIZE` is unset or 1.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] for malformed variables, then as [`OpenOptions::launch`].
+    pub fn launch_from_env(self, timeout: Duration) -> Result<Self, TrainError> {
+        let dist = Distributed::from_env(self.device, timeout)?;
+        Ok(self.distributed(dist))
+    }
 }
 
 impl Trainer {
@@ -104,7 +143,7 @@ impl Trainer {
     pub fn open(
         run: RunDir,
         start: Start,
-        dataset: impl Into<Arc<Dataset>>,
+        dataset: impl Into<Source>,
         options: OpenOptions,
     ) -> Result<Self, TrainError> {
         let OpenOptions { device, dist } = options;
@@ -142,7 +181,7 @@ impl Trainer {
     fn build(
         run: RunDir,
         config: TrainConfig,
-        dataset: Arc<Dataset>,
+        dataset: Source,
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
@@ -254,7 +293,7 @@ impl Trainer {
         run: RunDir,
         from: Option<&Path>,
         config: Option<TrainConfig>,
-        dataset: Arc<Dataset>,
+        dataset: Source,
         device: Device,
         mut dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
@@ -506,7 +545,7 @@ fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), Train
 /// config is valid, the global batch splits over the ranks, and the images fit the model.
 fn check_fits(
     config: &TrainConfig,
-    dataset: &Dataset,
+    dataset: &Source,
     dist: Option<&Distributed>,
 ) -> Result<(), TrainError> {
     config.validate()?;
@@ -559,7 +598,7 @@ fn check_fits(
 /// `num_classes`.
 fn check_labels(
     config: &TrainConfig,
-    dataset: &Dataset,
+    dataset: &Source,
     num_classes: i64,
 ) -> Result<(), TrainError> {
     let name = config.dataset.name();
@@ -570,7 +609,7 @@ fn check_labels(
              sub-folder per class): train it without classes"
         )));
     }
-    let max = dataset.labels().iter().copied().max().unwrap_or(0);
+    let max = dataset.max_label();
     if i64::from(max) >= num_classes {
         return Err(TrainError::Config(format!(
             "the {name} dataset has labels up to {max} ({} classes) but model.num_classes is \
