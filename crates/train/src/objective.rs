@@ -128,7 +128,7 @@ pub fn training_loss(
     x_0: &Tensor,
     noise: &Tensor,
     t: &Tensor,
-    autocast: bool,
+    autocast: Option<Kind>,
 ) -> Tensor {
     training_loss_cond(model, sched, config, x_0, noise, t, None, autocast)
 }
@@ -148,7 +148,7 @@ pub fn training_loss_cond(
     noise: &Tensor,
     t: &Tensor,
     class_labels: Option<&Tensor>,
-    autocast: bool,
+    autocast: Option<Kind>,
 ) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
     let output = model::forward_cond(model, &x_t, t, class_labels, true, autocast);

@@ -69,6 +69,10 @@ pub struct TrainArgs {
     /// images, the step the whole batch takes in less memory. Shortcut for --set grad_accum=K.
     #[arg(long, value_name = "K")]
     grad_accum: Option<usize>,
+    /// f32, bf16 (autocast on CUDA; f32 on the CPU) or fp16 (autocast on CUDA and the CPU, with
+    /// a dynamic loss scale as torch.amp.GradScaler). Shortcut for --set precision=P.
+    #[arg(long, value_name = "P")]
+    precision: Option<String>,
     /// Shortcut for --set optim.lr=X.
     #[arg(long)]
     lr: Option<f64>,
@@ -80,8 +84,8 @@ pub struct TrainArgs {
     /// label with probability objective.p_uncond (default 0.1). The dataset must have labels.
     #[arg(long)]
     class_cond: bool,
-    /// Shortcut for --set objective.p_uncond=P: the label dropout of --class-cond.
-    #[arg(long, value_name = "P")]
+    /// Shortcut for --set objective.p_uncond=P: the label dropout of --class-cond, in [0, 1].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     p_uncond: Option<f64>,
     /// libtorch intra-op CPU threads (default: libtorch's choice; in a data-parallel run on the
     /// CPU, that divided by the number of ranks on this machine).
@@ -178,11 +182,12 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 9] = [
+    let shortcuts: [(&str, Option<serde_json::Value>); 10] = [
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
         ("grad_accum", args.grad_accum.map(Into::into)),
+        ("precision", args.precision.clone().map(Into::into)),
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
         ("objective.p_uncond", args.p_uncond.map(Into::into)),
@@ -275,6 +280,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// The checks of the flags that need no file: `--preset` on resume, `--cuda-graph` on this
 /// device and world size.
 fn check_flags(args: &TrainArgs, device: tch::Device) -> Result<()> {
+    if let Some(p) = args.p_uncond.filter(|p| !(0.0..=1.0).contains(p)) {
+        bail!(
+            "--p-uncond {p} is invalid: it is the probability of dropping a label, in [0, 1] \
+             (0.1 drops one label in ten)"
+        );
+    }
     if args.resumes() && args.preset.is_some() {
         bail!(
             "--preset cannot be combined with --resume: a resumed run keeps the configuration it \
@@ -315,6 +326,7 @@ impl TrainArgs {
 fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir, Start)> {
     if !args.resumes() {
         let config = resolve_config(args, None)?;
+        check_p_uncond(args, &config)?;
         let run = lock_run_dir(run_dir, writer)?;
         if args.overwrite {
             return Ok((run, Start::Overwrite(config)));
@@ -349,6 +361,7 @@ fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir,
         );
     }
     let config = resolve_config(args, Some(saved.clone()))?;
+    check_p_uncond(args, &config)?;
     for change in saved.check_resume(&config)? {
         if writer {
             eprintln!("resume changes {change}");
@@ -356,6 +369,18 @@ fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir,
     }
     let config = Some(config);
     Ok((run, Start::Resume { from, config }))
+}
+
+/// `--p-uncond` only for a class-conditional run (`--class-cond`, or classes in the
+/// configuration): elsewhere there are no labels to drop.
+fn check_p_uncond(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+    if args.p_uncond.is_some() && !args.class_cond && config.model.num_classes().is_none() {
+        bail!(
+            "--p-uncond is the label dropout of a class-conditional run, and this run is \
+             unconditional: add --class-cond, or drop --p-uncond"
+        );
+    }
+    Ok(())
 }
 
 /// The run directory as this process holds it: locked by the writer, followed by the others.
