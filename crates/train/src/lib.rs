@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod ema;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod quality;
