@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-use torch_ext::AutocastDtypeGuard;
+use torch_ext::{AutocastDtypeGuard, Generator};
 
 use crate::Denoiser;
 
@@ -88,6 +88,29 @@ pub fn forward_cond(
         autocast_bf16(xs.device(), run)
     } else {
         run()
+    };
+    out.to_kind(Kind::Float)
+}
+
+/// [`forward_cond`] in training mode with dropout masks from `dropout`
+/// ([`Denoiser::forward_train`]).
+///
+/// # Shapes
+/// As [`Denoiser::forward_cond`]; the output is f32.
+pub fn forward_train(
+    model: &dyn Denoiser,
+    xs: &Tensor,
+    t: &Tensor,
+    class_labels: Option<&Tensor>,
+    dropout: &mut Generator,
+    autocast: bool,
+) -> Tensor {
+    let out = if autocast {
+        autocast_bf16(xs.device(), || {
+            model.forward_train(xs, t, class_labels, dropout)
+        })
+    } else {
+        model.forward_train(xs, t, class_labels, dropout)
     };
     out.to_kind(Kind::Float)
 }

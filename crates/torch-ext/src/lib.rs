@@ -6,6 +6,7 @@
 //! | module | libtorch | for |
 //! | --- | --- | --- |
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
+//! | [`checkpoint`] | a custom autograd node (`torch::autograd::Node`) that recomputes a Rust closure in backward | activation checkpointing (`torch.utils.checkpoint`, which is Python only) |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_cache_enabled` | bf16 autocast on CUDA, and autocast under CUDA graph capture |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
@@ -55,6 +56,7 @@
 #![warn(missing_docs)]
 
 pub mod autocast;
+pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "dist")]
@@ -68,6 +70,7 @@ pub use autocast::{
     get_autocast_dtype, is_autocast_cache_enabled, set_autocast_cache_enabled, set_autocast_dtype,
     AutocastCacheGuard, AutocastDtypeGuard,
 };
+pub use checkpoint::checkpoint;
 #[cfg(feature = "dist")]
 pub use dist::{
     DistError, Distributed, GlooDevice, GlooOptions, GradSync, LaunchEnv, ProcessGroup, ReduceOp,

@@ -232,6 +232,7 @@ fn null_label_samples_go_through_the_same_loss() {
             &noise.index_select(0, &idx),
             &t.index_select(0, &idx),
             labels.as_ref(),
+            None,
             false,
         )
     };

@@ -14,7 +14,7 @@ use data::{Dataset, Loader, LoaderConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
-use super::{evaluation, Trainer};
+use super::{dropout_seed, evaluation, Trainer};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
@@ -170,6 +170,8 @@ impl Trainer {
         let sched = ScheduleTensors::new(&schedule, device);
         let gen = Generator::new(config.seed, device)
             .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
+        let dropout_gen = Generator::new(dropout_seed(config.seed, 0) as u64, device)
+            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
@@ -212,6 +214,7 @@ impl Trainer {
             sched,
             loader,
             gen,
+            dropout_gen,
             step: 0,
             skipped_steps: 0,
             stats: DeviceStats::new(device, 0, 0),
