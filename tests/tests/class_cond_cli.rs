@@ -189,7 +189,7 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../crates/eval/tests/fixtures/tiny_inception.pt");
     let json = dir.path().join("fid.json");
-    let fid = |n: &str, extra: &[&str]| {
+    let fid_against = |data: &Path, n: &str, extra: &[&str]| {
         let mut args = vec![
             "eval",
             "fid",
@@ -206,7 +206,7 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
             "--dataset",
             "cifar10",
             "--data",
-            path_arg(&data),
+            path_arg(data),
             "--inception",
             path_arg(&tiny),
             "--no-verify",
@@ -222,6 +222,7 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
         args.extend_from_slice(extra);
         run(&args)
     };
+    let fid = |n: &str, extra: &[&str]| fid_against(&data, n, extra);
     let out = fid("20", &["--class-balanced"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -243,6 +244,17 @@ fn class_balanced_fid_reports_each_class_against_its_reference_images() {
         &fid("15", &["--class-balanced"]),
         &["--n 15 does not split into the model's 10 classes"],
     );
+    // A reference with too few images of a class is refused before anything is sampled
+    // (#31: the check ran after sampling and both Inception passes).
+    let few = dir.path().join("few");
+    std::fs::create_dir_all(&few).unwrap();
+    let few = synthetic_cifar(&few, 10);
+    let out = fid_against(&few, "20", &["--class-balanced"]);
+    fails_with(
+        &out,
+        &["class 0 (airplane) has 2 samples and 1 reference images"],
+    );
+    assert!(!stderr_of(&out).contains("sampled"), "{}", stderr_of(&out));
     // An unconditional model has no classes to balance.
     std::fs::create_dir_all(dir.path().join("plain")).unwrap();
     let plain = train_tiny(&dir.path().join("plain"));

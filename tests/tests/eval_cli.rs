@@ -483,6 +483,67 @@ fn bad_kid_settings_and_mismatched_statistics_fail_before_any_feature() {
     );
 }
 
+/// Outputs into a missing folder, and a launch for a file-only evaluation, are refused before
+/// any Inception pass or rank starts (#31: `eval stats --out` failed after the Inception pass;
+/// `eval fid --samples … --nproc-per-node 2` started two ranks and printed `FID -0.0000`).
+#[test]
+fn impossible_outputs_and_launches_are_refused_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples");
+    png_folder(&samples, 4, 32, 32, 0);
+    let missing = dir.path().join("missing/stats.npz");
+    let out = eval(
+        "stats",
+        &["--samples", path_arg(&samples), "--out", path_arg(&missing)],
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--out")
+            && stderr.contains("does not exist")
+            && !stderr.contains("images/s"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("missing/fid.json");
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            path_arg(&samples),
+            "--ref",
+            path_arg(&samples),
+            "--out",
+            path_arg(&missing),
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--out")
+            && stderr.contains("does not exist")
+            && !stderr.contains("images/s"),
+        "{stderr}"
+    );
+    let out = eval(
+        "fid",
+        &[
+            "--samples",
+            path_arg(&samples),
+            "--ref",
+            path_arg(&samples),
+            "--nproc-per-node",
+            "2",
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("drop --nproc-per-node") && !stderr.contains("rank"),
+        "{stderr}"
+    );
+    assert!(!stdout_of(&out).contains("FID"), "{}", stdout_of(&out));
+}
+
 /// `ddpm eval stats` of the 20 real CIFAR-10 test images through the real FID Inception against
 /// the same statistics from Python torch with the same TorchScript and preprocessing
 /// (`scripts/golden/cifar20_stats.py` wrote the fixture).

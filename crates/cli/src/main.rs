@@ -16,7 +16,6 @@ mod ranks;
 mod runtime;
 mod sampler_args;
 mod signals;
-mod sources;
 mod train_report;
 
 /// Denoising diffusion probabilistic models on libtorch.

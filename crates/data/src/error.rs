@@ -107,6 +107,17 @@ pub enum DataError {
         /// What the decoder said.
         reason: String,
     },
+    /// A record of a streamed dataset (LMDB, TFRecord, a streamed folder) that cannot be read,
+    /// fails its checksum, or does not decode; names the dataset and the record.
+    #[error("{}: record {record}: {reason}", path.display())]
+    BadRecord {
+        /// The database folder or the file.
+        path: PathBuf,
+        /// The record: its key, its path, or its index (and byte offset) in the file.
+        record: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Images of one set that do not share a size; names the folder and two of its files.
     #[error("{}: {message}", path.display())]
     MixedSizes {

@@ -229,30 +229,53 @@ pub fn fit_image(
     match fit {
         Fit::Resize => resize_bilinear_u8(chw, channels, in_size, out_size),
         Fit::CenterCrop => {
-            let [in_h, in_w] = in_size;
-            let [out_h, out_w] = out_size;
-            // The largest region of aspect out_h:out_w, in integers: compare in_w * out_h with in_h * out_w.
-            let (crop_h, crop_w) = if in_w * out_h > in_h * out_w {
-                (in_h, (in_h * out_w / out_h).max(1))
-            } else {
-                ((in_w * out_h / out_w).max(1), in_w)
-            };
-            let (top, left) = ((in_h - crop_h) / 2, (in_w - crop_w) / 2);
-            if chw.len() != channels * in_h * in_w {
-                return Err(DataError::Config(format!(
-                    "{} bytes are not a {channels}x{in_h}x{in_w} image",
-                    chw.len()
-                )));
-            }
-            let mut cropped = Vec::with_capacity(channels * crop_h * crop_w);
-            for plane in chw.chunks_exact(in_h * in_w) {
-                for row in plane.chunks_exact(in_w).skip(top).take(crop_h) {
-                    cropped.extend_from_slice(&row[left..left + crop_w]);
-                }
-            }
-            resize_bilinear_u8(&cropped, channels, [crop_h, crop_w], out_size)
+            let (cropped, crop_size) = crop_center(chw, channels, in_size, out_size)?;
+            resize_bilinear_u8(&cropped, channels, crop_size, out_size)
         }
     }
+}
+
+/// The largest centred region of a CHW image of `in_size` with the aspect ratio of `aspect`
+/// (`[height, width]`), and its size. For a square `aspect` this is ProgressiveGAN's crop to
+/// the short side: rows `(h - s) / 2..(h + s) / 2` with `s = min(h, w)`, columns alike.
+///
+/// # Errors
+///
+/// [`DataError::Config`] when `chw` is not `channels` planes of `in_size`.
+///
+/// ```
+/// let (crop, size) = data::folder::crop_center(&[1, 2, 3, 4, 5, 6], 1, [2, 3], [1, 1])?;
+/// assert_eq!((crop, size), (vec![1, 2, 4, 5], [2, 2]));
+/// # Ok::<(), data::DataError>(())
+/// ```
+pub fn crop_center(
+    chw: &[u8],
+    channels: usize,
+    in_size: [usize; 2],
+    aspect: [usize; 2],
+) -> Result<(Vec<u8>, [usize; 2])> {
+    let [in_h, in_w] = in_size;
+    let [out_h, out_w] = aspect;
+    if chw.len() != channels * in_h * in_w {
+        return Err(DataError::Config(format!(
+            "{} bytes are not a {channels}x{in_h}x{in_w} image",
+            chw.len()
+        )));
+    }
+    // The largest region of aspect out_h:out_w, in integers: compare in_w * out_h with in_h * out_w.
+    let (crop_h, crop_w) = if in_w * out_h > in_h * out_w {
+        (in_h, (in_h * out_w / out_h).max(1))
+    } else {
+        ((in_w * out_h / out_w).max(1), in_w)
+    };
+    let (top, left) = ((in_h - crop_h) / 2, (in_w - crop_w) / 2);
+    let mut cropped = Vec::with_capacity(channels * crop_h * crop_w);
+    for plane in chw.chunks_exact(in_h * in_w) {
+        for row in plane.chunks_exact(in_w).skip(top).take(crop_h) {
+            cropped.extend_from_slice(&row[left..left + crop_w]);
+        }
+    }
+    Ok((cropped, [crop_h, crop_w]))
 }
 
 #[cfg(test)]

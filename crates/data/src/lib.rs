@@ -31,9 +31,11 @@ mod error;
 pub mod folder;
 pub mod idx;
 pub mod images;
+pub mod lanczos;
 pub mod loader;
 pub mod resize;
 mod spec;
+pub mod stream;
 pub mod transform;
 
 pub use cifar::Split;
@@ -42,4 +44,5 @@ pub use error::{DataError, Result};
 pub use folder::FolderReport;
 pub use loader::{Batch, Batches, Loader, LoaderConfig, Shard};
 pub use spec::DatasetSpec;
+pub use stream::{Source, StreamConfig, StreamDataset};
 pub use transform::{denormalize, denormalize_all, normalize, Transform, TransformConfig};

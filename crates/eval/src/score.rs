@@ -2,57 +2,9 @@
 //! `ddpm eval fid` scores them: the reference is statistics (FID only), features or images
 //! ([`Source`]); with the samples' classes and a labelled reference, also one FID per class.
 
-use crate::{frechet_distance, kid, Features, FidError, Images, Kid, KidConfig, Statistics};
-
-/// A set to score or to score against: images, their Inception features, or only the
-/// statistics of the features.
-#[derive(Debug)]
-pub enum Source {
-    /// u8 images, NCHW.
-    Images(Images),
-    /// Statistics (`mu`, `sigma`): FID only.
-    Statistics(Statistics),
-    /// Inception features, as `ddpm eval stats --features` saves them.
-    Features(Features),
-}
-
-/// Keeps the first `n` images (all of them with `None`) and requires at least two.
-///
-/// # Errors
-/// [`FidError::TooFewImages`] naming `what` when fewer than two remain.
-pub fn first_images(images: Images, n: Option<usize>, what: &str) -> Result<Images, FidError> {
-    let images = match n {
-        Some(n) if n < images.len() => images.take(n),
-        _ => images,
-    };
-    if images.len() < 2 {
-        return Err(FidError::TooFewImages {
-            what: what.to_string(),
-            n: images.len(),
-        });
-    }
-    Ok(images)
-}
-
-/// Keeps the first `n` feature rows (all of them with `None`) and requires at least two.
-///
-/// # Errors
-/// [`FidError::TooFewImages`] naming `what` when fewer than two remain.
-pub fn first_features(
-    features: Features,
-    n: Option<usize>,
-    what: &str,
-) -> Result<Features, FidError> {
-    let n = n.unwrap_or(usize::MAX).min(features.len());
-    if n < 2 {
-        return Err(FidError::TooFewImages {
-            what: what.to_string(),
-            n,
-        });
-    }
-    let d = features.dim();
-    Features::new(features.as_slice()[..n * d].to_vec(), n, d)
-}
+use crate::{
+    frechet_distance, kid, Features, FidError, Images, Kid, KidConfig, Source, Statistics,
+};
 
 /// The class of each image of a set, and the names of the classes (label `k` is `names[k]`).
 #[derive(Debug, Clone, PartialEq, Eq)]

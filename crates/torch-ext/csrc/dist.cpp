@@ -253,6 +253,15 @@ te_error te_group_barrier(te_group* group) {
   TE_CATCH
 }
 
+// c10d's sequence number of the backend: Gloo and NCCL count every collective they start
+// (all-reduces, broadcasts and barriers alike, those of DDP's Reducer included).
+te_error te_group_sequence_number(te_group* group, uint64_t* out) {
+  TE_TRY
+  te_check_group(group);
+  *out = group->backend->getSequenceNumberForGroup();
+  TE_CATCH
+}
+
 // All-reduces `tensors` through flat buckets of at most `bucket_bytes` (a tensor larger than
 // that gets a bucket of its own): each bucket is one contiguous buffer and one collective, all
 // buckets are in flight at once, then the results are copied back. Tensors are grouped by

@@ -139,6 +139,8 @@ te_error te_group_nccl(te_store* store, int rank, int world_size, int64_t timeou
 te_error te_group_allreduce(te_group* group, const te_tensor* tensors, size_t n, int op);
 te_error te_group_broadcast(te_group* group, const te_tensor* tensors, size_t n, int root);
 te_error te_group_barrier(te_group* group);
+// The number of collectives this rank has started in the group (the backend's sequence number).
+te_error te_group_sequence_number(te_group* group, uint64_t* out);
 te_error te_group_allreduce_bucketed(te_group* group, const te_tensor* tensors, size_t n, int op,
                                      int64_t bucket_bytes);
 te_error te_group_broadcast_coalesced(te_group* group, const te_tensor* tensors, size_t n, int64_t buffer_bytes,

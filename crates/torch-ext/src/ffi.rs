@@ -280,6 +280,7 @@ extern "C" {
         root: c_int,
     ) -> CError;
     pub(crate) fn te_group_barrier(group: *mut CGroup) -> CError;
+    pub(crate) fn te_group_sequence_number(group: *mut CGroup, out: *mut u64) -> CError;
     pub(crate) fn te_group_allreduce_bucketed(
         group: *mut CGroup,
         xs: *const *mut C_tensor,

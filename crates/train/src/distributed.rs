@@ -34,6 +34,12 @@
 //!   and EMA stay identical on every rank without further communication. [`GradSync::Bucketed`]
 //!   all-reduces ~25 MiB buckets after `backward()`; [`GradSync::Overlap`] uses DDP's `Reducer`,
 //!   which all-reduces each bucket while the rest of `backward()` runs.
+//! - **Accumulation.** With `grad_accum = K` each rank's `B / W` images go through K passes of
+//!   `B / (K · W)`, sliced from the rank's slice of the global draws, and the gradients are
+//!   averaged once, after the last pass: [`GradSync::Bucketed`] all-reduces then, and the
+//!   `Reducer`'s hooks are armed for the last pass only (its `prepare_for_backward` is skipped
+//!   before the others, which is what DDP's `no_sync` does), so a step starts no more
+//!   collectives than with K = 1.
 //! - **BatchNorm** (the `simple` U-Net): batch statistics are each rank's own (`B / W` images), and
 //!   rank 0's running statistics are broadcast before every forward pass, as DDP's default
 //!   `broadcast_buffers=True` does. The paper's U-Net (GroupNorm) has no buffers.

@@ -3,7 +3,10 @@
 //! checks that rank 1 succeeded. Tiny networks, CPU, one thread per rank.
 
 mod common;
-use common::{fresh, metrics, resume, simple_unet, tiny_config, tiny_unet, toy_dataset_of};
+use common::{
+    fresh, last_checkpoint, metrics, relative_difference, relative_difference_named, resume,
+    simple_unet, tiny_config, tiny_unet, toy_dataset_of,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -146,14 +149,6 @@ fn simple_config() -> TrainConfig {
     base_config(simple_unet())
 }
 
-/// The tensors of `file` in the newest checkpoint under `run_dir`, in name order.
-fn last_checkpoint(run_dir: &Path, file: &str) -> Vec<(String, Tensor)> {
-    let ckpt = checkpoint::latest(&run_dir.join(checkpoint::CHECKPOINTS_DIR)).unwrap();
-    let mut tensors = checkpoint::read_tensors(&ckpt.join(file)).unwrap();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
 /// Checks, with an all-reduce of the weights' bit patterns, that every rank holds exactly the
 /// same live and EMA weights: Σ_ranks bits == 2 · own bits, elementwise, only when they agree.
 /// (BatchNorm's running statistics are not compared: each rank's hold its own last update
@@ -180,38 +175,6 @@ fn assert_identical_across_ranks(trainer: &Trainer) {
             dist.rank()
         );
     }
-}
-
-/// `(max over tensors of ‖a − b‖ / ‖a‖, ‖a − b‖ / ‖a‖ over all values, max |a − b|)`.
-fn relative_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64, f64) {
-    let (worst, overall, max_abs, _) = relative_difference_named(a, b);
-    (worst, overall, max_abs)
-}
-
-/// [`relative_difference`] and the name of the tensor with the largest relative difference.
-fn relative_difference_named(
-    a: &[(String, Tensor)],
-    b: &[(String, Tensor)],
-) -> (f64, f64, f64, String) {
-    assert_eq!(a.len(), b.len());
-    let mut worst_name = String::new();
-    let (mut worst, mut diff_sq, mut norm_sq, mut max_abs) = (0.0f64, 0.0, 0.0, 0.0f64);
-    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        let d = (ta - tb).to_kind(Kind::Double);
-        let (dn, an) = (
-            d.norm().double_value(&[]),
-            ta.to_kind(Kind::Double).norm().double_value(&[]),
-        );
-        if an > 0.0 && dn / an > worst {
-            worst = dn / an;
-            worst_name = na.clone();
-        }
-        diff_sq += dn * dn;
-        norm_sq += an * an;
-        max_abs = max_abs.max(d.abs().max().double_value(&[]));
-    }
-    (worst, (diff_sq / norm_sq).sqrt(), max_abs, worst_name)
 }
 
 /// Trains `config` for its steps as one rank of two, in `dir`, and checks that both ranks end
@@ -509,6 +472,96 @@ fn two_ranks_checkpointing_gives_the_gradients_of_plain_training() {
                         assert!(norm > 0.0, "{sync:?} {name}: no gradient");
                         assert!(diff <= 1e-6 * norm, "{sync:?} {name}: {:e}", diff / norm);
                     }
+                }
+            }
+        },
+    );
+}
+
+/// The collectives rank `trainer` has started so far.
+fn collectives(trainer: &Trainer) -> u64 {
+    trainer
+        .distributed()
+        .unwrap()
+        .group()
+        .collectives_started()
+        .unwrap()
+}
+
+/// Gradient accumulation across ranks: 2 ranks of 2 micro-batches of 4 images take the step of
+/// one process with the whole batch of 16, through both gradient paths, and synchronise the
+/// gradients once per step, not once per micro-batch: a run with K = 2 starts exactly as many
+/// collectives as the same run with K = 1 (with the Reducer, the first micro-batch's backward
+/// runs with its hooks unarmed, as under DDP's `no_sync`).
+#[test]
+fn two_ranks_accumulating_micro_batches_match_one_rank_and_sync_once_per_step() {
+    two_ranks(
+        "two_ranks_accumulating_micro_batches_match_one_rank_and_sync_once_per_step",
+        4,
+        |rank, ports, dir| {
+            let config = |grad_accum, grad_sync| {
+                let mut config = TrainConfig {
+                    grad_accum,
+                    ..unet_config()
+                };
+                config.distributed.grad_sync = grad_sync;
+                config
+            };
+            let mut counts = Vec::new();
+            let runs = [
+                ("bucketed", GradSync::Bucketed),
+                ("overlap", GradSync::Overlap),
+            ];
+            for (idx, (name, sync)) in runs.into_iter().enumerate() {
+                for k in [1, 2] {
+                    let port = ports[2 * idx + k - 1];
+                    let trainer = train_two_ranks(
+                        rank,
+                        port,
+                        &dir.join(format!("{name}-{k}")),
+                        config(k, sync),
+                    );
+                    assert_identical_across_ranks(&trainer);
+                    counts.push(collectives(&trainer));
+                }
+                let (one, two) = (counts[2 * idx], counts[2 * idx + 1]);
+                eprintln!("rank {rank}, {name}: {one} collectives with K = 1, {two} with K = 2");
+                assert_eq!(
+                    one, two,
+                    "{name}: K = 2 started other collectives than K = 1 over 3 steps"
+                );
+            }
+            if rank == 1 {
+                return;
+            }
+            let single = dir.join("single");
+            let mut trainer =
+                fresh(unet_config(), toy_dataset_of(64, 2), &single, Device::Cpu).unwrap();
+            trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+            drop(trainer);
+            for name in ["bucketed", "overlap"] {
+                let two = dir.join(format!("{name}-2"));
+                for (a, b) in metrics(&single).iter().zip(&metrics(&two)) {
+                    let rel = (a.loss - b.loss).abs() / a.loss.abs();
+                    assert!(
+                        rel <= 1e-6,
+                        "{name} step {}: loss {} vs {}",
+                        a.step,
+                        a.loss,
+                        b.loss
+                    );
+                    assert!(a.grad_norm > 0.05, "the clip must bind: {}", a.grad_norm);
+                }
+                for file in [checkpoint::MODEL_FILE, checkpoint::EMA_FILE] {
+                    let (_, overall, max_abs) = relative_difference(
+                        &last_checkpoint(&single, file),
+                        &last_checkpoint(&two, file),
+                    );
+                    eprintln!(
+                        "2 ranks × K = 2 ({name}) vs 1 × K = 1, {file}: ‖Δ‖/‖w‖ {overall:.3e}, \
+                         max |Δ| {max_abs:.3e}"
+                    );
+                    assert!(overall <= 1e-6, "{name} {file}: {overall:e}");
                 }
             }
         },

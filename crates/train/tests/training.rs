@@ -1,9 +1,8 @@
 //! The training loop on tiny synthetic data (CPU): learning, exact resume, the NaN guard.
 
 mod common;
-use common::{fresh, metrics, resume, tiny_config, tiny_unet, toy_dataset};
+use common::{assert_resume_is_exact, fresh, metrics, resume, tiny_config, tiny_unet, toy_dataset};
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use model::{ModelConfig, SimpleUnetConfig};
@@ -67,74 +66,6 @@ fn class_conditional_resume_replays_the_uninterrupted_run_exactly() {
     let latest = train::checkpoint::latest(&plain.path().join("checkpoints")).unwrap();
     let text = std::fs::read_to_string(latest.join(train::checkpoint::STATE_FILE)).unwrap();
     assert!(!text.contains("class_names"), "{text}");
-}
-
-/// Runs `config` to the end, resumes a copy from step 4, and checks that the two agree bit for
-/// bit; returns the uninterrupted run's directory.
-fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
-    let full = tempfile::tempdir().unwrap();
-    let mut trainer = fresh(config, toy_dataset(), full.path(), Device::Cpu).unwrap();
-    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
-    let uninterrupted = metrics(full.path());
-    assert_eq!(uninterrupted.len(), 12);
-
-    // Continue from the checkpoint at step 4 (mid-epoch 1) in another directory.
-    let resumed_dir = tempfile::tempdir().unwrap();
-    let ckpt = full
-        .path()
-        .join("checkpoints")
-        .join(train::checkpoint::dir_name(4));
-    let mut resumed = resume(
-        resumed_dir.path(),
-        Some(&ckpt),
-        None,
-        toy_dataset(),
-        Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(resumed.step(), 4);
-    resumed.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
-    let replayed = metrics(resumed_dir.path());
-    assert_eq!(replayed.len(), 8);
-    for (a, b) in uninterrupted[4..].iter().zip(&replayed) {
-        assert_eq!((a.step, a.epoch), (b.step, b.epoch));
-        assert_eq!(
-            a.loss.to_bits(),
-            b.loss.to_bits(),
-            "step {}: {} vs {}",
-            a.step,
-            a.loss,
-            b.loss
-        );
-        assert_eq!(
-            a.grad_norm.to_bits(),
-            b.grad_norm.to_bits(),
-            "step {}",
-            a.step
-        );
-        assert_eq!(a.lr, b.lr);
-    }
-    // And the final weights agree bit for bit, EMA included.
-    let last = |dir: &Path, file: &str| {
-        let ckpt = train::checkpoint::latest(&dir.join("checkpoints")).unwrap();
-        let mut tensors = train::checkpoint::read_tensors(&ckpt.join(file)).unwrap();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        tensors
-    };
-    for file in [
-        train::checkpoint::MODEL_FILE,
-        train::checkpoint::EMA_FILE,
-        train::checkpoint::OPTIMIZER_FILE,
-    ] {
-        let (uninterrupted, resumed) = (last(full.path(), file), last(resumed_dir.path(), file));
-        assert!(!uninterrupted.is_empty(), "{file}: no tensors");
-        assert_eq!(uninterrupted.len(), resumed.len(), "{file}: tensor count");
-        for ((na, ta), (nb, tb)) in uninterrupted.iter().zip(&resumed) {
-            assert_eq!(na, nb);
-            assert!(ta.equal(tb), "{file}: {na} differs after resume");
-        }
-    }
-    full
 }
 
 #[test]

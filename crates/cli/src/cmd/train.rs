@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::device::DeviceSpec;
-use torch_ext::dist::{DistError, Distributed, LaunchEnv};
+use torch_ext::dist::{DistError, LaunchEnv};
 use train::config::parse_set;
 use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer};
 
@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// Shortcut for --set batch_size=N.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Gradient accumulation: each step sums K micro-batches of batch-size / (K · ranks)
+    /// images, the step the whole batch takes in less memory. Shortcut for --set grad_accum=K.
+    #[arg(long, value_name = "K")]
+    grad_accum: Option<usize>,
     /// Shortcut for --set optim.lr=X.
     #[arg(long)]
     lr: Option<f64>,
@@ -161,10 +165,11 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 9] = [
+    let shortcuts: [(&str, Option<serde_json::Value>); 10] = [
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
+        ("grad_accum", args.grad_accum.map(Into::into)),
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
         ("objective.p_uncond", args.p_uncond.map(Into::into)),
@@ -483,6 +488,10 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
                 env.world_size
             );
         }
+        // Before any rank loads data: a micro-batch that does not divide names the numbers.
+        config
+            .check_micro_batch(env.world_size)
+            .context("--batch-size and --grad-accum")?;
     }
     // The ranks of one machine would download into the same folder at once: a data-parallel
     // run expects its data in place.
@@ -494,15 +503,8 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
         false => None,
     };
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;
-    let dist = match env {
-        // As a TrainError, which names the rank (see `run`).
-        Some(env) => Some(
-            Distributed::connect(env, device, config.distributed.timeout())
-                .map_err(TrainError::from)?,
-        ),
-        None => None,
-    };
-    let options = OpenOptions::new(device).distributed(dist);
+    // As a TrainError, which names the rank (see `run`).
+    let options = OpenOptions::new(device).launch(env, config.distributed.timeout())?;
     let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
     if writer {
         report_open(&trainer, &run_dir, device);

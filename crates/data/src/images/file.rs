@@ -83,6 +83,34 @@ fn decode(path: &Path) -> std::result::Result<image::DynamicImage, String> {
         .map_err(|err| err.to_string())
 }
 
+/// Decodes an encoded image held in memory (PNG, JPEG, WebP, GIF, BMP, by its content) to CHW
+/// u8 pixels with `channels` = 1 (luma) or 3 (RGB), and its `[height, width]`. The error is the
+/// decoder's message; the caller names the record.
+///
+/// # Errors
+/// The decoder's message when the bytes are not an image of a supported format.
+///
+/// ```
+/// let mut png = Vec::new();
+/// image::RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]))
+///     .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+///     .unwrap();
+/// let (chw, size) = data::images::decode_image_bytes(&png, 3).unwrap();
+/// assert_eq!((size, &chw[..2], &chw[12..]), ([2, 3], &[1u8, 1][..], &[3u8; 6][..]));
+/// ```
+pub fn decode_image_bytes(
+    bytes: &[u8],
+    channels: usize,
+) -> std::result::Result<(Vec<u8>, [usize; 2]), String> {
+    let decoded = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|err| err.to_string())?
+        .decode()
+        .map_err(|err| err.to_string())?;
+    let size = [decoded.height() as usize, decoded.width() as usize];
+    Ok((to_chw(decoded, channels), size))
+}
+
 /// The pixels of a decoded image as CHW u8 with 1 (luma) or 3 (RGB) channels.
 fn to_chw(decoded: image::DynamicImage, channels: usize) -> Vec<u8> {
     let (h, w) = (decoded.height() as usize, decoded.width() as usize);

@@ -18,7 +18,10 @@ mod grid;
 mod npz;
 
 pub(crate) use file::map_parallel;
-pub use file::{is_image_name, list_image_files, read_image, read_image_dir, save_png, Skipped};
+pub use file::{
+    decode_image_bytes, is_image_name, list_image_files, read_image, read_image_dir, save_png,
+    Skipped,
+};
 pub use grid::{make_grid, Cell, Grid, GridSpec};
 pub use npz::{read_npz, read_samples_npz, write_npz, write_samples_npz, NpyArray, NpyData};
 

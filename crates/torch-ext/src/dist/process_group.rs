@@ -317,6 +317,21 @@ impl ProcessGroup {
         })
     }
 
+    /// How many collectives this rank has started in the group so far (c10d's sequence number:
+    /// every all-reduce, broadcast and barrier, those that DDP's Reducer starts included), for
+    /// tests and diagnostics that count them.
+    ///
+    /// # Errors
+    /// [`Error::Distributed`](crate::Error::Distributed) when the group was shut down.
+    pub fn collectives_started(&self) -> Result<u64> {
+        let mut n = 0u64;
+        // SAFETY: a live group and a valid out-pointer.
+        ffi::dist("sequence number", unsafe {
+            ffi::te_group_sequence_number(self.raw.as_ptr(), &mut n)
+        })?;
+        Ok(n)
+    }
+
     /// Shuts the group down (NCCL: destroys the communicators). Later collectives fail;
     /// dropping the group afterwards is fine. Dropping without calling it shuts down too.
     ///

@@ -38,6 +38,12 @@ pub struct TrainConfig {
     pub transform: TransformConfig,
     /// Images per step: the global batch, split evenly over the ranks of a data-parallel run.
     pub batch_size: usize,
+    /// Gradient accumulation (`--grad-accum K`): each optimizer step sums the gradients of K
+    /// micro-batches of `batch_size / (K · world_size)` images per rank, scaled so that the step
+    /// is the one the whole batch would take (see [`crate::trainer`]). Absent from
+    /// configurations saved before accumulation existed (they took one pass per step).
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: usize,
     /// Background threads making batches.
     pub n_workers: usize,
     /// The noise schedule.
@@ -113,6 +119,10 @@ pub struct EvalReference {
     pub images: Option<usize>,
 }
 
+fn default_grad_accum() -> usize {
+    1
+}
+
 fn default_input_size() -> i64 {
     299
 }
@@ -169,6 +179,7 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return bad("batch_size = 0 is invalid: it must be at least 1".into());
         }
+        self.check_micro_batch(1)?;
         if self.epochs.is_none() && self.max_steps.is_none() {
             return bad("neither epochs nor max_steps is set: set one".into());
         }
@@ -209,6 +220,39 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// Checks that the global batch splits into `grad_accum` micro-batches on each of
+    /// `world_size` ranks, naming the numbers.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when `grad_accum` is 0 or `grad_accum · world_size` does not
+    /// divide `batch_size`.
+    pub fn check_micro_batch(&self, world_size: usize) -> Result<(), TrainError> {
+        let k = self.grad_accum;
+        if k == 0 {
+            return Err(TrainError::Config(
+                "grad_accum = 0 is invalid: it must be at least 1 (--grad-accum)".into(),
+            ));
+        }
+        let parts = k * world_size;
+        if !self.batch_size.is_multiple_of(parts) {
+            let ranks = if world_size == 1 {
+                String::new()
+            } else {
+                format!(" × {world_size} ranks")
+            };
+            return Err(TrainError::Config(format!(
+                "batch_size = {} does not split into grad_accum = {k} micro-batches{ranks}:                  {} / {parts} is not a whole number of images; pick a batch size that is a                  multiple of {parts} (--batch-size) or another --grad-accum",
+                self.batch_size, self.batch_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The images of one micro-batch on one of `world_size` ranks.
+    pub fn micro_batch(&self, world_size: usize) -> usize {
+        self.batch_size / (self.grad_accum.max(1) * world_size)
     }
 
     /// The FID-in-the-loop settings, checked only when `eval_every` turns it on (a sampler of 50

@@ -72,6 +72,7 @@ impl Preset {
                 dataset: DatasetSpec::seed_cifar10(),
                 transform: TransformConfig::seed_cifar10(),
                 batch_size: 128,
+                grad_accum: 1,
                 n_workers: 2,
                 schedule: BetaSchedule::seed_notebook(),
                 model: ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()),

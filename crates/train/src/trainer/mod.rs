@@ -22,6 +22,14 @@
 //! run's generator made after t and ε: the drops are a function of (seed, step) like the rest, so
 //! resume stays exact, and t and ε are those the run would draw without classes.
 //!
+//! Gradient accumulation (`grad_accum = K`, `ddpm train --grad-accum K`): the step's draws
+//! (t, ε, label drops) are made for the whole batch as without it, then the forward and backward
+//! passes run over K slices of `batch / K` images (per rank), each loss scaled by 1/K, so that
+//! the summed gradient is the whole batch's mean gradient. Clipping, the NaN guard, Adam, the EMA
+//! and the metrics come once, after the last pass. BatchNorm normalises each micro-batch by its
+//! own statistics, and dropout masks continue the step's stream pass after pass: for networks
+//! with either, K changes what a step computes, as the number of ranks does.
+//!
 //! Data-parallel: [`OpenOptions::distributed`] makes one rank of a run over several processes
 //! ([`Distributed`]); [`crate::distributed`] says what each rank does and what stays the same.
 //! Without a [`Distributed`] (or with one rank) the loop is the single-process one, unchanged.

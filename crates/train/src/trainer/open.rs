@@ -5,9 +5,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tch::{nn::VarStore, Device, Tensor};
-use torch_ext::dist::Distributed;
+use torch_ext::dist::{Distributed, LaunchEnv};
 use torch_ext::Generator;
 
 use data::{Dataset, Loader, LoaderConfig};
@@ -76,6 +77,45 @@ impl OpenOptions {
     pub fn distributed(mut self, dist: Option<Distributed>) -> Self {
         self.dist = dist;
         self
+    }
+
+    /// One rank of the launch that `env` describes (`None`: alone), joined now: rank 0 hosts
+    /// the rendezvous store at `MASTER_ADDR:MASTER_PORT`, the ranks form a Gloo group (CPU) or
+    /// an NCCL group (CUDA, feature `nccl`) on this device, and every collective then waits at
+    /// most `timeout` (the run's [`crate::DistConfig::timeout`]). What `ddpm train` does on
+    /// each rank; see [`OpenOptions::distributed`] for how the ranks then open the run.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when the rendezvous fails: `MASTER_ADDR` does not resolve,
+    /// `MASTER_PORT` is taken, a rank does not arrive within `timeout`, or the device does not
+    /// suit the backend.
+    pub fn launch(self, env: Option<LaunchEnv>, timeout: Duration) -> Result<Self, TrainError> {
+        let dist = match env {
+            Some(env) => Some(Distributed::connect(env, self.device, timeout)?),
+            None => None,
+        };
+        Ok(self.distributed(dist))
+    }
+
+    /// Whether this process writes the run's files: alone, or rank 0 of the launch. It locks
+    /// the run directory ([`RunDir::lock`]); the other ranks follow it ([`RunDir::follow`]).
+    pub fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(Distributed::is_main)
+    }
+
+    /// How many ranks train together (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, Distributed::world_size)
+    }
+
+    /// [`OpenOptions::launch`] with the launch that torchrun's variables describe (`WORLD_SIZE`,
+    /// `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); alone when `WORLD_SIZE` is unset or 1.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] for malformed variables, then as [`OpenOptions::launch`].
+    pub fn launch_from_env(self, timeout: Duration) -> Result<Self, TrainError> {
+        let dist = Distributed::from_env(self.device, timeout)?;
+        Ok(self.distributed(dist))
     }
 }
 
@@ -504,6 +544,7 @@ fn check_fits(
             )));
         }
     }
+    config.check_micro_batch(dist.map_or(1, Distributed::world_size))?;
     if dataset.channels() as i64 != config.model.in_channels() {
         return Err(TrainError::Config(format!(
             "the dataset has {} channel(s) but model.in_channels is {}: pick a matching model",

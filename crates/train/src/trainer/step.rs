@@ -190,21 +190,7 @@ impl Trainer {
                 backup.copy_(live);
             }
         });
-        self.before_forward()?;
-        let autocast = self.autocast();
-        let loss = training_loss_cond(
-            self.model.as_ref(),
-            &self.sched,
-            &self.config.objective,
-            x_0,
-            &noise,
-            &t,
-            labels.as_ref(),
-            Some(&mut self.dropout_gen),
-            autocast,
-        );
-        self.before_backward(&loss)?;
-        loss.backward();
+        let loss = self.forward_backward(x_0, &noise, &t, labels.as_ref())?;
         self.average_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
@@ -235,6 +221,73 @@ impl Trainer {
             lr,
             found_inf,
         })
+    }
+
+    /// The forward and backward passes of a step on this rank's images `x_0` with their draws:
+    /// one pass, or with `grad_accum = K` one per micro-batch of `len / K` images (slices of the
+    /// same draws, in order), each loss scaled by 1/K so that the summed gradient is the
+    /// whole batch's. Data-parallel with the Reducer, only the last pass arms its hooks (DDP's
+    /// `no_sync` for the others), so the gradients are averaged once per step. Returns the
+    /// loss of the rank's whole batch (the mean of the micro-batches' losses), detached.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when `x_0` does not split into K micro-batches; the Reducer's
+    /// errors.
+    fn forward_backward(
+        &mut self,
+        x_0: &Tensor,
+        noise: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let k = self.config.grad_accum.max(1) as i64;
+        let local = x_0.size()[0];
+        if local % k != 0 {
+            return Err(TrainError::Config(format!(
+                "a batch of {local} images does not split into grad_accum = {k} micro-batches: \
+                 {local} / {k} is not a whole number of images"
+            )));
+        }
+        let micro = local / k;
+        let mut total: Option<Tensor> = None;
+        for idx in 0..k {
+            let last = idx + 1 == k;
+            let part = |xs: &Tensor| {
+                if k == 1 {
+                    xs.shallow_clone()
+                } else {
+                    xs.narrow(0, idx * micro, micro)
+                }
+            };
+            if last {
+                self.before_forward()?;
+            }
+            let autocast = self.autocast();
+            let loss = training_loss_cond(
+                self.model.as_ref(),
+                &self.sched,
+                &self.config.objective,
+                &part(x_0),
+                &part(noise),
+                &part(t),
+                labels.map(part).as_ref(),
+                Some(&mut self.dropout_gen),
+                autocast,
+            );
+            // The mean over a micro-batch, divided by K, is the micro-batch's share of the mean
+            // over the whole batch (K = 1 keeps the loss as it is, bit for bit).
+            let scaled = if k == 1 { loss } else { loss / k as f64 };
+            if last {
+                self.before_backward(&scaled)?;
+            }
+            scaled.backward();
+            let detached = scaled.detach();
+            total = Some(match total {
+                None => detached,
+                Some(sum) => sum + detached,
+            });
+        }
+        Ok(total.expect("at least one micro-batch"))
     }
 
     /// The step's random draws, from the run's generator reseeded for the step: t and ε

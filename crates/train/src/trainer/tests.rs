@@ -36,6 +36,7 @@ fn config(num_classes: Option<i64>, p_uncond: f64) -> TrainConfig {
             normalize: true,
         },
         batch_size: 16,
+        grad_accum: 1,
         n_workers: 1,
         schedule: BetaSchedule::Linear {
             n_steps: 50,

@@ -5,16 +5,18 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use data::{Dataset, DatasetSpec, Split, TransformConfig};
 use model::{ModelConfig, Precision, SimpleUnetConfig, UNetConfig};
 use schedule::BetaSchedule;
-use tch::Device;
+use tch::{Device, Kind, Tensor};
+use train::checkpoint;
 use train::config::TrainConfig;
 use train::ema::EmaConfig;
 use train::objective::ObjectiveConfig;
 use train::optim::OptimConfig;
-use train::trainer::{MetricsRecord, OpenOptions, Start};
+use train::trainer::{MetricsRecord, NoHooks, OpenOptions, Start};
 use train::{RunDir, TrainError, Trainer};
 
 /// 64 gray 8×8 images of two kinds (bright top half or bright left half, labelled 0 "top" and
@@ -84,6 +86,7 @@ pub fn tiny_config() -> TrainConfig {
             normalize: true,
         },
         batch_size: 16,
+        grad_accum: 1,
         n_workers: 1,
         schedule: BetaSchedule::Linear {
             n_steps: 50,
@@ -157,4 +160,112 @@ pub fn metrics(run_dir: &Path) -> Vec<MetricsRecord> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The tensors of `file` in the newest checkpoint under `run_dir`, in name order.
+pub fn last_checkpoint(run_dir: &Path, file: &str) -> Vec<(String, Tensor)> {
+    let ckpt = checkpoint::latest(&run_dir.join(checkpoint::CHECKPOINTS_DIR)).unwrap();
+    let mut tensors = checkpoint::read_tensors(&ckpt.join(file)).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// `(max over tensors of ‖a − b‖ / ‖a‖, ‖a − b‖ / ‖a‖ over all values, max |a − b|)`.
+pub fn relative_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64, f64) {
+    let (worst, overall, max_abs, _) = relative_difference_named(a, b);
+    (worst, overall, max_abs)
+}
+
+/// [`relative_difference`] and the name of the tensor with the largest relative difference.
+pub fn relative_difference_named(
+    a: &[(String, Tensor)],
+    b: &[(String, Tensor)],
+) -> (f64, f64, f64, String) {
+    assert_eq!(a.len(), b.len());
+    let mut worst_name = String::new();
+    let (mut worst, mut diff_sq, mut norm_sq, mut max_abs) = (0.0f64, 0.0, 0.0, 0.0f64);
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).to_kind(Kind::Double);
+        let (dn, an) = (
+            d.norm().double_value(&[]),
+            ta.to_kind(Kind::Double).norm().double_value(&[]),
+        );
+        if an > 0.0 && dn / an > worst {
+            worst = dn / an;
+            worst_name = na.clone();
+        }
+        diff_sq += dn * dn;
+        norm_sq += an * an;
+        max_abs = max_abs.max(d.abs().max().double_value(&[]));
+    }
+    (worst, (diff_sq / norm_sq).sqrt(), max_abs, worst_name)
+}
+
+/// Runs `config` to the end, resumes a copy from step 4, and checks that the two agree bit for
+/// bit; returns the uninterrupted run's directory.
+pub fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
+    let full = tempfile::tempdir().unwrap();
+    let mut trainer = fresh(config, toy_dataset(), full.path(), Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    let uninterrupted = metrics(full.path());
+    assert_eq!(uninterrupted.len(), 12);
+
+    // Continue from the checkpoint at step 4 (mid-epoch 1) in another directory.
+    let resumed_dir = tempfile::tempdir().unwrap();
+    let ckpt = full
+        .path()
+        .join("checkpoints")
+        .join(train::checkpoint::dir_name(4));
+    let mut resumed = resume(
+        resumed_dir.path(),
+        Some(&ckpt),
+        None,
+        toy_dataset(),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(resumed.step(), 4);
+    resumed.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+    let replayed = metrics(resumed_dir.path());
+    assert_eq!(replayed.len(), 8);
+    for (a, b) in uninterrupted[4..].iter().zip(&replayed) {
+        assert_eq!((a.step, a.epoch), (b.step, b.epoch));
+        assert_eq!(
+            a.loss.to_bits(),
+            b.loss.to_bits(),
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!(
+            a.grad_norm.to_bits(),
+            b.grad_norm.to_bits(),
+            "step {}",
+            a.step
+        );
+        assert_eq!(a.lr, b.lr);
+    }
+    // And the final weights agree bit for bit, EMA included.
+    let last = |dir: &Path, file: &str| {
+        let ckpt = train::checkpoint::latest(&dir.join("checkpoints")).unwrap();
+        let mut tensors = train::checkpoint::read_tensors(&ckpt.join(file)).unwrap();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    };
+    for file in [
+        train::checkpoint::MODEL_FILE,
+        train::checkpoint::EMA_FILE,
+        train::checkpoint::OPTIMIZER_FILE,
+    ] {
+        let (uninterrupted, resumed) = (last(full.path(), file), last(resumed_dir.path(), file));
+        assert!(!uninterrupted.is_empty(), "{file}: no tensors");
+        assert_eq!(uninterrupted.len(), resumed.len(), "{file}: tensor count");
+        for ((na, ta), (nb, tb)) in uninterrupted.iter().zip(&resumed) {
+            assert_eq!(na, nb);
+            assert!(ta.equal(tb), "{file}: {na} differs after resume");
+        }
+    }
+    full
 }

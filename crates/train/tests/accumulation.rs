@@ -1,0 +1,163 @@
+//! Gradient accumulation (`grad_accum`, `--grad-accum K`): K micro-batches per optimizer step
+//! take the step that one pass over the whole batch takes, resume stays exact, and a batch that
+//! does not split is refused. (Two ranks with accumulation: `tests/distributed.rs`.)
+
+mod common;
+use common::{
+    assert_resume_is_exact, fresh, last_checkpoint, metrics, relative_difference_named,
+    tiny_config, tiny_unet, toy_dataset_of,
+};
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use tch::Device;
+use train::checkpoint;
+use train::config::TrainConfig;
+use train::ema::EmaConfig;
+use train::optim::OptimConfig;
+use train::trainer::NoHooks;
+use train::TrainError;
+
+/// The paper's U-Net made tiny, without dropout, 3 steps of 16 images with a clip that binds.
+fn unet_config(grad_accum: usize) -> TrainConfig {
+    TrainConfig {
+        model: tiny_unet(0.0),
+        grad_accum,
+        optim: OptimConfig {
+            lr: 3e-3,
+            // Binding: clipping must see the norm of the accumulated gradient.
+            grad_clip: Some(0.05),
+            warmup_steps: 0,
+            ..OptimConfig::ho2020()
+        },
+        ema: EmaConfig {
+            decay: 0.9,
+            warmup: false,
+        },
+        seed: 11,
+        epochs: None,
+        max_steps: Some(3),
+        checkpoint_every: 1000,
+        ..tiny_config()
+    }
+}
+
+fn train(config: TrainConfig, dir: &Path) {
+    let mut trainer = fresh(config, toy_dataset_of(64, 2), dir, Device::Cpu).unwrap();
+    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+}
+
+/// Runs `whole` (one pass per step) and `accumulated` and checks that their losses, gradient
+/// norms and final weights, EMA and Adam moments agree to 1e-6.
+fn assert_same_steps(whole: TrainConfig, accumulated: TrainConfig) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train(whole, a.path());
+    train(accumulated, b.path());
+    let (one, many) = (metrics(a.path()), metrics(b.path()));
+    assert_eq!((one.len(), many.len()), (3, 3));
+    for (x, y) in one.iter().zip(&many) {
+        let rel = (x.loss - y.loss).abs() / x.loss.abs();
+        assert!(
+            rel <= 1e-6,
+            "step {}: loss {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+        let rel = (x.grad_norm - y.grad_norm).abs() / x.grad_norm;
+        assert!(
+            rel <= 1e-6,
+            "step {}: grad norm {} vs {}",
+            x.step,
+            x.grad_norm,
+            y.grad_norm
+        );
+        assert!(x.grad_norm > 0.05, "the clip must bind: {}", x.grad_norm);
+    }
+    for file in [
+        checkpoint::MODEL_FILE,
+        checkpoint::EMA_FILE,
+        checkpoint::OPTIMIZER_FILE,
+    ] {
+        let (worst, overall, max_abs, name) = relative_difference_named(
+            &last_checkpoint(a.path(), file),
+            &last_checkpoint(b.path(), file),
+        );
+        eprintln!(
+            "accumulation ({file}): ‖Δ‖/‖w‖ {overall:.3e}, max |Δ| {max_abs:.3e}; largest \
+             per-tensor {worst:.3e} ({name})"
+        );
+        assert!(overall <= 1e-6, "{file}: ‖Δ‖/‖w‖ = {overall:e}");
+    }
+}
+
+#[test]
+fn four_micro_batches_take_the_step_of_the_whole_batch() {
+    assert_same_steps(unet_config(1), unet_config(4));
+    // The weights moved: the comparison is not between two untouched copies.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train(unet_config(4), a.path());
+    let untouched = fresh(unet_config(1), toy_dataset_of(64, 2), b.path(), Device::Cpu).unwrap();
+    let (_, moved, _, _) = relative_difference_named(
+        &last_checkpoint(a.path(), checkpoint::MODEL_FILE),
+        &checkpoint::named_tensors(untouched.model_vs()),
+    );
+    assert!(moved > 1e-4, "the weights barely moved: {moved:e}");
+}
+
+/// Label dropout is drawn for the whole batch and sliced per micro-batch, as t and ε are.
+#[test]
+fn class_conditional_micro_batches_drop_the_labels_of_the_whole_batch() {
+    let config = |k| {
+        let mut config = unet_config(k);
+        config.model.set_num_classes(Some(2));
+        config.objective.p_uncond = 0.5;
+        config
+    };
+    assert_same_steps(config(1), config(2));
+}
+
+#[test]
+fn resume_with_accumulation_replays_the_uninterrupted_run_exactly() {
+    // SimpleUnet: BatchNorm running statistics updated by every micro-batch.
+    assert_resume_is_exact(TrainConfig {
+        grad_accum: 4,
+        ..tiny_config()
+    });
+}
+
+#[test]
+fn a_batch_that_does_not_split_into_micro_batches_is_refused_naming_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fresh(
+        unet_config(3),
+        toy_dataset_of(64, 2),
+        dir.path(),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    let TrainError::Config(message) = err else {
+        panic!("not a config error: {err}");
+    };
+    assert!(
+        message.contains("batch_size = 16") && message.contains("grad_accum = 3"),
+        "{message}"
+    );
+    let err = TrainConfig {
+        grad_accum: 0,
+        ..unet_config(1)
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().contains("grad_accum = 0"), "{err}");
+    // Over ranks: 16 images are 4 micro-batches of 2 on each of 2 ranks, but not 4 of 1.33 on 3.
+    let config = unet_config(4);
+    assert!(config.check_micro_batch(2).is_ok());
+    assert_eq!(config.micro_batch(2), 2);
+    let err = config.check_micro_batch(3).unwrap_err().to_string();
+    assert!(
+        err.contains("grad_accum = 4 micro-batches × 3 ranks") && err.contains("16 / 12"),
+        "{err}"
+    );
+}
