@@ -6,7 +6,7 @@
 //! | module | libtorch | for |
 //! | --- | --- | --- |
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
-//! | [`checkpoint`] | a custom autograd node (`torch::autograd::Node`) that recomputes a Rust closure in backward | activation checkpointing (`torch.utils.checkpoint`, which is Python only) |
+//! | [`mod@checkpoint`] | a custom autograd node (`torch::autograd::Node`) that recomputes a Rust closure in backward | activation checkpointing (`torch.utils.checkpoint`, which is Python only) |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_cache_enabled` | bf16 autocast on CUDA, and autocast under CUDA graph capture |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
