@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod bench;
+#[cfg(test)]
+mod doc_commands;
 mod fetch;
 mod gpu_bundle;
 mod quality;

@@ -1,149 +1,13 @@
 //! The `ddpm` commands written in `README.md` and `docs/**/*.md` parse with this binary's clap
-//! definition, so a renamed or removed flag fails a test instead of a reader.
-//!
-//! Two kinds of command are checked:
-//!
-//! - **Lines of a code block** (```` ```sh ````, ```` ```bash ````, ```` ```console ```` or an
-//!   untagged block) that run `ddpm`: `ddpm …`, `target/release/ddpm …` (also after
-//!   `torchrun`, `timeout`, `srun` or `VAR=value` prefixes) and `cargo run [--release] -p cli
-//!   -- …`. Backslash continuations are joined, comments stripped, quotes honoured, and the line
-//!   is cut at `&&`, `||`, `;` and `|`. These must parse completely.
-//! - **Inline code** in the prose, `` `ddpm sample --checkpoint runs/seed` ``: often a fragment,
-//!   so a missing required argument or a placeholder value (`-n N`) is allowed, but an unknown
-//!   subcommand or flag is not.
-//!
-//! A `…` in a command elides the rest of it (checked as a fragment); an unquoted `$VAR` is
-//! dropped, since it may expand to any number of arguments.
+//! definition (the finding and parsing: `tests/src/doc_commands.rs`). A command runs `ddpm` as
+//! `ddpm …`, `target/release/ddpm …` (also after `torchrun`, `timeout`, `srun` or `VAR=value`
+//! prefixes) or `cargo run [--release] -p cli -- …`.
 
-use clap::error::ErrorKind;
-use clap::Parser;
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/src/doc_commands.rs"]
+mod scan;
 
-/// One `ddpm` command found in a markdown file.
-#[derive(Debug, Clone, PartialEq)]
-struct DocCommand {
-    /// 1-based line of the file where the command starts.
-    line: usize,
-    /// The arguments after the program name.
-    args: Vec<String>,
-    /// A fragment: missing arguments and placeholder values are allowed.
-    fragment: bool,
-}
-
-/// The markdown files whose commands are checked: `README.md` and every `.md` under `docs/`.
-fn markdown_files() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut files = vec![root.join("README.md")];
-    let mut dirs = vec![root.join("docs")];
-    while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
-        for entry in entries {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "md") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
-/// Every `ddpm` command in `text`, in order.
-fn commands(text: &str) -> Vec<DocCommand> {
-    let mut found = Vec::new();
-    let mut fence: Option<bool> = None; // Some(checked) inside a code block
-    let mut pending: Option<(usize, String)> = None; // a line continued with `\`
-    let mut paragraph: Option<(usize, String)> = None; // prose, scanned for inline code at its end
-    for (idx, raw) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let trimmed = raw.trim_start();
-        if fence.is_none() && (trimmed.is_empty() || trimmed.starts_with("```")) {
-            if let Some((start, prose)) = paragraph.take() {
-                found.extend(inline_commands(start, &prose));
-            }
-        }
-        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
-            fence = match fence {
-                Some(_) => None,
-                None => {
-                    let lang = trimmed.trim_start_matches(['`', '~']).trim();
-                    Some(matches!(lang, "" | "sh" | "bash" | "shell" | "console"))
-                }
-            };
-            continue;
-        }
-        match fence {
-            Some(true) => {
-                let (start, mut joined) = pending.take().unwrap_or((line_no, String::new()));
-                let body = trimmed.strip_prefix("$ ").unwrap_or(trimmed);
-                if let Some(head) = body.trim_end().strip_suffix('\\') {
-                    joined.push_str(head);
-                    joined.push(' ');
-                    pending = Some((start, joined));
-                    continue;
-                }
-                joined.push_str(body);
-                for words in shell_commands(&joined) {
-                    if let Some(args) = ddpm_args(&words) {
-                        let (args, elided) = elide(args);
-                        found.push(DocCommand {
-                            line: start,
-                            args,
-                            fragment: elided,
-                        });
-                    }
-                }
-            }
-            Some(false) => {}
-            None => {
-                let (_, prose) = paragraph.get_or_insert((line_no, String::new()));
-                prose.push_str(raw);
-                prose.push('\n');
-            }
-        }
-    }
-    if let Some((start, prose)) = paragraph {
-        found.extend(inline_commands(start, &prose));
-    }
-    found
-}
-
-/// The `ddpm` commands in the inline code of a paragraph that starts at line `start`.
-fn inline_commands(start: usize, prose: &str) -> Vec<DocCommand> {
-    let mut found = Vec::new();
-    let mut at = 0;
-    while let Some(open) = prose[at..].find('`').map(|i| at + i) {
-        let ticks = prose[open..].chars().take_while(|&c| c == '`').count();
-        let body = open + ticks;
-        let Some(close) = prose[body..].find(&"`".repeat(ticks)).map(|i| body + i) else {
-            break;
-        };
-        let span = prose[body..close].replace('\n', " ");
-        let line = start + prose[..body].matches('\n').count();
-        for words in shell_commands(&span) {
-            if let Some(args) = ddpm_args(&words) {
-                found.push(DocCommand {
-                    line,
-                    args: elide(args).0,
-                    fragment: true,
-                });
-            }
-        }
-        at = close + ticks;
-    }
-    found
-}
-
-/// The arguments up to a `…` or `...`, and whether one was there.
-fn elide(args: Vec<String>) -> (Vec<String>, bool) {
-    match args.iter().position(|a| a == "…" || a == "...") {
-        Some(at) => (args[..at].to_vec(), true),
-        None => (args, false),
-    }
-}
+use scan::{arguments, commands, markdown_files, Word};
+use std::path::Path;
 
 /// The arguments given to `ddpm` by one shell command, or `None` when it does not run `ddpm`.
 fn ddpm_args(words: &[Word]) -> Option<Vec<String>> {
@@ -183,143 +47,19 @@ const LAUNCHERS: [&str; 8] = [
     "torchrun", "srun", "timeout", "nohup", "env", "exec", "time", "mpirun",
 ];
 
-/// The words as arguments. An unquoted `$VAR` stays as the value of the flag before it
-/// (`--data $D`) and is dropped elsewhere, where it may expand to any number of arguments
-/// (`$RESUME`).
-fn arguments(words: &[Word]) -> Vec<String> {
-    let mut args: Vec<String> = Vec::with_capacity(words.len());
-    for w in words {
-        let after_flag = args
-            .last()
-            .is_some_and(|prev| prev.starts_with('-') && !prev.contains('='));
-        if w.quoted || !w.text.starts_with('$') || after_flag {
-            args.push(w.text.clone());
-        }
-    }
-    args
-}
-
-/// One shell word after quote removal.
-#[derive(Debug, Clone, PartialEq)]
-struct Word {
-    text: String,
-    /// Some of it was quoted.
-    quoted: bool,
-}
-
-/// Splits a shell line into simple commands (at `&&`, `||`, `;`, `|`), each a list of words;
-/// a `#` at the start of a word begins a comment.
-fn shell_commands(line: &str) -> Vec<Vec<Word>> {
-    let mut commands = vec![Vec::new()];
-    let mut word: Option<Word> = None;
-    let mut chars = line.chars().peekable();
-    let end_word = |word: &mut Option<Word>, commands: &mut Vec<Vec<Word>>| {
-        if let Some(w) = word.take() {
-            commands.last_mut().expect("one command").push(w);
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => end_word(&mut word, &mut commands),
-            '#' if word.is_none() => break,
-            '&' | '|' | ';' => {
-                end_word(&mut word, &mut commands);
-                if matches!(chars.peek(), Some('&') | Some('|')) {
-                    chars.next();
-                }
-                commands.push(Vec::new());
-            }
-            '\'' | '"' => {
-                let w = word.get_or_insert(Word {
-                    text: String::new(),
-                    quoted: true,
-                });
-                w.quoted = true;
-                while let Some(q) = chars.next() {
-                    if q == c {
-                        break;
-                    }
-                    if q == '\\' && c == '"' {
-                        if let Some(escaped) = chars.next() {
-                            w.text.push(escaped);
-                        }
-                        continue;
-                    }
-                    w.text.push(q);
-                }
-            }
-            '\\' => {
-                let w = word.get_or_insert(Word {
-                    text: String::new(),
-                    quoted: true,
-                });
-                if let Some(escaped) = chars.next() {
-                    w.text.push(escaped);
-                }
-            }
-            _ => word
-                .get_or_insert(Word {
-                    text: String::new(),
-                    quoted: false,
-                })
-                .text
-                .push(c),
-        }
-    }
-    end_word(&mut word, &mut commands);
-    commands.retain(|c| !c.is_empty());
-    commands
-}
-
-/// Parses one command with the clap definition; `Err` holds clap's message.
-fn check(command: &DocCommand) -> Result<(), String> {
-    let argv = std::iter::once("ddpm".to_string()).chain(command.args.iter().cloned());
-    match super::Cli::try_parse_from(argv) {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            let allowed = match err.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => true,
-                ErrorKind::MissingRequiredArgument
-                | ErrorKind::MissingSubcommand
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-                | ErrorKind::InvalidValue
-                | ErrorKind::ValueValidation => command.fragment,
-                _ => false,
-            };
-            if allowed {
-                Ok(())
-            } else {
-                Err(err.render().to_string())
-            }
-        }
-    }
-}
-
-/// Every failing command of `text`, as `FILE:LINE: ddpm ARGS` and clap's message.
+/// Every failing `ddpm` command of `text`.
 fn failures(file: &str, text: &str) -> Vec<String> {
-    commands(text)
-        .iter()
-        .filter_map(|command| {
-            check(command).err().map(|message| {
-                format!(
-                    "{file}:{}: ddpm {}\n{}",
-                    command.line,
-                    command.args.join(" "),
-                    message.trim_end()
-                )
-            })
-        })
-        .collect()
+    scan::failures::<super::Cli>("ddpm", ddpm_args, file, text)
 }
 
 #[test]
 fn every_documented_ddpm_command_parses() {
     let mut failed = Vec::new();
     let mut n_commands = 0;
-    for path in markdown_files() {
+    for path in markdown_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")) {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        n_commands += commands(&text).len();
+        n_commands += commands(&text, ddpm_args).len();
         failed.extend(failures(&path.display().to_string(), &text));
     }
     assert!(
@@ -384,7 +124,7 @@ ddpm train --not-shell
 // ddpm train --not-shell
 ```
 "#;
-    let found = commands(doc);
+    let found = commands(doc, ddpm_args);
     let args: Vec<Vec<&str>> = found
         .iter()
         .map(|c| c.args.iter().map(String::as_str).collect())

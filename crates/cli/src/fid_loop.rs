@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use data::{Dataset, DatasetSpec};
+use data::{DatasetSpec, Source};
 use eval::{
     CacheStatus, Images, InceptionExtractor, KidConfig, Reference, ReferenceCache, ReferenceKey,
     Resize,
@@ -237,7 +237,9 @@ fn dataset_names(spec: &DatasetSpec, data_dir: &Path) -> (String, String) {
         .unwrap_or("dataset")
         .to_string();
     let split = match spec {
-        DatasetSpec::Folder { .. } => return (format!("folder-{}", stem(data_dir)), "all".into()),
+        DatasetSpec::Folder { .. } | DatasetSpec::Lmdb { .. } | DatasetSpec::Tfrecord { .. } => {
+            return (format!("{kind}-{}", stem(data_dir)), "all".into())
+        }
         _ if data_dir.is_file() => format!("file-{}", stem(data_dir)),
         DatasetSpec::Cifar10 { split }
         | DatasetSpec::Cifar100 { split, .. }
@@ -250,9 +252,13 @@ fn dataset_names(spec: &DatasetSpec, data_dir: &Path) -> (String, String) {
 /// The reference images: the dataset (its first `max_images`), at the model's resolution
 /// (resized as the training transform resizes, TF-style bilinear, then rounded to u8, as the
 /// samples are), without flips.
-fn reference_images(dataset: &Dataset, size: usize, max_images: Option<usize>) -> Result<Images> {
+fn reference_images(dataset: &Source, size: usize, max_images: Option<usize>) -> Result<Images> {
     let n = max_images.map_or(dataset.len(), |m| m.min(dataset.len()));
-    let part = dataset.slice(0..n);
+    let part = match dataset {
+        Source::Memory(dataset) => dataset.slice(0..n),
+        // A stream is read up to the images the reference needs, decoded as the loader does.
+        Source::Stream(stream) => stream.read_first(n, &mut |_, _| {})?.0,
+    };
     let [_, c, h, w] = part.shape();
     let pixels = if [h, w] == [size, size] {
         part.images().to_vec()
@@ -267,7 +273,7 @@ impl Prepared {
     /// dataset when it matches, else computed (and cached), each case said on stderr.
     pub fn into_scorer(
         self,
-        dataset: &Dataset,
+        dataset: &Source,
         data_dir: &Path,
         config: &TrainConfig,
     ) -> Result<FidScorer> {

@@ -233,47 +233,110 @@ impl Dataset {
     /// # Ok::<(), data::DataError>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        let plane = self.height * self.width;
-        let mut sums = vec![0u64; self.channels];
-        let mut squares = vec![0u64; self.channels];
-        for image in self.images.chunks_exact(self.image_len().max(1)) {
-            for (c, pixels) in image.chunks_exact(plane).enumerate() {
-                // Per-plane sums fit in u32 (plane * 255^2 < 2^32 up to 256x256 images); use u64 anyway.
-                let (s, q) = pixels.iter().fold((0u64, 0u64), |(s, q), &v| {
-                    let v = u64::from(v);
-                    (s + v, q + v * v)
-                });
-                sums[c] += s;
-                squares[c] += q;
-            }
+        let mut acc =
+            StatsAccumulator::new(self.channels, [self.height, self.width], self.n_classes());
+        for (image, &label) in self
+            .images
+            .chunks_exact(self.image_len().max(1))
+            .zip(&self.labels)
+        {
+            acc.add(image, label);
         }
-        let n_pixels = (self.len() * plane) as u128;
-        let mean = sums.iter().map(|&s| s as f64 / n_pixels as f64).collect();
-        // n^2 var = n sum(x^2) - sum(x)^2, exactly in integers: no cancellation for large n.
-        let std = sums
+        acc.finish()
+    }
+}
+
+/// [`Stats`] gathered one image at a time, so a streamed dataset never needs to be in memory.
+///
+/// Sums are exact (integer), so the mean and the population standard deviation (`ddof = 0`,
+/// as numpy's `std`) are correct to f64 rounding even for hundreds of millions of pixels.
+///
+/// ```
+/// let mut acc = data::StatsAccumulator::new(1, [1, 2], 0);
+/// acc.add(&[0, 2], 0);
+/// acc.add(&[4, 4], 0);
+/// assert_eq!(acc.finish().mean, vec![2.5]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StatsAccumulator {
+    channels: usize,
+    size: [usize; 2],
+    n_classes: usize,
+    count: usize,
+    sums: Vec<u64>,
+    squares: Vec<u64>,
+    label_counts: Vec<u64>,
+}
+
+impl StatsAccumulator {
+    /// An empty accumulator for CHW images of `channels` planes of `size`, with `n_classes`
+    /// classes (0 for none).
+    pub fn new(channels: usize, size: [usize; 2], n_classes: usize) -> Self {
+        Self {
+            channels,
+            size,
+            n_classes,
+            count: 0,
+            sums: vec![0; channels],
+            squares: vec![0; channels],
+            label_counts: vec![0; n_classes],
+        }
+    }
+
+    /// Adds one CHW image and its label.
+    ///
+    /// # Panics
+    ///
+    /// When `image` is not `channels` planes of `size`.
+    pub fn add(&mut self, image: &[u8], label: u16) {
+        let plane = self.size[0] * self.size[1];
+        assert_eq!(
+            image.len(),
+            self.channels * plane,
+            "image of the wrong size"
+        );
+        for (c, pixels) in image.chunks_exact(plane.max(1)).enumerate() {
+            // Per-plane sums fit in u32 (plane * 255^2 < 2^32 up to 256x256 images); use u64 anyway.
+            let (s, q) = pixels.iter().fold((0u64, 0u64), |(s, q), &v| {
+                let v = u64::from(v);
+                (s + v, q + v * v)
+            });
+            self.sums[c] += s;
+            self.squares[c] += q;
+        }
+        let label = usize::from(label);
+        if label >= self.label_counts.len() {
+            self.label_counts.resize(label + 1, 0);
+        }
+        self.label_counts[label] += 1;
+        self.count += 1;
+    }
+
+    /// The statistics of the images added.
+    pub fn finish(self) -> Stats {
+        let n_pixels = (self.count * self.size[0] * self.size[1]) as u128;
+        let mean = self
+            .sums
             .iter()
-            .zip(&squares)
+            .map(|&s| s as f64 / n_pixels as f64)
+            .collect();
+        // n^2 var = n sum(x^2) - sum(x)^2, exactly in integers: no cancellation for large n.
+        let std = self
+            .sums
+            .iter()
+            .zip(&self.squares)
             .map(|(&s, &q)| {
                 let n2_var = n_pixels * u128::from(q) - u128::from(s) * u128::from(s);
                 (n2_var as f64).sqrt() / n_pixels as f64
             })
             .collect();
-        let n_bins = self.n_classes().max(
-            self.labels
-                .iter()
-                .map(|&l| usize::from(l) + 1)
-                .max()
-                .unwrap_or(0),
-        );
-        let mut label_counts = vec![0u64; n_bins];
-        for &label in &self.labels {
-            label_counts[usize::from(label)] += 1;
-        }
+        let mut label_counts = self.label_counts;
+        label_counts.resize(label_counts.len().max(self.n_classes), 0);
         Stats {
-            count: self.len(),
+            count: self.count,
             channels: self.channels,
-            height: self.height,
-            width: self.width,
+            height: self.size[0],
+            width: self.size[1],
             mean,
             std,
             label_counts,

@@ -39,7 +39,7 @@ pub mod stream;
 pub mod transform;
 
 pub use cifar::Split;
-pub use dataset::{Dataset, Stats};
+pub use dataset::{Dataset, Stats, StatsAccumulator};
 pub use error::{DataError, Result};
 pub use folder::FolderReport;
 pub use loader::{Batch, Batches, Loader, LoaderConfig, Shard};

@@ -17,6 +17,16 @@
 //! and rank `r` keeps images `[r·n/W, (r+1)·n/W)` of each batch of `n`. So the ranks together
 //! see every image once per epoch, in the same global batches whatever the world size, and one
 //! rank with batch `B` sees exactly the images that `W` ranks see with `B / W` each.
+//!
+//! # Streamed datasets
+//!
+//! A [`Source::Stream`] (LMDB, TFRecords) is read, decoded, cropped and resized in the worker
+//! threads, batch by batch: only the index and at most `prefetch` batches are in memory. The
+//! permutation is the same function of (seed, epoch) over the record index. An unreadable
+//! record ends the epoch with [`DataError::BadRecord`] naming it ([`Batches::next_batch`]; the
+//! plain iterator panics with that message), unless the dataset skips unreadable records, which
+//! puts the next readable record of the epoch's order in its place (see
+//! [`StreamDataset::image_or_next`](crate::StreamDataset::image_or_next)).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,8 +37,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::stream::Source;
 use crate::transform::{Transform, TransformConfig};
 
 /// How to cut a dataset into batches.
@@ -85,7 +95,7 @@ pub struct Batch {
 /// Makes batches of a dataset; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct Loader {
-    dataset: Arc<Dataset>,
+    dataset: Source,
     transform: Arc<Transform>,
     config: LoaderConfig,
     shard: Shard,
@@ -114,7 +124,8 @@ impl Shard {
 }
 
 impl Loader {
-    /// A loader over `dataset` (a [`Dataset`] or an `Arc` of one, shared without copying).
+    /// A loader over `dataset`: a [`Dataset`](crate::Dataset) or an `Arc` of one (shared
+    /// without copying), or a [`StreamDataset`](crate::StreamDataset) read on demand.
     ///
     /// # Errors
     ///
@@ -134,7 +145,7 @@ impl Loader {
     /// # Ok::<(), data::DataError>(())
     /// ```
     pub fn new(
-        dataset: impl Into<Arc<Dataset>>,
+        dataset: impl Into<Source>,
         transform: &TransformConfig,
         config: LoaderConfig,
     ) -> Result<Self> {
@@ -158,11 +169,8 @@ impl Loader {
                 dataset.len()
             )));
         }
-        let transform = Transform::new(
-            transform,
-            dataset.channels(),
-            [dataset.height(), dataset.width()],
-        )?;
+        let [channels, height, width] = dataset.image_shape();
+        let transform = Transform::new(transform, channels, [height, width])?;
         Ok(Self {
             dataset,
             transform: Arc::new(transform),
@@ -217,7 +225,7 @@ impl Loader {
     }
 
     /// The dataset.
-    pub fn dataset(&self) -> &Dataset {
+    pub fn dataset(&self) -> &Source {
         &self.dataset
     }
 
@@ -295,8 +303,23 @@ impl Loader {
     ///
     /// # Panics
     ///
-    /// When `index >= batches_per_epoch()`.
+    /// When `index >= batches_per_epoch()`, or a streamed record is unreadable (see
+    /// [`Loader::try_batch`]).
     pub fn batch(&self, epoch: u64, index: usize) -> Batch {
+        self.try_batch(epoch, index)
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Batch `index` of epoch `epoch`, made on the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::BadRecord`] naming a streamed record that cannot be read.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= batches_per_epoch()`.
+    pub fn try_batch(&self, epoch: u64, index: usize) -> Result<Batch> {
         assert!(
             index < self.batches_per_epoch(),
             "batch {index} of {}",
@@ -376,7 +399,7 @@ impl Loader {
 
     fn plan(&self, epoch: u64) -> EpochPlan {
         EpochPlan {
-            dataset: Arc::clone(&self.dataset),
+            dataset: self.dataset.clone(),
             transform: Arc::clone(&self.transform),
             order: self.order(epoch),
             batch_size: self.config.batch_size,
@@ -410,7 +433,7 @@ fn derive_seed(seed: u64, stream: u64, epoch: u64, index: u64) -> u64 {
 /// Everything a worker needs to make any batch of one epoch.
 #[derive(Debug)]
 struct EpochPlan {
-    dataset: Arc<Dataset>,
+    dataset: Source,
     transform: Arc<Transform>,
     order: Vec<u32>,
     batch_size: usize,
@@ -419,7 +442,7 @@ struct EpochPlan {
     shard: Shard,
 }
 
-fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Batch {
+fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Result<Batch> {
     let start = index * plan.batch_size;
     let end = (start + plan.batch_size).min(plan.order.len());
     let members = &plan.order[start..end];
@@ -438,25 +461,22 @@ fn make_batch(plan: &EpochPlan, index: usize, scratch: &mut Vec<f32>) -> Batch {
     for _ in 0..keep.start {
         rng.gen::<f64>();
     }
-    for (&image_idx, dst) in members[keep.clone()]
-        .iter()
-        .zip(images.chunks_exact_mut(out_len))
-    {
-        let image_idx = image_idx as usize;
+    let mut decoded = Vec::new();
+    for (pos, dst) in (start + keep.start..start + keep.end).zip(images.chunks_exact_mut(out_len)) {
         // Draw for every image, flipping or not, so each image's draw depends only on its position.
         let flip = plan.transform.flips(rng.gen::<f64>());
-        plan.transform
-            .apply_into(plan.dataset.image(image_idx), flip, dst, scratch);
-        labels.push(i64::from(plan.dataset.label(image_idx)));
+        let (image, label) = plan.dataset.image_at(&plan.order, pos, &mut decoded)?;
+        plan.transform.apply_into(image, flip, dst, scratch);
+        labels.push(i64::from(label));
     }
     let [c, h, w] = plan.transform.out_shape();
-    Batch {
+    Ok(Batch {
         images,
         labels,
         shape: [keep.len(), c, h, w],
         epoch: plan.epoch,
         index,
-    }
+    })
 }
 
 /// State shared by the consumer and the workers of one epoch.
@@ -473,8 +493,9 @@ struct State {
     next_claim: usize,
     /// The next batch index the consumer will take.
     next_yield: usize,
-    /// Finished batches not yet taken, by index (they finish out of order).
-    ready: BTreeMap<usize, Batch>,
+    /// Finished batches not yet taken, by index (they finish out of order), or the error that
+    /// stopped one.
+    ready: BTreeMap<usize, Result<Batch>>,
     stop: bool,
     panicked: bool,
 }
@@ -547,26 +568,15 @@ impl Batches {
     pub fn next_index(&self) -> usize {
         self.next
     }
-}
 
-impl std::fmt::Debug for Batches {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batches")
-            .field("epoch", &self.plan.epoch)
-            .field("next", &self.next)
-            .field("end", &self.end)
-            .field(
-                "n_workers",
-                &self.workers.as_ref().map_or(0, |w| w.handles.len()),
-            )
-            .finish()
-    }
-}
-
-impl Iterator for Batches {
-    type Item = Batch;
-
-    fn next(&mut self) -> Option<Batch> {
+    /// The next batch, or the error that made it impossible: a streamed record that cannot be
+    /// read, named ([`DataError::BadRecord`]). After an error the epoch goes on with the next
+    /// batch if asked.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::BadRecord`] naming the unreadable record.
+    pub fn next_batch(&mut self) -> Option<Result<Batch>> {
         if self.next >= self.end {
             return None;
         }
@@ -593,6 +603,33 @@ impl Iterator for Batches {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("epoch", &self.plan.epoch)
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .field(
+                "n_workers",
+                &self.workers.as_ref().map_or(0, |w| w.handles.len()),
+            )
+            .finish()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Batch;
+
+    /// # Panics
+    ///
+    /// With the message of [`Batches::next_batch`]'s error, for a streamed record that cannot be
+    /// read.
+    fn next(&mut self) -> Option<Batch> {
+        self.next_batch()
+            .map(|batch| batch.unwrap_or_else(|err| panic!("{err}")))
+    }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.end - self.next;
@@ -618,6 +655,7 @@ impl Drop for Batches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dataset;
 
     /// `n` grayscale 2x3 images; image `i` holds `i` in every pixel, label `i % 10`.
     fn numbered(n: usize) -> Dataset {

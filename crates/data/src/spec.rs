@@ -10,12 +10,14 @@ use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::folder::{self, FolderConfig, FolderReport};
 use crate::idx::{self, MnistKind};
+use crate::stream::{Source, StreamConfig, StreamDataset};
 
 /// Which dataset to read, and how.
 ///
 /// In JSON: `{"kind": "cifar10", "split": "train+test"}`,
 /// `{"kind": "cifar100", "split": "train", "label": "fine"}`, `{"kind": "fashion-mnist", "split":
-/// "test"}`, or `{"kind": "folder", "config": {…}}` with a [`FolderConfig`].
+/// "test"}`, `{"kind": "folder", "config": {…}}` with a [`FolderConfig`], or `{"kind": "lmdb",
+/// "config": {…}}` and `{"kind": "tfrecord", "config": {…}}` with a [`StreamConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DatasetSpec {
@@ -46,6 +48,16 @@ pub enum DatasetSpec {
         /// Size, channels, fit, labels and error handling.
         config: FolderConfig,
     },
+    /// An LMDB of encoded images in LSUN's layout, streamed ([`crate::stream::lmdb`]).
+    Lmdb {
+        /// Size, channels, fit and error handling.
+        config: StreamConfig,
+    },
+    /// ProgressiveGAN's TFRecords, streamed ([`crate::stream::tfrecord`]).
+    Tfrecord {
+        /// Size, channels, fit and error handling.
+        config: StreamConfig,
+    },
 }
 
 impl DatasetSpec {
@@ -57,7 +69,7 @@ impl DatasetSpec {
     }
 
     /// The dataset's `kind` as in JSON, for messages: `cifar10`, `cifar100`, `mnist`,
-    /// `fashion-mnist` or `folder`.
+    /// `fashion-mnist`, `folder`, `lmdb` or `tfrecord`.
     ///
     /// ```
     /// assert_eq!(data::DatasetSpec::seed_cifar10().name(), "cifar10");
@@ -69,17 +81,64 @@ impl DatasetSpec {
             DatasetSpec::Mnist { .. } => "mnist",
             DatasetSpec::FashionMnist { .. } => "fashion-mnist",
             DatasetSpec::Folder { .. } => "folder",
+            DatasetSpec::Lmdb { .. } => "lmdb",
+            DatasetSpec::Tfrecord { .. } => "tfrecord",
         }
     }
 
-    /// Reads the dataset at `path`: the dataset's folder, or, for CIFAR, also a single binary
-    /// file (read whole; the split does not apply). The report lists the files an image folder
-    /// left out; it is empty for the other kinds.
+    /// Whether the dataset is read on demand ([`DatasetSpec::open`] streams it).
+    pub fn streams(&self) -> bool {
+        matches!(
+            self,
+            DatasetSpec::Lmdb { .. } | DatasetSpec::Tfrecord { .. }
+        )
+    }
+
+    /// Opens the streamed kinds (LMDB, TFRecord) without reading their records.
     ///
     /// # Errors
     ///
-    /// Those of [`cifar::load_cifar10`], [`cifar::load_cifar100`], [`idx::load_mnist`] and
-    /// [`folder::load_folder`].
+    /// [`DataError::Config`](crate::DataError::Config) for a kind that does not stream; those of
+    /// [`StreamDataset::open_lmdb`] and [`StreamDataset::open_tfrecord`].
+    pub fn open_stream(&self, path: &Path) -> Result<StreamDataset> {
+        match self {
+            DatasetSpec::Lmdb { config } => StreamDataset::open_lmdb(path, config.clone()),
+            DatasetSpec::Tfrecord { config } => StreamDataset::open_tfrecord(path, config.clone()),
+            other => Err(crate::DataError::Config(format!(
+                "the {} dataset kind is read into memory, not streamed",
+                other.name()
+            ))),
+        }
+    }
+
+    /// The dataset at `path` as a loader reads it: streamed for the LMDB and TFRecord kinds
+    /// (nothing is decoded yet, and the report is empty), read into memory as
+    /// [`DatasetSpec::load`] for the others.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`DatasetSpec::open_stream`] and [`DatasetSpec::load`].
+    pub fn open(&self, path: &Path) -> Result<(Source, FolderReport)> {
+        if self.streams() {
+            return Ok((
+                Source::from(self.open_stream(path)?),
+                FolderReport::default(),
+            ));
+        }
+        let (dataset, report) = self.load(path)?;
+        Ok((Source::from(dataset), report))
+    }
+
+    /// Reads the dataset at `path` into memory: the dataset's folder, or, for CIFAR, also a
+    /// single binary file (read whole; the split does not apply). The streamed kinds are read
+    /// whole too (mind the memory: use [`DatasetSpec::open`] to stream them). The report lists
+    /// the files an image folder left out, and the records a stream skipped; it is empty for the
+    /// other kinds.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`cifar::load_cifar10`], [`cifar::load_cifar100`], [`idx::load_mnist`],
+    /// [`folder::load_folder`] and [`StreamDataset::read_first`].
     pub fn load(&self, path: &Path) -> Result<(Dataset, FolderReport)> {
         let dataset = match self {
             DatasetSpec::Cifar10 { .. } | DatasetSpec::Cifar100 { .. } if path.is_file() => {
@@ -95,6 +154,15 @@ impl DatasetSpec {
                 idx::load_mnist(path, *split, MnistKind::FashionMnist)?
             }
             DatasetSpec::Folder { config } => return folder::load_folder(path, config),
+            DatasetSpec::Lmdb { .. } | DatasetSpec::Tfrecord { .. } => {
+                let stream = self.open_stream(path)?;
+                let (dataset, skipped) = stream.read_first(stream.len(), &mut |_, _| {})?;
+                let report = FolderReport {
+                    skipped,
+                    ignored: Vec::new(),
+                };
+                return Ok((dataset, report));
+            }
         };
         Ok((dataset, FolderReport::default()))
     }

@@ -309,6 +309,298 @@ struct te_named_tensors {
 // A key no state dict uses: where te_rewrite_pickle puts the state of an OrderedDict.
 static const std::string te_build_state_key = std::string("\x01torch_ext:OrderedDict state");
 
+}  // extern "C"
+
+namespace {
+
+// The opcode walk of te_rewrite_pickle (see there): an abstract stack of what each value is and
+// where the opcodes that made it begin in the output, the memo's kinds, and the output.
+class PickleRewriter {
+ public:
+  explicit PickleRewriter(const std::string& pickle) : pickle_(pickle), n_(pickle.size()) {
+    out_.reserve(n_ + 64);
+  }
+
+  // The rewritten pickle, up to and including its STOP.
+  std::string run() {
+    while (i_ < n_) {
+      const unsigned char op = static_cast<unsigned char>(pickle_[i_]);
+      if (op == '.') {  // STOP
+        out_.push_back('.');
+        return out_;
+      }
+      const size_t at = i_ + 1;
+      const size_t here = out_.size();
+      next_ = at;
+      copy_ = true;
+      if (!rewritable(op, at, here) && !value(op, at, here) && !transform(op, here)) {
+        fail("unknown opcode");
+      }
+      if (copy_) out_.append(pickle_, i_, next_ - i_);
+      i_ = next_;
+    }
+    fail("no STOP");
+    return out_;
+  }
+
+ private:
+  enum Kind { MARK, VALUE, OD_CLASS, OD_DICT };
+  struct Entry {
+    Kind kind;
+    size_t start;  // offset in `out_` where the opcodes that made this value begin
+  };
+
+  [[noreturn]] void fail(const char* what) const {
+    TORCH_CHECK(false, "cannot read the pickle: ", what, " (opcode at byte ", i_, ")");
+    std::abort();  // not reached: TORCH_CHECK(false, …) throws
+  }
+  void need(size_t bytes) const {
+    if (i_ + bytes > n_) fail("truncated");
+  }
+  uint64_t le(size_t at, size_t bytes) const {
+    uint64_t v = 0;
+    for (size_t k = 0; k < bytes; ++k) {
+      v |= static_cast<uint64_t>(static_cast<unsigned char>(pickle_[at + k])) << (8 * k);
+    }
+    return v;
+  }
+  size_t line_end(size_t from) const {
+    size_t e = pickle_.find('\n', from);
+    if (e == std::string::npos) fail("unterminated line");
+    return e + 1;
+  }
+  Entry pop() {
+    if (stack_.empty()) fail("stack underflow");
+    Entry e = stack_.back();
+    stack_.pop_back();
+    if (e.kind == OD_CLASS) fail("unsupported use of collections.OrderedDict");
+    return e;
+  }
+  // Pops up to and including the topmost MARK; returns the MARK's start.
+  size_t pop_mark() {
+    while (!stack_.empty() && stack_.back().kind != MARK) pop();
+    if (stack_.empty()) fail("no MARK on the stack");
+    size_t start = stack_.back().start;
+    stack_.pop_back();
+    return start;
+  }
+  void memo_put(uint64_t index) {
+    if (stack_.empty()) fail("memo put on an empty stack");
+    if (memo_.size() <= index) memo_.resize(index + 1, VALUE);
+    memo_[index] = stack_.back().kind;
+    memo_count_ = std::max<size_t>(memo_count_, index + 1);
+  }
+  Kind memo_get(uint64_t index) const { return index < memo_.size() ? memo_[index] : VALUE; }
+  // Pushes a value that a memo get brought back: the OrderedDict class is tracked (and not
+  // copied); anything else is a shared reference, no longer rewritten.
+  void push_got(Kind kind, size_t here) {
+    if (kind == OD_CLASS) {
+      stack_.push_back({OD_CLASS, here});
+      copy_ = false;
+    } else {
+      stack_.push_back({VALUE, here});
+    }
+  }
+
+  // The opcodes of the rewrite: framing, MARK, GLOBAL, the memo, `OrderedDict () REDUCE` and
+  // BUILD. False for any other opcode.
+  bool rewritable(unsigned char op, size_t at, size_t here) {
+    switch (op) {
+      case 0x80:  // PROTO
+        need(2);
+        next_ = at + 1;
+        return true;
+      case 0x95:  // FRAME
+        need(9);
+        next_ = at + 8;
+        return true;
+      case '(':  // MARK
+        stack_.push_back({MARK, here});
+        return true;
+      case 'c':  // GLOBAL module\nname\n
+        next_ = line_end(line_end(at));
+        push_got(pickle_.compare(at, next_ - at, "collections\nOrderedDict\n") == 0 ? OD_CLASS : VALUE,
+                 here);
+        return true;
+      case 'h': case 'j': {  // BINGET, LONG_BINGET
+        size_t width = op == 'h' ? 1 : 4;
+        need(1 + width);
+        next_ = at + width;
+        push_got(memo_get(le(at, width)), here);
+        return true;
+      }
+      case 'g':  // GET index\n
+        next_ = line_end(at);
+        push_got(memo_get(std::stoull(pickle_.substr(at, next_ - at - 1))), here);
+        return true;
+      case 'q': case 'r': {  // BINPUT, LONG_BINPUT
+        size_t width = op == 'q' ? 1 : 4;
+        need(1 + width);
+        next_ = at + width;
+        memo_put(le(at, width));
+        copy_ = stack_.back().kind != OD_CLASS;
+        return true;
+      }
+      case 'p':  // PUT index\n
+        next_ = line_end(at);
+        memo_put(std::stoull(pickle_.substr(at, next_ - at - 1)));
+        copy_ = stack_.back().kind != OD_CLASS;
+        return true;
+      case 0x94:  // MEMOIZE
+        if (!stack_.empty() && stack_.back().kind == OD_CLASS) fail("unsupported use of collections.OrderedDict");
+        memo_put(memo_count_);
+        return true;
+      case ')':  // EMPTY_TUPLE, maybe `OrderedDict () REDUCE`
+        empty_tuple(at, here);
+        return true;
+      case 'b':  // BUILD
+        build();
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // EMPTY_TUPLE: after the OrderedDict class it must be `() REDUCE`, which becomes EMPTY_DICT.
+  void empty_tuple(size_t at, size_t here) {
+    if (stack_.empty() || stack_.back().kind != OD_CLASS) {
+      stack_.push_back({VALUE, here});
+      return;
+    }
+    if (at >= n_ || pickle_[at] != 'R') fail("unsupported use of collections.OrderedDict");
+    stack_.back() = {OD_DICT, here};
+    out_.push_back('}');
+    copy_ = false;
+    next_ = at + 1;
+  }
+
+  // BUILD: on a rewritten OrderedDict, SETITEM of the state under te_build_state_key (the key
+  // goes where the state's opcodes begin); on anything else, copied.
+  void build() {
+    Entry state = pop();
+    if (stack_.empty()) fail("BUILD without an object");
+    if (stack_.back().kind != OD_DICT) return;
+    std::string key;
+    key.push_back('X');  // BINUNICODE
+    uint32_t len = static_cast<uint32_t>(te_build_state_key.size());
+    for (int k = 0; k < 4; ++k) key.push_back(static_cast<char>((len >> (8 * k)) & 0xff));
+    key += te_build_state_key;
+    out_.insert(state.start, key);
+    out_.push_back('s');  // SETITEM
+    copy_ = false;
+  }
+
+  // Opcodes that push one value, with a text argument, a binary argument or none. False for
+  // any other opcode.
+  bool value(unsigned char op, size_t at, size_t here) {
+    switch (op) {
+      case 'I': case 'L': case 'F': case 'S': case 'V': case 'P':
+        next_ = line_end(at);
+        break;
+      case 'i': {  // INST module\nname\n: pops to MARK, pushes the instance
+        next_ = line_end(line_end(at));
+        stack_.push_back({VALUE, pop_mark()});
+        return true;
+      }
+      case 'K': case 0x82:  // BININT1, EXT1
+        need(2);
+        next_ = at + 1;
+        break;
+      case 'M': case 0x83:  // BININT2, EXT2
+        need(3);
+        next_ = at + 2;
+        break;
+      case 'J': case 0x84:  // BININT, EXT4
+        need(5);
+        next_ = at + 4;
+        break;
+      case 'G':  // BINFLOAT
+        need(9);
+        next_ = at + 8;
+        break;
+      case 'U': case 'C': case 0x8c: case 0x8a:  // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE, LONG1
+        need(2);
+        next_ = at + 1 + le(at, 1);
+        need(next_ - i_);
+        break;
+      case 'T': case 'X': case 'B': case 0x8b:  // BINSTRING, BINUNICODE, BINBYTES, LONG4
+        need(5);
+        next_ = at + 4 + le(at, 4);
+        need(next_ - i_);
+        break;
+      case 0x8d: case 0x8e: case 0x96:  // BINUNICODE8, BINBYTES8, BYTEARRAY8
+        need(9);
+        next_ = at + 8 + le(at, 8);
+        need(next_ - i_);
+        break;
+      case 'N': case 0x88: case 0x89: case '}': case ']': case 0x8f: case 0x97:
+        break;
+      default:
+        return false;
+    }
+    stack_.push_back({VALUE, here});
+    return true;
+  }
+
+  // Opcodes that combine or drop values already on the stack. False for any other opcode.
+  bool transform(unsigned char op, size_t here) {
+    switch (op) {
+      case 'Q':  // BINPERSID: id -> object
+        stack_.push_back({VALUE, pop().start});
+        return true;
+      case 'R': case 0x81: case 0x93:  // REDUCE, NEWOBJ, STACK_GLOBAL: 2 -> 1
+        return combine(2);
+      case 0x92:  // NEWOBJ_EX: 3 -> 1
+        return combine(3);
+      case 0x85: case 0x86: case 0x87:  // TUPLE1..3
+        return combine(op - 0x84);
+      case 't': case 'l': case 'd': case 0x91: case 'o':  // TUPLE, LIST, DICT, FROZENSET, OBJ
+        stack_.push_back({VALUE, pop_mark()});
+        return true;
+      case 'a': case '0':  // APPEND, POP
+        pop();
+        return true;
+      case 's':  // SETITEM
+        pop();
+        pop();
+        return true;
+      case 'e': case 'u': case 0x90: case '1':  // APPENDS, SETITEMS, ADDITEMS, POP_MARK
+        pop_mark();
+        return true;
+      case '2':  // DUP
+        if (stack_.empty()) fail("DUP on an empty stack");
+        stack_.push_back({VALUE, here});
+        return true;
+      case 0x98:  // READONLY_BUFFER
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // Replaces the top `count` values by one that starts where the lowest of them did.
+  bool combine(size_t count) {
+    size_t start = 0;
+    for (size_t k = 0; k < count; ++k) start = pop().start;
+    stack_.push_back({VALUE, start});
+    return true;
+  }
+
+  const std::string& pickle_;
+  const size_t n_;
+  std::string out_;
+  std::vector<Entry> stack_;
+  std::vector<Kind> memo_;  // memo index -> kind of the value stored there
+  size_t memo_count_ = 0;
+  size_t i_ = 0;      // the current opcode
+  size_t next_ = 0;   // the opcode after it
+  bool copy_ = true;  // whether the current opcode is copied to the output
+};
+
+}  // namespace
+
+extern "C" {
+
 // libtorch's C++ unpickler (`torch::jit::Unpickler`) was written for TorchScript's own pickles,
 // and two things that every `torch.save(module.state_dict())` contains trip it:
 //
@@ -317,271 +609,14 @@ static const std::string te_build_state_key = std::string("\x01torch_ext:Ordered
 // 2. it reads BUILD (`obj.__setstate__(state)`) as TorchScript's list-building opcode, and
 //    `state_dict()` sets one attribute on its OrderedDict (`_metadata`) through BUILD.
 //
-// This walks the pickle's opcodes, tracking an abstract stack, and rewrites both: each
-// `OrderedDict` call (the class, pushed by GLOBAL or a memo get, then `EMPTY_TUPLE REDUCE`)
-// becomes `EMPTY_DICT`, and each BUILD on such a dict becomes SETITEM under
-// `te_build_state_key` (the key is inserted where the state's opcodes begin). The unpickler
-// has no POP, hence a rewrite into a new string. Anything else passes through unchanged, for
-// the unpickler to accept or reject.
+// This walks the pickle's opcodes (PickleRewriter), tracking an abstract stack, and rewrites
+// both: each `OrderedDict` call (the class, pushed by GLOBAL or a memo get, then
+// `EMPTY_TUPLE REDUCE`) becomes `EMPTY_DICT`, and each BUILD on such a dict becomes SETITEM
+// under `te_build_state_key` (the key is inserted where the state's opcodes begin). The
+// unpickler has no POP, hence a rewrite into a new string. Anything else passes through
+// unchanged, for the unpickler to accept or reject.
 static std::string te_rewrite_pickle(const std::string& pickle) {
-  enum Kind { MARK, VALUE, OD_CLASS, OD_DICT };
-  struct Entry {
-    Kind kind;
-    size_t start;  // offset in `out` where the opcodes that made this value begin
-  };
-  const std::string od_global = "collections\nOrderedDict\n";
-  std::string out;
-  out.reserve(pickle.size() + 64);
-  std::vector<Entry> stack;
-  std::vector<Kind> memo;  // memo index -> kind of the value stored there
-  size_t memo_count = 0;
-  size_t i = 0;
-  const size_t n = pickle.size();
-  auto fail = [&](const char* what) {
-    TORCH_CHECK(false, "cannot read the pickle: ", what, " (opcode at byte ", i, ")");
-  };
-  auto need = [&](size_t bytes) {
-    if (i + bytes > n) fail("truncated");
-  };
-  auto le = [&](size_t at, size_t bytes) {
-    uint64_t v = 0;
-    for (size_t k = 0; k < bytes; ++k) v |= static_cast<uint64_t>(static_cast<unsigned char>(pickle[at + k])) << (8 * k);
-    return v;
-  };
-  auto line_end = [&](size_t from) {
-    size_t e = pickle.find('\n', from);
-    if (e == std::string::npos) fail("unterminated line");
-    return e + 1;
-  };
-  auto pop = [&]() {
-    if (stack.empty()) fail("stack underflow");
-    Entry e = stack.back();
-    stack.pop_back();
-    if (e.kind == OD_CLASS) fail("unsupported use of collections.OrderedDict");
-    return e;
-  };
-  // Pops up to and including the topmost MARK; returns the MARK's start.
-  auto pop_mark = [&]() {
-    while (!stack.empty() && stack.back().kind != MARK) pop();
-    if (stack.empty()) fail("no MARK on the stack");
-    size_t start = stack.back().start;
-    stack.pop_back();
-    return start;
-  };
-  auto memo_put = [&](uint64_t index) {
-    if (stack.empty()) fail("memo put on an empty stack");
-    if (memo.size() <= index) memo.resize(index + 1, VALUE);
-    memo[index] = stack.back().kind;
-    memo_count = std::max<size_t>(memo_count, index + 1);
-  };
-  auto memo_get = [&](uint64_t index) { return index < memo.size() ? memo[index] : VALUE; };
-  while (i < n) {
-    const unsigned char op = static_cast<unsigned char>(pickle[i]);
-    const size_t at = i + 1;
-    const size_t here = out.size();
-    size_t next = at;
-    bool copy = true;
-    switch (op) {
-      case '.':  // STOP
-        out.push_back('.');
-        return out;
-      case 0x80:  // PROTO
-        need(2);
-        next = at + 1;
-        break;
-      case 0x95:  // FRAME
-        need(9);
-        next = at + 8;
-        break;
-      case '(':  // MARK
-        stack.push_back({MARK, here});
-        break;
-      case 'c': {  // GLOBAL module\nname\n
-        next = line_end(line_end(at));
-        if (pickle.compare(at, next - at, od_global) == 0) {
-          stack.push_back({OD_CLASS, here});
-          copy = false;
-        } else {
-          stack.push_back({VALUE, here});
-        }
-        break;
-      }
-      case 'h': case 'j': {  // BINGET, LONG_BINGET
-        size_t width = op == 'h' ? 1 : 4;
-        need(1 + width);
-        next = at + width;
-        Kind kind = memo_get(le(at, width));
-        if (kind == OD_CLASS) {
-          stack.push_back({OD_CLASS, here});
-          copy = false;
-        } else {
-          stack.push_back({VALUE, here});  // a shared reference: no longer rewritten
-        }
-        break;
-      }
-      case 'q': case 'r': {  // BINPUT, LONG_BINPUT
-        size_t width = op == 'q' ? 1 : 4;
-        need(1 + width);
-        next = at + width;
-        memo_put(le(at, width));
-        copy = stack.back().kind != OD_CLASS;
-        break;
-      }
-      case 0x94:  // MEMOIZE
-        if (!stack.empty() && stack.back().kind == OD_CLASS) fail("unsupported use of collections.OrderedDict");
-        memo_put(memo_count);
-        break;
-      case ')':  // EMPTY_TUPLE, maybe `OrderedDict () REDUCE`
-        if (!stack.empty() && stack.back().kind == OD_CLASS) {
-          if (at >= n || pickle[at] != 'R') fail("unsupported use of collections.OrderedDict");
-          stack.back() = {OD_DICT, here};
-          out.push_back('}');
-          copy = false;
-          next = at + 1;
-        } else {
-          stack.push_back({VALUE, here});
-        }
-        break;
-      case 'b': {  // BUILD
-        Entry state = pop();
-        if (stack.empty()) fail("BUILD without an object");
-        if (stack.back().kind == OD_DICT) {
-          std::string key;
-          key.push_back('X');
-          uint32_t len = static_cast<uint32_t>(te_build_state_key.size());
-          for (int k = 0; k < 4; ++k) key.push_back(static_cast<char>((len >> (8 * k)) & 0xff));
-          key += te_build_state_key;
-          out.insert(state.start, key);
-          out.push_back('s');  // SETITEM
-          copy = false;
-        }
-        break;
-      }
-      // Values pushed by opcodes with a text argument.
-      case 'I': case 'L': case 'F': case 'S': case 'V': case 'P':
-        next = line_end(at);
-        stack.push_back({VALUE, here});
-        break;
-      case 'g':  // GET index\n
-        next = line_end(at);
-        stack.push_back({memo_get(std::stoull(pickle.substr(at, next - at - 1))) == OD_CLASS ? OD_CLASS : VALUE, here});
-        if (stack.back().kind == OD_CLASS) copy = false;
-        break;
-      case 'p':  // PUT index\n
-        next = line_end(at);
-        memo_put(std::stoull(pickle.substr(at, next - at - 1)));
-        copy = stack.back().kind != OD_CLASS;
-        break;
-      case 'i': {  // INST module\nname\n: pops to MARK, pushes the instance
-        next = line_end(line_end(at));
-        size_t start = pop_mark();
-        stack.push_back({VALUE, start});
-        break;
-      }
-      // Values pushed by opcodes with a binary argument.
-      case 'K': case 0x82:  // BININT1, EXT1
-        need(2);
-        next = at + 1;
-        stack.push_back({VALUE, here});
-        break;
-      case 'M': case 0x83:  // BININT2, EXT2
-        need(3);
-        next = at + 2;
-        stack.push_back({VALUE, here});
-        break;
-      case 'J': case 0x84:  // BININT, EXT4
-        need(5);
-        next = at + 4;
-        stack.push_back({VALUE, here});
-        break;
-      case 'G':  // BINFLOAT
-        need(9);
-        next = at + 8;
-        stack.push_back({VALUE, here});
-        break;
-      case 'U': case 'C': case 0x8c: case 0x8a:  // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE, LONG1
-        need(2);
-        next = at + 1 + le(at, 1);
-        need(next - i);
-        stack.push_back({VALUE, here});
-        break;
-      case 'T': case 'X': case 'B': case 0x8b:  // BINSTRING, BINUNICODE, BINBYTES, LONG4
-        need(5);
-        next = at + 4 + le(at, 4);
-        need(next - i);
-        stack.push_back({VALUE, here});
-        break;
-      case 0x8d: case 0x8e: case 0x96:  // BINUNICODE8, BINBYTES8, BYTEARRAY8
-        need(9);
-        next = at + 8 + le(at, 8);
-        need(next - i);
-        stack.push_back({VALUE, here});
-        break;
-      // Values pushed by opcodes without an argument.
-      case 'N': case 0x88: case 0x89: case '}': case ']': case 0x8f: case 0x97:
-        stack.push_back({VALUE, here});
-        break;
-      // Stack transformations.
-      case 'Q': {  // BINPERSID: id -> object
-        Entry id = pop();
-        stack.push_back({VALUE, id.start});
-        break;
-      }
-      case 'R': case 0x81: case 0x93: {  // REDUCE, NEWOBJ, STACK_GLOBAL: 2 -> 1
-        pop();
-        Entry first = pop();
-        stack.push_back({VALUE, first.start});
-        break;
-      }
-      case 0x92: {  // NEWOBJ_EX: 3 -> 1
-        pop();
-        pop();
-        Entry first = pop();
-        stack.push_back({VALUE, first.start});
-        break;
-      }
-      case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
-        size_t count = op - 0x84;
-        size_t start = 0;
-        for (size_t k = 0; k < count; ++k) start = pop().start;
-        stack.push_back({VALUE, start});
-        break;
-      }
-      case 't': case 'l': case 'd': case 0x91: case 'o': {  // TUPLE, LIST, DICT, FROZENSET, OBJ
-        size_t start = pop_mark();
-        stack.push_back({VALUE, start});
-        break;
-      }
-      case 'a':  // APPEND
-        pop();
-        break;
-      case 's':  // SETITEM
-        pop();
-        pop();
-        break;
-      case 'e': case 'u': case 0x90:  // APPENDS, SETITEMS, ADDITEMS
-        pop_mark();
-        break;
-      case '0':  // POP
-        pop();
-        break;
-      case '1':  // POP_MARK
-        pop_mark();
-        break;
-      case '2':  // DUP
-        if (stack.empty()) fail("DUP on an empty stack");
-        stack.push_back({VALUE, here});
-        break;
-      case 0x98:  // READONLY_BUFFER
-        break;
-      default:
-        fail("unknown opcode");
-    }
-    if (copy) out.append(pickle, i, next - i);
-    i = next;
-  }
-  fail("no STOP");
-  return out;
+  return PickleRewriter(pickle).run();
 }
 
 // What torch::jit::pickle_load does for a zip archive (readArchiveAndTensors), with the

@@ -83,6 +83,10 @@ pub enum TrainError {
     /// Sampling preview images failed.
     #[error(transparent)]
     Sample(#[from] sample::SampleError),
+    /// A dataset record that cannot be read during training (a streamed LMDB or TFRecord
+    /// dataset's unreadable record, named).
+    #[error(transparent)]
+    Data(#[from] data::DataError),
     /// Scoring the samples of an evaluation (FID in the loop, [`quality`]) failed.
     #[error("the evaluation at step {step}: {message}")]
     Evaluation {

@@ -1,14 +1,16 @@
 //! `ddpm data`: inspect datasets. `show` writes a grid of the first images in file order with
 //! their labels (the notebook's first figure); `stats` prints the count, the shape, per-channel
-//! mean and standard deviation, and the label histogram.
+//! mean and standard deviation, and the label histogram; `export` writes the images as the
+//! trainer sees them before flips to an `.npz`. LMDB and TFRecord datasets stream: `stats`
+//! decodes them a chunk at a time, `show` and `export` only the images they write.
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use data::cifar::{Cifar100Label, Split};
 use data::folder::{Fit, FolderConfig, FolderReport, OnError};
-use data::images::{make_grid, save_png, GridSpec};
-use data::{Dataset, DatasetSpec};
+use data::images::{make_grid, nchw_to_nhwc, save_png, write_npz, GridSpec, NpyArray, NpyData};
+use data::{Dataset, DatasetSpec, Stats, StreamConfig};
 use plotters::prelude::*;
 
 /// Subcommands of `ddpm data`.
@@ -18,6 +20,9 @@ pub enum DataCommand {
     Show(ShowArgs),
     /// Print the count, shape, per-channel mean and std (0..255) and the label histogram.
     Stats(StatsArgs),
+    /// Write the first images as the trainer sees them before flips: u8 NHWC `arr_0` (and
+    /// `labels`) in an .npz.
+    Export(ExportArgs),
 }
 
 /// Runs `ddpm data …`.
@@ -25,6 +30,7 @@ pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Show(args) => show(&args),
         DataCommand::Stats(args) => stats(&args),
+        DataCommand::Export(args) => export(&args),
     }
 }
 
@@ -39,8 +45,34 @@ pub enum DatasetKind {
     Mnist,
     /// Fashion-MNIST, IDX files (.gz or raw).
     FashionMnist,
-    /// A folder of images (PNG, JPEG, GIF, BMP), class sub-folders as labels.
+    /// A folder of images (PNG, JPEG, WebP, GIF, BMP), class sub-folders as labels.
     Folder,
+    /// An LMDB of encoded images in LSUN's layout (the folder holding data.mdb), streamed.
+    Lmdb,
+    /// ProgressiveGAN TFRecords (a folder of *-rNN.tfrecords, or one file), streamed.
+    Tfrecord,
+}
+
+impl DatasetKind {
+    /// The kind as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Lmdb => "lmdb",
+            DatasetKind::Tfrecord => "tfrecord",
+        }
+    }
+
+    fn has_split(self) -> bool {
+        !matches!(
+            self,
+            DatasetKind::Folder | DatasetKind::Lmdb | DatasetKind::Tfrecord
+        )
+    }
 }
 
 /// How images of another size fit `--size`.
@@ -76,19 +108,21 @@ pub struct DatasetArgs {
     /// CIFAR-100: which label to show and count.
     #[arg(long, value_enum, default_value = "fine")]
     pub label: LabelArg,
-    /// Image folder: the side of the stored square images, in pixels.
+    /// Image folder, LMDB, TFRecord: the side of the stored square images, in pixels.
     #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Image folder: how images of another size fit.
+    /// Image folder, LMDB, TFRecord: how images of another size fit (bilinear for a folder,
+    /// Pillow's antialiased Lanczos for LMDB and TFRecord, as ProgressiveGAN's create_lsun).
     #[arg(long, value_enum, default_value = "center-crop")]
     pub fit: FitArg,
-    /// Image folder: read images as grayscale.
+    /// Image folder, LMDB, TFRecord: read images as grayscale.
     #[arg(long)]
     pub gray: bool,
     /// Image folder: no class sub-folders; take every image under the path, unlabelled.
     #[arg(long)]
     pub no_classes: bool,
-    /// Image folder: skip images that do not decode (listed on stderr) instead of stopping.
+    /// Image folder, LMDB, TFRecord: skip images that do not decode (listed on stderr) instead
+    /// of stopping.
     #[arg(long)]
     pub skip_unreadable: bool,
 }
@@ -112,6 +146,19 @@ pub struct ShowArgs {
     pub out: PathBuf,
 }
 
+/// Arguments of `ddpm data export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// How many images, from the first (default: all; the .npz holds N x H x W x C bytes).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// The .npz to write.
+    #[arg(long)]
+    pub npz: PathBuf,
+}
+
 /// Arguments of `ddpm data stats`.
 #[derive(Debug, clap::Args)]
 pub struct StatsArgs {
@@ -127,8 +174,11 @@ impl DatasetArgs {
     fn spec(&self) -> Result<DatasetSpec> {
         let single_file = self.path.is_file();
         if let Some(split) = self.split {
-            if self.dataset == DatasetKind::Folder {
-                bail!("--split {split} does not apply to --dataset folder");
+            if !self.dataset.has_split() {
+                bail!(
+                    "--split {split} does not apply to --dataset {}",
+                    self.dataset.name()
+                );
             }
             if single_file {
                 bail!(
@@ -138,6 +188,21 @@ impl DatasetArgs {
             }
         }
         let split = self.split.unwrap_or(Split::Train);
+        let fit = match self.fit {
+            FitArg::Resize => Fit::Resize,
+            FitArg::CenterCrop => Fit::CenterCrop,
+        };
+        let on_error = if self.skip_unreadable {
+            OnError::Skip
+        } else {
+            OnError::Fail
+        };
+        let stream = StreamConfig {
+            size: [self.size, self.size],
+            channels: if self.gray { 1 } else { 3 },
+            fit,
+            on_error,
+        };
         Ok(match self.dataset {
             DatasetKind::Cifar10 => DatasetSpec::Cifar10 { split },
             DatasetKind::Cifar100 => DatasetSpec::Cifar100 {
@@ -153,31 +218,43 @@ impl DatasetArgs {
                 config: FolderConfig {
                     size: [self.size, self.size],
                     channels: if self.gray { 1 } else { 3 },
-                    fit: match self.fit {
-                        FitArg::Resize => Fit::Resize,
-                        FitArg::CenterCrop => Fit::CenterCrop,
-                    },
+                    fit,
                     class_subfolders: !self.no_classes,
-                    on_error: if self.skip_unreadable {
-                        OnError::Skip
-                    } else {
-                        OnError::Fail
-                    },
+                    on_error,
                 },
             },
+            DatasetKind::Lmdb => DatasetSpec::Lmdb { config: stream },
+            DatasetKind::Tfrecord => DatasetSpec::Tfrecord { config: stream },
         })
     }
 
-    /// Reads the dataset and reports skipped and ignored files on stderr.
-    fn load(&self) -> Result<(Dataset, FolderReport)> {
+    fn context(&self) -> String {
+        format!(
+            "cannot load --dataset {} from {}",
+            self.dataset_name(),
+            self.path.display()
+        )
+    }
+
+    /// Reads the dataset (of a stream, only the first `n` images) and reports skipped and
+    /// ignored files on stderr.
+    fn load(&self, n: Option<usize>) -> Result<(Dataset, FolderReport)> {
         let spec = self.spec()?;
-        let (dataset, report) = spec.load(&self.path).with_context(|| {
-            format!(
-                "cannot load --dataset {} from {}",
-                self.dataset_name(),
-                self.path.display()
-            )
-        })?;
+        let (dataset, report) = if spec.streams() {
+            let stream = spec
+                .open_stream(&self.path)
+                .with_context(|| self.context())?;
+            let n = n.unwrap_or(stream.len());
+            let bar = crate::inception::progress_bar(stream.len() as u64, "records read");
+            let (dataset, skipped) = stream
+                .read_first(n, &mut |done, _| bar.set_position(done as u64))
+                .with_context(|| self.context())?;
+            bar.finish_and_clear();
+            let ignored = Vec::new();
+            (dataset, FolderReport { skipped, ignored })
+        } else {
+            spec.load(&self.path).with_context(|| self.context())?
+        };
         for skipped in &report.skipped {
             eprintln!(
                 "warning: skipped {}: {}",
@@ -197,13 +274,7 @@ impl DatasetArgs {
     }
 
     fn dataset_name(&self) -> &'static str {
-        match self.dataset {
-            DatasetKind::Cifar10 => "cifar10",
-            DatasetKind::Cifar100 => "cifar100",
-            DatasetKind::Mnist => "mnist",
-            DatasetKind::FashionMnist => "fashion-mnist",
-            DatasetKind::Folder => "folder",
-        }
+        self.dataset.name()
     }
 }
 
@@ -215,7 +286,7 @@ fn show(args: &ShowArgs) -> Result<()> {
     if args.n == 0 || args.nrow == 0 {
         bail!("--n and --nrow must be at least 1");
     }
-    let (dataset, _) = args.dataset.load()?;
+    let (dataset, _) = args.dataset.load(Some(args.n))?;
     let n = args.n.min(dataset.len());
     let shown = dataset.slice(0..n);
     let [_, c, h, w] = shown.shape();
@@ -281,9 +352,33 @@ fn draw_captions(rgb: &mut [u8], grid: &data::images::Grid, captions: &[String])
     Ok(())
 }
 
+/// The statistics of the dataset the flags name (a stream a chunk at a time), its class names
+/// and the skipped files.
+fn dataset_stats(args: &DatasetArgs) -> Result<(Stats, Vec<String>, FolderReport)> {
+    let spec = args.spec()?;
+    if !spec.streams() {
+        let (dataset, report) = args.load(None)?;
+        return Ok((dataset.stats(), dataset.class_names().to_vec(), report));
+    }
+    let stream = spec
+        .open_stream(&args.path)
+        .with_context(|| args.context())?;
+    let bar = crate::inception::progress_bar(stream.len() as u64, "records decoded");
+    let (stats, skipped) = stream
+        .stats(&mut |done, _| bar.set_position(done as u64))
+        .with_context(|| args.context())?;
+    bar.finish_and_clear();
+    for skip in &skipped {
+        eprintln!("warning: skipped {}: {}", skip.path.display(), skip.reason);
+    }
+    let ignored = Vec::new();
+    let names = stream.class_names().to_vec();
+    Ok((stats, names, FolderReport { skipped, ignored }))
+}
+
 fn stats(args: &StatsArgs) -> Result<()> {
-    let (dataset, report) = args.dataset.load()?;
-    let stats = dataset.stats();
+    let (stats, class_names, report) = dataset_stats(&args.dataset)?;
+    let class_name = |label: usize| class_names.get(label).map(String::as_str);
     let labels: Vec<serde_json::Value> = stats
         .label_counts
         .iter()
@@ -291,7 +386,7 @@ fn stats(args: &StatsArgs) -> Result<()> {
         .map(|(label, &count)| {
             serde_json::json!({
                 "label": label,
-                "name": dataset.class_name(label as u16),
+                "name": class_name(label),
                 "count": count,
             })
         })
@@ -331,20 +426,52 @@ fn stats(args: &StatsArgs) -> Result<()> {
     if !report.skipped.is_empty() {
         println!("skipped  {} unreadable image(s)", report.skipped.len());
     }
-    if dataset.n_classes() == 0 {
+    if class_names.is_empty() {
         println!("labels   none");
         return Ok(());
     }
     println!("labels");
-    let name_width = dataset
-        .class_names()
+    let name_width = class_names
         .iter()
         .map(|n| n.chars().count())
         .max()
         .unwrap_or(0);
     for (label, &count) in stats.label_counts.iter().enumerate() {
-        let name = dataset.class_name(label as u16).unwrap_or("");
+        let name = class_name(label).unwrap_or("");
         println!("  {label:>3} {name:<name_width$} {count:>8}");
     }
+    Ok(())
+}
+
+fn export(args: &ExportArgs) -> Result<()> {
+    if args.n == Some(0) {
+        bail!("--n must be at least 1");
+    }
+    let (dataset, report) = args.dataset.load(args.n)?;
+    let n = args.n.unwrap_or(dataset.len()).min(dataset.len());
+    let dataset = dataset.slice(0..n);
+    let [_, c, h, w] = dataset.shape();
+    let nhwc = nchw_to_nhwc(dataset.images(), dataset.shape());
+    let images = NpyArray::new(vec![n, h, w, c], NpyData::U8(nhwc))?;
+    let labels: Vec<i64> = dataset.labels().iter().map(|&l| i64::from(l)).collect();
+    let labels = NpyArray::new(vec![n], NpyData::I64(labels))?;
+    let mut arrays = vec![("arr_0", &images)];
+    if dataset.n_classes() > 0 {
+        arrays.push(("labels", &labels));
+    }
+    write_npz(&args.npz, &arrays).context("--npz")?;
+    let skipped = match report.skipped.len() {
+        0 => String::new(),
+        k => format!(", {k} unreadable skipped"),
+    };
+    println!(
+        "wrote {} ({n} images of {h}x{w}x{c}, uint8 NHWC as `arr_0`{}{skipped})",
+        args.npz.display(),
+        if dataset.n_classes() > 0 {
+            ", labels as `labels`"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

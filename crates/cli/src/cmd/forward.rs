@@ -93,8 +93,14 @@ fn spec_of(kind: DatasetKind, split: Option<Split>) -> Result<DatasetSpec> {
         DatasetKind::Cifar10 => DatasetSpec::Cifar10 { split },
         DatasetKind::Mnist => DatasetSpec::Mnist { split },
         DatasetKind::FashionMnist => DatasetSpec::FashionMnist { split },
-        DatasetKind::Cifar100 => DatasetSpec::Cifar100 { split, label: data::cifar::Cifar100Label::Fine },
-        DatasetKind::Folder => bail!("--dataset folder is not supported here: use a --checkpoint whose config reads the folder"),
+        DatasetKind::Cifar100 => DatasetSpec::Cifar100 {
+            split,
+            label: data::cifar::Cifar100Label::Fine,
+        },
+        DatasetKind::Folder | DatasetKind::Lmdb | DatasetKind::Tfrecord => bail!(
+            "--dataset {} is not supported here: use a --checkpoint whose config reads it",
+            kind.name()
+        ),
     })
 }
 

@@ -4,7 +4,6 @@
 //! several processes under torchrun or `--nproc-per-node N` (see [`train::distributed`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -373,11 +372,12 @@ fn load_dataset(
     config: &mut TrainConfig,
     offline: bool,
     writer: bool,
-) -> Result<(Arc<data::Dataset>, PathBuf)> {
+) -> Result<(data::Source, PathBuf)> {
     let data_dir = crate::datasets::ensure_data(&config.dataset, args.data.as_deref(), offline)?;
+    // LMDB and TFRecord datasets stream: opened here, decoded by the loader's workers.
     let (dataset, report) = config
         .dataset
-        .load(&data_dir)
+        .open(&data_dir)
         .with_context(|| format!("cannot load the dataset from {}", data_dir.display()))?;
     if writer {
         for skipped in &report.skipped {
@@ -411,7 +411,7 @@ fn load_dataset(
             );
         }
     }
-    Ok((Arc::new(dataset), data_dir))
+    Ok((dataset, data_dir))
 }
 
 /// What opening the run did that the user should know: deleted files, the ranks, skipped

@@ -14,7 +14,10 @@
 //! they are.
 
 pub mod lmdb;
+mod scan;
 pub mod tfrecord;
+
+pub use scan::Progress;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -386,6 +389,30 @@ impl Source {
             Source::Memory(d) => [d.channels(), d.height(), d.width()],
             Source::Stream(s) => [s.config.channels, s.config.size[0], s.config.size[1]],
         }
+    }
+
+    /// Channels per image.
+    pub fn channels(&self) -> usize {
+        self.image_shape()[0]
+    }
+
+    /// Image height in pixels.
+    pub fn height(&self) -> usize {
+        self.image_shape()[1]
+    }
+
+    /// Image width in pixels.
+    pub fn width(&self) -> usize {
+        self.image_shape()[2]
+    }
+
+    /// The largest label (0 for an unlabelled dataset).
+    pub fn max_label(&self) -> u16 {
+        let labels = match self {
+            Source::Memory(d) => d.labels(),
+            Source::Stream(s) => &s.labels,
+        };
+        labels.iter().copied().max().unwrap_or(0)
     }
 
     /// Class names, indexed by label; empty for an unlabelled dataset.

@@ -4,14 +4,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{nn::VarStore, Device, Tensor};
 use torch_ext::dist::{Distributed, LaunchEnv};
 use torch_ext::Generator;
 
-use data::{Dataset, Loader, LoaderConfig};
+use data::{Loader, LoaderConfig, Source};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
@@ -143,7 +142,7 @@ impl Trainer {
     pub fn open(
         run: RunDir,
         start: Start,
-        dataset: impl Into<Arc<Dataset>>,
+        dataset: impl Into<Source>,
         options: OpenOptions,
     ) -> Result<Self, TrainError> {
         let OpenOptions { device, dist } = options;
@@ -181,7 +180,7 @@ impl Trainer {
     fn build(
         run: RunDir,
         config: TrainConfig,
-        dataset: Arc<Dataset>,
+        dataset: Source,
         device: Device,
         dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
@@ -289,7 +288,7 @@ impl Trainer {
         run: RunDir,
         from: Option<&Path>,
         config: Option<TrainConfig>,
-        dataset: Arc<Dataset>,
+        dataset: Source,
         device: Device,
         mut dist: Option<Distributed>,
     ) -> Result<Self, TrainError> {
@@ -529,7 +528,7 @@ fn read_resume_state(dir: &Path) -> Result<(CheckpointState, TrainConfig), Train
 /// config is valid, the global batch splits over the ranks, and the images fit the model.
 fn check_fits(
     config: &TrainConfig,
-    dataset: &Dataset,
+    dataset: &Source,
     dist: Option<&Distributed>,
 ) -> Result<(), TrainError> {
     config.validate()?;
@@ -582,7 +581,7 @@ fn check_fits(
 /// `num_classes`.
 fn check_labels(
     config: &TrainConfig,
-    dataset: &Dataset,
+    dataset: &Source,
     num_classes: i64,
 ) -> Result<(), TrainError> {
     let name = config.dataset.name();
@@ -593,7 +592,7 @@ fn check_labels(
              sub-folder per class): train it without classes"
         )));
     }
-    let max = dataset.labels().iter().copied().max().unwrap_or(0);
+    let max = dataset.max_label();
     if i64::from(max) >= num_classes {
         return Err(TrainError::Config(format!(
             "the {name} dataset has labels up to {max} ({} classes) but model.num_classes is \

@@ -108,7 +108,10 @@ impl Trainer {
         let mut pending = self.evaluation_pending(total)?;
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
-            for batch in self.loader.epoch_from(epoch, start) {
+            let mut batches = self.loader.epoch_from(epoch, start);
+            while let Some(batch) = batches.next_batch() {
+                // An unreadable record of a streamed dataset stops the run, named.
+                let batch = batch?;
                 if pending && self.evaluate_in_loop(hooks, stop)? {
                     return self.stop_with_checkpoint(hooks);
                 }
