@@ -8,7 +8,8 @@
 //!   [`ModelConfig::build`], which validates it and returns a `Box<dyn` [`Denoiser`]`>`.
 //! - [`load_safetensors`] / [`save_safetensors`]: weights on disk, checked key by key.
 //! - [`set_memory_format`]: channels-last kernels, faster on CPU and CUDA.
-//! - [`Precision`]: f32, or bf16 autocast on CUDA ([`autocast_bf16`]); [`forward`] and
+//! - [`Precision`]: f32, bf16 autocast on CUDA ([`autocast_bf16`]) or fp16 autocast
+//!   ([`autocast_to`]); [`forward`] and
 //!   [`forward_cond`] run a network at it and return f32, as losses and samplers compute.
 //! - [`Prediction`]: what a network predicts (ε, x_0 or v), which the training objective and the
 //!   samplers both read.
@@ -47,7 +48,8 @@ pub use embedding::timestep_embedding;
 pub use error::{ModelError, ShapeMismatch, WeightMismatch};
 pub use memory_format::{is_channels_last, set_memory_format, to_memory_format, MemoryFormat};
 pub use precision::{
-    autocast_bf16, cuda_autocast_kind, forward, forward_cond, forward_train, Precision,
+    autocast_bf16, autocast_to, check_autocast, cuda_autocast_kind, forward, forward_cond,
+    forward_train, Precision,
 };
 pub use prediction::Prediction;
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};

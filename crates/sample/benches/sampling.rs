@@ -62,7 +62,7 @@ fn bench_model(
             b.iter(|| {
                 let prev = tch::no_grad(|| {
                     let t_batch = Tensor::full([batch], t as i64, (Kind::Int64, device));
-                    let out = model::forward(net.as_ref(), &x, &t_batch, false, false);
+                    let out = model::forward(net.as_ref(), &x, &t_batch, false, None);
                     let noise = sampler.needs_noise(i).then(|| Tensor::randn_like(&x));
                     sampler.step(i, &out, &x, noise.as_ref()).prev_sample
                 });

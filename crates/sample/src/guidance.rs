@@ -141,7 +141,7 @@ pub fn guided_forward(
     t: &Tensor,
     class_labels: &Tensor,
     scale: f64,
-    autocast: bool,
+    autocast: Option<tch::Kind>,
 ) -> Tensor {
     let null = model
         .num_classes()

@@ -122,8 +122,8 @@ pub struct SampleOptions {
     pub clip_x0: bool,
     /// How many snapshots of the chain to keep (0 for none).
     pub n_snapshots: usize,
-    /// Run the network under bf16 autocast (CUDA).
-    pub autocast: bool,
+    /// Run the network under autocast to this dtype (`Precision::sampling_kind`); `None`: f32.
+    pub autocast: Option<Kind>,
     /// The classes of the request's images and the guidance scale, for a class-conditional
     /// network; `None` samples without classes (a class-conditional network then sees its null
     /// label).

@@ -318,7 +318,7 @@ fn a_class_conditional_diffusers_model_matches_diffusers_with_labels_and_guidanc
             &io["timesteps"],
             &io["guided_labels"],
             3.0,
-            false,
+            None,
         )
     });
     let err_guided = max_abs_diff(&guided, &io["guided_w3"]);

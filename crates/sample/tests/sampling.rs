@@ -174,7 +174,7 @@ fn options() -> SampleOptions {
         prediction: Prediction::Eps,
         clip_x0: false,
         n_snapshots: 0,
-        autocast: false,
+        autocast: None,
         class_cond: None,
     }
 }

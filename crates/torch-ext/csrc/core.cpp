@@ -267,9 +267,28 @@ te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* gra
   TE_CATCH
 }
 
+// GradScaler's fused unscale (what `torch.amp.GradScaler.unscale_` calls): one pass over the
+// gradients that multiplies them by `inv_scale` and sets `found_inf` on a NaN or infinity,
+// without a host read.
+te_error te_amp_foreach_non_finite_check_and_unscale_(const te_tensor* grads, size_t n, te_tensor found_inf,
+                                                      te_tensor inv_scale) {
+  TE_TRY
+  std::vector<at::Tensor> list = te_tensor_list(grads, n);
+  at::_amp_foreach_non_finite_check_and_unscale_(list, *found_inf, *inv_scale);
+  TE_CATCH
+}
+
 // ---------------------------------------------------------------------------------------------
 // Autocast dtype (thread-local settings of libtorch_cpu)
 // ---------------------------------------------------------------------------------------------
+
+te_error te_set_autocast_enabled(int device_type, int enabled, int* previous) {
+  TE_TRY
+  c10::DeviceType type = te_device_type_from(device_type);
+  *previous = at::autocast::is_autocast_enabled(type) ? 1 : 0;
+  at::autocast::set_autocast_enabled(type, enabled != 0);
+  TE_CATCH
+}
 
 te_error te_set_autocast_dtype(int device_type, te_tensor dtype_carrier) {
   TE_TRY

@@ -89,6 +89,9 @@ te_error te_foreach_add_scalar_(const te_tensor* self, size_t n, double scalar);
 te_error te_foreach_add_list_(const te_tensor* self, size_t n, const te_tensor* other, size_t n_other,
                               double alpha);
 te_error te_foreach_zero_(const te_tensor* self, size_t n);
+// GradScaler's unscale: grads[i] *= inv_scale, found_inf = 1 when any value is NaN or infinite.
+te_error te_amp_foreach_non_finite_check_and_unscale_(const te_tensor* grads, size_t n, te_tensor found_inf,
+                                                      te_tensor inv_scale);
 te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* grads, const te_tensor* exp_avgs,
                         const te_tensor* exp_avg_sqs, const te_tensor* max_exp_avg_sqs, size_t n_max,
                         const te_tensor* state_steps, size_t n, double lr, te_tensor lr_tensor, double beta1,
@@ -97,6 +100,8 @@ te_error te_fused_adam_(int adamw, const te_tensor* params, const te_tensor* gra
 
 // Autocast.
 te_error te_set_autocast_dtype(int device_type, te_tensor dtype_carrier);
+// Autocast on or off for a device type on this thread (`previous` receives the old setting).
+te_error te_set_autocast_enabled(int device_type, int enabled, int* previous);
 te_error te_set_autocast_cache_enabled(int enabled);
 te_error te_is_autocast_cache_enabled(int* out);
 te_error te_get_autocast_dtype(int device_type, te_tensor* out_carrier);

@@ -1,8 +1,10 @@
-//! The dtype autocast casts to (`at::autocast::{set,get}_autocast_dtype`), per device type.
+//! The dtype autocast casts to (`at::autocast::{set,get}_autocast_dtype`), per device type, and
+//! autocast itself on any device type ([`AutocastGuard`]).
 //!
-//! `tch::autocast` turns autocast on but cannot choose its dtype; libtorch's defaults are f16 on
-//! CUDA and bf16 on CPU. These are thread-local settings of libtorch_cpu: they can be read and
-//! written without a GPU, for the CUDA device type too, and each thread has its own.
+//! `tch::autocast` turns autocast on for CUDA only and cannot choose its dtype; libtorch's
+//! defaults are f16 on CUDA and bf16 on CPU. These are thread-local settings of libtorch_cpu:
+//! they can be read and written without a GPU, for the CUDA device type too, and each thread has
+//! its own.
 
 use crate::ffi;
 use crate::Result;
@@ -75,6 +77,75 @@ impl Drop for AutocastDtypeGuard {
         // Restoring a dtype that was in effect before cannot be refused.
         if let Err(err) = set_autocast_dtype(self.device, self.previous) {
             debug_assert!(false, "restoring the autocast dtype failed: {err}");
+        }
+    }
+}
+
+/// Autocast to `kind` on `device`'s device type for this thread, as `torch.autocast(device_type,
+/// dtype)` sets it up: the dtype, the enabled flag and the nesting depth, all restored when the
+/// guard drops (when the outermost region ends, autocast's cache of cast weights is cleared, as
+/// `tch::autocast` does on CUDA). Unlike `tch::autocast` it works for the CPU too.
+///
+/// ```no_run
+/// # fn main() -> torch_ext::Result<()> {
+/// use tch::{Device, Kind};
+/// let _fp16 = torch_ext::AutocastGuard::new(Device::Cpu, Kind::Half)?;
+/// // convolutions and matmuls now run in f16
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "autocast ends when the guard is dropped"]
+pub struct AutocastGuard {
+    device: Device,
+    _dtype: AutocastDtypeGuard,
+    was_enabled: bool,
+    /// The settings are thread-local: the guard must drop on the thread that made it.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+fn set_autocast_enabled(device: Device, enabled: bool) -> Result<bool> {
+    let mut previous = 0;
+    // SAFETY: a thread-local setter and a valid out-pointer.
+    ffi::torch("set_autocast_enabled", unsafe {
+        ffi::te_set_autocast_enabled(
+            ffi::device_type(device),
+            std::ffi::c_int::from(enabled),
+            &mut previous,
+        )
+    })?;
+    Ok(previous != 0)
+}
+
+impl AutocastGuard {
+    /// Turns autocast to `kind` on for `device`'s type on this thread.
+    ///
+    /// # Errors
+    /// [`Error::Torch`](crate::Error::Torch) when libtorch refuses the dtype for that device
+    /// type.
+    pub fn new(device: Device, kind: Kind) -> Result<Self> {
+        let dtype = AutocastDtypeGuard::new(device, kind)?;
+        let was_enabled = set_autocast_enabled(device, true)?;
+        // SAFETY: a thread-local counter; the matching decrement is in Drop.
+        unsafe { torch_sys::at_autocast_increment_nesting() };
+        Ok(Self {
+            device,
+            _dtype: dtype,
+            was_enabled,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        // SAFETY: thread-local counters, raised by `new` on this thread (the guard is not Send).
+        unsafe {
+            if torch_sys::at_autocast_decrement_nesting() == 0 {
+                torch_sys::at_autocast_clear_cache();
+            }
+        }
+        if let Err(err) = set_autocast_enabled(self.device, self.was_enabled) {
+            debug_assert!(false, "restoring autocast's enabled flag failed: {err}");
         }
     }
 }
@@ -178,6 +249,22 @@ mod tests {
         set_autocast_cache_enabled(false).unwrap();
         assert!(!is_autocast_cache_enabled().unwrap());
         set_autocast_cache_enabled(true).unwrap();
+    }
+
+    #[test]
+    fn the_autocast_guard_runs_cpu_matmuls_in_f16_and_restores_everything() {
+        let xs = tch::Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+        {
+            let _fp16 = AutocastGuard::new(Device::Cpu, Kind::Half).unwrap();
+            assert_eq!(get_autocast_dtype(Device::Cpu).unwrap(), Kind::Half);
+            assert_eq!(xs.matmul(&xs).kind(), Kind::Half);
+        }
+        assert_eq!(xs.matmul(&xs).kind(), Kind::Float);
+        assert_eq!(get_autocast_dtype(Device::Cpu).unwrap(), Kind::BFloat16);
+        assert!(
+            !set_autocast_enabled(Device::Cpu, false).unwrap(),
+            "off again"
+        );
     }
 
     #[test]

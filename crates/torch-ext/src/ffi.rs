@@ -141,6 +141,12 @@ extern "C" {
     ) -> CError;
     pub(crate) fn te_foreach_mul_scalar_(xs: *const *mut C_tensor, n: usize, scalar: f64)
         -> CError;
+    pub(crate) fn te_amp_foreach_non_finite_check_and_unscale_(
+        grads: *const *mut C_tensor,
+        n: usize,
+        found_inf: *mut C_tensor,
+        inv_scale: *mut C_tensor,
+    ) -> CError;
     pub(crate) fn te_foreach_mul_tensor_(
         xs: *const *mut C_tensor,
         n: usize,
@@ -193,6 +199,11 @@ extern "C" {
     // Autocast.
     pub(crate) fn te_set_autocast_dtype(device_type: c_int, carrier: *mut C_tensor) -> CError;
     pub(crate) fn te_get_autocast_dtype(device_type: c_int, out: *mut *mut C_tensor) -> CError;
+    pub(crate) fn te_set_autocast_enabled(
+        device_type: c_int,
+        enabled: c_int,
+        previous: *mut c_int,
+    ) -> CError;
     pub(crate) fn te_set_autocast_cache_enabled(enabled: c_int) -> CError;
     pub(crate) fn te_is_autocast_cache_enabled(out: *mut c_int) -> CError;
 

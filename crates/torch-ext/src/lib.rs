@@ -8,7 +8,8 @@
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
 //! | [`mod@checkpoint`] | a custom autograd node (`torch::autograd::Node`) that recomputes a Rust closure in backward | activation checkpointing (`torch.utils.checkpoint`, which is Python only) |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
-//! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_cache_enabled` | bf16 autocast on CUDA, and autocast under CUDA graph capture |
+//! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_enabled` (per device type), `{set,is}_autocast_cache_enabled` | bf16 and fp16 autocast on CUDA and the CPU, and autocast under CUDA graph capture |
+//! | [`amp`] | `at::_amp_foreach_non_finite_check_and_unscale_`, `at::_amp_update_scale_` | the dynamic loss scale of fp16 training, on the device |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
 //! | `dist` (feature `dist`) | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables; the rank group `Distributed` | data-parallel training as DDP does it, and sampling across ranks |
 //! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph` (with `register_generator_state`), CUDA stream pool, stream guard, stream waits | capturing and replaying a step |
@@ -55,6 +56,7 @@
 
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod autocast;
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
@@ -68,7 +70,7 @@ pub mod pickle;
 
 pub use autocast::{
     get_autocast_dtype, is_autocast_cache_enabled, set_autocast_cache_enabled, set_autocast_dtype,
-    AutocastCacheGuard, AutocastDtypeGuard,
+    AutocastCacheGuard, AutocastDtypeGuard, AutocastGuard,
 };
 pub use checkpoint::checkpoint;
 #[cfg(feature = "dist")]

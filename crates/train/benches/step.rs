@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
                 &x_0,
                 &noise,
                 &t,
-                false,
+                None,
             );
             loss.backward();
             adam.step(config.optim.lr);

@@ -207,7 +207,8 @@ fn serve_loop_only(args: &Args, config: &TrainConfig) {
 struct Bare<'a> {
     config: TrainConfig,
     device: Device,
-    autocast: bool,
+    /// bf16 when the request asked for autocast (CUDA).
+    autocast: Option<Kind>,
     sched: ScheduleTensors,
     vs: VarStore,
     net: Box<dyn Denoiser>,
@@ -263,7 +264,7 @@ impl<'a> Bare<'a> {
         Self {
             config,
             device,
-            autocast,
+            autocast: autocast.then_some(Kind::BFloat16),
             sched,
             vs,
             net,

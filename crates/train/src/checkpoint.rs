@@ -53,6 +53,10 @@ pub struct CheckpointState {
     /// --class all` labels its rows with); absent for unconditional runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_names: Vec<String>,
+    /// An fp16 run's dynamic loss scale at this step ([`crate::scaler`]); absent for other
+    /// precisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::scaler::LossScaleState>,
 }
 
 fn one() -> usize {
@@ -306,6 +310,7 @@ mod tests {
             config: serde_json::json!({}),
             world_size: 1,
             class_names: Vec::new(),
+            loss_scale: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod objective;
 pub mod optim;
 pub mod quality;
 pub mod run_dir;
+pub mod scaler;
 pub mod stats;
 pub mod trainer;
 

@@ -129,7 +129,7 @@ pub fn training_loss(
     x_0: &Tensor,
     noise: &Tensor,
     t: &Tensor,
-    autocast: bool,
+    autocast: Option<Kind>,
 ) -> Tensor {
     training_loss_cond(model, sched, config, x_0, noise, t, None, None, autocast)
 }
@@ -154,7 +154,7 @@ pub fn training_loss_cond(
     t: &Tensor,
     class_labels: Option<&Tensor>,
     dropout: Option<&mut Generator>,
-    autocast: bool,
+    autocast: Option<Kind>,
 ) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
     let output = match dropout {

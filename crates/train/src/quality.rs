@@ -265,6 +265,7 @@ mod tests {
             config: serde_json::json!({}),
             world_size: 1,
             class_names: Vec::new(),
+            loss_scale: None,
         }
     }
 

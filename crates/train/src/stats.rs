@@ -74,12 +74,31 @@ impl DeviceStats {
 
     /// Records a step's loss, gradient norm and learning rate (0-dim tensors on the device) and
     /// returns [`non_finite`] of the loss and norm.
-    pub(crate) fn record(&mut self, loss: &Tensor, norm: &Tensor, lr: &Tensor) -> (Tensor, Tensor) {
+    ///
+    /// `overflow` is an fp16 run's loss-scaler `found_inf` (one element): the step is skipped
+    /// then too, but a step whose gradient overflowed at a finite loss does not count towards
+    /// the abort rule's run of non-finite steps, since the scaler answers it by halving the
+    /// scale (as `torch.amp.GradScaler` does, which never stops a run).
+    pub(crate) fn record(
+        &mut self,
+        loss: &Tensor,
+        norm: &Tensor,
+        lr: &Tensor,
+        overflow: Option<&Tensor>,
+    ) -> (Tensor, Tensor) {
         let loss = loss.detach().to_kind(Kind::Double);
         let norm = norm.to_kind(Kind::Double);
-        let (found, found_inf) = non_finite(&loss, &norm);
+        let (mut found, mut found_inf) = non_finite(&loss, &norm);
+        let mut counted = found_inf.shallow_clone();
+        if let Some(overflow) = overflow {
+            let overflow = overflow.reshape([]).gt(0.0);
+            let loss_bad = (&loss * 0.0).ne(0.0).to_kind(Kind::Float);
+            counted = loss_bad.where_self(&overflow, &found_inf);
+            found = found.logical_or(&overflow);
+            found_inf = found.to_kind(Kind::Float);
+        }
         let _ = self.skipped.g_add_(&found_inf);
-        let _ = self.in_a_row.g_add_scalar_(1.0).g_mul_(&found_inf);
+        let _ = self.in_a_row.g_add_scalar_(1.0).g_mul_(&counted);
         let _ = self
             .worst_in_a_row
             .maximum_out(&self.worst_in_a_row, &self.in_a_row);
@@ -157,7 +176,7 @@ mod tests {
             (f32::NAN, f32::NAN, true),
         ];
         for (loss, norm, bad) in steps {
-            let (found, found_inf) = stats.record(&scalar(loss), &scalar(norm), &lr);
+            let (found, found_inf) = stats.record(&scalar(loss), &scalar(norm), &lr, None);
             assert_eq!(found.kind(), Kind::Bool);
             assert_eq!((found_inf.kind(), found_inf.dim()), (Kind::Float, 0));
             assert_eq!(found_inf.double_value(&[]), if bad { 1.0 } else { 0.0 });
@@ -170,13 +189,13 @@ mod tests {
         assert_eq!(read.lr, 0.5);
         // The run still going (one step) is where the next read's maximum starts.
         stats.start_window(16, read.skipped);
-        let (_, _) = stats.record(&scalar(f32::NAN), &scalar(1.0), &lr);
+        let (_, _) = stats.record(&scalar(f32::NAN), &scalar(1.0), &lr, None);
         let read = stats.read(17);
         assert_eq!((read.skipped, read.worst_in_a_row), (7, 2));
         assert!(read.window_loss.is_nan(), "no finite step in the window");
         assert_eq!(read.last_norm, 5.0, "the last finite step's norm");
         // A finite value of f32's largest magnitude is finite.
-        let (_, found_inf) = stats.record(&scalar(f32::MAX), &scalar(f32::MAX), &lr);
+        let (_, found_inf) = stats.record(&scalar(f32::MAX), &scalar(f32::MAX), &lr, None);
         assert_eq!(found_inf.double_value(&[]), 0.0);
     }
 }

@@ -108,7 +108,7 @@ fn training_loss_matches_the_float64_reference() {
             &x_0,
             &noise,
             &t,
-            false,
+            None,
         );
         assert_eq!(loss.size(), Vec::<i64>::new(), "{}: a 0-d loss", case.name);
         assert_eq!(loss.kind(), Kind::Float, "{}", case.name);
@@ -233,7 +233,7 @@ fn null_label_samples_go_through_the_same_loss() {
             &t.index_select(0, &idx),
             labels.as_ref(),
             None,
-            false,
+            None,
         )
     };
     let batch = loss(&[0, 1, 2, 3], Some(&labels)).double_value(&[]);
@@ -247,7 +247,7 @@ fn null_label_samples_go_through_the_same_loss() {
     );
     // No labels is the null label for all.
     let nulls = Tensor::from_slice(&[2i64, 2, 2, 2]);
-    let unconditional = training_loss(net.as_ref(), &st, &objective, &x_0, &noise, &t, false);
+    let unconditional = training_loss(net.as_ref(), &st, &objective, &x_0, &noise, &t, None);
     assert_eq!(
         unconditional.double_value(&[]),
         loss(&[0, 1, 2, 3], Some(&nulls)).double_value(&[])

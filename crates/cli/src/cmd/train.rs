@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// images, the step the whole batch takes in less memory. Shortcut for --set grad_accum=K.
     #[arg(long, value_name = "K")]
     grad_accum: Option<usize>,
+    /// f32, bf16 (autocast on CUDA; f32 on the CPU) or fp16 (autocast on CUDA and the CPU, with
+    /// a dynamic loss scale as torch.amp.GradScaler). Shortcut for --set precision=P.
+    #[arg(long, value_name = "P")]
+    precision: Option<String>,
     /// Shortcut for --set optim.lr=X.
     #[arg(long)]
     lr: Option<f64>,
@@ -164,11 +168,12 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 10] = [
+    let shortcuts: Vec<(&str, Option<serde_json::Value>)> = vec![
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
         ("grad_accum", args.grad_accum.map(Into::into)),
+        ("precision", args.precision.clone().map(Into::into)),
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
         ("objective.p_uncond", args.p_uncond.map(Into::into)),

@@ -194,13 +194,13 @@ impl Pipeline {
     }
 
     /// The sampling options this source implies: its prediction type, its `clip_sample` (unless
-    /// `clip_x0` overrides it), bf16 autocast on CUDA when it was trained so.
+    /// `clip_x0` overrides it), bf16 or fp16 autocast on CUDA when it was trained so (f32 on the CPU).
     pub fn options(&self, clip_x0: Option<bool>, n_snapshots: usize) -> SampleOptions {
         SampleOptions {
             prediction: self.spec.prediction,
             clip_x0: clip_x0.unwrap_or(self.spec.clip_sample),
             n_snapshots,
-            autocast: self.spec.precision.autocast(self.device()),
+            autocast: self.spec.precision.sampling_kind(self.device()),
             class_cond: None,
         }
     }

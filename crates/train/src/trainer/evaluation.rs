@@ -126,7 +126,7 @@ impl Trainer {
             prediction: self.config.objective.prediction,
             clip_x0: true,
             n_snapshots: 0,
-            autocast: self.autocast(),
+            autocast: self.sampling_autocast(),
             // A class-conditional run is scored class-balanced and unguided (W = 1), as
             // `ddpm eval fid --checkpoint` samples it by default.
             class_cond: self

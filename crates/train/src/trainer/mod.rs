@@ -52,6 +52,7 @@ use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
+use crate::scaler::LossScaler;
 use crate::stats::{DeviceStats, StatsRead};
 use crate::{SkippedCheckpoint, TrainError};
 
@@ -127,6 +128,8 @@ pub struct Trainer {
     /// Draws the network's dropout masks; reseeded from [`dropout_seed`] (or the rank's stream)
     /// every step.
     dropout_gen: Generator,
+    /// fp16's dynamic loss scale; `None` at other precisions.
+    scaler: Option<LossScaler>,
     step: u64,
     /// Steps skipped so far, as of the last read of `stats`.
     skipped_steps: u64,
@@ -272,7 +275,14 @@ impl Trainer {
         self.config.total_steps(self.loader.batches_per_epoch())
     }
 
-    pub(super) fn autocast(&self) -> bool {
-        self.config.precision.autocast(self.device)
+    /// The dtype the network trains in under autocast (`None`: f32).
+    pub(super) fn autocast(&self) -> Option<tch::Kind> {
+        self.config.precision.autocast_kind(self.device)
+    }
+
+    /// The dtype the network samples in (previews, evaluations): as trained on CUDA, f32 on the
+    /// CPU.
+    pub(super) fn sampling_autocast(&self) -> Option<tch::Kind> {
+        self.config.precision.sampling_kind(self.device)
     }
 }

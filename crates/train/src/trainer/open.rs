@@ -20,6 +20,7 @@ use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
+use crate::scaler::LossScaler;
 use crate::stats::DeviceStats;
 use crate::{SkippedCheckpoint, TrainError};
 
@@ -189,6 +190,12 @@ impl Trainer {
             "the trainer that writes the run (rank 0) must hold the run directory's lock"
         );
         check_fits(&config, &dataset, dist.as_ref())?;
+        model::check_autocast(config.precision, device)
+            .map_err(|e| TrainError::Config(format!("precision: {e}")))?;
+        let scaler = config
+            .precision
+            .loss_scaling()
+            .then(|| LossScaler::new(device));
         let loader_config = LoaderConfig {
             batch_size: config.batch_size,
             shuffle: true,
@@ -254,6 +261,7 @@ impl Trainer {
             loader,
             gen,
             dropout_gen,
+            scaler,
             step: 0,
             skipped_steps: 0,
             stats: DeviceStats::new(device, 0, 0),
@@ -385,6 +393,18 @@ impl Trainer {
                     ),
                 })?;
         self.optim.load_state(&optim_state, adam_steps)?;
+        if let Some(scaler) = self.scaler.as_mut() {
+            // A checkpoint of an fp16 run has its scale; precision is fixed for a run, so one
+            // without it was written before fp16 existed, and starts from the initial scale.
+            if let Some(loss_scale) = state.loss_scale {
+                scaler
+                    .load_state(loss_scale)
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: dir.join(checkpoint::STATE_FILE),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
         self.ema.set_updates(state.ema_updates);
         self.step = state.step;
         self.skipped_steps = state.skipped_steps;

@@ -13,6 +13,7 @@ use sample::{sample, save_grid, ClassConditioning, SampleOptions, SamplerConfig}
 
 use super::Trainer;
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
+use crate::scaler::LossScaler;
 use crate::TrainError;
 
 impl Trainer {
@@ -68,6 +69,7 @@ impl Trainer {
             config: serde_json::to_value(&self.config).expect("configs serialise"),
             world_size: self.world_size(),
             class_names: self.class_names.clone(),
+            loss_scale: self.scaler.as_ref().map(LossScaler::state),
         }
     }
 
@@ -87,7 +89,7 @@ impl Trainer {
             prediction: self.config.objective.prediction,
             clip_x0: true,
             n_snapshots: 10,
-            autocast: self.autocast(),
+            autocast: self.sampling_autocast(),
             class_cond: self.config.model.num_classes().map(|k| ClassConditioning {
                 labels: (0..n).map(|i| (i / 8) % k).collect(),
                 guidance: 1.0,

@@ -192,6 +192,7 @@ impl Trainer {
         });
         let loss = self.forward_backward(x_0, &noise, &t, labels.as_ref())?;
         self.average_gradients()?;
+        let overflow = self.unscale_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
         let loss = self.global_loss(&loss)?;
@@ -200,7 +201,7 @@ impl Trainer {
             .config
             .optim
             .lr_tensor(self.optim.steps_tensor(), self.total_steps());
-        let (found, found_inf) = self.stats.record(&loss, &norm, &lr);
+        let (found, found_inf) = self.stats.record(&loss, &norm, &lr, overflow.as_ref());
         let clip = self
             .config
             .optim
@@ -215,6 +216,9 @@ impl Trainer {
             }
         });
         self.ema.update_unless(Some(&found_inf));
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler.update();
+        }
         Ok(StepTensors {
             loss: loss.detach(),
             grad_norm: norm,
@@ -276,18 +280,41 @@ impl Trainer {
             );
             // The mean over a micro-batch, divided by K, is the micro-batch's share of the mean
             // over the whole batch (K = 1 keeps the loss as it is, bit for bit).
-            let scaled = if k == 1 { loss } else { loss / k as f64 };
+            let share = if k == 1 { loss } else { loss / k as f64 };
+            // fp16: backward runs on the loss times the scale, so that small gradients survive.
+            let scaled = match &self.scaler {
+                Some(scaler) => scaler.scale_loss(&share),
+                None => share.shallow_clone(),
+            };
             if last {
                 self.before_backward(&scaled)?;
             }
             scaled.backward();
-            let detached = scaled.detach();
+            let detached = share.detach();
             total = Some(match total {
                 None => detached,
                 Some(sum) => sum + detached,
             });
         }
         Ok(total.expect("at least one micro-batch"))
+    }
+
+    /// fp16: divides the (averaged) gradients by the loss scale and returns the scaler's
+    /// `found_inf`, 1 when one of them overflowed; `None` at other precisions.
+    ///
+    /// # Errors
+    /// As [`crate::scaler::LossScaler::unscale_`].
+    fn unscale_gradients(&mut self) -> Result<Option<Tensor>, TrainError> {
+        let Some(scaler) = self.scaler.as_mut() else {
+            return Ok(None);
+        };
+        let mut grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        Ok(Some(scaler.unscale_(&mut grads)?.shallow_clone()))
     }
 
     /// The step's random draws, from the run's generator reseeded for the step: t and ε
