@@ -214,10 +214,8 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
-        let gen = Generator::new(config.seed, device)
-            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
-        let dropout_gen = Generator::new(dropout_seed(config.seed, 0) as u64, device)
-            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
+        let gen = run_generator(config.seed, device)?;
+        let dropout_gen = run_generator(dropout_seed(config.seed, 0) as u64, device)?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
@@ -623,4 +621,10 @@ fn check_labels(
         )));
     }
     Ok(())
+}
+
+/// A generator of the run on `device`, seeded with `seed`.
+fn run_generator(seed: u64, device: Device) -> Result<Generator, TrainError> {
+    Generator::new(seed, device)
+        .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))
 }
