@@ -353,4 +353,6 @@ pub mod markdown {
     pub struct Library;
     #[doc = include_str!("../../docs/benchmarks.md")]
     pub struct Benchmarks;
+    #[doc = include_str!("../../docs/datasets.md")]
+    pub struct Datasets;
 }

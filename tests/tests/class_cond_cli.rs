@@ -162,6 +162,20 @@ fn classes_are_refused_for_an_unconditional_model_and_unlabelled_changes() {
         ),
         &["not class-conditional"],
     );
+    // --guidance alone (any W, negative too) names the model, not a --class it cannot take
+    // (#31: it said "pass --class", which then failed; -2 was a clap error).
+    for w in ["3", "-2"] {
+        let out = sample(&run_dir, &["--guidance", w, "--grid", path_arg(&grid)]);
+        fails_with(
+            &out,
+            &["--guidance", "not class-conditional", "--class-cond"],
+        );
+        assert!(
+            !stderr_of(&out).contains("pass --class"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
     assert!(!grid.exists(), "a refused request wrote its grid");
     // A run keeps its model: --class-cond cannot be added on resume.
     let out = run(&[
@@ -321,4 +335,29 @@ fn resume_from_a_class_conditional_checkpoint_into_an_unconditional_run_is_refus
         before,
         "config.json was rewritten"
     );
+}
+
+/// `--p-uncond` is a probability, and only for a class-conditional run, refused before the run
+/// directory is touched (#31: NaN said "invalid type: null", -0.1 was a clap error, and without
+/// --class-cond it was accepted and ignored).
+#[test]
+fn p_uncond_is_a_probability_of_a_class_conditional_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    for p in ["NaN", "-0.1", "1.5"] {
+        let args = tiny_train_args(
+            &data,
+            &run_dir,
+            &["--class-cond", "--p-uncond", p, "--max-steps", "1"],
+        );
+        let needle = format!("--p-uncond {p} is invalid");
+        fails_with(&run(&args), &[&needle, "in [0, 1]"]);
+    }
+    let args = tiny_train_args(&data, &run_dir, &["--p-uncond", "0.2", "--max-steps", "1"]);
+    fails_with(
+        &run(&args),
+        &["--p-uncond", "unconditional: add --class-cond"],
+    );
+    assert!(!run_dir.exists(), "the run directory was created");
 }

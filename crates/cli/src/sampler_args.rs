@@ -79,7 +79,7 @@ pub struct SamplerArgs {
     /// Classifier-free guidance scale W of a class-conditional model: the sampler follows
     /// eps_u + W (eps_c - eps_u) (diffusers' convention; Ho & Salimans' w is W - 1). 1 (the
     /// default) is plain conditional sampling, 0 unconditional, 2-5 sharper classes.
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
     pub guidance: Option<f64>,
 }
 

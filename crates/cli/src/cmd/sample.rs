@@ -377,6 +377,10 @@ impl Plan {
         let spec = args.sampler.resolve(&args.checkpoint)?;
         // T, the number of training steps, from the config (the pipeline builds the schedule).
         let sampler = args.sampler.config(spec.schedule.n_steps())?;
+        // First: --guidance on an unconditional model says so, not "pass --class".
+        let guidance = args
+            .sampler
+            .guidance_for(spec.num_classes(), &args.checkpoint)?;
         let classes = if args.classes.is_empty() {
             if args.sampler.guidance.is_some() {
                 bail!("--guidance applies to the classes of --class: pass --class C (or all)");
@@ -385,9 +389,6 @@ impl Plan {
         } else {
             parse_classes(&args.classes, &spec, &args.checkpoint)?
         };
-        let guidance = args
-            .sampler
-            .guidance_for(spec.num_classes(), &args.checkpoint)?;
         let class_names = classes.iter().map(|&c| spec.class_name(c)).collect();
         let n = match (args.n_images, classes.len()) {
             (Some(n), _) => n,

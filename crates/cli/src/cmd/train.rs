@@ -75,8 +75,8 @@ pub struct TrainArgs {
     /// label with probability objective.p_uncond (default 0.1). The dataset must have labels.
     #[arg(long)]
     class_cond: bool,
-    /// Shortcut for --set objective.p_uncond=P: the label dropout of --class-cond.
-    #[arg(long, value_name = "P")]
+    /// Shortcut for --set objective.p_uncond=P: the label dropout of --class-cond, in [0, 1].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     p_uncond: Option<f64>,
     /// libtorch intra-op CPU threads (default: libtorch's choice; in a data-parallel run on the
     /// CPU, that divided by the number of ranks on this machine).
@@ -270,6 +270,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// The checks of the flags that need no file: `--preset` on resume, `--cuda-graph` on this
 /// device and world size.
 fn check_flags(args: &TrainArgs, device: tch::Device) -> Result<()> {
+    if let Some(p) = args.p_uncond.filter(|p| !(0.0..=1.0).contains(p)) {
+        bail!(
+            "--p-uncond {p} is invalid: it is the probability of dropping a label, in [0, 1] \
+             (0.1 drops one label in ten)"
+        );
+    }
     if args.resumes() && args.preset.is_some() {
         bail!(
             "--preset cannot be combined with --resume: a resumed run keeps the configuration it \
@@ -310,6 +316,7 @@ impl TrainArgs {
 fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir, Start)> {
     if !args.resumes() {
         let config = resolve_config(args, None)?;
+        check_p_uncond(args, &config)?;
         let run = lock_run_dir(run_dir, writer)?;
         if args.overwrite {
             return Ok((run, Start::Overwrite(config)));
@@ -344,6 +351,7 @@ fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir,
         );
     }
     let config = resolve_config(args, Some(saved.clone()))?;
+    check_p_uncond(args, &config)?;
     for change in saved.check_resume(&config)? {
         if writer {
             eprintln!("resume changes {change}");
@@ -351,6 +359,18 @@ fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir,
     }
     let config = Some(config);
     Ok((run, Start::Resume { from, config }))
+}
+
+/// `--p-uncond` only for a class-conditional run (`--class-cond`, or classes in the
+/// configuration): elsewhere there are no labels to drop.
+fn check_p_uncond(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+    if args.p_uncond.is_some() && !args.class_cond && config.model.num_classes().is_none() {
+        bail!(
+            "--p-uncond is the label dropout of a class-conditional run, and this run is \
+             unconditional: add --class-cond, or drop --p-uncond"
+        );
+    }
+    Ok(())
 }
 
 /// The run directory as this process holds it: locked by the writer, followed by the others.

@@ -36,6 +36,7 @@ pub struct LmdbRecords {
 struct SharedEnv {
     env: heed::Env,
     db: Database<'static, Bytes, Bytes>,
+    span: MapSpan,
 }
 
 /// The environments open in this process, by canonical path.
@@ -108,10 +109,13 @@ impl LmdbRecords {
                 .map_err(&list_error)?
             {
                 let (key, ()) = entry.map_err(&list_error)?;
+                shared.span.read(key);
                 keys.extend_from_slice(key);
                 ends.push(keys.len() as u64);
             }
         }
+        // The walk touched every leaf page (and the kernel mapped their neighbours).
+        shared.span.release();
         Ok(Self {
             path: dir.to_path_buf(),
             shared,
@@ -136,7 +140,9 @@ impl LmdbRecords {
             .db
             .get(&rtxn, key)?
             .ok_or(heed::Error::Mdb(heed::MdbError::NotFound))?;
-        Ok(value.to_vec())
+        let copy = value.to_vec();
+        self.shared.span.read(value);
+        Ok(copy)
     }
 }
 
@@ -167,7 +173,68 @@ fn open_env(dir: &Path) -> Result<SharedEnv> {
             path: dir.to_path_buf(),
             message: "the LMDB environment has no unnamed database".into(),
         })?;
-    Ok(SharedEnv { env, db })
+    Ok(SharedEnv {
+        env,
+        db,
+        span: MapSpan::default(),
+    })
+}
+
+/// Bytes of values read between two releases of the map's pages ([`MapSpan::release`]).
+const RELEASE_EVERY: usize = 4 << 20;
+
+/// The part of LMDB's map this process has read, so that its pages can leave the resident set.
+///
+/// Reading a database larger than memory through a map would otherwise grow the resident set
+/// to the database's size (the kernel also maps neighbouring pages on each fault). Every
+/// [`RELEASE_EVERY`] bytes the whole span read so far is released with `MADV_DONTNEED`: the
+/// pages stay in the page cache, leave this process's resident memory, and fault back in from
+/// the cache if read again.
+#[derive(Debug, Default)]
+struct MapSpan {
+    /// The lowest and highest address read, and the bytes read since the last release.
+    state: Mutex<(usize, usize, usize)>,
+}
+
+impl MapSpan {
+    /// Records that `bytes` (inside the map) were read, releasing the span when due.
+    fn read(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (lo, hi) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        let (min, max, since) = *state;
+        let min = if min == 0 { lo } else { min.min(lo) };
+        *state = (min, max.max(hi), since + bytes.len());
+        if state.2 >= RELEASE_EVERY {
+            state.2 = 0;
+            release(state.0, state.1);
+        }
+    }
+
+    /// Releases the span read so far now.
+    fn release(&self) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        release(state.0, state.1);
+    }
+}
+
+/// `MADV_DONTNEED` on the whole pages of `[lo, hi)`; best effort (a failure leaves them mapped).
+fn release(lo: usize, hi: usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let (start, end) = (lo.div_ceil(page) * page, hi / page * page);
+    if lo == 0 || end <= start {
+        return;
+    }
+    // SAFETY: [start, end) lies between two addresses read from LMDB's one contiguous,
+    // read-only, file-backed shared map, so inside it. MADV_DONTNEED on such a mapping only
+    // drops this process's page-table entries; a later read (another thread's included) faults
+    // the same file contents back in, so no reference into the map is invalidated.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+    }
 }
 
 /// A key as text when it is printable ASCII (LSUN's are hex ids), as hex otherwise.

@@ -308,10 +308,7 @@ impl Trainer {
                 .collect(),
         };
         if candidates.is_empty() {
-            return Err(TrainError::NoCheckpoint {
-                dir: root,
-                hint: "start a new run without --resume",
-            });
+            return Err(no_checkpoint(root));
         }
         let explicit = from.is_some();
         let mut skipped = Vec::new();
@@ -431,6 +428,22 @@ impl Trainer {
     }
 }
 
+/// [`TrainError::NoCheckpoint`] for the run's checkpoint directory `root`, with what to do: when
+/// only `best/` (FID in the loop's best checkpoint, which a newest-first resume does not take)
+/// holds a checkpoint, resuming from it by name.
+fn no_checkpoint(root: PathBuf) -> TrainError {
+    let best = root
+        .join(crate::quality::BEST_DIR)
+        .join(checkpoint::STATE_FILE);
+    let hint = if best.is_file() {
+        "only checkpoints/best/ holds one: resume from it with --resume-from best, or start a \
+         new run (another --run-dir, or --overwrite)"
+    } else {
+        "start a new run without --resume"
+    };
+    TrainError::NoCheckpoint { dir: root, hint }
+}
+
 /// The configuration a resume of the run in `run_dir` starts from: the one saved in the
 /// checkpoint directory `from`, or in the newest checkpoint under `run_dir` whose `state.json`
 /// reads (the trainer then loads that one or, when its weights do not load, an older one). A
@@ -449,10 +462,7 @@ pub fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig, 
     let root = run_dir.join(checkpoint::CHECKPOINTS_DIR);
     let all = checkpoint::list(&root);
     if all.is_empty() {
-        return Err(TrainError::NoCheckpoint {
-            dir: root,
-            hint: "start a new run without --resume",
-        });
+        return Err(no_checkpoint(root));
     }
     let mut tried = Vec::new();
     for (_, dir) in all.into_iter().rev() {
