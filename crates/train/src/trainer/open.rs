@@ -14,7 +14,7 @@ use data::{Loader, LoaderConfig, Source};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
-use super::{evaluation, Trainer};
+use super::{dropout_seed, evaluation, Trainer};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
@@ -214,8 +214,8 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
-        let gen = Generator::new(config.seed, device)
-            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
+        let gen = run_generator(config.seed, device)?;
+        let dropout_gen = run_generator(dropout_seed(config.seed, 0) as u64, device)?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
@@ -258,6 +258,7 @@ impl Trainer {
             sched,
             loader,
             gen,
+            dropout_gen,
             scaler,
             step: 0,
             skipped_steps: 0,
@@ -630,4 +631,10 @@ fn check_labels(
         )));
     }
     Ok(())
+}
+
+/// A generator of the run on `device`, seeded with `seed`.
+fn run_generator(seed: u64, device: Device) -> Result<Generator, TrainError> {
+    Generator::new(seed, device)
+        .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))
 }
