@@ -755,3 +755,31 @@ fn under_nohup_sighup_is_ignored() {
     assert!(!stderr.contains("SIGHUP"), "{stderr}");
     assert!(stderr.contains("Ctrl-C (SIGINT): finishing"), "{stderr}");
 }
+
+/// `--resume` on a run whose only checkpoint is `checkpoints/best/` says to resume from it by
+/// name (#31: the hint was "start a new run without --resume", which the run then refuses).
+#[test]
+fn resume_with_only_the_best_checkpoint_names_resume_from_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let checkpoints = run_dir.join("checkpoints");
+    let newest = complete_checkpoints(&run_dir).pop().unwrap();
+    for name in complete_checkpoints(&run_dir) {
+        if name != newest {
+            std::fs::remove_dir_all(checkpoints.join(&name)).unwrap();
+        }
+    }
+    std::fs::rename(checkpoints.join(&newest), checkpoints.join("best")).unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &["--resume", "--max-steps", "4", "--threads", "1"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--resume-from best") && !stderr.contains("without --resume"),
+        "{stderr}"
+    );
+}
