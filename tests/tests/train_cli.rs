@@ -783,3 +783,23 @@ fn resume_with_only_the_best_checkpoint_names_resume_from_best() {
         "{stderr}"
     );
 }
+
+/// A `--run-dir` that is a file is named as such, once, with what to do (#31: the OS error
+/// twice, no hint).
+#[test]
+fn a_run_dir_that_is_a_file_is_named_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a run").unwrap();
+    let out = run(&tiny_train_args(&data, &file, &["--max-steps", "1"]));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is a file, not a run directory")
+            && stderr.contains("--run-dir")
+            && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a run");
+}
