@@ -56,7 +56,8 @@ fn main() {
         // (which tests/ffi_header.rs checks the Rust declarations against): one that is not
         // fails here, as a definition that differs from its declaration does.
         .flag_if_supported("-Werror=missing-declarations")
-        .file("csrc/core.cpp");
+        .file("csrc/core.cpp")
+        .file("csrc/checkpoint.cpp");
     if dist {
         build
             .include(gloo_include(&repo))

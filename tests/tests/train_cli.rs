@@ -755,3 +755,51 @@ fn under_nohup_sighup_is_ignored() {
     assert!(!stderr.contains("SIGHUP"), "{stderr}");
     assert!(stderr.contains("Ctrl-C (SIGINT): finishing"), "{stderr}");
 }
+
+/// `--resume` on a run whose only checkpoint is `checkpoints/best/` says to resume from it by
+/// name (#31: the hint was "start a new run without --resume", which the run then refuses).
+#[test]
+fn resume_with_only_the_best_checkpoint_names_resume_from_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let checkpoints = run_dir.join("checkpoints");
+    let newest = complete_checkpoints(&run_dir).pop().unwrap();
+    for name in complete_checkpoints(&run_dir) {
+        if name != newest {
+            std::fs::remove_dir_all(checkpoints.join(&name)).unwrap();
+        }
+    }
+    std::fs::rename(checkpoints.join(&newest), checkpoints.join("best")).unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &["--resume", "--max-steps", "4", "--threads", "1"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--resume-from best") && !stderr.contains("without --resume"),
+        "{stderr}"
+    );
+}
+
+/// A `--run-dir` that is a file is named as such, once, with what to do (#31: the OS error
+/// twice, no hint).
+#[test]
+fn a_run_dir_that_is_a_file_is_named_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a run").unwrap();
+    let out = run(&tiny_train_args(&data, &file, &["--max-steps", "1"]));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is a file, not a run directory")
+            && stderr.contains("--run-dir")
+            && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a run");
+}

@@ -53,6 +53,11 @@ pub struct FolderConfig {
     pub class_subfolders: bool,
     /// Unreadable images: fatal or skipped.
     pub on_error: OnError,
+    /// Decode on demand in the loader's workers (only the paths and labels stay in memory)
+    /// instead of all at start; the images are the same. Off when absent (and then not
+    /// written, so configs of earlier runs read and write as before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl FolderConfig {
@@ -64,6 +69,7 @@ impl FolderConfig {
             fit: Fit::CenterCrop,
             class_subfolders: true,
             on_error: OnError::Fail,
+            stream: false,
         }
     }
 }
@@ -79,9 +85,9 @@ pub struct FolderReport {
 }
 
 /// One image file found by the walk, with its label.
-struct Candidate {
-    path: PathBuf,
-    label: u16,
+pub(crate) struct Candidate {
+    pub(crate) path: PathBuf,
+    pub(crate) label: u16,
 }
 
 /// Loads every image under `root` as `config` says; images are sorted by path, so file order is
@@ -94,6 +100,57 @@ struct Candidate {
 /// skipping), [`DataError::Empty`] when no image remains, and [`DataError::Config`] for a bad
 /// size or channel count.
 pub fn load_folder(root: &Path, config: &FolderConfig) -> Result<(Dataset, FolderReport)> {
+    let (candidates, class_names, mut report) = index_folder(root, config)?;
+    let decoded = decode_all(&candidates, config);
+    let [height, width] = config.size;
+    let image_len = config.channels * height * width;
+    let mut images = Vec::with_capacity(candidates.len() * image_len);
+    let mut labels = Vec::with_capacity(candidates.len());
+    for (candidate, result) in candidates.iter().zip(decoded) {
+        match result {
+            Ok(pixels) => {
+                images.extend_from_slice(&pixels);
+                labels.push(candidate.label);
+            }
+            Err(reason) => match config.on_error {
+                OnError::Fail => {
+                    return Err(DataError::Unreadable {
+                        path: candidate.path.clone(),
+                        reason,
+                    })
+                }
+                OnError::Skip => report.skipped.push(Skipped {
+                    path: candidate.path.clone(),
+                    reason,
+                }),
+            },
+        }
+    }
+    if labels.is_empty() {
+        let reason = if candidates.is_empty() {
+            "no image files (png, jpg, gif, bmp) found".to_string()
+        } else {
+            format!("none of the {} image files could be read", candidates.len())
+        };
+        return Err(DataError::Empty {
+            path: root.to_path_buf(),
+            reason,
+        });
+    }
+    let dataset = Dataset::new(images, labels, config.channels, height, width, class_names)?;
+    Ok((dataset, report))
+}
+
+/// The image files under `root` with their labels, the class names, and the files ignored:
+/// the index of a folder, decoded at start ([`load_folder`]) or on demand (a streamed folder).
+///
+/// # Errors
+///
+/// Those of [`load_folder`] but the decoding ones.
+pub(crate) fn index_folder(
+    root: &Path,
+    config: &FolderConfig,
+) -> Result<(Vec<Candidate>, Vec<String>, FolderReport)> {
     if config.size.contains(&0) || !(config.channels == 1 || config.channels == 3) {
         return Err(DataError::Config(format!(
             "an image folder needs a positive size and 1 or 3 channels, not {}x{} with {} channels",
@@ -146,44 +203,7 @@ pub fn load_folder(root: &Path, config: &FolderConfig) -> Result<(Dataset, Folde
             }),
         }
     }
-    let decoded = decode_all(&candidates, config);
-    let [height, width] = config.size;
-    let image_len = config.channels * height * width;
-    let mut images = Vec::with_capacity(candidates.len() * image_len);
-    let mut labels = Vec::with_capacity(candidates.len());
-    for (candidate, result) in candidates.iter().zip(decoded) {
-        match result {
-            Ok(pixels) => {
-                images.extend_from_slice(&pixels);
-                labels.push(candidate.label);
-            }
-            Err(reason) => match config.on_error {
-                OnError::Fail => {
-                    return Err(DataError::Unreadable {
-                        path: candidate.path.clone(),
-                        reason,
-                    })
-                }
-                OnError::Skip => report.skipped.push(Skipped {
-                    path: candidate.path.clone(),
-                    reason,
-                }),
-            },
-        }
-    }
-    if labels.is_empty() {
-        let reason = if candidates.is_empty() {
-            "no image files (png, jpg, gif, bmp) found".to_string()
-        } else {
-            format!("none of the {} image files could be read", candidates.len())
-        };
-        return Err(DataError::Empty {
-            path: root.to_path_buf(),
-            reason,
-        });
-    }
-    let dataset = Dataset::new(images, labels, config.channels, height, width, class_names)?;
-    Ok((dataset, report))
+    Ok((candidates, class_names, report))
 }
 
 /// Decodes all candidates, in parallel on the available cores, keeping their order.
@@ -297,6 +317,7 @@ mod tests {
             fit: Fit::Resize,
             class_subfolders: true,
             on_error,
+            stream: false,
         }
     }
 

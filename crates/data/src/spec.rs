@@ -104,6 +104,9 @@ impl DatasetSpec {
         match self {
             DatasetSpec::Lmdb { config } => StreamDataset::open_lmdb(path, config.clone()),
             DatasetSpec::Tfrecord { config } => StreamDataset::open_tfrecord(path, config.clone()),
+            DatasetSpec::Folder { config } if config.stream => {
+                Ok(StreamDataset::open_folder(path, config)?.0)
+            }
             other => Err(crate::DataError::Config(format!(
                 "the {} dataset kind is read into memory, not streamed",
                 other.name()
@@ -119,6 +122,12 @@ impl DatasetSpec {
     ///
     /// Those of [`DatasetSpec::open_stream`] and [`DatasetSpec::load`].
     pub fn open(&self, path: &Path) -> Result<(Source, FolderReport)> {
+        if let DatasetSpec::Folder { config } = self {
+            if config.stream {
+                let (stream, report) = StreamDataset::open_folder(path, config)?;
+                return Ok((Source::from(stream), report));
+            }
+        }
         if self.streams() {
             return Ok((
                 Source::from(self.open_stream(path)?),
@@ -153,8 +162,12 @@ impl DatasetSpec {
             DatasetSpec::FashionMnist { split } => {
                 idx::load_mnist(path, *split, MnistKind::FashionMnist)?
             }
-            DatasetSpec::Folder { config } => return folder::load_folder(path, config),
-            DatasetSpec::Lmdb { .. } | DatasetSpec::Tfrecord { .. } => {
+            DatasetSpec::Folder { config } if !config.stream => {
+                return folder::load_folder(path, config)
+            }
+            DatasetSpec::Lmdb { .. }
+            | DatasetSpec::Tfrecord { .. }
+            | DatasetSpec::Folder { .. } => {
                 let stream = self.open_stream(path)?;
                 let (dataset, skipped) = stream.read_first(stream.len(), &mut |_, _| {})?;
                 let report = FolderReport {

@@ -33,6 +33,7 @@
 //! `docs/results/`; `crates/train/benches/unet.rs` times both memory formats with criterion. Each
 //! network is built in the layout it measured fastest in ([`MemoryFormat`]).
 
+mod checkpoint;
 mod embedding;
 mod error;
 mod init;
@@ -48,7 +49,7 @@ pub use error::{ModelError, ShapeMismatch, WeightMismatch};
 pub use memory_format::{is_channels_last, set_memory_format, to_memory_format, MemoryFormat};
 pub use precision::{
     autocast_bf16, autocast_to, check_autocast, cuda_autocast_kind, forward, forward_cond,
-    Precision,
+    forward_train, Precision,
 };
 pub use prediction::Prediction;
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
@@ -111,6 +112,25 @@ pub trait Denoiser: std::fmt::Debug + Send {
     fn num_classes(&self) -> Option<i64> {
         None
     }
+
+    /// A training-mode forward pass ([`Denoiser::forward_cond`] with `train = true`) whose
+    /// dropout masks come from `dropout`, a generator the caller owns (on the network's device),
+    /// instead of libtorch's global one: a run reseeds it per step, so its masks are a function
+    /// of the run's seed and step, whatever else the process draws. Networks without dropout
+    /// ignore it. Evaluation and sampling use [`Denoiser::forward_cond`] and need none.
+    ///
+    /// # Shapes
+    /// As [`Denoiser::forward_cond`].
+    fn forward_train(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        dropout: &mut Generator,
+    ) -> Tensor {
+        let _ = dropout;
+        self.forward_cond(xs, timesteps, class_labels, true)
+    }
 }
 
 /// The two networks' configurations, tagged by `arch` in JSON:
@@ -153,12 +173,29 @@ impl ModelConfig {
         })
     }
 
-    /// Whether the network draws random numbers in training mode (dropout). tch's dropout takes
-    /// no generator: those draws come from libtorch's global generator.
+    /// Whether the network draws random numbers in training mode (dropout), from the generator
+    /// given to [`Denoiser::forward_train`].
     pub fn uses_dropout(&self) -> bool {
         match self {
             Self::Simple(_) => false,
             Self::Ddpm(config) => config.dropout > 0.0,
+        }
+    }
+
+    /// Whether the network checkpoints its blocks' activations in training passes
+    /// (`gradient_checkpointing`).
+    pub fn gradient_checkpointing(&self) -> bool {
+        match self {
+            Self::Simple(config) => config.gradient_checkpointing,
+            Self::Ddpm(config) => config.gradient_checkpointing,
+        }
+    }
+
+    /// Turns activation checkpointing on or off, as `ddpm train --gradient-checkpointing` does.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            Self::Simple(config) => config.gradient_checkpointing = on,
+            Self::Ddpm(config) => config.gradient_checkpointing = on,
         }
     }
 

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+use torch_ext::Generator;
 
 use crate::Denoiser;
 
@@ -156,6 +157,23 @@ pub fn forward_cond(
     autocast: Option<Kind>,
 ) -> Tensor {
     let run = || model.forward_cond(xs, t, class_labels, train);
+    autocast_to(xs.device(), autocast, run).to_kind(Kind::Float)
+}
+
+/// [`forward_cond`] in training mode with dropout masks from `dropout`
+/// ([`Denoiser::forward_train`]).
+///
+/// # Shapes
+/// As [`Denoiser::forward_cond`]; the output is f32.
+pub fn forward_train(
+    model: &dyn Denoiser,
+    xs: &Tensor,
+    t: &Tensor,
+    class_labels: Option<&Tensor>,
+    dropout: &mut Generator,
+    autocast: Option<Kind>,
+) -> Tensor {
+    let run = || model.forward_train(xs, t, class_labels, dropout);
     autocast_to(xs.device(), autocast, run).to_kind(Kind::Float)
 }
 

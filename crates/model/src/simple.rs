@@ -21,6 +21,7 @@
 //! hard-coded 3. Parameter names follow the PyTorch port (`downs.0.conv1.weight`,
 //! `downs.0.bnorm1.running_mean`, `time_mlp.1.weight`, ...), so its `state_dict` loads one to one.
 
+use crate::checkpoint::{checkpointed, Pass, Shared};
 use crate::error::{invalid, ModelError};
 use crate::init::fan_avg_uniform_;
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
@@ -61,6 +62,11 @@ pub struct SimpleUnetConfig {
     /// in configurations saved before class conditioning existed) for an unconditional network.
     #[serde(default)]
     pub num_classes: Option<i64>,
+    /// Activation checkpointing: each block keeps only its input in a training forward pass and
+    /// recomputes its activations in backward. Absent in JSON means `false`, and `false` is not
+    /// written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 }
 
 impl SimpleUnetConfig {
@@ -77,6 +83,7 @@ impl SimpleUnetConfig {
             batch_norm_eps: 1e-3,
             batch_norm_momentum: 0.01,
             num_classes: None,
+            gradient_checkpointing: false,
         }
     }
 
@@ -296,6 +303,8 @@ fn linear(vs: nn::Path, d_in: i64, d_out: i64, gen: &mut Generator) -> nn::Linea
 struct BatchNorm {
     inner: nn::BatchNorm,
     num_batches_tracked: Tensor,
+    eps: f64,
+    momentum: f64,
 }
 
 impl BatchNorm {
@@ -313,16 +322,36 @@ impl BatchNorm {
         Self {
             inner,
             num_batches_tracked,
+            eps: config.batch_norm_eps,
+            momentum: config.batch_norm_momentum,
         }
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        if train {
-            tch::no_grad(|| {
-                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
-            });
+    /// Train mode normalises by the batch statistics and updates the running ones, except in a
+    /// checkpoint's [`Pass::Replay`], which computes the same output with the same kernel (on
+    /// copies of the running statistics) and leaves the state as the first pass left it.
+    fn forward_t(&self, xs: &Tensor, train: bool, pass: Pass) -> Tensor {
+        if !train {
+            return self.inner.forward_t(xs, false);
         }
-        self.inner.forward_t(xs, train)
+        if pass == Pass::Replay {
+            let bn = &self.inner;
+            let (mean, var) = tch::no_grad(|| (bn.running_mean.copy(), bn.running_var.copy()));
+            return xs.batch_norm(
+                bn.ws.as_ref(),
+                bn.bs.as_ref(),
+                Some(&mean),
+                Some(&var),
+                true,
+                self.momentum,
+                self.eps,
+                true,
+            );
+        }
+        tch::no_grad(|| {
+            let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+        });
+        self.inner.forward_t(xs, true)
     }
 }
 
@@ -403,7 +432,16 @@ impl Block {
     /// the current `x`). A convolution over two copies of `xs` is one convolution over `xs` with
     /// the two halves of the kernel summed, at half the cost; autograd gives each half the same
     /// gradient, as the concatenation would.
-    fn forward(&self, xs: &Tensor, doubled: bool, t_emb: &Tensor, train: bool) -> Tensor {
+    ///
+    /// `pass` is [`Pass::Replay`] in a checkpoint's recomputation (see `crate::checkpoint`).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        doubled: bool,
+        t_emb: &Tensor,
+        train: bool,
+        pass: Pass,
+    ) -> Tensor {
         let mut h = if doubled {
             let half = self.conv1.ws.size()[1] / 2;
             let kernel = self.conv1.ws.narrow(1, 0, half) + self.conv1.ws.narrow(1, half, half);
@@ -413,16 +451,64 @@ impl Block {
             xs.apply(&self.conv1)
         };
         let _ = h.relu_();
-        let mut h = self.bnorm1.forward_t(&h, train);
+        let mut h = self.bnorm1.forward_t(&h, train, pass);
         let time = t_emb.apply(&self.time_mlp).relu();
         let _ = h.g_add_(&time.unsqueeze(-1).unsqueeze(-1));
         let mut h = h.apply(&self.conv2);
         let _ = h.relu_();
-        let h = self.bnorm2.forward_t(&h, train);
+        let h = self.bnorm2.forward_t(&h, train, pass);
         match &self.transform {
             Transform::Down(conv) => h.apply(conv),
             Transform::Up(conv) => h.apply(conv),
         }
+    }
+
+    /// The trainable tensors the block reads besides its inputs.
+    fn parameters(&self) -> Vec<&Tensor> {
+        let (transform_ws, transform_bs) = match &self.transform {
+            Transform::Down(conv) => (&conv.ws, conv.bs.as_ref()),
+            Transform::Up(conv) => (&conv.ws, conv.bs.as_ref()),
+        };
+        let norms = [&self.bnorm1.inner, &self.bnorm2.inner];
+        [
+            Some(&self.time_mlp.ws),
+            self.time_mlp.bs.as_ref(),
+            Some(&self.conv1.ws),
+            self.conv1.bs.as_ref(),
+            Some(&self.conv2.ws),
+            self.conv2.bs.as_ref(),
+            Some(transform_ws),
+            transform_bs,
+        ]
+        .into_iter()
+        .chain(
+            norms
+                .into_iter()
+                .flat_map(|n| [n.ws.as_ref(), n.bs.as_ref()]),
+        )
+        .flatten()
+        .collect()
+    }
+
+    /// [`Block::forward`], checkpointed in training passes when `checkpoint` is set.
+    fn run(
+        this: &Shared<Self>,
+        xs: &Tensor,
+        doubled: bool,
+        t_emb: &Tensor,
+        train: bool,
+        checkpoint: bool,
+    ) -> Tensor {
+        if !(train && checkpoint) {
+            return this.forward(xs, doubled, t_emb, train, Pass::First);
+        }
+        let block = this.clone();
+        checkpointed(
+            &[xs, t_emb],
+            &this.parameters(),
+            None,
+            move |xs, _, pass| block.forward(&xs[0], doubled, &xs[1], true, pass),
+        )
     }
 }
 
@@ -432,8 +518,8 @@ pub struct SimpleUnet {
     config: SimpleUnetConfig,
     time_mlp: nn::Linear,
     conv0: nn::Conv2D,
-    downs: Vec<Block>,
-    ups: Vec<Block>,
+    downs: Vec<Shared<Block>>,
+    ups: Vec<Shared<Block>>,
     output: nn::Conv2D,
     class_embedding: Option<ClassEmbedding>,
 }
@@ -456,7 +542,7 @@ impl SimpleUnet {
         let downs = (0..n)
             .map(|i| {
                 let size = c.image_size >> i;
-                Block::new(
+                Shared::new(Block::new(
                     vs / "downs" / i,
                     c.down_channels[i],
                     c.down_channels[i + 1],
@@ -464,7 +550,7 @@ impl SimpleUnet {
                     false,
                     c,
                     gen,
-                )
+                ))
             })
             .collect();
         let ups = (0..n)
@@ -472,7 +558,7 @@ impl SimpleUnet {
                 // The input is the previous output concatenated with the skip of the same size.
                 let size = c.image_size >> (n - i);
                 let c_in = c.up_channels[i] + c.down_channels[n - i];
-                Block::new(
+                Shared::new(Block::new(
                     vs / "ups" / i,
                     c_in,
                     c.up_channels[i + 1],
@@ -480,7 +566,7 @@ impl SimpleUnet {
                     true,
                     c,
                     gen,
-                )
+                ))
             })
             .collect();
         let output = conv2d(
@@ -561,18 +647,20 @@ impl Denoiser for SimpleUnet {
             xs.size()[0],
             "SimpleUnet",
         );
+        let ckpt = self.config.gradient_checkpointing;
         let mut x = x.apply(&self.conv0);
         let mut skips = Vec::with_capacity(self.downs.len());
         for down in &self.downs {
-            x = down.forward(&x, false, &t_emb, train);
+            x = Block::run(down, &x, false, &t_emb, train, ckpt);
             skips.push(x.shallow_clone());
         }
         // The last skip is the bottleneck itself: the first up block sees cat([x, x]).
         skips.pop();
-        x = self.ups[0].forward(&x, true, &t_emb, train);
+        x = Block::run(&self.ups[0], &x, true, &t_emb, train, ckpt);
         for up in &self.ups[1..] {
             let skip = skips.pop().expect("one skip per up block");
-            x = up.forward(&Tensor::cat(&[&x, &skip], 1), false, &t_emb, train);
+            let input = Tensor::cat(&[&x, &skip], 1);
+            x = Block::run(up, &input, false, &t_emb, train, ckpt);
         }
         let out = self.output.forward(&x);
         if out.kind() == xs.kind() {

@@ -105,6 +105,15 @@ te_error te_generator_set_state(at::Generator* gen, te_tensor state) {
   TE_CATCH
 }
 
+// A handle to libtorch's process-wide default generator of a device (the one `tch::manual_seed`
+// seeds): the same GeneratorImpl, not a copy.
+te_error te_generator_default(int device_type, int64_t device_index, at::Generator** out) {
+  TE_TRY
+  c10::Device device(te_device_type_from(device_type), static_cast<c10::DeviceIndex>(device_index));
+  *out = new at::Generator(at::globalContext().defaultGenerator(device));
+  TE_CATCH
+}
+
 // The random ops below are what `at::randn(size, gen, options)` and friends run after
 // allocating: `at::empty(size, options).normal_(0, 1, gen)` etc. The Rust side allocates (so
 // that tch maps dtype and device), these fill in place. ATen locks the generator itself.

@@ -13,8 +13,8 @@
 // (`te_tensor`, an `at::Tensor*`). Objects the shim creates come out through an out-pointer and
 // are freed by the matching `*_free`.
 //
-// The declarations are grouped by the translation unit that defines them: core.cpp (always),
-// dist.cpp (feature `dist`; `te_group_nccl` with `nccl` only) and cuda.cpp (feature `cuda`).
+// The declarations are grouped by the translation unit that defines them: core.cpp and
+// checkpoint.cpp (always), dist.cpp (feature `dist`; `te_group_nccl` with `nccl` only) and cuda.cpp (feature `cuda`).
 #ifndef TORCH_EXT_H
 #define TORCH_EXT_H
 
@@ -44,6 +44,14 @@ typedef struct te_cuda_graph te_cuda_graph;
 typedef struct te_cuda_stream te_cuda_stream;
 typedef struct te_cuda_stream_guard te_cuda_stream_guard;
 
+// A checkpointed block (checkpoint.cpp), a Rust closure behind `closure`: runs on `n` input
+// handles and writes one new output handle, which the shim takes over, to `out`; returns 0, or
+// non-zero with a NUL-terminated message of at most `capacity` bytes in `message`.
+typedef int (*te_checkpoint_run)(void* closure, const te_tensor* inputs, size_t n, te_tensor* out, char* message,
+                                 size_t capacity);
+// Frees the closure; called once, when the last owner (the autograd node) goes.
+typedef void (*te_checkpoint_drop)(void* closure);
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -62,6 +70,7 @@ te_error te_generator_seed(te_generator* gen, uint64_t* out);
 te_error te_generator_set_seed(te_generator* gen, uint64_t seed);
 te_error te_generator_get_state(te_generator* gen, te_tensor* out);
 te_error te_generator_set_state(te_generator* gen, te_tensor state);
+te_error te_generator_default(int device_type, int64_t device_index, te_generator** out);
 te_error te_normal_(te_tensor self, double mean, double std, te_generator* gen);
 te_error te_uniform_(te_tensor self, double from, double to, te_generator* gen);
 te_error te_bernoulli_(te_tensor self, double p, te_generator* gen);
@@ -104,6 +113,13 @@ size_t te_named_tensors_len(const te_named_tensors* named);
 te_error te_named_tensors_get(const te_named_tensors* named, size_t index, const char** name, size_t* name_len,
                               te_tensor* tensor);
 void te_named_tensors_free(te_named_tensors* named);
+
+// ---------------------------------------------------------------------------------------------
+// checkpoint.cpp
+// ---------------------------------------------------------------------------------------------
+
+te_error te_checkpoint(te_checkpoint_run run, te_checkpoint_drop drop, void* closure, const te_tensor* inputs,
+                       size_t n_inputs, const te_tensor* params, size_t n_params, te_tensor* out);
 
 // ---------------------------------------------------------------------------------------------
 // dist.cpp (feature `dist`)

@@ -10,7 +10,7 @@
 //! `at::Tensor*` on the C++ side).
 
 use crate::{Error, Result};
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
@@ -71,6 +71,19 @@ pub(crate) struct CCudaStreamGuard {
 /// An error message owned by the shim (null: success).
 pub(crate) type CError = *mut c_char;
 
+/// `te_checkpoint_run` of csrc/torch_ext.h: runs a checkpointed block (see `checkpoint.rs`).
+pub(crate) type CheckpointRun = unsafe extern "C" fn(
+    closure: *mut c_void,
+    inputs: *const *mut C_tensor,
+    n: usize,
+    out: *mut *mut C_tensor,
+    message: *mut c_char,
+    capacity: usize,
+) -> c_int;
+
+/// `te_checkpoint_drop` of csrc/torch_ext.h: frees a checkpointed block's closure.
+pub(crate) type CheckpointDrop = unsafe extern "C" fn(closure: *mut c_void);
+
 // Device type codes of `te_device_type` in csrc/core.cpp.
 pub(crate) const DEVICE_CPU: c_int = 0;
 pub(crate) const DEVICE_CUDA: c_int = 1;
@@ -92,6 +105,11 @@ extern "C" {
     pub(crate) fn te_generator_set_seed(gen: *mut CGenerator, seed: u64) -> CError;
     pub(crate) fn te_generator_get_state(gen: *mut CGenerator, out: *mut *mut C_tensor) -> CError;
     pub(crate) fn te_generator_set_state(gen: *mut CGenerator, state: *mut C_tensor) -> CError;
+    pub(crate) fn te_generator_default(
+        device_type: c_int,
+        device_index: i64,
+        out: *mut *mut CGenerator,
+    ) -> CError;
     pub(crate) fn te_normal_(t: *mut C_tensor, mean: f64, std: f64, gen: *mut CGenerator)
         -> CError;
     pub(crate) fn te_uniform_(t: *mut C_tensor, from: f64, to: f64, gen: *mut CGenerator)
@@ -144,6 +162,18 @@ extern "C" {
         alpha: f64,
     ) -> CError;
     pub(crate) fn te_foreach_zero_(xs: *const *mut C_tensor, n: usize) -> CError;
+
+    // Activation checkpointing.
+    pub(crate) fn te_checkpoint(
+        run: CheckpointRun,
+        drop: CheckpointDrop,
+        closure: *mut c_void,
+        inputs: *const *mut C_tensor,
+        n_inputs: usize,
+        params: *const *mut C_tensor,
+        n_params: usize,
+        out: *mut *mut C_tensor,
+    ) -> CError;
     pub(crate) fn te_fused_adam_(
         adamw: c_int,
         params: *const *mut C_tensor,

@@ -78,6 +78,43 @@ impl Generator {
         }
     }
 
+    /// A handle to libtorch's process-wide default generator of `device` (the one
+    /// `tch::manual_seed` seeds and that ops without a generator draw from): the same stream,
+    /// not a copy. For callers that have no generator of their own and must keep drawing what
+    /// they drew before, such as a training-mode forward pass given none.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] when `device` has no default generator (no CUDA, an index out of range).
+    pub fn global(device: Device) -> Result<Self> {
+        let index = match device {
+            Device::Cuda(index) => i64::try_from(index).map_err(|_| {
+                Error::InvalidArgument(format!("CUDA device index {index} is out of range"))
+            })?,
+            _ => -1,
+        };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer.
+        ffi::torch("Generator::global", unsafe {
+            ffi::te_generator_default(ffi::device_type(device), index, &mut raw)
+        })?;
+        Ok(Self {
+            raw: NonNull::new(raw).expect("the shim returned a generator"),
+            device,
+        })
+    }
+
+    /// A new, independent generator of the same device whose stream starts where this one's
+    /// stands now: both draw the same numbers next, and neither disturbs the other. Activation
+    /// checkpointing replays a block's dropout masks from one of these.
+    ///
+    /// # Errors
+    /// As [`Generator::new`] for this generator's device.
+    pub fn snapshot(&self) -> Result<Self> {
+        let mut copy = Self::new(0, self.device)?;
+        copy.set_state(&self.get_state())?;
+        Ok(copy)
+    }
+
     pub(crate) fn ptr(&self) -> *mut CGenerator {
         self.raw.as_ptr()
     }
@@ -223,6 +260,34 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// Dropout with masks from this generator: each element of `xs` is zeroed with probability
+    /// `p` and the others scaled by `1 / (1 - p)` (`torch.nn.functional.dropout(xs, p,
+    /// training=True)`, computed as ATen's CPU kernel does: a Bernoulli(1 − p) mask of `xs`'s
+    /// shape and kind, divided by 1 − p, times `xs`). `p = 0` returns `xs` and draws nothing.
+    ///
+    /// # Shapes
+    /// `xs`: any shape → the same shape and kind.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `p` is outside `[0, 1)`; [`Error::Torch`] when `xs` is
+    /// not on this generator's device type or not floating.
+    pub fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument(format!(
+                "dropout needs a probability in [0, 1), got {p}"
+            )));
+        }
+        if p == 0.0 {
+            return Ok(xs.shallow_clone());
+        }
+        let mut mask = xs.empty_like();
+        self.bernoulli_(&mut mask, 1.0 - p)?;
+        let _ = mask.g_div_scalar_(1.0 - p);
+        Ok(xs * mask)
+    }
+}
+
 impl Drop for Generator {
     fn drop(&mut self) {
         // SAFETY: we own the generator, and nothing else frees it.
@@ -252,6 +317,43 @@ mod tests {
 
     fn values(xs: &Tensor) -> Vec<f64> {
         Vec::<f64>::try_from(&xs.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_continues_the_stream_independently() {
+        let mut gen = Generator::cpu(9);
+        let _ = gen.randn(&[3], (Kind::Float, Device::Cpu)).unwrap();
+        let mut copy = gen.snapshot().unwrap();
+        let a = values(&gen.randn(&[5], (Kind::Float, Device::Cpu)).unwrap());
+        assert_eq!(
+            a,
+            values(&copy.randn(&[5], (Kind::Float, Device::Cpu)).unwrap())
+        );
+        assert_ne!(
+            a,
+            values(&gen.randn(&[5], (Kind::Float, Device::Cpu)).unwrap())
+        );
+    }
+
+    #[test]
+    fn dropout_zeroes_at_rate_p_scales_the_rest_and_replays_from_a_snapshot() {
+        let xs = Tensor::ones([10_000], (Kind::Float, Device::Cpu));
+        let mut gen = Generator::cpu(1);
+        let copy = gen.snapshot().unwrap();
+        let out = gen.dropout(&xs, 0.25).unwrap();
+        let kept = values(&out).iter().filter(|&&v| v != 0.0).count() as f64 / 10_000.0;
+        assert!((kept - 0.75).abs() < 0.02, "kept {kept}");
+        assert!(values(&out)
+            .iter()
+            .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        assert!(copy
+            .snapshot()
+            .unwrap()
+            .dropout(&xs, 0.25)
+            .unwrap()
+            .equal(&out));
+        assert!(gen.dropout(&xs, 0.0).unwrap().equal(&xs));
+        assert!(gen.dropout(&xs, 1.0).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | module | libtorch | for |
 //! | --- | --- | --- |
 //! | [`generator`] | `at::Generator` (CPU, CUDA) and the random ops that take one | randomness a run owns, independent of `tch::manual_seed` |
+//! | [`mod@checkpoint`] | a custom autograd node (`torch::autograd::Node`) that recomputes a Rust closure in backward | activation checkpointing (`torch.utils.checkpoint`, which is Python only) |
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_enabled` (per device type), `{set,is}_autocast_cache_enabled` | bf16 and fp16 autocast on CUDA and the CPU, and autocast under CUDA graph capture |
 //! | [`amp`] | `at::_amp_foreach_non_finite_check_and_unscale_`, `at::_amp_update_scale_` | the dynamic loss scale of fp16 training, on the device |
@@ -57,6 +58,7 @@
 
 pub mod amp;
 pub mod autocast;
+pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "dist")]
@@ -70,6 +72,7 @@ pub use autocast::{
     get_autocast_dtype, is_autocast_cache_enabled, set_autocast_cache_enabled, set_autocast_dtype,
     AutocastCacheGuard, AutocastDtypeGuard, AutocastGuard,
 };
+pub use checkpoint::checkpoint;
 #[cfg(feature = "dist")]
 pub use dist::{
     DistError, Distributed, GlooDevice, GlooOptions, GradSync, LaunchEnv, ProcessGroup, ReduceOp,

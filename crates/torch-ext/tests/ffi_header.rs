@@ -32,6 +32,9 @@ fn rust_base(c: &str) -> Result<&'static str, String> {
         "te_cuda_graph" => "CCudaGraph",
         "te_cuda_stream" => "CCudaStream",
         "te_cuda_stream_guard" => "CCudaStreamGuard",
+        // Function pointer typedefs; ffi.rs names them so.
+        "te_checkpoint_run" => "CheckpointRun",
+        "te_checkpoint_drop" => "CheckpointDrop",
         "void" => "c_void",
         "char" => "c_char",
         "int" => "c_int",
@@ -298,10 +301,15 @@ fn the_shim_defines_no_function_the_header_does_not_declare() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let header =
         parse_header(&std::fs::read_to_string(root.join("csrc/torch_ext.h")).unwrap()).unwrap();
-    let sources: String = ["csrc/core.cpp", "csrc/dist.cpp", "csrc/cuda.cpp"]
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
-        .collect();
+    let sources: String = [
+        "csrc/core.cpp",
+        "csrc/checkpoint.cpp",
+        "csrc/dist.cpp",
+        "csrc/cuda.cpp",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+    .collect();
     for name in header.keys() {
         assert!(
             sources.contains(&format!(" {name}(")),

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod ema;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod quality;
@@ -42,6 +43,15 @@ use std::path::{Path, PathBuf};
 /// Errors of the training crate. Variants tied to a file carry its path and the source error.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The run directory is a file (or another non-directory).
+    #[error(
+        "{} is a file, not a run directory: pass another --run-dir (a new run makes its directory)",
+        path.display()
+    )]
+    RunDirNotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// A configuration field has an invalid value; the message names the field.
     #[error("invalid config: {0}")]
     Config(String),

@@ -15,6 +15,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use model::{Denoiser, Prediction};
 use schedule::tensor::{extract, ScheduleTensors};
+use torch_ext::Generator;
 
 use crate::TrainError;
 
@@ -130,12 +131,16 @@ pub fn training_loss(
     t: &Tensor,
     autocast: Option<Kind>,
 ) -> Tensor {
-    training_loss_cond(model, sched, config, x_0, noise, t, None, autocast)
+    training_loss_cond(model, sched, config, x_0, noise, t, None, None, autocast)
 }
 
 /// [`training_loss`] of a class-conditional network for the classes `class_labels` (after
 /// [`drop_labels`]: null labels go through the same loss as the others; `None` is the null label
 /// for every sample).
+///
+/// `dropout` is the generator the network's dropout masks come from
+/// ([`model::Denoiser::forward_train`]; a run passes its own); `None` leaves them to libtorch's
+/// global generator, as [`training_loss`] does.
 ///
 /// # Shapes
 /// As [`training_loss`]; `class_labels`: `[N]` int64 on the model's device.
@@ -148,10 +153,14 @@ pub fn training_loss_cond(
     noise: &Tensor,
     t: &Tensor,
     class_labels: Option<&Tensor>,
+    dropout: Option<&mut Generator>,
     autocast: Option<Kind>,
 ) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
-    let output = model::forward_cond(model, &x_t, t, class_labels, true, autocast);
+    let output = match dropout {
+        Some(gen) => model::forward_train(model, &x_t, t, class_labels, gen, autocast),
+        None => model::forward_cond(model, &x_t, t, class_labels, true, autocast),
+    };
     let target = match config.prediction {
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),

@@ -50,8 +50,14 @@ impl RunDir {
     ///
     /// # Errors
     /// [`TrainError::Locked`] when another process holds the lock (with its PID when the lock
-    /// file names one); [`TrainError::Io`] when the directory or the lock file cannot be made.
+    /// file names one); [`TrainError::RunDirNotADirectory`] when `path` is a file;
+    /// [`TrainError::Io`] when the directory or the lock file cannot be made.
     pub fn lock(path: &Path) -> Result<Self, TrainError> {
+        if path.exists() && !path.is_dir() {
+            return Err(TrainError::RunDirNotADirectory {
+                path: path.to_path_buf(),
+            });
+        }
         fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
         let lock_path = path.join(LOCK_FILE);
         // Not truncated on open: until we hold the lock, the PID in it is the holder's.

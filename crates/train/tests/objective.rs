@@ -233,6 +233,7 @@ fn null_label_samples_go_through_the_same_loss() {
             &t.index_select(0, &idx),
             labels.as_ref(),
             None,
+            None,
         )
     };
     let batch = loss(&[0, 1, 2, 3], Some(&labels)).double_value(&[]);

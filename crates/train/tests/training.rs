@@ -1,7 +1,7 @@
 //! The training loop on tiny synthetic data (CPU): learning, exact resume, the NaN guard.
 
 mod common;
-use common::{assert_resume_is_exact, fresh, metrics, resume, tiny_config, toy_dataset};
+use common::{assert_resume_is_exact, fresh, metrics, resume, tiny_config, tiny_unet, toy_dataset};
 
 use std::sync::atomic::AtomicBool;
 
@@ -98,29 +98,32 @@ fn non_finite_steps_are_skipped_then_abort_the_run() {
     assert!(err.to_string().contains("3 steps in a row"), "{err}");
 }
 
-/// A network without dropout trains without touching libtorch's global generator: the run's
-/// own generators draw the initial weights, t, ε and the preview samples. (No other test of this
-/// binary draws from the global generator.)
+/// Training, with or without dropout, never touches libtorch's global generator: the run's own
+/// generators draw the initial weights, t, ε, the dropout masks and the preview samples. (No
+/// other test of this binary draws from the global generator.)
 #[test]
 fn training_leaves_the_global_generator_alone() {
     let draw = || Vec::<f32>::try_from(tch::Tensor::randn([8], (tch::Kind::Float, Device::Cpu)));
-    tch::manual_seed(77);
-    let expected = draw().unwrap();
-    tch::manual_seed(77);
-    let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        epochs: Some(1),
-        sample_every_epochs: 1,
-        ..tiny_config()
-    };
-    let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
-    trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
-    assert!(dir.path().join("samples/final-grid.png").exists());
-    assert_eq!(
-        draw().unwrap(),
-        expected,
-        "the trainer drew from the global generator"
-    );
+    for model in [tiny_config().model, tiny_unet(0.3)] {
+        tch::manual_seed(77);
+        let expected = draw().unwrap();
+        tch::manual_seed(77);
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            epochs: Some(1),
+            sample_every_epochs: 1,
+            model,
+            ..tiny_config()
+        };
+        let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+        trainer.run(&mut NoHooks, &AtomicBool::new(false)).unwrap();
+        assert!(dir.path().join("samples/final-grid.png").exists());
+        assert_eq!(
+            draw().unwrap(),
+            expected,
+            "the trainer drew from the global generator"
+        );
+    }
 }
 
 /// With a metrics line every 4 steps the NaN guard counts on the device and checks at the reads:
@@ -257,4 +260,16 @@ fn resume_passes_over_a_damaged_newest_checkpoint_and_refuses_fixed_settings() {
 fn a_trainer_can_move_to_another_thread() {
     fn assert_send<T: Send>() {}
     assert_send::<Trainer>();
+}
+
+/// A CUDA graph cannot capture activation checkpointing's recomputation: refused with the
+/// reason, before anything else is checked.
+#[test]
+fn cuda_graphs_refuse_activation_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.model.set_gradient_checkpointing(true);
+    let mut trainer = fresh(config, toy_dataset(), dir.path(), Device::Cpu).unwrap();
+    let err = trainer.enable_cuda_graph().unwrap_err().to_string();
+    assert!(err.contains("activation checkpointing"), "{err}");
 }

@@ -118,6 +118,10 @@ pub struct DatasetArgs {
     /// Image folder, LMDB, TFRecord: read images as grayscale.
     #[arg(long)]
     pub gray: bool,
+    /// Image folder: decode on demand, a chunk at a time, instead of all at start (the same
+    /// images; `stats` then keeps memory flat).
+    #[arg(long)]
+    pub stream: bool,
     /// Image folder: no class sub-folders; take every image under the path, unlabelled.
     #[arg(long)]
     pub no_classes: bool,
@@ -221,6 +225,7 @@ impl DatasetArgs {
                     fit,
                     class_subfolders: !self.no_classes,
                     on_error,
+                    stream: self.stream,
                 },
             },
             DatasetKind::Lmdb => DatasetSpec::Lmdb { config: stream },

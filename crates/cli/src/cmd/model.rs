@@ -1,5 +1,5 @@
-//! `ddpm model`: inspect the denoising networks — their layer tables, parameter counts and preset
-//! configurations.
+//! `ddpm model`: inspect the denoising networks — their layer tables, parameter counts, preset
+//! configurations, and the memory a training run of them needs (`ddpm model memory`).
 
 use anyhow::{bail, Context, Result};
 use model::{ModelConfig, SimpleUnetConfig, UNetConfig};
@@ -13,6 +13,39 @@ pub enum ModelCommand {
     Summary(SummaryArgs),
     /// Print a preset's configuration as JSON, a starting point for `--config` files.
     Config(ConfigArgs),
+    /// Report the memory a training run needs per rank: parameter, gradient, Adam and EMA bytes,
+    /// and the peak activation bytes of one training step measured at batch 1 on --device
+    /// (scaled by the micro-batch).
+    Memory(MemoryArgs),
+}
+
+/// Arguments of `ddpm model memory`: a training configuration as `ddpm train` resolves it.
+#[derive(Debug, clap::Args)]
+pub struct MemoryArgs {
+    /// A training preset (`ddpm train --preset`).
+    #[arg(long, default_value = "seed")]
+    pub preset: String,
+    /// A JSON file whose keys override the preset's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a config key (repeatable), as `ddpm train --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The global batch (--set batch_size=N).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per step (--set grad_accum=K).
+    #[arg(long, value_name = "K")]
+    pub grad_accum: Option<usize>,
+    /// f32, bf16 or fp16 (--set precision=P).
+    #[arg(long, value_name = "P")]
+    pub precision: Option<String>,
+    /// Data-parallel ranks the batch is split over.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub world_size: usize,
+    /// auto, cpu, cuda or cuda:N: where the step is measured.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device::DeviceSpec,
 }
 
 /// A network preset.
@@ -96,7 +129,76 @@ pub fn run(command: ModelCommand) -> Result<()> {
             println!("{}", config_json(args.arch, args.diffusers)?);
             Ok(())
         }
+        ModelCommand::Memory(args) => {
+            let config = memory_config(&args)?;
+            let device = args.device.resolve()?;
+            let report = train::memory::measure(&config, args.world_size, device)
+                .context("measuring one training step")?;
+            print!("{}", memory_text(&report, device));
+            Ok(())
+        }
     }
+}
+
+/// The training configuration `ddpm model memory` measures.
+fn memory_config(args: &MemoryArgs) -> Result<train::TrainConfig> {
+    let file = match &args.config {
+        Some(path) => Some(
+            serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("--config {}", path.display()))?,
+            )
+            .with_context(|| format!("--config {} is not valid JSON", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut sets = Vec::new();
+    for text in &args.sets {
+        sets.push(train::config::parse_set(text).with_context(|| format!("--set {text}"))?);
+    }
+    let shortcuts: [(&str, Option<serde_json::Value>); 3] = [
+        ("batch_size", args.batch_size.map(Into::into)),
+        ("grad_accum", args.grad_accum.map(Into::into)),
+        ("precision", args.precision.clone().map(Into::into)),
+    ];
+    sets.extend(
+        shortcuts
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+    );
+    let preset = train::Preset::from_name(&args.preset).context("--preset")?;
+    train::TrainConfig::resolve(preset, file.as_ref(), &sets).context("in the flags")
+}
+
+/// The report as `ddpm model memory` prints it.
+fn memory_text(r: &train::memory::MemoryReport, device: tch::Device) -> String {
+    let mib = |b: u64| format!("{:>10.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let method = if device.is_cuda() {
+        "the CUDA caching allocator's peak of live tensor bytes"
+    } else {
+        "the process's resident high-water mark (VmHWM, reset through /proc/self/clear_refs)"
+    };
+    format!(
+        "per rank, {n} trainable parameters:\n\
+         parameters (f32)  {p}\n\
+         buffers           {b}\n\
+         gradients         {g}\n\
+         Adam moments      {o}\n\
+         EMA weights       {e}\n\
+         activations       {a}  ({per} per image, measured at batch 1 on {device:?} from {method}, \
+         × {m} images per micro-batch)\n\
+         total             {t}\n",
+        n = r.n_params,
+        p = mib(r.param_bytes),
+        b = mib(r.buffer_bytes),
+        g = mib(r.grad_bytes),
+        o = mib(r.optimizer_bytes),
+        e = mib(r.ema_bytes),
+        a = mib(r.activation_bytes()),
+        per = mib(r.activation_bytes_per_image).trim(),
+        m = r.micro_batch,
+        t = mib(r.total_bytes()),
+    )
 }
 
 /// The configuration named by `--arch` and `--config`: the file when given (checked against

@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// distributed training).
     #[arg(long)]
     cuda_graph: bool,
+    /// Activation checkpointing: each residual and attention block keeps only its input in the
+    /// forward pass and recomputes its activations in backward (less memory, about one more
+    /// forward pass of time; same results). Shortcut for --set model.gradient_checkpointing=true.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -182,7 +187,7 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
     for text in &args.sets {
         sets.push(parse_set(text).with_context(|| format!("--set {text}"))?);
     }
-    let shortcuts: [(&str, Option<serde_json::Value>); 10] = [
+    let shortcuts: Vec<(&str, Option<serde_json::Value>)> = vec![
         ("epochs", args.epochs.map(Into::into)),
         ("max_steps", args.max_steps.map(Into::into)),
         ("batch_size", args.batch_size.map(Into::into)),
@@ -191,6 +196,10 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
         ("optim.lr", args.lr.map(Into::into)),
         ("seed", args.seed.map(Into::into)),
         ("objective.p_uncond", args.p_uncond.map(Into::into)),
+        (
+            "model.gradient_checkpointing",
+            args.gradient_checkpointing.then_some(true.into()),
+        ),
         (
             "distributed.timeout_secs",
             args.dist_timeout.map(Into::into),

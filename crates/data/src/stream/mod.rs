@@ -7,12 +7,15 @@
 //! - [`tfrecord`]: ProgressiveGAN's layout (`dataset_tool.py`, which the DDPM paper's data came
 //!   from): `*-rNN.tfrecords` files of `tf.train.Example` records with a `shape` and raw CHW
 //!   `data`, checked against their masked CRC32C checksums.
+//! - Image folders with `FolderConfig::stream` ([`StreamDataset::open_folder`]): the sorted
+//!   paths and their labels; these keep the folder's bilinear fit.
 //!
 //! Every record is brought to [`StreamConfig::size`] as ProgressiveGAN's `create_lsun` did:
 //! crop the centre to the target's aspect (the short side, for a square), then Pillow's
 //! antialiased Lanczos resize ([`crate::lanczos`]); records already of that size are kept as
 //! they are.
 
+pub mod folder;
 pub mod lmdb;
 mod scan;
 pub mod tfrecord;
@@ -28,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::folder::{crop_center, Fit, OnError};
+use crate::folder::{crop_center, fit_image, Fit, FolderConfig, FolderReport, OnError};
 use crate::images::decode_image_bytes;
 use crate::lanczos::resize_lanczos_u8;
 
@@ -109,6 +112,8 @@ pub struct StreamDataset {
     config: StreamConfig,
     labels: Vec<u16>,
     class_names: Vec<String>,
+    /// The folder's TF-style bilinear fit instead of Lanczos (a streamed image folder).
+    bilinear: bool,
     skipped: AtomicUsize,
     /// The first skipped records' messages, to report.
     skipped_examples: Mutex<Vec<String>>,
@@ -155,6 +160,7 @@ impl StreamDataset {
             config,
             labels,
             class_names,
+            bilinear: false,
             skipped: AtomicUsize::new(0),
             skipped_examples: Mutex::new(Vec::new()),
         })
@@ -186,6 +192,27 @@ impl StreamDataset {
             Vec::new(),
             Vec::new(),
         )
+    }
+
+    /// The image folder at `root`, indexed as [`load_folder`](crate::folder::load_folder) finds
+    /// it (the report lists the files ignored), read on demand with the folder's bilinear fit.
+    ///
+    /// # Errors
+    /// Those of [`load_folder`](crate::folder::load_folder) but the decoding ones.
+    pub fn open_folder(root: &Path, config: &FolderConfig) -> Result<(Self, FolderReport)> {
+        let (candidates, class_names, report) = crate::folder::index_folder(root, config)?;
+        let labels = candidates.iter().map(|c| c.label).collect();
+        let paths = candidates.into_iter().map(|c| c.path).collect();
+        let stream_config = StreamConfig {
+            size: config.size,
+            channels: config.channels,
+            fit: config.fit,
+            on_error: config.on_error,
+        };
+        let records = Box::new(folder::FolderRecords::new(root, paths));
+        let mut dataset = Self::new(records, stream_config, labels, class_names)?;
+        dataset.bilinear = true;
+        Ok((dataset, report))
     }
 
     /// The number of records (skipped ones included).
@@ -252,8 +279,12 @@ impl StreamDataset {
                 ))
             }
         };
-        fit_lanczos(&chw, channels, size, self.config.size, self.config.fit)
-            .map_err(|err| err.to_string())
+        let fit = if self.bilinear {
+            fit_image
+        } else {
+            fit_lanczos
+        };
+        fit(&chw, channels, size, self.config.size, self.config.fit).map_err(|err| err.to_string())
     }
 
     /// Record `idx`, or under [`OnError::Skip`] the first readable record after it in `order`

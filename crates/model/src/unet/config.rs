@@ -52,6 +52,11 @@ pub struct UNetConfig {
     /// diffusers' `num_class_embeds` is `num_classes + 1`.
     #[serde(default)]
     pub num_classes: Option<i64>,
+    /// Activation checkpointing: each residual and attention block keeps only its input in a
+    /// training forward pass and recomputes its activations in backward (less memory, about one
+    /// more forward pass of time). Absent in JSON means `false`, and `false` is not written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 }
 
 impl UNetConfig {
@@ -75,6 +80,7 @@ impl UNetConfig {
             flip_sin_to_cos: false,
             downsample_padding: 0,
             num_classes: None,
+            gradient_checkpointing: false,
         }
     }
 

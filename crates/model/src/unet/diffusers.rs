@@ -177,6 +177,8 @@ impl UNetConfig {
             },
             downsample_padding: keys.int("downsample_padding", 1)?,
             num_classes,
+            // A training setting of ours, not part of diffusers' architecture.
+            gradient_checkpointing: false,
         };
         config.validate()?;
         Ok(config)

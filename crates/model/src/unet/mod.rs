@@ -26,6 +26,7 @@ mod diffusers;
 
 pub use config::UNetConfig;
 
+use crate::checkpoint::{checkpointed, Shared};
 use crate::init::{fan_avg_uniform_, ZERO_SCALE};
 use crate::memory_format::{is_channels_last, to_memory_format, MemoryFormat};
 use crate::{add_class_embedding, batch_timesteps, timestep_embedding, ClassEmbedding, Denoiser};
@@ -112,8 +113,9 @@ impl ResnetBlock {
     /// `xs`: `[N, c_in, H, W]`, `temb_act`: SiLU of the time embedding, `[N, 4·ch]` →
     /// `[N, c_out, H, W]`.
     ///
+    /// Dropout draws its mask from `dropout` (training mode); `None` is evaluation mode.
     /// The additions run in place on convolution outputs, which no backward pass needs.
-    fn forward(&self, xs: &Tensor, temb_act: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, xs: &Tensor, temb_act: &Tensor, dropout: Option<&mut Generator>) -> Tensor {
         let mut h = xs.apply(&self.norm1).silu().apply(&self.conv1);
         let _ = h.g_add_(
             &temb_act
@@ -121,16 +123,64 @@ impl ResnetBlock {
                 .unsqueeze(-1)
                 .unsqueeze(-1),
         );
-        let mut h = h
-            .apply(&self.norm2)
-            .silu()
-            .dropout(self.dropout, train)
-            .apply(&self.conv2);
+        let h = h.apply(&self.norm2).silu();
+        let h = match dropout {
+            Some(gen) => gen
+                .dropout(&h, self.dropout)
+                .expect("dropout's generator is on the network's device"),
+            None => h,
+        };
+        let mut h = h.apply(&self.conv2);
         let _ = match &self.conv_shortcut {
             Some(conv) => h.g_add_(&xs.apply(conv)),
             None => h.g_add_(xs),
         };
         h
+    }
+
+    /// The tensors the block reads besides its inputs.
+    fn parameters(&self) -> Vec<&Tensor> {
+        let convs = [
+            Some(&self.conv1),
+            Some(&self.conv2),
+            self.conv_shortcut.as_ref(),
+        ];
+        let norms = [&self.norm1, &self.norm2];
+        (convs.into_iter().flatten())
+            .flat_map(|c| [Some(&c.ws), c.bs.as_ref()])
+            .chain(
+                norms
+                    .into_iter()
+                    .flat_map(|n| [n.ws.as_ref(), n.bs.as_ref()]),
+            )
+            .chain([Some(&self.time_emb_proj.ws), self.time_emb_proj.bs.as_ref()])
+            .flatten()
+            .collect()
+    }
+
+    /// [`ResnetBlock::forward`], checkpointed when `checkpoint` is set and the pass trains
+    /// (`dropout` given): see `crate::checkpoint`.
+    fn run(
+        this: &Shared<Self>,
+        xs: &Tensor,
+        temb_act: &Tensor,
+        dropout: Option<&mut Generator>,
+        checkpoint: bool,
+    ) -> Tensor {
+        match dropout {
+            Some(gen) if checkpoint => {
+                let block = this.clone();
+                // Without dropout the block draws nothing: no generator to replay.
+                let rng = (this.dropout > 0.0).then_some(gen);
+                checkpointed(
+                    &[xs, temb_act],
+                    &this.parameters(),
+                    rng,
+                    move |xs, rng, _| block.forward(&xs[0], &xs[1], rng),
+                )
+            }
+            dropout => this.forward(xs, temb_act, dropout.filter(|_| this.dropout > 0.0)),
+        }
     }
 }
 
@@ -185,13 +235,34 @@ impl AttentionBlock {
         let _ = out.g_add_(xs);
         out
     }
+
+    /// The tensors the block reads besides its input.
+    fn parameters(&self) -> Vec<&Tensor> {
+        [&self.to_q, &self.to_k, &self.to_v, &self.to_out]
+            .into_iter()
+            .flat_map(|l| [Some(&l.ws), l.bs.as_ref()])
+            .chain([self.group_norm.ws.as_ref(), self.group_norm.bs.as_ref()])
+            .flatten()
+            .collect()
+    }
+
+    /// [`AttentionBlock::forward`], checkpointed when `checkpoint` is set (training passes only).
+    fn run(this: &Shared<Self>, xs: &Tensor, checkpoint: bool) -> Tensor {
+        if !checkpoint {
+            return this.forward(xs);
+        }
+        let block = this.clone();
+        checkpointed(&[xs], &this.parameters(), None, move |xs, _, _| {
+            block.forward(&xs[0])
+        })
+    }
 }
 
 /// One level of the down path.
 #[derive(Debug)]
 struct DownBlock {
-    resnets: Vec<ResnetBlock>,
-    attentions: Vec<AttentionBlock>,
+    resnets: Vec<Shared<ResnetBlock>>,
+    attentions: Vec<Shared<AttentionBlock>>,
     /// The stride-2 conv to the next level; `None` on the deepest level.
     downsampler: Option<nn::Conv2D>,
     downsample_padding: i64,
@@ -211,20 +282,20 @@ impl DownBlock {
         // Attention blocks register before resnets in diffusers' AttnDownBlock2D.
         let attentions = if c.has_attention(level) {
             (0..n_layers)
-                .map(|j| AttentionBlock::new(p / "attentions" / j, width, c, gen))
+                .map(|j| Shared::new(AttentionBlock::new(p / "attentions" / j, width, c, gen)))
                 .collect()
         } else {
             Vec::new()
         };
         let resnets = (0..n_layers)
             .map(|j| {
-                ResnetBlock::new(
+                Shared::new(ResnetBlock::new(
                     p / "resnets" / j,
                     if j == 0 { c_prev } else { width },
                     width,
                     c,
                     gen,
-                )
+                ))
             })
             .collect();
         let padding = c.downsample_padding;
@@ -252,8 +323,8 @@ impl DownBlock {
 /// One level of the up path.
 #[derive(Debug)]
 struct UpBlock {
-    resnets: Vec<ResnetBlock>,
-    attentions: Vec<AttentionBlock>,
+    resnets: Vec<Shared<ResnetBlock>>,
+    attentions: Vec<Shared<AttentionBlock>>,
     /// Nearest ×2 then this 3×3 conv; `None` on the top level.
     upsampler: Option<nn::Conv2D>,
 }
@@ -266,7 +337,14 @@ impl UpBlock {
         let channels = c.up_resnet_channels(i);
         let attentions = if c.has_attention(level) {
             (0..channels.len())
-                .map(|j| AttentionBlock::new(p / "attentions" / j, widths[level], c, gen))
+                .map(|j| {
+                    Shared::new(AttentionBlock::new(
+                        p / "attentions" / j,
+                        widths[level],
+                        c,
+                        gen,
+                    ))
+                })
                 .collect()
         } else {
             Vec::new()
@@ -274,7 +352,9 @@ impl UpBlock {
         let resnets = channels
             .iter()
             .enumerate()
-            .map(|(j, &(c_in, c_out))| ResnetBlock::new(p / "resnets" / j, c_in, c_out, c, gen))
+            .map(|(j, &(c_in, c_out))| {
+                Shared::new(ResnetBlock::new(p / "resnets" / j, c_in, c_out, c, gen))
+            })
             .collect();
         let upsampler = (level > 0).then(|| {
             conv2d(
@@ -306,8 +386,8 @@ pub struct UNet {
     class_embedding: Option<ClassEmbedding>,
     down_blocks: Vec<DownBlock>,
     up_blocks: Vec<UpBlock>,
-    mid_resnets: [ResnetBlock; 2],
-    mid_attention: AttentionBlock,
+    mid_resnets: [Shared<ResnetBlock>; 2],
+    mid_attention: Shared<AttentionBlock>,
     conv_norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
 }
@@ -347,9 +427,17 @@ impl UNet {
 
         let mid = vs / "mid_block";
         let bottom = widths[levels - 1];
-        let mid_attention = AttentionBlock::new(&mid / "attentions" / 0, bottom, c, gen);
-        let mid_resnets =
-            [0, 1].map(|j| ResnetBlock::new(&mid / "resnets" / j, bottom, bottom, c, gen));
+        let mid_attention =
+            Shared::new(AttentionBlock::new(&mid / "attentions" / 0, bottom, c, gen));
+        let mid_resnets = [0, 1].map(|j| {
+            Shared::new(ResnetBlock::new(
+                &mid / "resnets" / j,
+                bottom,
+                bottom,
+                c,
+                gen,
+            ))
+        });
         let conv_norm_out = group_norm(vs / "conv_norm_out", c.channels, c);
         let conv_out = conv2d(
             vs / "conv_out",
@@ -424,6 +512,36 @@ impl Denoiser for UNet {
         class_labels: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
+        if !train {
+            return self.forward_with(xs, timesteps, class_labels, None);
+        }
+        // No generator given: dropout draws from libtorch's global one, as tch's dropout did.
+        let mut global =
+            Generator::global(xs.device()).expect("the input's device has a default generator");
+        self.forward_with(xs, timesteps, class_labels, Some(&mut global))
+    }
+
+    fn forward_train(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        dropout: &mut Generator,
+    ) -> Tensor {
+        self.forward_with(xs, timesteps, class_labels, Some(dropout))
+    }
+}
+
+impl UNet {
+    /// The forward pass: training mode with dropout masks from `dropout`, or evaluation mode
+    /// with `None`.
+    fn forward_with(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        mut dropout: Option<&mut Generator>,
+    ) -> Tensor {
         let format = if is_channels_last(&self.conv_in.ws) {
             MemoryFormat::ChannelsLast
         } else {
@@ -445,14 +563,21 @@ impl Denoiser for UNet {
         );
         // Every resnet applies SiLU to the embedding before its projection; do it once.
         let temb_act = temb.silu();
+        // Checkpointing applies to training passes only.
+        let ckpt = c.gradient_checkpointing && dropout.is_some();
+        let resnet = |block: &Shared<ResnetBlock>, h: &Tensor, rng: Option<&mut Generator>| {
+            ResnetBlock::run(block, h, &temb_act, rng, ckpt)
+        };
+        let attention =
+            |block: &Shared<AttentionBlock>, h: &Tensor| AttentionBlock::run(block, h, ckpt);
 
         let mut h = x.apply(&self.conv_in);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {
-            for (j, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(&h, &temb_act, train);
-                if let Some(attention) = block.attentions.get(j) {
-                    h = attention.forward(&h);
+            for (j, block_resnet) in block.resnets.iter().enumerate() {
+                h = resnet(block_resnet, &h, dropout.as_deref_mut());
+                if let Some(block_attention) = block.attentions.get(j) {
+                    h = attention(block_attention, &h);
                 }
                 skips.push(h.shallow_clone());
             }
@@ -465,16 +590,17 @@ impl Denoiser for UNet {
             }
         }
 
-        h = self.mid_resnets[0].forward(&h, &temb_act, train);
-        h = self.mid_attention.forward(&h);
-        h = self.mid_resnets[1].forward(&h, &temb_act, train);
+        h = resnet(&self.mid_resnets[0], &h, dropout.as_deref_mut());
+        h = attention(&self.mid_attention, &h);
+        h = resnet(&self.mid_resnets[1], &h, dropout.as_deref_mut());
 
         for block in &self.up_blocks {
-            for (j, resnet) in block.resnets.iter().enumerate() {
+            for (j, block_resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                h = resnet.forward(&Tensor::cat(&[&h, &skip], 1), &temb_act, train);
-                if let Some(attention) = block.attentions.get(j) {
-                    h = attention.forward(&h);
+                let input = Tensor::cat(&[&h, &skip], 1);
+                h = resnet(block_resnet, &input, dropout.as_deref_mut());
+                if let Some(block_attention) = block.attentions.get(j) {
+                    h = attention(block_attention, &h);
                 }
             }
             if let Some(conv) = &block.upsampler {

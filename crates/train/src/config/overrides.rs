@@ -12,7 +12,7 @@ use crate::TrainError;
 /// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
 /// The device and threads are flags, not config keys, and may always change; so may the
 /// data-parallel settings (`distributed`), and the number of ranks.
-pub const RESUME_MUTABLE: [&str; 19] = [
+pub const RESUME_MUTABLE: [&str; 20] = [
     "max_steps",
     "epochs",
     "optim.lr",
@@ -29,6 +29,8 @@ pub const RESUME_MUTABLE: [&str; 19] = [
     "grad_accum",
     "max_nonfinite_in_a_row",
     "distributed",
+    // Activation checkpointing trades memory for time; the results are the same up to rounding.
+    "model.gradient_checkpointing",
     // How often and how the samples are scored: what the run measures, not what it learns.
     "eval_every",
     "eval_samples",

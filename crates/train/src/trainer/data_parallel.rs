@@ -78,8 +78,8 @@ impl Trainer {
 
     /// The step's timesteps and noise for the images `x_0`, drawn after the step's reseed.
     /// Data-parallel: the draws of the whole global batch, exactly as one process makes them,
-    /// of which this rank keeps its slice (the one its images come from); then the global
-    /// generator is reseeded with a stream of this rank's own, for its dropout masks.
+    /// of which this rank keeps its slice (the one its images come from); then the dropout
+    /// generator is reseeded with a stream of this rank's own.
     pub(super) fn draw_t_and_noise(
         &mut self,
         x_0: &Tensor,
@@ -115,11 +115,9 @@ impl Trainer {
             .randn(shape.as_slice(), (x_0.kind(), self.device))
             .expect(on_device)
             .narrow(0, start, local);
-        if self.config.model.uses_dropout() {
-            // Each rank's dropout masks come from a stream of its own (tch's dropout draws from
-            // libtorch's global generator; see the trainer's module docs).
-            tch::manual_seed(step_seed(self.config.seed ^ rank_stream(rank), self.step));
-        }
+        // Each rank's dropout masks come from a stream of its own.
+        self.dropout_gen
+            .set_seed(step_seed(self.config.seed ^ rank_stream(rank), self.step) as u64);
         Ok((t, noise))
     }
 

@@ -6,7 +6,7 @@
 //! The recipe (from `torch.cuda.graph`): a few eager steps on a side stream, so that cuDNN's
 //! autotuning, cuBLAS handles and the caching allocator's first allocations do not land in the
 //! graph; then one step captured on the side stream, in a private memory pool, with the run's
-//! generator registered with the graph and autocast's weight cache off; then a replay per step,
+//! generators (t and ε, dropout) registered with the graph and autocast's weight cache off; then a replay per step,
 //! after the batch is copied into the captured input. Host-side state that a replay cannot
 //! change — the generator reseeds, the step counter, the reads of the statistics — stays outside
 //! the graph: the generators are reseeded before each replay (a registered generator's seed and
@@ -119,6 +119,9 @@ impl GraphedStep {
         let labels_static = labels;
         let mut graph = CudaGraph::new().map_err(graph_err)?;
         graph.register_generator(&trainer.gen).map_err(graph_err)?;
+        graph
+            .register_generator(&trainer.dropout_gen)
+            .map_err(graph_err)?;
         let outputs = {
             let _side = self.side.guard().map_err(graph_err)?;
             // As torch.cuda.graph asks: no autocast cache of cast weights across the capture.

@@ -9,13 +9,12 @@
 //! state at every step boundary is a function of (seed, step), checkpoints do not store it: the
 //! step counter in `state.json` restores it.
 //!
-//! The one exception is dropout inside the network: tch's `dropout` takes no generator and draws
-//! from libtorch's process-wide generator. For a network with dropout (the paper's U-Net), each
-//! step therefore also reseeds that global generator, from a stream of the step's seed separate
-//! from t and ε ([`dropout_seed`]). Resume stays exact, but a trainer of such a network shares
-//! the global generator with anything else in the process that draws from it: two of them on
-//! parallel threads can interleave each other's dropout masks. Networks without dropout never
-//! touch the global generator.
+//! Dropout inside the network (the paper's U-Net) draws its masks from a second generator the
+//! run owns, passed to the network's training forward pass ([`model::Denoiser::forward_train`])
+//! and reseeded every step from a stream of the step's seed separate from t and ε
+//! ([`dropout_seed`]; data-parallel, one stream per rank). So its state too is a function of
+//! (seed, step[, rank]), resume stays exact, and nothing in the training path touches
+//! libtorch's global generator: two trainers in one process never disturb each other.
 //!
 //! Class-conditional runs (`model.num_classes`, `ddpm train --class-cond`) take each batch's
 //! labels from the loader and replace each by the null label with probability
@@ -86,8 +85,8 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// The seed of libtorch's global generator for the dropout masks of step `step` (see the module
-/// docs): [`step_seed`] of another run seed, so that the masks never reuse the t and ε stream.
+/// The seed of the run's dropout generator at step `step` (see the module docs): [`step_seed`]
+/// of another run seed, so that the masks never reuse the t and ε stream.
 pub fn dropout_seed(seed: u64, step: u64) -> i64 {
     step_seed(seed ^ 0xD40F_0E7A_5EED_0001, step)
 }
@@ -128,6 +127,9 @@ pub struct Trainer {
     loader: Loader,
     /// Draws t and ε; reseeded from [`step_seed`] every step.
     gen: Generator,
+    /// Draws the network's dropout masks; reseeded from [`dropout_seed`] (or the rank's stream)
+    /// every step.
+    dropout_gen: Generator,
     /// fp16's dynamic loss scale; `None` at other precisions.
     scaler: Option<LossScaler>,
     step: u64,
@@ -240,9 +242,18 @@ impl Trainer {
     /// here, before any step.
     ///
     /// # Errors
-    /// [`TrainError::CudaGraph`] when the run is not on a CUDA device, when this build has no
-    /// CUDA graph support (the `cuda` feature), or when CUDA fails.
+    /// [`TrainError::CudaGraph`] when the network checkpoints its activations
+    /// (`model.gradient_checkpointing`), when the run is not on a CUDA device, when this build
+    /// has no CUDA graph support (the `cuda` feature), or when CUDA fails.
     pub fn enable_cuda_graph(&mut self) -> Result<(), TrainError> {
+        if self.config.model.gradient_checkpointing() {
+            // The recomputation runs from inside backward with host-side work a replay would
+            // skip (copies of the dropout generator's state, a nested autograd pass).
+            return Err(TrainError::CudaGraph(
+                "activation checkpointing cannot be captured in a CUDA graph: its recomputation                  does host-side work during backward (generator state copies, a nested autograd                  pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
+                    .into(),
+            ));
+        }
         check_cuda_graph(self.device)?;
         #[cfg(feature = "cuda")]
         {

@@ -14,7 +14,7 @@ use data::{Loader, LoaderConfig, Source};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
-use super::{evaluation, Trainer};
+use super::{dropout_seed, evaluation, Trainer};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
@@ -231,8 +231,8 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
-        let gen = Generator::new(config.seed, device)
-            .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))?;
+        let gen = run_generator(config.seed, device)?;
+        let dropout_gen = run_generator(dropout_seed(config.seed, 0) as u64, device)?;
         let model_vs = VarStore::new(device);
         let model = config
             .model
@@ -275,6 +275,7 @@ impl Trainer {
             sched,
             loader,
             gen,
+            dropout_gen,
             scaler,
             step: 0,
             skipped_steps: 0,
@@ -325,10 +326,7 @@ impl Trainer {
                 .collect(),
         };
         if candidates.is_empty() {
-            return Err(TrainError::NoCheckpoint {
-                dir: root,
-                hint: "start a new run without --resume",
-            });
+            return Err(no_checkpoint(root));
         }
         let explicit = from.is_some();
         let mut skipped = Vec::new();
@@ -448,6 +446,22 @@ impl Trainer {
     }
 }
 
+/// [`TrainError::NoCheckpoint`] for the run's checkpoint directory `root`, with what to do: when
+/// only `best/` (FID in the loop's best checkpoint, which a newest-first resume does not take)
+/// holds a checkpoint, resuming from it by name.
+fn no_checkpoint(root: PathBuf) -> TrainError {
+    let best = root
+        .join(crate::quality::BEST_DIR)
+        .join(checkpoint::STATE_FILE);
+    let hint = if best.is_file() {
+        "only checkpoints/best/ holds one: resume from it with --resume-from best, or start a \
+         new run (another --run-dir, or --overwrite)"
+    } else {
+        "start a new run without --resume"
+    };
+    TrainError::NoCheckpoint { dir: root, hint }
+}
+
 /// The configuration a resume of the run in `run_dir` starts from: the one saved in the
 /// checkpoint directory `from`, or in the newest checkpoint under `run_dir` whose `state.json`
 /// reads (the trainer then loads that one or, when its weights do not load, an older one). A
@@ -466,10 +480,7 @@ pub fn saved_config(run_dir: &Path, from: Option<&Path>) -> Result<TrainConfig, 
     let root = run_dir.join(checkpoint::CHECKPOINTS_DIR);
     let all = checkpoint::list(&root);
     if all.is_empty() {
-        return Err(TrainError::NoCheckpoint {
-            dir: root,
-            hint: "start a new run without --resume",
-        });
+        return Err(no_checkpoint(root));
     }
     let mut tried = Vec::new();
     for (_, dir) in all.into_iter().rev() {
@@ -638,4 +649,10 @@ fn check_labels(
         )));
     }
     Ok(())
+}
+
+/// A generator of the run on `device`, seeded with `seed`.
+fn run_generator(seed: u64, device: Device) -> Result<Generator, TrainError> {
+    Generator::new(seed, device)
+        .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))
 }

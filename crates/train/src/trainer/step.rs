@@ -120,11 +120,9 @@ impl Trainer {
     pub(super) fn step_with(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         self.gen
             .set_seed(step_seed(self.config.seed, self.step) as u64);
-        if self.config.model.uses_dropout() {
-            // tch's dropout takes no generator: its masks come from libtorch's global one,
-            // reseeded here so that they too are a function of (seed, step) (see the module docs).
-            tch::manual_seed(dropout_seed(self.config.seed, self.step));
-        }
+        // The dropout masks too are a function of (seed, step) (see the module docs).
+        self.dropout_gen
+            .set_seed(dropout_seed(self.config.seed, self.step) as u64);
         let shape: Vec<i64> = batch.shape.iter().map(|&d| d as i64).collect();
         let images = Tensor::from_slice(&batch.images).view(shape.as_slice());
         let x_0 = if self.device.is_cuda() {
@@ -268,6 +266,7 @@ impl Trainer {
             if last {
                 self.before_forward()?;
             }
+            let autocast = self.autocast();
             let loss = training_loss_cond(
                 self.model.as_ref(),
                 &self.sched,
@@ -276,7 +275,8 @@ impl Trainer {
                 &part(noise),
                 &part(t),
                 labels.map(part).as_ref(),
-                self.autocast(),
+                Some(&mut self.dropout_gen),
+                autocast,
             );
             // The mean over a micro-batch, divided by K, is the micro-batch's share of the mean
             // over the whole batch (K = 1 keeps the loss as it is, bit for bit).
