@@ -238,8 +238,7 @@ impl Trainer {
             .model
             .build_with(&model_vs.root(), &mut Generator::cpu(config.seed))
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        // The EMA network starts as a copy of the live one (Ema::new): its own initial weights
-        // never matter.
+        // The EMA network starts as a copy of the live one (Ema::new): its own weights never matter.
         let ema_vs = VarStore::new(device);
         let ema_model = config
             .model
