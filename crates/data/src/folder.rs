@@ -243,14 +243,30 @@ pub fn fit_image(
     out_size: [usize; 2],
     fit: Fit,
 ) -> Result<Vec<u8>> {
+    fit_with(chw, channels, in_size, out_size, fit, resize_bilinear_u8)
+}
+
+/// A resize of a CHW u8 image: (pixels, channels, in `[h, w]`, out `[h, w]`).
+pub(crate) type ResizeU8 = fn(&[u8], usize, [usize; 2], [usize; 2]) -> Result<Vec<u8>>;
+
+/// A CHW u8 image brought to `out_size` by `fit`, resizing with `resize` (the one body of
+/// [`fit_image`] and the streams' Lanczos fit).
+pub(crate) fn fit_with(
+    chw: &[u8],
+    channels: usize,
+    in_size: [usize; 2],
+    out_size: [usize; 2],
+    fit: Fit,
+    resize: ResizeU8,
+) -> Result<Vec<u8>> {
     if in_size == out_size {
         return Ok(chw.to_vec());
     }
     match fit {
-        Fit::Resize => resize_bilinear_u8(chw, channels, in_size, out_size),
+        Fit::Resize => resize(chw, channels, in_size, out_size),
         Fit::CenterCrop => {
             let (cropped, crop_size) = crop_center(chw, channels, in_size, out_size)?;
-            resize_bilinear_u8(&cropped, channels, crop_size, out_size)
+            resize(&cropped, channels, crop_size, out_size)
         }
     }
 }

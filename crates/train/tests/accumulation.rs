@@ -4,8 +4,8 @@
 
 mod common;
 use common::{
-    assert_resume_is_exact, fresh, last_checkpoint, metrics, relative_difference_named,
-    tiny_config, tiny_unet, toy_dataset_of,
+    assert_resume_is_exact, clipped_config, fresh, last_checkpoint, metrics,
+    relative_difference_named, tiny_config, tiny_unet, toy_dataset_of,
 };
 
 use std::path::Path;
@@ -14,32 +14,15 @@ use std::sync::atomic::AtomicBool;
 use tch::Device;
 use train::checkpoint;
 use train::config::TrainConfig;
-use train::ema::EmaConfig;
-use train::optim::OptimConfig;
 use train::trainer::NoHooks;
 use train::TrainError;
 
-/// The paper's U-Net made tiny, without dropout, 3 steps of 16 images with a clip that binds.
+/// The paper's U-Net made tiny, without dropout, 3 steps of 16 images with a clip that binds
+/// (clipping must see the norm of the accumulated gradient).
 fn unet_config(grad_accum: usize) -> TrainConfig {
     TrainConfig {
-        model: tiny_unet(0.0),
         grad_accum,
-        optim: OptimConfig {
-            lr: 3e-3,
-            // Binding: clipping must see the norm of the accumulated gradient.
-            grad_clip: Some(0.05),
-            warmup_steps: 0,
-            ..OptimConfig::ho2020()
-        },
-        ema: EmaConfig {
-            decay: 0.9,
-            warmup: false,
-        },
-        seed: 11,
-        epochs: None,
-        max_steps: Some(3),
-        checkpoint_every: 1000,
-        ..tiny_config()
+        ..clipped_config(tiny_unet(0.0))
     }
 }
 

@@ -4,8 +4,8 @@
 
 mod common;
 use common::{
-    fresh, last_checkpoint, metrics, relative_difference, relative_difference_named, resume,
-    simple_unet, tiny_config, tiny_unet, toy_dataset_of,
+    clipped_config, fresh, last_checkpoint, metrics, relative_difference,
+    relative_difference_named, resume, simple_unet, tiny_unet, toy_dataset_of,
 };
 
 use std::path::{Path, PathBuf};
@@ -13,13 +13,10 @@ use std::process::{Child, Command};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use model::ModelConfig;
 use tch::{Device, Kind, Tensor};
 use torch_ext::dist::{Distributed, GradSync, LaunchEnv};
 use train::checkpoint::{self, named_tensors};
 use train::config::TrainConfig;
-use train::ema::EmaConfig;
-use train::optim::OptimConfig;
 use train::trainer::{NoHooks, OpenOptions, Start};
 use train::{RunDir, Trainer};
 
@@ -116,37 +113,15 @@ fn assert_rank1_wrote_nothing(rank: usize, path: &Path) {
     }
 }
 
-fn base_config(model: ModelConfig) -> TrainConfig {
-    TrainConfig {
-        model,
-        optim: OptimConfig {
-            lr: 3e-3,
-            // Binding, so that a rank clipping by its own gradient's norm would show.
-            grad_clip: Some(0.05),
-            warmup_steps: 0,
-            ..OptimConfig::ho2020()
-        },
-        ema: EmaConfig {
-            decay: 0.9,
-            warmup: false,
-        },
-        seed: 11,
-        epochs: None,
-        max_steps: Some(3),
-        checkpoint_every: 1000,
-        ..tiny_config()
-    }
-}
-
 /// The paper's U-Net made tiny (two levels of 8 and 16 channels, attention at 4×4), without
 /// dropout: nothing random inside the network, no batch statistics.
 fn unet_config() -> TrainConfig {
-    base_config(tiny_unet(0.0))
+    clipped_config(tiny_unet(0.0))
 }
 
 /// A 2-level SimpleUnet: BatchNorm, whose running statistics are buffers.
 fn simple_config() -> TrainConfig {
-    base_config(simple_unet())
+    clipped_config(simple_unet())
 }
 
 /// Checks, with an all-reduce of the weights' bit patterns, that every rank holds exactly the
@@ -442,7 +417,7 @@ fn two_ranks_checkpointing_gives_the_gradients_of_plain_training() {
                 for on in [false, true] {
                     let mut config = TrainConfig {
                         max_steps: Some(1),
-                        ..base_config(tiny_unet(0.1))
+                        ..clipped_config(tiny_unet(0.1))
                     };
                     config.distributed.grad_sync = sync;
                     config.model.set_gradient_checkpointing(on);

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::folder::{crop_center, fit_image, Fit, FolderConfig, FolderReport, OnError};
+use crate::folder::{fit_image, Fit, FolderConfig, FolderReport, OnError};
 use crate::images::decode_image_bytes;
 use crate::lanczos::resize_lanczos_u8;
 
@@ -358,19 +358,15 @@ pub fn fit_lanczos(
     out_size: [usize; 2],
     fit: Fit,
 ) -> Result<Vec<u8>> {
-    if in_size == out_size {
-        return Ok(chw.to_vec());
-    }
-    match fit {
-        Fit::Resize => resize_lanczos_u8(chw, channels, in_size, out_size),
-        Fit::CenterCrop => {
-            let (cropped, crop_size) = crop_center(chw, channels, in_size, out_size)?;
-            if crop_size == out_size {
-                return Ok(cropped);
-            }
-            resize_lanczos_u8(&cropped, channels, crop_size, out_size)
+    // A crop that is already the output size is kept as it is.
+    fn lanczos(chw: &[u8], channels: usize, from: [usize; 2], to: [usize; 2]) -> Result<Vec<u8>> {
+        if from == to {
+            Ok(chw.to_vec())
+        } else {
+            resize_lanczos_u8(chw, channels, from, to)
         }
     }
+    crate::folder::fit_with(chw, channels, in_size, out_size, fit, lanczos)
 }
 
 /// The images a [`Loader`](crate::Loader) reads: decoded in memory, or streamed from disk.

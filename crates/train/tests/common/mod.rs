@@ -123,6 +123,29 @@ pub fn tiny_config() -> TrainConfig {
     }
 }
 
+/// `tiny_config` with `model`, 3 steps, Adam at 3e-3 with a clip of 0.05 that binds (so a rank
+/// or a micro-batch clipping by its own gradient's norm would show), and a fast EMA.
+pub fn clipped_config(model: ModelConfig) -> TrainConfig {
+    TrainConfig {
+        model,
+        optim: OptimConfig {
+            lr: 3e-3,
+            grad_clip: Some(0.05),
+            warmup_steps: 0,
+            ..OptimConfig::ho2020()
+        },
+        ema: EmaConfig {
+            decay: 0.9,
+            warmup: false,
+        },
+        seed: 11,
+        epochs: None,
+        max_steps: Some(3),
+        checkpoint_every: 1000,
+        ..tiny_config()
+    }
+}
+
 /// A fresh run of `config` on `dataset` in `dir` on `device`, alone ([`Start::Fresh`]).
 pub fn fresh(
     config: TrainConfig,
