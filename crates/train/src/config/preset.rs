@@ -35,7 +35,8 @@ pub enum Preset {
     /// `docs/results/runs/fashion-mnist-preset-ablation/`.
     FashionMnist,
     /// Ho et al. 2020 on LSUN Church 256×256: the 114M U-Net ([`UNetConfig::ho2020_256`]), 1.2M
-    /// steps, flips. See [`Preset::ddpm_256`] for the recipe they share.
+    /// steps, flips. The recipe the four share, each value cited, is in the source of the private
+    /// `Preset::ddpm_256`.
     DdpmChurch256,
     /// Ho et al. 2020 on LSUN Bedroom 256×256: as `ddpm-church-256`, 2.4M steps, no flips.
     DdpmBedroom256,
