@@ -228,18 +228,26 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Checks that the global batch splits into `grad_accum` micro-batches on each of
-    /// `world_size` ranks, naming the numbers.
+    /// Checks that the global batch splits over `world_size` ranks, and each rank's share into
+    /// `grad_accum` micro-batches, naming the numbers.
     ///
     /// # Errors
-    /// [`TrainError::Config`] when `grad_accum` is 0 or `grad_accum · world_size` does not
-    /// divide `batch_size`.
+    /// [`TrainError::Config`] when `grad_accum` is 0, or `world_size` or
+    /// `grad_accum · world_size` does not divide `batch_size`.
     pub fn check_micro_batch(&self, world_size: usize) -> Result<(), TrainError> {
         let k = self.grad_accum;
         if k == 0 {
             return Err(TrainError::Config(
                 "grad_accum = 0 is invalid: it must be at least 1 (--grad-accum)".into(),
             ));
+        }
+        // Without accumulation the only split is over the ranks.
+        if k == 1 && !self.batch_size.is_multiple_of(world_size) {
+            return Err(TrainError::Config(format!(
+                "batch_size = {} is the global batch and does not split over {world_size} \
+                 ranks: pick a multiple of {world_size} (--batch-size)",
+                self.batch_size
+            )));
         }
         let parts = k * world_size;
         if !self.batch_size.is_multiple_of(parts) {
@@ -249,7 +257,9 @@ impl TrainConfig {
                 format!(" × {world_size} ranks")
             };
             return Err(TrainError::Config(format!(
-                "batch_size = {} does not split into grad_accum = {k} micro-batches{ranks}:                  {} / {parts} is not a whole number of images; pick a batch size that is a                  multiple of {parts} (--batch-size) or another --grad-accum",
+                "batch_size = {} does not split into grad_accum = {k} micro-batches{ranks}: \
+                 {} / {parts} is not a whole number of images; pick a batch size that is a \
+                 multiple of {parts} (--batch-size) or another --grad-accum",
                 self.batch_size, self.batch_size
             )));
         }

@@ -577,17 +577,7 @@ fn check_fits(
     dist: Option<&Distributed>,
 ) -> Result<(), TrainError> {
     config.validate()?;
-    if let Some(dist) = dist {
-        if !config.batch_size.is_multiple_of(dist.world_size()) {
-            return Err(TrainError::Config(format!(
-                "batch_size = {} is the global batch and does not split over {} ranks: \
-                 pick a multiple of {} (--batch-size)",
-                config.batch_size,
-                dist.world_size(),
-                dist.world_size()
-            )));
-        }
-    }
+    // The global batch splits over the ranks, and each rank's share into micro-batches.
     config.check_micro_batch(dist.map_or(1, Distributed::world_size))?;
     if dataset.channels() as i64 != config.model.in_channels() {
         return Err(TrainError::Config(format!(
