@@ -49,6 +49,9 @@ enum Command {
     Forward(cmd::forward::ForwardArgs),
     /// Write a run, checkpoint or diffusers folder as a diffusers folder (UNet2DModel).
     Export(cmd::export::ExportArgs),
+    /// Check a run's checkpoints against the digests in their state.json.
+    #[command(subcommand)]
+    Checkpoint(cmd::checkpoint::CheckpointCommand),
 }
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         Command::Forward(args) => cmd::forward::run(args),
         Command::Eval(command) => cmd::eval::run(command),
         Command::Export(args) => cmd::export::run(args),
+        Command::Checkpoint(command) => cmd::checkpoint::run(command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

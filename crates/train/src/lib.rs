@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod digest;
 pub mod distributed;
 pub mod ema;
 pub mod memory;

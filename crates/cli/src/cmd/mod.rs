@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run` function.
 
+pub mod checkpoint;
 pub mod data;
 pub mod doctor;
 pub mod eval;

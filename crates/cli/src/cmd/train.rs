@@ -486,6 +486,12 @@ fn report_open(trainer: &Trainer, run_dir: &Path, device: tch::Device) {
             }
         );
     }
+    if trainer.resumed_verification() == Some(train::digest::Verified::Unverified) {
+        eprintln!(
+            "note: resumed from a checkpoint written before checkpoints had digests: its files \
+             are unverified"
+        );
+    }
     for skipped in trainer.skipped_checkpoints() {
         eprintln!(
             "warning: skipped checkpoint {}, which does not load: {}",

@@ -162,6 +162,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// What checking the digests of the checkpoint this run resumed from found.
+    resumed_verified: Option<crate::digest::Verified>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.
     class_names: Vec<String>,
     /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
@@ -182,6 +184,12 @@ impl Trainer {
     /// first.
     pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
         &self.skipped_checkpoints
+    }
+
+    /// What checking the digests of the checkpoint a resume loaded found: `Unverified` for one
+    /// written before checkpoints had digests (a front end says so); `None` for a fresh run.
+    pub fn resumed_verification(&self) -> Option<crate::digest::Verified> {
+        self.resumed_verified
     }
 
     /// What a fresh run with `init_from` set took from its source (`None` for other runs, and

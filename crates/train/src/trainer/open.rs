@@ -291,6 +291,7 @@ impl Trainer {
             stop_local: false,
             stop_agreed: false,
             resumed_world_size: None,
+            resumed_verified: None,
             class_names,
             quality: evaluation::QualityState::default(),
         })
@@ -377,13 +378,14 @@ impl Trainer {
         })
     }
 
-    /// Loads weights, EMA weights, optimizer moments and counters; every tensor is checked to
-    /// be finite.
+    /// Loads weights, EMA weights, optimizer moments and counters; every file is first checked
+    /// against its digest ([`crate::digest::verify`]), every tensor is checked to be finite.
     pub(super) fn load_checkpoint(
         &mut self,
         dir: &Path,
         state: &CheckpointState,
     ) -> Result<(), TrainError> {
+        self.resumed_verified = Some(crate::digest::verify(dir, state)?);
         model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))?;
         model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
         let optim_path = dir.join(checkpoint::OPTIMIZER_FILE);

@@ -70,6 +70,7 @@ impl Trainer {
             world_size: self.world_size(),
             class_names: self.class_names.clone(),
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
+            digests: Default::default(),
         }
     }
 
