@@ -92,7 +92,7 @@ pub fn verify(dir: &Path, state: &CheckpointState) -> Result<Verified, TrainErro
             ));
         }
         let got = file_digest(&path).map_err(|e| TrainError::io(&path, e))?;
-        if &got != want {
+        if got != *want {
             return Err(bad(
                 &path,
                 format!(
