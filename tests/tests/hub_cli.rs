@@ -173,6 +173,24 @@ fn hf_checkpoints_download_once_then_work_offline() {
     assert!(grid.is_file());
     let summary = ["model", "summary", "--checkpoint", "hf:google/ddpm-tiny"];
     ok(&hub_run(&hub, &home, &summary, &offline), "model summary");
+    let out = dir.path().join("export");
+    let export = [
+        "export",
+        "--checkpoint",
+        "hf:google/ddpm-tiny",
+        "--diffusers",
+        path_arg(&out),
+        "--grid-samples",
+        "2",
+        "--grid-steps",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    ok(&hub_run(&hub, &home, &export, &offline), "export");
+    assert!(out
+        .join("unet/diffusion_pytorch_model.safetensors")
+        .is_file());
     assert_eq!(hub.requests(), requests, "offline runs made requests");
 
     // Safetensors is preferred over .bin, which is never asked for.

@@ -62,7 +62,13 @@ impl HubSettings {
     /// (default `~/.cache/huggingface`), `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN` (or the
     /// `token` file in `HF_HOME`) and `HF_HUB_OFFLINE` (`1`, `true`, `yes` or `on`).
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`HubSettings::from_env`] with the variables looked up by `lookup` (empty values count
+    /// as unset).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
             let home = var("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
             home.join(".cache").join("huggingface")
@@ -312,6 +318,34 @@ fn read_json(path: &Path) -> Result<serde_json::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_real_hub_and_the_standard_cache_are_the_defaults() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            HubSettings::from_vars(move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let s = vars(&[("HOME", "/home/u")]);
+        assert_eq!(s.endpoint, "https://huggingface.co");
+        assert_eq!(s.cache_dir, Path::new("/home/u/.cache/huggingface/hub"));
+        assert!(!s.offline && s.token.is_none());
+        let s = vars(&[
+            ("HOME", "/home/u"),
+            ("HF_HOME", "/data/hf"),
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ("HF_TOKEN", "hf_x"),
+            ("HF_HUB_OFFLINE", "True"),
+        ]);
+        assert_eq!(s.endpoint, "http://127.0.0.1:9");
+        assert_eq!(s.cache_dir, Path::new("/data/hf/hub"));
+        assert_eq!((s.token.as_deref(), s.offline), (Some("hf_x"), true));
+        let s = vars(&[("HF_HUB_CACHE", "/c"), ("HF_HUB_OFFLINE", "0")]);
+        assert_eq!((s.cache_dir.as_path(), s.offline), (Path::new("/c"), false));
+    }
 
     #[test]
     fn names_parse_with_and_without_a_revision() {
