@@ -131,7 +131,9 @@ impl InitialNoise {
         let row: usize = self.shape[1..].iter().product();
         let values = &self.values[self.first * row..(self.first + self.shape[0]) * row];
         let shape: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
-        Tensor::from_slice(values).reshape(shape.as_slice()).to_device(device)
+        Tensor::from_slice(values)
+            .reshape(shape.as_slice())
+            .to_device(device)
     }
 }
 
