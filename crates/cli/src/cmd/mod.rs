@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod doctor;
 pub mod eval;
+pub mod eval_sweep;
 pub mod export;
 pub mod forward;
 pub mod model;
