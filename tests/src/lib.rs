@@ -320,6 +320,22 @@ pub fn python_with_diffusers() -> Option<PathBuf> {
         .then_some(python)
 }
 
+/// The python that has TensorBoard (`scripts/tensorboard/requirements.txt`; the set-up's `.venv`,
+/// or `DDPM_PYTHON`), or `None`.
+pub fn python_with_tensorboard() -> Option<PathBuf> {
+    let python = std::env::var_os("DDPM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    Command::new(&python)
+        .args([
+            "-c",
+            "import tensorboard.backend.event_processing.event_accumulator",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(python)
+}
+
 /// Copies the directory `from` to `to`, subdirectories included.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -353,7 +353,8 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
         &["--max-steps", "4", "--set", "log_every=1"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    // A run that died before its first checkpoint leaves config.json and metrics.jsonl only.
+    // A run that died before its first checkpoint leaves config.json, metrics.jsonl and its
+    // TensorBoard files only.
     std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
     std::fs::remove_file(run_dir.join("loss_curve.png")).ok();
     let metrics_before = std::fs::read(run_dir.join("metrics.jsonl")).unwrap();
@@ -361,7 +362,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
     let stderr = stderr_of(&out);
     assert!(!out.status.success(), "a fresh run appended to a dead one");
     assert!(
-        stderr.contains("already holds a run (config.json, metrics.jsonl)")
+        stderr.contains("already holds a run (config.json, metrics.jsonl, tb)")
             && stderr.contains("--overwrite")
             && stderr.contains("--resume"),
         "{stderr}"
@@ -376,7 +377,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
         &["--max-steps", "2", "--overwrite", "--set", "log_every=1"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("--overwrite: deleted config.json, metrics.jsonl"));
+    assert!(stderr_of(&out).contains("--overwrite: deleted config.json, metrics.jsonl, tb"));
     assert_eq!(metric_steps(&run_dir), [1, 2], "one run's curve only");
 }
 

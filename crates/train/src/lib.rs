@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
+//! - [`tensorboard`]: the run's TensorBoard event files (`<run>/tb/`).
 //! - [`trainer`]: [`Trainer::open`] (a fresh, replaced or resumed run, alone or one rank of
 //!   several), the step, checkpoints and the loop.
 //! - [`quality`]: FID in the loop: scored samples every `eval_every` steps, the best checkpoint.
@@ -30,6 +31,7 @@ pub mod quality;
 pub mod run_dir;
 pub mod scaler;
 pub mod stats;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};

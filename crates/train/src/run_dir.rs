@@ -8,6 +8,7 @@
 //!     loss_curve.png  drawn from metrics.jsonl by the command line
 //!     checkpoints/    see [`crate::checkpoint`]
 //!     samples/        reverse-process strips and grids
+//!     tb/             TensorBoard event files (see [`crate::tensorboard`])
 //! ```
 //!
 //! [`RunDir::lock`] takes an exclusive `flock(2)` on `.lock` before anything else is written.
@@ -27,12 +28,13 @@ use crate::TrainError;
 pub const LOCK_FILE: &str = ".lock";
 
 /// The files and folders a run writes; a fresh run refuses a directory that holds any of them.
-pub const RUN_FILES: [&str; 5] = [
+pub const RUN_FILES: [&str; 6] = [
     "config.json",
     "metrics.jsonl",
     "loss_curve.png",
     crate::checkpoint::CHECKPOINTS_DIR,
     "samples",
+    crate::tensorboard::TB_DIR,
 ];
 
 /// A run directory whose exclusive lock this process holds (released on drop), or, on the

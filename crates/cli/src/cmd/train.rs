@@ -118,6 +118,10 @@ pub struct TrainArgs {
     /// forward pass of time; same results). Shortcut for --set model.gradient_checkpointing=true.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Write no TensorBoard event files (by default they go to RUN_DIR/tb/, for `tensorboard
+    /// --logdir runs/`). Shortcut for --set tensorboard=false.
+    #[arg(long)]
+    no_tensorboard: bool,
     /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -200,6 +204,7 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
             "model.gradient_checkpointing",
             args.gradient_checkpointing.then_some(true.into()),
         ),
+        ("tensorboard", args.no_tensorboard.then_some(false.into())),
         (
             "distributed.timeout_secs",
             args.dist_timeout.map(Into::into),

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     pub n_sample_images: usize,
     /// Append a line to `metrics.jsonl` every this many steps.
     pub log_every: u64,
+    /// Write TensorBoard event files into `<run>/tb/` ([`crate::tensorboard`]; `ddpm train
+    /// --no-tensorboard` turns them off). Absent from configurations saved before they existed.
+    #[serde(default = "default_tensorboard")]
+    pub tensorboard: bool,
     /// Abort after this many consecutive steps with a non-finite loss or gradient.
     pub max_nonfinite_in_a_row: u32,
     /// Data-parallel settings (timeout, gradient all-reduce); ignored by a run in one process.
@@ -123,6 +127,10 @@ pub struct EvalReference {
     /// Reference statistics of the first N training images only; `None`: all of them.
     #[serde(default)]
     pub images: Option<usize>,
+}
+
+fn default_tensorboard() -> bool {
+    true
 }
 
 fn default_grad_accum() -> usize {

@@ -36,7 +36,7 @@
 //!
 //! The parts: [`Trainer::open`] and the checks of a run (`open`), the step (`step`), checkpoints,
 //! metrics lines and sample pictures (`save`), the loop and its hooks (`run_loop`), FID in the
-//! loop (`evaluation`), the data-parallel hooks (`data_parallel`) and the CUDA graph (`graph`).
+//! loop (`evaluation`), the TensorBoard event files (`summaries`), the data-parallel hooks (`data_parallel`) and the CUDA graph (`graph`).
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +65,7 @@ mod open;
 mod run_loop;
 mod save;
 mod step;
+mod summaries;
 #[cfg(test)]
 mod tests;
 
@@ -168,6 +169,8 @@ pub struct Trainer {
     class_names: Vec<String>,
     /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
     quality: evaluation::QualityState,
+    /// The TensorBoard event file (`summaries`), opened with the run.
+    summaries: summaries::Summaries,
 }
 
 impl std::fmt::Debug for Trainer {

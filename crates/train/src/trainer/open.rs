@@ -124,7 +124,8 @@ impl Trainer {
     /// earlier run, or one resumed from a checkpoint ([`Start`]). `config.json` is written (by
     /// rank 0 of a data-parallel run) once the configuration has been checked and, on resume,
     /// once the checkpoint has loaded; a resume also cuts `metrics.jsonl` back to the
-    /// checkpoint's step. A refused open leaves the run's files as they were.
+    /// checkpoint's step, and the TensorBoard event files (`tb/`) with it. A refused open leaves
+    /// the run's files as they were.
     ///
     /// # Errors
     /// [`TrainError::RunExists`] when a fresh run finds run files; [`TrainError::Config`] when the
@@ -151,7 +152,7 @@ impl Trainer {
         if let Some(dist) = &dist {
             check_same_start(&run, &start, dist)?;
         }
-        let trainer = match start {
+        let mut trainer = match start {
             Start::Fresh(config) => {
                 if dist.as_ref().is_none_or(Distributed::is_main) {
                     run.ensure_fresh()?;
@@ -173,6 +174,7 @@ impl Trainer {
             }
         };
         trainer.write_config()?;
+        trainer.open_tensorboard()?;
         trainer.sync_start()?;
         Ok(trainer)
     }
@@ -253,10 +255,9 @@ impl Trainer {
             .collect();
         let run_dir = run.path().to_path_buf();
         let params = model_vs.trainable_variables();
-        let class_names = match config.model.num_classes() {
-            Some(_) => loader.dataset().class_names().to_vec(),
-            None => Vec::new(),
-        };
+        let class_names = (config.model.num_classes().is_some())
+            .then(|| loader.dataset().class_names().to_vec())
+            .unwrap_or_default();
         Ok(Self {
             config,
             run,
@@ -291,6 +292,7 @@ impl Trainer {
             resumed_verified: None,
             class_names,
             quality: evaluation::QualityState::default(),
+            summaries: None,
         })
     }
 
