@@ -56,6 +56,15 @@ pub enum TrainError {
         /// The path.
         path: PathBuf,
     },
+    /// The run directory's lock file is a directory (or another non-file).
+    #[error(
+        "{} is a directory, not the run's lock file: remove it (rmdir) and start again",
+        path.display()
+    )]
+    LockNotAFile {
+        /// The lock file's path.
+        path: PathBuf,
+    },
     /// A configuration field has an invalid value; the message names the field.
     #[error("invalid config: {0}")]
     Config(String),

@@ -53,6 +53,7 @@ impl RunDir {
     /// # Errors
     /// [`TrainError::Locked`] when another process holds the lock (with its PID when the lock
     /// file names one); [`TrainError::RunDirNotADirectory`] when `path` is a file;
+    /// [`TrainError::LockNotAFile`] when its lock file is a directory;
     /// [`TrainError::Io`] when the directory or the lock file cannot be made.
     pub fn lock(path: &Path) -> Result<Self, TrainError> {
         if path.exists() && !path.is_dir() {
@@ -62,6 +63,9 @@ impl RunDir {
         }
         fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
         let lock_path = path.join(LOCK_FILE);
+        if lock_path.is_dir() {
+            return Err(TrainError::LockNotAFile { path: lock_path });
+        }
         // Not truncated on open: until we hold the lock, the PID in it is the holder's.
         let mut file = fs::OpenOptions::new()
             .read(true)

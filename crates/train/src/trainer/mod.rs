@@ -261,7 +261,9 @@ impl Trainer {
             // The recomputation runs from inside backward with host-side work a replay would
             // skip (copies of the dropout generator's state, a nested autograd pass).
             return Err(TrainError::CudaGraph(
-                "activation checkpointing cannot be captured in a CUDA graph: its recomputation                  does host-side work during backward (generator state copies, a nested autograd                  pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
+                "activation checkpointing cannot be captured in a CUDA graph: its recomputation \
+                 does host-side work during backward (generator state copies, a nested autograd \
+                 pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
                     .into(),
             ));
         }

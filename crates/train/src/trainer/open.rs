@@ -354,6 +354,16 @@ impl Trainer {
             };
             let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.take())?;
             match trainer.load_checkpoint(&dir, &state.0) {
+                Ok(()) if trainer.step > trainer.total_steps() => {
+                    // Going on would rewrite the checkpoint and config.json and train nothing.
+                    return Err(TrainError::Config(format!(
+                        "{} is at step {}, past the run's last step {} (max_steps / epochs): \
+                         pass a larger --max-steps, or --resume-from an earlier checkpoint",
+                        dir.display(),
+                        trainer.step,
+                        trainer.total_steps()
+                    )));
+                }
                 Ok(()) => {
                     trainer.skipped_checkpoints = skipped;
                     trainer.resumed_world_size = Some(state.0.world_size);
