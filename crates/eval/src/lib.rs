@@ -31,6 +31,10 @@
 //!    --eval-every`) uses it.
 //! 7. [`score`]: FID, KID and the FID of each class of samples against a reference that is
 //!    statistics, features or images ([`Source`]) in one call, as `ddpm eval fid` scores.
+//! 8. [`NllPlan`]: the negative log-likelihood bound in bits per dimension of a checkpoint on a
+//!    set of images (Ho et al. 2020, Table 2), as `ddpm eval nll` computes it, with its
+//!    per-t terms (`nll.rs`, on the formulas of `schedule::likelihood` and the network's reverse
+//!    distribution of `sample::likelihood`).
 //!
 //! # Protocol
 //!
@@ -64,6 +68,7 @@ use std::path::PathBuf;
 mod features;
 mod job;
 mod kid;
+mod nll;
 pub mod reference;
 mod score;
 mod source;
@@ -75,6 +80,7 @@ pub use job::{
     SampleSet, SetReport,
 };
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use nll::{bound_timesteps, NllEvent, NllPlan, NllReport, TermStat};
 pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
 pub use score::{score, ClassFid, Classes, FidScores};
 pub use source::{first_features, first_images, Source};

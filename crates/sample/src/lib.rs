@@ -25,6 +25,7 @@ pub mod collect;
 pub mod guidance;
 pub mod images;
 pub mod layout;
+pub mod likelihood;
 pub mod pipeline;
 pub mod sampler;
 #[cfg(feature = "dist")]
