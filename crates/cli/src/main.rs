@@ -42,7 +42,8 @@ enum Command {
     /// Inspect the networks: layer tables, parameter counts, preset configs.
     #[command(subcommand)]
     Model(cmd::model::ModelCommand),
-    /// Evaluate samples: FID and KID against a dataset or reference statistics.
+    /// Evaluate samples (FID and KID against a dataset or reference statistics) and models
+    /// (the NLL bound in bits/dim).
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
     /// Draw images from a checkpoint or a diffusers folder: grids, PNGs, strips, GIFs, .npz.

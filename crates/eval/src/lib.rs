@@ -33,6 +33,10 @@
 //!    statistics, features or images ([`Source`]) in one call, as `ddpm eval fid` scores.
 //! 8. [`SweepPlan`]: FID against the number of network evaluations, one [`FidPlan`] per
 //!    (sampler, NFE, seed), kept in a resumable [`SweepTable`] (`ddpm eval sweep`).
+//! 9. [`NllPlan`]: the negative log-likelihood bound in bits per dimension of a checkpoint on a
+//!    set of images (Ho et al. 2020, Table 2), as `ddpm eval nll` computes it, with its
+//!    per-t terms (`nll.rs`, on the formulas of `schedule::likelihood` and the network's reverse
+//!    distribution of `sample::likelihood`).
 //!
 //! # Protocol
 //!
@@ -66,6 +70,7 @@ use std::path::PathBuf;
 mod features;
 mod job;
 mod kid;
+mod nll;
 pub mod reference;
 mod score;
 mod source;
@@ -78,6 +83,7 @@ pub use job::{
     SampleSet, SetReport,
 };
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use nll::{bound_timesteps, NllEvent, NllPlan, NllReport, TermStat};
 pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
 pub use score::{score, ClassFid, Classes, FidScores};
 pub use source::{first_features, first_images, Source};

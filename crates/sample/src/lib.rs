@@ -26,6 +26,7 @@ pub mod guidance;
 pub mod images;
 pub mod layout;
 pub mod noise;
+pub mod likelihood;
 pub mod pipeline;
 pub mod sampler;
 #[cfg(feature = "dist")]

@@ -5,6 +5,7 @@ pub mod data;
 pub mod doctor;
 pub mod eval;
 pub mod eval_sweep;
+pub mod eval_nll;
 pub mod export;
 pub mod forward;
 pub mod model;

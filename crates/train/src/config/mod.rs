@@ -221,6 +221,23 @@ impl TrainConfig {
         schedule::Schedule::new(&self.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         self.objective.validate()?;
+        let (c_in, c_out) = (self.model.in_channels(), self.model.out_channels());
+        let learned = self.objective.variance == model::VarianceOutput::LearnedRange;
+        if learned && c_out != 2 * c_in {
+            return bad(format!(
+                "objective.variance = \"learned_range\" needs a network with 2·C output channels \
+                 (the prediction and v_Σ): set model.out_channels = {} (it is {c_out})",
+                2 * c_in
+            ));
+        }
+        if learned && (self.sample_every_epochs > 0 || self.eval_every > 0) {
+            return bad(
+                "objective.variance = \"learned_range\": the samplers do not read a learned \
+                 variance yet, so set sample_every_epochs = 0 and eval_every = 0 (score the run \
+                 with `ddpm eval nll`)"
+                    .into(),
+            );
+        }
         self.optim.validate()?;
         self.ema.validate()?;
         self.distributed.validate()?;
