@@ -25,8 +25,8 @@ pub mod collect;
 pub mod guidance;
 pub mod images;
 pub mod layout;
-pub mod noise;
 pub mod likelihood;
+pub mod noise;
 pub mod pipeline;
 pub mod sampler;
 #[cfg(feature = "dist")]
