@@ -255,8 +255,8 @@ impl Trainer {
             .collect();
         let run_dir = run.path().to_path_buf();
         let params = model_vs.trainable_variables();
-        let class_names = (config.model.num_classes().is_some())
-            .then(|| loader.dataset().class_names().to_vec())
+        let class_names = Some(loader.dataset().class_names().to_vec())
+            .filter(|_| config.model.num_classes().is_some())
             .unwrap_or_default();
         Ok(Self {
             config,
