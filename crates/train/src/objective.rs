@@ -206,7 +206,6 @@ pub fn simple_loss(
     noise: &Tensor,
     t: &Tensor,
 ) -> Tensor {
-    let output = predicted;
     let target = match config.prediction {
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),
@@ -216,9 +215,9 @@ pub fn simple_loss(
         }
     };
     let element = match config.loss {
-        LossKind::L1 => (output - &target).abs(),
-        LossKind::L2 => (output - &target).square(),
-        LossKind::Huber => output.huber_loss(&target, Reduction::None, config.huber_delta),
+        LossKind::L1 => (predicted - &target).abs(),
+        LossKind::L2 => (predicted - &target).square(),
+        LossKind::Huber => predicted.huber_loss(&target, Reduction::None, config.huber_delta),
     };
     let per_sample = element.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
     match config.min_snr_gamma {
