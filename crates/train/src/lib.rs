@@ -32,6 +32,7 @@ pub mod run_dir;
 pub mod scaler;
 pub mod stats;
 pub mod tensorboard;
+pub mod timesteps;
 pub mod trainer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
