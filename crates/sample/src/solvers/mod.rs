@@ -1,7 +1,7 @@
 //! The reverse-process solvers behind one step interface: DDPM ancestral sampling (Ho et al.
-//! 2020, Alg. 2, [`ddpm`]), DDIM (Song et al. 2021, Eq. 12, [`ddim`]), multistep DPM-Solver++ of
-//! orders 1–3 and its SDE variant (Lu et al. 2022, [`dpm_solver`]) and UniPC (Zhao et al. 2023,
-//! [`unipc`]), each following the diffusers scheduler of the same name step for step.
+//! 2020, Alg. 2, `ddpm.rs`), DDIM (Song et al. 2021, Eq. 12, `ddim.rs`), multistep DPM-Solver++ of
+//! orders 1–3 and its SDE variant (Lu et al. 2022, `dpm_solver.rs`) and UniPC (Zhao et al. 2023,
+//! `unipc.rs`), each following the diffusers scheduler of the same name step for step.
 //!
 //! [`SamplerConfig`] says which solver; [`Sampler`] is one chain's solver state. The chain loop
 //! (`sampler.rs`), guidance and sharding see only [`Sampler`]: for step `i` they run the network
