@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use model::{ModelConfig, Prediction};
+use model::{ModelConfig, Prediction, VarianceOutput};
 use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
 use schedule::{BetaSchedule, Schedule};
 
@@ -39,6 +39,9 @@ pub struct DiffusersScheduler {
     /// `_class_name`: which diffusers scheduler wrote the file (the sampler a front end defaults
     /// to).
     pub class_name: Option<String>,
+    /// `variance_type`: `learned_range` for a network with 2·C output channels (Improved DDPM);
+    /// the fixed types are all read as [`VarianceOutput::Fixed`] (samplers pick β_t or β̃_t).
+    pub variance: VarianceOutput,
 }
 
 impl Default for DiffusersScheduler {
@@ -53,6 +56,7 @@ impl Default for DiffusersScheduler {
             prediction: Prediction::Eps,
             clip_sample: true,
             class_name: None,
+            variance: VarianceOutput::Fixed,
         }
     }
 }
@@ -128,12 +132,15 @@ impl DiffusersScheduler {
                 return Err(format!("`{key}` = true is not supported"));
             }
         }
-        if let Some(v) = get("variance_type").and_then(Value::as_str) {
-            if v.starts_with("learned") {
+        match get("variance_type").and_then(Value::as_str) {
+            Some("learned_range") => s.variance = VarianceOutput::LearnedRange,
+            Some(v) if v.starts_with("learned") => {
                 return Err(format!(
-                    "`variance_type` = \"{v}\" is not supported: the networks here predict no variance"
-                ));
+                    "`variance_type` = \"{v}\" is not supported (learned_range is; a network \
+                     that predicts Σ itself is not)"
+                ))
             }
+            _ => {}
         }
         Ok(s)
     }
@@ -328,14 +335,15 @@ impl Pipeline {
             config[CLASS_NAMES_KEY] = serde_json::json!(self.spec.class_names);
         }
         write_json(unet_dir.join(DIFFUSERS_CONFIG), &config)?;
-        write_json(
-            scheduler_dir.join(SCHEDULER_CONFIG),
-            &DiffusersScheduler::to_ddpm_scheduler_json(
-                &self.spec.schedule,
-                self.spec.prediction,
-                self.spec.clip_sample,
-            ),
-        )?;
+        let mut scheduler = DiffusersScheduler::to_ddpm_scheduler_json(
+            &self.spec.schedule,
+            self.spec.prediction,
+            self.spec.clip_sample,
+        );
+        if self.spec.variance == VarianceOutput::LearnedRange {
+            scheduler["variance_type"] = "learned_range".into();
+        }
+        write_json(scheduler_dir.join(SCHEDULER_CONFIG), &scheduler)?;
         if layout == ExportLayout::Pipeline {
             write_json(
                 tmp.join(MODEL_INDEX),
@@ -395,7 +403,7 @@ mod tests {
             (json!({"beta_schedule": "exotic"}), "beta_schedule"),
             (json!({"prediction_type": "flow"}), "prediction_type"),
             (json!({"thresholding": true}), "thresholding"),
-            (json!({"variance_type": "learned_range"}), "variance_type"),
+            (json!({"variance_type": "learned"}), "variance_type"),
             (
                 json!({"num_train_timesteps": "many"}),
                 "num_train_timesteps",
