@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;
+pub mod elastic;
 pub mod ema;
 pub mod memory;
 pub mod objective;

@@ -166,6 +166,9 @@ pub struct Trainer {
     class_names: Vec<String>,
     /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
     quality: evaluation::QualityState,
+    /// Data-parallel: where this rank is (`<run>/ranks/rank-K.position`), from the start of
+    /// [`Trainer::run`].
+    position: Option<crate::elastic::PositionLog>,
 }
 
 impl std::fmt::Debug for Trainer {

@@ -249,10 +249,7 @@ impl Trainer {
         let buffers = checkpoint::named_tensors(&model_vs)
             .into_iter()
             .filter(|(_, t)| !t.requires_grad())
-            .map(|(_, t)| {
-                let backup = t.copy();
-                (t, backup)
-            })
+            .map(|(_, t)| (t.shallow_clone(), t.copy()))
             .collect();
         let run_dir = run.path().to_path_buf();
         let params = model_vs.trainable_variables();
@@ -293,6 +290,7 @@ impl Trainer {
             resumed_world_size: None,
             class_names,
             quality: evaluation::QualityState::default(),
+            position: None,
         })
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::evaluation::EvalOutcome;
 use super::{StepOutcome, Trainer};
+use crate::elastic::Phase;
 use crate::TrainError;
 
 /// One line of `metrics.jsonl`.
@@ -72,7 +73,9 @@ impl TrainHooks for NoHooks {}
 impl Trainer {
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
     /// and at the end. When `stop` becomes true the current step finishes, a checkpoint is
-    /// written and the run returns [`RunEnd::Interrupted`].
+    /// written and the run returns [`RunEnd::Interrupted`]. Data-parallel, each rank keeps its
+    /// position in `<run>/ranks/` and, when a collective fails, writes where it was
+    /// ([`crate::elastic`]) and says so through [`TrainHooks::message`].
     ///
     /// # Errors
     /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors.
@@ -81,7 +84,15 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<RunEnd, TrainError> {
-        self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop))
+        self.start_position_log()?;
+        let result = self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop));
+        if let Err(err) = &result {
+            // Where this rank was when a collective failed: `<run>/ranks/rank-K.json`.
+            if let Some(line) = self.report_position(err) {
+                hooks.message(&line);
+            }
+        }
+        result
     }
 
     /// [`Trainer::run`], with the gradient averaging of a data-parallel run set up.
@@ -109,7 +120,10 @@ impl Trainer {
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
             let mut batches = self.loader.epoch_from(epoch, start);
-            while let Some(batch) = batches.next_batch() {
+            while let Some(batch) = {
+                self.mark(Phase::Data);
+                batches.next_batch()
+            } {
                 // An unreadable record of a streamed dataset stops the run, named.
                 let batch = batch?;
                 if pending && self.evaluate_in_loop(hooks, stop)? {
@@ -170,6 +184,7 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<bool, TrainError> {
+        self.mark(Phase::Evaluation);
         if self.is_writer() {
             hooks.message(&format!(
                 "step {}: evaluating {} EMA samples",

@@ -27,6 +27,7 @@ impl Trainer {
     /// # Errors
     /// As [`checkpoint::save`].
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        self.mark(crate::elastic::Phase::Checkpoint);
         if !self.is_writer() {
             return self.wait_for_checkpoint();
         }
