@@ -20,9 +20,14 @@ the same output. Run from the repository root:
     .venv/bin/python scripts/golden/diffusers_folders.py --verify-export DIR IO
 
 `--verify-export DIR IO` checks a folder written by `ddpm export`: `UNet2DModel.from_pretrained(DIR)`
-must load with no missing, unexpected or mismatched keys, `DDPMScheduler.from_pretrained(DIR)` must
-load, and the model's output on IO's `x`/`timesteps` (and `class_labels`, for a class-conditional
-model) must equal IO's `out` (the Rust network's) to 1e-5. It prints the largest difference and exits non-zero on a mismatch.
+(its `unet` subfolder for a pipeline) must load with no missing, unexpected or mismatched keys,
+`DDPMScheduler.from_pretrained(DIR)` (`scheduler`) must load, and the model's output on IO's
+`x`/`timesteps` (and `class_labels`, for a class-conditional model) must equal IO's `out` (the Rust
+network's) to 1e-5. For a pipeline folder (`model_index.json`), `DDPMPipeline` and `DDIMPipeline`
+must load it and draw an image, and the model card `README.md` must have YAML front matter that
+`yaml` and `huggingface_hub.ModelCard` parse, with `library_name: diffusers` and the tags; it is
+printed as a `CARD {json}` line. It prints the largest difference and exits non-zero on a mismatch.
+Needs: torch, diffusers (with its huggingface_hub and pyyaml), safetensors, numpy.
 """
 
 import argparse
@@ -30,8 +35,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+import yaml
+from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
@@ -140,11 +148,14 @@ def write_fixtures():
 
 def verify_export(directory, io_file):
     directory = Path(directory)
-    model, info = UNet2DModel.from_pretrained(directory, output_loading_info=True)
+    pipeline = (directory / "model_index.json").is_file()
+    unet_sub = {"subfolder": "unet"} if pipeline else {}
+    sched_sub = {"subfolder": "scheduler"} if pipeline else {}
+    model, info = UNet2DModel.from_pretrained(directory, output_loading_info=True, **unet_sub)
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         if info[kind]:
             sys.exit(f"{kind}: {info[kind]}")
-    scheduler = DDPMScheduler.from_pretrained(directory)
+    scheduler = DDPMScheduler.from_pretrained(directory, **sched_sub)
     io = load_file(io_file)
     with torch.no_grad():
         # A class-conditional export is run on IO's `class_labels` (its last embedding is the
@@ -161,6 +172,51 @@ def verify_export(directory, io_file):
             sys.exit("scheduler mismatch")
     if err > 1e-5:
         sys.exit("mismatch")
+    if pipeline:
+        conditional = model.config.num_class_embeds is not None
+        generate(directory, conditional)
+        check_card(directory / "README.md", conditional)
+
+
+def generate(directory, conditional):
+    """`DDPMPipeline` and `DDIMPipeline.from_pretrained` load the folder and draw an image (3
+    steps). Their `__call__` passes no class labels, so a class-conditional U-Net is run through
+    the loaded pipeline's scheduler with labels, as the model card shows."""
+    for cls in (DDPMPipeline, DDIMPipeline):
+        pipe = cls.from_pretrained(directory)
+        gen = torch.Generator().manual_seed(0)
+        if conditional:
+            c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+            labels = torch.arange(2) % pipe.unet.config.num_class_embeds
+            x = torch.randn(2, c, s, s, generator=gen)
+            pipe.scheduler.set_timesteps(3)
+            for t in pipe.scheduler.timesteps:
+                with torch.no_grad():
+                    eps = pipe.unet(x, t, class_labels=labels).sample
+                x = pipe.scheduler.step(eps, t, x, generator=gen).prev_sample
+            images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        else:
+            images = pipe(batch_size=1, generator=gen, num_inference_steps=3, output_type="np").images
+        if not np.isfinite(images).all():
+            sys.exit(f"{cls.__name__} drew non-finite pixels")
+        print(f"{cls.__name__}.from_pretrained: drew images of shape {tuple(images.shape)} "
+              f"with {type(pipe.scheduler).__name__}")
+
+
+def check_card(path, conditional):
+    """The model card's front matter parses as YAML (and as huggingface_hub's `ModelCard`), with
+    `library_name`, `license` and the tags; it is printed as one JSON line for the Rust test."""
+    text = path.read_text()
+    if not text.startswith("---\n"):
+        sys.exit(f"{path}: no front matter")
+    front = yaml.safe_load(text.split("---\n")[1])
+    card = ModelCard.load(path).data.to_dict()
+    if front.get("library_name") != "diffusers" or card.get("library_name") != "diffusers":
+        sys.exit(f"{path}: library_name is not diffusers: {front}")
+    tag = "class-conditional" if conditional else "unconditional-image-generation"
+    if "ddpm" not in front.get("tags", []) or tag not in front["tags"]:
+        sys.exit(f"{path}: tags lack ddpm or {tag}: {front}")
+    print("CARD " + json.dumps(front, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 //! no longer compiles against the crates fails a test. `tests/docs.rs` checks that every
 //! markdown file with Rust in it is listed here.
 
+pub mod hub;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
 //! `ddpm sample` on diffusers folders and the `ddpm export` round trip: a toolkit run with the
-//! paper's U-Net (tiny) and a legacy diffusers folder go out as diffusers folders, come back
-//! through `sample::Pipeline` bit for bit, and load in diffusers to the same outputs (≤ 1e-5)
-//! when the set-up's python has diffusers.
+//! paper's U-Net (tiny), a legacy diffusers folder and a class-conditional run go out as
+//! diffusers pipelines with a model card (and, with `--model-only`, as a model folder), come
+//! back through `sample::Pipeline` bit for bit, and load in diffusers to the same outputs
+//! (≤ 1e-5) when the set-up's python has diffusers; there `DDPMPipeline` and `DDIMPipeline`
+//! load each pipeline and draw an image, and the card's front matter parses as YAML.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -148,42 +150,87 @@ fn outputs(path: &Path, x: &Tensor, t: &Tensor) -> Tensor {
     tch::no_grad(|| pipe.net.forward_t(x, t, false))
 }
 
-/// Exports `source` to `out`, checks the export against the source here and in diffusers.
-fn export_round_trip(source: &Path, out: &Path, x: &Tensor, t: &Tensor) {
-    ok(&[
-        "export",
-        "--checkpoint",
-        path_arg(source),
-        "--diffusers",
-        path_arg(out),
-    ]);
-    let expected = outputs(source, x, t);
-    let back = outputs(out, x, t);
-    assert!(back.equal(&expected), "the export differs from its source");
+/// Runs `scripts/golden/diffusers_folders.py --verify-export DIR IO` (diffusers loads the folder
+/// and reproduces IO's `out`; a pipeline folder is also loaded by `DDPMPipeline` and
+/// `DDIMPipeline`, which draw an image, and its model card is parsed) and returns the model
+/// card's front matter as the script printed it, or `None` when there is no python with
+/// diffusers.
+fn verify_in_diffusers(out: &Path, io: &Path, what: &str) -> Option<serde_json::Value> {
     let Some(python) = python_with_diffusers() else {
-        eprintln!("skipped: the diffusers half of the export round trip (no python with diffusers; `cargo xtask test` installs it)");
-        return;
+        eprintln!("skipped: the diffusers half of {what} (no python with diffusers; `cargo xtask test` installs it)");
+        return None;
     };
-    let io = out.with_extension("io.safetensors");
-    Tensor::write_safetensors(&[("x", x), ("timesteps", t), ("out", &expected)], &io).unwrap();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
     let result = Command::new(python)
         .arg(script)
         .arg("--verify-export")
         .arg(out)
-        .arg(&io)
+        .arg(io)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);
-    eprintln!("{}: {stdout}", source.display());
+    eprintln!("{what}: {stdout}");
     assert!(
         result.status.success(),
-        "diffusers refused the export of {}: {stdout}{}",
-        source.display(),
+        "diffusers refused {what}: {stdout}{}",
         String::from_utf8_lossy(&result.stderr)
     );
+    let card = stdout.lines().find_map(|l| l.strip_prefix("CARD "));
+    Some(card.map_or(serde_json::Value::Null, |c| {
+        serde_json::from_str(c).unwrap()
+    }))
 }
+
+/// Exports `source` to `out` with `extra` flags, checks the export against the source here and
+/// in diffusers; returns the model card's front matter as diffusers' python parsed it.
+fn export_round_trip(
+    source: &Path,
+    out: &Path,
+    x: &Tensor,
+    t: &Tensor,
+    extra: &[&str],
+) -> Option<serde_json::Value> {
+    let mut args = vec![
+        "export",
+        "--checkpoint",
+        path_arg(source),
+        "--diffusers",
+        path_arg(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let expected = outputs(source, x, t);
+    let back = outputs(out, x, t);
+    assert!(back.equal(&expected), "the export differs from its source");
+    let io = out.with_extension("io.safetensors");
+    Tensor::write_safetensors(&[("x", x), ("timesteps", t), ("out", &expected)], &io).unwrap();
+    verify_in_diffusers(out, &io, &format!("the export of {}", source.display()))
+}
+
+/// The files of a pipeline export, and of a model-only one.
+fn assert_layout(out: &Path, pipeline: bool) {
+    let exists = |rel: &str| out.join(rel).is_file();
+    let pipeline_files = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "README.md",
+    ];
+    for rel in pipeline_files {
+        assert_eq!(exists(rel), pipeline, "{}: {rel}", out.display());
+    }
+    for rel in [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "scheduler_config.json",
+    ] {
+        assert_eq!(exists(rel), !pipeline, "{}: {rel}", out.display());
+    }
+}
+
+const GRID: [&str; 4] = ["--grid-samples", "4", "--grid-steps", "2"];
 
 #[test]
 fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
@@ -222,15 +269,64 @@ fn a_toolkit_run_and_a_legacy_folder_export_to_folders_diffusers_loads() {
     );
     let x = Tensor::randn([2, 3, 28, 28], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[4i64, 45]);
-    export_round_trip(&run_dir, &dir.path().join("run-export"), &x, &t);
+    let run_export = dir.path().join("run-export");
+    let mut extra = GRID.to_vec();
+    extra.extend(["--license", "mit"]);
+    let card = export_round_trip(&run_dir, &run_export, &x, &t, &extra);
+    assert_layout(&run_export, true);
+    let readme = std::fs::read_to_string(run_export.join("README.md")).unwrap();
+    for row in [
+        "| steps | 2 |",
+        "| batch size | 8 |",
+        "| world size | 1 |",
+        // The preset trains in bf16, which falls back to f32 on the CPU.
+        "| precision | bf16 autocast on CUDA (f32 on the CPU) |",
+        "| dataset | cifar10 |",
+        "![samples](samples.png)",
+        "DDPMPipeline.from_pretrained",
+        "ddpm sample --checkpoint",
+    ] {
+        assert!(readme.contains(row), "{row}: {readme}");
+    }
+    // Four 28×28 images in one row, 2-pixel padding.
+    let grid = image::open(run_export.join("samples.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * 28 + 5 * 2, 28 + 4));
+    if let Some(card) = card {
+        assert_eq!(card["license"], "mit", "{card}");
+        assert_eq!(
+            card["datasets"],
+            serde_json::json!(["uoft-cs/cifar10"]),
+            "{card}"
+        );
+        assert_eq!(
+            card["tags"],
+            serde_json::json!(["unconditional-image-generation", "ddpm", "diffusers"]),
+            "{card}"
+        );
+    }
 
+    // A legacy pipeline folder, as a pipeline (no recipe: it has none) and as a model folder.
     let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3i64, 700]);
-    export_round_trip(
-        &fixtures().join("legacy_pipeline"),
-        &dir.path().join("legacy-export"),
-        &x,
-        &t,
+    let legacy = fixtures().join("legacy_pipeline");
+    let legacy_export = dir.path().join("legacy-export");
+    let card = export_round_trip(&legacy, &legacy_export, &x, &t, &GRID);
+    assert_layout(&legacy_export, true);
+    let readme = std::fs::read_to_string(legacy_export.join("README.md")).unwrap();
+    assert!(
+        readme.contains("the training recipe is not recorded"),
+        "{readme}"
+    );
+    if let Some(card) = card {
+        assert_eq!(card["license"], "other", "{card}");
+        assert!(card.get("datasets").is_none(), "{card}");
+    }
+    let model_only = dir.path().join("legacy-model-only");
+    let card = export_round_trip(&legacy, &model_only, &x, &t, &["--model-only"]);
+    assert_layout(&model_only, false);
+    assert!(
+        card.is_none_or(|c| c.is_null()),
+        "a model-only export has no card"
     );
 
     // An existing folder is not overwritten.
@@ -288,15 +384,18 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
         String::from_utf8_lossy(&out.stderr)
     );
     let exported = dir.path().join("export");
-    ok(&[
+    let mut args = vec![
         "export",
         "--checkpoint",
         path_arg(&run_dir),
         "--diffusers",
         path_arg(&exported),
-    ]);
+    ];
+    args.extend(GRID);
+    ok(&args);
+    assert_layout(&exported, true);
     let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(exported.join("unet/config.json")).unwrap())
             .unwrap();
     assert_eq!(config["num_class_embeds"], 11, "{config}");
     assert_eq!(config["_class_names"][0], "airplane", "{config}");
@@ -311,10 +410,6 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
     };
     let expected = outputs(&run_dir);
     assert!(outputs(&exported).equal(&expected), "the export differs");
-    let Some(python) = python_with_diffusers() else {
-        eprintln!("skipped: the diffusers half of the class-conditional export (no python with diffusers)");
-        return;
-    };
     let io = dir.path().join("io.safetensors");
     Tensor::write_safetensors(
         &[
@@ -326,20 +421,11 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
         &io,
     )
     .unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
-    let result = Command::new(python)
-        .arg(script)
-        .arg("--verify-export")
-        .arg(&exported)
-        .arg(&io)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    eprintln!("class-conditional export: {stdout}");
-    assert!(
-        result.status.success(),
-        "diffusers refused the class-conditional export: {stdout}{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    if let Some(card) = verify_in_diffusers(&exported, &io, "the class-conditional export") {
+        assert_eq!(
+            card["tags"],
+            serde_json::json!(["class-conditional", "ddpm", "diffusers"]),
+            "{card}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod checkpoint_arg;
 mod cmd;
 mod datasets;
 mod device;

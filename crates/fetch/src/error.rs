@@ -111,6 +111,81 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
+    /// `hf:` followed by something that is not `OWNER/NAME[@REVISION]`.
+    #[error("{name} is not a Hub model name: write hf:OWNER/NAME or hf:OWNER/NAME@REVISION")]
+    HubName {
+        /// What was given.
+        name: String,
+    },
+    /// The Hub has no such repository or revision.
+    #[error(
+        "hf:{repo}@{revision}: no such repository or revision on {endpoint}: check the \
+         OWNER/NAME and the @REVISION (a private repository also needs HF_TOKEN)"
+    )]
+    HubRepoNotFound {
+        /// `owner/name`.
+        repo: String,
+        /// The revision asked for.
+        revision: String,
+        /// The server asked.
+        endpoint: String,
+    },
+    /// The repository is private or gated and the request was refused.
+    #[error(
+        "hf:{repo}: the Hub answered HTTP {status}: the repository is private or gated, so \
+         {}",
+        if *had_token {
+            "the token in HF_TOKEN lacks access: accept the model's terms on its Hub page or use a token with read access"
+        } else {
+            "set HF_TOKEN to an access token with read access (or run `huggingface-cli login`)"
+        }
+    )]
+    HubNeedsToken {
+        /// `owner/name`.
+        repo: String,
+        /// 401 or 403.
+        status: u16,
+        /// Whether a token was sent.
+        had_token: bool,
+    },
+    /// `HF_HUB_OFFLINE` is set and the cache does not hold the model.
+    #[error(
+        "hf:{repo}@{revision}: HF_HUB_OFFLINE is set and the cache {} does not hold it: unset \
+         HF_HUB_OFFLINE and run once with the network to download it",
+        .cache.display()
+    )]
+    HubOfflineMiss {
+        /// `owner/name`.
+        repo: String,
+        /// The revision asked for.
+        revision: String,
+        /// The cache's `hub` folder.
+        cache: PathBuf,
+    },
+    /// The repository is not a diffusers `UNet2DModel` (pipeline).
+    #[error(
+        "hf:{repo}: {what}, not a diffusers UNet2DModel: only DDPM/DDIM pipelines (a unet that \
+         is a UNet2DModel, such as google/ddpm-cifar10-32) sample here"
+    )]
+    HubNotUNet {
+        /// `owner/name`.
+        repo: String,
+        /// What the repository holds instead.
+        what: String,
+    },
+    /// Any other failure of a Hub request or of the cache.
+    #[error(
+        "hf:{repo}: {}{reason}",
+        if file.is_empty() { String::new() } else { format!("{file}: ") }
+    )]
+    HubRequest {
+        /// `owner/name`.
+        repo: String,
+        /// The file asked for (empty: none yet).
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl FetchError {

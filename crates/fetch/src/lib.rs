@@ -51,6 +51,7 @@ mod archive;
 mod checksum;
 mod error;
 mod http;
+pub mod hub;
 
 pub use checksum::{Algorithm, Checksum};
 pub use error::FetchError;

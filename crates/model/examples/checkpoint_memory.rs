@@ -1,11 +1,14 @@
-//! Peak resident memory and time of training passes of a reduced-width 256² U-Net at batch 1,
-//! with or without activation checkpointing, in a process of its own (so that the high-water
-//! mark is this configuration's): `scripts/bench/checkpoint_memory.sh` runs it beside diffusers'
+//! Peak resident memory and time of training passes of a reduced-width 256² U-Net (or, with
+//! `--full`, the 114M `UNetConfig::ho2020_256`) at batch 1, with or without activation
+//! checkpointing, in a process of its own (so that the high-water mark is this
+//! configuration's): `scripts/bench/checkpoint_memory.sh` runs it beside diffusers'
 //! `UNet2DModel` with `enable_gradient_checkpointing()` on and off
 //! (`scripts/bench/checkpoint_memory_peer.py`, the same configuration from `--print-config`).
+//! `--return-freed` first sets the allocator as training does
+//! ([`torch_ext::host_memory::return_large_blocks`]).
 //!
 //! ```text
-//! checkpoint_memory [--checkpointing] [--steps N] [--print-config]
+//! checkpoint_memory [--full] [--checkpointing] [--return-freed] [--steps N] [--print-config]
 //! stdout: rss_before_mib=… peak_rss_mib=… step_ms=… (the median of N forward+backward passes)
 //! ```
 
@@ -46,12 +49,25 @@ fn status_mib(key: &str) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let mut unet = config();
-    if args.iter().any(|a| a == "--print-config") {
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let mut unet = if flag("--full") {
+        UNetConfig {
+            dropout: 0.0,
+            ..UNetConfig::ho2020_256()
+        }
+    } else {
+        config()
+    };
+    if flag("--print-config") {
         println!("{}", unet.to_diffusers_config());
         return;
     }
-    unet.gradient_checkpointing = args.iter().any(|a| a == "--checkpointing");
+    unet.gradient_checkpointing = flag("--checkpointing");
+    if flag("--return-freed") {
+        assert!(torch_ext::host_memory::return_large_blocks(
+            torch_ext::host_memory::LARGE_BLOCK_BYTES
+        ));
+    }
     let steps: usize = args
         .iter()
         .position(|a| a == "--steps")

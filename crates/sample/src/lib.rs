@@ -33,7 +33,7 @@ pub mod shard;
 pub use collect::{SampleRequest, Samples};
 pub use guidance::{guide, guided_forward, ClassConditioning};
 pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
-pub use pipeline::{Pipeline, PipelineSpec, SourceKind, Weights};
+pub use pipeline::{ExportLayout, Pipeline, PipelineSpec, SourceKind, Weights};
 pub use sampler::{
     batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,
     SampledBatch, Sampler, SamplerConfig,

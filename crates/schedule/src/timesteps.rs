@@ -1,6 +1,7 @@
 //! Sub-sequences of the T training steps for samplers that take fewer steps (DDIM, Song et al.
 //! 2021, §4.2), with the `timestep_spacing` choices of diffusers' `DDIMScheduler` (compared by
-//! Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+//! Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"), the DDIM
+//! paper's `quadratic` spacing, and explicit lists ([`Timesteps::from_list`]).
 //!
 //! The sequences are computed in exact integer arithmetic, rounding halves to even as numpy's
 //! `np.round` does. diffusers computes `trailing` with a float `np.arange`, which for some
@@ -24,6 +25,13 @@ pub enum TimestepSpacing {
     /// round(T − i · T/n) − 1 for i < n: starts at T − 1, so sampling begins from pure noise
     /// (diffusers' `trailing`; Lin et al. 2024 recommend it for few steps).
     Trailing,
+    /// ⌊(i · √(0.8 T)/(n − 1))²⌋ for i < n, in f64 as numpy computes it: the DDIM paper's
+    /// `--skip_type quad` (ermongroup/ddim, `runners/diffusion.py`: `seq = (np.linspace(0,
+    /// np.sqrt(T * 0.8), n) ** 2)`, each truncated with `int`), which its Table 1 uses for
+    /// CIFAR-10. It ends at ⌊0.8 T⌋ and crowds the steps near t = 0; for larger n the first
+    /// values repeat (T = 300 from n = 17, T = 1000 from n = 30), where the DDIM code takes
+    /// no-op steps: such an n is refused.
+    Quadratic,
 }
 
 /// A strictly decreasing sequence of timesteps to sample with, in sampling order, each in
@@ -70,6 +78,20 @@ impl Timesteps {
                 format!("must be between 1 and n_train_steps = {n_train_steps}"),
             ));
         }
+        if spacing == TimestepSpacing::Quadratic {
+            return Self::from_list(n_train_steps, &quadratic(n_train_steps, n_sample_steps))
+                .map_err(|_| {
+                    invalid(
+                        "n_sample_steps",
+                        n_sample_steps,
+                        format!(
+                            "quadratic spacing repeats timesteps near 0 for T = {n_train_steps} \
+                             at this many steps (the DDIM code takes no-op steps there): use \
+                             fewer steps or another spacing"
+                        ),
+                    )
+                });
+        }
         // u128 keeps i · T exact for any usize T.
         let (big_t, n) = (n_train_steps as u128, n_sample_steps as u128);
         let timesteps: Vec<usize> = (0..n)
@@ -80,6 +102,7 @@ impl Timesteps {
                 TimestepSpacing::Leading => i * (big_t / n),
                 // i runs backwards, so n − i − 1 counts the steps taken: T − k · T/n, k = 0, 1, ….
                 TimestepSpacing::Trailing => round_half_even(big_t * (i + 1), n) - 1,
+                TimestepSpacing::Quadratic => unreachable!("handled above"),
             })
             .map(|t| usize::try_from(t).expect("timesteps are below n_train_steps"))
             .collect();
@@ -88,6 +111,50 @@ impl Timesteps {
         Ok(Timesteps {
             n_train_steps,
             timesteps,
+        })
+    }
+
+    /// An explicit sequence, such as `999, 800, 600, 400, 200, 0`, in sampling order.
+    ///
+    /// # Errors
+    ///
+    /// [`ScheduleError::InvalidValue`] naming `n_train_steps` when it is 0, or `timesteps` when
+    /// the list is empty, not strictly decreasing, or reaches `n_train_steps`.
+    ///
+    /// ```
+    /// use schedule::Timesteps;
+    ///
+    /// let timesteps = Timesteps::from_list(1000, &[999, 500, 0]).unwrap();
+    /// assert_eq!(timesteps.prev_timestep(500), Some(0));
+    /// let err = Timesteps::from_list(1000, &[500, 999]).unwrap_err();
+    /// assert_eq!(err.field(), Some("timesteps"));
+    /// ```
+    pub fn from_list(n_train_steps: usize, timesteps: &[usize]) -> Result<Self, ScheduleError> {
+        if n_train_steps == 0 {
+            return Err(invalid(
+                "n_train_steps",
+                n_train_steps,
+                "must be at least 1",
+            ));
+        }
+        let fail = |reason: String| Err(invalid("timesteps", timesteps, reason));
+        if timesteps.is_empty() {
+            return fail("must hold at least one timestep".into());
+        }
+        if let Some(&t) = timesteps.iter().find(|&&t| t >= n_train_steps) {
+            return fail(format!(
+                "{t} is not a timestep of the schedule: each must be below T = {n_train_steps}"
+            ));
+        }
+        if let Some(w) = timesteps.windows(2).find(|w| w[0] <= w[1]) {
+            return fail(format!(
+                "must decrease strictly, largest first, but {} is followed by {}",
+                w[0], w[1]
+            ));
+        }
+        Ok(Timesteps {
+            n_train_steps,
+            timesteps: timesteps.to_vec(),
         })
     }
 
@@ -191,6 +258,23 @@ impl Timesteps {
     }
 }
 
+/// The DDIM code's quadratic sequence, largest first: numpy's `linspace(0, √(0.8 T), n)`
+/// (`i · step` with step = stop/(n − 1), the last point set to `stop`), squared and truncated.
+fn quadratic(n_train_steps: usize, n_sample_steps: usize) -> Vec<usize> {
+    let stop = (n_train_steps as f64 * 0.8).sqrt();
+    let n = n_sample_steps;
+    let point = |i: usize| match n {
+        1 => 0.0,
+        _ if i == n - 1 => stop,
+        _ => i as f64 * (stop / (n - 1) as f64),
+    };
+    // Truncation as Python's `int` (the values are ≥ 0).
+    (0..n)
+        .rev()
+        .map(|i| (point(i) * point(i)) as usize)
+        .collect()
+}
+
 /// num/den rounded to the nearest integer, ties to even (numpy's `np.round`).
 fn round_half_even(num: u128, den: u128) -> u128 {
     let (quotient, remainder) = (num / den, num % den);
@@ -245,6 +329,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn quadratic_spacing_is_the_ddim_papers_and_refuses_repeats() {
+        // The DDIM code's `seq` for T = 1000, 10 steps: [0, 9, 39, 88, 158, 246, 355, 483, 632, 800].
+        let ts = Timesteps::new(1000, 10, TimestepSpacing::Quadratic).unwrap();
+        assert_eq!(ts.as_slice(), &[800, 632, 483, 355, 246, 158, 88, 39, 9, 0]);
+        assert_eq!(
+            Timesteps::new(300, 1, TimestepSpacing::Quadratic)
+                .unwrap()
+                .as_slice(),
+            &[0]
+        );
+        assert!(Timesteps::new(300, 16, TimestepSpacing::Quadratic).is_ok());
+        let err = Timesteps::new(300, 17, TimestepSpacing::Quadratic).unwrap_err();
+        assert_eq!(err.field(), Some("n_sample_steps"));
+        assert!(err.to_string().contains("quadratic"), "{err}");
+        assert!(Timesteps::new(1000, 30, TimestepSpacing::Quadratic).is_err());
+    }
+
+    #[test]
+    fn explicit_lists_are_checked_naming_timesteps() {
+        let ts = Timesteps::from_list(300, &[299, 150, 7]).unwrap();
+        assert_eq!(
+            ts.pairs().collect::<Vec<_>>(),
+            [(299, Some(150)), (150, Some(7)), (7, None)]
+        );
+        let message = |list: &[usize]| {
+            let err = Timesteps::from_list(300, list).unwrap_err();
+            assert_eq!(err.field(), Some("timesteps"));
+            err.to_string()
+        };
+        assert!(message(&[]).contains("at least one"));
+        assert!(
+            message(&[300, 0]).contains("below T = 300"),
+            "{}",
+            message(&[300, 0])
+        );
+        assert!(message(&[5, 5]).contains("5 is followed by 5"));
+        assert!(message(&[0, 5]).contains("decrease strictly"));
+        assert_eq!(
+            Timesteps::from_list(0, &[0]).unwrap_err().field(),
+            Some("n_train_steps")
+        );
     }
 
     #[test]

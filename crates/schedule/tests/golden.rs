@@ -263,3 +263,41 @@ fn timestep_spacings_match_diffusers() {
     }
     assert!(cases.len() >= 24);
 }
+
+#[test]
+fn quadratic_spacing_matches_the_ddim_code() {
+    let golden = fixture("timesteps_quadratic.json");
+    let cases = golden["cases"].as_array().unwrap();
+    let (mut kept, mut refused) = (0, 0);
+    for case in cases {
+        let n_train = case["n_train_steps"].as_u64().unwrap() as usize;
+        let n_sample = case["n_sample_steps"].as_u64().unwrap() as usize;
+        let ours = Timesteps::new(n_train, n_sample, TimestepSpacing::Quadratic);
+        if case["repeats"].as_bool().unwrap() {
+            let err = ours.unwrap_err();
+            assert_eq!(
+                err.field(),
+                Some("n_sample_steps"),
+                "T = {n_train}, n = {n_sample}"
+            );
+            refused += 1;
+            continue;
+        }
+        let expected: Vec<usize> = case["timesteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            ours.unwrap().as_slice(),
+            expected,
+            "T = {n_train}, n = {n_sample}"
+        );
+        kept += 1;
+    }
+    assert!(
+        kept >= 30 && refused >= 10,
+        "{kept} kept, {refused} refused"
+    );
+}

@@ -17,6 +17,7 @@
 //!   docs say what changes when a run spans several processes. The rank group itself
 //!   ([`torch_ext::Distributed`]) lives in `torch-ext`.
 
+pub mod card;
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;

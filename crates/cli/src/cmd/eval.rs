@@ -294,7 +294,8 @@ fn sample_set(args: &FidArgs, checkpoint: Option<CheckpointSamples>) -> Result<S
     })
 }
 
-fn run_fid(args: FidArgs) -> Result<()> {
+fn run_fid(mut args: FidArgs) -> Result<()> {
+    args.checkpoint = crate::checkpoint_arg::local_opt(&args.checkpoint, "--checkpoint")?;
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
             check_fid_args(&args)?;

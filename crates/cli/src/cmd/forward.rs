@@ -154,7 +154,8 @@ fn config_of(args: &ForwardArgs) -> Result<ForwardConfig> {
 }
 
 /// Runs `ddpm forward`.
-pub fn run(args: ForwardArgs) -> Result<()> {
+pub fn run(mut args: ForwardArgs) -> Result<()> {
+    args.checkpoint = crate::checkpoint_arg::local_opt(&args.checkpoint, "--checkpoint")?;
     for (value, flag) in [
         (args.rows, "--rows"),
         (args.n_steps, "--n-steps"),

@@ -105,7 +105,8 @@ pub struct ConfigArgs {
 pub fn run(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Summary(args) => {
-            if let Some(path) = &args.checkpoint {
+            if let Some(given) = &args.checkpoint {
+                let path = &crate::checkpoint_arg::local(given, "--checkpoint")?;
                 let pipe = sample::Pipeline::load(path, sample::Weights::Ema, tch::Device::Cpu)
                     .with_context(|| format!("--checkpoint {}", path.display()))?;
                 check_arch(args.arch, &pipe.spec.model, &pipe.spec.config_file)?;

@@ -537,7 +537,8 @@ fn write_outputs(args: &SampleArgs, plan: &Plan, samples: &Samples) -> Result<Ve
 }
 
 /// Runs `ddpm sample`.
-pub fn run(args: SampleArgs) -> Result<()> {
+pub fn run(mut args: SampleArgs) -> Result<()> {
+    args.checkpoint = crate::checkpoint_arg::local(&args.checkpoint, "--checkpoint")?;
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
             return crate::launch::launch(n, args.device);

@@ -261,7 +261,8 @@ fn resume_from_dir(dir: &Path, run_dir: &Path) -> Result<PathBuf> {
 
 /// Runs `ddpm train`: as the launcher of `--nproc-per-node` ranks, as one rank of a run that
 /// torchrun (or the launcher) started, or alone.
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    args.init_from = crate::checkpoint_arg::local_opt(&args.init_from, "--init-from")?;
     let launched = crate::launch::is_launched_rank();
     if let Some(n) = args.nproc_per_node {
         if !launched {

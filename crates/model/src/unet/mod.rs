@@ -158,11 +158,13 @@ impl ResnetBlock {
             .collect()
     }
 
-    /// [`ResnetBlock::forward`], checkpointed when `checkpoint` is set and the pass trains
-    /// (`dropout` given): see `crate::checkpoint`.
+    /// [`ResnetBlock::forward`] on `xs`, or on `cat([xs, skip], channels)` in the up path,
+    /// checkpointed when `checkpoint` is set and the pass trains (`dropout` given): see
+    /// `crate::checkpoint`. The concatenation runs inside the checkpoint, so that it keeps `xs`
+    /// and the skip (which the down path keeps anyway), not a copy of both.
     fn run(
         this: &Shared<Self>,
-        xs: &Tensor,
+        (xs, skip): (&Tensor, Option<&Tensor>),
         temb_act: &Tensor,
         dropout: Option<&mut Generator>,
         checkpoint: bool,
@@ -172,15 +174,77 @@ impl ResnetBlock {
                 let block = this.clone();
                 // Without dropout the block draws nothing: no generator to replay.
                 let rng = (this.dropout > 0.0).then_some(gen);
-                checkpointed(
-                    &[xs, temb_act],
-                    &this.parameters(),
-                    rng,
-                    move |xs, rng, _| block.forward(&xs[0], &xs[1], rng),
-                )
+                // [xs, temb_act] or [xs, temb_act, skip].
+                let inputs: Vec<&Tensor> = [xs, temb_act].into_iter().chain(skip).collect();
+                checkpointed(&inputs, &this.parameters(), rng, move |xs, rng, _| {
+                    let input = match xs.get(2) {
+                        Some(skip) => Tensor::cat(&[&xs[0], skip], 1),
+                        None => xs[0].shallow_clone(),
+                    };
+                    block.forward(&input, &xs[1], rng)
+                })
             }
-            dropout => this.forward(xs, temb_act, dropout.filter(|_| this.dropout > 0.0)),
+            dropout => {
+                let input = match skip {
+                    Some(skip) => Tensor::cat(&[xs, skip], 1),
+                    None => xs.shallow_clone(),
+                };
+                this.forward(&input, temb_act, dropout.filter(|_| this.dropout > 0.0))
+            }
         }
+    }
+}
+
+/// A layer outside the residual and attention blocks (a resampler, the output head), run as
+/// one checkpoint of its own in training passes with `gradient_checkpointing`, so that it keeps
+/// only its input: at 256² the padded input of a stride-2 conv, the upsampled input of an
+/// up-sampler's conv and the head's GroupNorm and SiLU outputs are each as large as a skip.
+fn checkpointed_layer<L, F>(
+    layer: &Shared<L>,
+    params: Vec<&Tensor>,
+    xs: &Tensor,
+    checkpoint: bool,
+    f: F,
+) -> Tensor
+where
+    L: 'static,
+    F: Fn(&L, &Tensor) -> Tensor + Send + 'static,
+{
+    if !checkpoint {
+        return f(layer, xs);
+    }
+    let layer = layer.clone();
+    checkpointed(&[xs], &params, None, move |xs, _, _| f(&layer, &xs[0]))
+}
+
+/// Weight and bias of a convolution, the tensors a checkpoint of it reads.
+fn conv_parameters(conv: &nn::Conv2D) -> Vec<&Tensor> {
+    [Some(&conv.ws), conv.bs.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The output head: GroupNorm → SiLU → `conv_out`.
+#[derive(Debug)]
+struct Head {
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+}
+
+impl Head {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
+    }
+
+    fn parameters(&self) -> Vec<&Tensor> {
+        let norm = [
+            self.conv_norm_out.ws.as_ref(),
+            self.conv_norm_out.bs.as_ref(),
+        ];
+        (norm.into_iter().flatten())
+            .chain(conv_parameters(&self.conv_out))
+            .collect()
     }
 }
 
@@ -264,7 +328,7 @@ struct DownBlock {
     resnets: Vec<Shared<ResnetBlock>>,
     attentions: Vec<Shared<AttentionBlock>>,
     /// The stride-2 conv to the next level; `None` on the deepest level.
-    downsampler: Option<nn::Conv2D>,
+    downsampler: Option<Shared<nn::Conv2D>>,
     downsample_padding: i64,
 }
 
@@ -300,7 +364,7 @@ impl DownBlock {
             .collect();
         let padding = c.downsample_padding;
         let downsampler = (level + 1 < levels).then(|| {
-            conv2d(
+            Shared::new(conv2d(
                 p / "downsamplers" / 0 / "conv",
                 width,
                 width,
@@ -309,7 +373,7 @@ impl DownBlock {
                 padding,
                 1.0,
                 gen,
-            )
+            ))
         });
         Self {
             resnets,
@@ -326,7 +390,7 @@ struct UpBlock {
     resnets: Vec<Shared<ResnetBlock>>,
     attentions: Vec<Shared<AttentionBlock>>,
     /// Nearest ×2 then this 3×3 conv; `None` on the top level.
-    upsampler: Option<nn::Conv2D>,
+    upsampler: Option<Shared<nn::Conv2D>>,
 }
 
 impl UpBlock {
@@ -357,7 +421,7 @@ impl UpBlock {
             })
             .collect();
         let upsampler = (level > 0).then(|| {
-            conv2d(
+            Shared::new(conv2d(
                 p / "upsamplers" / 0 / "conv",
                 widths[level],
                 widths[level],
@@ -366,7 +430,7 @@ impl UpBlock {
                 1,
                 1.0,
                 gen,
-            )
+            ))
         });
         Self {
             resnets,
@@ -388,8 +452,8 @@ pub struct UNet {
     up_blocks: Vec<UpBlock>,
     mid_resnets: [Shared<ResnetBlock>; 2],
     mid_attention: Shared<AttentionBlock>,
-    conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2D,
+    /// `conv_norm_out` → SiLU → `conv_out`.
+    head: Shared<Head>,
 }
 
 impl UNet {
@@ -462,8 +526,10 @@ impl UNet {
             up_blocks,
             mid_resnets,
             mid_attention,
-            conv_norm_out,
-            conv_out,
+            head: Shared::new(Head {
+                conv_norm_out,
+                conv_out,
+            }),
         }
     }
 
@@ -487,7 +553,7 @@ impl UNet {
         let resamplers = (self.down_blocks.iter().map(|b| b.downsampler.as_ref()))
             .chain(self.up_blocks.iter().map(|b| b.upsampler.as_ref()))
             .map(|conv| conv.map(|c| &c.ws));
-        [Some(&self.conv_in.ws), Some(&self.conv_out.ws)]
+        [Some(&self.conv_in.ws), Some(&self.head.conv_out.ws)]
             .into_iter()
             .chain(resnet_kernels)
             .chain(resamplers)
@@ -565,7 +631,9 @@ impl UNet {
         let temb_act = temb.silu();
         // Checkpointing applies to training passes only.
         let ckpt = c.gradient_checkpointing && dropout.is_some();
-        let resnet = |block: &Shared<ResnetBlock>, h: &Tensor, rng: Option<&mut Generator>| {
+        let resnet = |block: &Shared<ResnetBlock>,
+                      h: (&Tensor, Option<&Tensor>),
+                      rng: Option<&mut Generator>| {
             ResnetBlock::run(block, h, &temb_act, rng, ckpt)
         };
         let attention =
@@ -575,42 +643,47 @@ impl UNet {
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {
             for (j, block_resnet) in block.resnets.iter().enumerate() {
-                h = resnet(block_resnet, &h, dropout.as_deref_mut());
+                h = resnet(block_resnet, (&h, None), dropout.as_deref_mut());
                 if let Some(block_attention) = block.attentions.get(j) {
                     h = attention(block_attention, &h);
                 }
                 skips.push(h.shallow_clone());
             }
             if let Some(conv) = &block.downsampler {
-                if block.downsample_padding == 0 {
-                    h = h.constant_pad_nd([0, 1, 0, 1]);
-                }
-                h = h.apply(conv);
+                let pad = block.downsample_padding == 0;
+                h = checkpointed_layer(conv, conv_parameters(conv), &h, ckpt, move |conv, h| {
+                    if pad {
+                        h.constant_pad_nd([0, 1, 0, 1]).apply(conv)
+                    } else {
+                        h.apply(conv)
+                    }
+                });
                 skips.push(h.shallow_clone());
             }
         }
 
-        h = resnet(&self.mid_resnets[0], &h, dropout.as_deref_mut());
+        h = resnet(&self.mid_resnets[0], (&h, None), dropout.as_deref_mut());
         h = attention(&self.mid_attention, &h);
-        h = resnet(&self.mid_resnets[1], &h, dropout.as_deref_mut());
+        h = resnet(&self.mid_resnets[1], (&h, None), dropout.as_deref_mut());
 
         for block in &self.up_blocks {
             for (j, block_resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                let input = Tensor::cat(&[&h, &skip], 1);
-                h = resnet(block_resnet, &input, dropout.as_deref_mut());
+                h = resnet(block_resnet, (&h, Some(&skip)), dropout.as_deref_mut());
                 if let Some(block_attention) = block.attentions.get(j) {
                     h = attention(block_attention, &h);
                 }
             }
             if let Some(conv) = &block.upsampler {
-                let (_, _, height, width) = h.size4().expect("NCHW");
-                h = h
-                    .upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0)
-                    .apply(conv);
+                h = checkpointed_layer(conv, conv_parameters(conv), &h, ckpt, |conv, h| {
+                    let (_, _, height, width) = h.size4().expect("NCHW");
+                    h.upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0)
+                        .apply(conv)
+                });
             }
         }
-        let out = h.apply(&self.conv_norm_out).silu().apply(&self.conv_out);
+        let head = &self.head;
+        let out = checkpointed_layer(head, head.parameters(), &h, ckpt, Head::forward);
         if out.kind() == xs.kind() {
             out
         } else {

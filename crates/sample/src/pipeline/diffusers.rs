@@ -1,9 +1,9 @@
 //! The diffusers folder format beyond the model's `config.json` (which `model` translates): the
 //! scheduler's `scheduler_config.json`, read into a schedule and a prediction type and written
-//! from them ([`DiffusersScheduler`]), and [`Pipeline::export_diffusers`], which writes a whole
-//! folder that diffusers loads.
+//! from them ([`DiffusersScheduler`]), and [`Pipeline::export`], which writes a whole pipeline
+//! folder (or the model's folder alone) that diffusers loads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -241,17 +241,50 @@ impl DiffusersScheduler {
     }
 }
 
+/// How [`Pipeline::export`] lays a diffusers folder out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportLayout {
+    /// A whole pipeline, as `DDPMPipeline.save_pretrained` writes it: `model_index.json`,
+    /// the network in `unet/` and the scheduler in `scheduler/`; `DDPMPipeline` and
+    /// `DDIMPipeline.from_pretrained` load it.
+    #[default]
+    Pipeline,
+    /// The network's folder alone (`UNet2DModel.from_pretrained` loads it), with the
+    /// scheduler's `scheduler_config.json` beside its `config.json`.
+    ModelOnly,
+}
+
+/// The file naming a diffusers pipeline's components.
+pub const MODEL_INDEX: &str = "model_index.json";
+
 impl Pipeline {
-    /// Writes the network as a diffusers folder that `UNet2DModel.from_pretrained(out_dir)` loads:
+    /// Writes the network as a diffusers model folder ([`ExportLayout::ModelOnly`]); see
+    /// [`Pipeline::export`].
+    ///
+    /// # Errors
+    /// As [`Pipeline::export`].
+    pub fn export_diffusers(&self, out_dir: &Path) -> Result<(), SampleError> {
+        self.export(out_dir, ExportLayout::ModelOnly, |_| Ok(()))
+    }
+
+    /// Writes the network as a diffusers folder laid out as `layout` says: the `UNet2DModel`'s
     /// `config.json`, `diffusion_pytorch_model.safetensors` with modern key names (whatever names
     /// the source used), and a `DDPMScheduler` `scheduler_config.json` for its schedule and
-    /// prediction type. The folder is written beside its destination and renamed into place;
-    /// an existing, non-empty `out_dir` is refused.
+    /// prediction type; a pipeline also gets `model_index.json`. `extra` then writes whatever
+    /// else belongs in the folder (a model card, a sample grid) into the staging folder it is
+    /// given. The folder is staged beside its destination and renamed into place; an existing,
+    /// non-empty `out_dir` is refused.
     ///
     /// # Errors
     /// [`SampleError::Source`] for a SimpleUnet (diffusers has no such model) or an existing
-    /// folder; [`SampleError::Model`] or [`SampleError::Source`] naming the file on IO errors.
-    pub fn export_diffusers(&self, out_dir: &Path) -> Result<(), SampleError> {
+    /// folder; [`SampleError::Model`] or [`SampleError::Source`] naming the file on IO errors;
+    /// whatever `extra` returns.
+    pub fn export(
+        &self,
+        out_dir: &Path,
+        layout: ExportLayout,
+        extra: impl FnOnce(&Path) -> Result<(), SampleError>,
+    ) -> Result<(), SampleError> {
         let ModelConfig::Ddpm(unet) = &self.spec.model else {
             return Err(source_err(
                 &self.spec.config_file,
@@ -272,9 +305,14 @@ impl Pipeline {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        let write_json = |file: &str, value: &Value| {
-            let path = tmp.join(file);
+        let (unet_dir, scheduler_dir) = match layout {
+            ExportLayout::Pipeline => (tmp.join("unet"), tmp.join("scheduler")),
+            ExportLayout::ModelOnly => (tmp.clone(), tmp.clone()),
+        };
+        for dir in [&unet_dir, &scheduler_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        let write_json = |path: PathBuf, value: &Value| {
             let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
             std::fs::write(&path, text + "\n").map_err(|e| io(&path, e))
         };
@@ -282,16 +320,27 @@ impl Pipeline {
         if unet.num_classes.is_some() && !self.spec.class_names.is_empty() {
             config[CLASS_NAMES_KEY] = serde_json::json!(self.spec.class_names);
         }
-        write_json(DIFFUSERS_CONFIG, &config)?;
+        write_json(unet_dir.join(DIFFUSERS_CONFIG), &config)?;
         write_json(
-            SCHEDULER_CONFIG,
+            scheduler_dir.join(SCHEDULER_CONFIG),
             &DiffusersScheduler::to_ddpm_scheduler_json(
                 &self.spec.schedule,
                 self.spec.prediction,
                 self.spec.clip_sample,
             ),
         )?;
-        model::save_safetensors(&self.vs, &tmp.join(DIFFUSERS_SAFETENSORS))?;
+        if layout == ExportLayout::Pipeline {
+            write_json(
+                tmp.join(MODEL_INDEX),
+                &serde_json::json!({
+                    "_class_name": "DDPMPipeline",
+                    "scheduler": ["diffusers", "DDPMScheduler"],
+                    "unet": ["diffusers", "UNet2DModel"],
+                }),
+            )?;
+        }
+        model::save_safetensors(&self.vs, &unet_dir.join(DIFFUSERS_SAFETENSORS))?;
+        extra(&tmp)?;
         if out_dir.exists() {
             std::fs::remove_dir(out_dir).map_err(|e| io(out_dir, e))?;
         }

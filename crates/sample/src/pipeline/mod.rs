@@ -42,13 +42,13 @@
 //!
 //! The files of this module follow its seams: `spec.rs` finds what a path names and reads its
 //! JSON files ([`PipelineSpec`]), `diffusers.rs` holds the diffusers folder format (the
-//! scheduler config both ways, [`DiffusersScheduler`], and [`Pipeline::export_diffusers`]), and
+//! scheduler config both ways, [`DiffusersScheduler`], and [`Pipeline::export`]), and
 //! this file loads the tensors and samples.
 
 mod diffusers;
 mod spec;
 
-pub use diffusers::DiffusersScheduler;
+pub use diffusers::{DiffusersScheduler, ExportLayout, MODEL_INDEX};
 pub use spec::PipelineSpec;
 
 use std::path::{Path, PathBuf};
