@@ -299,6 +299,17 @@ pub fn poison_safetensors(path: &Path, name: Option<&str>) -> String {
     name
 }
 
+/// Removes the file digests from the `state.json` of `checkpoint` (a `step-N` directory), so that
+/// it reads as a checkpoint written before checkpoints had digests; returns them.
+pub fn drop_digests(checkpoint: &Path) -> serde_json::Value {
+    let state_path = checkpoint.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let digests = state.as_object_mut().unwrap().remove("digests").unwrap();
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    digests
+}
+
 /// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -315,6 +326,22 @@ pub fn python_with_diffusers() -> Option<PathBuf> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
     Command::new(&python)
         .args(["-c", "import diffusers, safetensors"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(python)
+}
+
+/// The python that has TensorBoard (`scripts/tensorboard/requirements.txt`; the set-up's `.venv`,
+/// or `DDPM_PYTHON`), or `None`.
+pub fn python_with_tensorboard() -> Option<PathBuf> {
+    let python = std::env::var_os("DDPM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    Command::new(&python)
+        .args([
+            "-c",
+            "import tensorboard.backend.event_processing.event_accumulator",
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
         .then_some(python)

@@ -361,3 +361,33 @@ fn p_uncond_is_a_probability_of_a_class_conditional_run() {
     );
     assert!(!run_dir.exists(), "the run directory was created");
 }
+
+/// `--set model.num_classes=5` on the 10 classes of CIFAR-10 is refused naming both counts,
+/// without first announcing "5 classes" with 10 names (#31).
+#[test]
+fn too_few_classes_for_the_labels_are_refused_without_an_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 20);
+    let run_dir = dir.path().join("run");
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &[
+            "--threads",
+            "1",
+            "--max-steps",
+            "1",
+            "--set",
+            "model.num_classes=5",
+        ],
+    ));
+    fails_with(
+        &out,
+        &["labels up to 9 (10 classes)", "model.num_classes is 5"],
+    );
+    assert!(
+        !stderr_of(&out).contains("class-conditional: 5 classes"),
+        "{}",
+        stderr_of(&out)
+    );
+}

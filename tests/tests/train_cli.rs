@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     complete_checkpoints, ddpm, kill, metric_lines, path_arg, run, sample_cpu, spawn, stderr_of,
-    synthetic_cifar, tiny_model, tiny_train_args, wait_exit, wait_for,
+    synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
 };
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling,
@@ -353,7 +353,8 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
         &["--max-steps", "4", "--set", "log_every=1"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    // A run that died before its first checkpoint leaves config.json and metrics.jsonl only.
+    // A run that died before its first checkpoint leaves config.json, metrics.jsonl and its
+    // TensorBoard files only.
     std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
     std::fs::remove_file(run_dir.join("loss_curve.png")).ok();
     let metrics_before = std::fs::read(run_dir.join("metrics.jsonl")).unwrap();
@@ -361,7 +362,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
     let stderr = stderr_of(&out);
     assert!(!out.status.success(), "a fresh run appended to a dead one");
     assert!(
-        stderr.contains("already holds a run (config.json, metrics.jsonl)")
+        stderr.contains("already holds a run (config.json, metrics.jsonl, tb)")
             && stderr.contains("--overwrite")
             && stderr.contains("--resume"),
         "{stderr}"
@@ -376,7 +377,7 @@ fn a_fresh_run_refuses_an_earlier_runs_files_unless_overwrite() {
         &["--max-steps", "2", "--overwrite", "--set", "log_every=1"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("--overwrite: deleted config.json, metrics.jsonl"));
+    assert!(stderr_of(&out).contains("--overwrite: deleted config.json, metrics.jsonl, tb"));
     assert_eq!(metric_steps(&run_dir), [1, 2], "one run's curve only");
 }
 
@@ -802,4 +803,95 @@ fn a_run_dir_that_is_a_file_is_named_with_a_hint() {
         "{stderr}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"not a run");
+}
+
+/// A run directory whose `.lock` is a directory is named as such, once, with what to do (#31:
+/// the OS error twice, no hint), and the directory is left as it was.
+#[test]
+fn a_lock_file_that_is_a_directory_is_named_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(run_dir.join(".lock")).unwrap();
+    let out = run(&tiny_train_args(&data, &run_dir, &["--max-steps", "1"]));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(".lock is a directory, not the run's lock file")
+            && stderr.contains("rmdir")
+            && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    let entries: Vec<_> = std::fs::read_dir(&run_dir).unwrap().collect();
+    assert_eq!(entries.len(), 1, "only .lock");
+}
+
+/// `--resume --max-steps N` below the checkpoint's step is refused, naming both steps, and
+/// leaves the run as it was (#31: it rewrote the checkpoint and config.json and exited 0).
+#[test]
+fn resume_with_max_steps_below_the_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let config = std::fs::read(run_dir.join("config.json")).unwrap();
+    let data = dir.path().join("synthetic_batch.bin");
+    let schedule = r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#;
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &["--resume", "--max-steps", "1", "--set", schedule],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is at step 2, past the run's last step 1")
+            && stderr.contains("--max-steps"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(run_dir.join("config.json")).unwrap(), config);
+    assert_eq!(complete_checkpoints(&run_dir), ["step-00000002"]);
+}
+
+/// A fresh start that fails (here: fewer images than one batch) leaves no run directory holding
+/// only `.lock` behind (#31).
+#[test]
+fn a_failed_fresh_start_leaves_no_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &["--max-steps", "1", "--set", "batch_size=32"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("fewer than one batch"), "{stderr}");
+    assert!(
+        !run_dir.exists(),
+        "{:?}",
+        std::fs::read_dir(&run_dir).map(|d| d.count())
+    );
+}
+
+/// A global batch that does not split over the ranks of `--nproc-per-node` is refused once, by
+/// the launcher, before any rank starts or the run directory is made (#31: once per rank, after
+/// every rank had loaded the data).
+#[test]
+fn an_uneven_batch_is_refused_once_before_the_ranks_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = run(&tiny_train_args(
+        &data,
+        &run_dir,
+        &["--max-steps", "1", "--nproc-per-node", "3"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("does not split over 3 ranks").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!run_dir.exists());
 }

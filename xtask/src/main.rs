@@ -13,6 +13,7 @@ mod doc_commands;
 mod fetch;
 mod gpu_bundle;
 mod quality;
+mod readers;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -27,7 +28,8 @@ enum Command {
     /// Provide libtorch 2.11.0 ($LIBTORCH, a python3 with torch, or a new .venv) and link it as `.libtorch`;
     /// fetch the Gloo (and CUDA) headers torch-ext compiles against into `.deps/`.
     Setup,
-    /// Set up (libtorch, and diffusers for the fixture scripts), then run the whole test suite
+    /// Set up (libtorch, diffusers for the fixture scripts, tensorboard for the event-file
+    /// tests), then run the whole test suite
     /// (extra arguments go to `cargo test`).
     Test {
         /// Also run the CUDA tests (needs a GPU).
@@ -110,6 +112,8 @@ fn main() -> Result<()> {
             // Tests that check exports against diffusers run the checked-in Python scripts: make
             // sure the set-up's python has diffusers, and tell the tests which python that is.
             let python = bench::python(&root())?;
+            // And the readers the tests check our files with (TensorBoard's).
+            readers::install(&root(), &python)?;
             // The end-to-end tests drive the `ddpm` binary: build it first.
             run_checked(cargo().args(["build", "-p", "cli", "--bin", "ddpm"]))?;
             let mut cmd = cargo();

@@ -17,6 +17,7 @@ mod plot;
 mod ranks;
 mod runtime;
 mod sampler_args;
+mod sampler_spec;
 mod signals;
 mod train_report;
 
@@ -42,7 +43,8 @@ enum Command {
     /// Inspect the networks: layer tables, parameter counts, preset configs.
     #[command(subcommand)]
     Model(cmd::model::ModelCommand),
-    /// Evaluate samples: FID and KID against a dataset or reference statistics.
+    /// Evaluate samples (FID and KID against a dataset or reference statistics) and models
+    /// (the NLL bound in bits/dim).
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
     /// Draw images from a checkpoint or a diffusers folder: grids, PNGs, strips, GIFs, .npz.
@@ -51,6 +53,9 @@ enum Command {
     Forward(cmd::forward::ForwardArgs),
     /// Write a run, checkpoint or diffusers folder as a diffusers folder (UNet2DModel).
     Export(cmd::export::ExportArgs),
+    /// Check a run's checkpoints against the digests in their state.json.
+    #[command(subcommand)]
+    Checkpoint(cmd::checkpoint::CheckpointCommand),
 }
 
 fn main() {
@@ -65,6 +70,7 @@ fn main() {
         Command::Forward(args) => cmd::forward::run(args),
         Command::Eval(command) => cmd::eval::run(command),
         Command::Export(args) => cmd::export::run(args),
+        Command::Checkpoint(command) => cmd::checkpoint::run(command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -38,6 +38,9 @@ pub enum SpacingArg {
     Leading,
     /// Evenly from T − 1 down, stopping short of 0 (Lin et al. 2024).
     Trailing,
+    /// ⌊(i · √(0.8 T)/(steps − 1))²⌋: the DDIM paper's CIFAR-10 spacing, dense near t = 0,
+    /// ending at 0.8 T.
+    Quadratic,
 }
 
 /// Which weights of a training checkpoint.
@@ -125,6 +128,7 @@ impl SamplerArgs {
             SpacingArg::Linspace => TimestepSpacing::Linspace,
             SpacingArg::Leading => TimestepSpacing::Leading,
             SpacingArg::Trailing => TimestepSpacing::Trailing,
+            SpacingArg::Quadratic => TimestepSpacing::Quadratic,
         };
         let steps = |default: usize| -> Result<usize> {
             let steps = self.steps.unwrap_or(default.min(n_train_steps));
@@ -165,7 +169,7 @@ impl SamplerArgs {
         };
         config
             .timesteps(n_train_steps)
-            .context("the sampler flags")?;
+            .context("--steps and --spacing")?;
         Ok(config)
     }
 }

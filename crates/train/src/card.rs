@@ -346,6 +346,7 @@ mod tests {
             world_size: 2,
             class_names: Vec::new(),
             loss_scale: None,
+            digests: Default::default(),
         };
         let write = |path: PathBuf, value: serde_json::Value| {
             std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap()

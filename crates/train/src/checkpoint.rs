@@ -5,7 +5,8 @@
 //!     model.safetensors       live weights (diffusers key names)
 //!     ema.safetensors         averaged weights
 //!     optimizer.safetensors   Adam moments, `exp_avg.<param>` and `exp_avg_sq.<param>`
-//!     state.json              step, epoch, data position, seed, counters, the resolved config
+//!     state.json              step, epoch, data position, seed, counters, the resolved config,
+//!                             and the XXH3-128 digest of every other file ([`crate::digest`])
 //! ```
 //!
 //! A checkpoint is first written to `step-N.tmp`, every file fsynced, then renamed into place
@@ -13,6 +14,7 @@
 //! checkpoints or the new one, never a half-written directory under a final name.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,11 @@ pub struct CheckpointState {
     /// precisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<crate::scaler::LossScaleState>,
+    /// The digest of every other file of the checkpoint, by file name
+    /// ([`crate::digest::file_digest`]), filled in when it is written; empty in checkpoints
+    /// written before digests existed, which load unverified.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
 }
 
 fn one() -> usize {
@@ -211,8 +218,16 @@ fn write_dir(
     write_tensors(&tmp.join(EMA_FILE), ema, root)?;
     pause();
     write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer, root)?;
+    // Every file but state.json, which records their digests and is written last.
+    let names: Vec<String> = fs::read_dir(tmp)
+        .map_err(|e| io_err(tmp, e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut state = contents.state.clone();
+    state.digests = crate::digest::digest_files(tmp, &names)?;
     let state_path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(contents.state).expect("checkpoint states serialise");
+    let json = serde_json::to_vec_pretty(&state).expect("checkpoint states serialise");
     let mut f =
         fs::File::create(&state_path).map_err(|e| TrainError::write(&state_path, e, root))?;
     f.write_all(&json)
@@ -311,6 +326,7 @@ mod tests {
             world_size: 1,
             class_names: Vec::new(),
             loss_scale: None,
+            digests: BTreeMap::new(),
         }
     }
 
@@ -331,7 +347,16 @@ mod tests {
         let steps: Vec<u64> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![20, 30]);
         let newest = latest(dir.path()).unwrap();
-        assert_eq!(read_state(&newest).unwrap(), state(30));
+        // What was saved, plus the digests `save` records of the three other files.
+        let read = read_state(&newest).unwrap();
+        assert_eq!(read.digests.len(), 3, "{:?}", read.digests);
+        assert_eq!(
+            CheckpointState {
+                digests: Default::default(),
+                ..read
+            },
+            state(30)
+        );
         let ema_back = read_tensors(&newest.join(EMA_FILE)).unwrap();
         assert_eq!(ema_back[0].1.double_value(&[1]), 2.0);
     }

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`run_dir`]: the run directory's exclusive lock and its files.
 //! - [`stats`]: the loop's per-step statistics and NaN guard, kept on the device.
+//! - [`tensorboard`]: the run's TensorBoard event files (`<run>/tb/`).
 //! - [`trainer`]: [`Trainer::open`] (a fresh, replaced or resumed run, alone or one rank of
 //!   several), the step, checkpoints and the loop.
 //! - [`quality`]: FID in the loop: scored samples every `eval_every` steps, the best checkpoint.
@@ -20,6 +21,7 @@
 pub mod card;
 pub mod checkpoint;
 pub mod config;
+pub mod digest;
 pub mod distributed;
 pub mod elastic;
 pub mod ema;
@@ -30,6 +32,7 @@ pub mod quality;
 pub mod run_dir;
 pub mod scaler;
 pub mod stats;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
@@ -52,6 +55,15 @@ pub enum TrainError {
     )]
     RunDirNotADirectory {
         /// The path.
+        path: PathBuf,
+    },
+    /// The run directory's lock file is a directory (or another non-file).
+    #[error(
+        "{} is a directory, not the run's lock file: remove it (rmdir) and start again",
+        path.display()
+    )]
+    LockNotAFile {
+        /// The lock file's path.
         path: PathBuf,
     },
     /// A configuration field has an invalid value; the message names the field.

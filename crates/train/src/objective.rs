@@ -9,11 +9,18 @@
 //!   Alg. 1): each label becomes the null label with probability `p_uncond` ([`drop_labels`]),
 //!   and every sample, dropped or not, goes through the same loss ([`training_loss_cond`]), so
 //!   one network learns ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅).
+//! - Learned variances (Nichol & Dhariwal 2021, "Improved DDPM"): with `variance =
+//!   "learned_range"` the network outputs 2·C channels, the prediction and v_Σ (Eq. 15), and the
+//!   loss is the hybrid L_simple + λ L_vlb (§3.1, λ = 0.001), where L_vlb's term at the drawn t
+//!   sees the prediction with its gradient stopped, so that only v_Σ learns from it
+//!   ([`learned_range_vlb`]).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use model::{Denoiser, Prediction};
+use model::{Denoiser, Prediction, VarianceOutput};
+use sample::likelihood::{reverse_distribution, split_output, ModelVariance};
+use schedule::likelihood::vb_terms_bits;
 use schedule::tensor::{extract, ScheduleTensors};
 use torch_ext::Generator;
 
@@ -48,7 +55,15 @@ pub struct ObjectiveConfig {
     /// classes; absent from configurations saved before class conditioning existed.
     #[serde(default = "default_p_uncond")]
     pub p_uncond: f64,
+    /// `learned_range`: the network also outputs v_Σ (2·C channels, `model.out_channels`) and
+    /// trains on the hybrid loss L_simple + λ L_vlb ([`HYBRID_LAMBDA`]). Absent from
+    /// configurations saved before learned variances existed: `fixed`.
+    #[serde(default)]
+    pub variance: VarianceOutput,
 }
+
+/// λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, §3.1).
+pub const HYBRID_LAMBDA: f64 = 0.001;
 
 /// The default `p_uncond`: 0.1, one label in ten dropped.
 pub const DEFAULT_P_UNCOND: f64 = 0.1;
@@ -66,6 +81,7 @@ impl ObjectiveConfig {
             huber_delta: 1.0,
             min_snr_gamma: None,
             p_uncond: DEFAULT_P_UNCOND,
+            variance: VarianceOutput::Fixed,
         }
     }
 
@@ -161,6 +177,35 @@ pub fn training_loss_cond(
         Some(gen) => model::forward_train(model, &x_t, t, class_labels, gen, autocast),
         None => model::forward_cond(model, &x_t, t, class_labels, true, autocast),
     };
+    let (predicted, model_v) = match config.variance {
+        VarianceOutput::Fixed => (output, None),
+        VarianceOutput::LearnedRange => split_output(&output, ModelVariance::LearnedRange),
+    };
+    let per_sample = simple_loss(sched, config, &predicted, x_0, noise, t);
+    match model_v {
+        None => per_sample.mean(Kind::Float),
+        Some(model_v) => {
+            let vlb =
+                learned_range_vlb(sched, config.prediction, &predicted, &model_v, x_0, &x_t, t);
+            let weight = HYBRID_LAMBDA * sched.schedule().n_steps() as f64;
+            (per_sample + vlb * weight).mean(Kind::Float)
+        }
+    }
+}
+
+/// L_simple of each sample: the mean element loss of the prediction against its target (ε, x_0
+/// or v), times its min-SNR-γ weight when set.
+///
+/// # Shapes
+/// `predicted`, `x_0`, `noise`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N]` f32.
+pub fn simple_loss(
+    sched: &ScheduleTensors,
+    config: &ObjectiveConfig,
+    predicted: &Tensor,
+    x_0: &Tensor,
+    noise: &Tensor,
+    t: &Tensor,
+) -> Tensor {
     let target = match config.prediction {
         Prediction::Eps => noise.shallow_clone(),
         Prediction::X0 => x_0.shallow_clone(),
@@ -170,13 +215,13 @@ pub fn training_loss_cond(
         }
     };
     let element = match config.loss {
-        LossKind::L1 => (&output - &target).abs(),
-        LossKind::L2 => (&output - &target).square(),
-        LossKind::Huber => output.huber_loss(&target, Reduction::None, config.huber_delta),
+        LossKind::L1 => (predicted - &target).abs(),
+        LossKind::L2 => (predicted - &target).square(),
+        LossKind::Huber => predicted.huber_loss(&target, Reduction::None, config.huber_delta),
     };
     let per_sample = element.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
     match config.min_snr_gamma {
-        None => per_sample.mean(Kind::Float),
+        None => per_sample,
         Some(gamma) => {
             let snr = sched.snr.index_select(0, t);
             let clipped = snr.clamp_max(gamma);
@@ -185,7 +230,40 @@ pub fn training_loss_cond(
                 Prediction::X0 => clipped,
                 Prediction::V => &clipped / (&snr + 1.0),
             };
-            (per_sample * weight).mean(Kind::Float)
+            per_sample * weight
         }
     }
+}
+
+/// L_vlb's term at each sample's t, in bits per dimension (the KL of L_{t−1}, or the decoder's
+/// −log p(x_0 | x_1) at t = 0: [`vb_terms_bits`]), with p_θ's mean formed from `predicted`
+/// with its gradient stopped and its log variance from `model_v` (Eq. 15), x̂_0 unclipped, in
+/// f64 (improved-diffusion's `training_losses` with `frozen_out`). Only `model_v` gets a gradient.
+/// The hybrid loss weights it by λ T: one t's term times T estimates L_vlb without bias.
+///
+/// # Shapes
+/// `predicted`, `model_v`, `x_0`, `x_t`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N]` f32.
+pub fn learned_range_vlb(
+    sched: &ScheduleTensors,
+    prediction: Prediction,
+    predicted: &Tensor,
+    model_v: &Tensor,
+    x_0: &Tensor,
+    x_t: &Tensor,
+    t: &Tensor,
+) -> Tensor {
+    let frozen = Tensor::cat(&[predicted.detach(), model_v.shallow_clone()], 1);
+    let x_t = x_t.detach().to_kind(Kind::Double);
+    let x_0 = x_0.to_kind(Kind::Double);
+    let schedule = sched.schedule();
+    let p = reverse_distribution(
+        schedule,
+        &frozen,
+        &x_t,
+        t,
+        prediction,
+        ModelVariance::LearnedRange,
+        false,
+    );
+    vb_terms_bits(schedule, &x_0, &x_t, t, &p.mean, &p.log_variance).to_kind(Kind::Float)
 }

@@ -266,6 +266,7 @@ mod tests {
             world_size: 1,
             class_names: Vec::new(),
             loss_scale: None,
+            digests: Default::default(),
         }
     }
 

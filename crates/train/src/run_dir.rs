@@ -8,6 +8,7 @@
 //!     loss_curve.png  drawn from metrics.jsonl by the command line
 //!     checkpoints/    see [`crate::checkpoint`]
 //!     samples/        reverse-process strips and grids
+//!     tb/             TensorBoard event files (see [`crate::tensorboard`])
 //! ```
 //!
 //! [`RunDir::lock`] takes an exclusive `flock(2)` on `.lock` before anything else is written.
@@ -27,12 +28,13 @@ use crate::TrainError;
 pub const LOCK_FILE: &str = ".lock";
 
 /// The files and folders a run writes; a fresh run refuses a directory that holds any of them.
-pub const RUN_FILES: [&str; 5] = [
+pub const RUN_FILES: [&str; 6] = [
     "config.json",
     "metrics.jsonl",
     "loss_curve.png",
     crate::checkpoint::CHECKPOINTS_DIR,
     "samples",
+    crate::tensorboard::TB_DIR,
 ];
 
 /// A run directory whose exclusive lock this process holds (released on drop), or, on the
@@ -51,6 +53,7 @@ impl RunDir {
     /// # Errors
     /// [`TrainError::Locked`] when another process holds the lock (with its PID when the lock
     /// file names one); [`TrainError::RunDirNotADirectory`] when `path` is a file;
+    /// [`TrainError::LockNotAFile`] when its lock file is a directory;
     /// [`TrainError::Io`] when the directory or the lock file cannot be made.
     pub fn lock(path: &Path) -> Result<Self, TrainError> {
         if path.exists() && !path.is_dir() {
@@ -60,6 +63,9 @@ impl RunDir {
         }
         fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
         let lock_path = path.join(LOCK_FILE);
+        if lock_path.is_dir() {
+            return Err(TrainError::LockNotAFile { path: lock_path });
+        }
         // Not truncated on open: until we hold the lock, the PID in it is the holder's.
         let mut file = fs::OpenOptions::new()
             .read(true)

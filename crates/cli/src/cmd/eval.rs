@@ -30,6 +30,12 @@ pub enum EvalCommand {
     Fid(Box<FidArgs>),
     /// Inception statistics (`mu`, `sigma`) of a dataset or a sample set, as an .npz.
     Stats(Box<StatsArgs>),
+    /// FID against network evaluations: every sampler of --samplers at every --nfe, against
+    /// one reference, with the full chain as reference line; a table and a plot, resumable.
+    Sweep(Box<super::eval_sweep::SweepArgs>),
+    /// The negative log-likelihood bound of a checkpoint in bits/dim on images (the paper's
+    /// Table 2), with its standard error and per-t terms.
+    Nll(Box<super::eval_nll::NllArgs>),
 }
 
 /// A dataset named on the command line.
@@ -145,6 +151,8 @@ pub fn run(command: EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Fid(args) => run_fid(*args),
         EvalCommand::Stats(args) => run_stats(*args),
+        EvalCommand::Sweep(args) => super::eval_sweep::run(*args),
+        EvalCommand::Nll(args) => super::eval_nll::run(*args),
     }
 }
 
@@ -167,7 +175,7 @@ fn dataset_spec(name: &str, split: &str) -> Result<DatasetSpec> {
 
 /// Loads a named dataset's images (fetching it when missing, as `ddpm train` does), what to
 /// call them, and their classes.
-fn load_dataset(
+pub(crate) fn load_dataset(
     name: &str,
     split: &str,
     dir: Option<&Path>,
@@ -222,7 +230,7 @@ fn check_fid_args(args: &FidArgs) -> Result<()> {
 }
 
 /// Refuses an output file whose folder does not exist, before any expensive work.
-fn check_out_folder(out: &Path, flag: &str) -> Result<()> {
+pub(crate) fn check_out_folder(out: &Path, flag: &str) -> Result<()> {
     match out.parent() {
         Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => bail!(
             "{flag} {}: the folder {} does not exist: create it first",

@@ -375,6 +375,18 @@ impl Plan {
     /// Resolves `--checkpoint` and the sampler, and checks the classes and counts.
     fn new(args: &SampleArgs) -> Result<Self> {
         let spec = args.sampler.resolve(&args.checkpoint)?;
+        if spec.kind
+            == (sample::SourceKind::Diffusers {
+                scheduler_config: None,
+            })
+        {
+            eprintln!(
+                "{}: no {} beside it or in ../scheduler, so sampling uses DDPMScheduler's \
+                 defaults (T = 1000, linear betas 1e-4 to 0.02, epsilon prediction, clipped)",
+                spec.dir.display(),
+                sample::pipeline::SCHEDULER_CONFIG
+            );
+        }
         // T, the number of training steps, from the config (the pipeline builds the schedule).
         let sampler = args.sampler.config(spec.schedule.n_steps())?;
         // First: --guidance on an unconditional model says so, not "pass --class".

@@ -123,6 +123,10 @@ pub struct TrainArgs {
     /// forward pass of time; same results). Shortcut for --set model.gradient_checkpointing=true.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Write no TensorBoard event files (by default they go to RUN_DIR/tb/, for `tensorboard
+    /// --logdir runs/`). Shortcut for --set tensorboard=false.
+    #[arg(long)]
+    no_tensorboard: bool,
     /// When stderr is not a terminal (batch jobs, nohup, CI): print a progress line every N
     /// steps instead of the progress bar.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -205,6 +209,7 @@ fn resolve_config(args: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainCo
             "model.gradient_checkpointing",
             args.gradient_checkpointing.then_some(true.into()),
         ),
+        ("tensorboard", args.no_tensorboard.then_some(false.into())),
         (
             "distributed.timeout_secs",
             args.dist_timeout.map(Into::into),
@@ -266,6 +271,10 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     let launched = crate::launch::is_launched_rank();
     if let Some(n) = args.nproc_per_node {
         if !launched {
+            // A fresh run's batch split is known now: refused once, before any rank starts.
+            if !args.resumes() {
+                check_split(&resolve_config(&args, None)?, n)?;
+            }
             let run_dir = args.run_dir();
             return crate::launch::launch_with(crate::launch::LaunchPlan {
                 n,
@@ -302,6 +311,22 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             err.context(format!("rank {rank} of {world}"))
         }
     })
+}
+
+/// The global batch splits over `world_size` ranks, and each rank's share into `grad_accum`
+/// micro-batches; otherwise the numbers are named.
+fn check_split(config: &TrainConfig, world_size: usize) -> Result<()> {
+    if !config.batch_size.is_multiple_of(world_size) {
+        bail!(
+            "--batch-size {} is the global batch and does not split over {world_size} ranks: \
+             pick a multiple of {world_size}",
+            config.batch_size,
+        );
+    }
+    config
+        .check_micro_batch(world_size)
+        .context("--batch-size and --grad-accum")?;
+    Ok(())
 }
 
 /// The checks of the flags that need no file: `--preset` on resume, `--cuda-graph` on this
@@ -502,8 +527,10 @@ fn load_dataset(
         }
         config.model.set_num_classes(Some(k as i64));
     }
+    // Announced only when the labels fit; otherwise the trainer refuses, naming both counts.
+    let labels_fit = |k: i64| dataset.n_classes() > 0 && i64::from(dataset.max_label()) < k;
     if writer {
-        if let Some(k) = config.model.num_classes() {
+        if let Some(k) = config.model.num_classes().filter(|&k| labels_fit(k)) {
             let names = dataset.class_names();
             eprintln!(
                 "class-conditional: {k} classes ({}), label dropout p_uncond = {}",
@@ -547,6 +574,12 @@ fn report_open(trainer: &Trainer, run_dir: &Path, device: tch::Device) {
             }
         );
     }
+    if trainer.resumed_verification() == Some(train::digest::Verified::Unverified) {
+        eprintln!(
+            "note: resumed from a checkpoint written before checkpoints had digests: its files \
+             are unverified"
+        );
+    }
     for skipped in trainer.skipped_checkpoints() {
         eprintln!(
             "warning: skipped checkpoint {}, which does not load: {}",
@@ -578,6 +611,39 @@ fn report_open(trainer: &Trainer, run_dir: &Path, device: tch::Device) {
 }
 
 /// One process of `ddpm train`; `env` places it in a data-parallel run.
+/// The run directory a fresh start makes, removed again when the start fails before the
+/// trainer is open while it holds nothing but its lock file (dropped after the lock is released,
+/// so declared before the `RunDir`). A directory that existed before is never removed.
+struct MadeRunDir(Option<PathBuf>);
+
+impl MadeRunDir {
+    /// Armed when this process writes the run and `dir` does not exist yet.
+    fn arm(dir: &Path, writer: bool) -> Self {
+        Self((writer && dir.symlink_metadata().is_err()).then(|| dir.to_path_buf()))
+    }
+
+    /// The trainer is open: the directory is the run's.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for MadeRunDir {
+    fn drop(&mut self) {
+        let Some(dir) = &self.0 else { return };
+        let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()
+                .is_ok_and(|names| names == [train::run_dir::LOCK_FILE])
+        });
+        if only_lock {
+            let _ = std::fs::remove_file(dir.join(train::run_dir::LOCK_FILE));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     if args.nproc_per_node.is_some_and(|n| n > 1)
         && env.is_some()
@@ -595,22 +661,13 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     check_flags(&args, device)?;
     crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
     let run_dir = args.run_dir();
+    let mut made_dir = MadeRunDir::arm(&run_dir, writer);
     let (run, mut start) = plan_start(&args, &run_dir, writer)?;
     let config = start_config(&mut start);
+    crate::runtime::configure_host_memory(device, config.model.gradient_checkpointing());
     if let Some(env) = &env {
-        if !config.batch_size.is_multiple_of(env.world_size) {
-            bail!(
-                "--batch-size {} is the global batch and does not split over {} ranks: pick a \
-                 multiple of {}",
-                config.batch_size,
-                env.world_size,
-                env.world_size
-            );
-        }
-        // Before any rank loads data: a micro-batch that does not divide names the numbers.
-        config
-            .check_micro_batch(env.world_size)
-            .context("--batch-size and --grad-accum")?;
+        // Before any rank loads data.
+        check_split(config, env.world_size)?;
     }
     // The ranks of one machine would download into the same folder at once: a data-parallel
     // run expects its data in place.
@@ -627,6 +684,7 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     // How far the previous attempt of a restarted run got, before this one's ranks move on.
     let furthest = train::elastic::furthest_step(&run_dir);
     let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
+    made_dir.disarm();
     if writer {
         report_open(&trainer, &run_dir, device);
     }

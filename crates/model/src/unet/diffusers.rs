@@ -6,6 +6,9 @@ use serde_json::{json, Map, Value};
 use super::{UNetConfig, ARCH};
 use crate::error::{invalid, ModelError};
 
+/// `UNet2DModel`'s `block_out_channels` when a config leaves it out.
+const DEFAULT_BLOCK_OUT_CHANNELS: [i64; 4] = [224, 448, 672, 896];
+
 /// The `UNet2DModel` features this network does not implement, each with the one value it
 /// accepts (diffusers' default), in the order they are checked.
 const FIXED_BEFORE_CLASSES: [(&str, &str); 9] = [
@@ -277,7 +280,7 @@ impl<'a> Keys<'a> {
     /// `block_out_channels`, each a multiple of the first (the base width).
     fn block_out_channels(&self) -> Result<Vec<i64>, ModelError> {
         let widths: Vec<i64> = match self.get("block_out_channels") {
-            None => vec![224, 448, 672, 896],
+            None => DEFAULT_BLOCK_OUT_CHANNELS.to_vec(),
             Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
                 invalid(
                     ARCH,
@@ -337,9 +340,22 @@ impl<'a> Keys<'a> {
             .to_vec()
         });
         if down.len() != levels || up.len() != levels {
+            let widths = if self.obj.contains_key("block_out_channels") {
+                format!("block_out_channels has {levels}")
+            } else {
+                format!(
+                    "block_out_channels is missing, so diffusers' default \
+                     {DEFAULT_BLOCK_OUT_CHANNELS:?} gives {levels}"
+                )
+            };
             return Err(invalid(
                 ARCH,
-                "down_block_types, up_block_types and block_out_channels differ in length",
+                format!(
+                    "one block type per level: down_block_types has {} entries and \
+                     up_block_types {}, but {widths}",
+                    down.len(),
+                    up.len()
+                ),
             ));
         }
         Ok((down, up))

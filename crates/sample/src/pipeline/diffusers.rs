@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use model::{ModelConfig, Prediction};
+use model::{ModelConfig, Prediction, VarianceOutput};
 use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
 use schedule::{BetaSchedule, Schedule};
 
@@ -36,6 +36,9 @@ pub struct DiffusersScheduler {
     pub prediction: Prediction,
     /// `clip_sample`.
     pub clip_sample: bool,
+    /// `variance_type`: `learned_range` for a network with 2·C output channels (Improved DDPM);
+    /// the fixed types are all read as [`VarianceOutput::Fixed`] (samplers pick β_t or β̃_t).
+    pub variance: VarianceOutput,
 }
 
 impl Default for DiffusersScheduler {
@@ -49,6 +52,7 @@ impl Default for DiffusersScheduler {
             trained_betas: None,
             prediction: Prediction::Eps,
             clip_sample: true,
+            variance: VarianceOutput::Fixed,
         }
     }
 }
@@ -121,12 +125,15 @@ impl DiffusersScheduler {
                 return Err(format!("`{key}` = true is not supported"));
             }
         }
-        if let Some(v) = get("variance_type").and_then(Value::as_str) {
-            if v.starts_with("learned") {
+        match get("variance_type").and_then(Value::as_str) {
+            Some("learned_range") => s.variance = VarianceOutput::LearnedRange,
+            Some(v) if v.starts_with("learned") => {
                 return Err(format!(
-                    "`variance_type` = \"{v}\" is not supported: the networks here predict no variance"
-                ));
+                    "`variance_type` = \"{v}\" is not supported (learned_range is; a network \
+                     that predicts Σ itself is not)"
+                ))
             }
+            _ => {}
         }
         Ok(s)
     }
@@ -321,14 +328,15 @@ impl Pipeline {
             config[CLASS_NAMES_KEY] = serde_json::json!(self.spec.class_names);
         }
         write_json(unet_dir.join(DIFFUSERS_CONFIG), &config)?;
-        write_json(
-            scheduler_dir.join(SCHEDULER_CONFIG),
-            &DiffusersScheduler::to_ddpm_scheduler_json(
-                &self.spec.schedule,
-                self.spec.prediction,
-                self.spec.clip_sample,
-            ),
-        )?;
+        let mut scheduler = DiffusersScheduler::to_ddpm_scheduler_json(
+            &self.spec.schedule,
+            self.spec.prediction,
+            self.spec.clip_sample,
+        );
+        if self.spec.variance == VarianceOutput::LearnedRange {
+            scheduler["variance_type"] = "learned_range".into();
+        }
+        write_json(scheduler_dir.join(SCHEDULER_CONFIG), &scheduler)?;
         if layout == ExportLayout::Pipeline {
             write_json(
                 tmp.join(MODEL_INDEX),
@@ -388,7 +396,7 @@ mod tests {
             (json!({"beta_schedule": "exotic"}), "beta_schedule"),
             (json!({"prediction_type": "flow"}), "prediction_type"),
             (json!({"thresholding": true}), "thresholding"),
-            (json!({"variance_type": "learned_range"}), "variance_type"),
+            (json!({"variance_type": "learned"}), "variance_type"),
             (
                 json!({"num_train_timesteps": "many"}),
                 "num_train_timesteps",

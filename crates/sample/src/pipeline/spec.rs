@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use model::{ModelConfig, Precision, Prediction, UNetConfig};
+use model::{ModelConfig, Precision, Prediction, UNetConfig, VarianceOutput};
 use schedule::{BetaSchedule, Schedule};
 
 use super::{
@@ -33,6 +33,8 @@ pub struct PipelineSpec {
     pub schedule: BetaSchedule,
     /// What the network predicts.
     pub prediction: Prediction,
+    /// Whether the network also outputs the learned variance (2·C channels).
+    pub variance: VarianceOutput,
     /// Whether samplers clamp x̂_0 to [-1, 1] by default (the toolkit's checkpoints: yes;
     /// diffusers: the scheduler's `clip_sample`).
     pub clip_sample: bool,
@@ -89,6 +91,9 @@ fn f32_precision() -> Precision {
 #[derive(Deserialize)]
 struct ObjectiveView {
     prediction: Prediction,
+    /// Absent in checkpoints older than learned variances: fixed.
+    #[serde(default)]
+    variance: VarianceOutput,
 }
 
 impl PipelineSpec {
@@ -170,6 +175,7 @@ impl PipelineSpec {
             model: config.model,
             schedule: config.schedule,
             prediction: config.objective.prediction,
+            variance: config.objective.variance,
             clip_sample: true,
             precision: config.precision,
             step: Some(state.step),
@@ -218,6 +224,19 @@ impl PipelineSpec {
         let schedule = scheduler
             .beta_schedule()
             .map_err(|message| source_err(scheduler_file.as_deref().unwrap_or(dir), message))?;
+        let learned = scheduler.variance == VarianceOutput::LearnedRange;
+        if learned && unet.out_channels != 2 * unet.in_channels {
+            return Err(source_err(
+                scheduler_file.as_deref().unwrap_or(dir),
+                format!(
+                    "`variance_type` = \"learned_range\" needs a network with 2 · `in_channels` \
+                     = {} output channels, but {} has `out_channels` = {}",
+                    2 * unet.in_channels,
+                    config_file.display(),
+                    unet.out_channels
+                ),
+            ));
+        }
         Ok(Self {
             kind: SourceKind::Diffusers {
                 scheduler_config: scheduler_file.map(|p| normalize(&p)),
@@ -228,6 +247,7 @@ impl PipelineSpec {
             model: ModelConfig::Ddpm(unet),
             schedule,
             prediction: scheduler.prediction,
+            variance: scheduler.variance,
             clip_sample: scheduler.clip_sample,
             precision: Precision::F32,
             step: None,

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     pub n_sample_images: usize,
     /// Append a line to `metrics.jsonl` every this many steps.
     pub log_every: u64,
+    /// Write TensorBoard event files into `<run>/tb/` ([`crate::tensorboard`]; `ddpm train
+    /// --no-tensorboard` turns them off). Absent from configurations saved before they existed.
+    #[serde(default = "default_tensorboard")]
+    pub tensorboard: bool,
     /// Abort after this many consecutive steps with a non-finite loss or gradient.
     pub max_nonfinite_in_a_row: u32,
     /// Data-parallel settings (timeout, gradient all-reduce); ignored by a run in one process.
@@ -123,6 +127,10 @@ pub struct EvalReference {
     /// Reference statistics of the first N training images only; `None`: all of them.
     #[serde(default)]
     pub images: Option<usize>,
+}
+
+fn default_tensorboard() -> bool {
+    true
 }
 
 fn default_grad_accum() -> usize {
@@ -213,6 +221,23 @@ impl TrainConfig {
         schedule::Schedule::new(&self.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         self.objective.validate()?;
+        let (c_in, c_out) = (self.model.in_channels(), self.model.out_channels());
+        let learned = self.objective.variance == model::VarianceOutput::LearnedRange;
+        if learned && c_out != 2 * c_in {
+            return bad(format!(
+                "objective.variance = \"learned_range\" needs a network with 2·C output channels \
+                 (the prediction and v_Σ): set model.out_channels = {} (it is {c_out})",
+                2 * c_in
+            ));
+        }
+        if learned && (self.sample_every_epochs > 0 || self.eval_every > 0) {
+            return bad(
+                "objective.variance = \"learned_range\": the samplers do not read a learned \
+                 variance yet, so set sample_every_epochs = 0 and eval_every = 0 (score the run \
+                 with `ddpm eval nll`)"
+                    .into(),
+            );
+        }
         self.optim.validate()?;
         self.ema.validate()?;
         self.distributed.validate()?;

@@ -12,7 +12,7 @@ use crate::TrainError;
 /// data, the batch size, the seed, EMA and the optimizer's other settings stay fixed for a run.
 /// The device and threads are flags, not config keys, and may always change; so may the
 /// data-parallel settings (`distributed`), and the number of ranks.
-pub const RESUME_MUTABLE: [&str; 20] = [
+pub const RESUME_MUTABLE: [&str; 21] = [
     "max_steps",
     "epochs",
     "optim.lr",
@@ -22,6 +22,8 @@ pub const RESUME_MUTABLE: [&str; 20] = [
     "checkpoint_every",
     "keep_last",
     "log_every",
+    // What the run reports, not what it learns.
+    "tensorboard",
     "sample_every_epochs",
     "n_sample_images",
     "n_workers",

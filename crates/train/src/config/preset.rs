@@ -115,6 +115,7 @@ impl Preset {
                 sample_every_epochs: 5,
                 n_sample_images: 64,
                 log_every: 10,
+                tensorboard: true,
                 max_nonfinite_in_a_row: 20,
                 distributed: DistConfig::default(),
                 eval_every: 0,
@@ -170,11 +171,7 @@ impl Preset {
                     grad_clip: Some(1.0),
                     ..OptimConfig::seed_notebook()
                 },
-                ema: EmaConfig {
-                    decay: 0.999,
-                    warmup: true,
-                },
-                // About 30 minutes on two CPU cores.
+                // About 30 minutes on two CPU cores; the seed preset's EMA.
                 epochs: Some(10),
                 checkpoint_every: 500,
                 sample_every_epochs: 1,

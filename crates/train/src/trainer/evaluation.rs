@@ -313,7 +313,7 @@ impl Trainer {
             self.save_best(&best)?;
             self.quality.best = Some(best);
         }
-        self.append_metrics(&record)?;
+        self.append_metrics(self.step, &record)?;
         Ok(Some(record))
     }
 

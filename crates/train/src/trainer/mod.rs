@@ -36,7 +36,7 @@
 //!
 //! The parts: [`Trainer::open`] and the checks of a run (`open`), the step (`step`), checkpoints,
 //! metrics lines and sample pictures (`save`), the loop and its hooks (`run_loop`), FID in the
-//! loop (`evaluation`), the data-parallel hooks (`data_parallel`) and the CUDA graph (`graph`).
+//! loop (`evaluation`), the TensorBoard event files (`summaries`), the data-parallel hooks (`data_parallel`) and the CUDA graph (`graph`).
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +65,7 @@ mod open;
 mod run_loop;
 mod save;
 mod step;
+mod summaries;
 #[cfg(test)]
 mod tests;
 
@@ -162,6 +163,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// What checking the digests of the checkpoint this run resumed from found.
+    resumed_verified: Option<crate::digest::Verified>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.
     class_names: Vec<String>,
     /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
@@ -169,6 +172,8 @@ pub struct Trainer {
     /// Data-parallel: where this rank is (`<run>/ranks/rank-K.position`), from the start of
     /// [`Trainer::run`].
     position: Option<crate::elastic::PositionLog>,
+    /// The TensorBoard event file (`summaries`), opened with the run.
+    summaries: summaries::Summaries,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -185,6 +190,12 @@ impl Trainer {
     /// first.
     pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
         &self.skipped_checkpoints
+    }
+
+    /// What checking the digests of the checkpoint a resume loaded found: `Unverified` for one
+    /// written before checkpoints had digests (a front end says so); `None` for a fresh run.
+    pub fn resumed_verification(&self) -> Option<crate::digest::Verified> {
+        self.resumed_verified
     }
 
     /// What a fresh run with `init_from` set took from its source (`None` for other runs, and
@@ -253,7 +264,9 @@ impl Trainer {
             // The recomputation runs from inside backward with host-side work a replay would
             // skip (copies of the dropout generator's state, a nested autograd pass).
             return Err(TrainError::CudaGraph(
-                "activation checkpointing cannot be captured in a CUDA graph: its recomputation                  does host-side work during backward (generator state copies, a nested autograd                  pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
+                "activation checkpointing cannot be captured in a CUDA graph: its recomputation \
+                 does host-side work during backward (generator state copies, a nested autograd \
+                 pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
                     .into(),
             ));
         }

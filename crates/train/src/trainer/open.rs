@@ -124,7 +124,8 @@ impl Trainer {
     /// earlier run, or one resumed from a checkpoint ([`Start`]). `config.json` is written (by
     /// rank 0 of a data-parallel run) once the configuration has been checked and, on resume,
     /// once the checkpoint has loaded; a resume also cuts `metrics.jsonl` back to the
-    /// checkpoint's step. A refused open leaves the run's files as they were.
+    /// checkpoint's step, and the TensorBoard event files (`tb/`) with it. A refused open leaves
+    /// the run's files as they were.
     ///
     /// # Errors
     /// [`TrainError::RunExists`] when a fresh run finds run files; [`TrainError::Config`] when the
@@ -151,7 +152,7 @@ impl Trainer {
         if let Some(dist) = &dist {
             check_same_start(&run, &start, dist)?;
         }
-        let trainer = match start {
+        let mut trainer = match start {
             Start::Fresh(config) => {
                 if dist.as_ref().is_none_or(Distributed::is_main) {
                     run.ensure_fresh()?;
@@ -173,6 +174,7 @@ impl Trainer {
             }
         };
         trainer.write_config()?;
+        trainer.open_tensorboard()?;
         trainer.sync_start()?;
         Ok(trainer)
     }
@@ -253,10 +255,9 @@ impl Trainer {
             .collect();
         let run_dir = run.path().to_path_buf();
         let params = model_vs.trainable_variables();
-        let class_names = match config.model.num_classes() {
-            Some(_) => loader.dataset().class_names().to_vec(),
-            None => Vec::new(),
-        };
+        let class_names = Some(loader.dataset().class_names().to_vec())
+            .filter(|_| config.model.num_classes().is_some())
+            .unwrap_or_default();
         Ok(Self {
             config,
             run,
@@ -288,9 +289,11 @@ impl Trainer {
             stop_local: false,
             stop_agreed: false,
             resumed_world_size: None,
+            resumed_verified: None,
             class_names,
             quality: evaluation::QualityState::default(),
             position: None,
+            summaries: None,
         })
     }
 
@@ -352,6 +355,16 @@ impl Trainer {
             };
             let mut trainer = Self::build(run, resolved, dataset.clone(), device, dist.take())?;
             match trainer.load_checkpoint(&dir, &state.0) {
+                Ok(()) if trainer.step > trainer.total_steps() => {
+                    // Going on would rewrite the checkpoint and config.json and train nothing.
+                    return Err(TrainError::Config(format!(
+                        "{} is at step {}, past the run's last step {} (max_steps / epochs): \
+                         pass a larger --max-steps, or --resume-from an earlier checkpoint",
+                        dir.display(),
+                        trainer.step,
+                        trainer.total_steps()
+                    )));
+                }
                 Ok(()) => {
                     trainer.skipped_checkpoints = skipped;
                     trainer.resumed_world_size = Some(state.0.world_size);
@@ -375,13 +388,14 @@ impl Trainer {
         })
     }
 
-    /// Loads weights, EMA weights, optimizer moments and counters; every tensor is checked to
-    /// be finite.
+    /// Loads weights, EMA weights, optimizer moments and counters; every file is first checked
+    /// against its digest ([`crate::digest::verify`]), every tensor is checked to be finite.
     pub(super) fn load_checkpoint(
         &mut self,
         dir: &Path,
         state: &CheckpointState,
     ) -> Result<(), TrainError> {
+        self.resumed_verified = Some(crate::digest::verify(dir, state)?);
         model::load_safetensors(&mut self.model_vs, &dir.join(checkpoint::MODEL_FILE))?;
         model::load_safetensors(&mut self.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
         let optim_path = dir.join(checkpoint::OPTIMIZER_FILE);

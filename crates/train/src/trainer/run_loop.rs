@@ -238,7 +238,7 @@ impl Trainer {
             world_size: self.world_size(),
         };
         self.stats.start_window(self.step, read.skipped);
-        self.append_metrics(&record)?;
+        self.append_metrics(self.step, &record)?;
         Ok(record)
     }
 }

@@ -1,16 +1,17 @@
 //! What a run writes besides its weights' updates: checkpoints of the current step, the lines of
-//! `metrics.jsonl` and the sample pictures of the EMA weights.
+//! `metrics.jsonl` and the sample pictures of the EMA weights, each also in the TensorBoard event
+//! file (`summaries`).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use tch::Tensor;
 use torch_ext::Generator;
 
 use sample::{sample, save_grid, ClassConditioning, SampleOptions, SamplerConfig};
 
+use super::summaries::MetricsLine;
 use super::Trainer;
 use crate::checkpoint::{self, CheckpointContents, CheckpointState};
 use crate::scaler::LossScaler;
@@ -38,6 +39,7 @@ impl Trainer {
             &contents,
             self.config.keep_last,
         )?;
+        self.sync_summaries()?;
         self.checkpoint_barrier()?;
         Ok(dir)
     }
@@ -71,6 +73,7 @@ impl Trainer {
             world_size: self.world_size(),
             class_names: self.class_names.clone(),
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
+            digests: Default::default(),
         }
     }
 
@@ -121,10 +124,20 @@ impl Trainer {
             .collect();
         let strip_path = dir.join(format!("{tag}-strip.png"));
         save_grid(&Tensor::cat(&strip, 0), strip.len().max(1), &strip_path)?;
+        self.summarise_images(&[
+            ("samples/grid", grid_path.as_path()),
+            ("samples/strip", strip_path.as_path()),
+        ])?;
         Ok(vec![grid_path, strip_path])
     }
 
-    pub(super) fn append_metrics(&self, record: &impl Serialize) -> Result<(), TrainError> {
+    /// Appends `record` to `metrics.jsonl`, and its scalars to the TensorBoard event file at
+    /// `step` (both flushed).
+    pub(super) fn append_metrics(
+        &self,
+        step: u64,
+        record: &impl MetricsLine,
+    ) -> Result<(), TrainError> {
         if !self.is_writer() {
             return Ok(());
         }
@@ -137,6 +150,7 @@ impl Trainer {
         // One write of the whole line, so that a reader never sees half of one.
         let line = serde_json::to_string(record).expect("records serialise") + "\n";
         f.write_all(line.as_bytes())
-            .map_err(|e| self.write_err(&path, e))
+            .map_err(|e| self.write_err(&path, e))?;
+        self.summarise_line(step, record)
     }
 }

@@ -71,6 +71,7 @@ fn config(num_classes: Option<i64>, p_uncond: f64) -> TrainConfig {
         sample_every_epochs: 0,
         n_sample_images: 4,
         log_every: 1,
+        tensorboard: true,
         max_nonfinite_in_a_row: 3,
         distributed: crate::DistConfig::default(),
         eval_every: 0,

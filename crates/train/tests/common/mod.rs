@@ -113,6 +113,7 @@ pub fn tiny_config() -> TrainConfig {
         sample_every_epochs: 0,
         n_sample_images: 4,
         log_every: 1,
+        tensorboard: true,
         max_nonfinite_in_a_row: 3,
         distributed: train::DistConfig::default(),
         eval_every: 0,

@@ -1,0 +1,183 @@
+//! Checksummed checkpoints as a user meets them: a flipped bit in the newest checkpoint is
+//! found on resume (which falls back past it, or refuses it when picked by name) and by `ddpm
+//! checkpoint verify`; a checkpoint written before digests existed still loads, with a note; a
+//! SIGTERM while a checkpoint is written in the background leaves it complete.
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{
+    complete_checkpoints, kill, path_arg, run, spawn, stderr_of, stdout_of, synthetic_cifar,
+    tiny_train_args, wait_exit, wait_for,
+};
+
+/// The tiny run of `train_cli`: a checkpoint every 2 steps, to `max_steps`, then `extra`.
+fn train_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--threads", "1", "--set", "checkpoint_every=2"];
+    args.extend_from_slice(extra);
+    tiny_train_args(data, run_dir, &args)
+}
+
+/// Flips the lowest bit of the mantissa of the file's last float: a finite weight that
+/// safetensors reads without complaint.
+fn flip_a_bit(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() - 4;
+    bytes[at] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn verify(run_dir: &Path) -> std::process::Output {
+    run(&["checkpoint", "verify", path_arg(run_dir)])
+}
+
+#[test]
+fn a_flipped_bit_in_the_newest_model_is_named_by_verify_and_resume_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = run(&train_args(&data, &run_dir, &["--max-steps", "4"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = verify(&run_dir);
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "{stdout}{}", stderr_of(&out));
+    assert_eq!(stdout.matches("(3 files match)").count(), 2, "{stdout}");
+
+    let newest = run_dir.join("checkpoints/step-00000004/model.safetensors");
+    flip_a_bit(&newest);
+    let out = verify(&run_dir);
+    let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let named = format!("{}: digest mismatch", newest.display());
+    assert!(stdout.contains(&named), "`{named}` not in: {stdout}");
+    assert!(stdout.contains("ok          ") && stdout.contains("step-00000002"));
+    assert!(stderr.contains("1 of 2 checkpoints"), "{stderr}");
+
+    // Picked by name, the damaged checkpoint is refused.
+    let out = run(&train_args(
+        &data,
+        &run_dir,
+        &["--resume-from", "step-00000004", "--max-steps", "6"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
+    // Picked as the newest, it is passed over with a warning naming the file.
+    let out = run(&train_args(
+        &data,
+        &run_dir,
+        &["--resume", "--max-steps", "6"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: skipped checkpoint")
+            && stderr.contains(&named)
+            && stderr.contains("from step 2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unverified"), "{stderr}");
+}
+
+#[test]
+fn a_checkpoint_without_digests_loads_with_a_note_and_verifies_as_unverified() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let out = run(&train_args(&data, &run_dir, &["--max-steps", "2"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // What the writer wrote before digests existed: the same state.json without them.
+    let digests = e2e::drop_digests(&run_dir.join("checkpoints/step-00000002"));
+    assert_eq!(digests.as_object().unwrap().len(), 3, "{digests}");
+
+    let out = verify(&run_dir);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("unverified  "),
+        "{}",
+        stdout_of(&out)
+    );
+    let out = run(&train_args(
+        &data,
+        &run_dir,
+        &["--resume", "--max-steps", "4"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: resumed from a checkpoint written before checkpoints had digests"),
+        "{stderr}"
+    );
+    // The checkpoints it writes have them.
+    let out = verify(&run_dir);
+    assert!(
+        stdout_of(&out).contains("(3 files match)"),
+        "{}",
+        stdout_of(&out)
+    );
+}
+
+#[test]
+fn verify_of_a_folder_without_checkpoints_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = verify(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no checkpoint under"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+/// Checkpoints are written off the training thread; a stop request waits for the write in
+/// flight before it writes its own.
+#[test]
+fn sigterm_during_a_background_write_leaves_it_and_the_previous_one_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 64);
+    let run_dir = dir.path().join("run");
+    let args = train_args(
+        &data,
+        &run_dir,
+        &[
+            "--max-steps",
+            "100000",
+            "--epochs",
+            "100000",
+            "--set",
+            "keep_last=10",
+        ],
+    );
+    // Each write pauses between its files, so the signal lands inside the second one.
+    let mut child = spawn(&args, &[("DDPM_FAULT_CHECKPOINT_PAUSE_MS", "1500")]);
+    let tmp = run_dir.join("checkpoints/step-00000004.tmp");
+    wait_for(
+        "the second checkpoint half-written",
+        Duration::from_secs(180),
+        || tmp.join("model.safetensors").exists(),
+    );
+    kill(child.id(), "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(120), "SIGTERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&out);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: checkpoint at step"),
+        "{stderr}"
+    );
+    let complete = complete_checkpoints(&run_dir);
+    assert_eq!(
+        complete[..2],
+        ["step-00000002", "step-00000004"],
+        "{complete:?}"
+    );
+    assert!(!run_dir.join("checkpoints/step-00000004.tmp").exists());
+    let out = verify(&run_dir);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    assert!(!stdout_of(&out).contains("BAD"), "{}", stdout_of(&out));
+}
