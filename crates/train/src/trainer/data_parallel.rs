@@ -329,7 +329,7 @@ impl Trainer {
             restart,
             steps_redone: furthest.unwrap_or(self.step).saturating_sub(self.step),
         };
-        self.append_metrics(&record)?;
+        self.append_metrics(self.step, &record)?;
         Ok(record)
     }
 }
