@@ -31,6 +31,7 @@ pub mod run_dir;
 pub mod scaler;
 pub mod stats;
 pub mod trainer;
+pub mod writer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
 pub use distributed::DistConfig;
