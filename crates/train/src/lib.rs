@@ -34,6 +34,7 @@ pub mod scaler;
 pub mod stats;
 pub mod tensorboard;
 pub mod trainer;
+pub mod writer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
 pub use distributed::DistConfig;

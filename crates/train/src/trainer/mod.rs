@@ -163,6 +163,10 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// Writes [`Trainer::run`]'s checkpoints off the training thread, one at a time.
+    writer: crate::writer::CheckpointWriter,
+    /// Seconds waited for the writer since the last metrics line, if it was waited for.
+    checkpoint_wait: Option<f64>,
     /// What checking the digests of the checkpoint this run resumed from found.
     resumed_verified: Option<crate::digest::Verified>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.

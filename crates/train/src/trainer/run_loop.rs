@@ -32,6 +32,10 @@ pub struct MetricsRecord {
     /// The number of data-parallel ranks (1 in records written before they existed).
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Seconds the training thread waited since the previous record because a checkpoint came
+    /// due while the previous one was still being written; absent when it did not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_wait_s: Option<f64>,
 }
 
 fn one() -> usize {
@@ -136,6 +140,8 @@ impl Trainer {
                 self.stop_local = stop.load(Ordering::SeqCst);
                 let outcome = self.step_with(&batch)?;
                 hooks.on_step(self.step, epoch, &outcome);
+                // A checkpoint written since, or its error, is reported here.
+                self.poll_checkpoint(hooks)?;
                 window.0 += (batch.shape[0] * self.world_size()) as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {
                     let record = self.write_metrics(epoch, window)?;
@@ -143,8 +149,7 @@ impl Trainer {
                     window = (0, Instant::now());
                 }
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
-                    let dir = self.save_checkpoint()?;
-                    hooks.on_checkpoint(&dir);
+                    self.start_checkpoint(hooks)?;
                 }
                 // A stop request skips the evaluation, as it skips the preview below.
                 if self.evaluates_after_this_step(total)
@@ -167,6 +172,7 @@ impl Trainer {
                 hooks.on_samples(&files);
             }
         }
+        self.finish_checkpoint(hooks)?;
         let dir = self.save_checkpoint()?;
         hooks.on_checkpoint(&dir);
         // No rank waits on rank 0 after the last checkpoint: it samples alone.
@@ -208,6 +214,7 @@ impl Trainer {
 
     /// Writes the stop request's checkpoint and ends the run as interrupted.
     fn stop_with_checkpoint(&mut self, hooks: &mut dyn TrainHooks) -> Result<RunEnd, TrainError> {
+        self.finish_checkpoint(hooks)?;
         let dir = self.save_checkpoint()?;
         hooks.on_checkpoint(&dir);
         hooks.message(&format!(
@@ -236,6 +243,7 @@ impl Trainer {
             images_per_sec: window.0 as f64 / window.1.elapsed().as_secs_f64().max(1e-9),
             skipped_steps: read.skipped,
             world_size: self.world_size(),
+            checkpoint_wait_s: self.checkpoint_wait.take(),
         };
         self.stats.start_window(self.step, read.skipped);
         self.append_metrics(self.step, &record)?;
