@@ -694,8 +694,7 @@ fn fid_of_a_checkpoint_across_two_ranks_scores_the_same_samples() {
 fn final_state_files(run_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let last = checkpoint_entries(run_dir)
         .into_iter()
-        .filter(|name| name.starts_with("step-") && !name.ends_with(".tmp"))
-        .next_back()
+        .rfind(|name| name.starts_with("step-") && !name.ends_with(".tmp"))
         .expect("a checkpoint");
     ["model", "ema", "optimizer"]
         .iter()
@@ -740,7 +739,7 @@ fn max_restarts_1_survives_a_killed_rank_with_the_files_of_an_uninterrupted_run(
     restarted.extend(["--max-restarts", "1"]);
     let launcher = spawn_launcher(&tiny_args(&data, &run_dir, &restarted), &log);
     wait_for("the first checkpoint", Duration::from_secs(60), || {
-        e2e::complete_checkpoints(&run_dir).len() >= 1
+        !e2e::complete_checkpoints(&run_dir).is_empty()
     });
     let pids = launcher_pids(&read(&log)).expect("the launcher prints the ranks' PIDs");
     kill(pids[1], "-KILL");

@@ -50,6 +50,22 @@ fn state(step: u64) -> CheckpointState {
     }
 }
 
+/// The checkpoint of `state`: the two stores and the moments, without copies.
+fn contents<'a>(
+    state: &'a CheckpointState,
+    (model, ema, optimizer): (&'a VarStore, &'a VarStore, &[(String, Tensor)]),
+) -> CheckpointContents<'a> {
+    CheckpointContents {
+        state,
+        model,
+        ema,
+        optimizer: optimizer
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect(),
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let threads = std::env::var("DDPM_BENCH_THREADS")
         .ok()
@@ -81,16 +97,7 @@ fn benches(c: &mut Criterion) {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(base).unwrap();
-    let contents = |state| CheckpointContents {
-        state,
-        model: &model_vs,
-        ema: &ema_vs,
-        optimizer: optimizer
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect(),
-    };
-
+    let stores = (&model_vs, &ema_vs, optimizer.as_slice());
     let mut group = c.benchmark_group("checkpoint_stall/ho2020_256");
     group
         .sampling_mode(SamplingMode::Flat)
@@ -104,7 +111,7 @@ fn benches(c: &mut Criterion) {
             for i in 0..iters {
                 let state = state(i + 1);
                 let start = Instant::now();
-                checkpoint::save(&sync_root, &contents(&state), 1).unwrap();
+                checkpoint::save(&sync_root, &contents(&state, stores), 1).unwrap();
                 stalled += start.elapsed();
             }
             stalled
@@ -119,7 +126,7 @@ fn benches(c: &mut Criterion) {
                 writer.wait().unwrap();
                 let state = state(i + 1);
                 let start = Instant::now();
-                let snapshot = contents(&state).to_host();
+                let snapshot = contents(&state, stores).to_host();
                 writer.start(async_root.clone(), snapshot, 1).unwrap();
                 stalled += start.elapsed();
             }
