@@ -1,5 +1,5 @@
 //! Checkpoint writes off the training thread: [`CheckpointWriter`] takes a
-//! [`Snapshot`](crate::checkpoint::Snapshot) already copied to host memory and writes it on a
+//! [`Snapshot`] already copied to host memory and writes it on a
 //! thread of its own ([`crate::checkpoint::save_snapshot`]: a temporary directory, the digests,
 //! a rename, the `keep_last` pruning), while training goes on.
 //!
