@@ -159,10 +159,7 @@ mod tests {
         );
         assert_eq!(
             config("dpm-solver++", 20).unwrap(),
-            SamplerConfig::DpmSolverPp {
-                steps: 20,
-                spacing: TimestepSpacing::Trailing
-            }
+            SamplerConfig::dpm_solver_pp(20, TimestepSpacing::Trailing)
         );
         assert_eq!(
             config("ddim:eta=0.5:linspace", 5).unwrap(),

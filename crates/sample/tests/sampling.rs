@@ -349,18 +349,18 @@ fn dpm_solver_pp_converges_at_second_order_and_ddim_at_first() {
         .unwrap()
         .images
     };
-    let reference = run(SamplerConfig::DpmSolverPp {
-        steps: 1000,
-        spacing: TimestepSpacing::Trailing,
-    });
+    let reference = run(SamplerConfig::dpm_solver_pp(
+        1000,
+        TimestepSpacing::Trailing,
+    ));
     let error =
         |config: SamplerConfig| f64::try_from((run(config) - &reference).abs().max()).unwrap();
     let dpm: Vec<f64> = [50, 100, 200]
         .map(|steps| {
-            error(SamplerConfig::DpmSolverPp {
+            error(SamplerConfig::dpm_solver_pp(
                 steps,
-                spacing: TimestepSpacing::Trailing,
-            })
+                TimestepSpacing::Trailing,
+            ))
         })
         .to_vec();
     let ddim: Vec<f64> = [50, 100, 200]
@@ -448,10 +448,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
             eta: 0.5,
             spacing: TimestepSpacing::Trailing,
         },
-        SamplerConfig::DpmSolverPp {
-            steps: 5,
-            spacing: TimestepSpacing::Trailing,
-        },
+        SamplerConfig::dpm_solver_pp(5, TimestepSpacing::Trailing),
     ] {
         let run = |seed| {
             sample(
@@ -809,10 +806,7 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
             eta: 0.5,
             spacing: TimestepSpacing::Leading,
         },
-        SamplerConfig::DpmSolverPp {
-            steps: 4,
-            spacing: TimestepSpacing::Trailing,
-        },
+        SamplerConfig::dpm_solver_pp(4, TimestepSpacing::Trailing),
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {
             let options = SampleOptions {

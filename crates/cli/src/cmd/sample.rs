@@ -388,7 +388,7 @@ impl Plan {
             );
         }
         // T, the number of training steps, from the config (the pipeline builds the schedule).
-        let sampler = args.sampler.config(spec.schedule.n_steps())?;
+        let sampler = args.sampler.config_for(&spec)?;
         // First: --guidance on an unconditional model says so, not "pass --class".
         let guidance = args
             .sampler
