@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod digest;
 pub mod distributed;
+pub mod elastic;
 pub mod ema;
 pub mod memory;
 pub mod objective;
@@ -33,6 +34,7 @@ pub mod scaler;
 pub mod stats;
 pub mod tensorboard;
 pub mod trainer;
+pub mod writer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
 pub use distributed::DistConfig;

@@ -6,6 +6,7 @@ use tch::{Kind, Tensor};
 use data::Batch;
 
 use super::{dropout_seed, step_seed, Trainer};
+use crate::elastic::Phase;
 use crate::objective::training_loss_cond;
 use crate::optim::Adam;
 use crate::stats::StatsRead;
@@ -184,6 +185,7 @@ impl Trainer {
     ) -> Result<StepTensors, TrainError> {
         let (t, noise, labels) = self.draw_step(x_0, labels)?;
         self.optim.zero_grad();
+        self.mark(Phase::Forward);
         self.broadcast_buffers()?;
         tch::no_grad(|| {
             for (live, backup) in &mut self.buffers {
@@ -191,11 +193,13 @@ impl Trainer {
             }
         });
         let loss = self.forward_backward(x_0, &noise, &t, labels.as_ref())?;
+        self.mark(Phase::AllReduce);
         self.average_gradients()?;
         let overflow = self.unscale_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
         let loss = self.global_loss(&loss)?;
+        self.mark(Phase::Optimizer);
         // Everything below stays on the device (see the docs above); n = step − skipped steps.
         let lr = self
             .config
@@ -266,6 +270,9 @@ impl Trainer {
             if last {
                 self.before_forward()?;
             }
+            if k > 1 {
+                self.mark(Phase::Forward);
+            }
             let autocast = self.autocast();
             let loss = training_loss_cond(
                 self.model.as_ref(),
@@ -286,6 +293,7 @@ impl Trainer {
                 Some(scaler) => scaler.scale_loss(&share),
                 None => share.shallow_clone(),
             };
+            self.mark(Phase::Backward);
             if last {
                 self.before_backward(&scaled)?;
             }
