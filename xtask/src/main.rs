@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod bench;
+mod chaos;
 #[cfg(test)]
 mod doc_commands;
 mod fetch;
@@ -48,6 +49,10 @@ enum Command {
     /// checks and times everything on a GPU machine without cargo into one archive; then
     /// smoke-test the archive on the CPU.
     GpuBundle(gpu_bundle::BundleArgs),
+    /// A soak of elastic training: a tiny 2-rank job under SIGKILL, SIGTERM and SIGSTOP at
+    /// random moments, restarted until it reaches its step count, then compared byte for byte
+    /// with an uninterrupted run of the same seed. Not part of CI.
+    Chaos(chaos::ChaosArgs),
     #[command(flatten)]
     Fetch(fetch::FetchCommand),
 }
@@ -125,6 +130,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Quality(args) => quality::run(args),
         Command::GpuBundle(args) => gpu_bundle::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Fetch(command) => fetch::run(command),
     }
 }

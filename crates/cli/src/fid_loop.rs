@@ -44,6 +44,9 @@ pub struct FidLoopArgs {
     /// The evaluation sampler's steps (default 50 for ddim, 20 for dpm-solver++).
     #[arg(long, value_name = "N")]
     eval_steps: Option<usize>,
+    /// The evaluation sampler's order, as `ddpm sample --order` (dpm-solver++ and unipc).
+    #[arg(long, value_name = "N")]
+    eval_order: Option<usize>,
     /// The FID Inception TorchScript (default data/inception/default_1.pt, fetched when missing
     /// as `cargo xtask fetch-inception` does, except with --offline). Kept by the run:
     /// shortcut for --set eval_reference.inception=PATH.
@@ -95,7 +98,7 @@ impl FidLoopArgs {
     /// default steps depend on it, as in `ddpm sample`), as a `--set` pair; `None` when neither
     /// flag is given.
     pub fn sampler_set(&self, config: &TrainConfig) -> Result<Option<(String, Value)>> {
-        if self.eval_sampler.is_none() && self.eval_steps.is_none() {
+        if self.eval_sampler.is_none() && self.eval_steps.is_none() && self.eval_order.is_none() {
             return Ok(None);
         }
         let kind = match (self.eval_sampler, &config.eval_sampler) {
@@ -103,14 +106,19 @@ impl FidLoopArgs {
             (None, sample::SamplerConfig::Ddpm { .. }) => SamplerKind::Ddpm,
             (None, sample::SamplerConfig::Ddim { .. }) => SamplerKind::Ddim,
             (None, sample::SamplerConfig::DpmSolverPp { .. }) => SamplerKind::DpmSolverPp,
+            (None, sample::SamplerConfig::UniPc { .. }) => SamplerKind::Unipc,
         };
         let args = SamplerArgs {
             weights: WeightsArg::Ema,
-            sampler: kind,
+            sampler: Some(kind),
             variance: VarianceArg::Large,
             steps: self.eval_steps,
             eta: None,
             spacing: None,
+            timesteps: None,
+            order: self.eval_order,
+            sde: false,
+            unipc_variant: None,
             no_clip: false,
             guidance: None,
         };
@@ -119,8 +127,11 @@ impl FidLoopArgs {
             .n_steps();
         let sampler = args
             .config(n_steps)
-            .map_err(|e| anyhow::anyhow!(format!("{e:#}").replace("--steps", "--eval-steps")))
-            .context("--eval-sampler/--eval-steps")?;
+            .map_err(|e| {
+                let message = format!("{e:#}").replace("--steps", "--eval-steps");
+                anyhow::anyhow!(message.replace("--order", "--eval-order"))
+            })
+            .context("--eval-sampler/--eval-steps/--eval-order")?;
         Ok(Some((
             "eval_sampler".to_string(),
             serde_json::to_value(sampler).expect("samplers serialise"),

@@ -9,10 +9,18 @@
 //!   forwarded; the ranks agree on the step to stop after, and rank 0 writes one checkpoint.
 //! - The ranks die with the launcher (`PR_SET_PDEATHSIG` with SIGTERM), even when it is killed
 //!   with SIGKILL.
-//! - When a rank exits with an error or is killed, the launcher names it, sends SIGTERM to the
-//!   others, SIGKILL after a grace period, and exits with status 1.
+//! - When a rank exits with an error or is killed, the launcher names it, sends SIGTERM (and
+//!   SIGCONT, for a stopped rank) to the others, SIGKILL after a grace period, and exits with
+//!   status 1; for `ddpm train` it first prints where each rank was ([`crate::elastic`]).
+//! - With `--max-restarts R` (`ddpm train`), it starts all the ranks again instead, up to R
+//!   times, with `TORCHELASTIC_RESTART_COUNT` set as torchrun sets it: they continue from the
+//!   run's newest complete checkpoint. A stop signal to the launcher is never followed by a
+//!   restart.
 
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::DeviceSpec;
@@ -109,13 +117,14 @@ pub fn set_rank_threads(threads: Option<i32>, env: Option<&LaunchEnv>, device: t
 struct Ranks(Vec<Child>);
 
 impl Ranks {
-    /// Starts this command as ranks 0…n-1, meeting on 127.0.0.1:`port`.
-    fn spawn(n: usize, port: u16) -> Result<Self> {
+    /// Starts this command as ranks 0…n-1, meeting on 127.0.0.1:`port`, the `restart`-th time.
+    fn spawn(n: usize, port: u16, restart: u32) -> Result<Self> {
         let exe = std::env::current_exe().context("cannot find the ddpm executable")?;
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let mut ranks = Self(Vec::with_capacity(n));
         for rank in 0..n {
             let child = rank_command(&exe, &args, rank, n, port)
+                .env(crate::elastic::RESTART_COUNT_VAR, restart.to_string())
                 .spawn()
                 .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
             ranks.0.push(child);
@@ -161,6 +170,8 @@ impl Ranks {
     /// and SIGKILL to any still running after [`GRACE`].
     fn stop_others(&mut self, failed: usize, done: &mut [Option<ExitStatus>]) -> Result<()> {
         self.signal_all(SIGTERM, Some(failed));
+        // A stopped rank (SIGSTOP) acts on the SIGTERM once it runs again.
+        self.signal_all(libc::SIGCONT, Some(failed));
         let deadline = Instant::now() + GRACE;
         for (other, child) in self.0.iter_mut().enumerate() {
             while done[other].is_none() {
@@ -268,7 +279,10 @@ fn check_launch(n: usize, device: DeviceSpec) -> Result<()> {
 
 /// Forwards SIGINT, SIGTERM, SIGUSR1 and (unless ignored) SIGHUP to `ranks` from a thread of
 /// its own, until the returned handle is closed.
-fn forward_signals(ranks: &Ranks) -> Result<signal_hook::iterator::Handle> {
+fn forward_signals(
+    ranks: &Ranks,
+    stopping: Arc<AtomicBool>,
+) -> Result<signal_hook::iterator::Handle> {
     let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
     if !crate::signals::is_ignored(SIGHUP) {
         wanted.push(SIGHUP);
@@ -280,6 +294,7 @@ fn forward_signals(ranks: &Ranks) -> Result<signal_hook::iterator::Handle> {
         .name("forward-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                stopping.store(true, Ordering::SeqCst);
                 for &pid in &child_pids {
                     // SAFETY: kill(2) on PIDs we started.
                     unsafe { libc::kill(pid, signal) };
@@ -290,18 +305,85 @@ fn forward_signals(ranks: &Ranks) -> Result<signal_hook::iterator::Handle> {
     Ok(handle)
 }
 
-/// Runs this `ddpm train` command as `n` ranks on this machine and waits for them.
+/// What `--nproc-per-node` starts.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchPlan<'a> {
+    /// The number of ranks.
+    pub n: usize,
+    /// `--device`.
+    pub device: DeviceSpec,
+    /// `--max-restarts`: how many times all the ranks start again after one fails.
+    pub max_restarts: u32,
+    /// `ddpm train`'s run directory, whose `ranks/` folder says where each rank was.
+    pub run_dir: Option<&'a Path>,
+}
+
+/// Runs this command as `n` ranks on this machine and waits for them.
+///
+/// # Errors
+/// As [`launch_with`].
+pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
+    launch_with(LaunchPlan {
+        n,
+        device,
+        max_restarts: 0,
+        run_dir: None,
+    })
+}
+
+/// Runs this command as `plan.n` ranks on this machine and waits for them, starting them all
+/// again up to `plan.max_restarts` times when one fails.
 ///
 /// # Errors
 /// Before starting anything: `n` is 0, torchrun's variables are already set, or `n` exceeds
-/// the GPUs on CUDA. After: when a rank fails (naming it).
-pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
-    check_launch(n, device)?;
+/// the GPUs on CUDA. After: when a rank fails (naming it) and no restart is left, or the
+/// launcher was asked to stop.
+pub fn launch_with(plan: LaunchPlan<'_>) -> Result<()> {
+    check_launch(plan.n, plan.device)?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut restart = 0;
+    loop {
+        let Some((rank, status)) = attempt(&plan, restart, &stopping)? else {
+            return Ok(());
+        };
+        if restart < plan.max_restarts && !stopping.load(Ordering::SeqCst) {
+            restart += 1;
+            eprintln!(
+                "restart {restart} of {} (--max-restarts): starting all {} ranks again; they \
+                 continue from the newest complete checkpoint",
+                plan.max_restarts, plan.n
+            );
+            continue;
+        }
+        let left = match plan.max_restarts {
+            0 => String::new(),
+            max => format!(" (after {restart} of {max} restarts)"),
+        };
+        bail!(
+            "data-parallel training failed: rank {rank} {}{left}",
+            describe(status)
+        )
+    }
+}
+
+/// One start of the ranks: `None` when all of them succeed, else the first that failed (the
+/// others stopped, and where each rank was printed).
+fn attempt(
+    plan: &LaunchPlan<'_>,
+    restart: u32,
+    stopping: &Arc<AtomicBool>,
+) -> Result<Option<(usize, ExitStatus)>> {
+    let n = plan.n;
+    if let Some(run_dir) = plan.run_dir {
+        for rank in 0..n {
+            let _ = std::fs::remove_file(train::elastic::report_path(run_dir, rank));
+        }
+    }
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .context("no free port on 127.0.0.1 for the ranks to meet on")?;
-    let mut ranks = Ranks::spawn(n, port)?;
+    let mut ranks = Ranks::spawn(n, port, restart)?;
     let pids: Vec<String> = ranks
         .0
         .iter()
@@ -312,21 +394,30 @@ pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
         "--nproc-per-node {n}: ranks meet on 127.0.0.1:{port} ({})",
         pids.join(", ")
     );
-    let handle = forward_signals(&ranks)?;
+    let handle = forward_signals(&ranks, Arc::clone(stopping))?;
     let mut done: Vec<Option<ExitStatus>> = vec![None; n];
     let failed = ranks.wait_first_failure(&mut done);
     handle.close();
     let Some((rank, status)) = failed? else {
-        return Ok(());
+        return Ok(None);
     };
     eprintln!(
         "rank {rank} (PID {}) {}; stopping the other ranks",
         ranks.0[rank].id(),
         describe(status)
     );
+    // Where each rank was when the failure reached the launcher: a stopped rank's record is
+    // read before the SIGCONT of `stop_others` lets it move on.
+    let places = plan.run_dir.map(|run_dir| {
+        let places: Vec<_> = (0..n)
+            .map(|r| crate::elastic::rank_where(run_dir, r, ranks.0[r].id()))
+            .collect();
+        (run_dir, places)
+    });
     ranks.stop_others(rank, &mut done)?;
-    bail!(
-        "data-parallel training failed: rank {rank} {}",
-        describe(status)
-    )
+    if let Some((run_dir, mut places)) = places {
+        crate::elastic::refresh(run_dir, &mut places);
+        eprintln!("{}", crate::elastic::summary(run_dir, &places));
+    }
+    Ok(Some((rank, status)))
 }

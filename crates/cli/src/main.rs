@@ -9,6 +9,7 @@ mod datasets;
 mod device;
 #[cfg(test)]
 mod doc_commands;
+mod elastic;
 mod fid_loop;
 mod inception;
 mod launch;

@@ -1,11 +1,12 @@
-//! The sampler flags shared by `ddpm sample` and `ddpm eval fid --checkpoint`: one clap struct,
-//! so both commands take the same names, values and defaults.
+//! The sampler flags shared by `ddpm sample` and `ddpm eval fid --checkpoint` (and, through
+//! [`SamplerArgs::config`], `ddpm train --eval-sampler`): one clap struct, so the commands take
+//! the same names, values and defaults.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use sample::{PipelineSpec, SamplerConfig, Weights};
+use sample::{PipelineSpec, SamplerConfig, UniPcVariant, Weights};
 use schedule::{TimestepSpacing, VarianceType};
 
 /// Which reverse process.
@@ -15,9 +16,46 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM over --steps steps with --eta (Song et al. 2021).
     Ddim,
-    /// DPM-Solver++(2M) over --steps steps (Lu et al. 2022): good samples in 15-25 steps.
+    /// Multistep DPM-Solver++ over --steps steps (Lu et al. 2022), of --order 1-3 (default 2:
+    /// good samples in 15-25 steps), or its SDE variant with --sde.
     #[value(name = "dpm-solver++")]
     DpmSolverPp,
+    /// UniPC over --steps steps (Zhao et al. 2023): predictor of --order 1-3 with the corrector;
+    /// the strongest at about 10 steps.
+    Unipc,
+}
+
+impl SamplerKind {
+    /// The sampler a diffusers `scheduler_config.json` names in `_class_name`, if it is one of
+    /// these.
+    pub fn from_diffusers_class(class: &str) -> Option<Self> {
+        match class {
+            "DDPMScheduler" => Some(SamplerKind::Ddpm),
+            "DDIMScheduler" => Some(SamplerKind::Ddim),
+            "DPMSolverMultistepScheduler" => Some(SamplerKind::DpmSolverPp),
+            "UniPCMultistepScheduler" => Some(SamplerKind::Unipc),
+            _ => None,
+        }
+    }
+
+    /// The flag's value, for messages.
+    fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::DpmSolverPp => "dpm-solver++",
+            SamplerKind::Unipc => "unipc",
+        }
+    }
+}
+
+/// UniPC's B(h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UniPcVariantArg {
+    /// B(h) = h (the paper's choice for unconditional sampling).
+    Bh1,
+    /// B(h) = e^h - 1 (diffusers' default).
+    Bh2,
 }
 
 /// The reverse variance of DDPM.
@@ -58,9 +96,10 @@ pub struct SamplerArgs {
     /// Which weights of a training checkpoint (a diffusers folder has one set).
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: WeightsArg,
-    /// The sampler.
-    #[arg(long, value_enum, default_value = "ddpm")]
-    pub sampler: SamplerKind,
+    /// The sampler (default: the one a diffusers folder's scheduler_config.json names, else
+    /// ddpm).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
     /// DDPM's reverse variance.
     #[arg(long, value_enum, default_value = "large")]
     pub variance: VarianceArg,
@@ -75,6 +114,20 @@ pub struct SamplerArgs {
     /// DPM-Solver++).
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingArg>,
+    /// DDIM, DPM-Solver++ and UniPC: the timesteps themselves, largest first, each below T
+    /// (e.g. 999,800,600,400,200,0), in place of --steps and --spacing.
+    #[arg(long, value_delimiter = ',', value_name = "T,...", conflicts_with_all = ["steps", "spacing"])]
+    pub timesteps: Option<Vec<usize>>,
+    /// DPM-Solver++ and UniPC: the solver order, 1 to 3 (default 2; 3 for UniPC and DPM-Solver++
+    /// at about 10 steps).
+    #[arg(long, value_name = "N")]
+    pub order: Option<usize>,
+    /// DPM-Solver++: the stochastic SDE variant (sde-dpmsolver++), which draws noise each step.
+    #[arg(long)]
+    pub sde: bool,
+    /// UniPC: B(h) (default bh2).
+    #[arg(long, value_enum)]
+    pub unipc_variant: Option<UniPcVariantArg>,
     /// Do not clamp the predicted x0 to [-1, 1] at each step (a diffusers folder's default is its
     /// scheduler's `clip_sample`).
     #[arg(long)]
@@ -122,8 +175,46 @@ impl SamplerArgs {
             .with_context(|| format!("--checkpoint {}", checkpoint.display()))
     }
 
-    /// The sampler the flags describe, checked against the model's T.
+    /// The sampler the flags describe for the model of `spec`: its T, and the sampler its
+    /// diffusers scheduler config names when --sampler is not given.
+    pub fn config_for(&self, spec: &PipelineSpec) -> Result<SamplerConfig> {
+        let default = (spec.scheduler_class.as_deref()).and_then(SamplerKind::from_diffusers_class);
+        self.config_with(
+            spec.schedule.n_steps(),
+            default.unwrap_or(SamplerKind::Ddpm),
+        )
+    }
+
+    /// The sampler the flags describe, checked against the model's T (ddpm when --sampler is
+    /// not given).
     pub fn config(&self, n_train_steps: usize) -> Result<SamplerConfig> {
+        self.config_with(n_train_steps, SamplerKind::Ddpm)
+    }
+
+    /// Refuses a flag that the sampler does not take, naming both.
+    fn check_applies(&self, kind: SamplerKind) -> Result<()> {
+        let name = kind.name();
+        let takes_order = matches!(kind, SamplerKind::DpmSolverPp | SamplerKind::Unipc);
+        if kind != SamplerKind::Ddim && self.eta.is_some() {
+            bail!("--eta applies to --sampler ddim only, not --sampler {name}");
+        }
+        if !takes_order && self.order.is_some() {
+            bail!("--order applies to --sampler dpm-solver++ and unipc, not --sampler {name}");
+        }
+        if kind != SamplerKind::DpmSolverPp && self.sde {
+            bail!("--sde applies to --sampler dpm-solver++ only, not --sampler {name}");
+        }
+        if kind != SamplerKind::Unipc && self.unipc_variant.is_some() {
+            bail!("--unipc-variant applies to --sampler unipc only, not --sampler {name}");
+        }
+        if let Some(order) = self.order.filter(|o| !(1..=3).contains(o)) {
+            bail!("--order {order} is invalid for --sampler {name}: it must be 1, 2 or 3");
+        }
+        Ok(())
+    }
+
+    fn config_with(&self, n_train_steps: usize, default: SamplerKind) -> Result<SamplerConfig> {
+        let kind = self.sampler.unwrap_or(default);
         let spacing = |default| match self.spacing.unwrap_or(default) {
             SpacingArg::Linspace => TimestepSpacing::Linspace,
             SpacingArg::Leading => TimestepSpacing::Leading,
@@ -131,19 +222,23 @@ impl SamplerArgs {
             SpacingArg::Quadratic => TimestepSpacing::Quadratic,
         };
         let steps = |default: usize| -> Result<usize> {
+            if let Some(list) = &self.timesteps {
+                return Ok(list.len());
+            }
             let steps = self.steps.unwrap_or(default.min(n_train_steps));
             if steps == 0 || steps > n_train_steps {
                 bail!("--steps {steps} is impossible: the checkpoint's schedule has T = {n_train_steps} steps, so use 1 to {n_train_steps}");
             }
             Ok(steps)
         };
-        if self.sampler != SamplerKind::Ddim && self.eta.is_some() {
-            bail!("--eta applies to --sampler ddim only");
-        }
-        let config = match self.sampler {
+        self.check_applies(kind)?;
+        let config = match kind {
             SamplerKind::Ddpm => {
                 if self.steps.is_some() || self.spacing.is_some() {
                     bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
+                }
+                if self.timesteps.is_some() {
+                    bail!("--timesteps does not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim, dpm-solver++ or unipc");
                 }
                 let variance = match self.variance {
                     VarianceArg::Large => VarianceType::FixedLarge,
@@ -160,16 +255,34 @@ impl SamplerArgs {
                     steps: steps(50)?,
                     eta,
                     spacing: spacing(SpacingArg::Leading),
+                    timesteps: self.timesteps.clone(),
                 }
             }
             SamplerKind::DpmSolverPp => SamplerConfig::DpmSolverPp {
                 steps: steps(20)?,
                 spacing: spacing(SpacingArg::Trailing),
+                order: self.order.unwrap_or(2),
+                sde: self.sde,
+                timesteps: self.timesteps.clone(),
+            },
+            SamplerKind::Unipc => SamplerConfig::UniPc {
+                steps: steps(20)?,
+                spacing: spacing(SpacingArg::Trailing),
+                order: self.order.unwrap_or(2),
+                variant: match self.unipc_variant {
+                    Some(UniPcVariantArg::Bh1) => UniPcVariant::Bh1,
+                    Some(UniPcVariantArg::Bh2) | None => UniPcVariant::Bh2,
+                },
+                timesteps: self.timesteps.clone(),
             },
         };
         config
             .timesteps(n_train_steps)
-            .context("--steps and --spacing")?;
+            .context(if self.timesteps.is_some() {
+                "--timesteps"
+            } else {
+                "--steps and --spacing"
+            })?;
         Ok(config)
     }
 }
@@ -183,4 +296,135 @@ pub fn describe(spec: &PipelineSpec) -> (PathBuf, String) {
         .unwrap_or_default()
         .to_string();
     (spec.dir.clone(), file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sampler: SamplerArgs,
+    }
+
+    fn config(flags: &str) -> Result<SamplerConfig> {
+        let argv = std::iter::once("ddpm").chain(flags.split_whitespace());
+        Cli::try_parse_from(argv).unwrap().sampler.config(1000)
+    }
+
+    #[test]
+    fn solver_flags_make_their_configs() {
+        assert_eq!(
+            config("--sampler dpm-solver++ --order 3 --steps 10").unwrap(),
+            SamplerConfig::DpmSolverPp {
+                steps: 10,
+                spacing: TimestepSpacing::Trailing,
+                order: 3,
+                sde: false,
+                timesteps: None,
+            }
+        );
+        assert_eq!(
+            config("--sampler dpm-solver++").unwrap(),
+            SamplerConfig::dpm_solver_pp(20, TimestepSpacing::Trailing)
+        );
+        assert_eq!(
+            config("--sampler unipc --order 1 --unipc-variant bh1 --spacing linspace").unwrap(),
+            SamplerConfig::UniPc {
+                steps: 20,
+                spacing: TimestepSpacing::Linspace,
+                order: 1,
+                variant: UniPcVariant::Bh1,
+                timesteps: None,
+            }
+        );
+        assert!(config("--sampler dpm-solver++ --sde")
+            .unwrap()
+            .is_stochastic());
+    }
+
+    #[test]
+    fn a_flag_the_sampler_does_not_take_is_refused_naming_both() {
+        for (flags, named) in [
+            ("--sampler ddim --order 3", ["--order", "--sampler ddim"]),
+            ("--order 2", ["--order", "--sampler ddpm"]),
+            ("--sampler unipc --sde", ["--sde", "--sampler unipc"]),
+            (
+                "--sampler ddim --unipc-variant bh1",
+                ["--unipc-variant", "--sampler ddim"],
+            ),
+            ("--sampler unipc --eta 0.5", ["--eta", "--sampler unipc"]),
+            (
+                "--sampler unipc --order 4",
+                ["--order 4", "--sampler unipc"],
+            ),
+        ] {
+            let message = format!("{:#}", config(flags).unwrap_err());
+            for name in named {
+                assert!(message.contains(name), "{flags}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_explicit_timestep_list_replaces_steps_and_spacing() {
+        let listed = config("--sampler ddim --timesteps 999,500,0").unwrap();
+        assert_eq!(
+            listed,
+            SamplerConfig::Ddim {
+                steps: 3,
+                eta: 0.0,
+                spacing: TimestepSpacing::Leading,
+                timesteps: Some(vec![999, 500, 0]),
+            }
+        );
+        assert_eq!(listed.timesteps(1000).unwrap().as_slice(), &[999, 500, 0]);
+        assert_eq!(listed.nfe(1000).unwrap(), 3);
+        for (flags, named) in [
+            ("--sampler unipc --timesteps 5,9", "decrease"),
+            (
+                "--sampler dpm-solver++ --timesteps 1000,0",
+                "below T = 1000",
+            ),
+            ("--timesteps 999,0", "--sampler ddpm"),
+        ] {
+            let message = format!("{:#}", config(flags).unwrap_err());
+            assert!(
+                message.contains("--timesteps") && message.contains(named),
+                "{flags}: {message}"
+            );
+        }
+        let argv = [
+            "ddpm",
+            "--sampler",
+            "ddim",
+            "--timesteps",
+            "9,0",
+            "--steps",
+            "5",
+        ];
+        let err = Cli::try_parse_from(argv).err().unwrap().to_string();
+        assert!(
+            err.contains("--timesteps") && err.contains("--steps"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_diffusers_scheduler_class_picks_the_default_sampler() {
+        assert_eq!(
+            SamplerKind::from_diffusers_class("UniPCMultistepScheduler"),
+            Some(SamplerKind::Unipc)
+        );
+        assert_eq!(
+            SamplerKind::from_diffusers_class("DPMSolverMultistepScheduler"),
+            Some(SamplerKind::DpmSolverPp)
+        );
+        assert_eq!(
+            SamplerKind::from_diffusers_class("LMSDiscreteScheduler"),
+            None
+        );
+    }
 }

@@ -219,7 +219,16 @@ fn describe_sampler(sampler: &sample::SamplerConfig) -> String {
     match sampler {
         sample::SamplerConfig::Ddpm { variance } => format!("DDPM, all steps, {variance:?}"),
         sample::SamplerConfig::Ddim { steps, eta, .. } => format!("DDIM, {steps} steps, eta {eta}"),
-        sample::SamplerConfig::DpmSolverPp { steps, .. } => format!("DPM-Solver++, {steps} steps"),
+        sample::SamplerConfig::DpmSolverPp {
+            steps, order, sde, ..
+        } => match (order, sde) {
+            (2, false) => format!("DPM-Solver++, {steps} steps"),
+            (_, false) => format!("DPM-Solver++ order {order}, {steps} steps"),
+            (_, true) => format!("SDE-DPM-Solver++ order {order}, {steps} steps"),
+        },
+        sample::SamplerConfig::UniPc { steps, order, .. } => {
+            format!("UniPC order {order}, {steps} steps")
+        }
     }
 }
 

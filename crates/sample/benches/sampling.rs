@@ -55,11 +55,20 @@ fn bench_model(
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     for (label, sampler_config) in samplers {
         let mut sampler = Sampler::new(&sched, sampler_config, Prediction::Eps, false).unwrap();
-        // The step at t = 500, or the nearest below it.
-        let i = sampler.timesteps().iter().position(|&t| t <= 500).unwrap();
-        let t = sampler.timesteps()[i];
+        // The step at t = 500, or the nearest below it; a multistep solver's steps in chain
+        // order, over and over, so that each runs at the order its history allows (the mean
+        // step of a chain).
+        let fixed = sampler.timesteps().iter().position(|&t| t <= 500).unwrap();
+        let multistep = matches!(
+            sampler_config,
+            SamplerConfig::DpmSolverPp { .. } | SamplerConfig::UniPc { .. }
+        );
+        let mut k = 0;
         group.bench_function(*label, |b| {
             b.iter(|| {
+                let i = if multistep { k % sampler.nfe() } else { fixed };
+                k += 1;
+                let t = sampler.timesteps()[i];
                 let prev = tch::no_grad(|| {
                     let t_batch = Tensor::full([batch], t as i64, (Kind::Int64, device));
                     let out = model::forward(net.as_ref(), &x, &t_batch, false, None);
@@ -93,21 +102,44 @@ fn benches(c: &mut Criterion) {
             steps: 50,
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
     );
+    // The solvers for about 10 network evaluations, with a full history.
+    let dpm3 = (
+        "dpm_solver_pp3_10",
+        SamplerConfig::DpmSolverPp {
+            steps: 10,
+            spacing: TimestepSpacing::Trailing,
+            order: 3,
+            sde: false,
+            timesteps: None,
+        },
+    );
+    let unipc3 = (
+        "unipc3_10",
+        SamplerConfig::UniPc {
+            steps: 10,
+            spacing: TimestepSpacing::Trailing,
+            order: 3,
+            variant: sample::UniPcVariant::Bh2,
+            timesteps: None,
+        },
+    );
+    let all = [ddpm, ddim, dpm3, unipc3];
     bench_model(
         c,
         "simple_unet",
         ModelConfig::Simple(SimpleUnetConfig::seed_cifar10()),
         128,
-        &[ddpm.clone(), ddim.clone()],
+        &all,
     );
     bench_model(
         c,
         "ddpm_unet",
         ModelConfig::Ddpm(UNetConfig::ho2020_cifar10()),
         if gpu { 128 } else { 4 },
-        &[ddpm, ddim],
+        &all,
     );
 }
 

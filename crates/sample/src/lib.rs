@@ -1,10 +1,11 @@
 //! Sampling from diffusion models on libtorch: the reverse process, batched generation, and one
 //! way in from weights on disk to images.
 //!
-//! - [`sampler`]: DDPM ancestral sampling (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021) and
-//!   DPM-Solver++(2M) (Lu et al. 2022) as one reverse step on given tensors ([`Sampler`]), whole
-//!   chains for one batch ([`sample`]) and any number of images in seeded batches
-//!   ([`sample_batches`]).
+//! - [`solvers`]: DDPM ancestral sampling (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021),
+//!   multistep DPM-Solver++ of orders 1–3 and its SDE variant (Lu et al. 2022) and UniPC (Zhao
+//!   et al. 2023), one module each behind one step interface ([`Sampler`], [`SamplerConfig`]).
+//! - [`sampler`]: the loop: whole chains for one batch ([`sample`]) and any number of images in
+//!   seeded batches ([`sample_batches`]).
 //! - [`guidance`]: class-conditional sampling with classifier-free guidance,
 //!   ε̃ = ε_u + W (ε_c − ε_u) ([`ClassConditioning`] in [`SampleOptions::class_cond`]).
 //! - [`collect`]: one call from a [`Pipeline`] and a [`SampleRequest`] to every image as u8
@@ -31,6 +32,7 @@ pub mod pipeline;
 pub mod sampler;
 #[cfg(feature = "dist")]
 pub mod shard;
+pub mod solvers;
 
 pub use collect::{SampleRequest, Samples};
 pub use guidance::{guide, guided_forward, ClassConditioning};
@@ -39,8 +41,9 @@ pub use noise::InitialNoise;
 pub use pipeline::{ExportLayout, Pipeline, PipelineSpec, SourceKind, Weights};
 pub use sampler::{
     batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,
-    SampledBatch, Sampler, SamplerConfig,
+    SampledBatch,
 };
+pub use solvers::{Sampler, SamplerConfig, UniPcVariant};
 /// The generator the samplers draw from (re-exported so that callers need no torch-ext dependency).
 pub use torch_ext::Generator;
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{nn::VarStore, Tensor};
+use tch::{nn::VarStore, Device, Tensor};
 
 use crate::TrainError;
 
@@ -133,6 +133,62 @@ pub struct CheckpointContents<'a> {
     pub optimizer: Vec<(String, Tensor)>,
 }
 
+impl CheckpointContents<'_> {
+    /// The tensors as they are, without a copy: for a write that ends before training goes on.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            state: self.state.clone(),
+            model: named_tensors(self.model),
+            ema: named_tensors(self.ema),
+            optimizer: self
+                .optimizer
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+        }
+    }
+
+    /// A copy in host memory that training does not touch, for a write on another thread
+    /// ([`crate::writer`]). From CUDA the copies go to pinned memory without blocking, and one
+    /// synchronisation waits for all of them.
+    pub fn to_host(&self) -> Snapshot {
+        let shared = self.snapshot();
+        let copy = |named: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+            named
+                .into_iter()
+                .map(|(n, t)| {
+                    // Non-blocking copies from CUDA land in pinned host memory (ATen's `_to_copy`).
+                    let host = t.to_device_(Device::Cpu, t.kind(), t.device().is_cuda(), true);
+                    (n, host)
+                })
+                .collect()
+        };
+        let device = shared.model.first().map(|(_, t)| t.device());
+        let snapshot = tch::no_grad(|| Snapshot {
+            state: shared.state,
+            model: copy(shared.model),
+            ema: copy(shared.ema),
+            optimizer: copy(shared.optimizer),
+        });
+        if let Some(Device::Cuda(index)) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+        snapshot
+    }
+}
+
+/// A checkpoint's contents by value: its state and its named tensors.
+pub struct Snapshot {
+    /// The JSON state (its `digests` are filled in when it is written).
+    pub state: CheckpointState,
+    /// Live weights, in name order.
+    pub model: Vec<(String, Tensor)>,
+    /// Averaged weights, in name order.
+    pub ema: Vec<(String, Tensor)>,
+    /// Optimizer moments.
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
 /// Writes a checkpoint for `contents.state.step` under `root` atomically, then deletes all but
 /// the newest `keep_last` (at least 1). Returns the new directory.
 ///
@@ -145,9 +201,21 @@ pub fn save(
     contents: &CheckpointContents<'_>,
     keep_last: usize,
 ) -> Result<PathBuf, TrainError> {
-    let name = dir_name(contents.state.step);
+    save_snapshot(root, &contents.snapshot(), keep_last)
+}
+
+/// [`save`] of a [`Snapshot`]: what the writer thread ([`crate::writer`]) runs.
+///
+/// # Errors
+/// As [`save`].
+pub fn save_snapshot(
+    root: &Path,
+    snapshot: &Snapshot,
+    keep_last: usize,
+) -> Result<PathBuf, TrainError> {
+    let name = dir_name(snapshot.state.step);
     let final_dir = root.join(&name);
-    let tmp = write_staged(root, &name, contents, &[])?;
+    let tmp = write_staged(root, &name, snapshot, &[])?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
     }
@@ -157,7 +225,7 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Writes a checkpoint of `contents`, and `extra` files (name, bytes), into `root/<name>.tmp`
+/// Writes a checkpoint of `snapshot`, and `extra` files (name, bytes), into `root/<name>.tmp`
 /// (replacing a leftover one), every file and the directory fsynced, and returns that
 /// directory; the caller renames it into place. On failure the partial directory is removed.
 ///
@@ -166,21 +234,18 @@ pub fn save(
 pub(crate) fn write_staged(
     root: &Path,
     name: &str,
-    contents: &CheckpointContents<'_>,
+    snapshot: &Snapshot,
     extra: &[(&str, &[u8])],
 ) -> Result<PathBuf, TrainError> {
-    let model = named_tensors(contents.model);
-    let ema = named_tensors(contents.ema);
-    all_finite(&model)?;
-    all_finite(&ema)?;
+    all_finite(&snapshot.model)?;
+    all_finite(&snapshot.ema)?;
     fs::create_dir_all(root).map_err(|e| TrainError::write(root, e, root))?;
     let tmp = root.join(format!("{name}.tmp"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     fs::create_dir(&tmp).map_err(|e| TrainError::write(&tmp, e, root))?;
-    let written =
-        write_extra(&tmp, extra, root).and_then(|()| write_dir(&tmp, contents, &model, &ema, root));
+    let written = write_extra(&tmp, extra, root).and_then(|()| write_dir(&tmp, snapshot, root));
     if let Err(err) = written {
         // A half-written checkpoint is of no use, and on a full disk its space is needed.
         let _ = fs::remove_dir_all(&tmp);
@@ -210,26 +275,20 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), TrainError> {
 }
 
 /// The files of a checkpoint, into the temporary directory `tmp`.
-fn write_dir(
-    tmp: &Path,
-    contents: &CheckpointContents<'_>,
-    model: &[(String, Tensor)],
-    ema: &[(String, Tensor)],
-    root: &Path,
-) -> Result<(), TrainError> {
+fn write_dir(tmp: &Path, snapshot: &Snapshot, root: &Path) -> Result<(), TrainError> {
     let pause = fault_injection_pause();
-    write_tensors(&tmp.join(MODEL_FILE), model, root)?;
+    write_tensors(&tmp.join(MODEL_FILE), &snapshot.model, root)?;
     pause();
-    write_tensors(&tmp.join(EMA_FILE), ema, root)?;
+    write_tensors(&tmp.join(EMA_FILE), &snapshot.ema, root)?;
     pause();
-    write_tensors(&tmp.join(OPTIMIZER_FILE), &contents.optimizer, root)?;
+    write_tensors(&tmp.join(OPTIMIZER_FILE), &snapshot.optimizer, root)?;
     // Every file but state.json, which records their digests and is written last.
     let names: Vec<String> = fs::read_dir(tmp)
         .map_err(|e| io_err(tmp, e))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut state = contents.state.clone();
+    let mut state = snapshot.state.clone();
     state.digests = crate::digest::digest_files(tmp, &names)?;
     let state_path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(&state).expect("checkpoint states serialise");

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod digest;
 pub mod distributed;
+pub mod elastic;
 pub mod ema;
 pub mod memory;
 pub mod objective;
@@ -34,6 +35,7 @@ pub mod stats;
 pub mod tensorboard;
 pub mod timesteps;
 pub mod trainer;
+pub mod writer;
 
 pub use config::{ConfigChange, EvalReference, Preset, TrainConfig};
 pub use distributed::DistConfig;

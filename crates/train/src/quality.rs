@@ -211,7 +211,7 @@ pub(crate) fn write_best(
     let tmp = checkpoint::write_staged(
         checkpoints,
         BEST_DIR,
-        contents,
+        &contents.snapshot(),
         &[(BEST_RECORD_FILE, &json)],
     )?;
     let (best, old) = (best_dir(checkpoints), sibling(checkpoints, ".old"));

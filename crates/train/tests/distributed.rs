@@ -104,12 +104,27 @@ fn rank1_dir(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}-rank1", path.display()))
 }
 
+/// Rank 1 writes nothing into the run directory but where it is (`ranks/rank-1.*`, #29).
 fn assert_rank1_wrote_nothing(rank: usize, path: &Path) {
-    if rank == 1 {
-        assert!(
-            !rank1_dir(path).exists(),
-            "rank 1 wrote into its run directory"
+    if rank != 1 {
+        return;
+    }
+    let dir = rank1_dir(path);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        assert_eq!(
+            entry.file_name(),
+            train::elastic::RANKS_DIR,
+            "rank 1 wrote {} into its run directory",
+            entry.path().display()
         );
+        for own in std::fs::read_dir(entry.path()).unwrap() {
+            let name = own.unwrap().file_name().into_string().unwrap();
+            assert!(name.starts_with("rank-1."), "rank 1 wrote ranks/{name}");
+        }
     }
 }
 

@@ -291,7 +291,7 @@ impl RustRun {
 }
 
 /// Builds `ddpm` in `profile` and returns its path and the seconds the build took.
-fn build_ddpm(profile: &str) -> Result<(PathBuf, f64)> {
+pub(crate) fn build_ddpm(profile: &str) -> Result<(PathBuf, f64)> {
     eprintln!("== building ddpm ({profile} profile)");
     let started = Instant::now();
     run_checked(cargo().args(["build", "--profile", profile, "-p", "cli", "--bin", "ddpm"]))?;

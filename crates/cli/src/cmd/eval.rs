@@ -245,7 +245,7 @@ pub(crate) fn check_out_folder(out: &Path, flag: &str) -> Result<()> {
 /// JSON only), `--n` (default 10,000), the batch size, the seed, the class balance.
 fn checkpoint_samples(args: &FidArgs, path: &Path) -> Result<CheckpointSamples> {
     let spec = args.sampler.resolve(path)?;
-    let sampler = args.sampler.config(spec.schedule.n_steps())?;
+    let sampler = args.sampler.config_for(&spec)?;
     let guidance = args.sampler.guidance_for(spec.num_classes(), path)?;
     let samples = CheckpointSamples {
         spec,

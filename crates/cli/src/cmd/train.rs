@@ -96,6 +96,11 @@ pub struct TrainArgs {
     /// threads/N CPU threads each on the CPU. --batch-size stays the global batch.
     #[arg(long, value_name = "N")]
     nproc_per_node: Option<usize>,
+    /// With --nproc-per-node: when a rank dies, start all the ranks again, at most R times;
+    /// they continue from the run's newest complete checkpoint (torchrun's --max-restarts does
+    /// the same for the ranks it starts). 0: the run stops, naming the rank.
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    max_restarts: u32,
     /// Seconds a data-parallel rank waits for the others (rendezvous, every collective) before
     /// the run stops with an error. Shortcut for --set distributed.timeout_secs=N (default 300).
     #[arg(long, value_name = "SECS")]
@@ -270,8 +275,20 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             if !args.resumes() {
                 check_split(&resolve_config(&args, None)?, n)?;
             }
-            return crate::launch::launch(n, args.device);
+            let run_dir = args.run_dir();
+            return crate::launch::launch_with(crate::launch::LaunchPlan {
+                n,
+                device: args.device,
+                max_restarts: args.max_restarts,
+                run_dir: Some(&run_dir),
+            });
         }
+    }
+    if args.max_restarts > 0 && !launched {
+        bail!(
+            "--max-restarts restarts the ranks that --nproc-per-node N starts: add \
+             --nproc-per-node (under torchrun, pass torchrun's own --max-restarts)"
+        );
     }
     let launch = LaunchEnv::from_env().context("the torchrun variables")?;
     let Some(env) = launch else {
@@ -359,6 +376,10 @@ impl TrainArgs {
 /// A fresh run's flags are checked before anything touches the disk; the lock comes before the
 /// run's files are looked at.
 fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir, Start)> {
+    let restart = crate::elastic::restart_count()?;
+    if restart > 0 && !args.resumes() {
+        return plan_restart(args, run_dir, writer, restart);
+    }
     if !args.resumes() {
         let config = resolve_config(args, None)?;
         check_p_uncond(args, &config)?;
@@ -404,6 +425,45 @@ fn plan_start(args: &TrainArgs, run_dir: &Path, writer: bool) -> Result<(RunDir,
     }
     let config = Some(config);
     Ok((run, Start::Resume { from, config }))
+}
+
+/// [`plan_start`] for a rank that was restarted (`TORCHELASTIC_RESTART_COUNT` > 0) without
+/// `--resume`: this run's directory continues from its newest complete checkpoint (or starts
+/// over when it has none yet); another run's is refused ([`crate::elastic::restart_plan`]).
+fn plan_restart(
+    args: &TrainArgs,
+    run_dir: &Path,
+    writer: bool,
+    restart: u64,
+) -> Result<(RunDir, Start)> {
+    let mut config = resolve_config(args, None)?;
+    check_p_uncond(args, &config)?;
+    let run = lock_run_dir(run_dir, writer)?;
+    let saved = crate::elastic::saved_run_config(run_dir)?;
+    if let Some(saved) = &saved {
+        // --class-cond takes the number of classes from the dataset, as the first start did.
+        if args.class_cond && config.model.num_classes().is_none() {
+            config.model.set_num_classes(saved.model.num_classes());
+        }
+    }
+    Ok(
+        match crate::elastic::restart_plan(run_dir, restart, saved.as_ref(), &config)? {
+            None => {
+                if writer {
+                    run.ensure_fresh()?;
+                }
+                (run, Start::Fresh(config))
+            }
+            Some(true) => (
+                run,
+                Start::Resume {
+                    from: None,
+                    config: Some(config),
+                },
+            ),
+            Some(false) => (run, Start::Overwrite(config)),
+        },
+    )
 }
 
 /// `--p-uncond` only for a class-conditional run (`--class-cond`, or classes in the
@@ -621,10 +681,23 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     let (dataset, data_dir) = load_dataset(&args, config, offline, writer)?;
     // As a TrainError, which names the rank (see `run`).
     let options = OpenOptions::new(device).launch(env, config.distributed.timeout())?;
+    // How far the previous attempt of a restarted run got, before this one's ranks move on.
+    let furthest = train::elastic::furthest_step(&run_dir);
     let mut trainer = Trainer::open(run, start, dataset.clone(), options)?;
     made_dir.disarm();
     if writer {
         report_open(&trainer, &run_dir, device);
+    }
+    let restart = crate::elastic::restart_count()?;
+    if restart > 0 {
+        let record = trainer.record_restart(restart, furthest)?;
+        if writer {
+            eprintln!(
+                "restart {restart}: continuing from step {}; {} step(s) of the previous attempt \
+                 redone",
+                record.step, record.steps_redone
+            );
+        }
     }
     if args.cuda_graph {
         trainer.enable_cuda_graph().context("--cuda-graph")?;

@@ -36,6 +36,9 @@ pub struct DiffusersScheduler {
     pub prediction: Prediction,
     /// `clip_sample`.
     pub clip_sample: bool,
+    /// `_class_name`: which diffusers scheduler wrote the file (the sampler a front end defaults
+    /// to).
+    pub class_name: Option<String>,
     /// `variance_type`: `learned_range` for a network with 2·C output channels (Improved DDPM);
     /// the fixed types are all read as [`VarianceOutput::Fixed`] (samplers pick β_t or β̃_t).
     pub variance: VarianceOutput,
@@ -52,6 +55,7 @@ impl Default for DiffusersScheduler {
             trained_betas: None,
             prediction: Prediction::Eps,
             clip_sample: true,
+            class_name: None,
             variance: VarianceOutput::Fixed,
         }
     }
@@ -74,6 +78,9 @@ impl DiffusersScheduler {
                 .map(|v| v.as_f64().ok_or(format!("`{key}` must be a number")))
                 .transpose()
         };
+        s.class_name = get("_class_name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Some(v) = get("num_train_timesteps") {
             s.num_train_timesteps = v
                 .as_u64()

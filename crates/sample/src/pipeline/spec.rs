@@ -38,6 +38,9 @@ pub struct PipelineSpec {
     /// Whether samplers clamp x̂_0 to [-1, 1] by default (the toolkit's checkpoints: yes;
     /// diffusers: the scheduler's `clip_sample`).
     pub clip_sample: bool,
+    /// A diffusers folder's scheduler class (`_class_name` of its `scheduler_config.json`);
+    /// `None` for the toolkit's checkpoints.
+    pub scheduler_class: Option<String>,
     /// The precision the network was trained at; a bf16 network samples under bf16 autocast on
     /// CUDA (a diffusers folder records none and samples in f32).
     pub precision: Precision,
@@ -177,6 +180,7 @@ impl PipelineSpec {
             prediction: config.objective.prediction,
             variance: config.objective.variance,
             clip_sample: true,
+            scheduler_class: None,
             precision: config.precision,
             step: Some(state.step),
             class_names: state.class_names,
@@ -249,6 +253,7 @@ impl PipelineSpec {
             prediction: scheduler.prediction,
             variance: scheduler.variance,
             clip_sample: scheduler.clip_sample,
+            scheduler_class: scheduler.class_name.clone(),
             precision: Precision::F32,
             step: None,
             class_names,

@@ -10,6 +10,7 @@ use torch_ext::dist::{DistError, Distributed, GradSync};
 
 use super::{step_seed, Trainer};
 use crate::checkpoint;
+use crate::elastic::{self, Phase, Position, PositionLog};
 use crate::TrainError;
 
 /// The seed offset of rank `rank`'s own random stream (dropout masks) in a data-parallel run.
@@ -247,5 +248,85 @@ impl Trainer {
             Some(dist) => Ok(dist.barrier(&self.at_step("the barrier after rank 0's checkpoint"))?),
             None => Ok(()),
         }
+    }
+
+    /// Records this rank's position ([`crate::elastic`]); nothing alone.
+    pub(super) fn mark(&self, phase: Phase) {
+        if let (Some(log), Some(dist)) = (&self.position, &self.dist) {
+            let seq = dist
+                .group()
+                .collectives_started()
+                .unwrap_or(log.last().last_completed_collective);
+            log.mark(Position {
+                step: self.step,
+                phase,
+                last_completed_collective: seq,
+            });
+        }
+    }
+
+    /// Starts this rank's position log in `<run>/ranks/`; nothing alone.
+    pub(super) fn start_position_log(&mut self) -> Result<(), TrainError> {
+        let Some(dist) = &self.dist else {
+            return Ok(());
+        };
+        let start = Position {
+            step: self.step,
+            phase: Phase::Data,
+            last_completed_collective: dist.group().collectives_started().unwrap_or(0),
+        };
+        let log = PositionLog::create(&self.run_dir, dist.rank(), start)
+            .map_err(|e| self.write_err(&elastic::position_path(&self.run_dir, dist.rank()), e))?;
+        self.position = Some(log);
+        Ok(())
+    }
+
+    /// After `err`: when it is a failed collective, writes `<run>/ranks/rank-K.json` and returns
+    /// the line that says where this rank was.
+    pub(super) fn report_position(&self, err: &TrainError) -> Option<String> {
+        let TrainError::Dist(DistError::Collective { .. }) = err else {
+            return None;
+        };
+        let (log, dist) = (self.position.as_ref()?, self.dist.as_ref()?);
+        let started = dist.group().collectives_started().unwrap_or(0);
+        Some(
+            match log.write_report(dist.world_size(), started, err.to_string()) {
+                Ok((path, r)) => format!(
+                    "rank {} was at step {}, phase {}, last completed collective #{} (started \
+                     #{}): {}",
+                    r.rank,
+                    r.step,
+                    r.phase,
+                    r.last_completed_collective,
+                    r.collectives_started,
+                    path.display()
+                ),
+                Err(e) => format!(
+                    "rank {} cannot write where it was to {}: {e}",
+                    dist.rank(),
+                    elastic::report_path(&self.run_dir, dist.rank()).display()
+                ),
+            },
+        )
+    }
+
+    /// A restarted run (`restart` > 0): appends its [`elastic::RestartRecord`] to
+    /// `metrics.jsonl` (rank 0), with the steps redone since the `furthest` step an earlier
+    /// attempt had completed ([`elastic::furthest_step`]).
+    ///
+    /// # Errors
+    /// When `metrics.jsonl` cannot be written.
+    pub fn record_restart(
+        &self,
+        restart: u64,
+        furthest: Option<u64>,
+    ) -> Result<elastic::RestartRecord, TrainError> {
+        let record = elastic::RestartRecord {
+            step: self.step,
+            restart,
+            steps_redone: furthest.unwrap_or(self.step).saturating_sub(self.step),
+        };
+        self.append_metrics(self.step, &record)?;
+        Ok(record)
     }
 }

@@ -166,12 +166,19 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The world size of the checkpoint this run resumed from.
     resumed_world_size: Option<usize>,
+    /// Writes [`Trainer::run`]'s checkpoints off the training thread, one at a time.
+    writer: crate::writer::CheckpointWriter,
+    /// Seconds waited for the writer since the last metrics line, if it was waited for.
+    checkpoint_wait: Option<f64>,
     /// What checking the digests of the checkpoint this run resumed from found.
     resumed_verified: Option<crate::digest::Verified>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.
     class_names: Vec<String>,
     /// FID in the loop: the scorer the front end supplied, and the best checkpoint's record.
     quality: evaluation::QualityState,
+    /// Data-parallel: where this rank is (`<run>/ranks/rank-K.position`), from the start of
+    /// [`Trainer::run`].
+    position: Option<crate::elastic::PositionLog>,
     /// The TensorBoard event file (`summaries`), opened with the run.
     summaries: summaries::Summaries,
 }

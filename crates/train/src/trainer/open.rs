@@ -216,21 +216,7 @@ impl Trainer {
             .precision
             .loss_scaling()
             .then(|| LossScaler::new(device));
-        let loader_config = LoaderConfig {
-            batch_size: config.batch_size,
-            shuffle: true,
-            drop_last: true,
-            seed: config.seed,
-            n_workers: config.n_workers,
-            prefetch: 2 * config.n_workers.max(1),
-        };
-        let mut loader = Loader::new(dataset, &config.transform, loader_config)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        if let Some(dist) = &dist {
-            loader = loader
-                .sharded(dist.rank(), dist.world_size())
-                .map_err(|e| TrainError::Config(e.to_string()))?;
-        }
+        let loader = run_loader(dataset, &config, dist.as_ref())?;
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
@@ -293,8 +279,11 @@ impl Trainer {
             stop_agreed: false,
             resumed_world_size: None,
             resumed_verified: None,
+            writer: Default::default(),
+            checkpoint_wait: None,
             class_names,
             quality: evaluation::QualityState::default(),
+            position: None,
             summaries: None,
         })
     }
@@ -669,6 +658,30 @@ fn check_labels(
 }
 
 /// A generator of the run on `device`, seeded with `seed`.
+/// The run's loader: shuffled, whole batches, this rank's share of them in a data-parallel run.
+fn run_loader(
+    dataset: Source,
+    config: &TrainConfig,
+    dist: Option<&Distributed>,
+) -> Result<Loader, TrainError> {
+    let loader_config = LoaderConfig {
+        batch_size: config.batch_size,
+        shuffle: true,
+        drop_last: true,
+        seed: config.seed,
+        n_workers: config.n_workers,
+        prefetch: 2 * config.n_workers.max(1),
+    };
+    let loader = Loader::new(dataset, &config.transform, loader_config)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    match dist {
+        Some(dist) => loader
+            .sharded(dist.rank(), dist.world_size())
+            .map_err(|e| TrainError::Config(e.to_string())),
+        None => Ok(loader),
+    }
+}
+
 fn run_generator(seed: u64, device: Device) -> Result<Generator, TrainError> {
     Generator::new(seed, device)
         .map_err(|e| TrainError::Config(format!("a random generator for {device:?}: {e}")))

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::evaluation::EvalOutcome;
 use super::{StepOutcome, Trainer};
+use crate::elastic::Phase;
 use crate::TrainError;
 
 /// One line of `metrics.jsonl`.
@@ -31,6 +32,10 @@ pub struct MetricsRecord {
     /// The number of data-parallel ranks (1 in records written before they existed).
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Seconds the training thread waited since the previous record because a checkpoint came
+    /// due while the previous one was still being written; absent when it did not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_wait_s: Option<f64>,
 }
 
 fn one() -> usize {
@@ -72,7 +77,9 @@ impl TrainHooks for NoHooks {}
 impl Trainer {
     /// Trains to the configured number of steps, checkpointing every `checkpoint_every` steps
     /// and at the end. When `stop` becomes true the current step finishes, a checkpoint is
-    /// written and the run returns [`RunEnd::Interrupted`].
+    /// written and the run returns [`RunEnd::Interrupted`]. Data-parallel, each rank keeps its
+    /// position in `<run>/ranks/` and, when a collective fails, writes where it was
+    /// ([`crate::elastic`]) and says so through [`TrainHooks::message`].
     ///
     /// # Errors
     /// [`TrainError::NonFinite`] when too many steps in a row are non-finite; IO errors.
@@ -81,7 +88,15 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<RunEnd, TrainError> {
-        self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop))
+        self.start_position_log()?;
+        let result = self.with_grad_sync(|trainer| trainer.run_steps(hooks, stop));
+        if let Err(err) = &result {
+            // Where this rank was when a collective failed: `<run>/ranks/rank-K.json`.
+            if let Some(line) = self.report_position(err) {
+                hooks.message(&line);
+            }
+        }
+        result
     }
 
     /// [`Trainer::run`], with the gradient averaging of a data-parallel run set up.
@@ -109,7 +124,10 @@ impl Trainer {
         while self.step < total {
             let (epoch, start) = self.loader.position(self.step);
             let mut batches = self.loader.epoch_from(epoch, start);
-            while let Some(batch) = batches.next_batch() {
+            while let Some(batch) = {
+                self.mark(Phase::Data);
+                batches.next_batch()
+            } {
                 // An unreadable record of a streamed dataset stops the run, named.
                 let batch = batch?;
                 if pending && self.evaluate_in_loop(hooks, stop)? {
@@ -122,6 +140,8 @@ impl Trainer {
                 self.stop_local = stop.load(Ordering::SeqCst);
                 let outcome = self.step_with(&batch)?;
                 hooks.on_step(self.step, epoch, &outcome);
+                // A checkpoint written since, or its error, is reported here.
+                self.poll_checkpoint(hooks)?;
                 window.0 += (batch.shape[0] * self.world_size()) as u64;
                 if self.step.is_multiple_of(self.config.log_every) || self.step == total {
                     let record = self.write_metrics(epoch, window)?;
@@ -129,8 +149,7 @@ impl Trainer {
                     window = (0, Instant::now());
                 }
                 if self.step.is_multiple_of(self.config.checkpoint_every) && self.step < total {
-                    let dir = self.save_checkpoint()?;
-                    hooks.on_checkpoint(&dir);
+                    self.start_checkpoint(hooks)?;
                 }
                 // A stop request skips the evaluation, as it skips the preview below.
                 if self.evaluates_after_this_step(total)
@@ -153,6 +172,7 @@ impl Trainer {
                 hooks.on_samples(&files);
             }
         }
+        self.finish_checkpoint(hooks)?;
         let dir = self.save_checkpoint()?;
         hooks.on_checkpoint(&dir);
         // No rank waits on rank 0 after the last checkpoint: it samples alone.
@@ -170,6 +190,7 @@ impl Trainer {
         hooks: &mut dyn TrainHooks,
         stop: &AtomicBool,
     ) -> Result<bool, TrainError> {
+        self.mark(Phase::Evaluation);
         if self.is_writer() {
             hooks.message(&format!(
                 "step {}: evaluating {} EMA samples",
@@ -193,6 +214,7 @@ impl Trainer {
 
     /// Writes the stop request's checkpoint and ends the run as interrupted.
     fn stop_with_checkpoint(&mut self, hooks: &mut dyn TrainHooks) -> Result<RunEnd, TrainError> {
+        self.finish_checkpoint(hooks)?;
         let dir = self.save_checkpoint()?;
         hooks.on_checkpoint(&dir);
         hooks.message(&format!(
@@ -221,6 +243,7 @@ impl Trainer {
             images_per_sec: window.0 as f64 / window.1.elapsed().as_secs_f64().max(1e-9),
             skipped_steps: read.skipped,
             world_size: self.world_size(),
+            checkpoint_wait_s: self.checkpoint_wait.take(),
         };
         self.stats.start_window(self.step, read.skipped);
         self.append_metrics(self.step, &record)?;

@@ -23,24 +23,89 @@ impl Trainer {
         TrainError::write(path, e, &self.run_dir.join(checkpoint::CHECKPOINTS_DIR))
     }
 
-    /// Writes a checkpoint for the current step and returns its directory.
+    /// Writes a checkpoint for the current step on this thread and returns its directory, once
+    /// it is complete on disk (and, in a data-parallel run, once every rank knows it is). A
+    /// write still in flight on the writer thread ([`Trainer::run`]'s) finishes first.
     ///
     /// # Errors
-    /// As [`checkpoint::save`].
-    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+    /// The write in flight's error; as [`checkpoint::save`].
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        self.mark(crate::elastic::Phase::Checkpoint);
         if !self.is_writer() {
             return self.wait_for_checkpoint();
         }
+        self.writer.wait()?;
         let state = self.checkpoint_state();
         let contents = self.checkpoint_contents(&state);
         let dir = checkpoint::save(
-            &self.run_dir.join("checkpoints"),
+            &self.run_dir.join(checkpoint::CHECKPOINTS_DIR),
             &contents,
             self.config.keep_last,
         )?;
         self.sync_summaries()?;
         self.checkpoint_barrier()?;
         Ok(dir)
+    }
+
+    /// Starts a checkpoint of the current step on the writer thread ([`crate::writer`]): waits
+    /// for the write in flight (reporting it, and how long the step waited, through `hooks` and
+    /// the next metrics line), copies the state to host memory, and returns. The other ranks of
+    /// a data-parallel run go on at once: none of them reads the checkpoint before the run ends.
+    ///
+    /// # Errors
+    /// The previous write's error.
+    pub(super) fn start_checkpoint(
+        &mut self,
+        hooks: &mut dyn super::TrainHooks,
+    ) -> Result<(), TrainError> {
+        if !self.is_writer() {
+            return Ok(());
+        }
+        // The write in flight finishes first, before a second copy of the state is made.
+        let since = std::time::Instant::now();
+        if let Some(written) = self.writer.wait()? {
+            let waited = since.elapsed().as_secs_f64();
+            hooks.on_checkpoint(&written.dir);
+            *self.checkpoint_wait.get_or_insert(0.0) += waited;
+            hooks.message(&format!(
+                "step {}: the checkpoint of step {} was still being written; waited {waited:.2} s \
+                 for it",
+                self.step, written.step
+            ));
+        }
+        let state = self.checkpoint_state();
+        let snapshot = self.checkpoint_contents(&state).to_host();
+        let root = self.run_dir.join(checkpoint::CHECKPOINTS_DIR);
+        self.writer.start(root, snapshot, self.config.keep_last)?;
+        Ok(())
+    }
+
+    /// Reports a checkpoint that the writer thread finished since the last step.
+    ///
+    /// # Errors
+    /// The write's error (a full disk, say): the run stops with it.
+    pub(super) fn poll_checkpoint(
+        &mut self,
+        hooks: &mut dyn super::TrainHooks,
+    ) -> Result<(), TrainError> {
+        if let Some(written) = self.writer.poll()? {
+            hooks.on_checkpoint(&written.dir);
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and reports it.
+    ///
+    /// # Errors
+    /// Its error.
+    pub(super) fn finish_checkpoint(
+        &mut self,
+        hooks: &mut dyn super::TrainHooks,
+    ) -> Result<(), TrainError> {
+        if let Some(written) = self.writer.wait()? {
+            hooks.on_checkpoint(&written.dir);
+        }
+        Ok(())
     }
 
     /// What a checkpoint of the current step holds, with its `state`
@@ -101,6 +166,7 @@ impl Trainer {
                 labels: (0..n).map(|i| (i / 8) % k).collect(),
                 guidance: 1.0,
             }),
+            initial_noise: None,
         };
         let mut gen = Generator::new(self.config.seed ^ 0x5A5A, self.device)
             .map_err(sample::SampleError::from)?;

@@ -9,6 +9,7 @@ use torch_ext::Generator;
 use data::Batch;
 
 use super::{dropout_seed, step_seed, Trainer};
+use crate::elastic::Phase;
 use crate::objective::{per_sample_loss_cond, ObjectiveConfig, TimestepSampling};
 use crate::optim::Adam;
 use crate::stats::StatsRead;
@@ -274,6 +275,7 @@ impl Trainer {
     ) -> Result<StepTensors, TrainError> {
         let (t, noise, labels) = self.draw_step(x_0, labels)?;
         self.optim.zero_grad();
+        self.mark(Phase::Forward);
         self.broadcast_buffers()?;
         tch::no_grad(|| {
             for (live, backup) in &mut self.buffers {
@@ -281,11 +283,13 @@ impl Trainer {
             }
         });
         let loss = self.forward_backward(x_0, &noise, &t, labels.as_ref())?;
+        self.mark(Phase::AllReduce);
         self.average_gradients()?;
         let overflow = self.unscale_gradients()?;
         let norm = self.optim.grad_norm();
         // Data-parallel: the mean over the ranks (and their stop requests travel along).
         let loss = self.global_loss(&loss)?;
+        self.mark(Phase::Optimizer);
         // Everything below stays on the device (see the docs above); n = step − skipped steps.
         let lr = self
             .config
@@ -358,6 +362,9 @@ impl Trainer {
             if last {
                 self.before_forward()?;
             }
+            if k > 1 {
+                self.mark(Phase::Forward);
+            }
             let autocast = self.autocast();
             let per_sample = per_sample_loss_cond(
                 self.model.as_ref(),
@@ -386,6 +393,7 @@ impl Trainer {
                 Some(scaler) => scaler.scale_loss(&share),
                 None => share.shallow_clone(),
             };
+            self.mark(Phase::Backward);
             if last {
                 self.before_backward(&scaled)?;
             }

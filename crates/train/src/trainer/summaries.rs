@@ -126,3 +126,13 @@ impl Trainer {
         }
     }
 }
+
+impl MetricsLine for crate::elastic::RestartRecord {
+    /// The restart count and the steps it takes again, as `elastic/*` scalars.
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("elastic/restart", self.restart as f64),
+            ("elastic/steps_redone", self.steps_redone as f64),
+        ]
+    }
+}

@@ -1,0 +1,247 @@
+//! Which solver, and its settings: [`SamplerConfig`], the serialized form that training
+//! configurations, FID records and golden fixtures store.
+
+use serde::{Deserialize, Serialize};
+
+use schedule::{TimestepSpacing, Timesteps, VarianceType};
+
+use crate::SampleError;
+
+/// UniPC's B(h) (Zhao et al. 2023, §3.1): diffusers' `solver_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UniPcVariant {
+    /// B(h) = h; the paper recommends it for unconditional sampling with few steps.
+    Bh1,
+    /// B(h) = e^h − 1 (diffusers' default), recommended with guidance.
+    #[default]
+    Bh2,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn is_two(order: &usize) -> bool {
+    *order == 2
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which reverse process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SamplerConfig {
+    /// Ancestral sampling over all T steps with σ_t² = β_t (`fixed_large`) or β̃_t (`fixed_small`).
+    Ddpm {
+        /// The reverse variance.
+        variance: VarianceType,
+    },
+    /// DDIM over `steps` of the T steps; η = 0 is deterministic, η = 1 over all T steps is
+    /// DDPM with σ_t² = β̃_t.
+    Ddim {
+        /// Number of sampling steps (≤ T).
+        steps: usize,
+        /// η of Song et al. 2021, Eq. 16, in [0, 1].
+        eta: f64,
+        /// How the steps are spread over 0..T.
+        spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
+    /// Multistep DPM-Solver++ of order 1, 2 or 3 in the data-prediction form (Lu et al. 2022,
+    /// Alg. 2; diffusers' `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`, or
+    /// `"sde-dpmsolver++"` with `sde`). 2M with 15–25 steps gives samples close to DDPM's with
+    /// 1000 (Lu et al. 2022, §6). The first steps climb to the order as history accrues, and the
+    /// last goes to σ = 0, that is to x̂_0 (diffusers' `lower_order_final=True`,
+    /// `final_sigmas_type="zero"`); below 15 steps the one before it is at most second order.
+    DpmSolverPp {
+        /// Number of sampling steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread over 0..T; `trailing` starts from t = T − 1, as diffusers'
+        /// default `linspace` (over T + 1 points) nearly does.
+        spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+        /// The solver order, 1 to 3 (2 when absent).
+        #[serde(default = "two", skip_serializing_if = "is_two")]
+        order: usize,
+        /// The SDE variant (`sde-dpmsolver++`): stochastic, one noise draw per step but the last.
+        #[serde(default, skip_serializing_if = "is_false")]
+        sde: bool,
+    },
+    /// UniPC (Zhao et al. 2023): the UniP predictor of order 1 to 3 with the UniC corrector after
+    /// every network evaluation but the first, as diffusers' `UniPCMultistepScheduler` with
+    /// `predict_x0=True`, `lower_order_final=True` and `final_sigmas_type="zero"`.
+    #[serde(rename = "unipc")]
+    UniPc {
+        /// Number of sampling steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread over 0..T.
+        spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+        /// The predictor's order, 1 to 3 (diffusers' `solver_order`; 2 when absent).
+        #[serde(default = "two")]
+        order: usize,
+        /// B(h).
+        #[serde(default)]
+        variant: UniPcVariant,
+    },
+}
+
+impl SamplerConfig {
+    /// The notebook's sampler: ancestral, σ_t² = β̃_t (its `posterior_variance`).
+    pub fn seed_notebook() -> Self {
+        SamplerConfig::Ddpm {
+            variance: VarianceType::FixedSmall,
+        }
+    }
+
+    /// DPM-Solver++(2M) over `steps` steps: the ODE solver of diffusers' default configuration.
+    pub fn dpm_solver_pp(steps: usize, spacing: TimestepSpacing) -> Self {
+        SamplerConfig::DpmSolverPp {
+            steps,
+            spacing,
+            timesteps: None,
+            order: 2,
+            sde: false,
+        }
+    }
+
+    /// The number of network evaluations (NFE) of one chain on a schedule of `n_train_steps`:
+    /// one per step for every solver here.
+    ///
+    /// # Errors
+    /// As [`SamplerConfig::timesteps`].
+    pub fn nfe(&self, n_train_steps: usize) -> Result<usize, SampleError> {
+        Ok(self.timesteps(n_train_steps)?.len())
+    }
+
+    /// Whether the sampler draws noise at some steps (so its images depend on the seed beyond
+    /// the starting x_T).
+    pub fn is_stochastic(&self) -> bool {
+        match self {
+            SamplerConfig::Ddpm { .. } => true,
+            SamplerConfig::Ddim { eta, .. } => *eta > 0.0,
+            SamplerConfig::DpmSolverPp { sde, .. } => *sde,
+            SamplerConfig::UniPc { .. } => false,
+        }
+    }
+
+    /// The timesteps this sampler visits on a schedule of `n_train_steps`, in sampling order.
+    ///
+    /// # Errors
+    /// [`SampleError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, `eta`
+    /// when it is outside [0, 1], or `order` when it is not 1 to 3.
+    pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
+        let sub = |steps: usize, spacing, list: &Option<Vec<usize>>| {
+            if let Some(list) = list {
+                return listed(n_train_steps, steps, list);
+            }
+            Timesteps::new(n_train_steps, steps, spacing).map_err(|e| {
+                SampleError::Config(if (1..=n_train_steps).contains(&steps) {
+                    // A count in range that the spacing cannot spread (quadratic's repeats).
+                    format!("steps = {steps} with {spacing:?} spacing: {e}")
+                } else {
+                    format!(
+                        "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
+                    )
+                })
+            })
+        };
+        let check_order = |order: usize| {
+            if (1..=3).contains(&order) {
+                Ok(())
+            } else {
+                Err(SampleError::Config(format!(
+                    "order = {order} is invalid: it must be 1, 2 or 3"
+                )))
+            }
+        };
+        match self {
+            SamplerConfig::Ddpm { .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddim {
+                steps,
+                eta,
+                spacing,
+                timesteps,
+            } => {
+                if !(0.0..=1.0).contains(eta) {
+                    return Err(SampleError::Config(format!(
+                        "eta = {eta} is invalid: it must be in [0, 1]"
+                    )));
+                }
+                sub(*steps, *spacing, timesteps)
+            }
+            SamplerConfig::DpmSolverPp {
+                steps,
+                spacing,
+                timesteps,
+                order,
+                ..
+            }
+            | SamplerConfig::UniPc {
+                steps,
+                spacing,
+                timesteps,
+                order,
+                ..
+            } => {
+                check_order(*order)?;
+                sub(*steps, *spacing, timesteps)
+            }
+        }
+    }
+}
+
+/// An explicit list of timesteps, which must hold `steps` of them.
+fn listed(n_train_steps: usize, steps: usize, list: &[usize]) -> Result<Timesteps, SampleError> {
+    if list.len() != steps {
+        return Err(SampleError::Config(format!(
+            "timesteps {list:?} hold {} steps, but steps = {steps}",
+            list.len()
+        )));
+    }
+    Timesteps::from_list(n_train_steps, list).map_err(|e| SampleError::Config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpm_solver_2m_keeps_its_serialized_form() {
+        let json =
+            serde_json::to_value(SamplerConfig::dpm_solver_pp(20, TimestepSpacing::Trailing))
+                .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "dpm_solver_pp", "steps": 20, "spacing": "trailing"})
+        );
+        let back: SamplerConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            back,
+            SamplerConfig::dpm_solver_pp(20, TimestepSpacing::Trailing)
+        );
+        let unipc: SamplerConfig = serde_json::from_value(
+            serde_json::json!({"kind": "unipc", "steps": 10, "spacing": "trailing", "order": 3}),
+        )
+        .unwrap();
+        assert_eq!(
+            unipc,
+            SamplerConfig::UniPc {
+                steps: 10,
+                spacing: TimestepSpacing::Trailing,
+                order: 3,
+                variant: UniPcVariant::Bh2,
+                timesteps: None,
+            }
+        );
+    }
+}
