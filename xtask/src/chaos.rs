@@ -148,7 +148,7 @@ impl Job {
             "50".into(),
         ];
         for set in [
-            "batch_size=8".to_string(),
+            format!("batch_size={BATCH}"),
             format!("model={model}"),
             "sample_every_epochs=0".into(),
             "n_workers=1".into(),
@@ -229,6 +229,18 @@ const SIGKILL: &str = "-KILL";
 const SIGTERM: &str = "-TERM";
 const SIGCONT: &str = "-CONT";
 const SIGSTOP: &str = "-STOP";
+
+/// The seconds of one step once the job runs, from the last `images_per_sec` of the run in
+/// `run_dir` (its whole time would count the start-up as steps); `None` without one.
+fn steady_step_secs(run_dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).ok()?;
+    let line: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let per_sec = line.get("images_per_sec")?.as_f64()?;
+    (per_sec > 0.0).then(|| BATCH as f64 / per_sec)
+}
+
+/// The job's global batch (`batch_size`).
+const BATCH: u64 = 8;
 
 /// Whether the run in `run_dir` has a complete checkpoint.
 fn has_checkpoint(run_dir: &Path) -> bool {
@@ -430,8 +442,9 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         Some(steps) => steps,
         None => {
             // Half the fault window's time spent training; the rest goes to restarts.
-            let took = job.run_clean(&work.join("calibration"))?;
-            let per_step = took.as_secs_f64() / 20.0;
+            let calibration = work.join("calibration");
+            let took = job.run_clean(&calibration)?;
+            let per_step = steady_step_secs(&calibration).unwrap_or(took.as_secs_f64() / 20.0);
             ((args.minutes * 60.0 * 0.5 / per_step) as u64 / 10 * 10).max(40)
         }
     };
@@ -445,6 +458,14 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     let deadline = started + Duration::from_secs_f64(args.minutes * 60.0);
     let tally = run_faulted(&job, &faulted, deadline, &mut Rng(seed))?;
     let faulted_took = started.elapsed();
+    if faulted_took < deadline - started {
+        eprintln!(
+            "note: the job reached step {steps} after {:.0} s, before the {} min of faults were \
+             over: pass a larger --steps for a longer soak",
+            faulted_took.as_secs_f64(),
+            args.minutes
+        );
+    }
     eprintln!("== the uninterrupted run of the same seed");
     let reference = work.join("reference");
     let clean_took = job.run_clean(&reference)?;
