@@ -115,6 +115,7 @@ impl FidLoopArgs {
             steps: self.eval_steps,
             eta: None,
             spacing: None,
+            timesteps: None,
             order: self.eval_order,
             sde: false,
             unipc_variant: None,

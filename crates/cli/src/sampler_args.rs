@@ -114,6 +114,10 @@ pub struct SamplerArgs {
     /// DPM-Solver++).
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingArg>,
+    /// DDIM, DPM-Solver++ and UniPC: the timesteps themselves, largest first, each below T
+    /// (e.g. 999,800,600,400,200,0), in place of --steps and --spacing.
+    #[arg(long, value_delimiter = ',', value_name = "T,...", conflicts_with_all = ["steps", "spacing"])]
+    pub timesteps: Option<Vec<usize>>,
     /// DPM-Solver++ and UniPC: the solver order, 1 to 3 (default 2; 3 for UniPC and DPM-Solver++
     /// at about 10 steps).
     #[arg(long, value_name = "N")]
@@ -218,6 +222,9 @@ impl SamplerArgs {
             SpacingArg::Quadratic => TimestepSpacing::Quadratic,
         };
         let steps = |default: usize| -> Result<usize> {
+            if let Some(list) = &self.timesteps {
+                return Ok(list.len());
+            }
             let steps = self.steps.unwrap_or(default.min(n_train_steps));
             if steps == 0 || steps > n_train_steps {
                 bail!("--steps {steps} is impossible: the checkpoint's schedule has T = {n_train_steps} steps, so use 1 to {n_train_steps}");
@@ -229,6 +236,9 @@ impl SamplerArgs {
             SamplerKind::Ddpm => {
                 if self.steps.is_some() || self.spacing.is_some() {
                     bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
+                }
+                if self.timesteps.is_some() {
+                    bail!("--timesteps does not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim, dpm-solver++ or unipc");
                 }
                 let variance = match self.variance {
                     VarianceArg::Large => VarianceType::FixedLarge,
@@ -245,6 +255,7 @@ impl SamplerArgs {
                     steps: steps(50)?,
                     eta,
                     spacing: spacing(SpacingArg::Leading),
+                    timesteps: self.timesteps.clone(),
                 }
             }
             SamplerKind::DpmSolverPp => SamplerConfig::DpmSolverPp {
@@ -252,6 +263,7 @@ impl SamplerArgs {
                 spacing: spacing(SpacingArg::Trailing),
                 order: self.order.unwrap_or(2),
                 sde: self.sde,
+                timesteps: self.timesteps.clone(),
             },
             SamplerKind::Unipc => SamplerConfig::UniPc {
                 steps: steps(20)?,
@@ -261,11 +273,16 @@ impl SamplerArgs {
                     Some(UniPcVariantArg::Bh1) => UniPcVariant::Bh1,
                     Some(UniPcVariantArg::Bh2) | None => UniPcVariant::Bh2,
                 },
+                timesteps: self.timesteps.clone(),
             },
         };
         config
             .timesteps(n_train_steps)
-            .context("--steps and --spacing")?;
+            .context(if self.timesteps.is_some() {
+                "--timesteps"
+            } else {
+                "--steps and --spacing"
+            })?;
         Ok(config)
     }
 }
@@ -305,7 +322,8 @@ mod tests {
                 steps: 10,
                 spacing: TimestepSpacing::Trailing,
                 order: 3,
-                sde: false
+                sde: false,
+                timesteps: None,
             }
         );
         assert_eq!(
@@ -318,7 +336,8 @@ mod tests {
                 steps: 20,
                 spacing: TimestepSpacing::Linspace,
                 order: 1,
-                variant: UniPcVariant::Bh1
+                variant: UniPcVariant::Bh1,
+                timesteps: None,
             }
         );
         assert!(config("--sampler dpm-solver++ --sde")
@@ -347,6 +366,50 @@ mod tests {
                 assert!(message.contains(name), "{flags}: {message}");
             }
         }
+    }
+
+    #[test]
+    fn an_explicit_timestep_list_replaces_steps_and_spacing() {
+        let listed = config("--sampler ddim --timesteps 999,500,0").unwrap();
+        assert_eq!(
+            listed,
+            SamplerConfig::Ddim {
+                steps: 3,
+                eta: 0.0,
+                spacing: TimestepSpacing::Leading,
+                timesteps: Some(vec![999, 500, 0]),
+            }
+        );
+        assert_eq!(listed.timesteps(1000).unwrap().as_slice(), &[999, 500, 0]);
+        assert_eq!(listed.nfe(1000).unwrap(), 3);
+        for (flags, named) in [
+            ("--sampler unipc --timesteps 5,9", "decrease"),
+            (
+                "--sampler dpm-solver++ --timesteps 1000,0",
+                "below T = 1000",
+            ),
+            ("--timesteps 999,0", "--sampler ddpm"),
+        ] {
+            let message = format!("{:#}", config(flags).unwrap_err());
+            assert!(
+                message.contains("--timesteps") && message.contains(named),
+                "{flags}: {message}"
+            );
+        }
+        let argv = [
+            "ddpm",
+            "--sampler",
+            "ddim",
+            "--timesteps",
+            "9,0",
+            "--steps",
+            "5",
+        ];
+        let err = Cli::try_parse_from(argv).err().unwrap().to_string();
+        assert!(
+            err.contains("--timesteps") && err.contains("--steps"),
+            "{err}"
+        );
     }
 
     #[test]

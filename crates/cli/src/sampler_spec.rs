@@ -114,8 +114,18 @@ impl SamplerSpec {
     ) -> Result<SamplerConfig> {
         let steps = (!self.is_full_chain()).then_some(nfe);
         let args = self.args_for(steps, extra, flag)?;
-        args.config(n_train_steps)
-            .map_err(|e| anyhow::anyhow!("{flag} `{}` at NFE {nfe}: {e:#}", self.label))
+        let config = args
+            .config(n_train_steps)
+            .map_err(|e| anyhow::anyhow!("{flag} `{}` at NFE {nfe}: {e:#}", self.label))?;
+        // What the sampler counts, so that the table's NFE is the network's work.
+        let counted = config.nfe(n_train_steps)?;
+        if !self.is_full_chain() && counted != nfe {
+            bail!(
+                "{flag} `{}` at NFE {nfe}: its chain takes {counted} network evaluations",
+                self.label
+            );
+        }
+        Ok(config)
     }
 }
 
@@ -154,7 +164,8 @@ mod tests {
             SamplerConfig::Ddim {
                 steps: 10,
                 eta: 0.0,
-                spacing: TimestepSpacing::Quadratic
+                spacing: TimestepSpacing::Quadratic,
+                timesteps: None,
             }
         );
         assert_eq!(
@@ -166,7 +177,8 @@ mod tests {
             SamplerConfig::Ddim {
                 steps: 5,
                 eta: 0.5,
-                spacing: TimestepSpacing::Linspace
+                spacing: TimestepSpacing::Linspace,
+                timesteps: None,
             }
         );
         let ddpm = SamplerSpec::parse("ddpm:small", "--full-chain").unwrap();

@@ -24,6 +24,12 @@
 //! with other kernels at another batch size. A different `batch_size`, or another device, gives
 //! other images.
 //!
+//! A request's starting x_T may come from a file instead ([`SampleOptions::initial_noise`],
+//! `ddpm sample --noise`): image `i` starts from row `i` of it, whatever the batch. The x_T draw
+//! is still made and discarded, so the per-step noise of an ancestral sampler is the seed's, the
+//! same draws as without the file: with the seed's own x_T in the file, the images are those of
+//! the seed alone.
+//!
 //! Class conditioning ([`SampleOptions::class_cond`]) changes none of this: the labels are one
 //! per image of the request, batch `b` takes those of its images, and the noise is drawn as
 //! without them, so an image's starting noise does not depend on its class or the guidance.
@@ -36,7 +42,7 @@ use model::Prediction;
 use schedule::tensor::ScheduleTensors;
 
 use crate::solvers::{Sampler, SamplerConfig};
-use crate::{ClassConditioning, SampleError};
+use crate::{ClassConditioning, InitialNoise, SampleError};
 
 /// Options that apply to every sampler.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,25 +59,39 @@ pub struct SampleOptions {
     /// network; `None` samples without classes (a class-conditional network then sees its null
     /// label).
     pub class_cond: Option<ClassConditioning>,
+    /// The request's starting x_T, one row per image, in place of the seeded draw; `None`:
+    /// drawn from the seed.
+    pub initial_noise: Option<InitialNoise>,
 }
 
 impl SampleOptions {
     /// These options for the `n` images of a request from image `first` on: the class labels
-    /// of those images (for a batch run as a request of its own, as sharded sampling does).
+    /// and starting noise of those images (for a batch run as a request of its own, as sharded
+    /// sampling does).
     ///
     /// # Panics
-    /// When the range reaches past the labels.
+    /// When the range reaches past the labels or the noise.
     pub fn for_images(&self, first: usize, n: usize) -> Self {
         Self {
             class_cond: self.class_cond.as_ref().map(|c| c.slice(first, n)),
+            initial_noise: self.initial_noise.as_ref().map(|x| x.slice(first, n)),
             ..self.clone()
         }
     }
 
-    /// Checks the class conditioning against `model` and a request of `n_images`.
-    fn check_classes(&self, model: &dyn Denoiser, n_images: usize) -> Result<(), SampleError> {
-        match &self.class_cond {
-            Some(cond) => cond.validate(model.num_classes(), n_images),
+    /// Checks the class conditioning against `model`, and the starting noise against the
+    /// images, for a request of `n_images` of `[C, H, W]` `image_shape`.
+    fn check(
+        &self,
+        model: &dyn Denoiser,
+        image_shape: [i64; 3],
+        n_images: usize,
+    ) -> Result<(), SampleError> {
+        if let Some(cond) = &self.class_cond {
+            cond.validate(model.num_classes(), n_images)?;
+        }
+        match &self.initial_noise {
+            Some(noise) => noise.check(image_shape, n_images),
             None => Ok(()),
         }
     }
@@ -96,16 +116,16 @@ fn snapshot_steps(n_steps: usize, n_snapshots: usize) -> Vec<usize> {
     (1..=n).map(|k| k * n_steps / n - 1).collect()
 }
 
-/// Runs `shape[0]` chains, guided for the classes `class_cond` when there are some (one label per
-/// chain). Noise is drawn `noise_rows ≥ shape[0]` rows at a time and the leading rows kept;
-/// snapshots keep the first `snapshot_rows` images.
+/// Runs `shape[0]` chains, guided for the classes of `options` when there are some (one label per
+/// chain), from its starting noise when it has some (one row per chain). Noise is drawn
+/// `noise_rows ≥ shape[0]` rows at a time and the leading rows kept; snapshots keep the first
+/// `snapshot_rows` images.
 #[allow(clippy::too_many_arguments)]
 fn run_chains(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
     config: &SamplerConfig,
     options: &SampleOptions,
-    class_cond: Option<&ClassConditioning>,
     shape: [i64; 4],
     noise_rows: i64,
     snapshot_rows: i64,
@@ -126,9 +146,14 @@ fn run_chains(
             xs.narrow(0, 0, n_images)
         })
     };
+    let class_cond = options.class_cond.as_ref();
     let labels = class_cond.map(|c| Tensor::from_slice(&c.labels).to_device(device));
     tch::no_grad(|| {
+        // Drawn even when a file gives x_T, so that the later draws are the seed's.
         let mut x = randn()?;
+        if let Some(noise) = &options.initial_noise {
+            x = noise.to_tensor(device);
+        }
         let mut snapshots = Vec::with_capacity(snapshot_at.len());
         for (i, &t) in steps.iter().enumerate() {
             let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
@@ -174,7 +199,7 @@ fn run_chains(
 ///
 /// # Errors
 /// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1], class
-/// labels that do not fit the network or the batch);
+/// labels or starting noise that do not fit the network or the batch);
 /// [`SampleError::Generator`] when `gen` is not a generator of the schedule's device type.
 pub fn sample(
     model: &dyn Denoiser,
@@ -187,13 +212,13 @@ pub fn sample(
 ) -> Result<SampleOutput, SampleError> {
     // Check before drawing, so that an error leaves the generator alone.
     config.timesteps(sched.schedule().n_steps())?;
-    options.check_classes(model, shape[0].max(0) as usize)?;
+    let [_, c, h, w] = shape;
+    options.check(model, [c, h, w], shape[0].max(0) as usize)?;
     run_chains(
         model,
         sched,
         config,
         options,
-        options.class_cond.as_ref(),
         shape,
         shape[0],
         shape[0],
@@ -305,7 +330,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
         let snapshot_rows = self.plan.n_chains.saturating_sub(first_image).min(rows);
         let [c, h, w] = self.plan.image_shape;
         let seed = batch_seed(self.plan.seed, batch_idx);
-        let class_cond = (self.options.class_cond.as_ref()).map(|c| c.slice(first_image, rows));
+        let options = self.options.for_images(first_image, rows);
         let output = Generator::new(seed, self.sched.device())
             .map_err(SampleError::from)
             .and_then(|mut gen| {
@@ -313,8 +338,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
                     self.model,
                     self.sched,
                     &self.config,
-                    &self.options,
-                    class_cond.as_ref(),
+                    &options,
                     [rows as i64, c, h, w],
                     self.plan.batch_size as i64,
                     snapshot_rows as i64,
@@ -343,8 +367,9 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
 /// `labels[i]`, guided with its scale.
 ///
 /// # Errors
-/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps`, `eta` or the
-/// class labels when the request is impossible; this is checked here, before any batch runs.
+/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps`, `eta`, the
+/// class labels or the starting noise when the request is impossible; this is checked here,
+/// before any batch runs.
 pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     model: &'a dyn Denoiser,
     sched: &'a ScheduleTensors,
@@ -355,7 +380,7 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
 ) -> Result<SampleBatches<'a, F>, SampleError> {
     plan.validate()?;
     config.timesteps(sched.schedule().n_steps())?;
-    options.check_classes(model, plan.n_images)?;
+    options.check(model, plan.image_shape, plan.n_images)?;
     Ok(SampleBatches {
         model,
         sched,

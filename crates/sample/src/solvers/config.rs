@@ -48,6 +48,9 @@ pub enum SamplerConfig {
         eta: f64,
         /// How the steps are spread over 0..T.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
     },
     /// Multistep DPM-Solver++ of order 1, 2 or 3 in the data-prediction form (Lu et al. 2022,
     /// Alg. 2; diffusers' `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`, or
@@ -61,6 +64,9 @@ pub enum SamplerConfig {
         /// How the steps are spread over 0..T; `trailing` starts from t = T − 1, as diffusers'
         /// default `linspace` (over T + 1 points) nearly does.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
         /// The solver order, 1 to 3 (2 when absent).
         #[serde(default = "two", skip_serializing_if = "is_two")]
         order: usize,
@@ -77,6 +83,9 @@ pub enum SamplerConfig {
         steps: usize,
         /// How the steps are spread over 0..T.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
         /// The predictor's order, 1 to 3 (diffusers' `solver_order`; 2 when absent).
         #[serde(default = "two")]
         order: usize,
@@ -99,9 +108,19 @@ impl SamplerConfig {
         SamplerConfig::DpmSolverPp {
             steps,
             spacing,
+            timesteps: None,
             order: 2,
             sde: false,
         }
+    }
+
+    /// The number of network evaluations (NFE) of one chain on a schedule of `n_train_steps`:
+    /// one per step for every solver here.
+    ///
+    /// # Errors
+    /// As [`SamplerConfig::timesteps`].
+    pub fn nfe(&self, n_train_steps: usize) -> Result<usize, SampleError> {
+        Ok(self.timesteps(n_train_steps)?.len())
     }
 
     /// Whether the sampler draws noise at some steps (so its images depend on the seed beyond
@@ -121,7 +140,10 @@ impl SamplerConfig {
     /// [`SampleError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, `eta`
     /// when it is outside [0, 1], or `order` when it is not 1 to 3.
     pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
-        let sub = |steps: usize, spacing| {
+        let sub = |steps: usize, spacing, list: &Option<Vec<usize>>| {
+            if let Some(list) = list {
+                return listed(n_train_steps, steps, list);
+            }
             Timesteps::new(n_train_steps, steps, spacing).map_err(|e| {
                 SampleError::Config(if (1..=n_train_steps).contains(&steps) {
                     // A count in range that the spacing cannot spread (quadratic's repeats).
@@ -148,31 +170,45 @@ impl SamplerConfig {
                 steps,
                 eta,
                 spacing,
+                timesteps,
             } => {
                 if !(0.0..=1.0).contains(eta) {
                     return Err(SampleError::Config(format!(
                         "eta = {eta} is invalid: it must be in [0, 1]"
                     )));
                 }
-                sub(*steps, *spacing)
+                sub(*steps, *spacing, timesteps)
             }
             SamplerConfig::DpmSolverPp {
                 steps,
                 spacing,
+                timesteps,
                 order,
                 ..
             }
             | SamplerConfig::UniPc {
                 steps,
                 spacing,
+                timesteps,
                 order,
                 ..
             } => {
                 check_order(*order)?;
-                sub(*steps, *spacing)
+                sub(*steps, *spacing, timesteps)
             }
         }
     }
+}
+
+/// An explicit list of timesteps, which must hold `steps` of them.
+fn listed(n_train_steps: usize, steps: usize, list: &[usize]) -> Result<Timesteps, SampleError> {
+    if list.len() != steps {
+        return Err(SampleError::Config(format!(
+            "timesteps {list:?} hold {} steps, but steps = {steps}",
+            list.len()
+        )));
+    }
+    Timesteps::from_list(n_train_steps, list).map_err(|e| SampleError::Config(e.to_string()))
 }
 
 #[cfg(test)]
@@ -203,7 +239,8 @@ mod tests {
                 steps: 10,
                 spacing: TimestepSpacing::Trailing,
                 order: 3,
-                variant: UniPcVariant::Bh2
+                variant: UniPcVariant::Bh2,
+                timesteps: None,
             }
         );
     }

@@ -286,6 +286,7 @@ mod tests {
             steps: 101,
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         });
         assert!(
             too_many.contains("steps = 101") && too_many.contains("T = 100"),
@@ -297,6 +298,7 @@ mod tests {
             steps: 10,
             eta: 1.5,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         });
         assert!(eta.contains("eta = 1.5"), "{eta}");
         for (config, what) in [
@@ -306,6 +308,7 @@ mod tests {
                     spacing: TimestepSpacing::Trailing,
                     order: 4,
                     sde: false,
+                    timesteps: None,
                 },
                 "order = 4",
             ),
@@ -315,6 +318,7 @@ mod tests {
                     spacing: TimestepSpacing::Trailing,
                     order: 0,
                     variant: UniPcVariant::Bh2,
+                    timesteps: None,
                 },
                 "order = 0",
             ),
@@ -336,6 +340,7 @@ mod tests {
             steps: 5,
             eta,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         };
         assert_eq!((count(ddim(0.0)), count(ddim(0.5))), (0, 4));
         let dpm = |sde| SamplerConfig::DpmSolverPp {
@@ -343,6 +348,7 @@ mod tests {
             spacing: TimestepSpacing::Trailing,
             order: 2,
             sde,
+            timesteps: None,
         };
         assert_eq!(
             (count(dpm(false)), count(dpm(true))),
@@ -354,6 +360,7 @@ mod tests {
             spacing: TimestepSpacing::Trailing,
             order: 3,
             variant: UniPcVariant::Bh1,
+            timesteps: None,
         };
         assert_eq!(count(unipc), 0);
     }

@@ -169,6 +169,7 @@ pub fn default_eval_sampler() -> SamplerConfig {
         steps: 50,
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Leading,
+        timesteps: None,
     }
 }
 
