@@ -603,8 +603,30 @@ fn a_noise_file_starts_the_chains_and_a_timestep_list_sets_the_steps() {
         .concat(),
     );
     assert_ne!(a, c);
-    // A file that does not fit -n is refused before sampling, naming both.
+    // σ-space: Heun evaluates the network twice per step but the last, at Karras' fractional
+    // timesteps; a spacing a σ-space sampler cannot take is refused naming both flags.
+    let heun = ["--sampler", "heun", "--steps", "3", "--spacing", "karras"];
+    let (_, log) = images(&[&heun[..], &["--noise", path_arg(&seeded)]].concat());
+    assert!(log.contains("NFE 5 per image"), "{log}");
     let grid = dir.path().join("grid.png");
+    let out = sample(
+        &run_dir,
+        &[
+            "--sampler",
+            "euler",
+            "--spacing",
+            "quadratic",
+            "--grid",
+            path_arg(&grid),
+        ],
+    );
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--spacing quadratic") && err.contains("--sampler euler"),
+        "{err}"
+    );
+    // A file that does not fit -n is refused before sampling, naming both.
     let out = sample(
         &run_dir,
         &[

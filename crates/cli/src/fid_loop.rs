@@ -107,6 +107,9 @@ impl FidLoopArgs {
             (None, sample::SamplerConfig::Ddim { .. }) => SamplerKind::Ddim,
             (None, sample::SamplerConfig::DpmSolverPp { .. }) => SamplerKind::DpmSolverPp,
             (None, sample::SamplerConfig::UniPc { .. }) => SamplerKind::Unipc,
+            (None, sample::SamplerConfig::Euler { .. }) => SamplerKind::Euler,
+            (None, sample::SamplerConfig::Heun { .. }) => SamplerKind::Heun,
+            (None, sample::SamplerConfig::EulerAncestral { .. }) => SamplerKind::EulerAncestral,
         };
         let args = SamplerArgs {
             weights: WeightsArg::Ema,

@@ -112,7 +112,9 @@ impl SamplerSpec {
         extra: &[String],
         flag: &str,
     ) -> Result<SamplerConfig> {
-        let steps = (!self.is_full_chain()).then_some(nfe);
+        // Heun evaluates the network twice per step but the last.
+        let heun = self.flags[1] == "heun";
+        let steps = (!self.is_full_chain()).then_some(if heun { nfe.div_ceil(2) } else { nfe });
         let args = self.args_for(steps, extra, flag)?;
         let config = args
             .config(n_train_steps)
@@ -121,8 +123,13 @@ impl SamplerSpec {
         let counted = config.nfe(n_train_steps)?;
         if !self.is_full_chain() && counted != nfe {
             bail!(
-                "{flag} `{}` at NFE {nfe}: its chain takes {counted} network evaluations",
-                self.label
+                "{flag} `{}` at NFE {nfe}: its chain takes {counted} network evaluations{}",
+                self.label,
+                if heun {
+                    " (2 per step but the last: heun takes an odd NFE)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(config)
@@ -187,6 +194,19 @@ mod tests {
             ddpm.config(7, 300, &[], "--full-chain").unwrap(),
             SamplerConfig::seed_notebook()
         );
+    }
+
+    #[test]
+    fn heun_takes_its_steps_from_an_odd_nfe() {
+        let heun = config("heun:karras", 9).unwrap();
+        assert_eq!(heun.nfe(300).unwrap(), 9);
+        assert!(
+            matches!(heun, SamplerConfig::Heun { steps: 5, .. }),
+            "{heun:?}"
+        );
+        let m = format!("{:#}", config("heun", 10).unwrap_err());
+        assert!(m.contains("NFE 10") && m.contains("odd"), "{m}");
+        assert_eq!(config("euler-ancestral", 10).unwrap().nfe(300).unwrap(), 10);
     }
 
     #[test]

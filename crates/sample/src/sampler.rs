@@ -133,8 +133,7 @@ fn run_chains(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
     let mut sampler = Sampler::new(sched, config, options.prediction, options.clip_x0)?;
-    let steps = sampler.timesteps().to_vec();
-    let n = steps.len();
+    let n = sampler.nfe();
     let snapshot_at = snapshot_steps(n, options.n_snapshots);
     let device = sched.device();
     let [n_images, c, h, w] = shape;
@@ -154,26 +153,44 @@ fn run_chains(
         if let Some(noise) = &options.initial_noise {
             x = noise.to_tensor(device);
         }
+        if sampler.init_noise_sigma() != 1.0 {
+            x *= sampler.init_noise_sigma();
+        }
         let mut snapshots = Vec::with_capacity(snapshot_at.len());
-        for (i, &t) in steps.iter().enumerate() {
-            let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
+        for i in 0..n {
+            let t = sampler.timesteps()[i];
+            // σ-space samplers: a fractional timestep, unrounded, and the input scaled.
+            let (t_batch, x_in) = if sampler.integer_timesteps() {
+                let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
+                (t_batch, x.shallow_clone())
+            } else {
+                let t_model = sampler.model_timesteps()[i];
+                let t_batch = Tensor::full([n_images], t_model, (Kind::Float, device));
+                (t_batch, &x * sampler.input_scale(i))
+            };
             let out = match (&labels, class_cond) {
                 (Some(labels), Some(cond)) => crate::guided_forward(
                     model,
-                    &x,
+                    &x_in,
                     &t_batch,
                     labels,
                     cond.guidance,
                     options.autocast,
                 ),
-                _ => model::forward(model, &x, &t_batch, false, options.autocast),
+                _ => model::forward(model, &x_in, &t_batch, false, options.autocast),
             };
             let noise = sampler.needs_noise(i).then(&mut randn).transpose()?;
             x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;
             if snapshot_at.contains(&i) && snapshot_rows > 0 {
+                // In σ-space, the variance-preserving sample the network sees next.
+                let shown = match i + 1 < n && !sampler.integer_timesteps() {
+                    true => &x * sampler.input_scale(i + 1),
+                    false => x.shallow_clone(),
+                };
                 snapshots.push((
                     t,
-                    x.narrow(0, 0, snapshot_rows)
+                    shown
+                        .narrow(0, 0, snapshot_rows)
                         .clamp(-1.0, 1.0)
                         .to_device(Device::Cpu),
                 ));
@@ -211,7 +228,7 @@ pub fn sample(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
     // Check before drawing, so that an error leaves the generator alone.
-    config.timesteps(sched.schedule().n_steps())?;
+    config.nfe(sched.schedule().n_steps())?;
     let [_, c, h, w] = shape;
     options.check(model, [c, h, w], shape[0].max(0) as usize)?;
     run_chains(
@@ -379,7 +396,7 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     on_step: F,
 ) -> Result<SampleBatches<'a, F>, SampleError> {
     plan.validate()?;
-    config.timesteps(sched.schedule().n_steps())?;
+    config.nfe(sched.schedule().n_steps())?;
     options.check(model, plan.image_shape, plan.n_images)?;
     Ok(SampleBatches {
         model,

@@ -6,7 +6,7 @@ use std::path::Path;
 use model::{Denoiser, ModelConfig, Prediction, SimpleUnetConfig};
 use sample::{
     batch_seed, guide, sample, sample_batches, BatchPlan, ClassConditioning, Generator,
-    SampleOptions, Sampler, SamplerConfig,
+    SampleOptions, Sampler, SamplerConfig, SigmaSpacing,
 };
 use schedule::tensor::{extract, ScheduleTensors};
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
@@ -815,6 +815,21 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
             timesteps: None,
         },
         SamplerConfig::dpm_solver_pp(4, TimestepSpacing::Trailing),
+        SamplerConfig::Euler {
+            steps: 4,
+            spacing: SigmaSpacing::Linspace,
+            timesteps: None,
+        },
+        SamplerConfig::Heun {
+            steps: 3,
+            spacing: SigmaSpacing::Karras,
+            timesteps: None,
+        },
+        SamplerConfig::EulerAncestral {
+            steps: 4,
+            spacing: SigmaSpacing::Leading,
+            timesteps: None,
+        },
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {
             let options = SampleOptions {
@@ -835,18 +850,26 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
                 |_, _| {},
             )
             .unwrap();
-            // By hand.
+            // By hand, as diffusers' pipelines loop: x_T scaled by init_noise_sigma, the
+            // network's input by scale_model_input, its timestep unrounded.
             let mut gen = Generator::cpu(seed);
             let cpu = (Kind::Float, Device::Cpu);
             let mut sampler = Sampler::new(&st, &config, prediction, false).unwrap();
-            let steps = sampler.timesteps().to_vec();
             let y = Tensor::from_slice(&labels);
             let null = Tensor::full([5], 2, (Kind::Int64, Device::Cpu));
-            let mut x = gen.randn(&shape, cpu).unwrap();
-            for (i, &t) in steps.iter().enumerate() {
-                let t = Tensor::full([5], t as i64, (Kind::Int64, Device::Cpu));
-                let eps_c = ToyConditional.forward_cond(&x, &t, Some(&y), false);
-                let eps_u = ToyConditional.forward_cond(&x, &t, Some(&null), false);
+            let mut x = gen.randn(&shape, cpu).unwrap() * sampler.init_noise_sigma();
+            for i in 0..sampler.nfe() {
+                let t = match sampler.integer_timesteps() {
+                    true => Tensor::full(
+                        [5],
+                        sampler.timesteps()[i] as i64,
+                        (Kind::Int64, Device::Cpu),
+                    ),
+                    false => Tensor::full([5], sampler.model_timesteps()[i], cpu),
+                };
+                let x_in = &x * sampler.input_scale(i);
+                let eps_c = ToyConditional.forward_cond(&x_in, &t, Some(&y), false);
+                let eps_u = ToyConditional.forward_cond(&x_in, &t, Some(&null), false);
                 let noise = sampler
                     .needs_noise(i)
                     .then(|| gen.randn(&shape, cpu).unwrap());

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
+use super::sigma::{SigmaSpacing, SigmaTable};
 use crate::SampleError;
 
 /// UniPC's B(h) (Zhao et al. 2023, §3.1): diffusers' `solver_type`.
@@ -93,6 +94,40 @@ pub enum SamplerConfig {
         #[serde(default)]
         variant: UniPcVariant,
     },
+    /// Euler's method on the probability-flow ODE in σ-space (Karras et al. 2022, Alg. 1
+    /// without churn): diffusers' `EulerDiscreteScheduler`. The network sees fractional
+    /// timesteps, unrounded.
+    Euler {
+        /// Number of steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread (σ-space spacings, `karras` among them).
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
+    /// Heun's second-order method in σ-space (Karras et al. 2022, Alg. 1): diffusers'
+    /// `HeunDiscreteScheduler`. Two network evaluations per step but the last: 2 · steps − 1.
+    Heun {
+        /// Number of steps (≤ T); the network is evaluated 2 · steps − 1 times.
+        steps: usize,
+        /// How the steps are spread.
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
+    /// Euler ancestral in σ-space: each step goes to σ_down and adds noise of σ_up, diffusers'
+    /// `EulerAncestralDiscreteScheduler`.
+    EulerAncestral {
+        /// Number of steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread.
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
 }
 
 impl SamplerConfig {
@@ -115,12 +150,70 @@ impl SamplerConfig {
     }
 
     /// The number of network evaluations (NFE) of one chain on a schedule of `n_train_steps`:
-    /// one per step for every solver here.
+    /// one per step, but 2 · steps − 1 for Heun. This also checks the settings.
     ///
     /// # Errors
-    /// As [`SamplerConfig::timesteps`].
+    /// As [`SamplerConfig::timesteps`], for the σ-space samplers too.
     pub fn nfe(&self, n_train_steps: usize) -> Result<usize, SampleError> {
-        Ok(self.timesteps(n_train_steps)?.len())
+        match self {
+            SamplerConfig::Euler {
+                steps, timesteps, ..
+            }
+            | SamplerConfig::Heun {
+                steps, timesteps, ..
+            }
+            | SamplerConfig::EulerAncestral {
+                steps, timesteps, ..
+            } => {
+                if !(1..=n_train_steps).contains(steps) {
+                    return Err(SampleError::Config(format!(
+                        "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
+                    )));
+                }
+                if let Some(list) = timesteps {
+                    listed(n_train_steps, *steps, list)?;
+                }
+                let heun = matches!(self, SamplerConfig::Heun { .. });
+                Ok(if heun { 2 * steps - 1 } else { *steps })
+            }
+            _ => Ok(self.timesteps(n_train_steps)?.len()),
+        }
+    }
+
+    /// Whether the sampler runs in σ-space at fractional timesteps (Euler, Heun, Euler
+    /// ancestral).
+    pub fn is_sigma_space(&self) -> bool {
+        matches!(
+            self,
+            SamplerConfig::Euler { .. }
+                | SamplerConfig::Heun { .. }
+                | SamplerConfig::EulerAncestral { .. }
+        )
+    }
+
+    /// The σ-space chain of a σ-space sampler on `schedule`; `None` for the others.
+    pub(crate) fn sigma_table(
+        &self,
+        schedule: &schedule::Schedule,
+    ) -> Result<Option<SigmaTable>, SampleError> {
+        match self {
+            SamplerConfig::Euler {
+                steps,
+                spacing,
+                timesteps,
+            }
+            | SamplerConfig::Heun {
+                steps,
+                spacing,
+                timesteps,
+            }
+            | SamplerConfig::EulerAncestral {
+                steps,
+                spacing,
+                timesteps,
+            } => SigmaTable::new(schedule, *steps, *spacing, timesteps.as_deref()).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Whether the sampler draws noise at some steps (so its images depend on the seed beyond
@@ -131,6 +224,8 @@ impl SamplerConfig {
             SamplerConfig::Ddim { eta, .. } => *eta > 0.0,
             SamplerConfig::DpmSolverPp { sde, .. } => *sde,
             SamplerConfig::UniPc { .. } => false,
+            SamplerConfig::Euler { .. } | SamplerConfig::Heun { .. } => false,
+            SamplerConfig::EulerAncestral { .. } => true,
         }
     }
 
@@ -138,7 +233,8 @@ impl SamplerConfig {
     ///
     /// # Errors
     /// [`SampleError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, `eta`
-    /// when it is outside [0, 1], or `order` when it is not 1 to 3.
+    /// when it is outside [0, 1], or `order` when it is not 1 to 3; and for the σ-space
+    /// samplers, whose timesteps need not be integers ([`SamplerConfig::nfe`] checks those).
     pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
         let sub = |steps: usize, spacing, list: &Option<Vec<usize>>| {
             if let Some(list) = list {
@@ -196,12 +292,21 @@ impl SamplerConfig {
                 check_order(*order)?;
                 sub(*steps, *spacing, timesteps)
             }
+            SamplerConfig::Euler { .. }
+            | SamplerConfig::Heun { .. }
+            | SamplerConfig::EulerAncestral { .. } => Err(SampleError::Config(format!(
+                "{self:?} runs at fractional timesteps in σ-space, not at timesteps of the schedule"
+            ))),
         }
     }
 }
 
 /// An explicit list of timesteps, which must hold `steps` of them.
-fn listed(n_train_steps: usize, steps: usize, list: &[usize]) -> Result<Timesteps, SampleError> {
+pub(crate) fn listed(
+    n_train_steps: usize,
+    steps: usize,
+    list: &[usize],
+) -> Result<Timesteps, SampleError> {
     if list.len() != steps {
         return Err(SampleError::Config(format!(
             "timesteps {list:?} hold {} steps, but steps = {steps}",

@@ -313,7 +313,7 @@ impl TrainConfig {
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?
             .n_steps();
         self.eval_sampler
-            .timesteps(n_steps)
+            .nfe(n_steps)
             .map_err(|e| TrainError::Config(format!("eval_sampler: {e}")))?;
         Ok(())
     }
