@@ -27,6 +27,14 @@ fn is_two(order: &usize) -> bool {
     *order == 2
 }
 
+fn leading() -> TimestepSpacing {
+    TimestepSpacing::Leading
+}
+
+fn is_leading(spacing: &TimestepSpacing) -> bool {
+    *spacing == TimestepSpacing::Leading
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -35,10 +43,20 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SamplerConfig {
-    /// Ancestral sampling over all T steps with σ_t² = β_t (`fixed_large`) or β̃_t (`fixed_small`).
+    /// Ancestral sampling (Ho et al. 2020, Alg. 2) with σ_t² = β_t (`fixed_large`) or β̃_t
+    /// (`fixed_small`), or the network's learned variance when it outputs 2·C channels; over all
+    /// T steps, or over `steps` of them as a chain of its own whose betas are recomputed,
+    /// β' = 1 − ᾱ_t/ᾱ_prev (Improved DDPM §4, diffusers' `DDPMScheduler` with
+    /// `num_inference_steps`).
     Ddpm {
-        /// The reverse variance.
+        /// The reverse variance (when the network does not learn it).
         variance: VarianceType,
+        /// Respaced sampling over this many of the T steps; absent: all T.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps: Option<usize>,
+        /// How the `steps` are spread over 0..T (`leading`, diffusers' default, when absent).
+        #[serde(default = "leading", skip_serializing_if = "is_leading")]
+        spacing: TimestepSpacing,
     },
     /// DDIM over `steps` of the T steps; η = 0 is deterministic, η = 1 over all T steps is
     /// DDPM with σ_t² = β̃_t.
@@ -143,8 +161,15 @@ pub enum SamplerConfig {
 impl SamplerConfig {
     /// The notebook's sampler: ancestral, σ_t² = β̃_t (its `posterior_variance`).
     pub fn seed_notebook() -> Self {
+        Self::ddpm(VarianceType::FixedSmall)
+    }
+
+    /// DDPM over all T steps with `variance`.
+    pub fn ddpm(variance: VarianceType) -> Self {
         SamplerConfig::Ddpm {
-            variance: VarianceType::FixedSmall,
+            variance,
+            steps: None,
+            spacing: TimestepSpacing::Leading,
         }
     }
 
@@ -275,7 +300,12 @@ impl SamplerConfig {
             }
         };
         match self {
-            SamplerConfig::Ddpm { .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddpm { steps: None, .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddpm {
+                steps: Some(steps),
+                spacing,
+                ..
+            } => sub(*steps, *spacing, &None),
             SamplerConfig::Ddim {
                 steps,
                 eta,
