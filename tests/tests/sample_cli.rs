@@ -608,6 +608,9 @@ fn a_noise_file_starts_the_chains_and_a_timestep_list_sets_the_steps() {
     let heun = ["--sampler", "heun", "--steps", "3", "--spacing", "karras"];
     let (_, log) = images(&[&heun[..], &["--noise", path_arg(&seeded)]].concat());
     assert!(log.contains("NFE 5 per image"), "{log}");
+    // PLMS: one evaluation more than its steps.
+    let (_, log) = images(&["--sampler", "pndm", "--steps", "4"]);
+    assert!(log.contains("NFE 5 per image"), "{log}");
     let grid = dir.path().join("grid.png");
     let out = sample(
         &run_dir,

@@ -110,6 +110,7 @@ impl FidLoopArgs {
             (None, sample::SamplerConfig::Euler { .. }) => SamplerKind::Euler,
             (None, sample::SamplerConfig::Heun { .. }) => SamplerKind::Heun,
             (None, sample::SamplerConfig::EulerAncestral { .. }) => SamplerKind::EulerAncestral,
+            (None, sample::SamplerConfig::Pndm { .. }) => SamplerKind::Pndm,
         };
         let args = SamplerArgs {
             weights: WeightsArg::Ema,

@@ -31,6 +31,9 @@ pub enum SamplerKind {
     /// Euler ancestral in sigma-space: noise added at every step but the last.
     #[value(name = "euler-ancestral")]
     EulerAncestral,
+    /// PLMS, PNDM's pseudo linear multistep method (Liu et al. 2022): steps + 1 network
+    /// evaluations, leading or trailing spacing.
+    Pndm,
 }
 
 impl SamplerKind {
@@ -45,6 +48,7 @@ impl SamplerKind {
             "EulerDiscreteScheduler" => Some(SamplerKind::Euler),
             "HeunDiscreteScheduler" => Some(SamplerKind::Heun),
             "EulerAncestralDiscreteScheduler" => Some(SamplerKind::EulerAncestral),
+            "PNDMScheduler" => Some(SamplerKind::Pndm),
             _ => None,
         }
     }
@@ -59,6 +63,7 @@ impl SamplerKind {
             SamplerKind::Euler => "euler",
             SamplerKind::Heun => "heun",
             SamplerKind::EulerAncestral => "euler-ancestral",
+            SamplerKind::Pndm => "pndm",
         }
     }
 }
@@ -333,6 +338,22 @@ impl SamplerArgs {
                 },
                 timesteps: self.timesteps.clone(),
             },
+            SamplerKind::Pndm => {
+                if self.timesteps.is_some() {
+                    bail!("--timesteps does not apply to --sampler pndm, which steps by T/steps: use --steps and --spacing leading or trailing");
+                }
+                let spacing = spacing(SpacingArg::Leading)?;
+                if !matches!(
+                    spacing,
+                    TimestepSpacing::Leading | TimestepSpacing::Trailing
+                ) {
+                    bail!("--spacing {spacing:?} does not apply to --sampler pndm, which steps by T/steps: use --spacing leading or trailing");
+                }
+                SamplerConfig::Pndm {
+                    steps: steps(50)?,
+                    spacing,
+                }
+            }
             SamplerKind::Euler | SamplerKind::Heun | SamplerKind::EulerAncestral => {
                 self.sigma_config(kind, steps(20)?)?
             }
@@ -457,6 +478,8 @@ mod tests {
             19
         );
         assert!(config("--sampler euler-ancestral").unwrap().is_stochastic());
+        let pndm = config("--sampler pndm --steps 10").unwrap();
+        assert_eq!(pndm.nfe(1000).unwrap(), 11);
         for (flags, named) in [
             (
                 "--sampler heun --spacing quadratic",
@@ -471,6 +494,14 @@ mod tests {
                 ["--spacing karras", "--sampler unipc"],
             ),
             ("--sampler euler --order 2", ["--order", "--sampler euler"]),
+            (
+                "--sampler pndm --spacing linspace",
+                ["--spacing", "--sampler pndm"],
+            ),
+            (
+                "--sampler pndm --timesteps 9,0",
+                ["--timesteps", "--sampler pndm"],
+            ),
         ] {
             let message = format!("{:#}", config(flags).unwrap_err());
             for name in named {
@@ -484,6 +515,7 @@ mod tests {
                 "EulerAncestralDiscreteScheduler",
                 SamplerKind::EulerAncestral,
             ),
+            ("PNDMScheduler", SamplerKind::Pndm),
         ] {
             assert_eq!(SamplerKind::from_diffusers_class(class), Some(kind));
         }

@@ -238,6 +238,7 @@ fn describe_sampler(sampler: &sample::SamplerConfig) -> String {
         sample::SamplerConfig::EulerAncestral { steps, spacing, .. } => {
             format!("Euler ancestral, {steps} steps, {spacing:?} spacing")
         }
+        sample::SamplerConfig::Pndm { steps, .. } => format!("PLMS, {steps} steps"),
     }
 }
 

@@ -52,7 +52,8 @@ fn a_learned_range_folder_steps_as_diffusers_does() {
         );
         let (eps, model_v) = split_output(&out, ModelVariance::LearnedRange);
         let model_v = model_v.unwrap();
-        let x0 = pred_x0_at(&pipe.schedule, Prediction::Eps, &eps, x_t, &t_batch).clamp(-1.0, 1.0);
+        let x0 =
+            pred_x0_at(pipe.sched.bound(), Prediction::Eps, &eps, x_t, &t_batch).clamp(-1.0, 1.0);
         assert!(
             max_abs_diff(&x0, &golden[&format!("x0_{key}")]) < 1e-5,
             "{key}: x0"

@@ -830,6 +830,10 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
             spacing: SigmaSpacing::Leading,
             timesteps: None,
         },
+        SamplerConfig::Pndm {
+            steps: 4,
+            spacing: TimestepSpacing::Leading,
+        },
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {
             let options = SampleOptions {

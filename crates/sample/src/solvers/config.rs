@@ -117,6 +117,16 @@ pub enum SamplerConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timesteps: Option<Vec<usize>>,
     },
+    /// PLMS, PNDM's pseudo linear multistep method (Liu et al. 2022): diffusers' `PNDMScheduler`
+    /// with `skip_prk_steps=True`. n steps take n + 1 network evaluations (the second step's
+    /// timestep twice).
+    Pndm {
+        /// Number of steps (≤ T).
+        steps: usize,
+        /// `leading` (diffusers' default) or `trailing`: PLMS steps by ⌊T/steps⌋, so it takes
+        /// no spacing whose steps differ.
+        spacing: TimestepSpacing,
+    },
     /// Euler ancestral in σ-space: each step goes to σ_down and adds noise of σ_up, diffusers'
     /// `EulerAncestralDiscreteScheduler`.
     EulerAncestral {
@@ -176,6 +186,9 @@ impl SamplerConfig {
                 let heun = matches!(self, SamplerConfig::Heun { .. });
                 Ok(if heun { 2 * steps - 1 } else { *steps })
             }
+            SamplerConfig::Pndm { .. } => {
+                Ok(super::pndm::evaluations(self.timesteps(n_train_steps)?.as_slice()).len())
+            }
             _ => Ok(self.timesteps(n_train_steps)?.len()),
         }
     }
@@ -226,6 +239,7 @@ impl SamplerConfig {
             SamplerConfig::UniPc { .. } => false,
             SamplerConfig::Euler { .. } | SamplerConfig::Heun { .. } => false,
             SamplerConfig::EulerAncestral { .. } => true,
+            SamplerConfig::Pndm { .. } => false,
         }
     }
 
@@ -292,6 +306,15 @@ impl SamplerConfig {
                 check_order(*order)?;
                 sub(*steps, *spacing, timesteps)
             }
+            SamplerConfig::Pndm { steps, spacing } => match spacing {
+                TimestepSpacing::Leading | TimestepSpacing::Trailing => {
+                    sub(*steps, *spacing, &None)
+                }
+                _ => Err(SampleError::Config(format!(
+                    "spacing = {spacing:?} does not fit PNDM, which steps by ⌊T/steps⌋: it takes \
+                     leading or trailing"
+                ))),
+            },
             SamplerConfig::Euler { .. }
             | SamplerConfig::Heun { .. }
             | SamplerConfig::EulerAncestral { .. } => Err(SampleError::Config(format!(

@@ -2,7 +2,8 @@
 //! 2020, Alg. 2, `ddpm.rs`), DDIM (Song et al. 2021, Eq. 12, `ddim.rs`), multistep DPM-Solver++ of
 //! orders 1–3 and its SDE variant (Lu et al. 2022, `dpm_solver.rs`), UniPC (Zhao et al. 2023,
 //! `unipc.rs`), and in σ-space Euler, Euler ancestral and Heun (Karras et al. 2022,
-//! `sigma.rs`), each following the diffusers scheduler of the same name step for step.
+//! `sigma.rs`) and PLMS (Liu et al. 2022, `pndm.rs`), each following the diffusers scheduler of
+//! the same name step for step.
 //!
 //! [`SamplerConfig`] says which solver; [`Sampler`] is one chain's solver state. The chain loop
 //! (`sampler.rs`), guidance and sharding see only [`Sampler`]: they start from x_T ·
@@ -22,6 +23,7 @@ mod ddim;
 mod ddpm;
 mod dpm_solver;
 mod linalg;
+mod pndm;
 mod sigma;
 mod unipc;
 
@@ -231,6 +233,25 @@ impl<'a> Sampler<'a> {
             });
         }
         let timesteps = config.timesteps(sched.schedule().n_steps())?;
+        if let SamplerConfig::Pndm { steps, .. } = config {
+            let evals = pndm::evaluations(timesteps.as_slice());
+            return Ok(Self {
+                sched,
+                prediction,
+                clip_x0,
+                model_timesteps: evals.iter().map(|&t| t as f64).collect(),
+                solver: Box::new(pndm::Plms::new(
+                    sched,
+                    evals.clone(),
+                    *steps,
+                    prediction,
+                    clip_x0,
+                )),
+                timesteps: evals,
+                sigmas: None,
+                init_noise_sigma: 1.0,
+            });
+        }
         let solver: Box<dyn Solver + 'a> = match config {
             SamplerConfig::Ddpm { variance } => Box::new(ddpm::Ddpm::new(sched, *variance)),
             SamplerConfig::Ddim { eta, .. } => {
@@ -246,7 +267,8 @@ impl<'a> Sampler<'a> {
             )),
             SamplerConfig::Euler { .. }
             | SamplerConfig::Heun { .. }
-            | SamplerConfig::EulerAncestral { .. } => unreachable!("σ-space, made above"),
+            | SamplerConfig::EulerAncestral { .. }
+            | SamplerConfig::Pndm { .. } => unreachable!("made above"),
         };
         Ok(Self {
             sched,
