@@ -150,6 +150,10 @@ pub struct SamplerArgs {
     /// DPM-Solver++: the stochastic SDE variant (sde-dpmsolver++), which draws noise each step.
     #[arg(long)]
     pub sde: bool,
+    /// PNDM: start with 3 pseudo Runge-Kutta steps of 4 network evaluations each (diffusers'
+    /// skip_prk_steps=False; NFE steps + 9) instead of PLMS's second-order start.
+    #[arg(long)]
+    pub prk: bool,
     /// UniPC: B(h) (default bh2).
     #[arg(long, value_enum)]
     pub unipc_variant: Option<UniPcVariantArg>,
@@ -228,6 +232,9 @@ impl SamplerArgs {
         }
         if kind != SamplerKind::DpmSolverPp && self.sde {
             bail!("--sde applies to --sampler dpm-solver++ only, not --sampler {name}");
+        }
+        if kind != SamplerKind::Pndm && self.prk {
+            bail!("--prk applies to --sampler pndm only, not --sampler {name}");
         }
         if kind != SamplerKind::Unipc && self.unipc_variant.is_some() {
             bail!("--unipc-variant applies to --sampler unipc only, not --sampler {name}");
@@ -370,6 +377,7 @@ impl SamplerArgs {
                 SamplerConfig::Pndm {
                     steps: steps(50)?,
                     spacing,
+                    prk: self.prk,
                 }
             }
             SamplerKind::Euler | SamplerKind::Heun | SamplerKind::EulerAncestral => {
@@ -498,6 +506,13 @@ mod tests {
         assert!(config("--sampler euler-ancestral").unwrap().is_stochastic());
         let pndm = config("--sampler pndm --steps 10").unwrap();
         assert_eq!(pndm.nfe(1000).unwrap(), 11);
+        let prk = config("--sampler pndm --steps 10 --prk").unwrap();
+        assert_eq!(prk.nfe(1000).unwrap(), 19);
+        let m = format!(
+            "{:#}",
+            config("--sampler pndm --steps 3 --prk").unwrap_err()
+        );
+        assert!(m.contains("steps = 3") && m.contains("prk"), "{m}");
         for (flags, named) in [
             (
                 "--sampler heun --spacing quadratic",
@@ -516,6 +531,7 @@ mod tests {
                 "--sampler pndm --spacing linspace",
                 ["--spacing", "--sampler pndm"],
             ),
+            ("--sampler ddim --prk", ["--prk", "--sampler ddim"]),
             (
                 "--sampler pndm --timesteps 9,0",
                 ["--timesteps", "--sampler pndm"],

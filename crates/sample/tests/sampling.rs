@@ -815,6 +815,12 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
         SamplerConfig::Pndm {
             steps: 4,
             spacing: TimestepSpacing::Leading,
+            prk: false,
+        },
+        SamplerConfig::Pndm {
+            steps: 5,
+            spacing: TimestepSpacing::Trailing,
+            prk: true,
         },
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {

@@ -137,13 +137,17 @@ pub enum SamplerConfig {
     },
     /// PLMS, PNDM's pseudo linear multistep method (Liu et al. 2022): diffusers' `PNDMScheduler`
     /// with `skip_prk_steps=True`. n steps take n + 1 network evaluations (the second step's
-    /// timestep twice).
+    /// timestep twice); with `prk`, PNDM proper (`skip_prk_steps=False`): three Runge–Kutta
+    /// steps of 4 evaluations first, n + 9 in all.
     Pndm {
-        /// Number of steps (≤ T).
+        /// Number of steps (≤ T; at least 4 with `prk`).
         steps: usize,
         /// `leading` (diffusers' default) or `trailing`: PLMS steps by ⌊T/steps⌋, so it takes
         /// no spacing whose steps differ.
         spacing: TimestepSpacing,
+        /// The Runge–Kutta warm-up (diffusers' `skip_prk_steps=False`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        prk: bool,
     },
     /// Euler ancestral in σ-space: each step goes to σ_down and adds noise of σ_up, diffusers'
     /// `EulerAncestralDiscreteScheduler`.
@@ -211,9 +215,11 @@ impl SamplerConfig {
                 let heun = matches!(self, SamplerConfig::Heun { .. });
                 Ok(if heun { 2 * steps - 1 } else { *steps })
             }
-            SamplerConfig::Pndm { .. } => {
-                Ok(super::pndm::evaluations(self.timesteps(n_train_steps)?.as_slice()).len())
-            }
+            SamplerConfig::Pndm { prk, .. } => Ok(super::pndm::evaluations(
+                self.timesteps(n_train_steps)?.as_slice(),
+                prk.then_some(n_train_steps),
+            )
+            .len()),
             _ => Ok(self.timesteps(n_train_steps)?.len()),
         }
     }
@@ -336,7 +342,13 @@ impl SamplerConfig {
                 check_order(*order)?;
                 sub(*steps, *spacing, timesteps)
             }
-            SamplerConfig::Pndm { steps, spacing } => match spacing {
+            SamplerConfig::Pndm { steps, prk, .. } if *prk && *steps < 4 => {
+                Err(SampleError::Config(format!(
+                    "steps = {steps} is too few for PNDM's Runge–Kutta warm-up (prk), which takes \
+                     3 steps before the multistep ones: at least 4"
+                )))
+            }
+            SamplerConfig::Pndm { steps, spacing, .. } => match spacing {
                 TimestepSpacing::Leading | TimestepSpacing::Trailing => {
                     sub(*steps, *spacing, &None)
                 }

@@ -237,8 +237,9 @@ impl<'a> Sampler<'a> {
             });
         }
         let timesteps = config.timesteps(sched.schedule().n_steps())?;
-        if let SamplerConfig::Pndm { steps, .. } = config {
-            let evals = pndm::evaluations(timesteps.as_slice());
+        if let SamplerConfig::Pndm { steps, prk, .. } = config {
+            let n_train = sched.schedule().n_steps();
+            let evals = pndm::evaluations(timesteps.as_slice(), prk.then_some(n_train));
             return Ok(Self {
                 sched,
                 prediction,
@@ -250,6 +251,7 @@ impl<'a> Sampler<'a> {
                     *steps,
                     prediction,
                     clip_x0,
+                    *prk,
                 )),
                 timesteps: evals,
                 sigmas: None,
