@@ -33,7 +33,12 @@ noise, the train step, `clip_grad_norm_(1.0)`, the step of `--train-adam` and th
 `--train-adam default|foreach|fused` picks `train_step`'s and `loop_step`'s Adam;
 `--compile` wraps the network in `torch.compile` (default mode). `forward`: eval mode under `torch.no_grad`. Sampling steps at t = 500 on the
 T = 1000 linear schedule: DDPM (Ho et al. 2020, Alg. 2, sigma^2 = beta) and DDIM (eta = 0, 50
-leading-spaced steps, to t = 480), with float64 coefficients from the host.
+leading-spaced steps, to t = 480), with float64 coefficients from the host. The other solvers'
+steps (`dpmpp_2m_step`, `dpmpp_3m_step`, `unipc_bh2_step`, `euler_step`, `heun_step`,
+`plms_step`): diffusers' scheduler of the same name (`SOLVERS`) on 50 leading-spaced steps of the
+same schedule, stepped in order from its first timestep at or below 500 as the Rust chain is (the
+earlier steps replayed untimed on a stand-in output), one `scale_model_input`, network evaluation
+and `step` per request.
 
     .venv/bin/python scripts/bench/peer.py --case simple_unet --batch 128 --layout channels_last
 """
@@ -135,6 +140,65 @@ CASES = {
     "ddpm_unet_256": (lambda: DiffusersEps(DDPM_256), 256, 1000, "l2"),
 }
 SAMPLING_ABAR = linear_alphas_cumprod(1000)
+
+# request: (diffusers scheduler, its options beyond the shared ones)
+SOLVERS = {
+    "dpmpp_2m_step": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+    "dpmpp_3m_step": ("DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+    "unipc_bh2_step": ("UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2")),
+    "euler_step": ("EulerDiscreteScheduler", {}),
+    "heun_step": ("HeunDiscreteScheduler", {}),
+    "plms_step": ("PNDMScheduler", dict(skip_prk_steps=True)),
+}
+
+
+class Chain:
+    """One diffusers scheduler's chain of 50 steps on the T = 1000 linear schedule, stepped in
+    order from its first timestep at or below 500 (so a multistep solver runs at full order)."""
+
+    def __init__(self, request, case):
+        import diffusers
+
+        name, options = SOLVERS[request]
+        self.make = lambda: getattr(diffusers, name)(
+            num_train_timesteps=1000,
+            beta_start=1e-4,
+            beta_end=0.02,
+            beta_schedule="linear",
+            timestep_spacing="leading",
+            **options,
+        )
+        self.case = case
+        self.cursor = self.n = 0
+
+    def ready(self, count):
+        """Replays the steps before t <= 500 (untimed) unless `count` steps remain before the
+        last two."""
+        if self.cursor + count + 2 <= self.n:
+            return
+        x = self.case.x0
+        self.scheduler = self.make()
+        self.scheduler.set_timesteps(50, device=self.case.device)
+        timesteps = self.scheduler.timesteps.tolist()
+        self.n = len(timesteps)
+        start = next(i for i, t in enumerate(timesteps) if t <= 500)
+        with torch.no_grad():
+            for i in range(start):
+                t = self.scheduler.timesteps[i]
+                self.scheduler.scale_model_input(x, t)
+                self.scheduler.step(x, t, x)
+        self.cursor = start
+
+    def step(self):
+        case, x = self.case, self.case.x0
+        case.model.eval()
+        with torch.no_grad():
+            t = self.scheduler.timesteps[self.cursor]
+            x_in = self.scheduler.scale_model_input(x, t)
+            eps = case.net(x_in, t.reshape(1).expand(x.shape[0])).float()
+            out = self.scheduler.step(eps, t, x).prev_sample
+        self.cursor += 1
+        return out
 
 
 class Case:
@@ -300,6 +364,10 @@ def main():
         "ddpm_step": case.ddpm_step,
         "ddim_step": case.ddim_step,
     }
+    chains = {}
+    for request in SOLVERS:
+        chains[request] = Chain(request, case)
+        steps[request] = chains[request].step
     print(f"ready torch {torch.__version__}", flush=True)
     cuda = case.device.type == "cuda"
     for line in sys.stdin:
@@ -314,6 +382,8 @@ def main():
             print(peak, flush=True)
             continue
         count = int(words[1]) if len(words) > 1 else 1
+        if request in chains:
+            chains[request].ready(count)
         start = time.perf_counter()
         for _ in range(count):
             steps[request]()

@@ -8,7 +8,9 @@
 //!    Rust code links) each build the same case; single requests alternate between the two (in
 //!    both orders) so that both run under the same background load, and each round gives one
 //!    Rust/PyTorch ratio; the report gives the medians. Steps: inference forward, training step,
-//!    DDPM and DDIM sampling steps, for the notebook's SimpleUnet and the paper's U-Net; the
+//!    DDPM and DDIM sampling steps, and one step of each other solver family (DPM-Solver++ 2M
+//!    and 3M, UniPC, Euler, Heun, PLMS; the peer runs diffusers' scheduler of the same name),
+//!    for the notebook's SimpleUnet and the paper's U-Net; the
 //!    optimizer step (clipping, Adam, EMA) for the paper's U-Net's 35.7M parameters, against
 //!    `torch.optim.Adam(foreach=True)` and `(fused=True)`; and the full training loop's step
 //!    (`Trainer::train_step` fed by the loader) against the bare step, both in the Rust process.
@@ -46,9 +48,13 @@ pub struct BenchArgs {
     #[arg(long)]
     bf16: bool,
     /// Only these side-by-side steps (comma-separated: forward, train_step, ddpm_step,
-    /// ddim_step, optimizer_step, loop_step); default all.
+    /// ddim_step, dpmpp_2m_step, dpmpp_3m_step, unipc_bh2_step, euler_step, heun_step,
+    /// plms_step, optimizer_step, loop_step); default all.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
+    /// The batch size of every side-by-side case (default: the mode's, see `--cases`).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Only these side-by-side cases (comma-separated: simple_unet, ddpm_unet, and
     /// ddpm_unet_256, the 256² presets' 114M U-Net at batch 1 on the CPU, which runs only when
     /// named); default simple_unet and ddpm_unet.
@@ -70,6 +76,20 @@ struct Case {
     name: &'static str,
     batch: usize,
 }
+
+/// The side-by-side steps of every case against the peer's same function.
+const STEPS: [&str; 10] = [
+    "forward",
+    "train_step",
+    "ddpm_step",
+    "ddim_step",
+    "dpmpp_2m_step",
+    "dpmpp_3m_step",
+    "unipc_bh2_step",
+    "euler_step",
+    "heun_step",
+    "plms_step",
+];
 
 /// The cases `names` asks for (the default two when empty), at the batch sizes of the mode.
 fn cases(quick: bool, cuda: bool, names: &[String]) -> Result<Vec<Case>> {
@@ -367,7 +387,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         !args.bf16 || cuda,
         "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
     );
-    let case_list = cases(args.quick, cuda, &args.cases)?;
+    let mut case_list = cases(args.quick, cuda, &args.cases)?;
+    if let Some(batch) = args.batch {
+        ensure!(batch > 0, "--batch 0: expected at least 1");
+        case_list.iter_mut().for_each(|c| c.batch = batch);
+    }
     crate::setup::setup(&root)?;
     let python = python(&root)?;
     let threads = args
@@ -506,14 +530,11 @@ impl Bench<'_> {
         // whose first up block the Rust model computes with one convolution instead of two
         // (see `crates/model/src/simple.rs`), a second peer also times the notebook's own form.
         let variants: &[(&str, &[&str])] = if case.name == "simple_unet" {
-            &[
-                ("", &["forward", "train_step", "ddpm_step", "ddim_step"]),
-                ("unfolded", &["forward", "train_step"]),
-            ]
+            &[("", &STEPS), ("unfolded", &["forward", "train_step"])]
         } else {
             // The optimizer step against both of torch.optim.Adam's multi-tensor forms.
             &[
-                ("", &["forward", "train_step", "ddpm_step", "ddim_step"]),
+                ("", &STEPS),
                 ("adam-foreach", &["optimizer_step"]),
                 ("adam-fused", &["optimizer_step"]),
             ]

@@ -5,8 +5,9 @@
 //! bench_serve --case simple_unet|ddpm_unet|ddpm_unet_256 --batch N [--device cpu|cuda] [--threads N] [--bf16]
 //!             [--cudnn-benchmark true|false]
 //!             [--cuda-graph]
-//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step [COUNT]
-//!         | memory | quit
+//! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step
+//!         | dpmpp_2m_step | dpmpp_3m_step | unipc_bh2_step | euler_step | heun_step | plms_step
+//!         [COUNT] | memory | quit
 //! stdout: `ready <layout>` (nchw or channels_last), then one number per request: the
 //!         milliseconds of COUNT (default 1) runs of the step, the device synchronised once at
 //!         the end; for `memory`, the peak bytes the CUDA caching allocator held in live
@@ -37,6 +38,13 @@
 //!   (`foreach=True` or `fused=True`) and `torch._foreach_lerp_` on the same parameter shapes.
 //! - `ddpm_step` / `ddim_step`: one sampling step at t = 500 (Ho et al. Alg. 2 with σ² = β; DDIM
 //!   η = 0 with 50 leading-spaced steps): an eval forward, a noise draw and the update.
+//! - `dpmpp_2m_step`, `dpmpp_3m_step`, `unipc_bh2_step`, `euler_step`, `heun_step`, `plms_step`:
+//!   one network evaluation and `Sampler::step` of DPM-Solver++ 2M and 3M, UniPC (B(h) = e^h − 1,
+//!   order 2), Euler and Heun in σ-space, and PLMS, each a chain of 50 leading-spaced steps taken
+//!   in order from its first evaluation at or below t = 500, so that the multistep solvers run at
+//!   their full order with their history (the earlier evaluations are replayed untimed, on a
+//!   stand-in output; a chain that nears its last step is replayed again before the request).
+//!   The input is the scaled sample and the fractional timestep where the solver asks for them.
 //!
 //! Each answer is taken after the device has finished the step (CUDA is synchronised).
 
@@ -44,7 +52,7 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use model::{Denoiser, Precision, Prediction};
-use sample::{Sampler, SamplerConfig};
+use sample::{Sampler, SamplerConfig, SigmaSpacing, UniPcVariant};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
@@ -223,6 +231,8 @@ struct Bare<'a> {
     t: Tensor,
     /// DDPM and DDIM-50, each with the index of its first timestep at or below 500.
     samplers: Vec<(Sampler<'a>, usize)>,
+    /// The other solvers' chains, by request name.
+    chains: Vec<(&'static str, Chain<'a>)>,
 }
 
 impl<'a> Bare<'a> {
@@ -278,6 +288,14 @@ impl<'a> Bare<'a> {
             noise,
             t,
             samplers,
+            chains: Vec::new(),
+        }
+    }
+
+    /// Readies `count` runs of `request` untimed: a solver chain near its end is replayed.
+    fn prepare(&mut self, request: &str, count: usize) {
+        if let Some((_, chain)) = self.chains.iter_mut().find(|(n, _)| *n == request) {
+            chain.ready(&self.x_0, count);
         }
     }
 
@@ -317,7 +335,10 @@ impl<'a> Bare<'a> {
             }
             "ddpm_step" => self.sample_step(0),
             "ddim_step" => self.sample_step(1),
-            _ => return false,
+            other => match self.chains.iter_mut().find(|(n, _)| *n == other) {
+                Some((_, chain)) => chain.step(net, x_0, autocast),
+                None => return false,
+            },
         }
         true
     }
@@ -359,6 +380,143 @@ fn samplers_at_500(sampling_sched: &ScheduleTensors) -> Vec<(Sampler<'_>, usize)
         .collect()
 }
 
+/// One solver's chain of 50 leading-spaced steps, stepped in order from its first evaluation at
+/// or below t = 500.
+struct Chain<'a> {
+    sched: &'a ScheduleTensors,
+    config: SamplerConfig,
+    sampler: Sampler<'a>,
+    /// The first timed evaluation.
+    start: usize,
+    /// The next evaluation.
+    cursor: usize,
+}
+
+impl<'a> Chain<'a> {
+    fn new(sched: &'a ScheduleTensors, config: SamplerConfig) -> Self {
+        let sampler = Sampler::new(sched, &config, Prediction::Eps, false).expect("sampler");
+        let start = sampler
+            .timesteps()
+            .iter()
+            .position(|&t| t <= 500)
+            .expect("t <= 500");
+        let n = sampler.nfe();
+        Self {
+            sched,
+            config,
+            sampler,
+            start,
+            cursor: n,
+        }
+    }
+
+    /// Replays evaluations 0..start (on `x` as a stand-in output) unless `count` evaluations
+    /// remain before the last two, so that no timed step is one of the lower-order final ones.
+    fn ready(&mut self, x: &Tensor, count: usize) {
+        if self.cursor + count + 2 <= self.sampler.nfe() {
+            return;
+        }
+        assert!(
+            self.start + count + 2 <= self.sampler.nfe(),
+            "a chain of {} evaluations serves at most {} in one request",
+            self.sampler.nfe(),
+            self.sampler.nfe() - self.start - 2
+        );
+        self.sampler =
+            Sampler::new(self.sched, &self.config, Prediction::Eps, false).expect("sampler");
+        tch::no_grad(|| {
+            for i in 0..self.start {
+                let z = self.sampler.needs_noise(i).then(|| Tensor::randn_like(x));
+                let _ = self.sampler.step(i, x, x, z.as_ref());
+            }
+        });
+        self.cursor = self.start;
+    }
+
+    /// One network evaluation and the solver's step at the cursor.
+    fn step(&mut self, net: &dyn Denoiser, x: &Tensor, autocast: Option<Kind>) {
+        let (i, sampler) = (self.cursor, &mut self.sampler);
+        let n = x.size()[0];
+        let _ = tch::no_grad(|| {
+            let eps = if sampler.integer_timesteps() {
+                let t_batch = Tensor::full(
+                    [n],
+                    sampler.timesteps()[i] as i64,
+                    (Kind::Int64, x.device()),
+                );
+                model::forward(net, x, &t_batch, false, autocast)
+            } else {
+                let t = sampler.model_timesteps()[i];
+                let t_batch = Tensor::full([n], t, (Kind::Float, x.device()));
+                model::forward(
+                    net,
+                    &(x * sampler.input_scale(i)),
+                    &t_batch,
+                    false,
+                    autocast,
+                )
+            };
+            let z = sampler.needs_noise(i).then(|| Tensor::randn_like(x));
+            sampler.step(i, &eps, x, z.as_ref()).prev_sample
+        });
+        self.cursor += 1;
+    }
+}
+
+/// The solver chains `bench_serve` serves beside DDPM and DDIM, by request name.
+fn chains(sched: &ScheduleTensors) -> Vec<(&'static str, Chain<'_>)> {
+    let (steps, spacing, timesteps) = (50, TimestepSpacing::Leading, None);
+    let dpm = |order| SamplerConfig::DpmSolverPp {
+        steps,
+        spacing,
+        timesteps: None,
+        order,
+        sde: false,
+    };
+    let sigma = SigmaSpacing::Leading;
+    [
+        ("dpmpp_2m_step", dpm(2)),
+        ("dpmpp_3m_step", dpm(3)),
+        (
+            "unipc_bh2_step",
+            SamplerConfig::UniPc {
+                steps,
+                spacing,
+                timesteps: None,
+                order: 2,
+                variant: UniPcVariant::Bh2,
+            },
+        ),
+        (
+            "euler_step",
+            SamplerConfig::Euler {
+                steps,
+                spacing: sigma,
+                timesteps: None,
+            },
+        ),
+        (
+            "heun_step",
+            SamplerConfig::Heun {
+                steps,
+                spacing: sigma,
+                timesteps,
+            },
+        ),
+        (
+            "plms_step",
+            SamplerConfig::Pndm {
+                steps,
+                spacing,
+                prk: false,
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(name, config)| (name, Chain::new(sched, config)))
+    .collect()
+}
+
 fn main() {
     let args = parse_args();
     if let Some(n) = args.threads {
@@ -384,6 +542,7 @@ fn main() {
     );
     let samplers = samplers_at_500(&sampling_sched);
     let mut bare = Bare::new(config.clone(), device, autocast, samplers);
+    bare.chains = chains(&sampling_sched);
     let dir = tempfile::tempdir().expect("a temporary run directory");
     // A loader like the trainer's own, whose workers make batches while the steps run.
     let (mut trainer, loader) = loop_trainer(&args, &config, dir.path());
@@ -409,6 +568,7 @@ fn main() {
             "quit" | "" => return,
             _ => {}
         }
+        bare.prepare(request, count);
         let start = Instant::now();
         for _ in 0..count {
             if request == "loop_step" {
