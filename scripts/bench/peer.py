@@ -157,17 +157,9 @@ class Chain:
     order from its first timestep at or below 500 (so a multistep solver runs at full order)."""
 
     def __init__(self, request, case):
-        import diffusers
-
-        name, options = SOLVERS[request]
-        self.make = lambda: getattr(diffusers, name)(
-            num_train_timesteps=1000,
-            beta_start=1e-4,
-            beta_end=0.02,
-            beta_schedule="linear",
-            timestep_spacing="leading",
-            **options,
-        )
+        # diffusers is imported on the first request, so the peer starts without it (the GPU
+        # bundle's machine), where only these steps are unavailable.
+        self.name, self.options = SOLVERS[request]
         self.case = case
         self.cursor = self.n = 0
 
@@ -176,8 +168,17 @@ class Chain:
         last two."""
         if self.cursor + count + 2 <= self.n:
             return
+        import diffusers
+
         x = self.case.x0
-        self.scheduler = self.make()
+        self.scheduler = getattr(diffusers, self.name)(
+            num_train_timesteps=1000,
+            beta_start=1e-4,
+            beta_end=0.02,
+            beta_schedule="linear",
+            timestep_spacing="leading",
+            **self.options,
+        )
         self.scheduler.set_timesteps(50, device=self.case.device)
         timesteps = self.scheduler.timesteps.tolist()
         self.n = len(timesteps)
