@@ -74,6 +74,6 @@ fn main() {
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        std::process::exit(signals::exit_code(&err));
     }
 }

@@ -277,6 +277,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             }
             let run_dir = args.run_dir();
             return crate::launch::launch_with(crate::launch::LaunchPlan {
+                work: "training",
                 n,
                 device: args.device,
                 max_restarts: args.max_restarts,
