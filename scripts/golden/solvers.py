@@ -23,6 +23,19 @@ Schedulers (diffusers 0.42), with `timestep_spacing="trailing"`, `final_sigmas_t
 Prediction types eps, x0 ("sample") and v; steps 5 to 16 (below and above diffusers' 15-step
 threshold for lowering the second-last step's order).
 
+A second fixture, sigma_solvers_golden.json, runs the sigma-space schedulers the same way, one
+entry per network evaluation (Heun's two per step but the last), with the timestep the network
+sees (fractional, unrounded), the input scale 1/sqrt(sigma^2 + 1) and `init_noise_sigma`:
+
+* `EulerDiscreteScheduler` (linspace, leading, trailing, `use_karras_sigmas`, explicit timesteps);
+* `HeunDiscreteScheduler` (linspace, trailing with `clip_sample`, `use_karras_sigmas`);
+* `EulerAncestralDiscreteScheduler` (linspace, leading, trailing), its noise passed in through
+  the module's `randn_tensor`.
+
+These modules compute their schedule with numpy as well, so their `np.float32` is made float64
+too and the betas are passed as `trained_betas`: everything, timesteps and sigmas included, is
+float64.
+
 Run from the repository root, with the .venv that `cargo xtask setup` makes (torch, diffusers,
 numpy):
 
@@ -38,7 +51,16 @@ import numpy as np
 import torch
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
 import diffusers.schedulers.scheduling_unipc_multistep as unipc_module
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+import diffusers.schedulers.scheduling_euler_discrete as euler_module
+import diffusers.schedulers.scheduling_heun_discrete as heun_module
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures"
 T = 1000
@@ -60,8 +82,23 @@ class _Float64Torch:
         return getattr(torch, name)
 
 
+class _Float64Numpy:
+    """`numpy` with `float32` meaning float64."""
+
+    float32 = np.float64
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
 dpm_module.torch = _Float64Torch()
 unipc_module.torch = _Float64Torch()
+for module in (euler_module, heun_module, euler_a_module):
+    module.torch = _Float64Torch()
+    module.np = _Float64Numpy()
+# Euler ancestral's noise: what the chain stores for the step.
+ANCESTRAL_NOISE = {}
+euler_a_module.randn_tensor = lambda shape, **kwargs: torch.from_numpy(ANCESTRAL_NOISE["next"])
 
 
 def f32(a):
@@ -140,6 +177,101 @@ def chain(kind, order, variant, prediction, clip_x0, n_steps):
     return steps
 
 
+def make_sigma(kind, spacing, prediction, clip_x0):
+    common = dict(
+        num_train_timesteps=T,
+        trained_betas=BETAS,
+        prediction_type=PREDICTION[prediction],
+        timestep_spacing="linspace" if spacing in ("karras", "list") else spacing,
+    )
+    if kind == "euler":
+        return EulerDiscreteScheduler(use_karras_sigmas=spacing == "karras", final_sigmas_type="zero", **common)
+    if kind == "heun":
+        return HeunDiscreteScheduler(use_karras_sigmas=spacing == "karras", clip_sample=clip_x0, **common)
+    return EulerAncestralDiscreteScheduler(**common)
+
+
+def sigma_chain(kind, spacing, prediction, clip_x0, n_steps, listed):
+    s = make_sigma(kind, spacing, prediction, clip_x0)
+    if listed:
+        s.set_timesteps(timesteps=listed)
+    else:
+        s.set_timesteps(n_steps)
+    assert s.timesteps.dtype == torch.float64 and s.sigmas.dtype == torch.float64
+    init = float(s.init_noise_sigma)
+    x = f32(randn() * init)
+    evals = []
+    for k, t in enumerate(s.timesteps):
+        scaled = s.scale_model_input(torch.from_numpy(x), t).numpy()
+        scale = float(np.mean(scaled / x))
+        cond, uncond = randn(), randn()
+        guided = uncond + GUIDANCE * (cond - uncond)
+        last = k + 1 == len(s.timesteps)
+        noise = randn() if kind == "euler_ancestral" and not last else None
+        ANCESTRAL_NOISE["next"] = noise if noise is not None else np.zeros(SHAPE)
+        r = s.step(torch.from_numpy(guided), t, torch.from_numpy(x))
+        prev = r.prev_sample.numpy()
+        assert np.isfinite(prev).all(), (kind, spacing, k)
+        evals.append(
+            {
+                "index": k,
+                "t": float(t),
+                "input_scale": scale,
+                "x_t": flat(x),
+                "cond": flat(cond),
+                "uncond": flat(uncond),
+                "noise": flat(noise) if noise is not None else None,
+                "prev_sample": flat(prev),
+                "pred_x0": flat(r.pred_original_sample.numpy()),
+            }
+        )
+        x = f32(prev)
+    return init, evals
+
+
+def sigma_main():
+    cases = []
+    for kind, spacing, prediction, clip_x0, n_steps, listed in [
+        ("euler", "linspace", "eps", False, 6, None),
+        ("euler", "karras", "v", False, 7, None),
+        ("euler", "leading", "x0", False, 5, None),
+        ("euler", "trailing", "eps", False, 5, None),
+        ("euler", "list", "v", False, 4, [999, 700, 400, 100]),
+        ("heun", "linspace", "eps", False, 5, None),
+        ("heun", "karras", "v", False, 6, None),
+        ("heun", "trailing", "x0", True, 4, None),
+        ("euler_ancestral", "linspace", "eps", False, 6, None),
+        ("euler_ancestral", "leading", "v", False, 5, None),
+        ("euler_ancestral", "trailing", "eps", False, 4, None),
+    ]:
+        config = {"kind": kind, "steps": n_steps, "spacing": "linspace" if listed else spacing}
+        if listed:
+            config["timesteps"] = listed
+        init, evals = sigma_chain(kind, spacing, prediction, clip_x0, n_steps, listed)
+        cases.append(
+            {
+                "name": f"{kind} {spacing} {prediction} clip={clip_x0} {n_steps} steps",
+                "config": config,
+                "prediction": prediction,
+                "clip_x0": clip_x0,
+                "guidance": GUIDANCE,
+                "init_noise_sigma": init,
+                "steps": evals,
+            }
+        )
+    fixture = {
+        "generator": "scripts/golden/solvers.py",
+        "reference": "diffusers EulerDiscreteScheduler, HeunDiscreteScheduler and "
+        "EulerAncestralDiscreteScheduler in float64",
+        "schedule": {"kind": "linear", "n_steps": T, "start": 1e-4, "end": 0.02},
+        "shape": list(SHAPE),
+        "cases": cases,
+    }
+    path = OUT / "sigma_solvers_golden.json"
+    path.write_text(json.dumps(fixture, indent=1) + "\n")
+    print(f"wrote {path}: {len(cases)} cases")
+
+
 def main():
     cases = []
     for kind, order, variant, prediction, clip_x0, n_steps in [
@@ -189,3 +321,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    sigma_main()

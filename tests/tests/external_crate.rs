@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (folder, out) = (args.next().unwrap(), args.next().unwrap());
     let pipe = Pipeline::load(folder.as_ref(), Weights::Ema, tch::Device::Cpu)?;
-    let ddim = SamplerConfig::Ddim { steps: 3, eta: 0.0, spacing: TimestepSpacing::Trailing };
+    let ddim = SamplerConfig::Ddim {
+        steps: 3, eta: 0.0, spacing: TimestepSpacing::Trailing, timesteps: None,
+    };
     let images = pipe.generate(&ddim, 4, 0)?;
     sample::save_grid(&images, 2, out.as_ref())?;
     println!("sampled {:?}", images.size());

@@ -530,3 +530,118 @@ fn a_diffusers_config_without_block_out_channels_names_the_missing_key() {
         "{stderr}"
     );
 }
+
+/// The images of an `.npz` that `ddpm sample --npz` wrote.
+fn npz_images(path: &Path) -> data::images::NpyArray {
+    let mut arrays = data::images::read_npz(path).unwrap();
+    assert_eq!(arrays.len(), 1, "{}", path.display());
+    arrays.pop().unwrap().1
+}
+
+#[test]
+fn a_noise_file_starts_the_chains_and_a_timestep_list_sets_the_steps() {
+    use tch::{Device, Kind, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    // x_T as the seed draws it: batch 0 of seed s is seeded with s itself, and a generator
+    // seeded with s draws what libtorch's global one draws after manual_seed(s).
+    let write_noise = |name: &str, seed: i64| {
+        tch::manual_seed(seed);
+        let x_t = Tensor::randn([3, 3, 28, 28], (Kind::Float, Device::Cpu));
+        let path = dir.path().join(name);
+        Tensor::write_safetensors(&[("noise", &x_t)], &path).unwrap();
+        path
+    };
+    let (seeded, other) = (
+        write_noise("seeded.safetensors", 5),
+        write_noise("other.safetensors", 6),
+    );
+    let mut k = 0;
+    let mut images = |extra: &[&str]| {
+        k += 1;
+        let npz = dir.path().join(format!("{k}.npz"));
+        let mut args = vec!["-n", "3", "--batch", "3", "--npz", path_arg(&npz)];
+        args.extend_from_slice(extra);
+        let out = sample(&run_dir, &args);
+        assert!(out.status.success(), "{extra:?}: {}", stderr_of(&out));
+        (npz_images(&npz), stderr_of(&out))
+    };
+    // Ancestral DDPM: with the seed's own x_T in the file, the seed's images, since the
+    // per-step noise still comes from --seed; another seed then gives other images.
+    let (plain, _) = images(&["--seed", "5"]);
+    let (from_file, log) = images(&["--seed", "5", "--noise", path_arg(&seeded)]);
+    assert_eq!(plain, from_file);
+    assert!(log.contains("NFE 50 per image"), "{log}");
+    assert!(log.contains("seeded.safetensors"), "{log}");
+    let (reseeded, _) = images(&["--seed", "6", "--noise", path_arg(&seeded)]);
+    assert_ne!(reseeded, from_file);
+    // Deterministic DDIM: a function of the file alone, whatever the seed; the explicit list
+    // of leading spacing's 5 of T = 50 steps is the same sampler.
+    let ddim = ["--sampler", "ddim", "--noise"];
+    let (a, log) = images(
+        &[
+            &ddim[..],
+            &[path_arg(&seeded), "--steps", "5", "--seed", "1"],
+        ]
+        .concat(),
+    );
+    assert!(log.contains("NFE 5 per image"), "{log}");
+    let list = "40,30,20,10,0";
+    let (b, _) = images(
+        &[
+            &ddim[..],
+            &[path_arg(&seeded), "--timesteps", list, "--seed", "9"],
+        ]
+        .concat(),
+    );
+    assert_eq!(a, b);
+    let (c, _) = images(
+        &[
+            &ddim[..],
+            &[path_arg(&other), "--steps", "5", "--seed", "1"],
+        ]
+        .concat(),
+    );
+    assert_ne!(a, c);
+    // σ-space: Heun evaluates the network twice per step but the last, at Karras' fractional
+    // timesteps; a spacing a σ-space sampler cannot take is refused naming both flags.
+    let heun = ["--sampler", "heun", "--steps", "3", "--spacing", "karras"];
+    let (_, log) = images(&[&heun[..], &["--noise", path_arg(&seeded)]].concat());
+    assert!(log.contains("NFE 5 per image"), "{log}");
+    let grid = dir.path().join("grid.png");
+    let out = sample(
+        &run_dir,
+        &[
+            "--sampler",
+            "euler",
+            "--spacing",
+            "quadratic",
+            "--grid",
+            path_arg(&grid),
+        ],
+    );
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--spacing quadratic") && err.contains("--sampler euler"),
+        "{err}"
+    );
+    // A file that does not fit -n is refused before sampling, naming both.
+    let out = sample(
+        &run_dir,
+        &[
+            "-n",
+            "4",
+            "--noise",
+            path_arg(&seeded),
+            "--grid",
+            path_arg(&grid),
+        ],
+    );
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    for named in ["--noise", "-n", "[3, 3, 28, 28]", "[4, 3, 28, 28]"] {
+        assert!(err.contains(named), "expected `{named}` in: {err}");
+    }
+    assert!(!err.contains("sampling ") && !grid.exists(), "{err}");
+}

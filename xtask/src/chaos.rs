@@ -3,7 +3,8 @@
 //! It trains the tiny SimpleUnet on synthetic CIFAR-shaped images with `ddpm train
 //! --nproc-per-node N --max-restarts R` and, at random moments, sends SIGKILL to a random rank,
 //! SIGTERM to the launcher, or SIGSTOP to a rank (SIGCONT after a random pause, longer or
-//! shorter than `--dist-timeout`). A launcher that exits before the step count (after SIGTERM,
+//! shorter than `--dist-timeout`), or flips a byte of the newest complete checkpoint's weights
+//! (the run must then fall back past it, by its digests, when it next resumes). A launcher that exits before the step count (after SIGTERM,
 //! or out of restarts) is started again with `--resume`. Faults stop after M minutes; the job
 //! then runs to its step count. Its final weights, EMA and optimizer state are compared byte
 //! for byte with an uninterrupted run of the same seed, and the faults are reported by kind,
@@ -51,16 +52,23 @@ enum Fault {
     KillRank,
     TermLauncher,
     StopRank,
+    CorruptCheckpoint,
 }
 
 impl Fault {
-    const ALL: [Fault; 3] = [Fault::KillRank, Fault::TermLauncher, Fault::StopRank];
+    const ALL: [Fault; 4] = [
+        Fault::KillRank,
+        Fault::TermLauncher,
+        Fault::StopRank,
+        Fault::CorruptCheckpoint,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Fault::KillRank => "SIGKILL to a rank",
             Fault::TermLauncher => "SIGTERM to the launcher",
             Fault::StopRank => "SIGSTOP/SIGCONT of a rank",
+            Fault::CorruptCheckpoint => "a flipped byte in the newest checkpoint",
         }
     }
 }
@@ -140,7 +148,7 @@ impl Job {
             "50".into(),
         ];
         for set in [
-            "batch_size=8".to_string(),
+            format!("batch_size={BATCH}"),
             format!("model={model}"),
             "sample_every_epochs=0".into(),
             "n_workers=1".into(),
@@ -222,6 +230,18 @@ const SIGTERM: &str = "-TERM";
 const SIGCONT: &str = "-CONT";
 const SIGSTOP: &str = "-STOP";
 
+/// The seconds of one step once the job runs, from the last `images_per_sec` of the run in
+/// `run_dir` (its whole time would count the start-up as steps); `None` without one.
+fn steady_step_secs(run_dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).ok()?;
+    let line: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let per_sec = line.get("images_per_sec")?.as_f64()?;
+    (per_sec > 0.0).then(|| BATCH as f64 / per_sec)
+}
+
+/// The job's global batch (`batch_size`).
+const BATCH: u64 = 8;
+
 /// Whether the run in `run_dir` has a complete checkpoint.
 fn has_checkpoint(run_dir: &Path) -> bool {
     std::fs::read_dir(run_dir.join("checkpoints"))
@@ -246,12 +266,66 @@ struct Tally {
     injected: BTreeMap<Fault, u64>,
     relaunches: u64,
     restarts: u64,
+    /// Checkpoints a resume skipped (a corrupted one, named by its digest).
+    skipped: u64,
 }
 
-/// Injects one fault of kind `fault` into the job whose launcher is `launcher`.
-fn inject(fault: Fault, launcher: &Child, log: &Path, rng: &mut Rng, timeout: u64) -> bool {
-    let pids = rank_pids(log);
+/// The complete checkpoints (`step-N` with a `state.json`) of the run in `run_dir`, oldest
+/// first.
+fn complete_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("step-")
+                && !name.ends_with(".tmp")
+                && path.join("state.json").is_file()
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Flips one byte of the newest complete checkpoint's `model.safetensors`, when an older one is
+/// there to fall back to and the newest is not the job's last (`steps`), which the comparison
+/// reads. Whether a byte was flipped.
+fn corrupt_newest(run_dir: &Path, steps: u64, rng: &mut Rng) -> bool {
+    let dirs = complete_checkpoints(run_dir);
+    let [.., _, newest] = dirs.as_slice() else {
+        return false;
+    };
+    if newest.ends_with(format!("step-{steps:08}")) {
+        return false;
+    }
+    let path = newest.join("model.safetensors");
+    let Ok(mut bytes) = std::fs::read(&path) else {
+        return false;
+    };
+    if bytes.is_empty() {
+        return false;
+    }
+    let at = rng.below(bytes.len());
+    bytes[at] ^= 0xFF;
+    // A checkpoint pruned meanwhile (keep_last) is not recreated.
+    newest.is_dir() && std::fs::write(&path, bytes).is_ok()
+}
+
+/// Where a fault goes: the job's launcher, its log (the ranks' PIDs) and its run directory.
+struct Target<'a> {
+    launcher: &'a Child,
+    log: &'a Path,
+    run_dir: &'a Path,
+}
+
+/// Injects one fault of kind `fault` into the job.
+fn inject(fault: Fault, target: &Target<'_>, job: &Job, rng: &mut Rng) -> bool {
+    let (launcher, timeout) = (target.launcher, job.dist_timeout);
+    let pids = rank_pids(target.log);
     match fault {
+        Fault::CorruptCheckpoint => corrupt_newest(target.run_dir, job.steps, rng),
         Fault::TermLauncher => signal(launcher.id(), SIGTERM),
         Fault::KillRank if !pids.is_empty() => signal(pids[rng.below(pids.len())], SIGKILL),
         Fault::StopRank if !pids.is_empty() => {
@@ -295,7 +369,12 @@ fn run_faulted(job: &Job, run_dir: &Path, deadline: Instant, rng: &mut Rng) -> R
         let now = Instant::now();
         if now < deadline && now >= next_fault {
             let fault = Fault::ALL[rng.below(Fault::ALL.len())];
-            if inject(fault, &launcher, &log, rng, job.dist_timeout) {
+            let target = Target {
+                launcher: &launcher,
+                log: &log,
+                run_dir,
+            };
+            if inject(fault, &target, job, rng) {
                 *tally.injected.entry(fault).or_default() += 1;
                 eprintln!(
                     "chaos: {} at {:.0} s",
@@ -309,6 +388,7 @@ fn run_faulted(job: &Job, run_dir: &Path, deadline: Instant, rng: &mut Rng) -> R
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     tally.restarts = text.matches("(--max-restarts): starting all").count() as u64;
+    tally.skipped = text.matches("warning: skipped checkpoint").count() as u64;
     Ok(tally)
 }
 
@@ -362,8 +442,9 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         Some(steps) => steps,
         None => {
             // Half the fault window's time spent training; the rest goes to restarts.
-            let took = job.run_clean(&work.join("calibration"))?;
-            let per_step = took.as_secs_f64() / 20.0;
+            let calibration = work.join("calibration");
+            let took = job.run_clean(&calibration)?;
+            let per_step = steady_step_secs(&calibration).unwrap_or(took.as_secs_f64() / 20.0);
             ((args.minutes * 60.0 * 0.5 / per_step) as u64 / 10 * 10).max(40)
         }
     };
@@ -377,6 +458,14 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     let deadline = started + Duration::from_secs_f64(args.minutes * 60.0);
     let tally = run_faulted(&job, &faulted, deadline, &mut Rng(seed))?;
     let faulted_took = started.elapsed();
+    if faulted_took < deadline - started {
+        eprintln!(
+            "note: the job reached step {steps} after {:.0} s, before the {} min of faults were \
+             over: pass a larger --steps for a longer soak",
+            faulted_took.as_secs_f64(),
+            args.minutes
+        );
+    }
     eprintln!("== the uninterrupted run of the same seed");
     let reference = work.join("reference");
     let clean_took = job.run_clean(&reference)?;
@@ -412,6 +501,10 @@ fn report(tally: &Tally, steps: u64, faulted: Duration, clean: Duration, differ:
     println!(
         "launcher restarts of all ranks (--max-restarts): {}; job relaunches with --resume: {}",
         tally.restarts, tally.relaunches
+    );
+    println!(
+        "checkpoints a resume skipped (a digest mismatch, or one cut short): {}",
+        tally.skipped
     );
     if survived {
         println!("final model, ema and optimizer files: identical to the uninterrupted run's");

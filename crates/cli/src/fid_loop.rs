@@ -108,6 +108,9 @@ impl FidLoopArgs {
             (None, sample::SamplerConfig::Ddim { .. }) => SamplerKind::Ddim,
             (None, sample::SamplerConfig::DpmSolverPp { .. }) => SamplerKind::DpmSolverPp,
             (None, sample::SamplerConfig::UniPc { .. }) => SamplerKind::Unipc,
+            (None, sample::SamplerConfig::Euler { .. }) => SamplerKind::Euler,
+            (None, sample::SamplerConfig::Heun { .. }) => SamplerKind::Heun,
+            (None, sample::SamplerConfig::EulerAncestral { .. }) => SamplerKind::EulerAncestral,
         };
         let args = SamplerArgs {
             weights: WeightsArg::Ema,
@@ -116,6 +119,7 @@ impl FidLoopArgs {
             steps: self.eval_steps,
             eta: None,
             spacing: None,
+            timesteps: None,
             order: self.eval_order,
             sde: false,
             unipc_variant: None,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use sample::{PipelineSpec, SamplerConfig, UniPcVariant, Weights};
+use sample::{PipelineSpec, SamplerConfig, SigmaSpacing, UniPcVariant, Weights};
 use schedule::{TimestepSpacing, VarianceType};
 
 /// Which reverse process.
@@ -23,6 +23,14 @@ pub enum SamplerKind {
     /// UniPC over --steps steps (Zhao et al. 2023): predictor of --order 1-3 with the corrector;
     /// the strongest at about 10 steps.
     Unipc,
+    /// Euler's method in sigma-space over --steps steps (Karras et al. 2022), at fractional
+    /// timesteps.
+    Euler,
+    /// Heun's second-order method in sigma-space: 2 network evaluations per step but the last.
+    Heun,
+    /// Euler ancestral in sigma-space: noise added at every step but the last.
+    #[value(name = "euler-ancestral")]
+    EulerAncestral,
 }
 
 impl SamplerKind {
@@ -34,6 +42,9 @@ impl SamplerKind {
             "DDIMScheduler" => Some(SamplerKind::Ddim),
             "DPMSolverMultistepScheduler" => Some(SamplerKind::DpmSolverPp),
             "UniPCMultistepScheduler" => Some(SamplerKind::Unipc),
+            "EulerDiscreteScheduler" => Some(SamplerKind::Euler),
+            "HeunDiscreteScheduler" => Some(SamplerKind::Heun),
+            "EulerAncestralDiscreteScheduler" => Some(SamplerKind::EulerAncestral),
             _ => None,
         }
     }
@@ -45,6 +56,9 @@ impl SamplerKind {
             SamplerKind::Ddim => "ddim",
             SamplerKind::DpmSolverPp => "dpm-solver++",
             SamplerKind::Unipc => "unipc",
+            SamplerKind::Euler => "euler",
+            SamplerKind::Heun => "heun",
+            SamplerKind::EulerAncestral => "euler-ancestral",
         }
     }
 }
@@ -79,6 +93,9 @@ pub enum SpacingArg {
     /// ⌊(i · √(0.8 T)/(steps − 1))²⌋: the DDIM paper's CIFAR-10 spacing, dense near t = 0,
     /// ending at 0.8 T.
     Quadratic,
+    /// Karras et al.'s sigmas (rho = 7) between sigma_0 and sigma_{T-1}, at fractional timesteps
+    /// (the sigma-space samplers only).
+    Karras,
 }
 
 /// Which weights of a training checkpoint.
@@ -103,17 +120,22 @@ pub struct SamplerArgs {
     /// DDPM's reverse variance.
     #[arg(long, value_enum, default_value = "large")]
     pub variance: VarianceArg,
-    /// DDIM and DPM-Solver++: sampling steps, at most T (default 50 for DDIM, 20 for
-    /// DPM-Solver++).
+    /// Every sampler but ddpm: sampling steps, at most T (default 50 for DDIM, 20 for the
+    /// others; Heun evaluates the network 2 * steps - 1 times).
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM: η in [0, 1]; 0 is deterministic, 1 is DDPM-like.
     #[arg(long)]
     pub eta: Option<f64>,
-    /// DDIM and DPM-Solver++: how the steps are spread (default leading for DDIM, trailing for
-    /// DPM-Solver++).
+    /// Every sampler but ddpm: how the steps are spread (default leading for DDIM, linspace
+    /// for euler, heun and euler-ancestral, trailing for the others); karras only for those
+    /// three sigma-space samplers, quadratic only for the others.
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingArg>,
+    /// Every sampler but ddpm: the timesteps themselves, largest first, each below T
+    /// (e.g. 999,800,600,400,200,0), in place of --steps and --spacing.
+    #[arg(long, value_delimiter = ',', value_name = "T,...", conflicts_with_all = ["steps", "spacing"])]
+    pub timesteps: Option<Vec<usize>>,
     /// DPM-Solver++ and UniPC: the solver order, 1 to 3 (default 2; 3 for UniPC and DPM-Solver++
     /// at about 10 steps).
     #[arg(long, value_name = "N")]
@@ -209,15 +231,58 @@ impl SamplerArgs {
         Ok(())
     }
 
+    /// A σ-space sampler of `steps` steps, refusing a spacing it cannot take.
+    fn sigma_config(&self, kind: SamplerKind, steps: usize) -> Result<SamplerConfig> {
+        let spacing = match self.spacing.unwrap_or(SpacingArg::Linspace) {
+            SpacingArg::Linspace => SigmaSpacing::Linspace,
+            SpacingArg::Leading => SigmaSpacing::Leading,
+            SpacingArg::Trailing => SigmaSpacing::Trailing,
+            SpacingArg::Karras => SigmaSpacing::Karras,
+            SpacingArg::Quadratic => bail!(
+                "--spacing quadratic applies to --sampler ddim, dpm-solver++ and unipc, not \
+                 --sampler {}: a sigma-space sampler takes linspace, leading, trailing or karras",
+                kind.name()
+            ),
+        };
+        let timesteps = self.timesteps.clone();
+        Ok(match kind {
+            SamplerKind::Euler => SamplerConfig::Euler {
+                steps,
+                spacing,
+                timesteps,
+            },
+            SamplerKind::Heun => SamplerConfig::Heun {
+                steps,
+                spacing,
+                timesteps,
+            },
+            _ => SamplerConfig::EulerAncestral {
+                steps,
+                spacing,
+                timesteps,
+            },
+        })
+    }
+
     fn config_with(&self, n_train_steps: usize, default: SamplerKind) -> Result<SamplerConfig> {
         let kind = self.sampler.unwrap_or(default);
-        let spacing = |default| match self.spacing.unwrap_or(default) {
-            SpacingArg::Linspace => TimestepSpacing::Linspace,
-            SpacingArg::Leading => TimestepSpacing::Leading,
-            SpacingArg::Trailing => TimestepSpacing::Trailing,
-            SpacingArg::Quadratic => TimestepSpacing::Quadratic,
+        let name = kind.name();
+        let spacing = |default| -> Result<TimestepSpacing> {
+            Ok(match self.spacing.unwrap_or(default) {
+                SpacingArg::Linspace => TimestepSpacing::Linspace,
+                SpacingArg::Leading => TimestepSpacing::Leading,
+                SpacingArg::Trailing => TimestepSpacing::Trailing,
+                SpacingArg::Quadratic => TimestepSpacing::Quadratic,
+                SpacingArg::Karras => bail!(
+                    "--spacing karras applies to the sigma-space samplers (--sampler euler, heun \
+                     or euler-ancestral), not --sampler {name}"
+                ),
+            })
         };
         let steps = |default: usize| -> Result<usize> {
+            if let Some(list) = &self.timesteps {
+                return Ok(list.len());
+            }
             let steps = self.steps.unwrap_or(default.min(n_train_steps));
             if steps == 0 || steps > n_train_steps {
                 bail!("--steps {steps} is impossible: the checkpoint's schedule has T = {n_train_steps} steps, so use 1 to {n_train_steps}");
@@ -229,6 +294,9 @@ impl SamplerArgs {
             SamplerKind::Ddpm => {
                 if self.steps.is_some() || self.spacing.is_some() {
                     bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
+                }
+                if self.timesteps.is_some() {
+                    bail!("--timesteps does not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim, dpm-solver++ or unipc");
                 }
                 let variance = match self.variance {
                     VarianceArg::Large => VarianceType::FixedLarge,
@@ -244,28 +312,38 @@ impl SamplerArgs {
                 SamplerConfig::Ddim {
                     steps: steps(50)?,
                     eta,
-                    spacing: spacing(SpacingArg::Leading),
+                    spacing: spacing(SpacingArg::Leading)?,
+                    timesteps: self.timesteps.clone(),
                 }
             }
             SamplerKind::DpmSolverPp => SamplerConfig::DpmSolverPp {
                 steps: steps(20)?,
-                spacing: spacing(SpacingArg::Trailing),
+                spacing: spacing(SpacingArg::Trailing)?,
                 order: self.order.unwrap_or(2),
                 sde: self.sde,
+                timesteps: self.timesteps.clone(),
             },
             SamplerKind::Unipc => SamplerConfig::UniPc {
                 steps: steps(20)?,
-                spacing: spacing(SpacingArg::Trailing),
+                spacing: spacing(SpacingArg::Trailing)?,
                 order: self.order.unwrap_or(2),
                 variant: match self.unipc_variant {
                     Some(UniPcVariantArg::Bh1) => UniPcVariant::Bh1,
                     Some(UniPcVariantArg::Bh2) | None => UniPcVariant::Bh2,
                 },
+                timesteps: self.timesteps.clone(),
             },
+            SamplerKind::Euler | SamplerKind::Heun | SamplerKind::EulerAncestral => {
+                self.sigma_config(kind, steps(20)?)?
+            }
         };
         config
-            .timesteps(n_train_steps)
-            .context("--steps and --spacing")?;
+            .nfe(n_train_steps)
+            .context(if self.timesteps.is_some() {
+                "--timesteps"
+            } else {
+                "--steps and --spacing"
+            })?;
         Ok(config)
     }
 }
@@ -305,7 +383,8 @@ mod tests {
                 steps: 10,
                 spacing: TimestepSpacing::Trailing,
                 order: 3,
-                sde: false
+                sde: false,
+                timesteps: None,
             }
         );
         assert_eq!(
@@ -318,7 +397,8 @@ mod tests {
                 steps: 20,
                 spacing: TimestepSpacing::Linspace,
                 order: 1,
-                variant: UniPcVariant::Bh1
+                variant: UniPcVariant::Bh1,
+                timesteps: None,
             }
         );
         assert!(config("--sampler dpm-solver++ --sde")
@@ -347,6 +427,110 @@ mod tests {
                 assert!(message.contains(name), "{flags}: {message}");
             }
         }
+    }
+
+    #[test]
+    fn sigma_space_samplers_take_their_spacings_and_refuse_others_naming_both() {
+        assert_eq!(
+            config("--sampler heun --steps 10 --spacing karras").unwrap(),
+            SamplerConfig::Heun {
+                steps: 10,
+                spacing: SigmaSpacing::Karras,
+                timesteps: None,
+            }
+        );
+        let euler = config("--sampler euler").unwrap();
+        assert_eq!(
+            euler,
+            SamplerConfig::Euler {
+                steps: 20,
+                spacing: SigmaSpacing::Linspace,
+                timesteps: None,
+            }
+        );
+        assert_eq!(euler.nfe(1000).unwrap(), 20);
+        assert_eq!(
+            config("--sampler heun --steps 10")
+                .unwrap()
+                .nfe(1000)
+                .unwrap(),
+            19
+        );
+        assert!(config("--sampler euler-ancestral").unwrap().is_stochastic());
+        for (flags, named) in [
+            (
+                "--sampler heun --spacing quadratic",
+                ["--spacing quadratic", "--sampler heun"],
+            ),
+            (
+                "--sampler ddim --spacing karras",
+                ["--spacing karras", "--sampler ddim"],
+            ),
+            (
+                "--sampler unipc --spacing karras",
+                ["--spacing karras", "--sampler unipc"],
+            ),
+            ("--sampler euler --order 2", ["--order", "--sampler euler"]),
+        ] {
+            let message = format!("{:#}", config(flags).unwrap_err());
+            for name in named {
+                assert!(message.contains(name), "{flags}: {message}");
+            }
+        }
+        for (class, kind) in [
+            ("EulerDiscreteScheduler", SamplerKind::Euler),
+            ("HeunDiscreteScheduler", SamplerKind::Heun),
+            (
+                "EulerAncestralDiscreteScheduler",
+                SamplerKind::EulerAncestral,
+            ),
+        ] {
+            assert_eq!(SamplerKind::from_diffusers_class(class), Some(kind));
+        }
+    }
+
+    #[test]
+    fn an_explicit_timestep_list_replaces_steps_and_spacing() {
+        let listed = config("--sampler ddim --timesteps 999,500,0").unwrap();
+        assert_eq!(
+            listed,
+            SamplerConfig::Ddim {
+                steps: 3,
+                eta: 0.0,
+                spacing: TimestepSpacing::Leading,
+                timesteps: Some(vec![999, 500, 0]),
+            }
+        );
+        assert_eq!(listed.timesteps(1000).unwrap().as_slice(), &[999, 500, 0]);
+        assert_eq!(listed.nfe(1000).unwrap(), 3);
+        for (flags, named) in [
+            ("--sampler unipc --timesteps 5,9", "decrease"),
+            (
+                "--sampler dpm-solver++ --timesteps 1000,0",
+                "below T = 1000",
+            ),
+            ("--timesteps 999,0", "--sampler ddpm"),
+        ] {
+            let message = format!("{:#}", config(flags).unwrap_err());
+            assert!(
+                message.contains("--timesteps") && message.contains(named),
+                "{flags}: {message}"
+            );
+        }
+        let argv = [
+            "ddpm",
+            "--sampler",
+            "ddim",
+            "--timesteps",
+            "9,0",
+            "--steps",
+            "5",
+        ];
+        let err = Cli::try_parse_from(argv).err().unwrap().to_string();
+        assert!(
+            err.contains("--timesteps") && err.contains("--steps"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -112,10 +112,27 @@ impl SamplerSpec {
         extra: &[String],
         flag: &str,
     ) -> Result<SamplerConfig> {
-        let steps = (!self.is_full_chain()).then_some(nfe);
+        // Heun evaluates the network twice per step but the last.
+        let heun = self.flags[1] == "heun";
+        let steps = (!self.is_full_chain()).then_some(if heun { nfe.div_ceil(2) } else { nfe });
         let args = self.args_for(steps, extra, flag)?;
-        args.config(n_train_steps)
-            .map_err(|e| anyhow::anyhow!("{flag} `{}` at NFE {nfe}: {e:#}", self.label))
+        let config = args
+            .config(n_train_steps)
+            .map_err(|e| anyhow::anyhow!("{flag} `{}` at NFE {nfe}: {e:#}", self.label))?;
+        // What the sampler counts, so that the table's NFE is the network's work.
+        let counted = config.nfe(n_train_steps)?;
+        if !self.is_full_chain() && counted != nfe {
+            bail!(
+                "{flag} `{}` at NFE {nfe}: its chain takes {counted} network evaluations{}",
+                self.label,
+                if heun {
+                    " (2 per step but the last: heun takes an odd NFE)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(config)
     }
 }
 
@@ -154,7 +171,8 @@ mod tests {
             SamplerConfig::Ddim {
                 steps: 10,
                 eta: 0.0,
-                spacing: TimestepSpacing::Quadratic
+                spacing: TimestepSpacing::Quadratic,
+                timesteps: None,
             }
         );
         assert_eq!(
@@ -166,7 +184,8 @@ mod tests {
             SamplerConfig::Ddim {
                 steps: 5,
                 eta: 0.5,
-                spacing: TimestepSpacing::Linspace
+                spacing: TimestepSpacing::Linspace,
+                timesteps: None,
             }
         );
         let ddpm = SamplerSpec::parse("ddpm:small", "--full-chain").unwrap();
@@ -175,6 +194,19 @@ mod tests {
             ddpm.config(7, 300, &[], "--full-chain").unwrap(),
             SamplerConfig::seed_notebook()
         );
+    }
+
+    #[test]
+    fn heun_takes_its_steps_from_an_odd_nfe() {
+        let heun = config("heun:karras", 9).unwrap();
+        assert_eq!(heun.nfe(300).unwrap(), 9);
+        assert!(
+            matches!(heun, SamplerConfig::Heun { steps: 5, .. }),
+            "{heun:?}"
+        );
+        let m = format!("{:#}", config("heun", 10).unwrap_err());
+        assert!(m.contains("NFE 10") && m.contains("odd"), "{m}");
+        assert_eq!(config("euler-ancestral", 10).unwrap().nfe(300).unwrap(), 10);
     }
 
     #[test]

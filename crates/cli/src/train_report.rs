@@ -229,6 +229,15 @@ fn describe_sampler(sampler: &sample::SamplerConfig) -> String {
         sample::SamplerConfig::UniPc { steps, order, .. } => {
             format!("UniPC order {order}, {steps} steps")
         }
+        sample::SamplerConfig::Euler { steps, spacing, .. } => {
+            format!("Euler, {steps} steps, {spacing:?} spacing")
+        }
+        sample::SamplerConfig::Heun { steps, spacing, .. } => {
+            format!("Heun, {steps} steps, {spacing:?} spacing")
+        }
+        sample::SamplerConfig::EulerAncestral { steps, spacing, .. } => {
+            format!("Euler ancestral, {steps} steps, {spacing:?} spacing")
+        }
     }
 }
 

@@ -102,6 +102,7 @@ fn benches(c: &mut Criterion) {
             steps: 50,
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
     );
     // The solvers for about 10 network evaluations, with a full history.
@@ -112,6 +113,7 @@ fn benches(c: &mut Criterion) {
             spacing: TimestepSpacing::Trailing,
             order: 3,
             sde: false,
+            timesteps: None,
         },
     );
     let unipc3 = (
@@ -121,6 +123,7 @@ fn benches(c: &mut Criterion) {
             spacing: TimestepSpacing::Trailing,
             order: 3,
             variant: sample::UniPcVariant::Bh2,
+            timesteps: None,
         },
     );
     let all = [ddpm, ddim, dpm3, unipc3];

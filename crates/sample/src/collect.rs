@@ -25,7 +25,7 @@ impl SampleRequest {
     /// # Errors
     /// [`SampleError::Config`] when the sampler's steps do not fit the schedule.
     pub fn n_steps(&self, pipe: &Pipeline) -> Result<usize, SampleError> {
-        Ok(self.sampler.timesteps(pipe.schedule.n_steps())?.len())
+        self.sampler.nfe(pipe.schedule.n_steps())
     }
 }
 

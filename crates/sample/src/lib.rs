@@ -43,7 +43,7 @@ pub use sampler::{
     batch_seed, sample, sample_batches, BatchPlan, SampleBatches, SampleOptions, SampleOutput,
     SampledBatch,
 };
-pub use solvers::{Sampler, SamplerConfig, UniPcVariant};
+pub use solvers::{Sampler, SamplerConfig, SigmaSpacing, UniPcVariant};
 /// The generator the samplers draw from (re-exported so that callers need no torch-ext dependency).
 pub use torch_ext::Generator;
 

@@ -24,6 +24,12 @@
 //! with other kernels at another batch size. A different `batch_size`, or another device, gives
 //! other images.
 //!
+//! A request's starting x_T may come from a file instead ([`SampleOptions::initial_noise`],
+//! `ddpm sample --noise`): image `i` starts from row `i` of it, whatever the batch. The x_T draw
+//! is still made and discarded, so the per-step noise of an ancestral sampler is the seed's, the
+//! same draws as without the file: with the seed's own x_T in the file, the images are those of
+//! the seed alone.
+//!
 //! Class conditioning ([`SampleOptions::class_cond`]) changes none of this: the labels are one
 //! per image of the request, batch `b` takes those of its images, and the noise is drawn as
 //! without them, so an image's starting noise does not depend on its class or the guidance.
@@ -36,7 +42,7 @@ use model::Prediction;
 use schedule::tensor::ScheduleTensors;
 
 use crate::solvers::{Sampler, SamplerConfig};
-use crate::{ClassConditioning, SampleError};
+use crate::{ClassConditioning, InitialNoise, SampleError};
 
 /// Options that apply to every sampler.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,25 +59,39 @@ pub struct SampleOptions {
     /// network; `None` samples without classes (a class-conditional network then sees its null
     /// label).
     pub class_cond: Option<ClassConditioning>,
+    /// The request's starting x_T, one row per image, in place of the seeded draw; `None`:
+    /// drawn from the seed.
+    pub initial_noise: Option<InitialNoise>,
 }
 
 impl SampleOptions {
     /// These options for the `n` images of a request from image `first` on: the class labels
-    /// of those images (for a batch run as a request of its own, as sharded sampling does).
+    /// and starting noise of those images (for a batch run as a request of its own, as sharded
+    /// sampling does).
     ///
     /// # Panics
-    /// When the range reaches past the labels.
+    /// When the range reaches past the labels or the noise.
     pub fn for_images(&self, first: usize, n: usize) -> Self {
         Self {
             class_cond: self.class_cond.as_ref().map(|c| c.slice(first, n)),
+            initial_noise: self.initial_noise.as_ref().map(|x| x.slice(first, n)),
             ..self.clone()
         }
     }
 
-    /// Checks the class conditioning against `model` and a request of `n_images`.
-    fn check_classes(&self, model: &dyn Denoiser, n_images: usize) -> Result<(), SampleError> {
-        match &self.class_cond {
-            Some(cond) => cond.validate(model.num_classes(), n_images),
+    /// Checks the class conditioning against `model`, and the starting noise against the
+    /// images, for a request of `n_images` of `[C, H, W]` `image_shape`.
+    fn check(
+        &self,
+        model: &dyn Denoiser,
+        image_shape: [i64; 3],
+        n_images: usize,
+    ) -> Result<(), SampleError> {
+        if let Some(cond) = &self.class_cond {
+            cond.validate(model.num_classes(), n_images)?;
+        }
+        match &self.initial_noise {
+            Some(noise) => noise.check(image_shape, n_images),
             None => Ok(()),
         }
     }
@@ -96,16 +116,16 @@ fn snapshot_steps(n_steps: usize, n_snapshots: usize) -> Vec<usize> {
     (1..=n).map(|k| k * n_steps / n - 1).collect()
 }
 
-/// Runs `shape[0]` chains, guided for the classes `class_cond` when there are some (one label per
-/// chain). Noise is drawn `noise_rows ≥ shape[0]` rows at a time and the leading rows kept;
-/// snapshots keep the first `snapshot_rows` images.
+/// Runs `shape[0]` chains, guided for the classes of `options` when there are some (one label per
+/// chain), from its starting noise when it has some (one row per chain). Noise is drawn
+/// `noise_rows ≥ shape[0]` rows at a time and the leading rows kept; snapshots keep the first
+/// `snapshot_rows` images.
 #[allow(clippy::too_many_arguments)]
 fn run_chains(
     model: &dyn Denoiser,
     sched: &ScheduleTensors,
     config: &SamplerConfig,
     options: &SampleOptions,
-    class_cond: Option<&ClassConditioning>,
     shape: [i64; 4],
     noise_rows: i64,
     snapshot_rows: i64,
@@ -113,8 +133,7 @@ fn run_chains(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
     let mut sampler = Sampler::new(sched, config, options.prediction, options.clip_x0)?;
-    let steps = sampler.timesteps().to_vec();
-    let n = steps.len();
+    let n = sampler.nfe();
     let snapshot_at = snapshot_steps(n, options.n_snapshots);
     let device = sched.device();
     let [n_images, c, h, w] = shape;
@@ -126,29 +145,52 @@ fn run_chains(
             xs.narrow(0, 0, n_images)
         })
     };
+    let class_cond = options.class_cond.as_ref();
     let labels = class_cond.map(|c| Tensor::from_slice(&c.labels).to_device(device));
     tch::no_grad(|| {
+        // Drawn even when a file gives x_T, so that the later draws are the seed's.
         let mut x = randn()?;
+        if let Some(noise) = &options.initial_noise {
+            x = noise.to_tensor(device);
+        }
+        if sampler.init_noise_sigma() != 1.0 {
+            x *= sampler.init_noise_sigma();
+        }
         let mut snapshots = Vec::with_capacity(snapshot_at.len());
-        for (i, &t) in steps.iter().enumerate() {
-            let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
+        for i in 0..n {
+            let t = sampler.timesteps()[i];
+            // σ-space samplers: a fractional timestep, unrounded, and the input scaled.
+            let (t_batch, x_in) = if sampler.integer_timesteps() {
+                let t_batch = Tensor::full([n_images], t as i64, (Kind::Int64, device));
+                (t_batch, x.shallow_clone())
+            } else {
+                let t_model = sampler.model_timesteps()[i];
+                let t_batch = Tensor::full([n_images], t_model, (Kind::Float, device));
+                (t_batch, &x * sampler.input_scale(i))
+            };
             let out = match (&labels, class_cond) {
                 (Some(labels), Some(cond)) => crate::guided_forward(
                     model,
-                    &x,
+                    &x_in,
                     &t_batch,
                     labels,
                     cond.guidance,
                     options.autocast,
                 ),
-                _ => model::forward(model, &x, &t_batch, false, options.autocast),
+                _ => model::forward(model, &x_in, &t_batch, false, options.autocast),
             };
             let noise = sampler.needs_noise(i).then(&mut randn).transpose()?;
             x = sampler.step(i, &out, &x, noise.as_ref()).prev_sample;
             if snapshot_at.contains(&i) && snapshot_rows > 0 {
+                // In σ-space, the variance-preserving sample the network sees next.
+                let shown = match i + 1 < n && !sampler.integer_timesteps() {
+                    true => &x * sampler.input_scale(i + 1),
+                    false => x.shallow_clone(),
+                };
                 snapshots.push((
                     t,
-                    x.narrow(0, 0, snapshot_rows)
+                    shown
+                        .narrow(0, 0, snapshot_rows)
                         .clamp(-1.0, 1.0)
                         .to_device(Device::Cpu),
                 ));
@@ -174,7 +216,7 @@ fn run_chains(
 ///
 /// # Errors
 /// [`SampleError::Config`] for impossible settings (more steps than T, η outside [0, 1], class
-/// labels that do not fit the network or the batch);
+/// labels or starting noise that do not fit the network or the batch);
 /// [`SampleError::Generator`] when `gen` is not a generator of the schedule's device type.
 pub fn sample(
     model: &dyn Denoiser,
@@ -186,14 +228,14 @@ pub fn sample(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<SampleOutput, SampleError> {
     // Check before drawing, so that an error leaves the generator alone.
-    config.timesteps(sched.schedule().n_steps())?;
-    options.check_classes(model, shape[0].max(0) as usize)?;
+    config.nfe(sched.schedule().n_steps())?;
+    let [_, c, h, w] = shape;
+    options.check(model, [c, h, w], shape[0].max(0) as usize)?;
     run_chains(
         model,
         sched,
         config,
         options,
-        options.class_cond.as_ref(),
         shape,
         shape[0],
         shape[0],
@@ -305,7 +347,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
         let snapshot_rows = self.plan.n_chains.saturating_sub(first_image).min(rows);
         let [c, h, w] = self.plan.image_shape;
         let seed = batch_seed(self.plan.seed, batch_idx);
-        let class_cond = (self.options.class_cond.as_ref()).map(|c| c.slice(first_image, rows));
+        let options = self.options.for_images(first_image, rows);
         let output = Generator::new(seed, self.sched.device())
             .map_err(SampleError::from)
             .and_then(|mut gen| {
@@ -313,8 +355,7 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
                     self.model,
                     self.sched,
                     &self.config,
-                    &self.options,
-                    class_cond.as_ref(),
+                    &options,
                     [rows as i64, c, h, w],
                     self.plan.batch_size as i64,
                     snapshot_rows as i64,
@@ -343,8 +384,9 @@ impl<F: FnMut(usize, usize)> Iterator for SampleBatches<'_, F> {
 /// `labels[i]`, guided with its scale.
 ///
 /// # Errors
-/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps`, `eta` or the
-/// class labels when the request is impossible; this is checked here, before any batch runs.
+/// [`SampleError::Config`] naming `n_images`, `batch_size`, `image_shape`, `steps`, `eta`, the
+/// class labels or the starting noise when the request is impossible; this is checked here,
+/// before any batch runs.
 pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     model: &'a dyn Denoiser,
     sched: &'a ScheduleTensors,
@@ -354,8 +396,8 @@ pub fn sample_batches<'a, F: FnMut(usize, usize)>(
     on_step: F,
 ) -> Result<SampleBatches<'a, F>, SampleError> {
     plan.validate()?;
-    config.timesteps(sched.schedule().n_steps())?;
-    options.check_classes(model, plan.n_images)?;
+    config.nfe(sched.schedule().n_steps())?;
+    options.check(model, plan.image_shape, plan.n_images)?;
     Ok(SampleBatches {
         model,
         sched,

@@ -99,6 +99,7 @@ fn sampling_from_a_diffusers_folder_is_reproducible() {
         steps: 4,
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Trailing,
+        timesteps: None,
     };
     let a = pipe.generate(&ddim, 3, 5).unwrap();
     assert_eq!(a.size(), [3, 3, 8, 8]);
@@ -396,6 +397,7 @@ fn class_conditional_generation_is_seeded_and_checks_its_labels() {
         steps: 3,
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Trailing,
+        timesteps: None,
     };
     let a = pipe.generate_classes(&ddim, &[0, 2, 1], 3.0, 5).unwrap();
     assert_eq!(a.size(), [3, 3, 8, 8]);

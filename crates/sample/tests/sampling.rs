@@ -6,7 +6,7 @@ use std::path::Path;
 use model::{Denoiser, ModelConfig, Prediction, SimpleUnetConfig};
 use sample::{
     batch_seed, guide, sample, sample_batches, BatchPlan, ClassConditioning, Generator,
-    SampleOptions, Sampler, SamplerConfig,
+    SampleOptions, Sampler, SamplerConfig, SigmaSpacing,
 };
 use schedule::tensor::{extract, ScheduleTensors};
 use schedule::{BetaSchedule, Schedule, TimestepSpacing, VarianceType};
@@ -176,6 +176,7 @@ fn options() -> SampleOptions {
         n_snapshots: 0,
         autocast: None,
         class_cond: None,
+        initial_noise: None,
     }
 }
 
@@ -260,6 +261,7 @@ fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distri
             steps: 1000,
             eta: 1.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
         2,
     );
@@ -315,6 +317,7 @@ fn ddim_with_eta_1_over_all_steps_is_the_ddpm_chain_for_the_same_noise() {
             steps: 100,
             eta: 1.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
         5,
     );
@@ -369,6 +372,7 @@ fn dpm_solver_pp_converges_at_second_order_and_ddim_at_first() {
                 steps,
                 eta: 0.0,
                 spacing: TimestepSpacing::Trailing,
+                timesteps: None,
             })
         })
         .to_vec();
@@ -447,6 +451,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
             steps: 5,
             eta: 0.5,
             spacing: TimestepSpacing::Trailing,
+            timesteps: None,
         },
         SamplerConfig::dpm_solver_pp(5, TimestepSpacing::Trailing),
     ] {
@@ -485,6 +490,7 @@ fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
         steps: 4,
         eta: 1.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     let options = SampleOptions {
         n_snapshots: 3,
@@ -670,6 +676,7 @@ fn impossible_requests_fail_before_any_work() {
         steps: 21,
         eta: 0.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     assert!(err(&ddim, plan(4, 4), &mut called).contains("T = 20"));
     assert!(!called);
@@ -805,8 +812,24 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
             steps: 5,
             eta: 0.5,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
         SamplerConfig::dpm_solver_pp(4, TimestepSpacing::Trailing),
+        SamplerConfig::Euler {
+            steps: 4,
+            spacing: SigmaSpacing::Linspace,
+            timesteps: None,
+        },
+        SamplerConfig::Heun {
+            steps: 3,
+            spacing: SigmaSpacing::Karras,
+            timesteps: None,
+        },
+        SamplerConfig::EulerAncestral {
+            steps: 4,
+            spacing: SigmaSpacing::Leading,
+            timesteps: None,
+        },
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {
             let options = SampleOptions {
@@ -827,18 +850,26 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
                 |_, _| {},
             )
             .unwrap();
-            // By hand.
+            // By hand, as diffusers' pipelines loop: x_T scaled by init_noise_sigma, the
+            // network's input by scale_model_input, its timestep unrounded.
             let mut gen = Generator::cpu(seed);
             let cpu = (Kind::Float, Device::Cpu);
             let mut sampler = Sampler::new(&st, &config, prediction, false).unwrap();
-            let steps = sampler.timesteps().to_vec();
             let y = Tensor::from_slice(&labels);
             let null = Tensor::full([5], 2, (Kind::Int64, Device::Cpu));
-            let mut x = gen.randn(&shape, cpu).unwrap();
-            for (i, &t) in steps.iter().enumerate() {
-                let t = Tensor::full([5], t as i64, (Kind::Int64, Device::Cpu));
-                let eps_c = ToyConditional.forward_cond(&x, &t, Some(&y), false);
-                let eps_u = ToyConditional.forward_cond(&x, &t, Some(&null), false);
+            let mut x = gen.randn(&shape, cpu).unwrap() * sampler.init_noise_sigma();
+            for i in 0..sampler.nfe() {
+                let t = match sampler.integer_timesteps() {
+                    true => Tensor::full(
+                        [5],
+                        sampler.timesteps()[i] as i64,
+                        (Kind::Int64, Device::Cpu),
+                    ),
+                    false => Tensor::full([5], sampler.model_timesteps()[i], cpu),
+                };
+                let x_in = &x * sampler.input_scale(i);
+                let eps_c = ToyConditional.forward_cond(&x_in, &t, Some(&y), false);
+                let eps_u = ToyConditional.forward_cond(&x_in, &t, Some(&null), false);
                 let noise = sampler
                     .needs_noise(i)
                     .then(|| gen.randn(&shape, cpu).unwrap());
@@ -882,6 +913,7 @@ fn class_labels_follow_the_images_through_batches_and_shards() {
         steps: 4,
         eta: 1.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     let cond = ClassConditioning::blocks(&[2, 0, 1], 10, 2.5);
     assert_eq!(cond.labels, [2, 2, 2, 2, 0, 0, 0, 0, 1, 1]);
@@ -974,4 +1006,97 @@ fn class_labels_that_do_not_fit_fail_before_any_work() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("1 class labels for 2 images"), "{e}");
+}
+
+/// A request's starting noise from a file: image `i` starts from row `i`, whatever the batches,
+/// and a file that does not fit the request is refused before any work.
+#[test]
+fn a_noise_file_gives_every_image_its_row_through_the_batches() {
+    one_thread();
+    let (_vs, net) = tiny_unet();
+    let st = small_schedule();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x_T.safetensors");
+    let x_t = Generator::cpu(99)
+        .randn(&[5, 3, 8, 8], (Kind::Float, Device::Cpu))
+        .unwrap();
+    Tensor::write_safetensors(&[("noise", &x_t)], &path).unwrap();
+    let options = SampleOptions {
+        initial_noise: Some(sample::InitialNoise::read(&path).unwrap()),
+        ..options()
+    };
+    let config = SamplerConfig::Ddim {
+        steps: 4,
+        eta: 0.0,
+        spacing: TimestepSpacing::Leading,
+        timesteps: None,
+    };
+    let plan = |batch_size, seed| BatchPlan {
+        n_images: 5,
+        batch_size,
+        image_shape: [3, 8, 8],
+        seed,
+        n_chains: 0,
+    };
+    let run = |plan: BatchPlan| {
+        let batches: Vec<Tensor> =
+            sample_batches(net.as_ref(), &st, &config, &options, plan, |_, _| {})
+                .unwrap()
+                .map(|b| b.unwrap().output.images)
+                .collect();
+        Tensor::cat(&batches, 0)
+    };
+    let whole = run(plan(5, 1));
+    // Deterministic: the seed does not matter, only the file.
+    assert_eq!(bits(&whole), bits(&run(plan(5, 2))));
+    // Batches of 2 take rows 0-1, 2-3 and 4: the same images up to the network's rounding at
+    // other batch sizes.
+    let diff = f64::try_from((run(plan(2, 1)) - &whole).abs().max()).unwrap();
+    assert!(diff < 1e-4, "batches of 2 vs one batch: {diff}");
+    // One image alone, from its own row.
+    let third = sample(
+        net.as_ref(),
+        &st,
+        &config,
+        &options.for_images(2, 1),
+        [1, 3, 8, 8],
+        &mut Generator::cpu(0),
+        |_, _| {},
+    )
+    .unwrap();
+    let diff = f64::try_from((third.images - whole.narrow(0, 2, 1)).abs().max()).unwrap();
+    assert!(diff < 1e-4, "image 2 alone: {diff}");
+    // Four images asked of a file of five, or images of another shape: refused, naming both.
+    let err = sample_batches(
+        net.as_ref(),
+        &st,
+        &config,
+        &options,
+        BatchPlan {
+            n_images: 4,
+            ..plan(2, 1)
+        },
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("[5, 3, 8, 8]") && err.contains("[4, 3, 8, 8]"),
+        "{err}"
+    );
+    let err = sample(
+        net.as_ref(),
+        &st,
+        &config,
+        &options,
+        [5, 1, 8, 8],
+        &mut Generator::cpu(0),
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("[5, 3, 8, 8]") && err.contains("[1, 8, 8]"),
+        "{err}"
+    );
 }

@@ -345,6 +345,7 @@ fn samplers_at_500(sampling_sched: &ScheduleTensors) -> Vec<(Sampler<'_>, usize)
         steps: 50,
         eta: 0.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     [ddpm, ddim]
         .iter()

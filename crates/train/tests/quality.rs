@@ -33,6 +33,7 @@ fn config(max_steps: u64, eval_every: u64) -> TrainConfig {
             steps: 3,
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         },
         ..tiny_config()
     }
@@ -255,6 +256,7 @@ fn eval_settings_are_checked_when_on_and_may_change_on_resume() {
         steps: 80,
         eta: 0.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("eval_sampler") && err.contains("80"), "{err}");

@@ -131,6 +131,7 @@ fn write_grid(
         steps: args.grid_steps.clamp(1, pipe.schedule.n_steps()),
         eta: 0.0,
         spacing: TimestepSpacing::Leading,
+        timesteps: None,
     };
     let n = args.grid_samples;
     let images = tch::no_grad(|| match pipe.num_classes() {

@@ -24,7 +24,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::device::DeviceSpec;
 use data::images::{make_grid, write_samples_npz, GridSpec, ImageSet};
 use sample::{
-    BatchPlan, ClassConditioning, Pipeline, PipelineSpec, SampleRequest, SamplerConfig, Samples,
+    BatchPlan, ClassConditioning, InitialNoise, Pipeline, PipelineSpec, SampleRequest,
+    SamplerConfig, Samples,
 };
 
 use crate::sampler_args::{describe, SamplerArgs};
@@ -46,6 +47,12 @@ pub struct SampleArgs {
     /// order given; the grid has one row per class, labelled.
     #[arg(long = "class", value_name = "C")]
     classes: Vec<String>,
+    /// Start every chain from this x_T instead of the seeded draw: an f32 [N, C, H, W] array
+    /// in a .npy, .npz or .safetensors file, row i for image i (N = -n). Deterministic samplers
+    /// are then a function of the file alone; ancestral ones still draw their per-step noise
+    /// from --seed.
+    #[arg(long, value_name = "FILE")]
+    noise: Option<PathBuf>,
     /// Images per batch: bounds memory; the images depend on it (see --seed).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -369,6 +376,10 @@ struct Plan {
     n_chains: usize,
     /// Snapshots kept along each chain.
     n_snapshots: usize,
+    /// The starting x_T of `--noise`.
+    noise: Option<InitialNoise>,
+    /// Network evaluations per image.
+    nfe: usize,
 }
 
 impl Plan {
@@ -413,6 +424,18 @@ impl Plan {
                 classes.len()
             );
         }
+        let noise = match &args.noise {
+            Some(path) => {
+                let noise = InitialNoise::read(path).context("--noise")?;
+                let size = spec.model.image_size();
+                noise
+                    .check([spec.model.in_channels(), size, size], n)
+                    .context("--noise and -n")?;
+                Some(noise)
+            }
+            None => None,
+        };
+        let nfe = sampler.nfe(spec.schedule.n_steps())?;
         let (n_chains, n_snapshots) = match (args.gif.is_some(), args.strip.is_some()) {
             (true, _) => (args.gif_chains.min(n), args.gif_frames),
             (false, true) => (1, args.strip_len),
@@ -432,12 +455,15 @@ impl Plan {
             n,
             n_chains,
             n_snapshots,
+            noise,
+            nfe,
         })
     }
 
     /// The library's request for `pipe`.
     fn request(&self, args: &SampleArgs, pipe: &Pipeline) -> SampleRequest {
         let mut options = pipe.options(args.sampler.clip_x0(), self.n_snapshots);
+        options.initial_noise = self.noise.clone();
         if !self.classes.is_empty() {
             options.class_cond = Some(ClassConditioning::blocks(
                 &self.classes,
@@ -585,12 +611,16 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
         });
         let [c, s, _] = batch_plan.image_shape;
         eprintln!(
-            "sampling {n} images of {c}x{s}x{s} from {} ({}), {:?}, {n_steps} steps, batches of {}, on {device:?}{ranks}",
+            "sampling {n} images of {c}x{s}x{s} from {} ({}), {:?}, {n_steps} steps, NFE {} per image, batches of {}, on {device:?}{ranks}",
             dir.display(),
             weights_name,
             plan.sampler,
+            plan.nfe,
             batch_plan.batch_size
         );
+        if let Some(noise) = &plan.noise {
+            eprintln!("x_T from {}", noise.path.display());
+        }
         if !plan.classes.is_empty() {
             eprintln!(
                 "classes {} ({} images each), guidance W = {} (eps_u + W (eps_c - eps_u))",
@@ -624,8 +654,9 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     let written = write_outputs(&args, &plan, &samples)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{n} images in {secs:.1} s ({:.2} img/s)",
-        n as f64 / secs.max(1e-9)
+        "{n} images in {secs:.1} s ({:.2} img/s), NFE {} per image",
+        n as f64 / secs.max(1e-9),
+        plan.nfe
     );
     for path in written {
         println!("{}", path.display());

@@ -34,7 +34,9 @@
 //! use schedule::TimestepSpacing;
 //!
 //! let pipe = Pipeline::load("ddpm-cifar10-32".as_ref(), Weights::Ema, tch::Device::cuda_if_available())?;
-//! let ddim = SamplerConfig::Ddim { steps: 50, eta: 0.0, spacing: TimestepSpacing::Leading };
+//! let ddim = SamplerConfig::Ddim {
+//!     steps: 50, eta: 0.0, spacing: TimestepSpacing::Leading, timesteps: None,
+//! };
 //! let images = pipe.generate(&ddim, 64, /* seed */ 0)?; // [64, 3, 32, 32] on [-1, 1]
 //! sample::save_grid(&images, 8, "grid.png".as_ref())?;
 //! # Ok::<(), sample::SampleError>(())
@@ -202,6 +204,7 @@ impl Pipeline {
             n_snapshots,
             autocast: self.spec.precision.sampling_kind(self.device()),
             class_cond: None,
+            initial_noise: None,
         }
     }
 

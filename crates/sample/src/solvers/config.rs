@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use schedule::{TimestepSpacing, Timesteps, VarianceType};
 
+use super::sigma::{SigmaSpacing, SigmaTable};
 use crate::SampleError;
 
 /// UniPC's B(h) (Zhao et al. 2023, §3.1): diffusers' `solver_type`.
@@ -48,6 +49,9 @@ pub enum SamplerConfig {
         eta: f64,
         /// How the steps are spread over 0..T.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
     },
     /// Multistep DPM-Solver++ of order 1, 2 or 3 in the data-prediction form (Lu et al. 2022,
     /// Alg. 2; diffusers' `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`, or
@@ -61,6 +65,9 @@ pub enum SamplerConfig {
         /// How the steps are spread over 0..T; `trailing` starts from t = T − 1, as diffusers'
         /// default `linspace` (over T + 1 points) nearly does.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
         /// The solver order, 1 to 3 (2 when absent).
         #[serde(default = "two", skip_serializing_if = "is_two")]
         order: usize,
@@ -77,12 +84,49 @@ pub enum SamplerConfig {
         steps: usize,
         /// How the steps are spread over 0..T.
         spacing: TimestepSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
         /// The predictor's order, 1 to 3 (diffusers' `solver_order`; 2 when absent).
         #[serde(default = "two")]
         order: usize,
         /// B(h).
         #[serde(default)]
         variant: UniPcVariant,
+    },
+    /// Euler's method on the probability-flow ODE in σ-space (Karras et al. 2022, Alg. 1
+    /// without churn): diffusers' `EulerDiscreteScheduler`. The network sees fractional
+    /// timesteps, unrounded.
+    Euler {
+        /// Number of steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread (σ-space spacings, `karras` among them).
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
+    /// Heun's second-order method in σ-space (Karras et al. 2022, Alg. 1): diffusers'
+    /// `HeunDiscreteScheduler`. Two network evaluations per step but the last: 2 · steps − 1.
+    Heun {
+        /// Number of steps (≤ T); the network is evaluated 2 · steps − 1 times.
+        steps: usize,
+        /// How the steps are spread.
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
+    },
+    /// Euler ancestral in σ-space: each step goes to σ_down and adds noise of σ_up, diffusers'
+    /// `EulerAncestralDiscreteScheduler`.
+    EulerAncestral {
+        /// Number of steps (≤ T), hence network evaluations.
+        steps: usize,
+        /// How the steps are spread.
+        spacing: SigmaSpacing,
+        /// An explicit list of `steps` timesteps, largest first, in place of `spacing`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timesteps: Option<Vec<usize>>,
     },
 }
 
@@ -99,8 +143,76 @@ impl SamplerConfig {
         SamplerConfig::DpmSolverPp {
             steps,
             spacing,
+            timesteps: None,
             order: 2,
             sde: false,
+        }
+    }
+
+    /// The number of network evaluations (NFE) of one chain on a schedule of `n_train_steps`:
+    /// one per step, but 2 · steps − 1 for Heun. This also checks the settings.
+    ///
+    /// # Errors
+    /// As [`SamplerConfig::timesteps`], for the σ-space samplers too.
+    pub fn nfe(&self, n_train_steps: usize) -> Result<usize, SampleError> {
+        match self {
+            SamplerConfig::Euler {
+                steps, timesteps, ..
+            }
+            | SamplerConfig::Heun {
+                steps, timesteps, ..
+            }
+            | SamplerConfig::EulerAncestral {
+                steps, timesteps, ..
+            } => {
+                if !(1..=n_train_steps).contains(steps) {
+                    return Err(SampleError::Config(format!(
+                        "steps = {steps} is impossible: the schedule has T = {n_train_steps} steps, so it must be 1 to {n_train_steps}"
+                    )));
+                }
+                if let Some(list) = timesteps {
+                    listed(n_train_steps, *steps, list)?;
+                }
+                let heun = matches!(self, SamplerConfig::Heun { .. });
+                Ok(if heun { 2 * steps - 1 } else { *steps })
+            }
+            _ => Ok(self.timesteps(n_train_steps)?.len()),
+        }
+    }
+
+    /// Whether the sampler runs in σ-space at fractional timesteps (Euler, Heun, Euler
+    /// ancestral).
+    pub fn is_sigma_space(&self) -> bool {
+        matches!(
+            self,
+            SamplerConfig::Euler { .. }
+                | SamplerConfig::Heun { .. }
+                | SamplerConfig::EulerAncestral { .. }
+        )
+    }
+
+    /// The σ-space chain of a σ-space sampler on `schedule`; `None` for the others.
+    pub(crate) fn sigma_table(
+        &self,
+        schedule: &schedule::Schedule,
+    ) -> Result<Option<SigmaTable>, SampleError> {
+        match self {
+            SamplerConfig::Euler {
+                steps,
+                spacing,
+                timesteps,
+            }
+            | SamplerConfig::Heun {
+                steps,
+                spacing,
+                timesteps,
+            }
+            | SamplerConfig::EulerAncestral {
+                steps,
+                spacing,
+                timesteps,
+            } => SigmaTable::new(schedule, *steps, *spacing, timesteps.as_deref()).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -112,6 +224,8 @@ impl SamplerConfig {
             SamplerConfig::Ddim { eta, .. } => *eta > 0.0,
             SamplerConfig::DpmSolverPp { sde, .. } => *sde,
             SamplerConfig::UniPc { .. } => false,
+            SamplerConfig::Euler { .. } | SamplerConfig::Heun { .. } => false,
+            SamplerConfig::EulerAncestral { .. } => true,
         }
     }
 
@@ -119,9 +233,13 @@ impl SamplerConfig {
     ///
     /// # Errors
     /// [`SampleError::Config`] naming `steps` when it is 0 or more than `n_train_steps`, `eta`
-    /// when it is outside [0, 1], or `order` when it is not 1 to 3.
+    /// when it is outside [0, 1], or `order` when it is not 1 to 3; and for the σ-space
+    /// samplers, whose timesteps need not be integers ([`SamplerConfig::nfe`] checks those).
     pub fn timesteps(&self, n_train_steps: usize) -> Result<Timesteps, SampleError> {
-        let sub = |steps: usize, spacing| {
+        let sub = |steps: usize, spacing, list: &Option<Vec<usize>>| {
+            if let Some(list) = list {
+                return listed(n_train_steps, steps, list);
+            }
             Timesteps::new(n_train_steps, steps, spacing).map_err(|e| {
                 SampleError::Config(if (1..=n_train_steps).contains(&steps) {
                     // A count in range that the spacing cannot spread (quadratic's repeats).
@@ -148,31 +266,54 @@ impl SamplerConfig {
                 steps,
                 eta,
                 spacing,
+                timesteps,
             } => {
                 if !(0.0..=1.0).contains(eta) {
                     return Err(SampleError::Config(format!(
                         "eta = {eta} is invalid: it must be in [0, 1]"
                     )));
                 }
-                sub(*steps, *spacing)
+                sub(*steps, *spacing, timesteps)
             }
             SamplerConfig::DpmSolverPp {
                 steps,
                 spacing,
+                timesteps,
                 order,
                 ..
             }
             | SamplerConfig::UniPc {
                 steps,
                 spacing,
+                timesteps,
                 order,
                 ..
             } => {
                 check_order(*order)?;
-                sub(*steps, *spacing)
+                sub(*steps, *spacing, timesteps)
             }
+            SamplerConfig::Euler { .. }
+            | SamplerConfig::Heun { .. }
+            | SamplerConfig::EulerAncestral { .. } => Err(SampleError::Config(format!(
+                "{self:?} runs at fractional timesteps in σ-space, not at timesteps of the schedule"
+            ))),
         }
     }
+}
+
+/// An explicit list of timesteps, which must hold `steps` of them.
+pub(crate) fn listed(
+    n_train_steps: usize,
+    steps: usize,
+    list: &[usize],
+) -> Result<Timesteps, SampleError> {
+    if list.len() != steps {
+        return Err(SampleError::Config(format!(
+            "timesteps {list:?} hold {} steps, but steps = {steps}",
+            list.len()
+        )));
+    }
+    Timesteps::from_list(n_train_steps, list).map_err(|e| SampleError::Config(e.to_string()))
 }
 
 #[cfg(test)]
@@ -203,7 +344,8 @@ mod tests {
                 steps: 10,
                 spacing: TimestepSpacing::Trailing,
                 order: 3,
-                variant: UniPcVariant::Bh2
+                variant: UniPcVariant::Bh2,
+                timesteps: None,
             }
         );
     }

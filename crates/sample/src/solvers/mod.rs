@@ -1,11 +1,14 @@
 //! The reverse-process solvers behind one step interface: DDPM ancestral sampling (Ho et al.
 //! 2020, Alg. 2, `ddpm.rs`), DDIM (Song et al. 2021, Eq. 12, `ddim.rs`), multistep DPM-Solver++ of
-//! orders 1–3 and its SDE variant (Lu et al. 2022, `dpm_solver.rs`) and UniPC (Zhao et al. 2023,
-//! `unipc.rs`), each following the diffusers scheduler of the same name step for step.
+//! orders 1–3 and its SDE variant (Lu et al. 2022, `dpm_solver.rs`), UniPC (Zhao et al. 2023,
+//! `unipc.rs`), and in σ-space Euler, Euler ancestral and Heun (Karras et al. 2022,
+//! `sigma.rs`), each following the diffusers scheduler of the same name step for step.
 //!
 //! [`SamplerConfig`] says which solver; [`Sampler`] is one chain's solver state. The chain loop
-//! (`sampler.rs`), guidance and sharding see only [`Sampler`]: for step `i` they run the network
-//! at [`Sampler::timesteps`]`[i]`, ask [`Sampler::needs_noise`], and call [`Sampler::step`],
+//! (`sampler.rs`), guidance and sharding see only [`Sampler`]: they start from x_T ·
+//! [`Sampler::init_noise_sigma`], and for network evaluation `i` (one per step, but Heun's two)
+//! run the network on the sample times [`Sampler::input_scale`]`(i)` at
+//! [`Sampler::model_timesteps`]`[i]`, ask [`Sampler::needs_noise`], and call [`Sampler::step`],
 //! which reads the network's output as x̂_0 and ε̂ ([`Denoised`]) and returns the next sample. A
 //! multistep solver's history (earlier x̂_0, the sample before the last predictor) lives in its
 //! state, never in the loop. Every per-step coefficient is computed in f64 on the host from the
@@ -19,9 +22,11 @@ mod ddim;
 mod ddpm;
 mod dpm_solver;
 mod linalg;
+mod sigma;
 mod unipc;
 
 pub use config::{SamplerConfig, UniPcVariant};
+pub use sigma::SigmaSpacing;
 
 use model::Prediction;
 use schedule::tensor::{ScheduleTensors, StepOutput};
@@ -38,8 +43,10 @@ pub struct Denoised<'a> {
     pub output: &'a Tensor,
     /// The sample the network saw.
     pub x_t: &'a Tensor,
-    /// Its timestep.
+    /// Its timestep (rounded, for a σ-space sampler).
     pub t: usize,
+    /// σ of a σ-space sampler: `x_t` is then x_σ = x_t/√ᾱ, and the network saw x_σ/√(σ² + 1).
+    sigma: Option<f64>,
     sched: &'a ScheduleTensors,
     prediction: Prediction,
     clip_x0: bool,
@@ -59,11 +66,14 @@ impl Denoised<'_> {
     /// with `sample_max_value = 1`, which is then a clamp).
     pub fn x0(&self) -> Tensor {
         let (a, b) = self.alpha_sigma();
-        let x0 = match self.prediction {
-            Prediction::Eps => self.sched.pred_x0(self.output, self.t, self.x_t),
-            Prediction::X0 => self.output.shallow_clone(),
-            // v = √ᾱ ε − √(1 − ᾱ) x_0 and x_t = √ᾱ x_0 + √(1 − ᾱ) ε.
-            Prediction::V => self.x_t * a - self.output * b,
+        let x0 = match (self.sigma, self.prediction) {
+            (_, Prediction::X0) => self.output.shallow_clone(),
+            // diffusers' σ-space forms: x̂_0 = x_σ − σ ε̂, and from v with α = 1/√(σ² + 1).
+            (Some(s), Prediction::Eps) => self.x_t - self.output * s,
+            (Some(s), Prediction::V) => {
+                self.output * (-s / (s * s + 1.0).sqrt()) + self.x_t / (s * s + 1.0)
+            }
+            (None, prediction) => self.vp_x0(prediction, a, b),
         };
         if self.clip_x0 {
             x0.clamp(-1.0, 1.0)
@@ -72,9 +82,24 @@ impl Denoised<'_> {
         }
     }
 
+    /// x̂_0 of a variance-preserving sampler, unclipped.
+    fn vp_x0(&self, prediction: Prediction, a: f64, b: f64) -> Tensor {
+        match prediction {
+            Prediction::Eps => self.sched.pred_x0(self.output, self.t, self.x_t),
+            Prediction::X0 => self.output.shallow_clone(),
+            // v = √ᾱ ε − √(1 − ᾱ) x_0 and x_t = √ᾱ x_0 + √(1 − ᾱ) ε.
+            Prediction::V => self.x_t * a - self.output * b,
+        }
+    }
+
     /// x̂_0 and ε̂; when clipping, ε̂ is re-derived from the clamped x̂_0, so that the step stays
     /// consistent (diffusers' `use_clipped_model_output`).
     pub fn x0_and_eps(&self) -> (Tensor, Tensor) {
+        if let Some(s) = self.sigma {
+            let x0 = self.x0();
+            let eps = (self.x_t - &x0) / s;
+            return (x0, eps);
+        }
         let (a, b) = self.alpha_sigma();
         let x_t = self.x_t;
         let (x0, eps) = match self.prediction {
@@ -145,17 +170,24 @@ impl LogSnrTable {
 
 /// One reverse step of a sampler on given tensors.
 ///
-/// Steps are numbered by their index `i` in [`Sampler::timesteps`], in sampling order. DDPM and
-/// DDIM steps are independent of one another; the multistep solvers (DPM-Solver++, UniPC)
-/// remember the x̂_0 of earlier steps, so their steps must be taken in order from `i = 0` for one
-/// chain (a step whose previous index was not the last one taken starts the history afresh, at
-/// first order).
+/// Steps are numbered by their network evaluation `i`, in sampling order: one per step, but
+/// Heun's two per step (diffusers numbers them the same way). DDPM and DDIM steps are
+/// independent of one another; the multistep solvers (DPM-Solver++, UniPC) remember the x̂_0 of
+/// earlier steps, so their steps must be taken in order from `i = 0` for one chain (a step whose
+/// previous index was not the last one taken starts the history afresh, at first order); Heun's
+/// second evaluation of a step must follow its first.
 #[derive(Debug)]
 pub struct Sampler<'a> {
     sched: &'a ScheduleTensors,
     prediction: Prediction,
     clip_x0: bool,
-    timesteps: Timesteps,
+    /// Per evaluation: the timestep the network sees, rounded.
+    timesteps: Vec<usize>,
+    /// Per evaluation: the timestep the network sees, exactly.
+    model_timesteps: Vec<f64>,
+    /// Per evaluation, for a σ-space sampler: σ.
+    sigmas: Option<Vec<f64>>,
+    init_noise_sigma: f64,
     solver: Box<dyn Solver + 'a>,
 }
 
@@ -164,13 +196,40 @@ impl<'a> Sampler<'a> {
     /// x̂_0 to [-1, 1] when `clip_x0` is set.
     ///
     /// # Errors
-    /// As [`SamplerConfig::timesteps`].
+    /// As [`SamplerConfig::timesteps`] and [`SamplerConfig::nfe`].
     pub fn new(
         sched: &'a ScheduleTensors,
         config: &SamplerConfig,
         prediction: Prediction,
         clip_x0: bool,
     ) -> Result<Self, SampleError> {
+        if let Some(table) = config.sigma_table(sched.schedule())? {
+            let (solver, t, sigma): (Box<dyn Solver + 'a>, _, _) = match config {
+                SamplerConfig::Heun { .. } => (
+                    Box::new(sigma::Heun::new(&table)),
+                    sigma::Heun::evaluations(&table.t),
+                    sigma::Heun::evaluations(&table.sigma[..table.len()]),
+                ),
+                _ => (
+                    Box::new(sigma::Euler::new(
+                        &table,
+                        matches!(config, SamplerConfig::EulerAncestral { .. }),
+                    )),
+                    table.t.clone(),
+                    table.sigma[..table.len()].to_vec(),
+                ),
+            };
+            return Ok(Self {
+                sched,
+                prediction,
+                clip_x0,
+                timesteps: t.iter().map(|t| t.round() as usize).collect(),
+                model_timesteps: t,
+                sigmas: Some(sigma),
+                init_noise_sigma: table.init_noise_sigma,
+                solver,
+            });
+        }
         let timesteps = config.timesteps(sched.schedule().n_steps())?;
         let solver: Box<dyn Solver + 'a> = match config {
             SamplerConfig::Ddpm { variance } => Box::new(ddpm::Ddpm::new(sched, *variance)),
@@ -185,19 +244,62 @@ impl<'a> Sampler<'a> {
                 *order,
                 *variant,
             )),
+            SamplerConfig::Euler { .. }
+            | SamplerConfig::Heun { .. }
+            | SamplerConfig::EulerAncestral { .. } => unreachable!("σ-space, made above"),
         };
         Ok(Self {
             sched,
             prediction,
             clip_x0,
-            timesteps,
+            model_timesteps: timesteps.as_slice().iter().map(|&t| t as f64).collect(),
+            timesteps: timesteps.as_slice().to_vec(),
+            sigmas: None,
+            init_noise_sigma: 1.0,
             solver,
         })
     }
 
-    /// The timesteps, in sampling order; step `i` runs the network at `timesteps()[i]`.
+    /// The timestep of each network evaluation, in sampling order, rounded to an integer for
+    /// the σ-space samplers (exact for the others).
     pub fn timesteps(&self) -> &[usize] {
-        self.timesteps.as_slice()
+        &self.timesteps
+    }
+
+    /// The timestep the network sees at each evaluation, in sampling order: fractional for the
+    /// σ-space samplers with `linspace` or `karras` spacing, passed to the network unrounded.
+    pub fn model_timesteps(&self) -> &[f64] {
+        &self.model_timesteps
+    }
+
+    /// Whether the network sees integer timesteps (every sampler but the σ-space ones).
+    pub fn integer_timesteps(&self) -> bool {
+        self.sigmas.is_none()
+    }
+
+    /// What the starting N(0, I) noise is multiplied by: 1, or σ_max (√(σ_max² + 1) with
+    /// `leading` spacing) for the σ-space samplers, as diffusers' `init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    /// What the sample is multiplied by before the network sees it at evaluation `i`: 1, or
+    /// 1/√(σ² + 1) for the σ-space samplers (diffusers' `scale_model_input`).
+    ///
+    /// # Panics
+    /// When `i` is not an evaluation index.
+    pub fn input_scale(&self, i: usize) -> f64 {
+        match &self.sigmas {
+            Some(sigmas) => 1.0 / (sigmas[i] * sigmas[i] + 1.0).sqrt(),
+            None => {
+                assert!(
+                    i < self.timesteps.len(),
+                    "step {i} of {}",
+                    self.timesteps.len()
+                );
+                1.0
+            }
+        }
     }
 
     /// The number of network evaluations (NFE) of one chain.
@@ -219,7 +321,9 @@ impl<'a> Sampler<'a> {
     }
 
     /// One step from `x_t` at `timesteps()[i]` to the next timestep (or to x_0 after the last),
-    /// given the network's output there. The equations are in each solver's module.
+    /// given the network's output there. The equations are in each solver's module. For a
+    /// σ-space sampler `x_t` is the unscaled sample (the network saw it times
+    /// [`Sampler::input_scale`]), as in diffusers.
     ///
     /// # Shapes
     /// `model_output`, `x_t` and `noise` (z ~ N(0, I)): `[N, C, H, W]` f32. Both outputs
@@ -245,6 +349,7 @@ impl<'a> Sampler<'a> {
             output: model_output,
             x_t,
             t,
+            sigma: self.sigmas.as_ref().map(|s| s[i]),
             sched: self.sched,
             prediction: self.prediction,
             clip_x0: self.clip_x0,
@@ -286,6 +391,7 @@ mod tests {
             steps: 101,
             eta: 0.0,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         });
         assert!(
             too_many.contains("steps = 101") && too_many.contains("T = 100"),
@@ -297,6 +403,7 @@ mod tests {
             steps: 10,
             eta: 1.5,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         });
         assert!(eta.contains("eta = 1.5"), "{eta}");
         for (config, what) in [
@@ -306,6 +413,7 @@ mod tests {
                     spacing: TimestepSpacing::Trailing,
                     order: 4,
                     sde: false,
+                    timesteps: None,
                 },
                 "order = 4",
             ),
@@ -315,6 +423,7 @@ mod tests {
                     spacing: TimestepSpacing::Trailing,
                     order: 0,
                     variant: UniPcVariant::Bh2,
+                    timesteps: None,
                 },
                 "order = 0",
             ),
@@ -336,6 +445,7 @@ mod tests {
             steps: 5,
             eta,
             spacing: TimestepSpacing::Leading,
+            timesteps: None,
         };
         assert_eq!((count(ddim(0.0)), count(ddim(0.5))), (0, 4));
         let dpm = |sde| SamplerConfig::DpmSolverPp {
@@ -343,6 +453,7 @@ mod tests {
             spacing: TimestepSpacing::Trailing,
             order: 2,
             sde,
+            timesteps: None,
         };
         assert_eq!(
             (count(dpm(false)), count(dpm(true))),
@@ -354,6 +465,7 @@ mod tests {
             spacing: TimestepSpacing::Trailing,
             order: 3,
             variant: UniPcVariant::Bh1,
+            timesteps: None,
         };
         assert_eq!(count(unipc), 0);
     }

@@ -169,6 +169,7 @@ pub fn default_eval_sampler() -> SamplerConfig {
         steps: 50,
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Leading,
+        timesteps: None,
     }
 }
 
@@ -312,7 +313,7 @@ impl TrainConfig {
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?
             .n_steps();
         self.eval_sampler
-            .timesteps(n_steps)
+            .nfe(n_steps)
             .map_err(|e| TrainError::Config(format!("eval_sampler: {e}")))?;
         Ok(())
     }

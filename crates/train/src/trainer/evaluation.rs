@@ -134,6 +134,7 @@ impl Trainer {
                 .model
                 .num_classes()
                 .map(|k| ClassConditioning::balanced(k, n, 1.0)),
+            initial_noise: None,
         };
         let plan = BatchPlan {
             n_images: n,

@@ -164,6 +164,7 @@ impl Trainer {
                 labels: (0..n).map(|i| (i / 8) % k).collect(),
                 guidance: 1.0,
             }),
+            initial_noise: None,
         };
         let mut gen = Generator::new(self.config.seed ^ 0x5A5A, self.device)
             .map_err(sample::SampleError::from)?;

@@ -167,6 +167,7 @@ fn evaluation_samples_of_a_class_conditional_run_are_class_balanced() {
         steps: 2,
         eta: 0.0,
         spacing: schedule::TimestepSpacing::Leading,
+        timesteps: None,
     };
     let mut trainer = fresh(cfg, labelled(3), dir.path()).unwrap();
     // Ordinary weights for the near-zero layers, so that labels change the output.
