@@ -204,8 +204,8 @@ fn a_stop_while_a_step_waits_for_the_writer_writes_that_step_once() {
             "log_every=1",
         ],
     );
-    // Each write takes 4 × 2.5 s, so steps 5 and 6 finish while step 4's is written, and
-    // step 6 then waits for it.
+    // Each write pauses 2.5 s between its files (about 5 s a write), so steps 5 and 6 finish
+    // while step 4's is written, and step 6 then waits for it.
     let mut child = spawn(&args, &[("DDPM_FAULT_CHECKPOINT_PAUSE_MS", "2500")]);
     let metrics = run_dir.join("metrics.jsonl");
     let step_4 = run_dir.join("checkpoints/step-00000004");
@@ -232,7 +232,7 @@ fn a_stop_while_a_step_waits_for_the_writer_writes_that_step_once() {
     for step in ["step-00000004", "step-00000006"] {
         let reports = stderr
             .lines()
-            .filter(|l| l.contains("checkpoint ") && l.trim_end().ends_with(step))
+            .filter(|l| l.starts_with("checkpoint ") && l.trim_end().ends_with(step))
             .count();
         assert_eq!(reports, 1, "{step} reported {reports} times: {stderr}");
     }
@@ -240,6 +240,6 @@ fn a_stop_while_a_step_waits_for_the_writer_writes_that_step_once() {
         complete_checkpoints(&run_dir),
         ["step-00000002", "step-00000004", "step-00000006"]
     );
-    // The rest of step 4's write and step 6's: two writes of 10 s, not three.
-    assert!(stop_time < Duration::from_secs(25), "{stop_time:?}");
+    // The rest of step 4's write and step 6's (about 10 s here), not a third write.
+    assert!(stop_time < Duration::from_secs(14), "{stop_time:?}");
 }

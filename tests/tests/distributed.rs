@@ -390,6 +390,11 @@ fn setup_errors_are_reported_before_training() {
             !stderr.contains(" per epoch), from step"),
             "training started: {stderr}"
         );
+        // One line, without libtorch's log lines and their C++ backtraces.
+        assert!(
+            !stderr.contains("frame #") && !stderr.contains("Exception raised from"),
+            "{stderr}"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -423,6 +428,22 @@ fn setup_errors_are_reported_before_training() {
         &rank(1, "127.0.0.1", free),
         &[&format!(
             "rank 1 of 2: cannot reach the rendezvous store at 127.0.0.1:{free}"
+        )],
+    );
+    // A lone rank 0: nobody joins it.
+    check(
+        &args,
+        &rank(0, "127.0.0.1", free),
+        &["rank 0 of 2: not all 2 ranks joined the rendezvous store"],
+    );
+    // torchrun's agent store, missing (TORCHELASTIC_USE_AGENT_STORE without torchrun).
+    let mut agent = rank(0, "127.0.0.1", free);
+    agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True".to_string()));
+    check(
+        &args,
+        &agent,
+        &[&format!(
+            "rank 0 of 2: cannot reach the rendezvous store at 127.0.0.1:{free}"
         )],
     );
     // The global batch does not split over the ranks.

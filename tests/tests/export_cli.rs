@@ -432,20 +432,21 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
 
 /// `ddpm export` of the modern diffusers fixture into `to`, then `extra`.
 fn export_modern(to: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
+    let modern = fixtures().join("modern");
+    let mut args: Vec<String> = [
         "export",
         "--checkpoint",
-        path_arg(&fixtures().join("modern")).to_string(),
+        path_arg(&modern),
         "--diffusers",
-        path_arg(to).to_string(),
+        path_arg(to),
         "--device",
         "cpu",
         "--grid-samples",
         "0",
     ]
-    .into_iter()
+    .iter()
     .map(|s| s.to_string())
-    .collect::<Vec<_>>();
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     run(&args)
 }
@@ -473,7 +474,7 @@ fn export_names_a_file_in_the_way_and_refuses_weights_model_on_a_diffusers_folde
         stderr.contains(&format!("{} is a file, not a folder", file.display())),
         "{stderr}"
     );
-    assert!(!stderr.contains(".tmp"), "{stderr}");
+    assert!(!stderr.contains(".pipeline.tmp"), "{stderr}");
     // A diffusers folder holds one set of weights.
     let to = dir.path().join("model");
     let out = export_modern(&to, &["--weights", "model"]);

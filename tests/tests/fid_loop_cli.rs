@@ -30,7 +30,9 @@ fn train_with(
     eval_steps: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    run(&train_args(data, run_dir, size, inception, eval_steps, extra))
+    run(&train_args(
+        data, run_dir, size, inception, eval_steps, extra,
+    ))
 }
 
 /// The arguments of [`train_with`].
@@ -457,7 +459,16 @@ fn eval_fid_against_the_loops_reference_cache_reports_the_kid() {
     let samples = dir.path().join("samples.npz");
     let out = sample_cpu(
         &run_dir,
-        &["-n", "8", "--sampler", "ddim", "--steps", "3", "--npz", samples.to_str().unwrap()],
+        &[
+            "-n",
+            "8",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--npz",
+            samples.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
     let tiny = tiny_inception();
@@ -523,7 +534,14 @@ fn the_reference_cache_goes_where_ddpm_fid_cache_says_or_to_the_user_cache_when_
     std::fs::create_dir(&data_dir).unwrap();
     let data = synthetic_cifar(&data_dir, 16);
     let train_env = |run_dir: &Path, envs: &[(&str, &Path)]| {
-        let args = train_args(&data, run_dir, 28, &tiny_inception(), "3", &["--max-steps", "2"]);
+        let args = train_args(
+            &data,
+            run_dir,
+            28,
+            &tiny_inception(),
+            "3",
+            &["--max-steps", "2"],
+        );
         let mut cmd = e2e::ddpm(&args);
         for (k, v) in envs {
             cmd.env(k, v);

@@ -7,8 +7,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    complete_checkpoints, ddpm, kill, metric_lines, path_arg, run, sample_cpu, spawn, stderr_of,
-    synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for, fill, Tmpfs,
+    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, sample_cpu, spawn,
+    stderr_of, synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
+    Tmpfs,
 };
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling,

@@ -84,11 +84,7 @@ pub fn score<E: From<FidError>>(
     let (ref_stats, ref_features, kid_subset) = match reference {
         Source::Statistics(stats) => (stats, None, None),
         Source::Reference(reference) => (reference.statistics, None, Some(reference.kid_features)),
-        Source::Features(features) => (
-            Statistics::from_features(&features)?,
-            Some(features),
-            None,
-        ),
+        Source::Features(features) => (Statistics::from_features(&features)?, Some(features), None),
         Source::Images(images) => {
             let features = features_of(&images)?;
             (Statistics::from_features(&features)?, Some(features), None)

@@ -96,7 +96,9 @@ impl Source {
         }
         if names.iter().any(|n| n == "kid_features") {
             if !allow_stats {
-                return Err(holds("reference statistics (`mu`, `sigma`, `kid_features`)"));
+                return Err(holds(
+                    "reference statistics (`mu`, `sigma`, `kid_features`)",
+                ));
             }
             return Ok(Source::Reference(crate::reference::read_reference(path)?));
         }

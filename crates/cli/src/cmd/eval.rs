@@ -442,7 +442,9 @@ fn run_stats(args: StatsArgs) -> Result<()> {
     let (images, what) = match (&args.samples, &args.dataset.dataset) {
         (Some(path), _) => match Source::read(path, false)? {
             Source::Images(images) => (images, path.display().to_string()),
-            Source::Statistics(_) | Source::Features(_) | Source::Reference(_) => unreachable!("refused by Source::read"),
+            Source::Statistics(_) | Source::Features(_) | Source::Reference(_) => {
+                unreachable!("refused by Source::read")
+            }
         },
         (None, Some(name)) => {
             let (images, what, _) = load_dataset(
