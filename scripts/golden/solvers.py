@@ -32,6 +32,12 @@ sees (fractional, unrounded), the input scale 1/sqrt(sigma^2 + 1) and `init_nois
 * `EulerAncestralDiscreteScheduler` (linspace, leading, trailing), its noise passed in through
   the module's `randn_tensor`.
 
+A third, pndm_golden.json, runs `PNDMScheduler` with `skip_prk_steps=True` (PLMS, as every diffusers
+pipeline that takes a PNDM scheduler sets it; none of diffusers 0.42's DDPM pipelines takes one),
+leading and trailing spacing, eps and v: n steps are n + 1 network evaluations; and with its
+default `skip_prk_steps=False` (3 Runge-Kutta steps of 4 evaluations first: n + 9). It returns no
+x0_hat, so only prev_sample is stored.
+
 These modules compute their schedule with numpy as well, so their `np.float32` is made float64
 too and the betas are passed as `trained_betas`: everything, timesteps and sigmas included, is
 float64.
@@ -54,11 +60,13 @@ import diffusers.schedulers.scheduling_unipc_multistep as unipc_module
 import diffusers.schedulers.scheduling_euler_discrete as euler_module
 import diffusers.schedulers.scheduling_heun_discrete as heun_module
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
+import diffusers.schedulers.scheduling_pndm as pndm_module
 from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    PNDMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -93,7 +101,7 @@ class _Float64Numpy:
 
 dpm_module.torch = _Float64Torch()
 unipc_module.torch = _Float64Torch()
-for module in (euler_module, heun_module, euler_a_module):
+for module in (euler_module, heun_module, euler_a_module, pndm_module):
     module.torch = _Float64Torch()
     module.np = _Float64Numpy()
 # Euler ancestral's noise: what the chain stores for the step.
@@ -272,6 +280,66 @@ def sigma_main():
     print(f"wrote {path}: {len(cases)} cases")
 
 
+def pndm_main():
+    cases = []
+    for spacing, prediction, n_steps, prk in [
+        ("leading", "eps", 6, False),
+        ("leading", "v", 5, False),
+        ("trailing", "eps", 4, False),
+        ("leading", "eps", 2, False),
+        ("leading", "eps", 6, True),
+        ("leading", "v", 5, True),
+        ("trailing", "eps", 4, True),
+        ("leading", "eps", 9, True),
+    ]:
+        s = PNDMScheduler(
+            num_train_timesteps=T,
+            trained_betas=BETAS,
+            skip_prk_steps=not prk,
+            prediction_type=PREDICTION[prediction],
+            timestep_spacing=spacing,
+        )
+        s.set_timesteps(n_steps)
+        assert s.alphas_cumprod.dtype == torch.float64
+        x = randn()
+        evals = []
+        for k, t in enumerate(s.timesteps):
+            cond, uncond = randn(), randn()
+            guided = uncond + GUIDANCE * (cond - uncond)
+            prev = s.step(torch.from_numpy(guided), int(t), torch.from_numpy(x)).prev_sample.numpy()
+            assert np.isfinite(prev).all(), (spacing, k)
+            evals.append(
+                {
+                    "index": k,
+                    "t": int(t),
+                    "x_t": flat(x),
+                    "cond": flat(cond),
+                    "uncond": flat(uncond),
+                    "prev_sample": flat(prev),
+                }
+            )
+            x = f32(prev)
+        cases.append(
+            {
+                "name": f"pndm {spacing} {prediction} {n_steps} steps prk={prk}",
+                "config": {"kind": "pndm", "steps": n_steps, "spacing": spacing, "prk": prk},
+                "prediction": prediction,
+                "guidance": GUIDANCE,
+                "steps": evals,
+            }
+        )
+    fixture = {
+        "generator": "scripts/golden/solvers.py",
+        "reference": "diffusers PNDMScheduler in float64, skip_prk_steps True and False",
+        "schedule": {"kind": "linear", "n_steps": T, "start": 1e-4, "end": 0.02},
+        "shape": list(SHAPE),
+        "cases": cases,
+    }
+    path = OUT / "pndm_golden.json"
+    path.write_text(json.dumps(fixture, indent=1) + "\n")
+    print(f"wrote {path}: {len(cases)} cases")
+
+
 def main():
     cases = []
     for kind, order, variant, prediction, clip_x0, n_steps in [
@@ -322,3 +390,4 @@ def main():
 if __name__ == "__main__":
     main()
     sigma_main()
+    pndm_main()

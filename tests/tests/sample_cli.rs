@@ -264,7 +264,17 @@ fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
     fails(&ckpt, &["--sampler", "ddim", "--eta", "2"], &["--eta 2"]);
     fails(&ckpt, &["-n", "0"], &["--n-images 0"]);
     fails(&ckpt, &["--batch", "0"], &["--batch 0"]);
-    fails(&ckpt, &["--sampler", "ddpm", "--steps", "10"], &["--steps"]);
+    // DDPM takes --steps (a respaced chain), but not --spacing without it, nor more than T.
+    fails(
+        &ckpt,
+        &["--sampler", "ddpm", "--spacing", "trailing"],
+        &["--spacing", "--steps"],
+    );
+    fails(
+        &ckpt,
+        &["--sampler", "ddpm", "--steps", "51"],
+        &["--steps 51", "T = 50"],
+    );
     // Unwritable output paths: under a regular file.
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
@@ -607,6 +617,9 @@ fn a_noise_file_starts_the_chains_and_a_timestep_list_sets_the_steps() {
     // timesteps; a spacing a σ-space sampler cannot take is refused naming both flags.
     let heun = ["--sampler", "heun", "--steps", "3", "--spacing", "karras"];
     let (_, log) = images(&[&heun[..], &["--noise", path_arg(&seeded)]].concat());
+    assert!(log.contains("NFE 5 per image"), "{log}");
+    // PLMS: one evaluation more than its steps.
+    let (_, log) = images(&["--sampler", "pndm", "--steps", "4"]);
     assert!(log.contains("NFE 5 per image"), "{log}");
     let grid = dir.path().join("grid.png");
     let out = sample(

@@ -111,6 +111,7 @@ impl FidLoopArgs {
             (None, sample::SamplerConfig::Euler { .. }) => SamplerKind::Euler,
             (None, sample::SamplerConfig::Heun { .. }) => SamplerKind::Heun,
             (None, sample::SamplerConfig::EulerAncestral { .. }) => SamplerKind::EulerAncestral,
+            (None, sample::SamplerConfig::Pndm { .. }) => SamplerKind::Pndm,
         };
         let args = SamplerArgs {
             weights: WeightsArg::Ema,
@@ -122,6 +123,7 @@ impl FidLoopArgs {
             timesteps: None,
             order: self.eval_order,
             sde: false,
+            prk: false,
             unipc_variant: None,
             no_clip: false,
             guidance: None,

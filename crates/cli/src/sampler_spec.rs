@@ -45,6 +45,7 @@ impl SamplerSpec {
             let (key, value) = match part {
                 "" => bail!("{flag} `{spec}`: an empty part between colons"),
                 "sde" => ("--sde", None),
+                "prk" => ("--prk", None),
                 "small" | "large" => ("--variance", Some(part)),
                 _ if part.bytes().all(|b| b.is_ascii_digit()) => ("--order", Some(part)),
                 _ => match part.strip_prefix("eta=") {
@@ -112,9 +113,23 @@ impl SamplerSpec {
         extra: &[String],
         flag: &str,
     ) -> Result<SamplerConfig> {
-        // Heun evaluates the network twice per step but the last.
-        let heun = self.flags[1] == "heun";
-        let steps = (!self.is_full_chain()).then_some(if heun { nfe.div_ceil(2) } else { nfe });
+        // Heun evaluates the network twice per step but the last, PLMS once more than its steps.
+        let per_step = match self.flags[1].as_str() {
+            "heun" => Some((
+                nfe.div_ceil(2),
+                " (2 per step but the last: heun takes an odd NFE)",
+            )),
+            "pndm" if self.flags.iter().any(|f| f == "--prk") => Some((
+                nfe.saturating_sub(9),
+                " (steps + 9: pndm:prk takes an NFE of 13 and up)",
+            )),
+            "pndm" => Some((
+                nfe.max(2) - 1,
+                " (steps + 1: pndm takes an NFE of 1 or 3 and up)",
+            )),
+            _ => None,
+        };
+        let steps = (!self.is_full_chain()).then_some(per_step.map_or(nfe, |(s, _)| s));
         let args = self.args_for(steps, extra, flag)?;
         let config = args
             .config(n_train_steps)
@@ -125,11 +140,7 @@ impl SamplerSpec {
             bail!(
                 "{flag} `{}` at NFE {nfe}: its chain takes {counted} network evaluations{}",
                 self.label,
-                if heun {
-                    " (2 per step but the last: heun takes an odd NFE)"
-                } else {
-                    ""
-                }
+                per_step.map_or("", |(_, why)| why)
             );
         }
         Ok(config)
@@ -197,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn heun_takes_its_steps_from_an_odd_nfe() {
+    fn heun_and_pndm_take_their_steps_from_the_nfe() {
         let heun = config("heun:karras", 9).unwrap();
         assert_eq!(heun.nfe(300).unwrap(), 9);
         assert!(
@@ -207,6 +218,25 @@ mod tests {
         let m = format!("{:#}", config("heun", 10).unwrap_err());
         assert!(m.contains("NFE 10") && m.contains("odd"), "{m}");
         assert_eq!(config("euler-ancestral", 10).unwrap().nfe(300).unwrap(), 10);
+        let pndm = config("pndm", 10).unwrap();
+        assert!(
+            matches!(pndm, SamplerConfig::Pndm { steps: 9, .. }),
+            "{pndm:?}"
+        );
+        let prk = config("pndm:prk", 19).unwrap();
+        assert!(
+            matches!(
+                prk,
+                SamplerConfig::Pndm {
+                    steps: 10,
+                    prk: true,
+                    ..
+                }
+            ),
+            "{prk:?}"
+        );
+        let m = format!("{:#}", config("pndm", 2).unwrap_err());
+        assert!(m.contains("NFE 2") && m.contains("pndm"), "{m}");
     }
 
     #[test]

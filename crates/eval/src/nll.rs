@@ -205,6 +205,7 @@ impl NllPlan {
             autocast: pipe.options(None, 0).autocast,
         };
         let n_steps = pipe.schedule.n_steps();
+        let tables = pipe.sched.bound();
         let n_batches = self.n.div_ceil(self.batch_size);
         let mine: Vec<usize> = (ranks.rank()..n_batches)
             .step_by(ranks.world_size())
@@ -234,8 +235,7 @@ impl NllPlan {
                 let noise = gen
                     .randn(&x_0.size(), (Kind::Double, device))
                     .map_err(sample::SampleError::from)?;
-                let bits =
-                    vb_term_bits(pipe.net.as_ref(), &pipe.schedule, &x_0, t, &noise, &options);
+                let bits = vb_term_bits(pipe.net.as_ref(), tables, &x_0, t, &noise, &options);
                 total += &bits * weight;
                 sums[t] += bits.sum(Kind::Double).double_value(&[]);
                 counts[t] += len as f64;

@@ -7,15 +7,16 @@
 //! (`clip_denoised=True`). Σ_θ is fixed (β_t or β̃_t) or learned ([`ModelVariance::LearnedRange`],
 //! Improved DDPM Eq. 15, from the second half of the network's output channels). The arithmetic
 //! after the network runs in the kind of `x_t` (f64 for the bound), with the schedule's f64
-//! tables; the formulas themselves are `schedule::likelihood`'s.
+//! tables on the device ([`BoundTables`], uploaded once: `ScheduleTensors::bound`); the formulas
+//! themselves are `schedule::likelihood`'s.
 
 use model::{Denoiser, Prediction};
 pub use schedule::likelihood::prior_bits;
 use schedule::likelihood::{
     fixed_log_variance, gather, learned_range_log_variance, posterior_mean_log_variance,
-    vb_terms_bits,
+    vb_terms_bits, BoundTables,
 };
-use schedule::{Schedule, VarianceType};
+use schedule::VarianceType;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -47,23 +48,23 @@ pub struct ReverseDistribution {
 /// # Shapes
 /// `prediction_output` and `x_t`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N, C, H, W]`.
 pub fn pred_x0_at(
-    schedule: &Schedule,
+    tables: &BoundTables,
     prediction: Prediction,
     prediction_output: &Tensor,
     x_t: &Tensor,
     t: &Tensor,
 ) -> Tensor {
     let (n, kind) = (x_t.dim(), x_t.kind());
-    let table = |values: &[f64]| gather(values, t, n, kind);
+    let table = |values: &Tensor| gather(values, t, n, kind);
     match prediction {
         Prediction::Eps => {
-            table(schedule.sqrt_recip_alphas_cumprod()) * x_t
-                - table(schedule.sqrt_recipm1_alphas_cumprod()) * prediction_output
+            table(&tables.sqrt_recip_alphas_cumprod) * x_t
+                - table(&tables.sqrt_recipm1_alphas_cumprod) * prediction_output
         }
         Prediction::X0 => prediction_output.shallow_clone(),
         Prediction::V => {
-            table(schedule.sqrt_alphas_cumprod()) * x_t
-                - table(schedule.sqrt_one_minus_alphas_cumprod()) * prediction_output
+            table(&tables.sqrt_alphas_cumprod) * x_t
+                - table(&tables.sqrt_one_minus_alphas_cumprod) * prediction_output
         }
     }
 }
@@ -97,7 +98,7 @@ pub fn split_output(output: &Tensor, variance: ModelVariance) -> (Tensor, Option
 /// # Shapes
 /// `output`: `[N, C, H, W]` (`[N, 2C, H, W]` learned); `x_t`: `[N, C, H, W]`; `t`: `[N]`.
 pub fn reverse_distribution(
-    schedule: &Schedule,
+    tables: &BoundTables,
     output: &Tensor,
     x_t: &Tensor,
     t: &Tensor,
@@ -107,15 +108,15 @@ pub fn reverse_distribution(
 ) -> ReverseDistribution {
     let output = output.to_kind(x_t.kind());
     let (predicted, model_v) = split_output(&output, variance);
-    let mut pred_x0 = pred_x0_at(schedule, prediction, &predicted, x_t, t);
+    let mut pred_x0 = pred_x0_at(tables, prediction, &predicted, x_t, t);
     if clip_x0 {
         pred_x0 = pred_x0.clamp(-1.0, 1.0);
     }
-    let (mean, _) = posterior_mean_log_variance(schedule, &pred_x0, x_t, t);
+    let (mean, _) = posterior_mean_log_variance(tables, &pred_x0, x_t, t);
     let log_variance = match (variance, model_v) {
-        (ModelVariance::LearnedRange, Some(v)) => learned_range_log_variance(schedule, t, &v),
+        (ModelVariance::LearnedRange, Some(v)) => learned_range_log_variance(tables, t, &v),
         (ModelVariance::Fixed(fixed), _) => {
-            fixed_log_variance(schedule, t, fixed, x_t.dim(), x_t.kind())
+            fixed_log_variance(tables, t, fixed, x_t.dim(), x_t.kind())
         }
         (ModelVariance::LearnedRange, None) => unreachable!("split_output returns v_Σ"),
     };
@@ -151,7 +152,7 @@ pub struct BoundOptions {
 /// When `t` ≥ T or the shapes do not fit the network.
 pub fn vb_term_bits(
     net: &dyn Denoiser,
-    schedule: &Schedule,
+    tables: &BoundTables,
     x_0: &Tensor,
     t: usize,
     noise: &Tensor,
@@ -160,6 +161,7 @@ pub fn vb_term_bits(
     let n = x_0.size()[0];
     let kind = x_0.kind();
     let t_batch = Tensor::full([n], t as i64, (Kind::Int64, x_0.device()));
+    let schedule = tables.schedule();
     let x_t = x_0 * schedule.sqrt_alphas_cumprod()[t]
         + noise.to_kind(kind) * schedule.sqrt_one_minus_alphas_cumprod()[t];
     let output = tch::no_grad(|| {
@@ -172,7 +174,7 @@ pub fn vb_term_bits(
         )
     });
     let p = reverse_distribution(
-        schedule,
+        tables,
         &output,
         &x_t,
         &t_batch,
@@ -180,5 +182,5 @@ pub fn vb_term_bits(
         options.variance,
         options.clip_x0,
     );
-    vb_terms_bits(schedule, x_0, &x_t, &t_batch, &p.mean, &p.log_variance)
+    vb_terms_bits(tables, x_0, &x_t, &t_batch, &p.mean, &p.log_variance)
 }

@@ -6,7 +6,7 @@
 
 use model::{Denoiser, Prediction};
 use sample::likelihood::{vb_term_bits, BoundOptions, ModelVariance};
-use schedule::likelihood::{discretized_gaussian_log_likelihood, prior_bits};
+use schedule::likelihood::{discretized_gaussian_log_likelihood, prior_bits, BoundTables};
 use schedule::{Schedule, VarianceType};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -66,6 +66,7 @@ fn assert_rel(ours: &[f64], expected: &[f64], what: &str) {
 fn every_term_and_the_total_match_the_reference() {
     let golden = fixture();
     let schedule = Schedule::from_betas(floats(&golden["schedule_betas"])).unwrap();
+    let tables = BoundTables::new(&schedule, Device::Cpu);
     let n_steps = schedule.n_steps();
     let shape: Vec<i64> = golden["shape"]
         .as_array()
@@ -104,7 +105,7 @@ fn every_term_and_the_total_match_the_reference() {
         );
         let mut total = prior;
         for (t, expected) in case["terms"].as_array().unwrap().iter().enumerate() {
-            let bits = vb_term_bits(&net, &schedule, &x_0, t, &noise.get(t as i64), &options);
+            let bits = vb_term_bits(&net, &tables, &x_0, t, &noise.get(t as i64), &options);
             assert_eq!(bits.kind(), Kind::Double);
             let what = format!("{name} clip={clip} t={t}");
             assert_rel(&values(&bits), &floats(expected), &what);

@@ -212,6 +212,67 @@ fn every_sigma_space_evaluation_matches_diffusers() {
     assert_eq!(covered.len(), 3, "{covered:?}");
 }
 
+/// PLMS (`pndm`) against diffusers' `PNDMScheduler` with `skip_prk_steps=True`: every one of
+/// the n + 1 evaluations (the second step's timestep twice), leading and trailing, ε and v.
+#[test]
+fn every_plms_evaluation_matches_diffusers_pndm() {
+    #[derive(Deserialize)]
+    struct PndmStep {
+        index: usize,
+        t: usize,
+        x_t: Vec<f64>,
+        cond: Vec<f64>,
+        uncond: Vec<f64>,
+        prev_sample: Vec<f64>,
+    }
+    #[derive(Deserialize)]
+    struct PndmCase {
+        name: String,
+        config: SamplerConfig,
+        prediction: Prediction,
+        guidance: f64,
+        steps: Vec<PndmStep>,
+    }
+    #[derive(Deserialize)]
+    struct PndmFixture {
+        schedule: BetaSchedule,
+        shape: [i64; 4],
+        cases: Vec<PndmCase>,
+    }
+    tch::set_num_threads(1);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pndm_golden.json");
+    let fixture: PndmFixture =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let st = ScheduleTensors::new(&Schedule::new(&fixture.schedule).unwrap(), Device::Cpu);
+    let tensor = |v: &[f64]| {
+        Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<_>>()).reshape(fixture.shape)
+    };
+    for case in &fixture.cases {
+        let mut sampler = Sampler::new(&st, &case.config, case.prediction, false).unwrap();
+        assert_eq!(sampler.nfe(), case.steps.len(), "{}: NFE", case.name);
+        assert_eq!(case.config.nfe(1000).unwrap(), case.steps.len());
+        for step in &case.steps {
+            let i = step.index;
+            assert_eq!(sampler.timesteps()[i], step.t, "{}: {i}", case.name);
+            assert!(!sampler.needs_noise(i));
+            let guided = guide(&tensor(&step.cond), &tensor(&step.uncond), case.guidance);
+            let out = sampler.step(i, &guided, &tensor(&step.x_t), None);
+            for (k, (a, b)) in values(&out.prev_sample)
+                .iter()
+                .zip(&step.prev_sample)
+                .enumerate()
+            {
+                assert!(
+                    (a - b).abs() <= 2e-5 + 1e-5 * b.abs(),
+                    "{}: evaluation {i} (t = {}) prev_sample[{k}]: {a} vs diffusers {b}",
+                    case.name,
+                    step.t
+                );
+            }
+        }
+    }
+}
+
 /// A diffusers folder's scheduler class is read with the rest of its scheduler config (the
 /// front end's default sampler); a copy naming UniPC reads as UniPC.
 #[test]

@@ -11,30 +11,86 @@
 //! formulas, not copied.
 //!
 //! Everything is computed in the kind of the inputs, and every schedule coefficient is taken
-//! from the f64 host tables of [`Schedule`] (never from the f32 [`ScheduleTensors`](crate::tensor::ScheduleTensors)):
-//! in f64, terms such as ½(e^d − 1 − d) with d = ln β̃_t − ln β_t ≈ 10⁻⁵ keep their digits, which
-//! f32 tables would not. Pass f64 tensors for the bound (as `ddpm eval nll` and the hybrid loss
-//! do) and cast the network's output to f64 first.
+//! from [`BoundTables`]: the f64 tables of [`Schedule`] uploaded once to the device as f64
+//! tensors (not the f32 [`ScheduleTensors`](crate::tensor::ScheduleTensors)): in f64, terms such
+//! as ½(e^d − 1 − d) with d = ln β̃_t − ln β_t ≈ 10⁻⁵ keep their digits, which f32 tables would
+//! not. Pass f64 tensors for the bound (as `ddpm eval nll` and the hybrid loss do) and cast the
+//! network's output to f64 first.
 
 use std::f64::consts::{LN_2, PI};
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::{Schedule, VarianceType};
 
-/// `table[t]` for each sample as a tensor of `t`'s device and kind `kind`, shaped `[N, 1, …, 1]`
-/// with `n_dims` dimensions (improved-diffusion's `_extract_into_tensor`, from an f64 table).
+/// The schedule's tables that the bound and x̂_0 read, as f64 tensors of shape `[T]` on one
+/// device, uploaded once (by [`BoundTables::new`], or on first use by
+/// [`ScheduleTensors::bound`](crate::tensor::ScheduleTensors::bound)), so that a training step or
+/// a term of the bound only indexes them on the device.
+#[derive(Debug)]
+pub struct BoundTables {
+    schedule: Schedule,
+    /// ln β_t.
+    pub log_betas: Tensor,
+    /// ln σ_t² of the fixed large variance as the bound scores it: ln β_t, with ln β̃_1 at t = 0
+    /// ([`fixed_log_variance`]).
+    pub fixed_large_log_variance: Tensor,
+    /// ln β̃_t with β̃_0 replaced by β̃_1.
+    pub posterior_log_variance_clipped: Tensor,
+    /// The weight of x_0 in μ̃_t.
+    pub posterior_mean_coef1: Tensor,
+    /// The weight of x_t in μ̃_t.
+    pub posterior_mean_coef2: Tensor,
+    /// √ᾱ_t.
+    pub sqrt_alphas_cumprod: Tensor,
+    /// √(1 − ᾱ_t).
+    pub sqrt_one_minus_alphas_cumprod: Tensor,
+    /// 1/√ᾱ_t.
+    pub sqrt_recip_alphas_cumprod: Tensor,
+    /// √(1/ᾱ_t − 1).
+    pub sqrt_recipm1_alphas_cumprod: Tensor,
+}
+
+impl BoundTables {
+    /// Uploads `schedule`'s tables to `device` as f64.
+    pub fn new(schedule: &Schedule, device: Device) -> Self {
+        let upload = |table: &[f64]| Tensor::from_slice(table).to_device(device);
+        let log_betas: Vec<f64> = schedule.betas().iter().map(|b| b.ln()).collect();
+        let mut fixed_large = log_betas.clone();
+        fixed_large[0] = schedule.posterior_log_variance_clipped()[0];
+        Self {
+            log_betas: upload(&log_betas),
+            fixed_large_log_variance: upload(&fixed_large),
+            posterior_log_variance_clipped: upload(schedule.posterior_log_variance_clipped()),
+            posterior_mean_coef1: upload(schedule.posterior_mean_coef1()),
+            posterior_mean_coef2: upload(schedule.posterior_mean_coef2()),
+            sqrt_alphas_cumprod: upload(schedule.sqrt_alphas_cumprod()),
+            sqrt_one_minus_alphas_cumprod: upload(schedule.sqrt_one_minus_alphas_cumprod()),
+            sqrt_recip_alphas_cumprod: upload(schedule.sqrt_recip_alphas_cumprod()),
+            sqrt_recipm1_alphas_cumprod: upload(schedule.sqrt_recipm1_alphas_cumprod()),
+            schedule: schedule.clone(),
+        }
+    }
+
+    /// The f64 schedule the tensors came from.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+}
+
+/// `table[t]` for each sample in kind `kind`, shaped `[N, 1, …, 1]` with `n_dims` dimensions
+/// (improved-diffusion's `_extract_into_tensor`), from a table of [`BoundTables`] on `t`'s
+/// device.
 ///
 /// # Shapes
-/// `t`: `[N]` integers. Returns `[N, 1, …]`.
+/// `table`: `[T]`; `t`: `[N]` integers. Returns `[N, 1, …]`.
 ///
 /// # Panics
-/// When a `t` is outside 0..T.
-pub fn gather(table: &[f64], t: &Tensor, n_dims: usize, kind: Kind) -> Tensor {
-    let values = Tensor::from_slice(table).to_device(t.device());
+/// When a `t` is outside 0..T, or `t` is on another device than `table`.
+pub fn gather(table: &Tensor, t: &Tensor, n_dims: usize, kind: Kind) -> Tensor {
     let mut shape = vec![1i64; n_dims.max(1)];
     shape[0] = t.size()[0];
-    values
+    table
         .index_select(0, &t.to_kind(Kind::Int64))
         .reshape(shape)
         .to_kind(kind)
@@ -104,15 +160,15 @@ pub fn mean_flat(xs: &Tensor) -> Tensor {
 /// # Shapes
 /// `x_0` and `x_t`: `[N, …]`; `t`: `[N]`. Returns `[N, …]` and `[N, 1, …]`.
 pub fn posterior_mean_log_variance(
-    schedule: &Schedule,
+    tables: &BoundTables,
     x_0: &Tensor,
     x_t: &Tensor,
     t: &Tensor,
 ) -> (Tensor, Tensor) {
     let (n, kind) = (x_0.dim(), x_0.kind());
-    let mean = gather(schedule.posterior_mean_coef1(), t, n, kind) * x_0
-        + gather(schedule.posterior_mean_coef2(), t, n, kind) * x_t;
-    let log_var = gather(schedule.posterior_log_variance_clipped(), t, n, kind);
+    let mean = gather(&tables.posterior_mean_coef1, t, n, kind) * x_0
+        + gather(&tables.posterior_mean_coef2, t, n, kind) * x_t;
+    let log_var = gather(&tables.posterior_log_variance_clipped, t, n, kind);
     (mean, log_var)
 }
 
@@ -124,21 +180,17 @@ pub fn posterior_mean_log_variance(
 /// # Shapes
 /// `t`: `[N]`; returns `[N, 1, …]` with `n_dims` dimensions.
 pub fn fixed_log_variance(
-    schedule: &Schedule,
+    tables: &BoundTables,
     t: &Tensor,
     variance: VarianceType,
     n_dims: usize,
     kind: Kind,
 ) -> Tensor {
-    let table: Vec<f64> = match variance {
-        VarianceType::FixedSmall => schedule.posterior_log_variance_clipped().to_vec(),
-        VarianceType::FixedLarge => {
-            let mut logs: Vec<f64> = schedule.betas().iter().map(|b| b.ln()).collect();
-            logs[0] = schedule.posterior_log_variance_clipped()[0];
-            logs
-        }
+    let table = match variance {
+        VarianceType::FixedSmall => &tables.posterior_log_variance_clipped,
+        VarianceType::FixedLarge => &tables.fixed_large_log_variance,
     };
-    gather(&table, t, n_dims, kind)
+    gather(table, t, n_dims, kind)
 }
 
 /// The learned log variance of Improved DDPM, Eq. 15: ln Σ_θ = v ln β_t + (1 − v) ln β̃_t, with
@@ -147,11 +199,10 @@ pub fn fixed_log_variance(
 ///
 /// # Shapes
 /// `model_v`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N, C, H, W]` of `model_v`'s kind.
-pub fn learned_range_log_variance(schedule: &Schedule, t: &Tensor, model_v: &Tensor) -> Tensor {
+pub fn learned_range_log_variance(tables: &BoundTables, t: &Tensor, model_v: &Tensor) -> Tensor {
     let (n, kind) = (model_v.dim(), model_v.kind());
-    let log_betas: Vec<f64> = schedule.betas().iter().map(|b| b.ln()).collect();
-    let max_log = gather(&log_betas, t, n, kind);
-    let min_log = gather(schedule.posterior_log_variance_clipped(), t, n, kind);
+    let max_log = gather(&tables.log_betas, t, n, kind);
+    let min_log = gather(&tables.posterior_log_variance_clipped, t, n, kind);
     let frac = (model_v + 1.0) * 0.5;
     &frac * max_log + (-&frac + 1.0) * min_log
 }
@@ -166,14 +217,14 @@ pub fn learned_range_log_variance(schedule: &Schedule, t: &Tensor, model_v: &Ten
 /// `x_0` (data on [−1, 1]), `x_t` and `model_mean`: `[N, …]`; `model_log_variance`: `[N, …]`
 /// or `[N, 1, …]`; `t`: `[N]`. Returns `[N]`.
 pub fn vb_terms_bits(
-    schedule: &Schedule,
+    tables: &BoundTables,
     x_0: &Tensor,
     x_t: &Tensor,
     t: &Tensor,
     model_mean: &Tensor,
     model_log_variance: &Tensor,
 ) -> Tensor {
-    let (true_mean, true_log_var) = posterior_mean_log_variance(schedule, x_0, x_t, t);
+    let (true_mean, true_log_var) = posterior_mean_log_variance(tables, x_0, x_t, t);
     let kl = mean_flat(&normal_kl(
         &true_mean,
         &true_log_var,
@@ -249,10 +300,11 @@ mod tests {
     #[test]
     fn learned_range_spans_the_two_fixed_variances() {
         let schedule = Schedule::from_betas(vec![0.1, 0.2, 0.3]).unwrap();
+        let tables = BoundTables::new(&schedule, Device::Cpu);
         let t = Tensor::from_slice(&[2i64]);
         let at = |v: f64| {
-            let v = Tensor::full([1, 1, 1, 1], v, (Kind::Double, tch::Device::Cpu));
-            scalar(&learned_range_log_variance(&schedule, &t, &v).squeeze())
+            let v = Tensor::full([1, 1, 1, 1], v, (Kind::Double, Device::Cpu));
+            scalar(&learned_range_log_variance(&tables, &t, &v).squeeze())
         };
         assert!((at(1.0) - 0.3f64.ln()).abs() < 1e-15);
         assert!((at(-1.0) - schedule.posterior_log_variance_clipped()[2]).abs() < 1e-15);

@@ -10,6 +10,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::likelihood::BoundTables;
 use crate::{Schedule, ScheduleError, VarianceType};
 
 /// A [`Schedule`] with its tables uploaded to one device as f32 tensors of shape `[T]`.
@@ -17,6 +18,8 @@ use crate::{Schedule, ScheduleError, VarianceType};
 pub struct ScheduleTensors {
     schedule: Schedule,
     device: Device,
+    /// The f64 tables of the likelihood terms, uploaded on first use ([`ScheduleTensors::bound`]).
+    bound: std::cell::OnceCell<BoundTables>,
     /// β_t.
     pub betas: Tensor,
     /// ᾱ_t.
@@ -71,7 +74,16 @@ impl ScheduleTensors {
             snr: upload(schedule.snr()),
             schedule: schedule.clone(),
             device,
+            bound: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The schedule's f64 tables on the same device, for the terms of the variational bound
+    /// ([`crate::likelihood`]: the hybrid and L_vlb losses, `ddpm eval nll`), uploaded on the
+    /// first call and kept: the f32 tables above would lose the bound's digits.
+    pub fn bound(&self) -> &BoundTables {
+        self.bound
+            .get_or_init(|| BoundTables::new(&self.schedule, self.device))
     }
 
     /// The f64 schedule the tensors came from.

@@ -47,6 +47,7 @@ fn state(step: u64) -> CheckpointState {
         class_names: Vec::new(),
         loss_scale: None,
         digests: Default::default(),
+        timestep_history: None,
     }
 }
 

@@ -347,6 +347,7 @@ mod tests {
             class_names: Vec::new(),
             loss_scale: None,
             digests: Default::default(),
+            timestep_history: None,
         };
         let write = |path: PathBuf, value: serde_json::Value| {
             std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap()

@@ -64,6 +64,11 @@ pub struct CheckpointState {
     /// written before digests existed, which load unverified.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub digests: BTreeMap<String, String>,
+    /// `objective.timestep_sampling = "importance"`: the last losses seen at each t, oldest
+    /// first ([`crate::timesteps::ImportanceSampler`]), so that a resumed run draws as the
+    /// uninterrupted one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_history: Option<Vec<Vec<f64>>>,
 }
 
 fn one() -> usize {
@@ -386,6 +391,7 @@ mod tests {
             class_names: Vec::new(),
             loss_scale: None,
             digests: BTreeMap::new(),
+            timestep_history: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod run_dir;
 pub mod scaler;
 pub mod stats;
 pub mod tensorboard;
+pub mod timesteps;
 pub mod trainer;
 pub mod writer;
 

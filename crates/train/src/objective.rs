@@ -13,7 +13,10 @@
 //!   "learned_range"` the network outputs 2·C channels, the prediction and v_Σ (Eq. 15), and the
 //!   loss is the hybrid L_simple + λ L_vlb (§3.1, λ = 0.001), where L_vlb's term at the drawn t
 //!   sees the prediction with its gradient stopped, so that only v_Σ learns from it
-//!   ([`learned_range_vlb`]).
+//!   ([`learned_range_vlb`]). With `loss = "vlb"` the loss is L_vlb alone (§3.2: T·L_t, both
+//!   outputs learning from it, [`vlb_loss`]), and t may be drawn by importance sampling
+//!   (`timestep_sampling = "importance"`, Eq. 17: [`crate::timesteps`]), each sample's loss
+//!   then weighted by 1/(T p_t).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -36,6 +39,23 @@ pub enum LossKind {
     L2,
     /// Huber with threshold `huber_delta`.
     Huber,
+    /// L_vlb alone (Improved DDPM §3.2; improved-diffusion's `RESCALED_KL`): T·L_t in bits per
+    /// dimension at the drawn t, from which the prediction and v_Σ both learn. Needs `variance =
+    /// "learned_range"`.
+    Vlb,
+}
+
+/// How a training step draws its timesteps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSampling {
+    /// t ~ U{0..T−1} (Ho et al. 2020, Alg. 1).
+    #[default]
+    Uniform,
+    /// Improved DDPM's importance sampling (Eq. 17): p_t ∝ √E(L_t²) over the last 10 losses at
+    /// each t, uniform until every t has 10, each loss weighted by 1/(T p_t)
+    /// ([`crate::timesteps::ImportanceSampler`]). Only for `loss = "vlb"`.
+    Importance,
 }
 
 /// The objective's settings.
@@ -60,6 +80,10 @@ pub struct ObjectiveConfig {
     /// configurations saved before learned variances existed: `fixed`.
     #[serde(default)]
     pub variance: VarianceOutput,
+    /// How t is drawn: `uniform`, or `importance` (only with `loss = "vlb"`). Absent from
+    /// configurations saved before importance sampling existed: `uniform`.
+    #[serde(default)]
+    pub timestep_sampling: TimestepSampling,
 }
 
 /// λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, §3.1).
@@ -82,6 +106,7 @@ impl ObjectiveConfig {
             min_snr_gamma: None,
             p_uncond: DEFAULT_P_UNCOND,
             variance: VarianceOutput::Fixed,
+            timestep_sampling: TimestepSampling::Uniform,
         }
     }
 
@@ -116,6 +141,29 @@ impl ObjectiveConfig {
                     "objective.min_snr_gamma = {g} is invalid: it must be positive, or null"
                 )));
             }
+        }
+        let vlb = self.loss == LossKind::Vlb;
+        if vlb && self.variance != VarianceOutput::LearnedRange {
+            return Err(TrainError::Config(
+                "objective.loss = \"vlb\" trains the learned variance: set objective.variance = \
+                 \"learned_range\" (and model.out_channels to twice the image channels)"
+                    .into(),
+            ));
+        }
+        if vlb && self.min_snr_gamma.is_some() {
+            return Err(TrainError::Config(
+                "objective.min_snr_gamma weights L_simple, and objective.loss = \"vlb\" has none: \
+                 set objective.min_snr_gamma = null"
+                    .into(),
+            ));
+        }
+        if self.timestep_sampling == TimestepSampling::Importance && !vlb {
+            return Err(TrainError::Config(
+                "objective.timestep_sampling = \"importance\" is for L_vlb-only training \
+                 (Improved DDPM Eq. 17): set objective.loss = \"vlb\", or timestep_sampling = \
+                 \"uniform\""
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -172,23 +220,57 @@ pub fn training_loss_cond(
     dropout: Option<&mut Generator>,
     autocast: Option<Kind>,
 ) -> Tensor {
+    per_sample_loss_cond(
+        model,
+        sched,
+        config,
+        x_0,
+        noise,
+        t,
+        class_labels,
+        dropout,
+        autocast,
+    )
+    .mean(Kind::Float)
+}
+
+/// The loss of each sample of [`training_loss_cond`] (which is their mean): L_simple (times its
+/// min-SNR weight), plus λ T L_t for the hybrid loss, or T L_t alone for `loss = "vlb"`.
+///
+/// # Shapes
+/// As [`training_loss_cond`]; returns `[N]` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn per_sample_loss_cond(
+    model: &dyn Denoiser,
+    sched: &ScheduleTensors,
+    config: &ObjectiveConfig,
+    x_0: &Tensor,
+    noise: &Tensor,
+    t: &Tensor,
+    class_labels: Option<&Tensor>,
+    dropout: Option<&mut Generator>,
+    autocast: Option<Kind>,
+) -> Tensor {
     let x_t = sched.add_noise(x_0, noise, t);
     let output = match dropout {
         Some(gen) => model::forward_train(model, &x_t, t, class_labels, gen, autocast),
         None => model::forward_cond(model, &x_t, t, class_labels, true, autocast),
     };
+    if config.loss == LossKind::Vlb {
+        return vlb_loss(sched, config.prediction, &output, x_0, &x_t, t);
+    }
     let (predicted, model_v) = match config.variance {
         VarianceOutput::Fixed => (output, None),
         VarianceOutput::LearnedRange => split_output(&output, ModelVariance::LearnedRange),
     };
     let per_sample = simple_loss(sched, config, &predicted, x_0, noise, t);
     match model_v {
-        None => per_sample.mean(Kind::Float),
+        None => per_sample,
         Some(model_v) => {
             let vlb =
                 learned_range_vlb(sched, config.prediction, &predicted, &model_v, x_0, &x_t, t);
             let weight = HYBRID_LAMBDA * sched.schedule().n_steps() as f64;
-            (per_sample + vlb * weight).mean(Kind::Float)
+            per_sample + vlb * weight
         }
     }
 }
@@ -198,6 +280,9 @@ pub fn training_loss_cond(
 ///
 /// # Shapes
 /// `predicted`, `x_0`, `noise`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N]` f32.
+///
+/// # Panics
+/// For `loss = "vlb"`, which has no L_simple ([`vlb_loss`] is its loss).
 pub fn simple_loss(
     sched: &ScheduleTensors,
     config: &ObjectiveConfig,
@@ -218,6 +303,7 @@ pub fn simple_loss(
         LossKind::L1 => (predicted - &target).abs(),
         LossKind::L2 => (predicted - &target).square(),
         LossKind::Huber => predicted.huber_loss(&target, Reduction::None, config.huber_delta),
+        LossKind::Vlb => panic!("objective.loss = \"vlb\" has no L_simple: call vlb_loss"),
     };
     let per_sample = element.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
     match config.min_snr_gamma {
@@ -253,17 +339,47 @@ pub fn learned_range_vlb(
     t: &Tensor,
 ) -> Tensor {
     let frozen = Tensor::cat(&[predicted.detach(), model_v.shallow_clone()], 1);
+    vlb_bits(sched, prediction, &frozen, x_0, x_t, t)
+}
+
+/// The loss of `loss = "vlb"` for each sample: T·L_t in bits per dimension (L_{t−1}'s KL, or the
+/// decoder's term at t = 0), from the whole learned-range `output` (the prediction and v_Σ, both
+/// with their gradients), x̂_0 unclipped, in f64 (improved-diffusion's `RESCALED_KL`).
+///
+/// # Shapes
+/// `output`: `[N, 2C, H, W]`; `x_0`, `x_t`: `[N, C, H, W]`; `t`: `[N]`. Returns `[N]` f32.
+pub fn vlb_loss(
+    sched: &ScheduleTensors,
+    prediction: Prediction,
+    output: &Tensor,
+    x_0: &Tensor,
+    x_t: &Tensor,
+    t: &Tensor,
+) -> Tensor {
+    vlb_bits(sched, prediction, output, x_0, x_t, t) * sched.schedule().n_steps() as f64
+}
+
+/// L_t in bits per dimension for each sample from a learned-range `output`, in f64 with the
+/// schedule's device tables ([`ScheduleTensors::bound`]); returns `[N]` f32.
+fn vlb_bits(
+    sched: &ScheduleTensors,
+    prediction: Prediction,
+    output: &Tensor,
+    x_0: &Tensor,
+    x_t: &Tensor,
+    t: &Tensor,
+) -> Tensor {
     let x_t = x_t.detach().to_kind(Kind::Double);
     let x_0 = x_0.to_kind(Kind::Double);
-    let schedule = sched.schedule();
+    let tables = sched.bound();
     let p = reverse_distribution(
-        schedule,
-        &frozen,
+        tables,
+        output,
         &x_t,
         t,
         prediction,
         ModelVariance::LearnedRange,
         false,
     );
-    vb_terms_bits(schedule, &x_0, &x_t, t, &p.mean, &p.log_variance).to_kind(Kind::Float)
+    vb_terms_bits(tables, &x_0, &x_t, t, &p.mean, &p.log_variance).to_kind(Kind::Float)
 }

@@ -267,6 +267,7 @@ mod tests {
             class_names: Vec::new(),
             loss_scale: None,
             digests: Default::default(),
+            timestep_history: None,
         }
     }
 

@@ -1,14 +1,17 @@
 //! The hybrid loss of learned variances (`objective.variance = "learned_range"`, Improved DDPM)
 //! against `scripts/golden/hybrid_loss.py` (numpy re-typing improved-diffusion's
 //! `training_losses`): L_simple and L_vlb of each sample at t = 0, 1, 37 and 99 and the loss to
-//! 1e-6 relative, and L_vlb's gradient reaching the variance channels only.
+//! 1e-6 relative, and L_vlb's gradient reaching the variance channels only; and the L_vlb-only
+//! loss (`objective.loss = "vlb"`), T·L_t from the same reference, training both halves.
 
 use model::{Denoiser, Prediction, VarianceOutput};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use train::objective::{learned_range_vlb, simple_loss, training_loss, ObjectiveConfig};
+use train::objective::{
+    learned_range_vlb, simple_loss, training_loss, vlb_loss, LossKind, ObjectiveConfig,
+};
 
 /// A network whose output is fixed: the fixture's 2·C channels, whatever the input.
 #[derive(Debug)]
@@ -137,6 +140,32 @@ fn the_vlb_gradient_reaches_the_variance_channels_only() {
     training_loss(&net, &g.sched, &hybrid(), &x_0, &noise, &t, None).backward();
     let grad = output.grad();
     for half in grad.split(g.shape[1], 1) {
+        assert!(half.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    }
+}
+
+#[test]
+fn the_vlb_only_loss_is_t_times_the_term_and_trains_both_halves() {
+    let g = Golden::load();
+    let (x_0, noise, t) = (g.tensor("x_0"), g.tensor("noise"), g.t());
+    let x_t = g.sched.add_noise(&x_0, &noise, &t);
+    let output = Tensor::cat(&[g.tensor("eps_out"), g.tensor("v_out")], 1).set_requires_grad(true);
+    let n_steps = g.sched.schedule().n_steps() as f64;
+    let expected: Vec<f64> = floats(&g.json["vlb"]).iter().map(|v| v * n_steps).collect();
+    let per_sample = vlb_loss(&g.sched, Prediction::Eps, &output, &x_0, &x_t, &t);
+    assert_rel(&values(&per_sample), &expected, "T L_vlb");
+    let config = ObjectiveConfig {
+        loss: LossKind::Vlb,
+        ..hybrid()
+    };
+    config.validate().unwrap();
+    let net = Fixed(output.shallow_clone());
+    let loss = training_loss(&net, &g.sched, &config, &x_0, &noise, &t, None);
+    let mean = expected.iter().sum::<f64>() / expected.len() as f64;
+    assert_rel(&[loss.double_value(&[])], &[mean], "loss");
+    loss.backward();
+    // Unlike the hybrid's L_vlb, the mean learns from it too (improved-diffusion's RESCALED_KL).
+    for half in output.grad().split(g.shape[1], 1) {
         assert!(half.abs().sum(Kind::Double).double_value(&[]) > 0.0);
     }
 }

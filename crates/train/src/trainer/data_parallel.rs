@@ -88,10 +88,7 @@ impl Trainer {
     ) -> Result<(Tensor, Tensor), TrainError> {
         let on_device = "the run's generator is on its device";
         let Some(dist) = self.dist.as_ref() else {
-            let t = self
-                .gen
-                .randint(0, n_train, &[x_0.size()[0]], self.device)
-                .expect(on_device);
+            let t = self.draw_t(x_0.size()[0], n_train)?;
             let noise = self.gen.randn_like(x_0).expect(on_device);
             return Ok((t, noise));
         };

@@ -133,6 +133,9 @@ pub struct Trainer {
     dropout_gen: Generator,
     /// fp16's dynamic loss scale; `None` at other precisions.
     scaler: Option<LossScaler>,
+    /// `objective.timestep_sampling = "importance"`: the sampler of t, and the loss weights
+    /// 1/(T p_t) of the step's draws.
+    importance: Option<step::Importance>,
     step: u64,
     /// Steps skipped so far, as of the last read of `stats`.
     skipped_steps: u64,
@@ -274,6 +277,15 @@ impl Trainer {
                 "activation checkpointing cannot be captured in a CUDA graph: its recomputation \
                  does host-side work during backward (generator state copies, a nested autograd \
                  pass) that a replay would skip; drop --cuda-graph or --gradient-checkpointing"
+                    .into(),
+            ));
+        }
+        if self.importance.is_some() {
+            // Drawing t needs the host's loss history, updated from each step's losses.
+            return Err(TrainError::CudaGraph(
+                "objective.timestep_sampling = \"importance\" draws t on the host from the \
+                 losses of earlier steps, which a captured graph cannot read: drop --cuda-graph \
+                 or use timestep_sampling = \"uniform\""
                     .into(),
             ));
         }

@@ -14,10 +14,11 @@ use data::{Loader, LoaderConfig, Source};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
 
-use super::{dropout_seed, evaluation, Trainer};
+use super::{dropout_seed, evaluation, step, Trainer};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
+use crate::objective::TimestepSampling;
 use crate::optim::Adam;
 use crate::run_dir::RunDir;
 use crate::scaler::LossScaler;
@@ -223,6 +224,7 @@ impl Trainer {
         let schedule = Schedule::new(&config.schedule)
             .map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         let sched = ScheduleTensors::new(&schedule, device);
+        let importance = step::Importance::for_objective(&config.objective, schedule.n_steps());
         let gen = run_generator(config.seed, device)?;
         let dropout_gen = run_generator(dropout_seed(config.seed, 0) as u64, device)?;
         let model_vs = VarStore::new(device);
@@ -264,6 +266,7 @@ impl Trainer {
             gen,
             dropout_gen,
             scaler,
+            importance,
             step: 0,
             skipped_steps: 0,
             stats: DeviceStats::new(device, 0, 0),
@@ -421,6 +424,12 @@ impl Trainer {
                         message: e.to_string(),
                     })?;
             }
+        }
+        if let Some(importance) = self.importance.as_mut() {
+            importance.load(
+                state.timestep_history.clone(),
+                &dir.join(checkpoint::STATE_FILE),
+            )?;
         }
         self.ema.set_updates(state.ema_updates);
         self.step = state.step;
@@ -583,7 +592,15 @@ fn check_fits(
 ) -> Result<(), TrainError> {
     config.validate()?;
     // The global batch splits over the ranks, and each rank's share into micro-batches.
-    config.check_micro_batch(dist.map_or(1, Distributed::world_size))?;
+    let world_size = dist.map_or(1, Distributed::world_size);
+    config.check_micro_batch(world_size)?;
+    if world_size > 1 && config.objective.timestep_sampling == TimestepSampling::Importance {
+        return Err(TrainError::Config(format!(
+            "objective.timestep_sampling = \"importance\" runs in one process: its loss history \
+             would need every rank's losses each step, which this toolkit does not gather yet \
+             ({world_size} ranks here); train with one process or timestep_sampling = \"uniform\""
+        )));
+    }
     if dataset.channels() as i64 != config.model.in_channels() {
         return Err(TrainError::Config(format!(
             "the dataset has {} channel(s) but model.in_channels is {}: pick a matching model",

@@ -140,6 +140,10 @@ impl Trainer {
             class_names: self.class_names.clone(),
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
             digests: Default::default(),
+            timestep_history: self
+                .importance
+                .as_ref()
+                .map(|i| i.sampler.history().to_vec()),
         }
     }
 

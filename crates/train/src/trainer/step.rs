@@ -1,16 +1,106 @@
 //! The training step (Ho et al. 2020, Alg. 1): the step's draws, forward, backward, the NaN
 //! guard, clipping, Adam and the EMA, all on the device, and the reads of the device statistics.
 
-use tch::{Kind, Tensor};
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use torch_ext::Generator;
 
 use data::Batch;
 
 use super::{dropout_seed, step_seed, Trainer};
 use crate::elastic::Phase;
-use crate::objective::training_loss_cond;
+use crate::objective::{per_sample_loss_cond, ObjectiveConfig, TimestepSampling};
 use crate::optim::Adam;
 use crate::stats::StatsRead;
+use crate::timesteps::ImportanceSampler;
 use crate::TrainError;
+
+/// Importance sampling of t (`objective.timestep_sampling = "importance"`): the sampler, and
+/// the loss weights 1/(T p_t) of the current step's draws.
+#[derive(Debug)]
+pub(super) struct Importance {
+    pub(super) sampler: ImportanceSampler,
+    /// `[N]` f32 on the device, set by [`Importance::draw`].
+    weights: Option<Tensor>,
+}
+
+impl Importance {
+    /// For `objective.timestep_sampling = "importance"`, a sampler of `n_steps` timesteps with no
+    /// history yet (t is drawn uniformly until every t has its losses); `None` otherwise.
+    pub(super) fn for_objective(objective: &ObjectiveConfig, n_steps: usize) -> Option<Self> {
+        (objective.timestep_sampling == TimestepSampling::Importance).then(|| Self {
+            sampler: ImportanceSampler::new(n_steps),
+            weights: None,
+        })
+    }
+
+    /// Restores the history saved in a checkpoint's `state.json` (`path`).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming `path` when it has no history or a bad one.
+    pub(super) fn load(
+        &mut self,
+        history: Option<Vec<Vec<f64>>>,
+        path: &Path,
+    ) -> Result<(), TrainError> {
+        let bad = |message: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let history = history.ok_or_else(|| {
+            bad(
+                "no timestep_history, which objective.timestep_sampling = \"importance\" \
+                 needs to resume exactly"
+                    .into(),
+            )
+        })?;
+        let n_steps = self.sampler.history().len();
+        self.sampler = ImportanceSampler::from_history(history, n_steps).map_err(bad)?;
+        Ok(())
+    }
+
+    /// Draws the t of `n` samples: `n` uniforms from the run's generator, mapped through the
+    /// sampler's CDF on the host; keeps their loss weights for the step.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when the generator cannot draw on `device`.
+    fn draw(&mut self, gen: &mut Generator, n: i64, device: Device) -> Result<Tensor, TrainError> {
+        let mut uniforms = Tensor::zeros([n], (Kind::Double, device));
+        gen.uniform_(&mut uniforms, 0.0, 1.0)
+            .map_err(|e| TrainError::Config(format!("drawing t on {device:?}: {e}")))?;
+        let uniforms = Vec::<f64>::try_from(uniforms.to_device(Device::Cpu)).expect("f64 draws");
+        let (t, weights) = self.sampler.draw(&uniforms);
+        let weights: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+        self.weights = Some(Tensor::from_slice(&weights).to_device(device));
+        Ok(Tensor::from_slice(&t).to_device(device))
+    }
+
+    /// Records the step's per-sample losses (before their weights) at their `t`.
+    fn record(&mut self, t: &Tensor, losses: &Tensor) {
+        let t = Vec::<i64>::try_from(t.to_device(Device::Cpu)).expect("int64 timesteps");
+        let host = losses.to_kind(Kind::Double).to_device(Device::Cpu);
+        self.sampler
+            .update(&t, &Vec::<f64>::try_from(host).expect("f64 losses"));
+    }
+}
+
+impl Trainer {
+    /// t for this process's `n` samples from the run's generator: by importance sampling
+    /// ([`Importance::draw`]) or uniformly on 0..T.
+    ///
+    /// # Errors
+    /// As [`Importance::draw`].
+    pub(super) fn draw_t(&mut self, n: i64, n_train: i64) -> Result<Tensor, TrainError> {
+        match self.importance.as_mut() {
+            Some(importance) => importance.draw(&mut self.gen, n, self.device),
+            None => Ok(self
+                .gen
+                .randint(0, n_train, &[n], self.device)
+                .expect("the run's generator is on its device")),
+        }
+    }
+}
 
 /// What one step did, as 0-dim tensors on the device: [`Trainer::train_step`] returns before
 /// the device has finished the step, and nothing is read back until asked. The first of the
@@ -257,6 +347,8 @@ impl Trainer {
             )));
         }
         let micro = local / k;
+        let weights = self.importance.as_mut().and_then(|i| i.weights.take());
+        let mut losses = Vec::new();
         let mut total: Option<Tensor> = None;
         for idx in 0..k {
             let last = idx + 1 == k;
@@ -274,7 +366,7 @@ impl Trainer {
                 self.mark(Phase::Forward);
             }
             let autocast = self.autocast();
-            let loss = training_loss_cond(
+            let per_sample = per_sample_loss_cond(
                 self.model.as_ref(),
                 &self.sched,
                 &self.config.objective,
@@ -285,6 +377,14 @@ impl Trainer {
                 Some(&mut self.dropout_gen),
                 autocast,
             );
+            // Importance sampling weights each loss by 1/(T p_t) and records it unweighted.
+            let loss = match &weights {
+                None => per_sample.mean(Kind::Float),
+                Some(w) => {
+                    losses.push(per_sample.detach());
+                    (&per_sample * part(w)).mean(Kind::Float)
+                }
+            };
             // The mean over a micro-batch, divided by K, is the micro-batch's share of the mean
             // over the whole batch (K = 1 keeps the loss as it is, bit for bit).
             let share = if k == 1 { loss } else { loss / k as f64 };
@@ -303,6 +403,9 @@ impl Trainer {
                 None => detached,
                 Some(sum) => sum + detached,
             });
+        }
+        if let Some(importance) = self.importance.as_mut() {
+            importance.record(t, &Tensor::cat(&losses, 0));
         }
         Ok(total.expect("at least one micro-batch"))
     }
