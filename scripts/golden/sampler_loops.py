@@ -61,9 +61,13 @@ def scheduler(name, config):
         )
     if name == "heun":
         return HeunDiscreteScheduler.from_config(config, timestep_spacing="linspace", clip_sample=False)
-    if name == "pndm":
+    if name.startswith("pndm"):
         return PNDMScheduler.from_config(
-            config, skip_prk_steps=True, timestep_spacing="leading", steps_offset=0, set_alpha_to_one=False
+            config,
+            skip_prk_steps=not name.endswith(":prk"),
+            timestep_spacing="leading",
+            steps_offset=0,
+            set_alpha_to_one=False,
         )
     raise SystemExit(f"unknown sampler {name}")
 

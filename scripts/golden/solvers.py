@@ -34,7 +34,8 @@ sees (fractional, unrounded), the input scale 1/sqrt(sigma^2 + 1) and `init_nois
 
 A third, pndm_golden.json, runs `PNDMScheduler` with `skip_prk_steps=True` (PLMS, as every diffusers
 pipeline that takes a PNDM scheduler sets it; none of diffusers 0.42's DDPM pipelines takes one),
-leading and trailing spacing, eps and v: n steps are n + 1 network evaluations. It returns no
+leading and trailing spacing, eps and v: n steps are n + 1 network evaluations; and with its
+default `skip_prk_steps=False` (3 Runge-Kutta steps of 4 evaluations first: n + 9). It returns no
 x0_hat, so only prev_sample is stored.
 
 These modules compute their schedule with numpy as well, so their `np.float32` is made float64
@@ -281,16 +282,20 @@ def sigma_main():
 
 def pndm_main():
     cases = []
-    for spacing, prediction, n_steps in [
-        ("leading", "eps", 6),
-        ("leading", "v", 5),
-        ("trailing", "eps", 4),
-        ("leading", "eps", 2),
+    for spacing, prediction, n_steps, prk in [
+        ("leading", "eps", 6, False),
+        ("leading", "v", 5, False),
+        ("trailing", "eps", 4, False),
+        ("leading", "eps", 2, False),
+        ("leading", "eps", 6, True),
+        ("leading", "v", 5, True),
+        ("trailing", "eps", 4, True),
+        ("leading", "eps", 9, True),
     ]:
         s = PNDMScheduler(
             num_train_timesteps=T,
             trained_betas=BETAS,
-            skip_prk_steps=True,
+            skip_prk_steps=not prk,
             prediction_type=PREDICTION[prediction],
             timestep_spacing=spacing,
         )
@@ -316,8 +321,8 @@ def pndm_main():
             x = f32(prev)
         cases.append(
             {
-                "name": f"pndm {spacing} {prediction} {n_steps} steps",
-                "config": {"kind": "pndm", "steps": n_steps, "spacing": spacing},
+                "name": f"pndm {spacing} {prediction} {n_steps} steps prk={prk}",
+                "config": {"kind": "pndm", "steps": n_steps, "spacing": spacing, "prk": prk},
                 "prediction": prediction,
                 "guidance": GUIDANCE,
                 "steps": evals,
@@ -325,7 +330,7 @@ def pndm_main():
         )
     fixture = {
         "generator": "scripts/golden/solvers.py",
-        "reference": "diffusers PNDMScheduler(skip_prk_steps=True) in float64",
+        "reference": "diffusers PNDMScheduler in float64, skip_prk_steps True and False",
         "schedule": {"kind": "linear", "n_steps": T, "start": 1e-4, "end": 0.02},
         "shape": list(SHAPE),
         "cases": cases,

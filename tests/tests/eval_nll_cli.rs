@@ -138,7 +138,7 @@ fn bad_flags_are_refused_before_any_work() {
 }
 
 /// A run trained with learned variances (the hybrid loss, 2·C output channels) records them,
-/// and `eval nll` scores it with its own variance; the samplers refuse it, naming the setting.
+/// and `eval nll` scores it with its own variance; `ddpm sample` samples it with that variance.
 #[test]
 fn a_learned_variance_run_trains_and_is_scored_with_its_variance() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,12 +158,28 @@ fn a_learned_variance_run_trains_and_is_scored_with_its_variance() {
     let report = nll(&run_dir, &images, &out, &[]);
     assert_eq!(report["variance"], "learned_range");
     assert!(report["bits_per_dim"].as_f64().unwrap().is_finite());
-    let grid = dir.path().join("grid.png");
-    let sampled = e2e::sample_cpu(&run_dir, &["--grid", path_arg(&grid)]);
-    assert!(!sampled.status.success());
-    assert!(
-        stderr_of(&sampled).contains("learned_range"),
-        "{}",
-        stderr_of(&sampled)
-    );
+    // The samplers use the learned variance: DDPM over all T steps and over a respaced chain
+    // of 5 (the NFE says which), and DDIM with η > 0.
+    for (name, flags, nfe) in [
+        ("full", &["--sampler", "ddpm"][..], "NFE 50 per image"),
+        (
+            "respaced",
+            &["--sampler", "ddpm", "--steps", "5"][..],
+            "NFE 5 per image",
+        ),
+        (
+            "ddim",
+            &["--sampler", "ddim", "--steps", "5", "--eta", "1"][..],
+            "NFE 5 per image",
+        ),
+    ] {
+        let grid = dir.path().join(format!("{name}.png"));
+        let mut args = vec!["-n", "2", "--grid", path_arg(&grid)];
+        args.extend_from_slice(flags);
+        let sampled = e2e::sample_cpu(&run_dir, &args);
+        let err = stderr_of(&sampled);
+        assert!(sampled.status.success(), "{name}: {err}");
+        assert!(err.contains(nfe), "{name}: {err}");
+        assert!(image::open(&grid).is_ok(), "{name}");
+    }
 }

@@ -264,7 +264,17 @@ fn bad_input_fails_before_sampling_naming_the_file_or_flag() {
     fails(&ckpt, &["--sampler", "ddim", "--eta", "2"], &["--eta 2"]);
     fails(&ckpt, &["-n", "0"], &["--n-images 0"]);
     fails(&ckpt, &["--batch", "0"], &["--batch 0"]);
-    fails(&ckpt, &["--sampler", "ddpm", "--steps", "10"], &["--steps"]);
+    // DDPM takes --steps (a respaced chain), but not --spacing without it, nor more than T.
+    fails(
+        &ckpt,
+        &["--sampler", "ddpm", "--spacing", "trailing"],
+        &["--spacing", "--steps"],
+    );
+    fails(
+        &ckpt,
+        &["--sampler", "ddpm", "--steps", "51"],
+        &["--steps 51", "T = 50"],
+    );
     // Unwritable output paths: under a regular file.
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();

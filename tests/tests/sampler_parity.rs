@@ -40,6 +40,7 @@ const SAMPLERS: &[(&str, usize, &[&str])] = &[
     ),
     ("heun", 6, &["--sampler", "heun"]),
     ("pndm", 10, &["--sampler", "pndm"]),
+    ("pndm:prk", 6, &["--sampler", "pndm", "--prk"]),
 ];
 
 fn folder() -> PathBuf {

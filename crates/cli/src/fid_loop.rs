@@ -122,6 +122,7 @@ impl FidLoopArgs {
             timesteps: None,
             order: self.eval_order,
             sde: false,
+            prk: false,
             unipc_variant: None,
             no_clip: false,
             guidance: None,

@@ -12,7 +12,8 @@ use schedule::{TimestepSpacing, VarianceType};
 /// Which reverse process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SamplerKind {
-    /// Ancestral sampling over all T steps (Ho et al. 2020, Alg. 2).
+    /// Ancestral sampling (Ho et al. 2020, Alg. 2) over all T steps, or over --steps of them
+    /// with the betas of that chain recomputed (Improved DDPM).
     Ddpm,
     /// DDIM over --steps steps with --eta (Song et al. 2021).
     Ddim,
@@ -122,19 +123,20 @@ pub struct SamplerArgs {
     /// ddpm).
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerKind>,
-    /// DDPM's reverse variance.
+    /// DDPM's reverse variance (a network that learns its variance uses its own).
     #[arg(long, value_enum, default_value = "large")]
     pub variance: VarianceArg,
-    /// Every sampler but ddpm: sampling steps, at most T (default 50 for DDIM, 20 for the
-    /// others; Heun evaluates the network 2 * steps - 1 times).
+    /// Sampling steps, at most T (default: all T for DDPM, which over fewer steps recomputes
+    /// the betas of the respaced chain; 50 for DDIM, 20 for the others; Heun evaluates the
+    /// network 2 * steps - 1 times).
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM: η in [0, 1]; 0 is deterministic, 1 is DDPM-like.
     #[arg(long)]
     pub eta: Option<f64>,
-    /// Every sampler but ddpm: how the steps are spread (default leading for DDIM, linspace
-    /// for euler, heun and euler-ancestral, trailing for the others); karras only for those
-    /// three sigma-space samplers, quadratic only for the others.
+    /// How the steps are spread (default leading for DDPM with --steps and DDIM, linspace for
+    /// euler, heun and euler-ancestral, trailing for the others); karras only for those three
+    /// sigma-space samplers, quadratic only for the others.
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingArg>,
     /// Every sampler but ddpm: the timesteps themselves, largest first, each below T
@@ -148,6 +150,10 @@ pub struct SamplerArgs {
     /// DPM-Solver++: the stochastic SDE variant (sde-dpmsolver++), which draws noise each step.
     #[arg(long)]
     pub sde: bool,
+    /// PNDM: start with 3 pseudo Runge-Kutta steps of 4 network evaluations each (diffusers'
+    /// skip_prk_steps=False; NFE steps + 9) instead of PLMS's second-order start.
+    #[arg(long)]
+    pub prk: bool,
     /// UniPC: B(h) (default bh2).
     #[arg(long, value_enum)]
     pub unipc_variant: Option<UniPcVariantArg>,
@@ -227,6 +233,9 @@ impl SamplerArgs {
         if kind != SamplerKind::DpmSolverPp && self.sde {
             bail!("--sde applies to --sampler dpm-solver++ only, not --sampler {name}");
         }
+        if kind != SamplerKind::Pndm && self.prk {
+            bail!("--prk applies to --sampler pndm only, not --sampler {name}");
+        }
         if kind != SamplerKind::Unipc && self.unipc_variant.is_some() {
             bail!("--unipc-variant applies to --sampler unipc only, not --sampler {name}");
         }
@@ -269,6 +278,30 @@ impl SamplerArgs {
         })
     }
 
+    /// DDPM over all T steps, or over `steps` of them spread by `spacing` (a respaced chain).
+    fn ddpm_config(
+        &self,
+        n_train_steps: usize,
+        steps: Option<usize>,
+        spacing: TimestepSpacing,
+    ) -> Result<SamplerConfig> {
+        if self.timesteps.is_some() {
+            bail!("--timesteps does not apply to --sampler ddpm, which takes all T = {n_train_steps} steps or --steps N of them: use --steps, or --sampler ddim, dpm-solver++ or unipc");
+        }
+        if steps.is_none() && self.spacing.is_some() {
+            bail!("--spacing applies to --sampler ddpm with --steps N only (without it, the chain takes all T = {n_train_steps} steps)");
+        }
+        let variance = match self.variance {
+            VarianceArg::Large => VarianceType::FixedLarge,
+            VarianceArg::Small => VarianceType::FixedSmall,
+        };
+        Ok(SamplerConfig::Ddpm {
+            variance,
+            steps,
+            spacing,
+        })
+    }
+
     fn config_with(&self, n_train_steps: usize, default: SamplerKind) -> Result<SamplerConfig> {
         let kind = self.sampler.unwrap_or(default);
         let name = kind.name();
@@ -296,19 +329,11 @@ impl SamplerArgs {
         };
         self.check_applies(kind)?;
         let config = match kind {
-            SamplerKind::Ddpm => {
-                if self.steps.is_some() || self.spacing.is_some() {
-                    bail!("--steps and --spacing do not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim or dpm-solver++");
-                }
-                if self.timesteps.is_some() {
-                    bail!("--timesteps does not apply to --sampler ddpm, which takes all T = {n_train_steps} steps: use --sampler ddim, dpm-solver++ or unipc");
-                }
-                let variance = match self.variance {
-                    VarianceArg::Large => VarianceType::FixedLarge,
-                    VarianceArg::Small => VarianceType::FixedSmall,
-                };
-                SamplerConfig::Ddpm { variance }
-            }
+            SamplerKind::Ddpm => self.ddpm_config(
+                n_train_steps,
+                self.steps.map(|_| steps(n_train_steps)).transpose()?,
+                spacing(SpacingArg::Leading)?,
+            )?,
             SamplerKind::Ddim => {
                 let eta = self.eta.unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&eta) {
@@ -352,6 +377,7 @@ impl SamplerArgs {
                 SamplerConfig::Pndm {
                     steps: steps(50)?,
                     spacing,
+                    prk: self.prk,
                 }
             }
             SamplerKind::Euler | SamplerKind::Heun | SamplerKind::EulerAncestral => {
@@ -480,6 +506,13 @@ mod tests {
         assert!(config("--sampler euler-ancestral").unwrap().is_stochastic());
         let pndm = config("--sampler pndm --steps 10").unwrap();
         assert_eq!(pndm.nfe(1000).unwrap(), 11);
+        let prk = config("--sampler pndm --steps 10 --prk").unwrap();
+        assert_eq!(prk.nfe(1000).unwrap(), 19);
+        let m = format!(
+            "{:#}",
+            config("--sampler pndm --steps 3 --prk").unwrap_err()
+        );
+        assert!(m.contains("steps = 3") && m.contains("prk"), "{m}");
         for (flags, named) in [
             (
                 "--sampler heun --spacing quadratic",
@@ -498,6 +531,7 @@ mod tests {
                 "--sampler pndm --spacing linspace",
                 ["--spacing", "--sampler pndm"],
             ),
+            ("--sampler ddim --prk", ["--prk", "--sampler ddim"]),
             (
                 "--sampler pndm --timesteps 9,0",
                 ["--timesteps", "--sampler pndm"],

@@ -45,6 +45,7 @@ impl SamplerSpec {
             let (key, value) = match part {
                 "" => bail!("{flag} `{spec}`: an empty part between colons"),
                 "sde" => ("--sde", None),
+                "prk" => ("--prk", None),
                 "small" | "large" => ("--variance", Some(part)),
                 _ if part.bytes().all(|b| b.is_ascii_digit()) => ("--order", Some(part)),
                 _ => match part.strip_prefix("eta=") {
@@ -117,6 +118,10 @@ impl SamplerSpec {
             "heun" => Some((
                 nfe.div_ceil(2),
                 " (2 per step but the last: heun takes an odd NFE)",
+            )),
+            "pndm" if self.flags.iter().any(|f| f == "--prk") => Some((
+                nfe.saturating_sub(9),
+                " (steps + 9: pndm:prk takes an NFE of 13 and up)",
             )),
             "pndm" => Some((
                 nfe.max(2) - 1,
@@ -217,6 +222,18 @@ mod tests {
         assert!(
             matches!(pndm, SamplerConfig::Pndm { steps: 9, .. }),
             "{pndm:?}"
+        );
+        let prk = config("pndm:prk", 19).unwrap();
+        assert!(
+            matches!(
+                prk,
+                SamplerConfig::Pndm {
+                    steps: 10,
+                    prk: true,
+                    ..
+                }
+            ),
+            "{prk:?}"
         );
         let m = format!("{:#}", config("pndm", 2).unwrap_err());
         assert!(m.contains("NFE 2") && m.contains("pndm"), "{m}");

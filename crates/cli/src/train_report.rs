@@ -217,7 +217,16 @@ pub fn report_best(trainer: &Trainer) {
 /// `DDIM, 50 steps` and the like.
 fn describe_sampler(sampler: &sample::SamplerConfig) -> String {
     match sampler {
-        sample::SamplerConfig::Ddpm { variance } => format!("DDPM, all steps, {variance:?}"),
+        sample::SamplerConfig::Ddpm {
+            variance,
+            steps: None,
+            ..
+        } => format!("DDPM, all steps, {variance:?}"),
+        sample::SamplerConfig::Ddpm {
+            variance,
+            steps: Some(steps),
+            ..
+        } => format!("DDPM, {steps} respaced steps, {variance:?}"),
         sample::SamplerConfig::Ddim { steps, eta, .. } => format!("DDIM, {steps} steps, eta {eta}"),
         sample::SamplerConfig::DpmSolverPp {
             steps, order, sde, ..

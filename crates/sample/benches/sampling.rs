@@ -90,12 +90,7 @@ fn benches(c: &mut Criterion) {
         .unwrap_or(2);
     tch::set_num_threads(threads);
     let gpu = device().is_cuda();
-    let ddpm = (
-        "ddpm",
-        SamplerConfig::Ddpm {
-            variance: VarianceType::FixedLarge,
-        },
-    );
+    let ddpm = ("ddpm", SamplerConfig::ddpm(VarianceType::FixedLarge));
     let ddim = (
         "ddim50",
         SamplerConfig::Ddim {

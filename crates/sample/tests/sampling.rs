@@ -248,13 +248,7 @@ fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distri
         &Schedule::new(&BetaSchedule::ho2020()).unwrap(),
         Device::Cpu,
     );
-    let ddpm = toy_samples(
-        &st,
-        &SamplerConfig::Ddpm {
-            variance: VarianceType::FixedSmall,
-        },
-        1,
-    );
+    let ddpm = toy_samples(&st, &SamplerConfig::ddpm(VarianceType::FixedSmall), 1);
     let ddim = toy_samples(
         &st,
         &SamplerConfig::Ddim {
@@ -304,13 +298,7 @@ fn ddim_with_eta_1_over_all_steps_matches_ddpm_with_posterior_variance_in_distri
 fn ddim_with_eta_1_over_all_steps_is_the_ddpm_chain_for_the_same_noise() {
     one_thread();
     let st = toy_schedule();
-    let ddpm = toy_samples(
-        &st,
-        &SamplerConfig::Ddpm {
-            variance: VarianceType::FixedSmall,
-        },
-        5,
-    );
+    let ddpm = toy_samples(&st, &SamplerConfig::ddpm(VarianceType::FixedSmall), 5);
     let ddim = toy_samples(
         &st,
         &SamplerConfig::Ddim {
@@ -444,9 +432,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
         ..options()
     };
     for config in [
-        SamplerConfig::Ddpm {
-            variance: VarianceType::FixedLarge,
-        },
+        SamplerConfig::ddpm(VarianceType::FixedLarge),
         SamplerConfig::Ddim {
             steps: 5,
             eta: 0.5,
@@ -559,9 +545,7 @@ fn batches_are_seeded_by_index_and_do_not_depend_on_the_count() {
 #[test]
 fn samplers_with_their_own_generators_are_independent_and_reproducible() {
     one_thread();
-    let config = SamplerConfig::Ddpm {
-        variance: VarianceType::FixedLarge,
-    };
+    let config = SamplerConfig::ddpm(VarianceType::FixedLarge);
     let shape = [2i64, 3, 8, 8];
     // Step by step, by hand: the chain of one generator alone.
     let chain = |gens: &mut [Generator], interleave: bool| {
@@ -805,9 +789,7 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
     let labels = vec![0i64, 1, 1, 0, 1];
     let (w, seed, shape) = (3.0, 9u64, [5i64, 1, 2, 2]);
     for config in [
-        SamplerConfig::Ddpm {
-            variance: VarianceType::FixedSmall,
-        },
+        SamplerConfig::ddpm(VarianceType::FixedSmall),
         SamplerConfig::Ddim {
             steps: 5,
             eta: 0.5,
@@ -833,6 +815,12 @@ fn guided_sampling_is_the_guided_step_loop_for_every_sampler() {
         SamplerConfig::Pndm {
             steps: 4,
             spacing: TimestepSpacing::Leading,
+            prk: false,
+        },
+        SamplerConfig::Pndm {
+            steps: 5,
+            spacing: TimestepSpacing::Trailing,
+            prk: true,
         },
     ] {
         for prediction in [Prediction::Eps, Prediction::V] {

@@ -338,9 +338,7 @@ impl<'a> Bare<'a> {
 
 /// DDPM and DDIM-50 on `sampling_sched`, each at its first timestep at or below 500.
 fn samplers_at_500(sampling_sched: &ScheduleTensors) -> Vec<(Sampler<'_>, usize)> {
-    let ddpm = SamplerConfig::Ddpm {
-        variance: VarianceType::FixedLarge,
-    };
+    let ddpm = SamplerConfig::ddpm(VarianceType::FixedLarge);
     let ddim = SamplerConfig::Ddim {
         steps: 50,
         eta: 0.0,

@@ -211,8 +211,7 @@ impl Pipeline {
     /// The batches of `plan` with `sampler` and [`Pipeline::options`] (see [`sample_batches`]).
     ///
     /// # Errors
-    /// As [`sample_batches`]; [`SampleError::Config`] for a learned-variance network, which the
-    /// samplers do not support yet.
+    /// As [`sample_batches`].
     pub fn sample_batches<'a, F: FnMut(usize, usize)>(
         &'a self,
         sampler: &SamplerConfig,
@@ -220,13 +219,6 @@ impl Pipeline {
         plan: BatchPlan,
         on_step: F,
     ) -> Result<SampleBatches<'a, F>, SampleError> {
-        if self.spec.variance == model::VarianceOutput::LearnedRange {
-            return Err(SampleError::Config(format!(
-                "{}: the samplers do not read a learned variance (`learned_range`) yet; \
-                 `ddpm eval nll` scores such a model",
-                self.spec.dir.display()
-            )));
-        }
         sample_batches(
             self.net.as_ref(),
             &self.sched,

@@ -27,6 +27,14 @@ fn is_two(order: &usize) -> bool {
     *order == 2
 }
 
+fn leading() -> TimestepSpacing {
+    TimestepSpacing::Leading
+}
+
+fn is_leading(spacing: &TimestepSpacing) -> bool {
+    *spacing == TimestepSpacing::Leading
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -35,10 +43,20 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SamplerConfig {
-    /// Ancestral sampling over all T steps with σ_t² = β_t (`fixed_large`) or β̃_t (`fixed_small`).
+    /// Ancestral sampling (Ho et al. 2020, Alg. 2) with σ_t² = β_t (`fixed_large`) or β̃_t
+    /// (`fixed_small`), or the network's learned variance when it outputs 2·C channels; over all
+    /// T steps, or over `steps` of them as a chain of its own whose betas are recomputed,
+    /// β' = 1 − ᾱ_t/ᾱ_prev (Improved DDPM §4, diffusers' `DDPMScheduler` with
+    /// `num_inference_steps`).
     Ddpm {
-        /// The reverse variance.
+        /// The reverse variance (when the network does not learn it).
         variance: VarianceType,
+        /// Respaced sampling over this many of the T steps; absent: all T.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps: Option<usize>,
+        /// How the `steps` are spread over 0..T (`leading`, diffusers' default, when absent).
+        #[serde(default = "leading", skip_serializing_if = "is_leading")]
+        spacing: TimestepSpacing,
     },
     /// DDIM over `steps` of the T steps; η = 0 is deterministic, η = 1 over all T steps is
     /// DDPM with σ_t² = β̃_t.
@@ -119,13 +137,17 @@ pub enum SamplerConfig {
     },
     /// PLMS, PNDM's pseudo linear multistep method (Liu et al. 2022): diffusers' `PNDMScheduler`
     /// with `skip_prk_steps=True`. n steps take n + 1 network evaluations (the second step's
-    /// timestep twice).
+    /// timestep twice); with `prk`, PNDM proper (`skip_prk_steps=False`): three Runge–Kutta
+    /// steps of 4 evaluations first, n + 9 in all.
     Pndm {
-        /// Number of steps (≤ T).
+        /// Number of steps (≤ T; at least 4 with `prk`).
         steps: usize,
         /// `leading` (diffusers' default) or `trailing`: PLMS steps by ⌊T/steps⌋, so it takes
         /// no spacing whose steps differ.
         spacing: TimestepSpacing,
+        /// The Runge–Kutta warm-up (diffusers' `skip_prk_steps=False`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        prk: bool,
     },
     /// Euler ancestral in σ-space: each step goes to σ_down and adds noise of σ_up, diffusers'
     /// `EulerAncestralDiscreteScheduler`.
@@ -143,8 +165,15 @@ pub enum SamplerConfig {
 impl SamplerConfig {
     /// The notebook's sampler: ancestral, σ_t² = β̃_t (its `posterior_variance`).
     pub fn seed_notebook() -> Self {
+        Self::ddpm(VarianceType::FixedSmall)
+    }
+
+    /// DDPM over all T steps with `variance`.
+    pub fn ddpm(variance: VarianceType) -> Self {
         SamplerConfig::Ddpm {
-            variance: VarianceType::FixedSmall,
+            variance,
+            steps: None,
+            spacing: TimestepSpacing::Leading,
         }
     }
 
@@ -186,9 +215,11 @@ impl SamplerConfig {
                 let heun = matches!(self, SamplerConfig::Heun { .. });
                 Ok(if heun { 2 * steps - 1 } else { *steps })
             }
-            SamplerConfig::Pndm { .. } => {
-                Ok(super::pndm::evaluations(self.timesteps(n_train_steps)?.as_slice()).len())
-            }
+            SamplerConfig::Pndm { prk, .. } => Ok(super::pndm::evaluations(
+                self.timesteps(n_train_steps)?.as_slice(),
+                prk.then_some(n_train_steps),
+            )
+            .len()),
             _ => Ok(self.timesteps(n_train_steps)?.len()),
         }
     }
@@ -275,7 +306,12 @@ impl SamplerConfig {
             }
         };
         match self {
-            SamplerConfig::Ddpm { .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddpm { steps: None, .. } => Ok(Timesteps::full(n_train_steps)),
+            SamplerConfig::Ddpm {
+                steps: Some(steps),
+                spacing,
+                ..
+            } => sub(*steps, *spacing, &None),
             SamplerConfig::Ddim {
                 steps,
                 eta,
@@ -306,7 +342,13 @@ impl SamplerConfig {
                 check_order(*order)?;
                 sub(*steps, *spacing, timesteps)
             }
-            SamplerConfig::Pndm { steps, spacing } => match spacing {
+            SamplerConfig::Pndm { steps, prk, .. } if *prk && *steps < 4 => {
+                Err(SampleError::Config(format!(
+                    "steps = {steps} is too few for PNDM's Runge–Kutta warm-up (prk), which takes \
+                     3 steps before the multistep ones: at least 4"
+                )))
+            }
+            SamplerConfig::Pndm { steps, spacing, .. } => match spacing {
                 TimestepSpacing::Leading | TimestepSpacing::Trailing => {
                     sub(*steps, *spacing, &None)
                 }

@@ -35,6 +35,7 @@ use schedule::tensor::{ScheduleTensors, StepOutput};
 use schedule::Timesteps;
 use tch::Tensor;
 
+use crate::likelihood::{split_output, ModelVariance};
 use crate::SampleError;
 
 /// The network's output at one step, read as the solvers need it: x̂_0, or x̂_0 and ε̂ (Ho et
@@ -49,6 +50,9 @@ pub struct Denoised<'a> {
     pub t: usize,
     /// σ of a σ-space sampler: `x_t` is then x_σ = x_t/√ᾱ, and the network saw x_σ/√(σ² + 1).
     sigma: Option<f64>,
+    /// v_Σ ∈ [−1, 1] of a network that learns its variance (the second half of its 2·C output
+    /// channels, Improved DDPM Eq. 15; `output` is then the first half); `None` for a fixed one.
+    pub model_v: Option<&'a Tensor>,
     sched: &'a ScheduleTensors,
     prediction: Prediction,
     clip_x0: bool,
@@ -233,8 +237,9 @@ impl<'a> Sampler<'a> {
             });
         }
         let timesteps = config.timesteps(sched.schedule().n_steps())?;
-        if let SamplerConfig::Pndm { steps, .. } = config {
-            let evals = pndm::evaluations(timesteps.as_slice());
+        if let SamplerConfig::Pndm { steps, prk, .. } = config {
+            let n_train = sched.schedule().n_steps();
+            let evals = pndm::evaluations(timesteps.as_slice(), prk.then_some(n_train));
             return Ok(Self {
                 sched,
                 prediction,
@@ -246,6 +251,7 @@ impl<'a> Sampler<'a> {
                     *steps,
                     prediction,
                     clip_x0,
+                    *prk,
                 )),
                 timesteps: evals,
                 sigmas: None,
@@ -253,7 +259,9 @@ impl<'a> Sampler<'a> {
             });
         }
         let solver: Box<dyn Solver + 'a> = match config {
-            SamplerConfig::Ddpm { variance } => Box::new(ddpm::Ddpm::new(sched, *variance)),
+            SamplerConfig::Ddpm { variance, .. } => {
+                Box::new(ddpm::Ddpm::new(sched, *variance, timesteps.clone()))
+            }
             SamplerConfig::Ddim { eta, .. } => {
                 Box::new(ddim::Ddim::new(sched, timesteps.clone(), *eta))
             }
@@ -345,11 +353,13 @@ impl<'a> Sampler<'a> {
     /// One step from `x_t` at `timesteps()[i]` to the next timestep (or to x_0 after the last),
     /// given the network's output there. The equations are in each solver's module. For a
     /// σ-space sampler `x_t` is the unscaled sample (the network saw it times
-    /// [`Sampler::input_scale`]), as in diffusers.
+    /// [`Sampler::input_scale`]), as in diffusers. An output of 2·C channels is a network that
+    /// learns its variance (Improved DDPM): the prediction, then v_Σ, which DDPM and DDIM with
+    /// η > 0 use for σ² and the other solvers ignore.
     ///
     /// # Shapes
-    /// `model_output`, `x_t` and `noise` (z ~ N(0, I)): `[N, C, H, W]` f32. Both outputs
-    /// `[N, C, H, W]`.
+    /// `model_output`: `[N, C, H, W]` or `[N, 2C, H, W]`; `x_t` and `noise` (z ~ N(0, I)):
+    /// `[N, C, H, W]` f32. Both outputs `[N, C, H, W]`.
     ///
     /// # Panics
     /// When `i` is not a step index, or `noise` is `None` where [`Sampler::needs_noise`].
@@ -367,11 +377,18 @@ impl<'a> Sampler<'a> {
                 "step {i} (t = {t}) adds noise: pass a noise tensor"
             );
         }
+        let learned = model_output.size()[1] == 2 * x_t.size()[1];
+        let (output, model_v) = if learned {
+            split_output(model_output, ModelVariance::LearnedRange)
+        } else {
+            (model_output.shallow_clone(), None)
+        };
         let out = Denoised {
-            output: model_output,
+            output: &output,
             x_t,
             t,
             sigma: self.sigmas.as_ref().map(|s| s[i]),
+            model_v: model_v.as_ref(),
             sched: self.sched,
             prediction: self.prediction,
             clip_x0: self.clip_x0,

@@ -231,14 +231,6 @@ impl TrainConfig {
                 2 * c_in
             ));
         }
-        if learned && (self.sample_every_epochs > 0 || self.eval_every > 0) {
-            return bad(
-                "objective.variance = \"learned_range\": the samplers do not read a learned \
-                 variance yet, so set sample_every_epochs = 0 and eval_every = 0 (score the run \
-                 with `ddpm eval nll`)"
-                    .into(),
-            );
-        }
         self.optim.validate()?;
         self.ema.validate()?;
         self.distributed.validate()?;
