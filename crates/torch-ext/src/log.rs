@@ -1,6 +1,6 @@
 //! libtorch's own log lines. c10d logs every failed attempt to reach a rendezvous store as an
 //! error with the exception's C++ backtrace (about 25 frames each), before the rank group
-//! returns the error that says what to do ([`crate::dist::DistError`]); other libtorch code
+//! returns the error that says what to do (`dist::DistError`); other libtorch code
 //! logs warnings the same way. A program that reports errors itself turns them off at its
 //! start with [`quiet_cpp_logs`]; `TORCH_CPP_LOG_LEVEL` (INFO, WARNING, ERROR or FATAL, as in
 //! PyTorch) turns them back on.
