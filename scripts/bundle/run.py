@@ -13,6 +13,10 @@ LD_LIBRARY_PATH to that torch's lib/ so that the Rust binaries load the same lib
    under `torch.compile`;
 4. DDIM-50 sampling throughput (50 steps of the U-Net at batch 128, Rust and PyTorch);
 5. the peak bytes in live CUDA tensors of each training run;
+6. activation checkpointing's memory and time: one forward and backward pass of the 114M 256²
+   U-Net at batch 16 with and without checkpointing, ours (`bin/checkpoint_memory`) beside
+   diffusers' `UNet2DModel` with `enable_gradient_checkpointing()` on and off, each in a process
+   of its own, the peak bytes in live CUDA tensors and the median step time;
 
 and writes everything to one JSON report. Every piece has a time limit, so that the whole run
 stays within about 10 minutes; a piece that fails or times out is recorded as such and the run
@@ -45,11 +49,12 @@ def finite(value):
     return value
 
 
-def run(cmd, timeout, env=None):
-    """Runs `cmd`; returns a record with the exit code, seconds and the output's tail."""
+def run(cmd, timeout, env=None, stdin_text=None):
+    """Runs `cmd` (with `stdin_text` on its standard input); returns a record with the exit code,
+    seconds and the output's tail."""
     start = time.monotonic()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, input=stdin_text)
         code, text, stdout = out.returncode, out.stdout + out.stderr, out.stdout
     except subprocess.TimeoutExpired as e:
         code, stdout = None, ""
@@ -263,7 +268,48 @@ def sections(args, smoke, device, batch, warm, steps, ddim_steps, limit, report,
         sampling[name] = record
         print(f"   {name}: {record.get('images_per_s', record.get('error', '?'))}", flush=True)
     report["ddim50_sampling"] = sampling
+    save()
+
+    print("== activation checkpointing: memory and step time", flush=True)
+    report["checkpointing_memory"] = checkpointing_memory(smoke, device, out_of_time)
 
 
-if __name__ == "__main__":
-    main()
+def key_values(text):
+    """`a=1.0 b=2.5` (the last such line of `text`) as {"a": 1.0, "b": 2.5}."""
+    lines = [l for l in text.splitlines() if "=" in l and "peak_rss_mib" in l]
+    if not lines:
+        return {}
+    return {k: float(v) for k, v in (pair.split("=", 1) for pair in lines[-1].split())}
+
+
+def checkpointing_memory(smoke, device, out_of_time):
+    """Ours beside diffusers, plain and checkpointed (the reduced-width network on the CPU in
+    the smoke run); the activation memory is the peak less the memory before the pass."""
+    ours = HERE / "bin/checkpoint_memory"
+    size = [] if smoke else ["--full"]
+    config = run([ours, *size, "--print-config"], 60)
+    if not config["ok"]:
+        return {"error": config["output_tail"]}
+    args = [*size, "--device", device, "--batch", "1" if smoke else "16", "--steps", "1" if smoke else "3"]
+    peer = [sys.executable, HERE / "scripts/bench/checkpoint_memory_peer.py"]
+    results = {"batch": 1 if smoke else 16, "network": "reduced-width 256²" if smoke else "ho2020_256 (114M)"}
+    for name, cmd in [("ours", [ours]), ("diffusers", peer)]:
+        for mode, flag in [("plain", []), ("checkpointing", ["--checkpointing"])]:
+            if out_of_time():
+                results[f"{name}_{mode}"] = {"error": "skipped: out of time"}
+                continue
+            record = run([*cmd, *flag, *args], 240, stdin_text=config["stdout"])
+            results[f"{name}_{mode}"] = {**key_values(record["stdout"]), "ok": record["ok"],
+                                         "seconds": record["seconds"]}
+            if not record["ok"]:
+                results[f"{name}_{mode}"]["error"] = record["output_tail"]
+            print(f"   {name} {mode}: {results[f'{name}_{mode}']}", flush=True)
+    peak = "peak_cuda_mib" if device == "cuda" else "peak_rss_mib"
+    before = "cuda_before_mib" if device == "cuda" else "rss_before_mib"
+    for name in ["ours", "diffusers"]:
+        plain, ckpt = results.get(f"{name}_plain", {}), results.get(f"{name}_checkpointing", {})
+        if all(k in r for r in (plain, ckpt) for k in (peak, before, "step_ms")):
+            cut = (plain[peak] - plain[before]) / max(ckpt[peak] - ckpt[before], 1e-9)
+            results[f"{name}_activation_cut"] = cut
+            results[f"{name}_checkpointing_time_ratio"] = ckpt["step_ms"] / plain["step_ms"]
+    return results

@@ -385,3 +385,52 @@ pub mod markdown {
     #[doc = include_str!("../../docs/datasets.md")]
     pub struct Datasets;
 }
+
+/// Unmounts a tmpfs when dropped, whatever the test did.
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`8m`) on `dir`, made if missing; the error is `mount`'s
+    /// (not root, not Linux).
+    pub fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Self(dir.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let done = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Fills the file system under `dir` until a write fails with "no space left".
+pub fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk) {
+            assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+            return;
+        }
+    }
+}

@@ -181,3 +181,65 @@ fn sigterm_during_a_background_write_leaves_it_and_the_previous_one_complete() {
     );
     assert!(!stdout_of(&out).contains("BAD"), "{}", stdout_of(&out));
 }
+
+/// A stop request that comes while a step waits for the writer (the previous checkpoint is
+/// still being written) lets the step's own write finish and stops: that step is not written a
+/// second time, which would double the stop time.
+#[test]
+fn a_stop_while_a_step_waits_for_the_writer_writes_that_step_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 64);
+    let run_dir = dir.path().join("run");
+    let args = train_args(
+        &data,
+        &run_dir,
+        &[
+            "--max-steps",
+            "100000",
+            "--epochs",
+            "100000",
+            "--set",
+            "keep_last=10",
+            "--set",
+            "log_every=1",
+        ],
+    );
+    // Each write pauses 2.5 s between its files (about 5 s a write), so steps 5 and 6 finish
+    // while step 4's is written, and step 6 then waits for it.
+    let mut child = spawn(&args, &[("DDPM_FAULT_CHECKPOINT_PAUSE_MS", "2500")]);
+    let metrics = run_dir.join("metrics.jsonl");
+    let step_4 = run_dir.join("checkpoints/step-00000004");
+    wait_for("step 6 logged", Duration::from_secs(240), || {
+        std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"step\":6,"))
+    });
+    assert!(
+        !step_4.exists(),
+        "step 4's checkpoint was complete before step 6: the write was not slow enough"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    kill(child.id(), "-TERM");
+    let signalled = std::time::Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(120), "SIGTERM");
+    let stop_time = signalled.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&out);
+    eprintln!("stop time {:.1} s", stop_time.as_secs_f64());
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: checkpoint at step 6 "),
+        "{stderr}"
+    );
+    for step in ["step-00000004", "step-00000006"] {
+        let reports = stderr
+            .lines()
+            .filter(|l| l.starts_with("checkpoint ") && l.trim_end().ends_with(step))
+            .count();
+        assert_eq!(reports, 1, "{step} reported {reports} times: {stderr}");
+    }
+    assert_eq!(
+        complete_checkpoints(&run_dir),
+        ["step-00000002", "step-00000004", "step-00000006"]
+    );
+    // The rest of step 4's write and step 6's (about 10 s here), not a third write.
+    assert!(stop_time < Duration::from_secs(14), "{stop_time:?}");
+}

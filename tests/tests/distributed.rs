@@ -390,6 +390,11 @@ fn setup_errors_are_reported_before_training() {
             !stderr.contains(" per epoch), from step"),
             "training started: {stderr}"
         );
+        // One line, without libtorch's log lines and their C++ backtraces.
+        assert!(
+            !stderr.contains("frame #") && !stderr.contains("Exception raised from"),
+            "{stderr}"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -423,6 +428,22 @@ fn setup_errors_are_reported_before_training() {
         &rank(1, "127.0.0.1", free),
         &[&format!(
             "rank 1 of 2: cannot reach the rendezvous store at 127.0.0.1:{free}"
+        )],
+    );
+    // A lone rank 0: nobody joins it.
+    check(
+        &args,
+        &rank(0, "127.0.0.1", free),
+        &["rank 0 of 2: not all 2 ranks joined the rendezvous store"],
+    );
+    // torchrun's agent store, missing (TORCHELASTIC_USE_AGENT_STORE without torchrun).
+    let mut agent = rank(0, "127.0.0.1", free);
+    agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True".to_string()));
+    check(
+        &args,
+        &agent,
+        &[&format!(
+            "rank 0 of 2: cannot reach the rendezvous store at 127.0.0.1:{free}"
         )],
     );
     // The global batch does not split over the ranks.
@@ -923,4 +944,132 @@ fn a_restarted_rank_resumes_its_own_run_without_resume_and_refuses_another() {
         records,
         "the refused start wrote metrics"
     );
+}
+
+/// `ddpm sample` arguments for a long draw from `run_dir` (DDPM, 64 images in batches of 2),
+/// then `extra`.
+fn long_sample_args(run_dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "sample",
+        "--checkpoint",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-n",
+        "64",
+        "--batch",
+        "2",
+        "--sampler",
+        "ddpm",
+        "--threads",
+        "1",
+        "--npz",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The launcher speaks of the work it launched: a Ctrl-C to sharded sampling is a stop, not
+/// a failure of training (status 130, as the shell reports SIGINT), and a sampling rank that
+/// dies fails "sampling".
+#[test]
+fn the_launcher_of_sampling_reports_a_ctrl_c_as_a_stop_and_a_dead_rank_as_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let out = dir.path().join("x.npz");
+    let args = long_sample_args(&run_dir, &out, &["--nproc-per-node", "2"]);
+
+    let log = dir.path().join("sigint.log");
+    let launcher = spawn_launcher(&args, &log);
+    wait_for("the sampling line", Duration::from_secs(60), || {
+        read(&log).contains("(2 ranks, ")
+    });
+    kill(launcher.id(), "-INT");
+    let (status, _) = wait_output(launcher, Duration::from_secs(30), "the launcher");
+    let stderr = read(&log);
+    assert_eq!(status.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: sampling stopped by Ctrl-C (SIGINT) (rank "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("training"), "{stderr}");
+    assert!(!out.exists());
+
+    let log = dir.path().join("kill.log");
+    let launcher = spawn_launcher(&args, &log);
+    wait_for("the sampling line", Duration::from_secs(60), || {
+        read(&log).contains("(2 ranks, ")
+    });
+    let pids = launcher_pids(&read(&log)).expect("the launcher prints the ranks' PIDs");
+    kill(pids[1], "-KILL");
+    let (status, _) = wait_output(launcher, Duration::from_secs(30), "the launcher");
+    let stderr = read(&log);
+    assert_eq!(status.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: data-parallel sampling failed: rank 1 was killed by signal 9"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("training") && !stderr.contains("--resume"),
+        "{stderr}"
+    );
+}
+
+/// When a sampling rank dies, rank 0's error names the other rank (not itself) and says to run
+/// the command again: a sampling command has nothing to `--resume`.
+#[test]
+fn a_sampling_rank_that_dies_is_named_by_rank_0_without_resume_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = e2e::train_tiny(dir.path());
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = |rank: usize| {
+        vec![
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+    };
+    let out = dir.path().join("x.npz");
+    let args = long_sample_args(&run_dir, &out, &["--dist-timeout", "10"]);
+    let log = dir.path().join("rank0.log");
+    let mut cmd = ddpm(&args);
+    for (k, v) in env(0) {
+        cmd.env(k, v);
+    }
+    let rank0 = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut rank1 = command(&args, &env(1)).spawn().unwrap();
+    wait_for("the sampling line", Duration::from_secs(60), || {
+        read(&log).contains("(2 ranks, ")
+    });
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let (status, _) = wait_output(rank0, Duration::from_secs(60), "rank 0");
+    let stderr = read(&log);
+    assert_eq!(status.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: rank 0 of 2: ") && stderr.contains(" of the samples "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rank 1 (the other rank) exited"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("from rank 0") && !stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("then run the command again"), "{stderr}");
 }

@@ -429,3 +429,127 @@ fn a_class_conditional_run_exports_to_a_folder_diffusers_loads() {
         );
     }
 }
+
+/// `ddpm export` of the modern diffusers fixture into `to`, then `extra`.
+fn export_modern(to: &Path, extra: &[&str]) -> std::process::Output {
+    let modern = fixtures().join("modern");
+    let mut args: Vec<String> = [
+        "export",
+        "--checkpoint",
+        path_arg(&modern),
+        "--diffusers",
+        path_arg(to),
+        "--device",
+        "cpu",
+        "--grid-samples",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args)
+}
+
+/// The messages of a bad destination or choice of weights name the real cause, and nothing
+/// is left behind.
+#[test]
+fn export_names_a_file_in_the_way_and_refuses_weights_model_on_a_diffusers_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty regular file where the folder should go.
+    let file = dir.path().join("out");
+    std::fs::write(&file, b"").unwrap();
+    let out = export_modern(&file, &[]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is a file, not a folder") && !stderr.contains("not empty"),
+        "{stderr}"
+    );
+    // A file where a parent folder should be: named, not the staging folder.
+    let out = export_modern(&file.join("pipeline"), &[]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is a file, not a folder", file.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".pipeline.tmp"), "{stderr}");
+    // A diffusers folder holds one set of weights.
+    let to = dir.path().join("model");
+    let out = export_modern(&to, &["--weights", "model"]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--weights model: ") && stderr.contains("is a diffusers folder"),
+        "{stderr}"
+    );
+    assert!(!to.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["out"]);
+    // The default (the folder's one set) still exports.
+    let out = export_modern(&to, &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+/// On a full disk, `export` and `sample --npz` fail with the OS error said once and leave no
+/// staging file. Needs root (Linux) to mount a small tmpfs; skipped with a message otherwise.
+#[test]
+fn a_full_disk_leaves_no_staging_files_and_says_the_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let tmpfs = match e2e::Tmpfs::mount(&mnt, "1m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a tmpfs to fill ({why}); run as root on Linux");
+            return;
+        }
+    };
+    e2e::fill(&tmpfs.0);
+    let entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(&tmpfs.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let out = export_modern(&tmpfs.0.join("out"), &[]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("No space left on device").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(entries(), ["filler"], "{stderr}");
+
+    let npz = tmpfs.0.join("x.npz");
+    let out = run(&[
+        "sample",
+        "--checkpoint",
+        path_arg(&fixtures().join("modern")),
+        "--device",
+        "cpu",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "-n",
+        "64",
+        "--npz",
+        path_arg(&npz),
+    ]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("No space left on device").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ZipWriter"), "{stderr}");
+    assert_eq!(entries(), ["filler"], "{stderr}");
+}

@@ -30,6 +30,20 @@ fn train_with(
     eval_steps: &str,
     extra: &[&str],
 ) -> std::process::Output {
+    run(&train_args(
+        data, run_dir, size, inception, eval_steps, extra,
+    ))
+}
+
+/// The arguments of [`train_with`].
+fn train_args(
+    data: &Path,
+    run_dir: &Path,
+    size: usize,
+    inception: &str,
+    eval_steps: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let transform = format!("transform.size=[{size},{size}]");
     let mut args = vec![
         "--threads",
@@ -55,7 +69,7 @@ fn train_with(
         "16",
     ];
     args.extend_from_slice(extra);
-    run(&tiny_train_args_at(size, data, run_dir, &args))
+    tiny_train_args_at(size, data, run_dir, &args)
 }
 
 /// The `metrics.jsonl` lines with `fid`.
@@ -424,4 +438,161 @@ fn the_reference_size_is_kept_by_the_run_and_a_change_is_named() {
         "{log}"
     );
     assert_eq!(reference(&run_dir)["images"], 12);
+}
+
+/// `ddpm eval fid --ref` on the loop's own reference cache scores the KID too: the file holds
+/// `kid_features` beside `mu` and `sigma`.
+#[test]
+fn eval_fid_against_the_loops_reference_cache_reports_the_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("cifar");
+    std::fs::create_dir(&data_dir).unwrap();
+    let data = synthetic_cifar(&data_dir, 16);
+    let run_dir = dir.path().join("run");
+    let out = train(&data, &run_dir, 28, &["--max-steps", "2"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let cache = caches(&data_dir)
+        .into_iter()
+        .find(|n| n.ends_with(".npz"))
+        .map(|n| data_dir.join(n))
+        .expect("the reference cache");
+    let samples = dir.path().join("samples.npz");
+    let out = sample_cpu(
+        &run_dir,
+        &[
+            "-n",
+            "8",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--npz",
+            samples.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let tiny = tiny_inception();
+    let out = run(&[
+        "eval",
+        "fid",
+        "--samples",
+        samples.to_str().unwrap(),
+        "--ref",
+        cache.to_str().unwrap(),
+        "--inception",
+        &tiny,
+        "--no-verify",
+        "--input-size",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout.contains("FID "), "{stdout}");
+    assert!(
+        stdout.contains("KID ") && !stdout.contains("KID n/a"),
+        "{stdout}"
+    );
+}
+
+/// A truncated Inception file stops `ddpm train` before training with one line naming the file,
+/// without libtorch's C++ backtrace.
+#[test]
+fn a_truncated_inception_file_is_refused_in_one_line_without_a_cpp_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let bytes = std::fs::read(tiny_inception()).unwrap();
+    let truncated = dir.path().join("truncated.pt");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let run_dir = dir.path().join("run");
+    let out = train_with(&data, &run_dir, 28, truncated.to_str().unwrap(), "3", &[]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("truncated.pt") && error.contains("not a loadable TorchScript module"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("frame #") && !stderr.contains("Exception raised from"),
+        "{stderr}"
+    );
+    assert!(!run_dir.join("checkpoints").exists());
+}
+
+/// `DDPM_FID_CACHE` puts the reference cache elsewhere; a dataset folder that cannot be written
+/// (a read-only bind mount, which needs root; skipped otherwise) has its cache in the user's
+/// cache folder, with a note, and the next run reuses it.
+#[test]
+fn the_reference_cache_goes_where_ddpm_fid_cache_says_or_to_the_user_cache_when_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("cifar");
+    std::fs::create_dir(&data_dir).unwrap();
+    let data = synthetic_cifar(&data_dir, 16);
+    let train_env = |run_dir: &Path, envs: &[(&str, &Path)]| {
+        let args = train_args(
+            &data,
+            run_dir,
+            28,
+            &tiny_inception(),
+            "3",
+            &["--max-steps", "2"],
+        );
+        let mut cmd = e2e::ddpm(&args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = stderr_of(&out);
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let elsewhere = dir.path().join("elsewhere");
+    let stderr = train_env(&dir.path().join("a"), &[("DDPM_FID_CACHE", &elsewhere)]);
+    assert!(stderr.contains("computed from 16 images"), "{stderr}");
+    assert_eq!(caches(&elsewhere).len(), 2, "{stderr}");
+    assert!(caches(&data_dir).is_empty());
+    let stderr = train_env(&dir.path().join("b"), &[("DDPM_FID_CACHE", &elsewhere)]);
+    assert!(stderr.contains("reused"), "{stderr}");
+
+    // Read-only: bind-mount the dataset's folder read-only over itself.
+    let mounted = std::process::Command::new("mount")
+        .args(["--bind", "-o", "ro"])
+        .arg(&data_dir)
+        .arg(&data_dir)
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped the read-only half: cannot bind-mount read-only (needs root on Linux)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&data_dir);
+    if std::fs::write(data_dir.join("probe"), b"").is_ok() {
+        eprintln!("skipped the read-only half: the read-only mount can be written");
+        return;
+    }
+    let home = dir.path().join("xdg");
+    let stderr = train_env(&dir.path().join("c"), &[("XDG_CACHE_HOME", &home)]);
+    assert!(
+        stderr.contains("cannot be written") && stderr.contains("DDPM_FID_CACHE=DIR"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("computed from 16 images"), "{stderr}");
+    let user: Vec<_> = std::fs::read_dir(home.join("ddpm/fid-stats"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(user.len(), 1, "{user:?}");
+    assert_eq!(caches(&user[0]).len(), 2);
+    let stderr = train_env(&dir.path().join("d"), &[("XDG_CACHE_HOME", &home)]);
+    assert!(stderr.contains("reused"), "{stderr}");
 }

@@ -7,8 +7,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    complete_checkpoints, ddpm, kill, metric_lines, path_arg, run, sample_cpu, spawn, stderr_of,
-    synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
+    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, sample_cpu, spawn,
+    stderr_of, synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
+    Tmpfs,
 };
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling,
@@ -615,53 +616,6 @@ fn a_redirected_stderr_run_prints_progress_lines_checkpoints_and_the_summary() {
         "done: 6 steps",
     ] {
         assert!(text.contains(want), "`{want}` not in: {text}");
-    }
-}
-
-/// Unmounts a tmpfs when dropped, whatever the test did.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Self(dir.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let done = std::process::Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !done {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-}
-
-/// Fills the file system under `dir` until a write fails with "no space left".
-fn fill(dir: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    loop {
-        if let Err(e) = f.write_all(&chunk) {
-            assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
-            return;
-        }
     }
 }
 

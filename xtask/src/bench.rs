@@ -235,7 +235,7 @@ pub(crate) fn python(root: &Path) -> Result<PathBuf> {
         "{} cannot import torch: run `cargo xtask setup`",
         python.display()
     );
-    if !has("diffusers") || !has("numpy") {
+    if !has("diffusers") || !has("numpy") || !has("safetensors") {
         eprintln!("== installing the PyTorch peer's packages (scripts/bench/requirements.txt)");
         run_checked(
             Command::new(&python).args([

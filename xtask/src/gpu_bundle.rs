@@ -3,8 +3,8 @@
 //!
 //! The archive (`target/gpu-bundle/ddpm-gpu-bundle.tar.gz`) unpacks to `ddpm-gpu-bundle/` with
 //!
-//! - `bin/ddpm`, `bin/bench_serve`: release builds with the `cuda` features (`ddpm train
-//!   --cuda-graph`, the CUDA memory counters);
+//! - `bin/ddpm`, `bin/bench_serve`, `bin/checkpoint_memory`: release builds with the `cuda`
+//!   features (`ddpm train --cuda-graph`, the CUDA memory counters);
 //! - `tests/`: the `cuda-tests` test binaries (torch-ext, the model's CUDA tests, CUDA-graph
 //!   training), `tests.json` the filters each one runs with, `fixtures/model/` the model tests'
 //!   fixtures (found through `DDPM_MODEL_FIXTURES`);
@@ -76,7 +76,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
     crate::setup::setup(&root)?;
     let python = crate::bench::python(&root)?;
 
-    eprintln!("== building ddpm and bench_serve (release, feature cuda)");
+    eprintln!("== building ddpm, bench_serve and checkpoint_memory (release, feature cuda)");
     run_checked(cargo().args([
         "build",
         "--release",
@@ -88,8 +88,12 @@ pub fn run(args: BundleArgs) -> Result<()> {
         "train",
         "--example",
         "bench_serve",
+        "-p",
+        "model",
+        "--example",
+        "checkpoint_memory",
         "--features",
-        "cli/cuda,train/cuda",
+        "cli/cuda,train/cuda,model/cuda",
     ]))?;
 
     eprintln!("== building the cuda-tests test binaries");
@@ -139,10 +143,12 @@ fn stage_bundle(root: &Path, python: &Path, tests: &[PathBuf], stage: &Path) -> 
     }
     let release = root.join("target/release");
     copy_stripped(&release.join("ddpm"), &stage.join("bin/ddpm"))?;
-    copy_stripped(
-        &release.join("examples/bench_serve"),
-        &stage.join("bin/bench_serve"),
-    )?;
+    for example in ["bench_serve", "checkpoint_memory"] {
+        copy_stripped(
+            &release.join("examples").join(example),
+            &stage.join("bin").join(example),
+        )?;
+    }
     let mut filters = serde_json::Map::new();
     for ((_, _, _, name, args), path) in TESTS.iter().zip(tests) {
         copy_stripped(path, &stage.join("tests").join(name))?;
@@ -159,6 +165,7 @@ fn stage_bundle(root: &Path, python: &Path, tests: &[PathBuf], stage: &Path) -> 
     for script in [
         "scripts/bench/peer.py",
         "scripts/bench/unet_torch.py",
+        "scripts/bench/checkpoint_memory_peer.py",
         "scripts/golden/model_diffusers.py",
         "scripts/golden/model_simple.py",
         "scripts/bundle/run.py",
@@ -245,6 +252,13 @@ fn check_smoke_report(report: &Value) -> Result<()> {
             report["ddim50_sampling"][run]["images_per_s"].is_number(),
             "sampling run {run}: {}",
             report["ddim50_sampling"][run]
+        );
+    }
+    for side in ["ours", "diffusers"] {
+        ensure!(
+            report["checkpointing_memory"][format!("{side}_activation_cut")].is_number(),
+            "the checkpointing memory runs of {side}: {}",
+            report["checkpointing_memory"]
         );
     }
     Ok(())
@@ -410,6 +424,7 @@ mod tests {
                 "pytorch_eager_fused_adam": {"images_per_s": 2.0},
             },
             "ddim50_sampling": {"rust": {"images_per_s": 1.0}, "pytorch": {"images_per_s": 1.0}},
+            "checkpointing_memory": {"ours_activation_cut": 2.1, "diffusers_activation_cut": 1.9},
         });
         check_smoke_report(&report).unwrap();
         report["cuda_tests"]["model_cuda"]["ok"] = json!(false);
@@ -420,5 +435,12 @@ mod tests {
         report["cuda_tests"]["model_cuda"]["ok"] = json!(true);
         report["training"]["rust_cuda_graph"]["error"] = json!("segfault");
         assert!(check_smoke_report(&report).is_err());
+        report["training"]["rust_cuda_graph"]["error"] =
+            json!("bench_serve: --cuda-graph: CUDA graph: CUDA graphs need a CUDA device");
+        report["checkpointing_memory"] = json!({"ours_plain": {"error": "timed out"}});
+        assert!(check_smoke_report(&report)
+            .unwrap_err()
+            .to_string()
+            .contains("checkpointing memory"));
     }
 }

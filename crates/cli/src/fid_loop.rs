@@ -1,6 +1,7 @@
 //! FID in the training loop, the `ddpm train` side: the `--eval-*` flags, the Inception file
 //! (fetched as `cargo xtask fetch-inception` does, or, offline, an error before training), the
-//! training set's reference statistics (cached beside the dataset by `eval::ReferenceCache`),
+//! training set's reference statistics (cached beside the dataset by `eval::ReferenceCache`,
+//! or in `$DDPM_FID_CACHE`, or for a read-only dataset in the user's cache folder),
 //! and the scorer handed to the trainer (`train::SampleScorer`, FID and KID from the `eval`
 //! crate). The bookkeeping (when to evaluate, `metrics.jsonl`, `checkpoints/best/`) is the
 //! trainer's: see `train::quality`.
@@ -241,6 +242,71 @@ pub fn cache_dir(spec: &DatasetSpec, data_dir: &Path) -> PathBuf {
     data_dir.to_path_buf()
 }
 
+/// Sets the folder of the reference statistics' cache, instead of the dataset's.
+pub const CACHE_ENV: &str = "DDPM_FID_CACHE";
+
+/// The cache of the reference statistics with `key`: in `$DDPM_FID_CACHE` when it is set; else
+/// beside the dataset ([`cache_dir`]) when that folder holds it or can be written; else (a
+/// read-only dataset) in the user's cache folder, `$XDG_CACHE_HOME` or `~/.cache`, under
+/// `ddpm/fid-stats/<dataset folder>-<hash of its path>`, with a note.
+fn reference_cache(spec: &DatasetSpec, data_dir: &Path, key: ReferenceKey) -> ReferenceCache {
+    if let Some(dir) = std::env::var_os(CACHE_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        // Best effort: a folder that cannot be made leaves the cache unwritten, which
+        // load_or_build reports.
+        let _ = std::fs::create_dir_all(&dir);
+        return ReferenceCache::new(&dir, key);
+    }
+    let dir = cache_dir(spec, data_dir);
+    let beside = ReferenceCache::new(&dir, key.clone());
+    let writable = std::fs::create_dir_all(&dir).and_then(|()| probe_write(&dir));
+    let (Err(why), Some(user)) = (writable, user_cache_dir(data_dir)) else {
+        return beside;
+    };
+    if beside.npz_path().is_file() {
+        return beside;
+    }
+    eprintln!(
+        "note: the dataset's folder {} cannot be written ({why}): the reference statistics are \
+         cached in {} instead ({CACHE_ENV}=DIR puts them elsewhere)",
+        dir.display(),
+        user.display()
+    );
+    let _ = std::fs::create_dir_all(&user);
+    ReferenceCache::new(&user, key)
+}
+
+/// Whether a file can be made in `dir` (a read-only mount or folder refuses).
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".ddpm-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// `$XDG_CACHE_HOME/ddpm/fid-stats/<name>-<hash>` (or under `~/.cache`) for the dataset at
+/// `data_dir`: the hash (FNV-1a 64 of its absolute path) keeps two datasets of one name apart.
+fn user_cache_dir(data_dir: &Path) -> Option<PathBuf> {
+    let root = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = absolute
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let name = absolute
+        .file_name()
+        .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
+    Some(
+        root.join("ddpm")
+            .join("fid-stats")
+            .join(format!("{name}-{hash:016x}")),
+    )
+}
+
 /// The dataset and split as the cache key names them: the spec's kind and split; a single CIFAR
 /// file's split is `file-<stem>`, an image folder is `folder-<name>` with split `all`.
 fn dataset_names(spec: &DatasetSpec, data_dir: &Path) -> (String, String) {
@@ -304,13 +370,7 @@ impl Prepared {
             input_size: self.extractor.input_size(),
             max_images: self.max_images,
         };
-        let dir = cache_dir(&config.dataset, data_dir);
-        if !dir.exists() {
-            // Best effort: a directory that cannot be made leaves the cache unwritten, which
-            // load_or_build reports.
-            let _ = std::fs::create_dir_all(&dir);
-        }
-        let cache = ReferenceCache::new(&dir, key.clone());
+        let cache = reference_cache(&config.dataset, data_dir, key.clone());
         let images = reference_images(dataset, size, self.max_images)?;
         let started = Instant::now();
         let progress = crate::inception::progress_bar(

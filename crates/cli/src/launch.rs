@@ -11,7 +11,10 @@
 //!   with SIGKILL.
 //! - When a rank exits with an error or is killed, the launcher names it, sends SIGTERM (and
 //!   SIGCONT, for a stopped rank) to the others, SIGKILL after a grace period, and exits with
-//!   status 1; for `ddpm train` it first prints where each rank was ([`crate::elastic`]).
+//!   status 1, naming the work it launched ("data-parallel sampling failed"); for `ddpm train`
+//!   it first prints where each rank was ([`crate::elastic`]). When the ranks ended because
+//!   the launcher forwarded a stop signal (a Ctrl-C to `ddpm sample`, a second one to `ddpm
+//!   train`), it says so and exits as the shell reports that signal, 128 + its number.
 //! - With `--max-restarts R` (`ddpm train`), it starts all the ranks again instead, up to R
 //!   times, with `TORCHELASTIC_RESTART_COUNT` set as torchrun sets it: they continue from the
 //!   run's newest complete checkpoint. A stop signal to the launcher is never followed by a
@@ -19,7 +22,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -281,7 +284,7 @@ fn check_launch(n: usize, device: DeviceSpec) -> Result<()> {
 /// its own, until the returned handle is closed.
 fn forward_signals(
     ranks: &Ranks,
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<AtomicI32>,
 ) -> Result<signal_hook::iterator::Handle> {
     let mut wanted = vec![SIGINT, SIGTERM, SIGUSR1];
     if !crate::signals::is_ignored(SIGHUP) {
@@ -294,7 +297,7 @@ fn forward_signals(
         .name("forward-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                stopping.store(true, Ordering::SeqCst);
+                stopping.store(signal, Ordering::SeqCst);
                 for &pid in &child_pids {
                     // SAFETY: kill(2) on PIDs we started.
                     unsafe { libc::kill(pid, signal) };
@@ -308,6 +311,9 @@ fn forward_signals(
 /// What `--nproc-per-node` starts.
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchPlan<'a> {
+    /// The work the ranks do, as the launcher's messages name it: "training", "sampling",
+    /// "evaluation".
+    pub work: &'static str,
     /// The number of ranks.
     pub n: usize,
     /// `--device`.
@@ -318,12 +324,14 @@ pub struct LaunchPlan<'a> {
     pub run_dir: Option<&'a Path>,
 }
 
-/// Runs this command as `n` ranks on this machine and waits for them.
+/// Runs this command as `n` ranks on this machine doing `work` ("sampling", say, for the
+/// launcher's messages) and waits for them.
 ///
 /// # Errors
 /// As [`launch_with`].
-pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
+pub fn launch(n: usize, device: DeviceSpec, work: &'static str) -> Result<()> {
     launch_with(LaunchPlan {
+        work,
         n,
         device,
         max_restarts: 0,
@@ -337,16 +345,26 @@ pub fn launch(n: usize, device: DeviceSpec) -> Result<()> {
 /// # Errors
 /// Before starting anything: `n` is 0, torchrun's variables are already set, or `n` exceeds
 /// the GPUs on CUDA. After: when a rank fails (naming it) and no restart is left, or the
-/// launcher was asked to stop.
+/// launcher was asked to stop and a rank did not exit 0 ([`crate::signals::Stopped`]).
 pub fn launch_with(plan: LaunchPlan<'_>) -> Result<()> {
     check_launch(plan.n, plan.device)?;
-    let stopping = Arc::new(AtomicBool::new(false));
+    // The last stop signal forwarded to the ranks, 0 before any.
+    let stopping = Arc::new(AtomicI32::new(0));
     let mut restart = 0;
     loop {
         let Some((rank, status)) = attempt(&plan, restart, &stopping)? else {
             return Ok(());
         };
-        if restart < plan.max_restarts && !stopping.load(Ordering::SeqCst) {
+        let signal = stopping.load(Ordering::SeqCst);
+        if signal != 0 {
+            return Err(crate::signals::Stopped {
+                signal,
+                work: plan.work,
+                detail: format!("rank {rank} {}", describe(status)),
+            }
+            .into());
+        }
+        if restart < plan.max_restarts {
             restart += 1;
             eprintln!(
                 "restart {restart} of {} (--max-restarts): starting all {} ranks again; they \
@@ -360,7 +378,8 @@ pub fn launch_with(plan: LaunchPlan<'_>) -> Result<()> {
             max => format!(" (after {restart} of {max} restarts)"),
         };
         bail!(
-            "data-parallel training failed: rank {rank} {}{left}",
+            "data-parallel {} failed: rank {rank} {}{left}",
+            plan.work,
             describe(status)
         )
     }
@@ -371,7 +390,7 @@ pub fn launch_with(plan: LaunchPlan<'_>) -> Result<()> {
 fn attempt(
     plan: &LaunchPlan<'_>,
     restart: u32,
-    stopping: &Arc<AtomicBool>,
+    stopping: &Arc<AtomicI32>,
 ) -> Result<Option<(usize, ExitStatus)>> {
     let n = plan.n;
     if let Some(run_dir) = plan.run_dir {

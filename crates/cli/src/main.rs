@@ -60,6 +60,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // libtorch's own log lines (c10d's failed connection attempts, each with a C++ backtrace)
+    // would come before the one-line errors this program prints; TORCH_CPP_LOG_LEVEL brings
+    // them back.
+    let _ = torch_ext::log::quiet_cpp_logs();
     let result: Result<()> = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Schedule(args) => cmd::schedule::run(args),
@@ -74,6 +78,6 @@ fn main() {
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        std::process::exit(signals::exit_code(&err));
     }
 }

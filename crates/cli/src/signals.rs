@@ -25,6 +25,47 @@ fn name(signal: i32) -> &'static str {
     }
 }
 
+/// A command that ended because it was asked to stop, not because it failed: the `ddpm`
+/// process exits with 128 + `signal`, as the shell reports a death by that signal.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The stop signal.
+    pub signal: i32,
+    /// The work that stopped: "training", "sampling".
+    pub work: &'static str,
+    /// What the processes did, e.g. "rank 0 exited with status 130".
+    pub detail: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} stopped by {} ({})",
+            self.work,
+            name(self.signal),
+            self.detail
+        )?;
+        if self.work == "training" {
+            write!(
+                f,
+                "; --resume continues from the newest complete checkpoint"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The exit status of a command that ended with `err`: 128 + the signal for a [`Stopped`]
+/// anywhere in its chain, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Stopped>())
+        .map_or(1, |stopped| 128 + stopped.signal)
+}
+
 /// Whether `signal` is ignored (`SIG_IGN`), as `nohup` leaves SIGHUP.
 pub(crate) fn is_ignored(signal: i32) -> bool {
     // SAFETY: a null `act` makes sigaction only read the current disposition into `old`, which

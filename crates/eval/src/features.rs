@@ -322,6 +322,16 @@ impl std::fmt::Debug for InceptionExtractor {
     }
 }
 
+/// libtorch's message without the C++ backtrace that tch keeps in it ("Exception raised from
+/// … (most recent call first): frame #0 …"): its first lines, which say what went wrong.
+fn without_backtrace(message: &str) -> &str {
+    message
+        .split("\nException raised from")
+        .next()
+        .unwrap_or(message)
+        .trim()
+}
+
 impl InceptionExtractor {
     /// Loads a TorchScript module onto `device`, for input size 299 ([`INCEPTION_INPUT_SIZE`]),
     /// [`Resize::Tf`] and batches of 50. The file's checksum is the caller's to verify (see
@@ -337,8 +347,12 @@ impl InceptionExtractor {
         if !path.is_file() {
             return Err(fail("no such file".into()));
         }
-        let mut module = tch::CModule::load_on_device(path, device)
-            .map_err(|e| fail(format!("not a loadable TorchScript module: {e}")))?;
+        let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
+            fail(format!(
+                "not a loadable TorchScript module (truncated or of another kind?): {}",
+                without_backtrace(&e.to_string())
+            ))
+        })?;
         module.set_eval();
         Ok(Self {
             module,

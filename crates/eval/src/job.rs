@@ -581,6 +581,10 @@ fn read_reference(
             dim_of("features", features.dim(), "ddpm eval stats --features")?;
             Source::Features(crate::first_features(features, n, &what)?)
         }
+        Source::Reference(reference) => {
+            dim_of("statistics", reference.statistics.dim(), "ddpm eval stats")?;
+            Source::Reference(reference)
+        }
         Source::Images(images) => Source::Images(first_images(images, n, &what)?),
     };
     Ok(ReadReference {
@@ -604,7 +608,7 @@ fn read_samples(
                 path.display().to_string(),
                 json!({"path": path.display().to_string()}),
             ),
-            Source::Statistics(_) | Source::Features(_) => {
+            Source::Statistics(_) | Source::Features(_) | Source::Reference(_) => {
                 unreachable!("refused by Source::read")
             }
         },

@@ -416,7 +416,7 @@ fn write_reference(reference: &Reference, path: &Path) -> Result<(), FidError> {
 }
 
 /// Reads what [`write_reference`] writes (`n_images` is left at the KID features' count).
-fn read_reference(path: &Path) -> Result<Reference, FidError> {
+pub(crate) fn read_reference(path: &Path) -> Result<Reference, FidError> {
     let bad = |message: String| FidError::File {
         path: path.to_path_buf(),
         message,

@@ -80,16 +80,18 @@ pub fn score<E: From<FidError>>(
     classes: Option<(&Classes, &Classes)>,
 ) -> Result<FidScores, E> {
     let samples_stats = Statistics::from_features(samples)?;
-    let (ref_stats, ref_features) = match reference {
-        Source::Statistics(stats) => (stats, None),
-        Source::Features(features) => (Statistics::from_features(&features)?, Some(features)),
+    // The reference's features (all of them), and a cached reference's KID subset.
+    let (ref_stats, ref_features, kid_subset) = match reference {
+        Source::Statistics(stats) => (stats, None, None),
+        Source::Reference(reference) => (reference.statistics, None, Some(reference.kid_features)),
+        Source::Features(features) => (Statistics::from_features(&features)?, Some(features), None),
         Source::Images(images) => {
             let features = features_of(&images)?;
-            (Statistics::from_features(&features)?, Some(features))
+            (Statistics::from_features(&features)?, Some(features), None)
         }
     };
     let fid = frechet_distance(&samples_stats, &ref_stats)?;
-    let kid = match &ref_features {
+    let kid = match kid_subset.as_ref().or(ref_features.as_ref()) {
         Some(ref_features) => Some(kid(samples, ref_features, kid_config)?),
         None => None,
     };

@@ -18,6 +18,9 @@ pub enum Source {
     Statistics(Statistics),
     /// Inception features, as `ddpm eval stats --features` saves them.
     Features(Features),
+    /// A cached reference ([`crate::ReferenceCache`], as FID in the training loop writes it):
+    /// statistics for the FID and `kid_features` for the KID.
+    Reference(crate::Reference),
 }
 
 /// Keeps the first `n` images (all of them with `None`) and requires at least two.
@@ -60,7 +63,7 @@ pub fn first_features(
 
 impl Source {
     /// Reads images from an `.npz` or a folder, statistics from an `.npz` with `mu` and
-    /// `sigma`, or features from an `.npz` with `features` (which wins over its `mu` and
+    /// `sigma` (with `kid_features` too, a cached reference), or features from an `.npz` with `features` (which wins over its `mu` and
     /// `sigma`). With `allow_stats` false (a set of samples), statistics and features are
     /// refused.
     ///
@@ -90,6 +93,14 @@ impl Source {
                 return Err(holds("Inception features"));
             }
             return Ok(Source::Features(read_features(path)?));
+        }
+        if names.iter().any(|n| n == "kid_features") {
+            if !allow_stats {
+                return Err(holds(
+                    "reference statistics (`mu`, `sigma`, `kid_features`)",
+                ));
+            }
+            return Ok(Source::Reference(crate::reference::read_reference(path)?));
         }
         if names.iter().any(|n| n == "mu" || n == "sigma") {
             if !allow_stats {

@@ -70,8 +70,9 @@ pub enum ModelError {
         /// The IO or serialisation error.
         reason: String,
     },
-    /// The file system failed while a weight file was written (a full disk, say).
-    #[error("cannot write weights {path}: {source}")]
+    /// The file system failed while a weight file was written (a full disk, say). The message
+    /// leaves the OS error to the source, so that a printed chain (`{:#}`) says it once.
+    #[error("cannot write weights {}", path.display())]
     WriteIo {
         /// The file.
         path: PathBuf,

@@ -130,7 +130,8 @@ pub fn guide(cond: &Tensor, uncond: &Tensor, scale: f64) -> Tensor {
 ///
 /// # Shapes
 /// `xs`: `[N, C, H, W]`; `t`, `class_labels`: `[N]` int64 on `xs`'s device. Returns
-/// `[N, C, H, W]` f32.
+/// `[N, C, H, W]` f32, or `[N, 2C, H, W]` for a network that learns its variance, whose v_Σ
+/// channels are the conditional pass's, unguided.
 ///
 /// # Panics
 /// When the network is not class-conditional (a programming error: [`ClassConditioning::validate`]
@@ -165,5 +166,68 @@ pub fn guided_forward(
         false,
         autocast,
     );
-    guide(&both.narrow(0, 0, n), &both.narrow(0, n, n), scale)
+    let (cond, uncond) = (both.narrow(0, 0, n), both.narrow(0, n, n));
+    let c = xs.size()[1];
+    if both.size()[1] == 2 * c {
+        // A network that learns its variance: only the prediction is guided; v_Σ is the
+        // conditional pass's, as GLIDE's sampler keeps it (extrapolating it could leave the
+        // range [β̃, β] that Eq. 15 interpolates in).
+        let guided = guide(&cond.narrow(1, 0, c), &uncond.narrow(1, 0, c), scale);
+        return Tensor::cat(&[guided, cond.narrow(1, c, c)], 1);
+    }
+    guide(&cond, &uncond, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Two classes (null label 2) and a learned variance: the prediction (y + 1) x, then
+    /// v_Σ = 0.3 y − 0.5.
+    #[derive(Debug)]
+    struct LearnedVariance;
+
+    impl Denoiser for LearnedVariance {
+        fn forward_t(&self, xs: &Tensor, timesteps: &Tensor, train: bool) -> Tensor {
+            self.forward_cond(xs, timesteps, None, train)
+        }
+
+        fn forward_cond(
+            &self,
+            xs: &Tensor,
+            _timesteps: &Tensor,
+            class_labels: Option<&Tensor>,
+            _train: bool,
+        ) -> Tensor {
+            let n = xs.size()[0];
+            let y = class_labels
+                .expect("labels")
+                .to_kind(Kind::Float)
+                .view([n, 1, 1, 1]);
+            Tensor::cat(&[xs * (&y + 1.0), xs.zeros_like() + &y * 0.3 - 0.5], 1)
+        }
+
+        fn num_classes(&self) -> Option<i64> {
+            Some(2)
+        }
+    }
+
+    #[test]
+    fn guidance_leaves_a_learned_variance_unguided() {
+        let cpu = (Kind::Float, Device::Cpu);
+        let xs = Tensor::ones([2, 1, 2, 2], cpu);
+        let t = Tensor::from_slice(&[3i64, 3]);
+        let labels = Tensor::from_slice(&[0i64, 1]);
+        let out = guided_forward(&LearnedVariance, &xs, &t, &labels, 3.0, None);
+        assert_eq!(out.size(), [2, 2, 2, 2]);
+        // Prediction: ε_u + 3 (ε_c − ε_u) with ε_u = 3 (the null label 2), ε_c = y + 1.
+        let eps = Vec::<f32>::try_from(out.narrow(1, 0, 1).reshape([-1])).unwrap();
+        assert_eq!(eps, [-3.0, -3.0, -3.0, -3.0, 0.0, 0.0, 0.0, 0.0]);
+        // v_Σ: the conditional pass's, 0.3 y − 0.5.
+        let v = Vec::<f32>::try_from(out.narrow(1, 1, 1).reshape([-1])).unwrap();
+        for (got, y) in v.iter().zip([0.0f32, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]) {
+            assert!((got - (0.3 * y - 0.5)).abs() < 1e-6, "{v:?}");
+        }
+    }
 }

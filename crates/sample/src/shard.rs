@@ -86,11 +86,13 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
             Some(batch) => batch.output.images.shallow_clone(),
             None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
         }];
-        dist.broadcast_from(
-            &mut images,
-            from,
-            &format!("gathering batch {b} of the samples from rank {from}"),
-        )?;
+        // Named from this rank's side, so that the rank at fault is the other one.
+        let op = if from == rank {
+            format!("sending batch {b} of the samples to the other ranks")
+        } else {
+            format!("receiving batch {b} of the samples from rank {from}")
+        };
+        dist.broadcast_from(&mut images, from, &op)?;
         if rank == 0 {
             gathered.push(mine.unwrap_or_else(|| SampledBatch {
                 batch_idx: b,

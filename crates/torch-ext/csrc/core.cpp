@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/util/Logging.h>
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
@@ -742,3 +743,16 @@ te_error te_named_tensors_get(const te_named_tensors* named, size_t index, const
 void te_named_tensors_free(te_named_tensors* named) { delete named; }
 
 }  // extern "C"
+
+// c10's `LOG(...)` and c10d's `C10D_ERROR`/`C10D_WARNING` print below this level. Python calls
+// `c10::initLogging()` at import (which reads TORCH_CPP_LOG_LEVEL); a libtorch program does not,
+// so the environment variable is honoured here.
+te_error te_set_cpp_log_level(int level) {
+  TE_TRY
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") != nullptr) {
+    c10::initLogging();
+  } else {
+    FLAGS_caffe2_log_level = level;
+  }
+  TE_CATCH
+}

@@ -62,6 +62,10 @@ extern "C" {
 
 void te_free_error(char* error);
 
+// libtorch's log threshold (c10's `caffe2_log_level`: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL), or
+// the one `TORCH_CPP_LOG_LEVEL` names when it is set.
+te_error te_set_cpp_log_level(int level);
+
 // Generators.
 te_error te_generator_cpu(uint64_t seed, te_generator** out);
 te_error te_generator_cuda(uint64_t seed, int64_t device_index, te_generator** out);

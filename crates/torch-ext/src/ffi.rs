@@ -92,6 +92,7 @@ pub(crate) const DEVICE_VULKAN: c_int = 3;
 
 extern "C" {
     pub(crate) fn te_free_error(error: *mut c_char);
+    pub(crate) fn te_set_cpp_log_level(level: c_int) -> CError;
 
     // Generators.
     pub(crate) fn te_generator_cpu(seed: u64, out: *mut *mut CGenerator) -> CError;

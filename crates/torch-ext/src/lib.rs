@@ -68,6 +68,7 @@ mod ffi;
 pub mod foreach;
 pub mod generator;
 pub mod host_memory;
+pub mod log;
 pub mod pickle;
 
 pub use autocast::{

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::{Phases, Race};
@@ -28,20 +28,11 @@ pub(super) struct Trained {
     pub peer_load: [f64; 2],
 }
 
-/// The python that has the set-up's torch and numpy (the peer needs nothing else).
+/// The peer's python: the set-up's, with the peer's packages installed where it lacks them
+/// (`scripts/bench/requirements.txt`: diffusers, which brings safetensors, and numpy), as
+/// `cargo xtask bench` installs them, so a race runs on a fresh set-up.
 pub(super) fn peer_python(root: &Path) -> Result<PathBuf> {
-    let python = crate::venv_python(root);
-    let ok = Command::new(&python)
-        .args(["-c", "import torch, numpy"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ensure!(
-        ok,
-        "{} cannot import torch and numpy: run `cargo xtask setup`",
-        python.display()
-    );
-    Ok(python)
+    crate::bench::python(root)
 }
 
 /// Trains the Rust side, then the peer (or both at once with `--concurrent`), each for the
@@ -244,6 +235,18 @@ impl Timed {
     }
 }
 
+impl Drop for Timed {
+    /// A process still running when the race ends early (the other side failed) is stopped, so
+    /// that it does not go on writing into a folder the next attempt removes.
+    fn drop(&mut self) {
+        if self.seconds.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            eprintln!("== stopping {}: the race ended without it", self.what);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Polls every process until all have exited; returns their seconds (see [`Timed::seconds`]).
 fn supervise(procs: &mut [Timed], budget: Duration) -> Result<Vec<f64>> {
     loop {
@@ -258,5 +261,22 @@ fn supervise(procs: &mut [Timed], budget: Duration) -> Result<Vec<f64>> {
                 .collect());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_side_left_running_is_stopped_when_the_race_ends_early() {
+        let mut sleep = Command::new("sleep");
+        sleep.arg("60");
+        let timed = Timed::spawn(&mut sleep, "sleep", Duration::from_secs(1)).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", timed.child.id()));
+        assert!(proc_dir.exists());
+        drop(timed);
+        // Killed and reaped: no process, not even a zombie, has the PID.
+        assert!(!proc_dir.exists(), "{} is still there", proc_dir.display());
     }
 }

@@ -307,7 +307,7 @@ fn run_fid(mut args: FidArgs) -> Result<()> {
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
             check_fid_args(&args)?;
-            return crate::launch::launch(n, args.inception.device);
+            return crate::launch::launch(n, args.inception.device, "evaluation");
         }
     }
     check_fid_args(&args)?;
@@ -442,7 +442,9 @@ fn run_stats(args: StatsArgs) -> Result<()> {
     let (images, what) = match (&args.samples, &args.dataset.dataset) {
         (Some(path), _) => match Source::read(path, false)? {
             Source::Images(images) => (images, path.display().to_string()),
-            Source::Statistics(_) | Source::Features(_) => unreachable!("refused by Source::read"),
+            Source::Statistics(_) | Source::Features(_) | Source::Reference(_) => {
+                unreachable!("refused by Source::read")
+            }
         },
         (None, Some(name)) => {
             let (images, what, _) = load_dataset(

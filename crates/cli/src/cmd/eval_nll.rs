@@ -87,7 +87,7 @@ pub fn run(args: NllArgs) -> Result<()> {
     }
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
-            return crate::launch::launch(n, args.device);
+            return crate::launch::launch(n, args.device, "evaluation");
         }
     }
     let joined = crate::ranks::join(
@@ -140,7 +140,9 @@ fn plan(args: &NllArgs) -> Result<NllPlan> {
     let (images, what) = match (&args.images, &args.dataset) {
         (Some(path), _) => match Source::read(path, false)? {
             Source::Images(images) => (images, path.display().to_string()),
-            Source::Statistics(_) | Source::Features(_) => unreachable!("refused by Source::read"),
+            Source::Statistics(_) | Source::Features(_) | Source::Reference(_) => {
+                unreachable!("refused by Source::read")
+            }
         },
         (None, Some(name)) => {
             let (images, what, _) = crate::cmd::eval::load_dataset(

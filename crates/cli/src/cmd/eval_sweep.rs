@@ -177,7 +177,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
             args.plan()?;
-            return crate::launch::launch(n, args.inception.device);
+            return crate::launch::launch(n, args.inception.device, "evaluation");
         }
     }
     let mut plan = args.plan()?;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use sample::{ExportLayout, Pipeline, SampleError, SamplerConfig};
+use anyhow::{bail, Context, Result};
+use sample::{ExportLayout, Pipeline, PipelineSpec, SampleError, SamplerConfig, SourceKind};
 use schedule::TimestepSpacing;
 use train::card::ModelCard;
 
@@ -58,8 +58,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
         WeightsArg::Model => sample::Weights::Model,
     };
     let source = crate::checkpoint_arg::local(&args.checkpoint, "--checkpoint")?;
-    let pipe = Pipeline::load(&source, weights, tch::Device::Cpu)
-        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
+    let in_checkpoint = || format!("--checkpoint {}", args.checkpoint.display());
+    let spec = PipelineSpec::resolve(&source, weights).with_context(in_checkpoint)?;
+    if weights == sample::Weights::Model && matches!(spec.kind, SourceKind::Diffusers { .. }) {
+        bail!(
+            "--weights model: {} is a diffusers folder, which holds one set of weights (only a \
+             training checkpoint has both `model` and `ema`): drop --weights",
+            args.checkpoint.display()
+        );
+    }
+    let pipe = Pipeline::from_spec(spec, tch::Device::Cpu).with_context(in_checkpoint)?;
     let out = &args.diffusers;
     let flag = || format!("--diffusers {}", out.display());
     if args.model_only {

@@ -579,7 +579,7 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     args.checkpoint = crate::checkpoint_arg::local(&args.checkpoint, "--checkpoint")?;
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
-            return crate::launch::launch(n, args.device);
+            return crate::launch::launch(n, args.device, "sampling");
         }
     }
     check_args(&args)?;

@@ -17,7 +17,7 @@ use train::{OpenOptions, Preset, RunDir, Start, TrainConfig, TrainError, Trainer
 #[command(after_long_help = resume_help())]
 pub struct TrainArgs {
     /// The starting configuration: seed (the notebook; the default), ddpm-cifar10 (the paper),
-    /// fashion-mnist, and the paper's 256² runs on an image folder (--data DIR):
+    /// fashion-mnist, fashion-mnist-learned (its learned-variance variant), and the paper's 256² runs on an image folder (--data DIR):
     /// ddpm-church-256, ddpm-bedroom-256, ddpm-cat-256, ddpm-celebahq-256. Not with --resume: a run keeps the configuration it started with.
     #[arg(long)]
     preset: Option<String>,
@@ -277,6 +277,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             }
             let run_dir = args.run_dir();
             return crate::launch::launch_with(crate::launch::LaunchPlan {
+                work: "training",
                 n,
                 device: args.device,
                 max_restarts: args.max_restarts,

@@ -219,7 +219,8 @@ impl NpyArray {
 }
 
 /// Writes arrays into an `.npz` (a zip of `<name>.npy` entries, as `numpy.savez`), atomically:
-/// to `<path>.tmp`, then renamed.
+/// to `<path>.tmp`, then renamed. A failed write (a full disk, say) removes `<path>.tmp` and
+/// reports the file system's error once.
 ///
 /// # Errors
 /// [`DataError::Write`] naming the file.
@@ -240,6 +241,21 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
     };
     let tmp = path.with_extension("npz.tmp");
     let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    let written = write_zip(&file, arrays).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e.to_string()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// The zip of `arrays`, written into `file`.
+fn write_zip(file: &std::fs::File, arrays: &[(&str, &NpyArray)]) -> std::io::Result<()> {
+    let zip_io = |e: zip::result::ZipError| match e {
+        zip::result::ZipError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    };
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
     // numpy.savez writes stored (uncompressed) entries; zip64 lets arrays exceed 4 GiB.
     let options = zip::write::SimpleFileOptions::default()
@@ -249,16 +265,27 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
                 .iter()
                 .any(|(_, a)| a.data.len() * 8 > u32::MAX as usize / 2),
         );
-    for (name, array) in arrays {
-        zip.start_file(format!("{name}.npy"), options)
-            .map_err(|e| err(e.to_string()))?;
-        zip.write_all(&array.to_npy_bytes())
-            .map_err(|e| err(e.to_string()))?;
+    for (i, (name, array)) in arrays.iter().enumerate() {
+        let mut entry = zip
+            .start_file(format!("{name}.npy"), options)
+            .map_err(zip_io)
+            .and_then(|()| zip.write_all(&array.to_npy_bytes()));
+        if i + 1 == arrays.len() {
+            // The data out of the buffer now, so that a full disk shows here, not while the
+            // archive is finished (where the zip writer would report it twice).
+            entry = entry.and_then(|()| zip.flush());
+        }
+        if let Err(e) = entry {
+            // Dropped, the zip writer would try to finish the archive on the failing file
+            // system and print a second, raw error of its own ("ZipWriter drop failed"). It
+            // holds only a borrowed file, a buffer and the entry names, so it is forgotten
+            // instead; the caller closes and removes the file.
+            std::mem::forget(zip);
+            return Err(e);
+        }
     }
-    let mut inner = zip.finish().map_err(|e| err(e.to_string()))?;
-    inner.flush().map_err(|e| err(e.to_string()))?;
-    inner.get_ref().sync_all().map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    let mut inner = zip.finish().map_err(zip_io)?;
+    inner.flush()
 }
 
 /// Reads every array of an `.npz`, in file order, named without the `.npy` suffix.

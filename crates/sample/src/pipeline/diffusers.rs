@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use model::{ModelConfig, Prediction, VarianceOutput};
+use model::{ModelConfig, Prediction, UNetConfig, VarianceOutput};
 use schedule::COSINE_MAX_BETA as COSINE_DIFFUSERS_MAX_BETA;
 use schedule::{BetaSchedule, Schedule};
 
@@ -286,12 +286,12 @@ impl Pipeline {
     /// the source used), and a `DDPMScheduler` `scheduler_config.json` for its schedule and
     /// prediction type; a pipeline also gets `model_index.json`. `extra` then writes whatever
     /// else belongs in the folder (a model card, a sample grid) into the staging folder it is
-    /// given. The folder is staged beside its destination and renamed into place; an existing,
-    /// non-empty `out_dir` is refused.
+    /// given. The folder is staged beside its destination and renamed into place, and removed
+    /// when anything fails; an existing, non-empty `out_dir` is refused.
     ///
     /// # Errors
-    /// [`SampleError::Source`] for a SimpleUnet (diffusers has no such model) or an existing
-    /// folder; [`SampleError::Model`] or [`SampleError::Source`] naming the file on IO errors;
+    /// [`SampleError::Source`] for a SimpleUnet (diffusers has no such model), an existing
+    /// non-empty folder, a file at `out_dir` or in place of one of its parent folders; [`SampleError::Model`] or [`SampleError::Source`] naming the file on IO errors;
     /// whatever `extra` returns.
     pub fn export(
         &self,
@@ -305,12 +305,7 @@ impl Pipeline {
                 "a SimpleUnet has no diffusers equivalent: only the DDPM U-Net exports",
             ));
         };
-        if out_dir.exists() && std::fs::read_dir(out_dir).map_or(true, |mut d| d.next().is_some()) {
-            return Err(source_err(
-                out_dir,
-                "exists and is not empty: pick a new folder",
-            ));
-        }
+        check_export_dir(out_dir)?;
         let name = out_dir
             .file_name()
             .ok_or_else(|| source_err(out_dir, "is not a folder name"))?;
@@ -319,9 +314,33 @@ impl Pipeline {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         }
+        let staged = self
+            .write_export(unet, &tmp, layout)
+            .and_then(|()| extra(&tmp))
+            .and_then(|()| {
+                if out_dir.exists() {
+                    std::fs::remove_dir(out_dir).map_err(|e| io(out_dir, e))?;
+                }
+                std::fs::rename(&tmp, out_dir).map_err(|e| io(out_dir, e))
+            });
+        if staged.is_err() {
+            // A failed export (a full disk, say) leaves nothing behind: the error is the news.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        staged
+    }
+
+    /// Writes the files of `layout` into the staging folder `tmp`.
+    fn write_export(
+        &self,
+        unet: &UNetConfig,
+        tmp: &Path,
+        layout: ExportLayout,
+    ) -> Result<(), SampleError> {
+        let io = |path: &Path, e: std::io::Error| source_err(path, e.to_string());
         let (unet_dir, scheduler_dir) = match layout {
             ExportLayout::Pipeline => (tmp.join("unet"), tmp.join("scheduler")),
-            ExportLayout::ModelOnly => (tmp.clone(), tmp.clone()),
+            ExportLayout::ModelOnly => (tmp.to_path_buf(), tmp.to_path_buf()),
         };
         for dir in [&unet_dir, &scheduler_dir] {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -355,12 +374,50 @@ impl Pipeline {
             )?;
         }
         model::save_safetensors(&self.vs, &unet_dir.join(DIFFUSERS_SAFETENSORS))?;
-        extra(&tmp)?;
-        if out_dir.exists() {
-            std::fs::remove_dir(out_dir).map_err(|e| io(out_dir, e))?;
-        }
-        std::fs::rename(&tmp, out_dir).map_err(|e| io(out_dir, e))
+        Ok(())
     }
+}
+
+/// Refuses an export destination that is not a new or empty folder, naming what is in the
+/// way: a file at `out_dir`, a file where one of its parent folders should be, a non-empty
+/// folder.
+fn check_export_dir(out_dir: &Path) -> Result<(), SampleError> {
+    if out_dir.is_dir() {
+        let empty = std::fs::read_dir(out_dir)
+            .map_err(|e| source_err(out_dir, e.to_string()))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(source_err(
+                out_dir,
+                "exists and is not empty: pick a new folder",
+            ));
+        }
+        return Ok(());
+    }
+    if out_dir.symlink_metadata().is_ok() {
+        return Err(source_err(
+            out_dir,
+            "is a file, not a folder: pick a new folder name, or remove the file",
+        ));
+    }
+    // The nearest ancestor that exists must be a folder, or nothing can be made under it.
+    if let Some(file) = out_dir
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.symlink_metadata().is_ok())
+        .filter(|a| !a.is_dir())
+    {
+        return Err(source_err(
+            out_dir,
+            format!(
+                "cannot be made: {} is a file, not a folder; pick a folder elsewhere",
+                file.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

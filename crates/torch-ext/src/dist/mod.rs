@@ -52,7 +52,7 @@ mod store;
 
 pub use launch::LaunchEnv;
 pub use process_group::{Backend, GlooDevice, GlooOptions, ProcessGroup, ReduceOp};
-pub use rank_group::{peer_hint, DistError, Distributed, GradSync};
+pub use rank_group::{peer_hint, DistError, Distributed, GradSync, RUN_AGAIN};
 pub use reducer::{Reducer, ReducerOptions};
 pub use store::TcpStore;
 

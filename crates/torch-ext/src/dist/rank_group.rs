@@ -53,7 +53,7 @@ pub enum DistError {
     /// rank that reports it.
     #[error(
         "rank {rank} of {world_size}: {op} failed ({message}): {}",
-        peer_hint(*rank, *world_size, *timeout_secs)
+        peer_hint(*rank, *world_size, *timeout_secs, next)
     )]
     Collective {
         /// The rank that reports the failure.
@@ -66,11 +66,17 @@ pub enum DistError {
         message: String,
         /// How long collectives wait.
         timeout_secs: u64,
+        /// What to do once the failed rank's cause is fixed ([`Distributed::set_next_step`]).
+        next: String,
     },
 }
 
-/// What a failed collective's message adds: which peer to look at, and how long it waited.
-pub fn peer_hint(rank: usize, world_size: usize, timeout_secs: u64) -> String {
+/// What a failed collective's message advises by default, once the cause is fixed.
+pub const RUN_AGAIN: &str = "run the command again";
+
+/// What a failed collective's message adds: which peer to look at, how long it waited, and
+/// what to do `next` (resume a training run, run a sampling command again).
+pub fn peer_hint(rank: usize, world_size: usize, timeout_secs: u64, next: &str) -> String {
     let who = if world_size == 2 {
         format!("rank {} (the other rank)", 1 - rank.min(1))
     } else {
@@ -78,8 +84,7 @@ pub fn peer_hint(rank: usize, world_size: usize, timeout_secs: u64) -> String {
     };
     format!(
         "{who} exited, crashed or stopped answering (collectives wait at most {timeout_secs} s, \
-         --dist-timeout); every rank stops: see that rank's output, then resume from the last \
-         checkpoint with --resume"
+         --dist-timeout); every rank stops: see that rank's output, then {next}"
     )
 }
 
@@ -95,6 +100,8 @@ pub struct Distributed {
     store: TcpStore,
     env: LaunchEnv,
     timeout: Duration,
+    /// What a failed collective's message advises ([`RUN_AGAIN`] unless set).
+    next_step: String,
 }
 
 impl std::fmt::Debug for Distributed {
@@ -188,7 +195,14 @@ impl Distributed {
             store,
             env,
             timeout,
+            next_step: RUN_AGAIN.to_string(),
         })
+    }
+
+    /// Sets what a failed collective's message advises once its cause is fixed: a training
+    /// run says "resume from the last checkpoint with --resume"; the default is [`RUN_AGAIN`].
+    pub fn set_next_step(&mut self, next: impl Into<String>) {
+        self.next_step = next.into();
     }
 
     /// The rendezvous store, or what went wrong and what to do.
@@ -349,6 +363,7 @@ impl Distributed {
             op: op.into(),
             message: short(&err.to_string()),
             timeout_secs: self.timeout.as_secs(),
+            next: self.next_step.clone(),
         }
     }
 
@@ -544,9 +559,10 @@ mod tests {
 
     #[test]
     fn the_peer_hint_names_the_other_rank_of_two() {
-        assert!(peer_hint(0, 2, 5).starts_with("rank 1 (the other rank) exited"));
-        assert!(peer_hint(1, 2, 5).starts_with("rank 0 (the other rank) exited"));
-        assert!(peer_hint(3, 8, 300).contains("another rank"));
-        assert!(peer_hint(3, 8, 300).contains("300 s"));
+        assert!(peer_hint(0, 2, 5, RUN_AGAIN).starts_with("rank 1 (the other rank) exited"));
+        assert!(peer_hint(1, 2, 5, RUN_AGAIN).starts_with("rank 0 (the other rank) exited"));
+        assert!(peer_hint(3, 8, 300, RUN_AGAIN).contains("another rank"));
+        assert!(peer_hint(3, 8, 300, RUN_AGAIN).contains("300 s"));
+        assert!(peer_hint(3, 8, 300, "resume").ends_with("then resume"));
     }
 }

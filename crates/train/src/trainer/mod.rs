@@ -170,6 +170,9 @@ pub struct Trainer {
     writer: crate::writer::CheckpointWriter,
     /// Seconds waited for the writer since the last metrics line, if it was waited for.
     checkpoint_wait: Option<f64>,
+    /// The step of the newest checkpoint this process wrote or started writing, on every rank
+    /// (rank 0 writes it): a stop request at that step does not write it a second time.
+    checkpointed_step: Option<u64>,
     /// What checking the digests of the checkpoint this run resumed from found.
     resumed_verified: Option<crate::digest::Verified>,
     /// A class-conditional run's class names (its dataset's), for its checkpoints.

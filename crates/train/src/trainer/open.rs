@@ -74,8 +74,12 @@ impl OpenOptions {
     /// One rank of the data-parallel run `dist` (`None`: alone). Rank 0 passes the locked
     /// directory ([`RunDir::lock`]) and checks and writes the files; the other ranks pass
     /// [`RunDir::follow`]. Every rank opens at the same time: opening ends by checking that the
-    /// ranks start at the same step and broadcasting rank 0's weights.
-    pub fn distributed(mut self, dist: Option<Distributed>) -> Self {
+    /// ranks start at the same step and broadcasting rank 0's weights. A failed collective's
+    /// message then advises `--resume` ([`Distributed::set_next_step`]).
+    pub fn distributed(mut self, mut dist: Option<Distributed>) -> Self {
+        if let Some(dist) = &mut dist {
+            dist.set_next_step("resume from the last checkpoint with --resume");
+        }
         self.dist = dist;
         self
     }
@@ -281,6 +285,7 @@ impl Trainer {
             resumed_verified: None,
             writer: Default::default(),
             checkpoint_wait: None,
+            checkpointed_step: None,
             class_names,
             quality: evaluation::QualityState::default(),
             position: None,

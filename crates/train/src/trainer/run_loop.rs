@@ -212,11 +212,25 @@ impl Trainer {
         Ok(false)
     }
 
-    /// Writes the stop request's checkpoint and ends the run as interrupted.
+    /// Writes the stop request's checkpoint and ends the run as interrupted. A checkpoint of
+    /// this step that is already written, or in flight (the signal came while the step waited
+    /// for the writer), is finished and kept rather than written a second time: a stop takes
+    /// one write at most.
     fn stop_with_checkpoint(&mut self, hooks: &mut dyn TrainHooks) -> Result<RunEnd, TrainError> {
         self.finish_checkpoint(hooks)?;
-        let dir = self.save_checkpoint()?;
-        hooks.on_checkpoint(&dir);
+        let dir = if self.checkpointed_step == Some(self.step) {
+            // Every rank took this branch (they all record the step); the others wait here
+            // until rank 0's write is complete, as they would for a new one.
+            self.sync_summaries()?;
+            self.checkpoint_barrier()?;
+            self.run_dir
+                .join(crate::checkpoint::CHECKPOINTS_DIR)
+                .join(crate::checkpoint::dir_name(self.step))
+        } else {
+            let dir = self.save_checkpoint()?;
+            hooks.on_checkpoint(&dir);
+            dir
+        };
         hooks.message(&format!(
             "interrupted: checkpoint at step {} in {}",
             self.step,

@@ -31,6 +31,7 @@ impl Trainer {
     /// The write in flight's error; as [`checkpoint::save`].
     pub fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
         self.mark(crate::elastic::Phase::Checkpoint);
+        self.checkpointed_step = Some(self.step);
         if !self.is_writer() {
             return self.wait_for_checkpoint();
         }
@@ -58,6 +59,7 @@ impl Trainer {
         &mut self,
         hooks: &mut dyn super::TrainHooks,
     ) -> Result<(), TrainError> {
+        self.checkpointed_step = Some(self.step);
         if !self.is_writer() {
             return Ok(());
         }
