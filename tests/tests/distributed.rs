@@ -946,7 +946,8 @@ fn a_restarted_rank_resumes_its_own_run_without_resume_and_refuses_another() {
     );
 }
 
-/// `ddpm sample` arguments for a long draw from `run_dir` (DDPM, 64 images in batches of 2),
+/// `ddpm sample` arguments for a long draw from `run_dir` (DDPM, 2048 images in batches of 2: the
+/// tests stop it early, and 64 took 1.7 s on a quiet machine, less than a signal needs to land),
 /// then `extra`.
 fn long_sample_args(run_dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -956,7 +957,7 @@ fn long_sample_args(run_dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
         "--device",
         "cpu",
         "-n",
-        "64",
+        "2048",
         "--batch",
         "2",
         "--sampler",
