@@ -4,6 +4,9 @@
 //! x̂_0) and learned-range variances, on fixed images (with pixels 0 and 255) and fixed noise;
 //! and the discretized decoder alone at its edge bins.
 
+mod common;
+
+use common::floats;
 use model::{Denoiser, Prediction};
 use sample::likelihood::{vb_term_bits, BoundOptions, ModelVariance};
 use schedule::likelihood::{discretized_gaussian_log_likelihood, prior_bits, BoundTables};
@@ -39,15 +42,6 @@ fn fixture() -> Value {
         "/tests/fixtures/nll_golden.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn floats(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 fn values(xs: &Tensor) -> Vec<f64> {

@@ -5,21 +5,15 @@
 //! sampler runs in f32). And DDIM with η > 0 on a learned-range output: v_Σ = −1 is DDIM's own
 //! step, v_Σ = 1 another.
 
+mod common;
+
+use common::floats;
 use model::Prediction;
 use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-
-fn floats(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn golden() -> Value {
     let path = concat!(

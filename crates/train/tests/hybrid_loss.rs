@@ -4,6 +4,9 @@
 //! 1e-6 relative, and L_vlb's gradient reaching the variance channels only; and the L_vlb-only
 //! loss (`objective.loss = "vlb"`), T·L_t from the same reference, training both halves.
 
+mod common;
+
+use common::floats;
 use model::{Denoiser, Prediction, VarianceOutput};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;
@@ -64,15 +67,6 @@ impl Golden {
             .collect();
         Tensor::from_slice(&t)
     }
-}
-
-fn floats(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 fn values(xs: &Tensor) -> Vec<f64> {

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use common::{assert_resume_is_exact, fresh, simple_unet, tiny_config, toy_dataset};
+use common::{assert_resume_is_exact, floats, fresh, simple_unet, tiny_config, toy_dataset};
 use model::{ModelConfig, VarianceOutput};
 use schedule::BetaSchedule;
 use serde_json::Value;
@@ -17,15 +17,6 @@ use train::objective::{LossKind, TimestepSampling};
 use train::timesteps::{ImportanceSampler, HISTORY_PER_T};
 use train::trainer::NoHooks;
 use train::TrainConfig;
-
-fn floats(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn ints(value: &Value) -> Vec<i64> {
     value
