@@ -985,7 +985,22 @@ fn the_launcher_of_sampling_reports_a_ctrl_c_as_a_stop_and_a_dead_rank_as_sampli
     let args = long_sample_args(&run_dir, &out, &["--nproc-per-node", "2"]);
 
     let log = dir.path().join("sigint.log");
-    let launcher = spawn_launcher(&args, &log);
+    // Started as a shell starts a background job, with SIGINT ignored: the ranks must not
+    // inherit that, or the Ctrl-C the launcher forwards would not stop them.
+    let launcher = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = ddpm(&args);
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: signal(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    };
     wait_for("the sampling line", Duration::from_secs(60), || {
         read(&log).contains("(2 ranks, ")
     });

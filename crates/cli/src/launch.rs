@@ -229,9 +229,18 @@ fn rank_command(
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+    // SAFETY: between fork and exec only async-signal-safe calls (signal, prctl, getppid).
     unsafe {
         cmd.pre_exec(move || {
+            // The launcher handles the stop signals whatever it started with and forwards them:
+            // a rank must not inherit an ignored one (a shell starts a background job with
+            // SIGINT ignored), or a forwarded Ctrl-C would not stop a sampling rank. SIGHUP
+            // keeps its disposition: an ignored one is not forwarded (`nohup`).
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+                if libc::signal(signal, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -177,6 +177,11 @@ fn check_args(args: &SampleArgs) -> Result<()> {
     {
         bail!("nothing to write: pass --grid, --png-dir, --strip, --gif or --npz");
     }
+    // Only rank 0 writes the outputs, so only it tries them: the ranks of a launch would
+    // race on the probe file (one removing it while another checks it).
+    if std::env::var("RANK").is_ok_and(|rank| rank != "0") {
+        return Ok(());
+    }
     for (path, flag) in [
         (&args.grid, "--grid"),
         (&args.strip, "--strip"),
@@ -579,6 +584,8 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     args.checkpoint = crate::checkpoint_arg::local(&args.checkpoint, "--checkpoint")?;
     if let Some(n) = args.nproc_per_node {
         if !crate::launch::is_launched_rank() {
+            // Refused once, before any rank starts.
+            check_args(&args)?;
             return crate::launch::launch(n, args.device, "sampling");
         }
     }
