@@ -18,6 +18,20 @@ fn train_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
     tiny_train_args(data, run_dir, &args)
 }
 
+/// [`train_args`] for a run that only a signal ends, keeping its last 10 checkpoints.
+fn endless_train_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--max-steps",
+        "100000",
+        "--epochs",
+        "100000",
+        "--set",
+        "keep_last=10",
+    ];
+    args.extend_from_slice(extra);
+    train_args(data, run_dir, &args)
+}
+
 /// Flips the lowest bit of the mantissa of the file's last float: a finite weight that
 /// safetensors reads without complaint.
 fn flip_a_bit(path: &Path) {
@@ -136,18 +150,7 @@ fn sigterm_during_a_background_write_leaves_it_and_the_previous_one_complete() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 64);
     let run_dir = dir.path().join("run");
-    let args = train_args(
-        &data,
-        &run_dir,
-        &[
-            "--max-steps",
-            "100000",
-            "--epochs",
-            "100000",
-            "--set",
-            "keep_last=10",
-        ],
-    );
+    let args = endless_train_args(&data, &run_dir, &[]);
     // Each write pauses between its files, so the signal lands inside the second one.
     let mut child = spawn(&args, &[("DDPM_FAULT_CHECKPOINT_PAUSE_MS", "1500")]);
     let tmp = run_dir.join("checkpoints/step-00000004.tmp");
@@ -190,20 +193,7 @@ fn a_stop_while_a_step_waits_for_the_writer_writes_that_step_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 64);
     let run_dir = dir.path().join("run");
-    let args = train_args(
-        &data,
-        &run_dir,
-        &[
-            "--max-steps",
-            "100000",
-            "--epochs",
-            "100000",
-            "--set",
-            "keep_last=10",
-            "--set",
-            "log_every=1",
-        ],
-    );
+    let args = endless_train_args(&data, &run_dir, &["--set", "log_every=1"]);
     // Each write pauses 2.5 s between its files (about 5 s a write), so steps 5 and 6 finish
     // while step 4's is written, and step 6 then waits for it.
     let mut child = spawn(&args, &[("DDPM_FAULT_CHECKPOINT_PAUSE_MS", "2500")]);

@@ -179,7 +179,8 @@ fn check_args(args: &SampleArgs) -> Result<()> {
     }
     // Only rank 0 writes the outputs, so only it tries them: the ranks of a launch would
     // race on the probe file (one removing it while another checks it).
-    if std::env::var("RANK").is_ok_and(|rank| rank != "0") {
+    let launch = torch_ext::dist::LaunchEnv::from_env().context("the torchrun variables")?;
+    if launch.is_some_and(|env| env.rank != 0) {
         return Ok(());
     }
     for (path, flag) in [
