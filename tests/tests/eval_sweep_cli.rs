@@ -205,3 +205,39 @@ fn bad_sweeps_are_refused_naming_the_flag_before_sampling() {
     let e = error(&["--samplers", "ddim", "--nfe", "0"]);
     assert!(e.contains("--nfe"), "{e}");
 }
+
+#[test]
+fn a_spec_of_its_own_clamping_scores_the_images_of_eval_fid_with_that_clamping() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(dir.path());
+    let reference = dir.path().join("ref");
+    png_folder(&reference, 8);
+    let out_dir = dir.path().join("sweep");
+    let specs = ["--samplers", "ddim,ddim:no-clip", "--nfe", "3"];
+    let mut args = specs.to_vec();
+    args.extend(["--seeds", "4", "--no-full-chain"]);
+    let out = eval("sweep", &sweep_args(&run_dir, &reference, &out_dir, &args));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let table = read_json(&out_dir.join("sweep.json"));
+    let fid_of = |label: &str| {
+        let rows = table["rows"].as_array().unwrap();
+        rows.iter().find(|r| r["sampler"] == label).unwrap()["fid"].clone()
+    };
+    // `eval fid --checkpoint` with and without --no-clip, from the same seed.
+    let fid = |extra: &[&str]| {
+        let json = dir.path().join(format!("fid{}.json", extra.len()));
+        let mut args = vec!["--checkpoint", path_arg(&run_dir), "--sampler", "ddim"];
+        args.extend_from_slice(&["--steps", "3", "--n", "6", "--sample-batch-size", "4"]);
+        args.extend_from_slice(&["--seed", "4", "--ref", path_arg(&reference)]);
+        args.extend_from_slice(&["--kid-subset-size", "4", "--out", path_arg(&json)]);
+        args.extend_from_slice(extra);
+        let out = eval("fid", &args);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        read_json(&json)["fid"].clone()
+    };
+    let (clipped, unclipped) = (fid(&[]), fid(&["--no-clip"]));
+    // The tiny network's x̂_0 leaves [-1, 1], so clamping changes the images.
+    assert_ne!(clipped, unclipped);
+    assert_eq!(fid_of("ddim"), clipped);
+    assert_eq!(fid_of("ddim:no-clip"), unclipped);
+}

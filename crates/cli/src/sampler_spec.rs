@@ -1,6 +1,7 @@
 //! A sampler named in one word, as `ddpm eval sweep --samplers` takes them:
 //! `name[:part]…`, each part an order (`dpm-solver++:3`), a spacing (`ddim:quadratic`), `sde`,
-//! a DDPM variance (`ddpm:small`) or `eta=X`. The parts become the sampler flags of `ddpm
+//! a DDPM variance (`ddpm:small`), `eta=X`, or the clamping of x̂_0 for that sampler alone
+//! (`no-clip` or `clip`, over the sweep's `--no-clip` and the checkpoint's `clip_sample`). The parts become the sampler flags of `ddpm
 //! sample` ([`SamplerArgs`]), parsed by the same clap definitions, so every sampler, spacing and
 //! option those flags accept is accepted here, with the same checks.
 
@@ -26,6 +27,8 @@ pub struct SamplerSpec {
     pub label: String,
     /// The sampler flags it stands for (without `--steps`).
     flags: Vec<String>,
+    /// Its own clamping of x̂_0 (`no-clip`: `Some(false)`, `clip`: `Some(true)`).
+    pub clip_x0: Option<bool>,
 }
 
 impl SamplerSpec {
@@ -40,8 +43,19 @@ impl SamplerSpec {
             bail!("{flag} `{spec}`: a sampler spec is name[:order][:spacing], e.g. dpm-solver++:3 or ddim:quadratic");
         }
         let mut flags = vec!["--sampler".to_string(), name.to_string()];
+        let mut clip_x0 = None;
         for part in parts {
             let part = part.trim();
+            if let Some(clip) = match part {
+                "clip" => Some(true),
+                "no-clip" => Some(false),
+                _ => None,
+            } {
+                if clip_x0.replace(clip).is_some() {
+                    bail!("{flag} `{spec}`: `{part}` sets the clamping a second time");
+                }
+                continue;
+            }
             let (key, value) = match part {
                 "" => bail!("{flag} `{spec}`: an empty part between colons"),
                 "sde" => ("--sde", None),
@@ -62,6 +76,7 @@ impl SamplerSpec {
         Ok(Self {
             label: spec.trim().to_string(),
             flags,
+            clip_x0,
         })
     }
 
@@ -261,6 +276,35 @@ mod tests {
         assert_eq!(
             parse_list("ddim,dpm-solver++", "--samplers").unwrap().len(),
             2
+        );
+    }
+
+    #[test]
+    fn a_spec_may_set_its_own_clamping() {
+        let spec = SamplerSpec::parse("dpm-solver++:3:no-clip", "--samplers").unwrap();
+        assert_eq!(spec.clip_x0, Some(false));
+        assert_eq!(spec.label, "dpm-solver++:3:no-clip");
+        assert_eq!(
+            spec.config(10, 300, &[], "--samplers").unwrap(),
+            config("dpm-solver++:3", 10).unwrap()
+        );
+        assert_eq!(
+            SamplerSpec::parse("ddim:clip", "--samplers")
+                .unwrap()
+                .clip_x0,
+            Some(true)
+        );
+        assert_eq!(
+            SamplerSpec::parse("ddim", "--samplers").unwrap().clip_x0,
+            None
+        );
+        let m = format!(
+            "{:#}",
+            SamplerSpec::parse("ddim:clip:no-clip", "--samplers").unwrap_err()
+        );
+        assert!(
+            m.contains("`ddim:clip:no-clip`") && m.contains("a second time"),
+            "{m}"
         );
     }
 }

@@ -30,6 +30,8 @@ pub struct SweepPair {
     pub sampler: SamplerConfig,
     /// Whether this is the full chain, the plot's reference line.
     pub full_chain: bool,
+    /// The clamping of x̂_0 for this pair alone (`dpm-solver++:no-clip`); `None`: the sweep's.
+    pub clip_x0: Option<bool>,
 }
 
 /// One scored pair.
@@ -315,6 +317,7 @@ impl SweepPlan {
             sampler: pair.sampler.clone(),
             seed: pair.seed,
             save_samples: None,
+            clip_x0: pair.clip_x0.or(self.samples.clip_x0),
             ..self.samples.clone()
         }
     }
@@ -458,6 +461,7 @@ mod tests {
             seed: 0,
             sampler: SamplerConfig::seed_notebook(),
             full_chain: false,
+            clip_x0: None,
         };
         assert!(again.has(&pair(10)) && !again.has(&pair(20)));
         let other = SweepSettings {

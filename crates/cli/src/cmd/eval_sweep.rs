@@ -125,6 +125,7 @@ impl SweepArgs {
                         seed,
                         sampler: s.config(nfe, n_train_steps, &extra, "--samplers")?,
                         full_chain: false,
+                        clip_x0: s.clip_x0,
                     });
                 }
             }
@@ -139,6 +140,7 @@ impl SweepArgs {
                     seed,
                     sampler: s.config(n_train_steps, n_train_steps, &extra, "--full-chain")?,
                     full_chain: true,
+                    clip_x0: s.clip_x0,
                 });
             }
         }
