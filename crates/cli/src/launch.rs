@@ -305,7 +305,12 @@ fn forward_signals(
     std::thread::Builder::new()
         .name("forward-signals".into())
         .spawn(move || {
+            // Forwarded once per request: a rank takes a second one as "quit now".
+            let mut requests = crate::signals::Requests::default();
             for signal in signals.forever() {
+                if !requests.is_new(signal, Instant::now()) {
+                    continue;
+                }
                 stopping.store(signal, Ordering::SeqCst);
                 for &pid in &child_pids {
                     // SAFETY: kill(2) on PIDs we started.

@@ -5,11 +5,17 @@
 //! reports a death by that signal); checkpoints are written atomically, so this loses only the
 //! steps since the previous one.
 //!
+//! One signal delivered twice within [`REPEAT_WINDOW`] is one request: coreutils' `timeout`
+//! sends its signal to the command and then to the command's process group, so `timeout 2h
+//! ddpm train …` gets SIGTERM twice within microseconds, and without this lost the final
+//! checkpoint; a person's second Ctrl-C comes later than that.
+//!
 //! A SIGHUP that is ignored when the process starts (`nohup ddpm train …`) stays ignored: a
 //! user who asked to survive the terminal's hangup gets that.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -77,6 +83,28 @@ pub(crate) fn is_ignored(signal: i32) -> bool {
     }
 }
 
+/// How close two deliveries of one signal are taken as one request.
+pub(crate) const REPEAT_WINDOW: Duration = Duration::from_millis(200);
+
+/// Tells a new stop request from one signal delivered twice (see [`REPEAT_WINDOW`]).
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    /// The last request's signal and when it came.
+    last: Option<(i32, Instant)>,
+}
+
+impl Requests {
+    /// Whether `signal`, arriving `at`, is a new request: not the signal of the previous
+    /// request again within [`REPEAT_WINDOW`] of it.
+    pub(crate) fn is_new(&mut self, signal: i32, at: Instant) -> bool {
+        let repeat = matches!(self.last, Some((s, t)) if s == signal && at.saturating_duration_since(t) < REPEAT_WINDOW);
+        if !repeat {
+            self.last = Some((signal, at));
+        }
+        !repeat
+    }
+}
+
 /// Sets `stop` on the first stop signal (printing what happens next when `announce`; the ranks
 /// of a data-parallel run other than 0 leave that to rank 0) and exits on the second.
 ///
@@ -91,7 +119,11 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>, announce: bool) -> Result<()> {
     std::thread::Builder::new()
         .name("stop-signals".into())
         .spawn(move || {
+            let mut requests = Requests::default();
             for signal in signals.forever() {
+                if !requests.is_new(signal, Instant::now()) {
+                    continue;
+                }
                 if stop.swap(true, Ordering::SeqCst) {
                     eprintln!("second {}: exiting now without a checkpoint", name(signal));
                     // `_exit`: no atexit handlers or static destructors while the main thread
@@ -108,4 +140,21 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>, announce: bool) -> Result<()> {
         })
         .context("cannot start the signal thread")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_signal_delivered_twice_at_once_is_one_request() {
+        let t0 = Instant::now();
+        let mut requests = Requests::default();
+        assert!(requests.is_new(SIGTERM, t0));
+        // coreutils' timeout: the command, then its process group, microseconds apart.
+        assert!(!requests.is_new(SIGTERM, t0 + Duration::from_micros(30)));
+        // Another signal, or the same one after the window, is a second request.
+        assert!(requests.is_new(SIGINT, t0 + Duration::from_millis(1)));
+        assert!(requests.is_new(SIGINT, t0 + Duration::from_millis(1) + REPEAT_WINDOW));
+    }
 }
