@@ -434,3 +434,13 @@ pub fn fill(dir: &Path) {
         }
     }
 }
+
+/// A JSON array of numbers, from a golden fixture.
+pub fn floats(value: &serde_json::Value) -> Vec<f64> {
+    value
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}

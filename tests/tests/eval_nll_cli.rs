@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use data::images::{write_npz, NpyArray, NpyData};
-use e2e::{path_arg, run, stderr_of, stdout_of, train_tiny};
+use e2e::{floats, path_arg, run, stderr_of, stdout_of, train_tiny};
 use serde_json::Value;
 
 /// `n` 28×28 RGB images as uint8 NHWC `arr_0`, with pixels 0 and 255 among them.
@@ -43,15 +43,6 @@ fn nll(run_dir: &Path, images: &Path, out: &Path, extra: &[&str]) -> Value {
         stdout_of(&output)
     );
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
-
-fn floats(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 #[test]

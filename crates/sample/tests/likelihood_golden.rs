@@ -4,9 +4,7 @@
 //! x̂_0) and learned-range variances, on fixed images (with pixels 0 and 255) and fixed noise;
 //! and the discretized decoder alone at its edge bins.
 
-mod common;
-
-use common::floats;
+use e2e::floats;
 use model::{Denoiser, Prediction};
 use sample::likelihood::{vb_term_bits, BoundOptions, ModelVariance};
 use schedule::likelihood::{discretized_gaussian_log_likelihood, prior_bits, BoundTables};

@@ -5,9 +5,7 @@
 //! sampler runs in f32). And DDIM with η > 0 on a learned-range output: v_Σ = −1 is DDIM's own
 //! step, v_Σ = 1 another.
 
-mod common;
-
-use common::floats;
+use e2e::floats;
 use model::Prediction;
 use sample::{Sampler, SamplerConfig};
 use schedule::tensor::ScheduleTensors;

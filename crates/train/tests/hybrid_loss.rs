@@ -4,9 +4,7 @@
 //! 1e-6 relative, and L_vlb's gradient reaching the variance channels only; and the L_vlb-only
 //! loss (`objective.loss = "vlb"`), T·L_t from the same reference, training both halves.
 
-mod common;
-
-use common::floats;
+use e2e::floats;
 use model::{Denoiser, Prediction, VarianceOutput};
 use schedule::tensor::ScheduleTensors;
 use schedule::Schedule;

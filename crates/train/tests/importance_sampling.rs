@@ -8,7 +8,8 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use common::{assert_resume_is_exact, floats, fresh, simple_unet, tiny_config, toy_dataset};
+use common::{assert_resume_is_exact, fresh, simple_unet, tiny_config, toy_dataset};
+use e2e::floats;
 use model::{ModelConfig, VarianceOutput};
 use schedule::BetaSchedule;
 use serde_json::Value;

@@ -294,13 +294,3 @@ pub fn assert_resume_is_exact(config: TrainConfig) -> tempfile::TempDir {
     }
     full
 }
-
-/// A JSON array of numbers, from a golden fixture.
-pub fn floats(value: &serde_json::Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
