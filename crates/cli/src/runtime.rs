@@ -19,19 +19,6 @@ pub fn configure_cudnn(device: tch::Device, benchmark: bool) {
     }
 }
 
-/// With activation checkpointing on the CPU, every allocation of 1 MiB or more gets a mapping of
-/// its own that is returned to the system when freed
-/// ([`torch_ext::host_memory::return_large_blocks`]). Otherwise glibc keeps the space of freed
-/// activations, and the many short-lived activations of the recomputations leave the peak
-/// resident set far above the peak of live tensors: checkpointing's saving would largely not
-/// show (`docs/results/checkpoint_memory.md`). Off without checkpointing, whose training on the
-/// CPU keeps glibc's faster default (no page faults for reused blocks).
-pub fn configure_host_memory(device: tch::Device, gradient_checkpointing: bool) {
-    if device == tch::Device::Cpu && gradient_checkpointing {
-        torch_ext::host_memory::return_large_blocks(torch_ext::host_memory::LARGE_BLOCK_BYTES);
-    }
-}
-
 /// The tch crate this workspace pins.
 pub const TCH_VERSION: &str = "0.24.0";
 /// The libtorch release that tch [`TCH_VERSION`] is built against; other versions are ABI-incompatible.

@@ -236,6 +236,17 @@ impl ModelConfig {
         }
     }
 
+    /// The memory format the network samples fastest in on `device`
+    /// ([`UNetConfig::inference_memory_format`]; the notebook's network keeps its training
+    /// preference, [`SimpleUnetConfig::preferred_memory_format`]). Loaders of weights for
+    /// sampling lay the kernels out in it with [`set_memory_format`].
+    pub fn inference_memory_format(&self, device: tch::Device) -> MemoryFormat {
+        match self {
+            Self::Simple(config) => config.preferred_memory_format(device),
+            Self::Ddpm(config) => config.inference_memory_format(device),
+        }
+    }
+
     /// Channels of the images the network takes.
     pub fn in_channels(&self) -> i64 {
         match self {

@@ -437,3 +437,54 @@ fn class_conditional_generation_is_seeded_and_checks_its_labels() {
         .to_string();
     assert!(err.contains("not class-conditional"), "{err}");
 }
+
+/// A network whose first level is 64 channels wide samples channels-last on the CPU (its
+/// training layout is NCHW), and computes the same function as in NCHW.
+#[test]
+fn a_wide_network_loads_channels_last_for_sampling_on_the_cpu_with_the_same_outputs() {
+    let mut spec = PipelineSpec::resolve(&fixtures().join("modern"), Weights::Ema).unwrap();
+    let ModelConfig::Ddpm(narrow) = &spec.model else {
+        panic!("the modern fixture is a UNet2DModel");
+    };
+    assert_eq!(
+        spec.model.inference_memory_format(Device::Cpu),
+        model::MemoryFormat::Contiguous,
+        "the fixture's {} channels stay NCHW",
+        narrow.channels
+    );
+    let wide = model::UNetConfig {
+        channels: 64,
+        ..narrow.clone()
+    };
+    spec.model = ModelConfig::Ddpm(wide);
+    let dir = tempfile::tempdir().unwrap();
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    spec.model
+        .build_with(&vs.root(), &mut sample::Generator::cpu(3))
+        .unwrap();
+    // Weights far from the near-zero residual branches of a fresh network.
+    tch::no_grad(|| {
+        for v in vs.variables().values() {
+            v.shallow_clone().copy_(&(v.randn_like() * 0.1));
+        }
+    });
+    assert!(vs.variables().values().all(Tensor::is_contiguous));
+    spec.weights_file = dir.path().join("wide.safetensors");
+    spec.kind = SourceKind::Checkpoint;
+    model::save_safetensors(&vs, &spec.weights_file).unwrap();
+
+    let pipe = Pipeline::from_spec(spec, Device::Cpu).unwrap();
+    let kernels: Vec<Tensor> = pipe
+        .vs
+        .variables()
+        .into_values()
+        .filter(|v| v.dim() == 4)
+        .collect();
+    assert!(!kernels.is_empty());
+    assert!(kernels.iter().all(model::is_channels_last));
+    let channels_last = output(&pipe);
+    model::set_memory_format(&pipe.vs, model::MemoryFormat::Contiguous);
+    let nchw = output(&pipe);
+    assert!(max_abs_diff(&channels_last, &nchw) < 1e-5);
+    assert!(channels_last.abs().max().double_value(&[]) > 0.1);
+}

@@ -10,7 +10,7 @@
 //! | [`foreach`] | `at::_foreach_{lerp_,norm,mul_,add_,zero_}`, `at::_fused_adam_`, `at::_fused_adamw_` | EMA, gradient clipping and Adam in a few kernel launches |
 //! | [`autocast`] | `at::autocast::{set,get}_autocast_dtype`, `{set,is}_autocast_enabled` (per device type), `{set,is}_autocast_cache_enabled` | bf16 and fp16 autocast on CUDA and the CPU, and autocast under CUDA graph capture |
 //! | [`amp`] | `at::_amp_foreach_non_finite_check_and_unscale_`, `at::_amp_update_scale_` | the dynamic loss scale of fp16 training, on the device |
-//! | [`host_memory`] | glibc's `mallopt(M_MMAP_THRESHOLD)` (not libtorch) | peak resident memory near the peak of live CPU tensors |
+//! | [`host_memory`] | glibc's `mallopt` (not libtorch) | peak resident memory near the peak of live CPU tensors with checkpointing, no page faults for reused blocks otherwise |
 //! | [`pickle`] | `torch::jit::Unpickler` on a `PyTorchStreamReader` (what `torch::jit::pickle_load` runs) | reading `torch.save`d state dicts (diffusers' `diffusion_pytorch_model.bin`) |
 //! | `dist` (feature `dist`) | c10d: `TCPStore`, `ProcessGroupGloo`, `ProcessGroupNCCL` (feature `nccl`), `broadcast_coalesced`, `Reducer`; torchrun's variables; the rank group `Distributed` | data-parallel training as DDP does it, and sampling across ranks |
 //! | `cuda` (feature `cuda`) | `at::cuda::CUDAGraph` (with `register_generator_state`), CUDA stream pool, stream guard, stream waits | capturing and replaying a step |

@@ -4,7 +4,7 @@
 //! ```text
 //! bench_serve --case simple_unet|ddpm_unet|ddpm_unet_256 --batch N [--device cpu|cuda] [--threads N] [--bf16]
 //!             [--cudnn-benchmark true|false]
-//!             [--cuda-graph]
+//!             [--cuda-graph] [--layout nchw|channels_last] [--sampling]
 //! stdin:  forward | train_step | loop_step | optimizer_step | ddpm_step | ddim_step
 //!         | dpmpp_2m_step | dpmpp_3m_step | unipc_bh2_step | euler_step | heun_step | plms_step
 //!         [COUNT] | memory | quit
@@ -13,6 +13,11 @@
 //!         the end; for `memory`, the peak bytes the CUDA caching allocator held in live
 //!         tensors since the previous `memory` request (NaN on the CPU)
 //! ```
+//!
+//! The network's kernels are laid out in the model's training preference, or with `--sampling`
+//! in the layout `ddpm sample` loads it in (`ModelConfig::inference_memory_format`: channels-last
+//! for the paper's U-Net on the CPU), or in `--layout` (`model::set_memory_format`); the input
+//! follows the kernels.
 //!
 //! `--cuda-graph` (a build with train's `cuda` feature) runs `loop_step` as a CUDA graph
 //! (`Trainer::enable_cuda_graph`). `--loop-only` builds the trainer alone and serves only
@@ -51,7 +56,7 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use model::{Denoiser, Precision, Prediction};
+use model::{Denoiser, MemoryFormat, Precision, Prediction};
 use sample::{Sampler, SamplerConfig, SigmaSpacing, UniPcVariant};
 use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
@@ -75,6 +80,8 @@ struct Args {
     cudnn_benchmark: bool,
     cuda_graph: bool,
     loop_only: bool,
+    layout: Option<MemoryFormat>,
+    sampling: bool,
 }
 
 fn parse_args() -> Args {
@@ -104,6 +111,12 @@ fn parse_args() -> Args {
         cudnn_benchmark: value("--cudnn-benchmark").is_none_or(|v| v == "true"),
         cuda_graph: args.iter().any(|a| a == "--cuda-graph"),
         loop_only: args.iter().any(|a| a == "--loop-only"),
+        layout: value("--layout").map(|l| match l.as_str() {
+            "nchw" => MemoryFormat::Contiguous,
+            "channels_last" => MemoryFormat::ChannelsLast,
+            other => panic!("--layout {other}: expected nchw or channels_last"),
+        }),
+        sampling: args.iter().any(|a| a == "--sampling"),
     }
 }
 
@@ -527,6 +540,8 @@ fn main() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
     let config = case_config(&args);
+    // glibc's allocator as the `ddpm` commands set it for this work.
+    torch_ext::host_memory::configure(device, config.model.gradient_checkpointing());
     if args.loop_only {
         tch::manual_seed(0);
         serve_loop_only(&args, &config);
@@ -542,6 +557,12 @@ fn main() {
     );
     let samplers = samplers_at_500(&sampling_sched);
     let mut bare = Bare::new(config.clone(), device, autocast, samplers);
+    let sampling = args
+        .sampling
+        .then(|| config.model.inference_memory_format(device));
+    if let Some(format) = args.layout.or(sampling) {
+        model::set_memory_format(&bare.vs, format);
+    }
     bare.chains = chains(&sampling_sched);
     let dir = tempfile::tempdir().expect("a temporary run directory");
     // A loader like the trainer's own, whose workers make batches while the steps run.

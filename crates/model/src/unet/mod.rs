@@ -74,6 +74,17 @@ fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64, gen: &mut Generator) 
     linear
 }
 
+/// SiLU of a group norm's output, in place where no backward pass will read it (evaluation
+/// without autograd, as in sampling): one pass over the activations and no new tensor.
+fn silu(mut xs: Tensor) -> Tensor {
+    if xs.requires_grad() {
+        xs.silu()
+    } else {
+        let _ = xs.silu_();
+        xs
+    }
+}
+
 fn group_norm(vs: nn::Path, channels: i64, config: &UNetConfig) -> nn::GroupNorm {
     let gn_config = nn::GroupNormConfig {
         eps: config.norm_eps,
@@ -116,14 +127,14 @@ impl ResnetBlock {
     /// Dropout draws its mask from `dropout` (training mode); `None` is evaluation mode.
     /// The additions run in place on convolution outputs, which no backward pass needs.
     fn forward(&self, xs: &Tensor, temb_act: &Tensor, dropout: Option<&mut Generator>) -> Tensor {
-        let mut h = xs.apply(&self.norm1).silu().apply(&self.conv1);
+        let mut h = silu(xs.apply(&self.norm1)).apply(&self.conv1);
         let _ = h.g_add_(
             &temb_act
                 .apply(&self.time_emb_proj)
                 .unsqueeze(-1)
                 .unsqueeze(-1),
         );
-        let h = h.apply(&self.norm2).silu();
+        let h = silu(h.apply(&self.norm2));
         let h = match dropout {
             Some(gen) => gen
                 .dropout(&h, self.dropout)
@@ -234,7 +245,7 @@ struct Head {
 
 impl Head {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
+        silu(xs.apply(&self.conv_norm_out)).apply(&self.conv_out)
     }
 
     fn parameters(&self) -> Vec<&Tensor> {

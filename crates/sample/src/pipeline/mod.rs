@@ -147,7 +147,8 @@ impl Pipeline {
         Self::from_spec(PipelineSpec::resolve(path, weights)?, device)
     }
 
-    /// Builds the network of `spec` on `device` and loads its weights.
+    /// Builds the network of `spec` on `device`, loads its weights, and lays its kernels out in
+    /// the memory format it samples fastest in ([`model::ModelConfig::inference_memory_format`]).
     ///
     /// # Errors
     /// [`SampleError::Weights`] when the weights do not fit the network (naming the file and
@@ -174,6 +175,8 @@ impl Pipeline {
             config: spec.config_file.clone(),
             source,
         })?;
+        // Sampling's layout, which can differ from training's (the paper's U-Net on the CPU).
+        model::set_memory_format(&vs, spec.model.inference_memory_format(device));
         let sched = ScheduleTensors::new(&schedule, device);
         Ok(Self {
             spec,

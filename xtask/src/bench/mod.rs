@@ -14,6 +14,9 @@
 //!    optimizer step (clipping, Adam, EMA) for the paper's U-Net's 35.7M parameters, against
 //!    `torch.optim.Adam(foreach=True)` and `(fused=True)`; and the full training loop's step
 //!    (`Trainer::train_step` fed by the loader) against the bare step, both in the Rust process.
+//!    The sampling steps (the forward pass and the solvers') run on a second Rust server whose
+//!    network is in the layout `ddpm sample` loads it in (`--sampling`), against the peer in
+//!    NCHW and in channels-last; the report sets each against the faster of the two.
 //! 3. FID feature extraction (TF resize to 299 + Inception-v3): `ddpm eval stats` against the
 //!    same TorchScript from Python torch (`scripts/bench/fid_pytorch.py`), alternating.
 //!
@@ -29,6 +32,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::SystemTime;
 
 use crate::{cargo, root, run_checked};
+
+mod report;
+use report::write_report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -77,8 +83,8 @@ struct Case {
     batch: usize,
 }
 
-/// The side-by-side steps of every case against the peer's same function.
-const STEPS: [&str; 10] = [
+/// Every side-by-side step `--steps` may name.
+const STEPS: [&str; 12] = [
     "forward",
     "train_step",
     "ddpm_step",
@@ -89,7 +95,27 @@ const STEPS: [&str; 10] = [
     "euler_step",
     "heun_step",
     "plms_step",
+    "optimizer_step",
+    "loop_step",
 ];
+
+/// The steps of sampling: timed on the network in the layout `ddpm sample` loads it in
+/// (`ModelConfig::inference_memory_format`, `bench_serve --sampling`) against the peer in each
+/// layout, NCHW and channels-last. The others run in the training layout on both sides.
+const SAMPLING_STEPS: [&str; 9] = [
+    "forward",
+    "ddpm_step",
+    "ddim_step",
+    "dpmpp_2m_step",
+    "dpmpp_3m_step",
+    "unipc_bh2_step",
+    "euler_step",
+    "heun_step",
+    "plms_step",
+];
+
+/// The layouts the peer runs the sampling steps in.
+const PEER_LAYOUTS: [&str; 2] = ["nchw", "channels_last"];
 
 /// The cases `names` asks for (the default two when empty), at the batch sizes of the mode.
 fn cases(quick: bool, cuda: bool, names: &[String]) -> Result<Vec<Case>> {
@@ -387,6 +413,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         !args.bf16 || cuda,
         "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
     );
+    if let Some(bad) = args.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
+        bail!("--steps {bad}: expected some of {}", STEPS.join(", "));
+    }
     let mut case_list = cases(args.quick, cuda, &args.cases)?;
     if let Some(batch) = args.batch {
         ensure!(batch > 0, "--batch 0: expected at least 1");
@@ -450,6 +479,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .reduce(f64::max);
     let report = json!({
         "optimizer_step_vs_best_peer": optimizer_vs_best,
+        "sampling_vs_best_layout": vs_best_layout(&results.records),
         "date": today(),
         "commit": git_commit(&bench.root),
         "device": device_name,
@@ -467,6 +497,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "criterion": criterion,
     });
     write_report(&args, &bench.root, &device_tag, &report)
+}
+
+/// Each sampling step against the peer's faster layout: per case and step, the larger of the
+/// Rust/PyTorch ratios over the peer's layouts.
+fn vs_best_layout(records: &[Value]) -> Vec<Value> {
+    let mut best: Vec<Value> = Vec::new();
+    let sampling = records
+        .iter()
+        .filter(|r| SAMPLING_STEPS.iter().any(|s| r["step"] == *s) && r["peer"] == "same function");
+    for r in sampling {
+        let same = |b: &&mut Value| b["case"] == r["case"] && b["step"] == r["step"];
+        let ratio = r["ratio_median"].as_f64().unwrap_or(f64::NAN);
+        let entry = json!({
+            "case": r["case"],
+            "step": r["step"],
+            "batch": r["batch"],
+            "layout": r["layout"],
+            "peer_layout": r["peer_layout"],
+            "ratio_median": ratio,
+        });
+        match best.iter_mut().find(same) {
+            Some(b) if b["ratio_median"].as_f64().is_some_and(|x| x >= ratio) => {}
+            Some(b) => *b = entry,
+            None => best.push(entry),
+        }
+    }
+    best
 }
 
 impl Bench<'_> {
@@ -523,44 +580,70 @@ impl Bench<'_> {
         if self.args.bf16 {
             case_args.push("--bf16".into());
         }
-        let mut rust_cmd = Command::new(self.bin_dir.join("examples/bench_serve"));
-        rust_cmd.args(&case_args);
-        let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
         // The peer runs the same function as the Rust model; for the notebook's SimpleUnet,
         // whose first up block the Rust model computes with one convolution instead of two
         // (see `crates/model/src/simple.rs`), a second peer also times the notebook's own form.
         let variants: &[(&str, &[&str])] = if case.name == "simple_unet" {
-            &[("", &STEPS), ("unfolded", &["forward", "train_step"])]
+            &[
+                ("", &["train_step"]),
+                ("unfolded", &["forward", "train_step"]),
+            ]
         } else {
             // The optimizer step against both of torch.optim.Adam's multi-tensor forms.
             &[
-                ("", &STEPS),
+                ("", &["train_step"]),
                 ("adam-foreach", &["optimizer_step"]),
                 ("adam-fused", &["optimizer_step"]),
             ]
         };
-        for (variant, steps) in variants {
-            let steps: Vec<&str> = steps.iter().copied().filter(|s| self.wanted(s)).collect();
-            if steps.is_empty() {
-                continue;
+        let wanted = |steps: &[&'static str]| -> Vec<&'static str> {
+            steps.iter().copied().filter(|s| self.wanted(s)).collect()
+        };
+        if variants.iter().any(|(_, steps)| !wanted(steps).is_empty()) || self.wanted("loop_step") {
+            let mut rust_cmd = Command::new(self.bin_dir.join("examples/bench_serve"));
+            rust_cmd.args(&case_args);
+            let mut rust = Server::start(rust_cmd, "the Rust bench server")?;
+            let layout = rust.ready.clone();
+            for (variant, steps) in variants {
+                let steps = wanted(steps);
+                if !steps.is_empty() {
+                    let peer = (*variant, layout.as_str());
+                    self.against_peer(case, &case_args, &mut rust, peer, &steps, results)?;
+                }
             }
-            self.against_peer(case, &case_args, &mut rust, variant, &steps, results)?;
+            if self.wanted("loop_step") {
+                results
+                    .loop_overhead
+                    .push(self.loop_overhead(case, &mut rust)?);
+            }
         }
-        if self.wanted("loop_step") {
-            results
-                .loop_overhead
-                .push(self.loop_overhead(case, &mut rust)?);
+        let sampling = wanted(&SAMPLING_STEPS);
+        if !sampling.is_empty() {
+            let mut rust_cmd = Command::new(self.bin_dir.join("examples/bench_serve"));
+            rust_cmd.args(&case_args).arg("--sampling");
+            let mut rust = Server::start(rust_cmd, "the Rust bench server (--sampling)")?;
+            for layout in PEER_LAYOUTS {
+                self.against_peer(
+                    case,
+                    &case_args,
+                    &mut rust,
+                    ("", layout),
+                    &sampling,
+                    results,
+                )?;
+            }
         }
         Ok(())
     }
 
-    /// Starts the peer `variant` of the case and times `steps` on both sides, alternating.
+    /// Starts the peer `variant` of the case in `layout` and times `steps` on both sides,
+    /// alternating.
     fn against_peer(
         &self,
         case: &Case,
         case_args: &[String],
         rust: &mut Server,
-        variant: &str,
+        (variant, peer_layout): (&str, &str),
         steps: &[&str],
         results: &mut SideBySide,
     ) -> Result<()> {
@@ -569,7 +652,7 @@ impl Bench<'_> {
         peer_cmd
             .arg(self.root.join("scripts/bench/peer.py"))
             .args(case_args)
-            .args(["--layout", &layout]);
+            .args(["--layout", peer_layout]);
         if !variant.is_empty() {
             peer_cmd.arg(format!("--{variant}"));
         }
@@ -592,6 +675,7 @@ impl Bench<'_> {
                 "peer": if variant.is_empty() { "same function" } else { variant },
                 "batch": case.batch,
                 "layout": layout,
+                "peer_layout": peer_layout,
                 "rust_ms_median": r,
                 "pytorch_ms_median": p,
                 "rust_images_per_s": per_s(r),
@@ -603,11 +687,11 @@ impl Bench<'_> {
                 "pytorch_ms": peer_ms,
             });
             eprintln!(
-                "   {step}{}: Rust {r:.1} ms, PyTorch {p:.1} ms, Rust/PyTorch {:.3}",
+                "   {step}: Rust {layout} {r:.1} ms, PyTorch {peer_layout}{} {p:.1} ms, Rust/PyTorch {:.3}",
                 if variant.is_empty() {
                     String::new()
                 } else {
-                    format!(" (PyTorch {variant})")
+                    format!(" {variant}")
                 },
                 record["ratio_median"].as_f64().unwrap_or(f64::NAN)
             );
@@ -674,120 +758,6 @@ impl Bench<'_> {
     }
 }
 
-/// Writes the report as `DATE-DEVICE[-bf16][-STEPS].json` and `.md` into `--out`.
-fn write_report(args: &BenchArgs, root: &Path, device_tag: &str, report: &Value) -> Result<()> {
-    let out_dir = args.out.clone().unwrap_or_else(|| {
-        if args.quick {
-            root.join("target/bench-quick")
-        } else {
-            root.join("docs/results")
-        }
-    });
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    // A partial run (--cases, --steps) gets its own file, so it never replaces a full report.
-    let part = |names: &[String]| match names.is_empty() {
-        true => String::new(),
-        false => format!("-{}", names.join("+")),
-    };
-    let stem = format!(
-        "{}-{device_tag}{}{}{}",
-        today(),
-        if args.bf16 { "-bf16" } else { "" },
-        part(&args.cases),
-        part(&args.steps)
-    );
-    let json_path = out_dir.join(format!("{stem}.json"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n")
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let md_path = out_dir.join(format!("{stem}.md"));
-    std::fs::write(&md_path, markdown(report))
-        .with_context(|| format!("cannot write {}", md_path.display()))?;
-    eprintln!("== wrote {} and {}", json_path.display(), md_path.display());
-    Ok(())
-}
-
-fn f(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
-}
-
-/// The report as markdown tables.
-pub fn markdown(r: &Value) -> String {
-    let mut s = format!(
-        "# Benchmark report {} ({})\n\n- device: {}\n- commit: {}, {} profile, {} threads{}\n- PyTorch peer: {}, same libtorch as the Rust side\n- {} timed rounds per step after warm-up; Rust and PyTorch steps alternate (both orders), ratios are medians of per-round ratios\n\n",
-        r["date"].as_str().unwrap_or_default(),
-        r["mode"].as_str().unwrap_or_default(),
-        r["device"].as_str().unwrap_or_default(),
-        r["commit"].as_str().unwrap_or_default(),
-        r["profile"].as_str().unwrap_or_default(),
-        r["threads"],
-        if r["bf16"].as_bool() == Some(true) { ", bf16 autocast" } else { "" },
-        r["pytorch"].as_str().unwrap_or_default(),
-        r["rounds"],
-    );
-    s += "## Rust vs PyTorch eager, step by step\n\nThe peer computes the same function as the Rust model; for the SimpleUnet, `unfolded` rows time the notebook's own form of its first up block (a convolution of cat([x, x])), which the Rust model computes as one convolution of x with the kernel halves summed.\n\n| model | step | peer | batch | layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---|---:|---|---:|---:|---:|---:|---:|\n";
-    for x in r["side_by_side"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
-            x["case"].as_str().unwrap_or_default(),
-            x["step"].as_str().unwrap_or_default(),
-            x["peer"].as_str().unwrap_or("same function"),
-            x["batch"],
-            x["layout"].as_str().unwrap_or_default(),
-            f(&x["rust_ms_median"], 1),
-            f(&x["pytorch_ms_median"], 1),
-            f(&x["rust_images_per_s"], 1),
-            f(&x["pytorch_images_per_s"], 1),
-            f(&x["ratio_median"], 3),
-        );
-    }
-    if let Some(best) = r["optimizer_step_vs_best_peer"].as_f64() {
-        s += &format!(
-            "\nThe optimizer step (gradient norm and clipping, Adam, EMA) against PyTorch's faster of `torch.optim.Adam(foreach=True)` and `(fused=True)`: **{best:.3}**.\n"
-        );
-    }
-    s += "\n## The training loop against the bare step (Rust)\n\n`loop_step` is `Trainer::train_step` on loader batches (data, reseeding, t/ε draws, the NaN guard's device-side check, clipping, EMA); `train_step` is forward + loss + backward + Adam on a batch already in memory.\n\n| model | batch | loop ms | bare ms | loop/bare |\n|---|---:|---:|---:|---:|\n";
-    for x in r["loop_overhead"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {} | **{}** |\n",
-            x["case"].as_str().unwrap_or_default(),
-            x["batch"],
-            f(&x["loop_ms_median"], 1),
-            f(&x["bare_ms_median"], 1),
-            f(&x["ratio_median"], 3),
-        );
-    }
-    let fid = &r["fid_extraction"];
-    if !fid.is_null() {
-        s += &format!(
-            "\n## FID feature extraction (TF resize to 299 + Inception-v3, batch {})\n\n| images | Rust img/s | Python torch img/s | Rust/Python |\n|---:|---:|---:|---:|\n| {} | {} | {} | **{}** |\n",
-            fid["batch_size"],
-            fid["n"],
-            f(&fid["rust_images_per_s_median"], 2),
-            f(&fid["python_images_per_s_median"], 2),
-            f(&fid["ratio_median"], 3),
-        );
-    }
-    match &r["criterion"] {
-        Value::Array(rows) => {
-            s += "\n## Criterion benches\n\n| bench | mean ms | median ms | elements/s |\n|---|---:|---:|---:|\n";
-            for x in rows {
-                s += &format!(
-                    "| {} | {} | {} | {} |\n",
-                    x["id"].as_str().unwrap_or_default(),
-                    f(&x["mean_ms"], 2),
-                    f(&x["median_ms"], 2),
-                    f(&x["elements_per_s"], 0),
-                );
-            }
-        }
-        Value::String(text) => s += &format!("\n## Criterion benches\n\n{text}\n"),
-        _ => {}
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,37 +790,30 @@ mod tests {
     }
 
     #[test]
+    fn each_sampling_step_is_set_against_the_faster_peer_layout() {
+        let record = |step: &str, peer_layout: &str, ratio: f64| {
+            json!({"case": "ddpm_unet", "step": step, "batch": 16, "peer": "same function",
+                "layout": "channels_last", "peer_layout": peer_layout, "ratio_median": ratio})
+        };
+        let best = vs_best_layout(&[
+            record("ddim_step", "nchw", 0.90),
+            record("ddim_step", "channels_last", 0.93),
+            record("plms_step", "channels_last", 0.91),
+            record("plms_step", "nchw", 0.94),
+            record("train_step", "nchw", 1.2),
+        ]);
+        assert_eq!(best.len(), 2);
+        assert_eq!(best[0]["step"], "ddim_step");
+        assert_eq!(best[0]["peer_layout"], "channels_last");
+        assert_eq!(best[0]["ratio_median"], 0.93);
+        assert_eq!(best[1]["peer_layout"], "nchw");
+        assert_eq!(best[1]["ratio_median"], 0.94);
+    }
+
+    #[test]
     fn dates_are_civil() {
         let d = today();
         assert_eq!(d.len(), 10);
         assert!(d.starts_with("20"), "{d}");
-    }
-
-    #[test]
-    fn the_markdown_shows_every_ratio() {
-        let report = json!({
-            "date": "2026-11-28", "mode": "full", "device": "cpu", "commit": "abc",
-            "profile": "release", "threads": 2, "bf16": false, "pytorch": "2.11.0", "rounds": 3,
-            "side_by_side": [{"case": "simple_unet", "step": "train_step", "batch": 128,
-                "layout": "nchw", "rust_ms_median": 900.0, "pytorch_ms_median": 1000.0,
-                "rust_images_per_s": 142.2, "pytorch_images_per_s": 128.0, "ratio_median": 0.9}],
-            "loop_overhead": [{"case": "simple_unet", "batch": 128, "loop_ms_median": 1010.0,
-                "bare_ms_median": 1000.0, "ratio_median": 1.01}],
-            "optimizer_step_vs_best_peer": 0.95,
-            "fid_extraction": {"n": 200, "batch_size": 50, "rust_images_per_s_median": 10.0,
-                "python_images_per_s_median": 9.5, "ratio_median": 1.053},
-            "criterion": [{"id": "data/pipeline", "mean_ms": 1.5, "median_ms": 1.4,
-                "elements_per_s": 90000.0}],
-        });
-        let md = markdown(&report);
-        for needle in [
-            "**0.900**",
-            "**1.010**",
-            "**1.053**",
-            "faster of `torch.optim.Adam(foreach=True)` and `(fused=True)`: **0.950**",
-            "| data/pipeline | 1.50 |",
-        ] {
-            assert!(md.contains(needle), "{needle} missing from\n{md}");
-        }
     }
 }
