@@ -110,16 +110,22 @@ pub fn markdown(r: &Value) -> String {
         s += "\n## Sampling steps against PyTorch's faster layout\n\nRust runs the network in the layout `ddpm sample` loads it in; the peer runs in NCHW and in channels-last, and each step is set against the faster of the two (the larger Rust/PyTorch ratio).\n\n| model | step | batch | Rust layout | PyTorch's faster layout | Rust/PyTorch |\n|---|---|---:|---|---|---:|\n";
         s += &rows;
     }
-    s += "\n## The training loop against the bare step (Rust)\n\n`loop_step` is `Trainer::train_step` on loader batches (data, reseeding, t/ε draws, the NaN guard's device-side check, clipping, EMA); `train_step` is forward + loss + backward + Adam on a batch already in memory.\n\n| model | batch | loop ms | bare ms | loop/bare |\n|---|---:|---:|---:|---:|\n";
-    for x in r["loop_overhead"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {} | **{}** |\n",
-            x["case"].as_str().unwrap_or_default(),
-            x["batch"],
-            f(&x["loop_ms_median"], 1),
-            f(&x["bare_ms_median"], 1),
-            f(&x["ratio_median"], 3),
-        );
+    let loops = r["loop_overhead"].as_array().into_iter().flatten();
+    let rows: String = loops
+        .map(|x| {
+            format!(
+                "| {} | {} | {} | {} | **{}** |\n",
+                x["case"].as_str().unwrap_or_default(),
+                x["batch"],
+                f(&x["loop_ms_median"], 1),
+                f(&x["bare_ms_median"], 1),
+                f(&x["ratio_median"], 3),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        s += "\n## The training loop against the bare step (Rust)\n\n`loop_step` is `Trainer::train_step` on loader batches (data, reseeding, t/ε draws, the NaN guard's device-side check, clipping, EMA); `train_step` is forward + loss + backward + Adam on a batch already in memory.\n\n| model | batch | loop ms | bare ms | loop/bare |\n|---|---:|---:|---:|---:|\n";
+        s += &rows;
     }
     let fid = &r["fid_extraction"];
     if !fid.is_null() {
