@@ -9,6 +9,12 @@ diffusers' pipelines: x = x_T * init_noise_sigma, then for each timestep
 `scale_model_input`, the U-Net, `step`. The images are converted as `DDPMPipeline` does,
 round((x / 2 + 0.5).clamp(0, 1) * 255), and written as uint8 NCHW `.npy` files `NAME.npy` in OUT.
 
+A name ending in `+default-clip` (`ddim+default-clip`) builds the same scheduler without
+overriding `clip_sample` or `thresholding`: diffusers' own clamping from the folder's config, as
+`ddpm sample` without `--no-clip` should give. DDIM then steps with
+`use_clipped_model_output=True`, ε re-derived from the clamped x̂_0, as the toolkit's DDIM does
+(diffusers' pipeline passes nothing, which keeps the network's ε).
+
 `ddim-quadratic=STEPS` is not a diffusers scheduler: it re-types the DDIM paper's own loop
 (ermongroup/ddim, `runners/diffusion.py` with `--skip_type quad`, `functions/denoising.py`
 `generalized_steps` with eta = 0), its v-prediction output read as eps = sqrt(abar) v +
@@ -38,32 +44,36 @@ from diffusers import (
 
 
 def scheduler(name, config):
+    """The scheduler of `name`; with `+default-clip`, without our clamping overrides."""
+    default_clip = name.endswith("+default-clip")
+    cls, options = scheduler_options(name.removesuffix("+default-clip"))
+    if default_clip:
+        options = {k: v for k, v in options.items() if k not in ("clip_sample", "thresholding")}
+    return cls.from_config(config, **options)
+
+
+def scheduler_options(name):
     zero = dict(final_sigmas_type="zero")
     multistep = dict(lower_order_final=True, timestep_spacing="trailing", thresholding=False, **zero)
     if name == "ddim":
-        return DDIMScheduler.from_config(
-            config, clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0
+        return DDIMScheduler, dict(
+            clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0
         )
     if name.startswith("dpm-solver++"):
         order = int(name.split(":")[1])
-        return DPMSolverMultistepScheduler.from_config(
-            config, solver_order=order, algorithm_type="dpmsolver++", **multistep
-        )
+        return DPMSolverMultistepScheduler, dict(solver_order=order, algorithm_type="dpmsolver++", **multistep)
     if name.startswith("unipc"):
         _, order, variant = name.split(":")
-        return UniPCMultistepScheduler.from_config(
-            config, solver_order=int(order), solver_type=variant, predict_x0=True, disable_corrector=[], **multistep
+        return UniPCMultistepScheduler, dict(
+            solver_order=int(order), solver_type=variant, predict_x0=True, disable_corrector=[], **multistep
         )
     if name.startswith("euler"):
         karras = name.endswith(":karras")
-        return EulerDiscreteScheduler.from_config(
-            config, timestep_spacing="linspace", use_karras_sigmas=karras, **zero
-        )
+        return EulerDiscreteScheduler, dict(timestep_spacing="linspace", use_karras_sigmas=karras, **zero)
     if name == "heun":
-        return HeunDiscreteScheduler.from_config(config, timestep_spacing="linspace", clip_sample=False)
+        return HeunDiscreteScheduler, dict(timestep_spacing="linspace", clip_sample=False)
     if name.startswith("pndm"):
-        return PNDMScheduler.from_config(
-            config,
+        return PNDMScheduler, dict(
             skip_prk_steps=not name.endswith(":prk"),
             timestep_spacing="leading",
             steps_offset=0,
@@ -72,12 +82,12 @@ def scheduler(name, config):
     raise SystemExit(f"unknown sampler {name}")
 
 
-def diffusers_loop(unet, s, x_t, steps):
+def diffusers_loop(unet, s, x_t, steps, **step_options):
     s.set_timesteps(steps)
     x = x_t * s.init_noise_sigma
     for t in s.timesteps:
         out = unet(s.scale_model_input(x, t), t).sample
-        x = s.step(out, t, x).prev_sample
+        x = s.step(out, t, x, **step_options).prev_sample
     return x
 
 
@@ -113,9 +123,10 @@ def main():
             if name == "ddim-quadratic":
                 x = ddim_paper_quadratic(unet, config, x_t, int(steps))
             else:
-                x = diffusers_loop(unet, scheduler(name, config), x_t, int(steps))
+                clipped_eps = dict(use_clipped_model_output=True) if name == "ddim+default-clip" else {}
+                x = diffusers_loop(unet, scheduler(name, config), x_t, int(steps), **clipped_eps)
             images = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            np.save(out / f"{name.replace(':', '-')}.npy", images)
+            np.save(out / f"{name.replace(':', '-').replace('+', '-')}.npy", images)
             print(name, steps, images.mean())
 
 

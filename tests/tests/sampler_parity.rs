@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use data::images::{read_npz, NpyArray, NpyData};
-use e2e::{path_arg, python_with_diffusers, sample_cpu, stderr_of};
+use e2e::{copy_dir, path_arg, python_with_diffusers, sample_cpu, stderr_of};
 
 /// (reference name, steps, `ddpm sample` flags).
 const SAMPLERS: &[(&str, usize, &[&str])] = &[
@@ -56,14 +56,70 @@ fn u8s(array: NpyArray) -> Vec<u8> {
 
 #[test]
 fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t() {
+    parity(&folder(), SAMPLERS, true, 1.0);
+}
+
+/// Without `--no-clip`, on the folder with `clip_sample: true`: DDIM and Heun clamp x̂_0 as
+/// their diffusers schedulers read `clip_sample`, DPM-Solver++, UniPC, Euler and PNDM do not
+/// (diffusers' `from_config` with no clamping overrides, the reference's `+default-clip`). x_T
+/// is 4 times a standard normal's, so that x̂_0 leaves [−1, 1] and clamping changes the images
+/// of every sampler that does it (a DPM-Solver++ that clamped would be 35 u8 levels from diffusers).
+#[test]
+fn each_sampler_clamps_by_default_as_its_diffusers_scheduler_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let clipped = dir.path().join("clip_sample");
+    copy_dir(&folder(), &clipped);
+    let config_path = clipped.join("scheduler_config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("\"clip_sample\": false"), "{config}");
+    std::fs::write(
+        &config_path,
+        config.replace("\"clip_sample\": false", "\"clip_sample\": true"),
+    )
+    .unwrap();
+    let defaults: Vec<_> = SAMPLERS
+        .iter()
+        .copied()
+        .filter(|(name, _, _)| {
+            [
+                "ddim",
+                "dpm-solver++:2",
+                "unipc:2:bh2",
+                "euler",
+                "heun",
+                "pndm",
+            ]
+            .contains(name)
+        })
+        .collect();
+    assert_eq!(defaults.len(), 6);
+    let clamped = parity(&clipped, &defaults, false, 4.0);
+    let unclamped = parity(&clipped, &defaults[..1], true, 4.0);
+    assert_ne!(
+        clamped[0], unclamped[0],
+        "DDIM's clamping changed nothing here"
+    );
+}
+
+/// Runs `ddpm sample --noise` for each of `samplers` on `folder` from x_T = `scale` · N(0, I)
+/// (with `--no-clip` when `no_clip`, else each sampler's default clamping against diffusers'
+/// default) beside the
+/// reference script, asserts that every final image is within one u8 level of diffusers' and
+/// that neighbouring samplers differ; returns our images, in order.
+fn parity(
+    folder: &Path,
+    samplers: &[(&str, usize, &[&str])],
+    no_clip: bool,
+    scale: f64,
+) -> Vec<Vec<u8>> {
     let Some(python) = python_with_diffusers() else {
         eprintln!("skipped: no python with diffusers (`cargo xtask test` installs it)");
-        return;
+        return Vec::new();
     };
     let dir = tempfile::tempdir().unwrap();
-    // x_T: 4 images of the folder's [3, 8, 8], standard normal from a fixed seed.
+    // x_T: 4 images of the folder's [3, 8, 8], standard normal from a fixed seed, scaled.
     tch::manual_seed(27);
-    let x_t = tch::Tensor::randn([4, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+    let x_t = tch::Tensor::randn([4, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)) * scale;
     let values = Vec::<f32>::try_from(x_t.flatten(0, -1)).unwrap();
     let noise = dir.path().join("x_T.npy");
     let array = NpyArray::new(vec![4, 3, 8, 8], NpyData::F32(values)).unwrap();
@@ -71,16 +127,17 @@ fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t(
     // The reference, all samplers in one python run, beside ours (one process each).
     let reference = dir.path().join("diffusers");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/sampler_loops.py");
+    let suffix = if no_clip { "" } else { "+default-clip" };
     let mut args = vec![
         path_arg(&script).to_string(),
-        path_arg(&folder()).to_string(),
+        path_arg(folder).to_string(),
         path_arg(&noise).to_string(),
         path_arg(&reference).to_string(),
     ];
     args.extend(
-        SAMPLERS
+        samplers
             .iter()
-            .map(|(name, steps, _)| format!("{name}={steps}")),
+            .map(|(name, steps, _)| format!("{name}{suffix}={steps}")),
     );
     let python = Command::new(&python)
         .args(&args)
@@ -90,16 +147,19 @@ fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t(
         .unwrap();
     let npz = |name: &str| dir.path().join(format!("{}.npz", name.replace(':', "-")));
     std::thread::scope(|scope| {
-        for (name, steps, flags) in SAMPLERS {
+        for (name, steps, flags) in samplers {
             let npz = npz(name);
             let noise = &noise;
             scope.spawn(move || {
                 let steps = steps.to_string();
                 let mut args = flags.to_vec();
                 args.extend_from_slice(&["--steps", &steps, "--noise", path_arg(noise)]);
-                args.extend_from_slice(&["--no-clip", "-n", "4", "--threads", "1"]);
+                if no_clip {
+                    args.push("--no-clip");
+                }
+                args.extend_from_slice(&["-n", "4", "--threads", "1"]);
                 args.extend_from_slice(&["--npz", path_arg(&npz)]);
-                let run = sample_cpu(&folder(), &args);
+                let run = sample_cpu(folder, &args);
                 assert!(run.status.success(), "{name}: {}", stderr_of(&run));
             });
         }
@@ -112,10 +172,11 @@ fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t(
         String::from_utf8_lossy(&reference_run.stderr)
     );
     let mut finals = Vec::new();
-    for (name, _, _) in SAMPLERS {
+    for (name, _, _) in samplers {
         // Ours: NHWC; diffusers': NCHW.
         let ours = u8s(read_npz(&npz(name)).unwrap().pop().unwrap().1);
-        let path = reference.join(format!("{}.npy", name.replace(':', "-")));
+        let file = format!("{name}{suffix}.npy").replace([':', '+'], "-");
+        let path = reference.join(file);
         let theirs = u8s(NpyArray::from_npy_bytes(&std::fs::read(&path).unwrap(), &path).unwrap());
         let mut worst = 0;
         for (k, &ours) in ours.iter().enumerate() {
@@ -123,12 +184,16 @@ fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t(
             let theirs = theirs[n * 192 + c * 64 + hw];
             worst = worst.max(ours.abs_diff(theirs));
         }
-        eprintln!("{name}: largest difference {worst} u8 levels");
-        assert!(worst <= 1, "{name}: {worst} u8 levels from diffusers");
+        eprintln!("{name}{suffix}: largest difference {worst} u8 levels");
+        assert!(
+            worst <= 1,
+            "{name}{suffix}: {worst} u8 levels from diffusers"
+        );
         finals.push((name, ours));
     }
     // The samplers give different images from the same x_T, so the comparison tells them apart.
     for pair in finals.windows(2) {
         assert_ne!(pair[0].1, pair[1].1, "{} and {}", pair[0].0, pair[1].0);
     }
+    finals.into_iter().map(|(_, images)| images).collect()
 }

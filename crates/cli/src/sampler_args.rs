@@ -157,8 +157,9 @@ pub struct SamplerArgs {
     /// UniPC: B(h) (default bh2).
     #[arg(long, value_enum)]
     pub unipc_variant: Option<UniPcVariantArg>,
-    /// Do not clamp the predicted x0 to [-1, 1] at each step (a diffusers folder's default is its
-    /// scheduler's `clip_sample`).
+    /// Do not clamp the predicted x0 to [-1, 1] at each step. By default each sampler clamps as
+    /// its diffusers scheduler does from the source's scheduler config: ddpm, ddim and heun when
+    /// `clip_sample` (a run's checkpoints: yes), the others never.
     #[arg(long)]
     pub no_clip: bool,
     /// Classifier-free guidance scale W of a class-conditional model: the sampler follows

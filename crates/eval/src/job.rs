@@ -194,7 +194,7 @@ impl CheckpointSamples {
         let path = &self.spec.dir;
         let pipe = Pipeline::from_spec(self.spec.clone(), device)
             .map_err(|e| FidError::from(e).context(format!("--checkpoint {}", path.display())))?;
-        let mut options = pipe.options(self.clip_x0, 0);
+        let mut options = pipe.options(&self.sampler, self.clip_x0, 0);
         if let Some(classes) = &classes {
             options.class_cond = Some(ClassConditioning {
                 labels: classes.labels.clone(),

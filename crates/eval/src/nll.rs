@@ -202,7 +202,7 @@ impl NllPlan {
             prediction: self.spec.prediction,
             variance: self.variance,
             clip_x0: self.clip_x0,
-            autocast: pipe.options(None, 0).autocast,
+            autocast: pipe.autocast(),
         };
         let n_steps = pipe.schedule.n_steps();
         let tables = pipe.sched.bound();

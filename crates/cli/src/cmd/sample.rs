@@ -468,7 +468,7 @@ impl Plan {
 
     /// The library's request for `pipe`.
     fn request(&self, args: &SampleArgs, pipe: &Pipeline) -> SampleRequest {
-        let mut options = pipe.options(args.sampler.clip_x0(), self.n_snapshots);
+        let mut options = pipe.options(&self.sampler, args.sampler.clip_x0(), self.n_snapshots);
         options.initial_noise = self.noise.clone();
         if !self.classes.is_empty() {
             options.class_cond = Some(ClassConditioning::blocks(

@@ -198,17 +198,30 @@ impl Pipeline {
         [self.spec.model.in_channels(), s, s]
     }
 
-    /// The sampling options this source implies: its prediction type, its `clip_sample` (unless
-    /// `clip_x0` overrides it), bf16 or fp16 autocast on CUDA when it was trained so (f32 on the CPU).
-    pub fn options(&self, clip_x0: Option<bool>, n_snapshots: usize) -> SampleOptions {
+    /// The options of sampling this source with `sampler`: its prediction type; x̂_0 clamped as
+    /// `sampler`'s diffusers scheduler does with the source's `clip_sample`
+    /// ([`SamplerConfig::clips_by_default`]) unless `clip_x0` says otherwise; bf16 or fp16
+    /// autocast on CUDA when it was trained so ([`Pipeline::autocast`]).
+    pub fn options(
+        &self,
+        sampler: &SamplerConfig,
+        clip_x0: Option<bool>,
+        n_snapshots: usize,
+    ) -> SampleOptions {
         SampleOptions {
             prediction: self.spec.prediction,
-            clip_x0: clip_x0.unwrap_or(self.spec.clip_sample),
+            clip_x0: clip_x0.unwrap_or(sampler.clips_by_default(self.spec.clip_sample)),
             n_snapshots,
-            autocast: self.spec.precision.sampling_kind(self.device()),
+            autocast: self.autocast(),
             class_cond: None,
             initial_noise: None,
         }
+    }
+
+    /// The autocast kind the network runs under: bf16 or fp16 on CUDA when it was trained so,
+    /// none (f32) on the CPU.
+    pub fn autocast(&self) -> Option<tch::Kind> {
+        self.spec.precision.sampling_kind(self.device())
     }
 
     /// The batches of `plan` with `sampler` and [`Pipeline::options`] (see [`sample_batches`]).
@@ -289,7 +302,7 @@ impl Pipeline {
         };
         let options = SampleOptions {
             class_cond,
-            ..self.options(None, 0)
+            ..self.options(sampler, None, 0)
         };
         let batches = self
             .sample_batches(sampler, &options, plan, |_, _| {})?

@@ -163,6 +163,24 @@ pub enum SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Whether this sampler clamps x̂_0 to [−1, 1] unless told otherwise (`--no-clip`), given the
+    /// source's `clip_sample`: as its diffusers scheduler does when made from the source's
+    /// scheduler config (`XScheduler.from_config(config)`, how a diffusers user swaps one in).
+    /// `DDPMScheduler`, `DDIMScheduler` and `HeunDiscreteScheduler` read `clip_sample`;
+    /// `DPMSolverMultistepScheduler` and `UniPCMultistepScheduler` clamp only with
+    /// `thresholding`, off unless the config sets it (which the loader refuses); Euler, Euler
+    /// ancestral and PNDM never clamp.
+    pub fn clips_by_default(&self, clip_sample: bool) -> bool {
+        match self {
+            Self::Ddpm { .. } | Self::Ddim { .. } | Self::Heun { .. } => clip_sample,
+            Self::DpmSolverPp { .. }
+            | Self::UniPc { .. }
+            | Self::Euler { .. }
+            | Self::EulerAncestral { .. }
+            | Self::Pndm { .. } => false,
+        }
+    }
+
     /// The notebook's sampler: ancestral, σ_t² = β̃_t (its `posterior_variance`).
     pub fn seed_notebook() -> Self {
         Self::ddpm(VarianceType::FixedSmall)

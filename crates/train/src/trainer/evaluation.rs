@@ -124,7 +124,8 @@ impl Trainer {
         let s = self.config.model.image_size();
         let options = SampleOptions {
             prediction: self.config.objective.prediction,
-            clip_x0: true,
+            // As `ddpm eval fid --checkpoint` samples the run: its checkpoints say `clip_sample`.
+            clip_x0: self.config.eval_sampler.clips_by_default(true),
             n_snapshots: 0,
             autocast: self.sampling_autocast(),
             // A class-conditional run is scored class-balanced and unguided (W = 1), as
