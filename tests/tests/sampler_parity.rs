@@ -101,6 +101,26 @@ fn each_sampler_clamps_by_default_as_its_diffusers_scheduler_does() {
     );
 }
 
+/// A folder whose scheduler is a `PNDMScheduler` samples with it when `--sampler` is not given:
+/// PNDM's Runge–Kutta start when `skip_prk_steps` is absent (diffusers' default, false), PLMS
+/// when it is true, each as diffusers' pipeline loop does.
+#[test]
+fn a_pndm_folder_samples_as_its_scheduler_config_says_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let pndm = dir.path().join("pndm");
+    copy_dir(&folder(), &pndm);
+    let config_path = pndm.join("scheduler_config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let class = "\"_class_name\": \"DDPMScheduler\"";
+    assert!(config.contains(class), "{config}");
+    let config = config.replace(class, "\"_class_name\": \"PNDMScheduler\"");
+    std::fs::write(&config_path, &config).unwrap();
+    parity(&pndm, &[("pndm:prk", 6, &[])], true, 1.0);
+    let skip = config.replace("{", "{\"skip_prk_steps\": true,");
+    std::fs::write(&config_path, skip).unwrap();
+    parity(&pndm, &[("pndm", 10, &[])], true, 1.0);
+}
+
 /// Runs `ddpm sample --noise` for each of `samplers` on `folder` from x_T = `scale` · N(0, I)
 /// (with `--no-clip` when `no_clip`, else each sampler's default clamping against diffusers'
 /// default) beside the

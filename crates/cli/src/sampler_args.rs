@@ -206,13 +206,19 @@ impl SamplerArgs {
     }
 
     /// The sampler the flags describe for the model of `spec`: its T, and the sampler its
-    /// diffusers scheduler config names when --sampler is not given.
+    /// diffusers scheduler config names when --sampler is not given (a `PNDMScheduler` with
+    /// its Runge–Kutta start, `skip_prk_steps` false, as `--sampler pndm --prk`).
     pub fn config_for(&self, spec: &PipelineSpec) -> Result<SamplerConfig> {
         let default = (spec.scheduler_class.as_deref()).and_then(SamplerKind::from_diffusers_class);
-        self.config_with(
-            spec.schedule.n_steps(),
-            default.unwrap_or(SamplerKind::Ddpm),
-        )
+        let n_train_steps = spec.schedule.n_steps();
+        if self.sampler.is_none() && default == Some(SamplerKind::Pndm) && spec.scheduler_prk {
+            let with_prk = Self {
+                prk: true,
+                ..self.clone()
+            };
+            return with_prk.config_with(n_train_steps, SamplerKind::Pndm);
+        }
+        self.config_with(n_train_steps, default.unwrap_or(SamplerKind::Ddpm))
     }
 
     /// The sampler the flags describe, checked against the model's T (ddpm when --sampler is

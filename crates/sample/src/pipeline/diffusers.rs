@@ -39,6 +39,9 @@ pub struct DiffusersScheduler {
     /// `_class_name`: which diffusers scheduler wrote the file (the sampler a front end defaults
     /// to).
     pub class_name: Option<String>,
+    /// `skip_prk_steps` (a `PNDMScheduler`'s; diffusers' default is false: PNDM's Runge–Kutta
+    /// start).
+    pub skip_prk_steps: bool,
     /// `variance_type`: `learned_range` for a network with 2·C output channels (Improved DDPM);
     /// the fixed types are all read as [`VarianceOutput::Fixed`] (samplers pick β_t or β̃_t).
     pub variance: VarianceOutput,
@@ -56,6 +59,7 @@ impl Default for DiffusersScheduler {
             prediction: Prediction::Eps,
             clip_sample: true,
             class_name: None,
+            skip_prk_steps: false,
             variance: VarianceOutput::Fixed,
         }
     }
@@ -119,6 +123,11 @@ impl DiffusersScheduler {
         }
         if let Some(v) = get("clip_sample") {
             s.clip_sample = v.as_bool().ok_or("`clip_sample` must be true or false")?;
+        }
+        if let Some(v) = get("skip_prk_steps") {
+            s.skip_prk_steps = v
+                .as_bool()
+                .ok_or("`skip_prk_steps` must be true or false")?;
         }
         if let Some(range) = num("clip_sample_range")? {
             if range != 1.0 {

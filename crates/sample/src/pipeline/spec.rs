@@ -41,6 +41,9 @@ pub struct PipelineSpec {
     /// A diffusers folder's scheduler class (`_class_name` of its `scheduler_config.json`);
     /// `None` for the toolkit's checkpoints.
     pub scheduler_class: Option<String>,
+    /// Whether that scheduler is a `PNDMScheduler` with its Runge–Kutta start (`skip_prk_steps`
+    /// false or absent): `ddpm sample`'s default sampler is then `pndm --prk`.
+    pub scheduler_prk: bool,
     /// The precision the network was trained at; a bf16 network samples under bf16 autocast on
     /// CUDA (a diffusers folder records none and samples in f32).
     pub precision: Precision,
@@ -181,6 +184,7 @@ impl PipelineSpec {
             variance: config.objective.variance,
             clip_sample: true,
             scheduler_class: None,
+            scheduler_prk: false,
             precision: config.precision,
             step: Some(state.step),
             class_names: state.class_names,
@@ -254,6 +258,8 @@ impl PipelineSpec {
             variance: scheduler.variance,
             clip_sample: scheduler.clip_sample,
             scheduler_class: scheduler.class_name.clone(),
+            scheduler_prk: scheduler.class_name.as_deref() == Some("PNDMScheduler")
+                && !scheduler.skip_prk_steps,
             precision: Precision::F32,
             step: None,
             class_names,
