@@ -68,15 +68,7 @@ fn every_deterministic_sampler_matches_the_diffusers_pipeline_loop_from_one_x_t(
 fn each_sampler_clamps_by_default_as_its_diffusers_scheduler_does() {
     let dir = tempfile::tempdir().unwrap();
     let clipped = dir.path().join("clip_sample");
-    copy_dir(&folder(), &clipped);
-    let config_path = clipped.join("scheduler_config.json");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    assert!(config.contains("\"clip_sample\": false"), "{config}");
-    std::fs::write(
-        &config_path,
-        config.replace("\"clip_sample\": false", "\"clip_sample\": true"),
-    )
-    .unwrap();
+    copy_with_scheduler(&clipped, "\"clip_sample\": false", "\"clip_sample\": true");
     let defaults: Vec<_> = SAMPLERS
         .iter()
         .copied()
@@ -107,18 +99,24 @@ fn each_sampler_clamps_by_default_as_its_diffusers_scheduler_does() {
 #[test]
 fn a_pndm_folder_samples_as_its_scheduler_config_says_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let pndm = dir.path().join("pndm");
-    copy_dir(&folder(), &pndm);
-    let config_path = pndm.join("scheduler_config.json");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    let class = "\"_class_name\": \"DDPMScheduler\"";
-    assert!(config.contains(class), "{config}");
-    let config = config.replace(class, "\"_class_name\": \"PNDMScheduler\"");
-    std::fs::write(&config_path, &config).unwrap();
-    parity(&pndm, &[("pndm:prk", 6, &[])], true, 1.0);
-    let skip = config.replace("{", "{\"skip_prk_steps\": true,");
-    std::fs::write(&config_path, skip).unwrap();
-    parity(&pndm, &[("pndm", 10, &[])], true, 1.0);
+    let (prk, plms) = (dir.path().join("prk"), dir.path().join("plms"));
+    let (ddpm, pndm) = (
+        "\"_class_name\": \"DDPMScheduler\"",
+        "\"_class_name\": \"PNDMScheduler\"",
+    );
+    copy_with_scheduler(&prk, ddpm, pndm);
+    parity(&prk, &[("pndm:prk", 6, &[])], true, 1.0);
+    copy_with_scheduler(&plms, ddpm, &format!("{pndm}, \"skip_prk_steps\": true"));
+    parity(&plms, &[("pndm", 10, &[])], true, 1.0);
+}
+
+/// Copies the fixture folder to `to` with `from` replaced by `with` in its scheduler config.
+fn copy_with_scheduler(to: &Path, from: &str, with: &str) {
+    copy_dir(&folder(), to);
+    let path = to.join("scheduler_config.json");
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains(from), "{from} is not in {config}");
+    std::fs::write(&path, config.replace(from, with)).unwrap();
 }
 
 /// Runs `ddpm sample --noise` for each of `samplers` on `folder` from x_T = `scale` · N(0, I)

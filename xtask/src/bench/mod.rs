@@ -83,21 +83,8 @@ struct Case {
     batch: usize,
 }
 
-/// Every side-by-side step `--steps` may name.
-const STEPS: [&str; 12] = [
-    "forward",
-    "train_step",
-    "ddpm_step",
-    "ddim_step",
-    "dpmpp_2m_step",
-    "dpmpp_3m_step",
-    "unipc_bh2_step",
-    "euler_step",
-    "heun_step",
-    "plms_step",
-    "optimizer_step",
-    "loop_step",
-];
+/// The side-by-side steps besides [`SAMPLING_STEPS`] that `--steps` may name.
+const OTHER_STEPS: [&str; 3] = ["train_step", "optimizer_step", "loop_step"];
 
 /// The steps of sampling: timed on the network in the layout `ddpm sample` loads it in
 /// (`ModelConfig::inference_memory_format`, `bench_serve --sampling`) against the peer in each
@@ -413,8 +400,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         !args.bf16 || cuda,
         "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
     );
-    if let Some(bad) = args.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
-        bail!("--steps {bad}: expected some of {}", STEPS.join(", "));
+    let known = |s: &&String| {
+        [&SAMPLING_STEPS[..], &OTHER_STEPS]
+            .concat()
+            .contains(&s.as_str())
+    };
+    if let Some(bad) = args.steps.iter().find(|s| !known(s)) {
+        let all = [&SAMPLING_STEPS[..], &OTHER_STEPS].concat();
+        bail!("--steps {bad}: expected some of {}", all.join(", "));
     }
     let mut case_list = cases(args.quick, cuda, &args.cases)?;
     if let Some(batch) = args.batch {
