@@ -328,7 +328,8 @@ impl UNetConfig {
     /// slower. On the 2-core reference CPU (PyTorch eager, same libtorch, forward passes) the
     /// channels-last/NCHW time is 0.96 at widths 64 and 128 (28² and 32²), 1.06 at 32 and 1.79 at
     /// 16 (the fashion-mnist preset at batch 250); the Rust paper U-Net's sampling steps at batch
-    /// 16 take 0.95–0.99× their NCHW time. NCHW on CUDA, where it has not been measured.
+    /// 16 take 0.95–0.99× their NCHW time, and the 256² presets' 114M U-Net's forward at batch 1
+    /// 0.98×. NCHW on CUDA, where it has not been measured.
     pub fn inference_memory_format(&self, device: tch::Device) -> MemoryFormat {
         if device == tch::Device::Cpu && self.channels >= 64 {
             MemoryFormat::ChannelsLast
