@@ -400,15 +400,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         !args.bf16 || cuda,
         "--bf16 needs --device cuda (bf16 on the CPU is emulated)"
     );
-    let known = |s: &&String| {
-        [&SAMPLING_STEPS[..], &OTHER_STEPS]
-            .concat()
-            .contains(&s.as_str())
-    };
-    if let Some(bad) = args.steps.iter().find(|s| !known(s)) {
-        let all = [&SAMPLING_STEPS[..], &OTHER_STEPS].concat();
-        bail!("--steps {bad}: expected some of {}", all.join(", "));
-    }
+    check_steps(&args.steps)?;
     let mut case_list = cases(args.quick, cuda, &args.cases)?;
     if let Some(batch) = args.batch {
         ensure!(batch > 0, "--batch 0: expected at least 1");
@@ -425,19 +417,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = SystemTime::now();
 
     eprintln!("== building ({profile} profile)");
-    run_checked(cargo().args([
-        "build",
-        "--profile",
-        profile,
-        "-p",
-        "train",
-        "--example",
-        "bench_serve",
-        "-p",
-        "cli",
-        "--bin",
-        "ddpm",
-    ]))?;
+    let (serve, ddpm) = (
+        ["-p", "train", "--example", "bench_serve"],
+        ["-p", "cli", "--bin", "ddpm"],
+    );
+    run_checked(
+        cargo()
+            .args(["build", "--profile", profile])
+            .args(serve)
+            .args(ddpm),
+    )?;
     let bench = Bench {
         args: &args,
         bin_dir: root.join("target").join(profile_dir),
@@ -490,6 +479,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "criterion": criterion,
     });
     write_report(&args, &bench.root, &device_tag, &report)
+}
+
+/// Refuses a `--steps` name that is not a side-by-side step, naming it and the known ones.
+fn check_steps(steps: &[String]) -> Result<()> {
+    let all = [&SAMPLING_STEPS[..], &OTHER_STEPS].concat();
+    match steps.iter().find(|s| !all.contains(&s.as_str())) {
+        Some(bad) => bail!("--steps {bad}: expected some of {}", all.join(", ")),
+        None => Ok(()),
+    }
 }
 
 /// Each sampling step against the peer's faster layout: per case and step, the larger of the

@@ -63,27 +63,7 @@ pub fn markdown(r: &Value) -> String {
         r["pytorch"].as_str().unwrap_or_default(),
         r["rounds"],
     );
-    s += "## Rust vs PyTorch eager, step by step\n\nThe peer computes the same function as the Rust model; for the SimpleUnet, `unfolded` rows time the notebook's own form of its first up block (a convolution of cat([x, x])), which the Rust model computes as one convolution of x with the kernel halves summed.\n\n| model | step | peer | batch | Rust layout | PyTorch layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---|---:|---|---|---:|---:|---:|---:|---:|\n";
-    for x in r["side_by_side"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
-            x["case"].as_str().unwrap_or_default(),
-            x["step"].as_str().unwrap_or_default(),
-            x["peer"].as_str().unwrap_or("same function"),
-            x["batch"],
-            x["layout"].as_str().unwrap_or_default(),
-            // Reports before the peer ran in a layout of its own used the Rust one.
-            x["peer_layout"]
-                .as_str()
-                .or(x["layout"].as_str())
-                .unwrap_or_default(),
-            f(&x["rust_ms_median"], 1),
-            f(&x["pytorch_ms_median"], 1),
-            f(&x["rust_images_per_s"], 1),
-            f(&x["pytorch_images_per_s"], 1),
-            f(&x["ratio_median"], 3),
-        );
-    }
+    s += &side_by_side_table(r);
     if let Some(best) = r["optimizer_step_vs_best_peer"].as_f64() {
         s += &format!(
             "\nThe optimizer step (gradient norm and clipping, Adam, EMA) against PyTorch's faster of `torch.optim.Adam(foreach=True)` and `(fused=True)`: **{best:.3}**.\n"
@@ -153,6 +133,32 @@ pub fn markdown(r: &Value) -> String {
         }
         Value::String(text) => s += &format!("\n## Criterion benches\n\n{text}\n"),
         _ => {}
+    }
+    s
+}
+
+/// The step-by-step table of every side-by-side record.
+fn side_by_side_table(r: &Value) -> String {
+    let mut s = String::from("## Rust vs PyTorch eager, step by step\n\nThe peer computes the same function as the Rust model; for the SimpleUnet, `unfolded` rows time the notebook's own form of its first up block (a convolution of cat([x, x])), which the Rust model computes as one convolution of x with the kernel halves summed.\n\n| model | step | peer | batch | Rust layout | PyTorch layout | Rust ms | PyTorch ms | Rust img/s | PyTorch img/s | Rust/PyTorch |\n|---|---|---|---:|---|---|---:|---:|---:|---:|---:|\n");
+    for x in r["side_by_side"].as_array().into_iter().flatten() {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** |\n",
+            x["case"].as_str().unwrap_or_default(),
+            x["step"].as_str().unwrap_or_default(),
+            x["peer"].as_str().unwrap_or("same function"),
+            x["batch"],
+            x["layout"].as_str().unwrap_or_default(),
+            // Reports before the peer ran in a layout of its own used the Rust one.
+            x["peer_layout"]
+                .as_str()
+                .or(x["layout"].as_str())
+                .unwrap_or_default(),
+            f(&x["rust_ms_median"], 1),
+            f(&x["pytorch_ms_median"], 1),
+            f(&x["rust_images_per_s"], 1),
+            f(&x["pytorch_images_per_s"], 1),
+            f(&x["ratio_median"], 3),
+        );
     }
     s
 }
