@@ -84,7 +84,7 @@ pub fn load_extractor(
     };
     crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
     // As for sampling (`ranks::join` has done it where a rank calls).
-    torch_ext::host_memory::configure(device, false);
+    torch_ext::host_memory::configure(device, torch_ext::host_memory::Work::Sampling);
     let resize: Resize = args.resize.parse().context("--resize")?;
     let extractor = InceptionExtractor::load(path, device)?
         .with_input_size(args.input_size)

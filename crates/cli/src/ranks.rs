@@ -36,7 +36,7 @@ pub fn join(device: DeviceSpec, threads: Option<i32>, timeout: Duration) -> Resu
     let device = crate::launch::rank_device(device, env.as_ref())?;
     crate::launch::set_rank_threads(threads, env.as_ref(), device);
     // Sampling and evaluation never checkpoint activations.
-    torch_ext::host_memory::configure(device, false);
+    torch_ext::host_memory::configure(device, torch_ext::host_memory::Work::Sampling);
     let dist = match env {
         Some(env) => Some(Distributed::connect(env, device, timeout)?),
         None => None,

@@ -11,7 +11,7 @@
 //!   peak of live tensors (on the reduced-width 256² U-Net at batch 1, 300 MiB above it:
 //!   `docs/results/checkpoint_memory.md`). Fixing the threshold low keeps every tensor of at least
 //!   that size in a mapping of its own, returned on free.
-//! - [`keep_freed_blocks`]: everywhere else, speed. The kernel zeroes a mapped block page by
+//! - [`keep_freed_blocks`]: sampling and evaluation, speed. The kernel zeroes a mapped block page by
 //!   page on first touch, and under the default a pass maps and unmaps its larger activations
 //!   and trims the heap's free top that the next pass faults in again. Keeping freed blocks makes
 //!   the fashion-mnist preset's forward at batch 250 about 1.25× faster and the paper's U-Net's
@@ -58,21 +58,41 @@ pub fn set_by_environment() -> bool {
         || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc"))
 }
 
-/// How the commands set glibc's allocator for work on `device`, unless the environment sets it
-/// ([`set_by_environment`]); nothing off the CPU:
+/// The work a process does, for [`configure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Sampling and evaluation: forward passes only.
+    Sampling,
+    /// Training, with or without activation checkpointing.
+    Training {
+        /// Whether the network recomputes its activations in backward.
+        gradient_checkpointing: bool,
+    },
+}
+
+/// How the commands set glibc's allocator for `work` on `device`, unless the environment sets
+/// it ([`set_by_environment`]); nothing off the CPU:
 ///
-/// - with activation checkpointing, [`return_large_blocks`] from 1 MiB, so that checkpointing's
-///   saving shows in the resident set;
-/// - everywhere else (training without checkpointing, sampling, evaluation),
-///   [`keep_freed_blocks`] up to 1 GiB, for speed.
-pub fn configure(device: tch::Device, gradient_checkpointing: bool) {
+/// - sampling and evaluation: [`keep_freed_blocks`] up to 1 GiB, for speed;
+/// - training with activation checkpointing: [`return_large_blocks`] from 1 MiB, so that
+///   checkpointing's saving shows in the resident set;
+/// - training without it: glibc's default, which trained as fast as keeping freed blocks on the
+///   2-core reference CPU (the paper's U-Net at batch 16: 0.996×; the fashion-mnist preset, 150
+///   steps: 1.0×) with a lower peak resident set.
+pub fn configure(device: tch::Device, work: Work) {
     if device != tch::Device::Cpu || set_by_environment() {
         return;
     }
-    if gradient_checkpointing {
-        return_large_blocks(LARGE_BLOCK_BYTES);
-    } else {
-        keep_freed_blocks(KEPT_BLOCK_BYTES);
+    match work {
+        Work::Sampling => {
+            keep_freed_blocks(KEPT_BLOCK_BYTES);
+        }
+        Work::Training {
+            gradient_checkpointing: true,
+        } => {
+            return_large_blocks(LARGE_BLOCK_BYTES);
+        }
+        Work::Training { .. } => {}
     }
 }
 

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! The network's kernels are laid out in the model's training preference, or with `--sampling`
-//! in the layout `ddpm sample` loads it in (`ModelConfig::inference_memory_format`: channels-last
+//! (which also sets glibc's allocator as for sampling, not training) in the layout `ddpm sample`
+//! loads it in (`ModelConfig::inference_memory_format`: channels-last
 //! for the paper's U-Net on the CPU), or in `--layout` (`model::set_memory_format`); the input
 //! follows the kernels.
 //!
@@ -62,6 +63,7 @@ use schedule::tensor::ScheduleTensors;
 use schedule::{Schedule, TimestepSpacing, VarianceType};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use torch_ext::host_memory;
 use train::ema::{Ema, EmaConfig};
 use train::objective::training_loss;
 use train::optim::Adam;
@@ -541,7 +543,14 @@ fn main() {
     }
     let config = case_config(&args);
     // glibc's allocator as the `ddpm` commands set it for this work.
-    torch_ext::host_memory::configure(device, config.model.gradient_checkpointing());
+    let work = if args.sampling {
+        host_memory::Work::Sampling
+    } else {
+        host_memory::Work::Training {
+            gradient_checkpointing: config.model.gradient_checkpointing(),
+        }
+    };
+    host_memory::configure(device, work);
     if args.loop_only {
         tch::manual_seed(0);
         serve_loop_only(&args, &config);

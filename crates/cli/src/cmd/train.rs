@@ -665,7 +665,13 @@ fn run_rank(args: TrainArgs, env: Option<LaunchEnv>) -> Result<()> {
     let mut made_dir = MadeRunDir::arm(&run_dir, writer);
     let (run, mut start) = plan_start(&args, &run_dir, writer)?;
     let config = start_config(&mut start);
-    torch_ext::host_memory::configure(device, config.model.gradient_checkpointing());
+    let gradient_checkpointing = config.model.gradient_checkpointing();
+    torch_ext::host_memory::configure(
+        device,
+        torch_ext::host_memory::Work::Training {
+            gradient_checkpointing,
+        },
+    );
     if let Some(env) = &env {
         // Before any rank loads data.
         check_split(config, env.world_size)?;
