@@ -99,6 +99,7 @@ fn draw_panel(
     let Some((x_range, y_range)) = bounds(finite()) else {
         bail!("nothing to plot: every point is missing or not finite");
     };
+    let corner = legend_corner(&chart.series, (&x_range, &y_range));
     let x_label = tick_formatter(x_range.end - x_range.start);
     let y_label = tick_formatter(y_range.end - y_range.start);
     let mut cc = ChartBuilder::on(area)
@@ -136,12 +137,60 @@ fn draw_panel(
     }
     if chart.series.len() > 1 {
         cc.configure_series_labels()
+            .position(corner)
             .label_font(("sans-serif", 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
     }
     Ok(())
+}
+
+/// The corner of the plot where the legend hides the least of the lines: the one whose box
+/// (about the legend's size, in fractions of the plot) holds the fewest points of the lines,
+/// sampled along each segment so that a line crossing a corner between two points counts.
+/// Ties go to the upper right, then upper left, lower right, lower left.
+fn legend_corner(
+    series: &[Series],
+    (x, y): (&std::ops::Range<f64>, &std::ops::Range<f64>),
+) -> SeriesLabelPosition {
+    let width = 0.35;
+    let height = (0.06 * series.len() as f64 + 0.04).min(0.6);
+    // A point in plot fractions, (0, 0) the lower left.
+    let unit = |(px, py): (f64, f64)| {
+        (
+            (px - x.start) / (x.end - x.start),
+            (py - y.start) / (y.end - y.start),
+        )
+    };
+    let samples: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.windows(2))
+        .filter(|w| w.iter().all(|(a, b)| a.is_finite() && b.is_finite()))
+        .flat_map(|w| {
+            let (a, b) = (unit(w[0]), unit(w[1]));
+            (0..=16).map(move |k| {
+                let f = f64::from(k) / 16.0;
+                (a.0 + f * (b.0 - a.0), a.1 + f * (b.1 - a.1))
+            })
+        })
+        .collect();
+    let corners = [
+        (SeriesLabelPosition::UpperRight, (1.0 - width, 1.0 - height)),
+        (SeriesLabelPosition::UpperLeft, (0.0, 1.0 - height)),
+        (SeriesLabelPosition::LowerRight, (1.0 - width, 0.0)),
+        (SeriesLabelPosition::LowerLeft, (0.0, 0.0)),
+    ];
+    let covered = |(x0, y0): (f64, f64)| {
+        samples
+            .iter()
+            .filter(|(px, py)| (x0..=x0 + width).contains(px) && (y0..=y0 + height).contains(py))
+            .count()
+    };
+    corners
+        .into_iter()
+        .min_by_key(|&(_, origin)| covered(origin))
+        .map_or(SeriesLabelPosition::UpperRight, |(corner, _)| corner)
 }
 
 /// The x and y ranges of `points`, y padded by 4% so that lines do not run along the frame;
@@ -277,6 +326,34 @@ pub(crate) fn fit_text<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_legend_goes_to_the_corner_the_lines_leave_free() {
+        let line = |label: &str, points: Vec<(f64, f64)>| Series {
+            label: label.into(),
+            points,
+        };
+        let ranges = (&(0.0..10.0), &(0.0..10.0));
+        let corner = |series: &[Series]| format!("{:?}", legend_corner(series, ranges));
+        // Falling lines from the upper left to the lower right leave the upper right free.
+        let falling = [
+            line("a", vec![(0.0, 10.0), (10.0, 0.0)]),
+            line("b", vec![(0.0, 9.0), (10.0, 1.0)]),
+        ];
+        assert_eq!(corner(&falling), "UpperRight");
+        // Rising ones fill it (between their two points only) and leave the upper left free.
+        let rising = [
+            line("a", vec![(0.0, 0.0), (10.0, 10.0)]),
+            line("b", vec![(0.0, 1.0), (10.0, 9.5)]),
+        ];
+        assert_eq!(corner(&rising), "UpperLeft");
+        // Lines along the top leave the bottom; the lower right before the lower left.
+        let high = [
+            line("a", vec![(0.0, 9.5), (10.0, 9.5)]),
+            line("b", vec![(0.0, 8.0), (10.0, 8.0)]),
+        ];
+        assert_eq!(corner(&high), "LowerRight");
+    }
 
     fn non_white_rows(path: &Path) -> (u32, u32, Vec<u32>) {
         let image = image::open(path).unwrap().to_rgb8();
