@@ -99,7 +99,7 @@ fn draw_panel(
     let Some((x_range, y_range)) = bounds(finite()) else {
         bail!("nothing to plot: every point is missing or not finite");
     };
-    let corner = legend_corner(&chart.series, (&x_range, &y_range));
+    let corner = legend_corner(chart.series, (&x_range, &y_range));
     let x_label = tick_formatter(x_range.end - x_range.start);
     let y_label = tick_formatter(y_range.end - y_range.start);
     let mut cc = ChartBuilder::on(area)
