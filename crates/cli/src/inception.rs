@@ -80,11 +80,14 @@ pub fn load_extractor(
     }
     let device = match device {
         Some(device) => device,
-        None => args.device.resolve()?,
+        None => {
+            // A rank's device comes from `ranks::join`, which has set the allocator already.
+            let device = args.device.resolve()?;
+            torch_ext::host_memory::configure(device, torch_ext::host_memory::Work::Sampling);
+            device
+        }
     };
     crate::runtime::configure_cudnn(device, args.cudnn_benchmark);
-    // As for sampling (`ranks::join` has done it where a rank calls).
-    torch_ext::host_memory::configure(device, torch_ext::host_memory::Work::Sampling);
     let resize: Resize = args.resize.parse().context("--resize")?;
     let extractor = InceptionExtractor::load(path, device)?
         .with_input_size(args.input_size)

@@ -210,21 +210,17 @@ impl SamplerArgs {
     /// its Runge–Kutta start, `skip_prk_steps` false, as `--sampler pndm --prk`).
     pub fn config_for(&self, spec: &PipelineSpec) -> Result<SamplerConfig> {
         let default = (spec.scheduler_class.as_deref()).and_then(SamplerKind::from_diffusers_class);
-        let n_train_steps = spec.schedule.n_steps();
-        if self.sampler.is_none() && default == Some(SamplerKind::Pndm) && spec.scheduler_prk {
-            let with_prk = Self {
-                prk: true,
-                ..self.clone()
-            };
-            return with_prk.config_with(n_train_steps, SamplerKind::Pndm);
-        }
-        self.config_with(n_train_steps, default.unwrap_or(SamplerKind::Ddpm))
+        self.config_with(
+            spec.schedule.n_steps(),
+            default.unwrap_or(SamplerKind::Ddpm),
+            spec.scheduler_prk,
+        )
     }
 
     /// The sampler the flags describe, checked against the model's T (ddpm when --sampler is
     /// not given).
     pub fn config(&self, n_train_steps: usize) -> Result<SamplerConfig> {
-        self.config_with(n_train_steps, SamplerKind::Ddpm)
+        self.config_with(n_train_steps, SamplerKind::Ddpm, false)
     }
 
     /// Refuses a flag that the sampler does not take, naming both.
@@ -309,7 +305,14 @@ impl SamplerArgs {
         })
     }
 
-    fn config_with(&self, n_train_steps: usize, default: SamplerKind) -> Result<SamplerConfig> {
+    /// The sampler of the flags, `default` when `--sampler` is not given, then with PNDM's
+    /// Runge–Kutta start when `default_prk` (the source's scheduler says so) or `--prk`.
+    fn config_with(
+        &self,
+        n_train_steps: usize,
+        default: SamplerKind,
+        default_prk: bool,
+    ) -> Result<SamplerConfig> {
         let kind = self.sampler.unwrap_or(default);
         let name = kind.name();
         let spacing = |default| -> Result<TimestepSpacing> {
@@ -384,7 +387,7 @@ impl SamplerArgs {
                 SamplerConfig::Pndm {
                     steps: steps(50)?,
                     spacing,
-                    prk: self.prk,
+                    prk: self.prk || (self.sampler.is_none() && default_prk),
                 }
             }
             SamplerKind::Euler | SamplerKind::Heun | SamplerKind::EulerAncestral => {

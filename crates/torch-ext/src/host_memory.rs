@@ -45,8 +45,9 @@ pub fn keep_freed_blocks(bytes: usize) -> bool {
 }
 
 /// Whether the user set glibc's allocator through the environment (`MALLOC_MMAP_THRESHOLD_`,
-/// `MALLOC_TRIM_THRESHOLD_`, or a `glibc.malloc` tunable in `GLIBC_TUNABLES`), in which case the
-/// commands leave it as they were told.
+/// `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, which also turns glibc's dynamic thresholds off,
+/// or a `glibc.malloc` tunable in `GLIBC_TUNABLES`), in which case the commands leave it as they
+/// were told.
 pub fn set_by_environment() -> bool {
     [
         "MALLOC_MMAP_THRESHOLD_",

@@ -51,7 +51,7 @@ mod diffusers;
 mod spec;
 
 pub use diffusers::{DiffusersScheduler, ExportLayout, MODEL_INDEX};
-pub use spec::PipelineSpec;
+pub use spec::{PipelineSpec, CHECKPOINT_CLIP_SAMPLE};
 
 use std::path::{Path, PathBuf};
 

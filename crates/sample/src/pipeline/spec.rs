@@ -16,6 +16,10 @@ use super::{
 use crate::layout;
 use crate::SampleError;
 
+/// The `clip_sample` of the toolkit's own checkpoints: samplers that read it clamp x̂_0 (the
+/// paper's sampling, and what `ddpm export` writes into their scheduler config).
+pub const CHECKPOINT_CLIP_SAMPLE: bool = true;
+
 /// Everything a pipeline needs except the tensors, read from the JSON files of a source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineSpec {
@@ -182,7 +186,7 @@ impl PipelineSpec {
             schedule: config.schedule,
             prediction: config.objective.prediction,
             variance: config.objective.variance,
-            clip_sample: true,
+            clip_sample: CHECKPOINT_CLIP_SAMPLE,
             scheduler_class: None,
             scheduler_prk: false,
             precision: config.precision,

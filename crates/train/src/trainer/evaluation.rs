@@ -124,8 +124,11 @@ impl Trainer {
         let s = self.config.model.image_size();
         let options = SampleOptions {
             prediction: self.config.objective.prediction,
-            // As `ddpm eval fid --checkpoint` samples the run: its checkpoints say `clip_sample`.
-            clip_x0: self.config.eval_sampler.clips_by_default(true),
+            // As `ddpm eval fid --checkpoint` samples the run's checkpoints.
+            clip_x0: self
+                .config
+                .eval_sampler
+                .clips_by_default(sample::pipeline::CHECKPOINT_CLIP_SAMPLE),
             n_snapshots: 0,
             autocast: self.sampling_autocast(),
             // A class-conditional run is scored class-balanced and unguided (W = 1), as
