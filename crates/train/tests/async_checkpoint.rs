@@ -17,11 +17,15 @@ use train::config::TrainConfig;
 use train::digest::{verify_run, Verified};
 use train::trainer::{StepOutcome, TrainHooks};
 
-/// What the hooks saw: at each step, whether the checkpoint of step 2 was complete and whether
-/// its temporary directory existed; the checkpoints reported; the messages.
+/// What the hooks saw: at each step, whether the checkpoint of step 2 was complete on disk and
+/// how many checkpoints had been reported; the checkpoints reported; the messages.
+///
+/// Whether step 2's `.tmp` directory exists at step 3 is not recorded: the writer thread creates
+/// it, and on a loaded machine step 3 can run before that thread has been scheduled at all (CI
+/// saw it). A step that runs before the checkpoint is complete is the property under test.
 struct Seen {
     root: PathBuf,
-    steps: Vec<(u64, bool, bool)>,
+    steps: Vec<(u64, bool, usize)>,
     checkpoints: Vec<PathBuf>,
     messages: Vec<String>,
 }
@@ -29,8 +33,7 @@ struct Seen {
 impl TrainHooks for Seen {
     fn on_step(&mut self, step: u64, _epoch: u64, _outcome: &StepOutcome) {
         let done = self.root.join("step-00000002/state.json").exists();
-        let writing = self.root.join("step-00000002.tmp").exists();
-        self.steps.push((step, done, writing));
+        self.steps.push((step, done, self.checkpoints.len()));
     }
     fn on_checkpoint(&mut self, dir: &Path) {
         self.checkpoints.push(dir.to_path_buf());
@@ -65,8 +68,8 @@ fn the_step_after_a_checkpoint_runs_while_it_is_written_and_a_second_one_waits()
     let at = |step: u64| *seen.steps.iter().find(|s| s.0 == step).unwrap();
     assert_eq!(
         at(3),
-        (3, false, true),
-        "step 3 should run while the checkpoint of step 2 is being written"
+        (3, false, 0),
+        "step 3 should run before the checkpoint of step 2 is complete"
     );
     assert!(
         seen.messages
