@@ -10,8 +10,12 @@
 //! with numbers drawn on the generator's device. With a CPU generator a seed gives the same
 //! initial weights on every device.
 
+use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 use torch_ext::Generator;
+
+/// Keras' `glorot_uniform`, the notebook's initialisation: fan-average scaling with scale 1.
+pub(crate) const GLOROT: f64 = 1.0;
 
 /// The scale the official DDPM code gives the last layer of every residual branch and the output
 /// convolution: TensorFlow's variance scaling rejects 0, so "zero" init is 1e-10.
@@ -35,6 +39,67 @@ pub(crate) fn fan_avg_uniform_(ws: &Tensor, scale: f64, gen: &mut Generator) {
     gen.uniform_(&mut draws, -limit, limit)
         .expect("uniform draws into a fresh f32 tensor of the generator's device");
     tch::no_grad(|| ws.shallow_clone().copy_(&draws));
+}
+
+/// A convolution with a fan-average uniform kernel of `scale` and a zero bias.
+// The layer's shape, its init scale and the generator: nothing here groups naturally.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    scale: f64,
+    gen: &mut Generator,
+) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding,
+        ws_init: Init::Const(0.0),
+        bs_init: Init::Const(0.0),
+        ..Default::default()
+    };
+    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
+    fan_avg_uniform_(&conv.ws, scale, gen);
+    conv
+}
+
+/// A linear layer with a fan-average uniform weight of `scale` and a zero bias.
+pub(crate) fn linear(
+    vs: nn::Path,
+    d_in: i64,
+    d_out: i64,
+    scale: f64,
+    gen: &mut Generator,
+) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: Init::Const(0.0),
+        bs_init: Some(Init::Const(0.0)),
+        bias: true,
+    };
+    let linear = nn::linear(vs, d_in, d_out, config);
+    fan_avg_uniform_(&linear.ws, scale, gen);
+    linear
+}
+
+/// Test support for both networks.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Gives the near-zero layers of a fresh network ordinary weights, so that its output
+    /// depends on its inputs: the official init scales the last layer of every residual branch
+    /// and `conv_out` to ~0 ([`super::ZERO_SCALE`]), so a fresh network ignores `t` and dropout.
+    pub(crate) fn wake_up(vs: &tch::nn::VarStore) {
+        for (name, mut var) in vs.variables() {
+            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
+                let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

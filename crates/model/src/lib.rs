@@ -405,6 +405,7 @@ fn validate_num_classes(arch: &'static str, num_classes: Option<i64>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init::testing::wake_up;
 
     #[test]
     fn configs_round_trip_through_tagged_json() {
@@ -510,19 +511,6 @@ mod tests {
                 ..UNetConfig::ho2020_cifar10()
             }),
         ]
-    }
-
-    /// Gives the near-zero output layers of a fresh network ordinary weights, so that the output
-    /// depends on the inputs.
-    fn wake_up(vs: &tch::nn::VarStore) {
-        for (name, mut var) in vs.variables() {
-            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
-                .iter()
-                .any(|s| name.ends_with(s))
-            {
-                let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
-            }
-        }
     }
 
     #[test]

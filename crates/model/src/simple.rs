@@ -23,7 +23,7 @@
 
 use crate::checkpoint::{checkpointed, Pass, Shared};
 use crate::error::{invalid, ModelError};
-use crate::init::fan_avg_uniform_;
+use crate::init::{conv2d, fan_avg_uniform_, linear, GLOROT};
 use crate::memory_format::{convert_in_place, is_channels_last, to_memory_format, MemoryFormat};
 use crate::{
     add_class_embedding, batch_timesteps, timestep_embedding, validate_num_classes, ClassEmbedding,
@@ -263,40 +263,6 @@ fn symmetric_same_padding(input: i64, kernel: i64, stride: i64) -> i64 {
     before
 }
 
-/// A Keras-initialised convolution: `glorot_uniform` kernel, zero bias.
-fn conv2d(
-    vs: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-    gen: &mut Generator,
-) -> nn::Conv2D {
-    let config = nn::ConvConfig {
-        stride,
-        padding,
-        ws_init: Init::Const(0.0),
-        bs_init: Init::Const(0.0),
-        ..Default::default()
-    };
-    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
-    fan_avg_uniform_(&conv.ws, 1.0, gen);
-    conv
-}
-
-/// A Keras-initialised dense layer: `glorot_uniform` kernel, zero bias.
-fn linear(vs: nn::Path, d_in: i64, d_out: i64, gen: &mut Generator) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: Init::Const(0.0),
-        bs_init: Some(Init::Const(0.0)),
-        bias: true,
-    };
-    let linear = nn::linear(vs, d_in, d_out, config);
-    fan_avg_uniform_(&linear.ws, 1.0, gen);
-    linear
-}
-
 /// `BatchNorm2d` with PyTorch's state: it counts the batches it was trained on, as
 /// `num_batches_tracked` does, so that its variables are exactly a PyTorch `state_dict`'s.
 #[derive(Debug)]
@@ -385,9 +351,9 @@ impl Block {
         config: &SimpleUnetConfig,
         gen: &mut Generator,
     ) -> Self {
-        let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out, gen);
+        let time_mlp = linear(&vs / "time_mlp", config.time_emb_dim, c_out, GLOROT, gen);
         let pad3 = symmetric_same_padding(size, 3, 1);
-        let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3, gen);
+        let conv1 = conv2d(&vs / "conv1", c_in, c_out, 3, 1, pad3, GLOROT, gen);
         let transform = if up {
             // The adjoint of a "same" 4×4 stride-2 conv from 2·size to size.
             let padding = symmetric_same_padding(2 * size, 4, 2);
@@ -399,13 +365,22 @@ impl Block {
                 ..Default::default()
             };
             let conv = nn::conv_transpose2d(&vs / "transform", c_out, c_out, 4, config);
-            fan_avg_uniform_(&conv.ws, 1.0, gen);
+            fan_avg_uniform_(&conv.ws, GLOROT, gen);
             Transform::Up(conv)
         } else {
             let padding = symmetric_same_padding(size, 4, 2);
-            Transform::Down(conv2d(&vs / "transform", c_out, c_out, 4, 2, padding, gen))
+            Transform::Down(conv2d(
+                &vs / "transform",
+                c_out,
+                c_out,
+                4,
+                2,
+                padding,
+                GLOROT,
+                gen,
+            ))
         };
-        let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3, gen);
+        let conv2 = conv2d(&vs / "conv2", c_out, c_out, 3, 1, pad3, GLOROT, gen);
         let bnorm1 = BatchNorm::new(&vs / "bnorm1", c_out, config);
         let bnorm2 = BatchNorm::new(&vs / "bnorm2", c_out, config);
         Self {
@@ -529,7 +504,13 @@ impl SimpleUnet {
         let c = &config;
         let n = c.n_blocks();
         // The notebook's `time_mlp` is `Sequential(embedding, Dense, ReLU)`: the Dense is item 1.
-        let time_mlp = linear(vs / "time_mlp" / 1, c.time_emb_dim, c.time_emb_dim, gen);
+        let time_mlp = linear(
+            vs / "time_mlp" / 1,
+            c.time_emb_dim,
+            c.time_emb_dim,
+            GLOROT,
+            gen,
+        );
         let conv0 = conv2d(
             vs / "conv0",
             c.in_channels,
@@ -537,6 +518,7 @@ impl SimpleUnet {
             3,
             1,
             1,
+            GLOROT,
             gen,
         );
         let downs = (0..n)
@@ -576,6 +558,7 @@ impl SimpleUnet {
             1,
             1,
             0,
+            GLOROT,
             gen,
         );
         // Last, so that an unconditional network's initial weights stay what they were.

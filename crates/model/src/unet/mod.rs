@@ -27,52 +27,15 @@ mod diffusers;
 pub use config::UNetConfig;
 
 use crate::checkpoint::{checkpointed, Shared};
-use crate::init::{fan_avg_uniform_, ZERO_SCALE};
+use crate::init::{conv2d, linear, ZERO_SCALE};
 use crate::memory_format::{is_channels_last, to_memory_format, MemoryFormat};
 use crate::{add_class_embedding, batch_timesteps, timestep_embedding, ClassEmbedding, Denoiser};
-use tch::nn::{self, Init};
+use tch::nn;
 use tch::Tensor;
 use torch_ext::Generator;
 
 /// The architecture's name in configuration errors.
 const ARCH: &str = "ddpm";
-
-/// A convolution with the official DDPM initialisation.
-// The layer's shape, its init scale and the generator: nothing here groups naturally.
-#[allow(clippy::too_many_arguments)]
-fn conv2d(
-    vs: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-    scale: f64,
-    gen: &mut Generator,
-) -> nn::Conv2D {
-    let config = nn::ConvConfig {
-        stride,
-        padding,
-        ws_init: Init::Const(0.0),
-        bs_init: Init::Const(0.0),
-        ..Default::default()
-    };
-    let conv = nn::conv2d(vs, c_in, c_out, kernel, config);
-    fan_avg_uniform_(&conv.ws, scale, gen);
-    conv
-}
-
-/// A linear layer with the official DDPM initialisation.
-fn linear(vs: nn::Path, d_in: i64, d_out: i64, scale: f64, gen: &mut Generator) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: Init::Const(0.0),
-        bs_init: Some(Init::Const(0.0)),
-        bias: true,
-    };
-    let linear = nn::linear(vs, d_in, d_out, config);
-    fan_avg_uniform_(&linear.ws, scale, gen);
-    linear
-}
 
 /// SiLU of a group norm's output, in place where no backward pass will read it (evaluation
 /// without autograd, as in sampling): one pass over the activations and no new tensor.
@@ -706,6 +669,7 @@ impl UNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init::testing::wake_up;
     use tch::nn::VarStore;
     use tch::{Device, Kind};
 
@@ -786,19 +750,6 @@ mod tests {
         }
         assert!(!vars.contains_key("down_blocks.3.downsamplers.0.conv.weight"));
         assert!(!vars.contains_key("up_blocks.3.upsamplers.0.conv.weight"));
-    }
-
-    /// The official init scales the last layer of every residual branch and `conv_out` to ~0, so a
-    /// fresh network ignores `t` and dropout; give those layers ordinary weights.
-    fn wake_up(vs: &VarStore) {
-        for (name, mut var) in vs.variables() {
-            if ["conv2.weight", "to_out.0.weight", "conv_out.weight"]
-                .iter()
-                .any(|s| name.ends_with(s))
-            {
-                let _ = tch::no_grad(|| var.normal_(0.0, 0.1));
-            }
-        }
     }
 
     #[test]
