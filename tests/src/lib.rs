@@ -48,6 +48,14 @@ pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     ddpm(args).output().expect("cannot start ddpm")
 }
 
+/// Runs `ddpm` and returns its output; panics with its stderr unless it exited 0.
+#[track_caller]
+pub fn run_ok<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let out = run(args);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    out
+}
+
 /// Runs `ddpm sample --checkpoint CHECKPOINT --device cpu`, then `extra`.
 pub fn sample_cpu(checkpoint: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

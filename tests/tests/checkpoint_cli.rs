@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::{
-    complete_checkpoints, kill, path_arg, run, spawn, stderr_of, stdout_of, synthetic_cifar,
-    tiny_train_args, wait_exit, wait_for,
+    complete_checkpoints, kill, path_arg, run, run_ok, spawn, stderr_of, stdout_of,
+    synthetic_cifar, tiny_train_args, wait_exit, wait_for,
 };
 
 /// The tiny run of `train_cli`: a checkpoint every 2 steps, to `max_steps`, then `extra`.
@@ -50,8 +50,7 @@ fn a_flipped_bit_in_the_newest_model_is_named_by_verify_and_resume_falls_back() 
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&train_args(&data, &run_dir, &["--max-steps", "4"]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&train_args(&data, &run_dir, &["--max-steps", "4"]));
     let out = verify(&run_dir);
     let stdout = stdout_of(&out);
     assert!(out.status.success(), "{stdout}{}", stderr_of(&out));

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use e2e::{
-    path_arg, run, sample_cpu, shared_dir, stderr_of, stdout_of, tiny_inception, train_tiny,
+    path_arg, run, run_ok, sample_cpu, shared_dir, stderr_of, stdout_of, tiny_inception, train_tiny,
 };
 
 fn first20() -> String {
@@ -562,7 +562,7 @@ fn eval_stats_of_real_cifar_matches_python_torch() {
     let dir = tempfile::tempdir().unwrap();
     let out_npz = dir.path().join("cifar20.npz");
     // The published protocol's flags, spelled out: the verified FID Inception, TF1 resize.
-    let out = run(&[
+    run_ok(&[
         "eval",
         "stats",
         "--dataset",
@@ -578,7 +578,6 @@ fn eval_stats_of_real_cifar_matches_python_torch() {
         "--device",
         "cpu",
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
     let arrays = data::images::read_npz(&out_npz).unwrap();
     let get = |name: &str| -> (Vec<usize>, Vec<f64>) {
         let (_, a) = arrays.iter().find(|(n, _)| n == name).unwrap();

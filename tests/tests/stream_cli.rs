@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use data::images::{read_npz, NpyData};
-use e2e::{path_arg, run, stderr_of, stdout_of, tiny_train_args};
+use e2e::{path_arg, run, run_ok, stderr_of, stdout_of, tiny_train_args};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/streams")
@@ -26,7 +26,7 @@ fn u8_array(path: &Path, name: &str) -> (Vec<u8>, Vec<usize>) {
 #[test]
 fn stats_of_an_lmdb_match_pillows_pixels() {
     let lmdb = fixtures().join("lmdb");
-    let out = run(&[
+    let out = run_ok(&[
         "data",
         "stats",
         "--json",
@@ -37,7 +37,6 @@ fn stats_of_an_lmdb_match_pillows_pixels() {
         "--size",
         "64",
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     assert_eq!(json["count"], 5);
     assert_eq!(json["shape"], serde_json::json!([3, 64, 64]));
@@ -64,7 +63,7 @@ fn export_writes_the_preprocessed_images_as_nhwc() {
     let dir = tempfile::tempdir().unwrap();
     let npz = dir.path().join("ref.npz");
     let lmdb = fixtures().join("lmdb");
-    let out = run(&[
+    let out = run_ok(&[
         "data",
         "export",
         "--dataset",
@@ -80,7 +79,6 @@ fn export_writes_the_preprocessed_images_as_nhwc() {
         "--npz",
         path_arg(&npz),
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
         stdout_of(&out).contains("4 images of 64x64x3"),
         "{}",
@@ -153,8 +151,7 @@ fn train_streams_an_lmdb_and_stops_at_an_unreadable_record_naming_it() {
     ];
     let mut args = tiny_train_args(&fixtures().join("lmdb"), &dir.path().join("run"), &extra);
     args.extend(["--set".to_string(), lmdb_spec(64)]);
-    let out = run(&args);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&args);
     let mut args = tiny_train_args(
         &fixtures().join("broken_lmdb"),
         &dir.path().join("bad"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use e2e::{
-    complete_checkpoints, kill, metric_lines, python_with_tensorboard, run, spawn, stderr_of,
+    complete_checkpoints, kill, metric_lines, python_with_tensorboard, run_ok, spawn,
     synthetic_cifar, tiny_inception, tiny_train_args_at, wait_for,
 };
 
@@ -193,8 +193,7 @@ fn tensorboard_reads_every_scalar_the_samples_and_the_config_and_a_resume_repeat
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&train_args(&data, &run_dir, 4, &[]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&train_args(&data, &run_dir, 4, &[]));
 
     let tb = read_tb(&python, &run_dir);
     let expected = expected_scalars(&run_dir);
@@ -216,8 +215,7 @@ fn tensorboard_reads_every_scalar_the_samples_and_the_config_and_a_resume_repeat
     assert_eq!(config_texts(&tb), [(0, config.clone())]);
 
     // A resume to step 6: the new steps appended, none twice, the first run's as they were.
-    let out = run(&train_args(&data, &run_dir, 6, &["--resume"]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&train_args(&data, &run_dir, 6, &["--resume"]));
     let tb = read_tb(&python, &run_dir);
     let all = scalars(&tb);
     assert_eq!(all, expected_scalars(&run_dir));
@@ -278,8 +276,7 @@ fn after_kill_9_the_events_read_to_the_last_flush_and_a_resume_repeats_no_step()
     }
 
     let total = logged.len() as u64 + 2;
-    let out = run(&args(total, &["--resume"]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&args(total, &["--resume"]));
     let tb = scalars(&read_tb(&python, &run_dir));
     assert_eq!(tb, expected_scalars(&run_dir));
     let steps: Vec<u64> = tb["train/loss"].iter().map(|p| p.0).collect();

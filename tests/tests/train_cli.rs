@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, sample_cpu, spawn,
+    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, run_ok, sample_cpu, spawn,
     stderr_of, synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
     Tmpfs,
 };
@@ -418,12 +418,11 @@ fn resume_cuts_metrics_written_after_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&args_with(
+    run_ok(&args_with(
         &data,
         &run_dir,
         &["--max-steps", "3", "--set", "log_every=1"],
     ));
-    assert!(out.status.success(), "{}", stderr_of(&out));
     // As if the run had died after logging step 3 but before its checkpoint.
     std::fs::remove_dir_all(run_dir.join("checkpoints/step-00000003")).unwrap();
     assert_eq!(metric_steps(&run_dir), [1, 2, 3]);
@@ -436,8 +435,7 @@ fn resume_refuses_changes_to_what_the_run_learns_and_leaves_config_json_alone() 
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&args_with(&data, &run_dir, &["--max-steps", "2"]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    run_ok(&args_with(&data, &run_dir, &["--max-steps", "2"]));
     let config_path = run_dir.join("config.json");
     let before = std::fs::read(&config_path).unwrap();
     let wider = tiny_model(28)
