@@ -1,13 +1,14 @@
 //! Checksummed checkpoints as a user meets them: a flipped bit in the newest checkpoint is
 //! found on resume (which falls back past it, or refuses it when picked by name) and by `ddpm
-//! checkpoint verify`; a checkpoint written before digests existed still loads, with a note; a
-//! SIGTERM while a checkpoint is written in the background leaves it complete.
+//! checkpoint verify`; `ddpm sample`, `ddpm export` and `train --init-from` refuse weights that
+//! do not match their digest; a checkpoint written before digests existed still loads, with a
+//! note; a SIGTERM while a checkpoint is written in the background leaves it complete.
 
 use std::path::Path;
 use std::time::Duration;
 
 use e2e::{
-    complete_checkpoints, kill, path_arg, run, run_ok, spawn, stderr_of, stdout_of,
+    complete_checkpoints, kill, path_arg, run, run_ok, sample_cpu, spawn, stderr_of, stdout_of,
     synthetic_cifar, tiny_train_args, wait_exit, wait_for,
 };
 
@@ -90,6 +91,74 @@ fn a_flipped_bit_in_the_newest_model_is_named_by_verify_and_resume_falls_back() 
         "{stderr}"
     );
     assert!(!stderr.contains("unverified"), "{stderr}");
+}
+
+/// Every command that loads a checkpoint's weights checks them against their digest first: a
+/// flipped bit in the EMA weights stops `ddpm sample`, `ddpm export` and `train --init-from`,
+/// each naming the file and writing nothing; the checkpoint's live weights, which are whole,
+/// still sample.
+#[test]
+fn sample_export_and_init_from_refuse_weights_that_do_not_match_their_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_cifar(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    run_ok(&train_args(&data, &run_dir, &["--max-steps", "2"]));
+    let ema = run_dir.join("checkpoints/step-00000002/ema.safetensors");
+    flip_a_bit(&ema);
+    let named = format!("{}: digest mismatch", ema.display());
+
+    let grid = dir.path().join("grid.png");
+    let sample_args = [
+        "--threads",
+        "1",
+        "-n",
+        "1",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+    ];
+    let mut args = sample_args.to_vec();
+    args.extend(["--grid", path_arg(&grid)]);
+    let out = sample_cpu(&run_dir, &args);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "sampled damaged weights: {stderr}");
+    assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
+    assert!(!grid.exists(), "an image was written");
+    args.extend(["--weights", "model"]);
+    let out = sample_cpu(&run_dir, &args);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(grid.exists());
+
+    let folder = dir.path().join("export");
+    let out = run(&[
+        "export",
+        "--checkpoint",
+        path_arg(&run_dir),
+        "--diffusers",
+        path_arg(&folder),
+    ]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "exported damaged weights: {stderr}");
+    assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
+    assert!(
+        !folder.join("unet").exists(),
+        "the export wrote a network folder"
+    );
+
+    let tuned = dir.path().join("tuned");
+    let out = run(&train_args(
+        &data,
+        &tuned,
+        &["--init-from", path_arg(&run_dir), "--max-steps", "1"],
+    ));
+    let stderr = stderr_of(&out);
+    assert!(
+        !out.status.success(),
+        "fine-tuned from damaged weights: {stderr}"
+    );
+    assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
+    assert!(complete_checkpoints(&tuned).is_empty());
 }
 
 #[test]

@@ -1,46 +1,16 @@
-//! Digests of checkpoint files: the XXH3-128 hash of every file's bytes, recorded in the
+//! Digests of checkpoint files: the XXH3-128 hash of every file's bytes
+//! ([`sample::layout::file_digest`], whose module says what they guard against), recorded in the
 //! checkpoint's `state.json` under `digests` when it is written, and checked when a run resumes
-//! from it and by `ddpm checkpoint verify` ([`verify_run`]).
-//!
-//! safetensors checks a file's header, not its data: a flipped bit in a weight, or a copy cut
-//! short by a file-system sync that still holds a whole header, reads without an error. Its
-//! digest does not match. XXH3 (`xxhash-rust`) is not cryptographic: it guards against damage,
-//! not against someone who rewrites both a file and `state.json`. It hashes at memory speed, so
-//! checking the 1.8 GB of a 256² checkpoint costs little beside reading it.
-//!
-//! `state.json` itself is not digested (it holds the digests); serde reads it strictly, and a
-//! damaged one fails to parse or to match its files.
+//! from it and by `ddpm checkpoint verify` ([`verify_run`]). Inference checks the weights file it
+//! loads ([`sample::Pipeline::from_spec`]).
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::Xxh3;
+pub use sample::layout::{check_digest, file_digest, DigestError, DIGEST_ALGORITHM as ALGORITHM};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::TrainError;
-
-/// The prefix of every digest: the algorithm, so that another one can follow.
-pub const ALGORITHM: &str = "xxh3-128";
-
-/// The digest of a file's bytes, `xxh3-128:<32 hex digits>`.
-///
-/// # Errors
-/// The IO error of reading it.
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Xxh3::new();
-    let mut buf = vec![0u8; 1 << 22];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{ALGORITHM}:{:032x}", hasher.digest128()))
-}
 
 /// The digests of the files `names` in `dir`, by name.
 ///
@@ -85,21 +55,16 @@ pub fn verify(dir: &Path, state: &CheckpointState) -> Result<Verified, TrainErro
                 format!("digest of `{name}`, which is not a file name"),
             ));
         }
-        if !want.starts_with(&format!("{ALGORITHM}:")) {
-            return Err(bad(
-                &dir.join(checkpoint::STATE_FILE),
-                format!("digest `{want}` of {name}: this build checks only {ALGORITHM}"),
-            ));
-        }
-        let got = file_digest(&path).map_err(|e| TrainError::io(&path, e))?;
-        if got != *want {
-            return Err(bad(
-                &path,
-                format!(
-                    "digest mismatch: state.json records {want}, the file hashes to {got}; it \
-                     changed after it was written (a flipped bit or a truncated copy)"
-                ),
-            ));
+        match check_digest(&path, want) {
+            Ok(()) => {}
+            Err(DigestError::Io(e)) => return Err(TrainError::io(&path, e)),
+            Err(e @ DigestError::Algorithm(_)) => {
+                return Err(bad(
+                    &dir.join(checkpoint::STATE_FILE),
+                    format!("{e} (of {name})"),
+                ))
+            }
+            Err(e @ DigestError::Mismatch { .. }) => return Err(bad(&path, e.to_string())),
         }
     }
     Ok(Verified::Checked(state.digests.len()))
@@ -150,28 +115,4 @@ pub fn verify_run(run_dir: &Path) -> Result<Vec<CheckpointCheck>, TrainError> {
             CheckpointCheck { dir, outcome }
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_have_the_algorithm_and_32_hex_digits_and_see_one_bit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.bin");
-        let mut bytes: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
-        fs::write(&path, &bytes).unwrap();
-        let first = file_digest(&path).unwrap();
-        assert!(
-            first.starts_with("xxh3-128:") && first.len() == 9 + 32,
-            "{first}"
-        );
-        // The chunked read hashes what one call over the whole buffer hashes.
-        let whole = xxhash_rust::xxh3::xxh3_128(&bytes);
-        assert_eq!(first, format!("xxh3-128:{whole:032x}"));
-        bytes[7_654_321] ^= 1;
-        fs::write(&path, &bytes).unwrap();
-        assert_ne!(file_digest(&path).unwrap(), first);
-    }
 }

@@ -150,10 +150,15 @@ impl Pipeline {
     /// Builds the network of `spec` on `device`, loads its weights, and lays its kernels out in
     /// the memory format it samples fastest in ([`model::ModelConfig::inference_memory_format`]).
     ///
+    /// A checkpoint's weights are first checked against the digest its `state.json` records
+    /// ([`PipelineSpec::verify_weights`]): a damaged file is refused, not sampled from.
+    ///
     /// # Errors
     /// [`SampleError::Weights`] when the weights do not fit the network (naming the file and
-    /// every bad key), [`SampleError::Source`] when a `.bin` is not a state dict of tensors.
+    /// every bad key), [`SampleError::Source`] when a `.bin` is not a state dict of tensors or
+    /// the weights do not match their digest.
     pub fn from_spec(spec: PipelineSpec, device: Device) -> Result<Self, SampleError> {
+        spec.verify_weights()?;
         let schedule = Schedule::new(&spec.schedule)
             .map_err(|e| source_err(&spec.config_file, format!("the schedule: {e}")))?;
         let mut vs = VarStore::new(device);

@@ -1,6 +1,7 @@
 //! [`PipelineSpec`]: what a path names (a run, a checkpoint or a diffusers folder) and what its
 //! JSON files say, read before any tensor is built.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -31,6 +32,9 @@ pub struct PipelineSpec {
     pub config_file: PathBuf,
     /// The weights file.
     pub weights_file: PathBuf,
+    /// The digest `state.json` records for the weights file ([`layout::file_digest`]), checked
+    /// before they load; `None` for a diffusers folder and a checkpoint written before digests.
+    pub weights_digest: Option<String>,
     /// The network.
     pub model: ModelConfig,
     /// The noise schedule.
@@ -59,6 +63,30 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
+    /// Checks the weights file against the digest its checkpoint records, when it records one
+    /// ([`PipelineSpec::weights_digest`]); [`Pipeline::from_spec`](super::Pipeline::from_spec)
+    /// calls it before loading. Reads the whole file once.
+    ///
+    /// # Errors
+    /// [`SampleError::Source`] naming the weights file when it does not match or cannot be read,
+    /// or `state.json` when the digest is of an algorithm this build does not know.
+    pub fn verify_weights(&self) -> Result<(), SampleError> {
+        let Some(want) = &self.weights_digest else {
+            return Ok(());
+        };
+        layout::check_digest(&self.weights_file, want).map_err(|e| match e {
+            layout::DigestError::Algorithm(_) => source_err(&self.config_file, e.to_string()),
+            layout::DigestError::Io(_) => source_err(&self.weights_file, e.to_string()),
+            layout::DigestError::Mismatch { .. } => source_err(
+                &self.weights_file,
+                format!(
+                    "{e}. Nothing was loaded. `ddpm checkpoint verify RUN_DIR` checks every \
+                     checkpoint of the run, and an earlier one may be whole"
+                ),
+            ),
+        })
+    }
+
     /// The network's number of classes (`None`: unconditional).
     pub fn num_classes(&self) -> Option<i64> {
         self.model.num_classes()
@@ -82,6 +110,9 @@ struct StateView {
     config: ConfigView,
     #[serde(default)]
     class_names: Vec<String>,
+    /// Absent in checkpoints written before digests.
+    #[serde(default)]
+    digests: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -170,10 +201,11 @@ impl PipelineSpec {
             .map_err(|e| source_err(&config_file, format!("`config.model`: {e}")))?;
         Schedule::new(&config.schedule)
             .map_err(|e| source_err(&config_file, format!("`config.schedule`: {e}")))?;
-        let weights_file = dir.join(match weights {
+        let weights_name = match weights {
             Weights::Ema => layout::EMA_FILE,
             Weights::Model => layout::MODEL_FILE,
-        });
+        };
+        let weights_file = dir.join(weights_name);
         if !weights_file.is_file() {
             return Err(source_err(&weights_file, "no such file in the checkpoint"));
         }
@@ -182,6 +214,7 @@ impl PipelineSpec {
             dir: dir.to_path_buf(),
             config_file,
             weights_file,
+            weights_digest: state.digests.get(weights_name).cloned(),
             model: config.model,
             schedule: config.schedule,
             prediction: config.objective.prediction,
@@ -256,6 +289,7 @@ impl PipelineSpec {
             dir: dir.to_path_buf(),
             config_file,
             weights_file,
+            weights_digest: None,
             model: ModelConfig::Ddpm(unet),
             schedule,
             prediction: scheduler.prediction,
