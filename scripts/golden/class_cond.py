@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import sampler  # noqa: E402  (the float64 scheduler machinery of the sampler fixtures)
+from tiny_unet import TINY as BASE  # noqa: E402
 
 ROOT = HERE.parents[1]
 DIFFUSERS = ROOT / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
@@ -50,24 +51,7 @@ GOLDEN = ROOT / "crates" / "sample" / "tests" / "fixtures" / "guidance_golden.js
 
 N_CLASSES = 3
 NULL = N_CLASSES
-TINY = dict(
-    sample_size=8,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-    norm_eps=1e-6,
-    freq_shift=1,
-    flip_sin_to_cos=False,
-    downsample_padding=0,
-    attention_head_dim=None,
-    act_fn="silu",
-    time_embedding_type="positional",
-    num_class_embeds=N_CLASSES + 1,
-)
+TINY = dict(BASE, num_class_embeds=N_CLASSES + 1)
 
 
 def guide(eps_c, eps_u, w):

@@ -42,25 +42,10 @@ from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_unet import TINY  # noqa: E402
 
-TINY = dict(
-    sample_size=8,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-    norm_eps=1e-6,
-    freq_shift=1,
-    flip_sin_to_cos=False,
-    downsample_padding=0,
-    attention_head_dim=None,
-    act_fn="silu",
-    time_embedding_type="positional",
-)
+OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
 
 # The keys diffusers 0.0.4 wrote into google/ddpm-cifar10-32's unet/config.json.
 LEGACY_KEYS = [

@@ -3,7 +3,7 @@
 `DDPMScheduler(variance_type="learned_range")` on it: what `sample::Pipeline` must load and
 step to.
 
-`learned_range/` is a tiny `UNet2DModel` (the shape of `diffusers_folders.py`'s TINY) with
+`learned_range/` is a tiny `UNet2DModel` (`tiny_unet.py`'s TINY) with
 out_channels = 2 * in_channels (the prediction, then v in [-1, 1], Improved DDPM Eq. 15), saved
 with `save_pretrained`, and a `scheduler_config.json` (linear betas, T = 50, epsilon,
 `variance_type: learned_range`, clip_sample true).
@@ -24,6 +24,7 @@ Requirements: torch, diffusers, safetensors (the venv's).
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -31,25 +32,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_unet import TINY as BASE  # noqa: E402
+
 OUT = Path(__file__).resolve().parents[2] / "crates" / "sample" / "tests" / "fixtures" / "diffusers"
 
-TINY = dict(
-    sample_size=8,
-    in_channels=3,
-    out_channels=6,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-    norm_eps=1e-6,
-    freq_shift=1,
-    flip_sin_to_cos=False,
-    downsample_padding=0,
-    attention_head_dim=None,
-    act_fn="silu",
-    time_embedding_type="positional",
-)
+TINY = dict(BASE, out_channels=6)
 
 SCHEDULER = dict(
     num_train_timesteps=50,
