@@ -51,7 +51,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,7 +65,7 @@ except ImportError:  # no diffusers: the same configuration, spelled out
         norm_num_groups=32, norm_eps=1e-6, dropout=0.1, freq_shift=1, flip_sin_to_cos=False,
         downsample_padding=0, attention_head_dim=None,
     )
-from model_simple import SimpleUnet, seed_cifar10_config  # noqa: E402
+from model_simple import FoldedSimpleUnet, SimpleUnet, seed_cifar10_config  # noqa: E402
 
 # google/ddpm-church-256's unet/config.json (113,673,219 parameters), as the Rust
 # `UNetConfig::ho2020_256` is.
@@ -78,31 +77,6 @@ DDPM_256 = dict(
     up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
     dropout=0.0,
 )
-
-
-class FoldedSimpleUnet(SimpleUnet):
-    """SimpleUnet whose first up block convolves x once with the two kernel halves summed
-    instead of convolving cat([x, x]): the same function at a lower cost."""
-
-    def forward(self, x, timestep):
-        t = self.time_mlp(timestep)
-        x = self.conv0(x)
-        residual_inputs = []
-        for down in self.downs:
-            x = down(x, t)
-            residual_inputs.append(x)
-        residual_inputs.pop()
-        first = self.ups[0]
-        half = first.conv1.weight.shape[1] // 2
-        kernel = first.conv1.weight[:, :half] + first.conv1.weight[:, half:]
-        h = F.conv2d(x, kernel, first.conv1.bias, padding=1)
-        h = first.bnorm1(first.relu(h))
-        h = h + first.relu(first.time_mlp(t))[:, :, None, None]
-        h = first.bnorm2(first.relu(first.conv2(h)))
-        x = first.transform(h)
-        for up in self.ups[1:]:
-            x = up(torch.cat((x, residual_inputs.pop()), dim=1), t)
-        return self.output(x)
 
 
 class DiffusersEps(torch.nn.Module):

@@ -160,6 +160,33 @@ class SimpleUnet(nn.Module):
         return self.output(x)
 
 
+class FoldedSimpleUnet(SimpleUnet):
+    """SimpleUnet whose first up block convolves x once with the two kernel halves summed instead
+    of convolving cat([x, x]) (its skip is x itself): the same function at a lower cost, as the
+    Rust network computes it. The speed peers (`scripts/bench/peer.py`,
+    `scripts/quality/train_peer.py`) run this one."""
+
+    def forward(self, x, timestep):
+        t = self.time_mlp(timestep)
+        x = self.conv0(x)
+        residual_inputs = []
+        for down in self.downs:
+            x = down(x, t)
+            residual_inputs.append(x)
+        residual_inputs.pop()
+        first = self.ups[0]
+        half = first.conv1.weight.shape[1] // 2
+        kernel = first.conv1.weight[:, :half] + first.conv1.weight[:, half:]
+        h = F.conv2d(x, kernel, first.conv1.bias, padding=1)
+        h = first.bnorm1(first.relu(h))
+        h = h + first.relu(first.time_mlp(t))[:, :, None, None]
+        h = first.bnorm2(first.relu(first.conv2(h)))
+        x = first.transform(h)
+        for up in self.ups[1:]:
+            x = up(torch.cat((x, residual_inputs.pop()), dim=1), t)
+        return self.output(x)
+
+
 def seed_cifar10_config():
     return dict(
         in_channels=3, out_channels=3, image_size=28, down_channels=[28, 128, 256], up_channels=[256, 128, 28],

@@ -64,12 +64,11 @@ START = time.monotonic()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from model_simple import SimpleUnet  # noqa: E402
+from model_simple import FoldedSimpleUnet  # noqa: E402
 from unet_torch import UNet  # noqa: E402
 
 STOP = {"signal": None}
@@ -128,32 +127,6 @@ def batches(images, batch_size, flip_p, gen):
 
 # ---------------------------------------------------------------------------------------------
 # The network.
-
-
-class FoldedSimpleUnet(SimpleUnet):
-    """SimpleUnet whose first up block convolves x once with the two kernel halves summed instead
-    of convolving cat([x, x]) (its skip is x itself): the same function at a lower cost."""
-
-    def forward(self, x, timestep):
-        t = self.time_mlp(timestep)
-        x = self.conv0(x)
-        residual_inputs = []
-        for down in self.downs:
-            x = down(x, t)
-            residual_inputs.append(x)
-        residual_inputs.pop()
-        first = self.ups[0]
-        half = first.conv1.weight.shape[1] // 2
-        kernel = first.conv1.weight[:, :half] + first.conv1.weight[:, half:]
-        h = F.conv2d(x, kernel, first.conv1.bias, padding=1)
-        h = first.bnorm1(first.relu(h))
-        h = h + first.relu(first.time_mlp(t))[:, :, None, None]
-        h = first.bnorm2(first.relu(first.conv2(h)))
-        x = first.transform(h)
-        for up in self.ups[1:]:
-            x = up(torch.cat((x, residual_inputs.pop()), dim=1), t)
-        return self.output(x)
-
 
 # The official DDPM code's "zero" scale for the last layer of every residual branch, the attention
 # output projection and conv_out (TensorFlow's variance scaling rejects 0).
