@@ -11,7 +11,9 @@
 //!
 //! A checkpoint is first written to `step-N.tmp`, every file fsynced, then renamed into place
 //! and the parent directory fsynced: a crash at any moment leaves either the old set of
-//! checkpoints or the new one, never a half-written directory under a final name.
+//! checkpoints or the new one, never a half-written directory under a final name. A step written
+//! a second time (after a resume from an earlier checkpoint) swaps its directory in atomically,
+//! so even then no moment is without a complete `step-N/`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -216,13 +218,81 @@ pub fn save_snapshot(
     let name = dir_name(snapshot.state.step);
     let final_dir = root.join(&name);
     let tmp = write_staged(root, &name, snapshot, &[])?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
-    }
-    fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, e))?;
+    move_into_place(&tmp, &final_dir)?;
     fsync(root, root)?;
     prune(root, keep_last.max(1))?;
     Ok(final_dir)
+}
+
+/// How [`move_into_place`] put a directory in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// Nothing was there: one rename.
+    Renamed,
+    /// The old directory and the new one swapped names in one atomic rename, then the old one
+    /// was deleted.
+    Exchanged,
+    /// The file system cannot swap: the old directory was deleted, then the new one renamed.
+    Replaced,
+}
+
+/// Renames the staged directory `tmp` to `dir`. When `dir` exists (its step written again: a run
+/// resumed from an earlier checkpoint reaches it once more), the two swap names in one rename
+/// (Linux's `RENAME_EXCHANGE`) and the old one, now under `tmp`, is deleted, so that a crash at
+/// any moment leaves a complete `dir`, old or new; a leftover `tmp` is replaced by the next
+/// write. Where the file system cannot swap, the old `dir` is deleted first, as before.
+fn move_into_place(tmp: &Path, dir: &Path) -> Result<Moved, TrainError> {
+    if !dir.exists() {
+        fs::rename(tmp, dir).map_err(|e| io_err(dir, e))?;
+        return Ok(Moved::Renamed);
+    }
+    let moved = match exchange(tmp, dir) {
+        Ok(()) => Moved::Exchanged,
+        Err(_) => {
+            fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+            fs::rename(tmp, dir).map_err(|e| io_err(dir, e))?;
+            Moved::Replaced
+        }
+    };
+    if moved == Moved::Exchanged {
+        fs::remove_dir_all(tmp).map_err(|e| io_err(tmp, e))?;
+    }
+    Ok(moved)
+}
+
+/// Swaps the names of `a` and `b` atomically (`renameat2(…, RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: renameat2 through syscall(2) (glibc and musl alike) with two NUL-terminated paths
+    // that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// No atomic swap off Linux: [`move_into_place`] replaces.
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Writes a checkpoint of `snapshot`, and `extra` files (name, bytes), into `root/<name>.tmp`
@@ -424,6 +494,52 @@ mod tests {
         );
         let ema_back = read_tensors(&newest.join(EMA_FILE)).unwrap();
         assert_eq!(ema_back[0].1.double_value(&[1]), 2.0);
+    }
+
+    /// Whether `dir` is on ext4 or tmpfs.
+    fn swaps(dir: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+            // SAFETY: statfs(2) into a zeroed struct, with a NUL-terminated path.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+                return false;
+            }
+            const EXT4: i64 = 0xEF53;
+            const TMPFS: i64 = 0x0102_1994;
+            matches!(st.f_type as i64, EXT4 | TMPFS)
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    #[test]
+    fn a_step_written_again_swaps_in_whole_and_leaves_no_staging_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let (tmp, dir) = (
+            root.path().join("step-00000002.tmp"),
+            root.path().join("step-00000002"),
+        );
+        let stage = |marker: &str| {
+            fs::create_dir(&tmp).unwrap();
+            fs::write(tmp.join(marker), marker).unwrap();
+        };
+        stage("first");
+        assert_eq!(move_into_place(&tmp, &dir).unwrap(), Moved::Renamed);
+        stage("second");
+        let moved = move_into_place(&tmp, &dir).unwrap();
+        // ext4 and tmpfs swap (other file systems may fall back, so only these are held to it).
+        if swaps(root.path()) {
+            assert_eq!(moved, Moved::Exchanged);
+        }
+        assert!(!tmp.exists());
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["second"]);
     }
 
     #[test]
