@@ -475,6 +475,8 @@ fn export_names_a_file_in_the_way_and_refuses_weights_model_on_a_diffusers_folde
         "{stderr}"
     );
     assert!(!stderr.contains(".pipeline.tmp"), "{stderr}");
+    let destination = file.join("pipeline").display().to_string();
+    assert_eq!(stderr.matches(&destination).count(), 1, "{stderr}");
     // A diffusers folder holds one set of weights.
     let to = dir.path().join("model");
     let out = export_modern(&to, &["--weights", "model"]);

@@ -57,6 +57,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         WeightsArg::Ema => sample::Weights::Ema,
         WeightsArg::Model => sample::Weights::Model,
     };
+    // Before any work: loading the weights and drawing the card's grid take minutes at 256².
+    let out = &args.diffusers;
+    sample::pipeline::check_export_dir(out).context("--diffusers")?;
     let source = crate::checkpoint_arg::local(&args.checkpoint, "--checkpoint")?;
     let in_checkpoint = || format!("--checkpoint {}", args.checkpoint.display());
     let spec = PipelineSpec::resolve(&source, weights).with_context(in_checkpoint)?;
@@ -68,8 +71,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     let pipe = Pipeline::from_spec(spec, tch::Device::Cpu).with_context(in_checkpoint)?;
-    let out = &args.diffusers;
-    let flag = || format!("--diffusers {}", out.display());
+    // The errors of the export name their file.
+    let flag = || "--diffusers";
     if args.model_only {
         pipe.export(out, ExportLayout::ModelOnly, |_| Ok(()))
             .with_context(flag)?;

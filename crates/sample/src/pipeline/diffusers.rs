@@ -389,8 +389,12 @@ impl Pipeline {
 
 /// Refuses an export destination that is not a new or empty folder, naming what is in the
 /// way: a file at `out_dir`, a file where one of its parent folders should be, a non-empty
-/// folder.
-fn check_export_dir(out_dir: &Path) -> Result<(), SampleError> {
+/// folder. [`Pipeline::export`] checks it first; a caller with work to do before the export
+/// (loading the weights, drawing a sample grid) can check it before that work.
+///
+/// # Errors
+/// [`SampleError::Source`] naming `out_dir` and what is in the way.
+pub fn check_export_dir(out_dir: &Path) -> Result<(), SampleError> {
     if out_dir.is_dir() {
         let empty = std::fs::read_dir(out_dir)
             .map_err(|e| source_err(out_dir, e.to_string()))?

@@ -50,7 +50,7 @@
 mod diffusers;
 mod spec;
 
-pub use diffusers::{DiffusersScheduler, ExportLayout, MODEL_INDEX};
+pub use diffusers::{check_export_dir, DiffusersScheduler, ExportLayout, MODEL_INDEX};
 pub use spec::{PipelineSpec, CHECKPOINT_CLIP_SAMPLE};
 
 use std::path::{Path, PathBuf};
