@@ -146,13 +146,18 @@ class SimpleUnet(nn.Module):
         )
         self.output = KerasConv2d(up[-1], config["out_channels"], 1, exact=exact)
 
-    def forward(self, x, timestep):
+    def down_path(self, x, timestep):
+        """The time embedding, and the down path's output with the skips it keeps."""
         t = self.time_mlp(timestep)
         x = self.conv0(x)
         residual_inputs = []
         for down in self.downs:
             x = down(x, t)
             residual_inputs.append(x)
+        return x, t, residual_inputs
+
+    def forward(self, x, timestep):
+        x, t, residual_inputs = self.down_path(x, timestep)
         for up in self.ups:
             residual_x = residual_inputs.pop()
             x = torch.cat((x, residual_x), dim=1)
@@ -167,12 +172,7 @@ class FoldedSimpleUnet(SimpleUnet):
     `scripts/quality/train_peer.py`) run this one."""
 
     def forward(self, x, timestep):
-        t = self.time_mlp(timestep)
-        x = self.conv0(x)
-        residual_inputs = []
-        for down in self.downs:
-            x = down(x, t)
-            residual_inputs.append(x)
+        x, t, residual_inputs = self.down_path(x, timestep)
         residual_inputs.pop()
         first = self.ups[0]
         half = first.conv1.weight.shape[1] // 2
