@@ -113,7 +113,7 @@ fn export() {
     std::fs::write(dir.join("config.json"), config.to_json()).unwrap();
     save_safetensors(&vs, &dir.join("model.safetensors")).unwrap();
     Tensor::write_safetensors(
-        &[("x", &xs), ("timesteps", &ts), ("out", &out)],
+        &[("x", &xs), ("timesteps", &ts), ("out", &out.contiguous())],
         dir.join("io.safetensors"),
     )
     .unwrap();
