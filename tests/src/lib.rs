@@ -339,6 +339,41 @@ pub fn python_with_diffusers() -> Option<PathBuf> {
         .then_some(python)
 }
 
+/// Runs `scripts/golden/diffusers_folders.py --verify-export FOLDER IO` (diffusers loads the
+/// folder and reproduces IO's `out`; a pipeline folder is also loaded by `DDPMPipeline` and
+/// `DDIMPipeline`, which draw an image, and its model card is parsed) and returns the model
+/// card's front matter as the script printed it (`Null` without a card), or `None`, saying that
+/// `what` was skipped, when there is no python with diffusers.
+pub fn verify_in_diffusers(folder: &Path, io: &Path, what: &str) -> Option<serde_json::Value> {
+    let Some(python) = python_with_diffusers() else {
+        eprintln!(
+            "skipped: the diffusers half of {what} (no python with diffusers; `cargo xtask test` \
+             installs it)"
+        );
+        return None;
+    };
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
+    let result = Command::new(python)
+        .arg(script)
+        .arg("--verify-export")
+        .arg(folder)
+        .arg(io)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    eprintln!("{what}: {stdout}");
+    assert!(
+        result.status.success(),
+        "diffusers refused {what}: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let card = stdout.lines().find_map(|l| l.strip_prefix("CARD "));
+    Some(card.map_or(serde_json::Value::Null, |c| {
+        serde_json::from_str(c).unwrap()
+    }))
+}
+
 /// The python that has TensorBoard (`scripts/tensorboard/requirements.txt`; the set-up's `.venv`,
 /// or `DDPM_PYTHON`), or `None`.
 pub fn python_with_tensorboard() -> Option<PathBuf> {

@@ -6,9 +6,8 @@
 //! load each pipeline and draw an image, and the card's front matter parses as YAML.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use e2e::{path_arg, python_with_diffusers, run, stderr_of, synthetic_cifar};
+use e2e::{path_arg, run, stderr_of, synthetic_cifar, verify_in_diffusers};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -148,38 +147,6 @@ fn ddpm_sample_runs_on_legacy_and_modern_diffusers_folders() {
 fn outputs(path: &Path, x: &Tensor, t: &Tensor) -> Tensor {
     let pipe = sample::Pipeline::load(path, sample::Weights::Ema, Device::Cpu).unwrap();
     tch::no_grad(|| pipe.net.forward_t(x, t, false))
-}
-
-/// Runs `scripts/golden/diffusers_folders.py --verify-export DIR IO` (diffusers loads the folder
-/// and reproduces IO's `out`; a pipeline folder is also loaded by `DDPMPipeline` and
-/// `DDIMPipeline`, which draw an image, and its model card is parsed) and returns the model
-/// card's front matter as the script printed it, or `None` when there is no python with
-/// diffusers.
-fn verify_in_diffusers(out: &Path, io: &Path, what: &str) -> Option<serde_json::Value> {
-    let Some(python) = python_with_diffusers() else {
-        eprintln!("skipped: the diffusers half of {what} (no python with diffusers; `cargo xtask test` installs it)");
-        return None;
-    };
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/golden/diffusers_folders.py");
-    let result = Command::new(python)
-        .arg(script)
-        .arg("--verify-export")
-        .arg(out)
-        .arg(io)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    eprintln!("{what}: {stdout}");
-    assert!(
-        result.status.success(),
-        "diffusers refused {what}: {stdout}{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let card = stdout.lines().find_map(|l| l.strip_prefix("CARD "));
-    Some(card.map_or(serde_json::Value::Null, |c| {
-        serde_json::from_str(c).unwrap()
-    }))
 }
 
 /// Exports `source` to `out` with `extra` flags, checks the export against the source here and

@@ -4,9 +4,8 @@
 //! (safetensors), against diffusers' outputs on fixed inputs; the export round trip; bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use e2e::{copy_dir, python_with_diffusers};
+use e2e::{copy_dir, verify_in_diffusers};
 use model::ModelConfig;
 use model::Prediction;
 use sample::pipeline::{DIFFUSERS_BIN, DIFFUSERS_CONFIG, DIFFUSERS_SAFETENSORS, SCHEDULER_CONFIG};
@@ -135,10 +134,6 @@ fn round_trip(source: &Path) {
         .iter()
         .any(|n| n.contains(".query.") || n.contains("proj_attn")));
 
-    let Some(python) = python_with_diffusers() else {
-        eprintln!("skipped: the diffusers side of the export round trip (no python with diffusers; run `cargo xtask setup`)");
-        return;
-    };
     let io = io();
     let io_file = dir.path().join("io.safetensors");
     let betas = Tensor::from_slice(pipe.schedule.betas());
@@ -152,22 +147,7 @@ fn round_trip(source: &Path) {
         &io_file,
     )
     .unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golden/diffusers_folders.py");
-    let result = Command::new(python)
-        .arg(script)
-        .arg("--verify-export")
-        .arg(&out)
-        .arg(&io_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    println!("{stdout}");
-    assert!(
-        result.status.success(),
-        "diffusers refused the export: {stdout}{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    verify_in_diffusers(&out, &io_file, "the export");
 }
 
 #[test]
@@ -355,12 +335,6 @@ fn a_class_conditional_model_exports_with_its_class_names_and_diffusers_loads_it
         ),
         0.0
     );
-    let Some(python) = python_with_diffusers() else {
-        eprintln!(
-            "skipped: the diffusers side of the export round trip (no python with diffusers)"
-        );
-        return;
-    };
     let io_file = dir.path().join("io.safetensors");
     Tensor::write_safetensors(
         &[
@@ -372,22 +346,7 @@ fn a_class_conditional_model_exports_with_its_class_names_and_diffusers_loads_it
         &io_file,
     )
     .unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golden/diffusers_folders.py");
-    let result = Command::new(python)
-        .arg(script)
-        .arg("--verify-export")
-        .arg(&out)
-        .arg(&io_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    println!("{stdout}");
-    assert!(
-        result.status.success(),
-        "diffusers refused the class-conditional export: {stdout}{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    verify_in_diffusers(&out, &io_file, "the class-conditional export");
 }
 
 #[test]
