@@ -56,6 +56,15 @@ pub fn run_ok<S: AsRef<OsStr>>(args: &[S]) -> Output {
     out
 }
 
+/// Runs `ddpm`, which must fail, and returns its stderr; panics with it if `ddpm` exited 0.
+#[track_caller]
+pub fn run_err<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let out = run(args);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "ddpm exited 0: {stderr}");
+    stderr
+}
+
 /// Runs `ddpm sample --checkpoint CHECKPOINT --device cpu`, then `extra`.
 pub fn sample_cpu(checkpoint: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

@@ -13,9 +13,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, run_ok, sample_cpu, spawn,
-    stderr_of, synthetic_cifar, tiny_model, tiny_train_args, train_tiny, wait_exit, wait_for,
-    Tmpfs,
+    complete_checkpoints, ddpm, fill, kill, metric_lines, path_arg, run, run_err, run_ok,
+    sample_cpu, spawn, stderr_of, synthetic_cifar, tiny_model, tiny_train_args, train_tiny,
+    wait_exit, wait_for, Tmpfs,
 };
 
 /// Overrides that make the seed preset tiny: a 2-level SimpleUnet, batches of 8, no sampling,

@@ -463,9 +463,7 @@ fn a_run_dir_that_is_a_file_is_named_with_a_hint() {
     let data = synthetic_cifar(dir.path(), 16);
     let file = dir.path().join("afile");
     std::fs::write(&file, b"not a run").unwrap();
-    let out = run(&tiny_train_args(&data, &file, &["--max-steps", "1"]));
-    let stderr = stderr_of(&out);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = run_err(&tiny_train_args(&data, &file, &["--max-steps", "1"]));
     assert!(
         stderr.contains("is a file, not a run directory")
             && stderr.contains("--run-dir")
@@ -483,9 +481,7 @@ fn a_lock_file_that_is_a_directory_is_named_with_a_hint() {
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
     std::fs::create_dir_all(run_dir.join(".lock")).unwrap();
-    let out = run(&tiny_train_args(&data, &run_dir, &["--max-steps", "1"]));
-    let stderr = stderr_of(&out);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = run_err(&tiny_train_args(&data, &run_dir, &["--max-steps", "1"]));
     assert!(
         stderr.contains(".lock is a directory, not the run's lock file")
             && stderr.contains("rmdir")
@@ -505,13 +501,11 @@ fn resume_with_max_steps_below_the_checkpoint_is_refused() {
     let config = std::fs::read(run_dir.join("config.json")).unwrap();
     let data = dir.path().join("synthetic_batch.bin");
     let schedule = r#"schedule={"kind":"linear","n_steps":50,"start":0.0001,"end":0.2}"#;
-    let out = run(&tiny_train_args(
+    let stderr = run_err(&tiny_train_args(
         &data,
         &run_dir,
         &["--resume", "--max-steps", "1", "--set", schedule],
     ));
-    let stderr = stderr_of(&out);
-    assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("is at step 2, past the run's last step 1")
             && stderr.contains("--max-steps"),
@@ -528,13 +522,11 @@ fn a_failed_fresh_start_leaves_no_run_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&tiny_train_args(
+    let stderr = run_err(&tiny_train_args(
         &data,
         &run_dir,
         &["--max-steps", "1", "--set", "batch_size=32"],
     ));
-    let stderr = stderr_of(&out);
-    assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("fewer than one batch"), "{stderr}");
     assert!(
         !run_dir.exists(),
@@ -551,13 +543,11 @@ fn an_uneven_batch_is_refused_once_before_the_ranks_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_cifar(dir.path(), 16);
     let run_dir = dir.path().join("run");
-    let out = run(&tiny_train_args(
+    let stderr = run_err(&tiny_train_args(
         &data,
         &run_dir,
         &["--max-steps", "1", "--nproc-per-node", "3"],
     ));
-    let stderr = stderr_of(&out);
-    assert!(!out.status.success(), "{stderr}");
     assert_eq!(
         stderr.matches("does not split over 3 ranks").count(),
         1,
