@@ -1,6 +1,6 @@
 //! `ddpm sample` and `ddpm eval fid --checkpoint` across the ranks of a launch (torchrun, or
 //! `--nproc-per-node N`): this process's place in the launch and its device. The sampling itself
-//! is `sample::shard` (rank r draws batches r, r + W, …; rank 0 gathers them).
+//! is `sample::shard` (rank r draws batches r, r + W, …, in rounds; rank 0 gathers each round).
 
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use torch_ext::dist::{Distributed, LaunchEnv};
 
 use crate::device::DeviceSpec;
 
-/// The default of `--dist-timeout` for sampling: a rank waits for the others' last batch.
+/// The default of `--dist-timeout` for sampling: at the end of each round a rank waits for the
+/// others' batch of the round (`sample::shard`).
 pub const SAMPLE_TIMEOUT_SECS: u64 = 1800;
 
 /// This process's place in a launch, and its device.

@@ -1,10 +1,14 @@
 //! Sampling across the ranks of a launch (torchrun, or `ddpm … --nproc-per-node N`), feature
 //! `dist`: rank r draws batches r, r + W, r + 2W, … of the request, each seeded exactly as one
 //! process seeds it ([`crate::batch_seed`]), so the images are those of a run in one process,
-//! bit for bit; rank 0 then collects them in order (one broadcast from each batch's owner). The
-//! batches that keep reverse-process snapshots (strips, GIFs) are rank 0's, so snapshots never
-//! travel. Class labels are one per image of the request ([`SampleOptions::for_images`]), so
-//! guided samples shard the same way.
+//! bit for bit. The ranks go in rounds: each draws its next batch, then every batch of the round
+//! goes to rank 0 (one broadcast from each batch's owner), which puts them in order. So a rank
+//! that dies is noticed at the end of the round, within one batch and `--dist-timeout`, not after
+//! the others have drawn their whole share. The batches that keep reverse-process snapshots
+//! (strips, GIFs) are rank 0's, so snapshots never travel. Class labels are one per image of the
+//! request ([`SampleOptions::for_images`]), so guided samples shard the same way.
+
+use std::collections::BTreeMap;
 
 use tch::{Kind, Tensor};
 use torch_ext::dist::Distributed;
@@ -50,61 +54,90 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
     let n_batches = plan.n_batches();
     let first = |b: usize| b * plan.batch_size;
     let rows = |b: usize| plan.batch_size.min(plan.n_images - first(b));
-    let mut own = Vec::new();
-    for b in (0..n_batches).filter(|&b| owner(plan, b, world) == rank) {
-        // Batch b of the request is batch 0 of a request seeded with its seed.
-        let one = BatchPlan {
-            n_images: rows(b),
-            batch_size: plan.batch_size,
-            image_shape: plan.image_shape,
-            seed: batch_seed(plan.seed, b),
-            n_chains: plan.n_chains.saturating_sub(first(b)),
-        };
-        // With the classes of its own images.
-        let batch = pipe
-            .sample_batches(
-                sampler,
-                &options.for_images(first(b), rows(b)),
-                one,
-                &mut on_step,
-            )?
-            .next()
-            .expect("a request of one batch")?;
-        own.push(SampledBatch {
-            batch_idx: b,
-            first_image: first(b),
-            output: batch.output,
-        });
-    }
+    // Each rank's batches, in order: round k is the k-th of every rank's.
+    let queues: Vec<Vec<usize>> = (0..world)
+        .map(|r| {
+            (0..n_batches)
+                .filter(|&b| owner(plan, b, world) == r)
+                .collect()
+        })
+        .collect();
+    let n_rounds = queues.iter().map(Vec::len).max().unwrap_or(0);
     let [c, h, w] = plan.image_shape;
-    let mut own = own.into_iter();
-    let mut gathered = Vec::new();
-    for b in 0..n_batches {
-        let from = owner(plan, b, world);
-        let mine = (from == rank).then(|| own.next().expect("this rank's batch"));
-        let mut images = vec![match &mine {
-            Some(batch) => batch.output.images.shallow_clone(),
-            None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
-        }];
-        // Named from this rank's side, so that the rank at fault is the other one.
-        let op = if from == rank {
-            format!("sending batch {b} of the samples to the other ranks")
-        } else {
-            format!("receiving batch {b} of the samples from rank {from}")
+    let mut gathered = BTreeMap::new();
+    for k in 0..n_rounds {
+        let mut mine = match queues[rank].get(k) {
+            Some(&b) => Some(draw_batch(
+                pipe,
+                sampler,
+                options,
+                plan,
+                b,
+                rows(b),
+                &mut on_step,
+            )?),
+            None => None,
         };
-        dist.broadcast_from(&mut images, from, &op)?;
-        if rank == 0 {
-            gathered.push(mine.unwrap_or_else(|| SampledBatch {
-                batch_idx: b,
-                first_image: first(b),
-                output: SampleOutput {
-                    images: images.pop().expect("one tensor"),
-                    snapshots: Vec::new(),
-                },
-            }));
+        let mut round: Vec<usize> = queues.iter().filter_map(|q| q.get(k).copied()).collect();
+        round.sort_unstable();
+        for b in round {
+            let from = owner(plan, b, world);
+            let own = if from == rank { mine.take() } else { None };
+            let mut images = vec![match &own {
+                Some(batch) => batch.output.images.shallow_clone(),
+                None => Tensor::zeros([rows(b) as i64, c, h, w], (Kind::Float, pipe.device())),
+            }];
+            // Named from this rank's side, so that the rank at fault is the other one.
+            let op = if from == rank {
+                format!("sending batch {b} of the samples to the other ranks")
+            } else {
+                format!("receiving batch {b} of the samples from rank {from}")
+            };
+            dist.broadcast_from(&mut images, from, &op)?;
+            if rank == 0 {
+                let batch = own.unwrap_or_else(|| SampledBatch {
+                    batch_idx: b,
+                    first_image: first(b),
+                    output: SampleOutput {
+                        images: images.pop().expect("one tensor"),
+                        snapshots: Vec::new(),
+                    },
+                });
+                gathered.insert(b, batch);
+            }
         }
     }
-    Ok(gathered)
+    Ok(gathered.into_values().collect())
+}
+
+/// Batch `b` of `plan` (`rows` images), drawn as one process draws it: batch 0 of a request
+/// seeded with its seed, with the classes of its own images.
+fn draw_batch<F: FnMut(usize, usize)>(
+    pipe: &Pipeline,
+    sampler: &SamplerConfig,
+    options: &SampleOptions,
+    plan: &BatchPlan,
+    b: usize,
+    rows: usize,
+    on_step: &mut F,
+) -> Result<SampledBatch, SampleError> {
+    let first = b * plan.batch_size;
+    let one = BatchPlan {
+        n_images: rows,
+        batch_size: plan.batch_size,
+        image_shape: plan.image_shape,
+        seed: batch_seed(plan.seed, b),
+        n_chains: plan.n_chains.saturating_sub(first),
+    };
+    let batch = pipe
+        .sample_batches(sampler, &options.for_images(first, rows), one, on_step)?
+        .next()
+        .expect("a request of one batch")?;
+    Ok(SampledBatch {
+        batch_idx: b,
+        first_image: first,
+        output: batch.output,
+    })
 }
 
 /// Every image of `request`, collected on rank 0 ([`Samples`]): drawn across the ranks of
