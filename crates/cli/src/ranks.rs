@@ -10,7 +10,7 @@ use torch_ext::dist::{Distributed, LaunchEnv};
 use crate::device::DeviceSpec;
 
 /// The default of `--dist-timeout` for sampling: at the end of each round a rank waits for the
-/// others' batch of the round (`sample::shard`).
+/// others' batches of the round (`sample::shard`).
 pub const SAMPLE_TIMEOUT_SECS: u64 = 1800;
 
 /// This process's place in a launch, and its device.

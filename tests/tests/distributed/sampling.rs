@@ -34,11 +34,13 @@ fn sample_across_two_ranks_writes_the_files_of_one_process() {
             &s(&run_dir),
             "--device",
             "cpu",
-            // 7 images in 4 batches: the last one short; chains in the first two.
+            // 7 images in 7 batches of 1, chains in the first three: rank 0 draws batches 0,
+            // 1, 2, 4 and 6, in two rounds of up to four (`sample::shard`), rank 1 batches 3
+            // and 5, in one.
             "-n",
             "7",
             "--batch",
-            "2",
+            "1",
             "--sampler",
             "ddim",
             "--steps",
@@ -72,7 +74,7 @@ fn sample_across_two_ranks_writes_the_files_of_one_process() {
     sample_into(&one, &["--threads", "1"]);
     let stderr = sample_into(&two, &["--nproc-per-node", "2"]);
     assert!(
-        stderr.contains("(2 ranks, 3 batches on rank 0)"),
+        stderr.contains("(2 ranks, 5 batches on rank 0)"),
         "{stderr}"
     );
     let (a, b) = (files(&one), files(&two));
@@ -307,10 +309,10 @@ fn a_sampling_rank_that_dies_is_named_by_rank_0_without_resume_advice() {
     let (status, took) = wait_output(rank0, Duration::from_secs(120), "rank 0");
     let stderr = read(&log);
     assert_eq!(status.status.code(), Some(1), "{stderr}");
-    // Noticed at the end of the round, within one batch (the dead rank's connection is closed,
-    // so the broadcast fails at once), not after drawing the rest of its 1,024 images first:
-    // 20.5 s on a quiet machine and 56 s on a loaded one before the ranks went in rounds, 0.4 s
-    // on the loaded one after.
+    // Noticed at the end of the round, within four batches (the dead rank's connection is
+    // closed, so the broadcast fails at once), not after drawing the rest of its 1,024 images
+    // first: 20.5 s on a quiet machine and 56 s on a loaded one before the ranks went in rounds,
+    // 0.4–0.9 s on the loaded one after.
     assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
     assert!(
         stderr.contains("error: rank 0 of 2: ") && stderr.contains(" of the samples "),
