@@ -66,6 +66,16 @@ fn a_flipped_bit_in_the_newest_model_is_named_by_verify_and_resume_falls_back() 
     assert!(stdout.contains(&named), "`{named}` not in: {stdout}");
     assert!(stdout.contains("ok          ") && stdout.contains("step-00000002"));
     assert!(stderr.contains("1 of 2 checkpoints"), "{stderr}");
+    // One checkpoint, given its directory, is checked alone.
+    let out = verify(&run_dir.join("checkpoints/step-00000002"));
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "{stdout}{}", stderr_of(&out));
+    assert_eq!(stdout.matches("(3 files match)").count(), 1, "{stdout}");
+    let out = verify(newest.parent().unwrap());
+    let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&named), "`{named}` not in: {stdout}");
+    assert!(stderr.contains("1 of 1 checkpoints"), "{stderr}");
 
     // Picked by name, the damaged checkpoint is refused.
     let stderr = run_err(&train_args(

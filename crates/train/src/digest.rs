@@ -87,12 +87,20 @@ pub struct CheckpointCheck {
 }
 
 /// Checks every complete checkpoint under `<run_dir>/checkpoints`, oldest first, then `best/`
-/// when there is one: its `state.json` reads, and every file matches its digest.
+/// when there is one: its `state.json` reads, and every file matches its digest. `run_dir` may
+/// also be one checkpoint directory (it holds a `state.json`), which is checked alone.
 ///
 /// # Errors
 /// [`TrainError::NoCheckpoint`] when the run holds no checkpoint at all. A damaged checkpoint
 /// is not an error of this call: it is in its [`CheckpointCheck::outcome`].
 pub fn verify_run(run_dir: &Path) -> Result<Vec<CheckpointCheck>, TrainError> {
+    if run_dir.join(checkpoint::STATE_FILE).is_file() {
+        let outcome = checkpoint::read_state(run_dir).and_then(|state| verify(run_dir, &state));
+        return Ok(vec![CheckpointCheck {
+            dir: run_dir.to_path_buf(),
+            outcome,
+        }]);
+    }
     let root = run_dir.join(checkpoint::CHECKPOINTS_DIR);
     let mut dirs: Vec<PathBuf> = checkpoint::list(&root)
         .into_iter()

@@ -9,14 +9,16 @@ use train::digest::{self, Verified};
 #[derive(Debug, clap::Subcommand)]
 pub enum CheckpointCommand {
     /// Check every checkpoint of a run, and `checkpoints/best/`, against the digests in their
-    /// state.json; exits 1 naming each file that does not match.
+    /// state.json (or one checkpoint, given its directory); exits 1 naming each file that does
+    /// not match.
     Verify(VerifyArgs),
 }
 
 /// Arguments of `ddpm checkpoint verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The run directory (`ddpm train --run-dir`).
+    /// The run directory (`ddpm train --run-dir`), or one checkpoint directory
+    /// (`<run>/checkpoints/step-N`, `best`, a copied one).
     #[arg(value_name = "RUN_DIR")]
     pub run_dir: PathBuf,
 }
