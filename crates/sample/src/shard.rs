@@ -60,7 +60,7 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
     let n_batches = plan.n_batches();
     let first = |b: usize| b * plan.batch_size;
     let rows = |b: usize| plan.batch_size.min(plan.n_images - first(b));
-    // Each rank's batches, in order: round k is the k-th run of ROUND_BATCHES of every rank's.
+    // Each rank's batches, in order, in runs of ROUND_BATCHES: round k is every rank's k-th run.
     let queues: Vec<Vec<usize>> = (0..world)
         .map(|r| {
             (0..n_batches)
@@ -68,27 +68,24 @@ pub fn sample_sharded<F: FnMut(usize, usize)>(
                 .collect()
         })
         .collect();
-    let round_of = |q: &Vec<usize>, k: usize| -> Vec<usize> {
-        q.iter()
-            .skip(k * ROUND_BATCHES)
-            .take(ROUND_BATCHES)
-            .copied()
-            .collect()
-    };
-    let n_rounds = queues
+    let runs: Vec<Vec<&[usize]>> = queues
         .iter()
-        .map(|q| q.len().div_ceil(ROUND_BATCHES))
-        .max()
-        .unwrap_or(0);
+        .map(|q| q.chunks(ROUND_BATCHES).collect())
+        .collect();
+    let n_rounds = runs.iter().map(Vec::len).max().unwrap_or(0);
     let [c, h, w] = plan.image_shape;
     let mut gathered = BTreeMap::new();
     for k in 0..n_rounds {
         let mut mine = BTreeMap::new();
-        for b in round_of(&queues[rank], k) {
+        for &b in runs[rank].get(k).copied().unwrap_or_default() {
             let batch = draw_batch(pipe, sampler, options, plan, b, rows(b), &mut on_step)?;
             mine.insert(b, batch);
         }
-        let mut round: Vec<usize> = queues.iter().flat_map(|q| round_of(q, k)).collect();
+        let mut round: Vec<usize> = runs
+            .iter()
+            .filter_map(|r| r.get(k))
+            .flat_map(|run| run.iter().copied())
+            .collect();
         round.sort_unstable();
         for b in round {
             let from = owner(plan, b, world);

@@ -246,18 +246,14 @@ fn move_into_place(tmp: &Path, dir: &Path) -> Result<Moved, TrainError> {
         fs::rename(tmp, dir).map_err(|e| io_err(dir, e))?;
         return Ok(Moved::Renamed);
     }
-    let moved = match exchange(tmp, dir) {
-        Ok(()) => Moved::Exchanged,
-        Err(_) => {
-            fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
-            fs::rename(tmp, dir).map_err(|e| io_err(dir, e))?;
-            Moved::Replaced
-        }
-    };
-    if moved == Moved::Exchanged {
+    if exchange(tmp, dir).is_ok() {
+        // `tmp` now holds the old directory.
         fs::remove_dir_all(tmp).map_err(|e| io_err(tmp, e))?;
+        return Ok(Moved::Exchanged);
     }
-    Ok(moved)
+    fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    fs::rename(tmp, dir).map_err(|e| io_err(dir, e))?;
+    Ok(Moved::Replaced)
 }
 
 /// Swaps the names of `a` and `b` atomically (`renameat2(…, RENAME_EXCHANGE)`).

@@ -127,7 +127,12 @@ fn write_grid(
     let pipe = if device == tch::Device::Cpu {
         cpu
     } else {
-        on_device = Pipeline::from_spec(cpu.spec.clone(), device)?;
+        // The weights file was checked against its digest when `cpu` loaded it.
+        let spec = PipelineSpec {
+            weights_digest: None,
+            ..cpu.spec.clone()
+        };
+        on_device = Pipeline::from_spec(spec, device)?;
         &on_device
     };
     let ddim = SamplerConfig::Ddim {
